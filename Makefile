@@ -1,0 +1,35 @@
+# fastrnn: `make demo` runs the main job, `make test` the whole test suite.
+# Each creates .venv and installs what it needs on a fresh machine (Python 3.10+ and pip).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+# torch is optional: only the parity tests and the benchmark's comparison use it.
+# On the project's machines this pin resolves to a local CPU build.
+TORCH  ?= torch==2.13.0
+
+.PHONY: install demo test test-fast bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# a regular (non-editable) install: the tests import the installed package
+install: $(BIN)/python
+	$(BIN)/python -m pip install -q ".[test]"
+	$(BIN)/python -m pip install -q "$(TORCH)" || echo "torch not installed: its parity tests will be skipped"
+
+demo: install
+	$(BIN)/fastrnn demo
+
+test: install
+	cd $(VENV) && ../$(BIN)/python -c "import fastrnn.kernels, sys; f = fastrnn.kernels.__file__; \
+	  assert 'site-packages' in f, f; print('installed fastrnn.kernels at', f)"
+	$(BIN)/pytest -q -p no:cacheprovider tests --ignore=tests/test_cuda.py
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_cuda.py
+	$(BIN)/pytest -q -p no:cacheprovider bench --benchmark-disable
+
+bench: install
+	$(BIN)/fastrnn bench --json bench/results/cpu.json
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks

@@ -1,0 +1,430 @@
+"""Recurrent layers: RNN, LSTM, GRU and PeepholeLSTM with a PyTorch-shaped API.
+
+A layer stacks ``num_layers`` layers of one cell, each in one or two
+directions, with dropout between layers in training. It checks every argument
+before anything runs, then calls a backend (:mod:`fastrnn.dispatch`) once per
+layer and direction; the backends run whole sequences.
+
+Shapes: ``x`` ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``); ``y``
+``(T, B, D*H)``; ``h_n`` (and ``c_n``) ``(L*D, B, H)``.
+"""
+from __future__ import annotations
+
+import numbers
+
+import numpy as np
+
+from . import dispatch
+from .cells import PEEPHOLE_GATES, get_cell
+from .dispatch import Weights
+
+INITS = (None, "pytorch", "xavier", "he", "orthogonal")
+
+
+class BackwardError(RuntimeError, ValueError):
+    """``backward`` was called without a forward pass in training mode to match."""
+
+
+def _positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _float_dtype(dtype):
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dt}")
+    return dt
+
+
+class _RecurrentLayer:
+    """Shared machinery of every recurrent layer (see the subclasses)."""
+
+    _cell_name = None
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
+                 init=None, forget_bias=None):
+        self.cell = get_cell(self._cell_name)
+        self.input_size = _positive_int("input_size", input_size)
+        self.hidden_size = _positive_int("hidden_size", hidden_size)
+        self.num_layers = _positive_int("num_layers", num_layers)
+        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS[1:]} or None, got {init!r}")
+        self.bias = bool(bias)
+        self.batch_first = bool(batch_first)
+        self.dropout = float(dropout)
+        self.bidirectional = bool(bidirectional)
+        self.backend = dispatch.check_backend_name(backend)
+        self.dtype = _float_dtype(dtype)
+        self.num_directions = 2 if self.bidirectional else 1
+        self.training = True
+        self._rng = np.random.default_rng(seed)
+        self._cache = None
+        self.params = self._init_params(init, forget_bias)
+        self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
+        self._zero_bias = np.zeros(self.cell.gates * self.hidden_size, self.dtype)
+        if backend in ("cpu", "cuda"):
+            dispatch.get_backend(backend)   # fail now, with the reason, not at the first call
+
+    # ------------------------------------------------------------------ parameters
+    def _suffixes(self):
+        """(layer, direction, suffix) in PyTorch's parameter order."""
+        for k in range(self.num_layers):
+            for d in range(self.num_directions):
+                yield k, d, f"_l{k}" + ("_reverse" if d else "")
+
+    def _init_params(self, init, forget_bias):
+        G, H, rng, dt = self.cell.gates, self.hidden_size, self._rng, self.dtype
+        k = 1.0 / np.sqrt(H)
+        params = {}
+        for layer, _, sfx in self._suffixes():
+            n_in = self.input_size if layer == 0 else H * self.num_directions
+            shapes = {"weight_ih": (G * H, n_in), "weight_hh": (G * H, H)}
+            if self.bias:
+                shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
+            for name, shape in shapes.items():
+                if init in (None, "pytorch") or name.startswith("bias"):
+                    val = rng.uniform(-k, k, shape) if init in (None, "pytorch") else np.zeros(shape)
+                elif init == "xavier" or (init == "orthogonal" and name == "weight_ih"):
+                    lim = np.sqrt(6.0 / (shape[0] + shape[1]))
+                    val = rng.uniform(-lim, lim, shape)
+                elif init == "he":
+                    val = rng.normal(0.0, np.sqrt(2.0 / shape[1]), shape)
+                else:   # orthogonal recurrent weights, one H x H block per gate
+                    val = np.concatenate([_orthogonal(rng, H) for _ in range(G)])
+                params[name + sfx] = val.astype(dt)
+            if forget_bias is not None and self.bias:
+                params["bias_ih" + sfx][H:2 * H] = forget_bias
+                params["bias_hh" + sfx][H:2 * H] = 0
+            shape = self.cell.peephole_shape(H)
+            if shape is not None:
+                for gate in PEEPHOLE_GATES:
+                    params[f"peephole_{gate}{sfx}"] = rng.uniform(-k, k, shape).astype(dt)
+        return params
+
+    def _weights(self, sfx, source=None):
+        p = self.params if source is None else source
+        peep = None
+        if self.cell.peephole is not None:
+            peep = np.stack([p[f"peephole_{g}{sfx}"] for g in PEEPHOLE_GATES])
+        b_ih = p["bias_ih" + sfx] if self.bias else self._zero_bias
+        b_hh = p["bias_hh" + sfx] if self.bias else self._zero_bias
+        return Weights(p["weight_ih" + sfx], p["weight_hh" + sfx], b_ih, b_hh, peep)
+
+    def _accumulate(self, sfx, gw):
+        g = self.grads
+        g["weight_ih" + sfx] += gw.w_ih
+        g["weight_hh" + sfx] += gw.w_hh
+        if self.bias:
+            g["bias_ih" + sfx] += gw.b_ih
+            g["bias_hh" + sfx] += gw.b_hh
+        if self.cell.peephole is not None:
+            for j, gate in enumerate(PEEPHOLE_GATES):
+                g[f"peephole_{gate}{sfx}"] += gw.peep[j]
+
+    def zero_grad(self):
+        for v in self.grads.values():
+            v[...] = 0
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        if not self.training:
+            self._cache = None
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state_dict):
+        """Load parameters (ndarrays, or anything ``np.asarray`` takes: torch tensors).
+
+        Names and shapes must match exactly; values are cast to the layer's dtype.
+        """
+        if not hasattr(state_dict, "keys"):
+            raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
+        missing = [k for k in self.params if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in self.params]
+        if missing or unexpected:
+            raise ValueError(f"state_dict does not match this {type(self).__name__}: "
+                             f"missing {missing}, unexpected {unexpected}")
+        new = {}
+        for k, v in state_dict.items():
+            if hasattr(v, "detach"):        # torch tensors (possibly requiring grad)
+                v = v.detach().cpu()
+            a = np.asarray(v)
+            if a.dtype.kind != "f":
+                raise TypeError(f"state_dict[{k!r}] must hold floating-point values, got dtype {a.dtype}")
+            if a.shape != self.params[k].shape:
+                raise ValueError(f"state_dict[{k!r}] has shape {a.shape}, expected {self.params[k].shape}")
+            new[k] = a
+        for k, a in new.items():
+            self.params[k][...] = a          # in place: optimizers keep their references
+
+    # ------------------------------------------------------------------ checks
+    def _check_array(self, name, a):
+        if not isinstance(a, np.ndarray):
+            if dispatch.is_device_array(a):
+                raise TypeError(f"{name} is a GPU array; this layer runs on the host "
+                                f"(backend={self.backend!r})")
+            a = np.asarray(a)
+        if a.dtype != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} like the layer, got {a.dtype}"
+                            f" (convert with .astype(np.{self.dtype}))")
+        return a
+
+    def _check_finite(self, name, a):
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+
+    def _check_input(self, x, state, lengths):
+        x = self._check_array("x", x)
+        layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
+        if x.ndim != 3:
+            raise ValueError(f"x must be 3-D {layout}, got shape {x.shape}")
+        if x.shape[2] != self.input_size:
+            raise ValueError(f"x must have {self.input_size} features (input_size) in its last "
+                             f"axis {layout}, got shape {x.shape}")
+        if 0 in x.shape[:2]:
+            raise ValueError(f"x must have at least one time step and one batch entry, got shape {x.shape}")
+        self._check_finite("x", x)
+        if self.batch_first:
+            B, T = x.shape[:2]
+        else:
+            T, B = x.shape[:2]
+        LD, H = self.num_layers * self.num_directions, self.hidden_size
+        h0 = c0 = None
+        if state is not None:
+            if self.cell.has_cell:
+                if not isinstance(state, (tuple, list)) or len(state) != 2:
+                    raise TypeError("state must be a tuple (h_0, c_0) for "
+                                    f"{type(self).__name__}, got {type(state).__name__}")
+                h0, c0 = state
+            else:
+                h0 = state
+            names = ("state[0] (h_0)", "state[1] (c_0)") if self.cell.has_cell else ("state (h_0)",)
+            checked = []
+            for name, s in zip(names, (h0, c0)):
+                s = self._check_array(name, s)
+                if s.shape != (LD, B, H):
+                    raise ValueError(f"{name} must have shape (num_layers*num_directions, B, H) = "
+                                     f"{(LD, B, H)}, got {s.shape}")
+                self._check_finite(name, s)
+                checked.append(s)
+            h0 = checked[0]
+            c0 = checked[1] if self.cell.has_cell else None
+        if lengths is not None:
+            lengths = _check_lengths(lengths, T, B)
+        return x, h0, c0, lengths, T, B
+
+    # ------------------------------------------------------------------ forward / backward
+    def __call__(self, x, state=None, lengths=None):
+        return self.forward(x, state, lengths)
+
+    def forward(self, x, state=None, lengths=None):
+        """Run the stack over ``x``; returns ``(y, h_n)`` or ``(y, (h_n, c_n))``."""
+        x, h0, c0, lengths, T, B = self._check_input(x, state, lengths)
+        be = dispatch.get_backend(dispatch.resolve_backend(self.backend, x))
+        H, D = self.hidden_size, self.num_directions
+        inp = np.ascontiguousarray(x.transpose(1, 0, 2) if self.batch_first else x)  # [T, B, I]
+        zeros = np.zeros((B, H), self.dtype)
+        h_n = np.empty((self.num_layers * D, B, H), self.dtype)
+        c_n = np.empty_like(h_n) if self.cell.has_cell else None
+        caches, masks = [], []
+        for layer in range(self.num_layers):
+            outs = []
+            for d in range(D):
+                idx = layer * D + d
+                sfx = f"_l{layer}" + ("_reverse" if d else "")
+                y, h, c, cache = be.forward(
+                    self.cell, inp, zeros if h0 is None else h0[idx],
+                    None if not self.cell.has_cell else (zeros if c0 is None else c0[idx]),
+                    self._weights(sfx), lengths, bool(d), self.training)
+                h_n[idx] = h
+                if c_n is not None:
+                    c_n[idx] = c
+                outs.append(y)
+                caches.append((sfx, cache))
+            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)      # [T, B, D*H]
+            if self.training and self.dropout > 0 and layer < self.num_layers - 1:
+                keep = self._rng.random(inp.shape) >= self.dropout
+                mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
+                inp = inp * mask
+                masks.append(mask)
+            else:
+                masks.append(None)
+        if self.training:
+            self._cache = dict(caches=caches, masks=masks, backend=be, T=T, B=B,
+                               y_shape=inp.shape)
+        y = inp.transpose(1, 0, 2) if self.batch_first else inp
+        return y, ((h_n, c_n) if self.cell.has_cell else h_n)
+
+    def backward(self, dy, dstate=None):
+        """Back-propagate the last forward call.
+
+        ``dy`` has the shape of ``y``; ``dstate`` is dL/dh_n, or ``(dL/dh_n,
+        dL/dc_n)`` for the LSTM family, or None (either part may be None).
+        Accumulates parameter gradients into :attr:`grads` and returns
+        ``(dx, dstate_0)`` shaped like ``x`` and ``state``.
+        """
+        if self._cache is None:
+            raise BackwardError("backward() needs a forward() call in training mode first "
+                                "(none was made, or the layer is in eval mode)")
+        cc = self._cache
+        T, B, H, D, L = cc["T"], cc["B"], self.hidden_size, self.num_directions, self.num_layers
+        dy = self._check_array("dy", dy)
+        want = (B, T, D * H) if self.batch_first else (T, B, D * H)
+        if dy.shape != want:
+            raise ValueError(f"dy must have the shape of the output y, {want}, got {dy.shape}")
+        dh_n, dc_n = self._check_dstate(dstate, (L * D, B, H))
+        dout = np.ascontiguousarray(dy.transpose(1, 0, 2) if self.batch_first else dy)
+        dh0 = np.zeros((L * D, B, H), self.dtype)
+        dc0 = np.zeros_like(dh0) if self.cell.has_cell else None
+        be = cc["backend"]
+        for layer in range(L - 1, -1, -1):
+            if cc["masks"][layer] is not None:
+                dout = dout * cc["masks"][layer]
+            dinp = None
+            for d in range(D):
+                idx = layer * D + d
+                sfx, cache = cc["caches"][idx]
+                dyd = np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
+                dx, dh, dc, gw = be.backward(
+                    self.cell, cache, dyd,
+                    np.zeros((B, H), self.dtype) if dh_n is None else dh_n[idx],
+                    None if not self.cell.has_cell else
+                    (np.zeros((B, H), self.dtype) if dc_n is None else dc_n[idx]))
+                dh0[idx] = dh
+                if dc0 is not None:
+                    dc0[idx] = dc
+                self._accumulate(sfx, gw)
+                dinp = dx if dinp is None else dinp + dx
+            dout = dinp
+        dx = dout.transpose(1, 0, 2) if self.batch_first else dout
+        return dx, ((dh0, dc0) if self.cell.has_cell else dh0)
+
+    def _check_dstate(self, dstate, shape):
+        if dstate is None:
+            return None, None
+        if self.cell.has_cell:
+            if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
+                raise TypeError("dstate must be a tuple (dh_n, dc_n) (either may be None) for "
+                                f"{type(self).__name__}, got {type(dstate).__name__}")
+            parts, names = dstate, ("dstate[0] (dh_n)", "dstate[1] (dc_n)")
+        else:
+            parts, names = (dstate,), ("dstate (dh_n)",)
+        out = []
+        for name, p in zip(names, parts):
+            if p is not None:
+                p = self._check_array(name, p)
+                if p.shape != shape:
+                    raise ValueError(f"{name} must have the shape of the final state {shape}, got {p.shape}")
+            out.append(p)
+        return out[0], (out[1] if len(out) > 1 else None)
+
+    def __repr__(self):
+        extra = "".join(f", {k}={v!r}" for k, v in self._repr_extra().items())
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}{extra}, bidirectional={self.bidirectional}, "
+                f"backend={self.backend!r}, dtype={self.dtype.name})")
+
+    def _repr_extra(self):
+        return {}
+
+
+def _check_lengths(lengths, T, B):
+    if dispatch.is_device_array(lengths):
+        raise TypeError("lengths must be a host array or list of ints")
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(f"lengths must have shape (B,) = ({B},), got {arr.shape}")
+    if arr.min() < 1 or arr.max() > T:
+        raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got min {arr.min()} max {arr.max()}")
+    return arr.astype(np.int64)
+
+
+def _orthogonal(rng, n):
+    q, r = np.linalg.qr(rng.normal(size=(n, n)))
+    return q * np.sign(np.diag(r))
+
+
+class RNN(_RecurrentLayer):
+    """Elman RNN: ``h' = act(W x + b_ih + U h + b_hh)``, ``act`` = tanh or relu."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, backend="auto",
+                 dtype=np.float32, seed=None, init=None):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        self._cell_name = "rnn_" + nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, backend, dtype, seed, init)
+
+    def _repr_extra(self):
+        return {"nonlinearity": self.nonlinearity}
+
+
+class LSTM(_RecurrentLayer):
+    """LSTM: ``i,f,g,o = σ,σ,tanh,σ(W x + b_ih + U h + b_hh)``;
+    ``c' = f c + i g``; ``h' = o tanh(c')``. Gate order i, f, g, o."""
+
+    _cell_name = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
+                 init=None, forget_bias=None):
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, backend, dtype, seed, init, forget_bias)
+
+
+class GRU(_RecurrentLayer):
+    """GRU, gate order r, z, n; ``h' = (1-z) n + z h``.
+
+    ``reset_after=True`` (PyTorch, cuDNN): ``n = tanh(W_n x + b_in + r (U_n h + b_hn))``;
+    ``reset_after=False`` (Cho et al.): ``n = tanh(W_n x + b_in + U_n (r h) + b_hn)``.
+    """
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
+                 init=None, reset_after=True):
+        if not isinstance(reset_after, bool):
+            raise TypeError(f"reset_after must be True or False, got {reset_after!r}")
+        self.reset_after = reset_after
+        self._cell_name = "gru" if reset_after else "gru_reset_before"
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, backend, dtype, seed, init)
+
+    def _repr_extra(self):
+        return {"reset_after": self.reset_after}
+
+
+class PeepholeLSTM(_RecurrentLayer):
+    """LSTM whose gates see the cell: ``i = σ(... + P_i(c))``, ``f = σ(... + P_f(c))``,
+    ``o = σ(... + P_o(c'))``; ``P(c) = p ⊙ c`` (``peephole="diagonal"``, ``p`` of
+    shape ``(H,)``) or ``P c`` (``"full"``, ``(H, H)``). The peephole weights are
+    the parameters ``peephole_i_l{k}``, ``peephole_f_l{k}``, ``peephole_o_l{k}``."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
+                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
+                 init=None, forget_bias=None, peephole="diagonal"):
+        if peephole not in ("diagonal", "full"):
+            raise ValueError(f"peephole must be 'diagonal' or 'full', got {peephole!r}")
+        self.peephole = peephole
+        self._cell_name = "peephole_" + peephole
+        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+                         bidirectional, backend, dtype, seed, init, forget_bias)
+
+    def _repr_extra(self):
+        return {"peephole": self.peephole}

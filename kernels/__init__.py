@@ -1,0 +1,7 @@
+"""Compiled kernels of fastrnn, installed as the subpackage ``fastrnn.kernels``.
+
+- :mod:`fastrnn.kernels.pointwise`  each cell's step and derivative, written once
+- :mod:`fastrnn.kernels.activations` fast tanh / sigmoid for the CPU
+- :mod:`fastrnn.kernels.cpu`        Numba ``@njit`` fused time loops
+- :mod:`fastrnn.kernels.cuda`       ``numba.cuda`` kernels
+"""

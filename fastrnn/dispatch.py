@@ -96,8 +96,12 @@ def get_backend(name):
 
 
 def is_device_array(a) -> bool:
-    """True for arrays that live on a CUDA device (``__cuda_array_interface__``)."""
-    return hasattr(a, "__cuda_array_interface__") and not isinstance(a, np.ndarray)
+    """True for arrays that live on a CUDA device: anything with
+    ``__cuda_array_interface__`` (numba, CuPy, torch) or a numba device array
+    (including the CUDA simulator's, which has no such attribute)."""
+    if isinstance(a, np.ndarray):
+        return False
+    return hasattr(a, "__cuda_array_interface__") or type(a).__module__.startswith("numba.cuda")
 
 
 def resolve_backend(backend, x=None):

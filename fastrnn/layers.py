@@ -41,6 +41,61 @@ def _float_dtype(dtype):
     return dt
 
 
+class HostOps:
+    """The array operations a layer needs between kernel calls, on host arrays.
+
+    :class:`fastrnn.kernels.cuda_ops.DeviceOps` implements the same methods for
+    GPU arrays, so the layer code below is written once for both.
+    """
+
+    on_device = False
+
+    @staticmethod
+    def is_native(a):
+        return isinstance(a, np.ndarray)
+
+    asarray = staticmethod(np.asarray)
+    from_host = staticmethod(np.ascontiguousarray)
+    zeros = staticmethod(np.zeros)
+    empty = staticmethod(np.empty)
+    stack0 = staticmethod(np.stack)
+    add = staticmethod(np.add)
+    mul = staticmethod(np.multiply)
+
+    @staticmethod
+    def to_host(a):
+        return np.array(a, copy=True)
+
+    @staticmethod
+    def contiguous3(a, swap=False):
+        return np.ascontiguousarray(a.transpose(1, 0, 2) if swap else a)
+
+    @staticmethod
+    def concat_last(parts):
+        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
+
+    @staticmethod
+    def take_last(a, lo, hi):
+        return np.ascontiguousarray(a[:, :, lo:hi])
+
+    @staticmethod
+    def iadd(a, b):
+        a += b
+
+    @staticmethod
+    def fill0(a):
+        a[...] = 0
+
+    @staticmethod
+    def set_index0(dst, i, src):
+        dst[i] = src
+
+
+def _device_ops():
+    from .kernels.cuda_ops import DeviceOps
+    return DeviceOps()
+
+
 class _RecurrentLayer:
     """Shared machinery of every recurrent layer (see the subclasses)."""
 
@@ -67,11 +122,41 @@ class _RecurrentLayer:
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._cache = None
+        self._ops = HostOps()
         self.params = self._init_params(init, forget_bias)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._zero_bias = np.zeros(self.cell.gates * self.hidden_size, self.dtype)
         if backend in ("cpu", "cuda"):
             dispatch.get_backend(backend)   # fail now, with the reason, not at the first call
+        if backend == "cuda":
+            self.to("cuda")
+
+    # ------------------------------------------------------------------ placement
+    @property
+    def device(self):
+        """``"cuda"`` when parameters and gradients live on the GPU, else ``"cpu"``."""
+        return "cuda" if self._ops.on_device else "cpu"
+
+    def to(self, backend):
+        """Move the layer to ``backend`` and return it.
+
+        ``layer.to("cuda")`` copies parameters and gradients to the GPU once;
+        they stay there between calls, and the layer then takes and returns
+        device arrays. ``layer.to("cpu")`` (or ``"numpy"``, ``"auto"``) brings
+        them back to host arrays.
+        """
+        backend = dispatch.check_backend_name(backend)
+        ops = _device_ops() if backend == "cuda" else HostOps()
+        if backend != "auto":
+            dispatch.get_backend(backend)
+        if ops.on_device != self._ops.on_device:
+            old = self._ops
+            for d in (self.params, self.grads):
+                for k in d:
+                    d[k] = ops.from_host(old.to_host(d[k]))
+            self._zero_bias = ops.zeros(self.cell.gates * self.hidden_size, self.dtype)
+        self._ops, self.backend, self._cache = ops, backend, None
+        return self
 
     # ------------------------------------------------------------------ parameters
     def _suffixes(self):
@@ -113,25 +198,25 @@ class _RecurrentLayer:
         p = self.params if source is None else source
         peep = None
         if self.cell.peephole is not None:
-            peep = np.stack([p[f"peephole_{g}{sfx}"] for g in PEEPHOLE_GATES])
+            peep = self._ops.stack0([p[f"peephole_{g}{sfx}"] for g in PEEPHOLE_GATES])
         b_ih = p["bias_ih" + sfx] if self.bias else self._zero_bias
         b_hh = p["bias_hh" + sfx] if self.bias else self._zero_bias
         return Weights(p["weight_ih" + sfx], p["weight_hh" + sfx], b_ih, b_hh, peep)
 
     def _accumulate(self, sfx, gw):
-        g = self.grads
-        g["weight_ih" + sfx] += gw.w_ih
-        g["weight_hh" + sfx] += gw.w_hh
+        g, add = self.grads, self._ops.iadd
+        add(g["weight_ih" + sfx], gw.w_ih)
+        add(g["weight_hh" + sfx], gw.w_hh)
         if self.bias:
-            g["bias_ih" + sfx] += gw.b_ih
-            g["bias_hh" + sfx] += gw.b_hh
+            add(g["bias_ih" + sfx], gw.b_ih)
+            add(g["bias_hh" + sfx], gw.b_hh)
         if self.cell.peephole is not None:
             for j, gate in enumerate(PEEPHOLE_GATES):
-                g[f"peephole_{gate}{sfx}"] += gw.peep[j]
+                add(g[f"peephole_{gate}{sfx}"], gw.peep[j])
 
     def zero_grad(self):
         for v in self.grads.values():
-            v[...] = 0
+            self._ops.fill0(v)
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -143,7 +228,8 @@ class _RecurrentLayer:
         return self.train(False)
 
     def state_dict(self):
-        return {k: v.copy() for k, v in self.params.items()}
+        """Copies of the parameters as host ndarrays (also for a layer on the GPU)."""
+        return {k: self._ops.to_host(v) for k, v in self.params.items()}
 
     def load_state_dict(self, state_dict):
         """Load parameters (ndarrays, or anything ``np.asarray`` takes: torch tensors).
@@ -164,26 +250,33 @@ class _RecurrentLayer:
             a = np.asarray(v)
             if a.dtype.kind != "f":
                 raise TypeError(f"state_dict[{k!r}] must hold floating-point values, got dtype {a.dtype}")
-            if a.shape != self.params[k].shape:
+            if a.shape != tuple(self.params[k].shape):
                 raise ValueError(f"state_dict[{k!r}] has shape {a.shape}, expected {self.params[k].shape}")
             new[k] = a
-        for k, a in new.items():
-            self.params[k][...] = a          # in place: optimizers keep their references
+        for k, a in new.items():         # in place: optimizers keep their references
+            if self._ops.on_device:
+                self.params[k].copy_to_device(np.ascontiguousarray(a, dtype=self.dtype))
+            else:
+                self.params[k][...] = a
 
     # ------------------------------------------------------------------ checks
     def _check_array(self, name, a):
-        if not isinstance(a, np.ndarray):
-            if dispatch.is_device_array(a):
-                raise TypeError(f"{name} is a GPU array; this layer runs on the host "
-                                f"(backend={self.backend!r})")
-            a = np.asarray(a)
+        on_gpu = dispatch.is_device_array(a)
+        if self._ops.on_device and not on_gpu:
+            raise TypeError(f"{name} is a host array but this layer lives on the GPU: pass a device "
+                            "array (e.g. numba.cuda.to_device(x)), or move the layer with layer.to('cpu')")
+        if on_gpu and not self._ops.on_device:
+            raise TypeError(f"{name} is a GPU array but this layer's parameters are on the host: "
+                            "move the layer with layer.to('cuda') first")
+        a = self._ops.asarray(a)
         if a.dtype != self.dtype:
             raise TypeError(f"{name} must have dtype {self.dtype} like the layer, got {a.dtype}"
                             f" (convert with .astype(np.{self.dtype}))")
         return a
 
     def _check_finite(self, name, a):
-        if not np.isfinite(a).all():
+        # host arrays only: a device-wide scan would cost a reduction and a sync
+        if not self._ops.on_device and not np.isfinite(a).all():
             raise ValueError(f"{name} contains NaN or infinity")
 
     def _check_input(self, x, state, lengths):
@@ -215,7 +308,7 @@ class _RecurrentLayer:
             checked = []
             for name, s in zip(names, (h0, c0)):
                 s = self._check_array(name, s)
-                if s.shape != (LD, B, H):
+                if tuple(s.shape) != (LD, B, H):
                     raise ValueError(f"{name} must have shape (num_layers*num_directions, B, H) = "
                                      f"{(LD, B, H)}, got {s.shape}")
                 self._check_finite(name, s)
@@ -234,11 +327,11 @@ class _RecurrentLayer:
         """Run the stack over ``x``; returns ``(y, h_n)`` or ``(y, (h_n, c_n))``."""
         x, h0, c0, lengths, T, B = self._check_input(x, state, lengths)
         be = dispatch.get_backend(dispatch.resolve_backend(self.backend, x))
-        H, D = self.hidden_size, self.num_directions
-        inp = np.ascontiguousarray(x.transpose(1, 0, 2) if self.batch_first else x)  # [T, B, I]
-        zeros = np.zeros((B, H), self.dtype)
-        h_n = np.empty((self.num_layers * D, B, H), self.dtype)
-        c_n = np.empty_like(h_n) if self.cell.has_cell else None
+        ops, H, D = self._ops, self.hidden_size, self.num_directions
+        inp = ops.contiguous3(x, swap=self.batch_first)                   # [T, B, I]
+        zeros = ops.zeros((B, H), self.dtype)
+        h_n = ops.empty((self.num_layers * D, B, H), self.dtype)
+        c_n = ops.empty((self.num_layers * D, B, H), self.dtype) if self.cell.has_cell else None
         caches, masks = [], []
         for layer in range(self.num_layers):
             outs = []
@@ -249,23 +342,22 @@ class _RecurrentLayer:
                     self.cell, inp, zeros if h0 is None else h0[idx],
                     None if not self.cell.has_cell else (zeros if c0 is None else c0[idx]),
                     self._weights(sfx), lengths, bool(d), self.training)
-                h_n[idx] = h
+                ops.set_index0(h_n, idx, h)
                 if c_n is not None:
-                    c_n[idx] = c
+                    ops.set_index0(c_n, idx, c)
                 outs.append(y)
                 caches.append((sfx, cache))
-            inp = outs[0] if D == 1 else np.concatenate(outs, axis=2)      # [T, B, D*H]
+            inp = ops.concat_last(outs)                                     # [T, B, D*H]
             if self.training and self.dropout > 0 and layer < self.num_layers - 1:
                 keep = self._rng.random(inp.shape) >= self.dropout
-                mask = keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout)
-                inp = inp * mask
+                mask = ops.from_host(keep.astype(self.dtype) / self.dtype.type(1.0 - self.dropout))
+                inp = ops.mul(inp, mask)
                 masks.append(mask)
             else:
                 masks.append(None)
         if self.training:
-            self._cache = dict(caches=caches, masks=masks, backend=be, T=T, B=B,
-                               y_shape=inp.shape)
-        y = inp.transpose(1, 0, 2) if self.batch_first else inp
+            self._cache = dict(caches=caches, masks=masks, backend=be, T=T, B=B)
+        y = ops.contiguous3(inp, swap=True) if self.batch_first else inp
         return y, ((h_n, c_n) if self.cell.has_cell else h_n)
 
     def backward(self, dy, dstate=None):
@@ -283,33 +375,33 @@ class _RecurrentLayer:
         T, B, H, D, L = cc["T"], cc["B"], self.hidden_size, self.num_directions, self.num_layers
         dy = self._check_array("dy", dy)
         want = (B, T, D * H) if self.batch_first else (T, B, D * H)
-        if dy.shape != want:
+        if tuple(dy.shape) != want:
             raise ValueError(f"dy must have the shape of the output y, {want}, got {dy.shape}")
         dh_n, dc_n = self._check_dstate(dstate, (L * D, B, H))
-        dout = np.ascontiguousarray(dy.transpose(1, 0, 2) if self.batch_first else dy)
-        dh0 = np.zeros((L * D, B, H), self.dtype)
-        dc0 = np.zeros_like(dh0) if self.cell.has_cell else None
+        ops = self._ops
+        dout = ops.contiguous3(dy, swap=self.batch_first)
+        zeros = ops.zeros((B, H), self.dtype)
+        dh0 = ops.empty((L * D, B, H), self.dtype)
+        dc0 = ops.empty((L * D, B, H), self.dtype) if self.cell.has_cell else None
         be = cc["backend"]
         for layer in range(L - 1, -1, -1):
             if cc["masks"][layer] is not None:
-                dout = dout * cc["masks"][layer]
+                dout = ops.mul(dout, cc["masks"][layer])
             dinp = None
             for d in range(D):
                 idx = layer * D + d
                 sfx, cache = cc["caches"][idx]
-                dyd = np.ascontiguousarray(dout[:, :, d * H:(d + 1) * H])
+                dyd = dout if D == 1 else ops.take_last(dout, d * H, (d + 1) * H)
                 dx, dh, dc, gw = be.backward(
-                    self.cell, cache, dyd,
-                    np.zeros((B, H), self.dtype) if dh_n is None else dh_n[idx],
-                    None if not self.cell.has_cell else
-                    (np.zeros((B, H), self.dtype) if dc_n is None else dc_n[idx]))
-                dh0[idx] = dh
+                    self.cell, cache, dyd, zeros if dh_n is None else dh_n[idx],
+                    None if not self.cell.has_cell else (zeros if dc_n is None else dc_n[idx]))
+                ops.set_index0(dh0, idx, dh)
                 if dc0 is not None:
-                    dc0[idx] = dc
+                    ops.set_index0(dc0, idx, dc)
                 self._accumulate(sfx, gw)
-                dinp = dx if dinp is None else dinp + dx
+                dinp = dx if dinp is None else ops.add(dinp, dx)
             dout = dinp
-        dx = dout.transpose(1, 0, 2) if self.batch_first else dout
+        dx = ops.contiguous3(dout, swap=True) if self.batch_first else dout
         return dx, ((dh0, dc0) if self.cell.has_cell else dh0)
 
     def _check_dstate(self, dstate, shape):
@@ -326,7 +418,7 @@ class _RecurrentLayer:
         for name, p in zip(names, parts):
             if p is not None:
                 p = self._check_array(name, p)
-                if p.shape != shape:
+                if tuple(p.shape) != shape:
                     raise ValueError(f"{name} must have the shape of the final state {shape}, got {p.shape}")
             out.append(p)
         return out[0], (out[1] if len(out) > 1 else None)

@@ -9,8 +9,29 @@ __version__ = "0.1.0"
 from .cells import CELLS, CellSpec, get_cell
 from .dispatch import BackendUnavailable, Weights
 from .layers import GRU, LSTM, RNN, BackwardError, PeepholeLSTM
+from . import blocks, data, models, optim, train
+from .blocks import AttentionPool, Dropout, Embedding, Linear, mse, softmax_cross_entropy
+from .models import LanguageModel, SequenceClassifier, SequenceRegressor, load_model
+from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value
+from .train import EarlyStopping, Trainer
+
+
+def set_num_threads(n):
+    """Set the number of threads the compiled CPU kernels (and their BLAS) use."""
+    from .kernels.cpu import set_num_threads as _set
+    _set(n)
+
+
+def get_num_threads():
+    """The number of threads the compiled CPU kernels use."""
+    from .kernels.cpu import get_num_threads as _get
+    return _get()
 
 __all__ = [
     "RNN", "LSTM", "GRU", "PeepholeLSTM", "CELLS", "CellSpec", "get_cell", "Weights",
     "BackendUnavailable", "BackwardError", "__version__",
+    "Embedding", "Linear", "Dropout", "AttentionPool", "softmax_cross_entropy", "mse",
+    "LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
+    "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm", "clip_grad_value",
+    "Trainer", "EarlyStopping", "set_num_threads", "get_num_threads",
 ]

@@ -131,6 +131,15 @@ class _RecurrentLayer:
         if backend == "cuda":
             self.to("cuda")
 
+    @property
+    def rng(self):
+        """The layer's seeded generator (initialisation, then dropout masks)."""
+        return self._rng
+
+    @rng.setter
+    def rng(self, gen):
+        self._rng = gen
+
     # ------------------------------------------------------------------ placement
     @property
     def device(self):

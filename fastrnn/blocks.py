@@ -1,0 +1,348 @@
+"""Building blocks around the recurrent layers: embeddings, linear heads,
+dropout, losses and additive attention pooling.
+
+Every block follows the layers' conventions:
+
+- ``forward`` caches what ``backward`` needs (only the *last* call);
+- ``backward`` returns the gradient with respect to the input and
+  **accumulates** parameter gradients into ``block.grads``;
+- ``params`` / ``grads`` are dicts ``name -> ndarray`` that stay the same
+  arrays for the life of the block (optimizers update ``params`` in place);
+- randomness comes from a seeded :class:`numpy.random.Generator` passed in
+  (or a seed), never from NumPy's global state.
+
+Notation: ``T`` time steps, ``B`` batch, ``F`` features, ``H`` hidden units,
+``A`` attention units, ``C`` classes, ``V`` vocabulary size.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = [
+    "Module", "Embedding", "Linear", "Dropout", "AttentionPool",
+    "softmax_cross_entropy", "mse", "as_rng", "rng_state", "set_rng_state",
+]
+
+
+def as_rng(seed=None):
+    """Return a :class:`numpy.random.Generator` for a seed, or ``seed`` itself
+    when it already is a generator."""
+    if isinstance(seed, np.random.Generator):
+        return seed
+    return np.random.default_rng(seed)
+
+
+def rng_state(rng):
+    """JSON-serialisable state of a generator (see :func:`set_rng_state`)."""
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state):
+    rng.bit_generator.state = state
+
+
+def _check_dtype(dtype):
+    dtype = np.dtype(dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be float32 or float64, got {dtype}")
+    return dtype
+
+
+class Module:
+    """Minimal base: ``params``/``grads`` dicts, ``zero_grad``, train/eval."""
+
+    def __init__(self):
+        self.params = {}
+        self.grads = {}
+        self.training = True
+
+    def _add_param(self, name, value):
+        value = np.ascontiguousarray(value)
+        self.params[name] = value
+        self.grads[name] = np.zeros_like(value)
+
+    def zero_grad(self):
+        for g in self.grads.values():
+            g[...] = 0
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def state_dict(self):
+        return {k: v.copy() for k, v in self.params.items()}
+
+    def load_state_dict(self, state):
+        missing = set(self.params) - set(state)
+        unexpected = set(state) - set(self.params)
+        if missing or unexpected:
+            raise KeyError(f"state_dict mismatch: missing {sorted(missing)}, "
+                           f"unexpected {sorted(unexpected)}")
+        for k, v in state.items():
+            v = np.asarray(v)
+            if v.shape != self.params[k].shape:
+                raise ValueError(f"{k}: shape {v.shape} does not match "
+                                 f"{self.params[k].shape}")
+            self.params[k][...] = v
+
+
+class Embedding(Module):
+    """Lookup table: ``y[...] = weight[idx[...]]``.
+
+    Parameters: ``weight (V, E)`` initialised N(0, ``init_std``²) (PyTorch uses
+    std 1; a smaller default keeps the first recurrent pre-activations sane).
+    ``padding_idx`` rows are zero and receive no gradient.
+    """
+
+    def __init__(self, num_embeddings, embedding_dim, padding_idx=None,
+                 dtype=np.float32, rng=None, init_std=1.0):
+        super().__init__()
+        self.num_embeddings = int(num_embeddings)
+        self.embedding_dim = int(embedding_dim)
+        self.padding_idx = padding_idx
+        self.dtype = _check_dtype(dtype)
+        rng = as_rng(rng)
+        w = (rng.standard_normal((self.num_embeddings, self.embedding_dim))
+             * init_std).astype(self.dtype)
+        if padding_idx is not None:
+            w[padding_idx] = 0
+        self._add_param("weight", w)
+        self._idx = None
+
+    def forward(self, idx):
+        """idx: int array of any shape (...)  ->  (..., E)"""
+        idx = np.asarray(idx)
+        if not np.issubdtype(idx.dtype, np.integer):
+            raise TypeError(f"idx must be an integer array, got {idx.dtype}")
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
+            raise ValueError(f"idx out of range [0, {self.num_embeddings})")
+        self._idx = idx
+        return self.params["weight"][idx]
+
+    __call__ = forward
+
+    def backward(self, dy):
+        """dy: (..., E). Accumulates ``grads['weight']``; returns None (no
+        gradient flows to integer indices)."""
+        if self._idx is None:
+            raise RuntimeError("backward() called before forward()")
+        idx = self._idx.reshape(-1)
+        dy = np.asarray(dy).reshape(-1, self.embedding_dim)
+        if self.padding_idx is not None:
+            keep = idx != self.padding_idx
+            idx, dy = idx[keep], dy[keep]
+        np.add.at(self.grads["weight"], idx, dy)
+        return None
+
+
+class Linear(Module):
+    """``y = x Wᵀ + b`` on the last axis: ``(B, F)`` or per time step on
+    ``(T, B, F)``.  ``weight (O, F)``, ``bias (O,)``, PyTorch's uniform init
+    U(-1/√F, 1/√F)."""
+
+    def __init__(self, in_features, out_features, bias=True, dtype=np.float32,
+                 rng=None):
+        super().__init__()
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.dtype = _check_dtype(dtype)
+        rng = as_rng(rng)
+        k = 1.0 / np.sqrt(self.in_features)
+        self._add_param("weight", rng.uniform(-k, k, (self.out_features, self.in_features))
+                        .astype(self.dtype))
+        if bias:
+            self._add_param("bias", rng.uniform(-k, k, self.out_features).astype(self.dtype))
+        self._x = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if x.shape[-1] != self.in_features:
+            raise ValueError(f"x: last axis is {x.shape[-1]}, expected {self.in_features}")
+        self._x = x
+        # one 2-D GEMM over all rows: numpy's stacked 3-D matmul is much slower
+        y = x.reshape(-1, self.in_features) @ self.params["weight"].T    # [N, O]
+        if "bias" in self.params:
+            y += self.params["bias"]
+        return y.reshape(x.shape[:-1] + (self.out_features,))
+
+    __call__ = forward
+
+    def backward(self, dy):
+        if self._x is None:
+            raise RuntimeError("backward() called before forward()")
+        x2 = self._x.reshape(-1, self.in_features)       # [N, F]
+        dy2 = np.asarray(dy).reshape(-1, self.out_features)  # [N, O]
+        self.grads["weight"] += dy2.T @ x2
+        if "bias" in self.grads:
+            self.grads["bias"] += dy2.sum(axis=0)
+        return (dy2 @ self.params["weight"]).reshape(self._x.shape)
+
+
+class Dropout(Module):
+    """Inverted dropout: in training, zero each element with probability ``p``
+    and scale the rest by 1/(1-p); identity in eval mode."""
+
+    def __init__(self, p=0.5, rng=None):
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"p must be in [0, 1), got {p}")
+        self.p = float(p)
+        self.rng = as_rng(rng)
+        self._mask = None
+
+    def forward(self, x):
+        x = np.asarray(x)
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        keep = self.rng.random(x.shape) >= self.p
+        self._mask = keep.astype(x.dtype) / x.dtype.type(1.0 - self.p)
+        return x * self._mask
+
+    __call__ = forward
+
+    def backward(self, dy):
+        return dy if self._mask is None else dy * self._mask
+
+
+def softmax_cross_entropy(logits, targets, ignore_index=-100, mask=None,
+                          reduction="mean"):
+    """Softmax cross-entropy and its gradient.
+
+    logits  : (..., C) floats
+    targets : (...) ints; entries equal to ``ignore_index`` do not count
+    mask    : optional (...) bool/0-1 array; False entries do not count
+              (e.g. padded steps, ``t >= lengths[b]``)
+    reduction : "mean" (over counted entries) or "sum"
+
+    Returns ``(loss, dlogits)``; ``dlogits`` has the logits' shape and dtype and
+    is zero at ignored entries.  ``loss`` is a Python float (nats).
+    """
+    logits = np.asarray(logits)
+    targets = np.asarray(targets)
+    if logits.shape[:-1] != targets.shape:
+        raise ValueError(f"targets shape {targets.shape} does not match logits "
+                         f"{logits.shape[:-1]}")
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    C = logits.shape[-1]
+    valid = targets != ignore_index
+    if mask is not None:
+        valid = valid & np.asarray(mask, dtype=bool)
+    safe_t = np.where(valid, targets, 0)
+    if safe_t.size and (safe_t.min() < 0 or safe_t.max() >= C):
+        raise ValueError(f"targets out of range [0, {C})")
+    z = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)                # softmax probabilities
+    p_t = np.take_along_axis(z, safe_t[..., None], axis=-1)[..., 0]
+    # log of the (float64) probability: tiny probabilities are clipped at the
+    # dtype's smallest normal so a confident mistake gives a large finite loss
+    logp = np.log(np.maximum(p_t.astype(np.float64), np.finfo(logits.dtype).tiny))
+    n = int(valid.sum())
+    loss = -float(logp[valid].sum())
+    scale = 1.0 / max(n, 1) if reduction == "mean" else 1.0
+    if reduction == "mean":
+        loss *= scale
+    grad = z
+    np.put_along_axis(grad, safe_t[..., None],
+                      np.take_along_axis(grad, safe_t[..., None], axis=-1) - 1, axis=-1)
+    grad *= (valid * scale).astype(logits.dtype)[..., None]
+    return loss, grad
+
+
+def mse(pred, target, mask=None, reduction="mean"):
+    """Mean squared error ``mean((pred - target)²)`` and its gradient.
+
+    ``mask`` (broadcastable to ``pred``) excludes entries; the mean is over the
+    counted elements.  Returns ``(loss, dpred)``.
+    """
+    pred = np.asarray(pred)
+    target = np.asarray(target, dtype=pred.dtype)
+    if pred.shape != target.shape:
+        raise ValueError(f"target shape {target.shape} does not match pred {pred.shape}")
+    diff = pred - target
+    if mask is not None:
+        m = np.broadcast_to(np.asarray(mask, dtype=bool), pred.shape)
+        diff = np.where(m, diff, 0).astype(pred.dtype)
+        n = int(m.sum())
+    else:
+        n = diff.size
+    if reduction == "mean":
+        scale = 1.0 / max(n, 1)
+    elif reduction == "sum":
+        scale = 1.0
+    else:
+        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    loss = float(np.sum(diff.astype(np.float64) ** 2)) * scale
+    return loss, (2.0 * scale * diff).astype(pred.dtype)
+
+
+class AttentionPool(Module):
+    """Additive attention pooling over time.
+
+    .. math::
+        e_t = v^T \\tanh(W_a h_t + b_a), \\quad
+        \\alpha = \\mathrm{softmax}_t(e) \\text{ over } t < \\mathrm{lengths}[b], \\quad
+        c = \\sum_t \\alpha_t h_t
+
+    Parameters ``weight (A, H)``, ``bias (A,)``, ``v (A,)``.
+    ``forward(h [T,B,H], lengths=None) -> context [B,H]``; the weights of the
+    last call are kept in ``self.alpha [T,B]`` (zero at padded steps).
+    """
+
+    def __init__(self, hidden_size, attn_size=None, dtype=np.float32, rng=None):
+        super().__init__()
+        self.hidden_size = int(hidden_size)
+        self.attn_size = int(attn_size or hidden_size)
+        self.dtype = _check_dtype(dtype)
+        rng = as_rng(rng)
+        k = 1.0 / np.sqrt(self.hidden_size)
+        ka = 1.0 / np.sqrt(self.attn_size)
+        A, H = self.attn_size, self.hidden_size
+        self._add_param("weight", rng.uniform(-k, k, (A, H)).astype(self.dtype))
+        self._add_param("bias", rng.uniform(-k, k, A).astype(self.dtype))
+        self._add_param("v", rng.uniform(-ka, ka, A).astype(self.dtype))
+        self._cache = None
+        self.alpha = None
+
+    def forward(self, h, lengths=None):
+        h = np.asarray(h)
+        if h.ndim != 3 or h.shape[2] != self.hidden_size:
+            raise ValueError(f"h must be [T, B, {self.hidden_size}], got {h.shape}")
+        T, B, _ = h.shape
+        s = np.tanh(h @ self.params["weight"].T + self.params["bias"])   # [T,B,A]
+        e = s @ self.params["v"]                                          # [T,B]
+        if lengths is not None:
+            lengths = np.asarray(lengths)
+            valid = np.arange(T)[:, None] < lengths[None, :]              # [T,B]
+            e = np.where(valid, e, -np.inf)
+        e = e - e.max(axis=0, keepdims=True)
+        alpha = np.exp(e)
+        alpha /= alpha.sum(axis=0, keepdims=True)
+        alpha = alpha.astype(h.dtype)
+        self.alpha = alpha
+        self._cache = (h, s, alpha)
+        return np.einsum("tb,tbh->bh", alpha, h)
+
+    __call__ = forward
+
+    def backward(self, dctx):
+        if self._cache is None:
+            raise RuntimeError("backward() called before forward()")
+        h, s, alpha = self._cache
+        dctx = np.asarray(dctx, dtype=h.dtype)                 # [B,H]
+        dh = alpha[:, :, None] * dctx[None]                    # [T,B,H]
+        dalpha = np.einsum("tbh,bh->tb", h, dctx)              # [T,B]
+        de = alpha * (dalpha - (alpha * dalpha).sum(axis=0, keepdims=True))
+        A = self.attn_size
+        self.grads["v"] += np.einsum("tb,tba->a", de, s)
+        du = (de[:, :, None] * self.params["v"]) * (1 - s * s)  # [T,B,A]
+        du2 = du.reshape(-1, A)
+        self.grads["weight"] += du2.T @ h.reshape(-1, self.hidden_size)
+        self.grads["bias"] += du2.sum(axis=0)
+        dh += du @ self.params["weight"]
+        return dh

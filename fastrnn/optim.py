@@ -1,0 +1,355 @@
+"""Optimizers, gradient clipping and learning-rate schedules.
+
+The optimizers follow ``torch.optim``'s update rules and defaults exactly
+(tested step by step against it where PyTorch is installed). They work on
+dicts ``name -> ndarray`` and update the parameter arrays **in place**, so a
+model's parameters stay the same objects:
+
+>>> opt = Adam(model, lr=1e-3)        # or Adam(model.params, ...)
+>>> model.zero_grad(); model.batch_loss(batch); opt.step()
+
+``params`` may be a dict or any object with ``.params`` (and ``.grads``): the
+dict is then re-read at every step, so a model that rebuilds its flat dict
+stays in sync. ``step(grads)`` takes the gradients (defaults to ``.grads`` of
+that object).
+
+Schedules are callables ``t -> lr`` of the epoch (or step) index ``t >= 0``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+__all__ = [
+    "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
+    "clip_grad_value", "clip_grad_norm", "global_norm",
+    "InverseTimeDecay", "StepDecay", "CosineDecay", "WarmUp", "get_optimizer",
+]
+
+
+class Optimizer:
+    """Base class: named parameters, per-parameter state, ``state_dict``."""
+
+    #: hyper-parameters saved in ``state_dict`` (besides ``lr``)
+    _hparams = ()
+    #: names of the per-parameter state buffers
+    _buffers = ()
+
+    def __init__(self, params, lr):
+        if lr < 0:
+            raise ValueError(f"lr must be >= 0, got {lr}")
+        if isinstance(params, dict):
+            self._source, self._dict = None, params
+        elif hasattr(params, "params"):
+            self._source, self._dict = params, None
+        else:
+            raise TypeError("params must be a dict name -> ndarray or an object "
+                            "with .params and .grads")
+        self.lr = float(lr)
+        self.step_count = 0
+        self.state = {}        # name -> {buffer: ndarray}
+
+    @property
+    def params(self):
+        return self._source.params if self._source is not None else self._dict
+
+    def _grads(self, grads):
+        if grads is not None:
+            return grads
+        if self._source is not None and hasattr(self._source, "grads"):
+            return self._source.grads
+        raise ValueError("step() needs grads when the optimizer was built from a dict")
+
+    def zero_grad(self):
+        if self._source is not None and hasattr(self._source, "zero_grad"):
+            self._source.zero_grad()
+
+    def step(self, grads=None):
+        """Apply one update with ``grads`` (dict name -> ndarray)."""
+        grads = self._grads(grads)
+        self.step_count += 1
+        for name, p in self.params.items():
+            g = grads.get(name)
+            if g is None:
+                continue
+            st = self.state.setdefault(name, {})
+            self._update(p, np.asarray(g, dtype=p.dtype), st)
+
+    def _update(self, p, g, st):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ state
+    def state_dict(self):
+        """``{"type", "lr", "step_count", hyper-parameters..., "state": {name:
+        {buffer: array}}}`` (arrays copied)."""
+        return {
+            "type": type(self).__name__,
+            "lr": self.lr,
+            "step_count": self.step_count,
+            **{h: getattr(self, h) for h in self._hparams},
+            "state": {n: {k: (v.copy() if isinstance(v, np.ndarray) else v)
+                          for k, v in st.items()} for n, st in self.state.items()},
+        }
+
+    def load_state_dict(self, d):
+        if d.get("type", type(self).__name__) != type(self).__name__:
+            raise ValueError(f"optimizer state is for {d['type']}, not {type(self).__name__}")
+        self.lr = float(d["lr"])
+        self.step_count = int(d["step_count"])
+        for h in self._hparams:
+            if h in d:
+                setattr(self, h, d[h])
+        self.state = {n: {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
+                          for k, v in st.items()} for n, st in d["state"].items()}
+
+    def __repr__(self):
+        hp = ", ".join(f"{h}={getattr(self, h)!r}" for h in self._hparams)
+        return f"{type(self).__name__}(lr={self.lr!r}, {hp})"
+
+
+class SGD(Optimizer):
+    """SGD with momentum / Nesterov (``torch.optim.SGD``):
+    ``g += wd p; b = μ b + (1-τ) g (b = g at the first step);
+    g = g + μ b (Nesterov) or b; p -= lr g``."""
+
+    _hparams = ("momentum", "dampening", "weight_decay", "nesterov")
+
+    def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0,
+                 weight_decay=0.0, nesterov=False):
+        super().__init__(params, lr)
+        if nesterov and (momentum <= 0 or dampening != 0):
+            raise ValueError("Nesterov momentum requires momentum > 0 and dampening 0")
+        self.momentum, self.dampening = float(momentum), float(dampening)
+        self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+
+    def _update(self, p, g, st):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if self.momentum:
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = st["momentum_buffer"] = g.copy()
+            else:
+                buf *= self.momentum
+                buf += (1 - self.dampening) * g
+            g = g + self.momentum * buf if self.nesterov else buf
+        p -= self.lr * g
+
+
+class Adam(Optimizer):
+    """Adam (``torch.optim.Adam``), L2 weight decay added to the gradient;
+    ``amsgrad`` keeps the running maximum of the second moment."""
+
+    _hparams = ("betas", "eps", "weight_decay", "amsgrad")
+    _decoupled = False
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=0.0, amsgrad=False):
+        super().__init__(params, lr)
+        self.betas = (float(betas[0]), float(betas[1]))
+        self.eps, self.weight_decay, self.amsgrad = float(eps), float(weight_decay), bool(amsgrad)
+
+    def _update(self, p, g, st):
+        b1, b2 = self.betas
+        if self.weight_decay:
+            if self._decoupled:
+                p *= 1 - self.lr * self.weight_decay
+            else:
+                g = g + self.weight_decay * p
+        if "exp_avg" not in st:
+            st["exp_avg"] = np.zeros_like(p)
+            st["exp_avg_sq"] = np.zeros_like(p)
+            st["step"] = 0
+            if self.amsgrad:
+                st["max_exp_avg_sq"] = np.zeros_like(p)
+        st["step"] += 1
+        t = st["step"]
+        m, v = st["exp_avg"], st["exp_avg_sq"]
+        m *= b1
+        m += (1 - b1) * g
+        v *= b2
+        v += (1 - b2) * (g * g)
+        if self.amsgrad:
+            np.maximum(st["max_exp_avg_sq"], v, out=st["max_exp_avg_sq"])
+            v = st["max_exp_avg_sq"]
+        bc1 = 1 - b1 ** t
+        bc2 = 1 - b2 ** t
+        denom = np.sqrt(v) / math.sqrt(bc2) + self.eps
+        p -= (self.lr / bc1) * (m / denom)
+
+    def load_state_dict(self, d):
+        super().load_state_dict(d)
+        self.betas = tuple(float(b) for b in self.betas)
+        for st in self.state.values():
+            if "step" in st:
+                st["step"] = int(st["step"])
+
+
+class AdamW(Adam):
+    """AdamW (``torch.optim.AdamW``): decoupled weight decay
+    ``p *= 1 - lr·wd`` before the Adam step; default ``weight_decay=0.01``."""
+
+    _decoupled = True
+
+    def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
+                 weight_decay=1e-2, amsgrad=False):
+        super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
+
+
+class RMSprop(Optimizer):
+    """RMSprop (``torch.optim.RMSprop``): ``s = α s + (1-α) g²``;
+    centred: subtract the squared running mean; ``p -= lr g / (√s + ε)``
+    (through a momentum buffer when ``momentum > 0``)."""
+
+    _hparams = ("alpha", "eps", "weight_decay", "momentum", "centered")
+
+    def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                 momentum=0.0, centered=False):
+        super().__init__(params, lr)
+        self.alpha, self.eps = float(alpha), float(eps)
+        self.weight_decay, self.momentum, self.centered = (
+            float(weight_decay), float(momentum), bool(centered))
+
+    def _update(self, p, g, st):
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        if "square_avg" not in st:
+            st["square_avg"] = np.zeros_like(p)
+            if self.momentum:
+                st["momentum_buffer"] = np.zeros_like(p)
+            if self.centered:
+                st["grad_avg"] = np.zeros_like(p)
+        a = self.alpha
+        sq = st["square_avg"]
+        sq *= a
+        sq += (1 - a) * (g * g)
+        if self.centered:
+            ga = st["grad_avg"]
+            ga *= a
+            ga += (1 - a) * g
+            avg = np.sqrt(sq - ga * ga) + self.eps
+        else:
+            avg = np.sqrt(sq) + self.eps
+        if self.momentum:
+            buf = st["momentum_buffer"]
+            buf *= self.momentum
+            buf += g / avg
+            p -= self.lr * buf
+        else:
+            p -= self.lr * (g / avg)
+
+
+class Adagrad(Optimizer):
+    """Adagrad (``torch.optim.Adagrad``): ``Σ += g²;
+    p -= lr/(1+(t-1)·lr_decay) · g / (√Σ + ε)``."""
+
+    _hparams = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps")
+
+    def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
+                 initial_accumulator_value=0.0, eps=1e-10):
+        super().__init__(params, lr)
+        self.lr_decay, self.weight_decay = float(lr_decay), float(weight_decay)
+        self.initial_accumulator_value, self.eps = float(initial_accumulator_value), float(eps)
+
+    def _update(self, p, g, st):
+        if "sum" not in st:
+            st["sum"] = np.full_like(p, self.initial_accumulator_value)
+            st["step"] = 0
+        st["step"] += 1
+        if self.weight_decay:
+            g = g + self.weight_decay * p
+        clr = self.lr / (1 + (st["step"] - 1) * self.lr_decay)
+        st["sum"] += g * g
+        p -= clr * (g / (np.sqrt(st["sum"]) + self.eps))
+
+
+_OPTIMIZERS = {c.__name__.lower(): c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}
+
+
+def get_optimizer(name, params, **kwargs):
+    """Build an optimizer by (case-insensitive) name: sgd, adam, adamw, rmsprop, adagrad."""
+    try:
+        cls = _OPTIMIZERS[name.lower()]
+    except KeyError:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {sorted(_OPTIMIZERS)}") from None
+    return cls(params, **kwargs)
+
+
+# ------------------------------------------------------------------ clipping
+def clip_grad_value(grads, clip_value):
+    """Clamp every gradient to ``[-clip_value, clip_value]`` in place."""
+    for g in grads.values():
+        np.clip(g, -clip_value, clip_value, out=g)
+
+
+def global_norm(grads, norm_type=2.0):
+    """The norm of all gradients taken as one vector (float64)."""
+    if norm_type == math.inf:
+        return max((float(np.abs(g).max()) for g in grads.values() if g.size), default=0.0)
+    total = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type))
+                for g in grads.values())
+    return total ** (1.0 / norm_type)
+
+
+def clip_grad_norm(grads, max_norm, norm_type=2.0):
+    """Scale all gradients in place so that their global norm is at most
+    ``max_norm`` (``torch.nn.utils.clip_grad_norm_``); returns the norm
+    *before* clipping."""
+    norm = global_norm(grads, norm_type)
+    coef = max_norm / (norm + 1e-6)
+    if coef < 1.0:
+        for g in grads.values():
+            g *= g.dtype.type(coef)
+    return norm
+
+
+# ----------------------------------------------------------------- schedules
+class InverseTimeDecay:
+    """``lr(t) = lr0 / (1 + k t)``."""
+
+    def __init__(self, lr0, k):
+        self.lr0, self.k = float(lr0), float(k)
+
+    def __call__(self, t):
+        return self.lr0 / (1.0 + self.k * t)
+
+
+class StepDecay:
+    """``lr(t) = lr0 · γ^⌊t / step_size⌋``."""
+
+    def __init__(self, lr0, step_size, gamma=0.1):
+        if step_size < 1:
+            raise ValueError("step_size must be >= 1")
+        self.lr0, self.step_size, self.gamma = float(lr0), int(step_size), float(gamma)
+
+    def __call__(self, t):
+        return self.lr0 * self.gamma ** (int(t) // self.step_size)
+
+
+class CosineDecay:
+    """``lr(t) = lr_min + (lr0 - lr_min)(1 + cos(π min(t, T)/T))/2``."""
+
+    def __init__(self, lr0, t_max, lr_min=0.0):
+        if t_max <= 0:
+            raise ValueError("t_max must be > 0")
+        self.lr0, self.t_max, self.lr_min = float(lr0), float(t_max), float(lr_min)
+
+    def __call__(self, t):
+        t = min(float(t), self.t_max)
+        return self.lr_min + (self.lr0 - self.lr_min) * (1 + math.cos(math.pi * t / self.t_max)) / 2
+
+
+class WarmUp:
+    """Linear warm-up over ``warmup`` units from ``start_factor·lr`` to the
+    wrapped schedule (or constant lr), which then runs from its own ``t=0``."""
+
+    def __init__(self, after, warmup, start_factor=0.0):
+        self.after = after if callable(after) else (lambda t, lr=float(after): lr)
+        self.warmup, self.start_factor = int(warmup), float(start_factor)
+
+    def __call__(self, t):
+        if t < self.warmup:
+            target = self.after(0)
+            return target * (self.start_factor + (1 - self.start_factor) * t / self.warmup)
+        return self.after(t - self.warmup)

@@ -1,0 +1,435 @@
+"""Training loop: mini-batch epochs, validation, early stopping, a progress
+bar, metrics history and resumable checkpoints.
+
+The Trainer drives any model with the protocol of :mod:`fastrnn.models`
+(``params``, ``grads``, ``zero_grad``, ``train``/``eval``,
+``batch_loss(batch, train) -> (loss, count)``, optional ``batch_metrics``,
+``reset_state`` and ``generators``) over data objects with
+``batches(rng)`` (see :mod:`fastrnn.data`) or plain lists of batches.
+
+A checkpoint (one ``.npz``) holds the parameters, the optimizer state, the
+epoch, the history, the early-stopping state and every random generator's
+state, so that ``fit(4)`` equals ``fit(2)``, save, ``resume``, ``fit(4)``
+bit for bit. It is also a model file: :func:`fastrnn.models.load_model`
+reads it.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+
+import numpy as np
+
+from .optim import clip_grad_norm, clip_grad_value
+
+__all__ = ["Trainer", "EarlyStopping", "ProgressBar"]
+
+
+def _fmt_time(s):
+    if not math.isfinite(s):
+        return "?"
+    s = int(round(s))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
+
+
+def _fmt_rate(r):
+    for unit, k in (("M", 1e6), ("k", 1e3)):
+        if r >= k:
+            return f"{r / k:.1f}{unit}"
+    return f"{r:.0f}"
+
+
+class ProgressBar:
+    """A one-line progress bar on ``file`` (stderr): step count, bar, running
+    loss, throughput and ETA. Redraws at most every ``interval`` seconds
+    (every 10 s when ``file`` is not a terminal); ``disable=True`` prints
+    nothing."""
+
+    def __init__(self, total=None, desc="", unit="samples", disable=False, file=None,
+                 interval=None, width=24, deadline=None):
+        self.total, self.desc, self.unit, self.disable = total, desc, unit, disable
+        self.file = file if file is not None else sys.stderr
+        tty = getattr(self.file, "isatty", lambda: False)()
+        self.interval = interval if interval is not None else (0.1 if tty else 10.0)
+        self.width = width
+        self.deadline = deadline          # perf_counter() time the run must end by
+        self.count = 0
+        self.items = 0
+        self.loss_sum = 0.0
+        self.loss_n = 0
+        self.start = time.perf_counter()
+        self._last = -math.inf
+        self._drawn = False
+
+    @property
+    def elapsed(self):
+        return time.perf_counter() - self.start
+
+    @property
+    def rate(self):
+        return self.items / max(self.elapsed, 1e-9)
+
+    @property
+    def loss(self):
+        return self.loss_sum / max(self.loss_n, 1)
+
+    def update(self, items=0, loss=None, weight=1):
+        self.count += 1
+        self.items += items
+        if loss is not None:
+            self.loss_sum += loss * weight
+            self.loss_n += weight
+        now = time.perf_counter()
+        if not self.disable and now - self._last >= self.interval:
+            self._last = now
+            self._draw()
+
+    def _line(self, extra=""):
+        parts = [self.desc] if self.desc else []
+        if self.total:
+            frac = min(self.count / self.total, 1.0)
+            fill = int(frac * self.width)
+            parts.append(f"{self.count}/{self.total} [{'#' * fill}{'.' * (self.width - fill)}]")
+        else:
+            parts.append(f"{self.count}")
+        if self.loss_n:
+            parts.append(f"loss {self.loss:.4f}")
+        parts.append(f"{_fmt_rate(self.rate)} {self.unit}/s")
+        if self.total and self.count:
+            eta = self.elapsed / self.count * (self.total - self.count)
+            if self.deadline is not None:
+                eta = max(0.0, min(eta, self.deadline - time.perf_counter()))
+            parts.append(f"ETA {_fmt_time(eta)}")
+        else:
+            parts.append(f"{_fmt_time(self.elapsed)}")
+        if extra:
+            parts.append(extra)
+        return "  ".join(parts)
+
+    def _draw(self):
+        self.file.write("\r" + self._line() + "\x1b[K" if self.interval < 1 else self._line() + "\n")
+        self.file.flush()
+        self._drawn = True
+
+    def close(self, extra=""):
+        if self.disable:
+            return
+        line = self._line(extra)
+        if self.interval < 1:
+            self.file.write("\r" + line + "\x1b[K\n")
+        else:
+            self.file.write(line + "\n")
+        self.file.flush()
+
+
+class EarlyStopping:
+    """Stop when the monitored value has not improved by more than
+    ``min_delta`` for ``patience`` epochs; ``restore_best`` puts the best
+    parameters back at the end of training."""
+
+    def __init__(self, patience=5, min_delta=0.0, restore_best=True, mode="min"):
+        if mode not in ("min", "max"):
+            raise ValueError("mode must be 'min' or 'max'")
+        self.patience, self.min_delta = int(patience), float(min_delta)
+        self.restore_best, self.mode = bool(restore_best), mode
+        self.best = None
+        self.best_epoch = None
+        self.wait = 0
+        self.best_params = None
+        self.stopped = False
+
+    def _improved(self, value):
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def step(self, value, epoch=None, model=None):
+        """Record one epoch's value; returns True when training should stop."""
+        if self._improved(value):
+            self.best, self.best_epoch, self.wait = float(value), epoch, 0
+            if self.restore_best and model is not None:
+                self.best_params = {k: v.copy() for k, v in model.params.items()}
+        else:
+            self.wait += 1
+        self.stopped = self.wait >= self.patience
+        return self.stopped
+
+    def restore(self, model):
+        if self.restore_best and self.best_params is not None:
+            model.load_state_dict(self.best_params)
+
+    def state(self):
+        return {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait,
+                "stopped": self.stopped}
+
+    def load_state(self, d, best_params=None):
+        self.best, self.best_epoch = d["best"], d["best_epoch"]
+        self.wait, self.stopped = d["wait"], d["stopped"]
+        self.best_params = best_params
+
+
+def _batches(data, rng):
+    if hasattr(data, "batches"):
+        return data.batches(rng)
+    if callable(data):
+        return data(rng)
+    return iter(data)
+
+
+def _len(data):
+    try:
+        return len(data)
+    except TypeError:
+        return None
+
+
+class Trainer:
+    """Mini-batch training with validation.
+
+    Parameters
+    ----------
+    model : a fastrnn model (see the module docstring)
+    optimizer : a :mod:`fastrnn.optim` optimizer over ``model``'s parameters
+    train_data, val_data : objects with ``batches(rng)``, or lists of batches
+    clip_norm, clip_value : gradient clipping (global norm / per value)
+    schedule : callable ``t -> lr`` of the epoch (``schedule_unit="epoch"``),
+        of the global step (``"step"``), or of the fraction of the budget
+        spent, in [0, 1] (``"budget"``: ``global_step / max_steps`` or elapsed
+        time / ``max_seconds``, whichever is further; for runs bounded by time,
+        which are then not exactly repeatable)
+    early_stopping : an :class:`EarlyStopping` on the validation loss (or on
+        the training loss without validation data)
+    seed : seeds the trainer's generator (shuffling)
+    progress : show the progress bar (stderr)
+    checkpoint : path written after every epoch (see :meth:`save_checkpoint`)
+    max_seconds : stop training after this much wall time (checked every step;
+        the current epoch is then validated and recorded)
+    max_steps : stop after this many optimizer steps in total (same way)
+    unit : name of what ``batch_loss``'s count measures (for throughput)
+    """
+
+    def __init__(self, model, optimizer, train_data, val_data=None, *, clip_norm=None,
+                 clip_value=None, schedule=None, schedule_unit="epoch", early_stopping=None,
+                 seed=0, progress=True, checkpoint=None, max_seconds=None, max_steps=None,
+                 unit="samples",
+                 file=None, log=None):
+        if schedule_unit not in ("epoch", "step", "budget"):
+            raise ValueError("schedule_unit must be 'epoch', 'step' or 'budget'")
+        if schedule_unit == "budget" and max_seconds is None and max_steps is None:
+            raise ValueError("schedule_unit='budget' needs max_seconds or max_steps")
+        self.model, self.optimizer = model, optimizer
+        self.train_data, self.val_data = train_data, val_data
+        self.clip_norm, self.clip_value = clip_norm, clip_value
+        self.schedule, self.schedule_unit = schedule, schedule_unit
+        self.early_stopping = early_stopping
+        self.rng = np.random.default_rng(seed)
+        self.progress, self.checkpoint = progress, checkpoint
+        self.max_seconds, self.max_steps, self.unit = max_seconds, max_steps, unit
+        self.file = file if file is not None else sys.stderr
+        self.log = log                      # callable(str) for per-epoch lines
+        self.epoch = 0                      # epochs completed
+        self.global_step = 0
+        self.history = {}
+        self.stop_reason = None
+
+    # ------------------------------------------------------------------ loop
+    def _record(self, **kv):
+        for k, v in kv.items():
+            self.history.setdefault(k, []).append(v)
+
+    def evaluate(self, data):
+        """Mean loss (weighted by counts) and mean metrics over ``data``."""
+        model = self.model
+        was = model.training
+        model.eval()
+        if hasattr(model, "reset_state"):
+            model.reset_state()
+        total, count, metrics = 0.0, 0, {}
+        try:
+            for batch in _batches(data, np.random.default_rng(0)):
+                loss, n = model.batch_loss(batch, train=False)
+                total += loss * n
+                count += n
+                if hasattr(model, "batch_metrics"):
+                    for k, v in model.batch_metrics(batch).items():
+                        w = len(batch[1])
+                        s, c = metrics.get(k, (0.0, 0))
+                        metrics[k] = (s + v * w, c + w)
+        finally:
+            model.train(was)
+            if hasattr(model, "reset_state"):
+                model.reset_state()
+        out = {"loss": total / max(count, 1)}
+        out.update({k: s / max(c, 1) for k, (s, c) in metrics.items()})
+        return out
+
+    def _spent(self, t_start):
+        """Fraction of the step / time budget used so far, in [0, 1]."""
+        f = 0.0
+        if self.max_steps:
+            f = self.global_step / self.max_steps
+        if self.max_seconds:
+            f = max(f, (time.perf_counter() - t_start) / self.max_seconds)
+        return min(f, 1.0)
+
+    def fit(self, epochs=None):
+        """Train until ``epochs`` epochs are completed in total (a resumed
+        trainer continues from :attr:`epoch`); ``None`` trains until
+        ``max_seconds``, ``max_steps`` or early stopping ends it.
+        Returns :attr:`history`."""
+        model, opt = self.model, self.optimizer
+        if epochs is None:
+            if self.max_seconds is None and self.max_steps is None and self.early_stopping is None:
+                raise ValueError("fit(epochs=None) needs max_seconds, max_steps or early_stopping")
+            epochs = math.inf
+        t_start = time.perf_counter()
+        self.stop_reason = None
+        while self.epoch < epochs:
+            epoch = self.epoch
+            if self.schedule is not None and self.schedule_unit == "epoch":
+                opt.lr = float(self.schedule(epoch))
+            model.train()
+            if hasattr(model, "reset_state"):
+                model.reset_state()
+            bar = ProgressBar(_len(self.train_data), desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs != math.inf else ""),
+                              unit=self.unit, disable=not self.progress, file=self.file,
+                              deadline=None if self.max_seconds is None
+                              else t_start + self.max_seconds)
+            t0 = time.perf_counter()
+            items = 0
+            for batch in _batches(self.train_data, self.rng):
+                if self.schedule is not None and self.schedule_unit == "step":
+                    opt.lr = float(self.schedule(self.global_step))
+                elif self.schedule is not None and self.schedule_unit == "budget":
+                    opt.lr = float(self.schedule(self._spent(t_start)))
+                model.zero_grad()
+                loss, n = model.batch_loss(batch, train=True)
+                if not math.isfinite(loss):
+                    raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}, "
+                                             f"step {self.global_step}: lower the learning "
+                                             "rate or clip gradients")
+                grads = model.grads
+                if self.clip_value is not None:
+                    clip_grad_value(grads, self.clip_value)
+                if self.clip_norm is not None:
+                    clip_grad_norm(grads, self.clip_norm)
+                opt.step(grads)
+                self.global_step += 1
+                items += n
+                bar.update(n, loss, n)
+                if self.max_seconds is not None and time.perf_counter() - t_start > self.max_seconds:
+                    self.stop_reason = "time"
+                    break
+                if self.max_steps is not None and self.global_step >= self.max_steps:
+                    self.stop_reason = "steps"
+                    break
+            dt = time.perf_counter() - t0
+            row = {"epoch": epoch + 1, "loss": bar.loss, "lr": opt.lr, "time": dt,
+                   "throughput": items / max(dt, 1e-9)}
+            if self.val_data is not None:
+                for k, v in self.evaluate(self.val_data).items():
+                    row["val_" + k] = v
+            self._record(**row)
+            self.epoch = epoch + 1
+            extra = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+            bar.close(extra)
+            if self.log is not None:
+                self.log(f"epoch {epoch + 1}: " + "  ".join(
+                    f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+            es = self.early_stopping
+            if es is not None:
+                monitor = row.get("val_loss", row["loss"])
+                if es.step(monitor, epoch + 1, model):
+                    self.stop_reason = "early_stopping"
+            if self.checkpoint is not None:
+                self.save_checkpoint(self.checkpoint)
+            if self.stop_reason is not None:
+                break
+        if self.early_stopping is not None:
+            self.early_stopping.restore(model)
+        return self.history
+
+    # ----------------------------------------------------------- checkpoints
+    def _generators(self):
+        gens = [self.rng]
+        if hasattr(self.model, "generators"):
+            gens += self.model.generators()
+        return gens
+
+    def save_checkpoint(self, path):
+        """Write everything needed to resume to ``path`` (``.npz``)."""
+        model, opt = self.model, self.optimizer
+        arrays = {"param/" + k: v for k, v in model.params.items()}
+        ost = opt.state_dict()
+        scalars = {}
+        for name, st in ost.pop("state").items():
+            for buf, v in st.items():
+                if isinstance(v, np.ndarray):
+                    arrays[f"optim/{name}/{buf}"] = v
+                else:
+                    scalars.setdefault(name, {})[buf] = v
+        es = self.early_stopping
+        if es is not None and es.best_params is not None:
+            arrays.update({"es_best/" + k: v for k, v in es.best_params.items()})
+        trainer = {
+            "epoch": self.epoch, "global_step": self.global_step, "history": self.history,
+            "rng": [g.bit_generator.state for g in self._generators()],
+            "optimizer": ost, "optimizer_scalars": scalars,
+            "early_stopping": None if es is None else es.state(),
+        }
+        header = {"format": "fastrnn-model/1", "model": type(model).__name__,
+                  "config": getattr(model, "config", {}), "meta": getattr(model, "meta", {})}
+        path = os.fspath(path)
+        if not path.endswith(".npz"):
+            path += ".npz"
+        tmp = path[:-4] + ".tmp.npz"
+        np.savez(tmp, __header__=np.array(json.dumps(header)),
+                 __trainer__=np.array(json.dumps(trainer)), **arrays)
+        os.replace(tmp, path)
+        return path
+
+    def resume(self, path):
+        """Restore the state saved by :meth:`save_checkpoint` into this trainer
+        (built with the same model architecture and optimizer type)."""
+        path = os.fspath(path)
+        if not os.path.exists(path) and os.path.exists(path + ".npz"):
+            path += ".npz"
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"no such checkpoint: {path!r}")
+        with np.load(path, allow_pickle=False) as f:
+            if "__trainer__" not in f:
+                raise ValueError(f"{path!r} is not a training checkpoint (no trainer state)")
+            header = json.loads(str(f["__header__"]))
+            trainer = json.loads(str(f["__trainer__"]))
+            arrays = {k: f[k] for k in f.files}
+        if header["model"] != type(self.model).__name__:
+            raise ValueError(f"{path!r} holds a {header['model']}, not a "
+                             f"{type(self.model).__name__}")
+        self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
+        ost = trainer["optimizer"]
+        state = {}
+        for k, v in arrays.items():
+            if k.startswith("optim/"):
+                name, buf = k[6:].rsplit("/", 1)
+                state.setdefault(name, {})[buf] = v
+        for name, sc in trainer["optimizer_scalars"].items():
+            state.setdefault(name, {}).update(sc)
+        ost["state"] = state
+        self.optimizer.load_state_dict(ost)
+        gens = self._generators()
+        if len(gens) != len(trainer["rng"]):
+            raise ValueError("checkpoint random-generator count does not match this setup")
+        for g, s in zip(gens, trainer["rng"]):
+            g.bit_generator.state = s
+        self.epoch, self.global_step = trainer["epoch"], trainer["global_step"]
+        self.history = trainer["history"]
+        es = self.early_stopping
+        if es is not None and trainer["early_stopping"] is not None:
+            best = {k[8:]: v for k, v in arrays.items() if k.startswith("es_best/")} or None
+            es.load_state(trainer["early_stopping"], best)
+        return self

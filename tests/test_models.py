@@ -1,0 +1,241 @@
+"""Models: finite-difference gradients (float64, NumPy backend), truncated
+BPTT, sampling, save/load, and short training runs that must lower the loss."""
+import numpy as np
+import pytest
+
+from fastrnn.data import ArrayBatches, LMBatches
+from fastrnn.models import (CheckpointError, LanguageModel, SequenceClassifier,
+                            SequenceRegressor, load_model)
+from fastrnn.optim import Adam
+from fastrnn.train import Trainer
+
+F64 = dict(dtype="float64", backend="numpy")
+
+
+def numgrad(f, x, eps=1e-6):
+    g = np.zeros_like(x)
+    flat, gf = x.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        old = flat[i]
+        flat[i] = old + eps
+        fp = f()
+        flat[i] = old - eps
+        fm = f()
+        flat[i] = old
+        gf[i] = (fp - fm) / (2 * eps)
+    return g
+
+
+def check_model_grads(model, batch, rtol=1e-5, atol=1e-8):
+    def loss():
+        model.reset_state()
+        return model.batch_loss(batch, train=False)[0]
+
+    model.zero_grad()
+    model.reset_state()
+    model.batch_loss(batch, train=True)
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    assert set(grads) == set(model.params)
+    for name, p in model.params.items():
+        np.testing.assert_allclose(grads[name], numgrad(loss, p), rtol=rtol, atol=atol,
+                                   err_msg=name)
+
+
+CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before", "peephole", "peephole_full"]
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_language_model_gradients(cell):
+    rng = np.random.default_rng(0)
+    model = LanguageModel(5, embed_dim=3, hidden_size=4, cell=cell, seed=1, **F64)
+    x = rng.integers(0, 5, (3, 2))
+    y = rng.integers(0, 5, (3, 2))
+    check_model_grads(model, (x, y))
+
+
+def test_language_model_two_layers_gradients():
+    rng = np.random.default_rng(0)
+    model = LanguageModel(4, embed_dim=3, hidden_size=3, num_layers=2, cell="lstm", seed=2, **F64)
+    check_model_grads(model, (rng.integers(0, 4, (4, 2)), rng.integers(0, 4, (4, 2))))
+
+
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+@pytest.mark.parametrize("cell,bidirectional", [("lstm", False), ("gru", True), ("rnn_tanh", True)])
+def test_classifier_gradients(pooling, cell, bidirectional):
+    rng = np.random.default_rng(0)
+    model = SequenceClassifier(3, input_size=2, hidden_size=3, cell=cell, pooling=pooling,
+                               bidirectional=bidirectional, attn_size=2, seed=3, **F64)
+    x = rng.standard_normal((3, 4, 2))
+    y = np.array([0, 2, 1])
+    lengths = np.array([4, 2, 3])
+    check_model_grads(model, (x, y, lengths))
+
+
+def test_classifier_token_input_two_layers_gradients():
+    rng = np.random.default_rng(0)
+    model = SequenceClassifier(2, vocab_size=6, embed_dim=3, hidden_size=3, num_layers=2,
+                               cell="lstm", pooling="attention", seed=4, **F64)
+    x = rng.integers(0, 6, (2, 5))
+    check_model_grads(model, (x, np.array([1, 0]), np.array([5, 3])))
+
+
+@pytest.mark.parametrize("cell,horizon", [("lstm", 1), ("gru", 3)])
+def test_regressor_gradients(cell, horizon):
+    rng = np.random.default_rng(0)
+    model = SequenceRegressor(2, horizon=horizon, hidden_size=3, cell=cell, seed=5, **F64)
+    x = rng.standard_normal((3, 4, 2))
+    y = rng.standard_normal((3, horizon, 2))
+    check_model_grads(model, (x, y))
+
+
+def test_classifier_last_step_ignores_padding():
+    rng = np.random.default_rng(0)
+    model = SequenceClassifier(2, input_size=2, hidden_size=3, seed=0, **F64)
+    x = rng.standard_normal((2, 5, 2))
+    lengths = np.array([5, 2])
+    a = model(x, lengths)
+    x2 = x.copy()
+    x2[1, 2:] = 99.0
+    np.testing.assert_allclose(model(x2, lengths), a)
+    np.testing.assert_allclose(model(x[1:, :2]), a[1:])
+
+
+def test_truncated_bptt_carries_state():
+    rng = np.random.default_rng(0)
+    model = LanguageModel(6, embed_dim=3, hidden_size=4, seed=0, **F64)
+    x = rng.integers(0, 6, (6, 2))
+    y = rng.integers(0, 6, (6, 2))
+    full, _ = model.forward(x)
+    model.reset_state()
+    l1, _ = model.batch_loss((x[:3], y[:3]), train=False)
+    l2, _ = model.batch_loss((x[3:], y[3:]), train=False)
+    from fastrnn.blocks import softmax_cross_entropy
+    expect = softmax_cross_entropy(full, y)[0]
+    assert (l1 + l2) / 2 == pytest.approx(expect, rel=1e-12)
+    model.reset_state()
+    l2_fresh, _ = model.batch_loss((x[3:], y[3:]), train=False)
+    assert l2_fresh != pytest.approx(l2)
+    # evaluate() carries the state over the whole stream
+    ids = rng.integers(0, 6, 41)
+    ev = model.evaluate(ids, batch_size=2, bptt=7)
+    T = 20
+    xs = ids[:2 * T].reshape(2, T).T
+    ys = ids[1:2 * T + 1].reshape(2, T).T
+    model.eval()
+    assert ev == pytest.approx(softmax_cross_entropy(model.forward(xs)[0], ys)[0], rel=1e-12)
+
+
+def test_sample_is_seeded_and_greedy_is_deterministic():
+    model = LanguageModel(7, embed_dim=3, hidden_size=5, seed=0, backend="numpy")
+    a = model.sample(20, [1, 2], temperature=1.0, rng=3)
+    b = model.sample(20, [1, 2], temperature=1.0, rng=3)
+    np.testing.assert_array_equal(a, b)
+    assert a.shape == (20,) and a.min() >= 0 and a.max() < 7
+    g1 = model.sample(10, [1], temperature=0)
+    g2 = model.sample(10, [1], temperature=0, rng=99)
+    np.testing.assert_array_equal(g1, g2)
+    k1 = model.sample(30, None, temperature=1.0, rng=0, top_k=1)
+    np.testing.assert_array_equal(k1, model.sample(30, None, temperature=0))
+    assert model.training                                       # mode restored
+    with pytest.raises(ValueError):
+        model.sample(3, temperature=-1)
+
+
+def test_regressor_forecast_rolls_forward():
+    model = SequenceRegressor(1, hidden_size=4, seed=0, backend="numpy")
+    x = np.random.default_rng(0).standard_normal((2, 6, 1)).astype(np.float32)
+    out = model.forecast(x, 3)
+    assert out.shape == (2, 3, 1)
+    np.testing.assert_allclose(out[:, :1], model.predict(x), rtol=1e-6)
+    x2 = np.concatenate([x[:, 1:], out[:, :1]], axis=1)
+    np.testing.assert_allclose(out[:, 1:2], model.predict(x2), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("make", [
+    lambda: LanguageModel(5, 3, 4, cell="gru", seed=0, backend="numpy"),
+    lambda: SequenceClassifier(3, input_size=2, hidden_size=4, pooling="attention",
+                               bidirectional=True, seed=0, backend="numpy"),
+    lambda: SequenceRegressor(2, horizon=2, hidden_size=4, cell="peephole", seed=0,
+                              backend="numpy"),
+])
+def test_save_load_round_trip(tmp_path, make):
+    model = make()
+    model.meta["note"] = "hello"
+    for v in model.params.values():
+        v += 0.25
+    path = model.save(tmp_path / "m")
+    assert path.endswith(".npz")
+    again = type(model).load(path)
+    assert again.config == model.config and again.meta == {"note": "hello"}
+    for k, v in model.params.items():
+        np.testing.assert_array_equal(again.params[k], v)
+    assert type(load_model(path)) is type(model)
+    assert load_model(path, backend="numpy").backend == "numpy"
+
+
+def test_load_errors(tmp_path):
+    lm = LanguageModel(5, 3, 4, seed=0, backend="numpy")
+    path = lm.save(tmp_path / "lm.npz")
+    with pytest.raises(CheckpointError, match="holds a LanguageModel, not a SequenceClassifier"):
+        SequenceClassifier.load(path)
+    with pytest.raises(FileNotFoundError):
+        LanguageModel.load(tmp_path / "missing.npz")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    with pytest.raises(CheckpointError, match="not a fastrnn model"):
+        load_model(tmp_path / "other.npz")
+    (tmp_path / "junk.npz").write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError):
+        load_model(tmp_path / "junk.npz")
+    other = LanguageModel(6, 3, 4, seed=0, backend="numpy")
+    with pytest.raises(CheckpointError, match="shape"):
+        other.load_state_dict(lm.params)
+
+
+def test_params_are_shared_arrays_and_prefixed():
+    model = SequenceClassifier(2, input_size=3, hidden_size=4, pooling="attention", seed=0,
+                               backend="numpy")
+    names = set(model.params)
+    assert {"rnn.weight_ih_l0", "attn.v", "head.weight"} <= names
+    model.params["head.bias"][...] = 7
+    assert (model.head.params["bias"] == 7).all()
+    model.grads["rnn.weight_hh_l0"][...] = 1
+    model.zero_grad()
+    assert not model.rnn.grads["weight_hh_l0"].any()
+    model.eval()
+    assert not model.rnn.training and not model.head.training
+    model.train()
+    assert model.rnn.training
+
+
+def _fit(model, data, epochs, lr=1e-2):
+    tr = Trainer(model, Adam(model, lr=lr), data, seed=0, progress=False)
+    tr.fit(epochs)
+    return tr.history["loss"]
+
+
+def test_language_model_training_lowers_loss():
+    text = np.array(list(b"abcabdabcabd" * 40)) - 97
+    model = LanguageModel(4, 8, 16, seed=0, backend="numpy")
+    hist = _fit(model, LMBatches(text, 4, 10), 6, lr=2e-2)
+    assert hist[-1] < 0.5 * hist[0]
+
+
+def test_classifier_training_lowers_loss_and_learns():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((96, 6, 2)).astype(np.float32)
+    lengths = rng.integers(2, 7, 96)
+    y = np.array([(x[b, :lengths[b], 0].sum() > 0) for b in range(96)], dtype=np.int64)
+    model = SequenceClassifier(2, input_size=2, hidden_size=8, pooling="attention", seed=0,
+                               backend="numpy")
+    hist = _fit(model, ArrayBatches(x, y, lengths=lengths, batch_size=16), 15)
+    assert hist[-1] < 0.6 * hist[0]
+    assert np.mean(model.predict(x, lengths) == y) > 0.85
+
+
+def test_regressor_training_lowers_loss():
+    t = np.arange(400) * 0.3
+    from fastrnn.data import sliding_windows
+    X, Y = sliding_windows(np.sin(t).astype(np.float32), 12, horizon=2)
+    model = SequenceRegressor(1, horizon=2, hidden_size=8, cell="gru", seed=0, backend="numpy")
+    hist = _fit(model, ArrayBatches(X, Y, batch_size=32), 8)
+    assert hist[-1] < 0.2 * hist[0]

@@ -1,0 +1,172 @@
+"""Optimizers against hand-computed steps and torch.optim; clipping; schedules."""
+import math
+
+import numpy as np
+import pytest
+
+from fastrnn.optim import (SGD, Adagrad, Adam, AdamW, CosineDecay, InverseTimeDecay,
+                           RMSprop, StepDecay, WarmUp, clip_grad_norm, clip_grad_value,
+                           get_optimizer)
+
+
+def one(value=1.0):
+    return {"w": np.array([value])}
+
+
+def run(opt, params, grads_seq):
+    for g in grads_seq:
+        opt.step({"w": np.array([g])})
+    return params["w"][0]
+
+
+def test_sgd_plain_momentum_nesterov_by_hand():
+    p = one()
+    assert run(SGD(p, lr=0.1), p, [0.5]) == pytest.approx(0.95)
+    p = one()
+    # b1 = g = 0.5 -> 0.95; b2 = 0.9*0.5 + 0.5 = 0.95 -> 0.855
+    assert run(SGD(p, lr=0.1, momentum=0.9), p, [0.5, 0.5]) == pytest.approx(0.855)
+    p = one()
+    # nesterov: g + 0.9 b = 0.5 + 0.45 = 0.95 -> 0.905
+    assert run(SGD(p, lr=0.1, momentum=0.9, nesterov=True), p, [0.5]) == pytest.approx(0.905)
+    p = one()
+    # weight decay: g = 0.5 + 0.1 * 1 = 0.6 -> 0.94
+    assert run(SGD(p, lr=0.1, weight_decay=0.1), p, [0.5]) == pytest.approx(0.94)
+    with pytest.raises(ValueError):
+        SGD(one(), lr=0.1, nesterov=True)
+
+
+def test_adam_adamw_rmsprop_adagrad_first_step_by_hand():
+    p = one()
+    # bias-corrected first step: m̂/√v̂ = g/|g|
+    assert run(Adam(p, lr=0.01), p, [0.5]) == pytest.approx(1 - 0.01 * 0.5 / (0.5 + 1e-8))
+    p = one()
+    decayed = 1 - 0.01 * 0.1
+    assert run(AdamW(p, lr=0.01, weight_decay=0.1), p, [0.5]) == pytest.approx(
+        decayed - 0.01 * 0.5 / (0.5 + 1e-8))
+    p = one()
+    # s = 0.01 * 0.25; √s = 0.05
+    assert run(RMSprop(p, lr=0.01), p, [0.5]) == pytest.approx(1 - 0.01 * 0.5 / (0.05 + 1e-8))
+    p = one()
+    assert run(Adagrad(p, lr=0.1), p, [0.5]) == pytest.approx(1 - 0.1 * 0.5 / (0.5 + 1e-10))
+    p = one()
+    # second Adagrad step: Σ = 0.25 + 1 = 1.25, lr_decay: lr / (1 + 1 * 0.5)
+    got = run(Adagrad(p, lr=0.1, lr_decay=0.5), p, [0.5, 1.0])
+    assert got == pytest.approx(1 - 0.1 - (0.1 / 1.5) * 1.0 / math.sqrt(1.25))
+
+
+CONFIGS = [
+    ("SGD", dict(lr=0.05)),
+    ("SGD", dict(lr=0.05, momentum=0.9, dampening=0.1, weight_decay=0.01)),
+    ("SGD", dict(lr=0.05, momentum=0.9, nesterov=True)),
+    ("Adam", dict(lr=0.01)),
+    ("Adam", dict(lr=0.01, betas=(0.8, 0.99), weight_decay=0.1, amsgrad=True)),
+    ("AdamW", dict(lr=0.01)),
+    ("AdamW", dict(lr=0.01, weight_decay=0.1, amsgrad=True)),
+    ("RMSprop", dict(lr=0.01)),
+    ("RMSprop", dict(lr=0.01, momentum=0.9, centered=True, weight_decay=0.01)),
+    ("Adagrad", dict(lr=0.1, lr_decay=0.01, weight_decay=0.01, initial_accumulator_value=0.1)),
+]
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS)
+def test_matches_torch_optim(name, kw):
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    w0 = {"a": rng.standard_normal((3, 4)), "b": rng.standard_normal(5)}
+    grads = [{k: rng.standard_normal(v.shape) for k, v in w0.items()} for _ in range(6)]
+    params = {k: v.copy() for k, v in w0.items()}
+    opt = get_optimizer(name, params, **kw)
+    tparams = {k: torch.tensor(v.copy(), requires_grad=True) for k, v in w0.items()}
+    topt = getattr(torch.optim, name)(list(tparams.values()), **kw)
+    for g in grads:
+        opt.step(g)
+        for k, t in tparams.items():
+            t.grad = torch.tensor(g[k])
+        topt.step()
+    for k in w0:
+        np.testing.assert_allclose(params[k], tparams[k].detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,kw", CONFIGS)
+def test_state_dict_round_trip_continues_identically(name, kw):
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal(4)
+    grads = [rng.standard_normal(4) for _ in range(6)]
+    p1 = {"w": w0.copy()}
+    o1 = get_optimizer(name, p1, **kw)
+    for g in grads:
+        o1.step({"w": g})
+    p2 = {"w": w0.copy()}
+    o2 = get_optimizer(name, p2, **kw)
+    for g in grads[:3]:
+        o2.step({"w": g})
+    saved = o2.state_dict()
+    o3 = get_optimizer(name, p2, lr=123.0)
+    o3.load_state_dict(saved)
+    for g in grads[3:]:
+        o3.step({"w": g})
+    np.testing.assert_array_equal(p1["w"], p2["w"])
+
+
+def test_optimizer_takes_a_model_like_object_and_updates_in_place():
+    class M:
+        def __init__(self):
+            self.params = {"w": np.ones(2, np.float32)}
+            self.grads = {"w": np.full(2, 0.5, np.float32)}
+
+        def zero_grad(self):
+            self.grads["w"][...] = 0
+
+    m = M()
+    ref = m.params["w"]
+    opt = SGD(m, lr=0.1)
+    opt.step()
+    assert m.params["w"] is ref and m.params["w"].dtype == np.float32
+    np.testing.assert_allclose(ref, 0.95)
+    opt.zero_grad()
+    assert not m.grads["w"].any()
+    with pytest.raises(ValueError, match="unknown optimizer"):
+        get_optimizer("lbfgs", m)
+    with pytest.raises(ValueError):
+        opt.load_state_dict(Adam(m).state_dict())
+
+
+def test_clip_grad_norm_and_value():
+    g = {"a": np.array([3.0, 0.0]), "b": np.array([[4.0]])}
+    norm = clip_grad_norm(g, 1.0)
+    assert norm == pytest.approx(5.0)
+    assert math.sqrt(sum(np.sum(v ** 2) for v in g.values())) == pytest.approx(1.0, rel=1e-5)
+    g2 = {"a": np.array([0.3])}
+    assert clip_grad_norm(g2, 1.0) == pytest.approx(0.3)
+    assert g2["a"][0] == 0.3                                        # untouched below the limit
+    g3 = {"a": np.array([-2.0, 0.5, 3.0])}
+    clip_grad_value(g3, 1.0)
+    np.testing.assert_array_equal(g3["a"], [-1.0, 0.5, 1.0])
+
+
+def test_clip_grad_norm_matches_torch():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(3)
+    g = {"a": rng.standard_normal((3, 3)), "b": rng.standard_normal(4)}
+    ts = [torch.zeros(v.shape, dtype=torch.float64, requires_grad=True) for v in g.values()]
+    for t, v in zip(ts, g.values()):
+        t.grad = torch.tensor(v.copy())
+    tn = torch.nn.utils.clip_grad_norm_(ts, 0.5)
+    n = clip_grad_norm(g, 0.5)
+    assert n == pytest.approx(tn.item())
+    for t, v in zip(ts, g.values()):
+        np.testing.assert_allclose(v, t.grad.numpy(), rtol=1e-12)
+
+
+def test_schedules():
+    inv = InverseTimeDecay(0.1, 0.5)
+    assert [inv(t) for t in (0, 2)] == pytest.approx([0.1, 0.05])
+    st = StepDecay(1.0, 3, 0.5)
+    assert [st(t) for t in range(7)] == pytest.approx([1, 1, 1, .5, .5, .5, .25])
+    cos = CosineDecay(1.0, 10, lr_min=0.1)
+    assert cos(0) == pytest.approx(1.0) and cos(10) == pytest.approx(0.1)
+    assert cos(5) == pytest.approx(0.55) and cos(20) == pytest.approx(0.1)
+    wu = WarmUp(StepDecay(1.0, 2, 0.1), warmup=4)
+    assert [wu(t) for t in range(8)] == pytest.approx([0, .25, .5, .75, 1, 1, .1, .1])
+    wc = WarmUp(0.3, warmup=2, start_factor=0.5)
+    assert [wc(t) for t in range(4)] == pytest.approx([0.15, 0.225, 0.3, 0.3])

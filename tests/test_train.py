@@ -1,0 +1,300 @@
+"""Data preparation, the Trainer (resume equality, seeds, early stopping,
+progress bar) and checkpoints."""
+import io
+
+import numpy as np
+import pytest
+
+from fastrnn.data import (ArrayBatches, CharVocab, LMBatches, Standardizer, WordVocab,
+                          bucket_batches, pad_sequences, sliding_windows, train_val_split)
+from fastrnn.models import LanguageModel, SequenceClassifier, load_model
+from fastrnn.optim import SGD, Adam, StepDecay
+from fastrnn.train import EarlyStopping, ProgressBar, Trainer
+
+
+# ------------------------------------------------------------------- data
+def test_pad_sequences_post_pre_and_truncation():
+    seqs = [[1, 2, 3], [4], [5, 6, 7, 8, 9]]
+    x, n = pad_sequences(seqs, maxlen=4)
+    np.testing.assert_array_equal(x, [[1, 2, 3, 0], [4, 0, 0, 0], [5, 6, 7, 8]])
+    np.testing.assert_array_equal(n, [3, 1, 4])
+    x, n = pad_sequences(seqs, maxlen=4, padding="pre", truncating="pre", value=-1)
+    np.testing.assert_array_equal(x, [[-1, 1, 2, 3], [-1, -1, -1, 4], [6, 7, 8, 9]])
+    x, n = pad_sequences([np.ones((2, 3)), np.ones((1, 3))], dtype=np.float32)
+    assert x.shape == (2, 2, 3) and x.dtype == np.float32 and not x[1, 1].any()
+    with pytest.raises(ValueError):
+        pad_sequences([[1], []])
+    with pytest.raises(ValueError):
+        pad_sequences([[1]], padding="middle")
+
+
+def test_bucket_batches_cover_everything_and_group_lengths():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, 250)
+    batches = bucket_batches(lengths, 10, rng=1, bucket_size=250)
+    allidx = np.sort(np.concatenate(batches))
+    np.testing.assert_array_equal(allidx, np.arange(250))
+    spread = np.mean([np.ptp(lengths[b]) for b in batches])
+    assert spread < 10                                   # random batches spread ~90
+    again = bucket_batches(lengths, 10, rng=1, bucket_size=250)
+    assert all((a == b).all() for a, b in zip(batches, again))
+
+
+def test_standardizer_fits_train_only():
+    train = np.array([[0.0, 10.0], [2.0, 10.0]])
+    s = Standardizer().fit(train)
+    np.testing.assert_allclose(s.mean, [1.0, 10.0])
+    np.testing.assert_allclose(s.std, [1.0, 1.0])                # zero std -> 1
+    z = s.transform(np.array([[3.0, 12.0]]))
+    np.testing.assert_allclose(z, [[2.0, 2.0]])
+    np.testing.assert_allclose(s.inverse_transform(z), [[3.0, 12.0]])
+    s2 = Standardizer.from_dict(s.to_dict())
+    np.testing.assert_allclose(s2.transform(train), s.transform(train))
+    with pytest.raises(RuntimeError):
+        Standardizer().transform(train)
+
+
+def test_sliding_windows():
+    X, Y = sliding_windows(np.arange(10), window=3, horizon=2, stride=2)
+    assert X.shape == (3, 3, 1) and Y.shape == (3, 2, 1)
+    np.testing.assert_array_equal(X[1, :, 0], [2, 3, 4])
+    np.testing.assert_array_equal(Y[1, :, 0], [5, 6])
+    with pytest.raises(ValueError, match="too short"):
+        sliding_windows(np.arange(3), 3)
+
+
+def test_vocabularies():
+    v = CharVocab("hello world")
+    ids = v.encode("hold")
+    assert v.decode(ids) == "hold"
+    assert v.decode(v.encode("hz")) == "h?"                      # unseen -> <unk>
+    v2 = type(v).from_dict(v.to_dict())
+    assert v2.itos == v.itos
+    with pytest.raises(ValueError, match="empty"):
+        CharVocab("")
+    w = WordVocab(["The cat sat.", "the dog sat"], max_size=3)
+    assert w.itos[:2] == ["<pad>", "<unk>"] and w.itos[2:] == ["sat", "the", "."]
+    assert w.decode(w.encode("The bird sat")) == "the <unk> sat"
+    assert CharVocab.from_dict(w.to_dict()).itos == w.itos
+
+
+def test_array_and_lm_batches():
+    x = np.arange(10)[:, None]
+    y = np.arange(10)
+    ab = ArrayBatches(x, y, batch_size=4, lengths=np.ones(10, int))
+    bs = list(ab.batches(np.random.default_rng(0)))
+    assert len(ab) == len(bs) == 3 and len(bs[0]) == 3
+    np.testing.assert_array_equal(np.sort(np.concatenate([b[1] for b in bs])), y)
+    ids = np.arange(41)
+    lb = LMBatches(ids, batch_size=2, bptt=7)
+    chunks = list(lb.batches())
+    assert len(chunks) == len(lb) == 3
+    np.testing.assert_array_equal(chunks[0][0][:, 0], np.arange(7))
+    np.testing.assert_array_equal(chunks[1][0][:, 1], np.arange(27, 34))   # row 1 continues
+    np.testing.assert_array_equal(chunks[0][1], chunks[0][0] + 1)
+    tr, va = train_val_split(10, 0.2, rng=0)
+    assert len(va) == 2 and len(np.intersect1d(tr, va)) == 0
+
+
+# ---------------------------------------------------------------- trainer
+def _task(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((64, 5, 2)).astype(np.float32)
+    lengths = rng.integers(2, 6, 64)
+    y = (x[:, 0, 0] > 0).astype(np.int64)
+    return x, y, lengths
+
+
+def _trainer(tmp_path=None, dropout=0.2, es=None, progress=False, file=None, seed=0):
+    x, y, lengths = _task()
+    model = SequenceClassifier(2, input_size=2, hidden_size=6, dropout=dropout,
+                               pooling="attention", seed=1, backend="numpy")
+    train = ArrayBatches(x[:48], y[:48], lengths=lengths[:48], batch_size=8)
+    val = ArrayBatches(x[48:], y[48:], lengths=lengths[48:], batch_size=16, shuffle=False)
+    opt = Adam(model, lr=1e-2)
+    return Trainer(model, opt, train, val, clip_norm=1.0, schedule=StepDecay(1e-2, 2, 0.5),
+                   early_stopping=es, seed=seed, progress=progress, file=file,
+                   checkpoint=None if tmp_path is None else tmp_path / "ckpt.npz")
+
+
+def test_trainer_history_and_metrics():
+    tr = _trainer()
+    hist = tr.fit(3)
+    assert hist["epoch"] == [1, 2, 3]
+    assert set(hist) >= {"loss", "val_loss", "val_accuracy", "lr", "time", "throughput"}
+    assert hist["lr"] == pytest.approx([1e-2, 1e-2, 5e-3])
+    assert hist["loss"][-1] < hist["loss"][0]
+
+
+def test_seed_repeatability():
+    a, b = _trainer(), _trainer()
+    a.fit(2)
+    b.fit(2)
+    for k, v in a.model.params.items():
+        np.testing.assert_array_equal(v, b.model.params[k])
+    c = _trainer(seed=5)
+    c.fit(2)
+    assert any(not np.array_equal(v, c.model.params[k]) for k, v in a.model.params.items())
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    # dropout > 0 and shuffling: the generators' states must be restored too
+    full = _trainer(es=EarlyStopping(patience=10))
+    full.fit(4)
+    first = _trainer(tmp_path, es=EarlyStopping(patience=10))
+    first.fit(2)
+    second = _trainer(es=EarlyStopping(patience=10))
+    for v in second.model.params.values():
+        v[...] = 0                                           # must be overwritten by resume
+    second.resume(tmp_path / "ckpt.npz")
+    assert second.epoch == 2 and second.history["epoch"] == [1, 2]
+    second.fit(4)
+    for k, v in full.model.params.items():
+        np.testing.assert_array_equal(v, second.model.params[k], err_msg=k)
+    assert second.history["loss"] == full.history["loss"]
+    # the checkpoint is also a model file
+    m = load_model(tmp_path / "ckpt.npz")
+    assert isinstance(m, SequenceClassifier)
+
+
+def test_resume_errors(tmp_path):
+    tr = _trainer(tmp_path)
+    tr.fit(1)
+    lm = LanguageModel(4, 2, 3, backend="numpy")
+    other = Trainer(lm, Adam(lm), [], progress=False)
+    with pytest.raises(ValueError, match="holds a SequenceClassifier"):
+        other.resume(tmp_path / "ckpt.npz")
+    with pytest.raises(FileNotFoundError):
+        tr.resume(tmp_path / "nothing.npz")
+    lm.save(tmp_path / "plain.npz")
+    with pytest.raises(ValueError, match="not a training checkpoint"):
+        other.resume(tmp_path / "plain.npz")
+
+
+def test_early_stopping_logic_and_restore():
+    es = EarlyStopping(patience=2, min_delta=0.1)
+    assert [es.step(v, i) for i, v in enumerate([1.0, 0.95, 0.5, 0.45, 0.44])] == [
+        False, False, False, False, True]
+    assert es.best == 0.5 and es.best_epoch == 2
+
+    class M:
+        params = {"w": np.zeros(1)}
+
+        def load_state_dict(self, d):
+            self.params["w"][...] = d["w"]
+
+    m = M()
+    es = EarlyStopping(patience=1)
+    es.step(1.0, 0, m)
+    m.params["w"][...] = 5
+    es.step(2.0, 1, m)
+    es.restore(m)
+    assert m.params["w"][0] == 0
+
+
+def test_trainer_early_stopping_stops():
+    tr = _trainer(es=EarlyStopping(patience=1, min_delta=10.0))
+    tr.fit(10)
+    assert tr.stop_reason == "early_stopping" and tr.epoch == 2
+
+
+def test_trainer_max_seconds_and_nan():
+    tr = _trainer()
+    tr.max_seconds = 0.0
+    tr.fit(5)
+    assert tr.stop_reason == "time" and tr.epoch == 1
+    st = _trainer()
+    st.max_steps = 8
+    st.fit(5)
+    assert st.stop_reason == "steps" and st.global_step == 8 and st.epoch == 2
+
+    class NaNModel:
+        params, grads, training = {"w": np.zeros(1)}, {"w": np.zeros(1)}, True
+
+        def zero_grad(self):
+            pass
+
+        def train(self, mode=True):
+            return self
+
+        def batch_loss(self, batch, train=True):
+            return float("nan"), 1
+
+    m = NaNModel()
+    with pytest.raises(FloatingPointError, match="lower the learning rate"):
+        Trainer(m, SGD(m), [(0,)], progress=False).fit(1)
+
+
+def test_progress_bar_output():
+    buf = io.StringIO()
+    tr = _trainer(progress=True, file=buf)
+    tr.fit(1)
+    out = buf.getvalue()
+    assert "epoch 1/1" in out and "loss" in out and "samples/s" in out and "val_loss" in out
+    silent = io.StringIO()
+    _trainer(progress=False, file=silent).fit(1)
+    assert silent.getvalue() == ""
+    bar = ProgressBar(total=4, desc="x", unit="tok", file=io.StringIO(), interval=0)
+    for _ in range(2):
+        bar.update(100, loss=2.0, weight=100)
+    line = bar._line()
+    assert "2/4" in line and "ETA" in line and "loss 2.0000" in line
+
+
+def test_language_model_trainer_resets_state_each_epoch():
+    ids = np.random.default_rng(0).integers(0, 5, 300)
+    lm = LanguageModel(5, 3, 6, seed=0, backend="numpy")
+    tr = Trainer(lm, Adam(lm, lr=1e-2), LMBatches(ids[:250], 4, 10),
+                 LMBatches(ids[250:], 2, 10), progress=False, unit="tok")
+    tr.fit(2)
+    assert len(tr.history["val_loss"]) == 2 and lm._carry is None
+
+
+# ---------------------------------------------------------------- examples
+EXAMPLES = __import__("pathlib").Path(__file__).resolve().parent.parent / "examples"
+
+
+def _example(monkeypatch, name):
+    import importlib
+    monkeypatch.syspath_prepend(str(EXAMPLES))
+    return importlib.import_module(name)
+
+
+def test_sunspots_example_beats_persistence(monkeypatch, tmp_path):
+    pytest.importorskip("statsmodels")
+    ex = _example(monkeypatch, "sunspots_forecast")
+    r_model, r_pers = ex.main(["--no-progress", "--plot", str(tmp_path / "s.png")])
+    assert r_model <= 0.85 * r_pers
+
+
+@pytest.mark.slow
+def test_digits_example_reaches_95_percent(monkeypatch, tmp_path):
+    pytest.importorskip("sklearn")
+    ex = _example(monkeypatch, "digits_classification")
+    acc = ex.main(["--no-progress", "--plot", str(tmp_path / "d.png")])
+    assert acc >= 0.95
+
+
+def test_shakespeare_example_text_conversion(monkeypatch):
+    ex = _example(monkeypatch, "shakespeare_char_lm")
+    md = "# Play\n\n## ACT I\n\n_Enter A_\n\n**FIRST WITCH**  \nWhen shall we  \nmeet again\n"
+    assert ex.markdown_to_text(md) == "Enter A\n\nFIRST WITCH:\nWhen shall we\nmeet again\n\n"
+
+
+def test_budget_schedule_follows_max_steps():
+    tr = _trainer()
+    tr.schedule, tr.schedule_unit, tr.max_steps = (lambda f: 1e-2 * (1 - f)), "budget", 10
+    seen = []
+    step = tr.optimizer.step
+
+    def spy(grads=None):
+        seen.append(tr.optimizer.lr)
+        step(grads)
+
+    tr.optimizer.step = spy
+    tr.fit()
+    assert seen == pytest.approx([1e-2 * (1 - k / 10) for k in range(10)])
+    with pytest.raises(ValueError, match="budget"):
+        Trainer(tr.model, tr.optimizer, [], schedule_unit="budget")
+    with pytest.raises(ValueError, match="needs max_seconds"):
+        Trainer(tr.model, tr.optimizer, [], progress=False).fit()

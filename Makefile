@@ -15,7 +15,7 @@ $(BIN)/python:
 
 # a regular (non-editable) install: the tests import the installed package
 install: $(BIN)/python
-	$(BIN)/python -m pip install -q ".[test,cuda]"
+	$(BIN)/python -m pip install -q ".[test,cuda,examples]"
 	$(BIN)/python -m pip install -q "$(TORCH)" || echo "torch not installed: its parity tests will be skipped"
 
 demo: install

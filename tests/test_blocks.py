@@ -2,24 +2,10 @@
 import numpy as np
 import pytest
 
+from _numeric import numgrad
+
 from fastrnn.blocks import (AttentionPool, Dropout, Embedding, Linear, mse,
                             softmax_cross_entropy)
-
-
-def numgrad(f, x, eps=1e-6):
-    """Central differences of the scalar ``f()`` with respect to ``x`` (in place)."""
-    g = np.zeros_like(x, dtype=np.float64)
-    it = np.nditer(x, flags=["multi_index"])
-    for _ in it:
-        i = it.multi_index
-        old = x[i]
-        x[i] = old + eps
-        fp = f()
-        x[i] = old - eps
-        fm = f()
-        x[i] = old
-        g[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def check_module(module, x, forward, rng, atol=1e-7, rtol=1e-5, check_input=True):

@@ -3,6 +3,8 @@ BPTT, sampling, save/load, and short training runs that must lower the loss."""
 import numpy as np
 import pytest
 
+from _numeric import numgrad
+
 from fastrnn.data import ArrayBatches, LMBatches
 from fastrnn.models import (CheckpointError, LanguageModel, SequenceClassifier,
                             SequenceRegressor, load_model)
@@ -10,20 +12,6 @@ from fastrnn.optim import Adam
 from fastrnn.train import Trainer
 
 F64 = dict(dtype="float64", backend="numpy")
-
-
-def numgrad(f, x, eps=1e-6):
-    g = np.zeros_like(x)
-    flat, gf = x.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        fp = f()
-        flat[i] = old - eps
-        fm = f()
-        flat[i] = old
-        gf[i] = (fp - fm) / (2 * eps)
-    return g
 
 
 def check_model_grads(model, batch, rtol=1e-5, atol=1e-8):

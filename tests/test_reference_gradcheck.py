@@ -7,9 +7,9 @@ and of every parameter is perturbed by ±eps and compared.
 import numpy as np
 import pytest
 
+from _numeric import numgrad
 from _variants import VARIANTS, make, random_state, seq
 
-EPS = 1e-6
 RTOL, ATOL = 1e-6, 1e-8
 
 
@@ -19,21 +19,6 @@ def _loss(layer, x, state, lengths, R):
     sts = st if isinstance(st, tuple) else (st,)
     parts += [np.sum(s * r) for s, r in zip(sts, R[1:])]
     return sum(parts)
-
-
-def _numeric(f, arr):
-    """Central differences of f() with respect to every entry of arr (in place, restored)."""
-    g = np.zeros_like(arr)
-    flat, gflat = arr.reshape(-1), g.reshape(-1)
-    for k in range(flat.size):
-        old = flat[k]
-        flat[k] = old + EPS
-        up = f()
-        flat[k] = old - EPS
-        down = f()
-        flat[k] = old
-        gflat[k] = (up - down) / (2 * EPS)
-    return g
 
 
 def gradcheck(variant, T=3, B=2, I=3, H=2, with_state=True, lengths=None, seed=0, **kw):
@@ -50,14 +35,14 @@ def gradcheck(variant, T=3, B=2, I=3, H=2, with_state=True, lengths=None, seed=0
     dx, dstate0 = layer.backward(R[0], dstate)
 
     f = lambda: _loss(layer, x, state, lengths, R)  # noqa: E731
-    np.testing.assert_allclose(dx, _numeric(f, x), rtol=RTOL, atol=ATOL, err_msg="dx")
+    np.testing.assert_allclose(dx, numgrad(f, x), rtol=RTOL, atol=ATOL, err_msg="dx")
     if with_state:
         d0 = dstate0 if isinstance(dstate0, tuple) else (dstate0,)
         s0 = state if isinstance(state, tuple) else (state,)
         for k, (a, s) in enumerate(zip(d0, s0)):
-            np.testing.assert_allclose(a, _numeric(f, s), rtol=RTOL, atol=ATOL, err_msg=f"dstate[{k}]")
+            np.testing.assert_allclose(a, numgrad(f, s), rtol=RTOL, atol=ATOL, err_msg=f"dstate[{k}]")
     for name, p in layer.params.items():
-        np.testing.assert_allclose(layer.grads[name], _numeric(f, p), rtol=RTOL, atol=ATOL,
+        np.testing.assert_allclose(layer.grads[name], numgrad(f, p), rtol=RTOL, atol=ATOL,
                                    err_msg=name)
 
 
@@ -98,6 +83,6 @@ def test_gradcheck_dropout_between_layers():
     f()
     layer.zero_grad()
     dx, _ = layer.backward(R)
-    np.testing.assert_allclose(dx, _numeric(f, x), rtol=RTOL, atol=ATOL)
+    np.testing.assert_allclose(dx, numgrad(f, x), rtol=RTOL, atol=ATOL)
     for name, p in layer.params.items():
-        np.testing.assert_allclose(layer.grads[name], _numeric(f, p), rtol=RTOL, atol=ATOL, err_msg=name)
+        np.testing.assert_allclose(layer.grads[name], numgrad(f, p), rtol=RTOL, atol=ATOL, err_msg=name)

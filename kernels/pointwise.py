@@ -7,6 +7,11 @@ GPU kernels (:mod:`fastrnn.kernels.cuda`), each with its own ``tanh`` and
 ``sigmoid``. The pre-activations passed in already include both biases and
 the input and recurrent products (``a = W x + b_ih + U h + b_hh``, per gate).
 
+Constants are written ``type(x)(1)``, never a bare ``1``: Numba types
+``1 - x`` for a float32 ``x`` as float64, which would run every float32
+kernel at double precision (half the SIMD width) and promote its results.
+``test_pointwise_keeps_float32`` pins this.
+
 Derivatives take the saved *activations* (σ' = s (1 - s), tanh' = 1 - t²),
 never recomputing a transcendental function, so backward is exact with
 respect to what forward produced.
@@ -36,17 +41,17 @@ def build(jit, tanh, sigmoid):
     @jit
     def rnn_tanh_grad(h_new, dh):
         """da = dh * (1 - h'^2)"""
-        return dh * (1 - h_new * h_new)
+        return dh * (type(h_new)(1) - h_new * h_new)
 
     @jit
     def rnn_relu_step(a):
         """h' = max(a, 0)"""
-        return a if a > 0 else a * 0
+        return a if a > 0 else type(a)(0)
 
     @jit
     def rnn_relu_grad(h_new, dh):
         """da = dh * [h' > 0]"""
-        return dh if h_new > 0 else dh * 0
+        return dh if h_new > 0 else type(dh)(0)
 
     # ---------------------------------------------------------------- LSTM
     @jit
@@ -68,11 +73,12 @@ def build(jit, tanh, sigmoid):
 
         ``dh`` is dL/dh' (output plus carried), ``dc_next`` dL/dc' carried.
         Returns (dai, daf, dag, dao, dc_prev)."""
-        dc = dc_next + dh * o * (1 - tc * tc)
-        dao = dh * tc * o * (1 - o)
-        dai = dc * g * i * (1 - i)
-        daf = dc * c_prev * f * (1 - f)
-        dag = dc * i * (1 - g * g)
+        one = type(i)(1)
+        dc = dc_next + dh * o * (one - tc * tc)
+        dao = dh * tc * o * (one - o)
+        dai = dc * g * i * (one - i)
+        daf = dc * c_prev * f * (one - f)
+        dag = dc * i * (one - g * g)
         return dai, daf, dag, dao, dc * f
 
     # ---------------------------------------------------------------- GRU
@@ -84,7 +90,7 @@ def build(jit, tanh, sigmoid):
         r = sigmoid(ar)
         z = sigmoid(az)
         n = tanh(an_x + r * an_h)
-        return r, z, n, (1 - z) * n + z * h_prev
+        return r, z, n, (type(z)(1) - z) * n + z * h_prev
 
     @jit
     def gru_grad(r, z, n, an_h, h_prev, dh):
@@ -93,9 +99,10 @@ def build(jit, tanh, sigmoid):
         Returns (dar, daz, dan_x, dan_h, dh_prev_direct) where ``dan_x`` is
         the gradient of ``W_n x + b_in`` and ``dan_h`` of ``U_n h + b_hn``;
         ``dh_prev_direct`` is the part that does not pass through ``U``."""
-        dn = dh * (1 - z) * (1 - n * n)
-        daz = dh * (h_prev - n) * z * (1 - z)
-        dar = dn * an_h * r * (1 - r)
+        one = type(z)(1)
+        dn = dh * (one - z) * (one - n * n)
+        daz = dh * (h_prev - n) * z * (one - z)
+        dar = dn * an_h * r * (one - r)
         return dar, daz, dn, dn * r, dh * z
 
     @jit
@@ -108,17 +115,18 @@ def build(jit, tanh, sigmoid):
         """reset_after=False, second half: n = tanh(an), h' = (1-z) n + z h,
         where ``an = W_n x + b_in + U_n (r h) + b_hn``. Returns (n, h')."""
         n = tanh(an)
-        return n, (1 - z) * n + z * h_prev
+        return n, (type(z)(1) - z) * n + z * h_prev
 
     @jit
     def gru_reset_before_grad_n(z, n, h_prev, dh):
         """Returns (dan, daz, dh_prev_direct) for the second half."""
-        return dh * (1 - z) * (1 - n * n), dh * (h_prev - n) * z * (1 - z), dh * z
+        one = type(z)(1)
+        return dh * (one - z) * (one - n * n), dh * (h_prev - n) * z * (one - z), dh * z
 
     @jit
     def gru_reset_before_grad_r(r, h_prev, drh):
         """``drh`` = dL/d(r h) (from ``U_nᵀ dan``). Returns (dar, dh_prev_part)."""
-        return drh * h_prev * r * (1 - r), drh * r
+        return drh * h_prev * r * (type(r)(1) - r), drh * r
 
     # ---------------------------------------------------------------- peephole LSTM
     @jit
@@ -141,14 +149,16 @@ def build(jit, tanh, sigmoid):
     @jit
     def peephole_grad_out(o, tc, dh):
         """Returns (dao, dc_from_h): gradient of ``ao`` and of c' through h'."""
-        return dh * tc * o * (1 - o), dh * o * (1 - tc * tc)
+        one = type(o)(1)
+        return dh * tc * o * (one - o), dh * o * (one - tc * tc)
 
     @jit
     def peephole_grad_cell(i, f, g, c_prev, dc):
         """``dc`` = total dL/dc' (carried + through h' + through the o peephole).
         Returns (dai, daf, dag, dc_prev_direct) (peephole parts of dc_prev are
         added by the caller)."""
-        return dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dc * f
+        one = type(i)(1)
+        return dc * g * i * (one - i), dc * c_prev * f * (one - f), dc * i * (one - g * g), dc * f
 
     return SimpleNamespace(**{k: v for k, v in locals().items()
                               if k not in ("jit", "tanh", "sigmoid")})

@@ -75,13 +75,18 @@ def _median_time(fn, min_time, min_reps, max_reps):
     return statistics.median(times), len(times)
 
 
-def _interleaved_medians(fns, min_time, min_rounds, max_rounds, burst_s=0.02):
-    """Median seconds per call of each ``fns[name]()``, timed round-robin.
+def _interleaved_medians(fns, min_time, min_rounds, max_rounds, burst_s=0.2, settle_s=0.2):
+    """Median seconds per call of each ``fns[name]()``, timed in alternating bursts.
 
-    Each round runs every implementation for a short burst (~``burst_s``), so
-    all of them see the same slowly varying load of a shared machine: their
-    ratios stay meaningful even when the absolute times are not.
-    Returns ``{name: (median_s, calls)}``."""
+    Each round runs every implementation for a burst (~``burst_s``), so all of
+    them see the same slowly varying load of a shared machine. Before each
+    burst the process sleeps ``settle_s`` and makes one untimed call: OpenBLAS
+    worker threads keep spinning for ~0.1 s after their last call (their
+    default thread timeout) and torch's OpenMP workers for a while too, and a
+    burst that starts while the *other* library's workers still spin runs on
+    one core instead of two. Back-to-back short bursts measured torch's LSTM
+    2-3x slower than it runs alone; with the pause each library is timed as it
+    runs by itself. Returns ``{name: (median_s, calls)}``."""
     reps = {}
     for name, fn in fns.items():      # warm-up (compiles) and burst calibration
         fn()
@@ -94,6 +99,9 @@ def _interleaved_medians(fns, min_time, min_rounds, max_rounds, burst_s=0.02):
     while rounds < min_rounds or (time.perf_counter() - start < min_time
                                   and rounds < max_rounds):
         for name, fn in fns.items():
+            if len(fns) > 1:
+                time.sleep(settle_s)
+                fn()
             for _ in range(reps[name]):
                 t0 = time.perf_counter()
                 fn()
@@ -290,6 +298,7 @@ def main(argv=None):
     if cpu._blas_set_threads is not None:
         cpu._blas_set_threads(args.threads)    # the reference's NumPy BLAS threads
     min_time, min_reps, max_reps = (0.05, 2, 3) if args.quick else (1.0, 5, 30)
+    burst = dict(burst_s=0.02, settle_s=0.05) if args.quick else {}
 
     print(f"fastrnn bench: float32, 1 layer, 1 direction, {args.threads} thread(s); "
           f"medians of >= {min_reps} interleaved rounds; times in ms")
@@ -331,7 +340,7 @@ def main(argv=None):
                     else:
                         be = reference if impl == "numpy" else cpu
                         fns[impl] = _backend_runner(be, cell, inputs, mode)
-                res = _interleaved_medians(fns, min_time, min_reps, max_reps)
+                res = _interleaved_medians(fns, min_time, min_reps, max_reps, **burst)
                 med = {impl: m for impl, (m, _) in res.items()}
                 flops = layer_flops(cell, T, B, I, H, mode)
                 for impl, (m, n) in res.items():

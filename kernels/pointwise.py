@@ -12,6 +12,11 @@ Constants are written ``type(x)(1)``, never a bare ``1``: Numba types
 kernel at double precision (half the SIMD width) and promote its results.
 ``test_pointwise_keeps_float32`` pins this.
 
+Numba's on-disk cache (``cache=True`` in :mod:`fastrnn.kernels.cpu`) keys
+each kernel on its own file only: after editing this file in a source
+checkout, delete ``kernels/__pycache__/*.nb[ic]`` (an install rewrites every
+file, which invalidates the cache by itself).
+
 Derivatives take the saved *activations* (σ' = s (1 - s), tanh' = 1 - t²),
 never recomputing a transcendental function, so backward is exact with
 respect to what forward produced.

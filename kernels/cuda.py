@@ -335,29 +335,22 @@ if cuda is not None:
             c_out[b, j] = c_in[b, j]
             cs[a, b, j] = 0
 
-    @cuda.jit(device=True)
-    def _rnn_tanh_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs,
-                      peep, aux):
-        if t < 0:
-            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 1, False)
-            return
-        hn = _pw_rnn_tanh_step(xw[t, b, j] + hw[b, j])
-        hs[a, b, j] = h_in[b, j]
-        acts[a, b, j] = hn
-        h_out[b, j] = hn
-        y[t, b, j] = hn
+    def _rnn_fwd_point(step):
+        """The RNN step for one unit, with ``step`` = tanh or relu (pointwise)."""
+        @cuda.jit(device=True)
+        def fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, peep, aux):
+            if t < 0:
+                _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 1, False)
+                return
+            hn = step(xw[t, b, j] + hw[b, j])
+            hs[a, b, j] = h_in[b, j]
+            acts[a, b, j] = hn
+            h_out[b, j] = hn
+            y[t, b, j] = hn
+        return fwd
 
-    @cuda.jit(device=True)
-    def _rnn_relu_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs,
-                      peep, aux):
-        if t < 0:
-            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 1, False)
-            return
-        hn = _pw_rnn_relu_step(xw[t, b, j] + hw[b, j])
-        hs[a, b, j] = h_in[b, j]
-        acts[a, b, j] = hn
-        h_out[b, j] = hn
-        y[t, b, j] = hn
+    _rnn_tanh_fwd = _rnn_fwd_point(_pw_rnn_tanh_step)
+    _rnn_relu_fwd = _rnn_fwd_point(_pw_rnn_relu_step)
 
     @cuda.jit(device=True)
     def _lstm_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs,
@@ -492,25 +485,21 @@ if cuda is not None:
             dax[s, b, g * H + j] = 0
             dah[s, b, g * H + j] = 0
 
-    @cuda.jit(device=True)
-    def _rnn_tanh_bwd(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah, peep, aux):
-        if t < 0:
-            _zero_da(b, j, s, H, 1, dax, dah)
-            return
-        da = _pw_rnn_tanh_grad(acts[s, b, j], dy[t, b, j] + dh[b, j])
-        dax[t, b, j] = da
-        dah[s, b, j] = da
-        dh[b, j] = 0
+    def _rnn_bwd_point(grad):
+        """Back through the RNN step of one unit, ``grad`` from the pointwise table."""
+        @cuda.jit(device=True)
+        def bwd(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah, peep, aux):
+            if t < 0:
+                _zero_da(b, j, s, H, 1, dax, dah)
+                return
+            da = grad(acts[s, b, j], dy[t, b, j] + dh[b, j])
+            dax[t, b, j] = da
+            dah[s, b, j] = da
+            dh[b, j] = 0
+        return bwd
 
-    @cuda.jit(device=True)
-    def _rnn_relu_bwd(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah, peep, aux):
-        if t < 0:
-            _zero_da(b, j, s, H, 1, dax, dah)
-            return
-        da = _pw_rnn_relu_grad(acts[s, b, j], dy[t, b, j] + dh[b, j])
-        dax[t, b, j] = da
-        dah[s, b, j] = da
-        dh[b, j] = 0
+    _rnn_tanh_bwd = _rnn_bwd_point(_pw_rnn_tanh_grad)
+    _rnn_relu_bwd = _rnn_bwd_point(_pw_rnn_relu_grad)
 
     @cuda.jit(device=True)
     def _lstm_bwd(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah, peep, aux):

@@ -28,8 +28,11 @@ test: install
 	NUMBA_ENABLE_CUDASIM=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_cuda*.py
 	$(BIN)/pytest -q -p no:cacheprovider bench --benchmark-disable
 
+# onnxruntime is optional too: the benchmark's inference peer (the ort column)
 bench: install
+	$(BIN)/python -m pip install -q ".[ort]" || echo "onnxruntime/onnx not installed: the benchmark skips its ort column"
 	$(BIN)/fastrnn bench --json bench/results/cpu.json
+	$(BIN)/fastrnn bench --train --json bench/results/train.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis .benchmarks

@@ -1,4 +1,5 @@
-"""pytest-benchmark suite: the fused CPU kernels vs the NumPy reference and PyTorch.
+"""pytest-benchmark suite: the fused CPU kernels vs the NumPy reference, PyTorch
+and onnxruntime (inference; skipped where ``onnxruntime``/``onnx`` are missing).
 
 The same grid, inputs and runners as ``fastrnn bench`` (:mod:`fastrnn.bench`),
 one benchmark per (cell, shape, mode, implementation), grouped as
@@ -9,6 +10,9 @@ one benchmark per (cell, shape, mode, implementation), grouped as
     pytest bench/ --benchmark-only         # timings (keep the machine quiet)
 
 JIT compilation happens in the fixture's warm-up call, outside the timed region.
+Further smoke tests check outputs, never speed: the hand-built ONNX models
+against the reference, the training benchmark's fastrnn models against their
+torch twins, ``fastrnn bench --quick`` / ``--busy`` end to end.
 """
 import os
 
@@ -23,6 +27,11 @@ if not cpu.available()[0]:  # pragma: no cover
     pytest.skip(cpu.available()[1], allow_module_level=True)
 
 SHAPES = bench.GRID
+
+
+def _ort():
+    pytest.importorskip("onnx")
+    return pytest.importorskip("onnxruntime")
 IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 
@@ -35,6 +44,13 @@ def _runner(impl, cname, shape, mode):
         if tname is None:
             pytest.skip(f"{cname} has no PyTorch twin")
         return bench._torch_runner(torch, tname, cell, inputs, mode)
+    if impl == "ort":
+        if mode != "infer":
+            pytest.skip("onnxruntime is an inference peer")
+        if reg not in bench.ONNX_CELLS:
+            pytest.skip(f"{cname} has no ONNX operator")
+        ort = _ort()
+        return bench.ort_runners(ort, cell, inputs, (1,), check_with=cpu)[1]
     return bench._backend_runner(reference if impl == "numpy" else cpu, cell, inputs, mode)
 
 
@@ -57,8 +73,8 @@ def test_cell(request, benchmark, cname, shape, mode, impl):
 def test_cli_quick_smoke(tmp_path, capsys):
     """``fastrnn bench`` end to end on one tiny shape (no compile subprocesses)."""
     out = tmp_path / "b.json"
-    rc = bench.main(["--cells", "lstm,gru", "--quick", "--no-compile", "--shapes", "5,2,3,4",
-                     "--json", str(out)])
+    rc = bench.main(["--cells", "lstm,gru", "--quick", "--shapes", "5,2,3,4",
+                     "--gemm-size", "256", "--json", str(out)])
     assert rc == 0
     import json
     data = json.loads(out.read_text())
@@ -67,4 +83,124 @@ def test_cli_quick_smoke(tmp_path, capsys):
     assert all(r["median_s"] > 0 and np.isfinite(r["median_s"]) for r in recs)
     assert {(r["cell"], r["mode"]) for r in recs} == {
         (c, m) for c in ("lstm", "gru") for m in bench.MODES}
-    assert "summary" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    assert "summary" in text and "compile" not in text     # --quick: no compile subprocesses
+    torch_recs = [r for r in recs if r["impl"] == "torch"]
+    if torch_recs:    # torch timed at 1 and 2 threads, exactly one of them the best
+        assert sorted(r["threads"] for r in torch_recs
+                      if (r["cell"], r["mode"]) == ("lstm", "train")) == [1, 2]
+        assert sum(r["best"] for r in torch_recs if (r["cell"], r["mode"]) == ("lstm", "train")) == 1
+    assert set(data["meta"]["gemm_peaks_gflops"]) >= {"numpy"}
+    assert data["meta"]["gemm_peak_gflops"] == max(data["meta"]["gemm_peaks_gflops"].values())
+
+
+def test_cli_busy_smoke(tmp_path, capsys):
+    """``--busy 1``: a load-test table, in --json too; no busy process survives."""
+    out = tmp_path / "b.json"
+    rc = bench.main(["--cells", "lstm", "--quick", "--shapes", "5,2,3,4", "--impls", "cpu,torch",
+                     "--busy", "1", "--gemm-size", "256", "--json", str(out)])
+    assert rc == 0
+    import json
+    busy = json.loads(out.read_text())["busy"]
+    assert {r["mode"] for r in busy} == set(bench.MODES)
+    assert all(r["busy_processes"] == 1 and r["slowdown"] > 0 for r in busy)
+    assert "load test" in capsys.readouterr().out
+    assert not bench.BusyLoad._live
+
+
+def test_busy_load_cleans_up_on_error():
+    procs = []
+    with pytest.raises(KeyboardInterrupt):
+        with bench.BusyLoad(2) as load:
+            procs = list(load.procs)
+            assert load.alive() == 2
+            raise KeyboardInterrupt
+    assert procs and all(p.poll() is not None for p in procs)
+    assert not bench.BusyLoad._live
+
+
+ONNX_SHAPES = [(7, 3, 5, 6), (20, 9, 17, 40)]
+
+
+@pytest.mark.parametrize("shape", ONNX_SHAPES, ids=["x".join(map(str, s)) for s in ONNX_SHAPES])
+@pytest.mark.parametrize("reg", sorted(bench.ONNX_CELLS))
+def test_onnx_model_agrees(reg, shape):
+    """The hand-built ONNX node (gate orders, GRU linear_before_reset, peepholes)
+    computes the same function as the NumPy reference and the cpu kernels."""
+    ort = _ort()
+    cell = get_cell(reg)
+    inputs = bench._make_inputs(cell, *shape, seed=3)
+    x, h0, c0, w, _ = inputs
+    rng = np.random.default_rng(1)           # a non-zero initial state
+    h0[...] = rng.uniform(-0.5, 0.5, h0.shape)
+    if c0 is not None:
+        c0[...] = rng.uniform(-0.5, 0.5, c0.shape)
+    fns = bench.ort_runners(ort, cell, inputs, (1, 2), check_with=cpu)
+    y_ref = reference.forward(cell, x, h0, c0, w, None, False, False)[0]
+    for fn in fns.values():
+        y = fn()[0]
+        assert y.shape == (shape[0], 1, shape[1], shape[3])
+        np.testing.assert_allclose(y[:, 0], y_ref, atol=2e-6, rtol=0)
+
+
+def test_onnx_check_fails_loudly():
+    """A wrong model (here: weights in the wrong gate order) must not be timed."""
+    ort = _ort()
+    cell = get_cell("lstm")
+    x, h0, c0, w, dy = bench._make_inputs(cell, 6, 2, 3, 4)
+    bad = w._replace(w_ih=np.ascontiguousarray(w.w_ih[::-1]))
+
+    class Other:                             # fastrnn's answer for the *right* weights
+        @staticmethod
+        def forward(*a):
+            return cpu.forward(cell, x, h0, c0, w, None, False, False)
+
+    with pytest.raises(RuntimeError, match="disagrees"):
+        bench.ort_runners(ort, cell, (x, h0, c0, bad, dy), (1,), check_with=Other)
+
+
+TINY_LM = dict(embed_dim=8, hidden_size=16, batch_size=4, bptt=8)
+TINY_CLF = dict(features=3, hidden_size=8, num_classes=4, batch_size=5, min_len=2,
+                max_len=6, pads=(6, 24))
+
+
+def test_train_pairs_agree_with_torch():
+    """The training benchmark compares like with like: fastrnn's models and their
+    torch twins give the same logits and the same losses over a few Adam steps."""
+    torch = pytest.importorskip("torch")
+    from fastrnn import bench_train as bt
+    V, tr, ev, _ = bt.lm_data(TINY_LM["batch_size"], TINY_LM["bptt"], 3, 2)
+    chk = bt.check_lm(bt.LMPair(torch, V, tr, ev, TINY_LM["embed_dim"],
+                                TINY_LM["hidden_size"]), steps=4)
+    assert chk["max_logit_diff"] < 1e-5 and chk["max_loss_rel_diff"] < 1e-5, chk
+    data = bt.clf_data(5, 3, 4, 2, 6, (6, 24), 2)
+    for T in (6, 24):
+        pair = bt.ClassifierPair(torch, data[T], 3, 8, 4)
+        chk = bt.check_classifier(pair, steps=4)
+        assert chk["max_logit_diff"] < 1e-5 and chk["max_loss_rel_diff"] < 1e-5, chk
+    # padding to T=24 changes nothing but the cost: same logits as T=6
+    a = bt.ClassifierPair(None, data[6], 3, 8, 4).fastrnn_infer()
+    b = bt.ClassifierPair(None, data[24], 3, 8, 4).fastrnn_infer()
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_train_bench_smoke(tmp_path, capsys):
+    """``run`` end to end on tiny models with a token timing budget."""
+    from fastrnn import bench_train as bt
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    tiny = dict(min_time=0.0, min_rounds=1, max_rounds=1, burst_s=0.001, settle_s=0.0)
+    rows = bt.run(torch, quick=True, lm_config=TINY_LM, clf_config=TINY_CLF, timing=tiny)
+    items = {r["item"] for r in rows}
+    assert items == {"lm train", "lm infer (score held-out)", "clf train T=6",
+                     "clf infer T=6", "clf train T=24", "clf infer T=24"}
+    for r in rows:
+        assert all(v > 0 and np.isfinite(v) for v in r["rate"].values())
+        if torch is not None:
+            assert set(r["rate"]) == {"fastrnn", "torch@1", "torch@2"} and r["ratio"] > 0
+            if r["item"] == "lm train" and r["unit"] == "steps/s":
+                assert r["check"]["max_loss_rel_diff"] < 1e-5
+    bt.print_table(rows)
+    assert "fastrnn/torch" in capsys.readouterr().out

@@ -24,6 +24,23 @@ __all__ = [
 ]
 
 
+_KERNELS = None
+
+
+def _kernels():
+    """:mod:`fastrnn.kernels.training` (compiled loops of the training step),
+    imported on first use, or None where Numba cannot load: the NumPy
+    formulas run instead, as the layers fall back to the reference."""
+    global _KERNELS
+    if _KERNELS is None:
+        try:
+            from .kernels import training
+        except ImportError:                 # pragma: no cover - depends on the install
+            training = False
+        _KERNELS = training
+    return _KERNELS or None
+
+
 def as_rng(seed=None):
     """Return a :class:`numpy.random.Generator` for a seed, or ``seed`` itself
     when it already is a generator."""
@@ -129,12 +146,26 @@ class Embedding(Module):
         gradient flows to integer indices)."""
         if self._idx is None:
             raise RuntimeError("backward() called before forward()")
-        idx = self._idx.reshape(-1)
-        dy = np.asarray(dy).reshape(-1, self.embedding_dim)
-        if self.padding_idx is not None:
-            keep = idx != self.padding_idx
-            idx, dy = idx[keep], dy[keep]
-        np.add.at(self.grads["weight"], idx, dy)
+        gw = self.grads["weight"]
+        idx = self._idx
+        dy = np.asarray(dy)
+        if dy.shape != idx.shape + (self.embedding_dim,):
+            raise ValueError(f"dy must have shape {idx.shape + (self.embedding_dim,)}, "
+                             f"got {dy.shape}")
+        idx = np.ascontiguousarray(idx.reshape(-1), dtype=np.int64)     # [N]
+        if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
+            raise ValueError("the indices of the last forward() changed since (out of range)")
+        dy = np.ascontiguousarray(dy.reshape(-1, self.embedding_dim), dtype=gw.dtype)  # [N, E]
+        k = _kernels()
+        if k is not None and isinstance(gw, np.ndarray) and gw.flags.c_contiguous:
+            # a compiled scatter-add in np.add.at's order (bit-identical, ~10x faster)
+            pad = self.padding_idx
+            k.embedding_backward_cpu(gw, idx, dy, 0 if pad is None else int(pad), pad is not None)
+        else:
+            if self.padding_idx is not None:
+                keep = idx != self.padding_idx
+                idx, dy = idx[keep], dy[keep]
+            np.add.at(gw, idx, dy)
         return None
 
 
@@ -156,6 +187,7 @@ class Linear(Module):
         if bias:
             self._add_param("bias", rng.uniform(-k, k, self.out_features).astype(self.dtype))
         self._x = None
+        self._ws = None          # workspace of the weight-gradient product
 
     def forward(self, x):
         x = np.asarray(x)
@@ -175,7 +207,12 @@ class Linear(Module):
             raise RuntimeError("backward() called before forward()")
         x2 = self._x.reshape(-1, self.in_features)       # [N, F]
         dy2 = np.asarray(dy).reshape(-1, self.out_features)  # [N, O]
-        self.grads["weight"] += dy2.T @ x2
+        gw = self.grads["weight"]
+        ws = getattr(self, "_ws", None)
+        if ws is None or ws.dtype != gw.dtype:
+            ws = self._ws = np.empty_like(gw)             # [O, F], reused by every call
+        np.matmul(dy2.T, x2, out=ws)
+        gw += ws
         if "bias" in self.grads:
             self.grads["bias"] += dy2.sum(axis=0)
         return (dy2 @ self.params["weight"]).reshape(self._x.shape)
@@ -209,7 +246,7 @@ class Dropout(Module):
 
 
 def softmax_cross_entropy(logits, targets, ignore_index=-100, mask=None,
-                          reduction="mean"):
+                          reduction="mean", *, grad=True, out=None):
     """Softmax cross-entropy and its gradient.
 
     logits  : (..., C) floats
@@ -217,41 +254,91 @@ def softmax_cross_entropy(logits, targets, ignore_index=-100, mask=None,
     mask    : optional (...) bool/0-1 array; False entries do not count
               (e.g. padded steps, ``t >= lengths[b]``)
     reduction : "mean" (over counted entries) or "sum"
+    grad    : False skips the gradient (held-out scoring): returns ``(loss, None)``
+    out     : optional C-contiguous array of the logits' shape and (float)
+              dtype to write the gradient into; may be ``logits`` itself,
+              which is then overwritten (the language model's step does this)
 
     Returns ``(loss, dlogits)``; ``dlogits`` has the logits' shape and dtype and
     is zero at ignored entries.  ``loss`` is a Python float (nats).
+
+    Two compiled passes and NumPy's (SIMD) ``exp`` between them
+    (:mod:`fastrnn.kernels.training`): per row the maximum ``m``, ``z = x - m``;
+    ``e = exp(z)`` in place; then ``log p_t = z_t - log Σ e`` in float64 and the
+    gradient ``scale·(e/Σe - onehot)`` written over ``e``. ``log p_t`` is
+    clipped at the log of the dtype's smallest normal, so a confident mistake
+    gives a large finite loss.
     """
     logits = np.asarray(logits)
     targets = np.asarray(targets)
-    if logits.shape[:-1] != targets.shape:
+    if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
         raise ValueError(f"targets shape {targets.shape} does not match logits "
                          f"{logits.shape[:-1]}")
     if reduction not in ("mean", "sum"):
         raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+    if targets.dtype.kind not in "iu":
+        raise TypeError(f"targets must hold integers, got dtype {targets.dtype}")
     C = logits.shape[-1]
+    dtype = logits.dtype if logits.dtype in (np.float32, np.float64) else np.dtype(np.float64)
     valid = targets != ignore_index
     if mask is not None:
         valid = valid & np.asarray(mask, dtype=bool)
-    safe_t = np.where(valid, targets, 0)
-    if safe_t.size and (safe_t.min() < 0 or safe_t.max() >= C):
-        raise ValueError(f"targets out of range [0, {C})")
-    z = logits - logits.max(axis=-1, keepdims=True)
-    np.exp(z, out=z)
-    z /= z.sum(axis=-1, keepdims=True)                # softmax probabilities
-    p_t = np.take_along_axis(z, safe_t[..., None], axis=-1)[..., 0]
-    # log of the (float64) probability: tiny probabilities are clipped at the
-    # dtype's smallest normal so a confident mistake gives a large finite loss
-    logp = np.log(np.maximum(p_t.astype(np.float64), np.finfo(logits.dtype).tiny))
-    n = int(valid.sum())
-    loss = -float(logp[valid].sum())
+    valid = np.ascontiguousarray(valid.reshape(-1))
+    t = np.ascontiguousarray(targets.reshape(-1), dtype=np.int64)
+    if t.size:
+        tv = t[valid]
+        if tv.size and (tv.min() < 0 or tv.max() >= C):
+            raise ValueError(f"targets out of range [0, {C})")
+    n = int(np.count_nonzero(valid))
     scale = 1.0 / max(n, 1) if reduction == "mean" else 1.0
+    x2 = np.ascontiguousarray(logits.reshape(-1, C), dtype=dtype)       # [N, C]
+    if grad and out is not None:
+        if (not isinstance(out, np.ndarray) or out.shape != logits.shape or out.dtype != dtype
+                or not out.flags.c_contiguous):
+            raise ValueError(f"out must be a C-contiguous {dtype} array of shape {logits.shape}")
+        e2 = out.reshape(-1, C)
+    else:
+        e2 = np.empty_like(x2)
+    if x2.size == 0:
+        e2[...] = 0
+        return 0.0, (e2.reshape(logits.shape) if grad else None)
+    min_logp = float(np.log(np.finfo(dtype).tiny))
+    k = _kernels()
+    if k is None:
+        loss = _softmax_xent_numpy(x2, t, valid, e2, scale, min_logp, grad)
+    else:
+        zt = np.empty(len(t))
+        k.softmax_xent_shift_cpu(x2, t, valid, e2, zt)                  # e2 = x - m
+        np.exp(e2, out=e2)
+        loss = k.softmax_xent_cpu(e2, t, valid, zt, dtype.type(scale), min_logp, bool(grad))
     if reduction == "mean":
         loss *= scale
-    grad = z
-    np.put_along_axis(grad, safe_t[..., None],
-                      np.take_along_axis(grad, safe_t[..., None], axis=-1) - 1, axis=-1)
-    grad *= (valid * scale).astype(logits.dtype)[..., None]
-    return loss, grad
+    if not grad:
+        return float(loss), None
+    g = e2.reshape(logits.shape)
+    if logits.dtype.kind == "f" and g.dtype != logits.dtype:      # float16: as before
+        g = g.astype(logits.dtype)
+    return float(loss), g
+
+
+def _softmax_xent_numpy(x, t, valid, out, scale, min_logp, grad):
+    """The NumPy formula of the two compiled passes (where Numba is missing):
+    x, out [N, C]; returns the unscaled loss and writes the gradient to out."""
+    m = x.max(axis=1, keepdims=True)
+    rows = np.arange(len(t))
+    safe_t = np.where(valid, t, 0)
+    zt = x[rows, safe_t].astype(np.float64) - m[:, 0]
+    np.subtract(x, m, out=out)
+    np.exp(out, out=out)
+    s = out.sum(axis=1, dtype=np.float64)
+    logp = np.maximum(zt - np.log(s), min_logp)
+    loss = -float(logp[valid].sum())
+    if grad:
+        out /= s.astype(out.dtype)[:, None]
+        out[rows, safe_t] -= valid.astype(out.dtype)
+        out *= (valid * scale).astype(out.dtype)[:, None]
+        out[~valid] = 0
+    return loss
 
 
 def mse(pred, target, mask=None, reduction="mean"):

@@ -3,5 +3,7 @@
 - :mod:`fastrnn.kernels.pointwise`  each cell's step and derivative, written once
 - :mod:`fastrnn.kernels.activations` fast tanh / sigmoid for the CPU
 - :mod:`fastrnn.kernels.cpu`        Numba ``@njit`` fused time loops
+- :mod:`fastrnn.kernels.training`   ``@njit`` loops of the training step around the layers
+                                     (optimizer updates, grad norm, embedding, softmax loss)
 - :mod:`fastrnn.kernels.cuda`       ``numba.cuda`` kernels
 """

@@ -182,3 +182,137 @@ def test_attention_pool_masks_padded_steps(rng):
     h2[2:, 1] = 1e3                                            # padding must not matter
     np.testing.assert_allclose(att(h2, lengths), ctx)
     np.testing.assert_allclose(ctx[1], (alpha[:, 1, None] * h[:, 1]).sum(0))
+
+
+# -------------------------------------------- the compiled training-step pieces
+def _xent_numpy(logits, targets, ignore_index=-100, mask=None, reduction="mean"):
+    """The former NumPy formula (float64 log of the clipped probability)."""
+    valid = targets != ignore_index
+    if mask is not None:
+        valid = valid & mask
+    safe_t = np.where(valid, targets, 0)
+    z = logits - logits.max(axis=-1, keepdims=True)
+    np.exp(z, out=z)
+    z /= z.sum(axis=-1, keepdims=True)
+    p_t = np.take_along_axis(z, safe_t[..., None], axis=-1)[..., 0]
+    logp = np.log(np.maximum(p_t.astype(np.float64), np.finfo(logits.dtype).tiny))
+    n = int(valid.sum())
+    scale = 1.0 / max(n, 1) if reduction == "mean" else 1.0
+    loss = -float(logp[valid].sum()) * scale
+    np.put_along_axis(z, safe_t[..., None],
+                      np.take_along_axis(z, safe_t[..., None], axis=-1) - 1, axis=-1)
+    z *= (valid * scale).astype(logits.dtype)[..., None]
+    return loss, z
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_softmax_cross_entropy_kernel_matches_numpy_formula(rng, dtype, reduction):
+    T, B, C = 9, 7, 67
+    logits = (rng.standard_normal((T, B, C)) * 4).astype(dtype)
+    targets = rng.integers(0, C, (T, B))
+    targets[2, 3] = -100
+    mask = rng.random((T, B)) > 0.2
+    loss, grad = softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction)
+    ref_loss, ref_grad = _xent_numpy(logits, targets, mask=mask, reduction=reduction)
+    assert grad.dtype == dtype and grad.shape == logits.shape
+    rtol = 1e-6 if dtype == np.float32 else 1e-13
+    assert loss == pytest.approx(ref_loss, rel=rtol)
+    np.testing.assert_allclose(grad, ref_grad, rtol=rtol * 10, atol=rtol * 1e-2)
+    assert not grad[~(mask & (targets != -100))].any()
+    # loss only (held-out scoring) and the gradient written over the logits
+    l2, none = softmax_cross_entropy(logits, targets, mask=mask, reduction=reduction, grad=False)
+    assert none is None and l2 == loss
+    x = logits.copy()
+    l3, g3 = softmax_cross_entropy(x, targets, mask=mask, reduction=reduction, out=x)
+    assert g3.base is x or g3 is x
+    assert l3 == loss
+    np.testing.assert_array_equal(x, grad)
+    with pytest.raises(ValueError, match="out must be"):
+        softmax_cross_entropy(logits, targets, out=np.empty((T, B, C + 1), dtype))
+
+
+def test_softmax_cross_entropy_confident_mistakes_and_nan():
+    for dtype in (np.float32, np.float64):
+        logits = np.array([[1e4, 0.0, -np.inf], [0.0, 0.0, 0.0]], dtype)
+        loss, grad = softmax_cross_entropy(logits, np.array([2, 1]), reduction="sum")
+        # the -inf target costs -log(smallest normal), as the clipped formula did
+        assert loss == pytest.approx(-np.log(np.finfo(dtype).tiny) + np.log(3.0))
+        assert np.isfinite(grad).all()
+        loss, grad = softmax_cross_entropy(np.array([[np.nan, 0.0]], dtype), np.array([1]))
+        assert np.isnan(loss)
+    with pytest.raises(TypeError, match="integers"):
+        softmax_cross_entropy(np.zeros((2, 3)), np.array([0.0, 1.0]))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("padding_idx", [None, 3])
+def test_embedding_backward_kernel_equals_add_at(rng, dtype, padding_idx):
+    V, E = 11, 64
+    emb = Embedding(V, E, padding_idx=padding_idx, dtype=dtype, rng=rng)
+    idx = rng.integers(0, V, (40, 9))
+    dy = rng.standard_normal((40, 9, E)).astype(dtype)
+    emb.grads["weight"][...] = rng.standard_normal((V, E))      # accumulates onto this
+    expect = emb.grads["weight"].copy()
+    keep = idx.reshape(-1) != (padding_idx if padding_idx is not None else -1)
+    np.add.at(expect, idx.reshape(-1)[keep], dy.reshape(-1, E)[keep])
+    emb(idx)
+    emb.backward(dy)
+    np.testing.assert_array_equal(emb.grads["weight"], expect)
+    with pytest.raises(ValueError, match="dy must have shape"):
+        emb.backward(dy[:, :3])
+    idx[0, 0] = V                                                 # changed after forward
+    with pytest.raises(ValueError, match="out of range"):
+        emb.backward(dy)
+
+
+def test_linear_backward_reuses_workspace_and_accumulates(rng):
+    lin = Linear(5, 3, dtype=np.float32, rng=rng)
+    x = rng.standard_normal((4, 6, 5)).astype(np.float32)
+    dy = rng.standard_normal((4, 6, 3)).astype(np.float32)
+    lin(x)
+    lin.backward(dy)
+    ws = lin._ws
+    lin.backward(dy)
+    assert lin._ws is ws
+    x2, dy2 = x.reshape(-1, 5), dy.reshape(-1, 3)
+    np.testing.assert_allclose(lin.grads["weight"], 2 * (dy2.T @ x2), rtol=1e-6)
+    np.testing.assert_allclose(lin.grads["bias"], 2 * dy2.sum(0), rtol=1e-6)
+
+
+def test_numpy_fallbacks_without_numba_agree(rng, monkeypatch):
+    """Where Numba cannot load, the blocks and optimizers run NumPy formulas
+    that give the same results (bit for bit for the optimizers and the
+    embedding)."""
+    from fastrnn import blocks
+    from fastrnn.optim import Adam, clip_grad_norm
+    logits = (rng.standard_normal((50, 13)) * 5).astype(np.float32)
+    t = rng.integers(0, 13, 50)
+    t[3] = -100
+    emb = Embedding(9, 4, padding_idx=2, rng=rng)
+    idx = rng.integers(0, 9, (6, 5))
+    dy = rng.standard_normal((6, 5, 4)).astype(np.float32)
+    grads = {"w": rng.standard_normal((5, 3)).astype(np.float32)}
+
+    def run():
+        loss, g = softmax_cross_entropy(logits, t)
+        emb.zero_grad()
+        emb(idx)
+        emb.backward(dy)
+        p = {"w": np.ones((5, 3), np.float32)}
+        opt = Adam(p, lr=0.1)
+        gg = {"w": grads["w"].copy()}
+        norm = clip_grad_norm(gg, 0.5)
+        opt.step(gg)
+        return loss, g, emb.grads["weight"].copy(), p["w"], norm
+
+    fast = run()
+    monkeypatch.setattr(blocks, "_KERNELS", False)
+    assert blocks._kernels() is None
+    slow = run()
+    assert slow[0] == pytest.approx(fast[0], rel=1e-6)
+    np.testing.assert_allclose(slow[1], fast[1], rtol=1e-5, atol=1e-8)
+    assert not slow[1][3].any()
+    np.testing.assert_array_equal(slow[2], fast[2])
+    np.testing.assert_array_equal(slow[3], fast[3])
+    assert slow[4] == pytest.approx(fast[4], rel=1e-12)

@@ -14,7 +14,7 @@ import numbers
 
 import numpy as np
 
-from . import dispatch
+from . import _validate, dispatch
 from .cells import PEEPHOLE_GATES, get_cell
 from .dispatch import Weights
 
@@ -108,14 +108,19 @@ class _RecurrentLayer:
         self.input_size = _positive_int("input_size", input_size)
         self.hidden_size = _positive_int("hidden_size", hidden_size)
         self.num_layers = _positive_int("num_layers", num_layers)
-        if not isinstance(dropout, numbers.Real) or not 0.0 <= dropout < 1.0:
+        if (isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real)
+                or not 0.0 <= dropout < 1.0):
             raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if init not in INITS:
+        if not isinstance(init, (str, type(None))) or init not in INITS:
             raise ValueError(f"init must be one of {INITS[1:]} or None, got {init!r}")
-        self.bias = bool(bias)
-        self.batch_first = bool(batch_first)
+        # real bools only: the string "False" is truthy and would silently mean True
+        self.bias = _validate.boolean("bias", bias)
+        self.batch_first = _validate.boolean("batch_first", batch_first)
         self.dropout = float(dropout)
-        self.bidirectional = bool(bidirectional)
+        self.bidirectional = _validate.boolean("bidirectional", bidirectional)
+        if forget_bias is not None:
+            forget_bias = _validate.finite_float("forget_bias", forget_bias)
+        _validate.seed("seed", seed)
         self.backend = dispatch.check_backend_name(backend)
         self.dtype = _float_dtype(dtype)
         self.num_directions = 2 if self.bidirectional else 1
@@ -338,6 +343,14 @@ class _RecurrentLayer:
         be = dispatch.get_backend(dispatch.resolve_backend(self.backend, x))
         ops, H, D = self._ops, self.hidden_size, self.num_directions
         inp = ops.contiguous3(x, swap=self.batch_first)                   # [T, B, I]
+        if self.training and not ops.on_device:
+            # backward reads the inputs saved here: keep private copies, so that the
+            # caller editing x (or the state) in place in between cannot make the
+            # gradients stale (time-major x would otherwise be cached by reference)
+            if np.may_share_memory(inp, x):
+                inp = inp.copy()
+            h0 = None if h0 is None else h0.copy()
+            c0 = None if c0 is None else c0.copy()
         zeros = ops.zeros((B, H), self.dtype)
         h_n = ops.empty((self.num_layers * D, B, H), self.dtype)
         c_n = ops.empty((self.num_layers * D, B, H), self.dtype) if self.cell.has_cell else None
@@ -387,6 +400,7 @@ class _RecurrentLayer:
         if tuple(dy.shape) != want:
             raise ValueError(f"dy must have the shape of the output y, {want}, got {dy.shape}")
         dh_n, dc_n = self._check_dstate(dstate, (L * D, B, H))
+        self._check_finite("dy", dy)     # a NaN here would silently poison every gradient
         ops = self._ops
         dout = ops.contiguous3(dy, swap=self.batch_first)
         zeros = ops.zeros((B, H), self.dtype)
@@ -429,6 +443,7 @@ class _RecurrentLayer:
                 p = self._check_array(name, p)
                 if tuple(p.shape) != shape:
                     raise ValueError(f"{name} must have the shape of the final state {shape}, got {p.shape}")
+                self._check_finite(name, p)
             out.append(p)
         return out[0], (out[1] if len(out) > 1 else None)
 
@@ -443,16 +458,8 @@ class _RecurrentLayer:
 
 
 def _check_lengths(lengths, T, B):
-    if dispatch.is_device_array(lengths):
-        raise TypeError("lengths must be a host array or list of ints")
-    arr = np.asarray(lengths)
-    if arr.dtype.kind not in "iu":
-        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
-    if arr.shape != (B,):
-        raise ValueError(f"lengths must have shape (B,) = ({B},), got {arr.shape}")
-    if arr.min() < 1 or arr.max() > T:
-        raise ValueError(f"lengths must lie in [1, T] = [1, {T}], got min {arr.min()} max {arr.max()}")
-    return arr.astype(np.int64)
+    # integers only (no floats, no bools) in [1, T]; always a fresh int64 array
+    return _validate.lengths(lengths, T, B)
 
 
 def _orthogonal(rng, n):

@@ -6,10 +6,17 @@ and NumPy arrays); inside ``@njit`` code they resolve, through
 
 float32
     Eigen's rational approximation of tanh (a degree-13 odd numerator over a
-    degree-6 even denominator, input clamped to ±7.90531), with float32
-    constants only. It is a few multiplies, adds and one division, so a loop
-    over it vectorises (AVX-512: 16 lanes) when the caller is compiled with
-    ``fastmath=True, error_model="numpy"``. ``np.tanh``/``np.exp`` inside
+    degree-6 even denominator), with float32 constants only. Eigen clamps the
+    input to ±7.90531, where the rational gives 0.99999976, so ``1 - t²`` and
+    ``s (1 - s)`` never reached 0 and saturated units leaked gradient; here
+    the input is clamped to ±10, where the rational exceeds 1 by 4 ulps, and
+    the result is cut to [-1, 1]: exactly ±1 for ``|x| >= 10`` (sigmoid
+    exactly 0 / 1 for ``|x| >= 20``), as float32 libm gives, and still only
+    min/max, no branch or select (a conditional expression there trips a
+    Numba SSA warning once inlined into the kernels; the two extra min/max
+    cost nothing measurable in a layer step). It is a few multiplies, adds
+    and one division, so a loop over it vectorises (AVX-512: 16 lanes) when
+    the caller is compiled with ``fastmath=True, error_model="numpy"``. ``np.tanh``/``np.exp`` inside
     ``@njit`` call libm per element and do not vectorise here (PERF.md).
     sigmoid(x) = 0.5 + 0.5 tanh(x / 2).
 
@@ -24,6 +31,10 @@ float64
     ``math.tanh`` and ``1 / (1 + exp(-x))`` from libm: accurate to about one
     ulp (relative error ~1e-16), not vectorised. float64 is the accuracy
     dtype; the rational form above would only be ~3e-7 accurate.
+
+Numba's on-disk cache of :mod:`fastrnn.kernels.cpu` keys each kernel on
+that file only: after editing this file in a source checkout, delete
+``kernels/__pycache__/*.nb[ic]`` (an install rewrites every file).
 
 Why the float32 constants matter: a float64 literal in the expression
 promotes the whole loop to float64 and halves the vector width.
@@ -43,7 +54,11 @@ SIGMOID32_MAX_ABS_ERR = 4e-7
 
 _f = np.float32
 # Eigen (Eigen/src/Core/arch/Default/GenericPacketMathFunctions.h, ptanh_float)
-_CLAMP = _f(7.90531110763549805)
+_CLAMP = _f(7.90531110763549805)   # Eigen's clamp (see the docstring)
+# our clamp: between 7.9 and 10 the rational stays within 3e-7 of tanh (and
+# reaches 1), at 10 it is 1 + 4 ulps, so cutting at ±1 saturates exactly
+_SAT = _f(10.0)
+_ONE32 = _f(1.0)
 _A1 = _f(4.89352455891786e-03)
 _A3 = _f(6.37261928875436e-04)
 _A5 = _f(1.48572235717979e-05)
@@ -60,7 +75,7 @@ _HALF32 = _f(0.5)
 
 def _tanh32(x):
     # clamp without branches (min/max vectorise)
-    x = min(max(x, -_CLAMP), _CLAMP)
+    x = min(max(x, -_SAT), _SAT)
     x2 = x * x
     p = x2 * _A13 + _A11
     p = x2 * p + _A9
@@ -72,7 +87,7 @@ def _tanh32(x):
     q = x2 * _B6 + _B4
     q = x2 * q + _B2
     q = x2 * q + _B0
-    return p / q
+    return min(max(p / q, -_ONE32), _ONE32)    # exactly ±1 from |x| = 10 on
 
 
 def _sigmoid32(x):

@@ -88,3 +88,26 @@ def test_python_fallbacks():
     np.testing.assert_allclose(act.tanh(x), np.tanh(x))
     np.testing.assert_allclose(act.sigmoid(x), _sigmoid64(x))
     assert act.sigmoid(np.float32(1.0)).dtype == np.float32
+
+
+def test_float32_saturates_exactly():
+    # issue 11, item 2: beyond their range tanh is exactly ±1 and sigmoid exactly
+    # 0 / 1, so the derivatives from saved activations (1 - t², s (1 - s)) are 0
+    big = np.array([10.0, 10.5, 12.0, 20.0, 88.0, 1e4, 1e10, 3.4e38, np.inf], np.float32)
+    x = np.concatenate([big, -big])
+    t = np.empty_like(x)
+    act.tanh_array(x, t)
+    np.testing.assert_array_equal(t, np.sign(x))
+    one = np.float32(1)
+    assert (one - t * t == 0).all()
+    s = np.empty_like(x)
+    with np.errstate(over="ignore"):
+        x2 = 2 * x                       # sigmoid saturates from |x| = 20 (3.4e38 -> inf)
+    act.sigmoid_array(x2, s)
+    np.testing.assert_array_equal(s, (x > 0).astype(np.float32))
+    assert (s * (one - s) == 0).all()
+    # and they never overshoot on the way there
+    ramp = np.linspace(0, 12, 100_001, dtype=np.float32)
+    act.tanh_array(ramp, t := np.empty_like(ramp))
+    assert t.max() == 1.0 and (t <= 1.0).all()
+    assert t[-1] == 1.0 and (np.diff(t) >= -act.TANH32_MAX_ABS_ERR).all()

@@ -7,9 +7,10 @@ CPU, numba.cuda on NVIDIA GPUs), checked against a plain NumPy reference.
 __version__ = "0.1.0"
 
 from .cells import CELLS, CellSpec, get_cell
+from .checkpoint import CheckpointError
 from .dispatch import BackendUnavailable, Weights
 from .layers import GRU, LSTM, RNN, BackwardError, PeepholeLSTM
-from . import blocks, data, models, optim, train
+from . import blocks, data, metrics, models, optim, train
 from .blocks import AttentionPool, Dropout, Embedding, Linear, mse, softmax_cross_entropy
 from .models import LanguageModel, SequenceClassifier, SequenceRegressor, load_model
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value
@@ -18,6 +19,8 @@ from .train import EarlyStopping, Trainer
 
 def set_num_threads(n):
     """Set the number of threads the compiled CPU kernels (and their BLAS) use."""
+    from ._validate import positive_int
+    n = positive_int("n (the number of threads)", n)     # not 2.5, None or True
     from .kernels.cpu import set_num_threads as _set
     _set(n)
 
@@ -29,7 +32,7 @@ def get_num_threads():
 
 __all__ = [
     "RNN", "LSTM", "GRU", "PeepholeLSTM", "CELLS", "CellSpec", "get_cell", "Weights",
-    "BackendUnavailable", "BackwardError", "__version__",
+    "BackendUnavailable", "BackwardError", "CheckpointError", "__version__",
     "Embedding", "Linear", "Dropout", "AttentionPool", "softmax_cross_entropy", "mse",
     "LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm", "clip_grad_value",

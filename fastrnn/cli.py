@@ -10,9 +10,11 @@
     fastrnn info                               versions, backends, threads, GPU
     fastrnn bench [...]                        the benchmark grid (fastrnn.bench)
 
-Every error a user can cause (missing file, empty corpus, bad CSV, a
-checkpoint of another model) ends with one ``fastrnn: error: ...`` line and
-exit status 2, not a traceback.
+Every error a user can cause (a bad option value, a missing file or a
+directory, an empty corpus, a bad CSV, a broken checkpoint or one of another
+model, training that diverged) ends with one ``fastrnn: error: ...`` line and
+exit status 2, not a traceback (``FASTRNN_DEBUG=1`` shows the traceback of a
+rejected argument).
 """
 from __future__ import annotations
 
@@ -27,11 +29,64 @@ import time
 
 import numpy as np
 
+from .metrics import unigram_bits   # moved to fastrnn.metrics; still importable from here
+
 __all__ = ["main"]
 
 
 class CLIError(Exception):
     """An error reported as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one ``fastrnn: error:`` line (a
+    :class:`CLIError`) instead of a usage block; sub-parsers inherit it."""
+
+    def error(self, message):
+        raise CLIError(f"{message} (see `{self.prog} --help`)")
+
+
+def _int_at_least(lo):
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if v < lo:
+            raise argparse.ArgumentTypeError(
+                f"must be {'a positive integer' if lo == 1 else f'an integer >= {lo}'}, got {text!r}")
+        return v
+    return parse
+
+
+def _float_in(lo=None, hi=None, lo_open=False, hi_open=False):
+    def parse(text):
+        try:
+            v = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+        bad = (not math.isfinite(v) or (lo is not None and (v < lo or (lo_open and v == lo)))
+               or (hi is not None and (v > hi or (hi_open and v == hi))))
+        if bad:
+            interval = (("(" if lo_open else "[") + ("-inf" if lo is None else f"{lo:g}") + ", "
+                        + ("inf" if hi is None else f"{hi:g}") + (")" if hi_open or hi is None else "]"))
+            raise argparse.ArgumentTypeError(f"must be a finite number in {interval}, got {text!r}")
+        return v
+    return parse
+
+
+_POSITIVE = _int_at_least(1)
+_NONNEG = _int_at_least(0)
+_POSITIVE_FLOAT = _float_in(0.0, lo_open=True)
+_NONNEG_FLOAT = _float_in(0.0)
+_FRACTION = _float_in(0.0, 1.0, hi_open=True)     # dropout, --val-fraction
+
+
+def _choices():
+    from .dispatch import BACKENDS
+    from .models import CELL_TYPES
+    from .optim import _OPTIMIZERS
+    return sorted(CELL_TYPES), sorted(_OPTIMIZERS), list(BACKENDS)
 
 
 # ----------------------------------------------------------------- helpers
@@ -47,18 +102,37 @@ def _read_text(path):
     return text
 
 
+def _is_number(cell):
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
 def _read_csv(path, need_label=False):
-    """Parse a numeric CSV; returns (header or None, rows as lists of str)."""
+    """Parse a numeric CSV; returns (header or None, rows as lists of str).
+
+    ``need_label``: the first column holds labels (text or numbers), so only
+    the other columns say whether the first row is a header, unless the first
+    row alone has a non-numeric label where every other row has a number."""
     if not os.path.exists(path):
         raise CLIError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise CLIError(f"{path} is a directory, not a CSV file")
     with open(path, newline="", encoding="utf-8", errors="replace") as f:
         rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
     if not rows:
         raise CLIError(f"{path} is empty: no CSV rows")
     header = None
-    try:
-        [float(c) for c in rows[0] if c.strip()]
-    except ValueError:
+    first = rows[0]
+    if need_label:
+        is_header = (not all(_is_number(c) for c in first[1:] if c.strip())
+                     or (not _is_number(first[0]) and len(rows) > 1
+                         and all(_is_number(r[0]) for r in rows[1:])))
+    else:
+        is_header = not all(_is_number(c) for c in first if c.strip())
+    if is_header:
         header, rows = rows[0], rows[1:]
     if not rows:
         raise CLIError(f"{path} has a header but no data rows")
@@ -72,7 +146,13 @@ def _float(cell, path, line, col):
         raise CLIError(f"bad CSV {path}: line {line}, column {col}: {cell!r} is not a number") from None
     if not math.isfinite(v):
         raise CLIError(f"bad CSV {path}: line {line}, column {col}: {cell!r} is not finite")
+    if abs(v) > _F32_MAX:
+        raise CLIError(f"bad CSV {path}: line {line}, column {col}: {cell!r} is out of the "
+                       f"float32 range the models compute in (|x| <= {_F32_MAX:.3g})")
     return v
+
+
+_F32_MAX = float(np.finfo(np.float32).max)
 
 
 def default_corpus():
@@ -80,14 +160,6 @@ def default_corpus():
     (``pydoc_data.topics``, about 0.45 MB of English prose and code)."""
     import pydoc_data.topics as topics
     return "\n\n".join(topics.topics[k].strip() for k in sorted(topics.topics))
-
-
-def unigram_bits(train_ids, test_ids, vocab_size):
-    """Cross-entropy (bits/token) of ``test_ids`` under the add-one smoothed
-    unigram distribution of ``train_ids``."""
-    counts = np.bincount(train_ids, minlength=vocab_size) + 1.0
-    p = counts / counts.sum()
-    return float(-np.mean(np.log2(p[test_ids])))
 
 
 def _progress_ok(args):
@@ -205,21 +277,24 @@ def cmd_demo(args):
 
 # ------------------------------------------------------------------ train
 def _common_train_args(p):
+    cells, optimizers, backends = _choices()
     p.add_argument("--data", required=True, help="input file")
-    p.add_argument("--cell", default="lstm", help="lstm, gru, rnn, peephole, ...")
-    p.add_argument("--hidden", type=int, default=64)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--dropout", type=float, default=0.0)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--seconds", type=float, default=None, help="wall-time budget")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--optimizer", default="adam")
-    p.add_argument("--clip", type=float, default=1.0, help="global gradient-norm clip")
-    p.add_argument("--patience", type=int, default=None, help="early stopping")
-    p.add_argument("--val-fraction", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--backend", default="auto")
+    p.add_argument("--cell", default="lstm", choices=cells, metavar="CELL",
+                   help="lstm, gru, rnn, peephole, ...")
+    p.add_argument("--hidden", type=_POSITIVE, default=64)
+    p.add_argument("--layers", type=_POSITIVE, default=1)
+    p.add_argument("--dropout", type=_FRACTION, default=0.0)
+    p.add_argument("--epochs", type=_POSITIVE, default=10)
+    p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=None, help="wall-time budget")
+    p.add_argument("--batch-size", type=_POSITIVE, default=32)
+    p.add_argument("--lr", type=_POSITIVE_FLOAT, default=3e-3)
+    p.add_argument("--optimizer", default="adam", type=str.lower, choices=optimizers)
+    p.add_argument("--clip", type=_NONNEG_FLOAT, default=1.0,
+                   help="global gradient-norm clip (0: none)")
+    p.add_argument("--patience", type=_POSITIVE, default=None, help="early stopping")
+    p.add_argument("--val-fraction", type=_FRACTION, default=0.1)
+    p.add_argument("--seed", type=_NONNEG, default=0)
+    p.add_argument("--backend", default="auto", choices=backends)
     p.add_argument("--out", default=None, help="where to save the model (.npz)")
     p.add_argument("--checkpoint", default=None, help="training checkpoint written every epoch")
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint")
@@ -271,7 +346,7 @@ def cmd_train_lm(args):
 
 
 def _load_classify_csv(path, features):
-    header, rows = _read_csv(path)
+    header, rows = _read_csv(path, need_label=True)
     labels, seqs = [], []
     first = 2 if header else 1
     for i, r in enumerate(rows):
@@ -354,7 +429,19 @@ def cmd_train_forecast(args):
         raise CLIError(f"{args.data}: {n} rows are too few for --window {args.window} "
                        f"and --horizon {args.horizon}")
     scaler = Standardizer().fit(series[:n - n_test])
-    z = scaler.transform(series).astype(np.float32)
+    z = scaler.transform(series)
+    if not (np.isfinite(scaler.std).all() and np.isfinite(z).all()
+            and (np.abs(z) <= _F32_MAX).all()):
+        raise CLIError(f"{args.data}: the values are too large to standardise")
+    z = z.astype(np.float32)
+    # one huge value can make the standardised float32 series lose the rest of
+    # the data (most values round to one number): refuse instead of training on noise
+    for c in range(series.shape[1]):
+        kept, had = len(np.unique(z[:, c])), len(np.unique(series[:, c]))
+        if kept < 0.5 * had:
+            raise CLIError(f"{args.data}: the values span too wide a range to train on in "
+                           f"float32 (largest |value| {np.abs(series[:, c]).max():.3g}; only "
+                           f"{kept} of {had} distinct values survive): remove or clip the outliers")
     X, Y = sliding_windows(z, args.window, args.horizon)
     # a window belongs to the test tail when its first target lies there
     target_start = np.arange(len(X)) + args.window
@@ -372,8 +459,13 @@ def cmd_train_forecast(args):
                         args.horizon, axis=1)
     rmse = float(np.sqrt(np.mean((pred - true) ** 2)))
     base = float(np.sqrt(np.mean((persist - true) ** 2)))
-    print(f"test RMSE: {rmse:.4g}   persistence baseline {base:.4g}   "
-          f"({100 * (1 - rmse / base):+.1f}% better)")
+    if not (math.isfinite(rmse) and all(np.isfinite(v).all() for v in model.params.values())):
+        raise CLIError(f"{args.data}: training failed (test RMSE {rmse:.4g}, the model has "
+                       "non-finite values); the model was not saved. Check the data for "
+                       "extreme values, or lower --lr")
+    better = (f"({100 * (1 - rmse / base):+.1f}% better)" if base > 0
+              else "(the series repeats exactly: persistence is perfect)")
+    print(f"test RMSE: {rmse:.4g}   persistence baseline {base:.4g}   {better}")
     _save(args, model, "forecaster.npz")
     return 0
 
@@ -391,7 +483,10 @@ def cmd_generate(args):
     if "vocab" not in model.meta:
         raise CLIError(f"{args.model} has no vocabulary: train it with `fastrnn train lm`")
     vocab = _Vocab.from_dict(model.meta["vocab"])
-    prime = vocab.encode(args.prime) if args.prime else None
+    try:
+        prime = vocab.encode(args.prime) if args.prime else None
+    except KeyError as exc:
+        raise CLIError(f"--prime: {exc.args[0]}") from None
     out = model.sample(args.length, prime, temperature=args.temperature, rng=args.seed)
     print((args.prime or "") + vocab.decode(out))
     return 0
@@ -463,25 +558,30 @@ def cmd_bench(rest):
         raise CLIError(f"the benchmark module fastrnn.bench is not available ({exc})") from None
     if not hasattr(bench, "main"):
         raise CLIError("fastrnn.bench has no main(); the benchmark CLI is not installed")
-    return bench.main(rest) or 0
+    try:
+        return bench.main(rest) or 0
+    except KeyboardInterrupt:    # bench has stopped its busy processes on the way out
+        print("fastrnn bench: interrupted", file=sys.stderr)
+        return 130
 
 
 # -------------------------------------------------------------------- main
 def build_parser():
-    p = argparse.ArgumentParser(prog="fastrnn", description="Fast recurrent networks on NumPy arrays.")
+    p = _Parser(prog="fastrnn", description="Fast recurrent networks on NumPy arrays.")
+    backends = _choices()[2]
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser("demo", help="train a character-level LSTM on Python's own docs")
-    d.add_argument("--seconds", type=float, default=None,
+    d.add_argument("--seconds", type=_POSITIVE_FLOAT, default=None,
                    help="training time budget (default 100, or 8 with --quick)")
-    d.add_argument("--steps", type=int, default=None,
+    d.add_argument("--steps", type=_POSITIVE, default=None,
                    help="stop after this many steps (exactly repeatable, unlike a time budget)")
     d.add_argument("--quick", action="store_true", help="a tiny model for a few seconds (tests)")
-    d.add_argument("--hidden", type=int, default=128)
-    d.add_argument("--batch-size", type=int, default=32)
-    d.add_argument("--bptt", type=int, default=64)
-    d.add_argument("--lr", type=float, default=2e-2)
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--backend", default="auto")
+    d.add_argument("--hidden", type=_POSITIVE, default=128)
+    d.add_argument("--batch-size", type=_POSITIVE, default=32)
+    d.add_argument("--bptt", type=_POSITIVE, default=64)
+    d.add_argument("--lr", type=_POSITIVE_FLOAT, default=2e-2)
+    d.add_argument("--seed", type=_NONNEG, default=0)
+    d.add_argument("--backend", default="auto", choices=backends)
     d.add_argument("--save", default=None, help="save the trained model (.npz)")
     d.add_argument("--no-progress", action="store_true")
 
@@ -489,30 +589,32 @@ def build_parser():
     ts = t.add_subparsers(dest="task", metavar="TASK")
     lm = ts.add_parser("lm", help="character language model on a text file")
     _common_train_args(lm)
-    lm.add_argument("--embed", type=int, default=32)
-    lm.add_argument("--bptt", type=int, default=64)
+    lm.add_argument("--embed", type=_POSITIVE, default=32)
+    lm.add_argument("--bptt", type=_POSITIVE, default=64)
     cl = ts.add_parser("classify", help="sequence classification from a CSV (label, values...)")
     _common_train_args(cl)
-    cl.add_argument("--features", type=int, default=1, help="values per time step")
+    cl.add_argument("--features", type=_POSITIVE, default=1, help="values per time step")
     cl.add_argument("--pooling", choices=("last", "attention"), default="last")
     cl.add_argument("--bidirectional", action="store_true")
     fc = ts.add_parser("forecast", help="time-series forecasting from a CSV")
     _common_train_args(fc)
     fc.add_argument("--column", default=None, help="column name or index (default: all)")
-    fc.add_argument("--window", type=int, default=24)
-    fc.add_argument("--horizon", type=int, default=1)
+    fc.add_argument("--window", type=_POSITIVE, default=24)
+    fc.add_argument("--horizon", type=_POSITIVE, default=1)
 
     g = sub.add_parser("generate", help="sample text from a trained language model")
     g.add_argument("--model", required=True)
     g.add_argument("--prime", default="")
-    g.add_argument("--length", type=int, default=300)
-    g.add_argument("--temperature", type=float, default=0.8)
-    g.add_argument("--seed", type=int, default=None)
-    g.add_argument("--backend", default=None)
+    g.add_argument("--length", type=_NONNEG, default=300)
+    g.add_argument("--temperature", type=_NONNEG_FLOAT, default=0.8)
+    g.add_argument("--seed", type=_NONNEG, default=None)
+    g.add_argument("--backend", default=None, choices=backends)
 
     p.train_parser = t
     sub.add_parser("info", help="versions, backends, threads, GPU")
-    sub.add_parser("bench", help="run the benchmark grid (options: fastrnn bench --help)",
+    sub.add_parser("bench", help="benchmark against NumPy, PyTorch and onnxruntime: the cell "
+                                 "grid, --busy N load test, --train model throughput "
+                                 "(options: fastrnn bench --help)",
                    add_help=False)
     return p
 
@@ -520,9 +622,11 @@ def build_parser():
 def main(argv=None):
     """Run the CLI; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "bench":
-        handler = lambda: cmd_bench(argv[1:])   # noqa: E731 - options belong to bench
-    else:
+    from .checkpoint import CheckpointError
+    from .dispatch import BackendUnavailable
+    try:
+        if argv and argv[0] == "bench":
+            return cmd_bench(argv[1:])      # options belong to bench
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
@@ -534,18 +638,18 @@ def main(argv=None):
         handlers = {"demo": cmd_demo, "generate": cmd_generate, "info": cmd_info,
                     "train": lambda a: {"lm": cmd_train_lm, "classify": cmd_train_classify,
                                         "forecast": cmd_train_forecast}[a.task](a)}
-        handler = lambda: handlers[args.command](args)   # noqa: E731
-    try:
-        return handler()
-    except CLIError as exc:
+        return handlers[args.command](args)
+    except (CLIError, CheckpointError, BackendUnavailable, FloatingPointError, OSError) as exc:
+        # user errors: bad options or files, broken checkpoints, a backend that
+        # cannot run here, training that diverged, a path that cannot be written
         print(f"fastrnn: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError) as exc:
-        from .models import CheckpointError
-        if isinstance(exc, (FileNotFoundError, CheckpointError)):
-            print(f"fastrnn: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    except ValueError as exc:
+        # an argument the library rejected (it names it); a traceback helps no user
+        if os.environ.get("FASTRNN_DEBUG"):
+            raise
+        print(f"fastrnn: error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,6 +12,8 @@ import re
 
 import numpy as np
 
+from . import _validate
+
 __all__ = [
     "pad_sequences", "bucket_batches", "Standardizer", "sliding_windows",
     "CharVocab", "WordVocab", "ArrayBatches", "LMBatches", "train_val_split",
@@ -138,8 +140,9 @@ def sliding_windows(series, window, horizon=1, stride=1):
         s = s[:, None]
     if s.ndim != 2:
         raise ValueError(f"series must be (N,) or (N, F), got {s.shape}")
-    if window < 1 or horizon < 1 or stride < 1:
-        raise ValueError("window, horizon and stride must be >= 1")
+    window = _validate.positive_int("window", window)
+    horizon = _validate.positive_int("horizon", horizon)
+    stride = _validate.positive_int("stride", stride)
     n = len(s)
     starts = np.arange(0, n - window - horizon + 1, stride)
     if len(starts) == 0:
@@ -262,10 +265,23 @@ class ArrayBatches:
     ``batches(rng)`` yields tuples ``(arrays[0][idx], arrays[1][idx], ...)``
     (with ``lengths[idx]`` appended when ``lengths`` is given); shuffled with
     ``rng`` when ``shuffle``; grouped by length when ``bucket``.
+
+    ``trim`` (with ``lengths``): cut the time axis (axis 1 of batch-major
+    ``(B, T, ...)``) of ``arrays[0]`` to the batch's own longest sequence, so
+    a batch of sequences no longer than 26 in a set padded to 104 runs 26
+    steps, not 104 (with ``bucket=True`` most batches are short). Steps past
+    every length change nothing in the models (their outputs are zero and
+    they leave the state untouched), so the results are those of the
+    untrimmed batch. A tuple of positions (``trim=(0, 1)``) names the arrays
+    to cut (e.g. per-step targets too); ``trim=False`` keeps the padding.
+    Assumes post-padding (real items first), as ``lengths`` does.
     """
 
     def __init__(self, *arrays, batch_size=32, lengths=None, shuffle=True,
-                 bucket=False, drop_last=False):
+                 bucket=False, drop_last=False, trim=True):
+        _validate.positive_int("batch_size", batch_size)
+        for name, v in (("shuffle", shuffle), ("bucket", bucket), ("drop_last", drop_last)):
+            _validate.boolean(name, v)
         if not arrays:
             raise ValueError("give at least one array")
         n = len(arrays[0])
@@ -277,6 +293,12 @@ class ArrayBatches:
         self.lengths = None if lengths is None else np.asarray(lengths)
         self.batch_size, self.shuffle, self.bucket, self.drop_last = (
             int(batch_size), shuffle, bucket, drop_last)
+        if trim is True:
+            trim = (0,)
+        self.trim = tuple(int(i) for i in trim) if trim else ()
+        for i in self.trim:
+            if not 0 <= i < len(self.arrays):
+                raise ValueError(f"trim names array {i}, but there are {len(self.arrays)}")
         self.n = n
 
     def __len__(self):
@@ -295,7 +317,12 @@ class ArrayBatches:
     def batches(self, rng=None):
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         for idx in self._index_batches(rng):
-            b = tuple(a[idx] for a in self.arrays)
+            cut = None
+            if self.lengths is not None and self.trim and len(idx):
+                cut = int(self.lengths[idx].max())
+            b = tuple(a[idx, :cut] if (cut is not None and k in self.trim and a.ndim >= 2
+                                       and 1 <= cut < a.shape[1]) else a[idx]
+                      for k, a in enumerate(self.arrays))
             if self.lengths is not None:
                 b = b + (self.lengths[idx],)
             yield b
@@ -316,6 +343,8 @@ class LMBatches:
     stateful = True
 
     def __init__(self, ids, batch_size, bptt):
+        _validate.positive_int("batch_size", batch_size)
+        _validate.positive_int("bptt", bptt)
         ids = np.asarray(ids, dtype=np.int64)
         n = (len(ids) - 1) // batch_size
         if n < 1:

@@ -22,12 +22,14 @@ produces.
 from __future__ import annotations
 
 import json
-import os
 
 import numpy as np
 
+from . import _validate
+from . import checkpoint as _ckpt
 from .blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
                      softmax_cross_entropy)
+from .checkpoint import CheckpointError
 from .layers import GRU, LSTM, RNN, PeepholeLSTM
 
 __all__ = ["LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
@@ -49,8 +51,7 @@ CELL_TYPES = {
 _FORMAT = "fastrnn-model/1"
 
 
-class CheckpointError(ValueError):
-    """A file is not a fastrnn checkpoint, or holds another kind of model."""
+# CheckpointError (a ValueError) lives in fastrnn.checkpoint; imported above
 
 
 def make_recurrent(cell, input_size, hidden_size, num_layers=1, dropout=0.0,
@@ -115,15 +116,9 @@ class _Model:
 
     def load_state_dict(self, state):
         own = self.params
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        if missing or unexpected:
-            raise CheckpointError(f"parameters do not match this {type(self).__name__}: "
-                                  f"missing {missing}, unexpected {unexpected}")
-        for k, v in state.items():
-            v = np.asarray(v)
-            if v.shape != own[k].shape:
-                raise CheckpointError(f"parameter {k!r} has shape {v.shape}, expected {own[k].shape}")
+        # every name and shape checked before the first write: no half-loaded model
+        new = _ckpt.check_state_dict(own, state, type(self).__name__)
+        for k, v in new.items():
             own[k][...] = v
 
     def generators(self):
@@ -147,61 +142,32 @@ class _Model:
         header = {"format": _FORMAT, "model": type(self).__name__,
                   "config": self.config, "meta": self.meta}
         arrays = {"param/" + k: v for k, v in self.params.items()}
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
-        np.savez(path, __header__=np.array(json.dumps(header)), **arrays)
-        return path
+        # atomic: a temporary file in the same folder, fsynced, then renamed
+        return _ckpt.atomic_savez(path, {"__header__": np.array(json.dumps(header)), **arrays})
 
     @classmethod
     def load(cls, path, backend=None):
         """Rebuild a model saved by :meth:`save`; ``backend`` overrides the
         saved one."""
-        header, arrays = read_checkpoint(path)
+        path, header, arrays, _ = _ckpt.read_model(path, _MODELS)
         if cls is not _Model and header["model"] != cls.__name__:
-            raise CheckpointError(f"{os.fspath(path)!r} holds a {header['model']}, "
+            raise CheckpointError(f"{path!r} holds a {header['model']}, "
                                   f"not a {cls.__name__}")
-        return _build(header, arrays, backend)
+        return _ckpt.build_model(path, header, arrays, _MODELS, backend)
 
 
 def read_checkpoint(path):
-    """Return ``(header dict, {name: array})`` of a model file, with clear
-    errors for a missing file or a file that is not a fastrnn model."""
-    path = os.fspath(path)
-    if not os.path.exists(path) and os.path.exists(path + ".npz"):
-        path += ".npz"
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such checkpoint: {path!r}")
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            if "__header__" not in f:
-                raise CheckpointError(f"{path!r} is not a fastrnn model checkpoint")
-            header = json.loads(str(f["__header__"]))
-            arrays = {k[len("param/"):]: f[k] for k in f.files if k.startswith("param/")}
-    except (OSError, ValueError) as exc:
-        if isinstance(exc, CheckpointError):
-            raise
-        raise CheckpointError(f"{path!r} is not a fastrnn model checkpoint: {exc}") from exc
-    if header.get("format") != _FORMAT or header.get("model") not in _MODELS:
-        raise CheckpointError(f"{path!r} is not a fastrnn model checkpoint")
+    """Return ``(header dict, {name: array})`` of a model file: a missing file
+    is a FileNotFoundError, any broken one a CheckpointError naming the file
+    (see :mod:`fastrnn.checkpoint`)."""
+    _, header, arrays, _ = _ckpt.read_model(path, _MODELS)
     return header, arrays
-
-
-def _build(header, arrays, backend=None):
-    cls = _MODELS[header["model"]]
-    config = dict(header["config"])
-    if backend is not None:
-        config["backend"] = backend
-    model = cls(**config)
-    model.meta = header.get("meta", {})
-    model.load_state_dict(arrays)
-    return model
 
 
 def load_model(path, backend=None):
     """Load any model saved by ``save``, choosing the class from the file."""
-    header, arrays = read_checkpoint(path)
-    return _build(header, arrays, backend)
+    path, header, arrays, _ = _ckpt.read_model(path, _MODELS)
+    return _ckpt.build_model(path, header, arrays, _MODELS, backend)
 
 
 def _dtype_name(dtype):
@@ -224,6 +190,8 @@ class LanguageModel(_Model):
 
     def __init__(self, vocab_size, embed_dim=64, hidden_size=256, num_layers=1,
                  cell="lstm", dropout=0.0, backend="auto", dtype="float32", seed=None):
+        _validate.model_args(dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
+                                  num_layers=num_layers), dropout=dropout, seed_=seed, dtype=dtype)
         super().__init__(dict(vocab_size=int(vocab_size), embed_dim=int(embed_dim),
                               hidden_size=int(hidden_size), num_layers=int(num_layers),
                               cell=cell, dropout=float(dropout), backend=backend,
@@ -259,6 +227,17 @@ class LanguageModel(_Model):
     def reset_state(self):
         self._carry = None
 
+    @property
+    def carried_state(self):
+        """The recurrent state carried to the next training chunk (``None``
+        after :meth:`reset_state`); settable, e.g. to put it back after
+        scoring other data in between."""
+        return self._carry
+
+    @carried_state.setter
+    def carried_state(self, state):
+        self._carry = state
+
     def _carried(self, B):
         st = self._carry
         if st is None:
@@ -270,7 +249,10 @@ class LanguageModel(_Model):
         """``batch = (x [T, B], y [T, B])``; carries the state across calls."""
         x, y = batch[0], batch[1]
         logits, st = self.forward(x, self._carried(x.shape[1]))
-        loss, dlogits = softmax_cross_entropy(logits, y)
+        # the gradient overwrites the logits (a fresh array of the head's);
+        # no gradient at all when scoring
+        loss, dlogits = softmax_cross_entropy(logits, y, grad=train,
+                                              out=logits if train else None)
         if train:
             self.backward(dlogits)
         self._carry = st
@@ -289,8 +271,9 @@ class LanguageModel(_Model):
             y = ids[1:n * batch_size + 1].reshape(batch_size, n).T
             state, total = None, 0.0
             for s in range(0, n, bptt):
-                logits, state = self.forward(x[s:s + bptt], state)
-                loss, _ = softmax_cross_entropy(logits, y[s:s + bptt], reduction="sum")
+                logits, state = self.forward(x[s:s + bptt], state)     # inference kernels
+                loss, _ = softmax_cross_entropy(logits, y[s:s + bptt], reduction="sum",
+                                                grad=False)
                 total += loss
             return total / y.size
         finally:
@@ -302,8 +285,9 @@ class LanguageModel(_Model):
         ``temperature`` < 1 sharpens, > 1 flattens the distribution; 0 takes the
         most likely token. Returns the generated ids (without the prime).
         """
-        if temperature < 0:
-            raise ValueError("temperature must be >= 0")
+        n = _validate.nonneg_int("n", n)
+        temperature = _validate.finite_float("temperature", temperature, 0.0)
+        top_k = _validate.optional_positive_int("top_k", top_k)
         rng = as_rng(rng)
         prime = np.asarray([0] if prime is None or len(prime) == 0 else prime, dtype=np.int64)
         was = self.training
@@ -337,7 +321,16 @@ class LanguageModel(_Model):
 class _SequenceToVector(_Model):
     """Recurrent stack over ``[B, T, F]`` (or token ids ``[B, T]``), pooled
     to one vector per sequence by the last valid step (final hidden state of
-    the top layer, both directions) or additive attention, then a head."""
+    the top layer, both directions) or additive attention, then a head.
+
+    With ``lengths``, a batch runs only to its longest sequence (``x`` is cut
+    to ``lengths.max()`` steps; the gradient returned for ``x`` is zero-padded
+    back): the steps after every length produce zero outputs, leave the
+    states untouched and receive no gradient, so the result is that of the
+    whole padded batch, in fewer steps.
+    """
+
+    _trim = True       # False runs every padded step (tests compare the two)
 
     def _build(self, input_size, out_features, hidden_size, num_layers, cell, pooling,
                bidirectional, dropout, attn_size, vocab_size, embed_dim, backend, dtype, rng):
@@ -370,6 +363,15 @@ class _SequenceToVector(_Model):
 
     def _encode(self, x, lengths):
         x = np.asarray(x)
+        T_in = x.shape[1] if x.ndim >= 2 else None
+        if lengths is not None:
+            # integers in [1, T] only: floats are not truncated, bools not taken as 1
+            lengths = (_validate.lengths(lengths, x.shape[1], x.shape[0]) if x.ndim >= 2
+                       else np.asarray(lengths))
+            if self._trim and x.ndim >= 2 and lengths.size and 1 <= lengths.max() < x.shape[1]:
+                # run only to the batch's longest sequence: the steps after it
+                # change nothing (outputs zero, states untouched, no gradient)
+                x = x[:, :int(lengths.max())]
         if self.embed is not None:
             if x.ndim != 2:
                 raise ValueError(f"x must be token ids [B, T], got shape {x.shape}")
@@ -381,8 +383,6 @@ class _SequenceToVector(_Model):
                 raise ValueError(f"x must be [B, T, F], got shape {x.shape}")
             e = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.rnn.dtype)  # [T, B, F]
         T, B = e.shape[:2]
-        if lengths is not None:
-            lengths = np.asarray(lengths, dtype=np.int64)
         y, state = self.rnn(e, None, lengths)                     # [T, B, D*H]
         if self.pooling == "attention":
             pooled = self.attn(y, lengths)                         # [B, D*H]
@@ -391,6 +391,7 @@ class _SequenceToVector(_Model):
             D = self.rnn.num_directions
             pooled = np.concatenate(list(h_n[-D:]), axis=1)       # [B, D*H]
         self._shape = (T, B, y.shape[2], state[0].shape if isinstance(state, tuple) else state.shape)
+        self._T_in = T_in                                          # x's length before trimming
         return self.head(self.drop(pooled))
 
     def _backward_encode(self, dout):
@@ -411,7 +412,11 @@ class _SequenceToVector(_Model):
         if self.embed is not None:
             self.embed.backward(dx)
             return None
-        return dx.transpose(1, 0, 2)
+        dx = dx.transpose(1, 0, 2)                                 # [B, T, F]
+        T_in = getattr(self, "_T_in", T)
+        if T_in is not None and T_in > T:                          # steps trimmed in _encode
+            dx = np.concatenate([dx, np.zeros((B, T_in - T, dx.shape[2]), dx.dtype)], axis=1)
+        return dx
 
     @staticmethod
     def _unpack(batch):
@@ -433,6 +438,11 @@ class SequenceClassifier(_SequenceToVector):
                  cell="lstm", pooling="last", bidirectional=False, dropout=0.0,
                  attn_size=None, vocab_size=None, embed_dim=None, backend="auto",
                  dtype="float32", seed=None):
+        _validate.model_args(dict(num_classes=num_classes, hidden_size=hidden_size,
+                                  num_layers=num_layers),
+                             dict(input_size=input_size, attn_size=attn_size, vocab_size=vocab_size,
+                                  embed_dim=embed_dim),
+                             dropout=dropout, bidirectional=bidirectional, seed_=seed, dtype=dtype)
         super().__init__(dict(num_classes=int(num_classes), input_size=input_size,
                               hidden_size=int(hidden_size), num_layers=int(num_layers),
                               cell=cell, pooling=pooling, bidirectional=bool(bidirectional),
@@ -455,16 +465,29 @@ class SequenceClassifier(_SequenceToVector):
     def batch_loss(self, batch, train=True):
         """``batch = (x, labels [B]) or (x, labels, lengths)``."""
         x, y, lengths = self._unpack(batch)
+        y = _validate.class_labels(y, "y (class labels)", self.num_classes, len(x))
         logits = self.forward(x, lengths)
-        loss, d = softmax_cross_entropy(logits, np.asarray(y))
+        loss, d = softmax_cross_entropy(logits, np.asarray(y), grad=train,
+                                        out=logits if train else None)
         if train:
             self.backward(d)
+            self._scored = None
+        else:
+            self._scored = (batch, logits.argmax(axis=1))        # for batch_metrics
         return loss, len(y)
 
     def batch_metrics(self, batch):
-        """Number of correct predictions in a batch (for the Trainer)."""
+        """Accuracy on a batch (for the Trainer); reuses the predictions of a
+        ``batch_loss(batch, train=False)`` call on the same batch object
+        instead of running the network again."""
         x, y, lengths = self._unpack(batch)
-        return {"accuracy": float(np.mean(self.predict(x, lengths) == np.asarray(y)))}
+        scored = getattr(self, "_scored", None)
+        if scored is not None and scored[0] is batch and not self.training:
+            pred = scored[1]
+        else:
+            pred = self.predict(x, lengths)
+        self._scored = None
+        return {"accuracy": float(np.mean(pred == np.asarray(y)))}
 
     def predict_proba(self, x, lengths=None):
         was = self.training
@@ -491,6 +514,10 @@ class SequenceRegressor(_SequenceToVector):
     def __init__(self, input_size, output_size=None, horizon=1, hidden_size=64,
                  num_layers=1, cell="lstm", pooling="last", bidirectional=False,
                  dropout=0.0, attn_size=None, backend="auto", dtype="float32", seed=None):
+        _validate.model_args(dict(input_size=input_size, horizon=horizon, hidden_size=hidden_size,
+                                  num_layers=num_layers),
+                             dict(output_size=output_size, attn_size=attn_size),
+                             dropout=dropout, bidirectional=bidirectional, seed_=seed, dtype=dtype)
         output_size = int(output_size or input_size)
         super().__init__(dict(input_size=int(input_size), output_size=output_size,
                               horizon=int(horizon), hidden_size=int(hidden_size),
@@ -518,7 +545,7 @@ class SequenceRegressor(_SequenceToVector):
         ``y`` of shape ``[B, output_size]`` is taken as horizon 1."""
         x, y, lengths = self._unpack(batch)
         pred = self.forward(x, lengths)
-        y = np.asarray(y, dtype=pred.dtype).reshape(pred.shape)
+        y = _validate.regression_targets(y, pred.shape).astype(pred.dtype, copy=False)
         loss, d = mse(pred, y)
         if train:
             self.backward(d)
@@ -535,6 +562,7 @@ class SequenceRegressor(_SequenceToVector):
     def forecast(self, x, steps):
         """Predict ``steps`` values after each window of ``x [B, T, F]`` by
         feeding predictions back (needs ``output_size == input_size``)."""
+        steps = _validate.positive_int("steps", steps)
         if self.output_size != self.input_size:
             raise ValueError("forecast() feeds outputs back: output_size must equal input_size")
         x = np.asarray(x, dtype=self.rnn.dtype)

@@ -13,6 +13,13 @@ dict is then re-read at every step, so a model that rebuilds its flat dict
 stays in sync. ``step(grads)`` takes the gradients (defaults to ``.grads`` of
 that object).
 
+Each update is one compiled pass per parameter array
+(:mod:`fastrnn.kernels.training`) that performs the same float operations,
+in the same order and dtype, as the NumPy formula in the class's ``_update``
+method, so both give bit-identical parameters; the NumPy formula runs where
+the compiled pass cannot (non-contiguous or device arrays, mixed dtypes) or
+when ``optimizer.fused = False``.
+
 Schedules are callables ``t -> lr`` of the epoch (or step) index ``t >= 0``.
 """
 from __future__ import annotations
@@ -20,6 +27,9 @@ from __future__ import annotations
 import math
 
 import numpy as np
+
+from . import _validate
+from .blocks import _kernels
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
@@ -35,10 +45,11 @@ class Optimizer:
     _hparams = ()
     #: names of the per-parameter state buffers
     _buffers = ()
+    #: run the compiled one-pass update where it applies (see the module doc)
+    fused = True
 
     def __init__(self, params, lr):
-        if lr < 0:
-            raise ValueError(f"lr must be >= 0, got {lr}")
+        _validate.optimizer_args(lr=lr)        # a finite number >= 0
         if isinstance(params, dict):
             self._source, self._dict = None, params
         elif hasattr(params, "params"):
@@ -74,9 +85,18 @@ class Optimizer:
             if g is None:
                 continue
             st = self.state.setdefault(name, {})
+            if (self.fused and _fusable(p, g, st) and _kernels() is not None
+                    and self._fused(p, np.ascontiguousarray(g, dtype=p.dtype), st)):
+                continue
             self._update(p, np.asarray(g, dtype=p.dtype), st)
 
+    def _fused(self, p, g, st):
+        """The compiled update (p, g and the state buffers: C-contiguous, one
+        dtype, one shape); returns False where there is none."""
+        return False
+
     def _update(self, p, g, st):  # pragma: no cover - abstract
+        """The NumPy update: the reference the compiled one equals bit for bit."""
         raise NotImplementedError
 
     # ------------------------------------------------------------ state
@@ -118,10 +138,24 @@ class SGD(Optimizer):
     def __init__(self, params, lr=1e-2, momentum=0.0, dampening=0.0,
                  weight_decay=0.0, nesterov=False):
         super().__init__(params, lr)
+        _validate.optimizer_args(momentum=momentum, dampening=dampening,
+                                 weight_decay=weight_decay, nesterov=nesterov)
         if nesterov and (momentum <= 0 or dampening != 0):
             raise ValueError("Nesterov momentum requires momentum > 0 and dampening 0")
         self.momentum, self.dampening = float(momentum), float(dampening)
         self.weight_decay, self.nesterov = float(weight_decay), bool(nesterov)
+
+    def _fused(self, p, g, st):
+        buf = st.get("momentum_buffer")
+        first = bool(self.momentum) and buf is None
+        if first:
+            buf = st["momentum_buffer"] = np.empty_like(p)     # filled with g by the kernel
+        t = p.dtype.type
+        _kernels().sgd_update_cpu(p.reshape(-1), g.reshape(-1),
+                                  (p if buf is None else buf).reshape(-1), t(self.lr),
+                                  t(self.weight_decay), t(self.momentum),
+                                  t(1 - self.dampening), self.nesterov, first)
+        return True
 
     def _update(self, p, g, st):
         if self.weight_decay:
@@ -147,8 +181,33 @@ class Adam(Optimizer):
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8,
                  weight_decay=0.0, amsgrad=False):
         super().__init__(params, lr)
+        _validate.optimizer_args(betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad)
         self.betas = (float(betas[0]), float(betas[1]))
         self.eps, self.weight_decay, self.amsgrad = float(eps), float(weight_decay), bool(amsgrad)
+
+    def _fused(self, p, g, st):
+        if self.amsgrad and "exp_avg" in st and "max_exp_avg_sq" not in st:
+            return False
+        if "exp_avg" not in st:
+            st["exp_avg"] = np.zeros_like(p)
+            st["exp_avg_sq"] = np.zeros_like(p)
+            st["step"] = 0
+            if self.amsgrad:
+                st["max_exp_avg_sq"] = np.zeros_like(p)
+        st["step"] += 1
+        b1, b2 = self.betas
+        t = st["step"]
+        bc1 = 1 - b1 ** t
+        bc2 = 1 - b2 ** t
+        wd, dec = self.weight_decay, 1.0
+        if self._decoupled:
+            wd, dec = 0.0, 1 - self.lr * self.weight_decay
+        f, flat = p.dtype.type, (lambda a: a.reshape(-1))
+        _kernels().adam_update_cpu(flat(p), flat(g), flat(st["exp_avg"]), flat(st["exp_avg_sq"]),
+                           flat(st.get("max_exp_avg_sq", p)), f(self.lr / bc1), f(b1), f(1 - b1),
+                           f(b2), f(1 - b2), f(math.sqrt(bc2)), f(self.eps), f(wd), f(dec),
+                           self.amsgrad)
+        return True
 
     def _update(self, p, g, st):
         b1, b2 = self.betas
@@ -207,9 +266,28 @@ class RMSprop(Optimizer):
     def __init__(self, params, lr=1e-2, alpha=0.99, eps=1e-8, weight_decay=0.0,
                  momentum=0.0, centered=False):
         super().__init__(params, lr)
+        _validate.optimizer_args(alpha=alpha, eps=eps, weight_decay=weight_decay,
+                                 momentum=momentum, centered=centered)
         self.alpha, self.eps = float(alpha), float(eps)
         self.weight_decay, self.momentum, self.centered = (
             float(weight_decay), float(momentum), bool(centered))
+
+    def _fused(self, p, g, st):
+        if "square_avg" not in st:
+            st["square_avg"] = np.zeros_like(p)
+            if self.momentum:
+                st["momentum_buffer"] = np.zeros_like(p)
+            if self.centered:
+                st["grad_avg"] = np.zeros_like(p)
+        elif ((self.momentum and "momentum_buffer" not in st)
+              or (self.centered and "grad_avg" not in st)):
+            return False
+        f, flat = p.dtype.type, (lambda a: a.reshape(-1))
+        _kernels().rmsprop_update_cpu(flat(p), flat(g), flat(st["square_avg"]),
+                              flat(st.get("grad_avg", p)), flat(st.get("momentum_buffer", p)),
+                              f(self.lr), f(self.alpha), f(1 - self.alpha), f(self.eps),
+                              f(self.weight_decay), f(self.momentum), self.centered)
+        return True
 
     def _update(self, p, g, st):
         if self.weight_decay:
@@ -249,8 +327,21 @@ class Adagrad(Optimizer):
     def __init__(self, params, lr=1e-2, lr_decay=0.0, weight_decay=0.0,
                  initial_accumulator_value=0.0, eps=1e-10):
         super().__init__(params, lr)
+        _validate.optimizer_args(lr_decay=lr_decay, weight_decay=weight_decay, eps=eps,
+                                 initial_accumulator_value=initial_accumulator_value)
         self.lr_decay, self.weight_decay = float(lr_decay), float(weight_decay)
         self.initial_accumulator_value, self.eps = float(initial_accumulator_value), float(eps)
+
+    def _fused(self, p, g, st):
+        if "sum" not in st:
+            st["sum"] = np.full_like(p, self.initial_accumulator_value)
+            st["step"] = 0
+        st["step"] += 1
+        clr = self.lr / (1 + (st["step"] - 1) * self.lr_decay)
+        f = p.dtype.type
+        _kernels().adagrad_update_cpu(p.reshape(-1), g.reshape(-1), st["sum"].reshape(-1), f(clr),
+                              f(self.eps), f(self.weight_decay))
+        return True
 
     def _update(self, p, g, st):
         if "sum" not in st:
@@ -262,6 +353,19 @@ class Adagrad(Optimizer):
         clr = self.lr / (1 + (st["step"] - 1) * self.lr_decay)
         st["sum"] += g * g
         p -= clr * (g / (np.sqrt(st["sum"]) + self.eps))
+
+
+def _fusable(p, g, st):
+    """Whether the compiled update can run: ``p`` a host C-contiguous float32
+    or float64 array, ``g`` a host array of its shape (converted to its dtype
+    if need be), every state buffer C-contiguous with p's dtype and shape."""
+    if not (isinstance(p, np.ndarray) and p.flags.c_contiguous
+            and p.dtype in (np.float32, np.float64)):
+        return False
+    if not isinstance(g, np.ndarray) or g.shape != p.shape:
+        return False
+    return all(b.flags.c_contiguous and b.dtype == p.dtype and b.shape == p.shape
+               for b in st.values() if isinstance(b, np.ndarray))
 
 
 _OPTIMIZERS = {c.__name__.lower(): c for c in (SGD, Adam, AdamW, RMSprop, Adagrad)}
@@ -283,10 +387,23 @@ def clip_grad_value(grads, clip_value):
         np.clip(g, -clip_value, clip_value, out=g)
 
 
+def _sumsq(g):
+    """Σ g² in float64: a compiled pass over host float arrays (no float64
+    copy of the gradient), the NumPy formula otherwise."""
+    k = _kernels()
+    if (k is not None and isinstance(g, np.ndarray) and g.dtype in (np.float32, np.float64)
+            and g.flags.c_contiguous):
+        return k.sumsq_cpu(g.reshape(-1))
+    return float(np.sum(np.abs(np.asarray(g, dtype=np.float64)) ** 2))
+
+
 def global_norm(grads, norm_type=2.0):
-    """The norm of all gradients taken as one vector (float64)."""
+    """The norm of all gradients taken as one vector (accumulated in float64)."""
     if norm_type == math.inf:
-        return max((float(np.abs(g).max()) for g in grads.values() if g.size), default=0.0)
+        return max((float(max(g.max(), -g.min())) for g in grads.values() if g.size),
+                   default=0.0)
+    if norm_type == 2:
+        return math.sqrt(sum(_sumsq(g) for g in grads.values()))
     total = sum(float(np.sum(np.abs(g.astype(np.float64)) ** norm_type))
                 for g in grads.values())
     return total ** (1.0 / norm_type)

@@ -23,6 +23,7 @@ import time
 
 import numpy as np
 
+from . import checkpoint as _ckpt
 from .optim import clip_grad_norm, clip_grad_value
 
 __all__ = ["Trainer", "EarlyStopping", "ProgressBar"]
@@ -128,7 +129,8 @@ class ProgressBar:
 class EarlyStopping:
     """Stop when the monitored value has not improved by more than
     ``min_delta`` for ``patience`` epochs; ``restore_best`` puts the best
-    parameters back at the end of training."""
+    parameters back when training stops (:meth:`Trainer.fit` explains when,
+    and how a later ``fit`` continues from the trained ones)."""
 
     def __init__(self, patience=5, min_delta=0.0, restore_best=True, mode="min"):
         if mode not in ("min", "max"):
@@ -236,6 +238,8 @@ class Trainer:
         self.global_step = 0
         self.history = {}
         self.stop_reason = None
+        self._open = None                   # the epoch in progress after fit(steps=...)
+        self._last_params = None            # trained parameters while the best are restored
 
     # ------------------------------------------------------------------ loop
     def _record(self, **kv):
@@ -246,6 +250,7 @@ class Trainer:
         """Mean loss (weighted by counts) and mean metrics over ``data``."""
         model = self.model
         was = model.training
+        carried = getattr(model, "carried_state", None)      # an open epoch's LM state
         model.eval()
         if hasattr(model, "reset_state"):
             model.reset_state()
@@ -264,6 +269,8 @@ class Trainer:
             model.train(was)
             if hasattr(model, "reset_state"):
                 model.reset_state()
+            if carried is not None:
+                model.carried_state = carried
         out = {"loss": total / max(count, 1)}
         out.update({k: s / max(c, 1) for k, (s, c) in metrics.items()})
         return out
@@ -277,32 +284,83 @@ class Trainer:
             f = max(f, (time.perf_counter() - t_start) / self.max_seconds)
         return min(f, 1.0)
 
-    def fit(self, epochs=None):
-        """Train until ``epochs`` epochs are completed in total (a resumed
-        trainer continues from :attr:`epoch`); ``None`` trains until
-        ``max_seconds``, ``max_steps`` or early stopping ends it.
-        Returns :attr:`history`."""
+    def fit(self, epochs=None, steps=None):
+        """Train, continuing from where the trainer stands; returns :attr:`history`.
+
+        ``epochs`` is the *total* number of epochs to have completed (not a
+        count of more epochs): a trainer at :attr:`epoch` 6 asked for
+        ``fit(12)`` trains epochs 7 to 12. ``steps`` bounds this call to that
+        many more optimizer steps: when it runs out mid-epoch the epoch stays
+        open (:attr:`stop_reason` ``"paused"``) and the next ``fit`` call
+        resumes it at its next batch, with the language model's carried state;
+        an epoch is validated, recorded, checkpointed and counted only once
+        its last batch is done. ``epochs=None`` (with ``steps``, or with
+        ``max_seconds``, ``max_steps`` or early stopping) sets no epoch limit.
+
+        So repeated calls equal one call: ``fit(6); fit(12)`` gives the
+        history and weights of ``fit(12)``, and so do ``fit(steps=50)``
+        calls that add up to the same steps.
+
+        ``max_seconds`` and ``max_steps`` (of the constructor) are budgets of
+        the whole training: when one is spent the epoch in progress is closed
+        (validated and recorded) and training ends.
+
+        ``EarlyStopping(restore_best=True)`` puts the best parameters into the
+        model when training *stops*: by early stopping, by a budget, or by
+        reaching the requested ``epochs`` — not when a ``steps`` pause returns.
+        The trained (last) parameters are kept aside, and a later ``fit``
+        continues from them (unless the model's parameters were changed in
+        between), so continuing is the same as never having stopped.
+        """
         model, opt = self.model, self.optimizer
+        if steps is not None:
+            if isinstance(steps, bool) or int(steps) != steps or steps < 0:
+                raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
+            steps = int(steps)
         if epochs is None:
-            if self.max_seconds is None and self.max_steps is None and self.early_stopping is None:
-                raise ValueError("fit(epochs=None) needs max_seconds, max_steps or early_stopping")
+            if (steps is None and self.max_seconds is None and self.max_steps is None
+                    and self.early_stopping is None):
+                raise ValueError("fit(epochs=None) needs max_seconds, max_steps, "
+                                 "early_stopping or steps")
             epochs = math.inf
         t_start = time.perf_counter()
         self.stop_reason = None
+        if steps == 0:
+            return self.history
+        if self._open is None and self.epoch >= epochs:      # nothing left to train
+            if self._last_params is None:                    # e.g. resumed at the last epoch
+                self._restore_best()
+            return self.history
+        self._take_back_last_params()
+        step_limit = None if steps is None else self.global_step + steps
+        n_batches = _len(self.train_data)
         while self.epoch < epochs:
             epoch = self.epoch
+            if step_limit is not None and self.global_step >= step_limit:
+                self.stop_reason = "paused"
+                break
             if self.schedule is not None and self.schedule_unit == "epoch":
                 opt.lr = float(self.schedule(epoch))
             model.train()
-            if hasattr(model, "reset_state"):
-                model.reset_state()
-            bar = ProgressBar(_len(self.train_data), desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs != math.inf else ""),
+            ep = self._open
+            if ep is None:
+                if hasattr(model, "reset_state"):
+                    model.reset_state()
+                ep = self._open = {"rng_start": self.rng.bit_generator.state,
+                                   "iter": None, "count": 0, "items": 0,
+                                   "loss_sum": 0.0, "loss_n": 0, "time": 0.0}
+            if ep["iter"] is None:
+                ep["iter"] = self._epoch_iterator(ep)
+            bar = ProgressBar(n_batches, desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs != math.inf else ""),
                               unit=self.unit, disable=not self.progress, file=self.file,
                               deadline=None if self.max_seconds is None
                               else t_start + self.max_seconds)
+            bar.count, bar.items, bar.loss_sum, bar.loss_n = (
+                ep["count"], ep["items"], ep["loss_sum"], ep["loss_n"])
+            bar.start -= ep["time"]
             t0 = time.perf_counter()
-            items = 0
-            for batch in _batches(self.train_data, self.rng):
+            paused = False
+            for batch in ep["iter"]:
                 if self.schedule is not None and self.schedule_unit == "step":
                     opt.lr = float(self.schedule(self.global_step))
                 elif self.schedule is not None and self.schedule_unit == "budget":
@@ -320,7 +378,8 @@ class Trainer:
                     clip_grad_norm(grads, self.clip_norm)
                 opt.step(grads)
                 self.global_step += 1
-                items += n
+                ep["count"] += 1
+                ep["items"] += n
                 bar.update(n, loss, n)
                 if self.max_seconds is not None and time.perf_counter() - t_start > self.max_seconds:
                     self.stop_reason = "time"
@@ -328,12 +387,25 @@ class Trainer:
                 if self.max_steps is not None and self.global_step >= self.max_steps:
                     self.stop_reason = "steps"
                     break
-            dt = time.perf_counter() - t0
+                if step_limit is not None and self.global_step >= step_limit:
+                    # the epoch stays open unless that was its last batch
+                    paused = n_batches is None or ep["count"] < n_batches
+                    break
+            ep["time"] += time.perf_counter() - t0
+            ep["loss_sum"], ep["loss_n"] = bar.loss_sum, bar.loss_n
+            if paused:
+                self.stop_reason = "paused"
+                bar.close("(paused)")
+                break
+            self._open = None
+            dt = ep["time"]
             row = {"epoch": epoch + 1, "loss": bar.loss, "lr": opt.lr, "time": dt,
-                   "throughput": items / max(dt, 1e-9)}
+                   "throughput": ep["items"] / max(dt, 1e-9)}
             if self.val_data is not None:
                 for k, v in self.evaluate(self.val_data).items():
                     row["val_" + k] = v
+            if hasattr(model, "reset_state"):
+                model.reset_state()                 # the epoch's carried state ends with it
             self._record(**row)
             self.epoch = epoch + 1
             extra = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
@@ -350,9 +422,43 @@ class Trainer:
                 self.save_checkpoint(self.checkpoint)
             if self.stop_reason is not None:
                 break
-        if self.early_stopping is not None:
-            self.early_stopping.restore(model)
+        if self._open is None and (self.stop_reason is not None or self.epoch >= epochs):
+            self._restore_best()
         return self.history
+
+    def _epoch_iterator(self, ep):
+        """The batches of the open epoch ``ep``; after a resume from a
+        checkpoint written mid-epoch, replays the epoch's shuffle from its
+        start and skips the batches already trained on."""
+        if ep["count"] == 0:
+            return iter(_batches(self.train_data, self.rng))
+        now = self.rng.bit_generator.state
+        self.rng.bit_generator.state = ep["rng_start"]
+        it = iter(_batches(self.train_data, self.rng))
+        for _ in range(ep["count"]):
+            next(it)
+        self.rng.bit_generator.state = now
+        return it
+
+    def _restore_best(self):
+        """Training stopped: put EarlyStopping's best parameters into the model,
+        keeping the last ones aside for a later :meth:`fit`."""
+        es = self.early_stopping
+        if es is None or not es.restore_best or es.best_params is None:
+            return
+        self._last_params = {k: np.array(v, copy=True) for k, v in self.model.params.items()}
+        es.restore(self.model)
+
+    def _take_back_last_params(self):
+        """Continue training from the last parameters rather than the restored
+        best ones, unless the model was changed since the restore."""
+        last, self._last_params = self._last_params, None
+        es = self.early_stopping
+        if last is None or es is None or es.best_params is None:
+            return
+        params = self.model.params
+        if all(k in params and np.array_equal(params[k], v) for k, v in es.best_params.items()):
+            self.model.load_state_dict(last)
 
     # ----------------------------------------------------------- checkpoints
     def _generators(self):
@@ -382,54 +488,80 @@ class Trainer:
             "optimizer": ost, "optimizer_scalars": scalars,
             "early_stopping": None if es is None else es.state(),
         }
+        trainer["open_epoch"] = self._open_epoch_state(arrays)
         header = {"format": "fastrnn-model/1", "model": type(model).__name__,
                   "config": getattr(model, "config", {}), "meta": getattr(model, "meta", {})}
-        path = os.fspath(path)
-        if not path.endswith(".npz"):
-            path += ".npz"
-        tmp = path[:-4] + ".tmp.npz"
-        np.savez(tmp, __header__=np.array(json.dumps(header)),
-                 __trainer__=np.array(json.dumps(trainer)), **arrays)
-        os.replace(tmp, path)
-        return path
+        # atomic (temporary file in the same folder, fsync, rename; removed on failure)
+        return _ckpt.atomic_savez(path, {"__header__": np.array(json.dumps(header)),
+                                         "__trainer__": np.array(json.dumps(trainer)), **arrays})
 
     def resume(self, path):
         """Restore the state saved by :meth:`save_checkpoint` into this trainer
-        (built with the same model architecture and optimizer type)."""
-        path = os.fspath(path)
-        if not os.path.exists(path) and os.path.exists(path + ".npz"):
-            path += ".npz"
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"no such checkpoint: {path!r}")
-        with np.load(path, allow_pickle=False) as f:
-            if "__trainer__" not in f:
-                raise ValueError(f"{path!r} is not a training checkpoint (no trainer state)")
-            header = json.loads(str(f["__header__"]))
-            trainer = json.loads(str(f["__trainer__"]))
-            arrays = {k: f[k] for k in f.files}
-        if header["model"] != type(self.model).__name__:
-            raise ValueError(f"{path!r} holds a {header['model']}, not a "
-                             f"{type(self.model).__name__}")
-        self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("param/")})
-        ost = trainer["optimizer"]
-        state = {}
-        for k, v in arrays.items():
-            if k.startswith("optim/"):
-                name, buf = k[6:].rsplit("/", 1)
-                state.setdefault(name, {})[buf] = v
-        for name, sc in trainer["optimizer_scalars"].items():
-            state.setdefault(name, {}).update(sc)
-        ost["state"] = state
-        self.optimizer.load_state_dict(ost)
-        gens = self._generators()
-        if len(gens) != len(trainer["rng"]):
-            raise ValueError("checkpoint random-generator count does not match this setup")
-        for g, s in zip(gens, trainer["rng"]):
-            g.bit_generator.state = s
-        self.epoch, self.global_step = trainer["epoch"], trainer["global_step"]
-        self.history = trainer["history"]
-        es = self.early_stopping
-        if es is not None and trainer["early_stopping"] is not None:
-            best = {k[8:]: v for k, v in arrays.items() if k.startswith("es_best/")} or None
-            es.load_state(trainer["early_stopping"], best)
+        (built with the same model architecture and optimizer type).
+
+        Everything in the file is checked against this trainer before anything
+        is written, so a failed resume leaves the trainer as it was; a broken
+        or mismatched file raises :class:`fastrnn.CheckpointError` naming it.
+
+        A checkpoint written while an epoch is open (after ``fit(steps=...)``)
+        resumes inside that epoch, at its next batch, with the language
+        model's carried state; one written while the best parameters are
+        restored keeps the trained ones for the next :meth:`fit`."""
+        extras = self._read_open_epoch(path)
+        _ckpt.resume_trainer(self, path)
+        self._open, self._last_params, carry = extras
+        if carry is not None:
+            self.model.carried_state = carry
         return self
+
+    # the in-epoch state of a checkpoint (see fit(steps=...) and _restore_best)
+    _OPEN_KEYS = ("rng_start", "count", "items", "loss_sum", "loss_n", "time")
+
+    def _open_epoch_state(self, arrays):
+        """Add the open epoch's carried state and the kept-aside trained
+        parameters to ``arrays``; return the open epoch's JSON (or None)."""
+        if self._last_params is not None:
+            arrays.update({"last/" + k: v for k, v in self._last_params.items()})
+        ep = self._open
+        if ep is None:
+            return None
+        out = {k: ep[k] for k in self._OPEN_KEYS}
+        carry = getattr(self.model, "carried_state", None)
+        out["carry"] = None if carry is None else (len(carry) if isinstance(carry, tuple) else 0)
+        if carry is not None:
+            for i, a in enumerate(carry if isinstance(carry, tuple) else (carry,)):
+                arrays[f"carry/{i}"] = np.asarray(a)
+        return out
+
+    def _read_open_epoch(self, path):
+        """``(open epoch, trained parameters, carried state)`` of a checkpoint
+        (each None when absent), checked before :meth:`resume` writes anything."""
+        path, arrays = _ckpt.read_npz(path, what="training checkpoint")
+        if "__trainer__" not in arrays:
+            return None, None, None               # resume_trainer reports the error
+        st = _ckpt.read_json_entry(path, arrays, "__trainer__", "trainer state")
+        last = {k[5:]: v for k, v in arrays.items() if k.startswith("last/")} or None
+        if last is not None:
+            try:
+                last = _ckpt.check_state_dict(self.model.params, last, type(self.model).__name__)
+            except _ckpt.CheckpointError as exc:
+                raise _ckpt.CheckpointError(
+                    f"{path!r}: kept-aside trained parameters: {exc}") from None
+        ep = st.get("open_epoch") if isinstance(st, dict) else None
+        if ep is None:
+            return None, last, None
+        if not isinstance(ep, dict) or any(k not in ep for k in self._OPEN_KEYS + ("carry",)):
+            raise _ckpt.CheckpointError(f"{path!r} has a corrupt open-epoch state")
+        n = ep["carry"]
+        carry = None
+        if n is not None:
+            parts = []
+            for i in range(max(n, 1)):
+                a = arrays.get(f"carry/{i}")
+                if a is None or a.dtype.kind != "f" or a.ndim != 3:
+                    raise _ckpt.CheckpointError(f"{path!r} has a corrupt carried state (carry/{i})")
+                parts.append(a)
+            carry = tuple(parts) if n else parts[0]
+        open_ep = {k: ep[k] for k in self._OPEN_KEYS}
+        open_ep["iter"] = None                    # rebuilt by fit(): replays the epoch's shuffle
+        return open_ep, last, carry

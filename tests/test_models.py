@@ -227,3 +227,140 @@ def test_regressor_training_lowers_loss():
     model = SequenceRegressor(1, horizon=2, hidden_size=8, cell="gru", seed=0, backend="numpy")
     hist = _fit(model, ArrayBatches(X, Y, batch_size=32), 8)
     assert hist[-1] < 0.2 * hist[0]
+
+
+# ------------------------------------------------ padding trimmed to the batch
+def _padded_batch(rng, B=6, T_pad=104, T_max=26, F=3):
+    lengths = rng.integers(1, T_max + 1, B)
+    lengths[0] = T_max
+    x = rng.standard_normal((B, T_pad, F))
+    x[np.arange(T_pad)[None, :] >= lengths[:, None]] = 0.0
+    return x, lengths
+
+
+def _spy_steps(monkeypatch, model):
+    seen = []
+    real = model.rnn.forward
+
+    def spy(x, state=None, lengths=None):
+        seen.append(x.shape[0])
+        return real(x, state, lengths)
+
+    monkeypatch.setattr(model.rnn, "forward", spy)
+    return seen
+
+
+@pytest.mark.parametrize("pooling", ["last", "attention"])
+@pytest.mark.parametrize("bidirectional", [False, True])
+def test_classifier_runs_only_to_the_longest_sequence(monkeypatch, pooling, bidirectional):
+    rng = np.random.default_rng(7)
+    x, lengths = _padded_batch(rng)
+    y = rng.integers(0, 3, len(x))
+    out = {}
+    for trim in (True, False):
+        model = SequenceClassifier(3, input_size=3, hidden_size=5, pooling=pooling,
+                                   bidirectional=bidirectional, seed=2, **F64)
+        model._trim = trim
+        seen = _spy_steps(monkeypatch, model)
+        model.zero_grad()
+        loss, _ = model.batch_loss((x, y, lengths))
+        dx = model.backward(np.ones((len(x), 3)))              # shaped like x, zero-padded
+        out[trim] = (loss, {k: v.copy() for k, v in model.grads.items()},
+                     model.predict_proba(x, lengths), dx, seen)
+    assert out[True][4] == [26, 26] and out[False][4] == [104, 104]
+    assert out[True][0] == pytest.approx(out[False][0], rel=1e-12)
+    for k, g in out[False][1].items():
+        np.testing.assert_allclose(out[True][1][k], g, rtol=1e-10, atol=1e-13, err_msg=k)
+    np.testing.assert_allclose(out[True][2], out[False][2], rtol=1e-12)
+    assert out[True][3].shape == x.shape
+    np.testing.assert_allclose(out[True][3], out[False][3], rtol=1e-10, atol=1e-13)
+    assert not out[True][3][:, 26:].any()
+
+
+def test_token_classifier_and_regressor_trim_too(monkeypatch):
+    rng = np.random.default_rng(8)
+    x, lengths = _padded_batch(rng, F=1)
+    ids = (np.abs(x[..., 0]) * 3).astype(np.int64) % 7
+    for make, data, target in (
+            (lambda: SequenceClassifier(2, vocab_size=7, embed_dim=4, hidden_size=5,
+                                        seed=1, **F64), ids, rng.integers(0, 2, len(x))),
+            (lambda: SequenceRegressor(1, horizon=2, hidden_size=5, seed=1, **F64), x,
+             rng.standard_normal((len(x), 2, 1)))):
+        res = []
+        for trim in (True, False):
+            model = make()
+            model._trim = trim
+            seen = _spy_steps(monkeypatch, model)
+            model.zero_grad()
+            loss, _ = model.batch_loss((data, target, lengths))
+            res.append((loss, {k: v.copy() for k, v in model.grads.items()}, seen[0]))
+        assert (res[0][2], res[1][2]) == (26, 104)
+        assert res[0][0] == pytest.approx(res[1][0], rel=1e-12)
+        for k, g in res[1][1].items():
+            np.testing.assert_allclose(res[0][1][k], g, rtol=1e-10, atol=1e-13, err_msg=k)
+
+
+def test_trainer_on_bucketed_batches_runs_short_batches_short(monkeypatch):
+    rng = np.random.default_rng(9)
+    n = 64
+    lengths = np.where(rng.random(n) < 0.7, rng.integers(1, 27, n), rng.integers(27, 105, n))
+    x = rng.standard_normal((n, 104, 2)).astype(np.float32)
+    x[np.arange(104)[None, :] >= lengths[:, None]] = 0.0
+    y = rng.integers(0, 2, n)
+    model = SequenceClassifier(2, input_size=2, hidden_size=4, seed=0, backend="numpy")
+    seen = _spy_steps(monkeypatch, model)
+    data = ArrayBatches(x, y, lengths=lengths, batch_size=8, bucket=True)
+    Trainer(model, Adam(model), data, progress=False).fit(1)
+    batches = list(data.batches(np.random.default_rng(0)))
+    assert any(b[0].shape[1] <= 26 for b in batches)
+    assert all(b[0].shape[1] == b[2].max() for b in batches)
+    assert sorted(seen) == sorted(b[0].shape[1] for b in batches)
+
+
+# ---------------------------------------- inference paths run the layers in eval
+def _spy_training_flag(monkeypatch):
+    from fastrnn import dispatch
+    be = dispatch.get_backend("numpy")
+    flags = []
+    real = be.forward
+
+    def spy(*a, **kw):
+        flags.append(a[-1] if len(a) == 8 else kw.get("training"))
+        return real(*a, **kw)
+
+    monkeypatch.setattr(be, "forward", spy)
+    return flags
+
+
+def test_predict_forecast_and_scoring_use_inference_kernels(monkeypatch):
+    rng = np.random.default_rng(10)
+    flags = _spy_training_flag(monkeypatch)
+    clf = SequenceClassifier(2, input_size=2, hidden_size=3, seed=0, **F64)
+    x = rng.standard_normal((5, 4, 2))
+    clf.predict(x)
+    reg = SequenceRegressor(2, hidden_size=3, seed=0, **F64)
+    reg.forecast(x, 3)
+    lm = LanguageModel(5, 3, 4, seed=0, **F64)
+    ids = rng.integers(0, 5, 60)
+    lm.evaluate(ids, batch_size=4, bptt=5)
+    tr = Trainer(lm, Adam(lm), LMBatches(ids, 2, 5), progress=False)
+    tr.evaluate(LMBatches(ids, 2, 5))
+    assert flags and not any(flags)
+    assert clf.training and reg.training and lm.training          # modes restored
+    assert clf.rnn._cache is None and lm.rnn._cache is None       # nothing saved
+    flags.clear()
+    lm.batch_loss((ids[:10].reshape(5, 2), ids[1:11].reshape(5, 2)))
+    assert flags == [True]
+
+
+def test_classifier_validation_scores_each_batch_once(monkeypatch):
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((20, 4, 2))
+    y = rng.integers(0, 2, 20)
+    model = SequenceClassifier(2, input_size=2, hidden_size=3, seed=0, **F64)
+    tr = Trainer(model, Adam(model), ArrayBatches(x, y, batch_size=5), progress=False)
+    seen = _spy_steps(monkeypatch, model)
+    val = ArrayBatches(x, y, batch_size=10, shuffle=False)
+    res = tr.evaluate(val)
+    assert len(seen) == 2                                          # not 4
+    assert res["accuracy"] == pytest.approx(float(np.mean(model.predict(x) == y)))

@@ -170,3 +170,108 @@ def test_schedules():
     assert [wu(t) for t in range(8)] == pytest.approx([0, .25, .5, .75, 1, 1, .1, .1])
     wc = WarmUp(0.3, warmup=2, start_factor=0.5)
     assert [wc(t) for t in range(4)] == pytest.approx([0.15, 0.225, 0.3, 0.3])
+
+
+# ------------------------------------------------------ the compiled update
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name,kw", CONFIGS + [("AdamW", dict(lr=0.01, weight_decay=0.0))])
+def test_fused_equals_numpy_bitwise(name, kw, dtype):
+    """The compiled one-pass update performs the NumPy formula's operations in
+    the same order and dtype: parameters and state agree bit for bit."""
+    rng = np.random.default_rng(2)
+    w0 = {"a": rng.standard_normal((7, 5)).astype(dtype), "b": rng.standard_normal(9).astype(dtype)}
+    grads = [{k: (rng.standard_normal(v.shape) * 10.0 ** rng.integers(-4, 2)).astype(dtype)
+              for k, v in w0.items()} for _ in range(8)]
+    pf, pn = ({k: v.copy() for k, v in w0.items()} for _ in range(2))
+    of, on = get_optimizer(name, pf, **kw), get_optimizer(name, pn, **kw)
+    on.fused = False
+    calls = []
+    real = _k_update_spy(calls)
+    try:
+        for g in grads:
+            of.step(g)
+            on.step(g)
+    finally:
+        real()
+    assert calls, "the compiled update did not run"
+    for k in w0:
+        assert pf[k].dtype == dtype
+        np.testing.assert_array_equal(pf[k], pn[k], err_msg=k)
+        for buf, v in on.state[k].items():
+            np.testing.assert_array_equal(of.state[k][buf], v, err_msg=f"{k}/{buf}")
+
+
+def _k_update_spy(calls):
+    """Record the compiled optimizer kernels' calls; returns the undo."""
+    from fastrnn import blocks
+    real = blocks._kernels()
+    names = ("sgd_update_cpu", "adam_update_cpu", "rmsprop_update_cpu", "adagrad_update_cpu")
+
+    class Spy:
+        def __getattr__(self, n):
+            f = getattr(real, n)
+            if n not in names:
+                return f
+
+            def wrapped(*a):
+                calls.append(n)
+                return f(*a)
+            return wrapped
+
+    blocks._KERNELS = Spy()
+
+    def undo():
+        blocks._KERNELS = real
+    return undo
+
+
+def test_fused_falls_back_for_odd_layouts_and_dtypes():
+    rng = np.random.default_rng(4)
+    base = rng.standard_normal((6, 4)).astype(np.float32)
+    g32 = rng.standard_normal((6, 4)).astype(np.float32)
+    # a non-contiguous parameter (a column slice) and a float64 gradient for a float32 one
+    outs = []
+    for fused in (True, False):
+        holder = base.copy()
+        p = {"w": holder[:, :3], "v": holder[:, 3].copy()}
+        opt = Adam(p, lr=0.1)
+        opt.fused = fused
+        for _ in range(3):
+            opt.step({"w": g32[:, :3], "v": g32[:, 3].astype(np.float64)})
+        outs.append((holder.copy(), p["v"].copy()))
+    np.testing.assert_array_equal(outs[0][0], outs[1][0])
+    np.testing.assert_array_equal(outs[0][1], outs[1][1])
+    assert outs[0][1].dtype == np.float32
+
+
+def test_fused_matches_torch_in_float32():
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(5)
+    w0 = rng.standard_normal((16, 8)).astype(np.float32)
+    p = {"w": w0.copy()}
+    opt = Adam(p, lr=1e-2, weight_decay=0.01)
+    t = torch.tensor(w0.copy(), requires_grad=True)
+    topt = torch.optim.Adam([t], lr=1e-2, weight_decay=0.01, foreach=False)
+    for _ in range(10):
+        g = rng.standard_normal(w0.shape).astype(np.float32)
+        opt.step({"w": g})
+        t.grad = torch.tensor(g)
+        topt.step()
+    np.testing.assert_allclose(p["w"], t.detach().numpy(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_norm_accumulates_in_float64_without_copies(dtype):
+    from fastrnn.optim import global_norm
+    rng = np.random.default_rng(6)
+    g = {"a": (rng.standard_normal((300, 70)) * 1e3).astype(dtype),
+         "b": rng.standard_normal(5).astype(dtype), "empty": np.zeros((0, 3), dtype),
+         "strided": rng.standard_normal((8, 6)).astype(dtype)[:, ::2]}
+    expect = math.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in g.values()))
+    assert global_norm(g) == pytest.approx(expect, rel=1e-14)
+    assert global_norm(g, math.inf) == max(float(np.abs(v).max()) for v in g.values() if v.size)
+    assert global_norm(g, 1.0) == pytest.approx(
+        sum(float(np.abs(v.astype(np.float64)).sum()) for v in g.values()), rel=1e-12)
+    bad = {"a": np.array([1.0, np.nan], dtype)}
+    assert math.isnan(global_norm(bad))
+    assert global_norm({"a": np.array([np.inf, 1.0], dtype)}) == math.inf

@@ -298,3 +298,182 @@ def test_budget_schedule_follows_max_steps():
         Trainer(tr.model, tr.optimizer, [], schedule_unit="budget")
     with pytest.raises(ValueError, match="needs max_seconds"):
         Trainer(tr.model, tr.optimizer, [], progress=False).fit()
+
+
+# ------------------------------------------------- a trainer that continues
+_DETERMINISTIC = ("epoch", "loss", "lr", "val_loss", "val_accuracy")
+
+
+def _same_run(a, b):
+    for k, v in a.model.params.items():
+        np.testing.assert_array_equal(v, b.model.params[k], err_msg=k)
+    for k in _DETERMINISTIC:
+        assert a.history.get(k) == b.history.get(k), k
+    assert (a.epoch, a.global_step) == (b.epoch, b.global_step)
+
+
+def test_fit_in_pieces_equals_one_fit_with_restore_best():
+    # min_delta 10: the best epoch stays the first, so restore_best changes the model
+    es = lambda: EarlyStopping(patience=100, min_delta=10.0)           # noqa: E731
+    whole = _trainer(es=es())
+    whole.fit(5)
+    parts = _trainer(es=es())
+    parts.fit(2)
+    trained = parts._last_params
+    assert trained is not None and parts.early_stopping.best_epoch == 1
+    best = parts.early_stopping.best_params
+    for k, v in parts.model.params.items():                    # the best are in the model...
+        np.testing.assert_array_equal(v, best[k])
+    parts.fit(2)                                               # nothing to do: stays restored
+    parts.fit(5)                                               # ...and training continues
+    _same_run(whole, parts)
+    for k, v in whole.model.params.items():                    # both end restored
+        np.testing.assert_array_equal(v, best[k])
+
+
+def test_fit_steps_pauses_mid_epoch_and_resumes_there():
+    whole = _trainer()
+    whole.fit(3)                                               # 6 batches per epoch
+    parts = _trainer()
+    parts.fit(steps=4)
+    assert parts.stop_reason == "paused" and parts.epoch == 0 and parts.global_step == 4
+    assert parts.history == {}                                 # nothing recorded mid-epoch
+    parts.fit(steps=5)
+    assert parts.epoch == 1 and parts.global_step == 9 and parts.history["epoch"] == [1]
+    parts.fit(steps=3)                                         # ends exactly on the epoch
+    assert parts.epoch == 2 and parts.stop_reason == "paused" and parts._open is None
+    parts.fit(3, steps=100)
+    assert parts.stop_reason is None
+    _same_run(whole, parts)
+
+
+def test_fit_steps_sees_the_remaining_batches_of_the_epoch():
+    def record(tr):
+        seen = []
+        real = tr.model.batch_loss
+
+        def spy(batch, train=True):
+            if train:
+                seen.append(batch[0].copy())
+            return real(batch, train)
+        tr.model.batch_loss = spy
+        return seen
+
+    a, b = _trainer(), _trainer()
+    sa, sb = record(a), record(b)
+    a.fit(2)
+    for n in (1, 2, 4, 5):
+        b.fit(2, steps=n)
+    assert len(sa) == len(sb) == 12
+    for u, v in zip(sa, sb):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_language_model_steps_keep_the_carried_state():
+    ids = np.random.default_rng(3).integers(0, 6, 400)
+
+    def make():
+        lm = LanguageModel(6, 3, 5, dropout=0.1, seed=0, backend="numpy")
+        return Trainer(lm, Adam(lm, lr=1e-2), LMBatches(ids[:330], 4, 9),
+                       LMBatches(ids[330:], 2, 9), clip_norm=1.0, progress=False, unit="tok")
+
+    whole = make()
+    whole.fit(2)                                               # 10 chunks per epoch
+    parts = make()
+    parts.fit(steps=3)
+    carried = parts.model.carried_state
+    assert carried is not None
+    parts.evaluate(parts.val_data)                             # scoring in between...
+    assert parts.model.carried_state is carried                # ...keeps the training state
+    parts.fit(steps=9)
+    parts.fit(steps=8)
+    assert parts.epoch == 2
+    _same_run(whole, parts)
+    assert parts.model.carried_state is None                   # reset at the end of an epoch
+
+
+def test_restore_best_only_when_training_stops():
+    tr = _trainer(es=EarlyStopping(patience=100, min_delta=10.0))
+    tr.fit(steps=8)                                            # paused inside epoch 2
+    assert tr.stop_reason == "paused" and tr._last_params is None
+    best = tr.early_stopping.best_params
+    assert any(not np.array_equal(v, best[k]) for k, v in tr.model.params.items())
+    tr.max_steps = 10                                          # a budget: training stops
+    tr.fit()
+    assert tr.stop_reason == "steps" and tr.epoch == 2
+    for k, v in tr.model.params.items():
+        np.testing.assert_array_equal(v, best[k])
+    # changed by the user after the restore: a later fit continues from that
+    for v in tr.model.params.values():
+        v[...] = 0.5
+    tr.max_steps = None
+    tr._take_back_last_params()
+    assert all((v == 0.5).all() for v in tr.model.params.values())
+    with pytest.raises(ValueError, match="steps"):
+        tr.fit(steps=-1)
+
+
+def test_array_batches_trim_to_the_longest_in_batch():
+    rng = np.random.default_rng(0)
+    lengths = np.concatenate([rng.integers(1, 27, 40), rng.integers(27, 105, 8)])
+    x = rng.standard_normal((48, 104, 2))
+    x[np.arange(104)[None, :] >= lengths[:, None]] = 0.0
+    steps = np.tile(np.arange(104), (48, 1))                     # per-step targets
+    label = np.arange(48)
+    ab = ArrayBatches(x, steps, label, lengths=lengths, batch_size=8, bucket=True)
+    seen = []
+    for bx, bs, bl, bn in ab.batches(np.random.default_rng(1)):
+        assert bx.shape[1] == bn.max() and bs.shape[1] == 104    # only arrays[0] by default
+        np.testing.assert_array_equal(bx, x[bl, :bn.max()])
+        seen.append(bx.shape[1])
+    assert min(seen) <= 26 and max(seen) > 26
+    both = ArrayBatches(x, steps, label, lengths=lengths, batch_size=8, trim=(0, 1))
+    for bx, bs, bl, bn in both.batches(np.random.default_rng(1)):
+        assert bx.shape[1] == bs.shape[1] == bn.max()
+    keep = ArrayBatches(x, label, lengths=lengths, batch_size=8, trim=False)
+    assert all(b[0].shape[1] == 104 for b in keep.batches(np.random.default_rng(1)))
+    plain = ArrayBatches(x, label, batch_size=8)                 # no lengths: nothing to cut
+    assert all(b[0].shape[1] == 104 for b in plain.batches(np.random.default_rng(1)))
+    with pytest.raises(ValueError, match="trim names array 3"):
+        ArrayBatches(x, label, lengths=lengths, trim=(3,))
+
+
+def test_checkpoint_inside_an_epoch_resumes_there(tmp_path):
+    whole = _trainer(es=EarlyStopping(patience=100, min_delta=10.0))
+    whole.fit(3)
+    first = _trainer(es=EarlyStopping(patience=100, min_delta=10.0))
+    first.fit(steps=8)                                   # epoch 2 open, 2 batches in
+    first.save_checkpoint(tmp_path / "mid.npz")
+    second = _trainer(es=EarlyStopping(patience=100, min_delta=10.0))
+    second.resume(tmp_path / "mid.npz")
+    assert second._open is not None and second._open["count"] == 2
+    second.fit(3)
+    _same_run(whole, second)
+    # written while the best parameters are restored: continues from the trained ones
+    first.fit(2)
+    first.save_checkpoint(tmp_path / "restored.npz")
+    third = _trainer(es=EarlyStopping(patience=100, min_delta=10.0))
+    third.resume(tmp_path / "restored.npz")
+    assert third._last_params is not None
+    third.fit(3)
+    _same_run(whole, third)
+
+
+def test_language_model_checkpoint_inside_an_epoch_keeps_the_carried_state(tmp_path):
+    ids = np.random.default_rng(4).integers(0, 6, 400)
+
+    def make():
+        lm = LanguageModel(6, 3, 5, seed=0, backend="numpy")
+        return Trainer(lm, Adam(lm, lr=1e-2), LMBatches(ids, 4, 9), progress=False)
+
+    whole = make()
+    whole.fit(2)
+    first = make()
+    first.fit(steps=13)
+    first.save_checkpoint(tmp_path / "lm.npz")
+    second = make()
+    second.resume(tmp_path / "lm.npz")
+    h, c = second.model.carried_state
+    np.testing.assert_array_equal(h, first.model.carried_state[0])
+    second.fit(2)
+    _same_run(whole, second)

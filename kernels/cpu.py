@@ -49,6 +49,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+import threading
 
 import numpy as np
 
@@ -166,24 +167,42 @@ def get_num_threads():
 
 
 class _Threads:
-    """Switch OpenBLAS's thread count within one call; restore it at the end."""
+    """Switch OpenBLAS's thread count within one call; restore it at the end.
 
-    __slots__ = ("prev", "cur")
+    OpenBLAS's thread count is one process-wide setting. Calls from several
+    Python threads at once share it: the first call in saves NumPy's value, the
+    last one out restores it (a lock and a count), and while more than one call
+    runs every call uses one BLAS thread (each call already has a core's worth
+    of work). Without this, two overlapping calls could restore each other's
+    temporary value and leave NumPy on one thread for good."""
+
+    __slots__ = ("cur",)
+    _lock = threading.Lock()
+    _active = 0
+    _saved = 0
 
     def __init__(self):
-        self.prev = self.cur = _blas_get_threads() if _blas_get_threads is not None else 0
+        cls = _Threads
+        with cls._lock:
+            if cls._active == 0:
+                cls._saved = _blas_get_threads() if _blas_get_threads is not None else 0
+            cls._active += 1
+            self.cur = None
 
     def use(self, flops):
-        n = 1 if flops < _TWO_THREAD_FLOPS else _max_threads
+        n = 1 if (flops < _TWO_THREAD_FLOPS or _Threads._active > 1) else _max_threads
         if n != self.cur and _blas_set_threads is not None:
-            _blas_set_threads(n)
+            with _Threads._lock:
+                _blas_set_threads(n)
             self.cur = n
         return n
 
     def restore(self):
-        if self.cur != self.prev and _blas_set_threads is not None:
-            _blas_set_threads(self.prev)
-            self.cur = self.prev
+        cls = _Threads
+        with cls._lock:
+            cls._active -= 1
+            if cls._active == 0 and _blas_set_threads is not None and cls._saved:
+                _blas_set_threads(cls._saved)
 
 
 # --------------------------------------------------------------------------- compiled
@@ -916,9 +935,32 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
 
     threads = _Threads()
     try:
+        if fam == "lstm" and dtype == np.float32 and _packed is not None and use_packed:
+            return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training, threads)
         return _forward(fam, cell, x, h0, c0, weights, lens, reverse, training, threads)
     finally:
         threads.restore()
+
+
+# The float32 LSTM runs on the packed-weight kernels of fastrnn.kernels.packed
+# (no BLAS call inside the time loop, padded steps skipped, its own two
+# threads); `use_packed = False` selects the BLAS-per-step loops below instead
+# (the tests check both, the benchmark can compare them).
+use_packed = True
+try:
+    from fastrnn.kernels import packed as _packed
+except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
+    _packed = None
+
+
+def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training, threads):
+    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
+    y, h, c, pc = _packed.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
+                                       reverse, training, _max_threads)
+    if not training:
+        return y, h, c, None
+    return y, h, c, _Cache(cell, x, w, lens, reverse, pc, pc.flops)
 
 
 #: inference computes the input product in chunks of about this many rows of
@@ -1055,6 +1097,11 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
             raise ValueError(f"{name} has shape {np.shape(a)}, expected {exp}")
     threads = _Threads()
     try:
+        if _packed is not None and isinstance(cache.saved, _packed.PackedCache):
+            dx, dh0, dc0, dw_ih, dw_hh, db = _packed.lstm_backward(
+                cache.saved, dy, np.asarray(dh_n, np.float32), np.asarray(dc_n, np.float32),
+                _max_threads, threads.use)
+            return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), None)
         return _backward(fam, cell, cache, dy, dh_n, dc_n, threads)
     finally:
         threads.restore()

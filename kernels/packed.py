@@ -1,0 +1,715 @@
+"""Packed-weight CPU kernels: the recurrent product never leaves the compiled loop.
+
+Used by :mod:`fastrnn.kernels.cpu` for the float32 LSTM (forward in training
+and inference, and backward). Notation: ``T`` steps, ``B`` batch, ``I``
+inputs, ``H`` hidden, ``G = 4`` gates, ``VW`` the SIMD width in floats (16 with
+AVX-512, 8 with AVX2), ``Hp`` = ``H`` rounded up to a multiple of ``VW``,
+``P = Hp / VW`` panels.
+
+Layout ("panel order")
+----------------------
+Hidden units are grouped in blocks of ``VW``; panel ``p`` holds the ``G*VW``
+gate columns of its units side by side, ``[i(VW) f(VW) g(VW) o(VW)]``. Gate
+column ``q = p*G*VW + g*VW + u`` is the natural row ``g*H + p*VW + u`` of the
+PyTorch-layout weights (``_pack``); units ``>= H`` are zero padding (zero
+weights and bias give ``h = c = 0`` there, so they never leak into real
+units). ``W_ih`` and the biases are permuted the same way, so the one big
+input GEMM before the loop (NumPy's BLAS) already comes out in panel order,
+and the weight-gradient GEMMs after the backward loop are un-permuted once.
+
+Forward, per step and panel: :data:`fastrnn.kernels.simd.uk_add` writes
+``x W_ihᵀ + b + h Uᵀ`` for the panel's ``G*VW`` columns and ``MR`` batch rows
+at a time into a small tile that stays in L1 (accumulators in vector
+registers, ``U`` packed ``[panel][k][G*VW]`` so each ``k`` is one contiguous
+row), and the gate math for those ``VW`` units runs at once on the tile.
+``h`` is read from the previous step's output row; in training the gate
+activations overwrite the input product in place and every step's cell is
+kept (``cs``), in inference ``cs`` is a ring of two states.
+
+Backward, per step (``s = n-1 .. 0``) and output panel (``NVB`` vectors of
+units): :data:`uk_mul` forms ``dh = dgates[s+1] U`` for the panel's units
+(``K = G*Hp``, ``U`` packed by output-unit panels), and the gate derivatives
+of step ``s`` for the same units follow from the saved activations. The
+weight gradients stay large GEMMs after the loop.
+
+Schedule: the batch is sorted by length (longest first) and, for the reverse
+direction, gathered into step order, so step ``s`` works on the rows
+``[0, nact[s])`` only (PyTorch's packed-sequence batch sizes): padded steps
+cost nothing, and the loop stops at the longest sequence.
+
+Two threads
+-----------
+The caller and one pool thread run the same step loop. Each panel of each step
+is claimed with one compare-and-swap on its counter (it holds the last step
+it was claimed for), thread 0 from the first panel up, thread 1 from the last
+down, so on a quiet machine each thread keeps its half of ``U`` hot in its own
+L2, and when one thread is late (its core is busy) the other claims the rest:
+a step never waits for a thread that has not started it. A thread waits only
+for a panel the other has claimed and not finished: it spins briefly
+(``pause``), then yields its core (``sched_yield``). A call in which the
+caller spent more than 30% waiting for the partner marks it as late, and the
+following calls run on one thread for a while (doubling each time it
+happens again), so a busy machine costs little more than one thread's time.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import threading
+import time
+
+import numpy as np
+from numba import njit
+
+from fastrnn.kernels.activations import sigmoid as _sigmoid
+from fastrnn.kernels.activations import tanh as _tanh
+from fastrnn.kernels.simd import (MAX_MR, atomic_add, atomic_cas, atomic_load, cpu_pause,
+                                  cycles, sched_yield, uk_lstm_bwd, uk_lstm_fwd)
+
+__all__ = ["vector_width", "lstm_forward", "lstm_backward"]
+
+_OPTS = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
+
+_lf1, _lf2, _lf3, _lf4, _lf5, _lf6 = uk_lstm_fwd[1:7]
+_lb1, _lb2, _lb3, _lb4, _lb5, _lb6 = uk_lstm_bwd[1:7]
+_MRMAX = 6    # micro-kernel row counts compiled: 1..6
+
+
+# --------------------------------------------------------------------------- vector width
+def _host_has_avx512():
+    try:
+        import llvmlite.binding as ll
+        feats = ll.get_host_cpu_features()
+        return bool(feats.get("avx512f", False))
+    except Exception:  # pragma: no cover
+        return False
+
+
+_HOST_VW = 16 if _host_has_avx512() else 8
+_forced_vw = None
+
+
+def vector_width():
+    """SIMD width (floats) the packed kernels use: 16 with AVX-512, else 8.
+
+    ``FASTRNN_VECTOR_WIDTH=8`` (or :func:`set_vector_width`) forces the AVX2
+    variant on an AVX-512 machine (tests run both)."""
+    if _forced_vw is not None:
+        return _forced_vw
+    env = os.environ.get("FASTRNN_VECTOR_WIDTH")
+    if env in ("8", "16"):
+        return min(int(env), _HOST_VW)
+    return _HOST_VW
+
+
+def set_vector_width(vw):
+    """Force the SIMD width (8 or 16, at most the host's) or ``None`` for automatic."""
+    global _forced_vw
+    if vw is not None and vw not in (8, 16):
+        raise ValueError(f"vector width must be 8, 16 or None, got {vw!r}")
+    _forced_vw = None if vw is None else min(vw, _HOST_VW)
+
+
+def _tag(n):
+    return (0,) * n
+
+
+def _mr(vw):
+    """Batch rows per micro-kernel call: its MR*4 accumulators, the panel row
+    and a broadcast must fit the register file (32 zmm / 16 ymm)."""
+    return _MRMAX if vw == 16 else 3
+
+
+# --------------------------------------------------------------------------- helpers
+#: spins (``pause``, ~40 ns each) before a waiting thread starts yielding its core
+_SPIN = 2000
+
+
+@njit(inline="always")
+def _wait(p, target):
+    """Wait until the int64 at ``p`` reaches ``target``; returns the cycles it waited."""
+    if atomic_load(p) >= target:
+        return 0
+    t0 = cycles()
+    spins = 0
+    while atomic_load(p) < target:
+        if spins < _SPIN:
+            cpu_pause()
+            spins += 1
+        else:
+            sched_yield()
+    return cycles() - t0
+
+
+@njit(inline="always")
+def _claim(flags, p, s, nthr):
+    """Claim panel ``p`` for step ``s`` (always granted with one thread)."""
+    if nthr == 1:
+        return True
+    return atomic_cas(flags + 8 * p, s, s + 1)
+
+
+# --------------------------------------------------------------------------- LSTM forward
+@njit(inline="always")
+def _lstm_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training):
+    if mr == 1:
+        _lf1(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+    elif mr == 2:
+        _lf2(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+    elif mr == 3:
+        _lf3(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+    elif mr == 4:
+        _lf4(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+    elif mr == 5:
+        _lf5(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+    else:
+        _lf6(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+
+
+@njit(**_OPTS)
+def _lstm_fwd(tag, xs, bias, up, hs, cs, ring, nact, training, act, ctl, tid, nthr, mrmax):
+    # xs: [n,B,I] input in step order;  bias: [G*Hp] b_ih + b_hh (panel order)
+    # up: [P,I+Hp,G*VW] each panel's W_ihᵀ rows, then its W_hhᵀ rows
+    # hs: [n+1,B,Hp] hs[0] = h0 (in); hs[s+1] = h after step s (out; rows >= nact[s]
+    #     untouched);  cs: [S,B,Hp] cell states, step s reads cs[s % S] and writes
+    #     cs[(s+1) % S] (training: S = n+1, cs[0] = c0;  inference: S = 2)
+    # nact: [n] active rows per step (non-increasing)
+    # act: [n,B,G*Hp] out in training: i,f,g,o (panel order)
+    # ctl: [P+1] int64 panel claim counters, then the done counter
+    n, B, I = xs.shape
+    Hp = hs.shape[2]
+    VW = len(tag)
+    GV = 4 * VW
+    GH = bias.shape[0]
+    P = Hp // VW
+    KW = (I + Hp) * GV
+    flags = ctl.ctypes.data
+    done = flags + 8 * P
+    xp = xs.ctypes.data
+    upp = up.ctypes.data
+    bp = bias.ctypes.data
+    hsp = hs.ctypes.data
+    csp = cs.ctypes.data
+    ap = act.ctypes.data
+    t0 = cycles()
+    waited = 0
+    for s in range(n):
+        nb = nact[s]
+        if nthr > 1 and s > 0:
+            waited += _wait(done, P * s)
+        hp = hsp + 4 * s * B * Hp
+        yp = hp + 4 * B * Hp
+        cin = csp + 4 * (s % ring) * B * Hp
+        cout = csp + 4 * ((s + 1) % ring) * B * Hp
+        xsp = xp + 4 * s * B * I
+        asp = ap + 4 * s * B * GH
+        cnt = 0
+        for i in range(P):
+            p = i if tid == 0 else P - 1 - i
+            if not _claim(flags, p, s, nthr):
+                break
+            cnt += 1
+            wp = upp + 4 * p * KW
+            col = p * GV
+            u0 = p * VW
+            r0 = 0
+            while r0 < nb:
+                mr = min(mrmax, nb - r0)
+                ro = 4 * (r0 * Hp + u0)
+                _lstm_fwd_mr(mr, tag, xsp + 4 * r0 * I, I, hp + 4 * r0 * Hp, Hp, wp, I, Hp,
+                             bp + 4 * col, cin + ro, cout + ro, yp + ro,
+                             asp + 4 * (r0 * GH + col), GH, training)
+                r0 += mr
+        if nthr > 1:
+            atomic_add(done, cnt)
+    if nthr > 1 and tid == 0:
+        waited += _wait(done, P * n)
+    return waited / max(1, cycles() - t0)
+
+
+# --------------------------------------------------------------------------- LSTM backward
+@njit(inline="always")
+def _lstm_bwd_mr(mr, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg):
+    if mr == 1:
+        _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+    elif mr == 2:
+        _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+    elif mr == 3:
+        _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+    elif mr == 4:
+        _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+    elif mr == 5:
+        _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+    else:
+        _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+
+
+@njit(inline="always")
+def _lstm_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact,
+                   cp, cn, dc, dg):
+    """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel)."""
+    while r0 < r1:
+        mr = min(mrmax, r1 - r0)
+        _lstm_bwd_mr(mr, tag, ntag, a + 4 * r0 * lda, lda, w, K, dhx + 4 * r0 * lddhx, lddhx,
+                     dy + 4 * r0 * ldh, ldh, act + 4 * r0 * ldact, ldact, cp + 4 * r0 * ldh,
+                     cn + 4 * r0 * ldh, dc + 4 * r0 * ldh, dg + 4 * r0 * ldact)
+        r0 += mr
+
+
+@njit(**_OPTS)
+def _lstm_bwd(tag, act, cs, ub, nvb, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr, mrmax):
+    # act: [n,B,G*Hp] i,f,g,o (panel order);  cs: [n+1,B,Hp] cell states (cs[0] = c0)
+    # ub: flat packed U for dh = dgates U: output panel q (units [q*NB, q*NB+w),
+    #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*G*Hp*NB, [G*Hp][w]
+    # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
+    # dc: [B,Hp] carry (in: dL/dc_n, out: dL/dc0)
+    # dg: [n,B,G*Hp] out, gate pre-activation gradients (rows >= nact[s] untouched)
+    # nact: [n];  ctl: [Q+1] claim counters, then done
+    n, B, GH = act.shape
+    Hp = dy.shape[2]
+    VW = len(tag)
+    GV = 4 * VW
+    NB = nvb * VW
+    Q = (Hp + NB - 1) // NB
+    flags = ctl.ctypes.data
+    done = flags + 8 * Q
+    ubp = ub.ctypes.data
+    gp = dg.ctypes.data
+    ap = act.ctypes.data
+    csp = cs.ctypes.data
+    dyp = dy.ctypes.data
+    dhp = dhn.ctypes.data
+    dcp = dc.ctypes.data
+    zp = zrow.ctypes.data
+    t0 = cycles()
+    waited = 0
+    for k in range(n):
+        s = n - 1 - k
+        nb = nact[s]
+        nprod = nact[s + 1] if s + 1 < n else 0      # rows whose dh comes through U
+        if nthr > 1 and k > 0:
+            waited += _wait(done, Q * k)
+        a = gp + 4 * (s + 1) * B * GH
+        cnt = 0
+        for i in range(Q):
+            q = i if tid == 0 else Q - 1 - i
+            if not _claim(flags, q, k, nthr):
+                break
+            cnt += 1
+            j0 = q * NB
+            nv = min(NB, Hp - j0) // VW
+            wq = ubp + 4 * q * GH * NB
+            col = j0 * 4
+            dyq = dyp + 4 * (s * B * Hp + j0)
+            aq = ap + 4 * (s * B * GH + col)
+            cpq = csp + 4 * (s * B * Hp + j0)
+            cnq = cpq + 4 * B * Hp
+            dcq = dcp + 4 * j0
+            dgq = gp + 4 * (s * B * GH + col)
+            dhq = dhp + 4 * j0
+            if nv == 4:
+                _lstm_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+            elif nv == 3:
+                _lstm_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+            elif nv == 2:
+                _lstm_bwd_rows(0, nprod, mrmax, tag, (0, 0), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+            else:
+                _lstm_bwd_rows(0, nprod, mrmax, tag, (0,), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0,), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+        if nthr > 1:
+            atomic_add(done, cnt)
+    if nthr > 1 and tid == 0:
+        waited += _wait(done, Q * n)
+    return waited / max(1, cycles() - t0)
+
+
+# --------------------------------------------------------------------------- threads
+_TWO_THREAD_STEP_FLOPS = 4e5   # per-step recurrent FLOPs from which two threads pay
+_LATE_WAIT = 0.3               # fraction of a call the caller waited that marks the partner late
+_backoff = {"until": 0.0, "span": 0.05}
+_backoff_lock = threading.Lock()
+_pool = []
+
+
+def _executor():
+    if not _pool:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool.append(ThreadPoolExecutor(max_workers=1, thread_name_prefix="fastrnn-packed"))
+    return _pool[0]
+
+
+def _nthreads(max_threads, step_flops, panels):
+    if max_threads < 2 or panels < 2 or step_flops < _TWO_THREAD_STEP_FLOPS:
+        return 1
+    if time.monotonic() < _backoff["until"]:
+        return 1
+    return 2
+
+
+def _note(nthr, waited):
+    """After a two-thread call: back off to one thread if the caller spent more
+    than ``_LATE_WAIT`` of it waiting for the partner."""
+    if nthr < 2:
+        return
+    with _backoff_lock:
+        if waited > _LATE_WAIT:
+            _backoff["until"] = time.monotonic() + _backoff["span"]
+            _backoff["span"] = min(_backoff["span"] * 2, 5.0)
+        else:
+            _backoff["span"] = max(0.05, _backoff["span"] * 0.75)
+
+
+def _run(kernel, nthr, args_of):
+    """Run ``kernel(*args_of(tid))`` on ``nthr`` threads; returns the caller's wait fraction."""
+    if nthr == 1:
+        return kernel(*args_of(0))
+    _executor().submit(kernel, *args_of(1))
+    # the caller's kernel returns only once every panel of every step is done,
+    # so the partner has nothing left to write: waiting for it to return would
+    # only add its wake-up latency when its core is busy
+    return kernel(*args_of(0))
+
+
+class _Tasks:
+    """Independent tasks run by the caller and (when it comes) the pool thread.
+
+    Tasks are claimed one at a time (``next`` on a shared iterator, atomic
+    under the GIL; each task releases the GIL in BLAS), so a partner that is
+    late never holds up work it has not started; the caller waits only for a
+    task the partner is running."""
+
+    def __init__(self, tasks):
+        self.tasks = tasks
+        self.it = iter(range(len(tasks)))
+        self.left = len(tasks)
+        self.cv = threading.Condition()
+
+    def work(self):
+        for i in self.it:
+            self.tasks[i]()
+            with self.cv:
+                self.left -= 1
+                if self.left == 0:
+                    self.cv.notify_all()
+
+    def run(self, nthr):
+        if nthr > 1 and len(self.tasks) > 1:
+            _executor().submit(self.work)
+        self.work()
+        with self.cv:
+            while self.left:
+                self.cv.wait()
+
+
+#: GEMMs are split into tasks for two threads from this many FLOPs on
+_SPLIT_GEMM_FLOPS = 8e6
+
+
+def _splits(n, k):
+    """k contiguous ranges covering [0, n)."""
+    return [(n * i // k, n * (i + 1) // k) for i in range(k)]
+
+
+# --------------------------------------------------------------------------- packing
+@functools.lru_cache(maxsize=64)
+def _perm(H, Hp, VW, G):
+    """(nat, valid, src): nat[q] = natural gate row of panel-order column q (-1 for
+    padding), valid = nat >= 0, src = nat[valid]; read-only, cached per shape."""
+    P = Hp // VW
+    p = np.arange(P)[:, None, None]
+    g = np.arange(G)[None, :, None]
+    u = np.arange(VW)[None, None, :]
+    unit = p * VW + u
+    nat = np.where(unit < H, g * H + unit, -1).reshape(-1)
+    valid = nat >= 0
+    src = nat[valid]
+    for a in (nat, valid, src):
+        a.setflags(write=False)
+    return nat, valid, src
+
+
+class _Packed:
+    __slots__ = ("H", "Hp", "VW", "nat", "valid", "src", "w_ih", "w_hh", "bias", "up", "ub",
+                 "nvb")
+
+
+def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False):
+    """Panel-order copies of the weights (float32)."""
+    H = w_hh.shape[1]
+    I = w_ih.shape[1]
+    Hp = -(-H // VW) * VW
+    P = Hp // VW
+    GV = G * VW
+    pk = _Packed()
+    pk.H, pk.Hp, pk.VW = H, Hp, VW
+    pk.nat, pk.valid, pk.src = nat, valid, src = _perm(H, Hp, VW, G)
+    if Hp == H:
+        wi, wh, bias = w_ih[src], w_hh[src], (b_ih + b_hh)[src]
+    else:
+        wi = np.zeros((G * Hp, I), np.float32)
+        wi[valid] = w_ih[src]
+        wh = np.zeros((G * Hp, Hp), np.float32)
+        wh[valid, :H] = w_hh[src]
+        bias = np.zeros(G * Hp, np.float32)
+        bias[valid] = (b_ih + b_hh)[src]
+    pk.w_ih, pk.w_hh, pk.bias = wi, wh, bias
+    # up: [P, I+Hp, G*VW]: panel p's columns of [W_ih W_hh]ᵀ, input rows first
+    up = np.empty((P, I + Hp, GV), np.float32)
+    up[:, :I] = wi.reshape(P, GV, I).transpose(0, 2, 1)
+    up[:, I:] = wh.reshape(P, GV, Hp).transpose(0, 2, 1)
+    pk.up = up
+    pk.ub = None
+    pk.nvb = 4
+    if backward:
+        pk.ub = _pack_backward(wh, Hp, VW, pk.nvb)
+    return pk
+
+
+def _pack_backward(wh, Hp, VW, nvb):
+    """U packed by output-unit panels for dh = dgates U (see ``_lstm_bwd``)."""
+    GH = wh.shape[0]
+    NB = nvb * VW
+    Q = -(-Hp // NB)
+    ub = np.empty(Q * GH * NB, np.float32)
+    for q in range(Q):
+        j0 = q * NB
+        w = min(NB, Hp - j0)
+        ub[q * GH * NB:q * GH * NB + GH * w] = wh[:, j0:j0 + w].reshape(-1)
+    return ub
+
+
+# --------------------------------------------------------------------------- schedule
+class _Schedule:
+    """Rows sorted by length (longest first), steps in processing order.
+
+    ``order`` (None: identity) maps sorted row j to batch row ``order[j]``;
+    ``tix[s, j]`` is the time index step ``s`` of sorted row j reads (None:
+    ``tix[s, j] = s``); ``nact[s]`` the rows active at step s; ``n`` steps."""
+
+    __slots__ = ("order", "tix", "valid", "nact", "n", "T", "B")
+
+    def __init__(self, lens, T, reverse):
+        B = lens.shape[0]
+        self.T, self.B = T, B
+        full = bool((lens == T).all())
+        if full and not reverse:
+            self.order = self.tix = self.valid = None
+            self.n = T
+            self.nact = np.full(T, B, np.int64)
+            return
+        order = np.argsort(-lens, kind="stable")
+        Ls = lens[order]
+        n = int(Ls[0]) if B else 0
+        steps = np.arange(n)[:, None]
+        self.valid = steps < Ls[None, :]                         # [n,B]
+        self.order = None if full or (order == np.arange(B)).all() else order
+        if self.order is None:
+            Ls = lens
+            self.valid = steps < Ls[None, :]
+        tix = (Ls[None, :] - 1 - steps) if reverse else np.broadcast_to(steps, (n, B))
+        self.tix = np.where(self.valid, tix, 0)
+        self.n = n
+        self.nact = self.valid.sum(axis=1).astype(np.int64)
+
+    def nact_lengths(self):
+        """[B] the length of each sorted row."""
+        if self.valid is None:
+            return np.full(self.B, self.n, np.int64)
+        return self.valid.sum(axis=0).astype(np.int64)
+
+    def rows(self):
+        return np.arange(self.B) if self.order is None else self.order
+
+    def gather(self, a, width=None):
+        """a: [T,B,F] natural -> [n,B,width] step order (zero where inactive/padded)."""
+        T, B, F = a.shape
+        width = F if width is None else width
+        if self.tix is None and width == F:
+            return np.ascontiguousarray(a, dtype=np.float32)
+        out = np.zeros((self.n, B, width), np.float32)
+        if self.tix is None:
+            out[:, :, :F] = a
+        else:
+            v = self.valid
+            src = a[self.tix, self.rows()[None, :]]                  # [n,B,F]
+            out[:, :, :F] = np.where(v[:, :, None], src, 0)
+        return out
+
+    def scatter(self, a_step, F, dtype):
+        """[n,B,>=F] step order -> [T,B,F] natural (zero at padded steps)."""
+        if self.tix is None:
+            if a_step.shape[2] == F and a_step.shape[0] == self.T:
+                return a_step
+            out = np.zeros((self.T, self.B, F), dtype)
+            out[:a_step.shape[0]] = a_step[:, :, :F]
+            return out
+        out = np.zeros((self.T, self.B, F), dtype)
+        v = self.valid
+        cols = np.broadcast_to(self.rows()[None, :], v.shape)
+        out[self.tix[v], cols[v]] = a_step[:, :, :F][v]
+        return out
+
+    def sort_rows(self, a, width):
+        """a: [B,F] -> [B,width] in sorted row order, zero padded (float32, fresh)."""
+        out = np.zeros((self.B, width), np.float32)
+        out[:, :a.shape[1]] = a if self.order is None else a[self.order]
+        return out
+
+    def unsort_rows(self, a, F):
+        out = np.empty((self.B, F), a.dtype)
+        if self.order is None:
+            out[:] = a[:, :F]
+        else:
+            out[self.order] = a[:, :F]
+        return out
+
+
+# --------------------------------------------------------------------------- drivers
+class PackedCache:
+    """What :func:`lstm_backward` needs from a training :func:`lstm_forward`."""
+
+    __slots__ = ("sched", "pk", "xs", "act", "cs", "hs", "flops")
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads):
+    """float32 LSTM, one layer and direction: returns ``(y, h_n, c_n, cache)``.
+
+    ``x`` [T,B,I], ``h0``/``c0`` [B,H], weights in PyTorch's layout, ``lens``
+    [B] int64 in [1, T]. The input product runs inside the time loop (the
+    micro-kernel's first ``I`` rows of each panel), so no BLAS call is made."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    VW = vector_width()
+    G = 4
+    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training)
+    Hp = pk.Hp
+    P = Hp // VW
+    sched = _Schedule(lens, T, reverse)
+    n = sched.n
+    tag = _tag(VW)
+    mrmax = _mr(VW)
+    nthr = _nthreads(max_threads, 2.0 * B * G * H * (H + I), P)
+    padded = sched.tix is not None
+    # hs: [n+1,B,Hp] the state before each step and after the last (hs[0] = h0)
+    hs = (np.zeros if padded else np.empty)((n + 1, B, Hp), np.float32)
+    hs[0] = sched.sort_rows(h0, Hp)
+    ys = hs[1:]
+    xs = sched.gather(x)                                        # [n,B,I] step order
+    if training:
+        act = np.empty((n, B, G * Hp), np.float32)
+        cs = np.zeros((n + 1, B, Hp), np.float32)
+        cs[0] = sched.sort_rows(c0, Hp)
+        ring = n + 1
+    else:
+        act = np.empty((1, 1, 1), np.float32)
+        cs = np.zeros((2, B, Hp), np.float32)
+        cs[0] = sched.sort_rows(c0, Hp)
+        ring = 2
+    ctl = np.zeros(P + 1, np.int64)
+    waited = _run(_lstm_fwd, nthr, lambda tid: (tag, xs, pk.bias, pk.up, hs, cs, ring,
+                                                 sched.nact, training, act, ctl, tid, nthr,
+                                                 mrmax))
+    _note(nthr, waited)
+    # each sorted row's final cell: training keeps every step's; inference's ring
+    # holds row j's last write (step L_j - 1) in slot L_j % 2
+    lens_sorted = sched.nact_lengths()
+    c_last = cs[lens_sorted if training else lens_sorted % 2, np.arange(B)]
+    h_last = _last_output(ys, sched, B)
+    y = sched.scatter(ys, H, np.float32)
+    h_n = sched.unsort_rows(h_last, H)
+    c_n = sched.unsort_rows(c_last, H)
+    if not training:
+        return y, h_n, c_n, None
+    cache = PackedCache()
+    cache.sched, cache.pk, cache.xs = sched, pk, xs
+    cache.act, cache.cs, cache.hs = act, cs, hs
+    cache.flops = 2.0 * B * G * H * H
+    return y, h_n, c_n, cache
+
+
+def _last_output(ys, sched, B):
+    """[B,Hp] the output at each sorted row's last step."""
+    if sched.tix is None:
+        return ys[-1]
+    last = sched.valid.sum(axis=0) - 1                              # [B] per sorted row
+    return ys[last, np.arange(B)]
+
+
+def _last_state(states, sched, B):
+    if sched.tix is None:
+        return states[-1]
+    last = sched.valid.sum(axis=0) - 1
+    return states[last, np.arange(B)]
+
+
+def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
+    """Gradients from :func:`lstm_forward`'s cache: ``(dx, dh0, dc0, dw_ih, dw_hh, db)``
+    in the natural (PyTorch) layout; ``db`` is the gradient of both biases.
+
+    ``blas_threads(flops)`` sets NumPy's BLAS thread count for a GEMM of that size;
+    it is called with 0 (one BLAS thread): the weight-gradient GEMMs after the
+    loop are split into tasks for this module's own two threads (``_Tasks``),
+    which cannot stall on a busy core the way a BLAS worker hand-off does."""
+    sched, pk = cache.sched, cache.pk
+    n, B, GH = cache.act.shape
+    H, Hp, VW = pk.H, pk.Hp, pk.VW
+    I = cache.xs.shape[2]
+    tag = _tag(VW)
+    NB = pk.nvb * VW
+    Q = -(-Hp // NB)
+    mrmax = _mr(VW)
+    nthr = _nthreads(max_threads, cache.flops, Q)
+    gthr = _nthreads(max_threads, _TWO_THREAD_STEP_FLOPS, 2)
+    blas_threads(0)
+    dys = sched.gather(np.asarray(dy, np.float32), Hp)
+    dhn = sched.sort_rows(dh_n, Hp)
+    dc = sched.sort_rows(dc_n, Hp)
+    dg = (np.zeros if sched.tix is not None else np.empty)((n, B, GH), np.float32)
+    zrow = np.zeros(NB, np.float32)
+    ctl = np.zeros(Q + 1, np.int64)
+    yl = _run(_lstm_bwd, nthr, lambda tid: (tag, cache.act, cache.cs, pk.ub, pk.nvb, dys, dhn,
+                                             zrow, dc, dg, sched.nact, ctl, tid, nthr, mrmax))
+    _note(nthr, yl)
+    # after the loop: large GEMMs over all n*B rows (inactive rows of dg are 0),
+    # split in tasks over the rows of their outputs
+    dg2 = dg.reshape(n * B, GH)
+    dh0 = dg[0] @ pk.w_hh                                           # [B,Hp]
+    hp2 = cache.hs[:-1].reshape(n * B, Hp)                          # h before each step
+    xs2 = cache.xs.reshape(n * B, I)
+    dw_hh_p = np.empty((GH, Hp), np.float32)
+    dw_ih_p = np.empty((GH, I), np.float32)
+    dxs = np.empty((n * B, I), np.float32)
+    tasks = []
+    if 2.0 * n * B * GH * (2 * I + Hp) < _SPLIT_GEMM_FLOPS:
+        gthr = 1
+    kw = 1 if gthr == 1 else 4
+    for r0, r1 in _splits(GH, kw):
+        tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, hp2, out=dw_hh_p[r0:r1]))
+        tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
+    for r0, r1 in _splits(n * B, 1 if gthr == 1 else min(4, max(1, n * B // 64))):
+        tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))
+    _Tasks(tasks).run(gthr)
+    db_p = dg2.sum(axis=0)
+    dx = sched.scatter(dxs.reshape(n, B, I), I, np.float32)
+    v, src = pk.valid, pk.src
+    dw_ih = np.empty((4 * H, I), np.float32)
+    dw_hh = np.empty((4 * H, H), np.float32)
+    db = np.empty(4 * H, np.float32)
+    if Hp == H:
+        dw_ih[src], dw_hh[src], db[src] = dw_ih_p, dw_hh_p, db_p
+    else:
+        dw_ih[src] = dw_ih_p[v]
+        dw_hh[src] = dw_hh_p[v, :H]
+        db[src] = db_p[v]
+    return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db)

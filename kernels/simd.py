@@ -1,0 +1,321 @@
+"""LLVM-IR building blocks for the packed CPU kernels (:mod:`fastrnn.kernels.packed`).
+
+Numba ``@intrinsic`` functions, callable from ``@njit`` code only.
+
+The micro-kernels (``_gemm_accs``): a register-blocked small-M matrix product
+against one pre-packed weight panel, over one or more K segments::
+
+    acc[r][v] = sum over segments (a, lda, w, K) of
+                sum_k a[r*lda + k] * w[k*NV*VW + VW*v : +VW]      (r < MR, v < NV)
+
+  ``w`` is one panel: ``K`` rows of ``NV*VW`` contiguous floats. The ``MR*NV``
+  accumulators are ``<VW x float>`` values that LLVM keeps in vector registers
+  (zmm for VW=16, ymm for VW=8); each ``k`` loads the panel's row once and
+  broadcasts one ``a`` per batch row. Pointers are byte addresses as int64
+  (Numba types ``uint64 + int64`` as float64, so pointer arithmetic stays int64).
+  A cell's epilogue then works on the accumulators while they are still in
+  registers: ``uk_lstm_fwd[MR]`` (pre-activations -> gates -> c', h', saved
+  activations) and ``uk_lstm_bwd[MR]`` (dh -> gate gradients, dc carry). The
+  activations are :class:`_VMath`, the same rational tanh as
+  :mod:`fastrnn.kernels.activations`, on vectors.
+
+  The vector width ``VW`` and the vector count ``NV`` are read off the *types*
+  of tag arguments (``UniTuple(int64, VW)``, ``UniTuple(int64, NV)``), so each
+  width is its own Numba specialisation and its own entry in the on-disk
+  cache: a process that picks the AVX2 (8-wide) variant never loads AVX-512
+  code compiled by another, and ``cache=True`` keeps working.
+
+``atomic_add(p, v)``, ``atomic_load(p)``, ``atomic_cas(p, old, new)`` on int64
+words and ``cpu_pause()``, ``sched_yield()``: what the two-thread step barrier
+needs.
+"""
+from __future__ import annotations
+
+import ctypes
+
+import llvmlite.binding as _ll
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "atomic_add", "atomic_load", "atomic_cas", "cpu_pause",
+           "sched_yield", "cycles", "MAX_MR"]
+
+_f32 = ir.FloatType()
+_i64 = ir.IntType(64)
+_i32 = ir.IntType(32)
+_fp = _f32.as_pointer()
+
+#: the most batch rows one micro-kernel call handles (MR variants 1..MAX_MR exist)
+MAX_MR = 8
+
+
+def _splat(builder, vty, s):
+    n = vty.count
+    t = builder.insert_element(ir.Constant(vty, ir.Undefined), s, ir.Constant(_i32, 0))
+    return builder.shuffle_vector(t, ir.Constant(vty, ir.Undefined),
+                                  ir.Constant(ir.VectorType(_i32, n), [0] * n))
+
+
+def _vload(builder, vty, base, off):
+    p = builder.gep(base, [off])
+    return builder.load(builder.bitcast(p, vty.as_pointer()), align=4)
+
+
+def _vstore(builder, val, vty, base, off):
+    p = builder.gep(base, [off])
+    builder.store(val, builder.bitcast(p, vty.as_pointer()), align=4)
+
+
+# --------------------------------------------------------------------------- vector math
+def _vconst(vty, v):
+    return ir.Constant(vty, [float(v)] * vty.count)
+
+
+class _VMath:
+    """IR for the float32 activations of :mod:`fastrnn.kernels.activations`, on vectors.
+
+    The same rational tanh (same constants, read from that module, same clamp and
+    saturation to exactly ±1), Horner steps as ``llvm.fma``; sigmoid is
+    ``0.5 + 0.5 tanh(x/2)`` as there."""
+
+    def __init__(self, builder, vty):
+        from fastrnn.kernels import activations as A
+        self.b, self.vty = builder, vty
+        VW = vty.count
+        mod = builder.module
+        self.fma_fn = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
+        self.min_fn = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vty, vty]), f"llvm.minnum.v{VW}f32")
+        self.max_fn = cgutils.get_or_insert_function(
+            mod, ir.FunctionType(vty, [vty, vty]), f"llvm.maxnum.v{VW}f32")
+        c = lambda v: _vconst(vty, float(v))
+        self.sat, self.nsat = c(A._SAT), c(-A._SAT)
+        self.num = [c(v) for v in (A._A13, A._A11, A._A9, A._A7, A._A5, A._A3, A._A1)]
+        self.den = [c(v) for v in (A._B6, A._B4, A._B2, A._B0)]
+        self.one, self.mone, self.half = c(1.0), c(-1.0), c(0.5)
+
+    def fma(self, a, b, c):
+        return self.b.call(self.fma_fn, [a, b, c])
+
+    def mul(self, a, b):
+        return self.b.fmul(a, b)
+
+    def add(self, a, b):
+        return self.b.fadd(a, b)
+
+    def sub(self, a, b):
+        return self.b.fsub(a, b)
+
+    def clamp(self, x, lo, hi):
+        return self.b.call(self.min_fn, [self.b.call(self.max_fn, [x, lo]), hi])
+
+    def tanh(self, x):
+        x = self.clamp(x, self.nsat, self.sat)
+        x2 = self.mul(x, x)
+        p = self.fma(x2, self.num[0], self.num[1])
+        for k in self.num[2:]:
+            p = self.fma(x2, p, k)
+        p = self.mul(x, p)
+        q = self.fma(x2, self.den[0], self.den[1])
+        for k in self.den[2:]:
+            q = self.fma(x2, q, k)
+        return self.clamp(self.b.fdiv(p, q), self.mone, self.one)
+
+    def sigmoid(self, x):
+        return self.fma(self.half, self.tanh(self.mul(self.half, x)), self.half)
+
+
+def _ptrs(builder, *vals):
+    return [builder.inttoptr(v, _fp) for v in vals]
+
+
+def _row_off(builder, r, ld, extra=0):
+    return builder.add(builder.mul(ir.Constant(_i64, r), ld), ir.Constant(_i64, extra))
+
+
+def _gemm_accs(builder, vty, MR, NV, segments):
+    """The register-blocked product over K segments, one panel:
+    accs[r][v] = sum over segments (a, lda, w, K) of sum_k a[r*lda+k] w[k*NV*VW + v*VW]."""
+    VW = vty.count
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
+    accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
+    zero = ir.Constant(vty, [0.0] * VW)
+    for r in range(MR):
+        for v in range(NV):
+            builder.store(zero, accs[r][v])
+    W = NV * VW
+    for a, lda, w, K in segments:
+        with cgutils.for_range(builder, K) as loop:
+            k = loop.index
+            wrow = builder.mul(k, ir.Constant(_i64, W))
+            wv = [_vload(builder, vty, w, builder.add(wrow, ir.Constant(_i64, v * VW)))
+                  for v in range(NV)]
+            for r in range(MR):
+                aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
+                s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
+                for v in range(NV):
+                    acc = builder.load(accs[r][v])
+                    builder.store(builder.call(fma, [s, wv[v], acc]), accs[r][v])
+    return [[builder.load(accs[r][v]) for v in range(NV)] for r in range(MR)]
+
+
+def _make_lstm_fwd(MR):
+    @intrinsic
+    def uk_lstm(typingctx, tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact,
+                training):
+        """One panel, MR rows: pre = bias + x @ w[:I] + h @ w[I:I+H] ([i f g o] x VW,
+        the panel's input and recurrent weights stacked), then the LSTM cell:
+        cout = f cin + i g, y = o tanh(cout), and act = (i, f, g, o) if training.
+        cin, cout, y have row stride ldh (they are [rows][Hp] like h)."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        VW = tag.count
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training = args
+            vty = ir.VectorType(_f32, VW)
+            x, h, w, bias, cin, cout, y, act = _ptrs(builder, x, h, w, bias, cin, cout, y, act)
+            wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 4 * VW))])
+            accs = _gemm_accs(builder, vty, MR, 4, [(x, ldx, w, I), (h, ldh, wh, H)])
+            m = _VMath(builder, vty)
+            bv = [_vload(builder, vty, bias, ir.Constant(_i64, g * VW)) for g in range(4)]
+            for r in range(MR):
+                pre = [m.add(accs[r][g], bv[g]) for g in range(4)]
+                gi, gf, gg, go = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2]), m.sigmoid(pre[3])
+                ro = _row_off(builder, r, ldh)
+                cn = m.fma(gf, _vload(builder, vty, cin, ro), m.mul(gi, gg))
+                _vstore(builder, cn, vty, cout, ro)
+                _vstore(builder, m.mul(go, m.tanh(cn)), vty, y, ro)
+                with builder.if_then(training):
+                    for g, val in enumerate((gi, gf, gg, go)):
+                        _vstore(builder, val, vty, act, _row_off(builder, r, ldact, g * VW))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk_lstm
+
+
+def _make_lstm_bwd(MR):
+    @intrinsic
+    def uk_lstm_bwd(typingctx, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact,
+                    cp, cn, dc, dg):
+        """NV output vectors (NV forward panels of VW units), MR rows:
+        dh = a @ w + dy + dhx, then back through the LSTM cell from the saved
+        activations (act, [NV panels][i f g o][VW], row stride ldact; dg the same
+        layout): writes dg and updates the carried dc in place. cp, cn (the cell
+        before and after the step), dy, dhx, dc are [rows][>= NV*VW] with row
+        stride ldh (dhx: lddhx, 0 for a broadcast zero row)."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        VW, NV = tag.count, ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg = args
+            vty = ir.VectorType(_f32, VW)
+            a, w, dhx, dy, act, cp, cn, dc, dg = _ptrs(builder, a, w, dhx, dy, act, cp, cn, dc,
+                                                       dg)
+            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
+            m = _VMath(builder, vty)
+            one = m.one
+            for r in range(MR):
+                for v in range(NV):
+                    ho = _row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], _vload(builder, vty, dy, ho)),
+                               _vload(builder, vty, dhx, _row_off(builder, r, lddhx, v * VW)))
+                    ao = [_row_off(builder, r, ldact, v * 4 * VW + g * VW) for g in range(4)]
+                    gi, gf, gg, go = [_vload(builder, vty, act, o) for o in ao]
+                    tc = m.tanh(_vload(builder, vty, cn, ho))
+                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), _vload(builder, vty, dc, ho))
+                    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
+                    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
+                    df = m.mul(m.mul(dcc, _vload(builder, vty, cp, ho)), m.mul(gf, m.sub(one, gf)))
+                    dgg = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
+                    for o, val in zip(ao, (di, df, dgg, do)):
+                        _vstore(builder, val, vty, dg, o)
+                    _vstore(builder, m.mul(dcc, gf), vty, dc, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk_lstm_bwd
+
+
+#: uk_lstm_fwd[MR], uk_lstm_bwd[MR] for MR = 1..MAX_MR ([0] unused)
+uk_lstm_fwd = [None] + [_make_lstm_fwd(m) for m in range(1, MAX_MR + 1)]
+uk_lstm_bwd = [None] + [_make_lstm_bwd(m) for m in range(1, MAX_MR + 1)]
+
+
+@intrinsic
+def atomic_add(typingctx, p, v):
+    """``*p += v`` atomically (int64); returns the old value."""
+    sig = types.int64(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
+    return sig, codegen
+
+
+@intrinsic
+def atomic_load(typingctx, p):
+    """``*p`` with acquire ordering (int64)."""
+    sig = types.int64(types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        return builder.load_atomic(ptr, "acquire", 8)
+    return sig, codegen
+
+
+@intrinsic
+def atomic_cas(typingctx, p, old, new):
+    """``if *p == old: *p = new`` atomically (int64); returns whether it swapped."""
+    sig = types.boolean(types.int64, types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        res = builder.cmpxchg(ptr, args[1], args[2], "seq_cst", "seq_cst")
+        return builder.extract_value(res, 1)
+    return sig, codegen
+
+
+@intrinsic
+def cpu_pause(typingctx):
+    """The spin-wait hint (x86 ``pause``; nothing elsewhere)."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        if "x86" in _ll.get_process_triple():
+            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
+                                                "llvm.x86.sse2.pause")
+            builder.call(fn, [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def cycles(typingctx):
+    """The CPU's cycle (time-stamp) counter: cheap timing inside a kernel."""
+    sig = types.int64()
+
+    def codegen(context, builder, signature, args):
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_i64, []),
+                                            "llvm.readcyclecounter")
+        return builder.call(fn, [])
+    return sig, codegen
+
+
+# sched_yield from the C library, bound under a fixed name (keeps cache=True working)
+_YIELD_NAME = "fastrnn_sched_yield"
+try:
+    _libc = ctypes.CDLL(None)
+    _ll.add_symbol(_YIELD_NAME, ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value)
+except (OSError, AttributeError):  # pragma: no cover - no sched_yield (e.g. Windows)
+    _noop = ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 0)
+    _ll.add_symbol(_YIELD_NAME, ctypes.cast(_noop, ctypes.c_void_p).value)
+sched_yield = types.ExternalFunction(_YIELD_NAME, types.int32())

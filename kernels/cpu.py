@@ -935,14 +935,19 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
 
     threads = _Threads()
     try:
-        if fam == "lstm" and dtype == np.float32 and _packed is not None and use_packed:
+        if (dtype == np.float32 and _packed is not None and use_packed
+                and (fam == "lstm" or cell.peephole == "diagonal")):
             return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training, threads)
+        if (dtype == np.float32 and _packed_cells is not None and use_packed
+                and (fam, training) in packed_cells):
+            return _forward_packed_cell(fam, cell, x, h0, weights, lens, reverse, training)
         return _forward(fam, cell, x, h0, c0, weights, lens, reverse, training, threads)
     finally:
         threads.restore()
 
 
-# The float32 LSTM runs on the packed-weight kernels of fastrnn.kernels.packed
+# The float32 LSTM and diagonal peephole LSTM run on the packed-weight kernels of
+# fastrnn.kernels.packed
 # (no BLAS call inside the time loop, padded steps skipped, its own two
 # threads); `use_packed = False` selects the BLAS-per-step loops below instead
 # (the tests check both, the benchmark can compare them).
@@ -955,12 +960,39 @@ except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
 
 def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training, threads):
     f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
+    peep = None if cell.peephole is None else f(weights.peep)
+    w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
     y, h, c, pc = _packed.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
-                                       reverse, training, _max_threads)
+                                       reverse, training, _max_threads, peep)
     if not training:
         return y, h, c, None
     return y, h, c, _Cache(cell, x, w, lens, reverse, pc, pc.flops)
+
+
+# The float32 GRU (reset_after=True) and tanh/ReLU RNN on the packed kernels of
+# fastrnn.kernels.packed_cells, for the (family, training) pairs listed here
+# (where they measured faster than the loops below); `use_packed = False`
+# turns them off too.
+packed_cells = {("gru", True), ("gru", False), ("rnn", True), ("rnn", False)}
+try:
+    from fastrnn.kernels import packed_cells as _packed_cells
+except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
+    _packed_cells = None
+
+
+def _forward_packed_cell(fam, cell, x, h0, weights, lens, reverse, training):
+    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
+    if fam == "gru":
+        y, h, pc = _packed_cells.gru_forward(x, f(h0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
+                                             reverse, training, _max_threads)
+    else:
+        y, h, pc = _packed_cells.rnn_forward(x, f(h0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
+                                             reverse, cell.name == "rnn_relu", training,
+                                             _max_threads)
+    if not training:
+        return y, h, None, None
+    return y, h, None, _Cache(cell, x, w, lens, reverse, pc, pc.flops)
 
 
 #: inference computes the input product in chunks of about this many rows of
@@ -1098,10 +1130,14 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     threads = _Threads()
     try:
         if _packed is not None and isinstance(cache.saved, _packed.PackedCache):
-            dx, dh0, dc0, dw_ih, dw_hh, db = _packed.lstm_backward(
+            dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = _packed.lstm_backward(
                 cache.saved, dy, np.asarray(dh_n, np.float32), np.asarray(dc_n, np.float32),
                 _max_threads, threads.use)
-            return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), None)
+            return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
+        if _packed_cells is not None and isinstance(cache.saved, _packed_cells.PackedCellCache):
+            dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _packed_cells.backward(
+                cache.saved, dy, dh_n, _max_threads, threads.use)
+            return dx, dh0, None, Weights(dw_ih, dw_hh, db_ih, db_hh, None)
         return _backward(fam, cell, cache, dy, dh_n, dc_n, threads)
     finally:
         threads.restore()

@@ -63,8 +63,9 @@ from numba import njit
 
 from fastrnn.kernels.activations import sigmoid as _sigmoid
 from fastrnn.kernels.activations import tanh as _tanh
-from fastrnn.kernels.simd import (MAX_MR, atomic_add, atomic_cas, atomic_load, cpu_pause,
-                                  cycles, sched_yield, uk_lstm_bwd, uk_lstm_fwd)
+from fastrnn.kernels.simd import (atomic_add, atomic_cas, atomic_load, cpu_pause, cycles,
+                                  sched_yield, uk_lstm_bwd, uk_lstm_fwd, uk_peep_bwd,
+                                  uk_peep_fwd)
 
 __all__ = ["vector_width", "lstm_forward", "lstm_backward"]
 
@@ -72,6 +73,8 @@ _OPTS = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
 
 _lf1, _lf2, _lf3, _lf4, _lf5, _lf6 = uk_lstm_fwd[1:7]
 _lb1, _lb2, _lb3, _lb4, _lb5, _lb6 = uk_lstm_bwd[1:7]
+_pf1, _pf2, _pf3, _pf4, _pf5, _pf6 = uk_peep_fwd[1:7]
+_pb1, _pb2, _pb3, _pb4, _pb5, _pb6 = uk_peep_bwd[1:7]
 _MRMAX = 6    # micro-kernel row counts compiled: 1..6
 
 
@@ -151,57 +154,77 @@ def _claim(flags, p, s, nthr):
 
 # --------------------------------------------------------------------------- LSTM forward
 @njit(inline="always")
-def _lstm_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training):
-    if mr == 1:
-        _lf1(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
-    elif mr == 2:
-        _lf2(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
-    elif mr == 3:
-        _lf3(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
-    elif mr == 4:
-        _lf4(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
-    elif mr == 5:
-        _lf5(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act,
+                 ldact, training):
+    """One micro-kernel call of ``mr`` rows (``peep`` None: plain LSTM, else the
+    diagonal peephole variant; the branch is pruned at compile time)."""
+    if peep is None:
+        if mr == 1:
+            _lf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 2:
+            _lf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 3:
+            _lf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 4:
+            _lf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 5:
+            _lf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        else:
+            _lf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
     else:
-        _lf6(tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training)
+        if mr == 1:
+            _pf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 2:
+            _pf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 3:
+            _pf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 4:
+            _pf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        elif mr == 5:
+            _pf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+        else:
+            _pf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
 
 
 @njit(**_OPTS)
-def _lstm_fwd(tag, xs, bias, up, hs, cs, ring, nact, training, act, ctl, tid, nthr, mrmax):
-    # xs: [n,B,I] input in step order;  bias: [G*Hp] b_ih + b_hh (panel order)
-    # up: [P,I+Hp,G*VW] each panel's W_ihᵀ rows, then its W_hhᵀ rows
-    # hs: [n+1,B,Hp] hs[0] = h0 (in); hs[s+1] = h after step s (out; rows >= nact[s]
-    #     untouched);  cs: [S,B,Hp] cell states, step s reads cs[s % S] and writes
-    #     cs[(s+1) % S] (training: S = n+1, cs[0] = c0;  inference: S = 2)
+def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, tid, nthr, mrmax):
+    # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}]: xh[s,:,:I] = x at step s (in),
+    #     xh[0,:,I:] = h0 (in), xh[s+1,:,I:] = h after step s (out; rows >= nact[s]
+    #     untouched). One buffer, so the weight gradient is one GEMM against it.
+    # bias: [G*Hp] b_ih + b_hh (panel order);  up: [P,I+Hp,G*VW] each panel's
+    #     W_ihᵀ rows, then its W_hhᵀ rows;  peep: None (LSTM) or [P,3,VW] the
+    #     diagonal peephole vectors p_i, p_f, p_o (peephole LSTM)
+    # cs: [S,B,Hp] cell states, step s reads cs[s % S] and writes cs[(s+1) % S]
+    #     (training: S = n+1, cs[0] = c0;  inference: S = 2)
     # nact: [n] active rows per step (non-increasing)
     # act: [n,B,G*Hp] out in training: i,f,g,o (panel order)
     # ctl: [P+1] int64 panel claim counters, then the done counter
-    n, B, I = xs.shape
-    Hp = hs.shape[2]
+    n1, B, LD = xh.shape
+    n = n1 - 1
+    Hp = LD - I
     VW = len(tag)
     GV = 4 * VW
     GH = bias.shape[0]
     P = Hp // VW
-    KW = (I + Hp) * GV
+    KW = LD * GV
     flags = ctl.ctypes.data
     done = flags + 8 * P
-    xp = xs.ctypes.data
+    xp = xh.ctypes.data
     upp = up.ctypes.data
     bp = bias.ctypes.data
-    hsp = hs.ctypes.data
     csp = cs.ctypes.data
     ap = act.ctypes.data
+    ppp = 0 if peep is None else peep.ctypes.data
     t0 = cycles()
     waited = 0
     for s in range(n):
         nb = nact[s]
         if nthr > 1 and s > 0:
             waited += _wait(done, P * s)
-        hp = hsp + 4 * s * B * Hp
-        yp = hp + 4 * B * Hp
+        xsp = xp + 4 * s * B * LD
+        ysp = xsp + 4 * (B * LD + I)
         cin = csp + 4 * (s % ring) * B * Hp
         cout = csp + 4 * ((s + 1) % ring) * B * Hp
-        xsp = xp + 4 * s * B * I
         asp = ap + 4 * s * B * GH
         cnt = 0
         for i in range(P):
@@ -215,10 +238,11 @@ def _lstm_fwd(tag, xs, bias, up, hs, cs, ring, nact, training, act, ctl, tid, nt
             r0 = 0
             while r0 < nb:
                 mr = min(mrmax, nb - r0)
-                ro = 4 * (r0 * Hp + u0)
-                _lstm_fwd_mr(mr, tag, xsp + 4 * r0 * I, I, hp + 4 * r0 * Hp, Hp, wp, I, Hp,
-                             bp + 4 * col, cin + ro, cout + ro, yp + ro,
-                             asp + 4 * (r0 * GH + col), GH, training)
+                xr = xsp + 4 * r0 * LD
+                co = 4 * (r0 * Hp + u0)
+                _lstm_fwd_mr(mr, peep, tag, xr, LD, xr + 4 * I, LD, wp, I, Hp, bp + 4 * col,
+                             ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
+                             ysp + 4 * (r0 * LD + u0), asp + 4 * (r0 * GH + col), GH, training)
                 r0 += mr
         if nthr > 1:
             atomic_add(done, cnt)
@@ -229,35 +253,50 @@ def _lstm_fwd(tag, xs, bias, up, hs, cs, ring, nact, training, act, ctl, tid, nt
 
 # --------------------------------------------------------------------------- LSTM backward
 @njit(inline="always")
-def _lstm_bwd_mr(mr, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg):
-    if mr == 1:
-        _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
-    elif mr == 2:
-        _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
-    elif mr == 3:
-        _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
-    elif mr == 4:
-        _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
-    elif mr == 5:
-        _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+def _lstm_bwd_mr(mr, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp,
+                 cn, dc, dg):
+    if peep is None:
+        if mr == 1:
+            _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 2:
+            _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 3:
+            _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 4:
+            _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 5:
+            _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        else:
+            _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
     else:
-        _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg)
+        if mr == 1:
+            _pb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 2:
+            _pb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 3:
+            _pb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 4:
+            _pb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        elif mr == 5:
+            _pb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+        else:
+            _pb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
 
 
 @njit(inline="always")
-def _lstm_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact,
-                   cp, cn, dc, dg):
+def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act,
+                   ldact, pp, cp, cn, dc, dg):
     """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel)."""
     while r0 < r1:
         mr = min(mrmax, r1 - r0)
-        _lstm_bwd_mr(mr, tag, ntag, a + 4 * r0 * lda, lda, w, K, dhx + 4 * r0 * lddhx, lddhx,
-                     dy + 4 * r0 * ldh, ldh, act + 4 * r0 * ldact, ldact, cp + 4 * r0 * ldh,
-                     cn + 4 * r0 * ldh, dc + 4 * r0 * ldh, dg + 4 * r0 * ldact)
+        _lstm_bwd_mr(mr, peep, tag, ntag, a + 4 * r0 * lda, lda, w, K, dhx + 4 * r0 * lddhx,
+                     lddhx, dy + 4 * r0 * ldh, ldh, act + 4 * r0 * ldact, ldact, pp,
+                     cp + 4 * r0 * ldh, cn + 4 * r0 * ldh, dc + 4 * r0 * ldh, dg + 4 * r0 * ldact)
         r0 += mr
 
 
 @njit(**_OPTS)
-def _lstm_bwd(tag, act, cs, ub, nvb, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr, mrmax):
+def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr, mrmax):
     # act: [n,B,G*Hp] i,f,g,o (panel order);  cs: [n+1,B,Hp] cell states (cs[0] = c0)
     # ub: flat packed U for dh = dgates U: output panel q (units [q*NB, q*NB+w),
     #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*G*Hp*NB, [G*Hp][w]
@@ -281,6 +320,7 @@ def _lstm_bwd(tag, act, cs, ub, nvb, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr
     dhp = dhn.ctypes.data
     dcp = dc.ctypes.data
     zp = zrow.ctypes.data
+    ppp = 0 if peep is None else peep.ctypes.data
     t0 = cycles()
     waited = 0
     for k in range(n):
@@ -307,26 +347,27 @@ def _lstm_bwd(tag, act, cs, ub, nvb, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr
             dcq = dcp + 4 * j0
             dgq = gp + 4 * (s * B * GH + col)
             dhq = dhp + 4 * j0
+            ppq = ppp + 4 * 3 * j0
             if nv == 4:
-                _lstm_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
-                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
             elif nv == 3:
-                _lstm_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
-                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
             elif nv == 2:
-                _lstm_bwd_rows(0, nprod, mrmax, tag, (0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
-                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
             else:
-                _lstm_bwd_rows(0, nprod, mrmax, tag, (0,), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
-                _lstm_bwd_rows(nprod, nb, mrmax, tag, (0,), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0,), a, GH, wq, 0, dhq, Hp,
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:
@@ -441,11 +482,11 @@ def _perm(H, Hp, VW, G):
 
 class _Packed:
     __slots__ = ("H", "Hp", "VW", "nat", "valid", "src", "w_ih", "w_hh", "bias", "up", "ub",
-                 "nvb")
+                 "nvb", "peep")
 
 
-def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False):
-    """Panel-order copies of the weights (float32)."""
+def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
+    """Panel-order copies of the weights (float32); ``peep`` [3,H] diagonal peepholes."""
     H = w_hh.shape[1]
     I = w_ih.shape[1]
     Hp = -(-H // VW) * VW
@@ -471,6 +512,11 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False):
     pk.up = up
     pk.ub = None
     pk.nvb = 4
+    pk.peep = None
+    if peep is not None:                                  # [P,3,VW]: p_i, p_f, p_o per panel
+        pp = np.zeros((3, Hp), np.float32)
+        pp[:, :H] = peep
+        pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
     if backward:
         pk.ub = _pack_backward(wh, Hp, VW, pk.nvb)
     return pk
@@ -531,6 +577,13 @@ class _Schedule:
     def rows(self):
         return np.arange(self.B) if self.order is None else self.order
 
+    def gather_into(self, a, out):
+        """out[:] = a [T,B,F] in step order (zero where inactive; out is [n,B,F])."""
+        if self.tix is None:
+            out[...] = a[:out.shape[0]]
+        else:
+            out[...] = np.where(self.valid[:, :, None], a[self.tix, self.rows()[None, :]], 0)
+
     def gather(self, a, width=None):
         """a: [T,B,F] natural -> [n,B,width] step order (zero where inactive/padded)."""
         T, B, F = a.shape
@@ -579,20 +632,22 @@ class _Schedule:
 class PackedCache:
     """What :func:`lstm_backward` needs from a training :func:`lstm_forward`."""
 
-    __slots__ = ("sched", "pk", "xs", "act", "cs", "hs", "flops")
+    __slots__ = ("sched", "pk", "xh", "act", "cs", "flops")
 
 
-def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads):
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
+                 peep=None):
     """float32 LSTM, one layer and direction: returns ``(y, h_n, c_n, cache)``.
 
     ``x`` [T,B,I], ``h0``/``c0`` [B,H], weights in PyTorch's layout, ``lens``
     [B] int64 in [1, T]. The input product runs inside the time loop (the
-    micro-kernel's first ``I`` rows of each panel), so no BLAS call is made."""
+    micro-kernel's first ``I`` rows of each panel), so no BLAS call is made.
+    ``peep`` [3,H] (p_i, p_f, p_o) makes it the diagonal peephole LSTM."""
     T, B, I = x.shape
     H = w_hh.shape[1]
     VW = vector_width()
     G = 4
-    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training)
+    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training, peep=peep)
     Hp = pk.Hp
     P = Hp // VW
     sched = _Schedule(lens, T, reverse)
@@ -601,11 +656,12 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     mrmax = _mr(VW)
     nthr = _nthreads(max_threads, 2.0 * B * G * H * (H + I), P)
     padded = sched.tix is not None
-    # hs: [n+1,B,Hp] the state before each step and after the last (hs[0] = h0)
-    hs = (np.zeros if padded else np.empty)((n + 1, B, Hp), np.float32)
-    hs[0] = sched.sort_rows(h0, Hp)
-    ys = hs[1:]
-    xs = sched.gather(x)                                        # [n,B,I] step order
+    # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}] in step order (see _lstm_fwd)
+    xh = (np.zeros if padded or Hp != H else np.empty)((n + 1, B, I + Hp), np.float32)
+    sched.gather_into(x, xh[:n, :, :I])
+    xh[n, :, :I] = 0
+    xh[0, :, I:] = sched.sort_rows(h0, Hp)
+    ys = xh[1:, :, I:]
     if training:
         act = np.empty((n, B, G * Hp), np.float32)
         cs = np.zeros((n + 1, B, Hp), np.float32)
@@ -617,7 +673,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         cs[0] = sched.sort_rows(c0, Hp)
         ring = 2
     ctl = np.zeros(P + 1, np.int64)
-    waited = _run(_lstm_fwd, nthr, lambda tid: (tag, xs, pk.bias, pk.up, hs, cs, ring,
+    waited = _run(_lstm_fwd, nthr, lambda tid: (tag, xh, I, pk.bias, pk.up, pk.peep, cs, ring,
                                                  sched.nact, training, act, ctl, tid, nthr,
                                                  mrmax))
     _note(nthr, waited)
@@ -632,8 +688,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     if not training:
         return y, h_n, c_n, None
     cache = PackedCache()
-    cache.sched, cache.pk, cache.xs = sched, pk, xs
-    cache.act, cache.cs, cache.hs = act, cs, hs
+    cache.sched, cache.pk, cache.xh = sched, pk, xh
+    cache.act, cache.cs = act, cs
     cache.flops = 2.0 * B * G * H * H
     return y, h_n, c_n, cache
 
@@ -654,8 +710,9 @@ def _last_state(states, sched, B):
 
 
 def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
-    """Gradients from :func:`lstm_forward`'s cache: ``(dx, dh0, dc0, dw_ih, dw_hh, db)``
-    in the natural (PyTorch) layout; ``db`` is the gradient of both biases.
+    """Gradients from :func:`lstm_forward`'s cache: ``(dx, dh0, dc0, dw_ih, dw_hh, db,
+    dpeep)`` in the natural (PyTorch) layout; ``db`` is the gradient of both
+    biases, ``dpeep`` [3,H] that of the peepholes (None without).
 
     ``blas_threads(flops)`` sets NumPy's BLAS thread count for a GEMM of that size;
     it is called with 0 (one BLAS thread): the weight-gradient GEMMs after the
@@ -664,7 +721,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     sched, pk = cache.sched, cache.pk
     n, B, GH = cache.act.shape
     H, Hp, VW = pk.H, pk.Hp, pk.VW
-    I = cache.xs.shape[2]
+    I = cache.xh.shape[2] - Hp
     tag = _tag(VW)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
@@ -678,25 +735,23 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dg = (np.zeros if sched.tix is not None else np.empty)((n, B, GH), np.float32)
     zrow = np.zeros(NB, np.float32)
     ctl = np.zeros(Q + 1, np.int64)
-    yl = _run(_lstm_bwd, nthr, lambda tid: (tag, cache.act, cache.cs, pk.ub, pk.nvb, dys, dhn,
-                                             zrow, dc, dg, sched.nact, ctl, tid, nthr, mrmax))
+    yl = _run(_lstm_bwd, nthr, lambda tid: (tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep,
+                                             dys, dhn, zrow, dc, dg, sched.nact, ctl, tid, nthr,
+                                             mrmax))
     _note(nthr, yl)
     # after the loop: large GEMMs over all n*B rows (inactive rows of dg are 0),
     # split in tasks over the rows of their outputs
     dg2 = dg.reshape(n * B, GH)
     dh0 = dg[0] @ pk.w_hh                                           # [B,Hp]
-    hp2 = cache.hs[:-1].reshape(n * B, Hp)                          # h before each step
-    xs2 = cache.xs.reshape(n * B, I)
-    dw_hh_p = np.empty((GH, Hp), np.float32)
-    dw_ih_p = np.empty((GH, I), np.float32)
+    xh2 = cache.xh[:n].reshape(n * B, I + Hp)                       # [x_t, h_{t-1}] rows
+    dw_p = np.empty((GH, I + Hp), np.float32)                       # [dW_ih dW_hh] panel order
     dxs = np.empty((n * B, I), np.float32)
     tasks = []
     if 2.0 * n * B * GH * (2 * I + Hp) < _SPLIT_GEMM_FLOPS:
         gthr = 1
     kw = 1 if gthr == 1 else 4
     for r0, r1 in _splits(GH, kw):
-        tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, hp2, out=dw_hh_p[r0:r1]))
-        tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
+        tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xh2, out=dw_p[r0:r1]))
     for r0, r1 in _splits(n * B, 1 if gthr == 1 else min(4, max(1, n * B // 64))):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))
     _Tasks(tasks).run(gthr)
@@ -707,9 +762,19 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dw_hh = np.empty((4 * H, H), np.float32)
     db = np.empty(4 * H, np.float32)
     if Hp == H:
-        dw_ih[src], dw_hh[src], db[src] = dw_ih_p, dw_hh_p, db_p
+        dw_ih[src], dw_hh[src], db[src] = dw_p[:, :I], dw_p[:, I:], db_p
     else:
-        dw_ih[src] = dw_ih_p[v]
-        dw_hh[src] = dw_hh_p[v, :H]
+        dw_ih[src] = dw_p[v, :I]
+        dw_hh[src] = dw_p[v, I:I + H]
         db[src] = db_p[v]
-    return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db)
+    dpeep = None
+    if pk.peep is not None:   # sum over rows of dai c, daf c (c before the step), dao c'
+        P = Hp // VW
+        dg4 = dg.reshape(n * B, P, 4, VW)
+        cp = cache.cs[:-1].reshape(n * B, P, VW)
+        cn = cache.cs[1:].reshape(n * B, P, VW)
+        dpeep = np.stack([np.einsum("rpv,rpv->pv", dg4[:, :, 0], cp),
+                          np.einsum("rpv,rpv->pv", dg4[:, :, 1], cp),
+                          np.einsum("rpv,rpv->pv", dg4[:, :, 3], cn)]).reshape(3, Hp)[:, :H]
+    return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db,
+            dpeep)

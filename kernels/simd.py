@@ -39,7 +39,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "atomic_add", "atomic_load", "atomic_cas", "cpu_pause",
+__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "atomic_add", "atomic_load", "atomic_cas", "cpu_pause",
            "sched_yield", "cycles", "MAX_MR"]
 
 _f32 = ir.FloatType()
@@ -163,35 +163,48 @@ def _gemm_accs(builder, vty, MR, NV, segments):
     return [[builder.load(accs[r][v]) for v in range(NV)] for r in range(MR)]
 
 
-def _make_lstm_fwd(MR):
+def _make_lstm_fwd(MR, peephole):
     @intrinsic
-    def uk_lstm(typingctx, tag, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact,
-                training):
+    def uk_lstm(typingctx, tag, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act,
+                ldact, training):
         """One panel, MR rows: pre = bias + x @ w[:I] + h @ w[I:I+H] ([i f g o] x VW,
         the panel's input and recurrent weights stacked), then the LSTM cell:
         cout = f cin + i g, y = o tanh(cout), and act = (i, f, g, o) if training.
-        cin, cout, y have row stride ldh (they are [rows][Hp] like h)."""
+        cin, cout have row stride ldc, y the same as h (ldh). The peephole variant
+        adds p_i cin, p_f cin to the i, f pre-activations and p_o cout to o's
+        (peep: the panel's [p_i p_f p_o] x VW); the other ignores peep."""
         if not isinstance(tag, types.UniTuple):
             return None
         VW = tag.count
         i8 = types.int64
-        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         types.boolean)
 
         def codegen(context, builder, signature, args):
-            _, x, ldx, h, ldh, w, I, H, bias, cin, cout, y, act, ldact, training = args
+            _, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act, ldact, training = args
             vty = ir.VectorType(_f32, VW)
-            x, h, w, bias, cin, cout, y, act = _ptrs(builder, x, h, w, bias, cin, cout, y, act)
+            x, h, w, bias, peep, cin, cout, y, act = _ptrs(builder, x, h, w, bias, peep, cin,
+                                                           cout, y, act)
             wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 4 * VW))])
             accs = _gemm_accs(builder, vty, MR, 4, [(x, ldx, w, I), (h, ldh, wh, H)])
             m = _VMath(builder, vty)
             bv = [_vload(builder, vty, bias, ir.Constant(_i64, g * VW)) for g in range(4)]
+            if peephole:
+                pv = [_vload(builder, vty, peep, ir.Constant(_i64, k * VW)) for k in range(3)]
             for r in range(MR):
                 pre = [m.add(accs[r][g], bv[g]) for g in range(4)]
-                gi, gf, gg, go = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2]), m.sigmoid(pre[3])
-                ro = _row_off(builder, r, ldh)
-                cn = m.fma(gf, _vload(builder, vty, cin, ro), m.mul(gi, gg))
+                ro = _row_off(builder, r, ldc)
+                cp = _vload(builder, vty, cin, ro)
+                if peephole:
+                    pre[0] = m.fma(pv[0], cp, pre[0])
+                    pre[1] = m.fma(pv[1], cp, pre[1])
+                gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
+                cn = m.fma(gf, cp, m.mul(gi, gg))
+                if peephole:
+                    pre[3] = m.fma(pv[2], cn, pre[3])
+                go = m.sigmoid(pre[3])
                 _vstore(builder, cn, vty, cout, ro)
-                _vstore(builder, m.mul(go, m.tanh(cn)), vty, y, ro)
+                _vstore(builder, m.mul(go, m.tanh(cn)), vty, y, _row_off(builder, r, ldh))
                 with builder.if_then(training):
                     for g, val in enumerate((gi, gf, gg, go)):
                         _vstore(builder, val, vty, act, _row_off(builder, r, ldact, g * VW))
@@ -200,30 +213,35 @@ def _make_lstm_fwd(MR):
     return uk_lstm
 
 
-def _make_lstm_bwd(MR):
+def _make_lstm_bwd(MR, peephole):
     @intrinsic
     def uk_lstm_bwd(typingctx, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact,
-                    cp, cn, dc, dg):
+                    peep, cp, cn, dc, dg):
         """NV output vectors (NV forward panels of VW units), MR rows:
         dh = a @ w + dy + dhx, then back through the LSTM cell from the saved
         activations (act, [NV panels][i f g o][VW], row stride ldact; dg the same
         layout): writes dg and updates the carried dc in place. cp, cn (the cell
         before and after the step), dy, dhx, dc are [rows][>= NV*VW] with row
-        stride ldh (dhx: lddhx, 0 for a broadcast zero row)."""
+        stride ldh (dhx: lddhx, 0 for a broadcast zero row). The peephole
+        variant adds the peephole paths (peep: [NV panels][p_i p_f p_o][VW])."""
         if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
             return None
         VW, NV = tag.count, ntag.count
         i8 = types.int64
-        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         i8)
 
         def codegen(context, builder, signature, args):
-            _, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, cp, cn, dc, dg = args
+            _, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg = args
             vty = ir.VectorType(_f32, VW)
-            a, w, dhx, dy, act, cp, cn, dc, dg = _ptrs(builder, a, w, dhx, dy, act, cp, cn, dc,
-                                                       dg)
+            a, w, dhx, dy, act, peep, cp, cn, dc, dg = _ptrs(builder, a, w, dhx, dy, act, peep,
+                                                             cp, cn, dc, dg)
             accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
             m = _VMath(builder, vty)
             one = m.one
+            if peephole:
+                pv = [[_vload(builder, vty, peep, ir.Constant(_i64, (3 * v + k) * VW))
+                       for k in range(3)] for v in range(NV)]
             for r in range(MR):
                 for v in range(NV):
                     ho = _row_off(builder, r, ldh, v * VW)
@@ -232,22 +250,31 @@ def _make_lstm_bwd(MR):
                     ao = [_row_off(builder, r, ldact, v * 4 * VW + g * VW) for g in range(4)]
                     gi, gf, gg, go = [_vload(builder, vty, act, o) for o in ao]
                     tc = m.tanh(_vload(builder, vty, cn, ho))
-                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), _vload(builder, vty, dc, ho))
                     do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
+                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), _vload(builder, vty, dc, ho))
+                    if peephole:
+                        dcc = m.fma(do, pv[v][2], dcc)
+                    cpv = _vload(builder, vty, cp, ho)
                     di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
-                    df = m.mul(m.mul(dcc, _vload(builder, vty, cp, ho)), m.mul(gf, m.sub(one, gf)))
+                    df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
                     dgg = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
                     for o, val in zip(ao, (di, df, dgg, do)):
                         _vstore(builder, val, vty, dg, o)
-                    _vstore(builder, m.mul(dcc, gf), vty, dc, ho)
+                    dcp = m.mul(dcc, gf)
+                    if peephole:
+                        dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
+                    _vstore(builder, dcp, vty, dc, ho)
             return context.get_dummy_value()
         return sig, codegen
     return uk_lstm_bwd
 
 
-#: uk_lstm_fwd[MR], uk_lstm_bwd[MR] for MR = 1..MAX_MR ([0] unused)
-uk_lstm_fwd = [None] + [_make_lstm_fwd(m) for m in range(1, MAX_MR + 1)]
-uk_lstm_bwd = [None] + [_make_lstm_bwd(m) for m in range(1, MAX_MR + 1)]
+#: uk_lstm_fwd[MR], uk_lstm_bwd[MR] for MR = 1..MAX_MR ([0] unused); uk_peep_*: the
+#: diagonal peephole LSTM
+uk_lstm_fwd = [None] + [_make_lstm_fwd(m, False) for m in range(1, MAX_MR + 1)]
+uk_lstm_bwd = [None] + [_make_lstm_bwd(m, False) for m in range(1, MAX_MR + 1)]
+uk_peep_fwd = [None] + [_make_lstm_fwd(m, True) for m in range(1, MAX_MR + 1)]
+uk_peep_bwd = [None] + [_make_lstm_bwd(m, True) for m in range(1, MAX_MR + 1)]
 
 
 @intrinsic

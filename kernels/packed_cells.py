@@ -1,0 +1,610 @@
+"""Packed-weight CPU kernels for the GRU (reset_after=True) and the tanh/ReLU RNN.
+
+The machinery of :mod:`fastrnn.kernels.packed` (panel-order packing, the
+length-sorted step schedule, the two-thread panel-claiming step loop with its
+back-off, the weight-gradient GEMMs split in tasks), applied to the other
+cells, float32, one layer and direction. Notation as there: ``VW`` the SIMD
+width in floats, ``Hp`` = ``H`` rounded up to a multiple of ``VW``, ``P =
+Hp / VW``.
+
+GRU
+---
+Panel ``p`` holds the ``3*VW`` gate columns ``[r z n]`` of its ``VW`` units
+(``packed._pack`` with ``G = 3``); the forward micro-kernel
+(:data:`fastrnn.kernels.simd_cells.uk_gru_fwd`) runs the panel's ``I`` input
+rows and ``Hp`` recurrent rows into four accumulators per row, ``r`` and
+``z`` shared by both segments, ``n`` kept apart (``W_n x`` and ``U_n h``), so
+no FLOP is spent on zero blocks and ``n = tanh(W_n x + b_in + r (U_n h + b_hn))``
+comes out of registers. Training saves ``(r, z, n, U_n h + b_hn)`` per panel
+(``act``: ``[n,B,4*Hp]``).
+
+Backward, per step (``s = n-1 .. 0``) and output panel (``nvb`` vectors of
+units): ``dh = [dr dz dn r]_{s+1} U + dy + dd`` with ``dd`` the carried part of
+``dL/dh`` that does not pass through ``U`` (``z dh``, initialised to
+``dL/dh_n``), then the step's derivative; it writes both the recurrent-side
+gradients ``dgh = (dr, dz, dn r)`` (for the next product, ``dW_hh`` and
+``db_hh``) and the input-side ones ``dgx = (dr, dz, dn)`` (``dx``,
+``dW_ih``, ``db_ih``).
+
+RNN
+---
+``G = 1``: a panel of one vector would leave the micro-kernel latency-bound,
+so forward panels are ``nvb`` vectors wide (``NB = nvb*VW`` units, the last
+one narrower), each ``[I+Hp][w]`` with the input rows first; backward packs
+``U`` by the same output panels. ReLU or tanh is a run-time flag of the
+micro-kernels.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastrnn.kernels import packed as _P
+from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _claim, _last_output, _mr,
+                                    _note, _pack, _pack_backward, _run, _splits, _tag, _wait,
+                                    _nthreads, vector_width)
+from fastrnn.kernels.simd import atomic_add, cycles
+from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
+
+__all__ = ["gru_forward", "rnn_forward", "backward", "PackedCellCache"]
+
+_gf1, _gf2, _gf3, _gf4, _gf5, _gf6 = uk_gru_fwd[1:7]
+_gb1, _gb2, _gb3, _gb4, _gb5, _gb6 = uk_gru_bwd[1:7]
+_rf1, _rf2, _rf3, _rf4, _rf5, _rf6 = uk_rnn_fwd[1:7]
+_rb1, _rb2, _rb3, _rb4, _rb5, _rb6 = uk_rnn_bwd[1:7]
+
+#: vectors per backward output panel (GRU and RNN) and per RNN forward panel
+_NVB = 4
+
+
+# --------------------------------------------------------------------------- GRU forward
+@njit(inline="always")
+def _gru_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training):
+    if mr == 1:
+        _gf1(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
+    elif mr == 2:
+        _gf2(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
+    elif mr == 3:
+        _gf3(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
+    elif mr == 4:
+        _gf4(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
+    elif mr == 5:
+        _gf5(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
+    else:
+        _gf6(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
+
+
+@njit(**_OPTS)
+def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax):
+    # xs: [n,B,I] input in step order
+    # bias: [P,4,VW] per panel: b_ir + b_hr, b_iz + b_hz, b_in, b_hn
+    # up: [P,I+Hp,3*VW] each panel's W_ihᵀ rows, then its W_hhᵀ rows ([r z n] columns)
+    # hs: [n+1,B,Hp] hs[0] = h0 (in); hs[s+1] = h after step s (rows >= nact[s] untouched)
+    # nact: [n] active rows per step (non-increasing)
+    # act: [n,B,4*Hp] out in training: r, z, n, U_n h + b_hn per panel
+    # ctl: [P+1] int64 panel claim counters, then the done counter
+    n, B, I = xs.shape
+    Hp = hs.shape[2]
+    VW = len(tag)
+    P = Hp // VW
+    KW = (I + Hp) * 3 * VW
+    GA = 4 * Hp
+    flags = ctl.ctypes.data
+    done = flags + 8 * P
+    xp = xs.ctypes.data
+    upp = up.ctypes.data
+    bp = bias.ctypes.data
+    hsp = hs.ctypes.data
+    ap = act.ctypes.data
+    t0 = cycles()
+    waited = 0
+    for s in range(n):
+        nb = nact[s]
+        if nthr > 1 and s > 0:
+            waited += _wait(done, P * s)
+        hp = hsp + 4 * s * B * Hp
+        yp = hp + 4 * B * Hp
+        xsp = xp + 4 * s * B * I
+        asp = ap + 4 * s * B * GA
+        cnt = 0
+        for i in range(P):
+            p = i if tid == 0 else P - 1 - i
+            if not _claim(flags, p, s, nthr):
+                break
+            cnt += 1
+            wp = upp + 4 * p * KW
+            u0 = p * VW
+            r0 = 0
+            while r0 < nb:
+                mr = min(mrmax, nb - r0)
+                ro = 4 * (r0 * Hp + u0)
+                _gru_fwd_mr(mr, tag, xsp + 4 * r0 * I, I, hp + 4 * r0 * Hp, Hp, wp, I, Hp,
+                            bp + 16 * p * VW, hp + ro, yp + ro, asp + 4 * (r0 * GA + 4 * u0),
+                            GA, training)
+                r0 += mr
+        if nthr > 1:
+            atomic_add(done, cnt)
+    if nthr > 1 and tid == 0:
+        waited += _wait(done, P * n)
+    return waited / max(1, cycles() - t0)
+
+
+# --------------------------------------------------------------------------- GRU backward
+@njit(inline="always")
+def _gru_bwd_mr(mr, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg):
+    if mr == 1:
+        _gb1(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+    elif mr == 2:
+        _gb2(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+    elif mr == 3:
+        _gb3(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+    elif mr == 4:
+        _gb4(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+    elif mr == 5:
+        _gb5(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+    else:
+        _gb6(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+
+
+@njit(inline="always")
+def _gru_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh,
+                  dgx, ldg):
+    """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel)."""
+    while r0 < r1:
+        mr = min(mrmax, r1 - r0)
+        _gru_bwd_mr(mr, tag, ntag, a + 4 * r0 * lda, lda, w, K, dy + 4 * r0 * ldh, ldh,
+                    act + 4 * r0 * ldact, ldact, hp + 4 * r0 * ldh, dd + 4 * r0 * ldh,
+                    dgh + 4 * r0 * ldg, dgx + 4 * r0 * ldg, ldg)
+        r0 += mr
+
+
+@njit(inline="always")
+def _gru_bwd_panel(nv, nprod, nb, mrmax, tag, a, GH, wq, dy, Hp, act, GA, hp, dd, dgh, dgx):
+    # rows active at step s+1 get dh through U (K = 3*Hp); the rest start here (K = 0)
+    if nv == 4:
+        _gru_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+        _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+    elif nv == 3:
+        _gru_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+        _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+    elif nv == 2:
+        _gru_bwd_rows(0, nprod, mrmax, tag, (0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+        _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+    else:
+        _gru_bwd_rows(0, nprod, mrmax, tag, (0,), a, GH, wq, GH, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+        _gru_bwd_rows(nprod, nb, mrmax, tag, (0,), a, GH, wq, 0, dy, Hp, act, GA, hp,
+                      dd, dgh, dgx, GH)
+
+
+@njit(**_OPTS)
+def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrmax):
+    # act: [n,B,4*Hp] r, z, n, U_n h + b_hn (per panel);  hs: [n+1,B,Hp] (hs[s] = h before s)
+    # ub: flat packed U for dh = dgh U: output panel q (units [q*NB, q*NB+w),
+    #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*3*Hp*NB, [3*Hp][w]
+    # dy: [n,B,Hp];  dd: [B,Hp] carry (in: dL/dh_n, out: z dh of step 0)
+    # dgh, dgx: [n,B,3*Hp] out, (dr, dz, dn r) and (dr, dz, dn) per panel
+    #     (rows >= nact[s] untouched);  nact: [n];  ctl: [Q+1] claim counters, then done
+    n, B, GA = act.shape
+    Hp = dy.shape[2]
+    GH = 3 * Hp
+    VW = len(tag)
+    NB = nvb * VW
+    Q = (Hp + NB - 1) // NB
+    flags = ctl.ctypes.data
+    done = flags + 8 * Q
+    ubp = ub.ctypes.data
+    ghp = dgh.ctypes.data
+    gxp = dgx.ctypes.data
+    ap = act.ctypes.data
+    hsp = hs.ctypes.data
+    dyp = dy.ctypes.data
+    ddp = dd.ctypes.data
+    t0 = cycles()
+    waited = 0
+    for k in range(n):
+        s = n - 1 - k
+        nb = nact[s]
+        nprod = nact[s + 1] if s + 1 < n else 0
+        if nthr > 1 and k > 0:
+            waited += _wait(done, Q * k)
+        a = ghp + 4 * (s + 1) * B * GH
+        cnt = 0
+        for i in range(Q):
+            q = i if tid == 0 else Q - 1 - i
+            if not _claim(flags, q, k, nthr):
+                break
+            cnt += 1
+            j0 = q * NB
+            nv = min(NB, Hp - j0) // VW
+            _gru_bwd_panel(nv, nprod, nb, mrmax, tag, a, GH, ubp + 4 * q * GH * NB,
+                           dyp + 4 * (s * B * Hp + j0), Hp, ap + 4 * (s * B * GA + 4 * j0), GA,
+                           hsp + 4 * (s * B * Hp + j0), ddp + 4 * j0,
+                           ghp + 4 * (s * B * GH + 3 * j0), gxp + 4 * (s * B * GH + 3 * j0))
+        if nthr > 1:
+            atomic_add(done, cnt)
+    if nthr > 1 and tid == 0:
+        waited += _wait(done, Q * n)
+    return waited / max(1, cycles() - t0)
+
+
+# --------------------------------------------------------------------------- RNN forward
+@njit(inline="always")
+def _rnn_fwd_mr(mr, tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu):
+    if mr == 1:
+        _rf1(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
+    elif mr == 2:
+        _rf2(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
+    elif mr == 3:
+        _rf3(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
+    elif mr == 4:
+        _rf4(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
+    elif mr == 5:
+        _rf5(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
+    else:
+        _rf6(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
+
+
+@njit(inline="always")
+def _rnn_fwd_rows(nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
+    r0 = 0
+    while r0 < nb:
+        mr = min(mrmax, nb - r0)
+        _rnn_fwd_mr(mr, tag, ntag, x + 4 * r0 * I, I, h + 4 * r0 * Hp, Hp, w, I, Hp, bias,
+                    y + 4 * r0 * Hp, relu)
+        r0 += mr
+
+
+@njit(**_OPTS)
+def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax):
+    # xs: [n,B,I] step order;  bias: [Hp] b_ih + b_hh
+    # up: flat, panel q (units [q*NB, q*NB+w), NB = nvb*VW) at offset q*(I+Hp)*NB:
+    #     [I+Hp][w], W_ihᵀ rows then W_hhᵀ rows
+    # hs: [n+1,B,Hp] hs[0] = h0, hs[s+1] = h after step s;  nact: [n];  ctl: [Q+1]
+    n, B, I = xs.shape
+    Hp = hs.shape[2]
+    VW = len(tag)
+    NB = nvb * VW
+    Q = (Hp + NB - 1) // NB
+    KW = (I + Hp) * NB
+    flags = ctl.ctypes.data
+    done = flags + 8 * Q
+    xp = xs.ctypes.data
+    upp = up.ctypes.data
+    bp = bias.ctypes.data
+    hsp = hs.ctypes.data
+    t0 = cycles()
+    waited = 0
+    for s in range(n):
+        nb = nact[s]
+        if nthr > 1 and s > 0:
+            waited += _wait(done, Q * s)
+        hp = hsp + 4 * s * B * Hp
+        yp = hp + 4 * B * Hp
+        xsp = xp + 4 * s * B * I
+        cnt = 0
+        for i in range(Q):
+            q = i if tid == 0 else Q - 1 - i
+            if not _claim(flags, q, s, nthr):
+                break
+            cnt += 1
+            j0 = q * NB
+            nv = min(NB, Hp - j0) // VW
+            wq = upp + 4 * q * KW
+            if nv == 4:
+                _rnn_fwd_rows(nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                              yp + 4 * j0, relu)
+            elif nv == 3:
+                _rnn_fwd_rows(nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                              yp + 4 * j0, relu)
+            elif nv == 2:
+                _rnn_fwd_rows(nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                              yp + 4 * j0, relu)
+            else:
+                _rnn_fwd_rows(nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                              yp + 4 * j0, relu)
+        if nthr > 1:
+            atomic_add(done, cnt)
+    if nthr > 1 and tid == 0:
+        waited += _wait(done, Q * n)
+    return waited / max(1, cycles() - t0)
+
+
+# --------------------------------------------------------------------------- RNN backward
+@njit(inline="always")
+def _rnn_bwd_mr(mr, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu):
+    if mr == 1:
+        _rb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
+    elif mr == 2:
+        _rb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
+    elif mr == 3:
+        _rb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
+    elif mr == 4:
+        _rb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
+    elif mr == 5:
+        _rb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
+    else:
+        _rb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
+
+
+@njit(inline="always")
+def _rnn_bwd_rows(r0, r1, mrmax, tag, ntag, a, w, K, dhx, lddhx, dy, Hp, hn, dg, relu):
+    """Rows [r0, r1) of one output panel; every operand has row stride Hp except dhx."""
+    while r0 < r1:
+        mr = min(mrmax, r1 - r0)
+        _rnn_bwd_mr(mr, tag, ntag, a + 4 * r0 * Hp, Hp, w, K, dhx + 4 * r0 * lddhx, lddhx,
+                    dy + 4 * r0 * Hp, Hp, hn + 4 * r0 * Hp, dg + 4 * r0 * Hp, relu)
+        r0 += mr
+
+
+@njit(inline="always")
+def _rnn_bwd_panel(nv, nprod, nb, mrmax, tag, a, wq, Hp, zp, dhq, dyq, hnq, dgq, relu):
+    # rows active at step s+1 get dh through U; the rest start here with dL/dh_n
+    if nv == 4:
+        _rnn_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+                      relu)
+        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
+                      dgq, relu)
+    elif nv == 3:
+        _rnn_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+                      relu)
+        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
+                      dgq, relu)
+    elif nv == 2:
+        _rnn_bwd_rows(0, nprod, mrmax, tag, (0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+                      relu)
+        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
+                      dgq, relu)
+    else:
+        _rnn_bwd_rows(0, nprod, mrmax, tag, (0,), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+                      relu)
+        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0,), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
+                      dgq, relu)
+
+
+@njit(**_OPTS)
+def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mrmax):
+    # hs: [n+1,B,Hp] (hs[s+1] = h' of step s);  ub: U packed by output panels, [Hp][w] each
+    # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
+    # dg: [n,B,Hp] out, pre-activation gradients (rows >= nact[s] untouched)
+    n, B, Hp = dy.shape
+    VW = len(tag)
+    NB = nvb * VW
+    Q = (Hp + NB - 1) // NB
+    flags = ctl.ctypes.data
+    done = flags + 8 * Q
+    ubp = ub.ctypes.data
+    gp = dg.ctypes.data
+    hsp = hs.ctypes.data
+    dyp = dy.ctypes.data
+    dhp = dhn.ctypes.data
+    zp = zrow.ctypes.data
+    t0 = cycles()
+    waited = 0
+    for k in range(n):
+        s = n - 1 - k
+        nb = nact[s]
+        nprod = nact[s + 1] if s + 1 < n else 0
+        if nthr > 1 and k > 0:
+            waited += _wait(done, Q * k)
+        a = gp + 4 * (s + 1) * B * Hp
+        cnt = 0
+        for i in range(Q):
+            q = i if tid == 0 else Q - 1 - i
+            if not _claim(flags, q, k, nthr):
+                break
+            cnt += 1
+            j0 = q * NB
+            nv = min(NB, Hp - j0) // VW
+            _rnn_bwd_panel(nv, nprod, nb, mrmax, tag, a, ubp + 4 * q * Hp * NB, Hp, zp,
+                           dhp + 4 * j0, dyp + 4 * (s * B * Hp + j0),
+                           hsp + 4 * ((s + 1) * B * Hp + j0), gp + 4 * (s * B * Hp + j0), relu)
+        if nthr > 1:
+            atomic_add(done, cnt)
+    if nthr > 1 and tid == 0:
+        waited += _wait(done, Q * n)
+    return waited / max(1, cycles() - t0)
+
+
+# --------------------------------------------------------------------------- drivers
+class PackedCellCache:
+    """What :func:`backward` needs from a training :func:`gru_forward` / :func:`rnn_forward`."""
+
+    __slots__ = ("kind", "relu", "sched", "pk", "xs", "act", "hs", "flops")
+
+
+class _RnnPacked:
+    __slots__ = ("H", "Hp", "VW", "w_ih", "w_hh", "bias", "up", "ub", "nvb")
+
+
+def _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, backward):
+    H, I = w_hh.shape[1], w_ih.shape[1]
+    Hp = -(-H // VW) * VW
+    pk = _RnnPacked()
+    pk.H, pk.Hp, pk.VW, pk.nvb = H, Hp, VW, _NVB
+    m = np.zeros((I + Hp, Hp), np.float32)            # [W_ih W_hh]ᵀ, zero padded
+    m[:I, :H] = w_ih.T
+    m[I:I + H, :H] = w_hh.T
+    pk.up = _pack_backward(m, Hp, VW, _NVB)           # by output-unit panels: [I+Hp][w] each
+    pk.bias = np.zeros(Hp, np.float32)
+    pk.bias[:H] = b_ih + b_hh
+    if backward:
+        wi = np.zeros((Hp, I), np.float32)
+        wi[:H] = w_ih
+        wh = np.zeros((Hp, Hp), np.float32)
+        wh[:H, :H] = w_hh
+        pk.w_ih, pk.w_hh = wi, wh
+        pk.ub = _pack_backward(wh, Hp, VW, _NVB)
+    else:
+        pk.w_ih = pk.w_hh = pk.ub = None
+    return pk
+
+
+def _states(sched, h0, Hp):
+    n, B = sched.n, sched.B
+    hs = (np.zeros if sched.tix is not None else np.empty)((n + 1, B, Hp), np.float32)
+    hs[0] = sched.sort_rows(h0, Hp)
+    return hs
+
+
+def _finish(sched, hs, H, B):
+    ys = hs[1:]
+    y = sched.scatter(ys, H, np.float32)
+    h_n = sched.unsort_rows(_last_output(ys, sched, B), H)
+    return y, h_n
+
+
+def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads):
+    """float32 GRU (reset_after=True), one layer and direction: ``(y, h_n, cache)``.
+
+    ``x`` [T,B,I], ``h0`` [B,H], weights in PyTorch's layout (gates r, z, n),
+    ``lens`` [B] int64 in [1, T]; ``cache`` is None unless ``training``."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    VW = vector_width()
+    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, 3, backward=training)
+    Hp = pk.Hp
+    P = Hp // VW
+    bias = np.zeros((P, 4, VW), np.float32)
+    bias[:, :2] = pk.bias.reshape(P, 3, VW)[:, :2]
+    for g, b in ((2, b_ih), (3, b_hh)):
+        v = np.zeros(Hp, np.float32)
+        v[:H] = b[2 * H:]
+        bias[:, g] = v.reshape(P, VW)
+    sched = _Schedule(lens, T, reverse)
+    n = sched.n
+    nthr = _nthreads(max_threads, 2.0 * B * 3 * H * (H + I), P)
+    hs = _states(sched, h0, Hp)
+    xs = sched.gather(x)
+    act = np.empty((n, B, 4 * Hp) if training else (1, 1, 1), np.float32)
+    ctl = np.zeros(P + 1, np.int64)
+    tag = _tag(VW)
+    mrmax = _mr(VW)
+    waited = _run(_gru_fwd, nthr, lambda tid: (tag, xs, bias, pk.up, hs, sched.nact, training,
+                                                act, ctl, tid, nthr, mrmax))
+    _note(nthr, waited)
+    y, h_n = _finish(sched, hs, H, B)
+    if not training:
+        return y, h_n, None
+    cache = PackedCellCache()
+    cache.kind, cache.relu, cache.sched, cache.pk = "gru", False, sched, pk
+    cache.xs, cache.act, cache.hs = xs, act, hs
+    cache.flops = 2.0 * B * 3 * H * H
+    return y, h_n, cache
+
+
+def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, max_threads):
+    """float32 tanh (``relu=False``) or ReLU RNN, one layer and direction:
+    ``(y, h_n, cache)`` as :func:`gru_forward`."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    VW = vector_width()
+    pk = _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, training)
+    Hp = pk.Hp
+    Q = -(-Hp // (pk.nvb * VW))
+    sched = _Schedule(lens, T, reverse)
+    nthr = _nthreads(max_threads, 2.0 * B * H * (H + I), Q)
+    hs = _states(sched, h0, Hp)
+    xs = sched.gather(x)
+    ctl = np.zeros(Q + 1, np.int64)
+    tag = _tag(VW)
+    mrmax = _mr(VW)
+    relu = bool(relu)
+    waited = _run(_rnn_fwd, nthr, lambda tid: (tag, xs, pk.bias, pk.up, pk.nvb, hs, sched.nact,
+                                                relu, ctl, tid, nthr, mrmax))
+    _note(nthr, waited)
+    y, h_n = _finish(sched, hs, H, B)
+    if not training:
+        return y, h_n, None
+    cache = PackedCellCache()
+    cache.kind, cache.relu, cache.sched, cache.pk = "rnn", relu, sched, pk
+    cache.xs, cache.act, cache.hs = xs, None, hs
+    cache.flops = 2.0 * B * H * H
+    return y, h_n, cache
+
+
+def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
+    """dW_ih = dgxᵀ x, dW_hh = dghᵀ h_prev, dx = dgx W_ih over all rows (panel order),
+    split in tasks for two threads as in :func:`fastrnn.kernels.packed.lstm_backward`."""
+    R, GH = dgx2.shape
+    I, Hp = xs2.shape[1], hp2.shape[1]
+    dw_hh_p = np.empty((GH, Hp), np.float32)
+    dw_ih_p = np.empty((GH, I), np.float32)
+    dxs = np.empty((R, I), np.float32)
+    if 2.0 * R * GH * (2 * I + Hp) < _P._SPLIT_GEMM_FLOPS:
+        gthr = 1
+    kw = 1 if gthr == 1 else 4
+    tasks = []
+    for r0, r1 in _splits(GH, kw):
+        tasks.append(lambda r0=r0, r1=r1: np.matmul(dgh2[:, r0:r1].T, hp2, out=dw_hh_p[r0:r1]))
+        tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
+    for r0, r1 in _splits(R, 1 if gthr == 1 else min(4, max(1, R // 64))):
+        tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[r0:r1], w_ih_p, out=dxs[r0:r1]))
+    _Tasks(tasks).run(gthr)
+    return dw_ih_p, dw_hh_p, dxs
+
+
+def backward(cache, dy, dh_n, max_threads, blas_threads):
+    """Gradients from a training forward's cache:
+    ``(dx, dh0, dw_ih, dw_hh, db_ih, db_hh)`` in the natural (PyTorch) layout.
+
+    ``blas_threads`` as in :func:`fastrnn.kernels.packed.lstm_backward` (called with 0)."""
+    sched, pk = cache.sched, cache.pk
+    n, B = sched.n, sched.B
+    H, Hp, VW = pk.H, pk.Hp, pk.VW
+    I = cache.xs.shape[2]
+    tag = _tag(VW)
+    NB = pk.nvb * VW
+    Q = -(-Hp // NB)
+    mrmax = _mr(VW)
+    nthr = _nthreads(max_threads, cache.flops, Q)
+    gthr = _nthreads(max_threads, _P._TWO_THREAD_STEP_FLOPS, 2)
+    blas_threads(0)
+    dys = sched.gather(np.asarray(dy, np.float32), Hp)
+    dhn = sched.sort_rows(np.asarray(dh_n, np.float32), Hp)
+    alloc = np.zeros if sched.tix is not None else np.empty
+    ctl = np.zeros(Q + 1, np.int64)
+    hs = cache.hs
+    if cache.kind == "gru":
+        dgh = alloc((n, B, 3 * Hp), np.float32)
+        dgx = alloc((n, B, 3 * Hp), np.float32)
+        dd = dhn
+        yl = _run(_gru_bwd, nthr, lambda tid: (tag, cache.act, hs, pk.ub, pk.nvb, dys, dd, dgh,
+                                                dgx, sched.nact, ctl, tid, nthr, mrmax))
+        dh0 = dgh[0] @ pk.w_hh + dd                                   # [B,Hp]
+        G = 3
+    else:
+        dgh = dgx = alloc((n, B, Hp), np.float32)
+        zrow = np.zeros(NB, np.float32)
+        yl = _run(_rnn_bwd, nthr, lambda tid: (tag, hs, pk.ub, pk.nvb, dys, dhn, zrow, dgh,
+                                                sched.nact, cache.relu, ctl, tid, nthr, mrmax))
+        dh0 = dgh[0] @ pk.w_hh
+        G = 1
+    _note(nthr, yl)
+    GH = G * Hp
+    dgx2, dgh2 = dgx.reshape(n * B, GH), dgh.reshape(n * B, GH)
+    dw_ih_p, dw_hh_p, dxs = _weight_grads(gthr, dgx2, dgh2, cache.xs.reshape(n * B, I),
+                                          hs[:-1].reshape(n * B, Hp), pk.w_ih)
+    dbx_p = dgx2.sum(axis=0)
+    dbh_p = dbx_p if dgh is dgx else dgh2.sum(axis=0)
+    dx = sched.scatter(dxs.reshape(n, B, I), I, np.float32)
+    if G == 1:
+        dw_ih = dw_ih_p[:H].copy()
+        dw_hh = dw_hh_p[:H, :H].copy()
+        db_ih = dbx_p[:H].copy()
+        db_hh = db_ih.copy()
+    else:
+        v, src = pk.valid, pk.src
+        dw_ih = np.empty((G * H, I), np.float32)
+        dw_hh = np.empty((G * H, H), np.float32)
+        db_ih = np.empty(G * H, np.float32)
+        db_hh = np.empty(G * H, np.float32)
+        dw_ih[src], dw_hh[src] = dw_ih_p[v], dw_hh_p[v, :H]
+        db_ih[src], db_hh[src] = dbx_p[v], dbh_p[v]
+    return dx, sched.unsort_rows(dh0, H), dw_ih, dw_hh, db_ih, db_hh

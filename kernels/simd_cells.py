@@ -1,0 +1,226 @@
+"""LLVM-IR micro-kernels for the packed GRU and tanh/ReLU RNN (:mod:`fastrnn.kernels.packed_cells`).
+
+The same building blocks as :mod:`fastrnn.kernels.simd` (register-blocked
+product over K segments with ``<VW x float>`` accumulators, the vector
+tanh/sigmoid of :mod:`fastrnn.kernels.activations`), with each cell's step
+and its derivative fused behind the product. ``VW`` (and ``NV`` where the
+panel width varies) are read off the types of the tag arguments
+(``UniTuple(int64, VW)``), so both vector widths keep ``cache=True`` valid.
+Pointers are byte addresses as int64.
+
+``uk_gru_fwd[MR]``, ``uk_gru_bwd[MR]``, ``uk_rnn_fwd[MR]``, ``uk_rnn_bwd[MR]``
+for ``MR = 1..MAX_MR`` batch rows per call (``[0]`` unused).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from fastrnn.kernels.simd import (MAX_MR, _f32, _gemm_accs, _i64, _ptrs, _row_off, _splat,
+                                  _vload, _vstore, _VMath)
+
+__all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd"]
+
+
+def _gemm_accs_map(builder, vty, MR, NACC, segments):
+    """Like :func:`fastrnn.kernels.simd._gemm_accs`, with ``NACC`` accumulators per
+    row and a map per segment: segment ``(a, lda, w, K, amap)`` reads panel rows of
+    ``len(amap)*VW`` floats and adds vector ``v`` of each into accumulator
+    ``amap[v]``. (The GRU's x and h segments share r and z but keep n apart.)"""
+    VW = vty.count
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
+    accs = [[cgutils.alloca_once(builder, vty) for _ in range(NACC)] for _ in range(MR)]
+    zero = ir.Constant(vty, [0.0] * VW)
+    for r in range(MR):
+        for v in range(NACC):
+            builder.store(zero, accs[r][v])
+    for a, lda, w, K, amap in segments:
+        W = len(amap) * VW
+        with cgutils.for_range(builder, K) as loop:
+            k = loop.index
+            wrow = builder.mul(k, ir.Constant(_i64, W))
+            wv = [_vload(builder, vty, w, builder.add(wrow, ir.Constant(_i64, v * VW)))
+                  for v in range(len(amap))]
+            for r in range(MR):
+                aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
+                s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
+                for v, t in enumerate(amap):
+                    acc = builder.load(accs[r][t])
+                    builder.store(builder.call(fma, [s, wv[v], acc]), accs[r][t])
+    return [[builder.load(accs[r][v]) for v in range(NACC)] for r in range(MR)]
+
+
+# --------------------------------------------------------------------------- GRU
+def _make_gru_fwd(MR):
+    @intrinsic
+    def uk_gru_fwd(typingctx, tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training):
+        """One panel (VW units), MR rows. ``w``: [I+H][r z n](VW each), the panel's
+        W_ihᵀ rows then its W_hhᵀ rows; ``bias``: [b_ir+b_hr, b_iz+b_hz, b_in, b_hn] (VW
+        each). a_x = x @ w[:I], a_h = h @ w[I:] (n kept apart), then
+        r = σ(a_x,r + a_h,r + b_r), z likewise, nh = a_h,n + b_hn,
+        n = tanh(a_x,n + b_in + r nh), y = n + z (hin - n); act = (r, z, n, nh) if
+        training. ``hin``, ``y`` are at the panel's units, row stride ``ldh``."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        VW = tag.count
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training = args
+            vty = ir.VectorType(_f32, VW)
+            x, h, w, bias, hin, y, act = _ptrs(builder, x, h, w, bias, hin, y, act)
+            wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 3 * VW))])
+            accs = _gemm_accs_map(builder, vty, MR, 4,
+                                  [(x, ldx, w, I, (0, 1, 2)), (h, ldh, wh, H, (0, 1, 3))])
+            m = _VMath(builder, vty)
+            bv = [_vload(builder, vty, bias, ir.Constant(_i64, g * VW)) for g in range(4)]
+            for r in range(MR):
+                ar, az, anx, anh = accs[r]
+                gr = m.sigmoid(m.add(ar, bv[0]))
+                gz = m.sigmoid(m.add(az, bv[1]))
+                nh = m.add(anh, bv[3])
+                gn = m.tanh(m.fma(gr, nh, m.add(anx, bv[2])))
+                ro = _row_off(builder, r, ldh)
+                hp = _vload(builder, vty, hin, ro)
+                _vstore(builder, m.fma(gz, m.sub(hp, gn), gn), vty, y, ro)
+                with builder.if_then(training):
+                    for g, val in enumerate((gr, gz, gn, nh)):
+                        _vstore(builder, val, vty, act, _row_off(builder, r, ldact, g * VW))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk_gru_fwd
+
+
+def _make_gru_bwd(MR):
+    @intrinsic
+    def uk_gru_bwd(typingctx, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx,
+                   ldg):
+        """NV output vectors (NV forward panels of VW units), MR rows:
+        dh = a @ w + dy + dd (``dd``: the carried part of dL/dh that does not pass
+        through U, updated in place to z dh), then back through the GRU step from
+        the saved (r, z, n, nh) (``act``: [NV][4][VW], row stride ldact) and h_prev
+        (``hp``): writes dgh = (dr, dz, dn r) and dgx = (dr, dz, dn) ([NV][3][VW],
+        row stride ldg). ``dy``, ``hp``, ``dd`` have row stride ldh."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        VW, NV = tag.count, ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg = args
+            vty = ir.VectorType(_f32, VW)
+            a, w, dy, act, hp, dd, dgh, dgx = _ptrs(builder, a, w, dy, act, hp, dd, dgh, dgx)
+            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
+            m = _VMath(builder, vty)
+            one = m.one
+            for r in range(MR):
+                for v in range(NV):
+                    ho = _row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], _vload(builder, vty, dy, ho)),
+                               _vload(builder, vty, dd, ho))
+                    gr, gz, gn, nh = [_vload(builder, vty, act,
+                                             _row_off(builder, r, ldact, v * 4 * VW + g * VW))
+                                      for g in range(4)]
+                    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
+                    dz = m.mul(m.mul(dh, m.sub(_vload(builder, vty, hp, ho), gn)),
+                               m.mul(gz, m.sub(one, gz)))
+                    dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(one, gr)))
+                    go = [_row_off(builder, r, ldg, v * 3 * VW + g * VW) for g in range(3)]
+                    for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
+                        _vstore(builder, val, vty, dgh, o)
+                    for o, val in zip(go, (dr, dz, dn)):
+                        _vstore(builder, val, vty, dgx, o)
+                    _vstore(builder, m.mul(dh, gz), vty, dd, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk_gru_bwd
+
+
+# --------------------------------------------------------------------------- RNN
+def _make_rnn_fwd(MR):
+    @intrinsic
+    def uk_rnn_fwd(typingctx, tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu):
+        """One panel of NV*VW units, MR rows: ``w`` [I+H][NV*VW] (W_ihᵀ rows then
+        W_hhᵀ rows of the panel's units), y = act(x @ w[:I] + h @ w[I:] + bias),
+        act = ReLU if ``relu`` else tanh; ``y`` at the panel's units, row stride ldh."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        VW, NV = tag.count, ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _, _, x, ldx, h, ldh, w, I, H, bias, y, relu = args
+            vty = ir.VectorType(_f32, VW)
+            x, h, w, bias, y = _ptrs(builder, x, h, w, bias, y)
+            wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, NV * VW))])
+            accs = _gemm_accs(builder, vty, MR, NV, [(x, ldx, w, I), (h, ldh, wh, H)])
+            m = _VMath(builder, vty)
+            bv = [_vload(builder, vty, bias, ir.Constant(_i64, v * VW)) for v in range(NV)]
+            zero = ir.Constant(vty, [0.0] * VW)
+
+            def epilogue(f):
+                for r in range(MR):
+                    for v in range(NV):
+                        _vstore(builder, f(m.add(accs[r][v], bv[v])), vty, y,
+                                _row_off(builder, r, ldh, v * VW))
+
+            with builder.if_else(relu) as (then, otherwise):
+                with then:
+                    epilogue(lambda p: builder.call(m.max_fn, [p, zero]))
+                with otherwise:
+                    epilogue(m.tanh)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk_rnn_fwd
+
+
+def _make_rnn_bwd(MR):
+    @intrinsic
+    def uk_rnn_bwd(typingctx, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu):
+        """NV output vectors, MR rows: dh = a @ w + dy + dhx (``lddhx`` 0 for a
+        broadcast zero row), dg = dh (1 - h'^2) (tanh) or dh [h' > 0] (ReLU) from the
+        saved output ``hn``; ``dy``, ``hn``, ``dg`` have row stride ldh."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        VW, NV = tag.count, ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu = args
+            vty = ir.VectorType(_f32, VW)
+            a, w, dhx, dy, hn, dg = _ptrs(builder, a, w, dhx, dy, hn, dg)
+            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
+            m = _VMath(builder, vty)
+            zero = ir.Constant(vty, [0.0] * VW)
+            dhs = []
+            for r in range(MR):
+                for v in range(NV):
+                    ho = _row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], _vload(builder, vty, dy, ho)),
+                               _vload(builder, vty, dhx, _row_off(builder, r, lddhx, v * VW)))
+                    dhs.append((ho, dh, _vload(builder, vty, hn, ho)))
+
+            with builder.if_else(relu) as (then, otherwise):
+                with then:
+                    for ho, dh, h in dhs:
+                        _vstore(builder, builder.select(builder.fcmp_ordered(">", h, zero), dh, zero),
+                                vty, dg, ho)
+                with otherwise:
+                    for ho, dh, h in dhs:
+                        _vstore(builder, m.mul(dh, m.sub(m.one, m.mul(h, h))), vty, dg, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk_rnn_bwd
+
+
+uk_gru_fwd = [None] + [_make_gru_fwd(m) for m in range(1, MAX_MR + 1)]
+uk_gru_bwd = [None] + [_make_gru_bwd(m) for m in range(1, MAX_MR + 1)]
+uk_rnn_fwd = [None] + [_make_rnn_fwd(m) for m in range(1, MAX_MR + 1)]
+uk_rnn_bwd = [None] + [_make_rnn_bwd(m) for m in range(1, MAX_MR + 1)]

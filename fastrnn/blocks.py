@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "Module", "Embedding", "Linear", "Dropout", "AttentionPool",
+    "Module", "Sequential", "Embedding", "Linear", "Dropout", "AttentionPool",
     "softmax_cross_entropy", "mse", "as_rng", "rng_state", "set_rng_state",
 ]
 
@@ -39,6 +39,24 @@ def _kernels():
             training = False
         _KERNELS = training
     return _KERNELS or None
+
+
+_MATMUL = None
+
+
+def _matmul(a, b, out=None):
+    """``a @ b`` through :func:`fastrnn.kernels.cpu.matmul` (stays fast when
+    another process holds a core), or NumPy's where the CPU kernels cannot load."""
+    global _MATMUL
+    if _MATMUL is None:
+        try:
+            from .kernels import cpu
+            _MATMUL = cpu.matmul if cpu.available()[0] else False
+        except ImportError:                 # pragma: no cover - depends on the install
+            _MATMUL = False
+    if _MATMUL is False or not (isinstance(a, np.ndarray) and isinstance(b, np.ndarray)):
+        return np.matmul(a, b, out=out)
+    return _MATMUL(a, b, out)
 
 
 def as_rng(seed=None):
@@ -92,6 +110,11 @@ class Module:
     def state_dict(self):
         return {k: v.copy() for k, v in self.params.items()}
 
+    def __repr__(self):
+        shapes = ", ".join(f"{k}={tuple(v.shape)}" for k, v in self.params.items())
+        extra = f"p={self.p}" if hasattr(self, "p") else ""
+        return f"{type(self).__name__}({', '.join(x for x in (shapes, extra) if x)})"
+
     def load_state_dict(self, state):
         missing = set(self.params) - set(state)
         unexpected = set(state) - set(self.params)
@@ -104,6 +127,97 @@ class Module:
                 raise ValueError(f"{k}: shape {v.shape} does not match "
                                  f"{self.params[k].shape}")
             self.params[k][...] = v
+
+
+class Sequential(Module):
+    """A container of modules (layers and blocks) for custom training loops.
+
+    ``Sequential(lstm, head)`` names the parameters ``"0.weight_ih_l0"``,
+    ``"1.weight"``... (PyTorch's convention); ``Sequential(rnn=lstm,
+    head=head)`` names them ``"rnn.weight_ih_l0"``, ``"head.weight"``. The
+    ``params``/``grads`` dicts are views over the modules' own arrays, so an
+    optimizer built on the container updates the modules in place
+    (``Adam([lstm, head])`` builds one for you).
+
+    ``forward(x)`` runs the modules in turn (a recurrent layer passes on its
+    output ``y``, not its state); ``backward(dy)`` runs them in reverse.
+
+    Examples
+    --------
+    >>> net = Sequential(fastrnn.LSTM(3, 8), Linear(8, 2))        # doctest: +SKIP
+    >>> opt = fastrnn.Adam(net, lr=1e-3)                           # doctest: +SKIP
+    """
+
+    def __init__(self, *modules, **named):
+        super().__init__()
+        if modules and named:
+            raise TypeError("give modules either by position or by name, not both")
+        items = named.items() if named else ((str(i), m) for i, m in enumerate(modules))
+        self.modules = {}
+        for name, m in items:
+            if not (hasattr(m, "params") and hasattr(m, "grads")):
+                raise TypeError(f"module {name!r} ({type(m).__name__}) has no params/grads")
+            if "." in name:
+                raise ValueError(f"module names cannot contain '.', got {name!r}")
+            self.modules[name] = m
+        del self.params, self.grads
+
+    @property
+    def params(self):
+        return {f"{n}.{k}": v for n, m in self.modules.items() for k, v in m.params.items()}
+
+    @property
+    def grads(self):
+        return {f"{n}.{k}": v for n, m in self.modules.items() for k, v in m.grads.items()}
+
+    def __getitem__(self, key):
+        return list(self.modules.values())[key] if isinstance(key, int) else self.modules[key]
+
+    def __len__(self):
+        return len(self.modules)
+
+    def zero_grad(self):
+        for m in self.modules.values():
+            m.zero_grad()
+
+    def train(self, mode=True):
+        self.training = bool(mode)
+        for m in self.modules.values():
+            m.train(mode)
+        return self
+
+    def state_dict(self):
+        return {k: np.array(v, copy=True) for k, v in self.params.items()}
+
+    def load_state_dict(self, state):
+        own = self.params
+        missing, unexpected = set(own) - set(state), set(state) - set(own)
+        if missing or unexpected:
+            raise KeyError(f"state_dict mismatch: missing {sorted(missing)}, "
+                           f"unexpected {sorted(unexpected)}")
+        for n, m in self.modules.items():
+            m.load_state_dict({k[len(n) + 1:]: v for k, v in state.items()
+                               if k.startswith(n + ".")})
+
+    def forward(self, x):
+        for m in self.modules.values():
+            x = m(x)
+            if isinstance(x, tuple):          # a recurrent layer: (y, state)
+                x = x[0]
+        return x
+
+    __call__ = forward
+
+    def backward(self, dy):
+        for m in reversed(list(self.modules.values())):
+            dy = m.backward(dy)
+            if isinstance(dy, tuple):         # a recurrent layer: (dx, dstate0)
+                dy = dy[0]
+        return dy
+
+    def __repr__(self):
+        inner = "\n".join(f"  ({n}): {m!r}" for n, m in self.modules.items())
+        return f"Sequential(\n{inner}\n)"
 
 
 class Embedding(Module):
@@ -195,7 +309,7 @@ class Linear(Module):
             raise ValueError(f"x: last axis is {x.shape[-1]}, expected {self.in_features}")
         self._x = x
         # one 2-D GEMM over all rows: numpy's stacked 3-D matmul is much slower
-        y = x.reshape(-1, self.in_features) @ self.params["weight"].T    # [N, O]
+        y = _matmul(x.reshape(-1, self.in_features), self.params["weight"].T)  # [N, O]
         if "bias" in self.params:
             y += self.params["bias"]
         return y.reshape(x.shape[:-1] + (self.out_features,))
@@ -211,11 +325,11 @@ class Linear(Module):
         ws = getattr(self, "_ws", None)
         if ws is None or ws.dtype != gw.dtype:
             ws = self._ws = np.empty_like(gw)             # [O, F], reused by every call
-        np.matmul(dy2.T, x2, out=ws)
+        _matmul(dy2.T, x2, out=ws)
         gw += ws
         if "bias" in self.grads:
             self.grads["bias"] += dy2.sum(axis=0)
-        return (dy2 @ self.params["weight"]).reshape(self._x.shape)
+        return _matmul(dy2, self.params["weight"]).reshape(self._x.shape)
 
 
 class Dropout(Module):

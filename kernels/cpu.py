@@ -63,7 +63,8 @@ except ImportError as exc:  # pragma: no cover - depends on the install
 
 from fastrnn.dispatch import Weights
 
-__all__ = ["forward", "backward", "available", "set_num_threads", "get_num_threads"]
+__all__ = ["forward", "backward", "available", "set_num_threads", "get_num_threads",
+           "matmul"]
 
 # --------------------------------------------------------------------------- BLAS
 # The cblas symbol is bound under these fixed names. Every integer argument is
@@ -956,6 +957,28 @@ try:
     from fastrnn.kernels import packed as _packed
 except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
     _packed = None
+
+
+def matmul(a, b, out=None):
+    """``a @ b`` (2-D, float32 or float64) that stays fast on a busy machine.
+
+    NumPy's BLAS hands each large product to worker threads, which stall when
+    another process holds a core (PERF.md: 3-40x slower). Here BLAS runs on one
+    thread per task and a large product is split in tasks that the caller and
+    fastrnn's own pool thread claim one at a time, so a late partner never
+    holds up work it has not started. Used by the training blocks' GEMMs."""
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if out is None:
+        out = np.empty((a.shape[0], b.shape[1]), np.result_type(a, b))
+    if _packed is None:
+        return np.matmul(a, b, out=out)
+    threads = _Threads()
+    try:
+        threads.use(0)
+        return _packed.gemm(a, b, out, _max_threads)
+    finally:
+        threads.restore()
 
 
 def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training, threads):

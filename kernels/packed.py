@@ -462,6 +462,27 @@ def _splits(n, k):
     return [(n * i // k, n * (i + 1) // k) for i in range(k)]
 
 
+def gemm(a, b, out, max_threads):
+    """``out[...] = a @ b`` for 2-D float arrays on NumPy's BLAS, one BLAS thread per
+    task (the caller sets that), split in tasks for this module's two threads when
+    large: by rows of ``a``, or by columns of ``b`` when ``a`` has few rows."""
+    M, K = a.shape
+    N = b.shape[1]
+    nthr = _nthreads(max_threads, _TWO_THREAD_STEP_FLOPS, 2)
+    if nthr == 1 or 2.0 * M * K * N < _SPLIT_GEMM_FLOPS:
+        np.matmul(a, b, out=out)
+        return out
+    if M >= 128:
+        _Tasks([(lambda r0=r0, r1=r1: np.matmul(a[r0:r1], b, out=out[r0:r1]))
+                for r0, r1 in _splits(M, min(8, M // 64))]).run(nthr)
+        return out
+
+    def cols(c0, c1):
+        out[:, c0:c1] = a @ b[:, c0:c1]
+    _Tasks([(lambda c0=c0, c1=c1: cols(c0, c1)) for c0, c1 in _splits(N, 2)]).run(nthr)
+    return out
+
+
 # --------------------------------------------------------------------------- packing
 @functools.lru_cache(maxsize=64)
 def _perm(H, Hp, VW, G):

@@ -469,8 +469,8 @@ def gemm(a, b, out, max_threads):
     M, K = a.shape
     N = b.shape[1]
     nthr = _nthreads(max_threads, _TWO_THREAD_STEP_FLOPS, 2)
-    if nthr == 1 or 2.0 * M * K * N < _SPLIT_GEMM_FLOPS:
-        np.matmul(a, b, out=out)
+    if 2.0 * M * K * N < _SPLIT_GEMM_FLOPS:     # the split depends on the shape only:
+        np.matmul(a, b, out=out)                 # results do not depend on the threads
         return out
     if M >= 128:
         _Tasks([(lambda r0=r0, r1=r1: np.matmul(a[r0:r1], b, out=out[r0:r1]))
@@ -767,13 +767,13 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     xh2 = cache.xh[:n].reshape(n * B, I + Hp)                       # [x_t, h_{t-1}] rows
     dw_p = np.empty((GH, I + Hp), np.float32)                       # [dW_ih dW_hh] panel order
     dxs = np.empty((n * B, I), np.float32)
+    # the split depends on the shape only, never on the thread count, so results
+    # are bitwise the same on one thread or two
     tasks = []
-    if 2.0 * n * B * GH * (2 * I + Hp) < _SPLIT_GEMM_FLOPS:
-        gthr = 1
-    kw = 1 if gthr == 1 else 4
-    for r0, r1 in _splits(GH, kw):
+    split = 2.0 * n * B * GH * (2 * I + Hp) >= _SPLIT_GEMM_FLOPS
+    for r0, r1 in _splits(GH, 4 if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xh2, out=dw_p[r0:r1]))
-    for r0, r1 in _splits(n * B, 1 if gthr == 1 else min(4, max(1, n * B // 64))):
+    for r0, r1 in _splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))
     _Tasks(tasks).run(gthr)
     db_p = dg2.sum(axis=0)

@@ -1,0 +1,115 @@
+"""The packed CPU kernels give bitwise the same results on one thread or two, and
+the caller never waits on a partner that does not come (fastrnn.kernels.packed)."""
+import numpy as np
+import pytest
+
+from fastrnn.cells import get_cell
+from fastrnn.dispatch import Weights
+
+cpu = pytest.importorskip("fastrnn.kernels.cpu")
+if not cpu.available()[0] or cpu._packed is None:  # pragma: no cover
+    pytest.skip("the packed CPU kernels are not available", allow_module_level=True)
+packed = cpu._packed
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Every step shared by two threads, whatever its size, and no back-off."""
+    monkeypatch.setattr(packed, "_TWO_THREAD_STEP_FLOPS", 0.0)
+    monkeypatch.setattr(packed, "_SPLIT_GEMM_FLOPS", 0.0)
+    monkeypatch.setitem(packed._backoff, "until", 0.0)
+    monkeypatch.setattr(packed, "_LATE_WAIT", 2.0)       # never back off in these tests
+    yield
+
+
+def _problem(cell_name, T, B, I, H, seed=0, lengths=True):
+    rng = np.random.default_rng(seed)
+    cell = get_cell(cell_name)
+    f = np.float32
+    s = 1 / np.sqrt(H)
+    w = Weights(rng.uniform(-s, s, (4 * H, I)).astype(f), rng.uniform(-s, s, (4 * H, H)).astype(f),
+                rng.uniform(-s, s, 4 * H).astype(f), rng.uniform(-s, s, 4 * H).astype(f),
+                rng.uniform(-s, s, (3, H)).astype(f) if cell.peephole else None)
+    x = rng.standard_normal((T, B, I)).astype(f)
+    h0 = rng.standard_normal((B, H)).astype(f)
+    c0 = rng.standard_normal((B, H)).astype(f)
+    lens = rng.integers(1, T + 1, B) if lengths else None
+    dy = rng.standard_normal((T, B, H)).astype(f)
+    return cell, x, h0, c0, w, lens, dy
+
+
+def _run(cell, x, h0, c0, w, lens, dy, reverse):
+    y, h, c, cache = cpu.forward(cell, x, h0, c0, w, lens, reverse, True)
+    yi, hi, ci, _ = cpu.forward(cell, x, h0, c0, w, lens, reverse, False)
+    dx, dh0, dc0, dw = cpu.backward(cell, cache, dy, h, c)
+    return [y, h, c, yi, hi, ci, dx, dh0, dc0] + [g for g in dw if g is not None]
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_one_and_two_threads_agree_bitwise(two_threads, cell_name, reverse):
+    prob = _problem(cell_name, 9, 11, 5, 40)
+    old = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(1)
+        one = _run(*prob, reverse)
+        cpu.set_num_threads(2)
+        two = _run(*prob, reverse)
+    finally:
+        cpu.set_num_threads(old)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_partner_that_never_comes_does_not_block(two_threads, monkeypatch):
+    """The caller claims every panel itself when the pool thread is busy elsewhere."""
+    import threading
+    gate = threading.Event()
+    pool = packed._executor()
+    pool.submit(gate.wait, 10)                    # occupy the pool's only thread
+    try:
+        import time
+        cell, x, h0, c0, w, lens, dy = _problem("lstm", 6, 5, 3, 33)
+        ref = cpu.use_packed
+        cpu.forward(cell, x, h0, c0, w, lens, False, False)          # compiled before timing
+        t0 = time.monotonic()
+        y, h, c, cache = cpu.forward(cell, x, h0, c0, w, lens, False, True)
+        cpu.backward(cell, cache, dy, h, c)
+        # the pool thread is held for 10 s: a caller that waited for it would be here later
+        assert time.monotonic() - t0 < 5 and not gate.is_set()
+        cpu.use_packed = False
+        y0, *_ = cpu.forward(cell, x, h0, c0, w, lens, False, True)
+        cpu.use_packed = ref
+        np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6)
+    finally:
+        cpu.use_packed = True
+        gate.set()
+
+
+def test_openblas_thread_count_survives_concurrent_calls():
+    """Two Python threads running layers at once leave NumPy's BLAS setting as it was."""
+    import threading
+    if cpu._blas_get_threads is None:  # pragma: no cover
+        pytest.skip("no OpenBLAS thread getter")
+    before = cpu._blas_get_threads()
+    probs = [_problem(n, 30, 16, 32, 64, seed=k, lengths=False)
+             for k, n in enumerate(["lstm", "gru"] * 2)]
+    errors = []
+
+    def work(p):
+        try:
+            for _ in range(5):
+                cell, x, h0, c0, w, lens, dy = p
+                if cell.name == "gru":
+                    w = Weights(w.w_ih[:3 * 64], w.w_hh[:3 * 64], w.b_ih[:3 * 64], w.b_hh[:3 * 64],
+                                None)
+                cpu.forward(cell, x, h0, c0, w, None, False, False)
+        except Exception as e:  # pragma: no cover
+            errors.append(e)
+    ts = [threading.Thread(target=work, args=(p,)) for p in probs]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert not errors
+    assert cpu._blas_get_threads() == before

@@ -235,15 +235,15 @@ def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, ti
             wp = upp + 4 * p * KW
             col = p * GV
             u0 = p * VW
-            r0 = 0
-            while r0 < nb:
-                mr = min(mrmax, nb - r0)
+            nblk = (nb + mrmax - 1) // mrmax     # row blocks of equal size (+-1), <= mrmax
+            for blk in range(nblk):
+                r0 = blk * nb // nblk
+                mr = (blk + 1) * nb // nblk - r0
                 xr = xsp + 4 * r0 * LD
                 co = 4 * (r0 * Hp + u0)
                 _lstm_fwd_mr(mr, peep, tag, xr, LD, xr + 4 * I, LD, wp, I, Hp, bp + 4 * col,
                              ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
                              ysp + 4 * (r0 * LD + u0), asp + 4 * (r0 * GH + col), GH, training)
-                r0 += mr
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:
@@ -286,13 +286,16 @@ def _lstm_bwd_mr(mr, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ld
 @njit(inline="always")
 def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act,
                    ldact, pp, cp, cn, dc, dg):
-    """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel)."""
-    while r0 < r1:
-        mr = min(mrmax, r1 - r0)
-        _lstm_bwd_mr(mr, peep, tag, ntag, a + 4 * r0 * lda, lda, w, K, dhx + 4 * r0 * lddhx,
-                     lddhx, dy + 4 * r0 * ldh, ldh, act + 4 * r0 * ldact, ldact, pp,
-                     cp + 4 * r0 * ldh, cn + 4 * r0 * ldh, dc + 4 * r0 * ldh, dg + 4 * r0 * ldact)
-        r0 += mr
+    """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel), in
+    blocks of equal size (+-1) of at most ``mrmax`` rows."""
+    n = r1 - r0
+    nblk = (n + mrmax - 1) // mrmax
+    for blk in range(nblk):
+        q0 = r0 + blk * n // nblk
+        mr = r0 + (blk + 1) * n // nblk - q0
+        _lstm_bwd_mr(mr, peep, tag, ntag, a + 4 * q0 * lda, lda, w, K, dhx + 4 * q0 * lddhx,
+                     lddhx, dy + 4 * q0 * ldh, ldh, act + 4 * q0 * ldact, ldact, pp,
+                     cp + 4 * q0 * ldh, cn + 4 * q0 * ldh, dc + 4 * q0 * ldh, dg + 4 * q0 * ldact)
 
 
 @njit(**_OPTS)
@@ -376,7 +379,7 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
 
 
 # --------------------------------------------------------------------------- threads
-_TWO_THREAD_STEP_FLOPS = 4e5   # per-step recurrent FLOPs from which two threads pay
+_TWO_THREAD_STEP_FLOPS = 1.5e6  # per-step FLOPs from which two threads pay (measured)
 _LATE_WAIT = 0.3               # fraction of a call the caller waited that marks the partner late
 _backoff = {"until": 0.0, "span": 0.05}
 _backoff_lock = threading.Lock()

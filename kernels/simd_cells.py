@@ -210,8 +210,8 @@ def _make_rnn_bwd(MR):
             with builder.if_else(relu) as (then, otherwise):
                 with then:
                     for ho, dh, h in dhs:
-                        _vstore(builder, builder.select(builder.fcmp_ordered(">", h, zero), dh, zero),
-                                vty, dg, ho)
+                        pos = builder.fcmp_ordered(">", h, zero)
+                        _vstore(builder, builder.select(pos, dh, zero), vty, dg, ho)
                 with otherwise:
                     for ho, dh, h in dhs:
                         _vstore(builder, m.mul(dh, m.sub(m.one, m.mul(h, h))), vty, dg, ho)

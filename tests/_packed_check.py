@@ -1,0 +1,137 @@
+"""Shared checks for the packed float32 CPU kernels (tests/test_packed_*.py).
+
+Each case runs ``fastrnn.kernels.cpu.forward``/``backward`` in float32 on the
+packed path (training and inference) and compares everything with the float64
+NumPy reference within the float32 tolerances of ``tests/tolerances.py``.
+Fixtures force each path: the 8-wide (AVX2) variant, and two threads on any
+step size (``packed._TWO_THREAD_STEP_FLOPS = 0``, no back-off to one thread).
+"""
+import numpy as np
+import pytest
+
+from fastrnn import reference
+from fastrnn.cells import CELLS
+from fastrnn.dispatch import Weights
+
+cpu = pytest.importorskip("fastrnn.kernels.cpu")
+if not cpu.available()[0]:  # pragma: no cover - depends on the install
+    pytest.skip(f"cpu backend unavailable: {cpu.available()[1]}", allow_module_level=True)
+packed = pytest.importorskip("fastrnn.kernels.packed")
+
+from tolerances import tol  # noqa: E402
+
+F32 = tol(np.float32)
+
+#: (T, B, I, H): B=1; B not a multiple of the micro-kernel rows (6 / 3); H below,
+#: equal to and not a multiple of the vector width; several forward panels and
+#: several backward (4-vector) panels, the last one narrower
+SHAPES = [(5, 1, 3, 5), (4, 7, 4, 16), (6, 13, 5, 20), (3, 8, 6, 70), (4, 2, 2, 130)]
+
+#: (lengths kind, reverse, random h0): full, all different and unsorted, equal and
+#: padded; forward and reverse; zero and random initial state
+OPTIONS = [("none", False, True), ("different", True, True), ("different", False, False),
+           ("equal", True, False), ("none", True, True)]
+
+
+@pytest.fixture(params=[None, 8], ids=["vw-auto", "vw8"])
+def vector_width(request):
+    packed.set_vector_width(request.param)
+    try:
+        yield packed.vector_width()
+    finally:
+        packed.set_vector_width(None)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thr", "2thr"])
+def threads(request, monkeypatch):
+    """One thread, or two threads from the smallest step on (never backing off)."""
+    monkeypatch.setattr(packed, "_backoff", {"until": 0.0, "span": 0.05})
+    if request.param == 2:
+        monkeypatch.setattr(packed, "_TWO_THREAD_STEP_FLOPS", 0)
+        monkeypatch.setattr(packed, "_SPLIT_GEMM_FLOPS", 0)
+        monkeypatch.setattr(packed, "_LATE_WAIT", 2.0)
+        monkeypatch.setattr(cpu, "_max_threads", 2)
+        assert packed._nthreads(2, 1.0, 2) == 2
+    else:
+        monkeypatch.setattr(cpu, "_max_threads", 1)
+    return request.param
+
+
+def lengths_for(kind, T, B, rng):
+    if kind == "none":
+        return None
+    if kind == "equal":
+        return np.full(B, max(1, T - 1), np.int64)
+    # all different (as far as B <= T allows), unsorted, the longest one shorter than T
+    # for some shapes so the loop stops early
+    L = rng.permutation(np.arange(T, 0, -1))[:B] if B <= T else rng.integers(1, T + 1, B)
+    if B > 1 and (L == np.sort(L)[::-1]).all():
+        L = L[::-1]
+    return np.asarray(L, np.int64)
+
+
+def check_case(name, T, B, I, H, lengths_kind, reverse, state, seed=0, saved_type=None):
+    cell = CELLS[name]
+    G = cell.gates
+    rng = np.random.default_rng(seed)
+    s = 1.0 / np.sqrt(H)
+    u = lambda *shape: rng.uniform(-s, s, shape)  # noqa: E731
+    w64 = Weights(u(G * H, I), u(G * H, H), u(G * H), u(G * H), None)
+    x64 = rng.standard_normal((T, B, I))
+    h064 = 0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))
+    c064 = (0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))) \
+        if cell.has_cell else None
+    # float32 inputs; the reference runs in float64 on exactly the same values
+    f32 = lambda a: None if a is None else a.astype(np.float32)  # noqa: E731
+    w = Weights(*[f32(a) for a in w64[:4]], None)
+    x, h0, c0 = f32(x64), f32(h064), f32(c064)
+    f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
+    w64 = Weights(*[f64(a) for a in w[:4]], None)
+    x64, h064, c064 = f64(x), f64(h0), f64(c0)
+    lengths = lengths_for(lengths_kind, T, B, rng)
+    what = f"{name} T{T} B{B} I{I} H{H} lengths={lengths} reverse={reverse}"
+
+    y, h, c, cache = cpu.forward(cell, x, h0, c0, w, lengths, reverse, True)
+    if saved_type is not None:
+        assert isinstance(cache.saved, saved_type), f"{what}: not on the packed path"
+    yr, hr, cr, cache_r = reference.forward(cell, x64, h064, c064, w64, lengths, reverse, True)
+
+    def close(a, b, label):
+        if b is None:
+            assert a is None, f"{what}: {label}"
+            return
+        assert a.dtype == np.float32 and a.shape == b.shape, f"{what}: {label}"
+        np.testing.assert_allclose(a, b, err_msg=f"{what}: {label}", **F32)
+
+    close(y, yr, "y")
+    close(h, hr, "h_n")
+    close(c, cr, "c_n")
+    if lengths is not None:
+        t = np.arange(T)[:, None]
+        assert not y[t >= lengths[None, :]].any(), f"{what}: y at padded steps must be 0"
+
+    yi, hi, ci, cache_i = cpu.forward(cell, x, h0, c0, w, lengths, reverse, False)
+    assert cache_i is None
+    # the same kernel with and without saving: bitwise the same outputs
+    np.testing.assert_array_equal(yi, y, err_msg=f"{what}: y (inference)")
+    np.testing.assert_array_equal(hi, h, err_msg=f"{what}: h_n (inference)")
+    if c is not None:
+        np.testing.assert_array_equal(ci, c, err_msg=f"{what}: c_n (inference)")
+
+    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    dh = rng.standard_normal((B, H)).astype(np.float32)
+    dc = rng.standard_normal((B, H)).astype(np.float32) if cell.has_cell else None
+    dx, dh0, dc0, dw = cpu.backward(cell, cache, dy, dh, dc)
+    dxr, dh0r, dc0r, dwr = reference.backward(cell, cache_r, f64(dy), f64(dh), f64(dc))
+    close(dx, dxr, "dx")
+    close(dh0, dh0r, "dh0")
+    close(dc0, dc0r, "dc0")
+    for field in ("w_ih", "w_hh", "b_ih", "b_hh"):
+        close(getattr(dw, field), getattr(dwr, field), f"d{field}")
+    assert dw.peep is None
+
+
+def check_all_options(name, shape, saved_type, seed=0):
+    T, B, I, H = shape
+    for k, (kind, reverse, state) in enumerate(OPTIONS):
+        check_case(name, T, B, I, H, kind, reverse, state, seed=seed + k, saved_type=saved_type)

@@ -1,0 +1,60 @@
+"""The packed float32 GRU and tanh/ReLU RNN kernels (fastrnn.kernels.packed_cells)
+against the float64 NumPy reference, on every path: both vector widths, one and
+two threads, B=1, B and H off the micro-kernel's multiples, several panels,
+lengths (all different, unsorted), reverse, initial state (tests/_packed_check.py)."""
+import numpy as np
+import pytest
+
+from _packed_check import (SHAPES, check_all_options, check_case, cpu, threads,  # noqa: F401
+                           vector_width)
+
+packed_cells = pytest.importorskip("fastrnn.kernels.packed_cells")
+
+CELL_NAMES = ["gru", "rnn_tanh", "rnn_relu"]
+
+
+@pytest.fixture(autouse=True)
+def packed_path(monkeypatch):
+    """Every (family, mode) on the packed kernels, whatever cpu.packed_cells selects."""
+    monkeypatch.setattr(cpu, "use_packed", True)
+    monkeypatch.setattr(cpu, "packed_cells", {(f, t) for f in ("gru", "rnn")
+                                              for t in (True, False)})
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_against_reference(name, shape, vector_width, threads):
+    check_all_options(name, shape, packed_cells.PackedCellCache)
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_longer_sequence(name, threads):
+    """Enough steps and rows for the two threads to hand panels back and forth."""
+    check_case(name, T=40, B=9, I=12, H=48, lengths_kind="different", reverse=True, state=True,
+               saved_type=packed_cells.PackedCellCache)
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_old_kernels_still_selectable(monkeypatch, name):
+    monkeypatch.setattr(cpu, "use_packed", False)
+    check_case(name, T=5, B=3, I=4, H=6, lengths_kind="different", reverse=True, state=True)
+    assert not isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
+
+
+@pytest.mark.parametrize("name", CELL_NAMES)
+def test_selection_table(monkeypatch, name):
+    """A (family, mode) left out of cpu.packed_cells runs the old loops."""
+    monkeypatch.setattr(cpu, "packed_cells", set())
+    assert not isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
+    monkeypatch.setattr(cpu, "packed_cells", {(cpu._FAMILY[name], True)})
+    assert isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
+
+
+def _training_cache(name, T=2, B=1, I=1, H=3):
+    from fastrnn.cells import CELLS
+    from fastrnn.dispatch import Weights
+    cell = CELLS[name]
+    G = cell.gates
+    z = lambda *s: np.full(s, 0.1, np.float32)  # noqa: E731
+    w = Weights(z(G * H, I), z(G * H, H), z(G * H), z(G * H), None)
+    return cpu.forward(cell, z(T, B, I), z(B, H), None, w, None, False, True)[3]

@@ -24,7 +24,6 @@ from fastrnn.models import LanguageModel
 from fastrnn.optim import Adam, CosineDecay
 from fastrnn.train import Trainer
 
-from _common import plot_history
 
 _SPEAKER = re.compile(r"^\*\*(.+?)\*\*\s*$")
 
@@ -135,7 +134,18 @@ def main(argv=None):
     for prime in ("MACBETH:\n", "ROMEO:\nO, "):
         out = vocab.decode(model.sample(300, vocab.encode(prime), temperature=0.7, rng=rng))
         print(f"\n--- sample (temperature 0.7) ---\n{prime}{out}")
-    plot_history(trainer.history, args.plot, "Shakespeare char LM (nats/char)")
+    # each Trainer "epoch" is a 100-step slice of the stream: plot against steps
+    # (markers, so a run shorter than one slice still shows its point)
+    from fastrnn.plot import plot_history as _plot
+    steps = [e * 100 for e in trainer.history.get("epoch", [])]
+    if steps and steps[-1] > trainer.global_step:
+        steps[-1] = trainer.global_step            # the last slice may stop early
+    if _plot(trainer.history, args.plot, "Shakespeare char LM", x=steps,
+             xlabel="training step", loss_label="loss (nats/char)", metric="val_loss",
+             metric_scale=1 / math.log(2), metric_label="validation bits/char"):
+        print(f"training curves saved to {args.plot}")
+    else:
+        print("(matplotlib is not installed: no plot; pip install matplotlib)")
     if args.save:
         print(f"model saved to {model.save(args.save)}")
     return bpc, base

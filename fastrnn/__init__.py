@@ -11,7 +11,8 @@ from .checkpoint import CheckpointError
 from .dispatch import BackendUnavailable, Weights
 from .layers import GRU, LSTM, RNN, BackwardError, PeepholeLSTM
 from . import blocks, data, metrics, models, optim, train
-from .blocks import AttentionPool, Dropout, Embedding, Linear, mse, softmax_cross_entropy
+from .blocks import (AttentionPool, Dropout, Embedding, Linear, Sequential, mse,
+                     softmax_cross_entropy)
 from .models import LanguageModel, SequenceClassifier, SequenceRegressor, load_model
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value
 from .train import EarlyStopping, Trainer
@@ -33,7 +34,7 @@ def get_num_threads():
 __all__ = [
     "RNN", "LSTM", "GRU", "PeepholeLSTM", "CELLS", "CellSpec", "get_cell", "Weights",
     "BackendUnavailable", "BackwardError", "CheckpointError", "__version__",
-    "Embedding", "Linear", "Dropout", "AttentionPool", "softmax_cross_entropy", "mse",
+    "Embedding", "Linear", "Dropout", "Sequential", "AttentionPool", "softmax_cross_entropy", "mse",
     "LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm", "clip_grad_value",
     "Trainer", "EarlyStopping", "set_num_threads", "get_num_threads",

@@ -148,10 +148,10 @@ class Sequential(Module):
     >>> opt = fastrnn.Adam(net, lr=1e-3)                           # doctest: +SKIP
     """
 
-    def __init__(self, *modules, **named):
-        super().__init__()
+    def __init__(self, *modules, **named):                 # noqa: D107 - params are views
         if modules and named:
             raise TypeError("give modules either by position or by name, not both")
+        self.training = True
         items = named.items() if named else ((str(i), m) for i, m in enumerate(modules))
         self.modules = {}
         for name, m in items:
@@ -160,7 +160,6 @@ class Sequential(Module):
             if "." in name:
                 raise ValueError(f"module names cannot contain '.', got {name!r}")
             self.modules[name] = m
-        del self.params, self.grads
 
     @property
     def params(self):

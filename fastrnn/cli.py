@@ -7,6 +7,8 @@
     fastrnn train classify --data rows.csv     label,x_1,x_2,... per row
     fastrnn train forecast --data series.csv   numeric column(s), one row per time step
     fastrnn generate --model lm.npz --prime "def "
+    fastrnn predict --model M.npz --data D     labels (--proba), next values, or bits per char
+    fastrnn evaluate --model M.npz --data D    accuracy, RMSE vs persistence, or bits per char
     fastrnn info                               versions, backends, threads, GPU
     fastrnn bench [...]                        the benchmark grid (fastrnn.bench)
 
@@ -24,6 +26,7 @@ import io
 import math
 import os
 import platform
+import re
 import sys
 import time
 
@@ -38,9 +41,23 @@ class CLIError(Exception):
     """An error reported as one line, exit status 2."""
 
 
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter, without "(default: None/False)" noise."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``fastrnn: error:`` line (a
-    :class:`CLIError`) instead of a usage block; sub-parsers inherit it."""
+    :class:`CLIError`) instead of a usage block; sub-parsers inherit it, and
+    every ``--help`` shows the defaults."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         raise CLIError(f"{message} (see `{self.prog} --help`)")
@@ -110,12 +127,29 @@ def _is_number(cell):
         return False
 
 
-def _read_csv(path, need_label=False):
-    """Parse a numeric CSV; returns (header or None, rows as lists of str).
+def _has_header(rows):
+    """Is the first row a header? Yes when some column holds a name above
+    numbers (empty cells are no evidence either way; a column of text labels
+    says nothing), or when the file is that one row of text."""
+    first, rest = rows[0], rows[1:]
+    if not rest:
+        return any(c.strip() and not _is_number(c) for c in first)
+    for j, c in enumerate(first):
+        if not c.strip() or _is_number(c):
+            continue
+        below = [r[j] for r in rest if j < len(r) and r[j].strip()]
+        if below and all(_is_number(v) for v in below):
+            return True
+    return False
 
-    ``need_label``: the first column holds labels (text or numbers), so only
-    the other columns say whether the first row is a header, unless the first
-    row alone has a non-numeric label where every other row has a number."""
+
+def _read_csv(path, need_label=False):
+    """Parse a CSV; returns (header or None, rows as lists of str).
+
+    The first row is a header when some column has a name above numbers
+    (see :func:`_has_header`), so a text label column, wherever it is, does
+    not turn the first row of data into a header. ``need_label`` is kept for
+    callers; the rule is the same."""
     if not os.path.exists(path):
         raise CLIError(f"no such file: {path}")
     if os.path.isdir(path):
@@ -125,18 +159,58 @@ def _read_csv(path, need_label=False):
     if not rows:
         raise CLIError(f"{path} is empty: no CSV rows")
     header = None
-    first = rows[0]
-    if need_label:
-        is_header = (not all(_is_number(c) for c in first[1:] if c.strip())
-                     or (not _is_number(first[0]) and len(rows) > 1
-                         and all(_is_number(r[0]) for r in rows[1:])))
-    else:
-        is_header = not all(_is_number(c) for c in first if c.strip())
-    if is_header:
-        header, rows = rows[0], rows[1:]
+    if _has_header(rows):
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
     if not rows:
         raise CLIError(f"{path} has a header but no data rows")
     return header, rows
+
+
+_LABEL_NAMES = ("label", "target", "class")
+_INDEX_NAMES = ("", "unnamed: 0", "index")
+
+
+def _column(spec, header, ncol, path, option):
+    """Column index of ``spec``: a header name, or an integer index (0 is the
+    first column, -1 the last)."""
+    if header and spec in header:
+        return header.index(spec)
+    if header:
+        low = [h.lower() for h in header]
+        if spec.lower() in low and low.count(spec.lower()) == 1:
+            return low.index(spec.lower())
+    try:
+        j = int(spec)
+    except ValueError:
+        raise CLIError(f"{path}: {option} {spec!r}: no such column"
+                       + (f" (columns: {', '.join(repr(h) for h in header)})" if header
+                          else " (the file has no header: give an index, 0 = first)")) from None
+    if not -ncol <= j < ncol:
+        raise CLIError(f"{path}: {option} {spec}: column index out of range "
+                       f"(0..{ncol - 1}, or -1 for the last)")
+    return j % ncol
+
+
+def _col_name(header, j):
+    return repr(header[j]) if header else f"{j}"
+
+
+def _index_columns(header, rows, exclude=()):
+    """Columns that are a pandas index (an unnamed/'index' column holding
+    0, 1, 2, ... or 1, 2, 3, ...): not data."""
+    out = []
+    if not header:
+        return out
+    for j, name in enumerate(header):
+        if j in exclude or name.strip().lower() not in _INDEX_NAMES:
+            continue
+        try:
+            vals = [float(r[j]) for r in rows]
+        except (ValueError, IndexError):
+            continue
+        if vals and vals[0] in (0.0, 1.0) and all(v == vals[0] + k for k, v in enumerate(vals)):
+            out.append(j)
+    return out
 
 
 def _float(cell, path, line, col):
@@ -280,25 +354,37 @@ def _common_train_args(p):
     cells, optimizers, backends = _choices()
     p.add_argument("--data", required=True, help="input file")
     p.add_argument("--cell", default="lstm", choices=cells, metavar="CELL",
-                   help="lstm, gru, rnn, peephole, ...")
-    p.add_argument("--hidden", type=_POSITIVE, default=64)
-    p.add_argument("--layers", type=_POSITIVE, default=1)
-    p.add_argument("--dropout", type=_FRACTION, default=0.0)
-    p.add_argument("--epochs", type=_POSITIVE, default=10)
-    p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=None, help="wall-time budget")
-    p.add_argument("--batch-size", type=_POSITIVE, default=32)
-    p.add_argument("--lr", type=_POSITIVE_FLOAT, default=3e-3)
-    p.add_argument("--optimizer", default="adam", type=str.lower, choices=optimizers)
+                   help="recurrent cell: " + ", ".join(cells))
+    p.add_argument("--hidden", type=_POSITIVE, default=64, help="hidden units per layer")
+    p.add_argument("--layers", type=_POSITIVE, default=1, help="stacked recurrent layers")
+    p.add_argument("--dropout", type=_FRACTION, default=0.0,
+                   help="dropout between layers and before the head")
+    p.add_argument("--epochs", type=_POSITIVE, default=None,
+                   help="passes over the training data (default: 10, or more for a small "
+                        "data set: enough for 300 steps, at most 200 epochs; printed)")
+    p.add_argument("--seconds", type=_POSITIVE_FLOAT, default=None,
+                   help="wall-time budget in seconds (stops earlier than --epochs)")
+    p.add_argument("--batch-size", type=_POSITIVE, default=32, help="sequences per step")
+    p.add_argument("--lr", type=_POSITIVE_FLOAT, default=3e-3, help="learning rate")
+    p.add_argument("--optimizer", default="adam", type=str.lower, choices=optimizers,
+                   help="optimizer")
     p.add_argument("--clip", type=_NONNEG_FLOAT, default=1.0,
                    help="global gradient-norm clip (0: none)")
-    p.add_argument("--patience", type=_POSITIVE, default=None, help="early stopping")
-    p.add_argument("--val-fraction", type=_FRACTION, default=0.1)
-    p.add_argument("--seed", type=_NONNEG, default=0)
-    p.add_argument("--backend", default="auto", choices=backends)
-    p.add_argument("--out", default=None, help="where to save the model (.npz)")
+    p.add_argument("--patience", type=_POSITIVE, default=None,
+                   help="early stopping after this many epochs without a better validation "
+                        "loss (the best weights are restored, and said so)")
+    p.add_argument("--val-fraction", type=_FRACTION, default=0.1,
+                   help="fraction of the data held out for validation")
+    p.add_argument("--seed", type=_NONNEG, default=0, help="random seed")
+    p.add_argument("--backend", default="auto", choices=backends, help="compute backend")
+    p.add_argument("--out", default=None,
+                   help="where to save the model (.npz); <out>.history.json and <out>.png "
+                        "are written beside it (default: the task's name, e.g. classifier.npz)")
     p.add_argument("--checkpoint", default=None, help="training checkpoint written every epoch")
     p.add_argument("--resume", action="store_true", help="resume from --checkpoint")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-plot", action="store_true",
+                   help="do not draw <out>.png (the training curves; needs matplotlib)")
 
 
 def _fit(args, model, train_data, val_data, unit):
@@ -313,13 +399,53 @@ def _fit(args, model, train_data, val_data, unit):
             raise CLIError("--resume needs --checkpoint PATH")
         if os.path.exists(args.checkpoint) or os.path.exists(args.checkpoint + ".npz"):
             trainer.resume(args.checkpoint)
-    trainer.fit(args.epochs)
+            print(f"resumed from {args.checkpoint} after epoch {trainer.epoch} "
+                  f"(step {trainer.global_step})")
+        else:
+            print(f"no checkpoint at {args.checkpoint} yet: training from the start")
+    epochs = args.epochs
+    if epochs is None:
+        n = len(train_data) if hasattr(train_data, "__len__") else 0
+        epochs = 10 if not n else min(200, max(10, -(-300 // n)))
+        if epochs > 10:
+            print(f"training for {epochs} epochs of {n} steps (a small data set: at least "
+                  "300 steps; set --epochs to choose)", flush=True)
+    trainer.fit(epochs)
+    if es is not None and es.best_epoch is not None and trainer.history.get("epoch"):
+        last = trainer.history["epoch"][-1]
+        if es.restore_best and es.best_epoch != last:
+            print(f"early stopping: kept the weights of epoch {es.best_epoch} (best "
+                  f"validation loss {es.best:.4g}), not those of the last epoch {last}")
     return trainer
 
 
-def _save(args, model, default):
+def _stem(path):
+    return path[:-4] if path.endswith(".npz") else path
+
+
+def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
+          metric_label=None):
+    """Save the model, then ``<out>.history.json`` and (matplotlib installed,
+    no ``--no-plot``) ``<out>.png``."""
     path = model.save(args.out or default)
     print(f"model saved to {path}")
+    if trainer is None:
+        return path
+    from .plot import plot_history, write_history
+    stem = _stem(str(path))
+    hist = write_history(trainer.history, stem + ".history.json")
+    print(f"training history saved to {hist}")
+    if not getattr(args, "no_plot", False):
+        png = plot_history(trainer.history, stem + ".png",
+                           title=f"{type(model).__name__} ({os.path.basename(str(path))})",
+                           metric=metric, metric_scale=metric_scale, metric_label=metric_label,
+                           loss_label="loss (nats)" if trainer.unit in ("char", "seq")
+                           else "loss (MSE, standardised)")
+        if png:
+            print(f"training curves saved to {png}")
+        else:
+            print("(no plot: matplotlib is not installed; pip install matplotlib, or --no-plot)")
+    return path
 
 
 def cmd_train_lm(args):
@@ -332,147 +458,522 @@ def cmd_train_lm(args):
     if cut < args.batch_size * 2 + 1 or len(ids) - cut < 3:
         raise CLIError(f"{args.data} is too short ({len(ids)} characters) to train a "
                        "language model; give more text or a smaller --batch-size")
+    print(f"read {args.data}: {len(ids):,} characters, vocabulary {len(vocab)}; "
+          f"last {len(ids) - cut:,} characters held out for validation", flush=True)
     model = LanguageModel(len(vocab), embed_dim=args.embed, hidden_size=args.hidden,
                           num_layers=args.layers, cell=args.cell, dropout=args.dropout,
                           backend=args.backend, seed=args.seed)
     model.meta["vocab"] = vocab.to_dict()
     val = LMBatches(ids[cut:], min(args.batch_size, max(1, (len(ids) - cut - 1) // 2)), args.bptt)
-    _fit(args, model, LMBatches(ids[:cut], args.batch_size, args.bptt), val, "char")
+    trainer = _fit(args, model, LMBatches(ids[:cut], args.batch_size, args.bptt), val, "char")
     bpc = model.evaluate(ids[cut:], args.batch_size, args.bptt) / math.log(2)
     print(f"validation bits per character: {bpc:.3f} (unigram "
           f"{unigram_bits(ids[:cut], ids[cut:], len(vocab)):.3f})")
-    _save(args, model, "lm.npz")
+    _save(args, model, "lm.npz", trainer, metric="val_loss", metric_scale=1 / math.log(2),
+          metric_label="validation bits per character")
     return 0
 
 
-def _load_classify_csv(path, features):
-    header, rows = _read_csv(path, need_label=True)
-    labels, seqs = [], []
+class _Table:
+    """What was read from a classification CSV (see :func:`_read_classify`)."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+def _pick_label(header, ncol, spec, path):
+    """``(column, how it was chosen)`` of the label column."""
+    if spec is not None:
+        j = _column(spec, header, ncol, path, "--label")
+        return j, f"label column {_col_name(header, j)} (--label)"
+    if header:
+        for want in _LABEL_NAMES:
+            for j, h in enumerate(header):
+                if h.strip().lower() == want:
+                    return j, f"label column {h!r} (named {want!r})"
+        return 0, (f"label column {header[0]!r}: the first column, as no column is named "
+                   f"label, target or class (choose with --label NAME|INDEX)")
+    return 0, "labels in the first column (no header; choose with --label INDEX)"
+
+
+_NUMBERED = re.compile(r"^\D*?(\d+)$")
+_GRID = re.compile(r"^\D*?(\d+)\D+(\d+)$")
+
+
+def _infer_features(n, ragged, names):
+    """``(features per step, how)`` for rows of ``n`` values (or ragged rows)."""
+    if ragged:
+        return 1, ("1 value per step: the rows have different lengths (set --features F "
+                   "when each step has F values)")
+    if names:
+        grid = [_GRID.match(h) for h in names]
+        if all(grid):
+            F = len({m.group(2) for m in grid})
+            if F > 1 and n % F == 0 and len({m.group(1) for m in grid}) * F == n:
+                return F, "from the column names (step_feature)"
+        if not all(_NUMBERED.match(h) for h in names):
+            return n, "named columns: one step of every column per row"
+    root = int(round(math.sqrt(n)))
+    if n >= 16 and root * root == n:
+        return root, (f"{n} values read as {root} rows of {root}, like an image row by row "
+                      "(set --features to change)")
+    return 1, "1 value per step (set --features F when each step has F values)"
+
+
+def _read_classify(path, features=None, label=None, *, header_rows=None, has_label=True,
+                   model_meta=None):
+    """Read a classification CSV: the label column (``--label`` name or index;
+    default a column named label/target/class, else the first), a pandas index
+    column skipped, the other columns as values, ``features`` per step
+    (inferred when None). ``has_label=False`` reads unlabelled rows;
+    ``model_meta`` (``meta["csv"]`` of a trained model) finds the training
+    layout again. Returns a :class:`_Table`."""
+    header, rows = header_rows if header_rows is not None else _read_csv(path)
+    ncol = max(len(r) for r in rows)
     first = 2 if header else 1
+    lab, how = None, "no labels"
+    info = model_meta or {}
+    if has_label is True and label is None and info:      # evaluate: the training label column
+        if header and info.get("label_name") in header:
+            lab = header.index(info["label_name"])
+            how = f"label column {info['label_name']!r} (as in training)"
+        elif not header and info.get("label_index") is not None:
+            lab = info["label_index"]
+            how = f"labels in column {lab} (as in training)"
+        else:
+            lab, how = _pick_label(header, ncol, label, path)
+    elif has_label is True:
+        lab, how = _pick_label(header, ncol, label, path)
+    elif has_label == "auto":                    # predict: the label column if the file has it
+        info = model_meta or {}
+        if label is not None:
+            lab, how = _pick_label(header, ncol, label, path)
+        elif header and info.get("label_name") in header:
+            lab = header.index(info["label_name"])
+            how = f"label column {info['label_name']!r} ignored"
+        elif not header and info.get("label_index") is not None and ncol == info.get("columns"):
+            lab = info["label_index"]
+            how = f"label column {lab} ignored"
+    skip = _index_columns(header, rows, exclude=() if lab is None else (lab,))
+    feat = [j for j in range(ncol) if j != lab and j not in skip]
+    labels, values = [], []
     for i, r in enumerate(rows):
         line = i + first
-        cells = [c for c in r[1:] if c.strip()]
-        if not r[0].strip():
-            raise CLIError(f"bad CSV {path}: line {line}: empty label")
+        if lab is not None:
+            if lab >= len(r) or not r[lab].strip():
+                raise CLIError(f"bad CSV {path}: line {line}: empty label")
+            labels.append(r[lab].strip())
+        cells = [(j, r[j]) for j in feat if j < len(r) and r[j].strip()]
         if not cells:
-            raise CLIError(f"bad CSV {path}: line {line}: no feature values after the label")
-        if len(cells) % features:
-            raise CLIError(f"bad CSV {path}: line {line}: {len(cells)} values is not a "
+            raise CLIError(f"bad CSV {path}: line {line}: no feature values"
+                           + (" after the label" if lab is not None else ""))
+        values.append([_float(c, path, line, j + 1) for j, c in cells])
+    sizes = {len(v) for v in values}
+    ragged = len(sizes) > 1
+    names = [header[j] for j in feat] if header else None
+    if features is None:
+        features, fhow = _infer_features(len(values[0]), ragged, names)
+    else:
+        fhow = "--features"
+    seqs = []
+    for i, v in enumerate(values):
+        if len(v) % features:
+            raise CLIError(f"bad CSV {path}: line {i + first}: {len(v)} values is not a "
                            f"multiple of --features {features}")
-        labels.append(r[0].strip())
-        vals = [_float(c, path, line, j + 2) for j, c in enumerate(cells)]
-        seqs.append(np.array(vals, dtype=np.float32).reshape(-1, features))
-    return labels, seqs
+        seqs.append(np.array(v, dtype=np.float32).reshape(-1, features))
+    return _Table(header=header, labels=labels, seqs=seqs, label_col=lab, label_how=how,
+                  skipped=skip, features=features, features_how=fhow, ncol=ncol,
+                  ragged=ragged, feature_names=names)
+
+
+def _load_classify_csv(path, features, label=None):
+    """``(labels as str, sequences [T_i, features])`` of a classification CSV."""
+    t = _read_classify(path, features, label)
+    return t.labels, t.seqs
+
+
+def _natural_labels(labels):
+    """CSV labels as integers when every one is an integer literal, else as
+    the strings read (so a file's ``0, 1, 2`` come back as written)."""
+    try:
+        ints = [int(v) for v in labels]
+    except ValueError:
+        return list(labels)
+    return ints if all(str(i) == v.lstrip("+") for i, v in zip(ints, labels)) else list(labels)
+
+
+def _summary_classify(path, t, classes=None):
+    steps = sorted({len(s) for s in t.seqs})
+    span = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
+    parts = [f"read {path}: {len(t.seqs)} rows"]
+    if classes is not None:
+        parts.append(f"{len(classes)} classes {_short_list(classes)}")
+    parts.append(t.label_how)
+    if t.skipped:
+        parts.append("skipped index column " + ", ".join(_col_name(t.header, j) for j in t.skipped))
+    parts.append(f"each row {span} step(s) x {t.features} feature(s) ({t.features_how})")
+    return "; ".join(parts)
+
+
+def _short_list(seq, n=8):
+    seq = [str(v) for v in seq]
+    return "(" + ", ".join(seq[:n]) + (f", ... {len(seq)} in all" if len(seq) > n else "") + ")"
 
 
 def cmd_train_classify(args):
     from .data import ArrayBatches, Standardizer, pad_sequences, train_val_split
     from .models import SequenceClassifier
-    labels, seqs = _load_classify_csv(args.data, args.features)
+    t = _read_classify(args.data, args.features, args.label)
+    labels = _natural_labels(t.labels)
     classes = sorted(set(labels))
+    print(_summary_classify(args.data, t, classes), flush=True)
     if len(classes) < 2:
-        raise CLIError(f"{args.data}: need at least two classes, found {classes}")
-    y = np.array([classes.index(c) for c in labels], dtype=np.int64)
-    x, lengths = pad_sequences(seqs, dtype=np.float32)
+        raise CLIError(f"{args.data}: need at least two classes, found {classes}"
+                       + ("" if args.label else ": is the label column the right one? "
+                          "(choose it with --label NAME|INDEX)"))
+    if len(classes) > max(2, len(labels) // 2):
+        print(f"warning: {len(classes)} classes in {len(labels)} rows: is "
+              f"{t.label_how.split(' (')[0]} really the label? (--label NAME|INDEX)",
+              file=sys.stderr)
+    index = {c: i for i, c in enumerate(classes)}
+    y = np.array([index[c] for c in labels], dtype=np.int64)
+    raw, lengths = pad_sequences(t.seqs, dtype=np.float64)
     tr, va = train_val_split(len(y), args.val_fraction, rng=args.seed)
     if len(va) == 0:
         tr, va = tr, tr
-    scaler = Standardizer().fit(np.concatenate([seqs[i] for i in tr]))
-    x = scaler.transform(x).astype(np.float32)
-    x[np.arange(x.shape[1])[None, :] >= lengths[:, None]] = 0
-    model = SequenceClassifier(len(classes), input_size=args.features, hidden_size=args.hidden,
+    model = SequenceClassifier(len(classes), input_size=t.features, hidden_size=args.hidden,
                                num_layers=args.layers, cell=args.cell, pooling=args.pooling,
                                bidirectional=args.bidirectional, dropout=args.dropout,
                                backend=args.backend, seed=args.seed)
-    model.meta.update(classes=classes, scaler=scaler.to_dict())
-    _fit(args, model, ArrayBatches(x[tr], y[tr], lengths=lengths[tr], batch_size=args.batch_size),
-         ArrayBatches(x[va], y[va], lengths=lengths[va], batch_size=256, shuffle=False), "seq")
-    acc = float(np.mean(model.predict(x[va], lengths[va]) == y[va]))
+    model.classes = classes
+    model.scaler = Standardizer().fit(np.concatenate([t.seqs[i] for i in tr]).astype(np.float64))
+    model.meta["csv"] = {"label_name": t.header[t.label_col] if t.header else None,
+                         "label_index": t.label_col, "columns": t.ncol,
+                         "features": t.features}
+    x = model._preprocess(raw, lengths)
+    trainer = _fit(args, model, ArrayBatches(x[tr], y[tr], lengths=lengths[tr],
+                                             batch_size=args.batch_size),
+                   ArrayBatches(x[va], y[va], lengths=lengths[va], batch_size=256,
+                                shuffle=False), "seq")
+    acc = model.score(raw[va], np.asarray(labels, dtype=object)[va], lengths[va])
     majority = float(np.mean(y[va] == np.bincount(y[tr]).argmax()))
     print(f"validation accuracy: {acc:.4f} (majority class {majority:.4f})")
-    _save(args, model, "classifier.npz")
+    _save(args, model, "classifier.npz", trainer, metric="val_accuracy",
+          metric_label="validation accuracy")
     return 0
 
 
-def _load_series_csv(path, column):
+# ---------------------------------------------------------------- forecast
+def _read_series(path, column, meta=None):
+    """``(series [N, C] float64, column names, how chosen)``: the column(s) of
+    ``--column`` (a name, an index, ``a,b`` or ``all``), or the only numeric
+    column; several numeric columns and no ``--column`` is an error."""
     header, rows = _read_csv(path)
     first = 2 if header else 1
     ncol = len(rows[0])
-    if column is None:
-        cols = list(range(ncol))
-    else:
-        if header and column in header:
-            cols = [header.index(column)]
-        else:
-            try:
-                cols = [int(column)]
-            except ValueError:
-                raise CLIError(f"{path}: no column {column!r}"
-                               + (f" (columns: {header})" if header else "")) from None
-            if not 0 <= cols[0] < ncol:
-                raise CLIError(f"{path}: column index {column} out of range (0..{ncol - 1})")
-    data = []
     for i, r in enumerate(rows):
         if len(r) != ncol:
             raise CLIError(f"bad CSV {path}: line {i + first} has {len(r)} columns, expected {ncol}")
+    skip = _index_columns(header, rows)
+    numeric = [j for j in range(ncol) if j not in skip
+               and all(_is_number(r[j]) for r in rows if r[j].strip())
+               and any(r[j].strip() for r in rows)]
+    if column is None and meta is not None:            # predict/evaluate: the training columns
+        names = meta.get("columns")
+        if names and header and all(n in header for n in names):
+            cols = [header.index(n) for n in names]
+        elif len(numeric) == len(names or [None]) or not numeric:
+            cols = numeric
+        else:
+            raise CLIError(f"{path}: the model was trained on column(s) {names}; this file "
+                           f"has {[_col_name(header, j) for j in numeric]}: choose with --column")
+        how = "the model's column(s)"
+    elif column is None:
+        if len(numeric) == 1 or (len(numeric) == 0 and ncol == 1):
+            cols = numeric or [0]
+            how = "the only numeric column" if ncol > 1 else "the only column"
+        else:
+            names = ", ".join(_col_name(header, j) for j in numeric) or "none"
+            raise CLIError(f"{path} has {len(numeric)} numeric columns ({names}): choose the "
+                           "series with --column NAME|INDEX (or --column all for all of them)")
+    elif column.strip().lower() == "all":
+        cols, how = numeric, "--column all"
+        if not cols:
+            raise CLIError(f"{path}: no numeric columns")
+    else:
+        cols = [_column(c.strip(), header, ncol, path, "--column") for c in column.split(",")]
+        how = "--column"
+    data = []
+    for i, r in enumerate(rows):
         data.append([_float(r[c], path, i + first, c + 1) for c in cols])
-    return np.array(data, dtype=np.float64)
+    names = [header[c] if header else str(c) for c in cols]
+    return np.array(data, dtype=np.float64), names, how, [_col_name(header, j) for j in skip]
+
+
+def _load_series_csv(path, column):
+    return _read_series(path, column)[0]
+
+
+def _difference(series, lag):
+    return series[lag:] - series[:-lag] if lag else series
+
+
+def _vs_persistence(rmse, base):
+    if base <= 0:
+        return "(the series repeats exactly: persistence is perfect)"
+    pct = 100 * (1 - rmse / base)
+    if pct >= 0:
+        return f"({pct:.1f}% better than persistence)"
+    return f"({-pct:.1f}% worse than persistence)"
 
 
 def cmd_train_forecast(args):
     from .data import ArrayBatches, Standardizer, sliding_windows
     from .models import SequenceRegressor
-    series = _load_series_csv(args.data, args.column)
+    series, names, how, skipped = _read_series(args.data, args.column)
     n = len(series)
+    lag = args.difference or 0
     n_test = max(int(n * args.val_fraction), args.horizon)
-    if n - n_test < args.window + args.horizon + 1:
+    if n - n_test < args.window + args.horizon + lag + 1:
         raise CLIError(f"{args.data}: {n} rows are too few for --window {args.window} "
-                       f"and --horizon {args.horizon}")
-    scaler = Standardizer().fit(series[:n - n_test])
-    z = scaler.transform(series)
+                       f"and --horizon {args.horizon}" + (f" with --difference {lag}" if lag else ""))
+    d = _difference(series, lag)
+    print(f"read {args.data}: {n} rows; series {', '.join(repr(c) for c in names)} ({how})"
+          + (f"; skipped index column {', '.join(skipped)}" if skipped else "")
+          + (f"; differenced at lag {lag}" if lag else "")
+          + f"; windows of {args.window} steps -> {args.horizon} ahead; last {n_test} rows "
+            "held out for testing", flush=True)
+    fit_part = d[:n - n_test - lag]
+    scaler = Standardizer().fit(fit_part)
+    z = scaler.transform(d)
     if not (np.isfinite(scaler.std).all() and np.isfinite(z).all()
             and (np.abs(z) <= _F32_MAX).all()):
         raise CLIError(f"{args.data}: the values are too large to standardise")
     z = z.astype(np.float32)
     # one huge value can make the standardised float32 series lose the rest of
     # the data (most values round to one number): refuse instead of training on noise
-    for c in range(series.shape[1]):
-        kept, had = len(np.unique(z[:, c])), len(np.unique(series[:, c]))
+    for c in range(d.shape[1]):
+        kept, had = len(np.unique(z[:, c])), len(np.unique(d[:, c]))
         if kept < 0.5 * had:
             raise CLIError(f"{args.data}: the values span too wide a range to train on in "
                            f"float32 (largest |value| {np.abs(series[:, c]).max():.3g}; only "
                            f"{kept} of {had} distinct values survive): remove or clip the outliers")
     X, Y = sliding_windows(z, args.window, args.horizon)
+    # the same windows in original units (lag more steps, to difference them)
+    Xr, Yr = sliding_windows(series, args.window + lag, args.horizon)
     # a window belongs to the test tail when its first target lies there
-    target_start = np.arange(len(X)) + args.window
+    target_start = np.arange(len(X)) + args.window + lag
     te = target_start >= n - n_test
     F = series.shape[1]
     model = SequenceRegressor(F, horizon=args.horizon, hidden_size=args.hidden,
                               num_layers=args.layers, cell=args.cell, dropout=args.dropout,
                               backend=args.backend, seed=args.seed)
-    model.meta.update(scaler=scaler.to_dict(), window=args.window)
-    _fit(args, model, ArrayBatches(X[~te], Y[~te], batch_size=args.batch_size),
-         ArrayBatches(X[te], Y[te], batch_size=256, shuffle=False), "win")
-    pred = scaler.inverse_transform(model.predict(X[te]).astype(np.float64))
-    true = scaler.inverse_transform(Y[te].astype(np.float64))
-    persist = np.repeat(scaler.inverse_transform(X[te][:, -1:].astype(np.float64)),
-                        args.horizon, axis=1)
+    model.scaler = scaler
+    model.target_scaler = scaler
+    model.difference = lag
+    model.meta.update(window=args.window, columns=names)
+    trainer = _fit(args, model, ArrayBatches(X[~te], Y[~te], batch_size=args.batch_size),
+                   ArrayBatches(X[te], Y[te], batch_size=256, shuffle=False), "win")
+    pred = model.predict(Xr[te])
+    true = Yr[te]
+    persist = np.repeat(Xr[te][:, -1:], args.horizon, axis=1)
     rmse = float(np.sqrt(np.mean((pred - true) ** 2)))
     base = float(np.sqrt(np.mean((persist - true) ** 2)))
     if not (math.isfinite(rmse) and all(np.isfinite(v).all() for v in model.params.values())):
         raise CLIError(f"{args.data}: training failed (test RMSE {rmse:.4g}, the model has "
                        "non-finite values); the model was not saved. Check the data for "
                        "extreme values, or lower --lr")
-    better = (f"({100 * (1 - rmse / base):+.1f}% better)" if base > 0
-              else "(the series repeats exactly: persistence is perfect)")
-    print(f"test RMSE: {rmse:.4g}   persistence baseline {base:.4g}   {better}")
-    _save(args, model, "forecaster.npz")
+    print(f"test RMSE: {rmse:.4g}   persistence baseline {base:.4g}   {_vs_persistence(rmse, base)}")
+    if base > 0 and rmse > base and not lag:
+        print("hint: a series that trends is usually better forecast as changes: "
+              "try --difference (or --difference P for a season of P steps)")
+    _save(args, model, "forecaster.npz", trainer)
+    return 0
+
+
+# ------------------------------------------------------- predict / evaluate
+def _load_any(path, backend=None):
+    from .models import load_model
+    if not os.path.exists(path) and not os.path.exists(path + ".npz"):
+        raise CLIError(f"no such file: {path}")
+    return load_model(path, backend=backend)
+
+
+def _open_out(path):
+    if path in (None, "-"):
+        return sys.stdout, False
+    return open(path, "w", newline="", encoding="utf-8"), True
+
+
+def _classify_rows(args, model, need_labels):
+    from .data import pad_sequences
+    meta = model.meta.get("csv", {})
+    t = _read_classify(args.data, model.input_size if model.embed is None else None,
+                       args.label, has_label=True if need_labels else
+                       (False if args.no_label else "auto"), model_meta=meta)
+    x, lengths = pad_sequences(t.seqs, dtype=np.float64)
+    return t, x, lengths
+
+
+def _lm_scores(model, vocab, text, path):
+    """Bits of each character of ``text`` after the ones before it
+    (the first character has no context and is not scored)."""
+    missing = sorted({c for c in text if c not in vocab.stoi})
+    if missing and vocab.unk not in vocab.stoi:
+        raise CLIError(f"{path}: characters the model never saw: "
+                       f"{''.join(missing)[:40]!r}")
+    ids = vocab.encode(text)
+    if len(ids) < 2:
+        raise CLIError(f"{path}: need at least two characters to score")
+    model.eval()
+    bits, state = [], None
+    for s in range(0, len(ids) - 1, 512):
+        chunk = ids[s:min(s + 512, len(ids) - 1)]
+        logits, state = model.forward(chunk[:, None], state)
+        z = logits[:, 0].astype(np.float64)
+        z = z - z.max(axis=1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+        nxt = ids[s + 1:s + 1 + len(chunk)]
+        bits.append(-logp[np.arange(len(chunk)), nxt] / math.log(2))
+    return np.concatenate(bits)
+
+
+def _lm_vocab(model, path):
+    from .data import _Vocab
+    if "vocab" not in model.meta:
+        raise CLIError(f"{path} has no vocabulary: train it with `fastrnn train lm`")
+    return _Vocab.from_dict(model.meta["vocab"])
+
+
+def cmd_predict(args):
+    from .models import LanguageModel, SequenceClassifier
+    model = _load_any(args.model, args.backend)
+    if isinstance(model, LanguageModel):
+        vocab = _lm_vocab(model, args.model)
+        if args.data is None:
+            return _generate(model, vocab, args)
+        text = _read_text(args.data)
+        bits = _lm_scores(model, vocab, text, args.data)
+        out, close = _open_out(args.output)
+        try:
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(["position", "char", "bits"])
+            for k, b in enumerate(bits, start=1):
+                w.writerow([k, text[k], f"{b:.4f}"])
+        finally:
+            if close:
+                out.close()
+        print(f"{args.data}: {float(bits.mean()):.4f} bits per character over {len(bits)} "
+              "characters", file=sys.stderr if not close else sys.stdout)
+        return 0
+    if args.data is None:
+        raise CLIError("--data is required for a classifier or a forecaster")
+    if isinstance(model, SequenceClassifier):
+        t, x, lengths = _classify_rows(args, model, need_labels=False)
+        out, close = _open_out(args.output)
+        try:
+            w = csv.writer(out, lineterminator="\n")
+            classes = model.classes or list(range(model.num_classes))
+            if args.proba:
+                p = model.predict_proba(x, lengths)
+                w.writerow([str(c) for c in classes])
+                for row in p:
+                    w.writerow([f"{v:.6f}" for v in row])
+            else:
+                name = (model.meta.get("csv") or {}).get("label_name") or "label"
+                w.writerow([name])
+                for v in model.predict(x, lengths):
+                    w.writerow([v])
+        finally:
+            if close:
+                out.close()
+        if close:
+            print(f"{len(x)} predictions written to {args.output}")
+        return 0
+    # forecaster: the next values after the file's last window
+    lag = model.difference
+    window = int(model.meta.get("window") or 0)
+    series, names, _, _ = _read_series(args.data, args.column, meta=model.meta)
+    if series.shape[1] != model.input_size:
+        raise CLIError(f"{args.data}: the model takes {model.input_size} column(s), "
+                       f"got {series.shape[1]}: choose them with --column")
+    need = (window or len(series)) + lag
+    if len(series) < need:
+        raise CLIError(f"{args.data}: {len(series)} rows, the model needs {need} "
+                       f"(window {window}" + (f" + difference {lag})" if lag else ")"))
+    steps = args.steps or model.horizon
+    pred = model.forecast(series[None, -need:], steps)[0]          # one window [1, T, F]
+    out, close = _open_out(args.output)
+    try:
+        w = csv.writer(out, lineterminator="\n")
+        w.writerow(["step"] + names)
+        for k, row in enumerate(np.atleast_2d(pred), start=1):
+            w.writerow([k] + [f"{v:.6g}" for v in row])
+    finally:
+        if close:
+            out.close()
+    if close:
+        print(f"{steps} forecast step(s) written to {args.output}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from .data import sliding_windows
+    from .models import LanguageModel, SequenceClassifier
+    model = _load_any(args.model, args.backend)
+    if isinstance(model, LanguageModel):
+        vocab = _lm_vocab(model, args.model)
+        bits = _lm_scores(model, vocab, _read_text(args.data), args.data)
+        print(f"bits per character: {float(bits.mean()):.4f} ({len(bits)} characters)")
+        return 0
+    if isinstance(model, SequenceClassifier):
+        t, x, lengths = _classify_rows(args, model, need_labels=True)
+        labels = _natural_labels(t.labels) if model.classes is None or all(
+            isinstance(c, int) for c in model.classes) else t.labels
+        known = set(model.classes if model.classes is not None else range(model.num_classes))
+        unknown = sum(v not in known for v in labels)
+        acc = model.score(x, np.asarray(labels, dtype=object), lengths)
+        vals, counts = np.unique(np.asarray([str(v) for v in labels]), return_counts=True)
+        print(f"accuracy: {acc:.4f} ({len(labels)} rows; {t.label_how}; "
+              f"most frequent label {str(vals[counts.argmax()])!r} {counts.max() / len(labels):.4f})")
+        if unknown:
+            print(f"warning: {unknown} rows have labels the model never saw (counted as wrong)",
+                  file=sys.stderr)
+        return 0
+    lag, window = model.difference, int(model.meta.get("window") or 0)
+    if not window:
+        raise CLIError(f"{args.model} has no window length: train it with `fastrnn train forecast`")
+    series, names, _, _ = _read_series(args.data, args.column, meta=model.meta)
+    if len(series) < window + lag + model.horizon:
+        raise CLIError(f"{args.data}: {len(series)} rows are too few for the model's window "
+                       f"{window}" + (f" + difference {lag}" if lag else "")
+                       + f" + horizon {model.horizon}")
+    X, Y = sliding_windows(series, window + lag, model.horizon)
+    pred = model.predict(X)
+    rmse = float(np.sqrt(np.mean((pred - Y) ** 2)))
+    base = float(np.sqrt(np.mean((np.repeat(X[:, -1:], model.horizon, axis=1) - Y) ** 2)))
+    print(f"RMSE: {rmse:.4g} over {len(X)} windows   persistence baseline {base:.4g}   "
+          f"{_vs_persistence(rmse, base)}")
     return 0
 
 
 # ---------------------------------------------------------------- generate
+def _generate(model, vocab, args):
+    try:
+        prime = vocab.encode(args.prime) if args.prime else None
+    except KeyError as exc:
+        raise CLIError(f"--prime: {exc.args[0]}") from None
+    if args.prime and vocab.unk in vocab.stoi:
+        missing = sorted({c for c in args.prime if c not in vocab.stoi})
+        if missing:
+            print(f"warning: --prime has characters the model never saw "
+                  f"({''.join(missing)!r}): they are read as {vocab.unk}", file=sys.stderr)
+    out = model.sample(args.length, prime, temperature=args.temperature, rng=args.seed)
+    print((args.prime or "") + vocab.decode(out))
+    return 0
+
+
 def cmd_generate(args):
-    from .data import _Vocab
     from .models import CheckpointError, LanguageModel
     if not os.path.exists(args.model) and not os.path.exists(args.model + ".npz"):
         raise CLIError(f"no such file: {args.model}")
@@ -480,16 +981,7 @@ def cmd_generate(args):
         model = LanguageModel.load(args.model, backend=args.backend)
     except CheckpointError as exc:
         raise CLIError(str(exc)) from None
-    if "vocab" not in model.meta:
-        raise CLIError(f"{args.model} has no vocabulary: train it with `fastrnn train lm`")
-    vocab = _Vocab.from_dict(model.meta["vocab"])
-    try:
-        prime = vocab.encode(args.prime) if args.prime else None
-    except KeyError as exc:
-        raise CLIError(f"--prime: {exc.args[0]}") from None
-    out = model.sample(args.length, prime, temperature=args.temperature, rng=args.seed)
-    print((args.prime or "") + vocab.decode(out))
-    return 0
+    return _generate(model, _lm_vocab(model, args.model), args)
 
 
 # -------------------------------------------------------------------- info
@@ -515,13 +1007,13 @@ def cmd_info(args):
             get_backend(name)
             status = "available"
         except (BackendUnavailable, ImportError, Exception) as exc:   # noqa: BLE001
-            status = f"unavailable ({str(exc).splitlines()[0][:100]})"
+            status = f"unavailable ({' '.join(str(exc).split())})"     # the whole reason
         print(f"  {name:<6} {status}")
     print(f"  'auto' resolves to {resolve_backend('auto')!r} for host arrays")
     print(f"cpu cores {os.cpu_count()}")
     try:
         import numba
-        print(f"numba threads {numba.config.NUMBA_NUM_THREADS} "
+        print(f"numba threads {numba.get_num_threads()} of {numba.config.NUMBA_NUM_THREADS} "
               f"(threading layer {numba.config.THREADING_LAYER})")
     except ImportError:
         pass
@@ -530,6 +1022,11 @@ def cmd_info(args):
         for pool in threadpool_info():
             print(f"{pool.get('user_api')} threads {pool.get('num_threads')} "
                   f"({pool.get('internal_api')})")
+    except ImportError:
+        pass
+    try:
+        from . import get_num_threads
+        print(f"fastrnn kernel BLAS threads (most) {get_num_threads()}")
     except ImportError:
         pass
     print(f"GPU: {_gpu_info()}")
@@ -567,7 +1064,12 @@ def cmd_bench(rest):
 
 # -------------------------------------------------------------------- main
 def build_parser():
+    from . import __version__
     p = _Parser(prog="fastrnn", description="Fast recurrent networks on NumPy arrays.")
+    p.add_argument("--version", action="version", version=f"fastrnn {__version__}")
+    p.add_argument("--threads", type=_POSITIVE, default=None,
+                   help="threads of the compiled CPU kernels and their BLAS "
+                        "(default: as the libraries choose)")
     backends = _choices()[2]
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     d = sub.add_parser("demo", help="train a character-level LSTM on Python's own docs")
@@ -576,39 +1078,81 @@ def build_parser():
     d.add_argument("--steps", type=_POSITIVE, default=None,
                    help="stop after this many steps (exactly repeatable, unlike a time budget)")
     d.add_argument("--quick", action="store_true", help="a tiny model for a few seconds (tests)")
-    d.add_argument("--hidden", type=_POSITIVE, default=128)
-    d.add_argument("--batch-size", type=_POSITIVE, default=32)
-    d.add_argument("--bptt", type=_POSITIVE, default=64)
-    d.add_argument("--lr", type=_POSITIVE_FLOAT, default=2e-2)
-    d.add_argument("--seed", type=_NONNEG, default=0)
-    d.add_argument("--backend", default="auto", choices=backends)
+    d.add_argument("--hidden", type=_POSITIVE, default=128, help="LSTM hidden units")
+    d.add_argument("--batch-size", type=_POSITIVE, default=32, help="sequences per step")
+    d.add_argument("--bptt", type=_POSITIVE, default=64, help="truncated-BPTT length (characters)")
+    d.add_argument("--lr", type=_POSITIVE_FLOAT, default=2e-2, help="peak learning rate")
+    d.add_argument("--seed", type=_NONNEG, default=0, help="random seed")
+    d.add_argument("--backend", default="auto", choices=backends, help="compute backend")
     d.add_argument("--save", default=None, help="save the trained model (.npz)")
-    d.add_argument("--no-progress", action="store_true")
+    d.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     t = sub.add_parser("train", help="train a model on your data")
     ts = t.add_subparsers(dest="task", metavar="TASK")
     lm = ts.add_parser("lm", help="character language model on a text file")
     _common_train_args(lm)
-    lm.add_argument("--embed", type=_POSITIVE, default=32)
-    lm.add_argument("--bptt", type=_POSITIVE, default=64)
-    cl = ts.add_parser("classify", help="sequence classification from a CSV (label, values...)")
+    lm.add_argument("--embed", type=_POSITIVE, default=32, help="character embedding size")
+    lm.add_argument("--bptt", type=_POSITIVE, default=64, help="truncated-BPTT length (characters)")
+    cl = ts.add_parser("classify", help="sequence classification from a CSV (a label column, "
+                                        "values...)")
     _common_train_args(cl)
-    cl.add_argument("--features", type=_POSITIVE, default=1, help="values per time step")
-    cl.add_argument("--pooling", choices=("last", "attention"), default="last")
-    cl.add_argument("--bidirectional", action="store_true")
+    cl.add_argument("--label", default=None, metavar="NAME|INDEX",
+                    help="the label column: a header name or an index (0 = first, -1 = last); "
+                         "default: the column named label, target or class, else the first")
+    cl.add_argument("--features", type=_POSITIVE, default=None,
+                    help="values per time step (default: inferred and printed: named columns "
+                         "are one step; n*n values are n steps of n; else 1)")
+    cl.add_argument("--pooling", choices=("last", "attention"), default="last",
+                    help="how a sequence becomes one vector")
+    cl.add_argument("--bidirectional", action="store_true", help="bidirectional recurrent layers")
     fc = ts.add_parser("forecast", help="time-series forecasting from a CSV")
     _common_train_args(fc)
-    fc.add_argument("--column", default=None, help="column name or index (default: all)")
-    fc.add_argument("--window", type=_POSITIVE, default=24)
-    fc.add_argument("--horizon", type=_POSITIVE, default=1)
+    fc.add_argument("--column", default=None, metavar="NAME|INDEX",
+                    help="the series: a column name, an index, 'a,b' or 'all' (required when "
+                         "the file has several numeric columns)")
+    fc.add_argument("--window", type=_POSITIVE, default=24, help="input steps per prediction")
+    fc.add_argument("--horizon", type=_POSITIVE, default=1, help="steps predicted at once")
+    fc.add_argument("--difference", type=_POSITIVE, nargs="?", const=1, default=None,
+                    metavar="LAG",
+                    help="model the changes x[t] - x[t-LAG] instead of the values (for a "
+                         "trending series; LAG 1 without a value, e.g. 4 or 12 for seasons); "
+                         "predictions are turned back into values")
 
     g = sub.add_parser("generate", help="sample text from a trained language model")
-    g.add_argument("--model", required=True)
-    g.add_argument("--prime", default="")
-    g.add_argument("--length", type=_NONNEG, default=300)
-    g.add_argument("--temperature", type=_NONNEG_FLOAT, default=0.8)
-    g.add_argument("--seed", type=_NONNEG, default=None)
-    g.add_argument("--backend", default=None, choices=backends)
+    g.add_argument("--model", required=True, help="a model saved by `fastrnn train lm`")
+    _generate_args(g, backends)
+
+    pr = sub.add_parser("predict", help="use a trained model: labels or probabilities, the "
+                                        "next values of a series, or per-character bits")
+    pr.add_argument("--model", required=True, help="a model saved by `fastrnn train`")
+    pr.add_argument("--data", default=None,
+                    help="CSV rows to classify, a series CSV to continue, or a text file to "
+                         "score (language model; without --data it generates text)")
+    pr.add_argument("--output", "-o", default=None, help="write the CSV here (default: stdout)")
+    pr.add_argument("--proba", action="store_true",
+                    help="classifier: one probability column per class instead of labels")
+    pr.add_argument("--label", default=None, metavar="NAME|INDEX",
+                    help="classifier: the label column to leave out (default: the training "
+                         "label column when the file has it)")
+    pr.add_argument("--no-label", action="store_true",
+                    help="classifier: the file has no label column")
+    pr.add_argument("--column", default=None, metavar="NAME|INDEX",
+                    help="forecaster: the series column(s) (default: the training ones)")
+    pr.add_argument("--steps", type=_POSITIVE, default=None,
+                    help="forecaster: steps to forecast (default: the model's horizon)")
+    _generate_args(pr, backends, lm_only=True)
+
+    ev = sub.add_parser("evaluate", help="score a trained model on labelled data: accuracy, "
+                                         "RMSE against persistence, or bits per character")
+    ev.add_argument("--model", required=True, help="a model saved by `fastrnn train`")
+    ev.add_argument("--data", required=True, help="labelled CSV, series CSV or text file")
+    ev.add_argument("--label", default=None, metavar="NAME|INDEX",
+                    help="classifier: the label column (default: the training one)")
+    ev.add_argument("--column", default=None, metavar="NAME|INDEX",
+                    help="forecaster: the series column(s) (default: the training ones)")
+    ev.add_argument("--backend", default=None, choices=backends,
+                    help="compute backend (default: the saved one)")
+    ev.set_defaults(no_label=False)
 
     p.train_parser = t
     sub.add_parser("info", help="versions, backends, threads, GPU")
@@ -617,6 +1161,43 @@ def build_parser():
                                  "(options: fastrnn bench --help)",
                    add_help=False)
     return p
+
+
+def _generate_args(g, backends, lm_only=False):
+    pre = "language model without --data: " if lm_only else ""
+    g.add_argument("--prime", default="", help=pre + "text to start from")
+    g.add_argument("--length", type=_NONNEG, default=300, help=pre + "characters to generate")
+    g.add_argument("--temperature", type=_NONNEG_FLOAT, default=0.8,
+                   help=pre + "sampling temperature (0: always the most likely character)")
+    g.add_argument("--seed", type=_NONNEG, default=None, help=pre + "random seed")
+    g.add_argument("--backend", default=None, choices=backends,
+                   help="compute backend (default: the saved one)")
+
+
+_LIMITS = []
+
+
+def _set_threads(n):
+    """``--threads N``: the compiled kernels' BLAS cap, every BLAS/OpenMP pool
+    in the process (threadpoolctl, when installed) and Numba's threads."""
+    if n is None:
+        return
+    from . import set_num_threads
+    try:
+        set_num_threads(n)
+    except ImportError as exc:            # no compiled kernels here: only BLAS matters
+        print(f"warning: --threads: the compiled CPU kernels are not available ({exc})",
+              file=sys.stderr)
+    try:
+        from threadpoolctl import threadpool_limits
+        _LIMITS.append(threadpool_limits(limits=n))      # kept for the process's life
+    except ImportError:
+        pass
+    try:
+        import numba
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
+    except Exception:   # noqa: BLE001 - numba missing or no threading layer
+        pass
 
 
 def main(argv=None):
@@ -635,10 +1216,22 @@ def main(argv=None):
         if args.command == "train" and args.task is None:
             parser.train_parser.print_help()
             return 2
+        _set_threads(args.threads)
         handlers = {"demo": cmd_demo, "generate": cmd_generate, "info": cmd_info,
+                    "predict": cmd_predict, "evaluate": cmd_evaluate,
                     "train": lambda a: {"lm": cmd_train_lm, "classify": cmd_train_classify,
                                         "forecast": cmd_train_forecast}[a.task](a)}
-        return handlers[args.command](args)
+        rc = handlers[args.command](args)
+        sys.stdout.flush()                  # a closed pipe shows up here, not at exit
+        return rc
+    except BrokenPipeError:
+        # `fastrnn info | head`: the reader left; stop quietly, as `yes | head` does
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        return 141
     except (CLIError, CheckpointError, BackendUnavailable, FloatingPointError, OSError) as exc:
         # user errors: bad options or files, broken checkpoints, a backend that
         # cannot run here, training that diverged, a path that cannot be written

@@ -241,9 +241,26 @@ class _RecurrentLayer:
     def eval(self):
         return self.train(False)
 
-    def state_dict(self):
-        """Copies of the parameters as host ndarrays (also for a layer on the GPU)."""
-        return {k: self._ops.to_host(v) for k, v in self.params.items()}
+    def state_dict(self, as_torch=False):
+        """Copies of the parameters as host ndarrays (also for a layer on the GPU).
+
+        Parameters
+        ----------
+        as_torch : bool
+            Return ``torch.Tensor`` copies instead, ready for the matching
+            ``torch.nn.RNN/LSTM/GRU``: ``torch_lstm.load_state_dict(
+            layer.state_dict(as_torch=True))`` (same names, shapes and gate
+            order). Not for :class:`PeepholeLSTM` or ``GRU(reset_after=False)``,
+            which PyTorch does not have.
+        """
+        out = {k: self._ops.to_host(v) for k, v in self.params.items()}
+        if not as_torch:
+            return out
+        if self._cell_name not in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
+            raise ValueError(f"{type(self).__name__} ({self._cell_name}) has no torch.nn "
+                             "equivalent to load into")
+        import torch
+        return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in out.items()}
 
     def load_state_dict(self, state_dict):
         """Load parameters (ndarrays, or anything ``np.asarray`` takes: torch tensors).
@@ -379,20 +396,39 @@ class _RecurrentLayer:
                 masks.append(None)
         if self.training:
             self._cache = dict(caches=caches, masks=masks, backend=be, T=T, B=B)
+            self._consumed = False
         y = ops.contiguous3(inp, swap=True) if self.batch_first else inp
         return y, ((h_n, c_n) if self.cell.has_cell else h_n)
 
-    def backward(self, dy, dstate=None):
+    def backward(self, dy, dstate=None, retain_graph=False):
         """Back-propagate the last forward call.
 
-        ``dy`` has the shape of ``y``; ``dstate`` is dL/dh_n, or ``(dL/dh_n,
-        dL/dc_n)`` for the LSTM family, or None (either part may be None).
-        Accumulates parameter gradients into :attr:`grads` and returns
-        ``(dx, dstate_0)`` shaped like ``x`` and ``state``.
+        Parameters
+        ----------
+        dy : array
+            dL/dy, the shape of ``y``.
+        dstate : array or tuple, optional
+            dL/dh_n, or ``(dL/dh_n, dL/dc_n)`` for the LSTM family (either
+            part may be None).
+        retain_graph : bool
+            Keep the forward's saved activations for another ``backward``
+            (as in PyTorch); by default a second ``backward`` without a new
+            ``forward`` raises :class:`BackwardError` instead of silently
+            adding the gradients twice.
+
+        Returns
+        -------
+        dx, dstate_0
+            Shaped like ``x`` and ``state``. Parameter gradients are
+            *accumulated* into :attr:`grads`.
         """
         if self._cache is None:
             raise BackwardError("backward() needs a forward() call in training mode first "
                                 "(none was made, or the layer is in eval mode)")
+        if getattr(self, "_consumed", False):
+            raise BackwardError("backward() was already called for the last forward(): "
+                                "run forward() again, or pass retain_graph=True to the "
+                                "first backward() to back-propagate twice")
         cc = self._cache
         T, B, H, D, L = cc["T"], cc["B"], self.hidden_size, self.num_directions, self.num_layers
         dy = self._check_array("dy", dy)
@@ -425,6 +461,8 @@ class _RecurrentLayer:
                 dinp = dx if dinp is None else ops.add(dinp, dx)
             dout = dinp
         dx = ops.contiguous3(dout, swap=True) if self.batch_first else dout
+        if not retain_graph:
+            self._consumed = True      # the cache stays until the next forward (as before)
         return dx, ((dh0, dc0) if self.cell.has_cell else dh0)
 
     def _check_dstate(self, dstate, shape):

@@ -136,6 +136,22 @@ class _Model:
     def reset_state(self):
         """Forget a carried recurrent state (stateful models only)."""
 
+    def __repr__(self):
+        c = self.config
+        skip = {"backend", "dtype", "seed"}
+        args = ", ".join(f"{k}={v!r}" for k, v in c.items()
+                         if k not in skip and v is not None)
+        extra = []
+        if self.meta.get("classes") is not None:
+            extra.append(f"classes={_short(self.meta['classes'])}")
+        if self.meta.get("scaler") is not None:
+            extra.append("scaler=Standardizer")
+        if self.meta.get("difference"):
+            extra.append(f"difference={self.meta['difference']}")
+        return (f"{type(self).__name__}({args}, backend={self.backend!r}, "
+                f"dtype={np.dtype(self.dtype).name}; {self.num_params():,} parameters"
+                + ("; " + ", ".join(extra) if extra else "") + ")")
+
     # ------------------------------------------------------------ save / load
     def save(self, path):
         """Write parameters and config to ``path`` (``.npz`` appended if missing)."""
@@ -361,6 +377,88 @@ class _SequenceToVector(_Model):
             mods["attn"] = self.attn
         self._modules = mods
 
+    # ------------------------------------------- preprocessing carried by the model
+    @property
+    def scaler(self):
+        """The input :class:`fastrnn.data.Standardizer` that :meth:`predict`
+        applies to raw features (saved with the model in ``meta["scaler"]``);
+        ``None``: inputs are used as given. Set it to a fitted Standardizer
+        (or ``None``)."""
+        d = self.meta.get("scaler")
+        if d is None:
+            return None
+        from .data import Standardizer
+        return Standardizer.from_dict(d)
+
+    @scaler.setter
+    def scaler(self, value):
+        self.meta.pop("scaler", None) if value is None else self.meta.__setitem__(
+            "scaler", _scaler_dict(value, self.input_size, "scaler"))
+
+    def _as_batch(self, x, lengths):
+        """Accept a batch ``[B, T, F]``, a list of sequences of different
+        lengths (padded here), or one unbatched sequence where that is
+        unambiguous: ``[T, F]`` with ``F == input_size > 1``, ``[T]`` with
+        ``input_size == 1``, one step ``[F]`` (``F == input_size > 1``, a row
+        of tabular data), or token ids ``[T]``. Returns ``(x, lengths,
+        unbatched)``."""
+        if isinstance(x, (list, tuple)) and len(x) and all(np.ndim(s) >= 1 for s in x):
+            ls = {len(s) for s in x}
+            if len(ls) > 1:                       # ragged: pad, lengths from the sequences
+                if lengths is not None:
+                    raise ValueError("lengths cannot be given with a list of sequences of "
+                                     "different lengths (they are taken from the list)")
+                from .data import pad_sequences
+                return (*pad_sequences(x, dtype=None if self.embed is not None
+                                       else np.float64), False)
+        x = np.asarray(x)
+        one = False
+        if self.embed is not None:
+            one = x.ndim == 1
+        elif x.ndim == 1 and self.input_size == 1:
+            x, one = x[:, None], True
+        elif x.ndim == 1 and len(x) == self.input_size:      # one step of one sequence
+            x, one = x[None, :], True
+        elif x.ndim == 2 and self.input_size > 1 and x.shape[1] == self.input_size:
+            one = True
+        if one:
+            x = x[None]
+            if lengths is not None:
+                lengths = np.reshape(np.asarray(lengths), (1,))
+        elif self.embed is None and x.ndim == 3 and x.shape[2] != self.input_size:
+            raise ValueError(f"x must be [B, T, {self.input_size}] (batch, steps, input_size "
+                             f"{self.input_size}) or one sequence [T, {self.input_size}], "
+                             f"got shape {x.shape}")
+        elif self.embed is None and x.ndim == 2 and self.input_size > 1:
+            raise ValueError(f"x must be [B, T, {self.input_size}] or one sequence "
+                             f"[T, {self.input_size}] (input_size {self.input_size}), "
+                             f"got shape {x.shape}")
+        return x, lengths, one
+
+    def _preprocess(self, x, lengths):
+        """Apply the model's input scaler (if any) to raw batch-major ``x``;
+        padded steps (after ``lengths``) stay zero."""
+        sc = self.scaler if self.embed is None else None
+        if sc is None:
+            return x
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        z = sc.transform(x)
+        if lengths is not None and z.ndim == 3:
+            lengths = _validate.lengths(lengths, z.shape[1], z.shape[0])
+            z[np.arange(z.shape[1])[None, :] >= lengths[:, None]] = 0
+        return z.astype(self.dtype)
+
+    def _infer(self, x, lengths):
+        """Forward in eval mode (the inference kernels) on prepared input."""
+        was = self.training
+        self.eval()
+        try:
+            return self.forward(x, lengths)
+        finally:
+            self.train(was)
+
     def _encode(self, x, lengths):
         x = np.asarray(x)
         T_in = x.shape[1] if x.ndim >= 2 else None
@@ -394,7 +492,7 @@ class _SequenceToVector(_Model):
         self._T_in = T_in                                          # x's length before trimming
         return self.head(self.drop(pooled))
 
-    def _backward_encode(self, dout):
+    def _backward_encode(self, dout, retain_graph=False):
         dpooled = self.drop.backward(self.head.backward(dout))     # [B, D*H]
         T, B, W, sshape = self._shape
         dt = self.rnn.dtype
@@ -408,7 +506,7 @@ class _SequenceToVector(_Model):
             for d in range(D):
                 dh[sshape[0] - D + d] = dpooled[:, d * H:(d + 1) * H]
             dstate = (dh, None) if self.rnn.cell.has_cell else dh
-        dx, _ = self.rnn.backward(dy, dstate)
+        dx, _ = self.rnn.backward(dy, dstate, retain_graph=retain_graph)
         if self.embed is not None:
             self.embed.backward(dx)
             return None
@@ -459,18 +557,68 @@ class SequenceClassifier(_SequenceToVector):
 
     __call__ = forward
 
-    def backward(self, dlogits):
-        return self._backward_encode(dlogits)
+    def backward(self, dlogits, retain_graph=False):
+        """Back-propagate ``dlogits [B, C]`` of the last forward; returns dL/dx
+        (``None`` for token ids). A second call needs ``retain_graph=True``
+        in the first (``batch_loss`` keeps the graph for one more call)."""
+        return self._backward_encode(dlogits, retain_graph)
+
+    # ---------------------------------------------------------------- labels
+    @property
+    def classes(self):
+        """The original labels, ``classes[k]`` for class index ``k`` (saved in
+        ``meta["classes"]``), or ``None``: :meth:`predict` then returns class
+        indices. Strings, integers or floats; :meth:`fit` sets them."""
+        c = self.meta.get("classes")
+        return None if c is None else list(c)
+
+    @classes.setter
+    def classes(self, labels):
+        if labels is None:
+            self.meta.pop("classes", None)
+            return
+        labels = [_plain(v) for v in labels]
+        if len(labels) != self.num_classes:
+            raise ValueError(f"classes must list num_classes = {self.num_classes} labels, "
+                             f"got {len(labels)}")
+        if len(set(labels)) != len(labels):
+            raise ValueError("classes must be unique")
+        self.meta["classes"] = labels
+
+    def encode_labels(self, y):
+        """Class indices ``[B]`` of original labels ``y`` (see :attr:`classes`);
+        an unknown label is a ValueError naming it."""
+        c = self.classes
+        if c is None:
+            return _labels_or_hint(y, self.num_classes)
+        index = {v: i for i, v in enumerate(c)}
+        out = np.empty(np.shape(y)[0] if np.ndim(y) else 1, dtype=np.int64)
+        for k, v in enumerate(np.atleast_1d(np.asarray(y, dtype=object))):
+            try:
+                out[k] = index[_plain(v)]
+            except (KeyError, TypeError):
+                raise ValueError(f"label {v!r} is not one of the model's classes "
+                                 f"{_short(c)}") from None
+        return out
+
+    def _targets(self, y):
+        """Labels of a training batch: class indices, or original labels
+        (strings...) mapped through :attr:`classes`."""
+        kind = np.asarray(y).dtype.kind
+        if self.classes is not None and kind not in "iufb":
+            return self.encode_labels(y)
+        return _labels_or_hint(y, self.num_classes)
 
     def batch_loss(self, batch, train=True):
-        """``batch = (x, labels [B]) or (x, labels, lengths)``."""
+        """``batch = (x, labels [B]) or (x, labels, lengths)``; labels are class
+        indices, or original labels when :attr:`classes` is set."""
         x, y, lengths = self._unpack(batch)
-        y = _validate.class_labels(y, "y (class labels)", self.num_classes, len(x))
+        y = _validate.class_labels(self._targets(y), "y (class labels)", self.num_classes, len(x))
         logits = self.forward(x, lengths)
         loss, d = softmax_cross_entropy(logits, np.asarray(y), grad=train,
                                         out=logits if train else None)
         if train:
-            self.backward(d)
+            self.backward(d, retain_graph=True)      # a caller may ask for dL/dx after
             self._scored = None
         else:
             self._scored = (batch, logits.argmax(axis=1))        # for batch_metrics
@@ -485,22 +633,127 @@ class SequenceClassifier(_SequenceToVector):
         if scored is not None and scored[0] is batch and not self.training:
             pred = scored[1]
         else:
-            pred = self.predict(x, lengths)
+            pred = self._infer(x, lengths).argmax(axis=1)     # prepared input, indices
         self._scored = None
-        return {"accuracy": float(np.mean(pred == np.asarray(y)))}
+        return {"accuracy": float(np.mean(pred == self._targets(y)))}
 
     def predict_proba(self, x, lengths=None):
-        was = self.training
-        self.eval()
-        try:
-            z = self.forward(x, lengths).astype(np.float64)
-        finally:
-            self.train(was)
+        """Class probabilities ``[B, C]`` (``[C]`` for one unbatched sequence).
+
+        Parameters
+        ----------
+        x : array_like
+            Raw features ``[B, T, F]`` (the model's :attr:`scaler` is applied),
+            a list of sequences ``[T_i, F]`` of different lengths, one sequence
+            ``[T, F]`` (when ``F = input_size > 1``) or ``[T]`` (``F = 1``), or
+            token ids ``[B, T]`` for a model with an embedding.
+        lengths : array_like of int, optional
+            ``[B]`` valid steps of each padded sequence.
+
+        Returns
+        -------
+        ndarray of float64
+            Column ``k`` is the probability of ``classes[k]``.
+        """
+        x, lengths, one = self._as_batch(x, lengths)
+        z = self._infer(self._preprocess(x, lengths), lengths).astype(np.float64)
         z = np.exp(z - z.max(axis=1, keepdims=True))
-        return z / z.sum(axis=1, keepdims=True)
+        p = z / z.sum(axis=1, keepdims=True)
+        return p[0] if one else p
 
     def predict(self, x, lengths=None):
-        return self.predict_proba(x, lengths).argmax(axis=1)
+        """Predicted labels ``[B]`` (one label for an unbatched sequence): the
+        original labels of :attr:`classes` when set, else class indices.
+        ``x`` and ``lengths`` as in :meth:`predict_proba`.
+
+        Examples
+        --------
+        >>> clf.fit(X, ["cat", "dog", ...])        # doctest: +SKIP
+        >>> clf.predict(X[:2])                      # doctest: +SKIP
+        array(['cat', 'dog'], dtype='<U3')
+        """
+        idx = self.predict_proba(x, lengths).argmax(axis=-1)
+        c = self.classes
+        return idx if c is None else np.asarray(c)[idx]
+
+    def score(self, x, y, lengths=None):
+        """Accuracy of :meth:`predict` against the labels ``y`` (original
+        labels when :attr:`classes` is set)."""
+        pred = np.atleast_1d(self.predict(x, lengths))
+        y = np.atleast_1d(np.asarray(y))
+        if len(y) != len(pred):
+            raise ValueError(f"y has {len(y)} labels for {len(pred)} sequences")
+        return float(np.mean([_plain(a) == _plain(b) for a, b in zip(pred, y)]))
+
+    def fit(self, x, y, lengths=None, *, epochs=10, batch_size=32, lr=3e-3, optimizer="adam",
+            val_fraction=0.1, standardize=True, clip_norm=1.0, seed=0, progress=False,
+            **trainer_kwargs):
+        """Train on raw data with the model's own preprocessing, keeping it.
+
+        Sets :attr:`classes` from ``y`` (sorted; any labels: strings,
+        integers...), fits :attr:`scaler` on the training split's valid steps
+        (``standardize``), then trains with :class:`fastrnn.train.Trainer`
+        (``val_fraction`` of the rows held out for validation). Afterwards
+        :meth:`predict` takes raw inputs and returns the original labels, and
+        :meth:`save` keeps both.
+
+        Parameters
+        ----------
+        x : array_like
+            ``[B, T, F]``, a list of sequences ``[T_i, F]``, or ``[B, T]``
+            (``F = 1``).
+        y : array_like
+            ``[B]`` labels.
+        lengths : array_like of int, optional
+            ``[B]`` valid steps when ``x`` is padded.
+        epochs, batch_size, lr, optimizer, clip_norm, seed, progress
+            As for :class:`fastrnn.train.Trainer` and
+            :func:`fastrnn.optim.get_optimizer`.
+
+        Returns
+        -------
+        self
+            With ``history`` (the Trainer's history) and ``trainer``.
+        """
+        from .data import ArrayBatches, Standardizer, train_val_split
+        from .optim import get_optimizer
+        from .train import Trainer
+        x, lengths, one = self._as_batch(x, lengths)
+        if one:
+            raise ValueError("fit needs a batch of sequences, got one unbatched sequence")
+        y = np.asarray(y)
+        if len(y) != len(x):
+            raise ValueError(f"x has {len(x)} sequences but y has {len(y)} labels")
+        if self.classes is None:
+            uniq = np.unique(y).tolist()
+            if len(uniq) == self.num_classes:
+                self.classes = uniq
+            elif (y.dtype.kind in "iu" and len(uniq) < self.num_classes and min(uniq) >= 0
+                  and max(uniq) < self.num_classes):
+                self.classes = list(range(self.num_classes))
+            else:
+                raise ValueError(f"y has {len(uniq)} distinct labels but the model has "
+                                 f"num_classes = {self.num_classes}")
+        t = self.encode_labels(y)
+        tr, va = train_val_split(len(t), val_fraction, rng=seed)
+        if self.embed is None:
+            x = np.asarray(x, dtype=np.float64)
+            if x.ndim == 2:
+                x = x[:, :, None]
+            if standardize:
+                steps = x[tr] if lengths is None else np.concatenate(
+                    [x[i, :lengths[i]] for i in tr])
+                self.scaler = Standardizer().fit(steps.reshape(-1, x.shape[-1]))
+            x = self._preprocess(x, lengths) if standardize else x.astype(self.dtype)
+        ln = (lambda idx: None) if lengths is None else (lambda idx: np.asarray(lengths)[idx])
+        train = ArrayBatches(x[tr], t[tr], lengths=ln(tr), batch_size=batch_size)
+        val = (ArrayBatches(x[va], t[va], lengths=ln(va), batch_size=256, shuffle=False)
+               if len(va) else None)
+        self.trainer = Trainer(self, get_optimizer(optimizer, self, lr=lr), train, val,
+                               clip_norm=clip_norm or None, seed=seed, progress=progress,
+                               unit="seq", **trainer_kwargs)
+        self.history = self.trainer.fit(epochs)
+        return self
 
 
 class SequenceRegressor(_SequenceToVector):
@@ -536,9 +789,10 @@ class SequenceRegressor(_SequenceToVector):
 
     __call__ = forward
 
-    def backward(self, dpred):
+    def backward(self, dpred, retain_graph=False):
+        """Back-propagate ``dpred [B, horizon, output_size]``; returns dL/dx."""
         dpred = np.asarray(dpred)
-        return self._backward_encode(dpred.reshape(dpred.shape[0], -1))
+        return self._backward_encode(dpred.reshape(dpred.shape[0], -1), retain_graph)
 
     def batch_loss(self, batch, train=True):
         """``batch = (x [B, T, F], y [B, horizon, output_size])`` (+ lengths);
@@ -548,32 +802,175 @@ class SequenceRegressor(_SequenceToVector):
         y = _validate.regression_targets(y, pred.shape).astype(pred.dtype, copy=False)
         loss, d = mse(pred, y)
         if train:
-            self.backward(d)
+            self.backward(d, retain_graph=True)      # a caller may ask for dL/dx after
         return loss, len(y)
 
+    @property
+    def target_scaler(self):
+        """The :class:`fastrnn.data.Standardizer` whose ``inverse_transform``
+        :meth:`predict` applies to the outputs (``meta["target_scaler"]``;
+        ``None``: outputs as computed)."""
+        d = self.meta.get("target_scaler")
+        if d is None and "window" in self.meta and "scaler" in self.meta:
+            d = self.meta["scaler"]          # forecasters saved before target_scaler existed
+        if d is None:
+            return None
+        from .data import Standardizer
+        return Standardizer.from_dict(d)
+
+    @target_scaler.setter
+    def target_scaler(self, value):
+        self.meta.pop("target_scaler", None) if value is None else self.meta.__setitem__(
+            "target_scaler", _scaler_dict(value, self.output_size, "target_scaler"))
+
+    @property
+    def difference(self):
+        """Lag of the differencing the model was trained on (``meta["difference"]``,
+        0: none). With a lag ``k`` the network sees ``x[t] - x[t-k]``;
+        :meth:`predict` differences raw windows and integrates the predicted
+        changes back, so inputs and outputs stay in original units."""
+        return int(self.meta.get("difference") or 0)
+
+    @difference.setter
+    def difference(self, lag):
+        lag = _validate.nonneg_int("difference", lag)
+        if lag and self.output_size != self.input_size:
+            raise ValueError("difference needs output_size == input_size")
+        self.meta.pop("difference", None) if not lag else self.meta.__setitem__("difference", lag)
+
     def predict(self, x, lengths=None):
-        was = self.training
-        self.eval()
-        try:
-            return self.forward(x, lengths)
-        finally:
-            self.train(was)
+        """Predict ``[B, horizon, output_size]`` (``[horizon, output_size]`` for
+        one unbatched window) from raw windows.
+
+        Parameters
+        ----------
+        x : array_like
+            ``[B, T, input_size]``, ``[B, T]`` (``input_size == 1``), or one
+            window ``[T, F]`` / ``[T]``. The model's :attr:`scaler`,
+            :attr:`difference` and :attr:`target_scaler` are applied, so both
+            inputs and predictions are in original units (a model trained on
+            differences needs ``T > difference``).
+        lengths : array_like of int, optional
+            ``[B]`` valid steps (not with differencing).
+        """
+        x, lengths, one = self._as_batch(x, lengths)
+        lag = self.difference
+        base = None
+        if lag:
+            if lengths is not None:
+                raise ValueError("lengths are not supported by a differenced model")
+            x = np.asarray(x, dtype=np.float64)
+            if x.ndim == 2:
+                x = x[:, :, None]
+            if x.shape[1] <= lag:
+                raise ValueError(f"windows need more than difference = {lag} steps, "
+                                 f"got {x.shape[1]}")
+            base = x[:, -lag:]                                    # [B, lag, F]
+            x = x[:, lag:] - x[:, :-lag]
+        out = self._infer(self._preprocess(x, lengths), lengths)
+        ts = self.target_scaler
+        if ts is not None:
+            out = ts.inverse_transform(out.astype(np.float64))
+        if base is not None:
+            hist = base
+            for k in range(out.shape[1]):
+                out[:, k] = out[:, k] + hist[:, -lag]
+                hist = np.concatenate([hist, out[:, k:k + 1]], axis=1)
+        return out[0] if one else out
 
     def forecast(self, x, steps):
-        """Predict ``steps`` values after each window of ``x [B, T, F]`` by
-        feeding predictions back (needs ``output_size == input_size``)."""
+        """Predict ``steps`` values after each window of ``x [B, T, F]`` (or one
+        window ``[T, F]`` / ``[T]``) by feeding predictions back (needs
+        ``output_size == input_size``); original units, as :meth:`predict`."""
         steps = _validate.positive_int("steps", steps)
         if self.output_size != self.input_size:
             raise ValueError("forecast() feeds outputs back: output_size must equal input_size")
-        x = np.asarray(x, dtype=self.rnn.dtype)
+        x, _, one = self._as_batch(x, None)
+        transformed = self.scaler is not None or self.difference or self.target_scaler is not None
+        x = np.asarray(x, dtype=np.float64 if transformed else self.rnn.dtype)
         if x.ndim == 2:
             x = x[:, :, None]
         outs = []
         while sum(o.shape[1] for o in outs) < steps:
             p = self.predict(x)                                 # [B, horizon, F]
             outs.append(p)
-            x = np.concatenate([x, p], axis=1)[:, p.shape[1]:]
-        return np.concatenate(outs, axis=1)[:, :steps]
+            x = np.concatenate([x, p.astype(x.dtype)], axis=1)[:, p.shape[1]:]
+        out = np.concatenate(outs, axis=1)[:, :steps]
+        return out[0] if one else out
+
+    def fit(self, x, y, lengths=None, *, epochs=10, batch_size=32, lr=3e-3, optimizer="adam",
+            val_fraction=0.1, standardize=True, clip_norm=1.0, seed=0, progress=False,
+            **trainer_kwargs):
+        """Train on raw windows ``x [B, T, input_size]`` and targets ``y [B,
+        horizon, output_size]`` (or ``[B, output_size]``), keeping the
+        preprocessing: with ``standardize``, :attr:`scaler` and
+        :attr:`target_scaler` are fitted on the training split and saved with
+        the model, so :meth:`predict` takes and returns original units.
+        Returns ``self`` (with ``history`` and ``trainer``); the other
+        arguments as in :meth:`SequenceClassifier.fit`."""
+        from .data import ArrayBatches, Standardizer, train_val_split
+        from .optim import get_optimizer
+        from .train import Trainer
+        x, lengths, one = self._as_batch(x, lengths)
+        if one:
+            raise ValueError("fit needs a batch of windows, got one unbatched window")
+        x = np.asarray(x, dtype=np.float64)
+        if x.ndim == 2:
+            x = x[:, :, None]
+        y = np.asarray(y, dtype=np.float64).reshape(len(x), self.horizon, self.output_size)
+        tr, va = train_val_split(len(x), val_fraction, rng=seed)
+        if standardize:
+            steps = x[tr] if lengths is None else np.concatenate([x[i, :lengths[i]] for i in tr])
+            self.scaler = Standardizer().fit(steps.reshape(-1, x.shape[-1]))
+            self.target_scaler = Standardizer().fit(y[tr].reshape(-1, self.output_size))
+            x = self._preprocess(x, lengths)
+            y = self.target_scaler.transform(y)
+        x, y = x.astype(self.dtype), y.astype(self.dtype)
+        ln = (lambda idx: None) if lengths is None else (lambda idx: np.asarray(lengths)[idx])
+        train = ArrayBatches(x[tr], y[tr], lengths=ln(tr), batch_size=batch_size)
+        val = (ArrayBatches(x[va], y[va], lengths=ln(va), batch_size=256, shuffle=False)
+               if len(va) else None)
+        self.trainer = Trainer(self, get_optimizer(optimizer, self, lr=lr), train, val,
+                               clip_norm=clip_norm or None, seed=seed, progress=progress,
+                               unit="win", **trainer_kwargs)
+        self.history = self.trainer.fit(epochs)
+        return self
+
+
+def _plain(v):
+    """A label as a plain JSON-able Python value (NumPy scalars unwrapped)."""
+    if isinstance(v, np.generic):
+        v = v.item()
+    if isinstance(v, (bool, np.bool_)):
+        return bool(v)
+    if isinstance(v, (str, int, float)) or v is None:
+        return v
+    raise TypeError(f"labels must be strings or numbers, got {v!r} ({type(v).__name__})")
+
+
+def _short(seq, n=6):
+    seq = list(seq)
+    return repr(seq) if len(seq) <= n else repr(seq[:n])[:-1] + f", ... ({len(seq)} in all)]"
+
+
+def _labels_or_hint(y, num_classes):
+    arr = np.asarray(y)
+    if arr.dtype.kind in "USO":
+        raise TypeError(f"y (class labels) {_short(arr.ravel()[:3].tolist())}... are not class "
+                        "indices: "
+                        "set model.classes = sorted(set(y)) first (SequenceClassifier.fit "
+                        "does it), or pass indices in [0, num_classes)")
+    return arr
+
+
+def _scaler_dict(value, size, name):
+    d = value.to_dict() if hasattr(value, "to_dict") else dict(value)
+    for k in ("mean", "std"):
+        v = np.atleast_1d(np.asarray(d[k], dtype=np.float64))
+        if v.ndim != 1 or len(v) not in (1, size) or not np.isfinite(v).all():
+            raise ValueError(f"{name}.{k} must hold 1 or {size} finite values, got shape {v.shape}")
+    return {"mean": np.atleast_1d(np.asarray(d["mean"], float)).tolist(),
+            "std": np.atleast_1d(np.asarray(d["std"], float)).tolist()}
 
 
 _MODELS = {c.__name__: c for c in (LanguageModel, SequenceClassifier, SequenceRegressor)}

@@ -50,13 +50,17 @@ class Optimizer:
 
     def __init__(self, params, lr):
         _validate.optimizer_args(lr=lr)        # a finite number >= 0
+        if isinstance(params, (list, tuple)):
+            # several modules: one collection with unique prefixed names ("0.weight"...)
+            from .blocks import Sequential
+            params = Sequential(*params)
         if isinstance(params, dict):
             self._source, self._dict = None, params
         elif hasattr(params, "params"):
             self._source, self._dict = params, None
         else:
-            raise TypeError("params must be a dict name -> ndarray or an object "
-                            "with .params and .grads")
+            raise TypeError("params must be a dict name -> ndarray, an object "
+                            "with .params and .grads, or a list of such modules")
         self.lr = float(lr)
         self.step_count = 0
         self.state = {}        # name -> {buffer: ndarray}

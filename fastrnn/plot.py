@@ -1,0 +1,84 @@
+"""Training curves and history files (used by ``fastrnn train`` and the examples)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+__all__ = ["plot_history", "write_history"]
+
+
+def write_history(history, path, **extra):
+    """Write a Trainer's ``history`` (dict of per-epoch lists) as JSON to
+    ``path``, atomically; ``extra`` keys are added beside the lists."""
+    data = {k: list(v) for k, v in history.items()}
+    data.update(extra)
+    text = json.dumps(data, indent=1, default=float)
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metric=None,
+                 metric_scale=1.0, metric_label=None, x=None, xlabel="epoch",
+                 loss_label="loss"):
+    """Save a PNG of training curves; returns ``path``, or ``None`` when
+    matplotlib is not installed.
+
+    Parameters
+    ----------
+    history : dict of lists
+        A :class:`fastrnn.train.Trainer` history (``epoch``, ``loss``,
+        ``val_loss``, ``val_accuracy``...).
+    path : str
+        Where to write the PNG.
+    metric : str, optional
+        A second panel with this history key (e.g. ``"val_accuracy"``),
+        multiplied by ``metric_scale`` and titled ``metric_label``.
+    x, xlabel : list, str
+        The x values (default ``history["epoch"]``) and their name, e.g.
+        training steps for runs whose "epochs" are slices of a stream.
+
+    A run with a single point is drawn with markers, so it is visible.
+    """
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    xs = list(history.get("epoch", [])) if x is None else list(x)
+    panels = [k for k in (metric,) if k and k in history]
+    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(5 * (1 + len(panels)), 3.5),
+                             squeeze=False)
+    style = dict(marker="o" if len(xs) <= 30 else None)
+    ax = axes[0, 0]
+    for k in loss_keys:
+        ys = history.get(k)
+        if ys and len(ys) == len(xs):
+            ax.plot(xs, ys, label=k.replace("_", " "), **style)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(loss_label)
+    if title:
+        ax.set_title(title)
+    if ax.lines:
+        ax.legend()
+    for k, a in zip(panels, axes[0, 1:]):
+        ys = [v * metric_scale if v is not None and math.isfinite(v) else float("nan")
+              for v in history[k]]
+        a.plot(xs, ys, **style)
+        a.set_xlabel(xlabel)
+        a.set_title(metric_label or k.replace("_", " "))
+    if len(xs) == 1:                                   # one point: give it some room
+        for a in axes[0]:
+            a.set_xlim(xs[0] - 1, xs[0] + 1)
+    fig.tight_layout()
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -601,12 +601,24 @@ class _Schedule:
     def rows(self):
         return np.arange(self.B) if self.order is None else self.order
 
-    def gather_into(self, a, out):
-        """out[:] = a [T,B,F] in step order (zero where inactive; out is [n,B,F])."""
+    def gather_into(self, a, out, s0, s1):
+        """out[:] = steps [s0, s1) of a [T,B,F] in step order (zero where inactive)."""
         if self.tix is None:
-            out[...] = a[:out.shape[0]]
+            out[...] = a[s0:s1]
         else:
-            out[...] = np.where(self.valid[:, :, None], a[self.tix, self.rows()[None, :]], 0)
+            out[...] = np.where(self.valid[s0:s1, :, None],
+                                a[self.tix[s0:s1], self.rows()[None, :]], 0)
+
+    def scatter_into(self, y, a_step, s0):
+        """Steps [s0, s0+m) of a_step [m,B,F] into their places in y [T,B,F]
+        (y is zero where they leave nothing)."""
+        m = a_step.shape[0]
+        if self.tix is None:
+            y[s0:s0 + m] = a_step
+            return
+        v = self.valid[s0:s0 + m]
+        cols = np.broadcast_to(self.rows()[None, :], v.shape)
+        y[self.tix[s0:s0 + m][v], cols[v]] = a_step[v]
 
     def gather(self, a, width=None):
         """a: [T,B,F] natural -> [n,B,width] step order (zero where inactive/padded)."""
@@ -680,42 +692,70 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     mrmax = _mr(VW)
     nthr = _nthreads(max_threads, 2.0 * B * G * H * (H + I), P)
     padded = sched.tix is not None
-    # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}] in step order (see _lstm_fwd)
-    xh = (np.zeros if padded or Hp != H else np.empty)((n + 1, B, I + Hp), np.float32)
-    sched.gather_into(x, xh[:n, :, :I])
-    xh[n, :, :I] = 0
-    xh[0, :, I:] = sched.sort_rows(h0, Hp)
-    ys = xh[1:, :, I:]
-    if training:
-        act = np.empty((n, B, G * Hp), np.float32)
-        cs = np.zeros((n + 1, B, Hp), np.float32)
-        cs[0] = sched.sort_rows(c0, Hp)
-        ring = n + 1
-    else:
-        act = np.empty((1, 1, 1), np.float32)
+    zero = padded or Hp != H               # padded rows / units must read as zeros
+    lens_sorted = sched.nact_lengths()
+    rows = np.arange(B)
+
+    def launch(xh_, cs_, ring, nact, act_):
+        ctl = np.zeros(P + 1, np.int64)
+        waited = _run(_lstm_fwd, nthr, lambda tid: (tag, xh_, I, pk.bias, pk.up, pk.peep, cs_,
+                                                     ring, nact, training, act_, ctl, tid,
+                                                     nthr, mrmax))
+        _note(nthr, waited)
+
+    if not training:
+        # chunks of steps through one [C+1,B,I+Hp] buffer: the workspace beyond x
+        # and y is O(B (I+H)), whatever T is; C is even, so every chunk starts on
+        # slot 0 of the cell ring (step s of a chunk reads cs[s % 2])
+        C = min(n, _infer_chunk(B))
+        xh = (np.zeros if zero else np.empty)((C + 1, B, I + Hp), np.float32)
         cs = np.zeros((2, B, Hp), np.float32)
         cs[0] = sched.sort_rows(c0, Hp)
-        ring = 2
-    ctl = np.zeros(P + 1, np.int64)
-    waited = _run(_lstm_fwd, nthr, lambda tid: (tag, xh, I, pk.bias, pk.up, pk.peep, cs, ring,
-                                                 sched.nact, training, act, ctl, tid, nthr,
-                                                 mrmax))
-    _note(nthr, waited)
-    # each sorted row's final cell: training keeps every step's; inference's ring
-    # holds row j's last write (step L_j - 1) in slot L_j % 2
-    lens_sorted = sched.nact_lengths()
-    c_last = cs[lens_sorted if training else lens_sorted % 2, np.arange(B)]
-    h_last = _last_output(ys, sched, B)
+        xh[0, :, I:] = sched.sort_rows(h0, Hp)
+        y = (np.zeros if padded or n < T else np.empty)((T, B, H), np.float32)
+        h_last = np.empty((B, Hp), np.float32)
+        dummy = np.empty((1, 1, 1), np.float32)
+        for s0 in range(0, n, C):
+            s1 = min(n, s0 + C)
+            m = s1 - s0
+            if s0:
+                xh[0, :, I:] = xh[C, :, I:]                     # h after the last chunk
+            sched.gather_into(x, xh[:m, :, :I], s0, s1)
+            launch(xh[:m + 1], cs, 2, sched.nact[s0:s1], dummy)
+            sched.scatter_into(y, xh[1:m + 1, :, I:I + H], s0)
+            end = (lens_sorted > s0) & (lens_sorted <= s1)        # rows whose last step is here
+            h_last[end] = xh[lens_sorted[end] - s0, rows[end], I:]
+        # row j last wrote its cell at step L_j - 1, into ring slot L_j % 2
+        c_last = cs[lens_sorted % 2, rows]
+        return y, sched.unsort_rows(h_last, H), sched.unsort_rows(c_last, H), None
+
+    # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}] in step order (see _lstm_fwd), kept for
+    # the weight gradient; act: the gate activations; cs: every step's cell
+    xh = (np.zeros if zero else np.empty)((n + 1, B, I + Hp), np.float32)
+    sched.gather_into(x, xh[:n, :, :I], 0, n)
+    xh[n, :, :I] = 0
+    xh[0, :, I:] = sched.sort_rows(h0, Hp)
+    act = np.empty((n, B, G * Hp), np.float32)
+    cs = np.zeros((n + 1, B, Hp), np.float32)
+    cs[0] = sched.sort_rows(c0, Hp)
+    launch(xh, cs, n + 1, sched.nact, act)
+    ys = xh[1:, :, I:]
+    c_last = cs[lens_sorted, rows]
+    h_last = ys[lens_sorted - 1, rows]
     y = sched.scatter(ys, H, np.float32)
     h_n = sched.unsort_rows(h_last, H)
     c_n = sched.unsort_rows(c_last, H)
-    if not training:
-        return y, h_n, c_n, None
     cache = PackedCache()
     cache.sched, cache.pk, cache.xh = sched, pk, xh
     cache.act, cache.cs = act, cs
     cache.flops = 2.0 * B * G * H * H
     return y, h_n, c_n, cache
+
+
+def _infer_chunk(B):
+    """Steps per inference chunk: about 4096 rows, at least 16 steps, even."""
+    m = max(16, -(-4096 // max(B, 1)))
+    return m + (m % 2)
 
 
 def _last_output(ys, sched, B):
@@ -724,13 +764,6 @@ def _last_output(ys, sched, B):
         return ys[-1]
     last = sched.valid.sum(axis=0) - 1                              # [B] per sorted row
     return ys[last, np.arange(B)]
-
-
-def _last_state(states, sched, B):
-    if sched.tix is None:
-        return states[-1]
-    last = sched.valid.sum(axis=0) - 1
-    return states[last, np.arange(B)]
 
 
 def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):

@@ -41,8 +41,8 @@ from numba import njit
 
 from fastrnn.kernels import packed as _P
 from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _claim, _last_output, _mr,
-                                    _note, _pack, _pack_backward, _run, _splits, _tag, _wait,
-                                    _nthreads, vector_width)
+                                    _note, _nthreads, _pack, _pack_backward, _run, _splits,
+                                    _tag, _wait, vector_width)
 from fastrnn.kernels.simd import atomic_add, cycles
 from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
 
@@ -462,6 +462,38 @@ def _finish(sched, hs, H, B):
     return y, h_n
 
 
+def _infer_chunks(sched, x, h0, Hp, H, run_chunk):
+    """Inference in chunks of steps: ``run_chunk(xs [m,B,I], hs [m+1,B,Hp], nact [m])``
+    runs one (hs[0] = the state before it); the workspace beyond x and y is
+    O(B (I+H)) whatever T is. Returns ``(y, h_n)``."""
+    n, B = sched.n, sched.B
+    T, _, I = x.shape
+    C = min(n, _P._infer_chunk(B))
+    zero = sched.tix is not None or Hp != H
+    hs = (np.zeros if zero else np.empty)((C + 1, B, Hp), np.float32)
+    hs[0] = sched.sort_rows(h0, Hp)
+    xbuf = None if sched.tix is None else np.zeros((C, B, I), np.float32)
+    y = (np.zeros if sched.tix is not None or n < T else np.empty)((T, B, H), np.float32)
+    h_last = np.empty((B, Hp), np.float32)
+    lens_sorted = sched.nact_lengths()
+    rows = np.arange(B)
+    for s0 in range(0, n, C):
+        s1 = min(n, s0 + C)
+        m = s1 - s0
+        if s0:
+            hs[0] = hs[C]                                   # h after the last chunk
+        if xbuf is None:
+            xs = x[s0:s1]
+        else:
+            sched.gather_into(x, xbuf[:m], s0, s1)
+            xs = xbuf[:m]
+        run_chunk(xs, hs[:m + 1], sched.nact[s0:s1])
+        sched.scatter_into(y, hs[1:m + 1, :, :H], s0)
+        end = (lens_sorted > s0) & (lens_sorted <= s1)        # rows whose last step is here
+        h_last[end] = hs[lens_sorted[end] - s0, rows[end]]
+    return y, sched.unsort_rows(h_last, H)
+
+
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads):
     """float32 GRU (reset_after=True), one layer and direction: ``(y, h_n, cache)``.
 
@@ -482,18 +514,24 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
     sched = _Schedule(lens, T, reverse)
     n = sched.n
     nthr = _nthreads(max_threads, 2.0 * B * 3 * H * (H + I), P)
-    hs = _states(sched, h0, Hp)
-    xs = sched.gather(x)
-    act = np.empty((n, B, 4 * Hp) if training else (1, 1, 1), np.float32)
-    ctl = np.zeros(P + 1, np.int64)
     tag = _tag(VW)
     mrmax = _mr(VW) if VW == 16 else _GRU_FWD_MR8
-    waited = _run(_gru_fwd, nthr, lambda tid: (tag, xs, bias, pk.up, hs, sched.nact, training,
-                                                act, ctl, tid, nthr, mrmax))
-    _note(nthr, waited)
-    y, h_n = _finish(sched, hs, H, B)
+
+    def run(xs, hs, nact, act):
+        ctl = np.zeros(P + 1, np.int64)
+        waited = _run(_gru_fwd, nthr, lambda tid: (tag, xs, bias, pk.up, hs, nact, training,
+                                                    act, ctl, tid, nthr, mrmax))
+        _note(nthr, waited)
+
     if not training:
+        dummy = np.empty((1, 1, 1), np.float32)
+        y, h_n = _infer_chunks(sched, x, h0, Hp, H, lambda xs, hs, nact: run(xs, hs, nact, dummy))
         return y, h_n, None
+    hs = _states(sched, h0, Hp)
+    xs = sched.gather(x)
+    act = np.empty((n, B, 4 * Hp), np.float32)
+    run(xs, hs, sched.nact, act)
+    y, h_n = _finish(sched, hs, H, B)
     cache = PackedCellCache()
     cache.kind, cache.relu, cache.sched, cache.pk = "gru", False, sched, pk
     cache.xs, cache.act, cache.hs = xs, act, hs
@@ -512,18 +550,23 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
     Q = -(-Hp // (pk.nvb * VW))
     sched = _Schedule(lens, T, reverse)
     nthr = _nthreads(max_threads, 2.0 * B * H * (H + I), Q)
-    hs = _states(sched, h0, Hp)
-    xs = sched.gather(x)
-    ctl = np.zeros(Q + 1, np.int64)
     tag = _tag(VW)
     mrmax = _mr(VW)
     relu = bool(relu)
-    waited = _run(_rnn_fwd, nthr, lambda tid: (tag, xs, pk.bias, pk.up, pk.nvb, hs, sched.nact,
-                                                relu, ctl, tid, nthr, mrmax))
-    _note(nthr, waited)
-    y, h_n = _finish(sched, hs, H, B)
+
+    def run(xs, hs, nact):
+        ctl = np.zeros(Q + 1, np.int64)
+        waited = _run(_rnn_fwd, nthr, lambda tid: (tag, xs, pk.bias, pk.up, pk.nvb, hs, nact,
+                                                    relu, ctl, tid, nthr, mrmax))
+        _note(nthr, waited)
+
     if not training:
+        y, h_n = _infer_chunks(sched, x, h0, Hp, H, run)
         return y, h_n, None
+    hs = _states(sched, h0, Hp)
+    xs = sched.gather(x)
+    run(xs, hs, sched.nact)
+    y, h_n = _finish(sched, hs, H, B)
     cache = PackedCellCache()
     cache.kind, cache.relu, cache.sched, cache.pk = "rnn", relu, sched, pk
     cache.xs, cache.act, cache.hs = xs, None, hs

@@ -113,3 +113,45 @@ def test_openblas_thread_count_survives_concurrent_calls():
         t.join()
     assert not errors
     assert cpu._blas_get_threads() == before
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "gru", "rnn_tanh"])
+def test_packed_inference_workspace_does_not_grow_with_T(cell_name):
+    """float32 inference (the packed kernels): memory beyond x and y stays flat in T."""
+    import tracemalloc
+    cell = get_cell(cell_name)
+    G = cell.gates
+    rng = np.random.default_rng(7)
+    extra = {}
+    for T in (2048, 4096):
+        f = np.float32
+        x = rng.standard_normal((T, 2, 3)).astype(f)
+        h0 = np.zeros((2, 8), f)
+        w = Weights(*(rng.uniform(-.3, .3, sh).astype(f)
+                      for sh in [(G * 8, 3), (G * 8, 8), (G * 8,), (G * 8,)]), None)
+        cpu.forward(cell, x, h0, h0, w, None, False, False)
+        tracemalloc.start()
+        y = cpu.forward(cell, x, h0, h0, w, None, False, False)[0]
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        extra[T] = peak - y.nbytes
+    assert extra[4096] < 1.2 * extra[2048] + 4096, extra
+
+
+@pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal", "gru", "rnn_relu"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_inference_in_chunks_equals_training_forward(monkeypatch, cell_name, reverse):
+    """Inference runs its steps in chunks (4 here): outputs and final states equal
+    the training forward's, which runs the sequence whole, bit for bit."""
+    monkeypatch.setattr(packed, "_infer_chunk", lambda B: 4)
+    cell, x, h0, c0, w, lens, dy = _problem("lstm", 11, 6, 3, 20, seed=3)
+    G = get_cell(cell_name).gates
+    cell = get_cell(cell_name)
+    w = Weights(w.w_ih[:G * 20], w.w_hh[:G * 20], w.b_ih[:G * 20], w.b_hh[:G * 20],
+                np.full((3, 20), 0.3, np.float32) if cell.peephole else None)
+    lens[0] = 11
+    tr = cpu.forward(cell, x, h0, c0, w, lens, reverse, True)
+    inf = cpu.forward(cell, x, h0, c0, w, lens, reverse, False)
+    for a, b in zip(tr[:3], inf[:3]):
+        if a is not None:
+            np.testing.assert_array_equal(a, b)

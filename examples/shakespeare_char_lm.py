@@ -141,7 +141,8 @@ def main(argv=None):
     if steps and steps[-1] > trainer.global_step:
         steps[-1] = trainer.global_step            # the last slice may stop early
     if _plot(trainer.history, args.plot, "Shakespeare char LM", x=steps,
-             xlabel="training step", loss_label="loss (nats/char)", metric="val_loss",
+             xlabel="training step", loss_label="loss (bits/char)", metric="val_loss",
+             loss_scale=1 / math.log(2),
              metric_scale=1 / math.log(2), metric_label="validation bits/char"):
         print(f"training curves saved to {args.plot}")
     else:

@@ -285,7 +285,21 @@ class Embedding(Module):
 class Linear(Module):
     """``y = x Wᵀ + b`` on the last axis: ``(B, F)`` or per time step on
     ``(T, B, F)``.  ``weight (O, F)``, ``bias (O,)``, PyTorch's uniform init
-    U(-1/√F, 1/√F)."""
+    U(-1/√F, 1/√F).
+
+    Parameters
+    ----------
+    in_features : int
+        ``F``, the size of the last axis of the input.
+    out_features : int
+        ``O``, the size of the last axis of the output.
+    bias : bool, default True
+        Whether to add the bias ``b``.
+    dtype : numpy float dtype, default numpy.float32
+        Parameter dtype.
+    rng : int or numpy.random.Generator, optional
+        Seed or generator of the initial weights.
+    """
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32,
                  rng=None):
@@ -333,7 +347,15 @@ class Linear(Module):
 
 class Dropout(Module):
     """Inverted dropout: in training, zero each element with probability ``p``
-    and scale the rest by 1/(1-p); identity in eval mode."""
+    and scale the rest by 1/(1-p); identity in eval mode.
+
+    Parameters
+    ----------
+    p : float in [0, 1), default 0.5
+        Probability of zeroing an element.
+    rng : int or numpy.random.Generator, optional
+        Seed or generator of the masks.
+    """
 
     def __init__(self, p=0.5, rng=None):
         super().__init__()

@@ -439,8 +439,10 @@ def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
         png = plot_history(trainer.history, stem + ".png",
                            title=f"{type(model).__name__} ({os.path.basename(str(path))})",
                            metric=metric, metric_scale=metric_scale, metric_label=metric_label,
-                           loss_label="loss (nats)" if trainer.unit in ("char", "seq")
-                           else "loss (MSE, standardised)")
+                           loss_label=("loss (bits per character)" if trainer.unit == "char"
+                                       else "loss (nats)" if trainer.unit == "seq"
+                                       else "loss (MSE, standardised)"),
+                           loss_scale=1 / math.log(2) if trainer.unit == "char" else 1.0)
         if png:
             print(f"training curves saved to {png}")
         else:
@@ -959,15 +961,16 @@ def cmd_evaluate(args):
 
 # ---------------------------------------------------------------- generate
 def _generate(model, vocab, args):
-    try:
-        prime = vocab.encode(args.prime) if args.prime else None
-    except KeyError as exc:
-        raise CLIError(f"--prime: {exc.args[0]}") from None
-    if args.prime and vocab.unk in vocab.stoi:
-        missing = sorted({c for c in args.prime if c not in vocab.stoi})
-        if missing:
-            print(f"warning: --prime has characters the model never saw "
-                  f"({''.join(missing)!r}): they are read as {vocab.unk}", file=sys.stderr)
+    prime = None
+    if args.prime:
+        # characters the model never saw are refused, naming them (not read as <unk>)
+        unknown = sorted({c for c in args.prime if c not in vocab.stoi or c == vocab.unk})
+        if unknown:
+            raise CLIError(f"--prime has characters the model never saw: "
+                           + ", ".join(repr(c) for c in unknown)
+                           + f" (its vocabulary has {len(vocab)} characters; "
+                           "the text it was trained on had none of these)")
+        prime = vocab.encode(args.prime)
     out = model.sample(args.length, prime, temperature=args.temperature, rng=args.seed)
     print((args.prime or "") + vocab.decode(out))
     return 0

@@ -10,13 +10,20 @@ Shapes: ``x`` ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``); ``y``
 """
 from __future__ import annotations
 
+import inspect
 import numbers
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from . import _validate, dispatch
 from .cells import PEEPHOLE_GATES, get_cell
 from .dispatch import Weights
+
+if TYPE_CHECKING:                  # annotations only (no runtime cost)
+    from numpy.typing import ArrayLike, DTypeLike
+
+    State = Union[Any, "tuple[Any, Any]"]   # h (RNN, GRU) or (h, c) (LSTM family)
 
 INITS = (None, "pytorch", "xavier", "he", "orthogonal")
 
@@ -151,7 +158,7 @@ class _RecurrentLayer:
         """``"cuda"`` when parameters and gradients live on the GPU, else ``"cpu"``."""
         return "cuda" if self._ops.on_device else "cpu"
 
-    def to(self, backend):
+    def to(self, backend: str) -> _RecurrentLayer:
         """Move the layer to ``backend`` and return it.
 
         ``layer.to("cuda")`` copies parameters and gradients to the GPU once;
@@ -228,20 +235,25 @@ class _RecurrentLayer:
             for j, gate in enumerate(PEEPHOLE_GATES):
                 add(g[f"peephole_{gate}{sfx}"], gw.peep[j])
 
-    def zero_grad(self):
+    def zero_grad(self) -> None:
+        """Set every gradient in :attr:`grads` to zero (in place)."""
         for v in self.grads.values():
             self._ops.fill0(v)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> _RecurrentLayer:
+        """Set training mode (``mode=False``: eval mode, dropping the saved
+        activations); returns the layer."""
         self.training = bool(mode)
         if not self.training:
             self._cache = None
         return self
 
-    def eval(self):
+    def eval(self) -> _RecurrentLayer:
+        """Eval mode: no dropout, no activations kept for ``backward``
+        (inference kernels); returns the layer."""
         return self.train(False)
 
-    def state_dict(self, as_torch=False):
+    def state_dict(self, as_torch: bool = False) -> dict[str, Any]:
         """Copies of the parameters as host ndarrays (also for a layer on the GPU).
 
         Parameters
@@ -262,7 +274,7 @@ class _RecurrentLayer:
         import torch
         return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in out.items()}
 
-    def load_state_dict(self, state_dict):
+    def load_state_dict(self, state_dict: Any) -> None:
         """Load parameters (ndarrays, or anything ``np.asarray`` takes: torch tensors).
 
         Names and shapes must match exactly; values are cast to the layer's dtype.
@@ -351,11 +363,57 @@ class _RecurrentLayer:
         return x, h0, c0, lengths, T, B
 
     # ------------------------------------------------------------------ forward / backward
-    def __call__(self, x, state=None, lengths=None):
+    def __call__(self, x: ArrayLike, state: State | None = None,
+                 lengths: ArrayLike | None = None) -> tuple[Any, State]:
+        """``layer(x, state, lengths)`` is :meth:`forward` (see there)."""
         return self.forward(x, state, lengths)
 
-    def forward(self, x, state=None, lengths=None):
-        """Run the stack over ``x``; returns ``(y, h_n)`` or ``(y, (h_n, c_n))``."""
+    def forward(self, x: ArrayLike, state: State | None = None,
+                lengths: ArrayLike | None = None) -> tuple[Any, State]:
+        """Run the stack over the sequences ``x``.
+
+        ``L`` is ``num_layers``, ``D`` 2 when ``bidirectional`` else 1, ``H``
+        ``hidden_size``, ``I`` ``input_size``, ``T`` the time steps and ``B``
+        the batch.
+
+        Parameters
+        ----------
+        x : array, shape (T, B, I), or (B, T, I) with ``batch_first``
+            The input sequences, already of the layer's dtype (a host
+            ``ndarray``; a device array for a layer on the GPU). Not modified.
+        state : array or tuple of arrays, optional
+            The initial state: ``h_0`` ``(L*D, B, H)`` for :class:`RNN` and
+            :class:`GRU`, ``(h_0, c_0)`` (each ``(L*D, B, H)``) for the LSTM
+            family; index ``k*D + d`` is layer ``k``, direction ``d``. Always
+            batch-second, also with ``batch_first``. Zeros when ``None``.
+        lengths : array of int, shape (B,), optional
+            Valid steps per sequence, each in ``[1, T]``. Steps ``t >=
+            lengths[b]`` output zeros and leave the state untouched; a reverse
+            direction starts at each sequence's last valid step. ``None``:
+            every sequence has ``T`` steps.
+
+        Returns
+        -------
+        y : array, shape (T, B, D*H), or (B, T, D*H) with ``batch_first``
+            The top layer's outputs at every step (both directions
+            concatenated, forward first).
+        state_n : array or tuple of arrays
+            The final state, shaped as ``state``: ``h_n``, or ``(h_n, c_n)``
+            for the LSTM family; ``h_n[k*D + d]`` is the state of layer ``k``,
+            direction ``d`` after each sequence's last valid step.
+
+        Raises
+        ------
+        ValueError, TypeError
+            Bad shapes, dtypes, lengths, or NaN/infinity in host arrays,
+            naming the argument, before anything runs.
+
+        Notes
+        -----
+        In training mode (the default) the activations are kept for one
+        :meth:`backward`, and ``dropout`` applies between layers; in
+        :meth:`eval` mode neither.
+        """
         x, h0, c0, lengths, T, B = self._check_input(x, state, lengths)
         be = dispatch.get_backend(dispatch.resolve_backend(self.backend, x))
         ops, H, D = self._ops, self.hidden_size, self.num_directions
@@ -400,17 +458,19 @@ class _RecurrentLayer:
         y = ops.contiguous3(inp, swap=True) if self.batch_first else inp
         return y, ((h_n, c_n) if self.cell.has_cell else h_n)
 
-    def backward(self, dy, dstate=None, retain_graph=False):
-        """Back-propagate the last forward call.
+    def backward(self, dy: ArrayLike, dstate: State | None = None,
+                 retain_graph: bool = False) -> tuple[Any, State]:
+        """Back-propagate the last :meth:`forward` call (made in training mode).
 
         Parameters
         ----------
-        dy : array
-            dL/dy, the shape of ``y``.
+        dy : array, the shape of ``y``: (T, B, D*H), or (B, T, D*H) with ``batch_first``
+            dL/dy, of the layer's dtype. Steps past a sequence's ``lengths``
+            are ignored (those outputs were zeros).
         dstate : array or tuple, optional
-            dL/dh_n, or ``(dL/dh_n, dL/dc_n)`` for the LSTM family (either
-            part may be None).
-        retain_graph : bool
+            dL/dh_n ``(L*D, B, H)``, or ``(dL/dh_n, dL/dc_n)`` for the LSTM
+            family (either part may be None); ``None``: zeros.
+        retain_graph : bool, default False
             Keep the forward's saved activations for another ``backward``
             (as in PyTorch); by default a second ``backward`` without a new
             ``forward`` raises :class:`BackwardError` instead of silently
@@ -418,9 +478,19 @@ class _RecurrentLayer:
 
         Returns
         -------
-        dx, dstate_0
-            Shaped like ``x`` and ``state``. Parameter gradients are
-            *accumulated* into :attr:`grads`.
+        dx : array
+            dL/dx, shaped like ``x`` (``batch_first`` respected).
+        dstate_0 : array or tuple of arrays
+            dL/dh_0 (and dL/dc_0 for the LSTM family), each ``(L*D, B, H)``.
+
+        Parameter gradients are *accumulated* into :attr:`grads` (call
+        :meth:`zero_grad` between steps).
+
+        Raises
+        ------
+        BackwardError
+            No forward call in training mode to match, or its activations
+            were already used.
         """
         if self._cache is None:
             raise BackwardError("backward() needs a forward() call in training mode first "
@@ -505,12 +575,150 @@ def _orthogonal(rng, n):
     return q * np.sign(np.diag(r))
 
 
-class RNN(_RecurrentLayer):
-    """Elman RNN: ``h' = act(W x + b_ih + U h + b_hh)``, ``act`` = tanh or relu."""
+# ----------------------------------------------------------------- docstrings
+# The constructors share most arguments; each class's docstring is assembled
+# from these entries (numpydoc), so that ``help(fastrnn.LSTM)`` documents
+# every argument of that class.
+_P = {
+    "input_size": """input_size : int
+    ``I``, the number of features of each time step of ``x``.""",
+    "hidden_size": """hidden_size : int
+    ``H``, the number of hidden units of each layer and direction.""",
+    "num_layers": """num_layers : int, default 1
+    ``L``, layers stacked on top of each other: layer ``k + 1`` reads the
+    outputs of layer ``k`` (both directions concatenated).""",
+    "nonlinearity": """nonlinearity : {"tanh", "relu"}, default "tanh"
+    The activation ``act`` of the cell.""",
+    "bias": """bias : bool, default True
+    Whether the layer has the biases ``bias_ih_l{k}`` and ``bias_hh_l{k}``
+    (a real bool: the string ``"False"`` is refused).""",
+    "batch_first": """batch_first : bool, default False
+    Take ``x`` and return ``y`` as ``(B, T, ...)`` instead of ``(T, B, ...)``.
+    States are ``(L*D, B, H)`` either way (as in PyTorch).""",
+    "dropout": """dropout : float in [0, 1), default 0.0
+    Dropout on the outputs of every layer but the last, in training mode
+    only (the masks come from ``seed``'s generator).""",
+    "bidirectional": """bidirectional : bool, default False
+    Also run each layer backwards in time (``D = 2``); ``y`` then holds both
+    directions, ``[forward, backward]`` on its last axis, and the parameters
+    of the reverse direction end in ``_reverse``.""",
+    "backend": """backend : {"auto", "numpy", "cpu", "cuda"}, default "auto"
+    Where the time loops run: ``"numpy"`` the NumPy reference, ``"cpu"`` the
+    Numba kernels, ``"cuda"`` the numba.cuda kernels (the layer then keeps its
+    parameters on the GPU and takes device arrays), ``"auto"`` the CPU kernels
+    for host arrays, falling back to the reference when they cannot load. An
+    unavailable ``"cpu"``/``"cuda"`` raises here, with the reason.""",
+    "dtype": """dtype : numpy float dtype, default numpy.float32
+    ``float32`` or ``float64``: the dtype of the parameters, and the dtype
+    every input must already have.""",
+    "seed": """seed : int or None, default None
+    Seeds the layer's generator (initial weights, then dropout masks);
+    ``None`` draws fresh entropy.""",
+    "init": """init : {None, "pytorch", "xavier", "he", "orthogonal"}, default None
+    Weight initialisation. ``None``/``"pytorch"``: every parameter
+    ``U(-1/sqrt(H), 1/sqrt(H))``, as PyTorch. ``"xavier"`` (Glorot uniform),
+    ``"he"`` (normal, ``std = sqrt(2 / fan_in)``) and ``"orthogonal"``
+    (orthogonal ``H x H`` recurrent blocks, Glorot input weights) set the
+    biases to zero.""",
+    "forget_bias": """forget_bias : float or None, default None
+    When given, the forget-gate part of ``bias_ih`` is set to this value and
+    that of ``bias_hh`` to 0 (e.g. ``1.0``, Jozefowicz et al.); ignored
+    without ``bias``.""",
+    "reset_after": """reset_after : bool, default True
+    ``True``: the reset gate multiplies the recurrent product
+    (``n = tanh(W_n x + b_in + r * (U_n h + b_hn))``, PyTorch and cuDNN);
+    ``False``: it multiplies the state before it (``U_n (r * h)``, Cho et
+    al. 2014; no ``torch.nn`` equivalent).""",
+    "peephole": """peephole : {"diagonal", "full"}, default "diagonal"
+    Peephole weights per gate: a vector ``(H,)`` multiplying the cell
+    elementwise, or a full matrix ``(H, H)``.""",
+}
 
-    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 batch_first=False, dropout=0.0, bidirectional=False, backend="auto",
-                 dtype=np.float32, seed=None, init=None):
+_CALL = """
+Attributes
+----------
+params : dict of str to array
+    The parameters, named and shaped as PyTorch names them:
+    ``weight_ih_l{{k}}`` ``(G*H, I)`` (``(G*H, D*H)`` above the first layer),
+    ``weight_hh_l{{k}}`` ``(G*H, H)``, ``bias_ih_l{{k}}``, ``bias_hh_l{{k}}``
+    ``(G*H,)``, with ``_reverse`` for the backward direction; ``G = {gates}``
+    (the number of gates).{extra_params}
+grads : dict of str to array
+    Gradients with the same names and shapes, accumulated by
+    :meth:`backward` until :meth:`zero_grad`.
+training : bool
+    Training mode (:meth:`train`, the default): dropout, and activations
+    saved for :meth:`backward`. :meth:`eval` turns both off.
+
+Notes
+-----
+Calling the layer: ``y, state_n = layer(x, state=None, lengths=None)`` (:meth:`forward`):
+
+- ``x`` ``(T, B, I)``, or ``(B, T, I)`` with ``batch_first``, of the
+  layer's dtype;
+- ``state`` the initial state, {state_in}; zeros when ``None``;
+- ``lengths`` ``(B,)`` integers in ``[1, T]``: sequence ``b`` has
+  ``lengths[b]`` valid steps; later steps output zeros and leave the state
+  untouched, so ``state_n`` is the state after each sequence's last valid
+  step (PyTorch's ``PackedSequence`` semantics, without packing);
+- ``y`` ``(T, B, D*H)`` (``(B, T, D*H)`` with ``batch_first``): the top
+  layer's outputs; ``state_n`` {state_out}.
+
+``dx, dstate_0 = layer.backward(dy, dstate=None)`` back-propagates the last
+forward call (training mode) and accumulates the parameter gradients into
+:attr:`grads`.
+"""
+
+_EXAMPLE = """
+Examples
+--------
+>>> import numpy as np, fastrnn
+>>> layer = fastrnn.{cls}(8, 16, num_layers=2, {ctor}seed=0)
+>>> x = np.zeros((5, 3, 8), np.float32)              # (T, B, I)
+>>> y, {state} = layer(x, lengths=np.array([5, 2, 4]))
+>>> y.shape, {shape}
+((5, 3, 16), (2, 3, 16))
+>>> dx, _ = layer.backward(np.ones_like(y))
+>>> dx.shape, layer.grads["weight_hh_l0"].shape
+((5, 3, 8), ({g16}, 16))
+"""
+
+_COMMON = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
+           "bidirectional", "backend", "dtype", "seed", "init")
+
+
+def _layer_doc(cls, summary, names, gates, has_cell, ctor="", extra_params=""):
+    summary = inspect.cleandoc(summary)
+    params = "\n".join(_P[n] for n in names)
+    if has_cell:
+        state_in, state_out = ("``(h_0, c_0)``, each ``(L*D, B, H)``",
+                               "is ``(h_n, c_n)``, each ``(L*D, B, H)``")
+        state, shape = "(h_n, c_n)", "h_n.shape"
+    else:
+        state_in, state_out = "``h_0`` ``(L*D, B, H)``", "is ``h_n`` ``(L*D, B, H)``"
+        state, shape = "h_n", "h_n.shape"
+    return (summary + "\n\nParameters\n----------\n" + params + "\n"
+            + _CALL.format(state_in=state_in, state_out=state_out, gates=gates,
+                           extra_params=extra_params)
+            + _EXAMPLE.format(cls=cls, ctor=ctor, state=state, shape=shape,
+                              g16=gates * 16))
+
+
+class RNN(_RecurrentLayer):
+    __doc__ = _layer_doc(
+        "RNN", """Elman RNN: ``h' = act(W x + b_ih + U h + b_hh)``, ``act`` = tanh or relu.
+
+    A stack of ``num_layers`` layers, each in one or two directions, whose
+    time loops run as compiled kernels (see ``backend``); parameter names,
+    shapes and results match ``torch.nn.RNN``.""",
+        ("input_size", "hidden_size", "num_layers", "nonlinearity") + _COMMON[3:], 1, False,
+        ctor='nonlinearity="tanh", ')
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
+                 dropout: float = 0.0, bidirectional: bool = False, backend: str = "auto",
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 init: str | None = None) -> None:
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
         self.nonlinearity = nonlinearity
@@ -523,28 +731,45 @@ class RNN(_RecurrentLayer):
 
 
 class LSTM(_RecurrentLayer):
-    """LSTM: ``i,f,g,o = σ,σ,tanh,σ(W x + b_ih + U h + b_hh)``;
-    ``c' = f c + i g``; ``h' = o tanh(c')``. Gate order i, f, g, o."""
+    __doc__ = _layer_doc(
+        "LSTM", """Long short-term memory: ``i,f,g,o = σ,σ,tanh,σ(W x + b_ih + U h + b_hh)``;
+    ``c' = f c + i g``; ``h' = o tanh(c')``. Gate order i, f, g, o.
+
+    A stack of ``num_layers`` layers, each in one or two directions, whose
+    time loops run as compiled kernels (see ``backend``); parameter names,
+    shapes, gate order and results match ``torch.nn.LSTM``, whose
+    ``state_dict()`` :meth:`load_state_dict` takes.""",
+        _COMMON + ("forget_bias",), 4, True, ctor="forget_bias=1.0, ")
 
     _cell_name = "lstm"
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
-                 init=None, forget_bias=None):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, backend: str = "auto",
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 init: str | None = None, forget_bias: float | None = None) -> None:
         super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, backend, dtype, seed, init, forget_bias)
 
 
 class GRU(_RecurrentLayer):
-    """GRU, gate order r, z, n; ``h' = (1-z) n + z h``.
+    __doc__ = _layer_doc(
+        "GRU", """Gated recurrent unit, gate order r, z, n: ``r, z = σ(W x + b_i + U h + b_h)``,
+    ``h' = (1-z) n + z h``.
 
     ``reset_after=True`` (PyTorch, cuDNN): ``n = tanh(W_n x + b_in + r (U_n h + b_hn))``;
     ``reset_after=False`` (Cho et al.): ``n = tanh(W_n x + b_in + U_n (r h) + b_hn)``.
-    """
+    A stack of ``num_layers`` layers, each in one or two directions, whose
+    time loops run as compiled kernels (see ``backend``); with
+    ``reset_after=True`` parameter names, shapes and results match
+    ``torch.nn.GRU``.""",
+        _COMMON + ("reset_after",), 3, False, ctor="reset_after=True, ")
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
-                 init=None, reset_after=True):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, backend: str = "auto",
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 init: str | None = None, reset_after: bool = True) -> None:
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be True or False, got {reset_after!r}")
         self.reset_after = reset_after
@@ -557,14 +782,23 @@ class GRU(_RecurrentLayer):
 
 
 class PeepholeLSTM(_RecurrentLayer):
-    """LSTM whose gates see the cell: ``i = σ(... + P_i(c))``, ``f = σ(... + P_f(c))``,
-    ``o = σ(... + P_o(c'))``; ``P(c) = p ⊙ c`` (``peephole="diagonal"``, ``p`` of
-    shape ``(H,)``) or ``P c`` (``"full"``, ``(H, H)``). The peephole weights are
-    the parameters ``peephole_i_l{k}``, ``peephole_f_l{k}``, ``peephole_o_l{k}``."""
+    __doc__ = _layer_doc(
+        "PeepholeLSTM", """LSTM whose gates see the cell (Gers and Schmidhuber):
+    ``i = σ(... + P_i(c))``, ``f = σ(... + P_f(c))``, ``o = σ(... + P_o(c'))``;
+    ``P(c) = p ⊙ c`` (``peephole="diagonal"``, ``p`` of shape ``(H,)``) or
+    ``P c`` (``"full"``, ``(H, H)``); otherwise as :class:`LSTM` (gate order
+    i, f, g, o). There is no ``torch.nn`` equivalent.""",
+        _COMMON + ("forget_bias", "peephole"), 4, True, ctor='peephole="diagonal", ',
+        extra_params="""
+    The peephole weights are ``peephole_i_l{k}``, ``peephole_f_l{k}`` and
+    ``peephole_o_l{k}``, ``(H,)`` (diagonal) or ``(H, H)`` (full).""")
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
-                 init=None, forget_bias=None, peephole="diagonal"):
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
+                 bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
+                 bidirectional: bool = False, backend: str = "auto",
+                 dtype: DTypeLike = np.float32, seed: int | None = None,
+                 init: str | None = None, forget_bias: float | None = None,
+                 peephole: str = "diagonal") -> None:
         if peephole not in ("diagonal", "full"):
             raise ValueError(f"peephole must be 'diagonal' or 'full', got {peephole!r}")
         self.peephole = peephole

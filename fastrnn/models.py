@@ -200,12 +200,53 @@ class LanguageModel(_Model):
     (see :class:`fastrnn.data.LMBatches`): ``batch_loss`` starts each chunk
     from the final state of the previous one, without back-propagating into
     it; :meth:`reset_state` forgets it (the Trainer calls it every epoch).
+    Losses are cross-entropies in nats per token; the Trainer's progress bar
+    shows them in bits per token (:attr:`loss_in_bits`).
+
+    Parameters
+    ----------
+    vocab_size : int
+        ``V``, the number of token ids (``0 .. V-1``).
+    embed_dim : int, default 64
+        Width of the token embedding (the recurrent input size).
+    hidden_size : int, default 256
+        Hidden units per recurrent layer and direction.
+    num_layers : int, default 1
+        Stacked recurrent layers.
+    cell : str, default "lstm"
+        The recurrent cell: ``"lstm"``, ``"gru"``, ``"gru_reset_before"``,
+        ``"rnn_tanh"`` (or ``"rnn"``), ``"rnn_relu"``, ``"peephole"``
+        (``"peephole_diagonal"``) or ``"peephole_full"`` (see :data:`CELL_TYPES`).
+    dropout : float in [0, 1), default 0.0
+        Dropout between recurrent layers and before the head (training only).
+    backend : {"auto", "numpy", "cpu", "cuda"}, default "auto"
+        Where the recurrent layers run (see :class:`fastrnn.LSTM`).
+    dtype : {"float32", "float64"}, default "float32"
+        Parameter dtype (inputs are converted to it).
+    seed : int or None, default None
+        Seeds the initial weights and the dropout masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastrnn import LanguageModel
+    >>> from fastrnn.data import CharVocab
+    >>> vocab = CharVocab("hello world")
+    >>> lm = LanguageModel(len(vocab), embed_dim=8, hidden_size=16, seed=0)
+    >>> lm.meta["vocab"] = vocab.to_dict()           # lets sample() take text
+    >>> logits, (h, c) = lm(vocab.encode("hello")[:, None])   # tokens (T, B)
+    >>> logits.shape
+    (5, 1, 9)
+    >>> len(vocab.decode(lm.sample(10, "hel", rng=0)))
+    10
     """
 
     stateful = True
+    loss_in_bits = True          # the Trainer shows its losses in bits per token
 
-    def __init__(self, vocab_size, embed_dim=64, hidden_size=256, num_layers=1,
-                 cell="lstm", dropout=0.0, backend="auto", dtype="float32", seed=None):
+    def __init__(self, vocab_size: int, embed_dim: int = 64, hidden_size: int = 256,
+                 num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0,
+                 backend: str = "auto", dtype: str = "float32", seed: int | None = None) -> None:
         _validate.model_args(dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
                                   num_layers=num_layers), dropout=dropout, seed_=seed, dtype=dtype)
         super().__init__(dict(vocab_size=int(vocab_size), embed_dim=int(embed_dim),
@@ -295,16 +336,75 @@ class LanguageModel(_Model):
         finally:
             self.train(was)
 
-    def sample(self, n, prime=None, temperature=1.0, rng=None, top_k=None):
-        """Generate ``n`` tokens after the ``prime`` ids (default: token 0).
+    @property
+    def vocab(self):
+        """The vocabulary saved with the model (``meta["vocab"]``, set by
+        ``fastrnn train lm``), as a :class:`fastrnn.data.CharVocab` or
+        :class:`~fastrnn.data.WordVocab`; ``None`` when there is none."""
+        d = self.meta.get("vocab")
+        if not d:
+            return None
+        from .data import _Vocab
+        return _Vocab.from_dict(d)
 
-        ``temperature`` < 1 sharpens, > 1 flattens the distribution; 0 takes the
-        most likely token. Returns the generated ids (without the prime).
+    def encode(self, text: str) -> np.ndarray:
+        """The token ids of ``text`` in the model's :attr:`vocab`.
+
+        Raises
+        ------
+        ValueError
+            When the model has no vocabulary, or ``text`` has characters
+            (words, for a word vocabulary) the model never saw, naming them:
+            they are refused, not replaced by ``<unk>``.
+        """
+        vocab = self.vocab
+        if vocab is None:
+            raise ValueError("this model has no vocabulary (meta['vocab']): pass token ids, "
+                             "or train it with `fastrnn train lm`")
+        toks = list(text) if type(vocab).__name__ == "CharVocab" else vocab.tokenize(text)
+        unknown = sorted({t for t in toks if t not in vocab.stoi or t == vocab.unk})
+        if unknown:
+            what = "characters" if type(vocab).__name__ == "CharVocab" else "words"
+            raise ValueError(f"{what} the model never saw: "
+                             + ", ".join(repr(t) for t in unknown)
+                             + f" (its vocabulary has {len(vocab)} tokens)")
+        return vocab.encode(text)
+
+    def sample(self, n: int, prime=None, temperature: float = 1.0, rng=None,
+               top_k: int | None = None) -> np.ndarray:
+        """Generate ``n`` tokens after ``prime``.
+
+        Parameters
+        ----------
+        n : int
+            Tokens to generate.
+        prime : str or sequence of int, optional
+            Token ids to start from, or a text encoded with the model's
+            :attr:`vocab` (see :meth:`encode`: characters the model never saw
+            raise ``ValueError`` naming them). Default: token 0.
+        temperature : float, default 1.0
+            < 1 sharpens, > 1 flattens the distribution; 0 takes the most
+            likely token.
+        rng : int or numpy.random.Generator, optional
+            Seed or generator of the sampling.
+        top_k : int, optional
+            Sample among the ``top_k`` most likely tokens only.
+
+        Returns
+        -------
+        numpy.ndarray of int64, shape (n,)
+            The generated ids (without the prime); ``model.vocab.decode(ids)``
+            gives the text.
         """
         n = _validate.nonneg_int("n", n)
         temperature = _validate.finite_float("temperature", temperature, 0.0)
         top_k = _validate.optional_positive_int("top_k", top_k)
         rng = as_rng(rng)
+        if isinstance(prime, str):
+            try:
+                prime = self.encode(prime)
+            except ValueError as exc:
+                raise ValueError(f"prime {prime!r}: {exc}") from None
         prime = np.asarray([0] if prime is None or len(prime) == 0 else prime, dtype=np.int64)
         was = self.training
         self.eval()
@@ -530,12 +630,64 @@ class SequenceClassifier(_SequenceToVector):
     The attention LSTM in one line:
     ``SequenceClassifier(input_size=F, num_classes=C, cell="lstm", pooling="attention")``.
     ``forward(x [B, T, F] | ids [B, T], lengths=None) -> logits [B, C]``.
+    :meth:`fit` sets :attr:`classes` (any labels) and :attr:`scaler`, so that
+    :meth:`predict` takes raw features and returns the original labels.
+
+    Parameters
+    ----------
+    num_classes : int
+        ``C``, the number of classes (logits per sequence).
+    input_size : int, optional
+        ``F``, features per time step; required unless ``vocab_size`` is given.
+    hidden_size : int, default 64
+        Hidden units per recurrent layer and direction.
+    num_layers : int, default 1
+        Stacked recurrent layers.
+    cell : str, default "lstm"
+        The recurrent cell: ``"lstm"``, ``"gru"``, ``"gru_reset_before"``,
+        ``"rnn_tanh"`` (or ``"rnn"``), ``"rnn_relu"``, ``"peephole"``
+        (``"peephole_diagonal"``) or ``"peephole_full"`` (see :data:`CELL_TYPES`).
+    pooling : {"last", "attention"}, default "last"
+        How a sequence becomes one vector: the top layer's state at the last
+        valid step (both directions), or additive attention over the valid
+        steps (:class:`fastrnn.blocks.AttentionPool`).
+    bidirectional : bool, default False
+        Bidirectional recurrent layers.
+    dropout : float in [0, 1), default 0.0
+        Dropout between recurrent layers and before the head (training only).
+    attn_size : int, optional
+        Width ``A`` of the attention's hidden layer (default: the pooled width
+        ``D*H``); only with ``pooling="attention"``.
+    vocab_size : int, optional
+        Inputs are token ids ``[B, T]`` embedded first (then ``embed_dim`` is
+        required and ``input_size`` unused).
+    embed_dim : int, optional
+        Width of the token embedding, with ``vocab_size``.
+    backend : {"auto", "numpy", "cpu", "cuda"}, default "auto"
+        Where the recurrent layers run (see :class:`fastrnn.LSTM`).
+    dtype : {"float32", "float64"}, default "float32"
+        Parameter dtype (inputs are converted to it).
+    seed : int or None, default None
+        Seeds the initial weights and the dropout masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastrnn import SequenceClassifier
+    >>> X = np.random.default_rng(0).standard_normal((40, 6, 3))   # (B, T, F)
+    >>> y = np.where(X[:, 0, 0] > 0, "up", "down")
+    >>> model = SequenceClassifier(2, input_size=3, hidden_size=8, seed=0)
+    >>> model = model.fit(X, y, epochs=2)
+    >>> sorted(model.classes), model.predict(X[:2]).shape
+    (['down', 'up'], (2,))
     """
 
-    def __init__(self, num_classes, input_size=None, hidden_size=64, num_layers=1,
-                 cell="lstm", pooling="last", bidirectional=False, dropout=0.0,
-                 attn_size=None, vocab_size=None, embed_dim=None, backend="auto",
-                 dtype="float32", seed=None):
+    def __init__(self, num_classes: int, input_size: int | None = None, hidden_size: int = 64,
+                 num_layers: int = 1, cell: str = "lstm", pooling: str = "last",
+                 bidirectional: bool = False, dropout: float = 0.0,
+                 attn_size: int | None = None, vocab_size: int | None = None,
+                 embed_dim: int | None = None, backend: str = "auto",
+                 dtype: str = "float32", seed: int | None = None) -> None:
         _validate.model_args(dict(num_classes=num_classes, hidden_size=hidden_size,
                                   num_layers=num_layers),
                              dict(input_size=input_size, attn_size=attn_size, vocab_size=vocab_size,
@@ -762,11 +914,60 @@ class SequenceRegressor(_SequenceToVector):
     ``forward(x [B, T, F], lengths=None) -> [B, horizon, output_size]``,
     trained with mean squared error. ``forecast`` rolls the one-step model
     forward on its own predictions when ``output_size == input_size``.
+    :meth:`fit` sets :attr:`scaler` and :attr:`target_scaler` (and
+    :attr:`difference` for a model of changes), so that :meth:`predict`
+    takes and returns values in the data's own units.
+
+    Parameters
+    ----------
+    input_size : int
+        ``F``, features per time step of the window.
+    output_size : int, optional
+        Values predicted per step (default ``input_size``).
+    horizon : int, default 1
+        Steps predicted after the window.
+    hidden_size : int, default 64
+        Hidden units per recurrent layer and direction.
+    num_layers : int, default 1
+        Stacked recurrent layers.
+    cell : str, default "lstm"
+        The recurrent cell: ``"lstm"``, ``"gru"``, ``"gru_reset_before"``,
+        ``"rnn_tanh"`` (or ``"rnn"``), ``"rnn_relu"``, ``"peephole"``
+        (``"peephole_diagonal"``) or ``"peephole_full"`` (see :data:`CELL_TYPES`).
+    pooling : {"last", "attention"}, default "last"
+        How a sequence becomes one vector: the top layer's state at the last
+        valid step (both directions), or additive attention over the valid
+        steps (:class:`fastrnn.blocks.AttentionPool`).
+    bidirectional : bool, default False
+        Bidirectional recurrent layers.
+    dropout : float in [0, 1), default 0.0
+        Dropout between recurrent layers and before the head (training only).
+    attn_size : int, optional
+        Width ``A`` of the attention's hidden layer (default: the pooled width
+        ``D*H``); only with ``pooling="attention"``.
+    backend : {"auto", "numpy", "cpu", "cuda"}, default "auto"
+        Where the recurrent layers run (see :class:`fastrnn.LSTM`).
+    dtype : {"float32", "float64"}, default "float32"
+        Parameter dtype (inputs are converted to it).
+    seed : int or None, default None
+        Seeds the initial weights and the dropout masks.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastrnn import SequenceRegressor
+    >>> from fastrnn.data import sliding_windows
+    >>> X, Y = sliding_windows(np.sin(np.arange(200) / 5), 12, 2)   # (N, 12), (N, 2)
+    >>> model = SequenceRegressor(1, horizon=2, hidden_size=8, seed=0).fit(X, Y, epochs=2)
+    >>> model.predict(X[:3]).shape                    # (B, horizon, output_size)
+    (3, 2, 1)
     """
 
-    def __init__(self, input_size, output_size=None, horizon=1, hidden_size=64,
-                 num_layers=1, cell="lstm", pooling="last", bidirectional=False,
-                 dropout=0.0, attn_size=None, backend="auto", dtype="float32", seed=None):
+    def __init__(self, input_size: int, output_size: int | None = None, horizon: int = 1,
+                 hidden_size: int = 64, num_layers: int = 1, cell: str = "lstm",
+                 pooling: str = "last", bidirectional: bool = False, dropout: float = 0.0,
+                 attn_size: int | None = None, backend: str = "auto", dtype: str = "float32",
+                 seed: int | None = None) -> None:
         _validate.model_args(dict(input_size=input_size, horizon=horizon, hidden_size=hidden_size,
                                   num_layers=num_layers),
                              dict(output_size=output_size, attn_size=attn_size),

@@ -39,7 +39,20 @@ __all__ = [
 
 
 class Optimizer:
-    """Base class: named parameters, per-parameter state, ``state_dict``."""
+    """Base class: named parameters, per-parameter state, ``state_dict``.
+
+    Parameters
+    ----------
+    params : model, module, list of modules, or dict of str to array
+        What to optimise: anything with ``params`` (a model, layer or block;
+        its ``params`` are updated in place), a list of those (names
+        prefixed ``"0."``, ``"1."``...), or a dict of arrays.
+    lr : float
+        Learning rate (settable: ``opt.lr = ...``, as schedules do).
+
+    ``step(grads=None)`` applies one update from ``grads`` (default: the
+    model's ``grads``).
+    """
 
     #: hyper-parameters saved in ``state_dict`` (besides ``lr``)
     _hparams = ()
@@ -135,7 +148,25 @@ class Optimizer:
 class SGD(Optimizer):
     """SGD with momentum / Nesterov (``torch.optim.SGD``):
     ``g += wd p; b = μ b + (1-τ) g (b = g at the first step);
-    g = g + μ b (Nesterov) or b; p -= lr g``."""
+    g = g + μ b (Nesterov) or b; p -= lr g``.
+
+    Parameters
+    ----------
+    params : model, module, list of modules, or dict of str to array
+        What to optimise: anything with ``params`` (a model, layer or block;
+        its ``params`` are updated in place), a list of those (names
+        prefixed ``"0."``, ``"1."``...), or a dict of arrays.
+    lr : float, default 1e-2
+        Learning rate.
+    momentum : float, default 0.0
+        Momentum factor ``μ``.
+    dampening : float, default 0.0
+        Dampening ``τ`` of the momentum.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient.
+    nesterov : bool, default False
+        Nesterov momentum (needs ``momentum > 0`` and ``dampening = 0``).
+    """
 
     _hparams = ("momentum", "dampening", "weight_decay", "nesterov")
 
@@ -177,7 +208,25 @@ class SGD(Optimizer):
 
 class Adam(Optimizer):
     """Adam (``torch.optim.Adam``), L2 weight decay added to the gradient;
-    ``amsgrad`` keeps the running maximum of the second moment."""
+    ``amsgrad`` keeps the running maximum of the second moment.
+
+    Parameters
+    ----------
+    params : model, module, list of modules, or dict of str to array
+        What to optimise: anything with ``params`` (a model, layer or block;
+        its ``params`` are updated in place), a list of those (names
+        prefixed ``"0."``, ``"1."``...), or a dict of arrays.
+    lr : float, default 1e-3
+        Learning rate.
+    betas : (float, float), default (0.9, 0.999)
+        Decay rates of the first and second moment estimates.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient.
+    amsgrad : bool, default False
+        Use the running maximum of the second moment.
+    """
 
     _hparams = ("betas", "eps", "weight_decay", "amsgrad")
     _decoupled = False
@@ -251,7 +300,25 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """AdamW (``torch.optim.AdamW``): decoupled weight decay
-    ``p *= 1 - lr·wd`` before the Adam step; default ``weight_decay=0.01``."""
+    ``p *= 1 - lr·wd`` before the Adam step; default ``weight_decay=0.01``.
+
+    Parameters
+    ----------
+    params : model, module, list of modules, or dict of str to array
+        What to optimise: anything with ``params`` (a model, layer or block;
+        its ``params`` are updated in place), a list of those (names
+        prefixed ``"0."``, ``"1."``...), or a dict of arrays.
+    lr : float, default 1e-3
+        Learning rate.
+    betas : (float, float), default (0.9, 0.999)
+        Decay rates of the first and second moment estimates.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 1e-2
+        Decoupled weight decay.
+    amsgrad : bool, default False
+        Use the running maximum of the second moment.
+    """
 
     _decoupled = True
 
@@ -263,7 +330,27 @@ class AdamW(Adam):
 class RMSprop(Optimizer):
     """RMSprop (``torch.optim.RMSprop``): ``s = α s + (1-α) g²``;
     centred: subtract the squared running mean; ``p -= lr g / (√s + ε)``
-    (through a momentum buffer when ``momentum > 0``)."""
+    (through a momentum buffer when ``momentum > 0``).
+
+    Parameters
+    ----------
+    params : model, module, list of modules, or dict of str to array
+        What to optimise: anything with ``params`` (a model, layer or block;
+        its ``params`` are updated in place), a list of those (names
+        prefixed ``"0."``, ``"1."``...), or a dict of arrays.
+    lr : float, default 1e-2
+        Learning rate.
+    alpha : float, default 0.99
+        Smoothing constant of the squared-gradient average.
+    eps : float, default 1e-8
+        Added to the denominator.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient.
+    momentum : float, default 0.0
+        Momentum factor.
+    centered : bool, default False
+        Normalise by the estimated variance (subtract the squared mean).
+    """
 
     _hparams = ("alpha", "eps", "weight_decay", "momentum", "centered")
 
@@ -324,7 +411,25 @@ class RMSprop(Optimizer):
 
 class Adagrad(Optimizer):
     """Adagrad (``torch.optim.Adagrad``): ``Σ += g²;
-    p -= lr/(1+(t-1)·lr_decay) · g / (√Σ + ε)``."""
+    p -= lr/(1+(t-1)·lr_decay) · g / (√Σ + ε)``.
+
+    Parameters
+    ----------
+    params : model, module, list of modules, or dict of str to array
+        What to optimise: anything with ``params`` (a model, layer or block;
+        its ``params`` are updated in place), a list of those (names
+        prefixed ``"0."``, ``"1."``...), or a dict of arrays.
+    lr : float, default 1e-2
+        Learning rate.
+    lr_decay : float, default 0.0
+        Learning-rate decay per step.
+    weight_decay : float, default 0.0
+        L2 penalty added to the gradient.
+    initial_accumulator_value : float, default 0.0
+        Starting value of the sum of squared gradients.
+    eps : float, default 1e-10
+        Added to the denominator.
+    """
 
     _hparams = ("lr_decay", "weight_decay", "initial_accumulator_value", "eps")
 

@@ -25,7 +25,7 @@ def write_history(history, path, **extra):
 
 def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metric=None,
                  metric_scale=1.0, metric_label=None, x=None, xlabel="epoch",
-                 loss_label="loss"):
+                 loss_label="loss", loss_scale=1.0):
     """Save a PNG of training curves; returns ``path``, or ``None`` when
     matplotlib is not installed.
 
@@ -42,6 +42,11 @@ def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metr
     x, xlabel : list, str
         The x values (default ``history["epoch"]``) and their name, e.g.
         training steps for runs whose "epochs" are slices of a stream.
+    loss_label : str
+        The y label of the loss panel (its unit).
+    loss_scale : float
+        Factor applied to the ``loss_keys`` curves, e.g. ``1 / ln 2`` to draw
+        a language model's losses (nats in the history) in bits.
 
     A run with a single point is drawn with markers, so it is visible.
     """
@@ -60,6 +65,7 @@ def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metr
     for k in loss_keys:
         ys = history.get(k)
         if ys and len(ys) == len(xs):
+            ys = [v * loss_scale if v is not None else float("nan") for v in ys]
             ax.plot(xs, ys, label=k.replace("_", " "), **style)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(loss_label)

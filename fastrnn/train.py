@@ -20,8 +20,10 @@ import math
 import os
 import sys
 import time
+from typing import Any, Callable
 
 import numpy as np
+from tqdm import tqdm
 
 from . import checkpoint as _ckpt
 from .optim import clip_grad_norm, clip_grad_value
@@ -43,96 +45,178 @@ def _fmt_rate(r):
     return f"{r:.0f}"
 
 
-class ProgressBar:
-    """A one-line progress bar on ``file`` (stderr): step count, bar, running
-    loss, throughput and ETA. Redraws at most every ``interval`` seconds
-    (every 10 s when ``file`` is not a terminal); ``disable=True`` prints
-    nothing."""
+class _Tqdm(tqdm):
+    """tqdm whose format fields include the training statistics of the
+    :class:`ProgressBar` that owns it (read when the line is drawn)."""
 
-    def __init__(self, total=None, desc="", unit="samples", disable=False, file=None,
-                 interval=None, width=24, deadline=None):
-        self.total, self.desc, self.unit, self.disable = total, desc, unit, disable
-        self.file = file if file is not None else sys.stderr
-        tty = getattr(self.file, "isatty", lambda: False)()
-        self.interval = interval if interval is not None else (0.1 if tty else 10.0)
-        self.width = width
-        self.deadline = deadline          # perf_counter() time the run must end by
-        self.count = 0
-        self.items = 0
-        self.loss_sum = 0.0
-        self.loss_n = 0
-        self.start = time.perf_counter()
-        self._last = -math.inf
-        self._drawn = False
+    def __init__(self, *args, owner=None, **kwargs):
+        self.owner = owner                       # before tqdm's first draw
+        super().__init__(*args, **kwargs)
 
     @property
-    def elapsed(self):
+    def format_dict(self):
+        d = super().format_dict
+        if getattr(self, "owner", None) is not None:
+            d.update(self.owner._fields())
+        return d
+
+
+def _isatty(file):
+    try:
+        return bool(file.isatty())
+    except (AttributeError, ValueError):
+        return False
+
+
+class ProgressBar:
+    """Training progress on ``file`` (stderr), drawn by :mod:`tqdm`: step
+    count, bar, running loss, throughput in ``unit`` per second and ETA.
+
+    On a terminal the bar is a live :class:`tqdm.tqdm` line redrawn at most
+    every ``interval`` seconds (0.1 by default). On anything else (a log
+    file, a pipe, a notebook's stream) there is no live bar: a plain line is
+    written every ``interval`` seconds (10 by default) and when the bar is
+    closed, so logs get one line per epoch without carriage returns.
+    ``disable=True`` prints nothing.
+
+    Parameters
+    ----------
+    total : int, optional
+        Steps (batches) expected; ``None`` when unknown (no bar, no ETA).
+    desc : str
+        Text in front of the line, e.g. ``"epoch 3/10"``.
+    unit : str
+        What the ``items`` of :meth:`update` count (``"samples"``, ``"char"``).
+    disable : bool
+        Print nothing at all.
+    file : file-like, optional
+        Where to write (default ``sys.stderr``).
+    interval : float, optional
+        Seconds between redraws (see above).
+    deadline : float, optional
+        ``time.perf_counter()`` time by which the run must end; the ETA
+        never goes past it.
+    loss_scale : float
+        Factor applied to the running loss and to ``*loss`` values passed to
+        :meth:`close` for display (``1 / ln 2`` shows nats as bits).
+    loss_unit : str
+        Unit written after each loss value (e.g. ``"bits/char"``), or ``""``.
+    initial, items, loss_sum, loss_n, elapsed
+        State of an epoch being resumed: steps, items and weighted loss so
+        far, and the seconds it has already run.
+    """
+
+    def __init__(self, total: int | None = None, desc: str = "", unit: str = "samples",
+                 disable: bool = False, file=None, interval: float | None = None,
+                 deadline: float | None = None, loss_scale: float = 1.0,
+                 loss_unit: str = "", initial: int = 0, items: int = 0,
+                 loss_sum: float = 0.0, loss_n: float = 0, elapsed: float = 0.0):
+        self.total, self.desc, self.unit, self.disable = total, desc, unit, bool(disable)
+        self.file = file if file is not None else sys.stderr
+        self.live = not self.disable and _isatty(self.file)
+        self.interval = interval if interval is not None else (0.1 if self.live else 10.0)
+        self.deadline = deadline
+        self.loss_scale, self.loss_unit = float(loss_scale), loss_unit
+        self.count, self.items = int(initial), items
+        self.loss_sum, self.loss_n = loss_sum, loss_n
+        self.start = time.perf_counter() - elapsed
+        self._last = time.perf_counter()
+        self._extra = ""
+        self._tq = None
+        if self.live:
+            self._tq = _Tqdm(total=total, initial=self.count, file=self.file,
+                             mininterval=self.interval, dynamic_ncols=True, leave=True,
+                             bar_format=self._format(), unit=unit, owner=self)
+
+    @property
+    def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
     @property
-    def rate(self):
+    def rate(self) -> float:
         return self.items / max(self.elapsed, 1e-9)
 
     @property
-    def loss(self):
+    def loss(self) -> float:
         return self.loss_sum / max(self.loss_n, 1)
 
-    def update(self, items=0, loss=None, weight=1):
+    def update(self, items: int = 0, loss: float | None = None, weight: float = 1) -> None:
+        """One step: ``items`` processed, its mean ``loss`` weighted by ``weight``."""
         self.count += 1
         self.items += items
         if loss is not None:
             self.loss_sum += loss * weight
             self.loss_n += weight
-        now = time.perf_counter()
-        if not self.disable and now - self._last >= self.interval:
-            self._last = now
-            self._draw()
+        if self._tq is not None:
+            self._tq.update(1)
+        elif not self.disable:
+            now = time.perf_counter()
+            if now - self._last >= self.interval:
+                self._last = now
+                self.file.write(self._line() + "\n")
+                self.file.flush()
 
-    def _line(self, extra=""):
-        parts = [self.desc] if self.desc else []
-        if self.total:
-            frac = min(self.count / self.total, 1.0)
-            fill = int(frac * self.width)
-            parts.append(f"{self.count}/{self.total} [{'#' * fill}{'.' * (self.width - fill)}]")
-        else:
-            parts.append(f"{self.count}")
+    def _format(self):
+        return "{head}{n_fmt}/{total_fmt} [{bar}]  {stats}" if self.total else "{head}{n_fmt}  {stats}"
+
+    def _fields(self, extra=None):
+        extra = self._extra if extra is None else extra
+        parts = []
         if self.loss_n:
-            parts.append(f"loss {self.loss:.4f}")
+            parts.append(f"loss {self.loss * self.loss_scale:.4f}"
+                         + (f" {self.loss_unit}" if self.loss_unit else ""))
         parts.append(f"{_fmt_rate(self.rate)} {self.unit}/s")
         if self.total and self.count:
-            eta = self.elapsed / self.count * (self.total - self.count)
+            eta = self.elapsed / self.count * max(self.total - self.count, 0)
             if self.deadline is not None:
                 eta = max(0.0, min(eta, self.deadline - time.perf_counter()))
             parts.append(f"ETA {_fmt_time(eta)}")
         else:
-            parts.append(f"{_fmt_time(self.elapsed)}")
+            parts.append(_fmt_time(self.elapsed))
         if extra:
             parts.append(extra)
-        return "  ".join(parts)
+        return {"head": f"{self.desc}  " if self.desc else "", "stats": "  ".join(parts)}
 
-    def _draw(self):
-        self.file.write("\r" + self._line() + "\x1b[K" if self.interval < 1 else self._line() + "\n")
-        self.file.flush()
-        self._drawn = True
+    def _line(self, extra: str = "") -> str:
+        """The bar's text as a plain line (what a non-terminal gets)."""
+        return _Tqdm.format_meter(self.count, self.total, self.elapsed, ncols=None,
+                                  ascii=True, bar_format=self._format(),
+                                  **self._fields(extra or None))
 
-    def close(self, extra=""):
+    def close(self, extra: str = "") -> None:
+        """Finish the line, with ``extra`` (e.g. validation results) after it."""
         if self.disable:
             return
-        line = self._line(extra)
-        if self.interval < 1:
-            self.file.write("\r" + line + "\x1b[K\n")
+        self._extra = extra
+        if self._tq is not None:
+            self._tq.close()
+            self._tq = None
         else:
-            self.file.write(line + "\n")
-        self.file.flush()
+            self.file.write(self._line() + "\n")
+            self.file.flush()
 
 
 class EarlyStopping:
     """Stop when the monitored value has not improved by more than
     ``min_delta`` for ``patience`` epochs; ``restore_best`` puts the best
     parameters back when training stops (:meth:`Trainer.fit` explains when,
-    and how a later ``fit`` continues from the trained ones)."""
+    and how a later ``fit`` continues from the trained ones).
 
-    def __init__(self, patience=5, min_delta=0.0, restore_best=True, mode="min"):
+    Parameters
+    ----------
+    patience : int, default 5
+        Epochs without improvement before stopping.
+    min_delta : float, default 0.0
+        Smallest change that counts as an improvement.
+    restore_best : bool, default True
+        Keep a copy of the best parameters and put them back when training
+        stops.
+    mode : {"min", "max"}, default "min"
+        Whether lower (a loss) or higher (an accuracy) is better.
+    """
+
+    def __init__(self, patience: int = 5, min_delta: float = 0.0, restore_best: bool = True,
+                 mode: str = "min") -> None:
         if mode not in ("min", "max"):
             raise ValueError("mode must be 'min' or 'max'")
         self.patience, self.min_delta = int(patience), float(min_delta)
@@ -195,31 +279,75 @@ class Trainer:
 
     Parameters
     ----------
-    model : a fastrnn model (see the module docstring)
-    optimizer : a :mod:`fastrnn.optim` optimizer over ``model``'s parameters
-    train_data, val_data : objects with ``batches(rng)``, or lists of batches
-    clip_norm, clip_value : gradient clipping (global norm / per value)
-    schedule : callable ``t -> lr`` of the epoch (``schedule_unit="epoch"``),
-        of the global step (``"step"``), or of the fraction of the budget
-        spent, in [0, 1] (``"budget"``: ``global_step / max_steps`` or elapsed
-        time / ``max_seconds``, whichever is further; for runs bounded by time,
-        which are then not exactly repeatable)
-    early_stopping : an :class:`EarlyStopping` on the validation loss (or on
-        the training loss without validation data)
-    seed : seeds the trainer's generator (shuffling)
-    progress : show the progress bar (stderr)
-    checkpoint : path written after every epoch (see :meth:`save_checkpoint`)
-    max_seconds : stop training after this much wall time (checked every step;
-        the current epoch is then validated and recorded)
-    max_steps : stop after this many optimizer steps in total (same way)
-    unit : name of what ``batch_loss``'s count measures (for throughput)
+    model : model
+        A fastrnn model, or anything with its protocol (see the module
+        docstring).
+    optimizer : fastrnn.optim.Optimizer
+        An optimizer over ``model``'s parameters.
+    train_data : data object or list of batches
+        An object with ``batches(rng)`` (:mod:`fastrnn.data`), a callable
+        ``rng -> batches``, or a list of batches.
+    val_data : same as ``train_data``, optional
+        Evaluated after every epoch (``val_loss`` and the model's metrics).
+    clip_norm : float, optional
+        Clip the gradients' global norm to this value.
+    clip_value : float, optional
+        Clip every gradient value to ``[-clip_value, clip_value]``.
+    schedule : callable, optional
+        ``t -> lr``, of the epoch (``schedule_unit="epoch"``), of the global
+        step (``"step"``), or of the fraction of the budget spent, in
+        [0, 1] (``"budget"``: ``global_step / max_steps`` or elapsed time /
+        ``max_seconds``, whichever is further; for runs bounded by time,
+        which are then not exactly repeatable).
+    schedule_unit : {"epoch", "step", "budget"}, default "epoch"
+        What ``schedule`` is a function of (see above).
+    early_stopping : EarlyStopping, optional
+        Early stopping on the validation loss (on the training loss without
+        validation data).
+    seed : int, default 0
+        Seeds the trainer's generator (shuffling).
+    progress : bool, default True
+        Show the progress bar (:class:`ProgressBar`, through tqdm): a live
+        bar on a terminal, one plain line per epoch elsewhere; a language
+        model's losses in bits per character. ``False``: nothing.
+    checkpoint : str, optional
+        Path written after every epoch (see :meth:`save_checkpoint`).
+    max_seconds : float, optional
+        Stop training after this much wall time (checked every step; the
+        current epoch is then validated and recorded).
+    max_steps : int, optional
+        Stop after this many optimizer steps in total (same way).
+    unit : str, default "samples"
+        Name of what ``batch_loss``'s count measures (for throughput).
+    file : file-like, optional
+        Where the progress bar writes (default ``sys.stderr``).
+    log : callable, optional
+        Called with one string per epoch (loss, learning rate, time,
+        throughput, validation results), e.g. ``print`` or ``logging.info``.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fastrnn import SequenceClassifier, Adam, Trainer
+    >>> from fastrnn.data import ArrayBatches
+    >>> X = np.random.default_rng(0).standard_normal((64, 5, 2)).astype(np.float32)
+    >>> y = (X[:, 0, 0] > 0).astype(np.int64)
+    >>> model = SequenceClassifier(2, input_size=2, hidden_size=8, seed=0)
+    >>> trainer = Trainer(model, Adam(model, lr=1e-2), ArrayBatches(X, y, batch_size=16),
+    ...                   progress=False)
+    >>> history = trainer.fit(3)
+    >>> history["epoch"]
+    [1, 2, 3]
     """
 
-    def __init__(self, model, optimizer, train_data, val_data=None, *, clip_norm=None,
-                 clip_value=None, schedule=None, schedule_unit="epoch", early_stopping=None,
-                 seed=0, progress=True, checkpoint=None, max_seconds=None, max_steps=None,
-                 unit="samples",
-                 file=None, log=None):
+    def __init__(self, model: Any, optimizer: Any, train_data: Any, val_data: Any = None, *,
+                 clip_norm: float | None = None, clip_value: float | None = None,
+                 schedule: Callable[[float], float] | None = None, schedule_unit: str = "epoch",
+                 early_stopping: EarlyStopping | None = None, seed: int = 0,
+                 progress: bool = True, checkpoint: str | None = None,
+                 max_seconds: float | None = None, max_steps: int | None = None,
+                 unit: str = "samples", file: Any = None,
+                 log: Callable[[str], Any] | None = None) -> None:
         if schedule_unit not in ("epoch", "step", "budget"):
             raise ValueError("schedule_unit must be 'epoch', 'step' or 'budget'")
         if schedule_unit == "budget" and max_seconds is None and max_steps is None:
@@ -284,7 +412,7 @@ class Trainer:
             f = max(f, (time.perf_counter() - t_start) / self.max_seconds)
         return min(f, 1.0)
 
-    def fit(self, epochs=None, steps=None):
+    def fit(self, epochs: float | None = None, steps: int | None = None) -> dict[str, list]:
         """Train, continuing from where the trainer stands; returns :attr:`history`.
 
         ``epochs`` is the *total* number of epochs to have completed (not a
@@ -351,13 +479,14 @@ class Trainer:
                                    "loss_sum": 0.0, "loss_n": 0, "time": 0.0}
             if ep["iter"] is None:
                 ep["iter"] = self._epoch_iterator(ep)
+            scale, loss_unit = self._loss_display()
             bar = ProgressBar(n_batches, desc=f"epoch {epoch + 1}" + (f"/{epochs}" if epochs != math.inf else ""),
                               unit=self.unit, disable=not self.progress, file=self.file,
                               deadline=None if self.max_seconds is None
-                              else t_start + self.max_seconds)
-            bar.count, bar.items, bar.loss_sum, bar.loss_n = (
-                ep["count"], ep["items"], ep["loss_sum"], ep["loss_n"])
-            bar.start -= ep["time"]
+                              else t_start + self.max_seconds,
+                              loss_scale=scale, loss_unit=loss_unit,
+                              initial=ep["count"], items=ep["items"], loss_sum=ep["loss_sum"],
+                              loss_n=ep["loss_n"], elapsed=ep["time"])
             t0 = time.perf_counter()
             paused = False
             for batch in ep["iter"]:
@@ -408,11 +537,12 @@ class Trainer:
                 model.reset_state()                 # the epoch's carried state ends with it
             self._record(**row)
             self.epoch = epoch + 1
-            extra = "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val_"))
+            extra = "  ".join(self._shown(k, v, ".4f") for k, v in row.items()
+                              if k.startswith("val_"))
             bar.close(extra)
             if self.log is not None:
                 self.log(f"epoch {epoch + 1}: " + "  ".join(
-                    f"{k} {v:.4g}" for k, v in row.items() if k != "epoch"))
+                    self._shown(k, v, ".4g") for k, v in row.items() if k != "epoch"))
             es = self.early_stopping
             if es is not None:
                 monitor = row.get("val_loss", row["loss"])
@@ -425,6 +555,22 @@ class Trainer:
         if self._open is None and (self.stop_reason is not None or self.epoch >= epochs):
             self._restore_best()
         return self.history
+
+    def _loss_display(self):
+        """``(scale, unit)`` of the losses shown: bits per ``unit`` for a model
+        whose loss is a cross-entropy per token (``model.loss_in_bits``, the
+        language model), else the loss as computed (no unit). The history
+        keeps the losses as computed (nats)."""
+        if getattr(self.model, "loss_in_bits", False):
+            return 1 / math.log(2), f"bits/{self.unit}"
+        return 1.0, ""
+
+    def _shown(self, key, value, fmt):
+        """``"key value"`` for the bar and the log, losses in display units."""
+        scale, unit = self._loss_display()
+        if unit and key.endswith("loss"):
+            return f"{key} {value * scale:{fmt}} {unit}"
+        return f"{key} {value:{fmt}}"
 
     def _epoch_iterator(self, ep):
         """The batches of the open epoch ``ep``; after a resume from a

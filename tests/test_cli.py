@@ -42,6 +42,13 @@ def test_train_lm_then_generate(tmp_path, capsys):
     rc, out, _ = run(capsys, "generate", "--model", model, "--prime", "it was", "--length", "20",
                      "--seed", "1")
     assert rc == 0 and out.startswith("it was") and len(out.strip()) >= 20
+    # characters the model never saw are refused, naming them (not read as '?')
+    for cmd in ("generate", "predict"):
+        rc, out, err = run(capsys, cmd, "--model", model, "--prime", "it wasZ€ Z",
+                           "--length", "5")
+        assert rc == 2 and out == "", (cmd, out)
+        assert "--prime has characters the model never saw" in err
+        assert "'Z'" in err and "'€'" in err and "'i'" not in err
 
 
 def test_train_classify_and_forecast(tmp_path, capsys):

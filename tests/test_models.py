@@ -364,3 +364,17 @@ def test_classifier_validation_scores_each_batch_once(monkeypatch):
     res = tr.evaluate(val)
     assert len(seen) == 2                                          # not 4
     assert res["accuracy"] == pytest.approx(float(np.mean(model.predict(x) == y)))
+
+
+def test_sample_text_prime_refuses_unknown_characters():
+    from fastrnn.data import CharVocab
+    vocab = CharVocab("abcab ")
+    lm = LanguageModel(len(vocab), 3, 4, seed=0, backend="numpy")
+    with pytest.raises(ValueError, match="no vocabulary"):
+        lm.sample(3, "ab")
+    lm.meta["vocab"] = vocab.to_dict()
+    np.testing.assert_array_equal(lm.sample(5, "ab c", rng=0),
+                                  lm.sample(5, vocab.encode("ab c"), rng=0))
+    with pytest.raises(ValueError, match=r"never saw: 'x', 'z'") as info:
+        lm.sample(3, "abzx z")
+    assert "'a'" not in str(info.value)

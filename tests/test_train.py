@@ -241,6 +241,53 @@ def test_progress_bar_output():
     assert "2/4" in line and "ETA" in line and "loss 2.0000" in line
 
 
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_is_tqdm_on_a_terminal_and_plain_lines_elsewhere():
+    import tqdm
+    term = _Terminal()
+    bar = ProgressBar(total=4, desc="epoch 1/1", unit="tok", file=term, interval=0)
+    assert isinstance(bar._tq, tqdm.tqdm)
+    for _ in range(4):
+        bar.update(10, loss=1.0, weight=10)
+    bar.close("val_loss 0.5000")
+    out = term.getvalue()
+    assert "\r" in out and out.endswith("\n") and "4/4" in out and "val_loss 0.5000" in out
+    log = io.StringIO()                   # not a terminal: no carriage returns, one line
+    bar = ProgressBar(total=4, desc="epoch 1/1", unit="tok", file=log)
+    assert bar._tq is None
+    for _ in range(4):
+        bar.update(10, loss=1.0, weight=10)
+    bar.close("val_loss 0.5000")
+    assert "\r" not in log.getvalue() and log.getvalue().count("\n") == 1
+    assert "4/4" in log.getvalue() and "tok/s" in log.getvalue()
+    silent = _Terminal()
+    bar = ProgressBar(total=4, file=silent, disable=True)
+    bar.update(1, loss=1.0)
+    bar.close("x")
+    assert silent.getvalue() == "" and bar._tq is None
+
+
+def test_language_model_progress_in_bits_per_character():
+    import math
+    ids = np.random.default_rng(0).integers(0, 5, 300)
+    lm = LanguageModel(5, 3, 6, seed=0, backend="numpy")
+    buf, logs = io.StringIO(), []
+    tr = Trainer(lm, Adam(lm, lr=1e-2), LMBatches(ids[:250], 4, 10),
+                 LMBatches(ids[250:], 2, 10), progress=True, unit="char", file=buf,
+                 log=logs.append)
+    tr.fit(1)
+    out = buf.getvalue()
+    bits = tr.history["val_loss"][0] / math.log(2)           # the history stays in nats
+    assert f"val_loss {bits:.4f} bits/char" in out and "loss" in out
+    loss_bits = tr.history["loss"][0] / math.log(2)
+    assert f"loss {loss_bits:.4f} bits/char" in out
+    assert f"val_loss {bits:.4g} bits/char" in logs[0]
+
+
 def test_language_model_trainer_resets_state_each_epoch():
     ids = np.random.default_rng(0).integers(0, 5, 300)
     lm = LanguageModel(5, 3, 6, seed=0, backend="numpy")

@@ -47,7 +47,7 @@ L2, and when one thread is late (its core is busy) the other claims the rest:
 a step never waits for a thread that has not started it. A thread waits only
 for a panel the other has claimed and not finished: it spins briefly
 (``pause``), then yields its core (``sched_yield``). A call in which the
-caller spent more than 30% waiting for the partner marks it as late, and the
+caller spent more than half its time waiting for the partner marks it as late, and the
 following calls run on one thread for a while (doubling each time it
 happens again), so a busy machine costs little more than one thread's time.
 """
@@ -187,7 +187,8 @@ def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ld
 
 
 @njit(**_OPTS)
-def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, tid, nthr, mrmax):
+def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, tid, nthr, mrmax,
+              r0, r1):
     # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}]: xh[s,:,:I] = x at step s (in),
     #     xh[0,:,I:] = h0 (in), xh[s+1,:,I:] = h after step s (out; rows >= nact[s]
     #     untouched). One buffer, so the weight gradient is one GEMM against it.
@@ -199,6 +200,8 @@ def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, ti
     # nact: [n] active rows per step (non-increasing)
     # act: [n,B,G*Hp] out in training: i,f,g,o (panel order)
     # ctl: [P+1] int64 panel claim counters, then the done counter
+    # r0, r1: the batch rows this call works on (rows never interact: two threads
+    #     may run the whole loop on disjoint row ranges with nthr = 1 each)
     n1, B, LD = xh.shape
     n = n1 - 1
     Hp = LD - I
@@ -235,15 +238,16 @@ def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, ti
             wp = upp + 4 * p * KW
             col = p * GV
             u0 = p * VW
-            nblk = (nb + mrmax - 1) // mrmax     # row blocks of equal size (+-1), <= mrmax
+            nr = min(nb, r1) - r0
+            nblk = (nr + mrmax - 1) // mrmax     # row blocks of equal size (+-1), <= mrmax
             for blk in range(nblk):
-                r0 = blk * nb // nblk
-                mr = (blk + 1) * nb // nblk - r0
-                xr = xsp + 4 * r0 * LD
-                co = 4 * (r0 * Hp + u0)
+                q0 = r0 + blk * nr // nblk
+                mr = r0 + (blk + 1) * nr // nblk - q0
+                xr = xsp + 4 * q0 * LD
+                co = 4 * (q0 * Hp + u0)
                 _lstm_fwd_mr(mr, peep, tag, xr, LD, xr + 4 * I, LD, wp, I, Hp, bp + 4 * col,
                              ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
-                             ysp + 4 * (r0 * LD + u0), asp + 4 * (r0 * GH + col), GH, training)
+                             ysp + 4 * (q0 * LD + u0), asp + 4 * (q0 * GH + col), GH, training)
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:
@@ -299,14 +303,15 @@ def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy,
 
 
 @njit(**_OPTS)
-def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr, mrmax):
+def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr, mrmax,
+              r0, r1):
     # act: [n,B,G*Hp] i,f,g,o (panel order);  cs: [n+1,B,Hp] cell states (cs[0] = c0)
     # ub: flat packed U for dh = dgates U: output panel q (units [q*NB, q*NB+w),
     #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*G*Hp*NB, [G*Hp][w]
     # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
     # dc: [B,Hp] carry (in: dL/dc_n, out: dL/dc0)
     # dg: [n,B,G*Hp] out, gate pre-activation gradients (rows >= nact[s] untouched)
-    # nact: [n];  ctl: [Q+1] claim counters, then done
+    # nact: [n];  ctl: [Q+1] claim counters, then done;  r0, r1: rows (see _lstm_fwd)
     n, B, GH = act.shape
     Hp = dy.shape[2]
     VW = len(tag)
@@ -328,8 +333,9 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
     waited = 0
     for k in range(n):
         s = n - 1 - k
-        nb = nact[s]
-        nprod = nact[s + 1] if s + 1 < n else 0      # rows whose dh comes through U
+        nb = min(nact[s], r1)
+        nprod = min(nact[s + 1], r1) if s + 1 < n else r0    # rows whose dh comes through U
+        nprod = max(nprod, r0)
         if nthr > 1 and k > 0:
             waited += _wait(done, Q * k)
         a = gp + 4 * (s + 1) * B * GH
@@ -352,22 +358,22 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
             dhq = dhp + 4 * j0
             ppq = ppp + 4 * 3 * j0
             if nv == 4:
-                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
+                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
             elif nv == 3:
-                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
+                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
             elif nv == 2:
-                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
+                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
             else:
-                _lstm_bwd_rows(0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
+                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0,), a, GH, wq, 0, dhq, Hp,
                                dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
@@ -380,7 +386,8 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
 
 # --------------------------------------------------------------------------- threads
 _TWO_THREAD_STEP_FLOPS = 1.5e6  # per-step FLOPs from which two threads pay (measured)
-_LATE_WAIT = 0.3               # fraction of a call the caller waited that marks the partner late
+_LATE_WAIT = 0.5               # fraction of a call the caller waited that marks the partner late
+                               # (from half on, one thread would have been as fast)
 _backoff = {"until": 0.0, "span": 0.05}
 _backoff_lock = threading.Lock()
 _pool = []
@@ -412,6 +419,46 @@ def _note(nthr, waited):
             _backoff["span"] = min(_backoff["span"] * 2, 5.0)
         else:
             _backoff["span"] = max(0.05, _backoff["span"] * 0.75)
+
+
+#: packed weights up to this size fit one core's L2 with room to spare: two threads
+#: then split the batch rows (each runs the whole loop on its rows, no per-step
+#: synchronisation) instead of each step's panels
+_ROW_SPLIT_BYTES = 1 << 20
+#: a call's FLOPs from which two threads pay (measured: below about 2e8, e.g. LSTM
+#: (100,8,64,64), the hand-off costs more than the second core gives)
+_ROW_SPLIT_FLOPS = 2e8
+
+
+class _Plan:
+    """How one kernel call uses the threads: ``mode`` "one", "panels" (both threads
+    share every step, claiming panels) or "rows" (rows [0, cut) and [cut, B) run as
+    two independent tasks)."""
+
+    __slots__ = ("mode", "cut", "B")
+
+    def __init__(self, max_threads, B, step_flops, total_flops, panels, wbytes, lens_sorted):
+        self.B, self.cut, self.mode = B, B, "one"
+        if _nthreads(max_threads, _TWO_THREAD_STEP_FLOPS, 2) < 2:   # capped, or backing off
+            return
+        if wbytes <= _ROW_SPLIT_BYTES and B >= 2 and total_flops >= _ROW_SPLIT_FLOPS:
+            work = np.cumsum(lens_sorted)                  # rows are sorted, longest first
+            self.cut = int(min(B - 1, max(1, np.searchsorted(work, work[-1] / 2) + 1)))
+            self.mode = "rows"
+        elif (panels >= 2 and step_flops >= _TWO_THREAD_STEP_FLOPS
+              and total_flops >= _ROW_SPLIT_FLOPS):
+            self.mode = "panels"
+
+    def launch(self, kernel, args_of):
+        """``kernel(*args_of(tid, nthr, r0, r1))`` as planned."""
+        if self.mode == "one":
+            kernel(*args_of(0, 1, 0, self.B))
+        elif self.mode == "panels":
+            _note(2, _run(kernel, 2, lambda tid: args_of(tid, 2, 0, self.B)))
+        else:
+            c, B = self.cut, self.B
+            _note(2, _Tasks([lambda: kernel(*args_of(0, 1, 0, c)),
+                             lambda: kernel(*args_of(0, 1, c, B))]).run(2))
 
 
 def _run(kernel, nthr, args_of):
@@ -448,12 +495,17 @@ class _Tasks:
                     self.cv.notify_all()
 
     def run(self, nthr):
+        """Run every task; returns the fraction of the time the caller waited."""
+        t0 = time.perf_counter()
         if nthr > 1 and len(self.tasks) > 1:
             _executor().submit(self.work)
         self.work()
+        t1 = time.perf_counter()
         with self.cv:
             while self.left:
                 self.cv.wait()
+        t2 = time.perf_counter()
+        return (t2 - t1) / max(t2 - t0, 1e-9)
 
 
 #: GEMMs are split into tasks for two threads from this many FLOPs on
@@ -668,7 +720,7 @@ class _Schedule:
 class PackedCache:
     """What :func:`lstm_backward` needs from a training :func:`lstm_forward`."""
 
-    __slots__ = ("sched", "pk", "xh", "act", "cs", "flops")
+    __slots__ = ("sched", "pk", "xh", "act", "cs", "flops", "plan")
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
@@ -690,18 +742,19 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     n = sched.n
     tag = _tag(VW)
     mrmax = _mr(VW)
-    nthr = _nthreads(max_threads, 2.0 * B * G * H * (H + I), P)
+    lens_sorted = sched.nact_lengths()
+    step_flops = 2.0 * B * G * H * (H + I)
+    plan = _Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
+                 pk.up.nbytes, lens_sorted)
     padded = sched.tix is not None
     zero = padded or Hp != H               # padded rows / units must read as zeros
-    lens_sorted = sched.nact_lengths()
     rows = np.arange(B)
 
     def launch(xh_, cs_, ring, nact, act_):
         ctl = np.zeros(P + 1, np.int64)
-        waited = _run(_lstm_fwd, nthr, lambda tid: (tag, xh_, I, pk.bias, pk.up, pk.peep, cs_,
-                                                     ring, nact, training, act_, ctl, tid,
-                                                     nthr, mrmax))
-        _note(nthr, waited)
+        plan.launch(_lstm_fwd, lambda tid, nthr, r0, r1: (
+            tag, xh_, I, pk.bias, pk.up, pk.peep, cs_, ring, nact, training, act_, ctl, tid,
+            nthr, mrmax, r0, r1))
 
     if not training:
         # chunks of steps through one [C+1,B,I+Hp] buffer: the workspace beyond x
@@ -749,6 +802,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     cache.sched, cache.pk, cache.xh = sched, pk, xh
     cache.act, cache.cs = act, cs
     cache.flops = 2.0 * B * G * H * H
+    cache.plan = plan
     return y, h_n, c_n, cache
 
 
@@ -783,7 +837,9 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
     mrmax = _mr(VW)
-    nthr = _nthreads(max_threads, cache.flops, Q)
+    plan = cache.plan
+    if plan.mode == "panels" and (Q < 2 or cache.flops < _TWO_THREAD_STEP_FLOPS):
+        plan = _Plan(1, B, 0, 0, 1, 0, None)                 # too few output panels to share
     gthr = _nthreads(max_threads, _TWO_THREAD_STEP_FLOPS, 2)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, np.float32), Hp)
@@ -792,10 +848,9 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dg = (np.zeros if sched.tix is not None else np.empty)((n, B, GH), np.float32)
     zrow = np.zeros(NB, np.float32)
     ctl = np.zeros(Q + 1, np.int64)
-    yl = _run(_lstm_bwd, nthr, lambda tid: (tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep,
-                                             dys, dhn, zrow, dc, dg, sched.nact, ctl, tid, nthr,
-                                             mrmax))
-    _note(nthr, yl)
+    plan.launch(_lstm_bwd, lambda tid, nthr, r0, r1: (
+        tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, sched.nact,
+        ctl, tid, nthr, mrmax, r0, r1))
     # after the loop: large GEMMs over all n*B rows (inactive rows of dg are 0),
     # split in tasks over the rows of their outputs
     dg2 = dg.reshape(n * B, GH)

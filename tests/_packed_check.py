@@ -42,15 +42,19 @@ def vector_width(request):
         packed.set_vector_width(None)
 
 
-@pytest.fixture(params=[1, 2], ids=["1thr", "2thr"])
+@pytest.fixture(params=[1, "panels", "rows"], ids=["1thr", "2thr-panels", "2thr-rows"])
 def threads(request, monkeypatch):
-    """One thread, or two threads from the smallest step on (never backing off)."""
+    """One thread, or two threads from the smallest step on (never backing off),
+    sharing each step's panels or splitting the batch rows (the LSTM's plan)."""
     monkeypatch.setattr(packed, "_backoff", {"until": 0.0, "span": 0.05})
-    if request.param == 2:
+    if request.param != 1:
         monkeypatch.setattr(packed, "_TWO_THREAD_STEP_FLOPS", 0)
         monkeypatch.setattr(packed, "_SPLIT_GEMM_FLOPS", 0)
         monkeypatch.setattr(packed, "_LATE_WAIT", 2.0)
         monkeypatch.setattr(cpu, "_max_threads", 2)
+        rows = request.param == "rows"
+        monkeypatch.setattr(packed, "_ROW_SPLIT_BYTES", 1 << 40 if rows else -1)
+        monkeypatch.setattr(packed, "_ROW_SPLIT_FLOPS", 0)
         assert packed._nthreads(2, 1.0, 2) == 2
     else:
         monkeypatch.setattr(cpu, "_max_threads", 1)

@@ -16,6 +16,7 @@ packed = cpu._packed
 def two_threads(monkeypatch):
     """Every step shared by two threads, whatever its size, and no back-off."""
     monkeypatch.setattr(packed, "_TWO_THREAD_STEP_FLOPS", 0.0)
+    monkeypatch.setattr(packed, "_ROW_SPLIT_FLOPS", 0.0)
     monkeypatch.setattr(packed, "_SPLIT_GEMM_FLOPS", 0.0)
     monkeypatch.setitem(packed._backoff, "until", 0.0)
     monkeypatch.setattr(packed, "_LATE_WAIT", 2.0)       # never back off in these tests
@@ -45,10 +46,18 @@ def _run(cell, x, h0, c0, w, lens, dy, reverse):
     return [y, h, c, yi, hi, ci, dx, dh0, dc0] + [g for g in dw if g is not None]
 
 
-@pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal"])
+@pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_one_and_two_threads_agree_bitwise(two_threads, cell_name, reverse):
+@pytest.mark.parametrize("split", ["panels", "rows"])
+def test_one_and_two_threads_agree_bitwise(two_threads, monkeypatch, cell_name, reverse, split):
+    monkeypatch.setattr(packed, "_ROW_SPLIT_BYTES", 1 << 40 if split == "rows" else -1)
+    monkeypatch.setattr(packed, "_ROW_SPLIT_FLOPS", 0)
     prob = _problem(cell_name, 9, 11, 5, 40)
+    G = get_cell(cell_name).gates
+    if G != 4:
+        w = prob[4]
+        prob = prob[:4] + (Weights(w.w_ih[:G * 40], w.w_hh[:G * 40], w.b_ih[:G * 40],
+                                   w.b_hh[:G * 40], None),) + prob[5:]
     old = cpu.get_num_threads()
     try:
         cpu.set_num_threads(1)

@@ -41,8 +41,8 @@ from numba import njit
 
 from fastrnn.kernels import packed as _P
 from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _claim, _last_output, _mr,
-                                    _note, _nthreads, _pack, _pack_backward, _run, _splits,
-                                    _tag, _wait, vector_width)
+                                    _nthreads, _pack, _pack_backward, _splits, _tag, _wait,
+                                    vector_width)
 from fastrnn.kernels.simd import atomic_add, cycles
 from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
 
@@ -77,7 +77,7 @@ def _gru_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, trai
 
 
 @njit(**_OPTS)
-def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax):
+def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax, rlo, rhi):
     # xs: [n,B,I] input in step order
     # bias: [P,4,VW] per panel: b_ir + b_hr, b_iz + b_hz, b_in, b_hn
     # up: [P,I+Hp,3*VW] each panel's W_ihᵀ rows, then its W_hhᵀ rows ([r z n] columns)
@@ -85,6 +85,7 @@ def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax):
     # nact: [n] active rows per step (non-increasing)
     # act: [n,B,4*Hp] out in training: r, z, n, U_n h + b_hn per panel
     # ctl: [P+1] int64 panel claim counters, then the done counter
+    # rlo, rhi: the batch rows this call works on (see packed._lstm_fwd)
     n, B, I = xs.shape
     Hp = hs.shape[2]
     VW = len(tag)
@@ -116,9 +117,9 @@ def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax):
             cnt += 1
             wp = upp + 4 * p * KW
             u0 = p * VW
-            r0 = 0
-            while r0 < nb:
-                mr = min(mrmax, nb - r0)
+            r0 = rlo
+            while r0 < min(nb, rhi):
+                mr = min(mrmax, min(nb, rhi) - r0)
                 ro = 4 * (r0 * Hp + u0)
                 _gru_fwd_mr(mr, tag, xsp + 4 * r0 * I, I, hp + 4 * r0 * Hp, Hp, wp, I, Hp,
                             bp + 16 * p * VW, hp + ro, yp + ro, asp + 4 * (r0 * GA + 4 * u0),
@@ -161,32 +162,33 @@ def _gru_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, h
 
 
 @njit(inline="always")
-def _gru_bwd_panel(nv, nprod, nb, mrmax, tag, a, GH, wq, dy, Hp, act, GA, hp, dd, dgh, dgx):
+def _gru_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, GH, wq, dy, Hp, act, GA, hp, dd, dgh,
+                   dgx):
     # rows active at step s+1 get dh through U (K = 3*Hp); the rest start here (K = 0)
     if nv == 4:
-        _gru_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
+        _gru_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
         _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
     elif nv == 3:
-        _gru_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
+        _gru_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
         _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
     elif nv == 2:
-        _gru_bwd_rows(0, nprod, mrmax, tag, (0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
+        _gru_bwd_rows(lo, nprod, mrmax, tag, (0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
         _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
     else:
-        _gru_bwd_rows(0, nprod, mrmax, tag, (0,), a, GH, wq, GH, dy, Hp, act, GA, hp,
+        _gru_bwd_rows(lo, nprod, mrmax, tag, (0,), a, GH, wq, GH, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
         _gru_bwd_rows(nprod, nb, mrmax, tag, (0,), a, GH, wq, 0, dy, Hp, act, GA, hp,
                       dd, dgh, dgx, GH)
 
 
 @njit(**_OPTS)
-def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrmax):
+def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrmax, rlo, rhi):
     # act: [n,B,4*Hp] r, z, n, U_n h + b_hn (per panel);  hs: [n+1,B,Hp] (hs[s] = h before s)
     # ub: flat packed U for dh = dgh U: output panel q (units [q*NB, q*NB+w),
     #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*3*Hp*NB, [3*Hp][w]
@@ -212,8 +214,8 @@ def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrma
     waited = 0
     for k in range(n):
         s = n - 1 - k
-        nb = nact[s]
-        nprod = nact[s + 1] if s + 1 < n else 0
+        nb = min(nact[s], rhi)
+        nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
         if nthr > 1 and k > 0:
             waited += _wait(done, Q * k)
         a = ghp + 4 * (s + 1) * B * GH
@@ -225,7 +227,7 @@ def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrma
             cnt += 1
             j0 = q * NB
             nv = min(NB, Hp - j0) // VW
-            _gru_bwd_panel(nv, nprod, nb, mrmax, tag, a, GH, ubp + 4 * q * GH * NB,
+            _gru_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, GH, ubp + 4 * q * GH * NB,
                            dyp + 4 * (s * B * Hp + j0), Hp, ap + 4 * (s * B * GA + 4 * j0), GA,
                            hsp + 4 * (s * B * Hp + j0), ddp + 4 * j0,
                            ghp + 4 * (s * B * GH + 3 * j0), gxp + 4 * (s * B * GH + 3 * j0))
@@ -254,8 +256,7 @@ def _rnn_fwd_mr(mr, tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu):
 
 
 @njit(inline="always")
-def _rnn_fwd_rows(nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
-    r0 = 0
+def _rnn_fwd_rows(r0, nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
     while r0 < nb:
         mr = min(mrmax, nb - r0)
         _rnn_fwd_mr(mr, tag, ntag, x + 4 * r0 * I, I, h + 4 * r0 * Hp, Hp, w, I, Hp, bias,
@@ -264,7 +265,7 @@ def _rnn_fwd_rows(nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
 
 
 @njit(**_OPTS)
-def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax):
+def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
     # xs: [n,B,I] step order;  bias: [Hp] b_ih + b_hh
     # up: flat, panel q (units [q*NB, q*NB+w), NB = nvb*VW) at offset q*(I+Hp)*NB:
     #     [I+Hp][w], W_ihᵀ rows then W_hhᵀ rows
@@ -284,7 +285,7 @@ def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax):
     t0 = cycles()
     waited = 0
     for s in range(n):
-        nb = nact[s]
+        nb = min(nact[s], rhi)
         if nthr > 1 and s > 0:
             waited += _wait(done, Q * s)
         hp = hsp + 4 * s * B * Hp
@@ -300,16 +301,16 @@ def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax):
             nv = min(NB, Hp - j0) // VW
             wq = upp + 4 * q * KW
             if nv == 4:
-                _rnn_fwd_rows(nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
                               yp + 4 * j0, relu)
             elif nv == 3:
-                _rnn_fwd_rows(nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
                               yp + 4 * j0, relu)
             elif nv == 2:
-                _rnn_fwd_rows(nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
                               yp + 4 * j0, relu)
             else:
-                _rnn_fwd_rows(nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + 4 * j0,
                               yp + 4 * j0, relu)
         if nthr > 1:
             atomic_add(done, cnt)
@@ -346,32 +347,32 @@ def _rnn_bwd_rows(r0, r1, mrmax, tag, ntag, a, w, K, dhx, lddhx, dy, Hp, hn, dg,
 
 
 @njit(inline="always")
-def _rnn_bwd_panel(nv, nprod, nb, mrmax, tag, a, wq, Hp, zp, dhq, dyq, hnq, dgq, relu):
+def _rnn_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, wq, Hp, zp, dhq, dyq, hnq, dgq, relu):
     # rows active at step s+1 get dh through U; the rest start here with dL/dh_n
     if nv == 4:
-        _rnn_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
                       relu)
         _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
                       dgq, relu)
     elif nv == 3:
-        _rnn_bwd_rows(0, nprod, mrmax, tag, (0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
                       relu)
         _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
                       dgq, relu)
     elif nv == 2:
-        _rnn_bwd_rows(0, nprod, mrmax, tag, (0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
                       relu)
         _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
                       dgq, relu)
     else:
-        _rnn_bwd_rows(0, nprod, mrmax, tag, (0,), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
+        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0,), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
                       relu)
         _rnn_bwd_rows(nprod, nb, mrmax, tag, (0,), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
                       dgq, relu)
 
 
 @njit(**_OPTS)
-def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mrmax):
+def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
     # hs: [n+1,B,Hp] (hs[s+1] = h' of step s);  ub: U packed by output panels, [Hp][w] each
     # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
     # dg: [n,B,Hp] out, pre-activation gradients (rows >= nact[s] untouched)
@@ -391,8 +392,8 @@ def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mr
     waited = 0
     for k in range(n):
         s = n - 1 - k
-        nb = nact[s]
-        nprod = nact[s + 1] if s + 1 < n else 0
+        nb = min(nact[s], rhi)
+        nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
         if nthr > 1 and k > 0:
             waited += _wait(done, Q * k)
         a = gp + 4 * (s + 1) * B * Hp
@@ -404,7 +405,7 @@ def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mr
             cnt += 1
             j0 = q * NB
             nv = min(NB, Hp - j0) // VW
-            _rnn_bwd_panel(nv, nprod, nb, mrmax, tag, a, ubp + 4 * q * Hp * NB, Hp, zp,
+            _rnn_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, ubp + 4 * q * Hp * NB, Hp, zp,
                            dhp + 4 * j0, dyp + 4 * (s * B * Hp + j0),
                            hsp + 4 * ((s + 1) * B * Hp + j0), gp + 4 * (s * B * Hp + j0), relu)
         if nthr > 1:
@@ -418,7 +419,7 @@ def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mr
 class PackedCellCache:
     """What :func:`backward` needs from a training :func:`gru_forward` / :func:`rnn_forward`."""
 
-    __slots__ = ("kind", "relu", "sched", "pk", "xs", "act", "hs", "flops")
+    __slots__ = ("kind", "relu", "sched", "pk", "xs", "act", "hs", "flops", "plan")
 
 
 class _RnnPacked:
@@ -513,15 +514,17 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
         bias[:, g] = v.reshape(P, VW)
     sched = _Schedule(lens, T, reverse)
     n = sched.n
-    nthr = _nthreads(max_threads, 2.0 * B * 3 * H * (H + I), P)
+    step_flops = 2.0 * B * 3 * H * (H + I)
+    plan = _P._Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
+                    pk.up.nbytes, sched.nact_lengths())
     tag = _tag(VW)
     mrmax = _mr(VW) if VW == 16 else _GRU_FWD_MR8
 
     def run(xs, hs, nact, act):
         ctl = np.zeros(P + 1, np.int64)
-        waited = _run(_gru_fwd, nthr, lambda tid: (tag, xs, bias, pk.up, hs, nact, training,
-                                                    act, ctl, tid, nthr, mrmax))
-        _note(nthr, waited)
+        plan.launch(_gru_fwd, lambda tid, nthr, r0, r1: (tag, xs, bias, pk.up, hs, nact,
+                                                          training, act, ctl, tid, nthr, mrmax,
+                                                          r0, r1))
 
     if not training:
         dummy = np.empty((1, 1, 1), np.float32)
@@ -536,6 +539,7 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
     cache.kind, cache.relu, cache.sched, cache.pk = "gru", False, sched, pk
     cache.xs, cache.act, cache.hs = xs, act, hs
     cache.flops = 2.0 * B * 3 * H * H
+    cache.plan = plan
     return y, h_n, cache
 
 
@@ -549,16 +553,18 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
     Hp = pk.Hp
     Q = -(-Hp // (pk.nvb * VW))
     sched = _Schedule(lens, T, reverse)
-    nthr = _nthreads(max_threads, 2.0 * B * H * (H + I), Q)
+    step_flops = 2.0 * B * H * (H + I)
+    plan = _P._Plan(max_threads, B, step_flops, step_flops * sched.n * (3 if training else 1),
+                    Q, pk.up.nbytes, sched.nact_lengths())
     tag = _tag(VW)
     mrmax = _mr(VW)
     relu = bool(relu)
 
     def run(xs, hs, nact):
         ctl = np.zeros(Q + 1, np.int64)
-        waited = _run(_rnn_fwd, nthr, lambda tid: (tag, xs, pk.bias, pk.up, pk.nvb, hs, nact,
-                                                    relu, ctl, tid, nthr, mrmax))
-        _note(nthr, waited)
+        plan.launch(_rnn_fwd, lambda tid, nthr, r0, r1: (tag, xs, pk.bias, pk.up, pk.nvb, hs,
+                                                          nact, relu, ctl, tid, nthr, mrmax,
+                                                          r0, r1))
 
     if not training:
         y, h_n = _infer_chunks(sched, x, h0, Hp, H, run)
@@ -571,6 +577,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
     cache.kind, cache.relu, cache.sched, cache.pk = "rnn", relu, sched, pk
     cache.xs, cache.act, cache.hs = xs, None, hs
     cache.flops = 2.0 * B * H * H
+    cache.plan = plan
     return y, h_n, cache
 
 
@@ -582,14 +589,13 @@ def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
     dw_hh_p = np.empty((GH, Hp), np.float32)
     dw_ih_p = np.empty((GH, I), np.float32)
     dxs = np.empty((R, I), np.float32)
-    if 2.0 * R * GH * (2 * I + Hp) < _P._SPLIT_GEMM_FLOPS:
-        gthr = 1
-    kw = 1 if gthr == 1 else 4
+    # the split depends on the shape only: bitwise the same results on one thread or two
+    split = 2.0 * R * GH * (2 * I + Hp) >= _P._SPLIT_GEMM_FLOPS
     tasks = []
-    for r0, r1 in _splits(GH, kw):
+    for r0, r1 in _splits(GH, 4 if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgh2[:, r0:r1].T, hp2, out=dw_hh_p[r0:r1]))
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
-    for r0, r1 in _splits(R, 1 if gthr == 1 else min(4, max(1, R // 64))):
+    for r0, r1 in _splits(R, min(4, max(1, R // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[r0:r1], w_ih_p, out=dxs[r0:r1]))
     _Tasks(tasks).run(gthr)
     return dw_ih_p, dw_hh_p, dxs
@@ -608,7 +614,9 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
     mrmax = _mr(VW)
-    nthr = _nthreads(max_threads, cache.flops, Q)
+    plan = cache.plan
+    if plan.mode == "panels" and (Q < 2 or cache.flops < _P._TWO_THREAD_STEP_FLOPS):
+        plan = _P._Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
     gthr = _nthreads(max_threads, _P._TWO_THREAD_STEP_FLOPS, 2)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, np.float32), Hp)
@@ -620,18 +628,19 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
         dgh = alloc((n, B, 3 * Hp), np.float32)
         dgx = alloc((n, B, 3 * Hp), np.float32)
         dd = dhn
-        yl = _run(_gru_bwd, nthr, lambda tid: (tag, cache.act, hs, pk.ub, pk.nvb, dys, dd, dgh,
-                                                dgx, sched.nact, ctl, tid, nthr, mrmax))
+        plan.launch(_gru_bwd, lambda tid, nthr, r0, r1: (tag, cache.act, hs, pk.ub, pk.nvb, dys,
+                                                          dd, dgh, dgx, sched.nact, ctl, tid,
+                                                          nthr, mrmax, r0, r1))
         dh0 = dgh[0] @ pk.w_hh + dd                                   # [B,Hp]
         G = 3
     else:
         dgh = dgx = alloc((n, B, Hp), np.float32)
         zrow = np.zeros(NB, np.float32)
-        yl = _run(_rnn_bwd, nthr, lambda tid: (tag, hs, pk.ub, pk.nvb, dys, dhn, zrow, dgh,
-                                                sched.nact, cache.relu, ctl, tid, nthr, mrmax))
+        plan.launch(_rnn_bwd, lambda tid, nthr, r0, r1: (tag, hs, pk.ub, pk.nvb, dys, dhn, zrow,
+                                                          dgh, sched.nact, cache.relu, ctl, tid,
+                                                          nthr, mrmax, r0, r1))
         dh0 = dgh[0] @ pk.w_hh
         G = 1
-    _note(nthr, yl)
     GH = G * Hp
     dgx2, dgh2 = dgx.reshape(n * B, GH), dgh.reshape(n * B, GH)
     dw_ih_p, dw_hh_p, dxs = _weight_grads(gthr, dgx2, dgh2, cache.xs.reshape(n * B, I),

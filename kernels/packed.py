@@ -187,11 +187,14 @@ def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ld
 
 
 @njit(**_OPTS)
-def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, tid, nthr, mrmax,
-              r0, r1):
-    # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}]: xh[s,:,:I] = x at step s (in),
-    #     xh[0,:,I:] = h0 (in), xh[s+1,:,I:] = h after step s (out; rows >= nact[s]
-    #     untouched). One buffer, so the weight gradient is one GEMM against it.
+def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, nact, training,
+              act, ctl, tid, nthr, mrmax, r0, r1):
+    # xb: x in step order, step s row b at float offset (s*B + b)*xld  (B = xb.shape[1])
+    # hb: the states, h before step s of row b at float offset hoff + (s*B + b)*hld:
+    #     row 0 holds h0 (in), step s writes row s+1 (rows >= nact[s] untouched).
+    #     Training passes one [n+1,B,I+Hp] buffer of rows [x_t, h_{t-1}] as both
+    #     (xld = hld = I+Hp, hoff = I), so the weight gradient is one GEMM against
+    #     it; inference passes x itself and y (or chunk buffers).
     # bias: [G*Hp] b_ih + b_hh (panel order);  up: [P,I+Hp,G*VW] each panel's
     #     W_ihᵀ rows, then its W_hhᵀ rows;  peep: None (LSTM) or [P,3,VW] the
     #     diagonal peephole vectors p_i, p_f, p_o (peephole LSTM)
@@ -202,17 +205,16 @@ def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, ti
     # ctl: [P+1] int64 panel claim counters, then the done counter
     # r0, r1: the batch rows this call works on (rows never interact: two threads
     #     may run the whole loop on disjoint row ranges with nthr = 1 each)
-    n1, B, LD = xh.shape
-    n = n1 - 1
-    Hp = LD - I
+    B = xb.shape[1]
     VW = len(tag)
     GV = 4 * VW
     GH = bias.shape[0]
     P = Hp // VW
-    KW = LD * GV
+    KW = (I + Hp) * GV
     flags = ctl.ctypes.data
     done = flags + 8 * P
-    xp = xh.ctypes.data
+    xp = xb.ctypes.data
+    hbp = hb.ctypes.data + 4 * hoff
     upp = up.ctypes.data
     bp = bias.ctypes.data
     csp = cs.ctypes.data
@@ -224,8 +226,9 @@ def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, ti
         nb = nact[s]
         if nthr > 1 and s > 0:
             waited += _wait(done, P * s)
-        xsp = xp + 4 * s * B * LD
-        ysp = xsp + 4 * (B * LD + I)
+        xsp = xp + 4 * s * B * xld
+        hsp = hbp + 4 * s * B * hld
+        ysp = hsp + 4 * B * hld
         cin = csp + 4 * (s % ring) * B * Hp
         cout = csp + 4 * ((s + 1) % ring) * B * Hp
         asp = ap + 4 * s * B * GH
@@ -243,11 +246,10 @@ def _lstm_fwd(tag, xh, I, bias, up, peep, cs, ring, nact, training, act, ctl, ti
             for blk in range(nblk):
                 q0 = r0 + blk * nr // nblk
                 mr = r0 + (blk + 1) * nr // nblk - q0
-                xr = xsp + 4 * q0 * LD
                 co = 4 * (q0 * Hp + u0)
-                _lstm_fwd_mr(mr, peep, tag, xr, LD, xr + 4 * I, LD, wp, I, Hp, bp + 4 * col,
-                             ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
-                             ysp + 4 * (q0 * LD + u0), asp + 4 * (q0 * GH + col), GH, training)
+                _lstm_fwd_mr(mr, peep, tag, xsp + 4 * q0 * xld, xld, hsp + 4 * q0 * hld, hld,
+                             wp, I, Hp, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
+                             ysp + 4 * (q0 * hld + u0), asp + 4 * (q0 * GH + col), GH, training)
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:
@@ -570,22 +572,31 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
     GV = G * VW
     pk = _Packed()
     pk.H, pk.Hp, pk.VW = H, Hp, VW
-    pk.nat, pk.valid, pk.src = nat, valid, src = _perm(H, Hp, VW, G)
-    if Hp == H:
-        wi, wh, bias = w_ih[src], w_hh[src], (b_ih + b_hh)[src]
-    else:
-        wi = np.zeros((G * Hp, I), np.float32)
-        wi[valid] = w_ih[src]
-        wh = np.zeros((G * Hp, Hp), np.float32)
-        wh[valid, :H] = w_hh[src]
-        bias = np.zeros(G * Hp, np.float32)
-        bias[valid] = (b_ih + b_hh)[src]
-    pk.w_ih, pk.w_hh, pk.bias = wi, wh, bias
-    # up: [P, I+Hp, G*VW]: panel p's columns of [W_ih W_hh]ᵀ, input rows first
+    pk.nat, pk.valid, pk.src = _perm(H, Hp, VW, G)
+    # up: [P, I+Hp, G*VW]: panel p's columns of [W_ih W_hh]ᵀ, input rows first,
+    # written in one strided copy per matrix (gate g, unit p*VW+u -> column g*VW+u)
     up = np.empty((P, I + Hp, GV), np.float32)
-    up[:, :I] = wi.reshape(P, GV, I).transpose(0, 2, 1)
-    up[:, I:] = wh.reshape(P, GV, Hp).transpose(0, 2, 1)
+    u4 = up.reshape(P, I + Hp, G, VW)
+    bias = (b_ih + b_hh).astype(np.float32)
+    if Hp == H:
+        wi4, wh4 = w_ih.reshape(G, P, VW, I), w_hh.reshape(G, P, VW, H)
+        bias = bias.reshape(G, P, VW)
+    else:                                                  # padding units: zero weights
+        wi4 = np.zeros((G, Hp, I), np.float32)
+        wi4[:, :H] = w_ih.reshape(G, H, I)
+        wh4 = np.zeros((G, Hp, Hp), np.float32)
+        wh4[:, :H, :H] = w_hh.reshape(G, H, H)
+        b = np.zeros((G, Hp), np.float32)
+        b[:, :H] = bias.reshape(G, H)
+        wi4, wh4, bias = wi4.reshape(G, P, VW, I), wh4.reshape(G, P, VW, Hp), b.reshape(G, P, VW)
+    u4[:, :I] = wi4.transpose(1, 3, 0, 2)
+    u4[:, I:] = wh4.transpose(1, 3, 0, 2)
+    pk.bias = np.ascontiguousarray(bias.transpose(1, 0, 2)).reshape(-1)      # [G*Hp]
     pk.up = up
+    pk.w_ih = pk.w_hh = None
+    if backward:   # panel-order [G*Hp, I] and [G*Hp, Hp] for dx and dh0 after the loop
+        pk.w_ih = np.ascontiguousarray(up[:, :I].transpose(0, 2, 1)).reshape(G * Hp, I)
+        pk.w_hh = np.ascontiguousarray(up[:, I:].transpose(0, 2, 1)).reshape(G * Hp, Hp)
     pk.ub = None
     pk.nvb = 4
     pk.peep = None
@@ -594,7 +605,7 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
         pp[:, :H] = peep
         pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
     if backward:
-        pk.ub = _pack_backward(wh, Hp, VW, pk.nvb)
+        pk.ub = _pack_backward(pk.w_hh, Hp, VW, pk.nvb)
     return pk
 
 
@@ -750,34 +761,41 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     zero = padded or Hp != H               # padded rows / units must read as zeros
     rows = np.arange(B)
 
-    def launch(xh_, cs_, ring, nact, act_):
+    def launch(xb, xld, hb, hoff, hld, m, cs_, ring, nact, act_):
         ctl = np.zeros(P + 1, np.int64)
         plan.launch(_lstm_fwd, lambda tid, nthr, r0, r1: (
-            tag, xh_, I, pk.bias, pk.up, pk.peep, cs_, ring, nact, training, act_, ctl, tid,
-            nthr, mrmax, r0, r1))
+            tag, xb, xld, hb, hoff, hld, m, I, Hp, pk.bias, pk.up, pk.peep, cs_, ring, nact,
+            training, act_, ctl, tid, nthr, mrmax, r0, r1))
 
     if not training:
-        # chunks of steps through one [C+1,B,I+Hp] buffer: the workspace beyond x
-        # and y is O(B (I+H)), whatever T is; C is even, so every chunk starts on
-        # slot 0 of the cell ring (step s of a chunk reads cs[s % 2])
-        C = min(n, _infer_chunk(B))
-        xh = (np.zeros if zero else np.empty)((C + 1, B, I + Hp), np.float32)
         cs = np.zeros((2, B, Hp), np.float32)
         cs[0] = sched.sort_rows(c0, Hp)
-        xh[0, :, I:] = sched.sort_rows(h0, Hp)
-        y = (np.zeros if padded or n < T else np.empty)((T, B, H), np.float32)
-        h_last = np.empty((B, Hp), np.float32)
         dummy = np.empty((1, 1, 1), np.float32)
+        if sched.tix is None and Hp == H:
+            # x read in place, h written straight into the output: y = hs[1:]
+            hs = np.empty((n + 1, B, H), np.float32)
+            hs[0] = h0
+            launch(x, I, hs, 0, H, n, cs, 2, sched.nact, dummy)
+            return hs[1:], hs[n].copy(), cs[n % 2].copy(), None
+        # chunks of steps through small buffers: the workspace beyond x and y is
+        # O(B (I+H)), whatever T is; C is even, so every chunk starts on slot 0 of
+        # the cell ring (step s of a chunk reads cs[s % 2])
+        C = min(n, _infer_chunk(B))
+        xbuf = np.zeros((C, B, I), np.float32)
+        hbuf = np.zeros((C + 1, B, Hp), np.float32)
+        hbuf[0] = sched.sort_rows(h0, Hp)
+        y = np.zeros((T, B, H), np.float32)
+        h_last = np.empty((B, Hp), np.float32)
         for s0 in range(0, n, C):
             s1 = min(n, s0 + C)
             m = s1 - s0
             if s0:
-                xh[0, :, I:] = xh[C, :, I:]                     # h after the last chunk
-            sched.gather_into(x, xh[:m, :, :I], s0, s1)
-            launch(xh[:m + 1], cs, 2, sched.nact[s0:s1], dummy)
-            sched.scatter_into(y, xh[1:m + 1, :, I:I + H], s0)
+                hbuf[0] = hbuf[C]                               # h after the last chunk
+            sched.gather_into(x, xbuf[:m], s0, s1)
+            launch(xbuf, I, hbuf, 0, Hp, m, cs, 2, sched.nact[s0:s1], dummy)
+            sched.scatter_into(y, hbuf[1:m + 1, :, :H], s0)
             end = (lens_sorted > s0) & (lens_sorted <= s1)        # rows whose last step is here
-            h_last[end] = xh[lens_sorted[end] - s0, rows[end], I:]
+            h_last[end] = hbuf[lens_sorted[end] - s0, rows[end]]
         # row j last wrote its cell at step L_j - 1, into ring slot L_j % 2
         c_last = cs[lens_sorted % 2, rows]
         return y, sched.unsort_rows(h_last, H), sched.unsort_rows(c_last, H), None
@@ -791,7 +809,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     act = np.empty((n, B, G * Hp), np.float32)
     cs = np.zeros((n + 1, B, Hp), np.float32)
     cs[0] = sched.sort_rows(c0, Hp)
-    launch(xh, cs, n + 1, sched.nact, act)
+    launch(xh, I + Hp, xh, I, I + Hp, n, cs, n + 1, sched.nact, act)
     ys = xh[1:, :, I:]
     c_last = cs[lens_sorted, rows]
     h_last = ys[lens_sorted - 1, rows]

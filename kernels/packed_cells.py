@@ -469,6 +469,11 @@ def _infer_chunks(sched, x, h0, Hp, H, run_chunk):
     O(B (I+H)) whatever T is. Returns ``(y, h_n)``."""
     n, B = sched.n, sched.B
     T, _, I = x.shape
+    if sched.tix is None and Hp == H:       # x read in place, h written into y = hs[1:]
+        hs = np.empty((n + 1, B, H), np.float32)
+        hs[0] = h0
+        run_chunk(x, hs, sched.nact)
+        return hs[1:], hs[n].copy()
     C = min(n, _P._infer_chunk(B))
     zero = sched.tix is not None or Hp != H
     hs = (np.zeros if zero else np.empty)((C + 1, B, Hp), np.float32)

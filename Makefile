@@ -17,6 +17,7 @@ $(BIN)/python:
 install: $(BIN)/python
 	$(BIN)/python -m pip install -q ".[test,cuda,examples]"
 	$(BIN)/python -m pip install -q "$(TORCH)" || echo "torch not installed: its parity tests will be skipped"
+	$(BIN)/python -m pip install -q ".[ort]" || echo "onnxruntime not installed: its agreement tests will be skipped"
 
 demo: install
 	$(BIN)/fastrnn demo

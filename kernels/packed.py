@@ -418,9 +418,9 @@ def _note(nthr, waited):
     with _backoff_lock:
         if waited > _LATE_WAIT:
             _backoff["until"] = time.monotonic() + _backoff["span"]
-            _backoff["span"] = min(_backoff["span"] * 2, 5.0)
-        else:
-            _backoff["span"] = max(0.05, _backoff["span"] * 0.75)
+            _backoff["span"] = min(_backoff["span"] * 2, 2.0)
+        else:        # one good call ends the doubling: a single hiccup costs 50 ms
+            _backoff["span"] = 0.05
 
 
 #: packed weights up to this size fit one core's L2 with room to spare: two threads

@@ -895,27 +895,29 @@ def _c(a, dtype):
     return np.ascontiguousarray(a, dtype=dtype)
 
 
-def _check_shapes(cell, x, h0, c0, weights, lens):
+def _check_shapes(cell, x, h0, c0, weights, lens, given):
     """Shapes the compiled loops index with; a mismatch must not reach them.
 
     The layers check their arguments before calling a backend; this is the
-    backend's own cheap guard against an out-of-bounds write."""
+    backend's own cheap guard against an out-of-bounds write (``given``: the
+    caller passed lengths, so their range is checked too)."""
     T, B, I = x.shape
     GH, H = np.shape(weights.w_hh)
-    want = {"weights.w_ih": (np.shape(weights.w_ih), (GH, I)),
-            "weights.w_hh": ((GH, H), (cell.gates * H, H)),
-            "weights.b_ih": (np.shape(weights.b_ih), (GH,)),
-            "weights.b_hh": (np.shape(weights.b_hh), (GH,)),
-            "h0": (np.shape(h0), (B, H))}
+    checks = [("weights.w_ih", np.shape(weights.w_ih), (GH, I)),
+              ("weights.w_hh", (GH, H), (cell.gates * H, H)),
+              ("weights.b_ih", np.shape(weights.b_ih), (GH,)),
+              ("weights.b_hh", np.shape(weights.b_hh), (GH,)),
+              ("h0", np.shape(h0), (B, H)),
+              ("lengths", lens.shape, (B,))]
     if cell.has_cell:
-        want["c0"] = (np.shape(c0), (B, H))
+        checks.append(("c0", np.shape(c0), (B, H)))
     if cell.peephole is not None:
-        want["weights.peep"] = (np.shape(weights.peep), (3,) + cell.peephole_shape(H))
-    want["lengths"] = (lens.shape, (B,))
-    for name, (got, exp) in want.items():
-        if tuple(got) != tuple(exp):
+        checks.append(("weights.peep", np.shape(weights.peep),
+                       (3,) + tuple(cell.peephole_shape(H))))
+    for name, got, exp in checks:
+        if got != exp:
             raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(exp)}")
-    if B and (lens.min() < 1 or lens.max() > T):
+    if given and B and (lens.min() < 1 or lens.max() > T):
         raise ValueError(f"lengths must lie in [1, {T}]")
 
 
@@ -931,7 +933,7 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     T, B, I = x.shape
     lens = (np.full(B, T, np.int64) if lengths is None
             else np.ascontiguousarray(lengths, dtype=np.int64))
-    _check_shapes(cell, x, h0, c0, weights, lens)
+    _check_shapes(cell, x, h0, c0, weights, lens, lengths is not None)
     reverse, training = bool(reverse), bool(training)
 
     threads = _Threads()

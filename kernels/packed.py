@@ -37,19 +37,26 @@ direction, gathered into step order, so step ``s`` works on the rows
 ``[0, nact[s])`` only (PyTorch's packed-sequence batch sizes): padded steps
 cost nothing, and the loop stops at the longest sequence.
 
-Two threads
------------
-The caller and one pool thread run the same step loop. Each panel of each step
+Two threads (``_Plan``)
+-----------------------
+"rows": when the packed weights fit one core's L2 (``_ROW_SPLIT_BYTES``), the
+caller and one pool thread each run the whole loop on their own batch rows
+(rows never interact), claimed as two tasks: no per-step synchronisation, and a
+partner that does not come leaves both tasks to the caller.
+"panels": otherwise both run the same step loop and each panel of each step
 is claimed with one compare-and-swap on its counter (it holds the last step
 it was claimed for), thread 0 from the first panel up, thread 1 from the last
 down, so on a quiet machine each thread keeps its half of ``U`` hot in its own
 L2, and when one thread is late (its core is busy) the other claims the rest:
 a step never waits for a thread that has not started it. A thread waits only
 for a panel the other has claimed and not finished: it spins briefly
-(``pause``), then yields its core (``sched_yield``). A call in which the
-caller spent more than half its time waiting for the partner marks it as late, and the
-following calls run on one thread for a while (doubling each time it
-happens again), so a busy machine costs little more than one thread's time.
+(``pause``), then yields its core (``sched_yield``).
+Calls under ``_ROW_SPLIT_FLOPS`` run on one thread. A call in which the caller
+spent more than half its time waiting for the partner makes the following
+calls run on one thread for 50 ms (doubling while it happens again, reset by
+one good call), so a busy machine costs little more than one thread's time.
+Every split depends on the shape only: results are bitwise the same on one
+thread or two.
 """
 from __future__ import annotations
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import io
 import math
 import os
 import platform
@@ -966,7 +965,7 @@ def _generate(model, vocab, args):
         # characters the model never saw are refused, naming them (not read as <unk>)
         unknown = sorted({c for c in args.prime if c not in vocab.stoi or c == vocab.unk})
         if unknown:
-            raise CLIError(f"--prime has characters the model never saw: "
+            raise CLIError("--prime has characters the model never saw: "
                            + ", ".join(repr(c) for c in unknown)
                            + f" (its vocabulary has {len(vocab)} characters; "
                            "the text it was trained on had none of these)")

@@ -68,8 +68,6 @@ import time
 import numpy as np
 from numba import njit
 
-from fastrnn.kernels.activations import sigmoid as _sigmoid
-from fastrnn.kernels.activations import tanh as _tanh
 from fastrnn.kernels.simd import (atomic_add, atomic_cas, atomic_load, cpu_pause, cycles,
                                   sched_yield, uk_lstm_bwd, uk_lstm_fwd, uk_peep_bwd,
                                   uk_peep_fwd)
@@ -322,7 +320,6 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
     n, B, GH = act.shape
     Hp = dy.shape[2]
     VW = len(tag)
-    GV = 4 * VW
     NB = nvb * VW
     Q = (Hp + NB - 1) // NB
     flags = ctl.ctypes.data

@@ -887,7 +887,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xh2, out=dw_p[r0:r1]))
     for r0, r1 in _splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))
-    _Tasks(tasks).run(gthr)
+    _Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
     db_p = dg2.sum(axis=0)
     dx = sched.scatter(dxs.reshape(n, B, I), I, np.float32)
     v, src = pk.valid, pk.src

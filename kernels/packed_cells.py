@@ -602,7 +602,7 @@ def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
     for r0, r1 in _splits(R, min(4, max(1, R // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[r0:r1], w_ih_p, out=dxs[r0:r1]))
-    _Tasks(tasks).run(gthr)
+    _Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
     return dw_ih_p, dw_hh_p, dxs
 
 

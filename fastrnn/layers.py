@@ -38,16 +38,6 @@ def _positive_int(name, value):
     return int(value)
 
 
-def _float_dtype(dtype):
-    try:
-        dt = np.dtype(dtype)
-    except TypeError:
-        raise TypeError(f"dtype must be float32 or float64, got {dtype!r}") from None
-    if dt not in (np.float32, np.float64):
-        raise TypeError(f"dtype must be float32 or float64, got {dt}")
-    return dt
-
-
 class HostOps:
     """The array operations a layer needs between kernel calls, on host arrays.
 
@@ -129,7 +119,7 @@ class _RecurrentLayer:
             forget_bias = _validate.finite_float("forget_bias", forget_bias)
         _validate.seed("seed", seed)
         self.backend = dispatch.check_backend_name(backend)
-        self.dtype = _float_dtype(dtype)
+        self.dtype = _validate.float_dtype("dtype", dtype)
         self.num_directions = 2 if self.bidirectional else 1
         self.training = True
         self._rng = np.random.default_rng(seed)

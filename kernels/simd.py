@@ -137,8 +137,12 @@ def _row_off(builder, r, ld, extra=0):
 
 
 def _gemm_accs(builder, vty, MR, NV, segments):
-    """The register-blocked product over K segments, one panel:
-    accs[r][v] = sum over segments (a, lda, w, K) of sum_k a[r*lda+k] w[k*NV*VW + v*VW]."""
+    """The register-blocked product over K segments, one panel, ``NV`` accumulators
+    per row: a segment ``(a, lda, w, K)`` adds
+    ``sum_k a[r*lda+k] w[k*NV*VW + v*VW]`` into accumulator ``v``; a segment
+    ``(a, lda, w, K, amap)`` reads panel rows of ``len(amap)*VW`` floats and adds
+    vector ``v`` of each into accumulator ``amap[v]`` (the GRU's x and h segments
+    share r and z but keep the n parts apart)."""
     VW = vty.count
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
@@ -147,19 +151,21 @@ def _gemm_accs(builder, vty, MR, NV, segments):
     for r in range(MR):
         for v in range(NV):
             builder.store(zero, accs[r][v])
-    W = NV * VW
-    for a, lda, w, K in segments:
+    for seg in segments:
+        a, lda, w, K = seg[:4]
+        amap = seg[4] if len(seg) > 4 else range(NV)
+        W = len(amap) * VW
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
             wrow = builder.mul(k, ir.Constant(_i64, W))
             wv = [_vload(builder, vty, w, builder.add(wrow, ir.Constant(_i64, v * VW)))
-                  for v in range(NV)]
+                  for v in range(len(amap))]
             for r in range(MR):
                 aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
                 s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
-                for v in range(NV):
-                    acc = builder.load(accs[r][v])
-                    builder.store(builder.call(fma, [s, wv[v], acc]), accs[r][v])
+                for v, t in enumerate(amap):
+                    acc = builder.load(accs[r][t])
+                    builder.store(builder.call(fma, [s, wv[v], acc]), accs[r][t])
     return [[builder.load(accs[r][v]) for v in range(NV)] for r in range(MR)]
 
 

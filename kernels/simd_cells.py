@@ -15,42 +15,12 @@ from __future__ import annotations
 
 from llvmlite import ir
 from numba import types
-from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels.simd import (MAX_MR, _f32, _gemm_accs, _i64, _ptrs, _row_off, _splat,
+from fastrnn.kernels.simd import (MAX_MR, _f32, _gemm_accs, _i64, _ptrs, _row_off,
                                   _vload, _vstore, _VMath)
 
 __all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd"]
-
-
-def _gemm_accs_map(builder, vty, MR, NACC, segments):
-    """Like :func:`fastrnn.kernels.simd._gemm_accs`, with ``NACC`` accumulators per
-    row and a map per segment: segment ``(a, lda, w, K, amap)`` reads panel rows of
-    ``len(amap)*VW`` floats and adds vector ``v`` of each into accumulator
-    ``amap[v]``. (The GRU's x and h segments share r and z but keep n apart.)"""
-    VW = vty.count
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
-    accs = [[cgutils.alloca_once(builder, vty) for _ in range(NACC)] for _ in range(MR)]
-    zero = ir.Constant(vty, [0.0] * VW)
-    for r in range(MR):
-        for v in range(NACC):
-            builder.store(zero, accs[r][v])
-    for a, lda, w, K, amap in segments:
-        W = len(amap) * VW
-        with cgutils.for_range(builder, K) as loop:
-            k = loop.index
-            wrow = builder.mul(k, ir.Constant(_i64, W))
-            wv = [_vload(builder, vty, w, builder.add(wrow, ir.Constant(_i64, v * VW)))
-                  for v in range(len(amap))]
-            for r in range(MR):
-                aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
-                s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
-                for v, t in enumerate(amap):
-                    acc = builder.load(accs[r][t])
-                    builder.store(builder.call(fma, [s, wv[v], acc]), accs[r][t])
-    return [[builder.load(accs[r][v]) for v in range(NACC)] for r in range(MR)]
 
 
 # --------------------------------------------------------------------------- GRU
@@ -74,7 +44,7 @@ def _make_gru_fwd(MR):
             vty = ir.VectorType(_f32, VW)
             x, h, w, bias, hin, y, act = _ptrs(builder, x, h, w, bias, hin, y, act)
             wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 3 * VW))])
-            accs = _gemm_accs_map(builder, vty, MR, 4,
+            accs = _gemm_accs(builder, vty, MR, 4,
                                   [(x, ldx, w, I, (0, 1, 2)), (h, ldh, wh, H, (0, 1, 3))])
             m = _VMath(builder, vty)
             bv = [_vload(builder, vty, bias, ir.Constant(_i64, g * VW)) for g in range(4)]

@@ -13,24 +13,25 @@ gate columns of its units side by side, ``[i(VW) f(VW) g(VW) o(VW)]``. Gate
 column ``q = p*G*VW + g*VW + u`` is the natural row ``g*H + p*VW + u`` of the
 PyTorch-layout weights (``_pack``); units ``>= H`` are zero padding (zero
 weights and bias give ``h = c = 0`` there, so they never leak into real
-units). ``W_ih`` and the biases are permuted the same way, so the one big
-input GEMM before the loop (NumPy's BLAS) already comes out in panel order,
-and the weight-gradient GEMMs after the backward loop are un-permuted once.
+units). ``W_ih`` and the biases are permuted the same way (the input product
+runs inside the loop, as the first ``I`` rows of each panel). The backward
+loop writes the gate gradients in PyTorch's natural gate order instead, so the
+weight-gradient GEMMs after it produce PyTorch's layout with no permutation.
 
-Forward, per step and panel: :data:`fastrnn.kernels.simd.uk_add` writes
-``x W_ihᵀ + b + h Uᵀ`` for the panel's ``G*VW`` columns and ``MR`` batch rows
-at a time into a small tile that stays in L1 (accumulators in vector
-registers, ``U`` packed ``[panel][k][G*VW]`` so each ``k`` is one contiguous
-row), and the gate math for those ``VW`` units runs at once on the tile.
-``h`` is read from the previous step's output row; in training the gate
-activations overwrite the input product in place and every step's cell is
-kept (``cs``), in inference ``cs`` is a ring of two states.
+Forward, per step and panel: :data:`fastrnn.kernels.simd.uk_lstm_fwd` forms
+``b + x W_ihᵀ + h Uᵀ`` for the panel's ``G*VW`` columns and ``MR`` batch rows
+at a time in vector registers (``[W_ih W_hh]ᵀ`` packed ``[panel][k][G*VW]``, so
+each ``k`` is one contiguous row, prefetched ahead into L1), and the gate math
+for those ``VW`` units runs at once on the accumulators: ``c`` and ``h`` are
+written, and in training the activations ``i, f, g, o`` (``act``) and every
+step's cell (``cs``); in inference ``cs`` is a ring of two states.
 
 Backward, per step (``s = n-1 .. 0``) and output panel (``NVB`` vectors of
-units): :data:`uk_mul` forms ``dh = dgates[s+1] U`` for the panel's units
-(``K = G*Hp``, ``U`` packed by output-unit panels), and the gate derivatives
-of step ``s`` for the same units follow from the saved activations. The
-weight gradients stay large GEMMs after the loop.
+units): :data:`fastrnn.kernels.simd.uk_lstm_bwd` forms ``dh = dgates[s+1] U``
+for the panel's units (``K = G*Hp``, ``U`` packed by output-unit panels), and
+the gate derivatives of step ``s`` for the same units follow from the saved
+activations. The weight gradients, ``dx``, ``dh0`` and the bias gradient are
+large GEMMs (and one sum) after the loop, run as tasks on the two threads.
 
 Schedule: the batch is sorted by length (longest first) and, for the reverse
 direction, gathered into step order, so step ``s`` works on the rows
@@ -263,38 +264,38 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
 # --------------------------------------------------------------------------- LSTM backward
 @njit(inline="always")
 def _lstm_bwd_mr(mr, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp,
-                 cn, dc, dg):
+                 cn, dc, dg, dgv, dgg):
     if peep is None:
         if mr == 1:
-            _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 2:
-            _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 3:
-            _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 4:
-            _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 5:
-            _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         else:
-            _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
     else:
         if mr == 1:
-            _pb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _pb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 2:
-            _pb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _pb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 3:
-            _pb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _pb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 4:
-            _pb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _pb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         elif mr == 5:
-            _pb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _pb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
         else:
-            _pb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg)
+            _pb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
 
 
 @njit(inline="always")
 def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act,
-                   ldact, pp, cp, cn, dc, dg):
+                   ldact, pp, cp, cn, dc, dg, dgv, dgg):
     """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel), in
     blocks of equal size (+-1) of at most ``mrmax`` rows."""
     n = r1 - r0
@@ -304,7 +305,8 @@ def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy,
         mr = r0 + (blk + 1) * n // nblk - q0
         _lstm_bwd_mr(mr, peep, tag, ntag, a + 4 * q0 * lda, lda, w, K, dhx + 4 * q0 * lddhx,
                      lddhx, dy + 4 * q0 * ldh, ldh, act + 4 * q0 * ldact, ldact, pp,
-                     cp + 4 * q0 * ldh, cn + 4 * q0 * ldh, dc + 4 * q0 * ldh, dg + 4 * q0 * ldact)
+                     cp + 4 * q0 * ldh, cn + 4 * q0 * ldh, dc + 4 * q0 * ldh, dg + 4 * q0 * ldact,
+                     dgv, dgg)
 
 
 @njit(**_OPTS)
@@ -312,10 +314,13 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
               r0, r1):
     # act: [n,B,G*Hp] i,f,g,o (panel order);  cs: [n+1,B,Hp] cell states (cs[0] = c0)
     # ub: flat packed U for dh = dgates U: output panel q (units [q*NB, q*NB+w),
-    #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*G*Hp*NB, [G*Hp][w]
+    #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*G*Hp*NB, [G*Hp][w], its
+    #     rows in dg's natural gate order
     # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
     # dc: [B,Hp] carry (in: dL/dc_n, out: dL/dc0)
-    # dg: [n,B,G*Hp] out, gate pre-activation gradients (rows >= nact[s] untouched)
+    # dg: [n,B,G*Hp] out, gate pre-activation gradients in the natural gate order
+    #     (column g*Hp + u; rows >= nact[s] untouched), so the weight gradients after
+    #     the loop come out in PyTorch's layout without a permutation
     # nact: [n];  ctl: [Q+1] claim counters, then done;  r0, r1: rows (see _lstm_fwd)
     n, B, GH = act.shape
     Hp = dy.shape[2]
@@ -358,29 +363,29 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
             cpq = csp + 4 * (s * B * Hp + j0)
             cnq = cpq + 4 * B * Hp
             dcq = dcp + 4 * j0
-            dgq = gp + 4 * (s * B * GH + col)
+            dgq = gp + 4 * (s * B * GH + j0)          # dg: natural gate order
             dhq = dhp + 4 * j0
             ppq = ppp + 4 * 3 * j0
             if nv == 4:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
             elif nv == 3:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
             elif nv == 2:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
             else:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0,), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:
@@ -425,10 +430,29 @@ def _note(nthr, waited):
             _backoff["span"] = 0.05
 
 
-#: packed weights up to this size fit one core's L2 with room to spare: two threads
-#: then split the batch rows (each runs the whole loop on its rows, no per-step
-#: synchronisation) instead of each step's panels
-_ROW_SPLIT_BYTES = 1 << 20
+def _l2_bytes(default=1 << 20):
+    """One core's L2 cache in bytes (Linux sysfs), ``default`` where unknown."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    try:
+        for d in sorted(os.listdir(base)):
+            with open(os.path.join(base, d, "level")) as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(os.path.join(base, d, "size")) as f:
+                txt = f.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1:], 1)
+            return int(txt.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return default
+
+
+#: packed weights up to this size fit one core's L2 with room to spare (90% of
+#: it, 0.5-4 MiB; 1 MiB where the L2 size is unknown): two threads then split the
+#: batch rows (each runs the whole loop on its rows, no per-step synchronisation)
+#: instead of each step's panels. Measured on a 2 MiB-L2 Xeon: LSTM (64,32,64,256)
+#: (1.3 MB of packed weights) trains 7% faster on rows than on panels.
+_ROW_SPLIT_BYTES = int(min(4 << 20, max(512 << 10, 0.9 * _l2_bytes())))
 #: a call's FLOPs from which two threads pay (measured: below about 2e8, e.g. LSTM
 #: (100,8,64,64), the hand-off costs more than the second core gives)
 _ROW_SPLIT_FLOPS = 2e8
@@ -565,8 +589,12 @@ class _Packed:
                  "nvb", "peep")
 
 
-def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
-    """Panel-order copies of the weights (float32); ``peep`` [3,H] diagonal peepholes."""
+def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None, natural=False):
+    """Panel-order copies of the weights (float32); ``peep`` [3,H] diagonal peepholes.
+
+    With ``backward``, also ``w_ih`` [G*Hp, I], ``w_hh`` [G*Hp, Hp] and ``ub`` (``U``
+    packed for ``dh = dgates U``) with their gate rows in panel order, or with
+    ``natural`` in PyTorch's gate order (units padded to Hp; the LSTM backward)."""
     H = w_hh.shape[1]
     I = w_ih.shape[1]
     Hp = -(-H // VW) * VW
@@ -597,9 +625,18 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
     pk.bias = np.ascontiguousarray(bias.transpose(1, 0, 2)).reshape(-1)      # [G*Hp]
     pk.up = up
     pk.w_ih = pk.w_hh = None
-    if backward:   # panel-order [G*Hp, I] and [G*Hp, Hp] for dx and dh0 after the loop
+    if backward and not natural:   # panel order [G*Hp, I] and [G*Hp, Hp]
         pk.w_ih = np.ascontiguousarray(up[:, :I].transpose(0, 2, 1)).reshape(G * Hp, I)
         pk.w_hh = np.ascontiguousarray(up[:, I:].transpose(0, 2, 1)).reshape(G * Hp, Hp)
+    elif backward:                 # natural gate order, units padded to Hp
+        if Hp == H:
+            pk.w_ih, pk.w_hh = w_ih, w_hh
+        else:
+            wi = np.zeros((G, Hp, I), np.float32)
+            wi[:, :H] = w_ih.reshape(G, H, I)
+            wh = np.zeros((G, Hp, Hp), np.float32)
+            wh[:, :H, :H] = w_hh.reshape(G, H, H)
+            pk.w_ih, pk.w_hh = wi.reshape(G * Hp, I), wh.reshape(G * Hp, Hp)
     pk.ub = None
     pk.nvb = 4
     pk.peep = None
@@ -749,7 +786,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     H = w_hh.shape[1]
     VW = vector_width()
     G = 4
-    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training, peep=peep)
+    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training, peep=peep, natural=True)
     Hp = pk.Hp
     P = Hp // VW
     sched = _Schedule(lens, T, reverse)
@@ -810,8 +847,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     xh[n, :, :I] = 0
     xh[0, :, I:] = sched.sort_rows(h0, Hp)
     act = np.empty((n, B, G * Hp), np.float32)
-    cs = np.zeros((n + 1, B, Hp), np.float32)
-    cs[0] = sched.sort_rows(c0, Hp)
+    cs = (np.zeros if padded else np.empty)((n + 1, B, Hp), np.float32)  # all rows written
+    cs[0] = sched.sort_rows(c0, Hp)                                     # unless padded
     launch(xh, I + Hp, xh, I, I + Hp, n, cs, n + 1, sched.nact, act)
     ys = xh[1:, :, I:]
     c_last = cs[lens_sorted, rows]
@@ -873,12 +910,14 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, sched.nact,
         ctl, tid, nthr, mrmax, r0, r1))
     # after the loop: large GEMMs over all n*B rows (inactive rows of dg are 0),
-    # split in tasks over the rows of their outputs
+    # split in tasks over the rows of their outputs; dg is in the natural gate
+    # order, so with Hp == H they write PyTorch's layout directly
     dg2 = dg.reshape(n * B, GH)
-    dh0 = dg[0] @ pk.w_hh                                           # [B,Hp]
     xh2 = cache.xh[:n].reshape(n * B, I + Hp)                       # [x_t, h_{t-1}] rows
-    dw_p = np.empty((GH, I + Hp), np.float32)                       # [dW_ih dW_hh] panel order
     dxs = np.empty((n * B, I), np.float32)
+    dh0 = np.empty((B, Hp), np.float32)
+    db_p = np.empty(GH, np.float32)
+    dw_p = np.empty((GH, I + Hp), np.float32)                       # [dW_ih dW_hh]
     # the split depends on the shape only, never on the thread count, so results
     # are bitwise the same on one thread or two
     tasks = []
@@ -887,27 +926,24 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xh2, out=dw_p[r0:r1]))
     for r0, r1 in _splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))
+    tasks.append(lambda: np.matmul(dg[0], pk.w_hh, out=dh0))
+    tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
     _Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
-    db_p = dg2.sum(axis=0)
     dx = sched.scatter(dxs.reshape(n, B, I), I, np.float32)
-    v, src = pk.valid, pk.src
-    dw_ih = np.empty((4 * H, I), np.float32)
-    dw_hh = np.empty((4 * H, H), np.float32)
-    db = np.empty(4 * H, np.float32)
-    if Hp == H:
-        dw_ih[src], dw_hh[src], db[src] = dw_p[:, :I], dw_p[:, I:], db_p
+    if Hp == H:   # views of one buffer (one GEMM per row range measured ~3% faster)
+        dw_ih, dw_hh, db = dw_p[:, :I], dw_p[:, I:], db_p
     else:
-        dw_ih[src] = dw_p[v, :I]
-        dw_hh[src] = dw_p[v, I:I + H]
-        db[src] = db_p[v]
+        dw4 = dw_p.reshape(4, Hp, I + Hp)
+        dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
+        dw_hh = np.ascontiguousarray(dw4[:, :H, I:I + H]).reshape(4 * H, H)
+        db = np.ascontiguousarray(db_p.reshape(4, Hp)[:, :H]).reshape(4 * H)
     dpeep = None
     if pk.peep is not None:   # sum over rows of dai c, daf c (c before the step), dao c'
-        P = Hp // VW
-        dg4 = dg.reshape(n * B, P, 4, VW)
-        cp = cache.cs[:-1].reshape(n * B, P, VW)
-        cn = cache.cs[1:].reshape(n * B, P, VW)
-        dpeep = np.stack([np.einsum("rpv,rpv->pv", dg4[:, :, 0], cp),
-                          np.einsum("rpv,rpv->pv", dg4[:, :, 1], cp),
-                          np.einsum("rpv,rpv->pv", dg4[:, :, 3], cn)]).reshape(3, Hp)[:, :H]
+        dg3 = dg.reshape(n * B, 4, Hp)
+        cp = cache.cs[:-1].reshape(n * B, Hp)
+        cn = cache.cs[1:].reshape(n * B, Hp)
+        dpeep = np.stack([np.einsum("rh,rh->h", dg3[:, 0], cp),
+                          np.einsum("rh,rh->h", dg3[:, 1], cp),
+                          np.einsum("rh,rh->h", dg3[:, 3], cn)])[:, :H]
     return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db,
             dpeep)

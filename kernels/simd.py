@@ -50,6 +50,13 @@ _fp = _f32.as_pointer()
 #: the most batch rows one micro-kernel call handles (MR variants 1..MAX_MR exist)
 MAX_MR = 8
 
+#: how far ahead (bytes) the micro-kernels prefetch their weight panel into L1. The
+#: hardware prefetchers keep a panel streaming from L3 to L2, but not from L2 to L1
+#: fast enough for 4 vector loads per 24 FMAs: measured on the 2-core AVX-512 Xeon,
+#: LSTM inference on one thread 5-10% faster at 2-6 KiB than without (one
+#: ``prefetcht0`` per 64-byte line of the panel row 4 KiB ahead)
+PREFETCH_BYTES = 4096
+
 
 def _splat(builder, vty, s):
     n = vty.count
@@ -146,6 +153,10 @@ def _gemm_accs(builder, vty, MR, NV, segments):
     VW = vty.count
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
+    i8p = ir.IntType(8).as_pointer()
+    pf = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, _i32, _i32, _i32]),
+        "llvm.prefetch.p0i8")
     accs = [[cgutils.alloca_once(builder, vty) for _ in range(NV)] for _ in range(MR)]
     zero = ir.Constant(vty, [0.0] * VW)
     for r in range(MR):
@@ -155,11 +166,16 @@ def _gemm_accs(builder, vty, MR, NV, segments):
         a, lda, w, K = seg[:4]
         amap = seg[4] if len(seg) > 4 else range(NV)
         W = len(amap) * VW
+        pfd = max(8, PREFETCH_BYTES // (4 * W)) if PREFETCH_BYTES else 0   # rows ahead
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
             wrow = builder.mul(k, ir.Constant(_i64, W))
             wv = [_vload(builder, vty, w, builder.add(wrow, ir.Constant(_i64, v * VW)))
                   for v in range(len(amap))]
+            for line in range(0, W if pfd else 0, 16):   # read, keep in L1, data
+                pp = builder.gep(w, [builder.add(wrow, ir.Constant(_i64, pfd * W + line))])
+                builder.call(pf, [builder.bitcast(pp, i8p), ir.Constant(_i32, 0),
+                                  ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
             for r in range(MR):
                 aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
                 s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
@@ -222,11 +238,13 @@ def _make_lstm_fwd(MR, peephole):
 def _make_lstm_bwd(MR, peephole):
     @intrinsic
     def uk_lstm_bwd(typingctx, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact,
-                    peep, cp, cn, dc, dg):
+                    peep, cp, cn, dc, dg, dgv, dgg):
         """NV output vectors (NV forward panels of VW units), MR rows:
         dh = a @ w + dy + dhx, then back through the LSTM cell from the saved
-        activations (act, [NV panels][i f g o][VW], row stride ldact; dg the same
-        layout): writes dg and updates the carried dc in place. cp, cn (the cell
+        activations (act, [NV panels][i f g o][VW], row stride ldact): writes dg
+        (row stride ldact, vector v of gate g at v*dgv + g*dgg: dgv = 4*VW,
+        dgg = VW is act's panel order, dgv = VW, dgg = the padded H the natural
+        gate order) and updates the carried dc in place. cp, cn (the cell
         before and after the step), dy, dhx, dc are [rows][>= NV*VW] with row
         stride ldh (dhx: lddhx, 0 for a broadcast zero row). The peephole
         variant adds the peephole paths (peep: [NV panels][p_i p_f p_o][VW])."""
@@ -235,10 +253,11 @@ def _make_lstm_bwd(MR, peephole):
         VW, NV = tag.count, ntag.count
         i8 = types.int64
         sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
-                         i8)
+                         i8, i8, i8)
 
         def codegen(context, builder, signature, args):
-            _, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg = args
+            (_, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv,
+             dgg) = args
             vty = ir.VectorType(_f32, VW)
             a, w, dhx, dy, act, peep, cp, cn, dc, dg = _ptrs(builder, a, w, dhx, dy, act, peep,
                                                              cp, cn, dc, dg)
@@ -263,9 +282,12 @@ def _make_lstm_bwd(MR, peephole):
                     cpv = _vload(builder, vty, cp, ho)
                     di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
                     df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
-                    dgg = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
-                    for o, val in zip(ao, (di, df, dgg, do)):
-                        _vstore(builder, val, vty, dg, o)
+                    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
+                    for g, val in enumerate((di, df, dgc, do)):
+                        go_ = builder.add(builder.mul(ir.Constant(_i64, v), dgv),
+                                          builder.mul(ir.Constant(_i64, g), dgg))
+                        _vstore(builder, val, vty, dg,
+                                builder.add(_row_off(builder, r, ldact), go_))
                     dcp = m.mul(dcc, gf)
                     if peephole:
                         dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))

@@ -159,35 +159,35 @@ def _claim(flags, p, s, nthr):
 # --------------------------------------------------------------------------- LSTM forward
 @njit(inline="always")
 def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act,
-                 ldact, training):
+                 ldact, training, wn):
     """One micro-kernel call of ``mr`` rows (``peep`` None: plain LSTM, else the
     diagonal peephole variant; the branch is pruned at compile time)."""
     if peep is None:
         if mr == 1:
-            _lf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _lf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 2:
-            _lf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _lf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 3:
-            _lf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _lf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 4:
-            _lf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _lf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 5:
-            _lf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _lf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         else:
-            _lf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _lf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
     else:
         if mr == 1:
-            _pf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _pf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 2:
-            _pf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _pf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 3:
-            _pf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _pf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 4:
-            _pf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _pf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 5:
-            _pf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _pf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         else:
-            _pf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training)
+            _pf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
 
 
 @njit(**_OPTS)
@@ -243,6 +243,8 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
                 break
             cnt += 1
             wp = upp + 4 * p * KW
+            pn = (p + 1) % P if tid == 0 else (p + P - 1) % P     # the panel this thread
+            wn = upp + 4 * pn * KW                                  # likely does next
             col = p * GV
             u0 = p * VW
             nr = min(nb, r1) - r0
@@ -253,7 +255,8 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
                 co = 4 * (q0 * Hp + u0)
                 _lstm_fwd_mr(mr, peep, tag, xsp + 4 * q0 * xld, xld, hsp + 4 * q0 * hld, hld,
                              wp, I, Hp, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
-                             ysp + 4 * (q0 * hld + u0), asp + 4 * (q0 * GH + col), GH, training)
+                             ysp + 4 * (q0 * hld + u0), asp + 4 * (q0 * GH + col), GH, training,
+                             wn + 64 * (I + Hp) * (blk % (GV // 16)))
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:
@@ -264,40 +267,55 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
 # --------------------------------------------------------------------------- LSTM backward
 @njit(inline="always")
 def _lstm_bwd_mr(mr, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp,
-                 cn, dc, dg, dgv, dgg):
+                 cn, dc, dg, dgv, dgg, wn):
     if peep is None:
         if mr == 1:
-            _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 2:
-            _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 3:
-            _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 4:
-            _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 5:
-            _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         else:
-            _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
     else:
         if mr == 1:
-            _pb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _pb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 2:
-            _pb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _pb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 3:
-            _pb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _pb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 4:
-            _pb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _pb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         elif mr == 5:
-            _pb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _pb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
         else:
-            _pb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg)
+            _pb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
+                 wn)
 
 
 @njit(inline="always")
 def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act,
-                   ldact, pp, cp, cn, dc, dg, dgv, dgg):
+                   ldact, pp, cp, cn, dc, dg, dgv, dgg, wn):
     """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel), in
-    blocks of equal size (+-1) of at most ``mrmax`` rows."""
+    blocks of equal size (+-1) of at most ``mrmax`` rows; block ``b`` brings part
+    ``b % parts`` of the next panel (at ``wn``, ``K`` rows of ``len(ntag)*VW``
+    floats, parts of ``K`` lines) into L2."""
+    parts = len(ntag) * len(tag) // 16
     n = r1 - r0
     nblk = (n + mrmax - 1) // mrmax
     for blk in range(nblk):
@@ -306,7 +324,7 @@ def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy,
         _lstm_bwd_mr(mr, peep, tag, ntag, a + 4 * q0 * lda, lda, w, K, dhx + 4 * q0 * lddhx,
                      lddhx, dy + 4 * q0 * ldh, ldh, act + 4 * q0 * ldact, ldact, pp,
                      cp + 4 * q0 * ldh, cn + 4 * q0 * ldh, dc + 4 * q0 * ldh, dg + 4 * q0 * ldact,
-                     dgv, dgg)
+                     dgv, dgg, wn + 64 * K * (blk % max(1, parts)))
 
 
 @njit(**_OPTS)
@@ -357,6 +375,8 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
             j0 = q * NB
             nv = min(NB, Hp - j0) // VW
             wq = ubp + 4 * q * GH * NB
+            qn = (q + 1) % Q if tid == 0 else (q + Q - 1) % Q     # the panel this thread
+            wn = ubp + 4 * qn * GH * NB                             # likely does next
             col = j0 * 4
             dyq = dyp + 4 * (s * B * Hp + j0)
             aq = ap + 4 * (s * B * GH + col)
@@ -368,24 +388,24 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
             ppq = ppp + 4 * 3 * j0
             if nv == 4:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
             elif nv == 3:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
             elif nv == 2:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
             else:
                 _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
                 _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0,), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp)
+                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:

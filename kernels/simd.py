@@ -51,10 +51,13 @@ _fp = _f32.as_pointer()
 MAX_MR = 8
 
 #: how far ahead (bytes) the micro-kernels prefetch their weight panel into L1. The
-#: hardware prefetchers keep a panel streaming from L3 to L2, but not from L2 to L1
-#: fast enough for 4 vector loads per 24 FMAs: measured on the 2-core AVX-512 Xeon,
-#: LSTM inference on one thread 5-10% faster at 2-6 KiB than without (one
-#: ``prefetcht0`` per 64-byte line of the panel row 4 KiB ahead)
+#: hardware prefetchers do not bring a panel from L2 to L1 fast enough for 4
+#: vector loads per 24 FMAs: measured on the 2-core AVX-512 Xeon, LSTM inference on
+#: one thread 5-10% faster at 2-6 KiB than without (one ``prefetcht0`` per 64-byte
+#: line of the panel row 4 KiB ahead). The LSTM kernels also pull the *next*
+#: panel from L3 into L2 while they compute (``l2next`` of :func:`_gemm_accs`):
+#: when a thread's share of the weights exceeds its L2 (H=512: 6.3 MB), that made
+#: one-thread inference 8-12% and training 7-12% faster.
 PREFETCH_BYTES = 4096
 
 
@@ -143,13 +146,18 @@ def _row_off(builder, r, ld, extra=0):
     return builder.add(builder.mul(ir.Constant(_i64, r), ld), ir.Constant(_i64, extra))
 
 
-def _gemm_accs(builder, vty, MR, NV, segments):
+def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
     """The register-blocked product over K segments, one panel, ``NV`` accumulators
     per row: a segment ``(a, lda, w, K)`` adds
     ``sum_k a[r*lda+k] w[k*NV*VW + v*VW]`` into accumulator ``v``; a segment
     ``(a, lda, w, K, amap)`` reads panel rows of ``len(amap)*VW`` floats and adds
     vector ``v`` of each into accumulator ``amap[v]`` (the GRU's x and h segments
-    share r and z but keep the n parts apart)."""
+    share r and z but keep the n parts apart).
+
+    ``l2next`` (a float pointer, or None): each ``k`` (counted across the
+    segments) also prefetches the line ``l2next + 64 k`` bytes into L2: the
+    caller points it at the part of the panel it will read next that this call
+    should bring in from L3 while it computes."""
     VW = vty.count
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
@@ -162,6 +170,8 @@ def _gemm_accs(builder, vty, MR, NV, segments):
     for r in range(MR):
         for v in range(NV):
             builder.store(zero, accs[r][v])
+    kbase = ir.Constant(_i64, 0)
+    l2 = None if l2next is None else builder.bitcast(l2next, i8p)
     for seg in segments:
         a, lda, w, K = seg[:4]
         amap = seg[4] if len(seg) > 4 else range(NV)
@@ -176,19 +186,24 @@ def _gemm_accs(builder, vty, MR, NV, segments):
                 pp = builder.gep(w, [builder.add(wrow, ir.Constant(_i64, pfd * W + line))])
                 builder.call(pf, [builder.bitcast(pp, i8p), ir.Constant(_i32, 0),
                                   ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
+            if l2 is not None:    # read, keep in L2 (prefetcht1)
+                pp = builder.gep(l2, [builder.mul(builder.add(kbase, k), ir.Constant(_i64, 64))])
+                builder.call(pf, [pp, ir.Constant(_i32, 0), ir.Constant(_i32, 2),
+                                  ir.Constant(_i32, 1)])
             for r in range(MR):
                 aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
                 s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
                 for v, t in enumerate(amap):
                     acc = builder.load(accs[r][t])
                     builder.store(builder.call(fma, [s, wv[v], acc]), accs[r][t])
+        kbase = builder.add(kbase, K)
     return [[builder.load(accs[r][v]) for v in range(NV)] for r in range(MR)]
 
 
 def _make_lstm_fwd(MR, peephole):
     @intrinsic
     def uk_lstm(typingctx, tag, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act,
-                ldact, training):
+                ldact, training, wn):
         """One panel, MR rows: pre = bias + x @ w[:I] + h @ w[I:I+H] ([i f g o] x VW,
         the panel's input and recurrent weights stacked), then the LSTM cell:
         cout = f cin + i g, y = o tanh(cout), and act = (i, f, g, o) if training.
@@ -200,15 +215,15 @@ def _make_lstm_fwd(MR, peephole):
         VW = tag.count
         i8 = types.int64
         sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
-                         types.boolean)
+                         types.boolean, i8)
 
         def codegen(context, builder, signature, args):
-            _, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act, ldact, training = args
+            _, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act, ldact, training, wn = args
             vty = ir.VectorType(_f32, VW)
-            x, h, w, bias, peep, cin, cout, y, act = _ptrs(builder, x, h, w, bias, peep, cin,
-                                                           cout, y, act)
+            x, h, w, bias, peep, cin, cout, y, act, wn = _ptrs(builder, x, h, w, bias, peep,
+                                                               cin, cout, y, act, wn)
             wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 4 * VW))])
-            accs = _gemm_accs(builder, vty, MR, 4, [(x, ldx, w, I), (h, ldh, wh, H)])
+            accs = _gemm_accs(builder, vty, MR, 4, [(x, ldx, w, I), (h, ldh, wh, H)], wn)
             m = _VMath(builder, vty)
             bv = [_vload(builder, vty, bias, ir.Constant(_i64, g * VW)) for g in range(4)]
             if peephole:
@@ -238,7 +253,7 @@ def _make_lstm_fwd(MR, peephole):
 def _make_lstm_bwd(MR, peephole):
     @intrinsic
     def uk_lstm_bwd(typingctx, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact,
-                    peep, cp, cn, dc, dg, dgv, dgg):
+                    peep, cp, cn, dc, dg, dgv, dgg, wn):
         """NV output vectors (NV forward panels of VW units), MR rows:
         dh = a @ w + dy + dhx, then back through the LSTM cell from the saved
         activations (act, [NV panels][i f g o][VW], row stride ldact): writes dg
@@ -253,15 +268,15 @@ def _make_lstm_bwd(MR, peephole):
         VW, NV = tag.count, ntag.count
         i8 = types.int64
         sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
-                         i8, i8, i8)
+                         i8, i8, i8, i8)
 
         def codegen(context, builder, signature, args):
             (_, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv,
-             dgg) = args
+             dgg, wn) = args
             vty = ir.VectorType(_f32, VW)
-            a, w, dhx, dy, act, peep, cp, cn, dc, dg = _ptrs(builder, a, w, dhx, dy, act, peep,
-                                                             cp, cn, dc, dg)
-            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
+            a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn = _ptrs(
+                builder, a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn)
+            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)], wn)
             m = _VMath(builder, vty)
             one = m.one
             if peephole:

@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is optional: only the parity tests and the benchmark's comparison use it.
+# mpi4py + mpich (.[mpi]) are optional too: fastrnn.distributed and its mpiexec tests.
 # On the project's machines this pin resolves to a local CPU build.
 TORCH  ?= torch==2.13.0
 
@@ -18,6 +19,7 @@ install: $(BIN)/python
 	$(BIN)/python -m pip install -q ".[test,cuda,examples]"
 	$(BIN)/python -m pip install -q "$(TORCH)" || echo "torch not installed: its parity tests will be skipped"
 	$(BIN)/python -m pip install -q ".[ort]" || echo "onnxruntime not installed: its agreement tests will be skipped"
+	$(BIN)/python -m pip install -q ".[mpi]" || echo "mpi4py/mpich not installed: the MPI (fastrnn.distributed) tests will be skipped"
 
 demo: install
 	$(BIN)/fastrnn demo

@@ -9,8 +9,17 @@
     fastrnn generate --model lm.npz --prime "def "
     fastrnn predict --model M.npz --data D     labels (--proba), next values, or bits per char
     fastrnn evaluate --model M.npz --data D    accuracy, RMSE vs persistence, or bits per char
-    fastrnn info                               versions, backends, threads, GPU
+    fastrnn info                               versions, backends, threads, GPU, MPI
     fastrnn bench [...]                        the benchmark grid (fastrnn.bench)
+
+Data-parallel over MPI (``pip install 'fastrnn[mpi]'``, see
+:mod:`fastrnn.distributed`): ``mpiexec -n 4 fastrnn train lm --data
+corpus.txt --distributed`` (the same for ``classify`` and ``forecast``;
+``--batch-size`` is the global batch, split over the ranks), and
+``mpiexec -n 4 fastrnn predict ... --distributed`` (a classifier's rows are
+split over the ranks; one output, in input order). Only rank 0 prints and
+writes files; each rank uses cores/ranks-per-node threads unless
+``--threads`` says otherwise.
 
 Every error a user can cause (a bad option value, a missing file or a
 directory, an empty corpus, a bad CSV, a broken checkpoint or one of another
@@ -244,6 +253,47 @@ def _optimizer(name, model, lr):
     return get_optimizer(name, model, lr=lr)
 
 
+# ------------------------------------------------------------- distributed
+class _Dist:
+    """The MPI context of a ``--distributed`` command (world 1 without one)."""
+
+    rank, world, comm = 0, 1, None
+
+
+_DIST = _Dist()
+
+
+def _setup_distributed(args):
+    """``--distributed``: join the MPI world, give each rank its share of the
+    cores (unless ``--threads``), silence stdout on ranks other than 0 and
+    make an error on any rank abort them all."""
+    try:
+        from . import distributed
+        comm = distributed.get_comm()
+    except ImportError as exc:
+        raise CLIError(f"--distributed: {exc}") from None
+    _DIST.comm, _DIST.rank, _DIST.world = comm, comm.Get_rank(), comm.Get_size()
+    if args.threads is None and _DIST.world > 1:
+        from mpi4py import MPI
+        local = comm.Split_type(MPI.COMM_TYPE_SHARED)        # the ranks on this node
+        args.threads = max(1, (os.cpu_count() or 1) // local.Get_size())
+        local.Free()
+    if _DIST.rank != 0:
+        sys.stdout = open(os.devnull, "w")                      # rank 0 speaks for all
+    if _DIST.world > 1:
+        distributed.install_abort_hook(comm)
+
+
+def _root():
+    """Rank 0 (or not distributed): the process that prints and writes files."""
+    return _DIST.rank == 0
+
+
+def _shard():
+    """``rank``/``world`` arguments of the data helpers."""
+    return {"rank": _DIST.rank, "world": _DIST.world}
+
+
 def layer_throughput(layers, T=64, B=32, reps=3, seed=0):
     """Characters (time steps x batch) per second of one training step
     (forward + backward) of each layer in ``layers`` (name -> layer), on the
@@ -384,15 +434,22 @@ def _common_train_args(p):
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--no-plot", action="store_true",
                    help="do not draw <out>.png (the training curves; needs matplotlib)")
+    p.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the MPI ranks (run under mpiexec; needs "
+                        "fastrnn[mpi]): --batch-size is the global batch, split over the ranks")
 
 
 def _fit(args, model, train_data, val_data, unit):
     from .train import EarlyStopping, Trainer
     es = EarlyStopping(args.patience) if args.patience else None
-    trainer = Trainer(model, _optimizer(args.optimizer, model, args.lr), train_data, val_data,
-                      clip_norm=args.clip or None, seed=args.seed, progress=_progress_ok(args),
-                      early_stopping=es, checkpoint=args.checkpoint,
-                      max_seconds=args.seconds, unit=unit)
+    cls, extra = Trainer, {}
+    if getattr(args, "distributed", False):
+        from .distributed import DistributedTrainer
+        cls, extra = DistributedTrainer, {"comm": _DIST.comm}
+    trainer = cls(model, _optimizer(args.optimizer, model, args.lr), train_data, val_data,
+                  clip_norm=args.clip or None, seed=args.seed, progress=_progress_ok(args),
+                  early_stopping=es, checkpoint=args.checkpoint,
+                  max_seconds=args.seconds, unit=unit, **extra)
     if args.resume:
         if not args.checkpoint:
             raise CLIError("--resume needs --checkpoint PATH")
@@ -425,7 +482,9 @@ def _stem(path):
 def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
           metric_label=None):
     """Save the model, then ``<out>.history.json`` and (matplotlib installed,
-    no ``--no-plot``) ``<out>.png``."""
+    no ``--no-plot``) ``<out>.png``; on rank 0 only (``--distributed``)."""
+    if not _root():
+        return None
     path = model.save(args.out or default)
     print(f"model saved to {path}")
     if trainer is None:
@@ -465,8 +524,15 @@ def cmd_train_lm(args):
                           num_layers=args.layers, cell=args.cell, dropout=args.dropout,
                           backend=args.backend, seed=args.seed)
     model.meta["vocab"] = vocab.to_dict()
-    val = LMBatches(ids[cut:], min(args.batch_size, max(1, (len(ids) - cut - 1) // 2)), args.bptt)
-    trainer = _fit(args, model, LMBatches(ids[:cut], args.batch_size, args.bptt), val, "char")
+    if args.batch_size < _DIST.world:
+        raise CLIError(f"--batch-size {args.batch_size} is smaller than the {_DIST.world} ranks: "
+                       "each rank needs at least one row of the text")
+    val_batch = max(min(args.batch_size, max(1, (len(ids) - cut - 1) // 2)), _DIST.world)
+    val = LMBatches(ids[cut:], val_batch, args.bptt, **_shard())
+    trainer = _fit(args, model, LMBatches(ids[:cut], args.batch_size, args.bptt, **_shard()),
+                   val, "char")
+    if not _root():
+        return 0
     bpc = model.evaluate(ids[cut:], args.batch_size, args.bptt) / math.log(2)
     print(f"validation bits per character: {bpc:.3f} (unigram "
           f"{unigram_bits(ids[:cut], ids[cut:], len(vocab)):.3f})")
@@ -632,7 +698,7 @@ def cmd_train_classify(args):
         raise CLIError(f"{args.data}: need at least two classes, found {classes}"
                        + ("" if args.label else ": is the label column the right one? "
                           "(choose it with --label NAME|INDEX)"))
-    if len(classes) > max(2, len(labels) // 2):
+    if len(classes) > max(2, len(labels) // 2) and _root():
         print(f"warning: {len(classes)} classes in {len(labels)} rows: is "
               f"{t.label_how.split(' (')[0]} really the label? (--label NAME|INDEX)",
               file=sys.stderr)
@@ -653,9 +719,11 @@ def cmd_train_classify(args):
                          "features": t.features}
     x = model._preprocess(raw, lengths)
     trainer = _fit(args, model, ArrayBatches(x[tr], y[tr], lengths=lengths[tr],
-                                             batch_size=args.batch_size),
+                                             batch_size=args.batch_size, **_shard()),
                    ArrayBatches(x[va], y[va], lengths=lengths[va], batch_size=256,
-                                shuffle=False), "seq")
+                                shuffle=False, **_shard()), "seq")
+    if not _root():
+        return 0
     acc = model.score(raw[va], np.asarray(labels, dtype=object)[va], lengths[va])
     majority = float(np.mean(y[va] == np.bincount(y[tr]).argmax()))
     print(f"validation accuracy: {acc:.4f} (majority class {majority:.4f})")
@@ -773,8 +841,11 @@ def cmd_train_forecast(args):
     model.target_scaler = scaler
     model.difference = lag
     model.meta.update(window=args.window, columns=names)
-    trainer = _fit(args, model, ArrayBatches(X[~te], Y[~te], batch_size=args.batch_size),
-                   ArrayBatches(X[te], Y[te], batch_size=256, shuffle=False), "win")
+    trainer = _fit(args, model, ArrayBatches(X[~te], Y[~te], batch_size=args.batch_size,
+                                             **_shard()),
+                   ArrayBatches(X[te], Y[te], batch_size=256, shuffle=False, **_shard()), "win")
+    if not _root():
+        return 0
     pred = model.predict(Xr[te])
     true = Yr[te]
     persist = np.repeat(Xr[te][:, -1:], args.horizon, axis=1)
@@ -846,9 +917,20 @@ def _lm_vocab(model, path):
     return _Vocab.from_dict(model.meta["vocab"])
 
 
+def _predict_proba(args, model, x, lengths):
+    """A classifier's probabilities: with ``--distributed`` the rows are split
+    over the ranks and gathered on rank 0 in input order (None elsewhere)."""
+    if not getattr(args, "distributed", False):
+        return model.predict_proba(x, lengths)
+    from .distributed import sharded_apply
+    return sharded_apply(model.predict_proba, x, lengths, comm=_DIST.comm)
+
+
 def cmd_predict(args):
     from .models import LanguageModel, SequenceClassifier
     model = _load_any(args.model, args.backend)
+    if not isinstance(model, SequenceClassifier) and not _root():
+        return 0           # scoring a text, a forecast: one sequence, run on rank 0
     if isinstance(model, LanguageModel):
         vocab = _lm_vocab(model, args.model)
         if args.data is None:
@@ -871,19 +953,22 @@ def cmd_predict(args):
         raise CLIError("--data is required for a classifier or a forecaster")
     if isinstance(model, SequenceClassifier):
         t, x, lengths = _classify_rows(args, model, need_labels=False)
+        p = _predict_proba(args, model, x, lengths)
+        if not _root():
+            return 0
         out, close = _open_out(args.output)
         try:
             w = csv.writer(out, lineterminator="\n")
             classes = model.classes or list(range(model.num_classes))
             if args.proba:
-                p = model.predict_proba(x, lengths)
                 w.writerow([str(c) for c in classes])
                 for row in p:
                     w.writerow([f"{v:.6f}" for v in row])
             else:
                 name = (model.meta.get("csv") or {}).get("label_name") or "label"
                 w.writerow([name])
-                for v in model.predict(x, lengths):
+                idx = p.argmax(axis=-1)                 # as model.predict does
+                for v in (idx if model.classes is None else np.asarray(model.classes)[idx]):
                     w.writerow([v])
         finally:
             if close:
@@ -1032,7 +1117,41 @@ def cmd_info(args):
     except ImportError:
         pass
     print(f"GPU: {_gpu_info()}")
+    print(f"MPI: {_mpi_info()}")
     return 0
+
+
+def _mpi_info():
+    """One line on MPI: mpi4py and the library, and whether GPU gradients are
+    reduced in device memory (a CUDA-aware library) or staged through the
+    host. Asked in a child process, so that ``fastrnn info`` does not start
+    MPI in this one (the query needs an initialised MPI)."""
+    import importlib.util
+    import json
+    import subprocess
+    if importlib.util.find_spec("mpi4py") is None:
+        return "not installed (--distributed needs it: pip install 'fastrnn[mpi]')"
+    if "mpi4py.MPI" in sys.modules:                  # already started here: ask here
+        from .distributed import mpi_info
+        d = mpi_info()
+    else:
+        # not a rank of the launcher's job: the child starts MPI on its own
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("PMI_", "PMIX_", "HYDRA_", "HYDI_", "OMPI_"))}
+        code = "import json; from fastrnn.distributed import mpi_info; print(json.dumps(mpi_info()))"
+        r = None
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                               timeout=60, env=env)
+            d = json.loads(r.stdout.strip().splitlines()[-1])
+        except Exception:   # noqa: BLE001 - a broken MPI install is reported, not raised
+            why = " ".join(r.stderr.split())[-300:] if r is not None and r.stderr else "no answer"
+            return f"mpi4py installed, but MPI does not start ({why})"
+    if not d["available"]:
+        return f"unusable ({d['reason']})"
+    how = ("CUDA-aware: GPU gradients are reduced in device memory" if d["transport"] == "cuda-aware"
+           else "not CUDA-aware: GPU gradients are staged through host memory")
+    return f"mpi4py {d['mpi4py']}, {d['library']}; {how}"
 
 
 def _gpu_info():
@@ -1142,6 +1261,9 @@ def build_parser():
                     help="forecaster: the series column(s) (default: the training ones)")
     pr.add_argument("--steps", type=_POSITIVE, default=None,
                     help="forecaster: steps to forecast (default: the model's horizon)")
+    pr.add_argument("--distributed", action="store_true",
+                    help="classifier: split the rows over the MPI ranks (run under mpiexec; "
+                         "needs fastrnn[mpi]); one output in input order, from rank 0")
     _generate_args(pr, backends, lm_only=True)
 
     ev = sub.add_parser("evaluate", help="score a trained model on labelled data: accuracy, "
@@ -1157,7 +1279,7 @@ def build_parser():
     ev.set_defaults(no_label=False)
 
     p.train_parser = t
-    sub.add_parser("info", help="versions, backends, threads, GPU")
+    sub.add_parser("info", help="versions, backends, threads, GPU, MPI")
     sub.add_parser("bench", help="benchmark against NumPy, PyTorch and onnxruntime: the cell "
                                  "grid, --busy N load test, --train model throughput "
                                  "(options: fastrnn bench --help)",
@@ -1218,6 +1340,8 @@ def main(argv=None):
         if args.command == "train" and args.task is None:
             parser.train_parser.print_help()
             return 2
+        if getattr(args, "distributed", False):
+            _setup_distributed(args)
         _set_threads(args.threads)
         handlers = {"demo": cmd_demo, "generate": cmd_generate, "info": cmd_info,
                     "predict": cmd_predict, "evaluate": cmd_evaluate,
@@ -1237,14 +1361,25 @@ def main(argv=None):
     except (CLIError, CheckpointError, BackendUnavailable, FloatingPointError, OSError) as exc:
         # user errors: bad options or files, broken checkpoints, a backend that
         # cannot run here, training that diverged, a path that cannot be written
-        print(f"fastrnn: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(exc)
     except ValueError as exc:
         # an argument the library rejected (it names it); a traceback helps no user
         if os.environ.get("FASTRNN_DEBUG"):
             raise
+        return _error(exc)
+
+
+def _error(exc):
+    """Report a user error (exit status 2). Under ``--distributed`` with more
+    than one rank, name the rank and abort them all: the others may be
+    waiting for this one in a collective."""
+    if _DIST.world == 1:
         print(f"fastrnn: error: {exc}", file=sys.stderr)
         return 2
+    print(f"fastrnn: error: (rank {_DIST.rank} of {_DIST.world}) {exc}", file=sys.stderr)
+    from .distributed import abort
+    abort(_DIST.comm, 2)
+    return 2              # pragma: no cover - Abort does not return
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -17,6 +17,7 @@ from . import _validate
 __all__ = [
     "pad_sequences", "bucket_batches", "Standardizer", "sliding_windows",
     "CharVocab", "WordVocab", "ArrayBatches", "LMBatches", "train_val_split",
+    "shard_range",
 ]
 
 
@@ -259,6 +260,39 @@ class WordVocab(_Vocab):
 
 
 # --------------------------------------------------------------- batching
+def shard_range(n: int, rank: int, world: int) -> tuple[int, int]:
+    """The part ``[lo, hi)`` of ``n`` items that process ``rank`` of
+    ``world`` takes: contiguous blocks in rank order, sizes differing by at
+    most one (``lo = rank * n // world``), so the shards of all ranks,
+    concatenated in rank order, are the ``n`` items in their order.
+
+    Parameters
+    ----------
+    n : int
+        Number of items (rows of a batch, rows of a prediction input).
+    rank : int
+        This process's index, ``0 <= rank < world``.
+    world : int
+        Number of processes.
+
+    Returns
+    -------
+    tuple of int
+        ``(lo, hi)``; empty (``lo == hi``) when ``n < world`` for some ranks.
+    """
+    n = _validate.nonneg_int("n", n)
+    rank, world = _rank_world(rank, world)
+    return rank * n // world, (rank + 1) * n // world
+
+
+def _rank_world(rank, world):
+    world = _validate.positive_int("world", world)
+    rank = _validate.nonneg_int("rank", rank)
+    if rank >= world:
+        raise ValueError(f"rank must be in [0, world), got rank {rank} with world {world}")
+    return rank, world
+
+
 class ArrayBatches:
     """Mini-batches over aligned arrays (first axis = samples).
 
@@ -275,10 +309,21 @@ class ArrayBatches:
     untrimmed batch. A tuple of positions (``trim=(0, 1)``) names the arrays
     to cut (e.g. per-step targets too); ``trim=False`` keeps the padding.
     Assumes post-padding (real items first), as ``lengths`` does.
+
+    ``rank``/``world`` (data-parallel training, :mod:`fastrnn.distributed`):
+    every process draws the same global batches of ``batch_size`` samples
+    (the same ``rng`` state gives the same shuffle) and yields only its
+    shard of each, rows :func:`shard_range` ``(len(batch), rank, world)``;
+    so the ranks together see every sample exactly once per epoch, and all
+    of them step through :func:`len` batches. ``batch_size`` is the
+    *global* batch: the same command trains the same model at any world
+    size. A shard can be empty (a last batch smaller than ``world``): it is
+    yielded with zero rows, and :class:`fastrnn.distributed.DistributedTrainer`
+    counts it as contributing nothing.
     """
 
     def __init__(self, *arrays, batch_size=32, lengths=None, shuffle=True,
-                 bucket=False, drop_last=False, trim=True):
+                 bucket=False, drop_last=False, trim=True, rank=0, world=1):
         _validate.positive_int("batch_size", batch_size)
         for name, v in (("shuffle", shuffle), ("bucket", bucket), ("drop_last", drop_last)):
             _validate.boolean(name, v)
@@ -300,6 +345,7 @@ class ArrayBatches:
             if not 0 <= i < len(self.arrays):
                 raise ValueError(f"trim names array {i}, but there are {len(self.arrays)}")
         self.n = n
+        self.rank, self.world = _rank_world(rank, world)
 
     def __len__(self):
         return self.n // self.batch_size if self.drop_last else -(-self.n // self.batch_size)
@@ -317,6 +363,8 @@ class ArrayBatches:
     def batches(self, rng=None):
         rng = rng if isinstance(rng, np.random.Generator) else np.random.default_rng(rng)
         for idx in self._index_batches(rng):
+            if self.world > 1:
+                idx = idx[slice(*shard_range(len(idx), self.rank, self.world))]
             cut = None
             if self.lengths is not None and self.trim and len(idx):
                 cut = int(self.lengths[idx].max())
@@ -338,20 +386,32 @@ class LMBatches:
     yields ``(x [T, B], y [T, B])`` with ``y`` the next tokens, so row ``b`` of
     chunk ``k+1`` continues row ``b`` of chunk ``k`` and the recurrent state can
     be carried across chunks. ``batches(rng)`` ignores ``rng`` (order matters).
+
+    ``rank``/``world`` (data-parallel training, :mod:`fastrnn.distributed`):
+    ``batch_size`` is the global number of rows; process ``rank`` keeps the
+    rows :func:`shard_range` ``(batch_size, rank, world)`` (columns of every
+    chunk), so the ranks together cover every token exactly once per epoch
+    and each carries the state of its own rows. ``batch_size >= world``.
     """
 
     stateful = True
 
-    def __init__(self, ids, batch_size, bptt):
+    def __init__(self, ids, batch_size, bptt, rank=0, world=1):
         _validate.positive_int("batch_size", batch_size)
         _validate.positive_int("bptt", bptt)
+        rank, world = _rank_world(rank, world)
+        if batch_size < world:
+            raise ValueError(f"batch_size {batch_size} is smaller than world {world}: every "
+                             "rank needs at least one row of the token stream")
         ids = np.asarray(ids, dtype=np.int64)
         n = (len(ids) - 1) // batch_size
         if n < 1:
             raise ValueError(f"{len(ids)} tokens are too few for batch_size {batch_size}")
-        self.x = ids[:n * batch_size].reshape(batch_size, n).T.copy()        # [N, B]
-        self.y = ids[1:n * batch_size + 1].reshape(batch_size, n).T.copy()   # [N, B]
+        lo, hi = shard_range(batch_size, rank, world)
+        self.x = ids[:n * batch_size].reshape(batch_size, n)[lo:hi].T.copy()        # [N, B_r]
+        self.y = ids[1:n * batch_size + 1].reshape(batch_size, n)[lo:hi].T.copy()   # [N, B_r]
         self.bptt, self.batch_size = int(bptt), int(batch_size)
+        self.rank, self.world = rank, world
         self.n_steps = n
 
     def __len__(self):

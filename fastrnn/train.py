@@ -266,6 +266,13 @@ def _batches(data, rng):
     return iter(data)
 
 
+def _empty(batch):
+    """A batch with no samples: a data-parallel rank's shard of a last batch
+    smaller than the world (see :class:`fastrnn.data.ArrayBatches`)."""
+    return isinstance(batch, (tuple, list)) and any(
+        isinstance(a, np.ndarray) and a.size == 0 for a in batch)
+
+
 def _len(data):
     try:
         return len(data)
@@ -375,6 +382,13 @@ class Trainer:
 
     def evaluate(self, data):
         """Mean loss (weighted by counts) and mean metrics over ``data``."""
+        total, count, metrics = self._reduce_eval(*self._evaluate_sums(data))
+        out = {"loss": total / max(count, 1)}
+        out.update({k: s / max(c, 1) for k, (s, c) in metrics.items()})
+        return out
+
+    def _evaluate_sums(self, data):
+        """``(loss sum, count, {metric: (weighted sum, weight)})`` over ``data``."""
         model = self.model
         was = model.training
         carried = getattr(model, "carried_state", None)      # an open epoch's LM state
@@ -384,6 +398,8 @@ class Trainer:
         total, count, metrics = 0.0, 0, {}
         try:
             for batch in _batches(data, np.random.default_rng(0)):
+                if _empty(batch):
+                    continue
                 loss, n = model.batch_loss(batch, train=False)
                 total += loss * n
                 count += n
@@ -398,9 +414,23 @@ class Trainer:
                 model.reset_state()
             if carried is not None:
                 model.carried_state = carried
-        out = {"loss": total / max(count, 1)}
-        out.update({k: s / max(c, 1) for k, (s, c) in metrics.items()})
-        return out
+        return total, count, metrics
+
+    # hooks of the data-parallel trainer (fastrnn.distributed.DistributedTrainer),
+    # which combines these per-process values over all ranks
+    def _reduce_eval(self, total, count, metrics):
+        """The evaluation sums of all processes (here: this one's)."""
+        return total, count, metrics
+
+    def _train_batch(self, batch):
+        """Forward and backward of one batch: ``(mean loss, count)``, with the
+        model's gradients those of the mean loss (of the whole step's batch)."""
+        self.model.zero_grad()
+        return self.model.batch_loss(batch, train=True)
+
+    def _elapsed(self, t_start):
+        """Seconds of this ``fit`` call so far (for the time budget)."""
+        return time.perf_counter() - t_start
 
     def _spent(self, t_start):
         """Fraction of the step / time budget used so far, in [0, 1]."""
@@ -408,7 +438,7 @@ class Trainer:
         if self.max_steps:
             f = self.global_step / self.max_steps
         if self.max_seconds:
-            f = max(f, (time.perf_counter() - t_start) / self.max_seconds)
+            f = max(f, self._elapsed(t_start) / self.max_seconds)
         return min(f, 1.0)
 
     def fit(self, epochs: float | None = None, steps: int | None = None) -> dict[str, list]:
@@ -493,8 +523,7 @@ class Trainer:
                     opt.lr = float(self.schedule(self.global_step))
                 elif self.schedule is not None and self.schedule_unit == "budget":
                     opt.lr = float(self.schedule(self._spent(t_start)))
-                model.zero_grad()
-                loss, n = model.batch_loss(batch, train=True)
+                loss, n = self._train_batch(batch)
                 if not math.isfinite(loss):
                     raise FloatingPointError(f"loss became {loss} at epoch {epoch + 1}, "
                                              f"step {self.global_step}: lower the learning "
@@ -509,7 +538,7 @@ class Trainer:
                 ep["count"] += 1
                 ep["items"] += n
                 bar.update(n, loss, n)
-                if self.max_seconds is not None and time.perf_counter() - t_start > self.max_seconds:
+                if self.max_seconds is not None and self._elapsed(t_start) > self.max_seconds:
                     self.stop_reason = "time"
                     break
                 if self.max_steps is not None and self.global_step >= self.max_steps:

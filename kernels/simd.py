@@ -25,9 +25,10 @@ against one pre-packed weight panel, over one or more K segments::
   cache: a process that picks the AVX2 (8-wide) variant never loads AVX-512
   code compiled by another, and ``cache=True`` keeps working.
 
-``atomic_add(p, v)``, ``atomic_load(p)``, ``atomic_cas(p, old, new)`` on int64
-words and ``cpu_pause()``, ``sched_yield()``: what the two-thread step barrier
-needs.
+``atomic_add(p, v)``, ``atomic_load(p)``, ``atomic_cas(p, old, new)``,
+``atomic_store(p, v)`` on int64 words and ``cpu_pause()``, ``sched_yield()``:
+what the two-thread step barrier and the partner thread's mailbox need;
+``f32_ptr``/``i64_ptr`` turn a job's addresses back into arrays.
 """
 from __future__ import annotations
 
@@ -39,8 +40,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "atomic_add", "atomic_load", "atomic_cas", "cpu_pause",
-           "sched_yield", "cycles", "MAX_MR"]
+__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "atomic_add", "atomic_load",
+           "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr", "cpu_pause", "sched_yield", "cycles",
+           "MAX_MR"]
 
 _f32 = ir.FloatType()
 _i64 = ir.IntType(64)
@@ -351,6 +353,38 @@ def atomic_cas(typingctx, p, old, new):
         ptr = builder.inttoptr(args[0], _i64.as_pointer())
         res = builder.cmpxchg(ptr, args[1], args[2], "seq_cst", "seq_cst")
         return builder.extract_value(res, 1)
+    return sig, codegen
+
+
+@intrinsic
+def atomic_store(typingctx, p, v):
+    """``*p = v`` with release ordering (int64)."""
+    sig = types.void(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        builder.store_atomic(args[1], ptr, "release", 8)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def f32_ptr(typingctx, addr):
+    """The byte address ``addr`` as a float32 pointer (for ``numba.carray``)."""
+    sig = types.CPointer(types.float32)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return sig, codegen
+
+
+@intrinsic
+def i64_ptr(typingctx, addr):
+    """The byte address ``addr`` as an int64 pointer (for ``numba.carray``)."""
+    sig = types.CPointer(types.int64)(types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
     return sig, codegen
 
 

@@ -70,29 +70,71 @@ def test_one_and_two_threads_agree_bitwise(two_threads, monkeypatch, cell_name, 
         np.testing.assert_array_equal(a, b)
 
 
-def test_a_partner_that_never_comes_does_not_block(two_threads, monkeypatch):
-    """The caller claims every panel itself when the pool thread is busy elsewhere."""
+def _lstm_call_is_fast_and_right():
+    import time
+    cell, x, h0, c0, w, lens, dy = _problem("lstm", 6, 5, 3, 33)
+    cpu.forward(cell, x, h0, c0, w, lens, False, False)          # compiled before timing
+    t0 = time.monotonic()
+    y, h, c, cache = cpu.forward(cell, x, h0, c0, w, lens, False, True)
+    grads = cpu.backward(cell, cache, dy, h, c)
+    took = time.monotonic() - t0
+    ref = cpu.use_packed
+    try:
+        cpu.use_packed = False
+        y0, h_, c_, cache0 = cpu.forward(cell, x, h0, c0, w, lens, False, True)
+        grads0 = cpu.backward(cell, cache0, dy, h_, c_)
+    finally:
+        cpu.use_packed = ref
+    np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(grads[0], grads0[0], rtol=1e-4, atol=1e-5)
+    return took
+
+
+@pytest.mark.parametrize("split", ["panels", "rows"])
+def test_a_partner_that_never_comes_does_not_block(two_threads, monkeypatch, split):
+    """A partner thread that never claims its jobs: the caller takes every job
+    back (one compare-and-swap) and does the whole call itself."""
+    monkeypatch.setattr(packed, "_ROW_SPLIT_BYTES", 1 << 40 if split == "rows" else -1)
+    lazy = packed._Partner()
+    lazy._ensure = lambda: None                           # its thread never starts
+    monkeypatch.setattr(packed, "_partners", [lazy])
+    assert _lstm_call_is_fast_and_right() < 5
+    assert lazy.mb[packed._POST] > 0                      # jobs were posted ...
+    assert lazy.mb[packed._DONE] == 0                     # ... and all taken back
+
+
+def test_a_partner_busy_with_another_call_does_not_block(two_threads):
+    """While another call holds the partner (here: a Python job blocked for 10 s),
+    a call runs on one thread instead of waiting."""
     import threading
     gate = threading.Event()
-    pool = packed._executor()
-    pool.submit(gate.wait, 10)                    # occupy the pool's only thread
+    partner = packed._partner()
+    seq = partner.post(packed._K_PY, fn=lambda: gate.wait(10))
+    assert seq
     try:
-        import time
-        cell, x, h0, c0, w, lens, dy = _problem("lstm", 6, 5, 3, 33)
-        ref = cpu.use_packed
-        cpu.forward(cell, x, h0, c0, w, lens, False, False)          # compiled before timing
-        t0 = time.monotonic()
-        y, h, c, cache = cpu.forward(cell, x, h0, c0, w, lens, False, True)
-        cpu.backward(cell, cache, dy, h, c)
-        # the pool thread is held for 10 s: a caller that waited for it would be here later
-        assert time.monotonic() - t0 < 5 and not gate.is_set()
-        cpu.use_packed = False
-        y0, *_ = cpu.forward(cell, x, h0, c0, w, lens, False, True)
-        cpu.use_packed = ref
-        np.testing.assert_allclose(y, y0, rtol=1e-5, atol=1e-6)
+        assert _lstm_call_is_fast_and_right() < 5 and not gate.is_set()
     finally:
-        cpu.use_packed = True
         gate.set()
+        partner.finish(seq)
+
+
+def test_a_python_job_error_reaches_the_caller():
+    partner = packed._partner()
+
+    def boom():
+        raise RuntimeError("from the partner")
+    seq = partner.post(packed._K_PY, fn=boom)
+    import time
+    deadline = time.monotonic() + 5
+    while partner.mb[packed._CLAIM] < seq and time.monotonic() < deadline:
+        time.sleep(0.001)                                  # let the partner claim it
+    if partner.mb[packed._CLAIM] < seq:                    # pragma: no cover - very slow machine
+        partner.finish(seq)
+        pytest.skip("the partner thread did not claim the job within 5 s")
+    with pytest.raises(RuntimeError, match="from the partner"):
+        partner.finish(seq)
+    assert partner.lock.acquire(blocking=False)            # the call released the partner
+    partner.lock.release()
 
 
 def test_openblas_thread_count_survives_concurrent_calls():

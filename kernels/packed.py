@@ -52,7 +52,8 @@ L2, and when one thread is late (its core is busy) the other claims the rest:
 a step never waits for a thread that has not started it. A thread waits only
 for a panel the other has claimed and not finished: it spins briefly
 (``pause``), then yields its core (``sched_yield``).
-Calls under ``_ROW_SPLIT_FLOPS`` run on one thread. A call in which the caller
+Calls under ``_ROW_SPLIT_FLOPS`` (ten times that with fewer than 8 rows) run on
+one thread. A call in which the caller
 spent more than half its time waiting for the partner makes the following
 calls run on one thread for 50 ms (doubling while it happens again, reset by
 one good call), so a busy machine costs little more than one thread's time.
@@ -465,9 +466,13 @@ def _l2_bytes(default=1 << 20):
 #: instead of each step's panels. Measured on a 2 MiB-L2 Xeon: LSTM (64,32,64,256)
 #: (1.3 MB of packed weights) trains 7% faster on rows than on panels.
 _ROW_SPLIT_BYTES = int(min(4 << 20, max(512 << 10, 0.9 * _l2_bytes())))
-#: a call's FLOPs from which two threads pay (measured: below about 2e8, e.g. LSTM
-#: (100,8,64,64), the hand-off costs more than the second core gives)
-_ROW_SPLIT_FLOPS = 2e8
+#: a call's FLOPs from which two threads pay: 2e7 when each thread gets at least
+#: _ROW_SPLIT_MIN_ROWS rows, else ten times that. Measured with the partner thread, same-process
+#: A/B against 2e8 everywhere: LSTM (100,8,64,64) inference 426 -> 314 us, training
+#: 1.40 -> 1.22 ms; (200,8,32,32) inference 292 -> 231 us; but B = 2 or 4 (one or two
+#: rows per thread) trained 7-15% slower on two threads
+_ROW_SPLIT_FLOPS = 2e7
+_ROW_SPLIT_MIN_ROWS = 4
 
 
 class _Plan:
@@ -481,12 +486,12 @@ class _Plan:
         self.B, self.cut, self.mode = B, B, "one"
         if _nthreads(max_threads, _TWO_THREAD_STEP_FLOPS, 2) < 2:   # capped, or backing off
             return
-        if wbytes <= _ROW_SPLIT_BYTES and B >= 2 and total_flops >= _ROW_SPLIT_FLOPS:
+        enough = total_flops >= _ROW_SPLIT_FLOPS * (1 if B >= 2 * _ROW_SPLIT_MIN_ROWS else 10)
+        if wbytes <= _ROW_SPLIT_BYTES and B >= 2 and enough:
             work = np.cumsum(lens_sorted)                  # rows are sorted, longest first
             self.cut = int(min(B - 1, max(1, np.searchsorted(work, work[-1] / 2) + 1)))
             self.mode = "rows"
-        elif (panels >= 2 and step_flops >= _TWO_THREAD_STEP_FLOPS
-              and total_flops >= _ROW_SPLIT_FLOPS):
+        elif panels >= 2 and step_flops >= _TWO_THREAD_STEP_FLOPS and enough:
             self.mode = "panels"
 
     def launch(self, kernel, args_of):

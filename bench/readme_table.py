@@ -1,6 +1,7 @@
 """Print the README's benchmark tables (Markdown) from a ``fastrnn bench --json`` file.
 
     python bench/readme_table.py bench/results/cpu.json
+    python bench/readme_table.py --busy bench/results/busy.json   # the load-test table
 """
 import json
 import sys
@@ -44,5 +45,35 @@ def main(path):
               f"{s['min']:.2f}x ({','.join(map(str, s['min_shape']))}) |")
 
 
+def busy(path):
+    """The ``--busy`` table: each library's default under load against its own quiet
+    one-thread time, fastrnn and torch side by side."""
+    rows = defaultdict(dict)        # (cell, shape, mode) -> impl -> record
+    for r in json.load(open(path)).get("busy", []):
+        rows[(r["cell"], tuple(r["shape"]), r["mode"])][r["impl"]] = r
+    print("| cell | (T, B, I, H) | mode | fastrnn quiet 1T ms | busy, default | slower "
+          "| torch quiet 1T ms | busy, default | slower |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
+    worst = {}
+    for (cell, shape, mode), by in rows.items():
+        cols = []
+        for impl in ("cpu", "torch"):
+            r = by.get(impl)
+            if r is None:
+                cols += ["–"] * 3
+                continue
+            cols += [f"{r['quiet_1thread_s'] * 1e3:.3f}", f"{r['busy_default_s'] * 1e3:.3f}",
+                     f"{r['slowdown']:.2f}x"]
+            lo, hi = worst.get(impl, (r["slowdown"], r["slowdown"]))
+            worst[impl] = (min(lo, r["slowdown"]), max(hi, r["slowdown"]))
+        print(f"| {cell} | {','.join(map(str, shape))} | {mode} | " + " | ".join(cols) + " |")
+    print()
+    for impl, (lo, hi) in worst.items():
+        print(f"{impl}: {lo:.2f}x to {hi:.2f}x of its quiet one-thread time")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/cpu.json")
+    if len(sys.argv) > 1 and sys.argv[1] == "--busy":
+        busy(sys.argv[2] if len(sys.argv) > 2 else "bench/results/busy.json")
+    else:
+        main(sys.argv[1] if len(sys.argv) > 1 else "bench/results/cpu.json")

@@ -794,6 +794,18 @@ _partners = []
 _partners_lock = threading.Lock()
 
 
+def _forget_partner():
+    """After ``fork``: the child has no partner thread and must not run a job its
+    parent posted; it starts a fresh partner with an empty mailbox."""
+    global _partners_lock
+    _partners.clear()
+    _partners_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_partner)
+
+
 def _partner():
     if not _partners:
         with _partners_lock:

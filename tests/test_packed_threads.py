@@ -206,3 +206,25 @@ def test_inference_in_chunks_equals_training_forward(monkeypatch, cell_name, rev
     for a, b in zip(tr[:3], inf[:3]):
         if a is not None:
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_forked_child_gets_its_own_partner(two_threads):
+    """A child process forked after two-thread calls runs them again with a fresh
+    partner thread (the parent's does not exist there) and the same results."""
+    import os
+    if not hasattr(os, "fork"):                           # pragma: no cover
+        pytest.skip("no fork on this platform")
+    cell, x, h0, c0, w, lens, dy = _problem("lstm", 7, 9, 4, 33)
+    y, *_ = cpu.forward(cell, x, h0, c0, w, lens, False, False)
+    pid = os.fork()
+    if pid == 0:                                          # the child: exit code = verdict
+        code = 1
+        try:
+            assert packed._partners == []
+            y2, *_ = cpu.forward(cell, x, h0, c0, w, lens, False, False)
+            code = 0 if np.array_equal(y, y2) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+

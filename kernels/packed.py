@@ -40,10 +40,14 @@ cost nothing, and the loop stops at the longest sequence.
 
 Two threads (``_Plan``)
 -----------------------
+The second thread is the process's one partner thread (``_Partner``, see
+"partner thread" below): it waits for jobs in compiled code and runs the LSTM
+kernels without the GIL; a job it has not claimed when the caller's own share
+is done is taken back by the caller.
 "rows": when the packed weights fit one core's L2 (``_ROW_SPLIT_BYTES``), the
-caller and one pool thread each run the whole loop on their own batch rows
-(rows never interact), claimed as two tasks: no per-step synchronisation, and a
-partner that does not come leaves both tasks to the caller.
+caller and the partner each run the whole loop on their own batch rows (rows
+never interact): no per-step synchronisation, and a partner that does not
+come leaves its rows to the caller.
 "panels": otherwise both run the same step loop and each panel of each step
 is claimed with one compare-and-swap on its counter (it holds the last step
 it was claimed for), thread 0 from the first panel up, thread 1 from the last
@@ -53,10 +57,10 @@ a step never waits for a thread that has not started it. A thread waits only
 for a panel the other has claimed and not finished: it spins briefly
 (``pause``), then yields its core (``sched_yield``).
 Calls under ``_ROW_SPLIT_FLOPS`` (ten times that with fewer than 8 rows) run on
-one thread. A call in which the caller
-spent more than half its time waiting for the partner makes the following
-calls run on one thread for 50 ms (doubling while it happens again, reset by
-one good call), so a busy machine costs little more than one thread's time.
+one thread. A call in which the caller spent more than half its time waiting
+for the partner makes the following calls run on one thread for 50 ms
+(doubling while it happens again, reset by one good call), so a busy machine
+costs little more than one thread's time.
 Every split depends on the shape only: results are bitwise the same on one
 thread or two.
 """

@@ -66,7 +66,6 @@ thread or two.
 """
 from __future__ import annotations
 
-import functools
 import os
 import threading
 import time
@@ -849,34 +848,16 @@ def gemm(a, b, out, max_threads):
 
 
 # --------------------------------------------------------------------------- packing
-@functools.lru_cache(maxsize=64)
-def _perm(H, Hp, VW, G):
-    """(nat, valid, src): nat[q] = natural gate row of panel-order column q (-1 for
-    padding), valid = nat >= 0, src = nat[valid]; read-only, cached per shape."""
-    P = Hp // VW
-    p = np.arange(P)[:, None, None]
-    g = np.arange(G)[None, :, None]
-    u = np.arange(VW)[None, None, :]
-    unit = p * VW + u
-    nat = np.where(unit < H, g * H + unit, -1).reshape(-1)
-    valid = nat >= 0
-    src = nat[valid]
-    for a in (nat, valid, src):
-        a.setflags(write=False)
-    return nat, valid, src
-
-
 class _Packed:
-    __slots__ = ("H", "Hp", "VW", "nat", "valid", "src", "w_ih", "w_hh", "bias", "up", "ub",
-                 "nvb", "peep")
+    __slots__ = ("H", "Hp", "VW", "w_ih", "w_hh", "bias", "up", "ub", "nvb", "peep")
 
 
-def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None, natural=False):
+def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
     """Panel-order copies of the weights (float32); ``peep`` [3,H] diagonal peepholes.
 
     With ``backward``, also ``w_ih`` [G*Hp, I], ``w_hh`` [G*Hp, Hp] and ``ub`` (``U``
-    packed for ``dh = dgates U``) with their gate rows in panel order, or with
-    ``natural`` in PyTorch's gate order (units padded to Hp; the LSTM backward)."""
+    packed for ``dh = dgates U``) in PyTorch's gate order, units padded to Hp: the
+    backward loops write the gate gradients in that order."""
     H = w_hh.shape[1]
     I = w_ih.shape[1]
     Hp = -(-H // VW) * VW
@@ -884,7 +865,6 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None, natural=Fa
     GV = G * VW
     pk = _Packed()
     pk.H, pk.Hp, pk.VW = H, Hp, VW
-    pk.nat, pk.valid, pk.src = _perm(H, Hp, VW, G)
     # up: [P, I+Hp, G*VW]: panel p's columns of [W_ih W_hh]ᵀ, input rows first,
     # written in one strided copy per matrix (gate g, unit p*VW+u -> column g*VW+u;
     # measured faster than a compiled loop at every size)
@@ -907,18 +887,8 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None, natural=Fa
     pk.bias = np.ascontiguousarray(bias.transpose(1, 0, 2)).reshape(-1)      # [G*Hp]
     pk.up = up
     pk.w_ih = pk.w_hh = None
-    if backward and not natural:   # panel order [G*Hp, I] and [G*Hp, Hp]
-        pk.w_ih = np.ascontiguousarray(up[:, :I].transpose(0, 2, 1)).reshape(G * Hp, I)
-        pk.w_hh = np.ascontiguousarray(up[:, I:].transpose(0, 2, 1)).reshape(G * Hp, Hp)
-    elif backward:                 # natural gate order, units padded to Hp
-        if Hp == H:
-            pk.w_ih, pk.w_hh = w_ih, w_hh
-        else:
-            wi = np.zeros((G, Hp, I), np.float32)
-            wi[:, :H] = w_ih.reshape(G, H, I)
-            wh = np.zeros((G, Hp, Hp), np.float32)
-            wh[:, :H, :H] = w_hh.reshape(G, H, H)
-            pk.w_ih, pk.w_hh = wi.reshape(G * Hp, I), wh.reshape(G * Hp, Hp)
+    if backward:                   # PyTorch's gate order, units padded (views when Hp == H)
+        pk.w_ih, pk.w_hh = wi4.reshape(G * Hp, I), wh4.reshape(G * Hp, Hp)
     pk.ub = None
     pk.nvb = 4
     pk.peep = None
@@ -1068,7 +1038,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     H = w_hh.shape[1]
     VW = vector_width()
     G = 4
-    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training, peep=peep, natural=True)
+    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training, peep=peep)
     Hp = pk.Hp
     P = Hp // VW
     sched = _Schedule(lens, T, reverse)

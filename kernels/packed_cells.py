@@ -134,30 +134,31 @@ def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax, 
 
 # --------------------------------------------------------------------------- GRU backward
 @njit(inline="always")
-def _gru_bwd_mr(mr, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg):
+def _gru_bwd_mr(mr, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg):
     if mr == 1:
-        _gb1(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+        _gb1(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
     elif mr == 2:
-        _gb2(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+        _gb2(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
     elif mr == 3:
-        _gb3(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+        _gb3(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
     elif mr == 4:
-        _gb4(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+        _gb4(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
     elif mr == 5:
-        _gb5(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+        _gb5(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
     else:
-        _gb6(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg)
+        _gb6(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
 
 
 @njit(inline="always")
 def _gru_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh,
                   dgx, ldg):
+    # dgh, dgx in PyTorch's gate order: gate g of the panel's units at g * ldg / 3
     """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel)."""
     while r0 < r1:
         mr = min(mrmax, r1 - r0)
         _gru_bwd_mr(mr, tag, ntag, a + 4 * r0 * lda, lda, w, K, dy + 4 * r0 * ldh, ldh,
                     act + 4 * r0 * ldact, ldact, hp + 4 * r0 * ldh, dd + 4 * r0 * ldh,
-                    dgh + 4 * r0 * ldg, dgx + 4 * r0 * ldg, ldg)
+                    dgh + 4 * r0 * ldg, dgx + 4 * r0 * ldg, ldg, ldg // 3)
         r0 += mr
 
 
@@ -193,8 +194,9 @@ def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrma
     # ub: flat packed U for dh = dgh U: output panel q (units [q*NB, q*NB+w),
     #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*3*Hp*NB, [3*Hp][w]
     # dy: [n,B,Hp];  dd: [B,Hp] carry (in: dL/dh_n, out: z dh of step 0)
-    # dgh, dgx: [n,B,3*Hp] out, (dr, dz, dn r) and (dr, dz, dn) per panel
-    #     (rows >= nact[s] untouched);  nact: [n];  ctl: [Q+1] claim counters, then done
+    # dgh, dgx: [n,B,3*Hp] out, (dr, dz, dn r) and (dr, dz, dn) in PyTorch's gate order
+    #     (column g*Hp + u; rows >= nact[s] untouched), so the weight gradients come out
+    #     in PyTorch's layout;  nact: [n];  ctl: [Q+1] claim counters, then done
     n, B, GA = act.shape
     Hp = dy.shape[2]
     GH = 3 * Hp
@@ -230,7 +232,7 @@ def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrma
             _gru_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, GH, ubp + 4 * q * GH * NB,
                            dyp + 4 * (s * B * Hp + j0), Hp, ap + 4 * (s * B * GA + 4 * j0), GA,
                            hsp + 4 * (s * B * Hp + j0), ddp + 4 * j0,
-                           ghp + 4 * (s * B * GH + 3 * j0), gxp + 4 * (s * B * GH + 3 * j0))
+                           ghp + 4 * (s * B * GH + j0), gxp + 4 * (s * B * GH + j0))
         if nthr > 1:
             atomic_add(done, cnt)
     if nthr > 1 and tid == 0:
@@ -587,7 +589,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
 
 
 def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
-    """dW_ih = dgxᵀ x, dW_hh = dghᵀ h_prev, dx = dgx W_ih over all rows (panel order),
+    """dW_ih = dgxᵀ x, dW_hh = dghᵀ h_prev, dx = dgx W_ih over all rows (PyTorch gate order),
     split in tasks for two threads as in :func:`fastrnn.kernels.packed.lstm_backward`."""
     R, GH = dgx2.shape
     I, Hp = xs2.shape[1], hp2.shape[1]
@@ -658,12 +660,11 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
         dw_hh = dw_hh_p[:H, :H].copy()
         db_ih = dbx_p[:H].copy()
         db_hh = db_ih.copy()
-    else:
-        v, src = pk.valid, pk.src
-        dw_ih = np.empty((G * H, I), np.float32)
-        dw_hh = np.empty((G * H, H), np.float32)
-        db_ih = np.empty(G * H, np.float32)
-        db_hh = np.empty(G * H, np.float32)
-        dw_ih[src], dw_hh[src] = dw_ih_p[v], dw_hh_p[v, :H]
-        db_ih[src], db_hh[src] = dbx_p[v], dbh_p[v]
+    elif Hp == H:                     # natural gate order: PyTorch's layout already
+        dw_ih, dw_hh, db_ih, db_hh = dw_ih_p, dw_hh_p, dbx_p, dbh_p
+    else:                             # drop the padding units of each gate
+        dw_ih = np.ascontiguousarray(dw_ih_p.reshape(G, Hp, I)[:, :H]).reshape(G * H, I)
+        dw_hh = np.ascontiguousarray(dw_hh_p.reshape(G, Hp, Hp)[:, :H, :H]).reshape(G * H, H)
+        db_ih = np.ascontiguousarray(dbx_p.reshape(G, Hp)[:, :H]).reshape(G * H)
+        db_hh = np.ascontiguousarray(dbh_p.reshape(G, Hp)[:, :H]).reshape(G * H)
     return dx, sched.unsort_rows(dh0, H), dw_ih, dw_hh, db_ih, db_hh

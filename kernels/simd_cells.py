@@ -68,21 +68,22 @@ def _make_gru_fwd(MR):
 def _make_gru_bwd(MR):
     @intrinsic
     def uk_gru_bwd(typingctx, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx,
-                   ldg):
+                   ldg, dgg):
         """NV output vectors (NV forward panels of VW units), MR rows:
         dh = a @ w + dy + dd (``dd``: the carried part of dL/dh that does not pass
         through U, updated in place to z dh), then back through the GRU step from
         the saved (r, z, n, nh) (``act``: [NV][4][VW], row stride ldact) and h_prev
-        (``hp``): writes dgh = (dr, dz, dn r) and dgx = (dr, dz, dn) ([NV][3][VW],
-        row stride ldg). ``dy``, ``hp``, ``dd`` have row stride ldh."""
+        (``hp``): writes dgh = (dr, dz, dn r) and dgx = (dr, dz, dn) in PyTorch's
+        gate order (vector v of gate g at v*VW + g*dgg, dgg the padded H; row stride
+        ldg). ``dy``, ``hp``, ``dd`` have row stride ldh."""
         if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
             return None
         VW, NV = tag.count, ntag.count
         i8 = types.int64
-        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
 
         def codegen(context, builder, signature, args):
-            _, _, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg = args
+            _, _, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg = args
             vty = ir.VectorType(_f32, VW)
             a, w, dy, act, hp, dd, dgh, dgx = _ptrs(builder, a, w, dy, act, hp, dd, dgh, dgx)
             accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
@@ -100,7 +101,8 @@ def _make_gru_bwd(MR):
                     dz = m.mul(m.mul(dh, m.sub(_vload(builder, vty, hp, ho), gn)),
                                m.mul(gz, m.sub(one, gz)))
                     dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(one, gr)))
-                    go = [_row_off(builder, r, ldg, v * 3 * VW + g * VW) for g in range(3)]
+                    go = [builder.add(_row_off(builder, r, ldg, v * VW),
+                                      builder.mul(ir.Constant(_i64, g), dgg)) for g in range(3)]
                     for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
                         _vstore(builder, val, vty, dgh, o)
                     for o, val in zip(go, (dr, dz, dn)):

@@ -368,24 +368,21 @@ def atomic_store(typingctx, p, v):
     return sig, codegen
 
 
-@intrinsic
-def f32_ptr(typingctx, addr):
-    """The byte address ``addr`` as a float32 pointer (for ``numba.carray``)."""
-    sig = types.CPointer(types.float32)(types.int64)
+def _make_typed_ptr(dtype):
+    @intrinsic
+    def typed_ptr(typingctx, addr):
+        """The byte address ``addr`` as a typed pointer (for ``numba.carray``)."""
+        sig = types.CPointer(dtype)(types.int64)
 
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-    return sig, codegen
+        def codegen(context, builder, signature, args):
+            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+        return sig, codegen
+    return typed_ptr
 
 
-@intrinsic
-def i64_ptr(typingctx, addr):
-    """The byte address ``addr`` as an int64 pointer (for ``numba.carray``)."""
-    sig = types.CPointer(types.int64)(types.int64)
-
-    def codegen(context, builder, signature, args):
-        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-    return sig, codegen
+#: byte addresses as float32 / int64 pointers (a partner job's arrays, rebuilt)
+f32_ptr = _make_typed_ptr(types.float32)
+i64_ptr = _make_typed_ptr(types.int64)
 
 
 @intrinsic

@@ -903,17 +903,15 @@ def _check_shapes(cell, x, h0, c0, weights, lens, given):
     caller passed lengths, so their range is checked too)."""
     T, B, I = x.shape
     GH, H = np.shape(weights.w_hh)
-    checks = [("weights.w_ih", np.shape(weights.w_ih), (GH, I)),
+    checks = (("weights.w_ih", np.shape(weights.w_ih), (GH, I)),
               ("weights.w_hh", (GH, H), (cell.gates * H, H)),
               ("weights.b_ih", np.shape(weights.b_ih), (GH,)),
               ("weights.b_hh", np.shape(weights.b_hh), (GH,)),
               ("h0", np.shape(h0), (B, H)),
-              ("lengths", lens.shape, (B,))]
-    if cell.has_cell:
-        checks.append(("c0", np.shape(c0), (B, H)))
-    if cell.peephole is not None:
-        checks.append(("weights.peep", np.shape(weights.peep),
-                       (3,) + tuple(cell.peephole_shape(H))))
+              ("lengths", lens.shape, (B,)),
+              ("c0", np.shape(c0) if cell.has_cell else None, (B, H) if cell.has_cell else None),
+              ("weights.peep", np.shape(weights.peep) if cell.peephole is not None else None,
+               (3,) + tuple(cell.peephole_shape(H)) if cell.peephole is not None else None))
     for name, got, exp in checks:
         if got != exp:
             raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(exp)}")
@@ -935,15 +933,15 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
             else np.ascontiguousarray(lengths, dtype=np.int64))
     _check_shapes(cell, x, h0, c0, weights, lens, lengths is not None)
     reverse, training = bool(reverse), bool(training)
-
+    # the packed kernels call no BLAS in the forward pass: no thread setting to manage
+    if (dtype == np.float32 and _packed is not None and use_packed
+            and (fam == "lstm" or cell.peephole == "diagonal")):
+        return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training)
+    if (dtype == np.float32 and _packed_cells is not None and use_packed
+            and (fam, training) in packed_cells):
+        return _forward_packed_cell(fam, cell, x, h0, weights, lens, reverse, training)
     threads = _Threads()
     try:
-        if (dtype == np.float32 and _packed is not None and use_packed
-                and (fam == "lstm" or cell.peephole == "diagonal")):
-            return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training, threads)
-        if (dtype == np.float32 and _packed_cells is not None and use_packed
-                and (fam, training) in packed_cells):
-            return _forward_packed_cell(fam, cell, x, h0, weights, lens, reverse, training)
         return _forward(fam, cell, x, h0, c0, weights, lens, reverse, training, threads)
     finally:
         threads.restore()
@@ -983,7 +981,7 @@ def matmul(a, b, out=None):
         threads.restore()
 
 
-def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training, threads):
+def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
     f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
     peep = None if cell.peephole is None else f(weights.peep)
     w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)

@@ -61,6 +61,10 @@ MAX_MR = 8
 #: when a thread's share of the weights exceeds its L2 (H=512: 6.3 MB), that made
 #: one-thread inference 8-12% and training 7-12% faster.
 PREFETCH_BYTES = 4096
+#: the fewest rows per micro-kernel call that prefetch: with one or two rows a
+#: k-iteration has 4-8 FMAs beside 4 prefetches, which then crowd the load ports
+#: (LSTM (200,1,32,32) inference 75 -> 60 us without them; from 3 rows on they pay)
+PREFETCH_MIN_MR = 3
 
 
 def _splat(builder, vty, s):
@@ -178,7 +182,8 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
         a, lda, w, K = seg[:4]
         amap = seg[4] if len(seg) > 4 else range(NV)
         W = len(amap) * VW
-        pfd = max(8, PREFETCH_BYTES // (4 * W)) if PREFETCH_BYTES else 0   # rows ahead
+        pfd = (max(8, PREFETCH_BYTES // (4 * W))
+               if PREFETCH_BYTES and MR >= PREFETCH_MIN_MR else 0)   # rows ahead
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
             wrow = builder.mul(k, ir.Constant(_i64, W))

@@ -62,6 +62,10 @@ except ImportError as exc:  # pragma: no cover - depends on the install
     _NUMBA_ERROR = f"numba is not installed ({exc})"
 
 from fastrnn.dispatch import Weights
+from fastrnn.kernels import heap as _heap
+
+# a training step's temporaries reuse the pages of the step before (see heap.py)
+_heap.tune()
 
 __all__ = ["forward", "backward", "available", "set_num_threads", "get_num_threads",
            "matmul"]

@@ -819,6 +819,11 @@ def _partner():
 
 #: GEMMs are split into tasks for two threads from this many FLOPs on
 _SPLIT_GEMM_FLOPS = 8e6
+#: tasks (row ranges) of a weight-gradient GEMM ``dgᵀ [x h]`` when it is split: its
+#: long reduction over every step's rows runs 7-8% slower per extra task in
+#: OpenBLAS (one thread, (3200x512)ᵀ(3200x192): 3.51 ms whole, 3.81 in two, 4.27
+#: in four), so one task per thread
+_DW_TASKS = 2
 
 
 def _splits(n, k):
@@ -1174,7 +1179,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     # are bitwise the same on one thread or two
     tasks = []
     split = 2.0 * n * B * GH * (2 * I + Hp) >= _SPLIT_GEMM_FLOPS
-    for r0, r1 in _splits(GH, 4 if split else 1):
+    for r0, r1 in _splits(GH, _DW_TASKS if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xh2, out=dw_p[r0:r1]))
     for r0, r1 in _splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))

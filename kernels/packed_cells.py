@@ -599,7 +599,7 @@ def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
     # the split depends on the shape only: bitwise the same results on one thread or two
     split = 2.0 * R * GH * (2 * I + Hp) >= _P._SPLIT_GEMM_FLOPS
     tasks = []
-    for r0, r1 in _splits(GH, 4 if split else 1):
+    for r0, r1 in _splits(GH, _P._DW_TASKS if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgh2[:, r0:r1].T, hp2, out=dw_hh_p[r0:r1]))
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
     for r0, r1 in _splits(R, min(4, max(1, R // 64)) if split else 1):

@@ -9,7 +9,13 @@ Every block follows the layers' conventions:
 - ``params`` / ``grads`` are dicts ``name -> ndarray`` that stay the same
   arrays for the life of the block (optimizers update ``params`` in place);
 - randomness comes from a seeded :class:`numpy.random.Generator` passed in
-  (or a seed), never from NumPy's global state.
+  (or a seed), never from NumPy's global state;
+- ``block.to("cuda")`` moves ``params`` and ``grads`` to the GPU (``"cpu"``
+  brings them back): the block then takes and returns device arrays (numba
+  device arrays, or anything with ``__cuda_array_interface__``) and runs
+  :mod:`fastrnn.kernels.cuda_blocks`; integer inputs (indices, targets,
+  lengths, masks) may stay on the host and are copied over once. Dropout and
+  the losses follow their input: a device array runs on the device.
 
 Notation: ``T`` time steps, ``B`` batch, ``F`` features, ``H`` hidden units,
 ``A`` attention units, ``C`` classes, ``V`` vocabulary size.
@@ -17,6 +23,8 @@ Notation: ``T`` time steps, ``B`` batch, ``F`` features, ``H`` hidden units,
 from __future__ import annotations
 
 import numpy as np
+
+from . import _device
 
 __all__ = [
     "Module", "Sequential", "Embedding", "Linear", "Dropout", "AttentionPool",
@@ -84,7 +92,10 @@ def _check_dtype(dtype):
 
 
 class Module:
-    """Minimal base: ``params``/``grads`` dicts, ``zero_grad``, train/eval."""
+    """Minimal base: ``params``/``grads`` dicts, ``zero_grad``, train/eval,
+    placement (:meth:`to`)."""
+
+    _on_device = False          # params and grads live on the GPU (see to())
 
     def __init__(self):
         self.params = {}
@@ -97,8 +108,52 @@ class Module:
         self.grads[name] = np.zeros_like(value)
 
     def zero_grad(self):
+        if self._on_device:
+            for g in self.grads.values():
+                _device.kernels().fill(g, 0)
+            return
         for g in self.grads.values():
             g[...] = 0
+
+    @property
+    def device(self):
+        """``"cuda"`` when the block's parameters live on the GPU, else ``"cpu"``."""
+        return "cuda" if self._on_device else "cpu"
+
+    def to(self, device):
+        """Move ``params`` and ``grads`` to ``"cuda"`` or back to ``"cpu"``
+        (the arrays are replaced: an optimizer reading a model's ``params``
+        follows); returns the block."""
+        on = _device.placement(device)
+        if on != self._on_device:
+            k = _device.kernels() if on else None
+            for d in (self.params, self.grads):
+                for name in d:
+                    d[name] = k.to_device(d[name]) if on else _device.to_host(d[name])
+            self._on_device = on
+            for attr in ("_x", "_idx", "_cache", "_mask", "_ws"):
+                if hasattr(self, attr):
+                    setattr(self, attr, None)
+        return self
+
+    def _check_host(self, name, a):
+        if self._on_device:
+            return
+        if _device.on_device(a):
+            raise TypeError(f"{name} is a GPU array but this {type(self).__name__}'s parameters "
+                            "are on the host: move it with .to('cuda') first")
+
+    def _device_input(self, name, a):
+        """``a`` as a numba device array of the block's dtype (a block on the GPU)."""
+        if not _device.on_device(a):
+            raise TypeError(f"{name} is a host array but this {type(self).__name__} lives on the "
+                            "GPU: pass a device array (e.g. numba.cuda.to_device(x)), or move the "
+                            "block with .to('cpu')")
+        a = _device.kernels().view(a)
+        if np.dtype(a.dtype) != self.dtype:
+            raise TypeError(f"{name} must have dtype {self.dtype} like the block, got "
+                            f"{np.dtype(a.dtype)}")
+        return a
 
     def train(self, mode=True):
         self.training = bool(mode)
@@ -108,6 +163,8 @@ class Module:
         return self.train(False)
 
     def state_dict(self):
+        if self._on_device:
+            return {k: _device.host_copy(v) for k, v in self.params.items()}
         return {k: v.copy() for k, v in self.params.items()}
 
     def __repr__(self):
@@ -122,11 +179,11 @@ class Module:
             raise KeyError(f"state_dict mismatch: missing {sorted(missing)}, "
                            f"unexpected {sorted(unexpected)}")
         for k, v in state.items():
-            v = np.asarray(v)
-            if v.shape != self.params[k].shape:
+            v = _device.to_host(v)
+            if v.shape != tuple(self.params[k].shape):
                 raise ValueError(f"{k}: shape {v.shape} does not match "
-                                 f"{self.params[k].shape}")
-            self.params[k][...] = v
+                                 f"{tuple(self.params[k].shape)}")
+            _device.assign(self.params[k], v)
 
 
 class Sequential(Module):
@@ -179,6 +236,12 @@ class Sequential(Module):
         for m in self.modules.values():
             m.zero_grad()
 
+    def to(self, device):
+        """Move every module to ``"cuda"`` or ``"cpu"``; returns the container."""
+        for m in self.modules.values():
+            m.to(device)
+        return self
+
     def train(self, mode=True):
         self.training = bool(mode)
         for m in self.modules.values():
@@ -186,7 +249,7 @@ class Sequential(Module):
         return self
 
     def state_dict(self):
-        return {k: np.array(v, copy=True) for k, v in self.params.items()}
+        return {k: _device.host_copy(v) for k, v in self.params.items()}
 
     def load_state_dict(self, state):
         own = self.params
@@ -244,6 +307,9 @@ class Embedding(Module):
 
     def forward(self, idx):
         """idx: int array of any shape (...)  ->  (..., E)"""
+        if self._on_device:
+            return self._forward_device(idx)
+        self._check_host("idx", idx)
         idx = np.asarray(idx)
         if not np.issubdtype(idx.dtype, np.integer):
             raise TypeError(f"idx must be an integer array, got {idx.dtype}")
@@ -259,6 +325,8 @@ class Embedding(Module):
         gradient flows to integer indices)."""
         if self._idx is None:
             raise RuntimeError("backward() called before forward()")
+        if self._on_device:
+            return self._backward_device(dy)
         gw = self.grads["weight"]
         idx = self._idx
         dy = np.asarray(dy)
@@ -279,6 +347,39 @@ class Embedding(Module):
                 keep = idx != self.padding_idx
                 idx, dy = idx[keep], dy[keep]
             np.add.at(gw, idx, dy)
+        return None
+
+    def _forward_device(self, idx):
+        # indices from the host are checked there and copied over once; device
+        # indices are not scanned (a sync): rows out of range read zeros and get
+        # no gradient
+        k = _device.kernels()
+        if _device.on_device(idx):
+            d = k.view(idx)
+            if np.dtype(d.dtype).kind not in "iu":
+                raise TypeError(f"idx must be an integer array, got {np.dtype(d.dtype)}")
+            shape = tuple(d.shape)
+            d = k.contiguous(d).reshape(int(np.prod(shape, dtype=np.int64)))
+        else:
+            idx = np.asarray(idx)
+            if not np.issubdtype(idx.dtype, np.integer):
+                raise TypeError(f"idx must be an integer array, got {idx.dtype}")
+            if idx.size and (idx.min() < 0 or idx.max() >= self.num_embeddings):
+                raise ValueError(f"idx out of range [0, {self.num_embeddings})")
+            shape = idx.shape
+            d = k.to_device(np.ascontiguousarray(idx.reshape(-1), dtype=np.int64))
+        self._idx = (d, shape)
+        return k.embedding_forward(self.params["weight"], d).reshape(shape + (self.embedding_dim,))
+
+    def _backward_device(self, dy):
+        k = _device.kernels()
+        d, shape = self._idx
+        dy = self._device_input("dy", dy)
+        if tuple(dy.shape) != shape + (self.embedding_dim,):
+            raise ValueError(f"dy must have shape {shape + (self.embedding_dim,)}, "
+                             f"got {tuple(dy.shape)}")
+        dy2 = k.contiguous(dy).reshape(d.shape[0], self.embedding_dim)
+        k.embedding_backward(self.grads["weight"], d, dy2, self.padding_idx)
         return None
 
 
@@ -317,6 +418,9 @@ class Linear(Module):
         self._ws = None          # workspace of the weight-gradient product
 
     def forward(self, x):
+        if self._on_device:
+            return self._forward_device(x)
+        self._check_host("x", x)
         x = np.asarray(x)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: last axis is {x.shape[-1]}, expected {self.in_features}")
@@ -332,6 +436,8 @@ class Linear(Module):
     def backward(self, dy):
         if self._x is None:
             raise RuntimeError("backward() called before forward()")
+        if self._on_device:
+            return self._backward_device(dy)
         x2 = self._x.reshape(-1, self.in_features)       # [N, F]
         dy2 = np.asarray(dy).reshape(-1, self.out_features)  # [N, O]
         gw = self.grads["weight"]
@@ -343,6 +449,31 @@ class Linear(Module):
         if "bias" in self.grads:
             self.grads["bias"] += dy2.sum(axis=0)
         return _matmul(dy2, self.params["weight"]).reshape(self._x.shape)
+
+    def _forward_device(self, x):
+        k = _device.kernels()
+        x = self._device_input("x", x)
+        shape = tuple(x.shape)
+        if not shape or shape[-1] != self.in_features:
+            raise ValueError(f"x: last axis is {shape[-1] if shape else None}, expected "
+                             f"{self.in_features}")
+        n = int(np.prod(shape[:-1], dtype=np.int64))
+        x2 = k.contiguous(x).reshape(n, self.in_features)                 # [N, F]
+        self._x = (x2, shape)
+        y = k.linear_forward(x2, self.params["weight"], self.params.get("bias"))  # [N, O]
+        return y.reshape(shape[:-1] + (self.out_features,))
+
+    def _backward_device(self, dy):
+        k = _device.kernels()
+        x2, shape = self._x
+        dy = self._device_input("dy", dy)
+        if tuple(dy.shape) != shape[:-1] + (self.out_features,):
+            raise ValueError(f"dy must have shape {shape[:-1] + (self.out_features,)}, "
+                             f"got {tuple(dy.shape)}")
+        dy2 = k.contiguous(dy).reshape(x2.shape[0], self.out_features)    # [N, O]
+        dx = k.linear_backward(x2, dy2, self.params["weight"], self.grads["weight"],
+                               self.grads.get("bias"))
+        return dx.reshape(shape)
 
 
 class Dropout(Module):
@@ -366,6 +497,8 @@ class Dropout(Module):
         self._mask = None
 
     def forward(self, x):
+        if not isinstance(x, np.ndarray) and _device.on_device(x):
+            return self._forward_device(x)
         x = np.asarray(x)
         if not self.training or self.p == 0.0:
             self._mask = None
@@ -377,7 +510,30 @@ class Dropout(Module):
     __call__ = forward
 
     def backward(self, dy):
+        if self._mask is not None and _device.on_device(self._mask):
+            if not _device.on_device(dy):
+                raise TypeError("dy is a host array but the last forward() ran on the GPU")
+            k = _device.kernels()
+            dy = k.view(dy)
+            if tuple(dy.shape) != tuple(self._mask.shape):
+                raise ValueError(f"dy must have shape {tuple(self._mask.shape)}, "
+                                 f"got {tuple(dy.shape)}")
+            return k.mul(k.contiguous(dy), self._mask)
         return dy if self._mask is None else dy * self._mask
+
+    def _forward_device(self, x):
+        # the mask is drawn on the device: a hash of each element's index under a
+        # key of two integers from the block's seeded generator (one draw per call)
+        if not self.training or self.p == 0.0:
+            self._mask = None
+            return x
+        k = _device.kernels()
+        x = k.view(x)
+        if np.dtype(x.dtype).kind != "f":
+            raise TypeError(f"x must hold floats, got dtype {np.dtype(x.dtype)}")
+        key = self.rng.integers(0, 2 ** 32, size=2)
+        y, self._mask = k.dropout_forward(k.contiguous(x), self.p, key)
+        return y
 
 
 def softmax_cross_entropy(logits, targets, ignore_index=-100, mask=None,
@@ -403,7 +559,15 @@ def softmax_cross_entropy(logits, targets, ignore_index=-100, mask=None,
     gradient ``scale·(e/Σe - onehot)`` written over ``e``. ``log p_t`` is
     clipped at the log of the dtype's smallest normal, so a confident mistake
     gives a large finite loss.
+
+    With ``logits`` on the GPU one fused kernel per row does it all
+    (:func:`fastrnn.kernels.cuda_blocks.softmax_cross_entropy`); ``targets``
+    and ``mask`` may be host or device arrays, the gradient is a device array
+    and the loss comes back as one float (one host sync).
     """
+    if not isinstance(logits, np.ndarray) and _device.on_device(logits):
+        return _device.kernels().softmax_cross_entropy(logits, targets, ignore_index, mask,
+                                                       reduction, grad, out)
     logits = np.asarray(logits)
     targets = np.asarray(targets)
     if logits.ndim < 1 or logits.shape[:-1] != targets.shape:
@@ -480,8 +644,11 @@ def mse(pred, target, mask=None, reduction="mean"):
     """Mean squared error ``mean((pred - target)²)`` and its gradient.
 
     ``mask`` (broadcastable to ``pred``) excludes entries; the mean is over the
-    counted elements.  Returns ``(loss, dpred)``.
+    counted elements.  Returns ``(loss, dpred)``. A ``pred`` on the GPU runs
+    one fused kernel (``target``/``mask`` host or device; one host sync).
     """
+    if not isinstance(pred, np.ndarray) and _device.on_device(pred):
+        return _device.kernels().mse(pred, target, mask, reduction)
     pred = np.asarray(pred)
     target = np.asarray(target, dtype=pred.dtype)
     if pred.shape != target.shape:
@@ -532,6 +699,9 @@ class AttentionPool(Module):
         self.alpha = None
 
     def forward(self, h, lengths=None):
+        if self._on_device:
+            return self._forward_device(h, lengths)
+        self._check_host("h", h)
         h = np.asarray(h)
         if h.ndim != 3 or h.shape[2] != self.hidden_size:
             raise ValueError(f"h must be [T, B, {self.hidden_size}], got {h.shape}")
@@ -555,6 +725,8 @@ class AttentionPool(Module):
     def backward(self, dctx):
         if self._cache is None:
             raise RuntimeError("backward() called before forward()")
+        if self._on_device:
+            return self._backward_device(dctx)
         h, s, alpha = self._cache
         dctx = np.asarray(dctx, dtype=h.dtype)                 # [B,H]
         dh = alpha[:, :, None] * dctx[None]                    # [T,B,H]
@@ -568,3 +740,33 @@ class AttentionPool(Module):
         self.grads["bias"] += du2.sum(axis=0)
         dh += du @ self.params["weight"]
         return dh
+
+    def _forward_device(self, h, lengths):
+        k = _device.kernels()
+        h = self._device_input("h", h)
+        if len(h.shape) != 3 or h.shape[2] != self.hidden_size:
+            raise ValueError(f"h must be [T, B, {self.hidden_size}], got {tuple(h.shape)}")
+        T, B, _ = h.shape
+        if lengths is not None:
+            if _device.on_device(lengths):
+                lengths = k.contiguous(k.view(lengths))
+            else:
+                lengths = k.to_device(np.asarray(lengths, dtype=np.int64))
+            if tuple(lengths.shape) != (B,):
+                raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
+        h = k.contiguous(h)
+        p = self.params
+        ctx, s, alpha = k.attention_forward(h, p["weight"], p["bias"], p["v"], lengths)
+        self.alpha = alpha
+        self._cache = (h, s, alpha)
+        return ctx
+
+    def _backward_device(self, dctx):
+        k = _device.kernels()
+        h, s, alpha = self._cache
+        dctx = self._device_input("dctx", dctx)
+        if tuple(dctx.shape) != (h.shape[1], self.hidden_size):
+            raise ValueError(f"dctx must have shape {(h.shape[1], self.hidden_size)}, "
+                             f"got {tuple(dctx.shape)}")
+        return k.attention_backward(h, s, alpha, k.contiguous(dctx), self.params["weight"],
+                                    self.params["v"], self.grads)

@@ -180,6 +180,13 @@ def build_model(path, header, params, models, backend=None):
     config = dict(header["config"])
     if backend is not None:
         config["backend"] = backend
+    elif config.get("backend") == "cuda":
+        # saved on the GPU: load there when one is here, else on the host
+        from .dispatch import BackendUnavailable, get_backend
+        try:
+            get_backend("cuda")
+        except BackendUnavailable:
+            config["backend"] = "auto"
     try:
         model = cls(**config)
     except (TypeError, ValueError) as exc:
@@ -341,9 +348,10 @@ def resume_trainer(trainer, path):
     saved = (model.state_dict(), opt.state_dict(), [g.bit_generator.state for g in gens],
              trainer.epoch, trainer.global_step, trainer.history,
              None if es is None else (es.state(), es.best_params))
+    from ._device import assign
     try:
         for k, v in new_params.items():
-            own[k][...] = v
+            assign(own[k], v)
         opt.load_state_dict(ost)
         for g, s in zip(gens, rng_states):
             g.bit_generator.state = s
@@ -354,7 +362,7 @@ def resume_trainer(trainer, path):
             setattr(trainer, attr, None)
     except BaseException:
         for k, v in saved[0].items():
-            own[k][...] = v
+            assign(own[k], v)
         opt.load_state_dict(saved[1])
         for g, s in zip(gens, saved[2]):
             g.bit_generator.state = s

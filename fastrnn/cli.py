@@ -304,11 +304,18 @@ def layer_throughput(layers, T=64, B=32, reps=3, seed=0):
     first = next(iter(layers.values()))
     x = rng.standard_normal((T, B, first.input_size)).astype(first.dtype)
     dy = np.ones((T, B, first.hidden_size * (2 if first.bidirectional else 1)), first.dtype)
+    on_gpu = {}
+    if any(getattr(layer, "device", "cpu") == "cuda" for layer in layers.values()):
+        from numba import cuda
+        on_gpu = {"x": cuda.to_device(x), "dy": cuda.to_device(dy), "sync": cuda.synchronize}
 
     def step(layer):
+        dev = getattr(layer, "device", "cpu") == "cuda"
         t0 = time.perf_counter()
-        layer(x)
-        layer.backward(dy)
+        layer(on_gpu["x"] if dev else x)
+        layer.backward(on_gpu["dy"] if dev else dy)
+        if dev:
+            on_gpu["sync"]()            # kernels run asynchronously: time them to the end
         return time.perf_counter() - t0
 
     for layer in layers.values():
@@ -1342,6 +1349,9 @@ def main(argv=None):
             return 2
         if getattr(args, "distributed", False):
             _setup_distributed(args)
+        if getattr(args, "backend", None) == "cuda":
+            from .dispatch import get_backend
+            get_backend("cuda")         # no GPU here: one line saying so, before any work
         _set_threads(args.threads)
         handlers = {"demo": cmd_demo, "generate": cmd_generate, "info": cmd_info,
                     "predict": cmd_predict, "evaluate": cmd_evaluate,

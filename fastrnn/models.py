@@ -18,6 +18,16 @@ Layouts: the language model is time-major (tokens ``[T, B]``, as the
 truncated-BPTT stream is); the classifier and regressor take batch-major
 ``[B, T, F]`` (or ``[B, T]`` token ids) like :func:`fastrnn.data.pad_sequences`
 produces.
+
+On the GPU: a model built with ``backend="cuda"``, or moved with
+``model.to("cuda")`` (``model.to("cpu")`` moves it back), keeps every
+parameter and gradient on the device, and the optimizers keep their state
+there. A host batch is copied over once per step (device arrays are taken as
+they are), the forward pass returns device arrays, and ``batch_loss``
+returns the loss as one float. ``predict``/``sample``/``evaluate`` return
+host arrays as before; ``save`` writes host arrays, so a checkpoint written on
+the GPU loads on a CPU-only machine (its saved ``backend="cuda"`` falls back
+to ``"auto"`` there) and vice versa (``load_model(path, backend="cuda")``).
 """
 from __future__ import annotations
 
@@ -25,7 +35,7 @@ import json
 
 import numpy as np
 
-from . import _validate
+from . import _device, _validate
 from . import checkpoint as _ckpt
 from .blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
                      softmax_cross_entropy)
@@ -111,7 +121,42 @@ class _Model:
     def dtype(self):
         return self.rnn.dtype
 
+    @property
+    def device(self):
+        """``"cuda"`` when the model's parameters live on the GPU, else ``"cpu"``."""
+        return self.rnn.device
+
+    def to(self, backend):
+        """Move the model to ``"cuda"`` (parameters, gradients, every block), or
+        back to the host with ``"cpu"`` (or ``"numpy"``, ``"auto"``: the
+        recurrent layers' backend there); returns the model.
+
+        An optimizer built on the model follows (it reads ``model.params`` at
+        every step and moves its state buffers at the next step)."""
+        from . import dispatch
+        backend = dispatch.check_backend_name(backend)
+        _device.placement("cuda" if backend == "cuda" else "cpu")   # clear error first
+        self.rnn.to(backend)
+        where = "cuda" if backend == "cuda" else "cpu"
+        for m in self._modules.values():
+            if m is not self.rnn:
+                m.to(where)
+        self.config["backend"] = backend
+        self._moved()
+        return self
+
+    def _moved(self):
+        """Hook: move carried state after :meth:`to`."""
+
+    def _to_model(self, a, dtype=None):
+        """A host batch array for a model on the GPU: copied over (once)."""
+        if self.device == "cuda" and not _device.on_device(a):
+            return _device.kernels().to_device(np.asarray(a), dtype)
+        return a
+
     def state_dict(self):
+        if self.device == "cuda":
+            return {k: _device.host_copy(v) for k, v in self.params.items()}
         return {k: v.copy() for k, v in self.params.items()}
 
     def load_state_dict(self, state):
@@ -119,7 +164,10 @@ class _Model:
         # every name and shape checked before the first write: no half-loaded model
         new = _ckpt.check_state_dict(own, state, type(self).__name__)
         for k, v in new.items():
-            own[k][...] = v
+            if isinstance(own[k], np.ndarray):
+                own[k][...] = v
+            else:
+                _device.assign(own[k], v)
 
     def generators(self):
         """Every random generator the model draws from (dropout masks), in a
@@ -157,7 +205,8 @@ class _Model:
         """Write parameters and config to ``path`` (``.npz`` appended if missing)."""
         header = {"format": _FORMAT, "model": type(self).__name__,
                   "config": self.config, "meta": self.meta}
-        arrays = {"param/" + k: v for k, v in self.params.items()}
+        params = self.state_dict() if self.device == "cuda" else self.params
+        arrays = {"param/" + k: v for k, v in params.items()}
         # atomic: a temporary file in the same folder, fsynced, then renamed
         return _ckpt.atomic_savez(path, {"__header__": np.array(json.dumps(header)), **arrays})
 
@@ -264,11 +313,22 @@ class LanguageModel(_Model):
         self._modules = {"embed": self.embed, "rnn": self.rnn, "head": self.head,
                          "drop": self.drop}
         self._carry = None
+        if backend == "cuda":
+            self.to("cuda")
+
+    def _moved(self):
+        st = self._carry
+        if st is not None:
+            parts = st if isinstance(st, tuple) else (st,)
+            parts = tuple(_device.to_host(a) if self.device == "cpu" else self._to_model(a)
+                          for a in parts)
+            self._carry = parts if isinstance(st, tuple) else parts[0]
 
     def forward(self, tokens, state=None):
-        tokens = np.asarray(tokens)
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be [T, B] ints, got shape {tokens.shape}")
+        if not _device.on_device(tokens):
+            tokens = np.asarray(tokens)
+        if len(tokens.shape) != 2:
+            raise ValueError(f"tokens must be [T, B] ints, got shape {tuple(tokens.shape)}")
         e = self.embed(tokens)                           # [T, B, E]
         y, state_n = self.rnn(e, state)                  # [T, B, H]
         return self.head(self.drop(y)), state_n          # [T, B, V]
@@ -300,7 +360,12 @@ class LanguageModel(_Model):
         if st is None:
             return None
         h = st[0] if isinstance(st, tuple) else st
-        return st if h.shape[1] == B else None
+        if h.shape[1] != B:
+            return None
+        if self.device == "cuda" and not _device.on_device(h):     # e.g. from a checkpoint
+            self._moved()
+            st = self._carry
+        return st
 
     def batch_loss(self, batch, train=True):
         """``batch = (x [T, B], y [T, B])``; carries the state across calls."""
@@ -313,7 +378,8 @@ class LanguageModel(_Model):
         if train:
             self.backward(dlogits)
         self._carry = st
-        return loss, int(np.asarray(y).size)
+        return loss, (int(np.asarray(y).size) if not _device.on_device(y)
+                      else int(np.prod(y.shape)))
 
     def evaluate(self, ids, batch_size=32, bptt=128):
         """Mean cross-entropy (nats per token) of predicting ``ids[1:]`` from
@@ -410,7 +476,7 @@ class LanguageModel(_Model):
         self.eval()
         try:
             logits, state = self.forward(prime[:, None])
-            last = logits[-1, 0].astype(np.float64)
+            last = _device.to_host(logits[len(prime) - 1, 0]).astype(np.float64)
             out = np.empty(n, dtype=np.int64)
             for k in range(n):
                 if temperature == 0:
@@ -425,7 +491,7 @@ class LanguageModel(_Model):
                     tok = int(rng.choice(len(p), p=p))
                 out[k] = tok
                 logits, state = self.forward(np.array([[tok]]), state)
-                last = logits[-1, 0].astype(np.float64)
+                last = _device.to_host(logits[0, 0]).astype(np.float64)
             return out
         finally:
             self.train(was)
@@ -476,6 +542,8 @@ class _SequenceToVector(_Model):
         if self.attn is not None:
             mods["attn"] = self.attn
         self._modules = mods
+        if backend == "cuda":
+            self.to("cuda")
 
     # ------------------------------------------- preprocessing carried by the model
     @property
@@ -560,6 +628,8 @@ class _SequenceToVector(_Model):
             self.train(was)
 
     def _encode(self, x, lengths):
+        if self.device == "cuda":
+            return self._encode_device(x, lengths)
         x = np.asarray(x)
         T_in = x.shape[1] if x.ndim >= 2 else None
         if lengths is not None:
@@ -592,7 +662,71 @@ class _SequenceToVector(_Model):
         self._T_in = T_in                                          # x's length before trimming
         return self.head(self.drop(pooled))
 
+    def _encode_device(self, x, lengths):
+        """:meth:`_encode` for a model on the GPU: a host batch is cut to its
+        longest sequence and copied over once (a device batch is taken as it is)."""
+        k = _device.kernels()
+        on_dev = _device.on_device(x)
+        if not on_dev:
+            x = np.asarray(x)
+        shape = tuple(x.shape)
+        T_in = shape[1] if len(shape) >= 2 else None
+        if lengths is not None:
+            lengths = _device.to_host(lengths)
+            lengths = (_validate.lengths(lengths, shape[1], shape[0]) if len(shape) >= 2
+                       else np.asarray(lengths))
+            if self._trim and len(shape) >= 2 and lengths.size and 1 <= lengths.max() < shape[1]:
+                x = x[:, :int(lengths.max())]
+                shape = tuple(x.shape)
+        if self.embed is not None:
+            if len(shape) != 2:
+                raise ValueError(f"x must be token ids [B, T], got shape {shape}")
+            e = self.embed(k.swap01(x) if on_dev else x.T)            # [T, B, E]
+        else:
+            if len(shape) == 2:
+                x = x[:, :, None] if not on_dev else k.contiguous(x).reshape(shape + (1,))
+                shape = shape + (1,)
+            if len(shape) != 3:
+                raise ValueError(f"x must be [B, T, F], got shape {shape}")
+            if on_dev:
+                if np.dtype(x.dtype) != self.rnn.dtype:
+                    raise TypeError(f"x must have dtype {self.rnn.dtype} like the model, got "
+                                    f"{np.dtype(x.dtype)}")
+                e = k.swap01(x)                                          # [T, B, F]
+            else:
+                e = k.to_device(np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.rnn.dtype))
+        T, B = e.shape[:2]
+        y, state = self.rnn(e, None, lengths)                     # [T, B, D*H]
+        if self.pooling == "attention":
+            pooled = self.attn(y, lengths)                         # [B, D*H]
+        else:
+            h_n = state[0] if isinstance(state, tuple) else state  # [L*D, B, H]
+            pooled = k.pool_last(h_n, self.rnn.num_directions)     # [B, D*H]
+        h_n = state[0] if isinstance(state, tuple) else state
+        self._shape = (T, B, y.shape[2], tuple(h_n.shape))
+        self._T_in = T_in
+        return self.head(self.drop(pooled))
+
+    def _backward_encode_device(self, dout, retain_graph):
+        k = _device.kernels()
+        dpooled = self.drop.backward(self.head.backward(dout))     # [B, D*H]
+        T, B, W, sshape = self._shape
+        if self.pooling == "attention":
+            dy, dstate = self.attn.backward(dpooled), None
+        else:
+            dy = k.zeros((T, B, W), self.rnn.dtype)
+            dh = k.unpool_last(dpooled, sshape, self.rnn.num_directions)
+            dstate = (dh, None) if self.rnn.cell.has_cell else dh
+        dx, _ = self.rnn.backward(dy, dstate, retain_graph=retain_graph)
+        if self.embed is not None:
+            self.embed.backward(dx)
+            return None
+        T_in = getattr(self, "_T_in", T)
+        return k.swap01(dx, T_in)                                  # [B, T_in, F], zero-padded
+
     def _backward_encode(self, dout, retain_graph=False):
+        if self.device == "cuda":
+            return self._backward_encode_device(dout, retain_graph)
         dpooled = self.drop.backward(self.head.backward(dout))     # [B, D*H]
         T, B, W, sshape = self._shape
         dt = self.rnn.dtype
@@ -773,7 +907,7 @@ class SequenceClassifier(_SequenceToVector):
             self.backward(d, retain_graph=True)      # a caller may ask for dL/dx after
             self._scored = None
         else:
-            self._scored = (batch, logits.argmax(axis=1))        # for batch_metrics
+            self._scored = (batch, _device.to_host(logits).argmax(axis=1))   # for batch_metrics
         return loss, len(y)
 
     def batch_metrics(self, batch):
@@ -785,7 +919,7 @@ class SequenceClassifier(_SequenceToVector):
         if scored is not None and scored[0] is batch and not self.training:
             pred = scored[1]
         else:
-            pred = self._infer(x, lengths).argmax(axis=1)     # prepared input, indices
+            pred = _device.to_host(self._infer(x, lengths)).argmax(axis=1)   # prepared input
         self._scored = None
         return {"accuracy": float(np.mean(pred == self._targets(y)))}
 
@@ -808,7 +942,7 @@ class SequenceClassifier(_SequenceToVector):
             Column ``k`` is the probability of ``classes[k]``.
         """
         x, lengths, one = self._as_batch(x, lengths)
-        z = self._infer(self._preprocess(x, lengths), lengths).astype(np.float64)
+        z = _device.to_host(self._infer(self._preprocess(x, lengths), lengths)).astype(np.float64)
         z = np.exp(z - z.max(axis=1, keepdims=True))
         p = z / z.sum(axis=1, keepdims=True)
         return p[0] if one else p
@@ -986,21 +1120,26 @@ class SequenceRegressor(_SequenceToVector):
 
     def forward(self, x, lengths=None):
         out = self._encode(x, lengths)
-        return out.reshape(out.shape[0], self.horizon, self.output_size)
+        return out.reshape(int(out.shape[0]), self.horizon, self.output_size)
 
     __call__ = forward
 
     def backward(self, dpred, retain_graph=False):
         """Back-propagate ``dpred [B, horizon, output_size]``; returns dL/dx."""
-        dpred = np.asarray(dpred)
-        return self._backward_encode(dpred.reshape(dpred.shape[0], -1), retain_graph)
+        if not _device.on_device(dpred):
+            dpred = np.asarray(dpred)
+        B = int(dpred.shape[0])
+        return self._backward_encode(dpred.reshape(B, int(np.prod(dpred.shape)) // max(B, 1)),
+                                     retain_graph)
 
     def batch_loss(self, batch, train=True):
         """``batch = (x [B, T, F], y [B, horizon, output_size])`` (+ lengths);
         ``y`` of shape ``[B, output_size]`` is taken as horizon 1."""
         x, y, lengths = self._unpack(batch)
         pred = self.forward(x, lengths)
-        y = _validate.regression_targets(y, pred.shape).astype(pred.dtype, copy=False)
+        if _device.on_device(y):
+            y = _device.to_host(y)
+        y = _validate.regression_targets(y, tuple(pred.shape)).astype(pred.dtype, copy=False)
         loss, d = mse(pred, y)
         if train:
             self.backward(d, retain_graph=True)      # a caller may ask for dL/dx after
@@ -1068,7 +1207,7 @@ class SequenceRegressor(_SequenceToVector):
                                  f"got {x.shape[1]}")
             base = x[:, -lag:]                                    # [B, lag, F]
             x = x[:, lag:] - x[:, :-lag]
-        out = self._infer(self._preprocess(x, lengths), lengths)
+        out = _device.to_host(self._infer(self._preprocess(x, lengths), lengths))
         ts = self.target_scaler
         if ts is not None:
             out = ts.inverse_transform(out.astype(np.float64))

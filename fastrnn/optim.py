@@ -20,6 +20,16 @@ method, so both give bit-identical parameters; the NumPy formula runs where
 the compiled pass cannot (non-contiguous or device arrays, mixed dtypes) or
 when ``optimizer.fused = False``.
 
+Parameters on the GPU (a model moved with ``.to("cuda")``) are updated on
+the device: one fused kernel per parameter
+(:mod:`fastrnn.kernels.cuda_blocks`) with the same float operations as the
+compiled host pass, state buffers allocated on the device, no host copy.
+``state_dict`` copies device buffers to the host; buffers loaded from the
+host move to the device at the next step (and back, for a model moved back
+to the host), so a checkpoint written on one side resumes on the other.
+Clipping and :func:`global_norm` of device gradients reduce on the device
+(one host sync for the norm).
+
 Schedules are callables ``t -> lr`` of the epoch (or step) index ``t >= 0``.
 """
 from __future__ import annotations
@@ -28,7 +38,7 @@ import math
 
 import numpy as np
 
-from . import _validate
+from . import _device, _validate
 from .blocks import _kernels
 
 __all__ = [
@@ -77,6 +87,7 @@ class Optimizer:
         self.lr = float(lr)
         self.step_count = 0
         self.state = {}        # name -> {buffer: ndarray}
+        self._on_gpu = set()   # names whose state buffers live on the GPU
 
     @property
     def params(self):
@@ -102,6 +113,14 @@ class Optimizer:
             if g is None:
                 continue
             st = self.state.setdefault(name, {})
+            if not isinstance(p, np.ndarray) and _device.on_device(p):
+                self._device_step(name, p, g, st)
+                continue
+            if self._on_gpu and name in self._on_gpu:     # the model moved back to the host
+                self._on_gpu.discard(name)
+                for k, v in st.items():
+                    if _device.on_device(v):
+                        st[k] = _device.to_host(v)
             if (self.fused and _fusable(p, g, st) and _kernels() is not None
                     and self._fused(p, np.ascontiguousarray(g, dtype=p.dtype), st)):
                 continue
@@ -111,6 +130,28 @@ class Optimizer:
         """The compiled update (p, g and the state buffers: C-contiguous, one
         dtype, one shape); returns False where there is none."""
         return False
+
+    def _device_step(self, name, p, g, st):
+        """The update of a parameter on the GPU (``g`` must be there too)."""
+        k = _device.kernels()
+        if not _device.on_device(g):
+            raise TypeError(f"grads[{name!r}] is a host array but the parameter lives on the GPU")
+        p, g = k.view(p), k.view(g)
+        if tuple(g.shape) != tuple(p.shape) or np.dtype(g.dtype) != np.dtype(p.dtype):
+            raise ValueError(f"grads[{name!r}] has shape {tuple(g.shape)} ({np.dtype(g.dtype)}), "
+                             f"expected {tuple(p.shape)} ({np.dtype(p.dtype)}) like the parameter")
+        if not (p.is_c_contiguous() and g.is_c_contiguous()):
+            raise ValueError(f"params[{name!r}] and its gradient must be C-contiguous on the GPU")
+        if name not in self._on_gpu:             # buffers from the host (a checkpoint) move over
+            for b, v in st.items():
+                if isinstance(v, np.ndarray):
+                    st[b] = k.to_device(np.asarray(v, dtype=np.dtype(p.dtype)))
+            self._on_gpu.add(name)
+        self._device_update(k, p, g, st)
+
+    def _device_update(self, k, p, g, st):  # pragma: no cover - abstract
+        """The device update: the compiled host pass's operations, one kernel."""
+        raise NotImplementedError
 
     def _update(self, p, g, st):  # pragma: no cover - abstract
         """The NumPy update: the reference the compiled one equals bit for bit."""
@@ -125,7 +166,8 @@ class Optimizer:
             "lr": self.lr,
             "step_count": self.step_count,
             **{h: getattr(self, h) for h in self._hparams},
-            "state": {n: {k: (v.copy() if isinstance(v, np.ndarray) else v)
+            "state": {n: {k: (v.copy() if isinstance(v, np.ndarray)
+                              else _device.to_host(v) if _device.on_device(v) else v)
                           for k, v in st.items()} for n, st in self.state.items()},
         }
 
@@ -137,8 +179,10 @@ class Optimizer:
         for h in self._hparams:
             if h in d:
                 setattr(self, h, d[h])
-        self.state = {n: {k: (np.array(v, copy=True) if isinstance(v, np.ndarray) else v)
+        self.state = {n: {k: (np.array(v, copy=True) if isinstance(v, np.ndarray)
+                              else _device.to_host(v) if _device.on_device(v) else v)
                           for k, v in st.items()} for n, st in d["state"].items()}
+        self._on_gpu = set()           # host buffers: moved to the GPU at the next step there
 
     def __repr__(self):
         hp = ", ".join(f"{h}={getattr(self, h)!r}" for h in self._hparams)
@@ -191,6 +235,15 @@ class SGD(Optimizer):
                                   t(self.weight_decay), t(self.momentum),
                                   t(1 - self.dampening), self.nesterov, first)
         return True
+
+    def _device_update(self, k, p, g, st):
+        buf = st.get("momentum_buffer")
+        first = bool(self.momentum) and buf is None
+        if first:
+            buf = st["momentum_buffer"] = k.empty(p.shape, p.dtype)   # filled with g
+        t = np.dtype(p.dtype).type
+        k.sgd_update(p, g, p if buf is None else buf, t(self.lr), t(self.weight_decay),
+                     t(self.momentum), t(1 - self.dampening), self.nesterov, first)
 
     def _update(self, p, g, st):
         if self.weight_decay:
@@ -261,6 +314,26 @@ class Adam(Optimizer):
                            f(b2), f(1 - b2), f(math.sqrt(bc2)), f(self.eps), f(wd), f(dec),
                            self.amsgrad)
         return True
+
+    def _device_update(self, k, p, g, st):
+        if "exp_avg" not in st:
+            st["exp_avg"] = k.zeros(p.shape, p.dtype)
+            st["exp_avg_sq"] = k.zeros(p.shape, p.dtype)
+            st["step"] = 0
+        if self.amsgrad and "max_exp_avg_sq" not in st:
+            st["max_exp_avg_sq"] = k.zeros(p.shape, p.dtype)
+        st["step"] += 1
+        b1, b2 = self.betas
+        t = st["step"]
+        bc1 = 1 - b1 ** t
+        bc2 = 1 - b2 ** t
+        wd, dec = self.weight_decay, 1.0
+        if self._decoupled:
+            wd, dec = 0.0, 1 - self.lr * self.weight_decay
+        f = np.dtype(p.dtype).type
+        k.adam_update(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq", p),
+                      f(self.lr / bc1), f(b1), f(1 - b1), f(b2), f(1 - b2), f(math.sqrt(bc2)),
+                      f(self.eps), f(wd), f(dec), amsgrad=self.amsgrad)
 
     def _update(self, p, g, st):
         b1, b2 = self.betas
@@ -380,6 +453,19 @@ class RMSprop(Optimizer):
                               f(self.weight_decay), f(self.momentum), self.centered)
         return True
 
+    def _device_update(self, k, p, g, st):
+        if "square_avg" not in st:
+            st["square_avg"] = k.zeros(p.shape, p.dtype)
+        if self.momentum and "momentum_buffer" not in st:
+            st["momentum_buffer"] = k.zeros(p.shape, p.dtype)
+        if self.centered and "grad_avg" not in st:
+            st["grad_avg"] = k.zeros(p.shape, p.dtype)
+        f = np.dtype(p.dtype).type
+        k.rmsprop_update(p, g, st["square_avg"], st.get("grad_avg", p),
+                         st.get("momentum_buffer", p), f(self.lr), f(self.alpha),
+                         f(1 - self.alpha), f(self.eps), f(self.weight_decay), f(self.momentum),
+                         centered=self.centered)
+
     def _update(self, p, g, st):
         if self.weight_decay:
             g = g + self.weight_decay * p
@@ -452,6 +538,15 @@ class Adagrad(Optimizer):
                               f(self.eps), f(self.weight_decay))
         return True
 
+    def _device_update(self, k, p, g, st):
+        if "sum" not in st:
+            st["sum"] = k.fill(k.empty(p.shape, p.dtype), self.initial_accumulator_value)
+            st["step"] = 0
+        st["step"] += 1
+        clr = self.lr / (1 + (st["step"] - 1) * self.lr_decay)
+        f = np.dtype(p.dtype).type
+        k.adagrad_update(p, g, st["sum"], f(clr), f(self.eps), f(self.weight_decay))
+
     def _update(self, p, g, st):
         if "sum" not in st:
             st["sum"] = np.full_like(p, self.initial_accumulator_value)
@@ -491,8 +586,12 @@ def get_optimizer(name, params, **kwargs):
 
 # ------------------------------------------------------------------ clipping
 def clip_grad_value(grads, clip_value):
-    """Clamp every gradient to ``[-clip_value, clip_value]`` in place."""
+    """Clamp every gradient to ``[-clip_value, clip_value]`` in place (on the
+    device for device arrays)."""
     for g in grads.values():
+        if not isinstance(g, np.ndarray) and _device.on_device(g):
+            _device.kernels().clamp(g, -clip_value, clip_value)
+            continue
         np.clip(g, -clip_value, clip_value, out=g)
 
 
@@ -507,7 +606,21 @@ def _sumsq(g):
 
 
 def global_norm(grads, norm_type=2.0):
-    """The norm of all gradients taken as one vector (accumulated in float64)."""
+    """The norm of all gradients taken as one vector (accumulated in float64).
+
+    Device gradients are reduced on the device, all of them into one value
+    read back with one host sync."""
+    dev = [g for g in grads.values() if not isinstance(g, np.ndarray) and _device.on_device(g)]
+    if dev:
+        host = {k: g for k, g in grads.items()
+                if isinstance(g, np.ndarray) or not _device.on_device(g)}
+        d = _device.kernels().global_norm(dev, norm_type)
+        if not host:
+            return d
+        h = global_norm(host, norm_type)
+        if norm_type == math.inf:
+            return max(d, h)
+        return (d ** norm_type + h ** norm_type) ** (1.0 / norm_type)
     if norm_type == math.inf:
         return max((float(max(g.max(), -g.min())) for g in grads.values() if g.size),
                    default=0.0)
@@ -526,6 +639,9 @@ def clip_grad_norm(grads, max_norm, norm_type=2.0):
     coef = max_norm / (norm + 1e-6)
     if coef < 1.0:
         for g in grads.values():
+            if not isinstance(g, np.ndarray) and _device.on_device(g):
+                _device.kernels().scale(g, coef)
+                continue
             g *= g.dtype.type(coef)
     return norm
 

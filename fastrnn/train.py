@@ -24,6 +24,7 @@ from typing import Any, Callable
 import numpy as np
 from tqdm import tqdm
 
+from . import _device
 from . import checkpoint as _ckpt
 from .optim import clip_grad_norm, clip_grad_value
 
@@ -238,7 +239,7 @@ class EarlyStopping:
         if self._improved(value):
             self.best, self.best_epoch, self.wait = float(value), epoch, 0
             if self.restore_best and model is not None:
-                self.best_params = {k: v.copy() for k, v in model.params.items()}
+                self.best_params = {k: _device.host_copy(v) for k, v in model.params.items()}
         else:
             self.wait += 1
         self.stopped = self.wait >= self.patience
@@ -620,7 +621,7 @@ class Trainer:
         es = self.early_stopping
         if es is None or not es.restore_best or es.best_params is None:
             return
-        self._last_params = {k: np.array(v, copy=True) for k, v in self.model.params.items()}
+        self._last_params = {k: _device.host_copy(v) for k, v in self.model.params.items()}
         es.restore(self.model)
 
     def _take_back_last_params(self):
@@ -631,7 +632,8 @@ class Trainer:
         if last is None or es is None or es.best_params is None:
             return
         params = self.model.params
-        if all(k in params and np.array_equal(params[k], v) for k, v in es.best_params.items()):
+        if all(k in params and np.array_equal(_device.to_host(params[k]), v)
+               for k, v in es.best_params.items()):
             self.model.load_state_dict(last)
 
     # ----------------------------------------------------------- checkpoints
@@ -644,7 +646,7 @@ class Trainer:
     def save_checkpoint(self, path):
         """Write everything needed to resume to ``path`` (``.npz``)."""
         model, opt = self.model, self.optimizer
-        arrays = {"param/" + k: v for k, v in model.params.items()}
+        arrays = {"param/" + k: _device.to_host(v) for k, v in model.params.items()}
         ost = opt.state_dict()
         scalars = {}
         for name, st in ost.pop("state").items():
@@ -704,7 +706,7 @@ class Trainer:
         out["carry"] = None if carry is None else (len(carry) if isinstance(carry, tuple) else 0)
         if carry is not None:
             for i, a in enumerate(carry if isinstance(carry, tuple) else (carry,)):
-                arrays[f"carry/{i}"] = np.asarray(a)
+                arrays[f"carry/{i}"] = _device.to_host(a)
         return out
 
     def _read_open_epoch(self, path):

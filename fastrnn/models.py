@@ -650,15 +650,21 @@ class _SequenceToVector(_Model):
             if x.ndim != 3:
                 raise ValueError(f"x must be [B, T, F], got shape {x.shape}")
             e = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.rnn.dtype)  # [T, B, F]
+        return self._encode_rest(e, lengths, T_in,
+                                 lambda h_n, D: np.concatenate(list(h_n[-D:]), axis=1))
+
+    def _encode_rest(self, e, lengths, T_in, pool_last):
+        """:meth:`_encode` from the recurrent layers on, host or device:
+        ``e [T, B, F]``; ``pool_last(h_n, D)`` -> the top ``D`` rows of
+        ``h_n`` side by side ``[B, D*H]``."""
         T, B = e.shape[:2]
         y, state = self.rnn(e, None, lengths)                     # [T, B, D*H]
+        h_n = state[0] if isinstance(state, tuple) else state      # [L*D, B, H]
         if self.pooling == "attention":
             pooled = self.attn(y, lengths)                         # [B, D*H]
         else:
-            h_n = state[0] if isinstance(state, tuple) else state  # [L*D, B, H]
-            D = self.rnn.num_directions
-            pooled = np.concatenate(list(h_n[-D:]), axis=1)       # [B, D*H]
-        self._shape = (T, B, y.shape[2], state[0].shape if isinstance(state, tuple) else state.shape)
+            pooled = pool_last(h_n, self.rnn.num_directions)       # [B, D*H]
+        self._shape = (T, B, y.shape[2], tuple(h_n.shape))
         self._T_in = T_in                                          # x's length before trimming
         return self.head(self.drop(pooled))
 
@@ -695,17 +701,7 @@ class _SequenceToVector(_Model):
                 e = k.swap01(x)                                          # [T, B, F]
             else:
                 e = k.to_device(np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.rnn.dtype))
-        T, B = e.shape[:2]
-        y, state = self.rnn(e, None, lengths)                     # [T, B, D*H]
-        if self.pooling == "attention":
-            pooled = self.attn(y, lengths)                         # [B, D*H]
-        else:
-            h_n = state[0] if isinstance(state, tuple) else state  # [L*D, B, H]
-            pooled = k.pool_last(h_n, self.rnn.num_directions)     # [B, D*H]
-        h_n = state[0] if isinstance(state, tuple) else state
-        self._shape = (T, B, y.shape[2], tuple(h_n.shape))
-        self._T_in = T_in
-        return self.head(self.drop(pooled))
+        return self._encode_rest(e, lengths, T_in, k.pool_last)
 
     def _backward_encode_device(self, dout, retain_graph):
         k = _device.kernels()

@@ -300,18 +300,9 @@ class Adam(Optimizer):
             st["step"] = 0
             if self.amsgrad:
                 st["max_exp_avg_sq"] = np.zeros_like(p)
-        st["step"] += 1
-        b1, b2 = self.betas
-        t = st["step"]
-        bc1 = 1 - b1 ** t
-        bc2 = 1 - b2 ** t
-        wd, dec = self.weight_decay, 1.0
-        if self._decoupled:
-            wd, dec = 0.0, 1 - self.lr * self.weight_decay
-        f, flat = p.dtype.type, (lambda a: a.reshape(-1))
+        flat = (lambda a: a.reshape(-1))
         _kernels().adam_update_cpu(flat(p), flat(g), flat(st["exp_avg"]), flat(st["exp_avg_sq"]),
-                           flat(st.get("max_exp_avg_sq", p)), f(self.lr / bc1), f(b1), f(1 - b1),
-                           f(b2), f(1 - b2), f(math.sqrt(bc2)), f(self.eps), f(wd), f(dec),
+                           flat(st.get("max_exp_avg_sq", p)), *self._step_scalars(p, st),
                            self.amsgrad)
         return True
 
@@ -322,6 +313,12 @@ class Adam(Optimizer):
             st["step"] = 0
         if self.amsgrad and "max_exp_avg_sq" not in st:
             st["max_exp_avg_sq"] = k.zeros(p.shape, p.dtype)
+        k.adam_update(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq", p),
+                      *self._step_scalars(p, st), amsgrad=self.amsgrad)
+
+    def _step_scalars(self, p, st):
+        """Count the step; the scalars of the compiled and device passes, in
+        p's dtype: lr/bc1, b1, 1-b1, b2, 1-b2, sqrt(bc2), eps, wd, decay."""
         st["step"] += 1
         b1, b2 = self.betas
         t = st["step"]
@@ -331,9 +328,8 @@ class Adam(Optimizer):
         if self._decoupled:
             wd, dec = 0.0, 1 - self.lr * self.weight_decay
         f = np.dtype(p.dtype).type
-        k.adam_update(p, g, st["exp_avg"], st["exp_avg_sq"], st.get("max_exp_avg_sq", p),
-                      f(self.lr / bc1), f(b1), f(1 - b1), f(b2), f(1 - b2), f(math.sqrt(bc2)),
-                      f(self.eps), f(wd), f(dec), amsgrad=self.amsgrad)
+        return (f(self.lr / bc1), f(b1), f(1 - b1), f(b2), f(1 - b2), f(math.sqrt(bc2)),
+                f(self.eps), f(wd), f(dec))
 
     def _update(self, p, g, st):
         b1, b2 = self.betas

@@ -95,6 +95,12 @@ def _flat(a):
     return a if len(a.shape) == 1 else a.reshape(a.size)
 
 
+def _launch_flat(kernel, a, *args):
+    """``kernel(*args)`` with one thread per element of ``a``; nothing when ``a`` is empty."""
+    if a.size:
+        kernel[_grid(a.size)](*args)
+
+
 @cuda.jit
 def _fill_kernel(a, v):
     # a: [N]
@@ -104,9 +110,7 @@ def _fill_kernel(a, v):
 
 def fill(a, value):
     """Set every element of the C-contiguous device array ``a`` to ``value``."""
-    if a.size:
-        f = _flat(a)
-        _fill_kernel[_grid(f.size)](f, value)
+    _launch_flat(_fill_kernel, a, _flat(a), value)
     return a
 
 
@@ -168,8 +172,7 @@ def _mul_kernel(a, b, out):
 def mul(a, b):
     """``a * b`` elementwise (same shape; both C-contiguous)."""
     out = empty(a.shape, a.dtype)
-    if out.size:
-        _mul_kernel[_grid(out.size)](_flat(a), _flat(b), _flat(out))
+    _launch_flat(_mul_kernel, out, _flat(a), _flat(b), _flat(out))
     return out
 
 
@@ -221,16 +224,14 @@ def _scatter_add_kernel(gw, idx, dy, pad):
 def embedding_forward(weight, idx):
     """``weight[idx]``: weight ``[V, E]``, idx ``[N]`` device ints -> ``[N, E]``."""
     out = empty((idx.shape[0], weight.shape[1]), weight.dtype)
-    if out.size:
-        _gather_kernel[_grid(out.size)](weight, idx, out)
+    _launch_flat(_gather_kernel, out, weight, idx, out)
     return out
 
 
 def embedding_backward(grad, idx, dy, padding_idx=None):
     """``grad[idx[n]] += dy[n]`` with atomics (rows equal to ``padding_idx`` skipped)."""
-    if dy.size:
-        pad = -1 if padding_idx is None else int(padding_idx)
-        _scatter_add_kernel[_grid(dy.size)](grad, idx, dy, pad)
+    pad = -1 if padding_idx is None else int(padding_idx)
+    _launch_flat(_scatter_add_kernel, dy, grad, idx, dy, pad)
 
 
 # --------------------------------------------------------------------------- linear
@@ -309,6 +310,34 @@ def dropout_forward(x, p, key):
 
 
 # --------------------------------------------------------------------------- reductions
+# Tree reductions of a shared array of ``nt`` entries (a power of two), one
+# entry per thread, into entry 0. They sync the block (after the entries are
+# stored, then after each level), so every thread of the block must call them.
+@cuda.jit(device=True)
+def _block_sum(buf, tid, nt):
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if tid < s:
+            buf[tid] += buf[tid + s]
+        cuda.syncthreads()
+        s //= 2
+
+
+@cuda.jit(device=True)
+def _block_max(buf, tid, nt):
+    # the maximum, NaN propagating
+    cuda.syncthreads()
+    s = nt // 2
+    while s > 0:
+        if tid < s:
+            b = buf[tid + s]
+            if b > buf[tid] or b != b:
+                buf[tid] = b
+        cuda.syncthreads()
+        s //= 2
+
+
 @lru_cache(maxsize=None)
 def _sum_rows_kernel(nt):
     """One block: ``res[0] = Σ v`` over ``v >= 0`` (NaN propagates) and
@@ -328,14 +357,8 @@ def _sum_rows_kernel(nt):
                 acc += v
         ssum[tid] = acc
         sbad[tid] = bad
-        cuda.syncthreads()
-        s = nt // 2
-        while s > 0:
-            if tid < s:
-                ssum[tid] += ssum[tid + s]
-                sbad[tid] += sbad[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(ssum, tid, nt)
+        _block_sum(sbad, tid, nt)
         if tid == 0:
             res[0] = ssum[0]
             res[2] = sbad[0]
@@ -362,13 +385,7 @@ def _count_kernel(nt):
             if ok:
                 cnt += 1.0
         scnt[tid] = cnt
-        cuda.syncthreads()
-        s = nt // 2
-        while s > 0:
-            if tid < s:
-                scnt[tid] += scnt[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(scnt, tid, nt)
         if tid == 0:
             n = scnt[0]
             res[1] = n
@@ -423,16 +440,7 @@ def _xent_kernel(nt, np_dtype):
                 if v > m or v != v:
                     m = v
             smax[tid] = m
-            cuda.syncthreads()
-            s = nt // 2
-            while s > 0:
-                if tid < s:
-                    a = smax[tid]
-                    b = smax[tid + s]
-                    if b > a or b != b:
-                        smax[tid] = b
-                cuda.syncthreads()
-                s //= 2
+            _block_max(smax, tid, nt)
             m = smax[0]
             tr = t[r]
             valid = tr != ignore
@@ -446,13 +454,7 @@ def _xent_kernel(nt, np_dtype):
             for c in range(tid, C, nt):
                 acc += math.exp(x[r, c] - m)
             ssum[tid] = acc
-            cuda.syncthreads()
-            s = nt // 2
-            while s > 0:
-                if tid < s:
-                    ssum[tid] += ssum[tid + s]
-                cuda.syncthreads()
-                s //= 2
+            _block_sum(ssum, tid, nt)
             S = ssum[0]
             if tid == 0:
                 if not valid:
@@ -580,23 +582,15 @@ def _mse_kernel(nt, np_dtype):
         cast[1] = 0.0
         zero = cast[1]
         acc = 0.0
-        i = cuda.blockIdx.x * nt + tid
-        while i < pred.shape[0]:
+        for i in range(cuda.blockIdx.x * nt + tid, pred.shape[0], nt * cuda.gridDim.x):
             d = pred[i] - target[i]
             if has_mask and mask[i] == 0:
                 d = zero
             acc += (d * 1.0) * (d * 1.0)
             if want_grad:
                 g[i] = ts * d
-            i += nt * cuda.gridDim.x
         ssum[tid] = acc
-        cuda.syncthreads()
-        s = nt // 2
-        while s > 0:
-            if tid < s:
-                ssum[tid] += ssum[tid + s]
-            cuda.syncthreads()
-            s //= 2
+        _block_sum(ssum, tid, nt)
         if tid == 0:
             partial[cuda.blockIdx.x] = ssum[0]
 
@@ -881,19 +875,19 @@ def swap01(a, length=None):
     a = view(a)
     if len(a.shape) == 2:
         out = empty((a.shape[1], a.shape[0]), a.dtype)
-        if out.size:
-            _swap2_kernel[_grid(out.size)](a, out)
+        _launch_flat(_swap2_kernel, out, a, out)
         return out
     P, Q, K = a.shape
     out = empty((Q, P if length is None else max(int(length), P), K), a.dtype)
-    if out.size:
-        _swap01_kernel[_grid(out.size)](a, out)
+    _launch_flat(_swap01_kernel, out, a, out)
     return out
 
 
 # --------------------------------------------------------------------------- optimizers
 # The same float operations, in the same order and dtype, as the host formulas
 # (fastrnn.kernels.training): one thread per element, one launch per parameter.
+# They follow kernels/training.py operation for operation: a change to one must
+# change the other.
 @cuda.jit
 def _sgd_kernel(p, g, buf, lr, wd, momentum, dampc, nesterov, first):
     i = cuda.grid(1)
@@ -980,11 +974,6 @@ def _adagrad_kernel(p, g, acc, clr, eps, wd):
         p[i] = p[i] - clr * (gi / (math.sqrt(s) + eps))
 
 
-def _launch_flat(kernel, p, *args):
-    if p.size:
-        kernel[_grid(p.size)](*args)
-
-
 def sgd_update(p, g, buf, lr, wd, momentum, dampc, nesterov, first):
     """Arguments as :func:`fastrnn.kernels.training.sgd_update_cpu` (device arrays)."""
     _launch_flat(_sgd_kernel, p, _flat(p), _flat(g), _flat(buf), lr, wd, momentum, dampc,
@@ -1047,8 +1036,7 @@ def _norm_partial_kernel(nt):
         sh = cuda.shared.array(nt, _F64)
         tid = cuda.threadIdx.x
         acc = 0.0
-        i = cuda.blockIdx.x * nt + tid
-        while i < g.shape[0]:
+        for i in range(cuda.blockIdx.x * nt + tid, g.shape[0], nt * cuda.gridDim.x):
             x = abs(g[i] * 1.0)
             if mode == 0:
                 acc += x * x
@@ -1059,21 +1047,11 @@ def _norm_partial_kernel(nt):
                 acc += x ** p
             else:
                 acc += x
-            i += nt * cuda.gridDim.x
         sh[tid] = acc
-        cuda.syncthreads()
-        s = nt // 2
-        while s > 0:
-            if tid < s:
-                a = sh[tid]
-                b = sh[tid + s]
-                if mode == 1:
-                    if b > a or b != b:
-                        sh[tid] = b
-                else:
-                    sh[tid] = a + b
-            cuda.syncthreads()
-            s //= 2
+        if mode == 1:
+            _block_max(sh, tid, nt)
+        else:
+            _block_sum(sh, tid, nt)
         if tid == 0:
             partial[offset + cuda.blockIdx.x] = sh[0]
 

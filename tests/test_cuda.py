@@ -40,10 +40,13 @@ except ImportError:
 
 # tiny launch configuration: several blocks even for B*H = 10
 # the time-parallel products (T*B = 6 rows) take the register-blocked GEMM, the
-# per-step ones (B = 2 rows) the simple one
-SMALL = dict(tile=4, threads=4, persistent_threads=8, persistent_units=None,
-             shared_bytes=48 * 1024, strategy="per_step", gemm_blocking=(4, 4, 2, 2, 2),
-             blocked_min_rows=4, use_cupy=False)
+# per-step ones (B = 2 rows) the simple one; the persistent products are split
+# over 2 groups of 4 lanes; the bias sums are one chunk (a single pass: the
+# second pass over several chunks is test_cuda_edges.py's)
+SMALL = dict(tile=4, threads=4, persistent_threads=8, persistent_lanes=4,
+             persistent_units=None, shared_bytes=48 * 1024, strategy="per_step",
+             gemm_blocking=(4, 4, 2, 2, 2), blocked_min_rows=4, use_cupy=False,
+             colsum_block=(4, 2), colsum_rows=64)
 
 CELL_NAMES = list(CELLS)
 T, B, I, H = 3, 2, 3, 5
@@ -159,8 +162,9 @@ def test_available_reports_a_reason():
 
 def test_strategy_choice():
     lstm, gru_rb = get_cell("lstm"), get_cell("gru_reset_before")
-    with kc.configure(strategy="auto", persistent_max_batch=4):
+    with kc.configure(strategy="auto", persistent_max_batch=4, persistent_max_hidden=16):
         assert kc.choose_strategy(lstm, 64, 8) == "per_step"
+        assert kc.choose_strategy(lstm, 2, 32) == "per_step"      # H too large
         # the simulator never picks the grid-synchronised kernel implicitly
         assert kc.choose_strategy(lstm, 2, 8) == ("per_step" if SIM else "persistent")
     with kc.configure(strategy="persistent"):
@@ -171,6 +175,8 @@ def test_strategy_choice():
         kc.configure(strategy="fast")
     with pytest.raises(ValueError, match="unknown"):
         kc.configure(blocks=3)
+    with pytest.raises(ValueError, match="persistent_lanes"):
+        kc.configure(persistent_lanes=3)
 
 
 def test_device_arrays_in_and_out_and_inputs_untouched():
@@ -288,9 +294,15 @@ def test_gpu_check_arguments_and_no_gpu_exit():
 def test_non_contiguous_input_is_refused():
     from numba import cuda
     cell, w, x, h0, c0, dy, dh_n, dc_n = make_problem("rnn_tanh", np.float64)
-    h0_t = cuda.to_device(np.ascontiguousarray(h0.T)).T     # [B, H], strided
+    # every other column of a [B, 2H] device array: a strided [B, H] view on a
+    # GPU and in the simulator alike (``.T`` of a device array is a contiguous
+    # copy on a GPU and a view only in the simulator)
+    wide = np.zeros((B, 2 * H))
+    wide[:, ::2] = h0
+    h0_s = cuda.to_device(wide)[:, ::2]
+    assert tuple(h0_s.shape) == (B, H) and not h0_s.is_c_contiguous()
     with pytest.raises(ValueError, match="h0 must be C-contiguous"):
-        kc.forward(cell, x, h0_t, c0, w, None, False, False)
+        kc.forward(cell, x, h0_s, c0, w, None, False, False)
 
 
 def test_layer_end_to_end_on_the_real_kernels():

@@ -49,8 +49,10 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:            # run from a checkout without installing
-    sys.path.insert(0, ROOT)
+try:                                # the installed package (pip install -e . maps kernels/)
+    import fastrnn.kernels  # noqa: F401
+except ImportError:                 # a checkout that is not installed: its root, last
+    sys.path.append(ROOT)
 
 import numpy as np  # noqa: E402
 

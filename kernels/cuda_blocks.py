@@ -176,20 +176,9 @@ def mul(a, b):
     return out
 
 
-@cuda.jit
-def _colsum_acc_kernel(a, out):
-    # a: [M, N]  out: [N] += sum over rows
-    n = cuda.grid(1)
-    if n < a.shape[1]:
-        acc = a[0, n]
-        for m in range(1, a.shape[0]):
-            acc += a[m, n]
-        out[n] += acc
-
-
 def _colsum_acc(a, out):
-    if a.shape[0]:
-        _colsum_acc_kernel[_grid(a.shape[1])](a, out)
+    """``out += a.sum(axis=0)``: the backend's tiled, deterministic column sum."""
+    kc._colsum(a, out, accumulate=True)
 
 
 # --------------------------------------------------------------------------- embedding

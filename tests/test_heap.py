@@ -35,29 +35,30 @@ _STEP = textwrap.dedent("""
 """)
 
 
-def _run(**env):
+def _run(tmp_path, **env):
     e = {k: v for k, v in os.environ.items()
          if k not in ("FASTRNN_MALLOC", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_",
                       "GLIBC_TUNABLES")}
     e.update(env)
+    # from an empty folder: the installed package, not the checkout's fastrnn/ (no kernels/)
     out = subprocess.run([sys.executable, "-c", _STEP], env=e, capture_output=True, text=True,
-                         timeout=600)
+                         timeout=600, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     status, faults = out.stdout.strip().splitlines()[-1].split("|")
     return status, int(faults)
 
 
-def test_repeated_step_reuses_its_pages():
-    status, faults = _run()
+def test_repeated_step_reuses_its_pages(tmp_path):
+    status, faults = _run(tmp_path)
     if status != "True":
         pytest.skip(f"malloc not tunable here: {status}")
     # ~3 MB of temporaries per step: ~750 pages would fault in again without it
     assert faults < 100, faults
 
 
-def test_opt_out_leaves_malloc_alone():
-    status, faults = _run(FASTRNN_MALLOC="0")
+def test_opt_out_leaves_malloc_alone(tmp_path):
+    status, faults = _run(tmp_path, FASTRNN_MALLOC="0")
     assert status == "off: FASTRNN_MALLOC=0"
     print("page faults per step with glibc's defaults:", faults)
-    status, _ = _run(MALLOC_TRIM_THRESHOLD_="1000000")
+    status, _ = _run(tmp_path, MALLOC_TRIM_THRESHOLD_="1000000")
     assert status == "off: malloc tuned by the environment"

@@ -40,6 +40,7 @@ import time
 
 import numpy as np
 
+from .data import _is_number, read_csv_rows   # CSV reading lives in fastrnn.data
 from .metrics import unigram_bits   # moved to fastrnn.metrics; still importable from here
 
 __all__ = ["main"]
@@ -127,51 +128,13 @@ def _read_text(path):
     return text
 
 
-def _is_number(cell):
-    try:
-        float(cell)
-        return True
-    except ValueError:
-        return False
-
-
-def _has_header(rows):
-    """Is the first row a header? Yes when some column holds a name above
-    numbers (empty cells are no evidence either way; a column of text labels
-    says nothing), or when the file is that one row of text."""
-    first, rest = rows[0], rows[1:]
-    if not rest:
-        return any(c.strip() and not _is_number(c) for c in first)
-    for j, c in enumerate(first):
-        if not c.strip() or _is_number(c):
-            continue
-        below = [r[j] for r in rest if j < len(r) and r[j].strip()]
-        if below and all(_is_number(v) for v in below):
-            return True
-    return False
-
-
 def _read_csv(path, need_label=False):
-    """Parse a CSV; returns (header or None, rows as lists of str).
-
-    The first row is a header when some column has a name above numbers
-    (see :func:`_has_header`), so a text label column, wherever it is, does
-    not turn the first row of data into a header. ``need_label`` is kept for
-    callers; the rule is the same."""
-    if not os.path.exists(path):
-        raise CLIError(f"no such file: {path}")
-    if os.path.isdir(path):
-        raise CLIError(f"{path} is a directory, not a CSV file")
-    with open(path, newline="", encoding="utf-8", errors="replace") as f:
-        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
-    if not rows:
-        raise CLIError(f"{path} is empty: no CSV rows")
-    header = None
-    if _has_header(rows):
-        header, rows = [c.strip() for c in rows[0]], rows[1:]
-    if not rows:
-        raise CLIError(f"{path} has a header but no data rows")
-    return header, rows
+    """:func:`fastrnn.data.read_csv_rows`, its errors reported as :class:`CLIError`.
+    ``need_label`` is kept for callers; the rule is the same."""
+    try:
+        return read_csv_rows(path)
+    except (ValueError, OSError) as exc:
+        raise CLIError(str(exc)) from None
 
 
 _LABEL_NAMES = ("label", "target", "class")

@@ -8,6 +8,8 @@ Every shuffle takes a seeded :class:`numpy.random.Generator`.
 from __future__ import annotations
 
 import collections
+import csv
+import os
 import re
 
 import numpy as np
@@ -17,7 +19,7 @@ from . import _validate
 __all__ = [
     "pad_sequences", "bucket_batches", "Standardizer", "sliding_windows",
     "CharVocab", "WordVocab", "ArrayBatches", "LMBatches", "train_val_split",
-    "shard_range",
+    "shard_range", "read_csv_rows",
 ]
 
 
@@ -423,3 +425,60 @@ class LMBatches:
 
     def __iter__(self):
         return self.batches()
+
+
+# ----------------------------------------------------------------- CSV files
+def _is_number(cell):
+    try:
+        float(cell)
+        return True
+    except ValueError:
+        return False
+
+
+def _has_header(rows):
+    """Is the first row a header? Yes when some column holds a name above
+    numbers (empty cells are no evidence either way; a column of text labels
+    says nothing), or when the file is that one row of text."""
+    first, rest = rows[0], rows[1:]
+    if not rest:
+        return any(c.strip() and not _is_number(c) for c in first)
+    for j, c in enumerate(first):
+        if not c.strip() or _is_number(c):
+            continue
+        below = [r[j] for r in rest if j < len(r) and r[j].strip()]
+        if below and all(_is_number(v) for v in below):
+            return True
+    return False
+
+
+def read_csv_rows(path):
+    """Read a CSV file: returns ``(header, rows)``.
+
+    ``header`` is the first row's cells (stripped) when that row is a header,
+    else ``None``; ``rows`` are the data rows as lists of strings, blank lines
+    (and rows of only blank cells) dropped. The first row is a header when
+    some column has a name above numbers, so a text label column, wherever it
+    is, does not turn the first row of data into a header; a file of one row
+    of text is a header alone. The cells are not converted: the caller picks
+    its columns and parses them.
+
+    Raises ``FileNotFoundError`` / ``IsADirectoryError`` when ``path`` is not a
+    file, and ``ValueError`` when it holds no CSV rows or a header but no data
+    rows. Every message names ``path``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such file: {path}")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{path} is a directory, not a CSV file")
+    with open(path, newline="", encoding="utf-8", errors="replace") as f:
+        rows = [r for r in csv.reader(f) if r and any(c.strip() for c in r)]
+    if not rows:
+        raise ValueError(f"{path} is empty: no CSV rows")
+    header = None
+    if _has_header(rows):
+        header, rows = [c.strip() for c in rows[0]], rows[1:]
+    if not rows:
+        raise ValueError(f"{path} has a header but no data rows")
+    return header, rows

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from fastrnn import cli
+from fastrnn import cli, data
 from fastrnn.cli import main
 from fastrnn.models import load_model
 
@@ -125,9 +125,9 @@ def test_features_inferred_where_the_shape_allows(header, n, ragged, want):
 
 def test_first_data_row_never_taken_for_a_header():
     # text labels in the last column, no header (was: the first row dropped as a header)
-    assert not cli._has_header([["5.1", "3.5", "setosa"], ["4.9", "3.0", "setosa"]])
-    assert cli._has_header([["a", "b", "species"], ["4.9", "3.0", "setosa"]])
-    assert not cli._has_header([["pos", "1", "", ""], ["neg", "1", "2", "3"]])   # ragged
+    assert not data._has_header([["5.1", "3.5", "setosa"], ["4.9", "3.0", "setosa"]])
+    assert data._has_header([["a", "b", "species"], ["4.9", "3.0", "setosa"]])
+    assert not data._has_header([["pos", "1", "", ""], ["neg", "1", "2", "3"]])   # ragged
 
 
 # ------------------------------------------------------------------ forecasting

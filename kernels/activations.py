@@ -17,7 +17,8 @@ float32
     cost nothing measurable in a layer step). It is a few multiplies, adds
     and one division, so a loop over it vectorises (AVX-512: 16 lanes) when
     the caller is compiled with ``fastmath=True, error_model="numpy"``. ``np.tanh``/``np.exp`` inside
-    ``@njit`` call libm per element and do not vectorise here (PERF.md).
+    ``@njit`` call libm per element and do not vectorise here (llvmlite is not
+    SVML-patched: 0.07 G elements/s against 3.6 for this rational in float32).
     sigmoid(x) = 0.5 + 0.5 tanh(x / 2).
 
     Error bound, measured against float64 ``math.tanh`` on every float32 in

@@ -32,7 +32,8 @@ How it is fast
   ``types.ExternalFunction``), so the compiled kernels keep ``cache=True``
   (a ctypes function pointer would disable caching) and no second OpenBLAS
   pool (SciPy's, which ``np.dot`` in ``@njit`` would use) competes for the
-  two cores (PERF.md).
+  two cores (two pools of spinning worker threads made a GEMM-then-loop
+  sequence 2x slower on the 2-core machine).
 - The BLAS thread count is chosen per call by the size of each product
   (``_TWO_THREAD_FLOPS``), capped by :func:`set_num_threads`; NumPy's own
   OpenBLAS setting is restored when a call returns.
@@ -147,8 +148,8 @@ def available():
 
 # --------------------------------------------------------------------------- threads
 # Below this many FLOPs per BLAS call one thread is used, above it up to
-# set_num_threads(). PERF.md found ~16 MFLOP for the transposed (NT) product;
-# with the no-transpose products used here, A/B runs on the 2-core machine
+# set_num_threads(). Two threads paid only above ~16 MFLOP for the transposed
+# (NT) product; with the no-transpose products used here, A/B runs on the 2-core machine
 # (LSTM, interleaved medians) favour 1 MFLOP: e.g. (100,32,64,128) training
 # 32.9 -> 28.4 ms, (100,64,128,256) inference 67.7 -> 52.3 ms, and no shape
 # slower. The count is switched per call (one cheap call into OpenBLAS) and
@@ -464,15 +465,15 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                 if training:
                     hprev[t, b, :] = hb
                     gr = act[t, b]
-                    gz, gzz, gn = gr[:H], gr[H:2 * H], gr[2 * H:]
+                    r_out, z_out, n_out = gr[:H], gr[H:2 * H], gr[2 * H:]
                     anb = anh[t, b]
                     for j in range(H):
                         anj = an[j]
                         r, z, n, hn = gru_step(xrr[j] + arr[j], xz[j] + az[j], xn[j] + b_in[j],
                                                anj, hb[j])
-                        gz[j] = r
-                        gzz[j] = z
-                        gn[j] = n
+                        r_out[j] = r
+                        z_out[j] = z
+                        n_out[j] = n
                         anb[j] = anj
                         hb[j] = hn
                         yb[j] = hn
@@ -565,10 +566,10 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                 if training:
                     hprev[t, b, :] = hb
                     gr = act[t, b]
-                    gz = gr[:H]
+                    r_out = gr[:H]
                     for j in range(H):
                         r, z = gru_reset_before_gates(xrr[j] + arr[j], xz[j] + az[j])
-                        gz[j] = r
+                        r_out[j] = r
                         zr[j] = z
                         qb[j] = r * hb[j]
                     gr[H:2 * H] = zr
@@ -591,10 +592,10 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                 hb = h[b]
                 yb = y[t, b]
                 if training:
-                    gn = act[t, b, 2 * H:]
+                    n_out = act[t, b, 2 * H:]
                     for j in range(H):
                         n, hn = gru_reset_before_step(xn[j] + anr[j], zr[j], hb[j])
-                        gn[j] = n
+                        n_out[j] = n
                         hb[j] = hn
                         yb[j] = hn
                 else:
@@ -880,12 +881,12 @@ _FAMILY = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "lstm": "lstm", "gru": "gru",
 class _Cache:
     """What backward needs from a training forward (arrays indexed by time)."""
 
-    __slots__ = ("cell", "x", "w", "lengths", "reverse", "saved", "threads")
-    # threads: the FLOPs of one recurrent product (picks the loop's thread count)
+    __slots__ = ("cell", "x", "w", "lengths", "reverse", "saved", "loop_flops")
+    # loop_flops: the FLOPs of one step's recurrent product (picks the loop's thread count)
 
-    def __init__(self, cell, x, w, lengths, reverse, saved, threads):
+    def __init__(self, cell, x, w, lengths, reverse, saved, loop_flops):
         self.cell, self.x, self.w, self.lengths = cell, x, w, lengths
-        self.reverse, self.saved, self.threads = reverse, saved, threads
+        self.reverse, self.saved, self.loop_flops = reverse, saved, loop_flops
 
 
 def _family(cell):
@@ -967,8 +968,9 @@ def matmul(a, b, out=None):
     """``a @ b`` (2-D, float32 or float64) that stays fast on a busy machine.
 
     NumPy's BLAS hands each large product to worker threads, which stall when
-    another process holds a core (PERF.md: 3-40x slower). Here BLAS runs on one
-    thread per task and a large product is split in tasks that the caller and
+    another process holds a core (measured: 3-41x slower than one thread with
+    one competing busy process). Here BLAS runs on one thread per task and a
+    large product is split in tasks that the caller and
     fastrnn's own pool thread claim one at a time, so a late partner never
     holds up work it has not started. Used by the training blocks' GEMMs."""
     a = np.asarray(a)
@@ -1179,7 +1181,7 @@ def _backward(fam, cell, cache, dy, dh_n, dc_n, threads):
     dy = _c(dy, dtype)
     dh = np.array(dh_n, dtype=dtype, order="C", copy=True)   # dh: [B,H] carry
     dc = None
-    loop_flops = cache.threads
+    loop_flops = cache.loop_flops
     rows = _row_ranges(T, B, loop_flops)
     padded = bool((lens < T).any())
 

@@ -461,31 +461,31 @@ if cuda is not None:
     # -1 when padded). Shapes: xw [T,B,GH]; hw [B,GH]; h_in/h_out, c_in/c_out
     # [B,H] (the same array in the per-step path; double buffers in the
     # persistent kernel); y [T,B,H]; acts [S,B,K*H]; hs, cs [S,B,H] with
-    # S = T in training and 1 in inference (``a`` = s or 0); peep [3,H] or
+    # S = T in training and 1 in inference (``slot`` = s or 0); peep [3,H] or
     # [3,H,H]; aux: per-cell work array.
 
     @cuda.jit(device=True)
-    def _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, K, has_c):
+    def _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, K, has_c):
         """A padded step: zero output, state carried, saved entries zeroed."""
         y[s, b, j] = 0
         h_out[b, j] = h_in[b, j]
-        hs[a, b, j] = 0
+        hs[slot, b, j] = 0
         for k in range(K):
-            acts[a, b, k * H + j] = 0
+            acts[slot, b, k * H + j] = 0
         if has_c:
             c_out[b, j] = c_in[b, j]
-            cs[a, b, j] = 0
+            cs[slot, b, j] = 0
 
     def _rnn_fwd_point(step):
         """The RNN step for one unit, with ``step`` = tanh or relu (pointwise)."""
         @cuda.jit(device=True)
-        def fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, peep, aux):
+        def fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, peep, aux):
             if t < 0:
-                _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 1, False)
+                _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, 1, False)
                 return
             hn = step(xw[t, b, j] + hw[b, j])
-            hs[a, b, j] = h_in[b, j]
-            acts[a, b, j] = hn
+            hs[slot, b, j] = h_in[b, j]
+            acts[slot, b, j] = hn
             h_out[b, j] = hn
             y[t, b, j] = hn
         return fwd
@@ -494,63 +494,63 @@ if cuda is not None:
     _rnn_relu_fwd = _rnn_fwd_point(_pw_rnn_relu_step)
 
     @cuda.jit(device=True)
-    def _lstm_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs,
+    def _lstm_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs,
                   peep, aux):
         if t < 0:
-            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 5, True)
+            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, 5, True)
             return
         cp = c_in[b, j]
         i, f, g, o, c, tc, hn = _pw_lstm_step(
             xw[t, b, j] + hw[b, j], xw[t, b, H + j] + hw[b, H + j],
             xw[t, b, 2 * H + j] + hw[b, 2 * H + j], xw[t, b, 3 * H + j] + hw[b, 3 * H + j], cp)
-        hs[a, b, j] = h_in[b, j]
-        cs[a, b, j] = cp
-        acts[a, b, j] = i
-        acts[a, b, H + j] = f
-        acts[a, b, 2 * H + j] = g
-        acts[a, b, 3 * H + j] = o
-        acts[a, b, 4 * H + j] = tc
+        hs[slot, b, j] = h_in[b, j]
+        cs[slot, b, j] = cp
+        acts[slot, b, j] = i
+        acts[slot, b, H + j] = f
+        acts[slot, b, 2 * H + j] = g
+        acts[slot, b, 3 * H + j] = o
+        acts[slot, b, 4 * H + j] = tc
         c_out[b, j] = c
         h_out[b, j] = hn
         y[t, b, j] = hn
 
     @cuda.jit(device=True)
-    def _gru_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs,
+    def _gru_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs,
                  peep, aux):
         if t < 0:
-            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 4, False)
+            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, 4, False)
             return
         hp = h_in[b, j]
         anh = hw[b, 2 * H + j]
         r, z, n, hn = _pw_gru_step(xw[t, b, j] + hw[b, j], xw[t, b, H + j] + hw[b, H + j],
                                  xw[t, b, 2 * H + j], anh, hp)
-        hs[a, b, j] = hp
-        acts[a, b, j] = r
-        acts[a, b, H + j] = z
-        acts[a, b, 2 * H + j] = n
-        acts[a, b, 3 * H + j] = anh
+        hs[slot, b, j] = hp
+        acts[slot, b, j] = r
+        acts[slot, b, H + j] = z
+        acts[slot, b, 2 * H + j] = n
+        acts[slot, b, 3 * H + j] = anh
         h_out[b, j] = hn
         y[t, b, j] = hn
 
     @cuda.jit(device=True)
-    def _peep_diag_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs, cs,
+    def _peep_diag_fwd(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs,
                        peep, aux):
         if t < 0:
-            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 6, True)
+            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, 6, True)
             return
         cp = c_in[b, j]
         i, f, g, c = _pw_peephole_cell(xw[t, b, j] + hw[b, j] + peep[0, j] * cp,
                                      xw[t, b, H + j] + hw[b, H + j] + peep[1, j] * cp,
                                      xw[t, b, 2 * H + j] + hw[b, 2 * H + j], cp)
         o, tc, hn = _pw_peephole_out(xw[t, b, 3 * H + j] + hw[b, 3 * H + j] + peep[2, j] * c, c)
-        hs[a, b, j] = h_in[b, j]
-        cs[a, b, j] = cp
-        acts[a, b, j] = i
-        acts[a, b, H + j] = f
-        acts[a, b, 2 * H + j] = g
-        acts[a, b, 3 * H + j] = o
-        acts[a, b, 4 * H + j] = tc
-        acts[a, b, 5 * H + j] = c
+        hs[slot, b, j] = h_in[b, j]
+        cs[slot, b, j] = cp
+        acts[slot, b, j] = i
+        acts[slot, b, H + j] = f
+        acts[slot, b, 2 * H + j] = g
+        acts[slot, b, 3 * H + j] = o
+        acts[slot, b, 4 * H + j] = tc
+        acts[slot, b, 5 * H + j] = c
         c_out[b, j] = c
         h_out[b, j] = hn
         y[t, b, j] = hn
@@ -558,60 +558,60 @@ if cuda is not None:
     # peephole "full": aux [B,2H] holds (P_i c, P_f c) for the cell phase, then
     # [B,H] of P_o c' in aux[:, 0:H] for the output phase (written by GEMMs)
     @cuda.jit(device=True)
-    def _peep_full_fwd_cell(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a,
+    def _peep_full_fwd_cell(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot,
                             hs, cs, peep, aux):
         if t < 0:
-            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 6, True)
+            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, 6, True)
             return
         cp = c_in[b, j]
         i, f, g, c = _pw_peephole_cell(xw[t, b, j] + hw[b, j] + aux[b, j],
                                      xw[t, b, H + j] + hw[b, H + j] + aux[b, H + j],
                                      xw[t, b, 2 * H + j] + hw[b, 2 * H + j], cp)
-        hs[a, b, j] = h_in[b, j]
-        cs[a, b, j] = cp
-        acts[a, b, j] = i
-        acts[a, b, H + j] = f
-        acts[a, b, 2 * H + j] = g
-        acts[a, b, 5 * H + j] = c
+        hs[slot, b, j] = h_in[b, j]
+        cs[slot, b, j] = cp
+        acts[slot, b, j] = i
+        acts[slot, b, H + j] = f
+        acts[slot, b, 2 * H + j] = g
+        acts[slot, b, 5 * H + j] = c
         c_out[b, j] = c
 
     @cuda.jit(device=True)
-    def _peep_full_fwd_out(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a,
+    def _peep_full_fwd_out(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot,
                            hs, cs, peep, aux):
         if t < 0:
             return
         o, tc, hn = _pw_peephole_out(xw[t, b, 3 * H + j] + hw[b, 3 * H + j] + aux[b, j],
                                    c_out[b, j])
-        acts[a, b, 3 * H + j] = o
-        acts[a, b, 4 * H + j] = tc
+        acts[slot, b, 3 * H + j] = o
+        acts[slot, b, 4 * H + j] = tc
         h_out[b, j] = hn
         y[t, b, j] = hn
 
     # gru_reset_before: aux [B,H] receives r ⊙ h (the input of U_n), saved as
     # acts[:, :, 3H:4H] so that dW_hh's candidate rows see it
     @cuda.jit(device=True)
-    def _grub_fwd_gates(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a,
+    def _grub_fwd_gates(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot,
                         hs, cs, peep, aux):
         if t < 0:
-            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, a, hs, cs, 4, False)
+            _pad(b, j, s, H, h_in, h_out, c_in, c_out, y, acts, slot, hs, cs, 4, False)
             aux[b, j] = 0
             return
         hp = h_in[b, j]
         r, z = _pw_gru_reset_before_gates(xw[t, b, j] + hw[b, j], xw[t, b, H + j] + hw[b, H + j])
-        hs[a, b, j] = hp
-        acts[a, b, j] = r
-        acts[a, b, H + j] = z
-        acts[a, b, 3 * H + j] = r * hp
+        hs[slot, b, j] = hp
+        acts[slot, b, j] = r
+        acts[slot, b, H + j] = z
+        acts[slot, b, 3 * H + j] = r * hp
         aux[b, j] = r * hp
 
     @cuda.jit(device=True)
-    def _grub_fwd_step(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a,
+    def _grub_fwd_step(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot,
                        hs, cs, peep, aux):
         if t < 0:
             return
         n, hn = _pw_gru_reset_before_step(xw[t, b, 2 * H + j] + hw[b, 2 * H + j],
-                                        acts[a, b, H + j], h_in[b, j])
-        acts[a, b, 2 * H + j] = n
+                                        acts[slot, b, H + j], h_in[b, j])
+        acts[slot, b, 2 * H + j] = n
         h_out[b, j] = hn
         y[t, b, j] = hn
 
@@ -758,7 +758,7 @@ def _fwd_kernel(point):
     """A per-step launch of forward point ``point`` over all (b, j)."""
 
     @cuda.jit
-    def kernel(s, reverse, lengths, xw, hw, h, c, y, acts, a, hs, cs, peep, aux):
+    def kernel(s, reverse, lengths, xw, hw, h, c, y, acts, slot, hs, cs, peep, aux):
         # one thread per (b, j); h, c: [B,H] updated in place
         idx = cuda.grid(1)
         B = h.shape[0]
@@ -767,7 +767,7 @@ def _fwd_kernel(point):
             b = idx // H
             j = idx - b * H
             t = _time(s, b, lengths, reverse)
-            point(b, j, s, t, H, xw, hw, h, h, c, c, y, acts, a, hs, cs, peep, aux)
+            point(b, j, s, t, H, xw, hw, h, h, c, c, y, acts, slot, hs, cs, peep, aux)
 
     return kernel
 
@@ -1366,29 +1366,29 @@ def _per_step_forward(cell, T, rev, lens, xw, w, h, c, y, acts, hs, cs, peep, tr
         gates = _fwd_kernel(_grub_fwd_gates)[grid, tpb]
         step = _fwd_kernel(_grub_fwd_step)[grid, tpb]
         for s in range(T):
-            a = s if training else 0
+            slot = s if training else 0
             _gemm(h, w_rz, hw_rz, bias=b_rz, trans_b=True)
-            gates(s, rev, lens, xw, hw, h, c, y, acts, a, hs, cs, peep, rh)
+            gates(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, rh)
             _gemm(rh, w_n, hw_n, bias=b_n, trans_b=True)
-            step(s, rev, lens, xw, hw, h, c, y, acts, a, hs, cs, peep, rh)
+            step(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, rh)
     elif name == "peephole_full":
         pc = _work("pc", (B, 2 * H), dtype)                   # (P_i c, P_f c), then P_o c'
         p_if, p_o, pc_o = peep[:2].reshape(2 * H, H), peep[2], pc[:, :H]
         cell_phase = _fwd_kernel(_peep_full_fwd_cell)[grid, tpb]
         out_phase = _fwd_kernel(_peep_full_fwd_out)[grid, tpb]
         for s in range(T):
-            a = s if training else 0
+            slot = s if training else 0
             _gemm(h, w.w_hh, hw, bias=w.b_hh, trans_b=True)
             _gemm(c, p_if, pc, trans_b=True)
-            cell_phase(s, rev, lens, xw, hw, h, c, y, acts, a, hs, cs, peep, pc)
+            cell_phase(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, pc)
             _gemm(c, p_o, pc_o, trans_b=True)
-            out_phase(s, rev, lens, xw, hw, h, c, y, acts, a, hs, cs, peep, pc)
+            out_phase(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, pc)
     else:
         point = _fwd_kernel(_FWD[name])[grid, tpb]
         for s in range(T):
-            a = s if training else 0
+            slot = s if training else 0
             _gemm(h, w.w_hh, hw, bias=w.b_hh, trans_b=True)
-            point(s, rev, lens, xw, hw, h, c, y, acts, a, hs, cs, peep, hw)
+            point(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, hw)
 
 
 def backward(cell, cache, dy, dh_n, dc_n=None):
@@ -1593,13 +1593,13 @@ def _persistent_fwd_kernel(point, G, np_dtype):
                 if lane == 0 and b < B and j < H:
                     hw[b, row] = acc + b_hh[row]
             cuda.syncthreads()
-            a = s if training else 0
+            slot = s if training else 0
             for item in range(tid, B * HB, nt):
                 b = item // HB
                 j = j0 + item - b * HB
                 if j < H:
                     t = _time(s, b, lengths, reverse)
-                    point(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, a, hs,
+                    point(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot, hs,
                           cs, peep, hw)
             # every block must have written h_out before anyone reads it as h_in
             grid.sync()
@@ -1746,7 +1746,7 @@ def _persistent_two_phase_fwd_kernel(name):
             h_out = hbuf[1 - cur]
             c_in = cbuf[cur]
             c_out = cbuf[1 - cur]
-            a = s if training else 0
+            slot = s if training else 0
             if grub:
                 _own_rows(h_in, w_hh, b_hh, True, hw, 0, 2, HB, j0, tid, nt, lanes)
             else:
@@ -1760,10 +1760,10 @@ def _persistent_two_phase_fwd_kernel(name):
                     t = _time(s, b, lengths, reverse)
                     if grub:
                         _grub_fwd_gates(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y,
-                                        acts, a, hs, cs, peep, aux)
+                                        acts, slot, hs, cs, peep, aux)
                     else:
                         _peep_full_fwd_cell(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out,
-                                            y, acts, a, hs, cs, peep, aux)
+                                            y, acts, slot, hs, cs, peep, aux)
             grid.sync()     # r ⊙ h, or c', of every unit is needed next
             if grub:
                 _own_rows(aux, w_hh, b_hh, True, hw, 2, 3, HB, j0, tid, nt, lanes)
@@ -1777,10 +1777,10 @@ def _persistent_two_phase_fwd_kernel(name):
                     t = _time(s, b, lengths, reverse)
                     if grub:
                         _grub_fwd_step(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y,
-                                       acts, a, hs, cs, peep, aux)
+                                       acts, slot, hs, cs, peep, aux)
                     else:
                         _peep_full_fwd_out(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out,
-                                           y, acts, a, hs, cs, peep, aux)
+                                           y, acts, slot, hs, cs, peep, aux)
             grid.sync()
 
     return kernel

@@ -47,10 +47,6 @@ class HostOps:
 
     on_device = False
 
-    @staticmethod
-    def is_native(a):
-        return isinstance(a, np.ndarray)
-
     asarray = staticmethod(np.asarray)
     from_host = staticmethod(np.ascontiguousarray)
     zeros = staticmethod(np.zeros)

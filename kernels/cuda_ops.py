@@ -56,10 +56,6 @@ class DeviceOps:
     on_device = True
 
     @staticmethod
-    def is_native(a):
-        return hasattr(a, "__cuda_array_interface__") or type(a).__module__.startswith("numba.cuda")
-
-    @staticmethod
     def asarray(a):
         """A numba view of a device array, without a copy."""
         if type(a).__module__.startswith("numba.cuda"):

@@ -142,10 +142,38 @@ def test_edge_shapes(name, dtype, shape):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "peephole_full"])
-def test_two_thread_gemm_path(name):
-    """A batch and width large enough that the recurrent GEMM uses 2 BLAS threads."""
-    check_against_reference(name, T=3, B=64, I=8, H=160, dtype=np.float32,
+def test_two_thread_gemm_path(monkeypatch, name):
+    """A batch and width large enough that the recurrent GEMM uses 2 BLAS threads.
+
+    Runs the BLAS-per-step loops (``use_packed`` off: the packed kernels call no
+    BLAS in their time loop; their own threads are tested in
+    tests/test_packed_threads.py) with a cap of 2 threads, spies on the thread
+    switch, and checks that the time loop's product (``2 B G H H`` FLOPs) ran
+    with OpenBLAS set to 2 threads in training forward, inference and backward,
+    and that the results still match the reference."""
+    monkeypatch.setattr(cpu, "use_packed", False)
+    monkeypatch.setattr(cpu, "_max_threads", 2)
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_FLOPS", float("inf"))   # one loop, not two halves
+    uses, blas_set = [], []
+    real_use, real_set = cpu._Threads.use, cpu._blas_set_threads
+
+    def use(self, flops):
+        n = real_use(self, flops)
+        uses.append((flops, n))
+        return n
+
+    def set_threads(n):
+        blas_set.append(n)
+        return real_set(n)
+
+    monkeypatch.setattr(cpu._Threads, "use", use)
+    monkeypatch.setattr(cpu, "_blas_set_threads", set_threads)
+    B, H = 64, 160
+    check_against_reference(name, T=3, B=B, I=8, H=H, dtype=np.float32,
                             lengths_kind="random", reverse=True)
+    loop_flops = 2.0 * B * CELLS[name].gates * H * H
+    assert uses.count((loop_flops, 2)) >= 3, uses   # forward, inference, backward loops
+    assert 2 in blas_set, blas_set
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
@@ -258,7 +286,6 @@ def test_errors():
 
 
 def test_threads_setting_and_numpy_state_restored():
-    cell = CELLS["lstm"]
     before = cpu.get_num_threads()
     try:
         with pytest.raises(ValueError):
@@ -271,9 +298,9 @@ def test_threads_setting_and_numpy_state_restored():
             assert cpu._blas_get_threads() == blas_before
     finally:
         cpu.set_num_threads(before)
-    rng = np.random.default_rng(5)
-    x, h0, c0, w = make_case(cell, 3, 2, 3, 4, np.float32, rng)
-    assert cpu.forward(cell, x, h0, c0, w, None, False, False)[0].shape == (3, 2, 4)
+    assert cpu.get_num_threads() == before
+    # and the kernels still agree with the reference once the setting is put back
+    check_against_reference("lstm", T=3, B=2, I=3, H=4, dtype=np.float32, seed=5)
 
 
 def test_available():

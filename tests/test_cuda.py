@@ -155,9 +155,14 @@ def test_persistent_refuses_several_blocks_in_simulator():
 
 
 # ----------------------------------------------------------------------------- plumbing
-def test_available_reports_a_reason():
-    ok, why = kc.available()
-    assert ok is True and isinstance(why, str)
+def test_available_reports_a_reason(monkeypatch):
+    # the simulator says so; a GPU needs no reason
+    assert kc.available() == ((True, "Numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)") if SIM
+                              else (True, ""))
+    # without numba.cuda: unavailable, and the import error is the reason
+    monkeypatch.setattr(kc, "cuda", None)
+    monkeypatch.setattr(kc, "_IMPORT_ERROR", ImportError("no module named 'numba.cuda'"))
+    assert kc.available() == (False, "numba.cuda cannot be imported (no module named 'numba.cuda')")
 
 
 def test_strategy_choice():

@@ -908,15 +908,17 @@ def _check_shapes(cell, x, h0, c0, weights, lens, given):
     caller passed lengths, so their range is checked too)."""
     T, B, I = x.shape
     GH, H = np.shape(weights.w_hh)
-    checks = (("weights.w_ih", np.shape(weights.w_ih), (GH, I)),
+    checks = [("weights.w_ih", np.shape(weights.w_ih), (GH, I)),
               ("weights.w_hh", (GH, H), (cell.gates * H, H)),
               ("weights.b_ih", np.shape(weights.b_ih), (GH,)),
               ("weights.b_hh", np.shape(weights.b_hh), (GH,)),
               ("h0", np.shape(h0), (B, H)),
-              ("lengths", lens.shape, (B,)),
-              ("c0", np.shape(c0) if cell.has_cell else None, (B, H) if cell.has_cell else None),
-              ("weights.peep", np.shape(weights.peep) if cell.peephole is not None else None,
-               (3,) + tuple(cell.peephole_shape(H)) if cell.peephole is not None else None))
+              ("lengths", lens.shape, (B,))]
+    if cell.has_cell:
+        checks.append(("c0", np.shape(c0), (B, H)))
+    if cell.peephole is not None:
+        checks.append(("weights.peep", np.shape(weights.peep),
+                       (3,) + tuple(cell.peephole_shape(H))))
     for name, got, exp in checks:
         if got != exp:
             raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(exp)}")

@@ -31,6 +31,7 @@ import numpy as np
 from numba import cuda
 
 from . import cuda as kc
+from . import training
 
 __all__ = [
     "is_device", "view", "to_device", "to_host", "empty", "zeros", "fill", "contiguous",
@@ -873,29 +874,25 @@ def swap01(a, length=None):
 
 
 # --------------------------------------------------------------------------- optimizers
-# The same float operations, in the same order and dtype, as the host formulas
-# (fastrnn.kernels.training): one thread per element, one launch per parameter.
-# They follow kernels/training.py operation for operation: a change to one must
-# change the other.
+# The formulas are those of the host (fastrnn.kernels.training: sgd_step,
+# adam_step, rmsprop_step, adagrad_step), the same source compiled here as
+# device functions: the same float operations, in the same order and dtype.
+# One thread per element, one launch per parameter; each kernel reads the
+# state buffers its formula uses and writes back what it changed, as the host
+# loops do.
+_sgd_step, _adam_step, _rmsprop_step, _adagrad_step = (
+    cuda.jit(device=True)(f) for f in (training.sgd_step, training.adam_step,
+                                       training.rmsprop_step, training.adagrad_step))
+
+
 @cuda.jit
 def _sgd_kernel(p, g, buf, lr, wd, momentum, dampc, nesterov, first):
     i = cuda.grid(1)
     if i < p.shape[0]:
-        gi = g[i]
-        if wd != 0:
-            gi = gi + wd * p[i]
+        b = buf[i] if momentum != 0 and not first else g[i]
+        p[i], b = _sgd_step(p[i], g[i], b, lr, wd, momentum, dampc, nesterov, first)
         if momentum != 0:
-            if first:
-                b = gi
-            else:
-                b = buf[i] * momentum
-                b = b + dampc * gi
             buf[i] = b
-            if nesterov:
-                gi = gi + momentum * b
-            else:
-                gi = b
-        p[i] = p[i] - lr * gi
 
 
 @cuda.jit
@@ -903,64 +900,32 @@ def _adam_kernel(p, g, m, v, vmax, step_size, b1, c1, b2, c2, sqrt_bc2, eps, wd,
                  amsgrad):
     i = cuda.grid(1)
     if i < p.shape[0]:
-        pi = p[i]
-        if decay != 1:
-            pi = pi * decay
-        gi = g[i]
-        if wd != 0:
-            gi = gi + wd * pi
-        mi = m[i] * b1
-        mi = mi + c1 * gi
-        m[i] = mi
-        vi = v[i] * b2
-        vi = vi + c2 * (gi * gi)
-        v[i] = vi
+        vm = vmax[i] if amsgrad else v[i]
+        p[i], m[i], v[i], vm = _adam_step(p[i], g[i], m[i], v[i], vm, step_size, b1, c1, b2,
+                                          c2, sqrt_bc2, eps, wd, decay, amsgrad)
         if amsgrad:
-            vm = vmax[i]
-            if vi > vm or vi != vi:
-                vm = vi
             vmax[i] = vm
-            vi = vm
-        denom = math.sqrt(vi) / sqrt_bc2 + eps
-        p[i] = pi - step_size * (mi / denom)
 
 
 @cuda.jit
 def _rmsprop_kernel(p, g, sq, gavg, buf, lr, alpha, c, eps, wd, momentum, centered):
     i = cuda.grid(1)
     if i < p.shape[0]:
-        gi = g[i]
-        if wd != 0:
-            gi = gi + wd * p[i]
-        s = sq[i] * alpha
-        s = s + c * (gi * gi)
-        sq[i] = s
+        a = gavg[i] if centered else g[i]
+        b = buf[i] if momentum != 0 else g[i]
+        p[i], sq[i], a, b = _rmsprop_step(p[i], g[i], sq[i], a, b, lr, alpha, c, eps, wd,
+                                          momentum, centered)
         if centered:
-            a = gavg[i] * alpha
-            a = a + c * gi
             gavg[i] = a
-            avg = math.sqrt(s - a * a) + eps
-        else:
-            avg = math.sqrt(s) + eps
         if momentum != 0:
-            b = buf[i] * momentum
-            b = b + gi / avg
             buf[i] = b
-            p[i] = p[i] - lr * b
-        else:
-            p[i] = p[i] - lr * (gi / avg)
 
 
 @cuda.jit
 def _adagrad_kernel(p, g, acc, clr, eps, wd):
     i = cuda.grid(1)
     if i < p.shape[0]:
-        gi = g[i]
-        if wd != 0:
-            gi = gi + wd * p[i]
-        s = acc[i] + gi * gi
-        acc[i] = s
-        p[i] = p[i] - clr * (gi / (math.sqrt(s) + eps))
+        p[i], acc[i] = _adagrad_step(p[i], g[i], acc[i], clr, eps, wd)
 
 
 def sgd_update(p, g, buf, lr, wd, momentum, dampc, nesterov, first):

@@ -199,6 +199,7 @@ OPTIMIZERS = [
     (optim.AdamW, dict(lr=0.01)),
     (optim.RMSprop, dict(lr=0.01)),
     (optim.RMSprop, dict(lr=0.01, centered=True, momentum=0.9, weight_decay=0.01)),
+    (optim.RMSprop, dict(lr=0.01, momentum=0.9)),
     (optim.Adagrad, dict(lr=0.1, lr_decay=0.01, weight_decay=0.01,
                          initial_accumulator_value=0.1)),
 ]
@@ -237,6 +238,14 @@ def test_optimizer_on_device_matches_host(cls, kw, dtype):
         close(pd[k], ph[k], dtype, k)
     with pytest.raises(TypeError, match="host array"):
         od2.step(g)
+
+
+def test_optimizer_formulas_have_one_source():
+    """The device kernels compile the host's scalar formulas
+    (kernels/training.py) as device functions: one source, no copies."""
+    from fastrnn.kernels import cuda_blocks, training
+    for name in ("sgd_step", "adam_step", "rmsprop_step", "adagrad_step"):
+        assert getattr(cuda_blocks, "_" + name).py_func is getattr(training, name), name
 
 
 @pytest.mark.parametrize("norm_type", [2.0, math.inf, 3.0])

@@ -174,7 +174,10 @@ def test_schedules():
 
 # ------------------------------------------------------ the compiled update
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("name,kw", CONFIGS + [("AdamW", dict(lr=0.01, weight_decay=0.0))])
+@pytest.mark.parametrize("name,kw", CONFIGS + [
+    ("AdamW", dict(lr=0.01, weight_decay=0.0)),
+    # RMSprop's compiled update has one loop per (momentum, centred) case
+    ("RMSprop", dict(lr=0.01, momentum=0.9)), ("RMSprop", dict(lr=0.01, centered=True))])
 def test_fused_equals_numpy_bitwise(name, kw, dtype):
     """The compiled one-pass update performs the NumPy formula's operations in
     the same order and dtype: parameters and state agree bit for bit."""

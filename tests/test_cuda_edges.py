@@ -126,8 +126,9 @@ def test_column_sums_are_tiled_and_deterministic(M):
 def test_gemm_loops_over_grid_y(monkeypatch, blocked):
     # M goes on grid x (2**31 - 1 blocks); N on y, capped at 65,535 blocks:
     # with the cap made 1 block, N = 6 takes several launches
+    from fastrnn.kernels import cuda_gemm
     cuda = _cuda()
-    monkeypatch.setattr(kc, "_MAX_GRID_Y", 1)
+    monkeypatch.setattr(cuda_gemm, "_MAX_GRID_Y", 1)
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((5, 3)), rng.standard_normal((6, 3))
     bias, c0 = rng.standard_normal(6), rng.standard_normal((5, 6))

@@ -6,9 +6,9 @@ CPU, numba.cuda on NVIDIA GPUs), checked against a plain NumPy reference.
 """
 __version__ = "0.1.0"
 
-from .cells import CELLS, CellSpec, get_cell
+from .cells import CELL_NAMES, CELLS, CellSpec, get_cell
 from .checkpoint import CheckpointError
-from .dispatch import BackendUnavailable, Weights
+from .contract import BackendUnavailable, Weights
 from .layers import GRU, LSTM, RNN, BackwardError, PeepholeLSTM
 from . import blocks, data, metrics, models, optim, train
 from .blocks import (AttentionPool, Dropout, Embedding, Linear, Sequential, mse,
@@ -32,7 +32,7 @@ def get_num_threads():
     return _get()
 
 __all__ = [
-    "RNN", "LSTM", "GRU", "PeepholeLSTM", "CELLS", "CellSpec", "get_cell", "Weights",
+    "RNN", "LSTM", "GRU", "PeepholeLSTM", "CELLS", "CELL_NAMES", "CellSpec", "get_cell", "Weights",
     "BackendUnavailable", "BackwardError", "CheckpointError", "__version__",
     "Embedding", "Linear", "Dropout", "Sequential", "AttentionPool", "softmax_cross_entropy", "mse",
     "LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",

@@ -217,20 +217,22 @@ def layer_flops(cell, T, B, I, H, mode):
 
 
 # --------------------------------------------------------------------------- runners
-def _make_inputs(cell, T, B, I, H, seed=0):
+def _make_inputs(cell, T, B, I, H, seed=0, dtype=np.float32):
+    """Random weights, input and output gradient, zero initial state, of one
+    backend call: ``(x, h0, c0, weights, dy)`` (the tests use it too)."""
     rng = np.random.default_rng(seed)
     G = cell.gates
     s = 1.0 / math.sqrt(H)
 
     def u(*shape):
-        return rng.uniform(-s, s, shape).astype(np.float32)
+        return rng.uniform(-s, s, shape).astype(dtype)
 
     peep = None if cell.peephole is None else u(3, *cell.peephole_shape(H))
     w = Weights(u(G * H, I), u(G * H, H), u(G * H), u(G * H), peep)
-    x = rng.standard_normal((T, B, I)).astype(np.float32)
-    h0 = np.zeros((B, H), np.float32)
-    c0 = np.zeros((B, H), np.float32) if cell.has_cell else None
-    dy = rng.standard_normal((T, B, H)).astype(np.float32)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = np.zeros((B, H), dtype)
+    c0 = np.zeros((B, H), dtype) if cell.has_cell else None
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
     return x, h0, c0, w, dy
 
 

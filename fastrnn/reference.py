@@ -1,7 +1,7 @@
 """The NumPy reference: the oracle every compiled kernel is tested against.
 
 Plain, vectorised-over-the-batch NumPy, written for clarity rather than speed.
-It implements the backend contract of :mod:`fastrnn.dispatch` (one layer, one
+It implements the backend contract of :mod:`fastrnn.contract` (one layer, one
 direction, a whole sequence) and imports nothing from ``fastrnn.kernels``.
 
 Cells (σ = logistic sigmoid, ⊙ = elementwise, rows are batch entries so
@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dispatch import Weights
+from .contract import Weights, check_forward
 
 
 def available():
@@ -181,6 +181,7 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
 
     Returns ``(y [T, B, H], h_n [B, H], c_n [B, H] or None, cache)``.
     """
+    lengths = check_forward(cell, x, h0, c0, weights, lengths)
     T, B, _ = x.shape
     w = weights
     t_idx, valid = _schedule(T, B, lengths, reverse)

@@ -1,6 +1,6 @@
 """Fused Numba ``@njit`` CPU kernels: the ``"cpu"`` backend.
 
-Implements the backend contract of :mod:`fastrnn.dispatch` (one layer, one
+Implements the backend contract of :mod:`fastrnn.contract` (one layer, one
 direction, a whole sequence) for every cell of :mod:`fastrnn.cells`, in
 float32 and float64::
 
@@ -62,7 +62,8 @@ try:  # the backend reports itself unavailable instead of failing the package im
 except ImportError as exc:  # pragma: no cover - depends on the install
     _NUMBA_ERROR = f"numba is not installed ({exc})"
 
-from fastrnn.dispatch import Weights
+from fastrnn.cells import CELLS
+from fastrnn.contract import Weights, check_forward
 from fastrnn.kernels import heap as _heap
 
 # a training step's temporaries reuse the pages of the step before (see heap.py)
@@ -874,8 +875,10 @@ def _run_rows(kernel, ranges, args_of, threads, loop_flops):
         fut.result()
 
 
-_FAMILY = {"rnn_tanh": "rnn", "rnn_relu": "rnn", "lstm": "lstm", "gru": "gru",
-           "gru_reset_before": "grurb", "peephole_diagonal": "peep", "peephole_full": "peep"}
+#: registry cell -> the loops it runs on: its family, except the GRU with a second
+#: dependent product (reset-before, ``"grurb"``) and the peephole LSTMs (``"peep"``)
+_FAMILY = {name: ("peep" if c.peephole else "grurb" if c.family == "gru" and c.products == 2
+                  else c.family) for name, c in CELLS.items()}
 
 
 class _Cache:
@@ -904,26 +907,10 @@ def _check_shapes(cell, x, h0, c0, weights, lens, given):
     """Shapes the compiled loops index with; a mismatch must not reach them.
 
     The layers check their arguments before calling a backend; this is the
-    backend's own cheap guard against an out-of-bounds write (``given``: the
-    caller passed lengths, so their range is checked too)."""
-    T, B, I = x.shape
-    GH, H = np.shape(weights.w_hh)
-    checks = [("weights.w_ih", np.shape(weights.w_ih), (GH, I)),
-              ("weights.w_hh", (GH, H), (cell.gates * H, H)),
-              ("weights.b_ih", np.shape(weights.b_ih), (GH,)),
-              ("weights.b_hh", np.shape(weights.b_hh), (GH,)),
-              ("h0", np.shape(h0), (B, H)),
-              ("lengths", lens.shape, (B,))]
-    if cell.has_cell:
-        checks.append(("c0", np.shape(c0), (B, H)))
-    if cell.peephole is not None:
-        checks.append(("weights.peep", np.shape(weights.peep),
-                       (3,) + tuple(cell.peephole_shape(H))))
-    for name, got, exp in checks:
-        if got != exp:
-            raise ValueError(f"{name} has shape {tuple(got)}, expected {tuple(exp)}")
-    if given and B and (lens.min() < 1 or lens.max() > T):
-        raise ValueError(f"lengths must lie in [1, {T}]")
+    backend's own cheap guard against an out-of-bounds write, the contract's
+    one check (``given``: the caller passed lengths, so their range is checked
+    too). Other dtypes and layouts are converted, so the check is not strict."""
+    check_forward(cell, x, h0, c0, weights, lens if given else None)
 
 
 def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True):

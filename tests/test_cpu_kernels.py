@@ -261,7 +261,7 @@ def test_errors():
     cell = CELLS["lstm"]
     with pytest.raises(ValueError, match="cache"):
         cpu.backward(cell, None, None, None, None)
-    bogus = type(cell)("nope", 1, ("h",))
+    bogus = type(cell)("nope", 1, ("h",), "rnn")
     with pytest.raises(ValueError, match="nope"):
         cpu.forward(bogus, np.zeros((1, 1, 1)), np.zeros((1, 1)), None, None, None, False, False)
     x = np.zeros((2, 1, 1), np.int32)

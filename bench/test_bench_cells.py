@@ -36,18 +36,17 @@ IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 
 def _runner(impl, cname, shape, mode):
-    reg, tname = bench.BENCH_CELLS[cname]
-    cell = get_cell(reg)
+    cell = get_cell(cname)
     inputs = bench._make_inputs(cell, *shape)
     if impl == "torch":
         torch = pytest.importorskip("torch")
-        if tname is None:
+        if cell.torch is None:
             pytest.skip(f"{cname} has no PyTorch twin")
-        return bench._torch_runner(torch, tname, cell, inputs, mode)
+        return bench._torch_runner(torch, cell, inputs, mode)
     if impl == "ort":
         if mode != "infer":
             pytest.skip("onnxruntime is an inference peer")
-        if reg not in bench.ONNX_CELLS:
+        if cell.name not in bench.ONNX_CELLS:
             pytest.skip(f"{cname} has no ONNX operator")
         ort = _ort()
         return bench.ort_runners(ort, cell, inputs, (1,), check_with=cpu)[1]
@@ -57,7 +56,7 @@ def _runner(impl, cname, shape, mode):
 @pytest.mark.parametrize("impl", bench.IMPLS)
 @pytest.mark.parametrize("mode", bench.MODES)
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
-@pytest.mark.parametrize("cname", list(bench.BENCH_CELLS))
+@pytest.mark.parametrize("cname", bench.BENCH_CELLS)
 def test_cell(request, benchmark, cname, shape, mode, impl):
     if (request.config.getoption("benchmark_disable", False) and shape not in SHAPES[:2]
             and not os.environ.get("FASTRNN_BENCH_FULL")):
@@ -65,8 +64,7 @@ def test_cell(request, benchmark, cname, shape, mode, impl):
     fn = _runner(impl, cname, shape, mode)
     fn()  # warm-up: compiles the kernels outside the timed region
     benchmark.group = f"{cname}|{','.join(map(str, shape))}|{mode}"
-    benchmark.extra_info.update(flops=bench.layer_flops(get_cell(bench.BENCH_CELLS[cname][0]),
-                                                        *shape, mode))
+    benchmark.extra_info.update(flops=bench.layer_flops(get_cell(cname), *shape, mode))
     benchmark(fn)
 
 

@@ -50,23 +50,16 @@ import time
 
 import numpy as np
 
-from .cells import get_cell
-from .dispatch import Weights
+from .cells import CELL_NAMES, CELLS, get_cell
+from .contract import Weights
 
-#: bench cell name -> (registry cell, torch.nn class name or None); the default grid
-BENCH_CELLS = {
-    "rnn_tanh": ("rnn_tanh", "RNN"),
-    "lstm": ("lstm", "LSTM"),
-    "gru": ("gru", "GRU"),
-    "peephole_lstm": ("peephole_diagonal", None),
-}
-#: further cells ``--cells`` accepts (not run by default)
-EXTRA_CELLS = {
-    "rnn_relu": ("rnn_relu", "RNN"),
-    "gru_reset_before": ("gru_reset_before", None),
-    "peephole_diagonal": ("peephole_diagonal", None),
-    "peephole_full": ("peephole_full", None),
-}
+#: the default grid's cells, by the names the tables show (registry keys or
+#: aliases: "peephole_lstm" is the registry's "peephole_diagonal"); a cell's
+#: PyTorch twin is its ``CellSpec.torch``
+BENCH_CELLS = ("rnn_tanh", "lstm", "gru", "peephole_lstm")
+#: the other registry cells (not run by default); ``--cells`` takes any of
+#: these, of BENCH_CELLS, or any other name :func:`fastrnn.cells.get_cell` knows
+EXTRA_CELLS = tuple(n for n in CELLS if n not in BENCH_CELLS)
 
 #: (T, B, I, H)
 GRID = [(200, 1, 32, 32), (100, 8, 64, 64), (100, 32, 64, 128),
@@ -249,12 +242,12 @@ def _backend_runner(backend, cell, inputs, mode):
     return step
 
 
-def _torch_runner(torch, cls_name, cell, inputs, mode):
+def _torch_runner(torch, cell, inputs, mode):
+    """The cell's PyTorch twin (``cell.torch``, which must be set) on the same weights."""
     x, h0, c0, w, dy = inputs
     T, B, I = x.shape
     H = h0.shape[1]
-    cls = getattr(torch.nn, cls_name)
-    m = cls(I, H, nonlinearity="relu") if cell.name == "rnn_relu" else cls(I, H)
+    m = getattr(torch.nn, cell.torch[0])(I, H, **cell.torch_kwargs)
     with torch.no_grad():
         m.weight_ih_l0.copy_(torch.from_numpy(w.w_ih))
         m.weight_hh_l0.copy_(torch.from_numpy(w.w_hh))
@@ -309,7 +302,7 @@ def ort_available():
 
 def onnx_rnn_model(cell, w, T, B, I, H, opset=14):
     """A single-node ONNX model (bytes) computing ``cell`` with weights ``w``
-    (PyTorch layout, :class:`fastrnn.dispatch.Weights`) over ``X [T, B, I]``
+    (PyTorch layout, :class:`fastrnn.contract.Weights`) over ``X [T, B, I]``
     from ``h0 [1, B, H]`` (and ``c0``), with output ``Y [T, 1, B, H]``."""
     from onnx import TensorProto, helper, numpy_helper
     if cell.name not in ONNX_CELLS:
@@ -549,10 +542,9 @@ def _parse(argv):
         ap.error("--busy applies to the cell grid, not to --train")
     cells = list(QUICK_CELLS if args.quick else BENCH_CELLS) if args.cells is None else \
         [c.strip() for c in args.cells.split(",") if c.strip()]
-    bad = [c for c in cells if c not in BENCH_CELLS and c not in EXTRA_CELLS]
+    bad = [c for c in cells if c not in CELL_NAMES]
     if bad:
-        ap.error(f"unknown cell(s) {bad}; expected some of "
-                 f"{list(BENCH_CELLS) + list(EXTRA_CELLS)}")
+        ap.error(f"unknown cell(s) {bad}; expected some of {sorted(CELL_NAMES)}")
     impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     bad = [i for i in impls if i not in IMPLS]
     if bad:
@@ -565,10 +557,6 @@ def _parse(argv):
         except (ValueError, AssertionError):
             ap.error("--shapes wants 'T,B,I,H;T,B,I,H...' with positive ints")
     return args, cells, impls, shapes
-
-
-def _cell_entry(name):
-    return BENCH_CELLS[name] if name in BENCH_CELLS else EXTRA_CELLS[name]
 
 
 def _geomean(v):
@@ -644,7 +632,7 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
               "absolute times and GEMM peak are noisy; the interleaved ratios less so")
     compile_info = None
     if args.compile and "cpu" in impls:
-        compile_info = compile_times([_cell_entry(c)[0] for c in cells])
+        compile_info = compile_times([get_cell(c).name for c in cells])
         for label, r in compile_info.items():
             if "error" in r:
                 print(f"compile ({label}): failed: {r['error'][-300:]}")
@@ -674,8 +662,8 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
     print("-" * len(hdr))
     ratios = {}
     for cname in cells:
-        reg, tname = _cell_entry(cname)
-        cell = get_cell(reg)
+        cell = get_cell(cname)
+        reg = cell.name
         for shape in shapes:
             T, B, I, H = shape
             inputs = _make_inputs(cell, T, B, I, H)
@@ -686,10 +674,10 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
                 fns, prep, who = {}, {}, {}
                 for impl in impls:
                     if impl == "torch":
-                        if tname is not None:
+                        if cell.torch is not None:
                             for n in PEER_THREADS:
                                 key = f"torch@{n}"
-                                fns[key] = _torch_runner(torch, tname, cell, inputs, mode)
+                                fns[key] = _torch_runner(torch, cell, inputs, mode)
                                 prep[key] = tt.setter(n)
                                 who[key] = ("torch", n)
                     elif impl == "ort":
@@ -806,8 +794,8 @@ def busy_table(args, cells, shapes, impls, cpu, torch, tt, ort, cpu_default, tor
     print("-" * len(hdr))
     out = []
     for cname in cells:
-        reg, tname = _cell_entry(cname)
-        cell = get_cell(reg)
+        cell = get_cell(cname)
+        reg = cell.name
         for shape in shapes:
             inputs = _make_inputs(cell, *shape)
             ort_default = None
@@ -818,8 +806,8 @@ def busy_table(args, cells, shapes, impls, cpu, torch, tt, ort, cpu_default, tor
                     fns, prep = {}, {}
                     fns["cpu"] = _backend_runner(cpu, cell, inputs, mode)
                     prep["cpu"] = _cpu_threads_setter(cpu, threads_cpu)
-                    if ("torch", "torch") in libs and tname is not None:
-                        fns["torch"] = _torch_runner(torch, tname, cell, inputs, mode)
+                    if ("torch", "torch") in libs and cell.torch is not None:
+                        fns["torch"] = _torch_runner(torch, cell, inputs, mode)
                         prep["torch"] = tt.setter(threads_torch)
                     if ort_default is not None and mode == "infer":
                         fns["ort"] = ort_default[ort_key]

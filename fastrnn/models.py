@@ -40,23 +40,17 @@ from . import checkpoint as _ckpt
 from .blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
                      softmax_cross_entropy)
 from .checkpoint import CheckpointError
-from .layers import GRU, LSTM, RNN, PeepholeLSTM
+from . import layers as _layers
+from .cells import CELL_NAMES, get_cell
 
 __all__ = ["LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
            "make_recurrent", "CELL_TYPES", "CheckpointError"]
 
-#: cell name -> (layer class, extra constructor arguments)
-CELL_TYPES = {
-    "rnn": (RNN, {"nonlinearity": "tanh"}),
-    "rnn_tanh": (RNN, {"nonlinearity": "tanh"}),
-    "rnn_relu": (RNN, {"nonlinearity": "relu"}),
-    "lstm": (LSTM, {}),
-    "gru": (GRU, {"reset_after": True}),
-    "gru_reset_before": (GRU, {"reset_after": False}),
-    "peephole": (PeepholeLSTM, {"peephole": "diagonal"}),
-    "peephole_diagonal": (PeepholeLSTM, {"peephole": "diagonal"}),
-    "peephole_full": (PeepholeLSTM, {"peephole": "full"}),
-}
+#: every cell name ``cell=`` accepts (registry keys and their aliases, see
+#: :data:`fastrnn.cells.CELL_NAMES`) -> (layer class, extra constructor arguments),
+#: from each cell's ``CellSpec.layer``
+CELL_TYPES = {name: (getattr(_layers, get_cell(name).layer[0]), get_cell(name).layer_kwargs)
+              for name in CELL_NAMES}
 
 _FORMAT = "fastrnn-model/1"
 
@@ -67,10 +61,7 @@ _FORMAT = "fastrnn-model/1"
 def make_recurrent(cell, input_size, hidden_size, num_layers=1, dropout=0.0,
                    bidirectional=False, backend="auto", dtype=np.float32, seed=None):
     """Build the recurrent layer for a cell name (see :data:`CELL_TYPES`)."""
-    try:
-        cls, extra = CELL_TYPES[cell]
-    except KeyError:
-        raise ValueError(f"unknown cell {cell!r}; expected one of {sorted(CELL_TYPES)}") from None
+    cls, extra = CELL_TYPES[get_cell(cell).name]     # get_cell names the accepted cells
     return cls(input_size, hidden_size, num_layers=num_layers, dropout=dropout,
                bidirectional=bidirectional, backend=backend, dtype=dtype, seed=seed, **extra)
 

@@ -1,18 +1,11 @@
 """One table of every layer variant; the tests iterate over it (import as ``_variants``)."""
 import numpy as np
 
-import fastrnn
+from fastrnn.cells import CELLS
+from fastrnn.models import CELL_TYPES
 
-# id -> (layer class, extra constructor arguments)
-VARIANTS = {
-    "rnn_tanh": (fastrnn.RNN, dict(nonlinearity="tanh")),
-    "rnn_relu": (fastrnn.RNN, dict(nonlinearity="relu")),
-    "lstm": (fastrnn.LSTM, {}),
-    "gru": (fastrnn.GRU, dict(reset_after=True)),
-    "gru_reset_before": (fastrnn.GRU, dict(reset_after=False)),
-    "peephole_diagonal": (fastrnn.PeepholeLSTM, dict(peephole="diagonal")),
-    "peephole_full": (fastrnn.PeepholeLSTM, dict(peephole="full")),
-}
+# registry cell -> (layer class, extra constructor arguments), from CellSpec.layer
+VARIANTS = {name: CELL_TYPES[name] for name in CELLS}
 
 
 def make(variant, input_size, hidden_size, **kw):

@@ -5,6 +5,7 @@ import pytest
 
 from _numeric import numgrad
 
+from fastrnn.cells import CELLS
 from fastrnn.data import ArrayBatches, LMBatches
 from fastrnn.models import (CheckpointError, LanguageModel, SequenceClassifier,
                             SequenceRegressor, load_model)
@@ -29,10 +30,7 @@ def check_model_grads(model, batch, rtol=1e-5, atol=1e-8):
                                    err_msg=name)
 
 
-CELLS = ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before", "peephole", "peephole_full"]
-
-
-@pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.parametrize("cell", list(CELLS))
 def test_language_model_gradients(cell):
     rng = np.random.default_rng(0)
     model = LanguageModel(5, embed_dim=3, hidden_size=4, cell=cell, seed=1, **F64)

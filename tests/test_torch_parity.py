@@ -10,14 +10,16 @@ import pytest
 
 from _variants import make
 
+from fastrnn.cells import CELLS
+
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
 TOL = {np.float32: dict(rtol=1e-5, atol=1e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
-TORCH = {"rnn_tanh": (torch.nn.RNN, dict(nonlinearity="tanh")),
-         "rnn_relu": (torch.nn.RNN, dict(nonlinearity="relu")),
-         "lstm": (torch.nn.LSTM, {}),
-         "gru": (torch.nn.GRU, {})}
+#: registry cell -> (torch.nn class, constructor arguments): every cell with a
+#: PyTorch twin (CellSpec.torch); tests/test_registry.py checks this covers them
+TORCH = {name: (getattr(torch.nn, spec.torch[0]), spec.torch_kwargs)
+         for name, spec in CELLS.items() if spec.torch is not None}
 
 
 def run_torch(mod, x, state, lengths, batch_first, R):

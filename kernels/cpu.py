@@ -51,6 +51,7 @@ import ctypes
 import glob
 import os
 import threading
+import types as _pytypes
 
 import numpy as np
 
@@ -288,548 +289,557 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
     # loops on two halves of the batch, one per core, without any per-step
     # synchronisation (see _run_rows).
 
-    # ----------------------------------------------------------- RNN
-    @njit(**_OPTS)
-    def _rnn_fwd(xg, h, w_hhT, bias, lengths, reverse, relu, training, y, hprev, hout, b0, b1):
-        # xg: [T,B,H] = x W_ihᵀ;  h: [B,H] state (in/out);  w_hhT: [H,H] = U^T
-        # bias: [H] = b_ih + b_hh
-        # y: [T,B,H] zeros;  training: hprev, hout [T,B,H] (h before / after each step)
-        T, B, H = xg.shape
-        a = np.empty((B, H), xg.dtype)                  # a: [B,H] = h U^T + bias
+    # ----------------------------------------------------------- the time loops
+    # Two skeletons, each a forward and a backward loop, written once:
+    # - one recurrent product per step (RNN, LSTM, GRU, diagonal peephole):
+    #   a = h Uᵀ + bias for all rows, then each active row's cell function;
+    # - two dependent products per step (GRU reset-before: U_n (r ⊙ h); full
+    #   peephole: P_o c'): a first row function forms the second product's
+    #   input q, the product runs over all rows, a second row function ends
+    #   the step.
+    # The cell-specific work is done by row functions (below), one call per
+    # active (step, batch row); `_loop` compiles a skeleton for one cell, so
+    # each cell gets its own machine code with the row functions inlined.
+    #
+    # Shared shapes: xg [T,B,G*H] = x W_ihᵀ; state (h,) or (h, c), [B,H] each,
+    # updated in place; y [T,B,H]; saved: the cell's arrays for backward,
+    # [T,B,.] in training and one-step scratch [1,B,.] in inference (index ts);
+    # cellw: the cell's extra weights and workspaces; backward's carry: (dh,)
+    # plus the cell's other carried gradients, [B,H] each, in place; grads,
+    # dbias: the gate-gradient arrays [T,B,G*H] (zero where padded) and their
+    # float64 column sums.
+
+    CELL = ""   # the registry name a copy of a skeleton is compiled for (see _loop)
+
+    @njit(inline="always")
+    def _time(L, s, reverse):
+        """The time step row b works on at loop step s (-1: padded, skip)."""
+        if s >= L:
+            return -1
+        return L - 1 - s if reverse else s
+
+    def _fwd1(xg, state, w_hhT, bias, cellw, lengths, reverse, training, y, saved, b0, b1):
+        h = state[0]
+        T, B, G = xg.shape
+        a = np.empty((B, G), xg.dtype)                  # a: [B,G*H] = h Uᵀ + bias
         for s in range(T):
             _fill_rows(a[b0:b1], bias)
             mm(h[b0:b1], w_hhT, a[b0:b1], False, 1.0)
             for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                xr = xg[t, b]
-                ar = a[b]
-                hb = h[b]
-                if training:
-                    hprev[t, b, :] = hb
-                if relu:
-                    for j in range(H):
-                        hb[j] = rnn_relu_step(xr[j] + ar[j])
-                else:
-                    for j in range(H):
-                        hb[j] = rnn_tanh_step(xr[j] + ar[j])
-                y[t, b, :] = hb
-                if training:
-                    hout[t, b, :] = hb
+                t = _time(lengths[b], s, reverse)
+                if t >= 0:
+                    _row(CELL, "fwd", xg[t, b], a[b], a[b], state, cellw, saved, y[t, b],
+                         t if training else 0, b)
 
-    @njit(**_OPTS)
-    def _rnn_bwd(hout, w_hh, lengths, reverse, relu, dy, dh, dg, dbias, b0, b1):
-        # hout: [T,B,H] saved h';  dy: [T,B,H];  dh: [B,H] carry (in: dh_n, out: dh0)
-        # dg: [T,B,H] out: gradient of the pre-activation (zero where padded);  dbias: [H] f8 acc
-        T, B, H = hout.shape
-        g = np.zeros((B, H), hout.dtype)                # g: [B,H] this step's da
-        u = np.empty((B, H), hout.dtype)                # u: [B,H] = g U
-        for s in range(T - 1, -1, -1):
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                hn = hout[t, b]
-                dyr = dy[t, b]
-                dhb = dh[b]
-                gb = g[b]
-                if relu:
-                    for j in range(H):
-                        gb[j] = rnn_relu_grad(hn[j], dyr[j] + dhb[j])
-                else:
-                    for j in range(H):
-                        gb[j] = rnn_tanh_grad(hn[j], dyr[j] + dhb[j])
-                dg[t, b, :] = gb
-                _acc(dbias, gb)
-            mm(g[b0:b1], w_hh, u[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                if s < lengths[b]:
-                    dh[b, :] = u[b]
-
-    # ----------------------------------------------------------- LSTM
-    @njit(**_OPTS)
-    def _lstm_fwd(xg, h, c, w_hhT, bias, lengths, reverse, training, y, act, cprev, ctanh, hprev,
-                  b0, b1):
-        # xg: [T,B,4H] = x W_ihᵀ (gates i,f,g,o);  h, c: [B,H] state
-        # w_hhT: [H,4H] = U^T;  bias: [4H] = b_ih + b_hh;  y: [T,B,H] (zero where padded)
-        # training: act [T,B,4H] (i,f,g,o), cprev, ctanh (tanh c'), hprev [T,B,H]
-        T, B, G = xg.shape
-        H = G // 4
-        a = np.empty((B, G), xg.dtype)                  # a: [B,4H] = h U^T + bias
+    def _fwd2(xg, state, w_hhT, bias, w2T, bias2, cellw, lengths, reverse, training, y, saved,
+              b0, b1):
+        h = state[0]
+        T, B, _ = xg.shape
+        a = np.empty((B, w_hhT.shape[1]), xg.dtype)     # a: first product + bias
+        q = np.zeros((B, w2T.shape[0]), xg.dtype)       # q: the second product's input
+        a2 = np.empty((B, w2T.shape[1]), xg.dtype)      # a2: = q w2ᵀ + bias2
         for s in range(T):
             _fill_rows(a[b0:b1], bias)
             mm(h[b0:b1], w_hhT, a[b0:b1], False, 1.0)
+            _pre(CELL, state, cellw, b0, b1)
             for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                xr = xg[t, b]
-                ar = a[b]
-                xi, xf, xc, xo = xr[:H], xr[H:2 * H], xr[2 * H:3 * H], xr[3 * H:]
-                ai, af, ac, ao = ar[:H], ar[H:2 * H], ar[2 * H:3 * H], ar[3 * H:]
-                hb = h[b]
-                cb = c[b]
-                yb = y[t, b]
-                if training:
-                    hprev[t, b, :] = hb
-                    cprev[t, b, :] = cb
-                    gr = act[t, b]
-                    gi, gf, gc, go = gr[:H], gr[H:2 * H], gr[2 * H:3 * H], gr[3 * H:]
-                    tcb = ctanh[t, b]
-                    for j in range(H):
-                        i, f, g, o, cn, tc, hn = lstm_step(
-                            xi[j] + ai[j], xf[j] + af[j], xc[j] + ac[j], xo[j] + ao[j], cb[j])
-                        gi[j] = i
-                        gf[j] = f
-                        gc[j] = g
-                        go[j] = o
-                        tcb[j] = tc
-                        cb[j] = cn
-                        hb[j] = hn
-                        yb[j] = hn
-                else:
-                    for j in range(H):
-                        i, f, g, o, cn, tc, hn = lstm_step(
-                            xi[j] + ai[j], xf[j] + af[j], xc[j] + ac[j], xo[j] + ao[j], cb[j])
-                        cb[j] = cn
-                        hb[j] = hn
-                        yb[j] = hn
+                t = _time(lengths[b], s, reverse)
+                if t >= 0:
+                    _row(CELL, "fwd1", xg[t, b], a[b], q[b], state, cellw, saved, y[t, b],
+                         t if training else 0, b)
+            _fill_rows(a2[b0:b1], bias2)
+            mm(q[b0:b1], w2T, a2[b0:b1], False, 1.0)
+            for b in range(b0, b1):
+                t = _time(lengths[b], s, reverse)
+                if t >= 0:
+                    _row2(CELL, xg[t, b], a[b], a2[b], q[b], state, cellw, saved, y[t, b],
+                          t if training else 0, b)
 
-    @njit(**_OPTS)
-    def _lstm_bwd(act, cprev, ctanh, w_hh, lengths, reverse, dy, dh, dc, dg, dbias, b0, b1):
-        # act: [T,B,4H];  cprev, ctanh: [T,B,H];  w_hh: [4H,H];  dy: [T,B,H]
-        # dh, dc: [B,H] carries (in: dh_n, dc_n; out: dh0, dc0)
-        # dg: [T,B,4H] out (zero where padded);  dbias: [4H] float64 accumulator
-        T, B, G = act.shape
-        H = G // 4
-        g = np.zeros((B, G), act.dtype)                 # g: [B,4H] this step's gate grads
-        u = np.empty((B, H), act.dtype)                 # u: [B,H] = g U
+    def _bwd1(saved, w_hh, cellw, lengths, reverse, dy, carry, grads, dbias, b0, b1):
+        T, B, H = dy.shape
+        g = np.zeros((B, w_hh.shape[0]), dy.dtype)      # g: [B,G*H] this step's gate grads
+        u = np.empty((B, H), dy.dtype)                  # u: [B,H] = g U
         for s in range(T - 1, -1, -1):
             for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                gr = act[t, b]
-                ri, rf, rc, ro = gr[:H], gr[H:2 * H], gr[2 * H:3 * H], gr[3 * H:]
-                cp = cprev[t, b]
-                tcb = ctanh[t, b]
-                dyr = dy[t, b]
-                dhb = dh[b]
-                dcb = dc[b]
-                gb = g[b]
-                di, df, dcg, do = gb[:H], gb[H:2 * H], gb[2 * H:3 * H], gb[3 * H:]
-                for j in range(H):
-                    dai, daf, dag, dao, dcp = lstm_grad(
-                        ri[j], rf[j], rc[j], ro[j], tcb[j], cp[j], dyr[j] + dhb[j], dcb[j])
-                    di[j] = dai
-                    df[j] = daf
-                    dcg[j] = dag
-                    do[j] = dao
-                    dcb[j] = dcp
-                dg[t, b, :] = gb
-                _acc(dbias, gb)
+                t = _time(lengths[b], s, reverse)
+                if t >= 0:
+                    _grad(CELL, "bwd", saved, cellw, dy[t, b], g[b], g[b], carry, grads, dbias, t, b)
             mm(g[b0:b1], w_hh, u[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                if s < lengths[b]:
-                    dh[b, :] = u[b]
+            _carry(CELL, u, carry, lengths, s, b0, b1)
 
-    # ----------------------------------------------------------- GRU, reset_after=True
-    @njit(**_OPTS)
-    def _gru_fwd(xg, h, w_hhT, bias, b_in, lengths, reverse, training, y, act, anh, hprev,
-                 b0, b1):
-        # xg: [T,B,3H] = x W_ihᵀ;  h: [B,H];  w_hhT: [H,3H] = U^T
-        # bias: [3H] = (b_ir + b_hr, b_iz + b_hz, b_hn), added to U h;  b_in: [H]
-        # y: [T,B,H] (zero where padded)
-        # training: act [T,B,3H] (r,z,n), anh [T,B,H] (U_n h + b_hn), hprev [T,B,H]
-        T, B, G = xg.shape
-        H = G // 3
-        a = np.empty((B, G), xg.dtype)                  # a: [B,3H] = h U^T + bias
-        for s in range(T):
-            _fill_rows(a[b0:b1], bias)
-            mm(h[b0:b1], w_hhT, a[b0:b1], False, 1.0)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                xr = xg[t, b]
-                ar = a[b]
-                xrr, xz, xn = xr[:H], xr[H:2 * H], xr[2 * H:]
-                arr, az, an = ar[:H], ar[H:2 * H], ar[2 * H:]
-                hb = h[b]
-                yb = y[t, b]
-                if training:
-                    hprev[t, b, :] = hb
-                    gr = act[t, b]
-                    r_out, z_out, n_out = gr[:H], gr[H:2 * H], gr[2 * H:]
-                    anb = anh[t, b]
-                    for j in range(H):
-                        anj = an[j]
-                        r, z, n, hn = gru_step(xrr[j] + arr[j], xz[j] + az[j], xn[j] + b_in[j],
-                                               anj, hb[j])
-                        r_out[j] = r
-                        z_out[j] = z
-                        n_out[j] = n
-                        anb[j] = anj
-                        hb[j] = hn
-                        yb[j] = hn
-                else:
-                    for j in range(H):
-                        r, z, n, hn = gru_step(xrr[j] + arr[j], xz[j] + az[j], xn[j] + b_in[j],
-                                               an[j], hb[j])
-                        hb[j] = hn
-                        yb[j] = hn
-
-    @njit(**_OPTS)
-    def _gru_bwd(act, anh, hprev, w_hh, lengths, reverse, dy, dh, dgx, dgh, dbx, dbh, b0, b1):
-        # act: [T,B,3H];  anh, hprev: [T,B,H];  w_hh: [3H,H];  dy: [T,B,H]
-        # dh: [B,H] carry (in: dh_n, out: dh0)
-        # dgx: [T,B,3H] zeros, out: grads of the input-side pre-activations (r, z, n_x)
-        # dgh: [T,B,3H] zeros, out: grads of the recurrent-side ones (r, z, n_h)
-        # dbx, dbh: [3H] float64 accumulators of their sums (db_ih, db_hh)
-        T, B, G = act.shape
-        H = G // 3
-        g = np.zeros((B, G), act.dtype)                 # g: [B,3H] recurrent-side grads
-        direct = np.zeros((B, H), act.dtype)            # dh_prev not through U
-        u = np.empty((B, H), act.dtype)                 # u: [B,H] = g U
+    def _bwd2(saved, w_hh, w2, lo2, cellw, lengths, reverse, dy, carry, grads, dbias, b0, b1):
+        # the second product's gradient: q2 = g[:, lo2:lo2+H] w2, before the first
+        # product's (g[:, :w_hh.shape[0]] U)
+        T, B, H = dy.shape
+        G = grads[0].shape[2]
+        g = np.zeros((B, G), dy.dtype)
+        q2 = np.empty((B, w2.shape[1]), dy.dtype)
+        u = np.empty((B, H), dy.dtype)
+        n1 = w_hh.shape[0]
         for s in range(T - 1, -1, -1):
             for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                gr = act[t, b]
-                rr, rz, rn = gr[:H], gr[H:2 * H], gr[2 * H:]
-                anb = anh[t, b]
-                hp = hprev[t, b]
-                dyr = dy[t, b]
-                dhb = dh[b]
-                db = direct[b]
-                gb = g[b]
-                gxr = dgx[t, b]
-                dr, dz, dnh = gb[:H], gb[H:2 * H], gb[2 * H:]
-                dnx = gxr[2 * H:]
-                for j in range(H):
-                    dar, daz, danx, danh, dhp = gru_grad(
-                        rr[j], rz[j], rn[j], anb[j], hp[j], dyr[j] + dhb[j])
-                    dr[j] = dar
-                    dz[j] = daz
-                    dnh[j] = danh
-                    dnx[j] = danx
-                    db[j] = dhp
-                gxr[:2 * H] = gb[:2 * H]
-                dgh[t, b, :] = gb
-                _acc(dbx, gxr)
-                _acc(dbh, gb)
-            mm(g[b0:b1], w_hh, u[b0:b1], False, 0.0)
+                t = _time(lengths[b], s, reverse)
+                if t >= 0:
+                    _grad(CELL, "bwd1", saved, cellw, dy[t, b], g[b], g[b], carry, grads, dbias, t, b)
+            mm(g[b0:b1, lo2:lo2 + w2.shape[0]], w2, q2[b0:b1], False, 0.0)
             for b in range(b0, b1):
-                if s < lengths[b]:
-                    dhb = dh[b]
-                    ub = u[b]
-                    db = direct[b]
-                    for j in range(H):
-                        dhb[j] = ub[j] + db[j]
+                t = _time(lengths[b], s, reverse)
+                if t >= 0:
+                    _grad(CELL, "bwd2", saved, cellw, dy[t, b], q2[b], g[b], carry, grads, dbias, t, b)
+            _post(CELL, g, cellw, carry, lengths, s, b0, b1)
+            mm(g[b0:b1, :n1], w_hh, u[b0:b1], False, 0.0)
+            _carry(CELL, u, carry, lengths, s, b0, b1)
 
-    # ----------------------------------------------------------- GRU, reset_after=False
-    @njit(**_OPTS)
-    def _grurb_fwd(xg, h, w_rzT, w_nT, bias, lengths, reverse, training, y, act, rh, hprev,
-                   b0, b1):
-        # xg: [T,B,3H] = x W_ihᵀ;  h: [B,H];  bias: [3H] = b_ih + b_hh (all additive)
-        # w_rzT: [H,2H] = [U_r;U_z]^T;  w_nT: [H,H] = U_n^T;  y: [T,B,H] (zero where padded)
-        # training: act [T,B,3H] (r,z,n), rh [T,B,H] (r ⊙ h), hprev [T,B,H]
-        T, B, G = xg.shape
-        H = G // 3
-        a = np.empty((B, 2 * H), xg.dtype)              # a: [B,2H] = h [U_r;U_z]^T + b
-        q = np.zeros((B, H), xg.dtype)                  # q: [B,H] = r ⊙ h
-        zb_ = np.empty((B, H), xg.dtype)                # z this step
-        an = np.empty((B, H), xg.dtype)                 # an: [B,H] = (r h) U_n^T + b_n
-        b_rz, b_n = bias[:2 * H], bias[2 * H:]
-        for s in range(T):
-            _fill_rows(a[b0:b1], b_rz)
-            mm(h[b0:b1], w_rzT, a[b0:b1], False, 1.0)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                xr = xg[t, b]
-                xrr, xz = xr[:H], xr[H:2 * H]
-                ar = a[b]
-                arr, az = ar[:H], ar[H:]
-                hb = h[b]
-                qb = q[b]
-                zr = zb_[b]
-                if training:
-                    hprev[t, b, :] = hb
-                    gr = act[t, b]
-                    r_out = gr[:H]
-                    for j in range(H):
-                        r, z = gru_reset_before_gates(xrr[j] + arr[j], xz[j] + az[j])
-                        r_out[j] = r
-                        zr[j] = z
-                        qb[j] = r * hb[j]
-                    gr[H:2 * H] = zr
-                    rh[t, b, :] = qb
-                else:
-                    for j in range(H):
-                        r, z = gru_reset_before_gates(xrr[j] + arr[j], xz[j] + az[j])
-                        zr[j] = z
-                        qb[j] = r * hb[j]
-            _fill_rows(an[b0:b1], b_n)
-            mm(q[b0:b1], w_nT, an[b0:b1], False, 1.0)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                xn = xg[t, b, 2 * H:]
-                anr = an[b]
-                zr = zb_[b]
-                hb = h[b]
-                yb = y[t, b]
-                if training:
-                    n_out = act[t, b, 2 * H:]
-                    for j in range(H):
-                        n, hn = gru_reset_before_step(xn[j] + anr[j], zr[j], hb[j])
-                        n_out[j] = n
-                        hb[j] = hn
-                        yb[j] = hn
-                else:
-                    for j in range(H):
-                        n, hn = gru_reset_before_step(xn[j] + anr[j], zr[j], hb[j])
-                        hb[j] = hn
-                        yb[j] = hn
+    # ----------------------------------------------------------- row functions
+    # Forward: row(xr [G*H], ar, qr, state, cellw, saved, yr [H], ts, b) with
+    # xr, ar this row's input product and first product (+ bias); qr the
+    # second product's input (phase 1 of a two-product cell writes it).
+    # Phase 2 of a two-product cell: row2(xr, ar, a2r, qr, ...).
+    # Backward: grad(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b) with
+    # gr [G*H] this row's gate gradients (written), vr the second product's
+    # gradient (phase 2 only).
+    # They take tuples apart by index (``saved[0]``), never by unpacking
+    # (``act, hprev = saved``): with Numba 0.6x's inliner an unpacked argument
+    # tuple followed by a nested inline call compiled to code that silently
+    # left the saved arrays unwritten (tests/test_cpu_kernels.py caught it).
 
-    @njit(**_OPTS)
-    def _grurb_bwd(act, hprev, w_rz, w_n, lengths, reverse, dy, dh, dg, dbias, b0, b1):
-        # act: [T,B,3H] (r,z,n);  hprev: [T,B,H];  w_rz: [2H,H];  w_n: [H,H];  dy: [T,B,H]
-        # dh: [B,H] carry (in: dh_n, out: dh0);  dg: [T,B,3H] out (dar, daz, dan), zero
-        # where padded;  dbias: [3H] float64 accumulator
-        T, B, G = act.shape
-        H = G // 3
-        grz = np.zeros((B, 2 * H), act.dtype)           # grz: [B,2H] (dar, daz)
-        gn = np.zeros((B, H), act.dtype)                # gn: [B,H] dan
-        drh = np.empty((B, H), act.dtype)               # drh: [B,H] = gn U_n
-        direct = np.zeros((B, H), act.dtype)
-        u = np.empty((B, H), act.dtype)                 # u: [B,H] = grz [U_r;U_z]
-        for s in range(T - 1, -1, -1):
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                gr = act[t, b]
-                rz, rn = gr[H:2 * H], gr[2 * H:]
-                hp = hprev[t, b]
-                dyr = dy[t, b]
-                dhb = dh[b]
-                gnb = gn[b]
-                dz = grz[b, H:]
-                db = direct[b]
-                for j in range(H):
-                    dan, daz, dhp = gru_reset_before_grad_n(rz[j], rn[j], hp[j], dyr[j] + dhb[j])
-                    gnb[j] = dan
-                    dz[j] = daz
-                    db[j] = dhp
-            mm(gn[b0:b1], w_n, drh[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                rr = act[t, b, :H]
-                hp = hprev[t, b]
-                dq = drh[b]
-                dr = grz[b, :H]
-                db = direct[b]
-                for j in range(H):
-                    dar, dhp = gru_reset_before_grad_r(rr[j], hp[j], dq[j])
-                    dr[j] = dar
-                    db[j] += dhp
-                dg[t, b, :2 * H] = grz[b]
-                dg[t, b, 2 * H:] = gn[b]
-                _acc(dbias, dg[t, b])
-            mm(grz[b0:b1], w_rz, u[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                if s < lengths[b]:
-                    dhb = dh[b]
-                    ub = u[b]
-                    db = direct[b]
-                    for j in range(H):
-                        dhb[j] = ub[j] + db[j]
+    @njit(inline="always")
+    def _rnn_row(relu, xr, ar, state, saved, yr, ts, b):
+        # saved: hprev, hout [.,B,H] (h before and after the step)
+        hb = state[0][b]
+        saved[0][ts, b, :] = hb
+        for j in range(hb.shape[0]):
+            v = xr[j] + ar[j]
+            hb[j] = rnn_relu_step(v) if relu else rnn_tanh_step(v)
+        yr[:] = hb
+        saved[1][ts, b, :] = hb
 
-    # ----------------------------------------------------------- peephole LSTM
-    @njit(**_OPTS)
-    def _peep_fwd(xg, h, c, w_hhT, bias, pif, po, full, lengths, reverse, training, y,
-                  act, cprev, cnew, ctanh, hprev, b0, b1):
-        # xg: [T,B,4H] = x W_ihᵀ (i,f,g,o);  h, c: [B,H];  w_hhT: [H,4H] = U^T;  bias: [4H]
-        # diagonal: pif [3,H] = p_i, p_f, p_o (po unused)
-        # full: pif [H,2H] = [P_i;P_f]^T, po [H,H] = P_o^T;  y: [T,B,H] (zero where padded)
-        # training: act [T,B,4H]; cprev, cnew, ctanh, hprev [T,B,H]
-        T, B, G = xg.shape
-        H = G // 4
-        a = np.empty((B, G), xg.dtype)                  # a: [B,4H] = h U^T + bias
-        pc = np.zeros((B, 2 * H), xg.dtype)             # full: [B,2H] = c [P_i;P_f]^T
-        pco = np.zeros((B, H), xg.dtype)                # full: [B,H] = c' P_o^T
-        cn = c.copy()                                   # cn: [B,H] c' this step
-        gbuf = np.empty((B, G), xg.dtype)               # gates when not training
-        for s in range(T):
-            _fill_rows(a[b0:b1], bias)
-            mm(h[b0:b1], w_hhT, a[b0:b1], False, 1.0)
-            if full:
-                mm(c[b0:b1], pif, pc[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                xr = xg[t, b]
-                ar = a[b]
-                xi, xf, xc = xr[:H], xr[H:2 * H], xr[2 * H:3 * H]
-                ai, af, ac = ar[:H], ar[H:2 * H], ar[2 * H:3 * H]
-                cb = c[b]
-                cnb = cn[b]
-                gr = act[t, b] if training else gbuf[b]
-                gi, gf, gc = gr[:H], gr[H:2 * H], gr[2 * H:3 * H]
-                if training:
-                    hprev[t, b, :] = h[b]
-                    cprev[t, b, :] = cb
-                if full:
-                    pcb = pc[b]
-                    pci, pcf = pcb[:H], pcb[H:]
-                    for j in range(H):
-                        i, f, g, cj = peephole_cell(xi[j] + ai[j] + pci[j],
-                                                    xf[j] + af[j] + pcf[j], xc[j] + ac[j], cb[j])
-                        gi[j] = i
-                        gf[j] = f
-                        gc[j] = g
-                        cnb[j] = cj
-                else:
-                    p_i, p_f = pif[0], pif[1]
-                    for j in range(H):
-                        i, f, g, cj = peephole_cell(xi[j] + ai[j] + p_i[j] * cb[j],
-                                                    xf[j] + af[j] + p_f[j] * cb[j],
-                                                    xc[j] + ac[j], cb[j])
-                        gi[j] = i
-                        gf[j] = f
-                        gc[j] = g
-                        cnb[j] = cj
-            if full:
-                mm(cn[b0:b1], po, pco[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                xo = xg[t, b, 3 * H:]
-                ao = a[b, 3 * H:]
-                cnb = cn[b]
-                hb = h[b]
-                yb = y[t, b]
-                go = act[t, b, 3 * H:] if training else gbuf[b, 3 * H:]
-                tcb = ctanh[t, b] if training else gbuf[b, :H]
-                if full:
-                    pob = pco[b]
-                    for j in range(H):
-                        o, tc, hn = peephole_out(xo[j] + ao[j] + pob[j], cnb[j])
-                        go[j] = o
-                        tcb[j] = tc
-                        hb[j] = hn
-                        yb[j] = hn
-                else:
-                    p_o = pif[2]
-                    for j in range(H):
-                        o, tc, hn = peephole_out(xo[j] + ao[j] + p_o[j] * cnb[j], cnb[j])
-                        go[j] = o
-                        tcb[j] = tc
-                        hb[j] = hn
-                        yb[j] = hn
-                c[b, :] = cnb
-                if training:
-                    cnew[t, b, :] = cnb
+    @njit(inline="always")
+    def _rnn_tanh_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+        _rnn_row(False, xr, ar, state, saved, yr, ts, b)
 
-    @njit(**_OPTS)
-    def _peep_bwd(act, cprev, ctanh, w_hh, peep, full, lengths, reverse, dy, dh, dc, dg, dbias,
-                  b0, b1):
-        # act: [T,B,4H];  cprev, ctanh: [T,B,H];  w_hh: [4H,H];  peep: [3,H] | [3,H,H]
-        # dy: [T,B,H];  dh, dc: [B,H] carries;  dg: [T,B,4H] out (zero where padded)
-        # dbias: [4H] float64 accumulator
-        T, B, G = act.shape
-        H = G // 4
-        g = np.zeros((B, G), act.dtype)                 # g: [B,4H] gate grads
-        dct = np.zeros((B, H), act.dtype)               # dL/dc' before the o peephole (full)
-        qo = np.zeros((B, H), act.dtype)                # full: [B,H] = dao P_o
-        qif = np.zeros((B, H), act.dtype)               # full: [B,H] = [dai,daf] [P_i;P_f]
-        u = np.empty((B, H), act.dtype)                 # u: [B,H] = g U
-        pd = peep.reshape((3, -1))
-        for s in range(T - 1, -1, -1):
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                ro = act[t, b, 3 * H:]
-                tcb = ctanh[t, b]
-                dyr = dy[t, b]
-                dhb = dh[b]
-                dcb = dc[b]
-                do = g[b, 3 * H:]
-                dtb = dct[b]
-                for j in range(H):
-                    dao, dch = peephole_grad_out(ro[j], tcb[j], dyr[j] + dhb[j])
-                    do[j] = dao
-                    dtb[j] = dcb[j] + dch
-            if full:
-                mm(g[b0:b1, 3 * H:], pd[2].reshape((H, H)), qo[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                L = lengths[b]
-                if s >= L:
-                    continue
-                t = L - 1 - s if reverse else s
-                gr = act[t, b]
-                ri, rf, rc = gr[:H], gr[H:2 * H], gr[2 * H:3 * H]
-                cp = cprev[t, b]
-                gb = g[b]
-                di, df, dcg, do = gb[:H], gb[H:2 * H], gb[2 * H:3 * H], gb[3 * H:]
-                dtb = dct[b]
-                dcb = dc[b]
-                if full:
-                    qob = qo[b]
-                    for j in range(H):
-                        dai, daf, dag, dcp = peephole_grad_cell(ri[j], rf[j], rc[j], cp[j],
-                                                                dtb[j] + qob[j])
-                        di[j] = dai
-                        df[j] = daf
-                        dcg[j] = dag
-                        dcb[j] = dcp
-                else:
-                    p_i, p_f, p_o = pd[0], pd[1], pd[2]
-                    for j in range(H):
-                        dai, daf, dag, dcp = peephole_grad_cell(ri[j], rf[j], rc[j], cp[j],
-                                                                dtb[j] + do[j] * p_o[j])
-                        di[j] = dai
-                        df[j] = daf
-                        dcg[j] = dag
-                        dcb[j] = dcp + dai * p_i[j] + daf * p_f[j]
-                dg[t, b, :] = gb
-                _acc(dbias, gb)
-            if full:
-                mm(g[b0:b1, :2 * H], pd[:2].reshape((2 * H, H)), qif[b0:b1], False, 0.0)
-                for b in range(b0, b1):
-                    if s < lengths[b]:
-                        dcb = dc[b]
-                        qb = qif[b]
-                        for j in range(H):
-                            dcb[j] += qb[j]
-            mm(g[b0:b1], w_hh, u[b0:b1], False, 0.0)
-            for b in range(b0, b1):
-                if s < lengths[b]:
-                    dh[b, :] = u[b]
+    @njit(inline="always")
+    def _rnn_relu_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+        _rnn_row(True, xr, ar, state, saved, yr, ts, b)
+
+    @njit(inline="always")
+    def _rnn_grad(relu, saved, dyr, gr, carry, grads, dbias, t, b):
+        hn = saved[1][t, b]
+        dhb = carry[0][b]
+        for j in range(gr.shape[0]):
+            d = dyr[j] + dhb[j]
+            gr[j] = rnn_relu_grad(hn[j], d) if relu else rnn_tanh_grad(hn[j], d)
+        grads[0][t, b, :] = gr
+        _acc(dbias[0], gr)
+
+    @njit(inline="always")
+    def _rnn_tanh_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        _rnn_grad(False, saved, dyr, gr, carry, grads, dbias, t, b)
+
+    @njit(inline="always")
+    def _rnn_relu_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        _rnn_grad(True, saved, dyr, gr, carry, grads, dbias, t, b)
+
+    # The LSTM family saves act [.,B,4H] (i,f,g,o), cprev, ctanh (tanh c'),
+    # hprev [.,B,H], and the peephole cells cnew (c') after them.
+    @njit(inline="always")
+    def _lstm_save(state, saved, ts, b):
+        """Save h and c before the step; this row's gate and tanh c' slots."""
+        saved[3][ts, b, :] = state[0][b]
+        saved[1][ts, b, :] = state[1][b]
+        return saved[0][ts, b], saved[2][ts, b]
+
+    @njit(inline="always")
+    def _lstm_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+        gr, tcb = _lstm_save(state, saved, ts, b)
+        hb = state[0][b]
+        cb = state[1][b]
+        H = hb.shape[0]
+        for j in range(H):
+            i, f, g, o, cn, tc, hn = lstm_step(xr[j] + ar[j], xr[H + j] + ar[H + j],
+                                               xr[2 * H + j] + ar[2 * H + j],
+                                               xr[3 * H + j] + ar[3 * H + j], cb[j])
+            gr[j] = i
+            gr[H + j] = f
+            gr[2 * H + j] = g
+            gr[3 * H + j] = o
+            tcb[j] = tc
+            cb[j] = cn
+            hb[j] = hn
+            yr[j] = hn
+
+    @njit(inline="always")
+    def _lstm_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        ar = saved[0][t, b]
+        cp = saved[1][t, b]
+        tcb = saved[2][t, b]
+        dhb = carry[0][b]
+        dcb = carry[1][b]
+        H = dhb.shape[0]
+        for j in range(H):
+            dai, daf, dag, dao, dcp = lstm_grad(ar[j], ar[H + j], ar[2 * H + j], ar[3 * H + j],
+                                                tcb[j], cp[j], dyr[j] + dhb[j], dcb[j])
+            gr[j] = dai
+            gr[H + j] = daf
+            gr[2 * H + j] = dag
+            gr[3 * H + j] = dao
+            dcb[j] = dcp
+        grads[0][t, b, :] = gr
+        _acc(dbias[0], gr)
+
+    @njit(inline="always")
+    def _gru_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+        # reset_after: n = tanh(x_n + b_in + r ⊙ (U_n h + b_hn)); cellw: (b_in,)
+        # saved: act [.,B,3H] (r,z,n), anh [.,B,H] (U_n h + b_hn), hprev
+        b_in = cellw[0]
+        hb = state[0][b]
+        H = hb.shape[0]
+        saved[2][ts, b, :] = hb
+        gr = saved[0][ts, b]
+        anb = saved[1][ts, b]
+        for j in range(H):
+            an = ar[2 * H + j]
+            r, z, n, hn = gru_step(xr[j] + ar[j], xr[H + j] + ar[H + j],
+                                   xr[2 * H + j] + b_in[j], an, hb[j])
+            gr[j] = r
+            gr[H + j] = z
+            gr[2 * H + j] = n
+            anb[j] = an
+            hb[j] = hn
+            yr[j] = hn
+
+    @njit(inline="always")
+    def _gru_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        # carry: (dh, direct) with direct the part of dh_prev not through U
+        # grads: (dgx, dgh) input-side (r, z, n_x) and recurrent-side (r, z, n_h)
+        ar = saved[0][t, b]
+        anb = saved[1][t, b]
+        hp = saved[2][t, b]
+        dhb = carry[0][b]
+        db = carry[1][b]
+        gx = grads[0][t, b]
+        H = dhb.shape[0]
+        for j in range(H):
+            dar, daz, danx, danh, dhp = gru_grad(ar[j], ar[H + j], ar[2 * H + j], anb[j], hp[j],
+                                                 dyr[j] + dhb[j])
+            gr[j] = dar
+            gr[H + j] = daz
+            gr[2 * H + j] = danh
+            gx[j] = dar
+            gx[H + j] = daz
+            gx[2 * H + j] = danx
+            db[j] = dhp
+        grads[1][t, b, :] = gr
+        _acc(dbias[0], gx)
+        _acc(dbias[1], gr)
+
+    @njit(inline="always")
+    def _gru_rb_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+        # reset_before, phase 1: r, z from a = h [U_r;U_z]ᵀ + b; q = r ⊙ h
+        # saved: act [.,B,3H] (r,z,n), rh [.,B,H] (r ⊙ h), hprev
+        hb = state[0][b]
+        H = hb.shape[0]
+        saved[2][ts, b, :] = hb
+        gr = saved[0][ts, b]
+        for j in range(H):
+            r, z = gru_reset_before_gates(xr[j] + ar[j], xr[H + j] + ar[H + j])
+            gr[j] = r
+            gr[H + j] = z
+            qr[j] = r * hb[j]
+        saved[1][ts, b, :] = qr
+
+    @njit(inline="always")
+    def _gru_rb_fwd2(xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+        # phase 2: n = tanh(x_n + (r ⊙ h) U_nᵀ + b_n), h' = (1 - z) n + z h
+        gr = saved[0][ts, b]
+        hb = state[0][b]
+        H = hb.shape[0]
+        for j in range(H):
+            n, hn = gru_reset_before_step(xr[2 * H + j] + a2r[j], gr[H + j], hb[j])
+            gr[2 * H + j] = n
+            hb[j] = hn
+            yr[j] = hn
+
+    @njit(inline="always")
+    def _gru_rb_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        # phase 1: dan (the second product's input), daz, the direct dh_prev
+        ar = saved[0][t, b]
+        hp = saved[2][t, b]
+        dhb = carry[0][b]
+        db = carry[1][b]
+        H = dhb.shape[0]
+        for j in range(H):
+            dan, daz, dhp = gru_reset_before_grad_n(ar[H + j], ar[2 * H + j], hp[j],
+                                                    dyr[j] + dhb[j])
+            gr[2 * H + j] = dan
+            gr[H + j] = daz
+            db[j] = dhp
+
+    @njit(inline="always")
+    def _gru_rb_bwd2(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        # phase 2: vr = dan U_n = dL/d(r ⊙ h) -> dar and the rest of dh_prev
+        ar = saved[0][t, b]
+        hp = saved[2][t, b]
+        db = carry[1][b]
+        for j in range(db.shape[0]):
+            dar, dhp = gru_reset_before_grad_r(ar[j], hp[j], vr[j])
+            gr[j] = dar
+            db[j] += dhp
+        grads[0][t, b, :] = gr
+        _acc(dbias[0], gr)
+
+    @njit(inline="always")
+    def _peep_diag_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+        # cellw: (peep [3,H] = p_i, p_f, p_o,)
+        gr, tcb = _lstm_save(state, saved, ts, b)
+        p = cellw[0]
+        hb = state[0][b]
+        cb = state[1][b]
+        H = hb.shape[0]
+        for j in range(H):
+            cj = cb[j]
+            i, f, g, cn = peephole_cell(xr[j] + ar[j] + p[0, j] * cj,
+                                        xr[H + j] + ar[H + j] + p[1, j] * cj,
+                                        xr[2 * H + j] + ar[2 * H + j], cj)
+            o, tc, hn = peephole_out(xr[3 * H + j] + ar[3 * H + j] + p[2, j] * cn, cn)
+            gr[j] = i
+            gr[H + j] = f
+            gr[2 * H + j] = g
+            gr[3 * H + j] = o
+            tcb[j] = tc
+            cb[j] = cn
+            hb[j] = hn
+            yr[j] = hn
+        saved[4][ts, b, :] = cb
+
+    @njit(inline="always")
+    def _peep_diag_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        p = cellw[0]
+        ar = saved[0][t, b]
+        cp = saved[1][t, b]
+        tcb = saved[2][t, b]
+        dhb = carry[0][b]
+        dcb = carry[1][b]
+        H = dhb.shape[0]
+        for j in range(H):
+            dao, dch = peephole_grad_out(ar[3 * H + j], tcb[j], dyr[j] + dhb[j])
+            dai, daf, dag, dcp = peephole_grad_cell(ar[j], ar[H + j], ar[2 * H + j], cp[j],
+                                                    dcb[j] + dch + dao * p[2, j])
+            gr[j] = dai
+            gr[H + j] = daf
+            gr[2 * H + j] = dag
+            gr[3 * H + j] = dao
+            dcb[j] = dcp + dai * p[0, j] + daf * p[1, j]
+        grads[0][t, b, :] = gr
+        _acc(dbias[0], gr)
+
+    @njit(inline="always")
+    def _peep_full_pre(state, cellw, b0, b1):
+        # pc = c [P_i;P_f]ᵀ: the i, f gates' view of c (forward's cellw: pifT [H,2H], pc [B,2H])
+        mm(state[1][b0:b1], cellw[0], cellw[1][b0:b1], False, 0.0)
+
+    @njit(inline="always")
+    def _peep_full_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+        # phase 1: i, f, g and c' (the second product's input q = c')
+        gr, _ = _lstm_save(state, saved, ts, b)
+        pc = cellw[1][b]
+        cb = state[1][b]
+        H = cb.shape[0]
+        for j in range(H):
+            i, f, g, cn = peephole_cell(xr[j] + ar[j] + pc[j], xr[H + j] + ar[H + j] + pc[H + j],
+                                        xr[2 * H + j] + ar[2 * H + j], cb[j])
+            gr[j] = i
+            gr[H + j] = f
+            gr[2 * H + j] = g
+            qr[j] = cn
+
+    @njit(inline="always")
+    def _peep_full_fwd2(xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+        # phase 2: o sees c' through a2 = c' P_oᵀ
+        hb = state[0][b]
+        H = hb.shape[0]
+        gr = saved[0][ts, b]
+        tcb = saved[2][ts, b]
+        for j in range(H):
+            o, tc, hn = peephole_out(xr[3 * H + j] + ar[3 * H + j] + a2r[j], qr[j])
+            gr[3 * H + j] = o
+            tcb[j] = tc
+            hb[j] = hn
+            yr[j] = hn
+        state[1][b, :] = qr
+        saved[4][ts, b, :] = qr
+
+    @njit(inline="always")
+    def _peep_full_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        # phase 1: dao (the second product's input) and dL/dc' before the o peephole
+        # carry: (dh, dc, dct)
+        ar = saved[0][t, b]
+        tcb = saved[2][t, b]
+        dhb = carry[0][b]
+        dcb = carry[1][b]
+        dtb = carry[2][b]
+        H = dhb.shape[0]
+        for j in range(H):
+            dao, dch = peephole_grad_out(ar[3 * H + j], tcb[j], dyr[j] + dhb[j])
+            gr[3 * H + j] = dao
+            dtb[j] = dcb[j] + dch
+
+    @njit(inline="always")
+    def _peep_full_bwd2(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        # phase 2: vr = dao P_o joins dL/dc'; the i, f, g gradients and dc
+        ar = saved[0][t, b]
+        cp = saved[1][t, b]
+        dcb = carry[1][b]
+        dtb = carry[2][b]
+        H = dcb.shape[0]
+        for j in range(H):
+            dai, daf, dag, dcp = peephole_grad_cell(ar[j], ar[H + j], ar[2 * H + j], cp[j],
+                                                    dtb[j] + vr[j])
+            gr[j] = dai
+            gr[H + j] = daf
+            gr[2 * H + j] = dag
+            dcb[j] = dcp
+        grads[0][t, b, :] = gr
+        _acc(dbias[0], gr)
+
+    @njit(inline="always")
+    def _peep_full_post(g, cellw, carry, lengths, s, b0, b1):
+        # dc += [dai, daf] [P_i;P_f] (backward's cellw: pif [2H,H], qif [B,H])
+        pif = cellw[0]
+        qif = cellw[1]
+        mm(g[b0:b1, :pif.shape[0]], pif, qif[b0:b1], False, 0.0)
+        dc = carry[1]
+        for b in range(b0, b1):
+            if s < lengths[b]:
+                for j in range(dc.shape[1]):
+                    dc[b, j] += qif[b, j]
+
+    @njit(inline="always")
+    def _no_pre(state, cellw, b0, b1):
+        pass
+
+    @njit(inline="always")
+    def _no_post(g, cellw, carry, lengths, s, b0, b1):
+        pass
+
+    @njit(inline="always")
+    def _carry_u(u, carry, lengths, s, b0, b1):
+        """dh_prev = g U for the active rows."""
+        dh = carry[0]
+        for b in range(b0, b1):
+            if s < lengths[b]:
+                dh[b, :] = u[b]
+
+    @njit(inline="always")
+    def _carry_u_direct(u, carry, lengths, s, b0, b1):
+        """dh_prev = g U + the part not through U (GRU), for the active rows."""
+        dh = carry[0]
+        direct = carry[1]
+        for b in range(b0, b1):
+            if s < lengths[b]:
+                for j in range(dh.shape[1]):
+                    dh[b, j] = u[b, j] + direct[b, j]
+
+    # cell -> its row functions by role: "fwd"/"bwd" (one product per step) or
+    # "fwd1", "fwd2", "bwd1", "bwd2" (two), "carry", and the two-product hooks
+    # "pre" (before phase 1) and "post" (before the last backward product).
+    # `_row`, `_row2`, `_grad`, `_pre`, `_post`, `_carry` pick the function at
+    # compile time from the literal cell name the loop was made for.
+    _ROWS = {
+        "rnn_tanh": dict(fwd=_rnn_tanh_fwd, bwd=_rnn_tanh_bwd, carry=_carry_u),
+        "rnn_relu": dict(fwd=_rnn_relu_fwd, bwd=_rnn_relu_bwd, carry=_carry_u),
+        "lstm": dict(fwd=_lstm_fwd, bwd=_lstm_bwd, carry=_carry_u),
+        "gru": dict(fwd=_gru_fwd, bwd=_gru_bwd, carry=_carry_u_direct),
+        "peephole_diagonal": dict(fwd=_peep_diag_fwd, bwd=_peep_diag_bwd, carry=_carry_u),
+        "gru_reset_before": dict(fwd1=_gru_rb_fwd, fwd2=_gru_rb_fwd2, bwd1=_gru_rb_bwd,
+                                 bwd2=_gru_rb_bwd2, carry=_carry_u_direct, pre=_no_pre,
+                                 post=_no_post),
+        "peephole_full": dict(fwd1=_peep_full_fwd, fwd2=_peep_full_fwd2, bwd1=_peep_full_bwd,
+                              bwd2=_peep_full_bwd2, carry=_carry_u, pre=_peep_full_pre,
+                              post=_peep_full_post),
+    }
+
+    def _row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b):
+        raise NotImplementedError("compiled code only")
+
+    def _row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+        raise NotImplementedError("compiled code only")
+
+    def _grad(cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        raise NotImplementedError("compiled code only")
+
+    def _pre(cell, state, cellw, b0, b1):
+        raise NotImplementedError("compiled code only")
+
+    def _post(cell, g, cellw, carry, lengths, s, b0, b1):
+        raise NotImplementedError("compiled code only")
+
+    def _carry(cell, u, carry, lengths, s, b0, b1):
+        raise NotImplementedError("compiled code only")
+
+    def _pick(cell, role):
+        """The row function of ``cell`` (a literal) for ``role`` (a str or a literal)."""
+        role = getattr(role, "literal_value", role)
+        return _ROWS[cell.literal_value][role]
+
+    _LIT = types.StringLiteral
+
+    @overload(_row, inline="always")
+    def _ol_row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b):
+        if isinstance(cell, _LIT) and isinstance(role, _LIT):
+            fn = _pick(cell, role)
+            return lambda cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b: fn(
+                xr, ar, qr, state, cellw, saved, yr, ts, b)
+
+    @overload(_row2, inline="always")
+    def _ol_row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+        if isinstance(cell, _LIT):
+            fn = _pick(cell, "fwd2")
+            return lambda cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b: fn(
+                xr, ar, a2r, qr, state, cellw, saved, yr, ts, b)
+
+    @overload(_grad, inline="always")
+    def _ol_grad(cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
+        if isinstance(cell, _LIT) and isinstance(role, _LIT):
+            fn = _pick(cell, role)
+            return lambda cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b: fn(
+                saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b)
+
+    @overload(_pre, inline="always")
+    def _ol_pre(cell, state, cellw, b0, b1):
+        if isinstance(cell, _LIT):
+            fn = _pick(cell, "pre")
+            return lambda cell, state, cellw, b0, b1: fn(state, cellw, b0, b1)
+
+    @overload(_post, inline="always")
+    def _ol_post(cell, g, cellw, carry, lengths, s, b0, b1):
+        if isinstance(cell, _LIT):
+            fn = _pick(cell, "post")
+            return lambda cell, g, cellw, carry, lengths, s, b0, b1: fn(
+                g, cellw, carry, lengths, s, b0, b1)
+
+    @overload(_carry, inline="always")
+    def _ol_carry(cell, u, carry, lengths, s, b0, b1):
+        if isinstance(cell, _LIT):
+            fn = _pick(cell, "carry")
+            return lambda cell, u, carry, lengths, s, b0, b1: fn(u, carry, lengths, s, b0, b1)
+
+    def _loop(skeleton, cell):
+        """``skeleton`` compiled for ``cell`` (a registry name): a copy of the
+        function that reads ``cell`` from its global ``CELL`` (a compile-time
+        constant), under its own name, so Numba's on-disk cache keeps one file
+        per cell. (A closure over the row functions would recompile in every
+        new process: numba issue 6264.)"""
+        fn = _pytypes.FunctionType(skeleton.__code__, {**skeleton.__globals__, "CELL": cell},
+                                   f"{skeleton.__name__}_{cell}")
+        fn.__qualname__ = fn.__name__
+        return njit(**_OPTS)(fn)
+
+    #: cell -> (forward loop, backward loop): the one- or two-product skeleton
+    #: (the registry's ``products``) compiled for the cell, on first use
+    _LOOPS = {name: ((_loop(_fwd1, name), _loop(_bwd1, name)) if CELLS[name].products == 1
+                     else (_loop(_fwd2, name), _loop(_bwd2, name)))
+              for name in _ROWS}
 
 
 # --------------------------------------------------------------------------- Python side
@@ -1046,60 +1056,51 @@ def _forward(fam, cell, x, h0, c0, weights, lens, reverse, training, threads):
     y = np.zeros((T, B, H), dtype) if padded else np.empty((T, B, H), dtype)
 
     def keep(*shape, gemm=False):
-        """A saved array; zero-filled where padded rows enter the weight GEMMs."""
+        """A saved array [T, *shape], zero-filled where padded rows enter the weight
+        GEMMs; in inference one step's scratch [1, *shape] (the loops write it anyway)."""
         if not training:
-            return np.empty((1,) * len(shape), dtype)
-        return np.zeros(shape, dtype) if (padded and gemm) else np.empty(shape, dtype)
+            return np.empty((1,) + shape, dtype)
+        return (np.zeros if (padded and gemm) else np.empty)((T,) + shape, dtype)
 
-    # call(xg, lengths, reverse, y): one kernel launch over len(xg) steps
+    # the cell's state, extra weights (cellw), saved arrays and, for the cells with
+    # two dependent products per step, the second product's weights
     c = None
-    relu = cell.name == "rnn_relu"
-    if fam == "rnn":
-        hprev, hout = keep(T, B, H, gemm=True), keep(T, B, H)
-        saved = (hprev, hout)
-
-        def call(xg, L, rev, yv):
-            run(_rnn_fwd, xg, h, w_hhT, bias, L, rev, relu, training, yv, hprev, hout)
-    elif fam == "lstm":
+    state = (h,)
+    cellw = ()
+    name = cell.name
+    if cell.has_cell:
         c = np.array(c0, dtype=dtype, order="C", copy=True)
-        act, cprev, ctanh = keep(T, B, G * H), keep(T, B, H), keep(T, B, H)
-        hprev = keep(T, B, H, gemm=True)
-        saved = (act, cprev, ctanh, hprev)
-
-        def call(xg, L, rev, yv):
-            run(_lstm_fwd, xg, h, c, w_hhT, bias, L, rev, training, yv, act, cprev, ctanh, hprev)
-    elif fam == "gru":  # b_in stays outside r ⊙ (U_n h + b_hn)
+        state = (h, c)
+    if cell.family == "rnn":
+        saved = (keep(B, H, gemm=True), keep(B, H))                       # hprev, hout
+    elif name == "lstm":  # act, cprev, ctanh, hprev
+        saved = (keep(B, G * H), keep(B, H), keep(B, H), keep(B, H, gemm=True))
+    elif name == "gru":   # b_in stays outside r ⊙ (U_n h + b_hn)
         bias[2 * H:] = b_hh[2 * H:]
-        b_in = b_ih[2 * H:].copy()
-        act, anh, hprev = keep(T, B, G * H), keep(T, B, H), keep(T, B, H, gemm=True)
-        saved = (act, anh, hprev)
-
-        def call(xg, L, rev, yv):
-            run(_gru_fwd, xg, h, w_hhT, bias, b_in, L, rev, training, yv, act, anh, hprev)
-    elif fam == "grurb":
-        act, rh, hprev = keep(T, B, G * H), keep(T, B, H, gemm=True), keep(T, B, H, gemm=True)
-        w_rzT, w_nT = w_hhT[:, :2 * H].copy(), w_hhT[:, 2 * H:].copy()
-        saved = (act, rh, hprev)
-
-        def call(xg, L, rev, yv):
-            run(_grurb_fwd, xg, h, w_rzT, w_nT, bias, L, rev, training, yv, act, rh, hprev)
-    else:  # peephole
-        c = np.array(c0, dtype=dtype, order="C", copy=True)
-        full = cell.peephole == "full"
+        cellw = (b_ih[2 * H:].copy(),)
+        saved = (keep(B, G * H), keep(B, H), keep(B, H, gemm=True))      # act, anh, hprev
+    elif name == "gru_reset_before":
+        saved = (keep(B, G * H), keep(B, H, gemm=True), keep(B, H, gemm=True))   # act, rh, hprev
+        second = (w_hhT[:, 2 * H:].copy(), bias[2 * H:].copy())          # U_nᵀ, b_n
+        w_hhT, bias = w_hhT[:, :2 * H].copy(), bias[:2 * H].copy()       # [U_r;U_z]ᵀ, b_rz
+    else:                 # peephole: act, cprev, ctanh, hprev, cnew
         peep = _c(weights.peep, dtype)
-        act, ctanh = keep(T, B, G * H), keep(T, B, H)
-        cprev, cnew, hprev = (keep(T, B, H, gemm=True), keep(T, B, H, gemm=True),
-                              keep(T, B, H, gemm=True))
-        saved = (act, cprev, cnew, ctanh, hprev)
-        if full:  # [P_i;P_f]^T and P_o^T: NN GEMMs in the loop
-            pif = np.ascontiguousarray(np.concatenate([peep[0].T, peep[1].T], axis=1))
-            po = np.ascontiguousarray(peep[2].T)
-        else:
-            pif, po = peep, np.zeros((1, 1), dtype)
+        saved = (keep(B, G * H), keep(B, H, gemm=True), keep(B, H), keep(B, H, gemm=True),
+                 keep(B, H, gemm=True))
+        if cell.peephole == "diagonal":
+            cellw = (peep,)
+        else:             # [P_i;P_f]ᵀ and P_oᵀ: NN GEMMs in the loop
+            cellw = (np.ascontiguousarray(np.concatenate([peep[0].T, peep[1].T], axis=1)),
+                     np.empty((B, 2 * H), dtype))
+            second = (np.ascontiguousarray(peep[2].T), np.zeros(H, dtype))
+    fwd = _LOOPS[name][0]
 
-        def call(xg, L, rev, yv):
-            run(_peep_fwd, xg, h, c, w_hhT, bias, pif, po, full, L, rev, training, yv,
-                act, cprev, cnew, ctanh, hprev)
+    def call(xg, L, rev, yv):     # one launch over len(xg) steps
+        if cell.products == 1:
+            run(fwd, xg, state, w_hhT, bias, cellw, L, rev, training, yv, saved)
+        else:
+            run(fwd, xg, state, w_hhT, bias, second[0], second[1], cellw, L, rev, training, yv,
+                saved)
 
     def input_product(xs):                                  # xs: [n,B,I] -> [n,B,G*H]
         n = xs.shape[0]
@@ -1183,33 +1184,35 @@ def _backward(fam, cell, cache, dy, dh_n, dc_n, threads):
     dpeep = None
     dg = grad(T, B, G * H)
     dgh = dg
-    if fam == "rnn":
-        hprev, hout = cache.saved
-        relu = cell.name == "rnn_relu"
-        _run_rows(_rnn_bwd, rows, lambda k: (hout, w.w_hh, lens, reverse, relu, dy, dh, dg,
-                                             dbs[k]), threads, loop_flops)
-    elif fam == "lstm":
-        act, cprev, ctanh, hprev = cache.saved
+    name = cell.name
+    saved = cache.saved
+    hprev = saved[3] if cell.has_cell else saved[0] if cell.family == "rnn" else saved[2]
+    carry = (dh,)
+    cellw = ()
+    if cell.has_cell:
         dc = np.array(dc_n, dtype=dtype, order="C", copy=True)
-        _run_rows(_lstm_bwd, rows, lambda k: (act, cprev, ctanh, w.w_hh, lens, reverse, dy, dh,
-                                              dc, dg, dbs[k]), threads, loop_flops)
-    elif fam == "gru":
-        act, anh, hprev = cache.saved
+        carry = (dh, dc)
+    if cell.family == "gru":                           # dh_prev not through U
+        carry = (dh, np.zeros((B, H), dtype))
+    if name == "gru":
         dgh = grad(T, B, G * H)
         dbhs = [np.zeros(G * H) for _ in rows]
-        _run_rows(_gru_bwd, rows, lambda k: (act, anh, hprev, w.w_hh, lens, reverse, dy, dh, dg,
-                                             dgh, dbs[k], dbhs[k]), threads, loop_flops)
-    elif fam == "grurb":
-        act, rh, hprev = cache.saved
-        w_rz, w_n = w.w_hh[:2 * H], w.w_hh[2 * H:]
-        _run_rows(_grurb_bwd, rows, lambda k: (act, hprev, w_rz, w_n, lens, reverse, dy, dh, dg,
-                                               dbs[k]), threads, loop_flops)
+    if cell.peephole == "diagonal":
+        cellw = (w.peep,)
+    bwd = _LOOPS[name][1]
+    if cell.products == 1:
+        grads = (dg, dgh) if name == "gru" else (dg,)
+        _run_rows(bwd, rows, lambda k: (saved, w.w_hh, cellw, lens, reverse, dy, carry, grads,
+                                        (dbs[k], dbhs[k])), threads, loop_flops)
     else:
-        act, cprev, cnew, ctanh, hprev = cache.saved
-        dc = np.array(dc_n, dtype=dtype, order="C", copy=True)
-        full = cell.peephole == "full"
-        _run_rows(_peep_bwd, rows, lambda k: (act, cprev, ctanh, w.w_hh, w.peep, full, lens,
-                                              reverse, dy, dh, dc, dg, dbs[k]), threads, loop_flops)
+        if name == "gru_reset_before":                 # second product: dan U_n
+            w1, w2, lo2 = w.w_hh[:2 * H], w.w_hh[2 * H:], 2 * H
+        else:                                          # dao P_o; post: [dai,daf] [P_i;P_f]
+            w1, w2, lo2 = w.w_hh, w.peep[2], 3 * H
+            cellw = (np.ascontiguousarray(w.peep[:2].reshape(2 * H, H)), np.empty((B, H), dtype))
+            carry = (dh, dc, np.zeros((B, H), dtype))
+        _run_rows(bwd, rows, lambda k: (saved, w1, w2, lo2, cellw, lens, reverse, dy, carry,
+                                        (dg,), (dbs[k],)), threads, loop_flops)
 
     # weight gradients: GEMMs over all T*B rows (padded rows are zero)
     threads.use(2.0 * T * B * I * G * H)
@@ -1218,17 +1221,17 @@ def _backward(fam, cell, cache, dy, dh_n, dc_n, threads):
     hp2 = hprev.reshape(TB, H)
     dx = (dg2 @ w.w_ih).reshape(T, B, I)
     dw_ih = dg2.T @ x.reshape(TB, I)
-    if fam == "grurb":
+    if name == "gru_reset_before":                     # U_n acts on r ⊙ h (saved[1])
         dw_hh = np.empty_like(w.w_hh)
         dw_hh[:2 * H] = dg2[:, :2 * H].T @ hp2
-        dw_hh[2 * H:] = dg2[:, 2 * H:].T @ rh.reshape(TB, H)
+        dw_hh[2 * H:] = dg2[:, 2 * H:].T @ saved[1].reshape(TB, H)
     else:
         dw_hh = dgh.reshape(TB, G * H).T @ hp2
     db_ih = np.sum(dbs, axis=0).astype(dtype)
     db_hh = np.sum(dbhs, axis=0).astype(dtype)
-    if fam == "peep":
-        cp2 = cprev.reshape(TB, H)
-        cn2 = cnew.reshape(TB, H)
+    if cell.peephole is not None:                      # saved: act, cprev, ctanh, hprev, cnew
+        cp2 = saved[1].reshape(TB, H)
+        cn2 = saved[4].reshape(TB, H)
         dpeep = np.empty_like(w.peep)
         if cell.peephole == "full":
             dpeep[0] = dg2[:, :H].T @ cp2

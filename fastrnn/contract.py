@@ -146,32 +146,23 @@ def is_device_array(a) -> bool:
     return hasattr(a, "__cuda_array_interface__") or type(a).__module__.startswith("numba.cuda")
 
 
-def _shape(a):
-    if a is None:
-        return None
-    try:
-        return tuple(a.shape)
-    except AttributeError:
-        return np.shape(a)
-
-
 def _explain(cell, x, h0, c0, weights):
     """Raise the error that names what :func:`check_forward`'s fast path refused."""
-    xs = _shape(x)
-    if xs is None or len(xs) != 3:
-        raise ValueError(f"x must be [T, B, I], got {'None' if xs is None else f'shape {xs}'}")
-    T, B, I = xs
-    dtype = getattr(x, "dtype", None)
-    if dtype not in _FLOATS:
-        raise TypeError(f"x must be float32 or float64, got {dtype}")
+    _array("x", x)
+    if len(x.shape) != 3:
+        raise ValueError(f"x must be [T, B, I], got shape {tuple(x.shape)}")
+    T, B, I = x.shape
+    if x.dtype not in _FLOATS:
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if not isinstance(weights, tuple) or len(weights) != len(Weights._fields):
         raise TypeError(f"weights must be a fastrnn.contract.Weights "
                         f"{Weights._fields}, got {type(weights).__name__}")
     w = Weights(*weights)
-    hs = _shape(w.w_hh)
-    if hs is None or len(hs) != 2:
-        raise ValueError(f"weights.w_hh must be [G*H, H] = [{cell.gates}*H, H], got shape {hs}")
-    H = hs[1]
+    _array("weights.w_hh", w.w_hh)
+    if len(w.w_hh.shape) != 2:
+        raise ValueError(f"weights.w_hh must be [G*H, H] = [{cell.gates}*H, H], "
+                         f"got shape {tuple(w.w_hh.shape)}")
+    H = w.w_hh.shape[1]
     GH = cell.gates * H
     expected = [("h0", h0, (B, H)), ("weights.w_ih", w.w_ih, (GH, I)),
                 ("weights.w_hh", w.w_hh, (GH, H)), ("weights.b_ih", w.b_ih, (GH,)),
@@ -185,10 +176,15 @@ def _explain(cell, x, h0, c0, weights):
     for name, a, shape in expected:
         if a is None:
             raise ValueError(f"{name} is required for cell {cell.name!r}: shape {shape}")
-        got = _shape(a)
-        if got != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {got}")
+        _array(name, a)
+        if tuple(a.shape) != shape:
+            raise ValueError(f"{name} must have shape {shape}, got {tuple(a.shape)}")
     raise AssertionError("check_forward refused arguments _explain accepts")  # pragma: no cover
+
+
+def _array(name, a):
+    if not (hasattr(a, "shape") and hasattr(a, "dtype")):
+        raise TypeError(f"{name} must be an array (NumPy or device), got {type(a).__name__}")
 
 
 def _c_contiguous(a):

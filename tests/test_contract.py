@@ -49,6 +49,9 @@ def _bad_cases():
                  r"weights.peep must have shape \(3, 5, 5\)"),
         "no peep": (dict(w=w._replace(peep=None)), ValueError, "weights.peep is required"),
         "weights": (dict(w=None), TypeError, "weights must be a fastrnn.contract.Weights"),
+        "h0 list": (dict(h0=h0.tolist()), TypeError, "h0 must be an array .*, got list"),
+        "x None": (dict(x=None), TypeError,        # cpu.forward's own check comes first
+                   "x must be (an array .*, got NoneType|float32 or float64, got object)"),
         "lengths 0": (dict(lengths=[1, 0, 2]), ValueError, r"lengths must lie in \[1, T=4\]"),
         "lengths > T": (dict(lengths=[1, 5, 2]), ValueError, r"lengths must lie in \[1, T=4\]"),
         "lengths shape": (dict(lengths=[1, 2]), ValueError, r"lengths must have shape \(3,\)"),

@@ -1,6 +1,11 @@
 """Model files and training checkpoints on disk: atomic writes, and reads that
 turn every kind of broken file into one :class:`CheckpointError`.
 
+The format is written here only: :func:`save_model` (a model file: a JSON
+``__header__`` and ``param/<name>`` arrays) and :func:`save_trainer` (the
+same plus the trainer's ``__trainer__`` JSON and its arrays: ``optim/``,
+``es_best/``, ``last/``, ``carry/``); :func:`resume_trainer` reads it back.
+
 Writing (:func:`atomic_savez`): the ``.npz`` goes to a temporary file in the
 destination's folder, is flushed and fsynced, then renamed over the
 destination with :func:`os.replace` (atomic on POSIX and Windows). A crash or
@@ -29,8 +34,8 @@ import uuid
 
 import numpy as np
 
-__all__ = ["CheckpointError", "FORMAT", "atomic_savez", "read_npz", "read_json_entry",
-           "read_model", "check_state_dict", "resume_trainer"]
+__all__ = ["CheckpointError", "FORMAT", "atomic_savez", "save_model", "save_trainer",
+           "read_npz", "read_json_entry", "read_model", "check_state_dict", "resume_trainer"]
 
 #: the ``format`` field of the JSON header of every fastrnn model file
 FORMAT = "fastrnn-model/1"
@@ -92,6 +97,73 @@ def atomic_savez(path, arrays):
         raise
     _fsync_dir(folder)
     return path
+
+
+def _model_entries(model, params):
+    """The entries every model file starts with: the JSON header (format,
+    model class, config, meta) and the parameters (host arrays)."""
+    header = {"format": FORMAT, "model": type(model).__name__,
+              "config": getattr(model, "config", {}), "meta": getattr(model, "meta", {})}
+    return {"__header__": np.array(json.dumps(header)),
+            **{"param/" + k: v for k, v in params.items()}}
+
+
+def save_model(path, model, params):
+    """Write the model file of ``model`` with ``params`` (name -> host array)
+    to ``path`` atomically; returns the path written."""
+    return atomic_savez(path, _model_entries(model, params))
+
+
+# the in-epoch state of a training checkpoint (Trainer.fit(steps=...))
+_OPEN_KEYS = ("rng_start", "count", "items", "loss_sum", "loss_n", "time")
+
+
+def save_trainer(trainer, path):
+    """Write everything :func:`resume_trainer` needs to continue ``trainer``
+    exactly (a model file too) to ``path`` atomically; returns the path."""
+    from ._device import to_host
+    model, opt = trainer.model, trainer.optimizer
+    arrays = _model_entries(model, {k: to_host(v) for k, v in model.params.items()})
+    ost = opt.state_dict()
+    scalars = {}
+    for name, st in ost.pop("state").items():
+        for buf, v in st.items():
+            if isinstance(v, np.ndarray):
+                arrays[f"optim/{name}/{buf}"] = v
+            else:
+                scalars.setdefault(name, {})[buf] = v
+    es = trainer.early_stopping
+    if es is not None and es.best_params is not None:
+        arrays.update({"es_best/" + k: v for k, v in es.best_params.items()})
+    state = {
+        "epoch": trainer.epoch, "global_step": trainer.global_step, "history": trainer.history,
+        "rng": [g.bit_generator.state for g in trainer._generators()],
+        "optimizer": ost, "optimizer_scalars": scalars,
+        "early_stopping": None if es is None else es.state(),
+    }
+    # the trained parameters kept aside while the best ones are restored
+    if trainer._last_params is not None:
+        arrays.update({"last/" + k: v for k, v in trainer._last_params.items()})
+    state["open_epoch"] = _open_epoch(trainer, arrays)
+    header = arrays.pop("__header__")
+    return atomic_savez(path, {"__header__": header,
+                               "__trainer__": np.array(json.dumps(state)), **arrays})
+
+
+def _open_epoch(trainer, arrays):
+    """The JSON of the epoch ``fit(steps=...)`` left open (None if none),
+    its carried state added to ``arrays`` as ``carry/<i>``."""
+    from ._device import to_host
+    ep = trainer._open
+    if ep is None:
+        return None
+    out = {k: ep[k] for k in _OPEN_KEYS}
+    carry = getattr(trainer.model, "carried_state", None)
+    out["carry"] = None if carry is None else (len(carry) if isinstance(carry, tuple) else 0)
+    if carry is not None:
+        for i, a in enumerate(carry if isinstance(carry, tuple) else (carry,)):
+            arrays[f"carry/{i}"] = to_host(a)
+    return out
 
 
 # ---------------------------------------------------------------- reading
@@ -222,6 +294,35 @@ def check_state_dict(own, state, owner):
 
 
 # --------------------------------------------------------------- resuming
+def _read_open_epoch(path, arrays, st, own, owner):
+    """``(open epoch, kept-aside trained parameters, carried state)`` of a
+    training checkpoint (each None when absent), checked."""
+    last = {k[5:]: v for k, v in arrays.items() if k.startswith("last/")} or None
+    if last is not None:
+        try:
+            last = check_state_dict(own, last, owner)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path!r}: kept-aside trained parameters: {exc}") from None
+    ep = st.get("open_epoch")
+    if ep is None:
+        return None, last, None
+    if not isinstance(ep, dict) or any(k not in ep for k in _OPEN_KEYS + ("carry",)):
+        raise CheckpointError(f"{path!r} has a corrupt open-epoch state")
+    n = ep["carry"]
+    carry = None
+    if n is not None:
+        parts = []
+        for i in range(max(n, 1)):
+            a = arrays.get(f"carry/{i}")
+            if a is None or a.dtype.kind != "f" or a.ndim != 3:
+                raise CheckpointError(f"{path!r} has a corrupt carried state (carry/{i})")
+            parts.append(a)
+        carry = tuple(parts) if n else parts[0]
+    open_ep = {k: ep[k] for k in _OPEN_KEYS}
+    open_ep["iter"] = None                    # rebuilt by fit(): replays the epoch's shuffle
+    return open_ep, last, carry
+
+
 def _need(path, d, key, kind, where="trainer state"):
     if key not in d:
         raise CheckpointError(f"{path!r} has a corrupt {where}: no {key!r}")
@@ -291,8 +392,10 @@ def _check_generators(path, gens, states):
 
 
 def resume_trainer(trainer, path):
-    """Restore a checkpoint written by ``Trainer.save_checkpoint`` into
-    ``trainer``: check everything, then write (see the module docstring)."""
+    """Restore a checkpoint written by :func:`save_trainer` into ``trainer``:
+    check everything, then write (see the module docstring). An epoch left
+    open by ``fit(steps=...)`` comes back open (with the language model's
+    carried state), kept-aside trained parameters come back kept aside."""
     from .models import _MODELS
     model, opt = trainer.model, trainer.optimizer
     path, header, params, arrays = read_model(path, _MODELS, what="training checkpoint")
@@ -342,9 +445,11 @@ def resume_trainer(trainer, path):
                 check_state_dict(own, best, type(model).__name__)
             except CheckpointError as exc:
                 raise CheckpointError(f"{path!r}: early-stopping best parameters: {exc}") from None
+    open_ep, last, carry = _read_open_epoch(path, arrays, st, own, type(model).__name__)
     # ---- write (nothing above touched the trainer); roll back if anything still fails
     # the trainer's in-epoch state, where it has one (an epoch paused by fit(steps=...))
     extra = {a: getattr(trainer, a) for a in ("_open", "_last_params") if hasattr(trainer, a)}
+    new_extra = {"_open": open_ep, "_last_params": last}
     saved = (model.state_dict(), opt.state_dict(), [g.bit_generator.state for g in gens],
              trainer.epoch, trainer.global_step, trainer.history,
              None if es is None else (es.state(), es.best_params))
@@ -358,8 +463,8 @@ def resume_trainer(trainer, path):
         trainer.epoch, trainer.global_step, trainer.history = epoch, global_step, history
         if es is not None and es_state is not None:
             es.load_state(es_state, best)
-        for attr in extra:             # checkpoints are taken between epochs
-            setattr(trainer, attr, None)
+        for attr in extra:
+            setattr(trainer, attr, new_extra[attr])
     except BaseException:
         for k, v in saved[0].items():
             assign(own[k], v)
@@ -372,4 +477,6 @@ def resume_trainer(trainer, path):
         for attr, v in extra.items():
             setattr(trainer, attr, v)
         raise
+    if carry is not None:
+        model.carried_state = carry
     return trainer

@@ -278,3 +278,36 @@ def test_global_norm_accumulates_in_float64_without_copies(dtype):
     bad = {"a": np.array([1.0, np.nan], dtype)}
     assert math.isnan(global_norm(bad))
     assert global_norm({"a": np.array([np.inf, 1.0], dtype)}) == math.inf
+
+
+_CACHE_RUN = """
+import numpy as np
+from fastrnn.kernels import training as T
+f, a = np.float32, [np.ones(16, np.float32) for _ in range(5)]
+T.sgd_update_cpu(a[0], a[1], a[2], f(0.1), f(0), f(0.9), f(1), False, False)
+T.adam_update_cpu(*a, f(1), f(0.9), f(0.1), f(0.999), f(0.001), f(1), f(1e-8), f(0), f(1), False)
+T.rmsprop_update_cpu(*a, f(0.01), f(0.99), f(0.01), f(1e-8), f(0), f(0), True)
+T.adagrad_update_cpu(a[0], a[1], a[2], f(0.1), f(1e-10), f(0))
+print(" ".join(f"{k.__name__}:{sum(k.stats.cache_hits.values())}:"
+               f"{sum(k.stats.cache_misses.values())}"
+               for k in (T.sgd_update_cpu, T.adam_update_cpu, T.rmsprop_update_cpu,
+                         T.adagrad_update_cpu)))
+"""
+
+
+def test_optimizer_kernels_load_from_the_cache_in_a_new_process(tmp_path):
+    """The host loops inline the shared scalar formulas (njit(inline='always')
+    dispatchers, module globals): Numba's on-disk cache still serves them."""
+    import os
+    import subprocess
+    import sys
+    env = dict(os.environ, NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    runs = [subprocess.run([sys.executable, "-c", _CACHE_RUN], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=600) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-3000:]
+    second = {name: (int(h), int(m)) for name, h, m in
+              (item.split(":") for item in runs[1].stdout.split())}
+    assert len(second) == 4
+    for name, (hits, misses) in second.items():
+        assert misses == 0 and hits >= 1, f"{name} recompiled in a new process: {second}"

@@ -3,8 +3,10 @@
 Each check takes the argument's *name* (as the user wrote it) and its value,
 and raises a :class:`ValueError` or :class:`TypeError` whose message starts
 with that name, or returns the value normalised (``int``, ``float``, ``bool``,
-an int64 array). Nothing here imports from the rest of the package except
-``dispatch`` (for device arrays), so any module may use it.
+an int64 array). The recurrent layers' input checks (at the end) take the
+layer's facts they need as arguments and return the checked arrays. Nothing
+here imports from the rest of the package except :mod:`fastrnn.contract` (for
+device arrays), so any module may use it.
 """
 from __future__ import annotations
 
@@ -13,8 +15,12 @@ import numbers
 
 import numpy as np
 
+from .contract import is_device_array
+
 __all__ = ["boolean", "positive_int", "nonneg_int", "optional_positive_int", "finite_float",
-           "seed", "lengths", "class_labels"]
+           "seed", "lengths", "class_labels", "layer_size", "dropout_rate", "layer_array",
+           "finite_array", "sequence_input", "initial_state", "output_gradient",
+           "final_state_gradient", "state_dict"]
 
 
 def _is_bool(v):
@@ -91,7 +97,6 @@ def seed(name, value):
 def lengths(value, T, B, name="lengths"):
     """Sequence lengths: ``(B,)`` integers in ``[1, T]``; a list/tuple must
     hold Python or NumPy integers (no floats, no bools). Returns int64."""
-    from .dispatch import is_device_array
     if is_device_array(value):
         raise TypeError(f"{name} must be a host array or list of ints, not a device array")
     if isinstance(value, (list, tuple)):
@@ -210,3 +215,151 @@ def optimizer_args(**kw):
             boolean(name, v)
         else:   # pragma: no cover - a programming error
             raise KeyError(name)
+
+
+# ----------------------------------------------------------------- recurrent layers
+# The checks of fastrnn.layers: each takes the values (and the layer's facts it
+# needs: dtype, placement ``ops``, expected shape) and returns the normalised
+# arrays or raises. ``ops`` is the layer's HostOps / DeviceOps: ``ops.on_device``
+# says where the parameters live, ``ops.asarray`` views an array without a copy.
+
+def layer_size(name, value):
+    """A layer's size argument: a positive integer; every refusal is a ValueError."""
+    try:
+        return positive_int(name, value)
+    except TypeError:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}") from None
+
+
+def dropout_rate(name, value):
+    """A real number in [0, 1) (not a bool); every refusal is a ValueError."""
+    if _is_bool(value) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def layer_array(name, a, dtype, ops):
+    """``a`` on the layer's side (host or GPU, as ``ops.on_device``) and of its
+    ``dtype``; returns it as an array (``ops.asarray``, no copy). TypeError otherwise."""
+    on_gpu = is_device_array(a)
+    if ops.on_device and not on_gpu:
+        raise TypeError(f"{name} is a host array but this layer lives on the GPU: pass a device "
+                        "array (e.g. numba.cuda.to_device(x)), or move the layer with layer.to('cpu')")
+    if on_gpu and not ops.on_device:
+        raise TypeError(f"{name} is a GPU array but this layer's parameters are on the host: "
+                        "move the layer with layer.to('cuda') first")
+    a = ops.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} like the layer, got {a.dtype}"
+                        f" (convert with .astype(np.{dtype}))")
+    return a
+
+
+def finite_array(name, a, on_device):
+    """Refuse NaN or infinity in a host array (a device-wide scan would cost a
+    reduction and a sync, so device arrays pass unchecked)."""
+    if not on_device and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+    return a
+
+
+def sequence_input(x, input_size, batch_first, dtype, ops):
+    """The input ``x`` of a recurrent layer: 3-D ``(T, B, I)`` (``(B, T, I)``
+    with ``batch_first``), ``I == input_size``, ``T, B >= 1``, finite.
+    Returns ``(x, T, B)``."""
+    x = layer_array("x", x, dtype, ops)
+    layout = "(B, T, I)" if batch_first else "(T, B, I)"
+    if x.ndim != 3:
+        raise ValueError(f"x must be 3-D {layout}, got shape {x.shape}")
+    if x.shape[2] != input_size:
+        raise ValueError(f"x must have {input_size} features (input_size) in its last "
+                         f"axis {layout}, got shape {x.shape}")
+    if 0 in x.shape[:2]:
+        raise ValueError(f"x must have at least one time step and one batch entry, got shape {x.shape}")
+    finite_array("x", x, ops.on_device)
+    T, B = (x.shape[1], x.shape[0]) if batch_first else (x.shape[0], x.shape[1])
+    return x, T, B
+
+
+def _state_parts(value, has_cell, layer_name, arg, parts):
+    """Split a state argument into its parts: ``(h, c)`` for the LSTM family
+    (a 2-tuple or list is required), ``(h,)`` otherwise."""
+    if not has_cell:
+        return (value,)
+    if not isinstance(value, (tuple, list)) or len(value) != 2:
+        raise TypeError(f"{arg} must be a tuple {parts} for "
+                        f"{layer_name}, got {type(value).__name__}")
+    return tuple(value)
+
+
+def initial_state(state, shape, has_cell, layer_name, dtype, ops):
+    """The initial state of a recurrent layer: ``None``, ``h_0``, or ``(h_0,
+    c_0)`` for the LSTM family, each of ``shape`` ``(L*D, B, H)``, finite.
+    Returns ``(h_0, c_0)`` (``c_0`` None without a cell state; both None for
+    ``state=None``)."""
+    if state is None:
+        return None, None
+    parts = _state_parts(state, has_cell, layer_name, "state", "(h_0, c_0)")
+    names = ("state[0] (h_0)", "state[1] (c_0)") if has_cell else ("state (h_0)",)
+    out = []
+    for name, s in zip(names, parts):
+        s = layer_array(name, s, dtype, ops)
+        if tuple(s.shape) != shape:
+            raise ValueError(f"{name} must have shape (num_layers*num_directions, B, H) = "
+                             f"{shape}, got {s.shape}")
+        out.append(finite_array(name, s, ops.on_device))
+    return out[0], (out[1] if has_cell else None)
+
+
+def output_gradient(dy, shape, dtype, ops):
+    """``dy`` of the shape of the layer's output; checked for NaN by the
+    caller after the final-state gradients (see :func:`final_state_gradient`)."""
+    dy = layer_array("dy", dy, dtype, ops)
+    if tuple(dy.shape) != shape:
+        raise ValueError(f"dy must have the shape of the output y, {shape}, got {dy.shape}")
+    return dy
+
+
+def final_state_gradient(dstate, shape, has_cell, layer_name, dtype, ops):
+    """The gradient of the final state: ``None``, ``dh_n``, or ``(dh_n, dc_n)``
+    for the LSTM family (either part may be None), each of ``shape``, finite.
+    Returns ``(dh_n, dc_n)``, None where not given."""
+    if dstate is None:
+        return None, None
+    parts = _state_parts(dstate, has_cell, layer_name, "dstate",
+                         "(dh_n, dc_n) (either may be None)")
+    names = ("dstate[0] (dh_n)", "dstate[1] (dc_n)") if has_cell else ("dstate (dh_n)",)
+    out = []
+    for name, p in zip(names, parts):
+        if p is not None:
+            p = layer_array(name, p, dtype, ops)
+            if tuple(p.shape) != shape:
+                raise ValueError(f"{name} must have the shape of the final state {shape}, got {p.shape}")
+            finite_array(name, p, ops.on_device)
+        out.append(p)
+    return out[0], (out[1] if has_cell else None)
+
+
+def state_dict(value, shapes, owner):
+    """A state dict to load into ``owner`` (a class name), whose parameters have
+    ``shapes`` (name -> shape): a mapping with exactly those names, of
+    floating-point arrays (or anything ``np.asarray`` takes, torch tensors
+    too) of those shapes. Returns name -> host ndarray (not yet cast)."""
+    if not hasattr(value, "keys"):
+        raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(value).__name__}")
+    missing = [k for k in shapes if k not in value]
+    unexpected = [k for k in value if k not in shapes]
+    if missing or unexpected:
+        raise ValueError(f"state_dict does not match this {owner}: "
+                         f"missing {missing}, unexpected {unexpected}")
+    out = {}
+    for k, v in value.items():
+        if hasattr(v, "detach"):        # torch tensors (possibly requiring grad)
+            v = v.detach().cpu()
+        a = np.asarray(v)
+        if a.dtype.kind != "f":
+            raise TypeError(f"state_dict[{k!r}] must hold floating-point values, got dtype {a.dtype}")
+        if a.shape != shapes[k]:
+            raise ValueError(f"state_dict[{k!r}] has shape {a.shape}, expected {shapes[k]}")
+        out[k] = a
+    return out

@@ -2,8 +2,11 @@
 
 A layer stacks ``num_layers`` layers of one cell, each in one or two
 directions, with dropout between layers in training. It checks every argument
-before anything runs, then calls a backend (:mod:`fastrnn.dispatch`) once per
-layer and direction; the backends run whole sequences.
+before anything runs (the checks are functions of :mod:`fastrnn._validate`),
+then calls a backend (:mod:`fastrnn.dispatch`, looked up when the layer's
+``backend`` is set) once per layer and direction; the backends run whole
+sequences. The cell comes from the registry (:data:`fastrnn.cells.CELLS`,
+:func:`layer_cell`), the initial weights from :mod:`fastrnn.init`.
 
 Shapes: ``x`` ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``); ``y``
 ``(T, B, D*H)``; ``h_n`` (and ``c_n``) ``(L*D, B, H)``.
@@ -11,31 +14,44 @@ Shapes: ``x`` ``(T, B, I)`` (``(B, T, I)`` with ``batch_first``); ``y``
 from __future__ import annotations
 
 import inspect
-import numbers
 from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
 from . import _validate, dispatch
-from .cells import PEEPHOLE_GATES, get_cell
-from .dispatch import Weights
+from .cells import CELLS, PEEPHOLE_GATES
+from .contract import Weights
+from .init import check_init, recurrent_params
 
 if TYPE_CHECKING:                  # annotations only (no runtime cost)
     from numpy.typing import ArrayLike, DTypeLike
 
     State = Union[Any, "tuple[Any, Any]"]   # h (RNN, GRU) or (h, c) (LSTM family)
 
-INITS = (None, "pytorch", "xavier", "he", "orthogonal")
-
 
 class BackwardError(RuntimeError, ValueError):
     """``backward`` was called without a forward pass in training mode to match."""
 
 
-def _positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    return int(value)
+def layer_cell(layer, **options):
+    """The registered :class:`~fastrnn.cells.CellSpec` that the layer class named
+    ``layer`` builds with the cell options ``options`` (``nonlinearity``,
+    ``reset_after``, ``peephole``): the entry of :data:`fastrnn.cells.CELLS`
+    whose ``layer`` field is ``(layer, options)``.
+
+    An option value no cell is registered under raises ValueError naming the
+    values that are (``"nonlinearity must be 'tanh' or 'relu', got 'sigmoid'"``).
+    """
+    specs = [c for c in CELLS.values() if c.layer and c.layer[0] == layer]
+    for spec in specs:
+        if spec.layer_kwargs == options:
+            return spec
+    for name, value in options.items():
+        known = [c.layer_kwargs.get(name) for c in specs]
+        if value not in known:
+            raise ValueError(f"{name} must be " + " or ".join(map(repr, known))
+                             + f", got {value!r}")
+    raise ValueError(f"no cell is registered for {layer}({options})")
 
 
 class HostOps:
@@ -90,42 +106,40 @@ def _device_ops():
 
 
 class _RecurrentLayer:
-    """Shared machinery of every recurrent layer (see the subclasses)."""
+    """Shared machinery of every recurrent layer (see the subclasses).
 
-    _cell_name = None
+    ``cell`` is the :class:`~fastrnn.cells.CellSpec` the subclass looked up
+    with :func:`layer_cell`; the other arguments are the subclasses'."""
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=False,
-                 dropout=0.0, bidirectional=False, backend="auto", dtype=np.float32, seed=None,
-                 init=None, forget_bias=None):
-        self.cell = get_cell(self._cell_name)
-        self.input_size = _positive_int("input_size", input_size)
-        self.hidden_size = _positive_int("hidden_size", hidden_size)
-        self.num_layers = _positive_int("num_layers", num_layers)
-        if (isinstance(dropout, (bool, np.bool_)) or not isinstance(dropout, numbers.Real)
-                or not 0.0 <= dropout < 1.0):
-            raise ValueError(f"dropout must be a number in [0, 1), got {dropout!r}")
-        if not isinstance(init, (str, type(None))) or init not in INITS:
-            raise ValueError(f"init must be one of {INITS[1:]} or None, got {init!r}")
+    def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
+                 batch_first=False, dropout=0.0, bidirectional=False, backend="auto",
+                 dtype=np.float32, seed=None, init=None, forget_bias=None):
+        self.cell = cell
+        self.input_size = _validate.layer_size("input_size", input_size)
+        self.hidden_size = _validate.layer_size("hidden_size", hidden_size)
+        self.num_layers = _validate.layer_size("num_layers", num_layers)
+        self.dropout = _validate.dropout_rate("dropout", dropout)
+        check_init(init)
         # real bools only: the string "False" is truthy and would silently mean True
         self.bias = _validate.boolean("bias", bias)
         self.batch_first = _validate.boolean("batch_first", batch_first)
-        self.dropout = float(dropout)
         self.bidirectional = _validate.boolean("bidirectional", bidirectional)
         if forget_bias is not None:
             forget_bias = _validate.finite_float("forget_bias", forget_bias)
         _validate.seed("seed", seed)
-        self.backend = dispatch.check_backend_name(backend)
+        backend = dispatch.check_backend_name(backend)
         self.dtype = _validate.float_dtype("dtype", dtype)
         self.num_directions = 2 if self.bidirectional else 1
         self.training = True
         self._rng = np.random.default_rng(seed)
         self._cache = None
         self._ops = HostOps()
-        self.params = self._init_params(init, forget_bias)
+        self.params = recurrent_params(cell, self.input_size, self.hidden_size, self.num_layers,
+                                       self.num_directions, self.bias, self._rng, self.dtype,
+                                       init, forget_bias)
         self.grads = {k: np.zeros_like(v) for k, v in self.params.items()}
         self._zero_bias = np.zeros(self.cell.gates * self.hidden_size, self.dtype)
-        if backend in ("cpu", "cuda"):
-            dispatch.get_backend(backend)   # fail now, with the reason, not at the first call
+        self.backend = backend      # an unavailable "cpu"/"cuda" fails here, with the reason
         if backend == "cuda":
             self.to("cuda")
 
@@ -139,6 +153,35 @@ class _RecurrentLayer:
         self._rng = gen
 
     # ------------------------------------------------------------------ placement
+    @property
+    def backend(self) -> str:
+        """Where the time loops run: ``"auto"``, ``"numpy"``, ``"cpu"`` or ``"cuda"``.
+
+        Setting it looks the backend up once (an unavailable one raises
+        :class:`~fastrnn.dispatch.BackendUnavailable` then); only ``"auto"``
+        is resolved at each call, from where the input lives. Setting it does
+        not move the parameters: use :meth:`to` for that."""
+        return self._backend_name
+
+    @backend.setter
+    def backend(self, name):
+        name = dispatch.check_backend_name(name)
+        self._backend = None if name == "auto" else dispatch.get_backend(name)
+        self._backend_name = name
+
+    def _backend_for(self, x):
+        """The backend module for input ``x`` (already checked)."""
+        if self._backend is not None:
+            return self._backend
+        return dispatch.get_backend(dispatch.resolve_backend("auto", x))
+
+    def __getstate__(self):         # copy / pickle: a module does not pickle, its name does
+        return dict(self.__dict__, _backend=None)
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.backend = self._backend_name
+
     @property
     def device(self):
         """``"cuda"`` when parameters and gradients live on the GPU, else ``"cpu"``."""
@@ -166,43 +209,8 @@ class _RecurrentLayer:
         return self
 
     # ------------------------------------------------------------------ parameters
-    def _suffixes(self):
-        """(layer, direction, suffix) in PyTorch's parameter order."""
-        for k in range(self.num_layers):
-            for d in range(self.num_directions):
-                yield k, d, f"_l{k}" + ("_reverse" if d else "")
-
-    def _init_params(self, init, forget_bias):
-        G, H, rng, dt = self.cell.gates, self.hidden_size, self._rng, self.dtype
-        k = 1.0 / np.sqrt(H)
-        params = {}
-        for layer, _, sfx in self._suffixes():
-            n_in = self.input_size if layer == 0 else H * self.num_directions
-            shapes = {"weight_ih": (G * H, n_in), "weight_hh": (G * H, H)}
-            if self.bias:
-                shapes.update(bias_ih=(G * H,), bias_hh=(G * H,))
-            for name, shape in shapes.items():
-                if init in (None, "pytorch") or name.startswith("bias"):
-                    val = rng.uniform(-k, k, shape) if init in (None, "pytorch") else np.zeros(shape)
-                elif init == "xavier" or (init == "orthogonal" and name == "weight_ih"):
-                    lim = np.sqrt(6.0 / (shape[0] + shape[1]))
-                    val = rng.uniform(-lim, lim, shape)
-                elif init == "he":
-                    val = rng.normal(0.0, np.sqrt(2.0 / shape[1]), shape)
-                else:   # orthogonal recurrent weights, one H x H block per gate
-                    val = np.concatenate([_orthogonal(rng, H) for _ in range(G)])
-                params[name + sfx] = val.astype(dt)
-            if forget_bias is not None and self.bias:
-                params["bias_ih" + sfx][H:2 * H] = forget_bias
-                params["bias_hh" + sfx][H:2 * H] = 0
-            shape = self.cell.peephole_shape(H)
-            if shape is not None:
-                for gate in PEEPHOLE_GATES:
-                    params[f"peephole_{gate}{sfx}"] = rng.uniform(-k, k, shape).astype(dt)
-        return params
-
-    def _weights(self, sfx, source=None):
-        p = self.params if source is None else source
+    def _weights(self, sfx):
+        p = self.params
         peep = None
         if self.cell.peephole is not None:
             peep = self._ops.stack0([p[f"peephole_{g}{sfx}"] for g in PEEPHOLE_GATES])
@@ -254,8 +262,8 @@ class _RecurrentLayer:
         out = {k: self._ops.to_host(v) for k, v in self.params.items()}
         if not as_torch:
             return out
-        if self._cell_name not in ("lstm", "gru", "rnn_tanh", "rnn_relu"):
-            raise ValueError(f"{type(self).__name__} ({self._cell_name}) has no torch.nn "
+        if self.cell.torch is None:
+            raise ValueError(f"{type(self).__name__} ({self.cell.name}) has no torch.nn "
                              "equivalent to load into")
         import torch
         return {k: torch.from_numpy(np.array(v, copy=True)) for k, v in out.items()}
@@ -265,23 +273,8 @@ class _RecurrentLayer:
 
         Names and shapes must match exactly; values are cast to the layer's dtype.
         """
-        if not hasattr(state_dict, "keys"):
-            raise TypeError(f"state_dict must be a mapping of names to arrays, got {type(state_dict).__name__}")
-        missing = [k for k in self.params if k not in state_dict]
-        unexpected = [k for k in state_dict if k not in self.params]
-        if missing or unexpected:
-            raise ValueError(f"state_dict does not match this {type(self).__name__}: "
-                             f"missing {missing}, unexpected {unexpected}")
-        new = {}
-        for k, v in state_dict.items():
-            if hasattr(v, "detach"):        # torch tensors (possibly requiring grad)
-                v = v.detach().cpu()
-            a = np.asarray(v)
-            if a.dtype.kind != "f":
-                raise TypeError(f"state_dict[{k!r}] must hold floating-point values, got dtype {a.dtype}")
-            if a.shape != tuple(self.params[k].shape):
-                raise ValueError(f"state_dict[{k!r}] has shape {a.shape}, expected {self.params[k].shape}")
-            new[k] = a
+        shapes = {k: tuple(v.shape) for k, v in self.params.items()}
+        new = _validate.state_dict(state_dict, shapes, type(self).__name__)
         for k, a in new.items():         # in place: optimizers keep their references
             if self._ops.on_device:
                 self.params[k].copy_to_device(np.ascontiguousarray(a, dtype=self.dtype))
@@ -289,63 +282,15 @@ class _RecurrentLayer:
                 self.params[k][...] = a
 
     # ------------------------------------------------------------------ checks
-    def _check_array(self, name, a):
-        on_gpu = dispatch.is_device_array(a)
-        if self._ops.on_device and not on_gpu:
-            raise TypeError(f"{name} is a host array but this layer lives on the GPU: pass a device "
-                            "array (e.g. numba.cuda.to_device(x)), or move the layer with layer.to('cpu')")
-        if on_gpu and not self._ops.on_device:
-            raise TypeError(f"{name} is a GPU array but this layer's parameters are on the host: "
-                            "move the layer with layer.to('cuda') first")
-        a = self._ops.asarray(a)
-        if a.dtype != self.dtype:
-            raise TypeError(f"{name} must have dtype {self.dtype} like the layer, got {a.dtype}"
-                            f" (convert with .astype(np.{self.dtype}))")
-        return a
-
-    def _check_finite(self, name, a):
-        # host arrays only: a device-wide scan would cost a reduction and a sync
-        if not self._ops.on_device and not np.isfinite(a).all():
-            raise ValueError(f"{name} contains NaN or infinity")
-
     def _check_input(self, x, state, lengths):
-        x = self._check_array("x", x)
-        layout = "(B, T, I)" if self.batch_first else "(T, B, I)"
-        if x.ndim != 3:
-            raise ValueError(f"x must be 3-D {layout}, got shape {x.shape}")
-        if x.shape[2] != self.input_size:
-            raise ValueError(f"x must have {self.input_size} features (input_size) in its last "
-                             f"axis {layout}, got shape {x.shape}")
-        if 0 in x.shape[:2]:
-            raise ValueError(f"x must have at least one time step and one batch entry, got shape {x.shape}")
-        self._check_finite("x", x)
-        if self.batch_first:
-            B, T = x.shape[:2]
-        else:
-            T, B = x.shape[:2]
-        LD, H = self.num_layers * self.num_directions, self.hidden_size
-        h0 = c0 = None
-        if state is not None:
-            if self.cell.has_cell:
-                if not isinstance(state, (tuple, list)) or len(state) != 2:
-                    raise TypeError("state must be a tuple (h_0, c_0) for "
-                                    f"{type(self).__name__}, got {type(state).__name__}")
-                h0, c0 = state
-            else:
-                h0 = state
-            names = ("state[0] (h_0)", "state[1] (c_0)") if self.cell.has_cell else ("state (h_0)",)
-            checked = []
-            for name, s in zip(names, (h0, c0)):
-                s = self._check_array(name, s)
-                if tuple(s.shape) != (LD, B, H):
-                    raise ValueError(f"{name} must have shape (num_layers*num_directions, B, H) = "
-                                     f"{(LD, B, H)}, got {s.shape}")
-                self._check_finite(name, s)
-                checked.append(s)
-            h0 = checked[0]
-            c0 = checked[1] if self.cell.has_cell else None
+        """The checked ``(x, h0, c0, lengths, T, B)`` of a forward call."""
+        ops, dt = self._ops, self.dtype
+        x, T, B = _validate.sequence_input(x, self.input_size, self.batch_first, dt, ops)
+        shape = (self.num_layers * self.num_directions, B, self.hidden_size)
+        h0, c0 = _validate.initial_state(state, shape, self.cell.has_cell, type(self).__name__,
+                                         dt, ops)
         if lengths is not None:
-            lengths = _check_lengths(lengths, T, B)
+            lengths = _validate.lengths(lengths, T, B)
         return x, h0, c0, lengths, T, B
 
     # ------------------------------------------------------------------ forward / backward
@@ -401,7 +346,7 @@ class _RecurrentLayer:
         :meth:`eval` mode neither.
         """
         x, h0, c0, lengths, T, B = self._check_input(x, state, lengths)
-        be = dispatch.get_backend(dispatch.resolve_backend(self.backend, x))
+        be = self._backend_for(x)
         ops, H, D = self._ops, self.hidden_size, self.num_directions
         inp = ops.contiguous3(x, swap=self.batch_first)                   # [T, B, I]
         if self.training and not ops.on_device:
@@ -487,13 +432,13 @@ class _RecurrentLayer:
                                 "first backward() to back-propagate twice")
         cc = self._cache
         T, B, H, D, L = cc["T"], cc["B"], self.hidden_size, self.num_directions, self.num_layers
-        dy = self._check_array("dy", dy)
-        want = (B, T, D * H) if self.batch_first else (T, B, D * H)
-        if tuple(dy.shape) != want:
-            raise ValueError(f"dy must have the shape of the output y, {want}, got {dy.shape}")
-        dh_n, dc_n = self._check_dstate(dstate, (L * D, B, H))
-        self._check_finite("dy", dy)     # a NaN here would silently poison every gradient
         ops = self._ops
+        dy = _validate.output_gradient(dy, (B, T, D * H) if self.batch_first else (T, B, D * H),
+                                       self.dtype, ops)
+        dh_n, dc_n = _validate.final_state_gradient(dstate, (L * D, B, H), self.cell.has_cell,
+                                                    type(self).__name__, self.dtype, ops)
+        # a NaN here would silently poison every gradient
+        _validate.finite_array("dy", dy, ops.on_device)
         dout = ops.contiguous3(dy, swap=self.batch_first)
         zeros = ops.zeros((B, H), self.dtype)
         dh0 = ops.empty((L * D, B, H), self.dtype)
@@ -521,26 +466,6 @@ class _RecurrentLayer:
             self._consumed = True      # the cache stays until the next forward (as before)
         return dx, ((dh0, dc0) if self.cell.has_cell else dh0)
 
-    def _check_dstate(self, dstate, shape):
-        if dstate is None:
-            return None, None
-        if self.cell.has_cell:
-            if not isinstance(dstate, (tuple, list)) or len(dstate) != 2:
-                raise TypeError("dstate must be a tuple (dh_n, dc_n) (either may be None) for "
-                                f"{type(self).__name__}, got {type(dstate).__name__}")
-            parts, names = dstate, ("dstate[0] (dh_n)", "dstate[1] (dc_n)")
-        else:
-            parts, names = (dstate,), ("dstate (dh_n)",)
-        out = []
-        for name, p in zip(names, parts):
-            if p is not None:
-                p = self._check_array(name, p)
-                if tuple(p.shape) != shape:
-                    raise ValueError(f"{name} must have the shape of the final state {shape}, got {p.shape}")
-                self._check_finite(name, p)
-            out.append(p)
-        return out[0], (out[1] if len(out) > 1 else None)
-
     def __repr__(self):
         extra = "".join(f", {k}={v!r}" for k, v in self._repr_extra().items())
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
@@ -549,16 +474,6 @@ class _RecurrentLayer:
 
     def _repr_extra(self):
         return {}
-
-
-def _check_lengths(lengths, T, B):
-    # integers only (no floats, no bools) in [1, T]; always a fresh int64 array
-    return _validate.lengths(lengths, T, B)
-
-
-def _orthogonal(rng, n):
-    q, r = np.linalg.qr(rng.normal(size=(n, n)))
-    return q * np.sign(np.diag(r))
 
 
 # ----------------------------------------------------------------- docstrings
@@ -705,11 +620,9 @@ class RNN(_RecurrentLayer):
                  dropout: float = 0.0, bidirectional: bool = False, backend: str = "auto",
                  dtype: DTypeLike = np.float32, seed: int | None = None,
                  init: str | None = None) -> None:
-        if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        cell = layer_cell("RNN", nonlinearity=nonlinearity)
         self.nonlinearity = nonlinearity
-        self._cell_name = "rnn_" + nonlinearity
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, backend, dtype, seed, init)
 
     def _repr_extra(self):
@@ -727,14 +640,12 @@ class LSTM(_RecurrentLayer):
     ``state_dict()`` :meth:`load_state_dict` takes.""",
         _COMMON + ("forget_bias",), 4, True, ctor="forget_bias=1.0, ")
 
-    _cell_name = "lstm"
-
     def __init__(self, input_size: int, hidden_size: int, num_layers: int = 1,
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, backend: str = "auto",
                  dtype: DTypeLike = np.float32, seed: int | None = None,
                  init: str | None = None, forget_bias: float | None = None) -> None:
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        super().__init__(layer_cell("LSTM"), input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, backend, dtype, seed, init, forget_bias)
 
 
@@ -759,8 +670,7 @@ class GRU(_RecurrentLayer):
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be True or False, got {reset_after!r}")
         self.reset_after = reset_after
-        self._cell_name = "gru" if reset_after else "gru_reset_before"
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        super().__init__(layer_cell("GRU", reset_after=reset_after), input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, backend, dtype, seed, init)
 
     def _repr_extra(self):
@@ -785,11 +695,9 @@ class PeepholeLSTM(_RecurrentLayer):
                  dtype: DTypeLike = np.float32, seed: int | None = None,
                  init: str | None = None, forget_bias: float | None = None,
                  peephole: str = "diagonal") -> None:
-        if peephole not in ("diagonal", "full"):
-            raise ValueError(f"peephole must be 'diagonal' or 'full', got {peephole!r}")
+        cell = layer_cell("PeepholeLSTM", peephole=peephole)
         self.peephole = peephole
-        self._cell_name = "peephole_" + peephole
-        super().__init__(input_size, hidden_size, num_layers, bias, batch_first, dropout,
+        super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
                          bidirectional, backend, dtype, seed, init, forget_bias)
 
     def _repr_extra(self):

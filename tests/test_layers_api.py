@@ -218,3 +218,78 @@ def test_bad_cell_options():
         fastrnn.GRU(3, 0)
     with pytest.raises(TypeError):
         fastrnn.GRU(3, 4, forget_bias=1.0)     # the LSTM family only
+
+
+# ---------------------------------------------------------------- cells and backends (issue 12)
+
+@pytest.mark.parametrize("name", sorted(fastrnn.cells.CELLS))
+def test_each_layer_builds_the_cell_its_registry_entry_names(name):
+    spec = fastrnn.cells.CELLS[name]
+    cls_name, kwargs = spec.layer[0], spec.layer_kwargs
+    assert fastrnn.layers.layer_cell(cls_name, **kwargs) is spec
+    assert getattr(fastrnn, cls_name)(3, 4, **kwargs).cell is spec
+    if spec.torch is None:      # state_dict(as_torch=True) reads the registry too
+        with pytest.raises(ValueError, match=f"{cls_name} \\({name}\\) has no torch.nn"):
+            getattr(fastrnn, cls_name)(3, 4, **kwargs).state_dict(as_torch=True)
+
+
+def test_layer_cell_names_the_registered_options():
+    with pytest.raises(ValueError, match=r"^nonlinearity must be 'tanh' or 'relu', got 'gelu'$"):
+        fastrnn.layers.layer_cell("RNN", nonlinearity="gelu")
+    with pytest.raises(ValueError, match=r"^reset_after must be True or False, got None$"):
+        fastrnn.layers.layer_cell("GRU", reset_after=None)
+    with pytest.raises(ValueError, match="no cell is registered"):
+        fastrnn.layers.layer_cell("Transformer")
+
+
+def test_backend_is_resolved_when_set_and_auto_at_each_call(monkeypatch):
+    layer = fastrnn.GRU(3, 4, backend="numpy", seed=0)
+    x = np.zeros((2, 1, 3), np.float32)
+    calls = []
+    d = fastrnn.dispatch
+    get, resolve = d.get_backend, d.resolve_backend
+    monkeypatch.setattr(d, "get_backend", lambda n: calls.append(("get", n)) or get(n))
+    monkeypatch.setattr(d, "resolve_backend", lambda b, x=None: calls.append(("resolve", b))
+                        or resolve(b, x))
+    layer(x)
+    layer(x)
+    assert calls == []                                   # looked up once, at construction
+    assert layer._cache["backend"] is get("numpy")
+    layer.backend = "auto"                               # "auto": per call, from x's location
+    assert layer.backend == "auto" and calls == []
+    layer(x)
+    layer(x)
+    assert [c for c in calls if c[0] == "resolve"] == [("resolve", "auto")] * 2
+    assert layer._cache["backend"] is get(resolve("auto"))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        layer.backend = "tpu"
+    assert layer.backend == "auto"                       # a refused name changes nothing
+
+
+def test_layer_copies_and_pickles_with_its_backend():
+    import copy
+    import pickle
+    layer = fastrnn.LSTM(3, 4, backend="numpy", seed=0).eval()
+    x = np.ones((2, 1, 3), np.float32)
+    for twin in (copy.deepcopy(layer), pickle.loads(pickle.dumps(layer))):
+        assert twin.backend == "numpy" and twin._backend is layer._backend
+        np.testing.assert_array_equal(twin(x)[0], layer(x)[0])
+
+
+def test_input_checks_are_plain_functions():
+    from fastrnn import _validate
+    from fastrnn.layers import HostOps
+    ops, f32 = HostOps(), np.dtype(np.float32)
+    x, T, B = _validate.sequence_input(np.zeros((2, 5, 3), np.float32), 3, True, f32, ops)
+    assert (T, B) == (5, 2) and x.shape == (2, 5, 3)
+    h = np.zeros((2, 2, 4), np.float32)
+    assert _validate.initial_state(None, (2, 2, 4), True, "LSTM", f32, ops) == (None, None)
+    h0, c0 = _validate.initial_state([h, h], (2, 2, 4), True, "LSTM", f32, ops)
+    assert h0 is h and c0 is h
+    assert _validate.initial_state(h, (2, 2, 4), False, "GRU", f32, ops) == (h, None)
+    assert _validate.final_state_gradient((None, h), (2, 2, 4), True, "LSTM", f32, ops) == (None, h)
+    with pytest.raises(ValueError, match=r"^dstate \(dh_n\) must have the shape"):
+        _validate.final_state_gradient(h[:1], (2, 2, 4), False, "GRU", f32, ops)
+    with pytest.raises(ValueError, match=r"^input_size must be a positive integer, got 2.0$"):
+        _validate.layer_size("input_size", 2.0)
+    assert _validate.dropout_rate("dropout", 0) == 0.0

@@ -293,3 +293,19 @@ def test_input_checks_are_plain_functions():
     with pytest.raises(ValueError, match=r"^input_size must be a positive integer, got 2.0$"):
         _validate.layer_size("input_size", 2.0)
     assert _validate.dropout_rate("dropout", 0) == 0.0
+
+
+@pytest.mark.parametrize("variant", ["lstm", "peephole_diagonal", "gru"])
+def test_in_place_parameter_updates_are_seen_by_the_next_call(variant):
+    # the layer passes its live arrays to the backend (no cached prepared copy):
+    # whatever writes them in place (optimizer, load_state_dict, the user) counts
+    layer = make(variant, 3, 4, backend="numpy", dtype=np.float64, seed=0)
+    x = np.random.default_rng(0).normal(size=(3, 2, 3))
+    y0, _ = layer(x)
+    for v in layer.params.values():
+        v *= 0.5
+    fresh = make(variant, 3, 4, backend="numpy", dtype=np.float64, seed=1)
+    fresh.load_state_dict(layer.state_dict())
+    y1, _ = layer(x)
+    assert not np.allclose(y1, y0)
+    np.testing.assert_array_equal(y1, fresh(x)[0])

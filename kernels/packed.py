@@ -160,6 +160,38 @@ def _claim(flags, p, s, nthr):
     return atomic_cas(flags + 8 * p, s, s + 1)
 
 
+@njit(inline="always")
+def _panel_steps(n, P, backward, ctl, tid, nthr, panel, args, opt):
+    """The time loop of every packed kernel: ``n`` steps (last to first when
+    ``backward``), each over ``P`` panels that the threads claim (thread 0 from
+    the first panel up, thread 1 from the last down), then a step barrier;
+    ``panel(s, p, tid, P, args, opt)`` does the cell's work for step ``s`` and
+    panel ``p`` (``opt``: a compile-time option such as the peephole vectors or
+    None, passed apart from ``args`` so that branches on it are pruned).
+    ctl: [P+1] int64 claim counters, then the done counter. Returns the
+    fraction of the call's cycles spent waiting for the other thread."""
+    flags = ctl.ctypes.data
+    done = flags + 8 * P
+    t0 = cycles()
+    waited = 0
+    for k in range(n):
+        s = n - 1 - k if backward else k
+        if nthr > 1 and k > 0:
+            waited += _wait(done, P * k)
+        cnt = 0
+        for i in range(P):
+            p = i if tid == 0 else P - 1 - i
+            if not _claim(flags, p, k, nthr):
+                break
+            cnt += 1
+            panel(s, p, tid, P, args, opt)
+        if nthr > 1:
+            atomic_add(done, cnt)
+    if nthr > 1 and tid == 0:
+        waited += _wait(done, P * n)
+    return waited / max(1, cycles() - t0)
+
+
 # --------------------------------------------------------------------------- LSTM forward
 @njit(inline="always")
 def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act,
@@ -194,6 +226,38 @@ def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ld
             _pf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
 
 
+@njit(inline="always")
+def _lstm_fwd_panel(s, p, tid, P, args, peep):
+    """Step ``s``, panel ``p`` of :func:`_lstm_fwd` (byte pointers in ``args``)."""
+    (tag, xp, xld, hbp, hld, B, I, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, mrmax,
+     r0, r1) = args
+    VW = len(tag)
+    GV = 4 * VW
+    KW = (I + Hp) * GV
+    nb = nact[s]
+    xsp = xp + 4 * s * B * xld
+    hsp = hbp + 4 * s * B * hld
+    ysp = hsp + 4 * B * hld
+    cin = csp + 4 * (s % ring) * B * Hp
+    cout = csp + 4 * ((s + 1) % ring) * B * Hp
+    asp = ap + 4 * s * B * GH
+    wp = upp + 4 * p * KW
+    pn = (p + 1) % P if tid == 0 else (p + P - 1) % P     # the panel this thread
+    wn = upp + 4 * pn * KW                                  # likely does next
+    col = p * GV
+    u0 = p * VW
+    nr = min(nb, r1) - r0
+    nblk = (nr + mrmax - 1) // mrmax     # row blocks of equal size (+-1), <= mrmax
+    for blk in range(nblk):
+        q0 = r0 + blk * nr // nblk
+        mr = r0 + (blk + 1) * nr // nblk - q0
+        co = 4 * (q0 * Hp + u0)
+        _lstm_fwd_mr(mr, peep, tag, xsp + 4 * q0 * xld, xld, hsp + 4 * q0 * hld, hld,
+                     wp, I, Hp, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
+                     ysp + 4 * (q0 * hld + u0), asp + 4 * (q0 * GH + col), GH, training,
+                     wn + 64 * (I + Hp) * (blk % (GV // 16)))
+
+
 @njit(**_OPTS)
 def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, nact, training,
               act, ctl, tid, nthr, mrmax, r0, r1):
@@ -213,59 +277,11 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
     # ctl: [P+1] int64 panel claim counters, then the done counter
     # r0, r1: the batch rows this call works on (rows never interact: two threads
     #     may run the whole loop on disjoint row ranges with nthr = 1 each)
-    B = xb.shape[1]
-    VW = len(tag)
-    GV = 4 * VW
-    GH = bias.shape[0]
-    P = Hp // VW
-    KW = (I + Hp) * GV
-    flags = ctl.ctypes.data
-    done = flags + 8 * P
-    xp = xb.ctypes.data
-    hbp = hb.ctypes.data + 4 * hoff
-    upp = up.ctypes.data
-    bp = bias.ctypes.data
-    csp = cs.ctypes.data
-    ap = act.ctypes.data
     ppp = 0 if peep is None else peep.ctypes.data
-    t0 = cycles()
-    waited = 0
-    for s in range(n):
-        nb = nact[s]
-        if nthr > 1 and s > 0:
-            waited += _wait(done, P * s)
-        xsp = xp + 4 * s * B * xld
-        hsp = hbp + 4 * s * B * hld
-        ysp = hsp + 4 * B * hld
-        cin = csp + 4 * (s % ring) * B * Hp
-        cout = csp + 4 * ((s + 1) % ring) * B * Hp
-        asp = ap + 4 * s * B * GH
-        cnt = 0
-        for i in range(P):
-            p = i if tid == 0 else P - 1 - i
-            if not _claim(flags, p, s, nthr):
-                break
-            cnt += 1
-            wp = upp + 4 * p * KW
-            pn = (p + 1) % P if tid == 0 else (p + P - 1) % P     # the panel this thread
-            wn = upp + 4 * pn * KW                                  # likely does next
-            col = p * GV
-            u0 = p * VW
-            nr = min(nb, r1) - r0
-            nblk = (nr + mrmax - 1) // mrmax     # row blocks of equal size (+-1), <= mrmax
-            for blk in range(nblk):
-                q0 = r0 + blk * nr // nblk
-                mr = r0 + (blk + 1) * nr // nblk - q0
-                co = 4 * (q0 * Hp + u0)
-                _lstm_fwd_mr(mr, peep, tag, xsp + 4 * q0 * xld, xld, hsp + 4 * q0 * hld, hld,
-                             wp, I, Hp, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
-                             ysp + 4 * (q0 * hld + u0), asp + 4 * (q0 * GH + col), GH, training,
-                             wn + 64 * (I + Hp) * (blk % (GV // 16)))
-        if nthr > 1:
-            atomic_add(done, cnt)
-    if nthr > 1 and tid == 0:
-        waited += _wait(done, P * n)
-    return waited / max(1, cycles() - t0)
+    args = (tag, xb.ctypes.data, xld, hb.ctypes.data + 4 * hoff, hld, xb.shape[1], I, Hp,
+            bias.shape[0], bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact,
+            training, act.ctypes.data, mrmax, r0, r1)
+    return _panel_steps(n, Hp // len(tag), False, ctl, tid, nthr, _lstm_fwd_panel, args, peep)
 
 
 # --------------------------------------------------------------------------- LSTM backward
@@ -331,6 +347,54 @@ def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy,
                      dgv, dgg, wn + 64 * K * (blk % max(1, parts)))
 
 
+@njit(inline="always")
+def _lstm_bwd_panel(s, q, tid, Q, args, peep):
+    """Step ``s``, output panel ``q`` of :func:`_lstm_bwd`."""
+    (tag, n, B, Hp, GH, nvb, ubp, gp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, mrmax, r0,
+     r1) = args
+    VW = len(tag)
+    NB = nvb * VW
+    nb = min(nact[s], r1)
+    nprod = min(nact[s + 1], r1) if s + 1 < n else r0    # rows whose dh comes through U
+    nprod = max(nprod, r0)
+    a = gp + 4 * (s + 1) * B * GH
+    j0 = q * NB
+    nv = min(NB, Hp - j0) // VW
+    wq = ubp + 4 * q * GH * NB
+    qn = (q + 1) % Q if tid == 0 else (q + Q - 1) % Q     # the panel this thread
+    wn = ubp + 4 * qn * GH * NB                             # likely does next
+    col = j0 * 4
+    dyq = dyp + 4 * (s * B * Hp + j0)
+    aq = ap + 4 * (s * B * GH + col)
+    cpq = csp + 4 * (s * B * Hp + j0)
+    cnq = cpq + 4 * B * Hp
+    dcq = dcp + 4 * j0
+    dgq = gp + 4 * (s * B * GH + j0)          # dg: natural gate order
+    dhq = dhp + 4 * j0
+    ppq = ppp + 4 * 3 * j0
+    # rows active at step s+1 get dh through U; the rest start here with dL/dh_n
+    if nv == 4:
+        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+    elif nv == 3:
+        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+    elif nv == 2:
+        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+    else:
+        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0,), a, GH, wq, 0, dhq, Hp,
+                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+
+
 @njit(**_OPTS)
 def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr, mrmax,
               r0, r1):
@@ -346,75 +410,12 @@ def _lstm_bwd(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid
     # nact: [n];  ctl: [Q+1] claim counters, then done;  r0, r1: rows (see _lstm_fwd)
     n, B, GH = act.shape
     Hp = dy.shape[2]
-    VW = len(tag)
-    NB = nvb * VW
-    Q = (Hp + NB - 1) // NB
-    flags = ctl.ctypes.data
-    done = flags + 8 * Q
-    ubp = ub.ctypes.data
-    gp = dg.ctypes.data
-    ap = act.ctypes.data
-    csp = cs.ctypes.data
-    dyp = dy.ctypes.data
-    dhp = dhn.ctypes.data
-    dcp = dc.ctypes.data
-    zp = zrow.ctypes.data
+    NB = nvb * len(tag)
     ppp = 0 if peep is None else peep.ctypes.data
-    t0 = cycles()
-    waited = 0
-    for k in range(n):
-        s = n - 1 - k
-        nb = min(nact[s], r1)
-        nprod = min(nact[s + 1], r1) if s + 1 < n else r0    # rows whose dh comes through U
-        nprod = max(nprod, r0)
-        if nthr > 1 and k > 0:
-            waited += _wait(done, Q * k)
-        a = gp + 4 * (s + 1) * B * GH
-        cnt = 0
-        for i in range(Q):
-            q = i if tid == 0 else Q - 1 - i
-            if not _claim(flags, q, k, nthr):
-                break
-            cnt += 1
-            j0 = q * NB
-            nv = min(NB, Hp - j0) // VW
-            wq = ubp + 4 * q * GH * NB
-            qn = (q + 1) % Q if tid == 0 else (q + Q - 1) % Q     # the panel this thread
-            wn = ubp + 4 * qn * GH * NB                             # likely does next
-            col = j0 * 4
-            dyq = dyp + 4 * (s * B * Hp + j0)
-            aq = ap + 4 * (s * B * GH + col)
-            cpq = csp + 4 * (s * B * Hp + j0)
-            cnq = cpq + 4 * B * Hp
-            dcq = dcp + 4 * j0
-            dgq = gp + 4 * (s * B * GH + j0)          # dg: natural gate order
-            dhq = dhp + 4 * j0
-            ppq = ppp + 4 * 3 * j0
-            if nv == 4:
-                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-            elif nv == 3:
-                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-            elif nv == 2:
-                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-            else:
-                _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-                _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0,), a, GH, wq, 0, dhq, Hp,
-                               dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-        if nthr > 1:
-            atomic_add(done, cnt)
-    if nthr > 1 and tid == 0:
-        waited += _wait(done, Q * n)
-    return waited / max(1, cycles() - t0)
+    args = (tag, n, B, Hp, GH, nvb, ub.ctypes.data, dg.ctypes.data, act.ctypes.data,
+            cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data, zrow.ctypes.data,
+            ppp, nact, mrmax, r0, r1)
+    return _panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _lstm_bwd_panel, args, peep)
 
 
 # --------------------------------------------------------------------------- threads

@@ -40,10 +40,9 @@ import numpy as np
 from numba import njit
 
 from fastrnn.kernels import packed as _P
-from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _claim, _last_output, _mr,
-                                    _nthreads, _pack, _pack_backward, _splits, _tag, _wait,
+from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _last_output, _mr, _nthreads,
+                                    _pack, _pack_backward, _panel_steps, _splits, _tag,
                                     vector_width)
-from fastrnn.kernels.simd import atomic_add, cycles
 from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
 
 __all__ = ["gru_forward", "rnn_forward", "backward", "PackedCellCache"]
@@ -76,6 +75,30 @@ def _gru_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, trai
         _gf6(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
 
 
+@njit(inline="always")
+def _gru_fwd_panel(s, p, tid, P, args, opt):
+    """Step ``s``, panel ``p`` of :func:`_gru_fwd`."""
+    (tag, xp, B, I, Hp, upp, bp, hsp, ap, nact, training, mrmax, rlo, rhi) = args
+    VW = len(tag)
+    KW = (I + Hp) * 3 * VW
+    GA = 4 * Hp
+    nb = nact[s]
+    hp = hsp + 4 * s * B * Hp
+    yp = hp + 4 * B * Hp
+    xsp = xp + 4 * s * B * I
+    asp = ap + 4 * s * B * GA
+    wp = upp + 4 * p * KW
+    u0 = p * VW
+    r0 = rlo
+    while r0 < min(nb, rhi):
+        mr = min(mrmax, min(nb, rhi) - r0)
+        ro = 4 * (r0 * Hp + u0)
+        _gru_fwd_mr(mr, tag, xsp + 4 * r0 * I, I, hp + 4 * r0 * Hp, Hp, wp, I, Hp,
+                    bp + 16 * p * VW, hp + ro, yp + ro, asp + 4 * (r0 * GA + 4 * u0),
+                    GA, training)
+        r0 += mr
+
+
 @njit(**_OPTS)
 def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax, rlo, rhi):
     # xs: [n,B,I] input in step order
@@ -88,48 +111,9 @@ def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax, 
     # rlo, rhi: the batch rows this call works on (see packed._lstm_fwd)
     n, B, I = xs.shape
     Hp = hs.shape[2]
-    VW = len(tag)
-    P = Hp // VW
-    KW = (I + Hp) * 3 * VW
-    GA = 4 * Hp
-    flags = ctl.ctypes.data
-    done = flags + 8 * P
-    xp = xs.ctypes.data
-    upp = up.ctypes.data
-    bp = bias.ctypes.data
-    hsp = hs.ctypes.data
-    ap = act.ctypes.data
-    t0 = cycles()
-    waited = 0
-    for s in range(n):
-        nb = nact[s]
-        if nthr > 1 and s > 0:
-            waited += _wait(done, P * s)
-        hp = hsp + 4 * s * B * Hp
-        yp = hp + 4 * B * Hp
-        xsp = xp + 4 * s * B * I
-        asp = ap + 4 * s * B * GA
-        cnt = 0
-        for i in range(P):
-            p = i if tid == 0 else P - 1 - i
-            if not _claim(flags, p, s, nthr):
-                break
-            cnt += 1
-            wp = upp + 4 * p * KW
-            u0 = p * VW
-            r0 = rlo
-            while r0 < min(nb, rhi):
-                mr = min(mrmax, min(nb, rhi) - r0)
-                ro = 4 * (r0 * Hp + u0)
-                _gru_fwd_mr(mr, tag, xsp + 4 * r0 * I, I, hp + 4 * r0 * Hp, Hp, wp, I, Hp,
-                            bp + 16 * p * VW, hp + ro, yp + ro, asp + 4 * (r0 * GA + 4 * u0),
-                            GA, training)
-                r0 += mr
-        if nthr > 1:
-            atomic_add(done, cnt)
-    if nthr > 1 and tid == 0:
-        waited += _wait(done, P * n)
-    return waited / max(1, cycles() - t0)
+    args = (tag, xs.ctypes.data, B, I, Hp, up.ctypes.data, bias.ctypes.data, hs.ctypes.data,
+            act.ctypes.data, nact, training, mrmax, rlo, rhi)
+    return _panel_steps(n, Hp // len(tag), False, ctl, tid, nthr, _gru_fwd_panel, args, None)
 
 
 # --------------------------------------------------------------------------- GRU backward
@@ -188,6 +172,24 @@ def _gru_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, GH, wq, dy, Hp, act, GA, hp
                       dd, dgh, dgx, GH)
 
 
+@njit(inline="always")
+def _gru_bwd_step_panel(s, q, tid, Q, args, opt):
+    """Step ``s``, output panel ``q`` of :func:`_gru_bwd`."""
+    (tag, n, B, Hp, GA, nvb, ubp, ghp, gxp, ap, hsp, dyp, ddp, nact, mrmax, rlo, rhi) = args
+    GH = 3 * Hp
+    VW = len(tag)
+    NB = nvb * VW
+    nb = min(nact[s], rhi)
+    nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
+    a = ghp + 4 * (s + 1) * B * GH
+    j0 = q * NB
+    nv = min(NB, Hp - j0) // VW
+    _gru_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, GH, ubp + 4 * q * GH * NB,
+                   dyp + 4 * (s * B * Hp + j0), Hp, ap + 4 * (s * B * GA + 4 * j0), GA,
+                   hsp + 4 * (s * B * Hp + j0), ddp + 4 * j0,
+                   ghp + 4 * (s * B * GH + j0), gxp + 4 * (s * B * GH + j0))
+
+
 @njit(**_OPTS)
 def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrmax, rlo, rhi):
     # act: [n,B,4*Hp] r, z, n, U_n h + b_hn (per panel);  hs: [n+1,B,Hp] (hs[s] = h before s)
@@ -199,45 +201,12 @@ def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrma
     #     in PyTorch's layout;  nact: [n];  ctl: [Q+1] claim counters, then done
     n, B, GA = act.shape
     Hp = dy.shape[2]
-    GH = 3 * Hp
-    VW = len(tag)
-    NB = nvb * VW
-    Q = (Hp + NB - 1) // NB
-    flags = ctl.ctypes.data
-    done = flags + 8 * Q
-    ubp = ub.ctypes.data
-    ghp = dgh.ctypes.data
-    gxp = dgx.ctypes.data
-    ap = act.ctypes.data
-    hsp = hs.ctypes.data
-    dyp = dy.ctypes.data
-    ddp = dd.ctypes.data
-    t0 = cycles()
-    waited = 0
-    for k in range(n):
-        s = n - 1 - k
-        nb = min(nact[s], rhi)
-        nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
-        if nthr > 1 and k > 0:
-            waited += _wait(done, Q * k)
-        a = ghp + 4 * (s + 1) * B * GH
-        cnt = 0
-        for i in range(Q):
-            q = i if tid == 0 else Q - 1 - i
-            if not _claim(flags, q, k, nthr):
-                break
-            cnt += 1
-            j0 = q * NB
-            nv = min(NB, Hp - j0) // VW
-            _gru_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, GH, ubp + 4 * q * GH * NB,
-                           dyp + 4 * (s * B * Hp + j0), Hp, ap + 4 * (s * B * GA + 4 * j0), GA,
-                           hsp + 4 * (s * B * Hp + j0), ddp + 4 * j0,
-                           ghp + 4 * (s * B * GH + j0), gxp + 4 * (s * B * GH + j0))
-        if nthr > 1:
-            atomic_add(done, cnt)
-    if nthr > 1 and tid == 0:
-        waited += _wait(done, Q * n)
-    return waited / max(1, cycles() - t0)
+    NB = nvb * len(tag)
+    args = (tag, n, B, Hp, GA, nvb, ub.ctypes.data, dgh.ctypes.data, dgx.ctypes.data,
+            act.ctypes.data, hs.ctypes.data, dy.ctypes.data, dd.ctypes.data, nact, mrmax, rlo,
+            rhi)
+    return _panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _gru_bwd_step_panel, args,
+                        None)
 
 
 # --------------------------------------------------------------------------- RNN forward
@@ -266,6 +235,34 @@ def _rnn_fwd_rows(r0, nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
         r0 += mr
 
 
+@njit(inline="always")
+def _rnn_fwd_panel(s, q, tid, Q, args, opt):
+    """Step ``s``, panel ``q`` of :func:`_rnn_fwd`."""
+    (tag, xp, B, I, Hp, nvb, upp, bp, hsp, nact, relu, mrmax, rlo, rhi) = args
+    VW = len(tag)
+    NB = nvb * VW
+    KW = (I + Hp) * NB
+    nb = min(nact[s], rhi)
+    hp = hsp + 4 * s * B * Hp
+    yp = hp + 4 * B * Hp
+    xsp = xp + 4 * s * B * I
+    j0 = q * NB
+    nv = min(NB, Hp - j0) // VW
+    wq = upp + 4 * q * KW
+    if nv == 4:
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                      yp + 4 * j0, relu)
+    elif nv == 3:
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                      yp + 4 * j0, relu)
+    elif nv == 2:
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                      yp + 4 * j0, relu)
+    else:
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + 4 * j0,
+                      yp + 4 * j0, relu)
+
+
 @njit(**_OPTS)
 def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
     # xs: [n,B,I] step order;  bias: [Hp] b_ih + b_hh
@@ -274,51 +271,11 @@ def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax, rlo,
     # hs: [n+1,B,Hp] hs[0] = h0, hs[s+1] = h after step s;  nact: [n];  ctl: [Q+1]
     n, B, I = xs.shape
     Hp = hs.shape[2]
-    VW = len(tag)
-    NB = nvb * VW
-    Q = (Hp + NB - 1) // NB
-    KW = (I + Hp) * NB
-    flags = ctl.ctypes.data
-    done = flags + 8 * Q
-    xp = xs.ctypes.data
-    upp = up.ctypes.data
-    bp = bias.ctypes.data
-    hsp = hs.ctypes.data
-    t0 = cycles()
-    waited = 0
-    for s in range(n):
-        nb = min(nact[s], rhi)
-        if nthr > 1 and s > 0:
-            waited += _wait(done, Q * s)
-        hp = hsp + 4 * s * B * Hp
-        yp = hp + 4 * B * Hp
-        xsp = xp + 4 * s * B * I
-        cnt = 0
-        for i in range(Q):
-            q = i if tid == 0 else Q - 1 - i
-            if not _claim(flags, q, s, nthr):
-                break
-            cnt += 1
-            j0 = q * NB
-            nv = min(NB, Hp - j0) // VW
-            wq = upp + 4 * q * KW
-            if nv == 4:
-                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                              yp + 4 * j0, relu)
-            elif nv == 3:
-                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                              yp + 4 * j0, relu)
-            elif nv == 2:
-                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                              yp + 4 * j0, relu)
-            else:
-                _rnn_fwd_rows(rlo, nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                              yp + 4 * j0, relu)
-        if nthr > 1:
-            atomic_add(done, cnt)
-    if nthr > 1 and tid == 0:
-        waited += _wait(done, Q * n)
-    return waited / max(1, cycles() - t0)
+    NB = nvb * len(tag)
+    args = (tag, xs.ctypes.data, B, I, Hp, nvb, up.ctypes.data, bias.ctypes.data,
+            hs.ctypes.data, nact, relu, mrmax, rlo, rhi)
+    return _panel_steps(n, (Hp + NB - 1) // NB, False, ctl, tid, nthr, _rnn_fwd_panel, args,
+                        None)
 
 
 # --------------------------------------------------------------------------- RNN backward
@@ -373,48 +330,32 @@ def _rnn_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, wq, Hp, zp, dhq, dyq, hnq, 
                       dgq, relu)
 
 
+@njit(inline="always")
+def _rnn_bwd_step_panel(s, q, tid, Q, args, opt):
+    """Step ``s``, output panel ``q`` of :func:`_rnn_bwd`."""
+    (tag, n, B, Hp, nvb, ubp, gp, hsp, dyp, dhp, zp, nact, relu, mrmax, rlo, rhi) = args
+    NB = nvb * len(tag)
+    nb = min(nact[s], rhi)
+    nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
+    a = gp + 4 * (s + 1) * B * Hp
+    j0 = q * NB
+    nv = min(NB, Hp - j0) // len(tag)
+    _rnn_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, ubp + 4 * q * Hp * NB, Hp, zp,
+                   dhp + 4 * j0, dyp + 4 * (s * B * Hp + j0),
+                   hsp + 4 * ((s + 1) * B * Hp + j0), gp + 4 * (s * B * Hp + j0), relu)
+
+
 @njit(**_OPTS)
 def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
     # hs: [n+1,B,Hp] (hs[s+1] = h' of step s);  ub: U packed by output panels, [Hp][w] each
     # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
     # dg: [n,B,Hp] out, pre-activation gradients (rows >= nact[s] untouched)
     n, B, Hp = dy.shape
-    VW = len(tag)
-    NB = nvb * VW
-    Q = (Hp + NB - 1) // NB
-    flags = ctl.ctypes.data
-    done = flags + 8 * Q
-    ubp = ub.ctypes.data
-    gp = dg.ctypes.data
-    hsp = hs.ctypes.data
-    dyp = dy.ctypes.data
-    dhp = dhn.ctypes.data
-    zp = zrow.ctypes.data
-    t0 = cycles()
-    waited = 0
-    for k in range(n):
-        s = n - 1 - k
-        nb = min(nact[s], rhi)
-        nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
-        if nthr > 1 and k > 0:
-            waited += _wait(done, Q * k)
-        a = gp + 4 * (s + 1) * B * Hp
-        cnt = 0
-        for i in range(Q):
-            q = i if tid == 0 else Q - 1 - i
-            if not _claim(flags, q, k, nthr):
-                break
-            cnt += 1
-            j0 = q * NB
-            nv = min(NB, Hp - j0) // VW
-            _rnn_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, ubp + 4 * q * Hp * NB, Hp, zp,
-                           dhp + 4 * j0, dyp + 4 * (s * B * Hp + j0),
-                           hsp + 4 * ((s + 1) * B * Hp + j0), gp + 4 * (s * B * Hp + j0), relu)
-        if nthr > 1:
-            atomic_add(done, cnt)
-    if nthr > 1 and tid == 0:
-        waited += _wait(done, Q * n)
-    return waited / max(1, cycles() - t0)
+    NB = nvb * len(tag)
+    args = (tag, n, B, Hp, nvb, ub.ctypes.data, dg.ctypes.data, hs.ctypes.data, dy.ctypes.data,
+            dhn.ctypes.data, zrow.ctypes.data, nact, relu, mrmax, rlo, rhi)
+    return _panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _rnn_bwd_step_panel, args,
+                        None)
 
 
 # --------------------------------------------------------------------------- drivers

@@ -1,12 +1,12 @@
 """The CUDA backend: ``numba.cuda`` kernels for every cell of :mod:`fastrnn.cells`.
 
-It implements the backend contract of :mod:`fastrnn.dispatch` (one layer, one
+It implements the backend contract of :mod:`fastrnn.contract` (one layer, one
 direction, a whole sequence) on device arrays: numba device arrays or anything
 with ``__cuda_array_interface__`` (taken without a copy); NumPy arrays are
 copied to the device for convenience. Every array returned lives on the device.
 
 Notation: ``T`` steps, ``B`` batch, ``I`` inputs, ``H`` hidden units, ``G``
-gates (``GH = G*H``), ``K`` saved activations per unit (see ``_SAVED``).
+gates (``GH = G*H``), ``K`` saved activations per unit (``CellSpec.saved``).
 
 Strategies (chosen per call by :func:`choose_strategy`, or forced through
 ``settings.strategy``):
@@ -80,22 +80,28 @@ pre-activations are kept twice: ``dah [T,B,GH]`` by step (for the recurrent
 product and ``dW_hh``) and ``dax [T,B,GH]`` by time (for ``dx`` and
 ``dW_ih``). Entries of padded steps are written as zeros, so every buffer is
 fully defined without a memset.
+
+Layout: :mod:`~fastrnn.kernels.cuda_base` (settings, device arrays,
+workspaces), :mod:`~fastrnn.kernels.cuda_gemm` (GEMMs, transposes, column
+sums), :mod:`~fastrnn.kernels.cuda_points` (each cell's device functions and
+the per-step kernels that launch them), :mod:`~fastrnn.kernels.cuda_persistent`
+(the persistent kernels and their drivers); this module holds the backend
+contract (:func:`forward`, :func:`backward`), the per-step drivers and the
+weight gradients. Per-cell tables come from :mod:`fastrnn.cells`.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from fastrnn.dispatch import Weights
+from fastrnn.cells import CELLS
+from fastrnn.contract import Weights
 
 from .cuda_base import (SIMULATOR, STRATEGIES, Settings, _CONST, _IMPORT_ERROR, _copy, _dev,
                         _device_key, _dummy, _empty, _row_major, _work, _zeros, clear_workspaces,
                         configure, cuda, settings)
 from .cuda_gemm import _colsum, _gemm
 from .cuda_persistent import _DoesNotFit, _persistent_backward, _persistent_forward
-from .cuda_points import (PERSISTENT_CELLS, TWO_PHASE_CELLS, _BWD, _FWD, _SAVED, _bwd_kernel,
-                          _fwd_kernel, _grub_bwd_n, _grub_bwd_r, _grub_fwd_gates,
-                          _grub_fwd_step, _peep_full_bwd_cell, _peep_full_bwd_out,
-                          _peep_full_fwd_cell, _peep_full_fwd_out)
+from .cuda_points import _BWD, _FWD, _second_product_operands, _step_kernel
 # internals the tests and bench/gpu_check.py reach through this module
 from .cuda_base import _WS  # noqa: F401
 from .cuda_gemm import _as_cupy, _cupy  # noqa: F401
@@ -104,6 +110,12 @@ from .cuda_persistent import _persistent_plan  # noqa: F401
 __all__ = ["available", "forward", "backward", "to_device", "to_host", "settings", "Settings",
            "configure", "choose_strategy", "clear_workspaces", "SIMULATOR", "STRATEGIES",
            "PERSISTENT_CELLS", "TWO_PHASE_CELLS"]
+
+#: cells the persistent kernel runs: all of them, each in the skeleton of its
+#: ``CellSpec.products`` (see :mod:`fastrnn.kernels.cuda_persistent`)
+PERSISTENT_CELLS = tuple(CELLS)
+#: the cells whose step holds a second, dependent product (two points per step)
+TWO_PHASE_CELLS = tuple(name for name, spec in CELLS.items() if spec.products == 2)
 
 
 def available():
@@ -257,11 +269,11 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     has_c = cell.has_cell
     rev = int(bool(reverse))
     S = T if training else 1
-    K = _SAVED[cell.name]
-    acts = _empty((S, B, K * H), dtype)
+    acts = _empty((S, B, cell.saved * H), dtype)
     hs = _empty((S, B, H), dtype)
     cs = _empty((S, B, H), dtype) if has_c else _dummy((1, 1, 1), dtype)
     y = _empty((T, B, H), dtype)
+    out = (y, acts, hs, cs)
     h = _copy(h0)
     if has_c:
         c = _copy(c0) if c0 is not None else _zeros((B, H), dtype)
@@ -278,8 +290,7 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
         strategy = choose_strategy(cell, B, H)
         if strategy == "persistent":
             try:
-                _persistent_forward(cell, T, rev, lens, xw, w, h, c, y, acts, hs, cs, peep,
-                                    bool(training))
+                _persistent_forward(cell, T, rev, lens, xw, w, h, c, out, peep, bool(training))
             except _DoesNotFit:
                 strategy = "per_step"
             except _NOT_A_DEVICE_LIMIT:
@@ -290,8 +301,7 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
                 _disable_persistent(exc)
                 strategy = "per_step"
         if strategy == "per_step":
-            _per_step_forward(cell, T, rev, lens, xw, w, h, c, y, acts, hs, cs, peep,
-                              bool(training))
+            _per_step_forward(cell, T, rev, lens, xw, w, h, c, out, peep, bool(training))
 
     cache = None
     if training:
@@ -301,46 +311,46 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     return y, h, (c if has_c else None), cache
 
 
-def _per_step_forward(cell, T, rev, lens, xw, w, h, c, y, acts, hs, cs, peep, training):
+def _step_products_fwd(cell, w, h, c, hw, aux, p_if, p_o):
+    """Per forward point, the recurrent products ``(src, mat, dst, bias)`` that
+    precede it: ``dst = src matᵀ (+ bias)`` (see :mod:`fastrnn.kernels.cuda_points`
+    for ``aux``)."""
+    if cell.products == 1:
+        return (((h, w.w_hh, hw, w.b_hh),),)
+    H = h.shape[1]
+    if cell.peephole == "full":
+        # h W_hhᵀ + b_hh and (P_i c, P_f c); then P_o c'
+        return (((h, w.w_hh, hw, w.b_hh), (c, p_if, aux, None)), ((c, p_o, aux[:, :H], None),))
+    # GRU reset-before: h U_rzᵀ + b_rz; then (r ⊙ h) U_nᵀ + b_n
+    return (((h, w.w_hh[:2 * H], hw[:, :2 * H], w.b_hh[:2 * H]),),
+            ((aux, w.w_hh[2 * H:], hw[:, 2 * H:], w.b_hh[2 * H:]),))
+
+
+def _per_step_forward(cell, T, rev, lens, xw, w, h, c, out, peep, training):
+    """The forward time loop as per-step launches: for each step and each of
+    the cell's points, its products (GEMMs), then the point; h, c [B,H]
+    updated in place; ``out = (y, acts, hs, cs)``."""
     B, H = h.shape
-    G = cell.gates
     dtype = np.dtype(h.dtype)
     tpb = settings.threads
     grid = (B * H + tpb - 1) // tpb
-    hw = _work("hw", (B, G * H), dtype)                       # h W_hhᵀ + b_hh
-    name = cell.name
+    hw = _work("hw", (B, cell.gates * H), dtype)               # h W_hhᵀ + b_hh
+    if cell.products == 1:
+        aux = p_if = p_o = hw
+    else:
+        aux, p_if, p_o = _second_product_operands(cell, peep, B, H, dtype)
+    pre = (xw, hw, aux)
+    state = (h, h, c, c)
     # launch configurations and weight slices made once, not per step (each
     # costs microseconds of Python)
-    if name == "gru_reset_before":
-        rh = _work("rh", (B, H), dtype)                       # r ⊙ h
-        w_rz, w_n, b_rz, b_n = w.w_hh[:2 * H], w.w_hh[2 * H:], w.b_hh[:2 * H], w.b_hh[2 * H:]
-        hw_rz, hw_n = hw[:, :2 * H], hw[:, 2 * H:]
-        gates = _fwd_kernel(_grub_fwd_gates)[grid, tpb]
-        step = _fwd_kernel(_grub_fwd_step)[grid, tpb]
-        for s in range(T):
-            slot = s if training else 0
-            _gemm(h, w_rz, hw_rz, bias=b_rz, trans_b=True)
-            gates(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, rh)
-            _gemm(rh, w_n, hw_n, bias=b_n, trans_b=True)
-            step(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, rh)
-    elif name == "peephole_full":
-        pc = _work("pc", (B, 2 * H), dtype)                   # (P_i c, P_f c), then P_o c'
-        p_if, p_o, pc_o = peep[:2].reshape(2 * H, H), peep[2], pc[:, :H]
-        cell_phase = _fwd_kernel(_peep_full_fwd_cell)[grid, tpb]
-        out_phase = _fwd_kernel(_peep_full_fwd_out)[grid, tpb]
-        for s in range(T):
-            slot = s if training else 0
-            _gemm(h, w.w_hh, hw, bias=w.b_hh, trans_b=True)
-            _gemm(c, p_if, pc, trans_b=True)
-            cell_phase(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, pc)
-            _gemm(c, p_o, pc_o, trans_b=True)
-            out_phase(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, pc)
-    else:
-        point = _fwd_kernel(_FWD[name])[grid, tpb]
-        for s in range(T):
-            slot = s if training else 0
-            _gemm(h, w.w_hh, hw, bias=w.b_hh, trans_b=True)
-            point(s, rev, lens, xw, hw, h, c, y, acts, slot, hs, cs, peep, hw)
+    phases = tuple(zip(_step_products_fwd(cell, w, h, c, hw, aux, p_if, p_o),
+                       (_step_kernel(point)[grid, tpb] for point in _FWD[cell.name])))
+    for s in range(T):
+        slot = s if training else 0
+        for products, point in phases:
+            for src, mat, dst, bias in products:
+                _gemm(src, mat, dst, bias=bias, trans_b=True)
+            point(s, rev, lens, H, slot, pre, state, out, peep)
 
 
 def backward(cell, cache, dy, dh_n, dc_n=None):
@@ -380,8 +390,10 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     dy = dy if dy is not None else _zeros((T, B, H), dtype)
     dax = _work("dax", (T, B, GH), dtype)           # by time
     # by step; the same buffer when step == time and both hold the same values
-    dah = dax if (not cache.reverse and not cell.name == "gru") else _work("dah", (T, B, GH),
-                                                                         dtype)
+    # (all cells but the reset-after GRU, whose candidate's recurrent part
+    # r ⊙ (U_n h) has a gradient of its own)
+    reset_after = cell.family == "gru" and cell.products == 1
+    dah = _work("dah", (T, B, GH), dtype) if (cache.reverse or reset_after) else dax
     peep = w.peep if w.peep is not None else _dummy((1, 1), dtype)
 
     done = False
@@ -410,7 +422,8 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     dw_hh = _empty((GH, H), dtype)
     hs2 = _row_major(cache.hs, TB)
     acts2 = _row_major(cache.acts, TB)
-    if cell.name == "gru_reset_before":
+    if cell.family == "gru" and cell.products == 2:
+        # reset-before: U_n multiplies r ⊙ h, saved in acts[:, :, 3H:4H]
         _gemm(dah2[:, :2 * H], hs2, dw_hh[:2 * H], trans_a=True, big=True)
         _gemm(dah2[:, 2 * H:], acts2[:, 3 * H:], dw_hh[2 * H:], trans_a=True, big=True)
     else:
@@ -434,40 +447,39 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     return dx, dh, (dc if has_c else None), Weights(dw_ih, dw_hh, db_ih, db_hh, dpeep)
 
 
+def _step_products_bwd(cell, w, dh, dc, aux, peep):
+    """Per backward point, the products ``(k0, k1, mat, dst, accumulate)`` that
+    follow it: ``dst (+)= dah[s][:, k0:k1] mat``."""
+    H = dh.shape[1]
+    if cell.products == 1:
+        return (((0, cell.gates * H, w.w_hh, dh, True),),)
+    if cell.peephole == "full":
+        # dL/dc' += P_oᵀ dao; then dc += [P_i; P_f]ᵀ (dai, daf), dh += W_hhᵀ da
+        return (((3 * H, 4 * H, peep[2], aux, True),),
+                ((0, 2 * H, peep[:2].reshape(2 * H, H), dc, True),
+                 (0, 4 * H, w.w_hh, dh, True)))
+    # GRU reset-before: dL/d(r ⊙ h) = dan U_n; then dh += da_rz U_rz
+    return (((2 * H, 3 * H, w.w_hh[2 * H:], aux, False),),
+            ((0, 2 * H, w.w_hh[:2 * H], dh, True),))
+
+
 def _per_step_backward(cell, cache, dy, dh, dc, dax, dah, peep):
+    """The backward time loop as per-step launches: for each step, backwards,
+    and each of the cell's points, the point, then its products (GEMMs)."""
     T, B, I, H = cache.shape
-    w = cache.weights
+    GH = cell.gates * H
     dtype = np.dtype(dh.dtype)
     tpb = settings.threads
     grid = (B * H + tpb - 1) // tpb
-    lens, rev, acts, hs = cache.lengths, cache.reverse, cache.acts, cache.hs
     cs = cache.cs if cache.cs is not None else _dummy((1, 1, 1), dtype)
-    name = cell.name
     aux = _work("aux", (B, H), dtype)
-    args = (rev, lens, dy, dh, dc, acts, hs, cs, dax, dah, peep, aux)
-    if name == "gru_reset_before":
-        grad_n = _bwd_kernel(_grub_bwd_n)[grid, tpb]
-        grad_r = _bwd_kernel(_grub_bwd_r)[grid, tpb]
-        w_rz, w_n = w.w_hh[:2 * H], w.w_hh[2 * H:]
-        for s in range(T - 1, -1, -1):
-            grad_n(s, *args)
-            _gemm(dah[s][:, 2 * H:], w_n, aux)                  # dL/d(r ⊙ h)
-            grad_r(s, *args)
-            _gemm(dah[s][:, :2 * H], w_rz, dh, accumulate=True)
-    elif name == "peephole_full":
-        grad_out = _bwd_kernel(_peep_full_bwd_out)[grid, tpb]
-        grad_cell = _bwd_kernel(_peep_full_bwd_cell)[grid, tpb]
-        p_if, p_o = peep[:2].reshape(2 * H, H), peep[2]
-        for s in range(T - 1, -1, -1):
-            grad_out(s, *args)
-            _gemm(dah[s][:, 3 * H:], p_o, aux, accumulate=True)    # + P_oᵀ dao
-            grad_cell(s, *args)
-            _gemm(dah[s][:, :2 * H], p_if, dc, accumulate=True)
-            _gemm(dah[s], w.w_hh, dh, accumulate=True)
-    else:
-        point = _bwd_kernel(_BWD[name])[grid, tpb]
-        for s in range(T - 1, -1, -1):
-            point(s, *args)
-            _gemm(dah[s], w.w_hh, dh, accumulate=True)
-
-
+    args = (dy, (dh, dc, aux), (cache.acts, cache.hs, cs), (dax, dah), peep)
+    phases = tuple(zip((_step_kernel(point)[grid, tpb] for point in _BWD[cell.name]),
+                       _step_products_bwd(cell, cache.weights, dh, dc, aux, peep)))
+    lens, rev = cache.lengths, cache.reverse
+    for s in range(T - 1, -1, -1):
+        da = dah[s]
+        for point, products in phases:
+            point(s, rev, lens, H, *args)
+            for k0, k1, mat, dst, accumulate in products:
+                _gemm(da if k1 - k0 == GH else da[:, k0:k1], mat, dst, accumulate=accumulate)

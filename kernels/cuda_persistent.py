@@ -1,6 +1,26 @@
 """The CUDA backend's persistent kernels: the whole time loop of one layer in
-one cooperative kernel (see :mod:`fastrnn.kernels.cuda` for the strategy), their
-launch planning and their drivers.
+one cooperative kernel (the ``"persistent"`` strategy of
+:mod:`fastrnn.kernels.cuda`), their launch planning and their drivers.
+
+Two skeletons, by ``CellSpec.products``:
+
+- one recurrent product per step (:func:`_persistent_fwd_kernel`,
+  :func:`_persistent_bwd_kernel`): the block's slice of ``W_hh`` cached in
+  shared memory when it fits, one grid barrier per step;
+- a second, dependent product inside the step (:func:`_persistent_two_product_fwd_kernel`,
+  :func:`_persistent_two_product_bwd_kernel`): factories over the cell's two
+  points (:data:`fastrnn.kernels.cuda_points._FWD` / ``_BWD``) and the
+  products around them (:data:`_PRODUCTS`), two grid barriers per step,
+  weights read from global memory.
+
+In every persistent kernel a recurrent product (one output) is shared by an
+aligned group of ``lanes`` threads: lane l adds k = l, l + lanes, ... (for
+consecutive lanes, consecutive addresses of a weight row: coalesced, and in
+shared memory conflict-free), then :func:`_lane_sum` adds the lanes' partial
+sums. The loops over outputs step through ``range(0, n, groups)`` so that
+every thread of the block makes the same number of shuffles. A block's
+``units = (HB, j0, tid, nt, lanes)``: it owns the hidden units
+``[j0, j0 + HB)``; ``tid`` and ``nt`` are its thread index and count.
 """
 from __future__ import annotations
 
@@ -10,9 +30,12 @@ import numpy as np
 
 from .cuda_base import SIMULATOR, _dummy, _work, cuda, numba, settings
 from .cuda_gemm import _transpose
-from .cuda_points import TWO_PHASE_CELLS, _BWD, _FWD, _grub_bwd_n, _grub_bwd_r, \
-    _grub_fwd_gates, _grub_fwd_step, _peep_full_bwd_cell, _peep_full_bwd_out, \
-    _peep_full_fwd_cell, _peep_full_fwd_out, _time
+from .cuda_points import _BWD, _FWD, _second_product_operands, _time
+
+
+class _DoesNotFit(Exception):
+    """The persistent grid cannot be co-resident on this device."""
+
 
 if cuda is not None:
     @cuda.jit(device=True)
@@ -27,35 +50,155 @@ if cuda is not None:
             off //= 2
         return v
 
+    @cuda.jit(device=True)
+    def _own_rows(src, w, bias, use_bias, out, g_lo, g_hi, units):
+        """out[b, g*H + j] = src[b, :] · w[g*H + j, :] (+ bias) for the block's
+        units j and gates g in [g_lo, g_hi). src [B,H]; w [>=g_hi*H, H]."""
+        HB, j0, tid, nt, lanes = units
+        B = src.shape[0]
+        H = src.shape[1]
+        R = (g_hi - g_lo) * HB
+        lane = tid % lanes
+        grp = tid // lanes
+        for base in range(0, B * R, nt // lanes):
+            item = base + grp
+            b = item // R
+            r = item - b * R
+            g = g_lo + r // HB
+            j = j0 + r % HB
+            row = g * H + j
+            acc = type(src[0, 0])(0)    # the arrays' type (a bare 0.0 would be float64)
+            if b < B and j < H:
+                for k in range(lane, H, lanes):
+                    acc += src[b, k] * w[row, k]
+            acc = _lane_sum(acc, lanes)
+            if lane == 0 and b < B and j < H:
+                if use_bias:
+                    acc += bias[row]
+                out[b, row] = acc
 
-# --------------------------------------------------------------------------- persistent
-class _DoesNotFit(Exception):
-    """The persistent grid cannot be co-resident on this device."""
+    @cuda.jit(device=True)
+    def _own_cols(da, s, k0, K, wt, kw0, out, units):
+        """out[b, j] += da[s, b, k0:k0+K] · wt[j, kw0:kw0+K] for the block's units
+        j (wt: a transposed weight, so lanes read consecutive addresses);
+        da [T,B,*]; out [B,H]. Ends with a block barrier: the points that
+        follow read out[b, j] from other threads."""
+        HB, j0, tid, nt, lanes = units
+        B = out.shape[0]
+        H = out.shape[1]
+        lane = tid % lanes
+        grp = tid // lanes
+        for base in range(0, B * HB, nt // lanes):
+            item = base + grp
+            b = item // HB
+            j = j0 + item - b * HB
+            acc = type(out[0, 0])(0)
+            if b < B and j < H:
+                for k in range(lane, K, lanes):
+                    acc += da[s, b, k0 + k] * wt[j, kw0 + k]
+            acc = _lane_sum(acc, lanes)
+            if lane == 0 and b < B and j < H:
+                out[b, j] += acc
+        cuda.syncthreads()
+
+    # --------------------------------------------------- products of the two-product cells
+    # forward ``rows(state, pre, mats, units)`` before each phase's point, with
+    # mats = (w_hh, b_hh, [P_i; P_f], P_o); backward ``cols(s, da, carry, mats_t,
+    # units)`` after each phase's point, with mats_t = (w_hhᵀ, [P_i; P_f]ᵀ, P_oᵀ)
+    @cuda.jit(device=True)
+    def _gru_reset_before_rows_gates(state, pre, mats, units):
+        # hw[:, :2H] = h U_rzᵀ + b_rz
+        _own_rows(state[0], mats[0], mats[1], True, pre[1], 0, 2, units)
+
+    @cuda.jit(device=True)
+    def _gru_reset_before_rows_candidate(state, pre, mats, units):
+        # hw[:, 2H:] = (r ⊙ h) U_nᵀ + b_n, r ⊙ h from every block (in aux)
+        _own_rows(pre[2], mats[0], mats[1], True, pre[1], 2, 3, units)
+
+    @cuda.jit(device=True)
+    def _gru_reset_before_cols_candidate(s, da, carry, mats_t, units):
+        # aux = dL/d(r ⊙ h) = dan U_n
+        H = carry[0].shape[1]
+        _own_cols(da[1], s, 2 * H, H, mats_t[0], 2 * H, carry[2], units)
+
+    @cuda.jit(device=True)
+    def _gru_reset_before_cols_reset(s, da, carry, mats_t, units):
+        # dh += da_rz U_rz
+        H = carry[0].shape[1]
+        _own_cols(da[1], s, 0, 2 * H, mats_t[0], 0, carry[0], units)
+
+    @cuda.jit(device=True)
+    def _peephole_full_rows_cell(state, pre, mats, units):
+        # hw = h W_hhᵀ + b_hh; aux = (P_i c, P_f c)
+        _own_rows(state[0], mats[0], mats[1], True, pre[1], 0, 4, units)
+        _own_rows(state[2], mats[2], mats[1], False, pre[2], 0, 2, units)
+
+    @cuda.jit(device=True)
+    def _peephole_full_rows_out(state, pre, mats, units):
+        # aux[:, :H] = P_o c', c' from every block
+        _own_rows(state[3], mats[3], mats[1], False, pre[2], 0, 1, units)
+
+    @cuda.jit(device=True)
+    def _peephole_full_cols_out(s, da, carry, mats_t, units):
+        # aux += P_oᵀ dao
+        H = carry[0].shape[1]
+        _own_cols(da[1], s, 3 * H, H, mats_t[2], 0, carry[2], units)
+
+    @cuda.jit(device=True)
+    def _peephole_full_cols_cell(s, da, carry, mats_t, units):
+        # dc += [P_i; P_f]ᵀ (dai, daf); dh += W_hhᵀ da
+        H = carry[0].shape[1]
+        _own_cols(da[1], s, 0, 2 * H, mats_t[1], 0, carry[1], units)
+        _own_cols(da[1], s, 0, 4 * H, mats_t[0], 0, carry[0], units)
+
+    #: registry name -> ((forward rows before phase 1, before phase 2),
+    #: (backward cols after phase 1, after phase 2)), for the two-product cells
+    _PRODUCTS = {
+        "gru_reset_before": ((_gru_reset_before_rows_gates, _gru_reset_before_rows_candidate),
+                             (_gru_reset_before_cols_candidate, _gru_reset_before_cols_reset)),
+        "peephole_full": ((_peephole_full_rows_cell, _peephole_full_rows_out),
+                          (_peephole_full_cols_out, _peephole_full_cols_cell)),
+    }
 
 
-# In every persistent kernel a recurrent product (one output) is shared by an
-# aligned group of ``lanes`` threads: lane l adds k = l, l + lanes, ... (for
-# consecutive lanes, consecutive addresses of a weight row: coalesced, and in
-# shared memory conflict-free), then _lane_sum adds the lanes' partial sums.
-# The loops over outputs step through ``range(0, n, groups)`` so that every
-# thread of the block makes the same number of shuffles.
+@lru_cache(maxsize=None)
+def _over_own_units(point):
+    """A device function that applies ``point`` to each (b, j) of the block's
+    units at step ``s``: ``run(s, reverse, lengths, B, H, units, *args)``
+    calls ``point(b, j, s, t, *args)`` with the point's five arguments (see
+    :mod:`fastrnn.kernels.cuda_points`)."""
+
+    @cuda.jit(device=True)
+    def run(s, reverse, lengths, B, H, units, a0, a1, a2, a3, a4):
+        HB, j0, tid, nt, lanes = units
+        for item in range(tid, B * HB, nt):
+            b = item // HB
+            j = j0 + item - b * HB
+            if j < H:
+                point(b, j, s, _time(s, b, lengths, reverse), a0, a1, a2, a3, a4)
+
+    return run
 
 
+# --------------------------------------------------------------------------- one product
 @lru_cache(maxsize=None)
 def _persistent_fwd_kernel(point, G, np_dtype):
     """The whole forward time loop of a single-product cell in one cooperative kernel."""
     dt = numba.from_dtype(np.dtype(np_dtype))
     zero = np.dtype(np_dtype).type(0)
+    run = _over_own_units(point)
 
     @cuda.jit
-    def kernel(T, reverse, lengths, xw, w_hh, b_hh, hbuf, cbuf, y, acts, training, hs, cs,
-               peep, hw, HB, use_shared, lanes):
-        # xw [T,B,GH]; w_hh [GH,H]; b_hh [GH]; hbuf, cbuf [2,B,H] double buffers
-        # (the state after step s is in [(s+1)%2]); y [T,B,H]; acts, hs, cs as in
-        # the per-step path; hw [B,GH] work (each block only touches its own
-        # units' columns)
+    def kernel(T, reverse, lengths, training, pre, mats, peep, bufs, out, HB, use_shared, lanes):
+        # pre = (xw [T,B,GH], hw [B,GH] work, hw): each block only touches its
+        # own units' columns of hw; mats = (w_hh [GH,H], b_hh [GH], -, -);
+        # bufs = (hbuf, cbuf) [2,B,H] double buffers (the state after step s is
+        # in [(s+1)%2]); out = (y, acts, hs, cs) as in the per-step path
         grid = cuda.cg.this_grid()
         wsh = cuda.shared.array(0, dt)   # [R, H]: wsh[r*H + k] = w_hh[g*H + j0 + jj, k]
+        w_hh, b_hh = mats[0], mats[1]
+        hw = pre[1]
+        hbuf, cbuf = bufs
         B = hbuf.shape[1]
         H = hbuf.shape[2]
         R = G * HB                       # rows of w_hh owned: r = g*HB + jj
@@ -65,6 +208,7 @@ def _persistent_fwd_kernel(point, G, np_dtype):
         lane = tid % lanes
         grp = tid // lanes
         ngrp = nt // lanes
+        units = (HB, j0, tid, nt, lanes)
         if use_shared:
             for e in range(tid, R * H, nt):
                 r = e // H
@@ -79,9 +223,6 @@ def _persistent_fwd_kernel(point, G, np_dtype):
         for s in range(T):
             cur = s % 2
             h_in = hbuf[cur]
-            h_out = hbuf[1 - cur]
-            c_in = cbuf[cur]
-            c_out = cbuf[1 - cur]
             # recurrent products of the owned rows, for every batch entry
             for base in range(0, B * R, ngrp):
                 item = base + grp
@@ -102,14 +243,8 @@ def _persistent_fwd_kernel(point, G, np_dtype):
                 if lane == 0 and b < B and j < H:
                     hw[b, row] = acc + b_hh[row]
             cuda.syncthreads()
-            slot = s if training else 0
-            for item in range(tid, B * HB, nt):
-                b = item // HB
-                j = j0 + item - b * HB
-                if j < H:
-                    t = _time(s, b, lengths, reverse)
-                    point(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y, acts, slot, hs,
-                          cs, peep, hw)
+            state = (h_in, hbuf[1 - cur], cbuf[cur], cbuf[1 - cur])
+            run(s, reverse, lengths, B, H, units, s if training else 0, pre, state, out, peep)
             # every block must have written h_out before anyone reads it as h_in
             grid.sync()
 
@@ -121,14 +256,18 @@ def _persistent_bwd_kernel(point, G, np_dtype):
     """The whole backward time loop of a single-product cell in one cooperative kernel."""
     dt = numba.from_dtype(np.dtype(np_dtype))
     zero = np.dtype(np_dtype).type(0)
+    run = _over_own_units(point)
 
     @cuda.jit
-    def kernel(T, reverse, lengths, dy, w_t, dh, dc, acts, hs, cs, dax, dah, peep, aux, HB,
-               use_shared, lanes):
-        # w_t [H,GH] = w_hhᵀ; dh, dc [B,H]; dah [T,B,GH] is what crosses blocks,
-        # read after the barrier
+    def kernel(T, reverse, lengths, dy, mats_t, carry, saved, da, peep, HB, use_shared, lanes):
+        # mats_t = (w_t [H,GH] = w_hhᵀ, -, -); carry = (dh, dc, aux) [B,H];
+        # saved = (acts, hs, cs); da = (dax, dah): dah [T,B,GH] is what crosses
+        # blocks, read after the barrier
         grid = cuda.cg.this_grid()
         wsh = cuda.shared.array(0, dt)   # [HB, GH]: wsh[jj*GH + k] = w_hh[k, j0 + jj]
+        w_t = mats_t[0]
+        dh = carry[0]
+        dah = da[1]
         B = dh.shape[0]
         H = dh.shape[1]
         GH = G * H
@@ -138,6 +277,7 @@ def _persistent_bwd_kernel(point, G, np_dtype):
         lane = tid % lanes
         grp = tid // lanes
         ngrp = nt // lanes
+        units = (HB, j0, tid, nt, lanes)
         if use_shared:
             for e in range(tid, HB * GH, nt):
                 jj = e // GH
@@ -148,12 +288,7 @@ def _persistent_bwd_kernel(point, G, np_dtype):
                     wsh[e] = zero
             cuda.syncthreads()
         for s in range(T - 1, -1, -1):
-            for item in range(tid, B * HB, nt):
-                b = item // HB
-                j = j0 + item - b * HB
-                if j < H:
-                    t = _time(s, b, lengths, reverse)
-                    point(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah, peep, aux)
+            run(s, reverse, lengths, B, H, units, dy, carry, saved, da, peep)
             grid.sync()
             # dh[b, j] += sum_k dah[s, b, k] w_hh[k, j] for the owned units
             for base in range(0, B * HB, ngrp):
@@ -178,179 +313,70 @@ def _persistent_bwd_kernel(point, G, np_dtype):
     return kernel
 
 
-if cuda is not None:
-    @cuda.jit(device=True)
-    def _own_rows(src, w, bias, use_bias, out, g_lo, g_hi, HB, j0, tid, nt, lanes):
-        """out[b, g*H + j] = src[b, :] · w[g*H + j, :] (+ bias) for the block's
-        units j and gates g in [g_lo, g_hi). src [B,H]; w [>=g_hi*H, H]."""
-        B = src.shape[0]
-        H = src.shape[1]
-        R = (g_hi - g_lo) * HB
-        lane = tid % lanes
-        grp = tid // lanes
-        for base in range(0, B * R, nt // lanes):
-            item = base + grp
-            b = item // R
-            r = item - b * R
-            g = g_lo + r // HB
-            j = j0 + r % HB
-            row = g * H + j
-            acc = type(src[0, 0])(0)    # the arrays' type (a bare 0.0 would be float64)
-            if b < B and j < H:
-                for k in range(lane, H, lanes):
-                    acc += src[b, k] * w[row, k]
-            acc = _lane_sum(acc, lanes)
-            if lane == 0 and b < B and j < H:
-                if use_bias:
-                    acc += bias[row]
-                out[b, row] = acc
-
-    @cuda.jit(device=True)
-    def _own_cols(da, s, k0, K, wt, kw0, out, HB, j0, tid, nt, lanes):
-        """out[b, j] += da[s, b, k0:k0+K] · wt[j, kw0:kw0+K] for the block's units
-        j (wt: a transposed weight, so lanes read consecutive addresses);
-        da [T,B,*]; out [B,H]. Ends with a block barrier: the points that
-        follow read out[b, j] from other threads."""
-        B = out.shape[0]
-        H = out.shape[1]
-        lane = tid % lanes
-        grp = tid // lanes
-        for base in range(0, B * HB, nt // lanes):
-            item = base + grp
-            b = item // HB
-            j = j0 + item - b * HB
-            acc = type(out[0, 0])(0)
-            if b < B and j < H:
-                for k in range(lane, K, lanes):
-                    acc += da[s, b, k0 + k] * wt[j, kw0 + k]
-            acc = _lane_sum(acc, lanes)
-            if lane == 0 and b < B and j < H:
-                out[b, j] += acc
-        cuda.syncthreads()
-
-
+# --------------------------------------------------------------------------- two products
 @lru_cache(maxsize=None)
-def _persistent_two_phase_fwd_kernel(name):
-    """Forward time loop of the cells with a second product inside the step:
-    ``gru_reset_before`` (``U_n (r ⊙ h)``) and ``peephole_full`` (``P_o c'``).
-    Two grid barriers per step; weights are read from global memory (rows of
-    the weights as stored: coalesced across a group's lanes), not cached in
-    shared memory."""
-    grub = name == "gru_reset_before"
+def _persistent_two_product_fwd_kernel(rows_1, point_1, rows_2, point_2):
+    """The forward time loop of a cell with a second product inside the step:
+    ``rows_1``, then ``point_1`` on every unit, a grid barrier (the second
+    product needs every unit's result: r ⊙ h, or c'), ``rows_2``, ``point_2``,
+    a grid barrier. Same arguments as :func:`_persistent_fwd_kernel`'s kernel,
+    with ``pre = (xw, hw, aux)`` and ``mats = (w_hh, b_hh, [P_i; P_f], P_o)``;
+    ``use_shared`` is ignored (the weights are read from global memory, rows
+    as stored: coalesced across a group's lanes)."""
+    run_1 = _over_own_units(point_1)
+    run_2 = _over_own_units(point_2)
 
     @cuda.jit
-    def kernel(T, reverse, lengths, xw, w_hh, b_hh, hbuf, cbuf, y, acts, training, hs, cs,
-               peep, hw, aux, p_if, p_o, HB, lanes):
-        # w_hh [GH,H]; p_if [2H,H] = [P_i; P_f]; p_o [H,H] = P_o;
-        # aux: [B,H] r ⊙ h (GRU) or [B,2H] (P_i c, P_f c) then P_o c' (peephole)
+    def kernel(T, reverse, lengths, training, pre, mats, peep, bufs, out, HB, use_shared, lanes):
         grid = cuda.cg.this_grid()
+        hbuf, cbuf = bufs
         B = hbuf.shape[1]
         H = hbuf.shape[2]
-        j0 = cuda.blockIdx.x * HB
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
+        units = (HB, cuda.blockIdx.x * HB, cuda.threadIdx.x, cuda.blockDim.x, lanes)
         for s in range(T):
             cur = s % 2
-            h_in = hbuf[cur]
-            h_out = hbuf[1 - cur]
-            c_in = cbuf[cur]
-            c_out = cbuf[1 - cur]
+            state = (hbuf[cur], hbuf[1 - cur], cbuf[cur], cbuf[1 - cur])
             slot = s if training else 0
-            if grub:
-                _own_rows(h_in, w_hh, b_hh, True, hw, 0, 2, HB, j0, tid, nt, lanes)
-            else:
-                _own_rows(h_in, w_hh, b_hh, True, hw, 0, 4, HB, j0, tid, nt, lanes)
-                _own_rows(c_in, p_if, b_hh, False, aux, 0, 2, HB, j0, tid, nt, lanes)
+            rows_1(state, pre, mats, units)
             cuda.syncthreads()
-            for item in range(tid, B * HB, nt):
-                b = item // HB
-                j = j0 + item - b * HB
-                if j < H:
-                    t = _time(s, b, lengths, reverse)
-                    if grub:
-                        _grub_fwd_gates(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y,
-                                        acts, slot, hs, cs, peep, aux)
-                    else:
-                        _peep_full_fwd_cell(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out,
-                                            y, acts, slot, hs, cs, peep, aux)
-            grid.sync()     # r ⊙ h, or c', of every unit is needed next
-            if grub:
-                _own_rows(aux, w_hh, b_hh, True, hw, 2, 3, HB, j0, tid, nt, lanes)
-            else:
-                _own_rows(c_out, p_o, b_hh, False, aux, 0, 1, HB, j0, tid, nt, lanes)
+            run_1(s, reverse, lengths, B, H, units, slot, pre, state, out, peep)
+            grid.sync()
+            rows_2(state, pre, mats, units)
             cuda.syncthreads()
-            for item in range(tid, B * HB, nt):
-                b = item // HB
-                j = j0 + item - b * HB
-                if j < H:
-                    t = _time(s, b, lengths, reverse)
-                    if grub:
-                        _grub_fwd_step(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out, y,
-                                       acts, slot, hs, cs, peep, aux)
-                    else:
-                        _peep_full_fwd_out(b, j, s, t, H, xw, hw, h_in, h_out, c_in, c_out,
-                                           y, acts, slot, hs, cs, peep, aux)
+            run_2(s, reverse, lengths, B, H, units, slot, pre, state, out, peep)
             grid.sync()
 
     return kernel
 
 
 @lru_cache(maxsize=None)
-def _persistent_two_phase_bwd_kernel(name):
-    """Backward time loop of ``gru_reset_before`` / ``peephole_full``: two grid
-    barriers per step, each followed by products over the block's columns."""
-    grub = name == "gru_reset_before"
+def _persistent_two_product_bwd_kernel(point_1, cols_1, point_2, cols_2):
+    """The backward time loop of a two-product cell: ``point_1`` on every unit,
+    a grid barrier, ``cols_1``, ``point_2``, a grid barrier, ``cols_2`` (each
+    ``cols`` ends with a block barrier). Same arguments as
+    :func:`_persistent_bwd_kernel`'s kernel, with ``mats_t = (w_hhᵀ,
+    [P_i; P_f]ᵀ, P_oᵀ)``; ``use_shared`` is ignored."""
+    run_1 = _over_own_units(point_1)
+    run_2 = _over_own_units(point_2)
 
     @cuda.jit
-    def kernel(T, reverse, lengths, dy, w_t, dh, dc, acts, hs, cs, dax, dah, peep, aux,
-               pif_t, po_t, HB, lanes):
-        # w_t [H,GH] = w_hhᵀ; pif_t [H,2H] = [P_i; P_f]ᵀ; po_t [H,H] = P_oᵀ; aux [B,H]
+    def kernel(T, reverse, lengths, dy, mats_t, carry, saved, da, peep, HB, use_shared, lanes):
         grid = cuda.cg.this_grid()
-        B = dh.shape[0]
-        H = dh.shape[1]
-        j0 = cuda.blockIdx.x * HB
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
+        B = carry[0].shape[0]
+        H = carry[0].shape[1]
+        units = (HB, cuda.blockIdx.x * HB, cuda.threadIdx.x, cuda.blockDim.x, lanes)
         for s in range(T - 1, -1, -1):
-            for item in range(tid, B * HB, nt):
-                b = item // HB
-                j = j0 + item - b * HB
-                if j < H:
-                    t = _time(s, b, lengths, reverse)
-                    if grub:
-                        _grub_bwd_n(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah, peep,
-                                    aux)
-                    else:
-                        _peep_full_bwd_out(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah,
-                                           peep, aux)
+            run_1(s, reverse, lengths, B, H, units, dy, carry, saved, da, peep)
             grid.sync()
-            if grub:
-                # aux = dL/d(r ⊙ h) = dan · U_n
-                _own_cols(dah, s, 2 * H, H, w_t, 2 * H, aux, HB, j0, tid, nt, lanes)
-            else:
-                # aux += P_oᵀ dao
-                _own_cols(dah, s, 3 * H, H, po_t, 0, aux, HB, j0, tid, nt, lanes)
-            for item in range(tid, B * HB, nt):
-                b = item // HB
-                j = j0 + item - b * HB
-                if j < H:
-                    t = _time(s, b, lengths, reverse)
-                    if grub:
-                        _grub_bwd_r(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah, peep,
-                                    aux)
-                    else:
-                        _peep_full_bwd_cell(b, j, s, t, H, dy, dh, dc, acts, hs, cs, dax, dah,
-                                            peep, aux)
+            cols_1(s, da, carry, mats_t, units)
+            run_2(s, reverse, lengths, B, H, units, dy, carry, saved, da, peep)
             grid.sync()
-            if grub:
-                _own_cols(dah, s, 0, 2 * H, w_t, 0, dh, HB, j0, tid, nt, lanes)
-            else:
-                _own_cols(dah, s, 0, 2 * H, pif_t, 0, dc, HB, j0, tid, nt, lanes)
-                _own_cols(dah, s, 0, 4 * H, w_t, 0, dh, HB, j0, tid, nt, lanes)
+            cols_2(s, da, carry, mats_t, units)
 
     return kernel
 
 
+# --------------------------------------------------------------------------- launch
 def _persistent_lanes(threads):
     """``settings.persistent_lanes``, halved until it divides the block."""
     lanes = settings.persistent_lanes
@@ -395,11 +421,10 @@ def _persistent_plan(H, unit_bytes, nsm, limit, units=None, shared_bytes=None):
     return None
 
 
-def _launch_persistent(kernel, args_for, H, shared_per_unit, itemsize):
-    """Launch ``kernel`` on a co-resident grid of blocks of ``HB`` units each
-    (sized by :func:`_persistent_plan`; ``shared_per_unit`` weights per unit).
-    ``args_for(HB, use_shared, lanes)`` builds the arguments. Returns
-    ``(HB, use_shared)``."""
+def _launch_persistent(kernel, args, H, shared_per_unit, itemsize):
+    """Launch ``kernel(*args, HB, use_shared, lanes)`` on a co-resident grid of
+    blocks of ``HB`` units each (sized by :func:`_persistent_plan`;
+    ``shared_per_unit`` weights per unit). Returns ``(HB, use_shared)``."""
     threads = settings.persistent_threads
     lanes = _persistent_lanes(threads)
     unit_bytes = shared_per_unit * itemsize
@@ -411,11 +436,11 @@ def _launch_persistent(kernel, args_for, H, shared_per_unit, itemsize):
                 f"persistent_units={HB} < H={H} would give wrong results")
         use_shared = 0 < unit_bytes and HB * unit_bytes <= settings.shared_bytes
         kernel[1, threads, 0, HB * unit_bytes if use_shared else 0](
-            *args_for(HB, use_shared, lanes))
+            *args, HB, use_shared, lanes)
         return HB, use_shared
     nsm = cuda.get_current_device().MULTIPROCESSOR_COUNT
     # the compiled kernel depends on the arguments' types only, not on HB
-    spec = kernel.specialize(*args_for(1, False, lanes))
+    spec = kernel.specialize(*args, 1, False, lanes)
 
     def limit(shmem):
         try:
@@ -430,11 +455,14 @@ def _launch_persistent(kernel, args_for, H, shared_per_unit, itemsize):
                           f"block, {settings.shared_bytes} B of shared memory)")
     HB, use_shared = plan
     spec[-(-H // HB), threads, 0, HB * unit_bytes if use_shared else 0](
-        *args_for(HB, use_shared, lanes))
+        *args, HB, use_shared, lanes)
     return plan
 
 
-def _persistent_forward(cell, T, rev, lens, xw, w, h, c, y, acts, hs, cs, peep, training):
+# --------------------------------------------------------------------------- drivers
+def _persistent_forward(cell, T, rev, lens, xw, w, h, c, out, peep, training):
+    """The forward time loop in one persistent kernel; h, c [B,H] in: h0, c0,
+    out: h_n, c_n. ``out = (y, acts, hs, cs)`` as in the per-step path."""
     B, H = h.shape
     G = cell.gates
     dtype = np.dtype(h.dtype)
@@ -446,59 +474,46 @@ def _persistent_forward(cell, T, rev, lens, xw, w, h, c, y, acts, hs, cs, peep, 
     else:
         cbuf = _dummy((2, 1, 1), dtype)
     hw = _work("hw", (B, G * H), dtype)
-    if cell.name in TWO_PHASE_CELLS:
-        kernel = _persistent_two_phase_fwd_kernel(cell.name)
-        if cell.name == "peephole_full":
-            aux = _work("aux2", (B, 2 * H), dtype)
-            p_if, p_o = peep[:2].reshape(2 * H, H), peep[2]
-        else:
-            aux = _work("aux", (B, H), dtype)
-            p_if = p_o = _dummy((1, 1), dtype)
-
-        def args_for2(HB, use_shared, lanes):
-            return (T, rev, lens, xw, w.w_hh, w.b_hh, hbuf, cbuf, y, acts, training, hs, cs,
-                    peep, hw, aux, p_if, p_o, HB, lanes)
-
-        _launch_persistent(kernel, args_for2, H, 0, dtype.itemsize)
+    points = _FWD[cell.name]
+    if cell.products == 1:
+        kernel = _persistent_fwd_kernel(points[0], G, dtype.type)
+        dummy = _dummy((1, 1), dtype)
+        pre, mats, cached = (xw, hw, hw), (w.w_hh, w.b_hh, dummy, dummy), G * H
     else:
-        kernel = _persistent_fwd_kernel(_FWD[cell.name], G, dtype.type)
-
-        def args_for(HB, use_shared, lanes):
-            return (T, rev, lens, xw, w.w_hh, w.b_hh, hbuf, cbuf, y, acts, training, hs, cs,
-                    peep, hw, HB, use_shared, lanes)
-
-        _launch_persistent(kernel, args_for, H, G * H, dtype.itemsize)
+        rows = _PRODUCTS[cell.name][0]
+        kernel = _persistent_two_product_fwd_kernel(rows[0], points[0], rows[1], points[1])
+        aux, p_if, p_o = _second_product_operands(cell, peep, B, H, dtype)
+        pre, mats, cached = (xw, hw, aux), (w.w_hh, w.b_hh, p_if, p_o), 0
+    args = (T, rev, lens, training, pre, mats, peep, (hbuf, cbuf), out)
+    _launch_persistent(kernel, args, H, cached, dtype.itemsize)
     h.copy_to_device(hbuf[T % 2])
     if cell.has_cell:
         c.copy_to_device(cbuf[T % 2])
 
 
 def _persistent_backward(cell, cache, dy, dh, dc, dax, dah, peep):
+    """The backward time loop in one persistent kernel; dh, dc [B,H] in: dh_n,
+    dc_n, out: dh0, dc0; dax, dah [T,B,GH] filled."""
     T, B, I, H = cache.shape
     G = cell.gates
     dtype = np.dtype(dh.dtype)
     cs = cache.cs if cache.cs is not None else _dummy((1, 1, 1), dtype)
     w_t = _transpose(cache.weights.w_hh, "w_t")            # [H, GH]
-    if cell.name in TWO_PHASE_CELLS:
-        kernel = _persistent_two_phase_bwd_kernel(cell.name)
+    points = _BWD[cell.name]
+    dummy = _dummy((1, 1), dtype)
+    if cell.products == 1:
+        kernel = _persistent_bwd_kernel(points[0], G, dtype.type)
+        aux, mats_t, cached = dummy, (w_t, dummy, dummy), G * H
+    else:
+        cols = _PRODUCTS[cell.name][1]
+        kernel = _persistent_two_product_bwd_kernel(points[0], cols[0], points[1], cols[1])
         aux = _work("aux", (B, H), dtype)
-        if cell.name == "peephole_full":
-            pif_t = _transpose(peep[:2].reshape(2 * H, H), "pif_t")
-            po_t = _transpose(peep[2], "po_t")
+        if cell.peephole == "full":
+            mats_t = (w_t, _transpose(peep[:2].reshape(2 * H, H), "pif_t"),
+                      _transpose(peep[2], "po_t"))
         else:
-            pif_t = po_t = _dummy((1, 1), dtype)
-
-        def args_for2(HB, use_shared, lanes):
-            return (T, cache.reverse, cache.lengths, dy, w_t, dh, dc, cache.acts, cache.hs,
-                    cs, dax, dah, peep, aux, pif_t, po_t, HB, lanes)
-
-        _launch_persistent(kernel, args_for2, H, 0, dtype.itemsize)
-        return
-    kernel = _persistent_bwd_kernel(_BWD[cell.name], G, dtype.type)
-    aux = _dummy((1, 1), dtype)
-
-    def args_for(HB, use_shared, lanes):
-        return (T, cache.reverse, cache.lengths, dy, w_t, dh, dc, cache.acts, cache.hs, cs,
-                dax, dah, peep, aux, HB, use_shared, lanes)
-
-    _launch_persistent(kernel, args_for, H, G * H, dtype.itemsize)
+            mats_t = (w_t, dummy, dummy)
+        cached = 0
+    args = (T, cache.reverse, cache.lengths, dy, mats_t, (dh, dc, aux),
+            (cache.acts, cache.hs, cs), (dax, dah), peep)
+    _launch_persistent(kernel, args, H, cached, dtype.itemsize)

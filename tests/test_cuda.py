@@ -165,6 +165,19 @@ def test_available_reports_a_reason(monkeypatch):
     assert kc.available() == (False, "numba.cuda cannot be imported (no module named 'numba.cuda')")
 
 
+def test_every_cell_has_its_device_functions():
+    # the per-cell tables follow the registry: one point per dependent product
+    # (forward and backward), and the two-product cells' persistent products
+    from fastrnn.kernels import cuda_persistent, cuda_points
+    two = {name for name, spec in CELLS.items() if spec.products == 2}
+    assert two == {"gru_reset_before", "peephole_full"}
+    for name, spec in CELLS.items():
+        assert len(cuda_points._FWD[name]) == len(cuda_points._BWD[name]) == spec.products, name
+    assert set(cuda_points._FWD) == set(cuda_points._BWD) == set(CELLS)
+    assert set(cuda_persistent._PRODUCTS) == set(kc.TWO_PHASE_CELLS) == two
+    assert kc.PERSISTENT_CELLS == tuple(CELLS)
+
+
 def test_strategy_choice():
     lstm, gru_rb = get_cell("lstm"), get_cell("gru_reset_before")
     with kc.configure(strategy="auto", persistent_max_batch=4, persistent_max_hidden=16):

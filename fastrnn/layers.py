@@ -169,12 +169,6 @@ class _RecurrentLayer:
         self._backend = None if name == "auto" else dispatch.get_backend(name)
         self._backend_name = name
 
-    def _backend_for(self, x):
-        """The backend module for input ``x`` (already checked)."""
-        if self._backend is not None:
-            return self._backend
-        return dispatch.get_backend(dispatch.resolve_backend("auto", x))
-
     def __getstate__(self):         # copy / pickle: a module does not pickle, its name does
         return dict(self.__dict__, _backend=None)
 
@@ -350,7 +344,8 @@ class _RecurrentLayer:
         :meth:`eval` mode neither.
         """
         x, h0, c0, lengths, T, B = self._check_input(x, state, lengths)
-        be = self._backend_for(x)
+        # looked up when ``backend`` was set; "auto" depends on where x lives
+        be = self._backend or dispatch.get_backend(dispatch.resolve_backend("auto", x))
         ops, H, D = self._ops, self.hidden_size, self.num_directions
         inp = ops.contiguous3(x, swap=self.batch_first)                   # [T, B, I]
         if self.training and not ops.on_device:

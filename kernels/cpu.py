@@ -303,7 +303,8 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
     #
     # Shared shapes: xg [T,B,G*H] = x W_ihᵀ; state (h,) or (h, c), [B,H] each,
     # updated in place; y [T,B,H]; saved: the cell's arrays for backward,
-    # [T,B,.] in training and one-step scratch [1,B,.] in inference (index ts);
+    # [T,B,.] in training (index ts = t); in inference one step's scratch
+    # [1,B,.] (ts = 0) that the rows write only where a later phase reads it;
     # cellw: the cell's extra weights and workspaces; backward's carry: (dh,)
     # plus the cell's other carried gradients, [B,H] each, in place; grads,
     # dbias: the gate-gradient arrays [T,B,G*H] (zero where padded) and their
@@ -329,7 +330,7 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
                     _row(CELL, "fwd", xg[t, b], a[b], a[b], state, cellw, saved, y[t, b],
-                         t if training else 0, b)
+                         t if training else 0, b, training)
 
     def _fwd2(xg, state, w_hhT, bias, w2T, bias2, cellw, lengths, reverse, training, y, saved,
               b0, b1):
@@ -346,14 +347,14 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
                     _row(CELL, "fwd1", xg[t, b], a[b], q[b], state, cellw, saved, y[t, b],
-                         t if training else 0, b)
+                         t if training else 0, b, training)
             _fill_rows(a2[b0:b1], bias2)
             mm(q[b0:b1], w2T, a2[b0:b1], False, 1.0)
             for b in range(b0, b1):
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
                     _row2(CELL, xg[t, b], a[b], a2[b], q[b], state, cellw, saved, y[t, b],
-                          t if training else 0, b)
+                          t if training else 0, b, training)
 
     def _bwd1(saved, w_hh, cellw, lengths, reverse, dy, carry, grads, dbias, b0, b1):
         T, B, H = dy.shape
@@ -404,23 +405,25 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
     # left the saved arrays unwritten (tests/test_cpu_kernels.py caught it).
 
     @njit(inline="always")
-    def _rnn_row(relu, xr, ar, state, saved, yr, ts, b):
+    def _rnn_row(relu, xr, ar, state, saved, yr, ts, b, training):
         # saved: hprev, hout [.,B,H] (h before and after the step)
         hb = state[0][b]
-        saved[0][ts, b, :] = hb
+        if training:
+            saved[0][ts, b, :] = hb
         for j in range(hb.shape[0]):
             v = xr[j] + ar[j]
             hb[j] = rnn_relu_step(v) if relu else rnn_tanh_step(v)
         yr[:] = hb
-        saved[1][ts, b, :] = hb
+        if training:
+            saved[1][ts, b, :] = hb
 
     @njit(inline="always")
-    def _rnn_tanh_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
-        _rnn_row(False, xr, ar, state, saved, yr, ts, b)
+    def _rnn_tanh_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b, training):
+        _rnn_row(False, xr, ar, state, saved, yr, ts, b, training)
 
     @njit(inline="always")
-    def _rnn_relu_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
-        _rnn_row(True, xr, ar, state, saved, yr, ts, b)
+    def _rnn_relu_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b, training):
+        _rnn_row(True, xr, ar, state, saved, yr, ts, b, training)
 
     @njit(inline="always")
     def _rnn_grad(relu, saved, dyr, gr, carry, grads, dbias, t, b):
@@ -443,15 +446,16 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
     # The LSTM family saves act [.,B,4H] (i,f,g,o), cprev, ctanh (tanh c'),
     # hprev [.,B,H], and the peephole cells cnew (c') after them.
     @njit(inline="always")
-    def _lstm_save(state, saved, ts, b):
+    def _lstm_save(state, saved, ts, b, training):
         """Save h and c before the step; this row's gate and tanh c' slots."""
-        saved[3][ts, b, :] = state[0][b]
-        saved[1][ts, b, :] = state[1][b]
+        if training:
+            saved[3][ts, b, :] = state[0][b]
+            saved[1][ts, b, :] = state[1][b]
         return saved[0][ts, b], saved[2][ts, b]
 
     @njit(inline="always")
-    def _lstm_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
-        gr, tcb = _lstm_save(state, saved, ts, b)
+    def _lstm_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b, training):
+        gr, tcb = _lstm_save(state, saved, ts, b, training)
         hb = state[0][b]
         cb = state[1][b]
         H = hb.shape[0]
@@ -459,11 +463,12 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
             i, f, g, o, cn, tc, hn = lstm_step(xr[j] + ar[j], xr[H + j] + ar[H + j],
                                                xr[2 * H + j] + ar[2 * H + j],
                                                xr[3 * H + j] + ar[3 * H + j], cb[j])
-            gr[j] = i
-            gr[H + j] = f
-            gr[2 * H + j] = g
-            gr[3 * H + j] = o
-            tcb[j] = tc
+            if training:
+                gr[j] = i
+                gr[H + j] = f
+                gr[2 * H + j] = g
+                gr[3 * H + j] = o
+                tcb[j] = tc
             cb[j] = cn
             hb[j] = hn
             yr[j] = hn
@@ -488,23 +493,25 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
         _acc(dbias[0], gr)
 
     @njit(inline="always")
-    def _gru_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+    def _gru_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b, training):
         # reset_after: n = tanh(x_n + b_in + r ⊙ (U_n h + b_hn)); cellw: (b_in,)
         # saved: act [.,B,3H] (r,z,n), anh [.,B,H] (U_n h + b_hn), hprev
         b_in = cellw[0]
         hb = state[0][b]
         H = hb.shape[0]
-        saved[2][ts, b, :] = hb
+        if training:
+            saved[2][ts, b, :] = hb
         gr = saved[0][ts, b]
         anb = saved[1][ts, b]
         for j in range(H):
             an = ar[2 * H + j]
             r, z, n, hn = gru_step(xr[j] + ar[j], xr[H + j] + ar[H + j],
                                    xr[2 * H + j] + b_in[j], an, hb[j])
-            gr[j] = r
-            gr[H + j] = z
-            gr[2 * H + j] = n
-            anb[j] = an
+            if training:
+                gr[j] = r
+                gr[H + j] = z
+                gr[2 * H + j] = n
+                anb[j] = an
             hb[j] = hn
             yr[j] = hn
 
@@ -534,29 +541,33 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
         _acc(dbias[1], gr)
 
     @njit(inline="always")
-    def _gru_rb_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+    def _gru_rb_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b, training):
         # reset_before, phase 1: r, z from a = h [U_r;U_z]ᵀ + b; q = r ⊙ h
         # saved: act [.,B,3H] (r,z,n), rh [.,B,H] (r ⊙ h), hprev
         hb = state[0][b]
         H = hb.shape[0]
-        saved[2][ts, b, :] = hb
+        if training:
+            saved[2][ts, b, :] = hb
         gr = saved[0][ts, b]
         for j in range(H):
             r, z = gru_reset_before_gates(xr[j] + ar[j], xr[H + j] + ar[H + j])
-            gr[j] = r
-            gr[H + j] = z
+            if training:
+                gr[j] = r
+            gr[H + j] = z                   # phase 2 reads z here
             qr[j] = r * hb[j]
-        saved[1][ts, b, :] = qr
+        if training:
+            saved[1][ts, b, :] = qr
 
     @njit(inline="always")
-    def _gru_rb_fwd2(xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+    def _gru_rb_fwd2(xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training):
         # phase 2: n = tanh(x_n + (r ⊙ h) U_nᵀ + b_n), h' = (1 - z) n + z h
         gr = saved[0][ts, b]
         hb = state[0][b]
         H = hb.shape[0]
         for j in range(H):
             n, hn = gru_reset_before_step(xr[2 * H + j] + a2r[j], gr[H + j], hb[j])
-            gr[2 * H + j] = n
+            if training:
+                gr[2 * H + j] = n
             hb[j] = hn
             yr[j] = hn
 
@@ -589,9 +600,9 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
         _acc(dbias[0], gr)
 
     @njit(inline="always")
-    def _peep_diag_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+    def _peep_diag_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b, training):
         # cellw: (peep [3,H] = p_i, p_f, p_o,)
-        gr, tcb = _lstm_save(state, saved, ts, b)
+        gr, tcb = _lstm_save(state, saved, ts, b, training)
         p = cellw[0]
         hb = state[0][b]
         cb = state[1][b]
@@ -602,15 +613,17 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                                         xr[H + j] + ar[H + j] + p[1, j] * cj,
                                         xr[2 * H + j] + ar[2 * H + j], cj)
             o, tc, hn = peephole_out(xr[3 * H + j] + ar[3 * H + j] + p[2, j] * cn, cn)
-            gr[j] = i
-            gr[H + j] = f
-            gr[2 * H + j] = g
-            gr[3 * H + j] = o
-            tcb[j] = tc
+            if training:
+                gr[j] = i
+                gr[H + j] = f
+                gr[2 * H + j] = g
+                gr[3 * H + j] = o
+                tcb[j] = tc
             cb[j] = cn
             hb[j] = hn
             yr[j] = hn
-        saved[4][ts, b, :] = cb
+        if training:
+            saved[4][ts, b, :] = cb
 
     @njit(inline="always")
     def _peep_diag_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
@@ -639,22 +652,23 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
         mm(state[1][b0:b1], cellw[0], cellw[1][b0:b1], False, 0.0)
 
     @njit(inline="always")
-    def _peep_full_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b):
+    def _peep_full_fwd(xr, ar, qr, state, cellw, saved, yr, ts, b, training):
         # phase 1: i, f, g and c' (the second product's input q = c')
-        gr, _ = _lstm_save(state, saved, ts, b)
+        gr, _ = _lstm_save(state, saved, ts, b, training)
         pc = cellw[1][b]
         cb = state[1][b]
         H = cb.shape[0]
         for j in range(H):
             i, f, g, cn = peephole_cell(xr[j] + ar[j] + pc[j], xr[H + j] + ar[H + j] + pc[H + j],
                                         xr[2 * H + j] + ar[2 * H + j], cb[j])
-            gr[j] = i
-            gr[H + j] = f
-            gr[2 * H + j] = g
+            if training:
+                gr[j] = i
+                gr[H + j] = f
+                gr[2 * H + j] = g
             qr[j] = cn
 
     @njit(inline="always")
-    def _peep_full_fwd2(xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+    def _peep_full_fwd2(xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training):
         # phase 2: o sees c' through a2 = c' P_oᵀ
         hb = state[0][b]
         H = hb.shape[0]
@@ -662,12 +676,14 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
         tcb = saved[2][ts, b]
         for j in range(H):
             o, tc, hn = peephole_out(xr[3 * H + j] + ar[3 * H + j] + a2r[j], qr[j])
-            gr[3 * H + j] = o
-            tcb[j] = tc
+            if training:
+                gr[3 * H + j] = o
+                tcb[j] = tc
             hb[j] = hn
             yr[j] = hn
         state[1][b, :] = qr
-        saved[4][ts, b, :] = qr
+        if training:
+            saved[4][ts, b, :] = qr
 
     @njit(inline="always")
     def _peep_full_bwd(saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
@@ -759,10 +775,10 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                               post=_peep_full_post),
     }
 
-    def _row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b):
+    def _row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b, training):
         raise NotImplementedError("compiled code only")
 
-    def _row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+    def _row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training):
         raise NotImplementedError("compiled code only")
 
     def _grad(cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
@@ -785,18 +801,18 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
     _LIT = types.StringLiteral
 
     @overload(_row, inline="always")
-    def _ol_row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b):
+    def _ol_row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b, training):
         if isinstance(cell, _LIT) and isinstance(role, _LIT):
             fn = _pick(cell, role)
-            return lambda cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b: fn(
-                xr, ar, qr, state, cellw, saved, yr, ts, b)
+            return lambda cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b, training: fn(
+                xr, ar, qr, state, cellw, saved, yr, ts, b, training)
 
     @overload(_row2, inline="always")
-    def _ol_row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b):
+    def _ol_row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training):
         if isinstance(cell, _LIT):
             fn = _pick(cell, "fwd2")
-            return lambda cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b: fn(
-                xr, ar, a2r, qr, state, cellw, saved, yr, ts, b)
+            return lambda cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training: fn(
+                xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training)
 
     @overload(_grad, inline="always")
     def _ol_grad(cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
@@ -1057,7 +1073,7 @@ def _forward(fam, cell, x, h0, c0, weights, lens, reverse, training, threads):
 
     def keep(*shape, gemm=False):
         """A saved array [T, *shape], zero-filled where padded rows enter the weight
-        GEMMs; in inference one step's scratch [1, *shape] (the loops write it anyway)."""
+        GEMMs; in inference one step's scratch [1, *shape] (see the loops)."""
         if not training:
             return np.empty((1,) + shape, dtype)
         return (np.zeros if (padded and gemm) else np.empty)((T,) + shape, dtype)

@@ -10,11 +10,12 @@ from .cells import CELL_NAMES, CELLS, CellSpec, get_cell
 from .checkpoint import CheckpointError
 from .contract import BackendUnavailable, Weights
 from .layers import GRU, LSTM, RNN, BackwardError, PeepholeLSTM
-from . import blocks, data, metrics, models, optim, train
+from . import blocks, callbacks, data, metrics, models, optim, train
 from .blocks import (AttentionPool, Dropout, Embedding, Linear, Sequential, mse,
                      softmax_cross_entropy)
 from .models import LanguageModel, SequenceClassifier, SequenceRegressor, load_model
 from .optim import SGD, Adagrad, Adam, AdamW, RMSprop, clip_grad_norm, clip_grad_value
+from .callbacks import Callback, LearningRateScheduler, ModelCheckpoint
 from .train import EarlyStopping, Trainer
 
 
@@ -37,5 +38,6 @@ __all__ = [
     "Embedding", "Linear", "Dropout", "Sequential", "AttentionPool", "softmax_cross_entropy", "mse",
     "LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
     "SGD", "Adam", "AdamW", "RMSprop", "Adagrad", "clip_grad_norm", "clip_grad_value",
-    "Trainer", "EarlyStopping", "set_num_threads", "get_num_threads",
+    "Trainer", "EarlyStopping", "Callback", "LearningRateScheduler", "ModelCheckpoint",
+    "set_num_threads", "get_num_threads",
 ]

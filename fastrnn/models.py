@@ -31,7 +31,6 @@ to ``"auto"`` there) and vice versa (``load_model(path, backend="cuda")``).
 """
 from __future__ import annotations
 
-import json
 
 import numpy as np
 
@@ -51,9 +50,6 @@ __all__ = ["LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_mod
 #: from each cell's ``CellSpec.layer``
 CELL_TYPES = {name: (getattr(_layers, get_cell(name).layer[0]), get_cell(name).layer_kwargs)
               for name in CELL_NAMES}
-
-_FORMAT = "fastrnn-model/1"
-
 
 # CheckpointError (a ValueError) lives in fastrnn.checkpoint; imported above
 
@@ -194,12 +190,9 @@ class _Model:
     # ------------------------------------------------------------ save / load
     def save(self, path):
         """Write parameters and config to ``path`` (``.npz`` appended if missing)."""
-        header = {"format": _FORMAT, "model": type(self).__name__,
-                  "config": self.config, "meta": self.meta}
         params = self.state_dict() if self.device == "cuda" else self.params
-        arrays = {"param/" + k: v for k, v in params.items()}
-        # atomic: a temporary file in the same folder, fsynced, then renamed
-        return _ckpt.atomic_savez(path, {"__header__": np.array(json.dumps(header)), **arrays})
+        # the format is written in one place (atomically: a temporary file, fsynced, renamed)
+        return _ckpt.save_model(path, self, params)
 
     @classmethod
     def load(cls, path, backend=None):

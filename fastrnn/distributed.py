@@ -645,6 +645,9 @@ class DistributedTrainer(Trainer):
         ranks other than 0, ``progress`` and ``log`` are turned off. The
         time budget and a ``"budget"`` schedule use the ranks' mean elapsed
         time, reduced with the gradients, so all ranks stop at the same step.
+        Callbacks given in ``callbacks=`` run on every rank (a
+        :class:`fastrnn.callbacks.ModelCheckpoint` needs that: saving is
+        collective); one that prints should check ``comm.rank == 0`` itself.
 
     Attributes
     ----------

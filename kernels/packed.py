@@ -75,7 +75,7 @@ from numba import carray, njit
 
 from fastrnn.kernels.simd import (atomic_add, atomic_cas, atomic_load, atomic_store, cpu_pause,
                                   cycles, f32_ptr, i64_ptr, sched_yield, uk_lstm_bwd, uk_lstm_fwd, uk_peep_bwd,
-                                  uk_peep_fwd)
+                                  uk_peep_fwd, uk_lstm_fwd2, uk_peep_fwd2, PAIR_MR)
 
 __all__ = ["vector_width", "lstm_forward", "lstm_backward"]
 
@@ -85,6 +85,8 @@ _lf1, _lf2, _lf3, _lf4, _lf5, _lf6 = uk_lstm_fwd[1:7]
 _lb1, _lb2, _lb3, _lb4, _lb5, _lb6 = uk_lstm_bwd[1:7]
 _pf1, _pf2, _pf3, _pf4, _pf5, _pf6 = uk_peep_fwd[1:7]
 _pb1, _pb2, _pb3, _pb4, _pb5, _pb6 = uk_peep_bwd[1:7]
+_lf1p, _lf2p = uk_lstm_fwd2[1:3]      # two panels per call (one or two rows)
+_pf1p, _pf2p = uk_peep_fwd2[1:3]
 _MRMAX = 6    # micro-kernel row counts compiled: 1..6
 
 
@@ -194,11 +196,25 @@ def _panel_steps(n, P, backward, ctl, tid, nthr, panel, args, opt):
 
 # --------------------------------------------------------------------------- LSTM forward
 @njit(inline="always")
-def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act,
-                 ldact, training, wn):
+def _lstm_fwd_mr(mr, pair, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y,
+                 act, ldact, training, wn):
     """One micro-kernel call of ``mr`` rows (``peep`` None: plain LSTM, else the
     diagonal peephole variant; the branch is pruned at compile time)."""
-    if peep is None:
+    if pair:      # two panels, mr <= PAIR_MR
+        if peep is None:
+            if mr == 1:
+                _lf1p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
+                      training, wn)
+            else:
+                _lf2p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
+                      training, wn)
+        elif mr == 1:
+            _pf1p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
+                  training, wn)
+        else:
+            _pf2p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
+                  training, wn)
+    elif peep is None:
         if mr == 1:
             _lf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
         elif mr == 2:
@@ -227,11 +243,16 @@ def _lstm_fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ld
 
 
 @njit(inline="always")
-def _lstm_fwd_panel(s, p, tid, P, args, peep):
-    """Step ``s``, panel ``p`` of :func:`_lstm_fwd` (byte pointers in ``args``)."""
+def _lstm_fwd_panel(s, g, tid, NG, args, peep):
+    """Step ``s``, panel (or pair of panels) ``g`` of :func:`_lstm_fwd` (byte
+    pointers in ``args``)."""
     (tag, xp, xld, hbp, hld, B, I, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, mrmax,
-     r0, r1) = args
+     r0, r1, pairs) = args
     VW = len(tag)
+    P = Hp // VW
+    gn = (g + 1) % NG if tid == 0 else (g + NG - 1) % NG     # the group this thread
+    p, pn = (2 * g, 2 * gn) if pairs else (g, gn)              # likely does next
+    pair = pairs and p + 1 < P
     GV = 4 * VW
     KW = (I + Hp) * GV
     nb = nact[s]
@@ -242,8 +263,7 @@ def _lstm_fwd_panel(s, p, tid, P, args, peep):
     cout = csp + 4 * ((s + 1) % ring) * B * Hp
     asp = ap + 4 * s * B * GH
     wp = upp + 4 * p * KW
-    pn = (p + 1) % P if tid == 0 else (p + P - 1) % P     # the panel this thread
-    wn = upp + 4 * pn * KW                                  # likely does next
+    wn = upp + 4 * pn * KW
     col = p * GV
     u0 = p * VW
     nr = min(nb, r1) - r0
@@ -252,7 +272,7 @@ def _lstm_fwd_panel(s, p, tid, P, args, peep):
         q0 = r0 + blk * nr // nblk
         mr = r0 + (blk + 1) * nr // nblk - q0
         co = 4 * (q0 * Hp + u0)
-        _lstm_fwd_mr(mr, peep, tag, xsp + 4 * q0 * xld, xld, hsp + 4 * q0 * hld, hld,
+        _lstm_fwd_mr(mr, pair, peep, tag, xsp + 4 * q0 * xld, xld, hsp + 4 * q0 * hld, hld,
                      wp, I, Hp, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
                      ysp + 4 * (q0 * hld + u0), asp + 4 * (q0 * GH + col), GH, training,
                      wn + 64 * (I + Hp) * (blk % (GV // 16)))
@@ -277,11 +297,16 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
     # ctl: [P+1] int64 panel claim counters, then the done counter
     # r0, r1: the batch rows this call works on (rows never interact: two threads
     #     may run the whole loop on disjoint row ranges with nthr = 1 each)
+    # with at most PAIR_MR rows a panel's FMA chains are latency-bound: panels go in
+    # pairs, one micro-kernel call each (LSTM (200,1,32,32) inference 65 -> .. us)
     ppp = 0 if peep is None else peep.ctypes.data
+    P = Hp // len(tag)
+    pairs = r1 - r0 <= PAIR_MR and P >= 2
     args = (tag, xb.ctypes.data, xld, hb.ctypes.data + 4 * hoff, hld, xb.shape[1], I, Hp,
             bias.shape[0], bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact,
-            training, act.ctypes.data, mrmax, r0, r1)
-    return _panel_steps(n, Hp // len(tag), False, ctl, tid, nthr, _lstm_fwd_panel, args, peep)
+            training, act.ctypes.data, mrmax, r0, r1, pairs)
+    return _panel_steps(n, (P + 1) // 2 if pairs else P, False, ctl, tid, nthr, _lstm_fwd_panel,
+                        args, peep)
 
 
 # --------------------------------------------------------------------------- LSTM backward

@@ -40,7 +40,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "atomic_add", "atomic_load",
+__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
+           "uk_peep_fwd2", "PAIR_MR", "atomic_add", "atomic_load",
            "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr", "cpu_pause", "sched_yield", "cycles",
            "MAX_MR"]
 
@@ -160,6 +161,12 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
     vector ``v`` of each into accumulator ``amap[v]`` (the GRU's x and h segments
     share r and z but keep the n parts apart).
 
+    A segment's ``w`` may also be a list of panel pointers: each gives
+    ``NV // len(w)`` accumulators (panel ``j``'s vector ``v`` into accumulator
+    ``j * NV // len(w) + v``), the same broadcast of ``a`` feeding them all: with
+    one or two rows, two panels in one call keep twice the independent FMA
+    chains in flight (a lone panel's chain is latency-bound).
+
     ``l2next`` (a float pointer, or None): each ``k`` (counted across the
     segments) also prefetches the line ``l2next + 64 k`` bytes into L2: the
     caller points it at the part of the panel it will read next that this call
@@ -180,19 +187,21 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
     l2 = None if l2next is None else builder.bitcast(l2next, i8p)
     for seg in segments:
         a, lda, w, K = seg[:4]
-        amap = seg[4] if len(seg) > 4 else range(NV)
+        ws = w if isinstance(w, list) else [w]
+        amap = seg[4] if len(seg) > 4 else range(NV // len(ws))
         W = len(amap) * VW
         pfd = (max(8, PREFETCH_BYTES // (4 * W))
                if PREFETCH_BYTES and MR >= PREFETCH_MIN_MR else 0)   # rows ahead
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
             wrow = builder.mul(k, ir.Constant(_i64, W))
-            wv = [_vload(builder, vty, w, builder.add(wrow, ir.Constant(_i64, v * VW)))
-                  for v in range(len(amap))]
+            wv = [_vload(builder, vty, wb, builder.add(wrow, ir.Constant(_i64, v * VW)))
+                  for wb in ws for v in range(len(amap))]
             for line in range(0, W if pfd else 0, 16):   # read, keep in L1, data
-                pp = builder.gep(w, [builder.add(wrow, ir.Constant(_i64, pfd * W + line))])
-                builder.call(pf, [builder.bitcast(pp, i8p), ir.Constant(_i32, 0),
-                                  ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
+                for wb in ws:
+                    pp = builder.gep(wb, [builder.add(wrow, ir.Constant(_i64, pfd * W + line))])
+                    builder.call(pf, [builder.bitcast(pp, i8p), ir.Constant(_i32, 0),
+                                      ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
             if l2 is not None:    # read, keep in L2 (prefetcht1)
                 pp = builder.gep(l2, [builder.mul(builder.add(kbase, k), ir.Constant(_i64, 64))])
                 builder.call(pf, [pp, ir.Constant(_i32, 0), ir.Constant(_i32, 2),
@@ -200,14 +209,17 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
             for r in range(MR):
                 aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
                 s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
-                for v, t in enumerate(amap):
-                    acc = builder.load(accs[r][t])
-                    builder.store(builder.call(fma, [s, wv[v], acc]), accs[r][t])
+                for j in range(len(ws)):
+                    for v, t in enumerate(amap):
+                        t += j * len(amap)
+                        acc = builder.load(accs[r][t])
+                        wvec = wv[j * len(amap) + v]
+                        builder.store(builder.call(fma, [s, wvec, acc]), accs[r][t])
         kbase = builder.add(kbase, K)
     return [[builder.load(accs[r][v]) for v in range(NV)] for r in range(MR)]
 
 
-def _make_lstm_fwd(MR, peephole):
+def _make_lstm_fwd(MR, peephole, NP=1):
     @intrinsic
     def uk_lstm(typingctx, tag, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act,
                 ldact, training, wn):
@@ -216,7 +228,10 @@ def _make_lstm_fwd(MR, peephole):
         cout = f cin + i g, y = o tanh(cout), and act = (i, f, g, o) if training.
         cin, cout have row stride ldc, y the same as h (ldh). The peephole variant
         adds p_i cin, p_f cin to the i, f pre-activations and p_o cout to o's
-        (peep: the panel's [p_i p_f p_o] x VW); the other ignores peep."""
+        (peep: the panel's [p_i p_f p_o] x VW); the other ignores peep.
+        NP = 2: two neighbouring panels in one call (each argument points at the
+        first; the second's weights follow at (I+H)*4*VW floats, its bias and
+        act columns at 4*VW, its peepholes at 3*VW, its units at VW)."""
         if not isinstance(tag, types.UniTuple):
             return None
         VW = tag.count
@@ -229,29 +244,36 @@ def _make_lstm_fwd(MR, peephole):
             vty = ir.VectorType(_f32, VW)
             x, h, w, bias, peep, cin, cout, y, act, wn = _ptrs(builder, x, h, w, bias, peep,
                                                                cin, cout, y, act, wn)
-            wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 4 * VW))])
-            accs = _gemm_accs(builder, vty, MR, 4, [(x, ldx, w, I), (h, ldh, wh, H)], wn)
+            kw = builder.mul(builder.add(I, H), ir.Constant(_i64, 4 * VW))   # one panel
+            wp = [builder.gep(w, [builder.mul(kw, ir.Constant(_i64, j))]) for j in range(NP)]
+            wh = [builder.gep(wj, [builder.mul(I, ir.Constant(_i64, 4 * VW))]) for wj in wp]
+            accs = _gemm_accs(builder, vty, MR, 4 * NP, [(x, ldx, wp, I), (h, ldh, wh, H)], wn)
             m = _VMath(builder, vty)
-            bv = [_vload(builder, vty, bias, ir.Constant(_i64, g * VW)) for g in range(4)]
-            if peephole:
-                pv = [_vload(builder, vty, peep, ir.Constant(_i64, k * VW)) for k in range(3)]
-            for r in range(MR):
-                pre = [m.add(accs[r][g], bv[g]) for g in range(4)]
-                ro = _row_off(builder, r, ldc)
-                cp = _vload(builder, vty, cin, ro)
+            for j in range(NP):
+                bv = [_vload(builder, vty, bias, ir.Constant(_i64, (4 * j + g) * VW))
+                      for g in range(4)]
                 if peephole:
-                    pre[0] = m.fma(pv[0], cp, pre[0])
-                    pre[1] = m.fma(pv[1], cp, pre[1])
-                gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
-                cn = m.fma(gf, cp, m.mul(gi, gg))
-                if peephole:
-                    pre[3] = m.fma(pv[2], cn, pre[3])
-                go = m.sigmoid(pre[3])
-                _vstore(builder, cn, vty, cout, ro)
-                _vstore(builder, m.mul(go, m.tanh(cn)), vty, y, _row_off(builder, r, ldh))
-                with builder.if_then(training):
-                    for g, val in enumerate((gi, gf, gg, go)):
-                        _vstore(builder, val, vty, act, _row_off(builder, r, ldact, g * VW))
+                    pv = [_vload(builder, vty, peep, ir.Constant(_i64, (3 * j + k) * VW))
+                          for k in range(3)]
+                for r in range(MR):
+                    pre = [m.add(accs[r][4 * j + g], bv[g]) for g in range(4)]
+                    ro = _row_off(builder, r, ldc, j * VW)
+                    cp = _vload(builder, vty, cin, ro)
+                    if peephole:
+                        pre[0] = m.fma(pv[0], cp, pre[0])
+                        pre[1] = m.fma(pv[1], cp, pre[1])
+                    gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
+                    cn = m.fma(gf, cp, m.mul(gi, gg))
+                    if peephole:
+                        pre[3] = m.fma(pv[2], cn, pre[3])
+                    go = m.sigmoid(pre[3])
+                    _vstore(builder, cn, vty, cout, ro)
+                    _vstore(builder, m.mul(go, m.tanh(cn)), vty, y,
+                            _row_off(builder, r, ldh, j * VW))
+                    with builder.if_then(training):
+                        for g, val in enumerate((gi, gf, gg, go)):
+                            _vstore(builder, val, vty, act,
+                                    _row_off(builder, r, ldact, (4 * j + g) * VW))
             return context.get_dummy_value()
         return sig, codegen
     return uk_lstm
@@ -325,6 +347,10 @@ uk_lstm_fwd = [None] + [_make_lstm_fwd(m, False) for m in range(1, MAX_MR + 1)]
 uk_lstm_bwd = [None] + [_make_lstm_bwd(m, False) for m in range(1, MAX_MR + 1)]
 uk_peep_fwd = [None] + [_make_lstm_fwd(m, True) for m in range(1, MAX_MR + 1)]
 uk_peep_bwd = [None] + [_make_lstm_bwd(m, True) for m in range(1, MAX_MR + 1)]
+#: two panels per call, MR = 1, 2 ([0] unused): for calls of one or two rows
+PAIR_MR = 2
+uk_lstm_fwd2 = [None] + [_make_lstm_fwd(m, False, 2) for m in range(1, PAIR_MR + 1)]
+uk_peep_fwd2 = [None] + [_make_lstm_fwd(m, True, 2) for m in range(1, PAIR_MR + 1)]
 
 
 @intrinsic

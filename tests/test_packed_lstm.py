@@ -27,3 +27,34 @@ def test_longer_sequence(threads):
 def test_old_kernels_still_selectable(monkeypatch):
     monkeypatch.setattr(cpu, "use_packed", False)
     check_case("lstm", T=5, B=3, I=4, H=6, lengths_kind="different", reverse=True, state=True)
+
+
+@pytest.mark.parametrize("shape", [(5, 1, 3, 40), (4, 2, 5, 40), (3, 1, 2, 70)],
+                         ids=lambda s: "T{}B{}I{}H{}".format(*s))
+def test_panel_pairs(shape, vector_width):
+    """One or two rows per call: the forward runs neighbouring panels in pairs
+    (an odd panel count leaves one alone)."""
+    check_all_options("lstm", shape, packed.PackedCache)
+
+
+@pytest.mark.parametrize("B", [1, 2, 3])
+def test_peephole_panel_pairs_against_reference(B, vector_width):
+    import numpy as np
+    from fastrnn import reference
+    from fastrnn.cells import CELLS
+    from fastrnn.contract import Weights
+    cell = CELLS["peephole_diagonal"]
+    T, I, H = 6, 3, 40
+    rng = np.random.default_rng(B)
+    f = lambda *s: rng.uniform(-0.3, 0.3, s).astype(np.float32)  # noqa: E731
+    w = Weights(f(4 * H, I), f(4 * H, H), f(4 * H), f(4 * H), f(3, H))
+    x, h0, c0 = f(T, B, I), f(B, H), f(B, H)
+    d = lambda a: a.astype(np.float64)  # noqa: E731
+    w64 = Weights(*[d(a) for a in w])
+    for training in (True, False):
+        y, h, c, cache = cpu.forward(cell, x, h0, c0, w, None, False, training)
+        if training:
+            assert isinstance(cache.saved, packed.PackedCache)
+        yr, hr, cr, _ = reference.forward(cell, d(x), d(h0), d(c0), w64, None, False, False)
+        for a, b in ((y, yr), (h, hr), (c, cr)):
+            np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-6)

@@ -297,7 +297,7 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
     # ctl: [P+1] int64 panel claim counters, then the done counter
     # r0, r1: the batch rows this call works on (rows never interact: two threads
     #     may run the whole loop on disjoint row ranges with nthr = 1 each)
-    # with at most PAIR_MR rows a panel's FMA chains are latency-bound: panels go in
+    # with at most PAIR_MR rows a lone panel keeps few FMA chains in flight: panels go in
     # pairs, one micro-kernel call each (LSTM (200,1,32,32) inference 67 -> 64 us,
     # (100,1,64,64) 130 -> 118 us on one thread)
     ppp = 0 if peep is None else peep.ctypes.data

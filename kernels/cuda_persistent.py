@@ -2,16 +2,15 @@
 one cooperative kernel (the ``"persistent"`` strategy of
 :mod:`fastrnn.kernels.cuda`), their launch planning and their drivers.
 
-Two skeletons, by ``CellSpec.products``:
-
-- one recurrent product per step (:func:`_persistent_fwd_kernel`,
-  :func:`_persistent_bwd_kernel`): the block's slice of ``W_hh`` cached in
-  shared memory when it fits, one grid barrier per step;
-- a second, dependent product inside the step (:func:`_persistent_two_product_fwd_kernel`,
-  :func:`_persistent_two_product_bwd_kernel`): factories over the cell's two
-  points (:data:`fastrnn.kernels.cuda_points._FWD` / ``_BWD``) and the
-  products around them (:data:`_PRODUCTS`), two grid barriers per step,
-  weights read from global memory.
+One kernel factory per direction, over the cell's phases: one phase per
+dependent recurrent product (``CellSpec.products``), each a product over the
+block's units (:data:`_PRODUCTS`) and a point on each of them
+(:data:`fastrnn.kernels.cuda_points._FWD` / ``_BWD``), with a grid barrier
+between phases, since the next product reads every block's units. The
+one-product cells keep their block's slice of ``W_hh`` in shared memory when
+it fits; the second product of the two-product cells (``U_n (r ⊙ h)``,
+``P_o c'``) reads its weights from global memory (rows as stored: coalesced
+across a group's lanes).
 
 In every persistent kernel a recurrent product (one output) is shared by an
 aligned group of ``lanes`` threads: lane l adds k = l, l + lanes, ... (for
@@ -20,7 +19,8 @@ shared memory conflict-free), then :func:`_lane_sum` adds the lanes' partial
 sums. The loops over outputs step through ``range(0, n, groups)`` so that
 every thread of the block makes the same number of shuffles. A block's
 ``units = (HB, j0, tid, nt, lanes)``: it owns the hidden units
-``[j0, j0 + HB)``; ``tid`` and ``nt`` are its thread index and count.
+``[j0, j0 + HB)``; ``tid`` and ``nt`` are its thread index and count;
+``wsh`` is its dynamic shared memory (read when ``use_shared``).
 """
 from __future__ import annotations
 
@@ -51,9 +51,30 @@ if cuda is not None:
         return v
 
     @cuda.jit(device=True)
-    def _own_rows(src, w, bias, use_bias, out, g_lo, g_hi, units):
+    def _cache_rows(wsh, w, G, units):
+        """wsh[r*N + k] = w[g*H + j0 + jj, k] for the block's ``G*HB`` rows
+        r = g*HB + jj (zero past unit H; w [G*H, N], as stored). Ends with a
+        block barrier."""
+        HB, j0, tid, nt, lanes = units
+        N = w.shape[1]
+        H = w.shape[0] // G
+        for e in range(tid, G * HB * N, nt):
+            r = e // N
+            k = e - r * N
+            g = r // HB
+            j = j0 + r - g * HB
+            if j < H:
+                wsh[e] = w[g * H + j, k]
+            else:
+                wsh[e] = 0
+        cuda.syncthreads()
+
+    @cuda.jit(device=True)
+    def _own_rows(src, w, bias, use_bias, out, g_lo, g_hi, units, wsh, use_shared):
         """out[b, g*H + j] = src[b, :] · w[g*H + j, :] (+ bias) for the block's
-        units j and gates g in [g_lo, g_hi). src [B,H]; w [>=g_hi*H, H]."""
+        units j and gates g in [g_lo, g_hi). src [B,H]; w [>=g_hi*H, H]; with
+        ``use_shared`` the rows come from ``wsh`` as :func:`_cache_rows` put
+        them (g_lo = 0)."""
         HB, j0, tid, nt, lanes = units
         B = src.shape[0]
         H = src.shape[1]
@@ -69,8 +90,12 @@ if cuda is not None:
             row = g * H + j
             acc = type(src[0, 0])(0)    # the arrays' type (a bare 0.0 would be float64)
             if b < B and j < H:
-                for k in range(lane, H, lanes):
-                    acc += src[b, k] * w[row, k]
+                if use_shared:
+                    for k in range(lane, H, lanes):
+                        acc += src[b, k] * wsh[r * H + k]
+                else:
+                    for k in range(lane, H, lanes):
+                        acc += src[b, k] * w[row, k]
             acc = _lane_sum(acc, lanes)
             if lane == 0 and b < B and j < H:
                 if use_bias:
@@ -78,87 +103,115 @@ if cuda is not None:
                 out[b, row] = acc
 
     @cuda.jit(device=True)
-    def _own_cols(da, s, k0, K, wt, kw0, out, units):
+    def _own_cols(da, s, k0, K, wt, kw0, out, units, wsh, use_shared):
         """out[b, j] += da[s, b, k0:k0+K] · wt[j, kw0:kw0+K] for the block's units
-        j (wt: a transposed weight, so lanes read consecutive addresses);
-        da [T,B,*]; out [B,H]. Ends with a block barrier: the points that
-        follow read out[b, j] from other threads."""
+        j (wt: a transposed weight, so lanes read consecutive addresses; with
+        ``use_shared`` its rows come from ``wsh`` as :func:`_cache_rows` put
+        them); da [T,B,*]; out [B,H]. Ends with a block barrier: the points
+        that follow read out[b, j] from other threads."""
         HB, j0, tid, nt, lanes = units
         B = out.shape[0]
         H = out.shape[1]
+        N = wt.shape[1]
         lane = tid % lanes
         grp = tid // lanes
         for base in range(0, B * HB, nt // lanes):
             item = base + grp
             b = item // HB
-            j = j0 + item - b * HB
+            jj = item - b * HB
+            j = j0 + jj
             acc = type(out[0, 0])(0)
             if b < B and j < H:
-                for k in range(lane, K, lanes):
-                    acc += da[s, b, k0 + k] * wt[j, kw0 + k]
+                if use_shared:
+                    for k in range(lane, K, lanes):
+                        acc += da[s, b, k0 + k] * wsh[jj * N + kw0 + k]
+                else:
+                    for k in range(lane, K, lanes):
+                        acc += da[s, b, k0 + k] * wt[j, kw0 + k]
             acc = _lane_sum(acc, lanes)
             if lane == 0 and b < B and j < H:
                 out[b, j] += acc
         cuda.syncthreads()
 
-    # --------------------------------------------------- products of the two-product cells
-    # forward ``rows(state, pre, mats, units)`` before each phase's point, with
-    # mats = (w_hh, b_hh, [P_i; P_f], P_o); backward ``cols(s, da, carry, mats_t,
-    # units)`` after each phase's point, with mats_t = (w_hhᵀ, [P_i; P_f]ᵀ, P_oᵀ)
+    # --------------------------------------------------------------- the products
+    # forward ``rows(state, pre, mats, units, wsh, use_shared)`` before each
+    # phase's point, mats = (w_hh, b_hh, [P_i; P_f], P_o); backward ``cols(s,
+    # da, carry, mats_t, units, wsh, use_shared)`` after each phase's point,
+    # mats_t = (w_hhᵀ, [P_i; P_f]ᵀ, P_oᵀ)
     @cuda.jit(device=True)
-    def _gru_reset_before_rows_gates(state, pre, mats, units):
+    def _all_gates_rows(state, pre, mats, units, wsh, use_shared):
+        # hw = h W_hhᵀ + b_hh, the rows of W_hh cached in shared memory when they fit
+        h_in = state[0]
+        G = mats[0].shape[0] // h_in.shape[1]
+        _own_rows(h_in, mats[0], mats[1], True, pre[1], 0, G, units, wsh, use_shared)
+
+    @cuda.jit(device=True)
+    def _all_gates_cols(s, da, carry, mats_t, units, wsh, use_shared):
+        # dh += da W_hh, the columns of W_hh cached in shared memory when they fit
+        w_t = mats_t[0]
+        _own_cols(da[1], s, 0, w_t.shape[1], w_t, 0, carry[0], units, wsh, use_shared)
+
+    @cuda.jit(device=True)
+    def _gru_reset_before_rows_gates(state, pre, mats, units, wsh, use_shared):
         # hw[:, :2H] = h U_rzᵀ + b_rz
-        _own_rows(state[0], mats[0], mats[1], True, pre[1], 0, 2, units)
+        _own_rows(state[0], mats[0], mats[1], True, pre[1], 0, 2, units, wsh, False)
 
     @cuda.jit(device=True)
-    def _gru_reset_before_rows_candidate(state, pre, mats, units):
+    def _gru_reset_before_rows_candidate(state, pre, mats, units, wsh, use_shared):
         # hw[:, 2H:] = (r ⊙ h) U_nᵀ + b_n, r ⊙ h from every block (in aux)
-        _own_rows(pre[2], mats[0], mats[1], True, pre[1], 2, 3, units)
+        _own_rows(pre[2], mats[0], mats[1], True, pre[1], 2, 3, units, wsh, False)
 
     @cuda.jit(device=True)
-    def _gru_reset_before_cols_candidate(s, da, carry, mats_t, units):
+    def _gru_reset_before_cols_candidate(s, da, carry, mats_t, units, wsh, use_shared):
         # aux = dL/d(r ⊙ h) = dan U_n
         H = carry[0].shape[1]
-        _own_cols(da[1], s, 2 * H, H, mats_t[0], 2 * H, carry[2], units)
+        _own_cols(da[1], s, 2 * H, H, mats_t[0], 2 * H, carry[2], units, wsh, False)
 
     @cuda.jit(device=True)
-    def _gru_reset_before_cols_reset(s, da, carry, mats_t, units):
+    def _gru_reset_before_cols_reset(s, da, carry, mats_t, units, wsh, use_shared):
         # dh += da_rz U_rz
         H = carry[0].shape[1]
-        _own_cols(da[1], s, 0, 2 * H, mats_t[0], 0, carry[0], units)
+        _own_cols(da[1], s, 0, 2 * H, mats_t[0], 0, carry[0], units, wsh, False)
 
     @cuda.jit(device=True)
-    def _peephole_full_rows_cell(state, pre, mats, units):
+    def _peephole_full_rows_cell(state, pre, mats, units, wsh, use_shared):
         # hw = h W_hhᵀ + b_hh; aux = (P_i c, P_f c)
-        _own_rows(state[0], mats[0], mats[1], True, pre[1], 0, 4, units)
-        _own_rows(state[2], mats[2], mats[1], False, pre[2], 0, 2, units)
+        _own_rows(state[0], mats[0], mats[1], True, pre[1], 0, 4, units, wsh, False)
+        _own_rows(state[2], mats[2], mats[1], False, pre[2], 0, 2, units, wsh, False)
 
     @cuda.jit(device=True)
-    def _peephole_full_rows_out(state, pre, mats, units):
+    def _peephole_full_rows_out(state, pre, mats, units, wsh, use_shared):
         # aux[:, :H] = P_o c', c' from every block
-        _own_rows(state[3], mats[3], mats[1], False, pre[2], 0, 1, units)
+        _own_rows(state[3], mats[3], mats[1], False, pre[2], 0, 1, units, wsh, False)
 
     @cuda.jit(device=True)
-    def _peephole_full_cols_out(s, da, carry, mats_t, units):
+    def _peephole_full_cols_out(s, da, carry, mats_t, units, wsh, use_shared):
         # aux += P_oᵀ dao
         H = carry[0].shape[1]
-        _own_cols(da[1], s, 3 * H, H, mats_t[2], 0, carry[2], units)
+        _own_cols(da[1], s, 3 * H, H, mats_t[2], 0, carry[2], units, wsh, False)
 
     @cuda.jit(device=True)
-    def _peephole_full_cols_cell(s, da, carry, mats_t, units):
+    def _peephole_full_cols_cell(s, da, carry, mats_t, units, wsh, use_shared):
         # dc += [P_i; P_f]ᵀ (dai, daf); dh += W_hhᵀ da
         H = carry[0].shape[1]
-        _own_cols(da[1], s, 0, 2 * H, mats_t[1], 0, carry[1], units)
-        _own_cols(da[1], s, 0, 4 * H, mats_t[0], 0, carry[0], units)
+        _own_cols(da[1], s, 0, 2 * H, mats_t[1], 0, carry[1], units, wsh, False)
+        _own_cols(da[1], s, 0, 4 * H, mats_t[0], 0, carry[0], units, wsh, False)
 
-    #: registry name -> ((forward rows before phase 1, before phase 2),
-    #: (backward cols after phase 1, after phase 2)), for the two-product cells
-    _PRODUCTS = {
+    #: registry name -> ((forward rows before each phase), (backward cols after
+    #: each phase)) of the two-product cells; the others: _all_gates_rows/cols
+    _TWO_PRODUCTS = {
         "gru_reset_before": ((_gru_reset_before_rows_gates, _gru_reset_before_rows_candidate),
                              (_gru_reset_before_cols_candidate, _gru_reset_before_cols_reset)),
         "peephole_full": ((_peephole_full_rows_cell, _peephole_full_rows_out),
                           (_peephole_full_cols_out, _peephole_full_cols_cell)),
     }
+
+
+def _products(cell):
+    """``(rows, cols)``: the cell's products per phase, forward and backward."""
+    if cell.products == 1:
+        return (_all_gates_rows,), (_all_gates_cols,)
+    return _TWO_PRODUCTS[cell.name]
 
 
 @lru_cache(maxsize=None)
@@ -180,198 +233,81 @@ def _over_own_units(point):
     return run
 
 
-# --------------------------------------------------------------------------- one product
+# --------------------------------------------------------------------------- kernels
 @lru_cache(maxsize=None)
-def _persistent_fwd_kernel(point, G, np_dtype):
-    """The whole forward time loop of a single-product cell in one cooperative kernel."""
+def _persistent_fwd_kernel(phases, np_dtype):
+    """The whole forward time loop in one cooperative kernel; ``phases``:
+    ``((rows, point),)`` or ``((rows_1, point_1), (rows_2, point_2))``, each
+    phase its products, a block barrier, its point on the block's units and a
+    grid barrier (the next product, or step, reads every block's units)."""
     dt = numba.from_dtype(np.dtype(np_dtype))
-    zero = np.dtype(np_dtype).type(0)
-    run = _over_own_units(point)
+    two = len(phases) == 2      # a compile-time constant: the one-phase kernel has no second
+    rows_1, rows_2 = phases[0][0], phases[-1][0]
+    run_1, run_2 = _over_own_units(phases[0][1]), _over_own_units(phases[-1][1])
 
     @cuda.jit
     def kernel(T, reverse, lengths, training, pre, mats, peep, bufs, out, HB, use_shared, lanes):
-        # pre = (xw [T,B,GH], hw [B,GH] work, hw): each block only touches its
-        # own units' columns of hw; mats = (w_hh [GH,H], b_hh [GH], -, -);
-        # bufs = (hbuf, cbuf) [2,B,H] double buffers (the state after step s is
-        # in [(s+1)%2]); out = (y, acts, hs, cs) as in the per-step path
+        # pre = (xw [T,B,GH], hw [B,GH] work, aux): each block only touches its
+        # own units' columns of hw; mats = (w_hh [GH,H], b_hh [GH], [P_i; P_f]
+        # [2H,H], P_o [H,H]); bufs = (hbuf, cbuf) [2,B,H] double buffers (the
+        # state after step s is in [(s+1)%2]); out = (y, acts, hs, cs) as in
+        # the per-step path
         grid = cuda.cg.this_grid()
-        wsh = cuda.shared.array(0, dt)   # [R, H]: wsh[r*H + k] = w_hh[g*H + j0 + jj, k]
-        w_hh, b_hh = mats[0], mats[1]
-        hw = pre[1]
-        hbuf, cbuf = bufs
-        B = hbuf.shape[1]
-        H = hbuf.shape[2]
-        R = G * HB                       # rows of w_hh owned: r = g*HB + jj
-        j0 = cuda.blockIdx.x * HB
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        lane = tid % lanes
-        grp = tid // lanes
-        ngrp = nt // lanes
-        units = (HB, j0, tid, nt, lanes)
-        if use_shared:
-            for e in range(tid, R * H, nt):
-                r = e // H
-                k = e - r * H
-                g = r // HB
-                j = j0 + r - g * HB
-                if j < H:
-                    wsh[e] = w_hh[g * H + j, k]
-                else:
-                    wsh[e] = zero
-            cuda.syncthreads()
-        for s in range(T):
-            cur = s % 2
-            h_in = hbuf[cur]
-            # recurrent products of the owned rows, for every batch entry
-            for base in range(0, B * R, ngrp):
-                item = base + grp
-                b = item // R
-                r = item - b * R
-                g = r // HB
-                j = j0 + r - g * HB
-                row = g * H + j
-                acc = zero
-                if b < B and j < H:
-                    if use_shared:
-                        for k in range(lane, H, lanes):
-                            acc += wsh[r * H + k] * h_in[b, k]
-                    else:
-                        for k in range(lane, H, lanes):
-                            acc += w_hh[row, k] * h_in[b, k]
-                acc = _lane_sum(acc, lanes)
-                if lane == 0 and b < B and j < H:
-                    hw[b, row] = acc + b_hh[row]
-            cuda.syncthreads()
-            state = (h_in, hbuf[1 - cur], cbuf[cur], cbuf[1 - cur])
-            run(s, reverse, lengths, B, H, units, s if training else 0, pre, state, out, peep)
-            # every block must have written h_out before anyone reads it as h_in
-            grid.sync()
-
-    return kernel
-
-
-@lru_cache(maxsize=None)
-def _persistent_bwd_kernel(point, G, np_dtype):
-    """The whole backward time loop of a single-product cell in one cooperative kernel."""
-    dt = numba.from_dtype(np.dtype(np_dtype))
-    zero = np.dtype(np_dtype).type(0)
-    run = _over_own_units(point)
-
-    @cuda.jit
-    def kernel(T, reverse, lengths, dy, mats_t, carry, saved, da, peep, HB, use_shared, lanes):
-        # mats_t = (w_t [H,GH] = w_hhᵀ, -, -); carry = (dh, dc, aux) [B,H];
-        # saved = (acts, hs, cs); da = (dax, dah): dah [T,B,GH] is what crosses
-        # blocks, read after the barrier
-        grid = cuda.cg.this_grid()
-        wsh = cuda.shared.array(0, dt)   # [HB, GH]: wsh[jj*GH + k] = w_hh[k, j0 + jj]
-        w_t = mats_t[0]
-        dh = carry[0]
-        dah = da[1]
-        B = dh.shape[0]
-        H = dh.shape[1]
-        GH = G * H
-        j0 = cuda.blockIdx.x * HB
-        tid = cuda.threadIdx.x
-        nt = cuda.blockDim.x
-        lane = tid % lanes
-        grp = tid // lanes
-        ngrp = nt // lanes
-        units = (HB, j0, tid, nt, lanes)
-        if use_shared:
-            for e in range(tid, HB * GH, nt):
-                jj = e // GH
-                k = e - jj * GH
-                if j0 + jj < H:
-                    wsh[e] = w_t[j0 + jj, k]
-                else:
-                    wsh[e] = zero
-            cuda.syncthreads()
-        for s in range(T - 1, -1, -1):
-            run(s, reverse, lengths, B, H, units, dy, carry, saved, da, peep)
-            grid.sync()
-            # dh[b, j] += sum_k dah[s, b, k] w_hh[k, j] for the owned units
-            for base in range(0, B * HB, ngrp):
-                item = base + grp
-                b = item // HB
-                jj = item - b * HB
-                j = j0 + jj
-                acc = zero
-                if b < B and j < H:
-                    if use_shared:
-                        for k in range(lane, GH, lanes):
-                            acc += dah[s, b, k] * wsh[jj * GH + k]
-                    else:
-                        for k in range(lane, GH, lanes):
-                            acc += dah[s, b, k] * w_t[j, k]
-                acc = _lane_sum(acc, lanes)
-                if lane == 0 and b < B and j < H:
-                    dh[b, j] += acc
-            # the next step's points read dh[b, j] from other threads of this block
-            cuda.syncthreads()
-
-    return kernel
-
-
-# --------------------------------------------------------------------------- two products
-@lru_cache(maxsize=None)
-def _persistent_two_product_fwd_kernel(rows_1, point_1, rows_2, point_2):
-    """The forward time loop of a cell with a second product inside the step:
-    ``rows_1``, then ``point_1`` on every unit, a grid barrier (the second
-    product needs every unit's result: r ⊙ h, or c'), ``rows_2``, ``point_2``,
-    a grid barrier. Same arguments as :func:`_persistent_fwd_kernel`'s kernel,
-    with ``pre = (xw, hw, aux)`` and ``mats = (w_hh, b_hh, [P_i; P_f], P_o)``;
-    ``use_shared`` is ignored (the weights are read from global memory, rows
-    as stored: coalesced across a group's lanes)."""
-    run_1 = _over_own_units(point_1)
-    run_2 = _over_own_units(point_2)
-
-    @cuda.jit
-    def kernel(T, reverse, lengths, training, pre, mats, peep, bufs, out, HB, use_shared, lanes):
-        grid = cuda.cg.this_grid()
+        wsh = cuda.shared.array(0, dt)   # [G*HB, H]: the block's rows of w_hh
         hbuf, cbuf = bufs
         B = hbuf.shape[1]
         H = hbuf.shape[2]
         units = (HB, cuda.blockIdx.x * HB, cuda.threadIdx.x, cuda.blockDim.x, lanes)
+        if use_shared and not two:     # only one-product kernels cache
+            _cache_rows(wsh, mats[0], mats[0].shape[0] // H, units)
         for s in range(T):
             cur = s % 2
             state = (hbuf[cur], hbuf[1 - cur], cbuf[cur], cbuf[1 - cur])
             slot = s if training else 0
-            rows_1(state, pre, mats, units)
+            rows_1(state, pre, mats, units, wsh, use_shared)
             cuda.syncthreads()
             run_1(s, reverse, lengths, B, H, units, slot, pre, state, out, peep)
             grid.sync()
-            rows_2(state, pre, mats, units)
-            cuda.syncthreads()
-            run_2(s, reverse, lengths, B, H, units, slot, pre, state, out, peep)
-            grid.sync()
+            if two:
+                rows_2(state, pre, mats, units, wsh, use_shared)
+                cuda.syncthreads()
+                run_2(s, reverse, lengths, B, H, units, slot, pre, state, out, peep)
+                grid.sync()
 
     return kernel
 
 
 @lru_cache(maxsize=None)
-def _persistent_two_product_bwd_kernel(point_1, cols_1, point_2, cols_2):
-    """The backward time loop of a two-product cell: ``point_1`` on every unit,
-    a grid barrier, ``cols_1``, ``point_2``, a grid barrier, ``cols_2`` (each
-    ``cols`` ends with a block barrier). Same arguments as
-    :func:`_persistent_bwd_kernel`'s kernel, with ``mats_t = (w_hhᵀ,
-    [P_i; P_f]ᵀ, P_oᵀ)``; ``use_shared`` is ignored."""
-    run_1 = _over_own_units(point_1)
-    run_2 = _over_own_units(point_2)
+def _persistent_bwd_kernel(phases, np_dtype):
+    """The whole backward time loop in one cooperative kernel; ``phases``:
+    ``((point, cols),)`` or two such pairs, each phase its point on the
+    block's units, a grid barrier (the products read every block's gate
+    gradients) and its products (each ending with a block barrier)."""
+    dt = numba.from_dtype(np.dtype(np_dtype))
+    two = len(phases) == 2
+    cols_1, cols_2 = phases[0][1], phases[-1][1]
+    run_1, run_2 = _over_own_units(phases[0][0]), _over_own_units(phases[-1][0])
 
     @cuda.jit
     def kernel(T, reverse, lengths, dy, mats_t, carry, saved, da, peep, HB, use_shared, lanes):
+        # mats_t = (w_hhᵀ [H,GH], [P_i; P_f]ᵀ [H,2H], P_oᵀ [H,H]); carry = (dh,
+        # dc, aux) [B,H]; saved = (acts, hs, cs); da = (dax, dah): dah [T,B,GH]
+        # is what crosses blocks, read after the barrier
         grid = cuda.cg.this_grid()
+        wsh = cuda.shared.array(0, dt)   # [HB, GH]: the block's rows of w_hhᵀ
         B = carry[0].shape[0]
         H = carry[0].shape[1]
         units = (HB, cuda.blockIdx.x * HB, cuda.threadIdx.x, cuda.blockDim.x, lanes)
+        if use_shared and not two:     # only one-product kernels cache
+            _cache_rows(wsh, mats_t[0], 1, units)
         for s in range(T - 1, -1, -1):
             run_1(s, reverse, lengths, B, H, units, dy, carry, saved, da, peep)
             grid.sync()
-            cols_1(s, da, carry, mats_t, units)
-            run_2(s, reverse, lengths, B, H, units, dy, carry, saved, da, peep)
-            grid.sync()
-            cols_2(s, da, carry, mats_t, units)
+            cols_1(s, da, carry, mats_t, units, wsh, use_shared)
+            if two:
+                run_2(s, reverse, lengths, B, H, units, dy, carry, saved, da, peep)
+                grid.sync()
+                cols_2(s, da, carry, mats_t, units, wsh, use_shared)
 
     return kernel
 
@@ -474,16 +410,13 @@ def _persistent_forward(cell, T, rev, lens, xw, w, h, c, out, peep, training):
     else:
         cbuf = _dummy((2, 1, 1), dtype)
     hw = _work("hw", (B, G * H), dtype)
-    points = _FWD[cell.name]
     if cell.products == 1:
-        kernel = _persistent_fwd_kernel(points[0], G, dtype.type)
         dummy = _dummy((1, 1), dtype)
         pre, mats, cached = (xw, hw, hw), (w.w_hh, w.b_hh, dummy, dummy), G * H
     else:
-        rows = _PRODUCTS[cell.name][0]
-        kernel = _persistent_two_product_fwd_kernel(rows[0], points[0], rows[1], points[1])
         aux, p_if, p_o = _second_product_operands(cell, peep, B, H, dtype)
         pre, mats, cached = (xw, hw, aux), (w.w_hh, w.b_hh, p_if, p_o), 0
+    kernel = _persistent_fwd_kernel(tuple(zip(_products(cell)[0], _FWD[cell.name])), dtype.type)
     args = (T, rev, lens, training, pre, mats, peep, (hbuf, cbuf), out)
     _launch_persistent(kernel, args, H, cached, dtype.itemsize)
     h.copy_to_device(hbuf[T % 2])
@@ -495,25 +428,20 @@ def _persistent_backward(cell, cache, dy, dh, dc, dax, dah, peep):
     """The backward time loop in one persistent kernel; dh, dc [B,H] in: dh_n,
     dc_n, out: dh0, dc0; dax, dah [T,B,GH] filled."""
     T, B, I, H = cache.shape
-    G = cell.gates
     dtype = np.dtype(dh.dtype)
     cs = cache.cs if cache.cs is not None else _dummy((1, 1, 1), dtype)
     w_t = _transpose(cache.weights.w_hh, "w_t")            # [H, GH]
-    points = _BWD[cell.name]
     dummy = _dummy((1, 1), dtype)
     if cell.products == 1:
-        kernel = _persistent_bwd_kernel(points[0], G, dtype.type)
-        aux, mats_t, cached = dummy, (w_t, dummy, dummy), G * H
+        aux, mats_t, cached = dummy, (w_t, dummy, dummy), cell.gates * H
     else:
-        cols = _PRODUCTS[cell.name][1]
-        kernel = _persistent_two_product_bwd_kernel(points[0], cols[0], points[1], cols[1])
-        aux = _work("aux", (B, H), dtype)
+        aux, cached = _work("aux", (B, H), dtype), 0
         if cell.peephole == "full":
             mats_t = (w_t, _transpose(peep[:2].reshape(2 * H, H), "pif_t"),
                       _transpose(peep[2], "po_t"))
         else:
             mats_t = (w_t, dummy, dummy)
-        cached = 0
+    kernel = _persistent_bwd_kernel(tuple(zip(_BWD[cell.name], _products(cell)[1])), dtype.type)
     args = (T, cache.reverse, cache.lengths, dy, mats_t, (dh, dc, aux),
             (cache.acts, cache.hs, cs), (dax, dah), peep)
     _launch_persistent(kernel, args, H, cached, dtype.itemsize)

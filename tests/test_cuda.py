@@ -172,9 +172,11 @@ def test_every_cell_has_its_device_functions():
     two = {name for name, spec in CELLS.items() if spec.products == 2}
     assert two == {"gru_reset_before", "peephole_full"}
     for name, spec in CELLS.items():
-        assert len(cuda_points._FWD[name]) == len(cuda_points._BWD[name]) == spec.products, name
+        rows, cols = cuda_persistent._products(spec)
+        assert (len(cuda_points._FWD[name]) == len(cuda_points._BWD[name]) == len(rows)
+                == len(cols) == spec.products), name
     assert set(cuda_points._FWD) == set(cuda_points._BWD) == set(CELLS)
-    assert set(cuda_persistent._PRODUCTS) == set(kc.TWO_PHASE_CELLS) == two
+    assert set(cuda_persistent._TWO_PRODUCTS) == set(kc.TWO_PHASE_CELLS) == two
     assert kc.PERSISTENT_CELLS == tuple(CELLS)
 
 

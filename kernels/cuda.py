@@ -59,7 +59,8 @@ Under the Numba CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``) everything runs
 except a persistent grid of more than one block (the simulator's grid barrier
 only synchronises within a block), which is refused with a ValueError;
 ``"auto"`` never picks the persistent kernel there. The simulator has no warp
-shuffles: this module gives it a stand-in (see ``_sim_shfl_down_sync``).
+shuffles: :mod:`~fastrnn.kernels.cuda_base` gives it a stand-in
+(``_sim_shfl_down_sync``).
 
 Host overhead per call: workspaces up to ``settings.workspace_bytes`` are kept
 per thread and shape and reused (:func:`clear_workspaces` frees them); the

@@ -37,6 +37,29 @@ if cuda is not None:
             else:
                 C[m, n] = 0
 
+    @cuda.jit(device=True)
+    def _stage(dst, src, k_major, o0, O, k0, K, tid, nthr):
+        """dst[kk, r] = op(src)[o0 + r, k0 + kk], zero past [O, K]: one slice of a
+        GEMM operand into shared memory (dst [bk, bo]), where op(src) = srcᵀ
+        when ``k_major`` (src [K, O]), else src [O, K]. Consecutive threads walk
+        src's contiguous axis (coalesced)."""
+        bk = dst.shape[0]
+        bo = dst.shape[1]
+        for e in range(tid, bk * bo, nthr):
+            if k_major:
+                kk = e // bo
+                r = e - kk * bo
+            else:
+                r = e // bk
+                kk = e - r * bk
+            if o0 + r < O and k0 + kk < K:
+                if k_major:
+                    dst[kk, r] = src[k0 + kk, o0 + r]
+                else:
+                    dst[kk, r] = src[o0 + r, k0 + kk]
+            else:
+                dst[kk, r] = 0
+
 
 @lru_cache(maxsize=None)
 def _gemm_kernel(tile, np_dtype, trans_a, trans_b):
@@ -150,35 +173,8 @@ def _gemm_blocked_kernel(bm, bn, bk, tm, tn, np_dtype, trans_a, trans_b):
             for j in range(tn):
                 acc[i, j] = zero
         for k0 in range(0, K, bk):
-            # stage the slices; consecutive threads walk each operand's contiguous axis
-            for e in range(tid, bk * bm, nthr):
-                if trans_a:
-                    kk = e // bm
-                    r = e - kk * bm
-                else:
-                    r = e // bk
-                    kk = e - r * bk
-                if m0 + r < M and k0 + kk < K:
-                    if trans_a:
-                        sa[kk, r] = A[k0 + kk, m0 + r]
-                    else:
-                        sa[kk, r] = A[m0 + r, k0 + kk]
-                else:
-                    sa[kk, r] = zero
-            for e in range(tid, bk * bn, nthr):
-                if trans_b:
-                    c = e // bk
-                    kk = e - c * bk
-                else:
-                    kk = e // bn
-                    c = e - kk * bn
-                if n0 + c < N and k0 + kk < K:
-                    if trans_b:
-                        sb[kk, c] = B[n0 + c, k0 + kk]
-                    else:
-                        sb[kk, c] = B[k0 + kk, n0 + c]
-                else:
-                    sb[kk, c] = zero
+            _stage(sa, A, trans_a, m0, M, k0, K, tid, nthr)
+            _stage(sb, B, not trans_b, n0, N, k0, K, tid, nthr)
             cuda.syncthreads()
             for kk in range(bk):
                 for i in range(tm):

@@ -38,6 +38,22 @@ if cuda is not None:
                 C[m, n] = 0
 
     @cuda.jit(device=True)
+    def _at(a, i, j, I, J, zero):
+        """a[i, j] inside [I, J], else zero (a GEMM operand's edge tiles)."""
+        if i < I and j < J:
+            return a[i, j]
+        return zero
+
+    @cuda.jit(device=True)
+    def _put(C, m, n, v, bias, use_bias, accumulate):
+        """C[m, n] = v (+ bias[n]) (+ C[m, n]): a GEMM's output element."""
+        if use_bias:
+            v += bias[n]
+        if accumulate:
+            v += C[m, n]
+        C[m, n] = v
+
+    @cuda.jit(device=True)
     def _stage(dst, src, k_major, o0, O, k0, K, tid, nthr):
         """dst[kk, r] = op(src)[o0 + r, k0 + kk], zero past [O, K]: one slice of a
         GEMM operand into shared memory (dst [bk, bo]), where op(src) = srcᵀ
@@ -83,34 +99,18 @@ def _gemm_kernel(tile, np_dtype, trans_a, trans_b):
         ty = cuda.threadIdx.y
         m0 = cuda.blockIdx.x * ts      # M on grid x (2**31 - 1 blocks), N on y
         n0 = cuda.blockIdx.y * ts
-        M = C.shape[0]
-        N = C.shape[1]
-        if trans_a:
-            K = A.shape[0]
-        else:
-            K = A.shape[1]
+        M, N = C.shape
+        K = A.shape[0] if trans_a else A.shape[1]
         acc = zero
         for k0 in range(0, K, ts):
             if trans_a:
-                if k0 + ty < K and m0 + tx < M:
-                    sa[tx, ty] = A[k0 + ty, m0 + tx]
-                else:
-                    sa[tx, ty] = zero
+                sa[tx, ty] = _at(A, k0 + ty, m0 + tx, K, M, zero)
             else:
-                if m0 + ty < M and k0 + tx < K:
-                    sa[ty, tx] = A[m0 + ty, k0 + tx]
-                else:
-                    sa[ty, tx] = zero
+                sa[ty, tx] = _at(A, m0 + ty, k0 + tx, M, K, zero)
             if trans_b:
-                if n0 + ty < N and k0 + tx < K:
-                    sb[tx, ty] = B[n0 + ty, k0 + tx]
-                else:
-                    sb[tx, ty] = zero
+                sb[tx, ty] = _at(B, n0 + ty, k0 + tx, N, K, zero)
             else:
-                if k0 + ty < K and n0 + tx < N:
-                    sb[ty, tx] = B[k0 + ty, n0 + tx]
-                else:
-                    sb[ty, tx] = zero
+                sb[ty, tx] = _at(B, k0 + ty, n0 + tx, K, N, zero)
             cuda.syncthreads()
             for kk in range(ts):
                 acc += sa[ty, kk] * sb[kk, tx]
@@ -118,11 +118,7 @@ def _gemm_kernel(tile, np_dtype, trans_a, trans_b):
         m = m0 + ty
         n = n0 + tx
         if m < M and n < N:
-            if use_bias:
-                acc += bias[n]
-            if accumulate:
-                acc += C[m, n]
-            C[m, n] = acc
+            _put(C, m, n, acc, bias, use_bias, accumulate)
 
     return gemm_kernel
 
@@ -163,12 +159,8 @@ def _gemm_blocked_kernel(bm, bn, bk, tm, tn, np_dtype, trans_a, trans_b):
         tid = ty * nx + tx
         m0 = cuda.blockIdx.x * bm      # M on grid x (2**31 - 1 blocks), N on y
         n0 = cuda.blockIdx.y * bn
-        M = C.shape[0]
-        N = C.shape[1]
-        if trans_a:
-            K = A.shape[0]
-        else:
-            K = A.shape[1]
+        M, N = C.shape
+        K = A.shape[0] if trans_a else A.shape[1]
         for i in range(tm):
             for j in range(tn):
                 acc[i, j] = zero
@@ -191,12 +183,7 @@ def _gemm_blocked_kernel(bm, bn, bk, tm, tn, np_dtype, trans_a, trans_b):
                 for j in range(tn):
                     n = n0 + tx + j * nx
                     if n < N:
-                        v = acc[i, j]
-                        if use_bias:
-                            v += bias[n]
-                        if accumulate:
-                            v += C[m, n]
-                        C[m, n] = v
+                        _put(C, m, n, acc[i, j], bias, use_bias, accumulate)
 
     return gemm_blocked_kernel
 

@@ -104,7 +104,7 @@ def check_forward(cell, x, h0, c0, weights, lengths, strict=False):
     try:
         T, B, I = x.shape
         w_ih, w_hh, b_ih, b_hh, peep = weights
-        H = w_hh.shape[-1]
+        H = w_hh.shape[1]
         GH = cell.gates * H
         ok = (x.dtype in _FLOATS
               and (h0.shape, w_ih.shape, w_hh.shape, b_ih.shape, b_hh.shape)

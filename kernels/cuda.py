@@ -95,7 +95,7 @@ from __future__ import annotations
 import numpy as np
 
 from fastrnn.cells import CELLS
-from fastrnn.contract import Weights
+from fastrnn.contract import Weights, check_forward
 
 from .cuda_base import (SIMULATOR, STRATEGIES, Settings, _CONST, _IMPORT_ERROR, _copy, _dev,
                         _device_key, _dummy, _empty, _row_major, _work, _zeros, clear_workspaces,
@@ -197,45 +197,6 @@ def choose_strategy(cell, B, H):
     return "persistent"
 
 
-def _check_forward(cell, x, h0, c0, w, lengths):
-    """Shapes and dtypes only (values are the layers' job): a kernel must never
-    index out of bounds, so a mismatch stops here with the argument's name."""
-    if len(x.shape) != 3:
-        raise ValueError(f"x must be [T, B, I], got shape {tuple(x.shape)}")
-    T, B, I = x.shape
-    dtype = np.dtype(x.dtype)
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be float32 or float64, got {dtype}")
-    if len(h0.shape) != 2 or h0.shape[0] != B:
-        raise ValueError(f"h0 must be [B={B}, H], got shape {tuple(h0.shape)}")
-    H = h0.shape[1]
-    GH = cell.gates * H
-    expected = {"h0": (h0, (B, H)), "c0": (c0, (B, H)), "w_ih": (w.w_ih, (GH, I)),
-                "w_hh": (w.w_hh, (GH, H)), "b_ih": (w.b_ih, (GH,)), "b_hh": (w.b_hh, (GH,))}
-    peep_shape = cell.peephole_shape(H)
-    if peep_shape is not None:
-        expected["peep"] = (w.peep, (3,) + peep_shape)
-    elif w.peep is not None:
-        raise ValueError(f"cell {cell.name!r} takes no peephole weights")
-    expected["x"] = (x, (T, B, I))
-    for name, (a, shape) in expected.items():
-        if a is None:
-            if name == "c0":
-                continue
-            raise ValueError(f"{name} is required for cell {cell.name!r}")
-        if not a.is_c_contiguous():
-            raise ValueError(f"{name} must be C-contiguous")
-        if tuple(a.shape) != shape:
-            raise ValueError(f"{name} must have shape {shape}, got {tuple(a.shape)}")
-        if np.dtype(a.dtype) != dtype:
-            raise TypeError(f"{name} must be {dtype} like x, got {np.dtype(a.dtype)}")
-    if lengths is not None:
-        if tuple(lengths.shape) != (B,):
-            raise ValueError(f"lengths must have shape ({B},), got {tuple(lengths.shape)}")
-        if isinstance(lengths, np.ndarray) and B and (lengths.min() < 1 or lengths.max() > T):
-            raise ValueError(f"lengths must lie in [1, T={T}]")
-
-
 def _lengths(lengths, T, B):
     if lengths is None:     # one host-to-device copy per (T, B), not per call
         key = (_device_key(), "lengths", T, B)
@@ -262,7 +223,8 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     h0 = _dev(h0)
     c0 = _dev(c0)
     w = to_device(weights)
-    _check_forward(cell, x, h0, c0, w, lengths)
+    # shapes, dtypes, C-contiguity (a kernel must never index out of bounds)
+    lengths = check_forward(cell, x, h0, c0, w, lengths, strict=True)
     T, B, I = x.shape
     H = h0.shape[1]
     G = cell.gates
@@ -277,7 +239,7 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     out = (y, acts, hs, cs)
     h = _copy(h0)
     if has_c:
-        c = _copy(c0) if c0 is not None else _zeros((B, H), dtype)
+        c = _copy(c0)
     else:
         c = _dummy((1, 1), dtype)
     strategy = "per_step"

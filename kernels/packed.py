@@ -398,27 +398,26 @@ def _lstm_bwd_panel(s, q, tid, Q, args, peep):
     dgq = gp + 4 * (s * B * GH + j0)          # dg: natural gate order
     dhq = dhp + 4 * j0
     ppq = ppp + 4 * 3 * j0
-    # rows active at step s+1 get dh through U; the rest start here with dL/dh_n
-    if nv == 4:
-        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, GH, zp, 0,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-    elif nv == 3:
-        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0, 0), a, GH, wq, GH, zp, 0,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0, 0), a, GH, wq, 0, dhq, Hp,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-    elif nv == 2:
-        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0, 0), a, GH, wq, GH, zp, 0,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0, 0), a, GH, wq, 0, dhq, Hp,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-    else:
-        _lstm_bwd_rows(r0, nprod, mrmax, peep, tag, (0,), a, GH, wq, GH, zp, 0,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
-        _lstm_bwd_rows(nprod, nb, mrmax, peep, tag, (0,), a, GH, wq, 0, dhq, Hp,
-                       dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+    # rows active at step s+1 get dh through U (K = GH); the rest start here with
+    # dL/dh_n (K = 0: no product): one inlined call site per panel width
+    for part in range(2):
+        lo = r0 if part == 0 else nprod
+        hi = nprod if part == 0 else nb
+        K = GH if part == 0 else 0
+        dhx = zp if part == 0 else dhq
+        lddhx = 0 if part == 0 else Hp
+        if nv == 4:
+            _lstm_bwd_rows(lo, hi, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, K, dhx, lddhx,
+                           dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+        elif nv == 3:
+            _lstm_bwd_rows(lo, hi, mrmax, peep, tag, (0, 0, 0), a, GH, wq, K, dhx, lddhx,
+                           dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+        elif nv == 2:
+            _lstm_bwd_rows(lo, hi, mrmax, peep, tag, (0, 0), a, GH, wq, K, dhx, lddhx,
+                           dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
+        else:
+            _lstm_bwd_rows(lo, hi, mrmax, peep, tag, (0,), a, GH, wq, K, dhx, lddhx,
+                           dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
 
 
 @njit(**_OPTS)

@@ -149,27 +149,24 @@ def _gru_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, h
 @njit(inline="always")
 def _gru_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, GH, wq, dy, Hp, act, GA, hp, dd, dgh,
                    dgx):
-    # rows active at step s+1 get dh through U (K = 3*Hp); the rest start here (K = 0)
-    if nv == 4:
-        _gru_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
-        _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
-    elif nv == 3:
-        _gru_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
-        _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
-    elif nv == 2:
-        _gru_bwd_rows(lo, nprod, mrmax, tag, (0, 0), a, GH, wq, GH, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
-        _gru_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, GH, wq, 0, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
-    else:
-        _gru_bwd_rows(lo, nprod, mrmax, tag, (0,), a, GH, wq, GH, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
-        _gru_bwd_rows(nprod, nb, mrmax, tag, (0,), a, GH, wq, 0, dy, Hp, act, GA, hp,
-                      dd, dgh, dgx, GH)
+    # rows active at step s+1 get dh through U (K = 3*Hp); the rest start here (K = 0):
+    # one inlined call site per panel width
+    for part in range(2):
+        r0 = lo if part == 0 else nprod
+        r1 = nprod if part == 0 else nb
+        K = GH if part == 0 else 0
+        if nv == 4:
+            _gru_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0, 0), a, GH, wq, K, dy, Hp, act, GA, hp,
+                          dd, dgh, dgx, GH)
+        elif nv == 3:
+            _gru_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0), a, GH, wq, K, dy, Hp, act, GA, hp,
+                          dd, dgh, dgx, GH)
+        elif nv == 2:
+            _gru_bwd_rows(r0, r1, mrmax, tag, (0, 0), a, GH, wq, K, dy, Hp, act, GA, hp,
+                          dd, dgh, dgx, GH)
+        else:
+            _gru_bwd_rows(r0, r1, mrmax, tag, (0,), a, GH, wq, K, dy, Hp, act, GA, hp,
+                          dd, dgh, dgx, GH)
 
 
 @njit(inline="always")
@@ -307,27 +304,26 @@ def _rnn_bwd_rows(r0, r1, mrmax, tag, ntag, a, w, K, dhx, lddhx, dy, Hp, hn, dg,
 
 @njit(inline="always")
 def _rnn_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, wq, Hp, zp, dhq, dyq, hnq, dgq, relu):
-    # rows active at step s+1 get dh through U; the rest start here with dL/dh_n
-    if nv == 4:
-        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
-                      relu)
-        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
-                      dgq, relu)
-    elif nv == 3:
-        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0, 0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
-                      relu)
-        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
-                      dgq, relu)
-    elif nv == 2:
-        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0, 0), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
-                      relu)
-        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0, 0), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
-                      dgq, relu)
-    else:
-        _rnn_bwd_rows(lo, nprod, mrmax, tag, (0,), a, wq, Hp, zp, 0, dyq, Hp, hnq, dgq,
-                      relu)
-        _rnn_bwd_rows(nprod, nb, mrmax, tag, (0,), a, wq, 0, dhq, Hp, dyq, Hp, hnq,
-                      dgq, relu)
+    # rows active at step s+1 get dh through U; the rest start here with dL/dh_n:
+    # one inlined call site per panel width
+    for part in range(2):
+        r0 = lo if part == 0 else nprod
+        r1 = nprod if part == 0 else nb
+        K = Hp if part == 0 else 0
+        dhx = zp if part == 0 else dhq
+        lddhx = 0 if part == 0 else Hp
+        if nv == 4:
+            _rnn_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0, 0), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
+                          dgq, relu)
+        elif nv == 3:
+            _rnn_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
+                          dgq, relu)
+        elif nv == 2:
+            _rnn_bwd_rows(r0, r1, mrmax, tag, (0, 0), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
+                          dgq, relu)
+        else:
+            _rnn_bwd_rows(r0, r1, mrmax, tag, (0,), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
+                          dgq, relu)
 
 
 @njit(inline="always")

@@ -298,8 +298,10 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
     #   input q, the product runs over all rows, a second row function ends
     #   the step.
     # The cell-specific work is done by row functions (below), one call per
-    # active (step, batch row); `_loop` compiles a skeleton for one cell, so
-    # each cell gets its own machine code with the row functions inlined.
+    # active (step, batch row), that the skeletons call by role (FWD, FWD2,
+    # BWD, BWD2, CARRY, PRE, POST); `_loop` compiles a skeleton for one cell
+    # with those names bound to the cell's functions, so each cell gets its own
+    # machine code with its row functions inlined.
     #
     # Shared shapes: xg [T,B,G*H] = x W_ihᵀ; state (h,) or (h, c), [B,H] each,
     # updated in place; y [T,B,H]; saved: the cell's arrays for backward,
@@ -310,7 +312,8 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
     # dbias: the gate-gradient arrays [T,B,G*H] (zero where padded) and their
     # float64 column sums.
 
-    CELL = ""   # the registry name a copy of a skeleton is compiled for (see _loop)
+    # the roles, bound per cell in each compiled copy of a skeleton (see _loop)
+    FWD = FWD2 = BWD = BWD2 = CARRY = PRE = POST = None
 
     @njit(inline="always")
     def _time(L, s, reverse):
@@ -329,7 +332,7 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
             for b in range(b0, b1):
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
-                    _row(CELL, "fwd", xg[t, b], a[b], a[b], state, cellw, saved, y[t, b],
+                    FWD(xg[t, b], a[b], a[b], state, cellw, saved, y[t, b],
                          t if training else 0, b, training)
 
     def _fwd2(xg, state, w_hhT, bias, w2T, bias2, cellw, lengths, reverse, training, y, saved,
@@ -342,18 +345,18 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
         for s in range(T):
             _fill_rows(a[b0:b1], bias)
             mm(h[b0:b1], w_hhT, a[b0:b1], False, 1.0)
-            _pre(CELL, state, cellw, b0, b1)
+            PRE(state, cellw, b0, b1)
             for b in range(b0, b1):
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
-                    _row(CELL, "fwd1", xg[t, b], a[b], q[b], state, cellw, saved, y[t, b],
+                    FWD(xg[t, b], a[b], q[b], state, cellw, saved, y[t, b],
                          t if training else 0, b, training)
             _fill_rows(a2[b0:b1], bias2)
             mm(q[b0:b1], w2T, a2[b0:b1], False, 1.0)
             for b in range(b0, b1):
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
-                    _row2(CELL, xg[t, b], a[b], a2[b], q[b], state, cellw, saved, y[t, b],
+                    FWD2(xg[t, b], a[b], a2[b], q[b], state, cellw, saved, y[t, b],
                           t if training else 0, b, training)
 
     def _bwd1(saved, w_hh, cellw, lengths, reverse, dy, carry, grads, dbias, b0, b1):
@@ -364,9 +367,9 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
             for b in range(b0, b1):
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
-                    _grad(CELL, "bwd", saved, cellw, dy[t, b], g[b], g[b], carry, grads, dbias, t, b)
+                    BWD(saved, cellw, dy[t, b], g[b], g[b], carry, grads, dbias, t, b)
             mm(g[b0:b1], w_hh, u[b0:b1], False, 0.0)
-            _carry(CELL, u, carry, lengths, s, b0, b1)
+            CARRY(u, carry, lengths, s, b0, b1)
 
     def _bwd2(saved, w_hh, w2, lo2, cellw, lengths, reverse, dy, carry, grads, dbias, b0, b1):
         # the second product's gradient: q2 = g[:, lo2:lo2+H] w2, before the first
@@ -381,15 +384,15 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
             for b in range(b0, b1):
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
-                    _grad(CELL, "bwd1", saved, cellw, dy[t, b], g[b], g[b], carry, grads, dbias, t, b)
+                    BWD(saved, cellw, dy[t, b], g[b], g[b], carry, grads, dbias, t, b)
             mm(g[b0:b1, lo2:lo2 + w2.shape[0]], w2, q2[b0:b1], False, 0.0)
             for b in range(b0, b1):
                 t = _time(lengths[b], s, reverse)
                 if t >= 0:
-                    _grad(CELL, "bwd2", saved, cellw, dy[t, b], q2[b], g[b], carry, grads, dbias, t, b)
-            _post(CELL, g, cellw, carry, lengths, s, b0, b1)
+                    BWD2(saved, cellw, dy[t, b], q2[b], g[b], carry, grads, dbias, t, b)
+            POST(g, cellw, carry, lengths, s, b0, b1)
             mm(g[b0:b1, :n1], w_hh, u[b0:b1], False, 0.0)
-            _carry(CELL, u, carry, lengths, s, b0, b1)
+            CARRY(u, carry, lengths, s, b0, b1)
 
     # ----------------------------------------------------------- row functions
     # Forward: row(xr [G*H], ar, qr, state, cellw, saved, yr [H], ts, b) with
@@ -756,97 +759,32 @@ if _NUMBA_ERROR is None and _BLAS_PATH is not None:
                 for j in range(dh.shape[1]):
                     dh[b, j] = u[b, j] + direct[b, j]
 
-    # cell -> its row functions by role: "fwd"/"bwd" (one product per step) or
-    # "fwd1", "fwd2", "bwd1", "bwd2" (two), "carry", and the two-product hooks
-    # "pre" (before phase 1) and "post" (before the last backward product).
-    # `_row`, `_row2`, `_grad`, `_pre`, `_post`, `_carry` pick the function at
-    # compile time from the literal cell name the loop was made for.
+    # cell -> its row functions by role: FWD/BWD (the one-product cells' row, the
+    # two-product cells' first phase), FWD2/BWD2 (second phase), CARRY, and the
+    # two-product hooks PRE (before phase 1) and POST (before the last backward
+    # product)
     _ROWS = {
-        "rnn_tanh": dict(fwd=_rnn_tanh_fwd, bwd=_rnn_tanh_bwd, carry=_carry_u),
-        "rnn_relu": dict(fwd=_rnn_relu_fwd, bwd=_rnn_relu_bwd, carry=_carry_u),
-        "lstm": dict(fwd=_lstm_fwd, bwd=_lstm_bwd, carry=_carry_u),
-        "gru": dict(fwd=_gru_fwd, bwd=_gru_bwd, carry=_carry_u_direct),
-        "peephole_diagonal": dict(fwd=_peep_diag_fwd, bwd=_peep_diag_bwd, carry=_carry_u),
-        "gru_reset_before": dict(fwd1=_gru_rb_fwd, fwd2=_gru_rb_fwd2, bwd1=_gru_rb_bwd,
-                                 bwd2=_gru_rb_bwd2, carry=_carry_u_direct, pre=_no_pre,
-                                 post=_no_post),
-        "peephole_full": dict(fwd1=_peep_full_fwd, fwd2=_peep_full_fwd2, bwd1=_peep_full_bwd,
-                              bwd2=_peep_full_bwd2, carry=_carry_u, pre=_peep_full_pre,
-                              post=_peep_full_post),
+        "rnn_tanh": dict(FWD=_rnn_tanh_fwd, BWD=_rnn_tanh_bwd, CARRY=_carry_u),
+        "rnn_relu": dict(FWD=_rnn_relu_fwd, BWD=_rnn_relu_bwd, CARRY=_carry_u),
+        "lstm": dict(FWD=_lstm_fwd, BWD=_lstm_bwd, CARRY=_carry_u),
+        "gru": dict(FWD=_gru_fwd, BWD=_gru_bwd, CARRY=_carry_u_direct),
+        "peephole_diagonal": dict(FWD=_peep_diag_fwd, BWD=_peep_diag_bwd, CARRY=_carry_u),
+        "gru_reset_before": dict(FWD=_gru_rb_fwd, FWD2=_gru_rb_fwd2, BWD=_gru_rb_bwd,
+                                 BWD2=_gru_rb_bwd2, CARRY=_carry_u_direct, PRE=_no_pre,
+                                 POST=_no_post),
+        "peephole_full": dict(FWD=_peep_full_fwd, FWD2=_peep_full_fwd2, BWD=_peep_full_bwd,
+                              BWD2=_peep_full_bwd2, CARRY=_carry_u, PRE=_peep_full_pre,
+                              POST=_peep_full_post),
     }
-
-    def _row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b, training):
-        raise NotImplementedError("compiled code only")
-
-    def _row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training):
-        raise NotImplementedError("compiled code only")
-
-    def _grad(cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
-        raise NotImplementedError("compiled code only")
-
-    def _pre(cell, state, cellw, b0, b1):
-        raise NotImplementedError("compiled code only")
-
-    def _post(cell, g, cellw, carry, lengths, s, b0, b1):
-        raise NotImplementedError("compiled code only")
-
-    def _carry(cell, u, carry, lengths, s, b0, b1):
-        raise NotImplementedError("compiled code only")
-
-    def _pick(cell, role):
-        """The row function of ``cell`` (a literal) for ``role`` (a str or a literal)."""
-        role = getattr(role, "literal_value", role)
-        return _ROWS[cell.literal_value][role]
-
-    _LIT = types.StringLiteral
-
-    @overload(_row, inline="always")
-    def _ol_row(cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b, training):
-        if isinstance(cell, _LIT) and isinstance(role, _LIT):
-            fn = _pick(cell, role)
-            return lambda cell, role, xr, ar, qr, state, cellw, saved, yr, ts, b, training: fn(
-                xr, ar, qr, state, cellw, saved, yr, ts, b, training)
-
-    @overload(_row2, inline="always")
-    def _ol_row2(cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training):
-        if isinstance(cell, _LIT):
-            fn = _pick(cell, "fwd2")
-            return lambda cell, xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training: fn(
-                xr, ar, a2r, qr, state, cellw, saved, yr, ts, b, training)
-
-    @overload(_grad, inline="always")
-    def _ol_grad(cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b):
-        if isinstance(cell, _LIT) and isinstance(role, _LIT):
-            fn = _pick(cell, role)
-            return lambda cell, role, saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b: fn(
-                saved, cellw, dyr, vr, gr, carry, grads, dbias, t, b)
-
-    @overload(_pre, inline="always")
-    def _ol_pre(cell, state, cellw, b0, b1):
-        if isinstance(cell, _LIT):
-            fn = _pick(cell, "pre")
-            return lambda cell, state, cellw, b0, b1: fn(state, cellw, b0, b1)
-
-    @overload(_post, inline="always")
-    def _ol_post(cell, g, cellw, carry, lengths, s, b0, b1):
-        if isinstance(cell, _LIT):
-            fn = _pick(cell, "post")
-            return lambda cell, g, cellw, carry, lengths, s, b0, b1: fn(
-                g, cellw, carry, lengths, s, b0, b1)
-
-    @overload(_carry, inline="always")
-    def _ol_carry(cell, u, carry, lengths, s, b0, b1):
-        if isinstance(cell, _LIT):
-            fn = _pick(cell, "carry")
-            return lambda cell, u, carry, lengths, s, b0, b1: fn(u, carry, lengths, s, b0, b1)
 
     def _loop(skeleton, cell):
         """``skeleton`` compiled for ``cell`` (a registry name): a copy of the
-        function that reads ``cell`` from its global ``CELL`` (a compile-time
-        constant), under its own name, so Numba's on-disk cache keeps one file
-        per cell. (A closure over the row functions would recompile in every
-        new process: numba issue 6264.)"""
-        fn = _pytypes.FunctionType(skeleton.__code__, {**skeleton.__globals__, "CELL": cell},
+        function whose role names (FWD, BWD, ...) are globals bound to the
+        cell's row functions, under its own name, so Numba's on-disk cache
+        keeps one file per cell. (A closure over the row functions would
+        recompile in every new process: numba issue 6264; dispatching on the
+        cell name through @overload cost ~1.4 s more compile per cell.)"""
+        fn = _pytypes.FunctionType(skeleton.__code__, {**skeleton.__globals__, **_ROWS[cell]},
                                    f"{skeleton.__name__}_{cell}")
         fn.__qualname__ = fn.__name__
         return njit(**_OPTS)(fn)

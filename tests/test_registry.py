@@ -134,14 +134,16 @@ print(json.dumps(out))
 """
 
 
-def test_every_cell_has_a_cuda_kernel():
+def test_every_cell_has_a_cuda_kernel(tmp_path):
     """Forward and backward of the cuda backend, in the simulator, for every
     cell (tests/test_cuda.py, run under NUMBA_ENABLE_CUDASIM=1, does it thoroughly)."""
     pytest.importorskip("numba.cuda")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
     code = _CUDA_PROBE.format(tests=str(Path(__file__).resolve().parent))
+    # from an empty folder: the installed fastrnn (CI installs it; the checkout's
+    # fastrnn/ has no kernels/), not the one in the working directory
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
-                          timeout=600)
+                          timeout=600, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     errors = json.loads(proc.stdout.strip().splitlines()[-1])
     assert set(errors) == set(CELLS)

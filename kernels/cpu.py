@@ -839,10 +839,10 @@ def _run_rows(kernel, ranges, args_of, threads, loop_flops):
         fut.result()
 
 
-#: registry cell -> the loops it runs on: its family, except the GRU with a second
-#: dependent product (reset-before, ``"grurb"``) and the peephole LSTMs (``"peep"``)
-_FAMILY = {name: ("peep" if c.peephole else "grurb" if c.family == "gru" and c.products == 2
-                  else c.family) for name, c in CELLS.items()}
+#: registry cell -> the packed float32 kernels that run it: ``"lstm"`` (the LSTM and
+#: the diagonal peephole LSTM), ``"gru"`` (reset_after), ``"rnn"``; None for the cells
+#: with a second dependent product per step (BLAS-per-step loops only)
+_PACKED = {name: (c.family if c.products == 1 else None) for name, c in CELLS.items()}
 
 
 class _Cache:
@@ -857,10 +857,11 @@ class _Cache:
 
 
 def _family(cell):
-    try:
-        return _FAMILY[cell.name]
-    except KeyError:
-        raise ValueError(f"the cpu backend has no kernel for cell {cell.name!r}") from None
+    """The packed kernels' family of ``cell`` (see _PACKED); a ValueError for a cell
+    the backend has no loops for."""
+    if getattr(cell, "name", None) not in _LOOPS:
+        raise ValueError(f"the cpu backend has no kernel for cell {cell.name!r}")
+    return _PACKED[cell.name]
 
 
 def _c(a, dtype):
@@ -893,14 +894,14 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     reverse, training = bool(reverse), bool(training)
     # the packed kernels call no BLAS in the forward pass: no thread setting to manage
     if (dtype == np.float32 and _packed is not None and use_packed
-            and (fam == "lstm" or cell.peephole == "diagonal")):
+            and fam == "lstm"):
         return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training)
     if (dtype == np.float32 and _packed_cells is not None and use_packed
             and (fam, training) in packed_cells):
         return _forward_packed_cell(fam, cell, x, h0, weights, lens, reverse, training)
     threads = _Threads()
     try:
-        return _forward(fam, cell, x, h0, c0, weights, lens, reverse, training, threads)
+        return _forward(cell, x, h0, c0, weights, lens, reverse, training, threads)
     finally:
         threads.restore()
 
@@ -990,7 +991,7 @@ def _chunk_steps(T, B):
     return min(T, max(_CHUNK_MIN_STEPS, -(-_CHUNK_ROWS // B)))
 
 
-def _forward(fam, cell, x, h0, c0, weights, lens, reverse, training, threads):
+def _forward(cell, x, h0, c0, weights, lens, reverse, training, threads):
     dtype = x.dtype
     T, B, I = x.shape
     G = cell.gates
@@ -1093,7 +1094,7 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     """Gradients of one layer and direction from a training ``cache``."""
     if cache is None:
         raise ValueError("backward needs the cache of a forward run with training=True")
-    fam = _family(cell)
+    _family(cell)
     T, B, _ = cache.x.shape
     H = cache.w.w_hh.shape[1]
     for name, a, exp in (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
@@ -1111,12 +1112,12 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
             dx, dh0, dw_ih, dw_hh, db_ih, db_hh = _packed_cells.backward(
                 cache.saved, dy, dh_n, _max_threads, threads.use)
             return dx, dh0, None, Weights(dw_ih, dw_hh, db_ih, db_hh, None)
-        return _backward(fam, cell, cache, dy, dh_n, dc_n, threads)
+        return _backward(cell, cache, dy, dh_n, dc_n, threads)
     finally:
         threads.restore()
 
 
-def _backward(fam, cell, cache, dy, dh_n, dc_n, threads):
+def _backward(cell, cache, dy, dh_n, dc_n, threads):
     x, w, lens, reverse = cache.x, cache.w, cache.lengths, cache.reverse
     dtype = x.dtype
     T, B, I = x.shape

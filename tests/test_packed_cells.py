@@ -46,7 +46,7 @@ def test_selection_table(monkeypatch, name):
     """A (family, mode) left out of cpu.packed_cells runs the old loops."""
     monkeypatch.setattr(cpu, "packed_cells", set())
     assert not isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
-    monkeypatch.setattr(cpu, "packed_cells", {(cpu._FAMILY[name], True)})
+    monkeypatch.setattr(cpu, "packed_cells", {(cpu._PACKED[name], True)})
     assert isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
 
 

@@ -1084,6 +1084,8 @@ def cmd_info(args):
     try:
         from . import get_num_threads
         print(f"fastrnn kernel BLAS threads (most) {get_num_threads()}")
+        from .kernels import cpu as _cpu
+        print(f"cpu kernels: {_cpu.describe()}")
     except ImportError:
         pass
     print(f"GPU: {_gpu_info()}")

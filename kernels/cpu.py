@@ -160,6 +160,26 @@ _TWO_THREAD_FLOPS = 1e6
 _max_threads = max(1, _blas_get_threads()) if _blas_get_threads is not None else 1
 
 
+def _threads_from_env():
+    """``FASTRNN_NUM_THREADS`` (read once, at import): the thread cap, or None."""
+    raw = os.environ.get("FASTRNN_NUM_THREADS", "").strip()
+    if not raw:
+        return None
+    try:
+        n = int(raw)
+    except ValueError:
+        n = 0
+    if n < 1:
+        import warnings
+        warnings.warn(f"FASTRNN_NUM_THREADS={raw!r} is not a whole number >= 1: ignored",
+                      RuntimeWarning, stacklevel=2)
+        return None
+    return n
+
+
+_max_threads = _threads_from_env() or _max_threads
+
+
 def set_num_threads(n):
     """Set the most BLAS threads the CPU kernels use (each call may use fewer)."""
     global _max_threads
@@ -911,11 +931,30 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
 # (no BLAS call inside the time loop, padded steps skipped, its own two
 # threads); `use_packed = False` selects the BLAS-per-step loops below instead
 # (the tests check both, the benchmark can compare them).
-use_packed = True
 try:
     from fastrnn.kernels import packed as _packed
 except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
     _packed = None
+#: off on a CPU without AVX2/AVX-512 (packed.host_simd), where the packed
+#: kernels' wide vectors would be split into slow narrow code
+use_packed = _packed is not None and _packed.host_simd() is not None
+
+
+def describe():
+    """One line on which CPU kernels run here (for ``fastrnn info``)."""
+    if _packed is None:
+        return "BLAS-per-step loops only (the packed kernels did not import)"
+    simd = _packed.host_simd()
+    if simd is None:
+        return ("BLAS-per-step loops (this CPU has no AVX2/AVX-512: "
+                "the packed kernels are off)")
+    if not use_packed:
+        return "BLAS-per-step loops (packed kernels turned off)"
+    vw = _packed.vector_width()
+    variant = "AVX-512" if vw == 16 else "AVX2"
+    return (f"packed kernels for float32 LSTM (and diagonal peephole), GRU and RNN "
+            f"({vw}-wide {variant} variant; this CPU: {simd.upper()}); BLAS-per-step "
+            f"loops for float64, GRU reset-before and the full peephole")
 
 
 def matmul(a, b, out=None):

@@ -91,13 +91,33 @@ _MRMAX = 6    # micro-kernel row counts compiled: 1..6
 
 
 # --------------------------------------------------------------------------- vector width
-def _host_has_avx512():
+def _host_features():
     try:
         import llvmlite.binding as ll
-        feats = ll.get_host_cpu_features()
-        return bool(feats.get("avx512f", False))
+        return dict(ll.get_host_cpu_features())
     except Exception:  # pragma: no cover
-        return False
+        return {}
+
+
+def _host_has_avx512():
+    return bool(_host_features().get("avx512f", False))
+
+
+def host_simd():
+    """``"avx512"``, ``"avx2"`` or None: the widest vector unit the packed
+    kernels are written for (``<16 x float>`` / ``<8 x float>`` FMAs). On a
+    CPU with neither (an x86-64 without AVX2 and FMA, a non-x86 CPU) LLVM would
+    split their vectors into slow scalar or SSE code: the CPU backend runs its
+    BLAS-per-step loops there instead (``fastrnn info`` says which)."""
+    import platform
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return None
+    f = _host_features()
+    if f.get("avx512f", False):
+        return "avx512"
+    if f.get("avx2", False) and f.get("fma", False):
+        return "avx2"
+    return None
 
 
 _HOST_VW = 16 if _host_has_avx512() else 8

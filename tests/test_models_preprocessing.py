@@ -4,6 +4,7 @@ import pytest
 
 from fastrnn import SequenceClassifier, SequenceRegressor, load_model
 from fastrnn.data import Standardizer, sliding_windows
+from fastrnn.testing import assert_close, cell_terms
 
 
 def data(n=160, seed=0):
@@ -35,7 +36,9 @@ def test_raw_input_is_scaled_by_the_model():
     clf.scaler = Standardizer().fit(x.reshape(-1, 3))
     z = clf.scaler.transform(x).astype(np.float32)
     want = np.exp(clf._infer(z, None).astype(np.float64))
-    np.testing.assert_allclose(clf.predict_proba(x), want / want.sum(1, keepdims=True), rtol=1e-6)
+    # the same logits; a softmax over 2 classes (float32 exponentials) on either side
+    assert_close(clf.predict_proba(x), want / want.sum(1, keepdims=True), 2 + 8,
+                 dtype=np.float32)
 
 
 def test_string_labels_without_classes_explain_what_to_do():
@@ -63,7 +66,10 @@ def test_unbatched_and_ragged_input():
     seqs = [rng.standard_normal((t, 3)).astype(np.float32) for t in (2, 5, 3)]
     batch = clf.predict_proba(seqs)                           # padded, lengths from the list
     for s, p in zip(seqs, batch):
-        np.testing.assert_allclose(clf.predict_proba(s), p, rtol=1e-5)
+        # one sequence alone or in a padded batch: an LSTM of 4 units over 5 steps,
+        # a head of 4 inputs, a softmax over 2 classes
+        assert_close(clf.predict_proba(s), p,
+                     cell_terms("lstm", 5, 3, 3, 4, backward=False) + 4 + 10)
     with pytest.raises(ValueError, match=r"\[B, T, 3\]"):
         clf.predict(np.zeros((2, 4, 5), np.float32))          # was: a message about (T, B, I)
     uni = SequenceClassifier(2, input_size=1, hidden_size=4, backend="numpy", seed=0)

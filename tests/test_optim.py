@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 
+from fastrnn.testing import assert_close
 from fastrnn.optim import (SGD, Adagrad, Adam, AdamW, CosineDecay, InverseTimeDecay,
                            RMSprop, StepDecay, WarmUp, clip_grad_norm, clip_grad_value,
                            get_optimizer)
@@ -260,7 +261,9 @@ def test_fused_matches_torch_in_float32():
         opt.step({"w": g})
         t.grad = torch.tensor(g)
         topt.step()
-    np.testing.assert_allclose(p["w"], t.detach().numpy(), rtol=1e-5, atol=1e-6)
+    # 10 steps of Adam's elementwise update (about 12 operations each, one
+    # square root and one division among them) on the same gradients
+    assert_close(p["w"], t.detach().numpy(), 10 * 12)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

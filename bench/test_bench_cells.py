@@ -208,3 +208,57 @@ def test_train_bench_smoke(tmp_path, capsys):
                 assert r["check"]["max_loss_rel_diff"] < 1e-5
     bt.print_table(rows)
     assert "fastrnn/torch" in capsys.readouterr().out
+
+
+def test_thread_scaling_run(tmp_path, capsys):
+    """``fastrnn bench --threads 1,2 --plot``: every count timed for fastrnn and
+    torch, speed-up and efficiency against each library's own 1-thread time,
+    fastrnn against torch's best count; the JSON and the picture written."""
+    import json
+    out, png = tmp_path / "scaling.json", tmp_path / "scaling.png"
+    impls = "cpu,torch" if _torch_or_none() is not None else "cpu"
+    assert bench.main(["--threads", "2,1", "--quick", "--cells", "gru", "--shapes", "4,2,3,5",
+                       "--impls", impls, "--json", str(out)]
+                      + (["--plot", str(png)] if _has_matplotlib() else [])) == 0
+    data = json.load(open(out))
+    assert data["meta"]["threads"] == [1, 2] and data["meta"]["cpu"]
+    recs = data["records"]
+    libs = {"fastrnn", "torch"} if impls == "cpu,torch" else {"fastrnn"}
+    assert {(r["library"], r["threads"], r["mode"]) for r in recs} == {
+        (lib, n, m) for lib in libs for n in (1, 2) for m in ("train", "infer")}
+    for r in recs:
+        one = next(q for q in recs if q["library"] == r["library"] and q["mode"] == r["mode"]
+                   and q["threads"] == 1)
+        assert r["speedup"] == pytest.approx(one["median_s"] / r["median_s"])
+        assert r["efficiency"] == pytest.approx(r["speedup"] / r["threads"])
+        if r["library"] == "fastrnn" and "torch" in libs:
+            best = min(q["median_s"] for q in recs if q["library"] == "torch"
+                       and q["mode"] == r["mode"])
+            assert r["vs_best_torch"] == pytest.approx(best / r["median_s"])
+    if _has_matplotlib():
+        assert png.stat().st_size > 1000
+    assert "speedup" in capsys.readouterr().out
+
+
+def test_thread_list_errors(capsys):
+    for argv in (["--threads", "0,2"], ["--threads", "a,b"], ["--plot", "x.png"],
+                 ["--threads", "1,2", "--train"]):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+    assert "--threads" in capsys.readouterr().err
+
+
+def _torch_or_none():
+    try:
+        import torch
+        return torch
+    except ImportError:
+        return None
+
+
+def _has_matplotlib():
+    try:
+        import matplotlib  # noqa: F401
+        return True
+    except ImportError:
+        return False

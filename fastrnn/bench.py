@@ -506,9 +506,16 @@ def _parse(argv):
     ap.add_argument("--quick", action="store_true",
                     help="a smoke run: two small shapes, one cell, few rounds, no compile "
                          "subprocesses (well under a minute; medians are noisier)")
-    ap.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1),
+    ap.add_argument("--threads", default=str(min(2, os.cpu_count() or 1)),
                     help="fastrnn / NumPy BLAS threads (default: min(2, cores)); torch and "
-                         "onnxruntime are timed at 1 and 2 threads and the faster is used")
+                         "onnxruntime are timed at 1 and 2 threads and the faster is used. "
+                         "A comma list (1,2,4,8,16) measures thread scaling instead: "
+                         "fastrnn and torch at each count, speed-up, parallel efficiency "
+                         "and fastrnn against torch's best count (default cells: lstm; "
+                         "shapes: (100,64,128,256) and (50,64,256,512))")
+    ap.add_argument("--plot", metavar="FILE.png",
+                    help="with --threads A,B,...: draw the speed-up per cell and shape "
+                         "(needs matplotlib)")
     ap.add_argument("--json", metavar="PATH", help="write one record per measurement to PATH")
     ap.add_argument("--impls", default=",".join(IMPLS),
                     help="comma list of numpy,cpu,torch,ort (default: all available)")
@@ -530,17 +537,27 @@ def _parse(argv):
                     help="training throughput of whole models (char LSTM language model, "
                          "variable-length classifier) against PyTorch, instead of the grid")
     args = ap.parse_args(argv)
+    from .bench_scaling import SCALING_SHAPES, parse_counts
+    try:
+        args.thread_counts = parse_counts(args.threads)
+    except ValueError as exc:
+        ap.error(str(exc))
+    args.scaling = len(args.thread_counts) > 1
+    args.threads = args.thread_counts[0]
+    if args.plot and not args.scaling:
+        ap.error("--plot draws a thread-scaling run: give --threads a list, e.g. 1,2,4")
+    if args.scaling and (args.train or args.busy):
+        ap.error("--threads with a list (thread scaling) runs alone, without --train or --busy")
     if args.compile is None:
         args.compile = not args.quick
     if args.busy < 0:
         ap.error("--busy must be >= 0")
-    if args.threads < 1:
-        ap.error("--threads must be >= 1")
     if args.gemm_size < 16:
         ap.error("--gemm-size must be >= 16")
     if args.train and args.busy:
         ap.error("--busy applies to the cell grid, not to --train")
-    cells = list(QUICK_CELLS if args.quick else BENCH_CELLS) if args.cells is None else \
+    default_cells = QUICK_CELLS if (args.quick or args.scaling) else BENCH_CELLS
+    cells = list(default_cells) if args.cells is None else \
         [c.strip() for c in args.cells.split(",") if c.strip()]
     bad = [c for c in cells if c not in CELL_NAMES]
     if bad:
@@ -549,7 +566,7 @@ def _parse(argv):
     bad = [i for i in impls if i not in IMPLS]
     if bad:
         ap.error(f"unknown implementation(s) {bad}; expected some of {list(IMPLS)}")
-    shapes = QUICK_SHAPES if args.quick else GRID
+    shapes = QUICK_SHAPES if args.quick else (SCALING_SHAPES if args.scaling else GRID)
     if args.shapes:
         try:
             shapes = [tuple(int(v) for v in s.split(",")) for s in args.shapes.split(";")]
@@ -576,6 +593,9 @@ def main(argv=None):
     if args.train:
         from . import bench_train
         return bench_train.main(args)
+    if args.scaling:
+        from . import bench_scaling
+        return bench_scaling.main(args, cells, shapes)
     from .kernels import cpu
 
     ok, why = cpu.available()

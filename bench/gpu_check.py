@@ -26,7 +26,12 @@ is there::
    ``torch.backends.cudnn.allow_tf32 = False``: on an A100/H100 cuDNN's RNNs
    would otherwise multiply in TF32 while fastrnn computes in FP32);
    ``--tf32`` also times torch with TF32 allowed, in columns labelled so.
-3. **End-to-end training** (``bench/gpu_e2e.py``'s ``run()``, in a
+3. **CPU thread scaling** (``fastrnn bench --threads 1,2,4,...`` up to the
+   cores the process may use, LSTM at (100,64,128,256) and (50,64,256,512),
+   in a subprocess with a time limit, ``--scaling-seconds``, default
+   min(150, 0.2 budget)): fastrnn and torch on the CPU at each count; written
+   to ``bench/results/cpu_scaling_<cpu>.json`` and ``.png`` beside the report.
+4. **End-to-end training** (``bench/gpu_e2e.py``'s ``run()``, in a
    subprocess with a time limit): fastrnn's whole language-model training
    step on the GPU against PyTorch's; "skipped: not available" when that
    module or its ``run`` is missing.
@@ -140,6 +145,10 @@ def parse_args(argv=None):
     p.add_argument("--skip-tests", action="store_true", help="do not run tests/test_cuda*.py")
     p.add_argument("--skip-bench", action="store_true", help="do not run the layer benchmark")
     p.add_argument("--skip-e2e", action="store_true", help="do not run the end-to-end training")
+    p.add_argument("--skip-scaling", action="store_true",
+                   help="do not run the CPU thread-scaling benchmark")
+    p.add_argument("--scaling-seconds", type=float, default=None,
+                   help="time limit of the CPU thread-scaling run (default min(150, 0.2 budget))")
     p.add_argument("--tests", action="store_true",
                    help="with --dry-run: also run tests/test_cuda*.py in the simulator "
                         "(several minutes)")
@@ -196,6 +205,8 @@ def parse_args(argv=None):
         args.e2e_steps = args.e2e_steps or 100
     if args.e2e_seconds is None:
         args.e2e_seconds = 0.0 if args.skip_e2e else min(120.0, 0.15 * args.budget)
+    if args.scaling_seconds is None:
+        args.scaling_seconds = 0.0 if args.skip_scaling else min(150.0, 0.2 * args.budget)
     return args
 
 
@@ -579,6 +590,49 @@ def configure_fastrnn(args):
 
 
 # --------------------------------------------------------------------------- end to end
+def scaling_counts(cores):
+    """1, 2, 4, ... up to ``cores``, and ``cores`` itself."""
+    counts = [n for n in (1, 2, 4, 8, 16, 32, 64) if n <= cores]
+    return counts + ([cores] if cores not in counts else [])
+
+
+def run_scaling(args, timeout, out_dir):
+    """``fastrnn bench --threads 1,2,4,...`` on the CPU in a subprocess with a
+    time limit; the JSON and plot go to ``out_dir/cpu_scaling_<cpu>.*``."""
+    if timeout < 20:
+        return {"status": "skipped: budget spent"}
+    try:
+        from fastrnn.bench_scaling import cpu_slug, usable_cores
+    except ImportError as exc:
+        return {"status": f"skipped: not available ({exc})"}
+    cores = usable_cores()
+    counts = scaling_counts(cores)
+    base = out_dir / f"cpu_scaling_{cpu_slug()}"
+    cmd = _python_cmd() + ["-m", "fastrnn", "bench", "--threads", ",".join(map(str, counts)),
+                           "--cells", "lstm", "--impls", "cpu,torch",
+                           "--json", str(base.with_suffix(".json")),
+                           "--plot", str(base.with_suffix(".png"))]
+    if args.smoke:
+        cmd += ["--quick", "--shapes", "4,2,3,5"]
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        env = _child_env(args.smoke)
+        env.pop("NUMBA_ENABLE_CUDASIM", None)           # the CPU kernels
+        try:
+            proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True,
+                                  timeout=timeout, start_new_session=True)
+            rc, text = proc.returncode, proc.stdout + proc.stderr
+        except subprocess.TimeoutExpired as exc:
+            rc, text = None, str(exc.stdout or "")
+    seconds = time.perf_counter() - t0
+    status = ("done" if rc == 0 else f"TIMED OUT after {timeout:.0f} s" if rc is None
+              else f"FAILED (exit {rc})")
+    print(f"cpu scaling ({cores} cores, threads {counts}): {status} ({seconds:.0f} s)")
+    print(text.strip()[-4000:])
+    return {"status": status, "cores": cores, "threads": counts, "seconds": round(seconds, 1),
+            "json": str(base.with_suffix(".json")), "table": text.strip()[-6000:]}
+
+
 def run_e2e(args, timeout, out_dir):
     """``gpu_e2e.run()`` in a subprocess with a time limit; rows as they come."""
     if not (ROOT / "bench" / "gpu_e2e.py").exists():
@@ -708,6 +762,14 @@ class Report:
                       "fastrnn stays FP32)", "",
                       "| cell | B | H=I | train torch TF32 | speed-up | infer torch TF32 "
                       "| speed-up |", "|---|---|---|---|---|---|---|"] + tf32
+        lines += ["", "## CPU thread scaling (fastrnn bench --threads ...)", ""]
+        sc = d.get("cpu_scaling")
+        if sc is None:
+            lines.append("not run")
+        else:
+            lines.append(f"{sc['status']}" + (f"; `{sc['json']}`" if sc.get("json") else ""))
+            if sc.get("table"):
+                lines += ["", "```", sc["table"], "```"]
         lines += ["", "## End-to-end training (bench/gpu_e2e.py)", ""]
         e = d["e2e"]
         if e is None:
@@ -754,8 +816,15 @@ def main(argv=None):
             report.update(bench_error=f"fastrnn.kernels.cuda does not import: {exc}")
         else:
             report.update(versions=info)
-            deadline = args.budget - args.e2e_seconds
+            deadline = args.budget - args.e2e_seconds - args.scaling_seconds
             bench(args, cuda, clock, deadline, report.add_row)
+
+    if not args.skip_scaling:
+        scaling = run_scaling(args, min(args.scaling_seconds,
+                                        clock.left() - args.e2e_seconds - 5), report.dir)
+        report.update(cpu_scaling=scaling)
+        if scaling["status"].startswith(("FAILED", "TIMED OUT")):
+            failed.append(f"cpu scaling {scaling['status']}")
 
     if not args.skip_e2e:
         e2e = run_e2e(args, clock.left() - 5, report.dir)     # 5 s to write the report

@@ -102,3 +102,20 @@ def test_end_to_end_hook_without_the_module(gc, tmp_path, monkeypatch):
     (tmp_path / "bench" / "gpu_e2e.py").write_text("STEPS = 3\n")      # no run()
     out = gc.run_e2e(args, 120, tmp_path)
     assert out["status"] == "skipped: not available (gpu_e2e has no run())", out
+
+
+def test_cpu_scaling_stage(gc, tmp_path):
+    """The CPU thread-scaling stage: counts up to the usable cores, its own time
+    limit inside the budget, and a real run on tiny shapes writing the JSON."""
+    assert gc.scaling_counts(16) == [1, 2, 4, 8, 16]
+    assert gc.scaling_counts(6) == [1, 2, 4, 6]
+    assert gc.scaling_counts(1) == [1]
+    args = gc.parse_args([])
+    assert 0 < args.scaling_seconds <= 150
+    assert args.scaling_seconds + args.e2e_seconds < 0.5 * args.budget
+    assert gc.parse_args(["--skip-scaling"]).scaling_seconds == 0
+    assert gc.run_scaling(args, 5, tmp_path)["status"].startswith("skipped")
+    out = gc.run_scaling(gc.parse_args(["--dry-run"]), 300, tmp_path)
+    assert out["status"] == "done", out
+    data = json.loads(Path(out["json"]).read_text())
+    assert {r["threads"] for r in data["records"]} == set(out["threads"])

@@ -130,11 +130,11 @@ def _recurrent(g, layer, x, seq_lens=None, h0=None, c0=None):
     for k, w in enumerate(to_onnx_weights(layer, dtype=_F32)):
         names = [x, g.const(f"W{k}", w["W"]), g.const(f"R{k}", w["R"]),
                  g.const(f"B{k}", w["B"]) if "B" in w else "", seq_lens or ""]
-        lo, hi = g.i64([k * D]), g.i64([(k + 1) * D])
-        axis0 = g.i64([0])
-        names.append("" if h0 is None else g.node("Slice", [h0, lo, hi, axis0]))
+        rows = (lambda s: "" if s is None else      # this layer's rows of h0 / c0
+                g.node("Slice", [s, g.i64([k * D]), g.i64([(k + 1) * D]), g.i64([0])]))
+        names.append(rows(h0))
         if spec.has_cell:
-            names.append("" if c0 is None else g.node("Slice", [c0, lo, hi, axis0]))
+            names.append(rows(c0))
             names.append(g.const(f"P{k}", w["P"]) if "P" in w else "")
         outs = g.node(op, names, n_out=3 if spec.has_cell else 2, hidden_size=H,
                       direction="bidirectional" if D == 2 else "forward", **attrs)

@@ -1171,10 +1171,7 @@ def cmd_export(rest):
     except ImportError as exc:
         raise CLIError(str(exc)) from None
     model = load_model(args.model, backend="numpy")
-    try:
-        data = fonnx.to_bytes(model, lengths=args.lengths, initial_state=args.initial_state)
-    except NotImplementedError as exc:
-        raise CLIError(str(exc)) from None
+    data = fonnx.to_bytes(model, lengths=args.lengths, initial_state=args.initial_state)
     with open(args.onnx, "wb") as f:
         f.write(data)
     print(f"wrote {args.onnx}: {type(model).__name__} ({len(data):,} bytes)")

@@ -12,8 +12,10 @@ Squeeze (one direction) or Transpose + Reshape (two: ``[T, 2, B, H]`` ->
 p_o, p_f]``), GRU (``reset_after=True`` is ``linear_before_reset=1``, the
 original GRU ``linear_before_reset=0``), RNN (``Tanh``/``Relu``). Weights
 are written in float32 (onnxruntime's recurrent kernels are float32 only).
-The full-matrix peephole LSTM has no ONNX node and is refused
-(``NotImplementedError``).
+The full-matrix peephole LSTM has no ONNX node: it is written as one ONNX
+``Scan`` per layer and direction whose body is the cell's step in primitive
+ops (MatMul, Split, Sigmoid, Tanh, Where for the lengths); :func:`load`
+reads recurrent nodes only, so it does not read such a file back.
 
 Graphs (``B`` batch, ``T`` time, both dynamic):
 
@@ -114,41 +116,124 @@ class _Graph:
         return model
 
 
-def _recurrent(g, layer, x, seq_lens=None, h0=None, c0=None):
-    """Emit ``layer``'s stack on ``x`` ``[T, B, I]``; returns ``(y [T, B, D*H],
-    h_n [L*D, B, H], c_n or None, Y_h of the top layer [D, B, H])``."""
+def _recurrent(g, layer, x, lengths=None, h0=None, c0=None):
+    """Emit ``layer``'s stack on ``x`` ``[T, B, I]`` (``lengths``: an int64
+    ``[B]`` value or None); returns ``(y [T, B, D*H], h_n [L*D, B, H], c_n or
+    None, Y_h of the top layer [D, B, H])``."""
     spec = layer.cell
-    if spec.peephole == "full":
-        raise NotImplementedError(
-            "ONNX export of the full-matrix peephole LSTM (PeepholeLSTM(peephole='full')) is "
-            "not implemented: ONNX has no node for it (its LSTM has diagonal peepholes only)")
-    op, attrs = onnx_operator(spec)
     L, D, H = layer.num_layers, layer.num_directions, layer.hidden_size
-    if "activations" in attrs:                   # one per direction
-        attrs = dict(attrs, activations=attrs["activations"] * D)
+    rows = (lambda s, k: "" if s is None else      # layer k's rows of h0 / c0
+            g.node("Slice", [s, g.i64([k * D]), g.i64([(k + 1) * D]), g.i64([0])]))
     hs, cs = [], []
-    for k, w in enumerate(to_onnx_weights(layer, dtype=_F32)):
-        names = [x, g.const(f"W{k}", w["W"]), g.const(f"R{k}", w["R"]),
-                 g.const(f"B{k}", w["B"]) if "B" in w else "", seq_lens or ""]
-        rows = (lambda s: "" if s is None else      # this layer's rows of h0 / c0
-                g.node("Slice", [s, g.i64([k * D]), g.i64([(k + 1) * D]), g.i64([0])]))
-        names.append(rows(h0))
-        if spec.has_cell:
-            names.append(rows(c0))
-            names.append(g.const(f"P{k}", w["P"]) if "P" in w else "")
-        outs = g.node(op, names, n_out=3 if spec.has_cell else 2, hidden_size=H,
-                      direction="bidirectional" if D == 2 else "forward", **attrs)
-        Y, Y_h = outs[0], outs[1]                                  # [T, D, B, H], [D, B, H]
-        hs.append(Y_h)
-        if spec.has_cell:
-            cs.append(outs[2])
-        if D == 1:
-            x = g.node("Squeeze", [Y, g.i64([1])])
-        else:
-            x = g.node("Reshape", [g.node("Transpose", [Y], perm=[0, 2, 1, 3]),
-                                   g.i64([0, 0, -1])])
+    if spec.peephole == "full":
+        mask = None if lengths is None else _valid_steps(g, x, lengths)
+        for k in range(L):
+            x, Y_h, Y_c = _scan_full_peephole(g, layer, k, x, mask, rows(h0, k), rows(c0, k))
+            hs.append(Y_h)
+            cs.append(Y_c)
+    else:
+        op, attrs = onnx_operator(spec)
+        if "activations" in attrs:                   # one per direction
+            attrs = dict(attrs, activations=attrs["activations"] * D)
+        seq_lens = None if lengths is None else g.node("Cast", [lengths],
+                                                        to=g.onnx.TensorProto.INT32)
+        for k, w in enumerate(to_onnx_weights(layer, dtype=_F32)):
+            names = [x, g.const(f"W{k}", w["W"]), g.const(f"R{k}", w["R"]),
+                     g.const(f"B{k}", w["B"]) if "B" in w else "", seq_lens or "", rows(h0, k)]
+            if spec.has_cell:
+                names += [rows(c0, k), g.const(f"P{k}", w["P"]) if "P" in w else ""]
+            outs = g.node(op, names, n_out=3 if spec.has_cell else 2, hidden_size=H,
+                          direction="bidirectional" if D == 2 else "forward", **attrs)
+            Y, Y_h = outs[0], outs[1]                                  # [T, D, B, H], [D, B, H]
+            hs.append(Y_h)
+            if spec.has_cell:
+                cs.append(outs[2])
+            if D == 1:
+                x = g.node("Squeeze", [Y, g.i64([1])])
+            else:
+                x = g.node("Reshape", [g.node("Transpose", [Y], perm=[0, 2, 1, 3]),
+                                       g.i64([0, 0, -1])])
     cat = (lambda parts: parts[0] if len(parts) == 1 else g.node("Concat", parts, axis=0))
     return x, cat(hs), (cat(cs) if cs else None), hs[-1]
+
+
+def _valid_steps(g, x, lengths):
+    """``[T, B, 1]`` bool: step ``t`` of sequence ``b`` is before ``lengths[b]``."""
+    T = g.node("Gather", [g.node("Shape", [x]), g.i64(0)], axis=0)
+    steps = g.node("Range", [g.i64(0), T, g.i64(1)])
+    valid = g.node("Less", [g.node("Unsqueeze", [steps, g.i64([1])]),
+                            g.node("Unsqueeze", [lengths, g.i64([0])])])          # [T, B]
+    return g.node("Unsqueeze", [valid, g.i64([2])])
+
+
+def _scan_full_peephole(g, layer, k, x, mask, h0, c0):
+    """Layer ``k`` of a full-matrix peephole LSTM as one ONNX Scan per
+    direction (ONNX's LSTM node has diagonal peepholes only). The input
+    product ``x W^T + b`` is one MatMul before the Scan; the body computes,
+    in fastrnn's gate order i, f, g, o,
+    ``a = xw_t + h U^T; i, f = σ(a_i + c P_i^T), σ(a_f + c P_f^T);
+    c' = f c + i tanh(a_g); o = σ(a_o + c' P_o^T); h' = o tanh(c')``;
+    steps past a sequence's length keep the state and output zeros (a
+    reverse Scan then starts at each sequence's last valid step, as fastrnn).
+    Returns ``(y [T, B, D*H], h_n [D, B, H], c_n [D, B, H])``."""
+    TP = g.onnx.TensorProto
+    H, D = layer.hidden_size, layer.num_directions
+    p = layer.state_dict()
+    B = g.node("Gather", [g.node("Shape", [x]), g.i64(1)], axis=0)
+    zeros = g.node("ConstantOfShape", [g.node("Concat", [g.node("Unsqueeze", [B, g.i64([0])]),
+                                                          g.i64([H])], axis=0)],
+                   value=g.onnx.helper.make_tensor("zero", TP.FLOAT, [1], [0.0]))
+    ys, hs, cs = [], [], []
+    for d in range(D):
+        sfx = f"_l{k}" + ("_reverse" if d else "")
+        b = np.zeros(4 * H, _F32)
+        if layer.bias:
+            b = (p["bias_ih" + sfx] + p["bias_hh" + sfx]).astype(_F32)
+        xw = g.node("Add", [g.node("MatMul", [x, g.const("W_T", p["weight_ih" + sfx].T
+                                                         .astype(_F32))]),
+                            g.const("b", b)])                                   # [T, B, 4H]
+        start = []
+        for s in (h0, c0):
+            start.append(zeros if s == "" else
+                         g.node("Squeeze", [g.node("Slice", [s, g.i64([d]), g.i64([d + 1]),
+                                                             g.i64([0])]), g.i64([0])]))
+        body = _peephole_body(g.onnx, p, sfx, H, mask is not None)
+        scans = [xw] + ([mask] if mask is not None else [])
+        n = len(scans)
+        h_n, c_n, y = g.node("Scan", start + scans, n_out=3, body=body, num_scan_inputs=n,
+                             scan_input_directions=[d] * n, scan_output_directions=[d])
+        ys.append(y)
+        hs.append(g.node("Unsqueeze", [h_n, g.i64([0])]))
+        cs.append(g.node("Unsqueeze", [c_n, g.i64([0])]))
+    cat = (lambda parts, axis: parts[0] if len(parts) == 1 else
+           g.node("Concat", parts, axis=axis))
+    return cat(ys, 2), cat(hs, 0), cat(cs, 0)
+
+
+def _peephole_body(onnx, p, sfx, H, masked):
+    """The Scan body of :func:`_scan_full_peephole` (its own small graph)."""
+    TP = onnx.TensorProto
+    b = _Graph(onnx)
+    f = lambda a: a.astype(_F32)                                   # noqa: E731
+    h, c, xw = (b.input(n, TP.FLOAT, None) for n in ("h", "c", "xw"))
+    m = b.input("m", TP.BOOL, None) if masked else None
+    a = b.node("Add", [xw, b.node("MatMul", [h, b.const("U_T", f(p["weight_hh" + sfx].T))])])
+    ai, af, ag, ao = b.node("Split", [a, b.i64([H] * 4)], n_out=4, axis=1)
+    peep = lambda gate, s: b.node("MatMul", [s, b.const(f"P{gate}_T",     # noqa: E731
+                                                        f(p[f"peephole_{gate}{sfx}"].T))])
+    i = b.node("Sigmoid", [b.node("Add", [ai, peep("i", c)])])
+    fg = b.node("Sigmoid", [b.node("Add", [af, peep("f", c)])])
+    c2 = b.node("Add", [b.node("Mul", [fg, c]), b.node("Mul", [i, b.node("Tanh", [ag])])])
+    o = b.node("Sigmoid", [b.node("Add", [ao, peep("o", c2)])])
+    h2 = b.node("Mul", [o, b.node("Tanh", [c2])])
+    y = h2
+    if masked:
+        h2 = b.node("Where", [m, h2, h])
+        c2 = b.node("Where", [m, c2, c])
+        y = b.node("Where", [m, y, b.const("zero", np.zeros(1, _F32))])
+    for name, v in (("h_out", h2), ("c_out", c2), ("y_out", y)):
+        b.output(name, TP.FLOAT, None, v)
+    return onnx.helper.make_graph(b.nodes, "full_peephole_step", b.inputs, b.outputs, b.inits)
 
 
 def _linear(g, lin, x):
@@ -156,10 +241,6 @@ def _linear(g, lin, x):
     if "bias" in lin.params:
         y = g.node("Add", [y, g.const("bias", lin.params["bias"].astype(_F32))])
     return y
-
-
-def _seq_lens(g, lengths):
-    return None if lengths is None else g.node("Cast", [lengths], to=g.onnx.TensorProto.INT32)
 
 
 # ==================================================================== the exported graphs
@@ -176,7 +257,7 @@ def _layer_graph(g, layer, lengths, initial_state):
             c0 = g.input("c0", TP.FLOAT, [L * D, "batch", H])
     if layer.batch_first:
         x = g.node("Transpose", [x], perm=[1, 0, 2])
-    y, h_n, c_n, _ = _recurrent(g, layer, x, _seq_lens(g, ln), h0, c0)
+    y, h_n, c_n, _ = _recurrent(g, layer, x, ln, h0, c0)
     if layer.batch_first:
         y = g.node("Transpose", [y], perm=[1, 0, 2])
     yshape = ["batch", "time", D * H] if layer.batch_first else ["time", "batch", D * H]
@@ -248,17 +329,13 @@ def _encoder(g, model, lengths, diff_base=None):
         if diff_base is not None:
             diff_base.append(base)
     ln = g.input("lengths", TP.INT64, ["batch"]) if lengths else None
-    y, _, _, top = _recurrent(g, rnn, e, _seq_lens(g, ln))
+    y, _, _, top = _recurrent(g, rnn, e, ln)
     if model.pooling == "attention":
         at = model.attn
         s = g.node("Tanh", [_linear(g, at, y)])                                       # [T, B, A]
         sc = g.node("MatMul", [s, g.const("v", at.params["v"].astype(_F32))])          # [T, B]
         if ln is not None:
-            steps = g.node("Range", [g.i64(0), g.node("Gather", [g.node("Shape", [y]),
-                                                                   g.i64(0)], axis=0),
-                                     g.i64(1)])                                        # [T]
-            valid = g.node("Less", [g.node("Unsqueeze", [steps, g.i64([1])]),
-                                    g.node("Unsqueeze", [ln, g.i64([0])])])            # [T, B]
+            valid = g.node("Squeeze", [_valid_steps(g, y, ln), g.i64([2])])        # [T, B]
             sc = g.node("Where", [valid, sc, g.const("neg_inf", np.array(-np.inf, _F32))])
         alpha = g.node("Softmax", [sc], axis=0)
         pooled = g.node("ReduceSum", [g.node("Mul", [g.node("Unsqueeze", [alpha, g.i64([2])]), y]),
@@ -377,8 +454,7 @@ def export(obj, path, *, lengths=False, initial_state=False):
         language model.
 
     The inputs and outputs of each graph are listed in the module docstring
-    (:mod:`fastrnn.onnx`). Raises ``NotImplementedError`` for the
-    full-matrix peephole LSTM, which ONNX has no node for.
+    (:mod:`fastrnn.onnx`).
     """
     data = to_bytes(obj, lengths=lengths, initial_state=initial_state)
     with open(path, "wb") as f:

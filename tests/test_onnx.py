@@ -20,7 +20,8 @@ from fastrnn.models import make_recurrent          # noqa: E402
 
 ATOL = 1e-5
 SHAPES = [(3, 2), (7, 5)]          # (T, B): any sizes work, the axes are dynamic
-ONNX_CELLS = ["lstm", "peephole_diagonal", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu"]
+ONNX_CELLS = ["lstm", "peephole_diagonal", "gru", "gru_reset_before", "rnn_tanh", "rnn_relu",
+              "peephole_full"]          # the last as a Scan of primitive ops
 
 
 def session(data):
@@ -64,10 +65,12 @@ def test_layer_export_equals_fastrnn(cell, stacked):
             np.testing.assert_allclose(out["c_n"], st[1], rtol=0, atol=ATOL)
 
 
-def test_full_peephole_is_refused_by_name():
+def test_full_peephole_exports_as_scan_not_as_a_node():
     layer = fastrnn.PeepholeLSTM(3, 4, peephole="full", backend="numpy")
-    with pytest.raises(NotImplementedError, match="full-matrix peephole"):
-        fonnx.to_bytes(layer)
+    ops = {n.op_type for n in onnx.load_from_string(fonnx.to_bytes(layer)).graph.node}
+    assert "Scan" in ops and "LSTM" not in ops
+    with pytest.raises(fonnx.UnsupportedONNX, match="no LSTM, GRU or RNN node"):
+        fonnx.load(fonnx.to_bytes(layer))
 
 
 def test_export_writes_a_file_that_load_reads_back(tmp_path):
@@ -145,11 +148,12 @@ def test_classifier_with_embedding_and_no_classes():
         assert np.array_equal(out["label_index"], clf.predict(ids))
 
 
-@pytest.mark.parametrize("difference,lengths", [(0, True), (2, False)])
-def test_regressor_export_equals_predict_in_user_units(difference, lengths):
+@pytest.mark.parametrize("difference,lengths,cell", [(0, True, "peephole_full"),
+                                                     (2, False, "lstm")])
+def test_regressor_export_equals_predict_in_user_units(difference, lengths, cell):
     rng = np.random.default_rng(4)
     reg = fastrnn.SequenceRegressor(2, horizon=3, hidden_size=5, pooling="attention",
-                                    backend="numpy", seed=0)
+                                    cell=cell, bidirectional=True, backend="numpy", seed=0)
     reg.scaler = Standardizer(rng.normal(10, 1, size=2), rng.uniform(0.5, 2, 2))
     reg.target_scaler = Standardizer(rng.normal(10, 1, size=2), rng.uniform(2, 5, 2))
     reg.difference = difference

@@ -338,6 +338,10 @@ def _keras_groups(src):
             opts = _keras_options(fw)
             return list(fw.get_weights()) + list(bw.get_weights()), True, opts
         if hasattr(item, "get_weights"):
+            if getattr(item, "go_backwards", False):
+                raise ValueError("a Keras layer with go_backwards=True (outside Bidirectional) "
+                                 "has no fastrnn equivalent: fastrnn's reverse direction "
+                                 "exists only in a bidirectional layer")
             return list(item.get_weights()), False, _keras_options(item)
         return [np.asarray(a) for a in item], None, opts
 

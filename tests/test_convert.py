@@ -185,6 +185,19 @@ def test_keras_layer_objects_give_cell_and_options():
     np.testing.assert_allclose(_fast(bi, x), keras_bidirectional("lstm", x, wf + wb, 3), **TOL64)
     with pytest.raises(ValueError, match="recurrent_activation='hard_sigmoid'"):
         convert.from_keras(LSTM(wf, recurrent_activation="hard_sigmoid"))
+    with pytest.raises(ValueError, match="go_backwards=True"):
+        convert.from_keras(LSTM(wf, go_backwards=True))
+
+
+def test_keras_without_bias():
+    rng = _rng(11)
+    w = keras_weights(rng, "gru", 3, 4)[:2]
+    layer = convert.from_keras(w, cell="gru", bias=False)
+    assert not layer.bias and layer.cell.name == "gru"
+    x = rng.normal(size=(2, 5, 3))
+    np.testing.assert_allclose(_fast(layer, x), keras_gru(x, w + [np.zeros((2, 12))], True)[0],
+                               **TOL64)
+    assert all(np.array_equal(a, b) for a, b in zip(convert.to_keras(layer)[0], w))
 
 
 def test_keras_errors_name_the_problem():

@@ -137,7 +137,8 @@ def test_classifier_export_equals_predict(pooling, cell, classes):
 def test_classifier_with_embedding_and_no_classes():
     rng = np.random.default_rng(3)
     clf = fastrnn.SequenceClassifier(2, vocab_size=9, embed_dim=4, hidden_size=5,
-                                     pooling="attention", backend="numpy", seed=0)
+                                     pooling="attention", backend="numpy", dtype="float64",
+                                     seed=0)        # exported in float32
     sess = session(fonnx.to_bytes(clf))
     assert [o.name for o in sess.get_outputs()] == ["logits", "probabilities", "label_index"]
     for T, B in SHAPES:

@@ -236,10 +236,16 @@ def _peephole_body(onnx, p, sfx, H, masked):
     return onnx.helper.make_graph(b.nodes, "full_peephole_step", b.inputs, b.outputs, b.inits)
 
 
+def _param(block, name):
+    """A block's parameter as a float32 host array (also for a model on the GPU)."""
+    from . import _device
+    return np.asarray(_device.to_host(block.params[name]), dtype=_F32)
+
+
 def _linear(g, lin, x):
-    y = g.node("MatMul", [x, g.const("weight_T", lin.params["weight"].T.astype(_F32))])
+    y = g.node("MatMul", [x, g.const("weight_T", _param(lin, "weight").T)])
     if "bias" in lin.params:
-        y = g.node("Add", [y, g.const("bias", lin.params["bias"].astype(_F32))])
+        y = g.node("Add", [y, g.const("bias", _param(lin, "bias"))])
     return y
 
 
@@ -280,7 +286,7 @@ def _lm_graph(g, model, lengths, initial_state):
         h0 = g.input("h0", TP.FLOAT, [L * D, "batch", H])
         if rnn.cell.has_cell:
             c0 = g.input("c0", TP.FLOAT, [L * D, "batch", H])
-    e = g.node("Gather", [g.const("embedding", model.embed.params["weight"].astype(_F32)),
+    e = g.node("Gather", [g.const("embedding", _param(model.embed, "weight")),
                           tokens], axis=0)                           # [T, B, E]
     y, h_n, c_n, _ = _recurrent(g, rnn, e, None, h0, c0)
     logits = _linear(g, model.head, y)                               # [T, B, V]
@@ -305,7 +311,7 @@ def _encoder(g, model, lengths, diff_base=None):
     rnn = model.rnn
     if model.embed is not None:
         ids = g.input("x", TP.INT64, ["batch", "time"])
-        e = g.node("Gather", [g.const("embedding", model.embed.params["weight"].astype(_F32)),
+        e = g.node("Gather", [g.const("embedding", _param(model.embed, "weight")),
                               g.node("Transpose", [ids], perm=[1, 0])], axis=0)   # [T, B, E]
     else:
         x = g.input("x", TP.FLOAT, ["batch", "time", model.input_size])
@@ -333,7 +339,7 @@ def _encoder(g, model, lengths, diff_base=None):
     if model.pooling == "attention":
         at = model.attn
         s = g.node("Tanh", [_linear(g, at, y)])                                       # [T, B, A]
-        sc = g.node("MatMul", [s, g.const("v", at.params["v"].astype(_F32))])          # [T, B]
+        sc = g.node("MatMul", [s, g.const("v", _param(at, "v"))])          # [T, B]
         if ln is not None:
             valid = g.node("Squeeze", [_valid_steps(g, y, ln), g.i64([2])])        # [T, B]
             sc = g.node("Where", [valid, sc, g.const("neg_inf", np.array(-np.inf, _F32))])

@@ -345,8 +345,9 @@ def _keras_groups(src):
             return list(item.get_weights()), False, _keras_options(item)
         return [np.asarray(a) for a in item], None, opts
 
-    if hasattr(src, "get_weights") or hasattr(src, "forward_layer") or (isinstance(src, (list, tuple)) and src
-                                       and all(isinstance(a, np.ndarray) for a in src)):
+    layer_like = hasattr(src, "get_weights") or hasattr(src, "forward_layer")
+    if layer_like or (isinstance(src, (list, tuple)) and src
+                      and all(isinstance(a, np.ndarray) for a in src)):
         return [one(src)]
     if isinstance(src, (list, tuple)) and src:
         return [one(item) for item in src]

@@ -235,7 +235,8 @@ def cs231n_lstm(x, h0, Wx, Wh, b):
     hs = []
     for t in range(x.shape[1]):
         a = x[:, t] @ Wx + h @ Wh + b
-        i, f, o, g = sig(a[:, :H]), sig(a[:, H:2 * H]), sig(a[:, 2 * H:3 * H]), np.tanh(a[:, 3 * H:])
+        i, f, o = sig(a[:, :H]), sig(a[:, H:2 * H]), sig(a[:, 2 * H:3 * H])
+        g = np.tanh(a[:, 3 * H:])
         c = f * c + i * g
         h = o * np.tanh(c)
         hs.append(h)

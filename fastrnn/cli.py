@@ -1155,6 +1155,31 @@ def cmd_bench(rest):
         return 130
 
 
+def cmd_export(rest):
+    """``fastrnn export --model M.npz --onnx M.onnx``: a saved model as ONNX."""
+    p = _Parser(prog="fastrnn export", description="Write a saved model as an ONNX model "
+                "(dynamic batch and time; see fastrnn.onnx for its inputs and outputs).")
+    p.add_argument("--model", required=True, help="a model saved by `fastrnn train` or save()")
+    p.add_argument("--onnx", required=True, help="the .onnx file to write")
+    p.add_argument("--lengths", action="store_true",
+                   help="classifier/regressor: add a lengths input (valid steps per sequence)")
+    p.add_argument("--initial-state", action="store_true",
+                   help="language model: add h0 (and c0) inputs")
+    args = p.parse_args(rest)
+    try:
+        from . import onnx as fonnx
+        from .models import load_model
+        fonnx._onnx()
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
+    model = load_model(args.model, backend="numpy")
+    data = fonnx.to_bytes(model, lengths=args.lengths, initial_state=args.initial_state)
+    with open(args.onnx, "wb") as f:
+        f.write(data)
+    print(f"wrote {args.onnx}: {type(model).__name__} ({len(data):,} bytes)")
+    return 0
+
+
 # -------------------------------------------------------------------- main
 def build_parser():
     from . import __version__
@@ -1256,6 +1281,8 @@ def build_parser():
                                  "grid, --busy N load test, --train model throughput "
                                  "(options: fastrnn bench --help)",
                    add_help=False)
+    sub.add_parser("export", help="write a saved model as ONNX (fastrnn export --help)",
+                   add_help=False)
     return p
 
 
@@ -1304,6 +1331,8 @@ def main(argv=None):
     try:
         if argv and argv[0] == "bench":
             return cmd_bench(argv[1:])      # options belong to bench
+        if argv and argv[0] == "export":
+            return cmd_export(argv[1:])
         parser = build_parser()
         args = parser.parse_args(argv)
         if args.command is None:

@@ -141,10 +141,23 @@ class _Model:
             return _device.kernels().to_device(np.asarray(a), dtype)
         return a
 
-    def state_dict(self):
+    def state_dict(self, as_torch=False):
+        """Copies of the parameters (host ndarrays), named ``"rnn.weight_ih_l0"``,
+        ``"head.weight"``...; ``as_torch=True``: ``torch.Tensor`` copies that
+        the model's :meth:`to_torch` twin loads (``twin.load_state_dict``)."""
+        if as_torch:
+            from .torch_models import torch_state_dict
+            return torch_state_dict(self)
         if self.device == "cuda":
             return {k: _device.host_copy(v) for k, v in self.params.items()}
         return {k: v.copy() for k, v in self.params.items()}
+
+    def to_torch(self):
+        """An equivalent ``torch.nn.Module`` (needs torch: ``pip install
+        'fastrnn[torch]'``): same parameters, ``forward`` as this model's
+        (see :mod:`fastrnn.torch_models`)."""
+        from .torch_models import torch_model
+        return torch_model(self)
 
     def load_state_dict(self, state):
         own = self.params

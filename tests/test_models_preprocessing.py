@@ -23,8 +23,10 @@ def test_fit_keeps_scaler_and_string_labels_through_save(tmp_path):
     back = load_model(path)
     np.testing.assert_array_equal(back.predict(x), clf.predict(x))
     assert back.predict(x).dtype.kind == "U"
-    assert back.predict(x[0]) in ("high", "low")                 # unbatched [T, F]
-    p = back.predict_proba(x[0])
+    with pytest.raises(ValueError, match=r"ambiguous.*X\[None\].*sequence=True"):
+        back.predict(x[0])                       # one sequence [T, F], or T rows? (issue 25)
+    assert back.predict(x[0], sequence=True) in ("high", "low")  # unbatched [T, F]
+    p = back.predict_proba(x[0], sequence=True)
     assert p.shape == (2,) and p.sum() == pytest.approx(1)
     assert "classes=['high', 'low']" in repr(back) and "scaler=Standardizer" in repr(back)
 
@@ -63,7 +65,7 @@ def test_unbatched_and_ragged_input():
     seqs = [rng.standard_normal((t, 3)).astype(np.float32) for t in (2, 5, 3)]
     batch = clf.predict_proba(seqs)                           # padded, lengths from the list
     for s, p in zip(seqs, batch):
-        np.testing.assert_allclose(clf.predict_proba(s), p, rtol=1e-5)
+        np.testing.assert_allclose(clf.predict_proba(s, sequence=True), p, rtol=1e-5)
     with pytest.raises(ValueError, match=r"\[B, T, 3\]"):
         clf.predict(np.zeros((2, 4, 5), np.float32))          # was: a message about (T, B, I)
     uni = SequenceClassifier(2, input_size=1, hidden_size=4, backend="numpy", seed=0)

@@ -43,7 +43,7 @@ from . import layers as _layers
 from .cells import CELL_NAMES, get_cell
 
 __all__ = ["LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
-           "make_recurrent", "CELL_TYPES", "CheckpointError"]
+           "make_recurrent", "CELL_TYPES", "CheckpointError", "INPUT_RULE"]
 
 #: every cell name ``cell=`` accepts (registry keys and their aliases, see
 #: :data:`fastrnn.cells.CELL_NAMES`) -> (layer class, extra constructor arguments),
@@ -74,6 +74,8 @@ def _with_input_rule(func):
     """Put :data:`INPUT_RULE` into ``func``'s docstring at its ``{INPUT_RULE}``
     line, indented as that line is."""
     import textwrap
+    if not func.__doc__:                  # python -OO strips docstrings
+        return func
     lines = func.__doc__.split("\n")
     for k, line in enumerate(lines):
         if line.strip() == "{INPUT_RULE}":
@@ -923,6 +925,10 @@ class SequenceClassifier(_SequenceToVector):
     ``forward(x [B, T, F] | ids [B, T], lengths=None) -> logits [B, C]``.
     :meth:`fit` sets :attr:`classes` (any labels) and :attr:`scaler`, so that
     :meth:`predict` takes raw features and returns the original labels.
+    ``fit``, ``predict``, ``predict_proba`` and ``score`` read arrays by one
+    rule (:data:`INPUT_RULE`): a model trained on tabular rows takes ``[n, F]``
+    as ``n`` rows; any other refuses an ambiguous 2-D array unless
+    ``sequence=True/False`` says how to read it.
 
     Parameters
     ----------
@@ -1239,7 +1245,10 @@ class SequenceRegressor(_SequenceToVector):
     forward on its own predictions when ``output_size == input_size``.
     :meth:`fit` sets :attr:`scaler` and :attr:`target_scaler` (and
     :attr:`difference` for a model of changes), so that :meth:`predict`
-    takes and returns values in the data's own units.
+    takes and returns values in the data's own units. ``fit``, ``predict``
+    and ``forecast`` read arrays by one rule (:data:`INPUT_RULE`): a model
+    trained on tabular rows takes ``[n, F]`` as ``n`` rows; any other refuses
+    an ambiguous 2-D array unless ``sequence=True/False`` says how to read it.
 
     Parameters
     ----------

@@ -20,6 +20,11 @@ conventions, so ``clone``, ``Pipeline``, ``GridSearchCV`` and
 - ``fit(X, y)`` returns the estimator; ``predict``, ``predict_proba``
   (classifier) and ``score`` (accuracy, R²) as scikit-learn's mixins define.
 
+In float32 (the default ``dtype``) a prediction's last bits depend on the
+batch it is computed in (the order of the float32 sums), so scikit-learn's
+``check_methods_subset_invariance`` (rtol 1e-7) can fail for the regressors;
+``dtype="float64"`` passes every check (tests/test_sklearn.py runs them).
+
 The input rule: ``X`` is 2-D, ``n`` samples of ``n_features`` values. With
 ``features=None`` (the default) a sample is one step of all its features
 (tabular data, what scikit-learn's data sets are); with ``features=F`` a

@@ -5,6 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # torch is optional: only the parity tests and the benchmark's comparison use it.
 # mpi4py + mpich (.[mpi]) are optional too: fastrnn.distributed and its mpiexec tests.
+# scikit-learn (.[sklearn], also in .[examples]): fastrnn.sklearn and its tests.
 # On the project's machines this pin resolves to a local CPU build.
 TORCH  ?= torch==2.13.0
 
@@ -16,7 +17,7 @@ $(BIN)/python:
 
 # a regular (non-editable) install: the tests import the installed package
 install: $(BIN)/python
-	$(BIN)/python -m pip install -q ".[test,cuda,examples]"
+	$(BIN)/python -m pip install -q ".[test,cuda,examples,sklearn]"
 	$(BIN)/python -m pip install -q "$(TORCH)" || echo "torch not installed: its parity tests will be skipped"
 	$(BIN)/python -m pip install -q ".[ort]" || echo "onnxruntime not installed: its agreement tests will be skipped"
 	$(BIN)/python -m pip install -q ".[mpi]" || echo "mpi4py/mpich not installed: the MPI (fastrnn.distributed) tests will be skipped"

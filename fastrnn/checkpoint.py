@@ -6,6 +6,12 @@ The format is written here only: :func:`save_model` (a model file: a JSON
 same plus the trainer's ``__trainer__`` JSON and its arrays: ``optim/``,
 ``es_best/``, ``last/``, ``carry/``); :func:`resume_trainer` reads it back.
 
+The header's ``meta`` is the model's own JSON (vocabulary, classes,
+scalers, ``feature_names``, ``input`` (``"tabular"`` or
+``"sequence"``) and ``data``: the training file's name, size, SHA-256 and
+held-out part); every key is optional, so files written before a key
+existed load as they did.
+
 Writing (:func:`atomic_savez`): the ``.npz`` goes to a temporary file in the
 destination's folder, is flushed and fsynced, then renamed over the
 destination with :func:`os.replace` (atomic on POSIX and Windows). A crash or

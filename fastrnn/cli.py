@@ -167,24 +167,28 @@ def _col_name(header, j):
 
 
 def _index_columns(header, rows, exclude=()):
-    """Columns that are a pandas index (an unnamed/'index' column holding
-    0, 1, 2, ... or 1, 2, 3, ...): not data."""
-    out = []
-    if not header:
-        return out
-    for j, name in enumerate(header):
-        if j in exclude or name.strip().lower() not in _INDEX_NAMES:
-            continue
-        try:
-            vals = [float(r[j]) for r in rows]
-        except (ValueError, IndexError):
-            continue
-        if vals and vals[0] in (0.0, 1.0) and all(v == vals[0] + k for k, v in enumerate(vals)):
-            out.append(j)
-    return out
+    """``[0]`` when the first column is a pandas index, else ``[]``: a column
+    with no name (or ``Unnamed: 0``, ``index``) holding distinct integers, in
+    any order (after a shuffle or ``train_test_split`` a frame keeps its
+    original index, so it no longer counts 0, 1, 2...). Not data."""
+    if not header or 0 in exclude or header[0].strip().lower() not in _INDEX_NAMES:
+        return []
+    try:
+        vals = [int(r[0]) for r in rows]
+    except (ValueError, IndexError):
+        return []
+    return [0] if vals and len(set(vals)) == len(vals) else []
+
+
+def _index_note(header, skipped):
+    """The summary's words on a skipped index column."""
+    return ("skipped index column " + ", ".join(_col_name(header, j) for j in skipped)
+            + " (unnamed, distinct integers: a pandas index)")
 
 
 def _float(cell, path, line, col):
+    if not cell.strip():
+        raise CLIError(f"bad CSV {path}: line {line}, column {col}: missing value (empty cell)")
     try:
         v = float(cell)
     except ValueError:
@@ -340,7 +344,11 @@ def cmd_demo(args):
     chars = sum(h * t for h, t in zip(trainer.history["throughput"], trainer.history["time"]))
     bpc = model.evaluate(test_ids, batch_size=64, bptt=256) / math.log(2)
     base = unigram_bits(train_ids, test_ids, len(vocab))
-    print(f"trained {trainer.global_step} steps ({chars / 1e6:.2f} M characters) in {train_s:.0f} s")
+    why = {"time": f"the {seconds:g} s budget ran out",
+           "steps": f"--steps {args.steps} reached"}.get(trainer.stop_reason,
+                                                          trainer.stop_reason or "done")
+    print(f"trained {trainer.global_step} steps ({chars / 1e6:.2f} M characters) in "
+          f"{train_s:.0f} s; stopped: {why}")
     print(f"held-out bits per character: LSTM {bpc:.3f}   unigram baseline {base:.3f}")
     rng = np.random.default_rng(args.seed)
     for prime, temp in (("The ", 0.5), ("def ", 0.8)):
@@ -437,12 +445,61 @@ def _fit(args, model, train_data, val_data, unit):
             print(f"training for {epochs} epochs of {n} steps (a small data set: at least "
                   "300 steps; set --epochs to choose)", flush=True)
     trainer.fit(epochs)
+    trainer.stop_line = _stop_line(args, trainer, epochs)
+    if _root():
+        print(trainer.stop_line)
     if es is not None and es.best_epoch is not None and trainer.history.get("epoch"):
         last = trainer.history["epoch"][-1]
         if es.restore_best and es.best_epoch != last:
+            scale, unit = trainer._loss_display()
             print(f"early stopping: kept the weights of epoch {es.best_epoch} (best "
-                  f"validation loss {es.best:.4g}), not those of the last epoch {last}")
+                  f"validation loss {es.best * scale:.4g}{' ' + unit if unit else ''}), "
+                  f"not those of the last epoch {last}")
     return trainer
+
+
+def _stop_line(args, trainer, epochs):
+    """One line saying why training stopped: the epochs were done, the
+    ``--seconds`` budget ran out, or early stopping (``--patience``)."""
+    done = trainer.epoch
+    spent = sum(trainer.history.get("time", []))
+    why = trainer.stop_reason
+    if why == "time":
+        return (f"stopped: the --seconds {args.seconds:g} budget ran out during epoch {done} "
+                f"of {epochs} ({spent:.1f} s of training)")
+    if why == "early_stopping":
+        return (f"stopped early after epoch {done} of {epochs}: no better validation loss for "
+                f"{args.patience} epoch(s) (--patience {args.patience})")
+    if why is not None:
+        return f"stopped after epoch {done} of {epochs}: {why}"
+    budget = (f", within the --seconds {args.seconds:g} budget" if getattr(args, "seconds", None)
+              else "")
+    return f"stopped: all {epochs} epochs done ({spent:.1f} s of training{budget})"
+
+
+def _fingerprint(path, **held_out):
+    """What a model file keeps of its training file (``meta["data"]``): the
+    name, size and SHA-256 of the bytes, and which part was held out
+    (``held_out``: ``rows`` data-row numbers, ``rows_from`` the first held-out
+    row of a series, ``chars_from`` the first held-out character), so that
+    ``fastrnn evaluate`` knows the training file again and scores only that
+    part by default."""
+    import hashlib
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return {"file": os.path.basename(path), "size": os.path.getsize(path),
+            "sha256": h.hexdigest(), "held_out": held_out}
+
+
+def _training_file(model, path):
+    """``meta["data"]["held_out"]`` when ``path`` holds the bytes the model
+    was trained on (same size and SHA-256), else None."""
+    d = model.meta.get("data") or {}
+    if not d.get("sha256") or not os.path.isfile(path) or os.path.getsize(path) != d.get("size"):
+        return None
+    return d.get("held_out") if _fingerprint(path)["sha256"] == d["sha256"] else None
 
 
 def _stem(path):
@@ -450,7 +507,7 @@ def _stem(path):
 
 
 def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
-          metric_label=None):
+          metric_label=None, forecast=None):
     """Save the model, then ``<out>.history.json`` and (matplotlib installed,
     no ``--no-plot``) ``<out>.png``; on rank 0 only (``--distributed``)."""
     if not _root():
@@ -461,16 +518,19 @@ def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
         return path
     from .plot import plot_history, write_history
     stem = _stem(str(path))
-    hist = write_history(trainer.history, stem + ".history.json")
-    print(f"training history saved to {hist}")
+    history, units = trainer.history_with_units()      # a language model's losses in bits
+    hist = write_history(history, stem + ".history.json", units=units,
+                         stop_reason=trainer.stop_reason or "epochs",
+                         stopped=getattr(trainer, "stop_line", None))
+    print(f"training history saved to {hist} (losses in {units.get('loss', '?')})")
     if not getattr(args, "no_plot", False):
-        png = plot_history(trainer.history, stem + ".png",
+        png = plot_history(history, stem + ".png",
                            title=f"{type(model).__name__} ({os.path.basename(str(path))})",
                            metric=metric, metric_scale=metric_scale, metric_label=metric_label,
                            loss_label=("loss (bits per character)" if trainer.unit == "char"
                                        else "loss (nats)" if trainer.unit == "seq"
                                        else "loss (MSE, standardised)"),
-                           loss_scale=1 / math.log(2) if trainer.unit == "char" else 1.0)
+                           forecast=forecast)
         if png:
             print(f"training curves saved to {png}")
         else:
@@ -506,7 +566,8 @@ def cmd_train_lm(args):
     bpc = model.evaluate(ids[cut:], args.batch_size, args.bptt) / math.log(2)
     print(f"validation bits per character: {bpc:.3f} (unigram "
           f"{unigram_bits(ids[:cut], ids[cut:], len(vocab)):.3f})")
-    _save(args, model, "lm.npz", trainer, metric="val_loss", metric_scale=1 / math.log(2),
+    model.meta["data"] = _fingerprint(args.data, chars_from=cut)
+    _save(args, model, "lm.npz", trainer, metric="val_loss",
           metric_label="validation bits per character")
     return 0
 
@@ -558,13 +619,16 @@ def _infer_features(n, ragged, names):
 
 
 def _read_classify(path, features=None, label=None, *, header_rows=None, has_label=True,
-                   model_meta=None):
+                   model_meta=None, missing="error"):
     """Read a classification CSV: the label column (``--label`` name or index;
     default a column named label/target/class, else the first), a pandas index
     column skipped, the other columns as values, ``features`` per step
     (inferred when None). ``has_label=False`` reads unlabelled rows;
     ``model_meta`` (``meta["csv"]`` of a trained model) finds the training
-    layout again. Returns a :class:`_Table`."""
+    layout again, and its ``feature_names`` the columns by name (see
+    :func:`_match_names`). A missing value (see :func:`_missing_cells`) is an
+    error naming its line and column, unless ``missing="drop"`` drops its
+    row. Returns a :class:`_Table`."""
     header, rows = header_rows if header_rows is not None else _read_csv(path)
     ncol = max(len(r) for r in rows)
     first = 2 if header else 1
@@ -575,7 +639,7 @@ def _read_classify(path, features=None, label=None, *, header_rows=None, has_lab
             lab = header.index(info["label_name"])
             how = f"label column {info['label_name']!r} (as in training)"
         elif not header and info.get("label_index") is not None:
-            lab = info["label_index"]
+            lab = _label_index_again(info, ncol, path)
             how = f"labels in column {lab} (as in training)"
         else:
             lab, how = _pick_label(header, ncol, label, path)
@@ -588,13 +652,29 @@ def _read_classify(path, features=None, label=None, *, header_rows=None, has_lab
         elif header and info.get("label_name") in header:
             lab = header.index(info["label_name"])
             how = f"label column {info['label_name']!r} ignored"
-        elif not header and info.get("label_index") is not None and ncol == info.get("columns"):
-            lab = info["label_index"]
+        elif (not header and info.get("label_index") is not None
+              and ncol in (info.get("columns"), info.get("columns", 0) - len(info.get("skipped", ())))):
+            lab = _label_index_again(info, ncol, path)
             how = f"label column {lab} ignored"
     skip = _index_columns(header, rows, exclude=() if lab is None else (lab,))
     feat = [j for j in range(ncol) if j != lab and j not in skip]
-    labels, values = [], []
+    feat, order_note = _match_names(path, header, feat, info.get("feature_names"))
+    holes = _missing_cells(header, rows, feat)
+    dropped = []
+    if holes and missing == "drop":
+        dropped = sorted(holes)
+    elif holes:
+        i, j = min(holes.items())
+        more = f" ({len(holes)} rows have one)" if len(holes) > 1 else ""
+        raise CLIError(f"bad CSV {path}: line {i + first}, column {j + 1}"
+                       + (f" ({header[j]!r})" if header and j < len(header) else "")
+                       + f": missing value (empty cell){more}; fill it in, or drop such "
+                         "rows with --missing drop")
+    gone = set(dropped)
+    labels, values, row_ids = [], [], []
     for i, r in enumerate(rows):
+        if i in gone:
+            continue
         line = i + first
         if lab is not None:
             if lab >= len(r) or not r[lab].strip():
@@ -605,6 +685,9 @@ def _read_classify(path, features=None, label=None, *, header_rows=None, has_lab
             raise CLIError(f"bad CSV {path}: line {line}: no feature values"
                            + (" after the label" if lab is not None else ""))
         values.append([_float(c, path, line, j + 1) for j, c in cells])
+        row_ids.append(i)
+    if not values:
+        raise CLIError(f"{path}: every row has a missing value (--missing drop left none)")
     sizes = {len(v) for v in values}
     ragged = len(sizes) > 1
     names = [header[j] for j in feat] if header else None
@@ -620,7 +703,80 @@ def _read_classify(path, features=None, label=None, *, header_rows=None, has_lab
         seqs.append(np.array(v, dtype=np.float32).reshape(-1, features))
     return _Table(header=header, labels=labels, seqs=seqs, label_col=lab, label_how=how,
                   skipped=skip, features=features, features_how=fhow, ncol=ncol,
-                  ragged=ragged, feature_names=names)
+                  ragged=ragged, feature_names=names, row_ids=np.array(row_ids, np.int64),
+                  dropped=[i + first for i in dropped], n_rows=len(rows),
+                  order_note=order_note)
+
+
+def _label_index_again(info, ncol, path):
+    """The training label column's index in a headerless file of ``ncol``
+    columns: as in training, or shifted when the file lacks the pandas index
+    column the training file had (``info["skipped"]``)."""
+    lab, cols = info["label_index"], info.get("columns")
+    skipped = info.get("skipped") or []
+    if ncol == cols or cols is None:
+        return lab
+    if ncol == cols - len(skipped) and lab not in skipped:
+        return lab - sum(j < lab for j in skipped)
+    raise CLIError(f"{path} has {ncol} columns and no header; the model was trained on "
+                   f"{cols} columns with the labels in column {lab}: choose it with --label INDEX")
+
+
+def _missing_cells(header, rows, feat):
+    """``{row index: first column index}`` of the rows with a missing value
+    among the feature columns ``feat``.
+
+    An empty cell before a value is always a missing value. Empty cells at the
+    end of a row are missing values too when the columns are named features
+    (a header of names that are not numbered steps), or when most rows are
+    complete (the file's rows otherwise have one length); they end a shorter
+    sequence only in a file of numbered or unnamed columns where most rows
+    are shorter than the longest (variable-length sequences, padded at the
+    end)."""
+    ends, out = [], {}
+    for i, r in enumerate(rows):
+        full = [j < len(r) and bool(r[j].strip()) for j in feat]
+        last = max((k for k, f in enumerate(full) if f), default=-1)
+        hole = next((k for k in range(last) if not full[k]), None)
+        if hole is not None:
+            out[i] = feat[hole]
+        ends.append(last + 1)
+    named = bool(header) and not all(_NUMBERED.match(header[j]) for j in feat if j < len(header))
+    complete = sum(e == len(feat) for e in ends)
+    if named or complete > len(rows) / 2:
+        for i, e in enumerate(ends):
+            if e < len(feat) and i not in out:
+                out[i] = feat[e]
+    return out
+
+
+def _match_names(path, header, feat, names):
+    """The feature columns ``feat`` put in the order of the training names
+    ``names`` (a model's ``feature_names``), by the file's header. Returns
+    ``(columns, note)``: the note says when they were reordered. Names missing
+    from the file, or columns the model does not know, are an error naming
+    them; a file without a header cannot be checked, and a warning says so."""
+    if not names:
+        return feat, None
+    if not header:
+        print(f"warning: {path} has no header: its columns cannot be checked against the "
+              f"model's feature names; read in the training order "
+              f"{_short_list(names, 6)}", file=sys.stderr)
+        return feat, None
+    have = [header[j].strip() for j in feat]
+    missing = [n for n in names if n not in have]
+    unexpected = [h for h in have if h not in names]
+    if missing or unexpected:
+        raise CLIError(f"{path}: the columns do not match the model's features: "
+                       + "; ".join(p for p in (
+                           f"missing {', '.join(repr(n) for n in missing)}" if missing else "",
+                           f"unexpected {', '.join(repr(n) for n in unexpected)}"
+                           if unexpected else "") if p)
+                       + f" (the model was trained on {len(names)} columns: "
+                         f"{', '.join(repr(n) for n in names)})")
+    cols = [feat[have.index(n)] for n in names]
+    return cols, (None if cols == feat else "columns put in the training order by name")
+
 
 
 def _load_classify_csv(path, features, label=None):
@@ -647,7 +803,12 @@ def _summary_classify(path, t, classes=None):
         parts.append(f"{len(classes)} classes {_short_list(classes)}")
     parts.append(t.label_how)
     if t.skipped:
-        parts.append("skipped index column " + ", ".join(_col_name(t.header, j) for j in t.skipped))
+        parts.append(_index_note(t.header, t.skipped))
+    if t.dropped:
+        parts.append(f"dropped {len(t.dropped)} row(s) with missing values (--missing drop: "
+                     f"line(s) {_short_list(t.dropped)[1:-1]})")
+    if t.order_note:
+        parts.append(t.order_note)
     parts.append(f"each row {span} step(s) x {t.features} feature(s) ({t.features_how})")
     return "; ".join(parts)
 
@@ -660,7 +821,7 @@ def _short_list(seq, n=8):
 def cmd_train_classify(args):
     from .data import ArrayBatches, Standardizer, pad_sequences, train_val_split
     from .models import SequenceClassifier
-    t = _read_classify(args.data, args.features, args.label)
+    t = _read_classify(args.data, args.features, args.label, missing=args.missing)
     labels = _natural_labels(t.labels)
     classes = sorted(set(labels))
     print(_summary_classify(args.data, t, classes), flush=True)
@@ -686,7 +847,11 @@ def cmd_train_classify(args):
     model.scaler = Standardizer().fit(np.concatenate([t.seqs[i] for i in tr]).astype(np.float64))
     model.meta["csv"] = {"label_name": t.header[t.label_col] if t.header else None,
                          "label_index": t.label_col, "columns": t.ncol,
-                         "features": t.features}
+                         "features": t.features, "skipped": list(t.skipped)}
+    if t.feature_names and len(set(t.feature_names)) == len(t.feature_names):
+        model.meta["feature_names"] = t.feature_names        # predict/evaluate match by name
+    model.input_kind = "tabular" if max(len(q) for q in t.seqs) == 1 else "sequence"
+    model.meta["data"] = _fingerprint(args.data, rows=sorted(int(i) for i in t.row_ids[va]))
     x = model._preprocess(raw, lengths)
     trainer = _fit(args, model, ArrayBatches(x[tr], y[tr], lengths=lengths[tr],
                                              batch_size=args.batch_size, **_shard()),
@@ -829,7 +994,12 @@ def cmd_train_forecast(args):
     if base > 0 and rmse > base and not lag:
         print("hint: a series that trends is usually better forecast as changes: "
               "try --difference (or --difference P for a season of P steps)")
-    _save(args, model, "forecaster.npz", trainer)
+    model.meta["data"] = _fingerprint(args.data, rows_from=n - n_test)
+    # the plot's second panel: the held-out rows, one step ahead, against the actual values
+    shown = {"x": (target_start[te]).tolist(), "actual": true[:, 0, 0].tolist(),
+             "forecast": pred[:, 0, 0].tolist(),
+             "label": f"held-out {names[0]!r}: forecast 1 step ahead vs actual"}
+    _save(args, model, "forecaster.npz", trainer, forecast=shown)
     return 0
 
 
@@ -849,21 +1019,30 @@ def _open_out(path):
 
 def _classify_rows(args, model, need_labels):
     from .data import pad_sequences
-    meta = model.meta.get("csv", {})
+    meta = dict(model.meta.get("csv", {}), feature_names=model.meta.get("feature_names"))
     t = _read_classify(args.data, model.input_size if model.embed is None else None,
                        args.label, has_label=True if need_labels else
-                       (False if args.no_label else "auto"), model_meta=meta)
+                       (False if args.no_label else "auto"), model_meta=meta,
+                       missing=getattr(args, "missing", "error"))
+    if t.order_note:
+        print(f"{args.data}: {t.order_note}", file=sys.stderr)
     x, lengths = pad_sequences(t.seqs, dtype=np.float64)
     return t, x, lengths
 
 
-def _lm_scores(model, vocab, text, path):
+def _lm_scores(model, vocab, text, path, report=False):
     """Bits of each character of ``text`` after the ones before it
-    (the first character has no context and is not scored)."""
+    (the first character has no context and is not scored). With
+    ``report``, returns ``(bits, unseen)`` where ``unseen`` is a boolean mask
+    of the scored characters the model never saw (read as ``<unk>``)."""
     missing = sorted({c for c in text if c not in vocab.stoi})
     if missing and vocab.unk not in vocab.stoi:
         raise CLIError(f"{path}: characters the model never saw: "
                        f"{''.join(missing)[:40]!r}")
+    if report:
+        bits = _lm_scores(model, vocab, text, path)
+        gone = set(missing)
+        return bits, np.fromiter((c in gone for c in text[1:]), bool, len(text) - 1)
     ids = vocab.encode(text)
     if len(ids) < 2:
         raise CLIError(f"{path}: need at least two characters to score")
@@ -878,6 +1057,22 @@ def _lm_scores(model, vocab, text, path):
         nxt = ids[s + 1:s + 1 + len(chunk)]
         bits.append(-logp[np.arange(len(chunk)), nxt] / math.log(2))
     return np.concatenate(bits)
+
+
+def _report_unseen(unseen, bits, text, out):
+    """Say how many scored characters the model never saw, what they cost
+    and the mean without them (on ``out``); nothing when there are none."""
+    k = int(unseen.sum())
+    if not k:
+        return
+    chars = sorted({c for c, u in zip(text[1:], unseen) if u})
+    rest = bits[~unseen]
+    print(f"warning: {k} of {len(bits)} characters scored are ones the model never saw "
+          f"({len(chars)} distinct: {', '.join(repr(c) for c in chars[:10])}"
+          f"{', ...' if len(chars) > 10 else ''}), read as <unk>: {float(bits[unseen].mean()):.1f} "
+          f"bits each on average; the mean without them is "
+          + (f"{float(rest.mean()):.4f} bits per character" if len(rest) else "undefined"),
+          file=out)
 
 
 def _lm_vocab(model, path):
@@ -906,7 +1101,7 @@ def cmd_predict(args):
         if args.data is None:
             return _generate(model, vocab, args)
         text = _read_text(args.data)
-        bits = _lm_scores(model, vocab, text, args.data)
+        bits, unseen = _lm_scores(model, vocab, text, args.data, report=True)
         out, close = _open_out(args.output)
         try:
             w = csv.writer(out, lineterminator="\n")
@@ -918,6 +1113,7 @@ def cmd_predict(args):
                 out.close()
         print(f"{args.data}: {float(bits.mean()):.4f} bits per character over {len(bits)} "
               "characters", file=sys.stderr if not close else sys.stdout)
+        _report_unseen(unseen, bits, text, sys.stderr if not close else sys.stdout)
         return 0
     if args.data is None:
         raise CLIError("--data is required for a classifier or a forecaster")
@@ -973,25 +1169,63 @@ def cmd_predict(args):
     return 0
 
 
+def _scored_part(args, model, n, unit, held):
+    """``(mask or None, words)``: which of ``n`` items (rows, windows,
+    characters) ``fastrnn evaluate`` scores, and a phrase saying so. The
+    training file (recognised by its size and SHA-256, see
+    :func:`_fingerprint`) is scored on its held-out part only, unless
+    ``--all``."""
+    if held is None:
+        note = (" (not the training file)" if model.meta.get("data") else
+                " (the model file does not record its training file)")
+        return None, f"all {n} {unit} of {args.data}{note}"
+    if args.all:
+        return None, (f"all {n} {unit} of {args.data}, the training file (--all: the "
+                      "model was trained on most of them)")
+    return "held", (f"the held-out part of {args.data}, the training file: {{k}} of {n} "
+                    f"{unit}, as held out in training (--all scores every one)")
+
+
 def cmd_evaluate(args):
     from .data import sliding_windows
     from .models import LanguageModel, SequenceClassifier
     model = _load_any(args.model, args.backend)
+    held = _training_file(model, args.data)
     if isinstance(model, LanguageModel):
         vocab = _lm_vocab(model, args.model)
-        bits = _lm_scores(model, vocab, _read_text(args.data), args.data)
-        print(f"bits per character: {float(bits.mean()):.4f} ({len(bits)} characters)")
+        text = _read_text(args.data)
+        mask, part = _scored_part(args, model, len(text), "characters", held)
+        if mask is not None:
+            cut = int(held.get("chars_from", 0))
+            text = text[cut:]
+            part = part.format(k=len(text))
+        bits, unseen = _lm_scores(model, vocab, text, args.data, report=True)
+        print(f"bits per character: {float(bits.mean()):.4f} ({len(bits)} characters scored: "
+              f"{part})")
+        _report_unseen(unseen, bits, text, sys.stdout)
         return 0
     if isinstance(model, SequenceClassifier):
         t, x, lengths = _classify_rows(args, model, need_labels=True)
         labels = _natural_labels(t.labels) if model.classes is None or all(
             isinstance(c, int) for c in model.classes) else t.labels
+        mask, part = _scored_part(args, model, t.n_rows, "rows", held)
+        if mask is not None:
+            keep = np.isin(t.row_ids, np.asarray(held.get("rows", []), np.int64))
+            x, lengths = x[keep], lengths[keep]
+            labels = [v for v, k in zip(labels, keep) if k]
+            part = part.format(k=int(keep.sum()))
+            if not len(labels):
+                raise CLIError(f"{args.data}: no held-out rows to score (training held out "
+                               "none: --val-fraction 0?); --all scores every row")
+        if t.dropped:
+            part += f"; {len(t.dropped)} row(s) with missing values dropped (--missing drop)"
         known = set(model.classes if model.classes is not None else range(model.num_classes))
         unknown = sum(v not in known for v in labels)
         acc = model.score(x, np.asarray(labels, dtype=object), lengths)
         vals, counts = np.unique(np.asarray([str(v) for v in labels]), return_counts=True)
         print(f"accuracy: {acc:.4f} ({len(labels)} rows; {t.label_how}; "
               f"most frequent label {str(vals[counts.argmax()])!r} {counts.max() / len(labels):.4f})")
+        print(f"scored {part}")
         if unknown:
             print(f"warning: {unknown} rows have labels the model never saw (counted as wrong)",
                   file=sys.stderr)
@@ -1005,11 +1239,18 @@ def cmd_evaluate(args):
                        f"{window}" + (f" + difference {lag}" if lag else "")
                        + f" + horizon {model.horizon}")
     X, Y = sliding_windows(series, window + lag, model.horizon)
+    mask, part = _scored_part(args, model, len(X), "windows", held)
+    if mask is not None:
+        keep = np.arange(len(X)) + window + lag >= int(held.get("rows_from", 0))
+        X, Y = X[keep], Y[keep]
+        part = part.format(k=f"{len(X)} (those whose first target is in the last "
+                             f"{len(series) - int(held.get('rows_from', 0))} rows)")
     pred = model.predict(X)
     rmse = float(np.sqrt(np.mean((pred - Y) ** 2)))
     base = float(np.sqrt(np.mean((np.repeat(X[:, -1:], model.horizon, axis=1) - Y) ** 2)))
     print(f"RMSE: {rmse:.4g} over {len(X)} windows   persistence baseline {base:.4g}   "
           f"{_vs_persistence(rmse, base)}")
+    print(f"scored {part}")
     return 0
 
 
@@ -1076,9 +1317,15 @@ def cmd_info(args):
         pass
     try:
         from threadpoolctl import threadpool_info
+        # one line per kind of pool: two copies of one library (libgomp of the
+        # system and of torch) are one line, with their thread counts
+        kinds = {}
         for pool in threadpool_info():
-            print(f"{pool.get('user_api')} threads {pool.get('num_threads')} "
-                  f"({pool.get('internal_api')})")
+            kinds.setdefault((pool.get("user_api"), pool.get("internal_api")), []).append(pool)
+        for (api, internal), pools in kinds.items():
+            threads = sorted({p.get("num_threads") for p in pools})
+            copies = f", {len(pools)} copies loaded" if len(pools) > 1 else ""
+            print(f"{api} threads {'/'.join(str(t) for t in threads)} ({internal}{copies})")
     except ImportError:
         pass
     try:
@@ -1222,6 +1469,9 @@ def build_parser():
                          "are one step; n*n values are n steps of n; else 1)")
     cl.add_argument("--pooling", choices=("last", "attention"), default="last",
                     help="how a sequence becomes one vector")
+    cl.add_argument("--missing", choices=("error", "drop"), default="error",
+                    help="a row with a missing value (an empty cell): an error naming its line "
+                         "and column, or dropped (said in the summary)")
     cl.add_argument("--bidirectional", action="store_true", help="bidirectional recurrent layers")
     fc = ts.add_parser("forecast", help="time-series forecasting from a CSV")
     _common_train_args(fc)
@@ -1273,6 +1523,11 @@ def build_parser():
                     help="forecaster: the series column(s) (default: the training ones)")
     ev.add_argument("--backend", default=None, choices=backends,
                     help="compute backend (default: the saved one)")
+    ev.add_argument("--all", action="store_true",
+                    help="score every row (window, character) of the training file, not only "
+                         "the part held out in training (the default for that file)")
+    ev.add_argument("--missing", choices=("error", "drop"), default="error",
+                    help="classifier: a row with a missing value is an error, or dropped")
     ev.set_defaults(no_label=False)
 
     p.train_parser = t
@@ -1340,7 +1595,9 @@ def main(argv=None):
             return 2
         if args.command == "train" and args.task is None:
             parser.train_parser.print_help()
-            return 2
+            raise CLIError("train needs a task: lm (a text file), classify (a CSV of labelled "
+                           "rows) or forecast (a CSV series), e.g. `fastrnn train classify "
+                           "--data rows.csv` (see `fastrnn train --help`)")
         if getattr(args, "distributed", False):
             _setup_distributed(args)
         if getattr(args, "backend", None) == "cuda":

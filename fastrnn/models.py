@@ -43,7 +43,7 @@ from . import layers as _layers
 from .cells import CELL_NAMES, get_cell
 
 __all__ = ["LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
-           "make_recurrent", "CELL_TYPES", "CheckpointError"]
+           "make_recurrent", "CELL_TYPES", "CheckpointError", "INPUT_RULE"]
 
 #: every cell name ``cell=`` accepts (registry keys and their aliases, see
 #: :data:`fastrnn.cells.CELL_NAMES`) -> (layer class, extra constructor arguments),
@@ -52,6 +52,36 @@ CELL_TYPES = {name: (getattr(_layers, get_cell(name).layer[0]), get_cell(name).l
               for name in CELL_NAMES}
 
 # CheckpointError (a ValueError) lives in fastrnn.checkpoint; imported above
+
+#: The one rule by which the classifier and the regressor read an array ``x``
+#: of features (``F = input_size``); quoted by every method that takes one.
+INPUT_RULE = """\
+``[B, T, F]`` is a batch of sequences; ``[n, F]`` is ``n`` rows of tabular
+data for a model that :meth:`fit` trained on rows (one step each:
+:attr:`input_kind` ``"tabular"``). For any other model a 2-D array that could
+be one sequence ``[T, F]`` or ``n`` rows is refused, with the reshapes that
+say which (``X[None]``: one sequence; ``X[:, None, :]``: rows of one step;
+``X[:, :, None]``: univariate sequences), unless ``sequence=True`` (one
+sequence) or ``sequence=False`` (one sample per row) says it; ``[B, T]`` with
+``T != F = 1`` is ``B`` univariate sequences. One row ``[F]`` (``F > 1``) is
+one sample; ``[T]`` is one sequence for a sequence model of 1 feature. A
+list of sequences of different lengths is padded. A pandas DataFrame is a
+table of rows whose columns are put in the order of :attr:`feature_names` by
+name (missing or unexpected names are a ValueError naming them)."""
+
+
+def _with_input_rule(func):
+    """Put :data:`INPUT_RULE` into ``func``'s docstring at its ``{INPUT_RULE}``
+    line, indented as that line is."""
+    import textwrap
+    if not func.__doc__:                  # python -OO strips docstrings
+        return func
+    lines = func.__doc__.split("\n")
+    for k, line in enumerate(lines):
+        if line.strip() == "{INPUT_RULE}":
+            lines[k] = textwrap.indent(INPUT_RULE, line[:len(line) - len(line.lstrip())])
+    func.__doc__ = "\n".join(lines)
+    return func
 
 
 def make_recurrent(cell, input_size, hidden_size, num_layers=1, dropout=0.0,
@@ -85,19 +115,29 @@ class _Model:
         return {f"{p}.{k}": v for p, m in self._modules.items() for k, v in m.grads.items()}
 
     def zero_grad(self):
+        """Set every gradient in :attr:`grads` to zero, in place (the arrays
+        stay the same objects); ``backward`` accumulates into them."""
         for m in self._modules.values():
             m.zero_grad()
 
     def train(self, mode=True):
+        """Training mode (``mode=True``: dropout active, the forward pass saves
+        what ``backward`` needs) or evaluation mode (``False``); returns the
+        model."""
         self.training = bool(mode)
         for m in self._modules.values():
             m.train(mode)
         return self
 
     def eval(self):
+        """Evaluation mode, ``train(False)``: no dropout, and the forward pass
+        runs the inference kernels (nothing saved for ``backward``); returns
+        the model. ``predict``, ``evaluate`` and ``sample`` switch to it and
+        back themselves."""
         return self.train(False)
 
     def num_params(self):
+        """The number of trainable values (the sizes of :attr:`params` added up)."""
         return int(sum(v.size for v in self.params.values()))
 
     @property
@@ -142,9 +182,11 @@ class _Model:
         return a
 
     def state_dict(self, as_torch=False):
-        """Copies of the parameters (host ndarrays), named ``"rnn.weight_ih_l0"``,
-        ``"head.weight"``...; ``as_torch=True``: ``torch.Tensor`` copies that
-        the model's :meth:`to_torch` twin loads (``twin.load_state_dict``)."""
+        """A copy of the parameters, ``{name: host ndarray}`` with the names of
+        :attr:`params` (``"rnn.weight_ih_l0"``, ``"head.weight"``...); changing
+        it does not change the model. :meth:`load_state_dict` takes it back.
+        ``as_torch=True``: ``torch.Tensor`` copies that the model's
+        :meth:`to_torch` twin loads (``twin.load_state_dict``)."""
         if as_torch:
             from .torch_models import torch_state_dict
             return torch_state_dict(self)
@@ -322,6 +364,23 @@ class LanguageModel(_Model):
             self._carry = parts if isinstance(st, tuple) else parts[0]
 
     def forward(self, tokens, state=None):
+        """Logits of the next token at every step.
+
+        Parameters
+        ----------
+        tokens : int array ``[T, B]``
+            Token ids, time-major.
+        state : optional
+            The recurrent state to start from (``(h, c)`` for the LSTM family,
+            ``h`` otherwise, each ``[num_layers, B, H]``); zeros by default.
+
+        Returns
+        -------
+        (logits ``[T, B, V]``, final state)
+            Raw scores (before softmax) and the state after the last step, to
+            pass to the next call. In training mode the pass is kept for
+            :meth:`backward`.
+        """
         if not _device.on_device(tokens):
             tokens = np.asarray(tokens)
         if len(tokens.shape) != 2:
@@ -560,13 +619,73 @@ class _SequenceToVector(_Model):
         self.meta.pop("scaler", None) if value is None else self.meta.__setitem__(
             "scaler", _scaler_dict(value, self.input_size, "scaler"))
 
-    def _as_batch(self, x, lengths):
-        """Accept a batch ``[B, T, F]``, a list of sequences of different
-        lengths (padded here), or one unbatched sequence where that is
-        unambiguous: ``[T, F]`` with ``F == input_size > 1``, ``[T]`` with
-        ``input_size == 1``, one step ``[F]`` (``F == input_size > 1``, a row
-        of tabular data), or token ids ``[T]``. Returns ``(x, lengths,
-        unbatched)``."""
+    # ------------------------------------------------------- the input rule
+    @property
+    def input_kind(self):
+        """What :meth:`fit` trained the model on: ``"tabular"`` (rows of one
+        step of ``input_size`` features), ``"sequence"`` (sequences of
+        several steps), or ``None`` (built by hand, or saved before this was
+        recorded: read as ``"sequence"``). Saved in ``meta["input"]``."""
+        return self.meta.get("input")
+
+    @input_kind.setter
+    def input_kind(self, kind):
+        if kind not in (None, "tabular", "sequence"):
+            raise ValueError(f"input_kind must be 'tabular', 'sequence' or None, got {kind!r}")
+        self.meta.pop("input", None) if kind is None else self.meta.__setitem__("input", kind)
+
+    @property
+    def feature_names(self):
+        """Names of the input features, in the order the model takes them
+        (``meta["feature_names"]``: a CSV header's, or a DataFrame's columns
+        given to :meth:`fit`), or ``None``. A DataFrame given to ``predict``
+        has its columns put in this order by name."""
+        names = self.meta.get("feature_names")
+        return None if names is None else list(names)
+
+    @feature_names.setter
+    def feature_names(self, names):
+        if names is None:
+            self.meta.pop("feature_names", None)
+            return
+        names = [str(n) for n in names]
+        if len(names) != self.input_size:
+            raise ValueError(f"feature_names must list input_size = {self.input_size} names, "
+                             f"got {len(names)}")
+        if len(set(names)) != len(names):
+            raise ValueError("feature_names must be unique")
+        self.meta["feature_names"] = names
+
+    def _from_frame(self, x, fitting):
+        """A pandas DataFrame (anything with ``columns`` and ``to_numpy``) as
+        an array: at :meth:`fit` its column names are kept; later its columns
+        are put in the training order by name (missing or unexpected names are
+        a ValueError naming them)."""
+        if not (hasattr(x, "columns") and hasattr(x, "to_numpy")) or self.embed is not None:
+            return x
+        cols = [str(c) for c in x.columns]
+        arr = x.to_numpy(dtype=np.float64)
+        if fitting:
+            if len(set(cols)) == len(cols) and len(cols) == self.input_size:
+                self._fit_names = cols
+            return arr
+        want = self.feature_names
+        if want is None or cols == want:
+            return arr
+        missing = [n for n in want if n not in cols]
+        unexpected = [n for n in cols if n not in want]
+        if missing or unexpected:
+            raise ValueError(f"x's columns do not match the model's features: missing "
+                             f"{missing}, unexpected {unexpected} (trained on {want})")
+        return arr[:, [cols.index(n) for n in want]]
+
+    def _as_batch(self, x, lengths, sequence=None, fitting=False):
+        """Turn ``x`` into a batch, by the one rule of :data:`INPUT_RULE`.
+        Returns ``(x, lengths, unbatched)``; for a model of features ``x`` is
+        ``[B, T, input_size]``."""
+        if sequence is not None:
+            sequence = _validate.boolean("sequence", sequence)
+        x = self._from_frame(x, fitting)
         if isinstance(x, (list, tuple)) and len(x) and all(np.ndim(s) >= 1 for s in x):
             ls = {len(s) for s in x}
             if len(ls) > 1:                       # ragged: pad, lengths from the sequences
@@ -574,31 +693,90 @@ class _SequenceToVector(_Model):
                     raise ValueError("lengths cannot be given with a list of sequences of "
                                      "different lengths (they are taken from the list)")
                 from .data import pad_sequences
-                return (*pad_sequences(x, dtype=None if self.embed is not None
-                                       else np.float64), False)
+                if self.embed is not None:
+                    return (*pad_sequences(x), False)
+                seqs = [np.asarray(s, dtype=np.float64) for s in x]
+                seqs = [s[:, None] if s.ndim == 1 and self.input_size == 1 else s for s in seqs]
+                return (*pad_sequences(seqs, dtype=np.float64), False)
         x = np.asarray(x)
         one = False
+        F = self.input_size
+        tabular = self.input_kind == "tabular"
         if self.embed is not None:
             one = x.ndim == 1
-        elif x.ndim == 1 and self.input_size == 1:
-            x, one = x[:, None], True
-        elif x.ndim == 1 and len(x) == self.input_size:      # one step of one sequence
-            x, one = x[None, :], True
-        elif x.ndim == 2 and self.input_size > 1 and x.shape[1] == self.input_size:
-            one = True
-        if one:
-            x = x[None]
-            if lengths is not None:
-                lengths = np.reshape(np.asarray(lengths), (1,))
-        elif self.embed is None and x.ndim == 3 and x.shape[2] != self.input_size:
-            raise ValueError(f"x must be [B, T, {self.input_size}] (batch, steps, input_size "
-                             f"{self.input_size}) or one sequence [T, {self.input_size}], "
-                             f"got shape {x.shape}")
-        elif self.embed is None and x.ndim == 2 and self.input_size > 1:
-            raise ValueError(f"x must be [B, T, {self.input_size}] or one sequence "
-                             f"[T, {self.input_size}] (input_size {self.input_size}), "
-                             f"got shape {x.shape}")
+            if one:
+                x = x[None]
+        elif x.ndim == 1:
+            if len(x) == F and (F > 1 or sequence is False):
+                x, one = x[None, None, :], True           # one row: one step of F features
+            elif F == 1 and (sequence or (sequence is None and not tabular)):
+                x, one = x[None, :, None], True           # one univariate sequence
+            else:
+                raise ValueError(self._ambiguous(x.shape) if F == 1 else
+                                 f"x of shape {x.shape} must be one row of input_size = {F} "
+                                 f"features, or a batch [B, T, {F}]")
+        elif x.ndim == 2:
+            n, m = x.shape
+            if sequence is None:
+                if tabular:
+                    sequence = False
+                elif m == F:                  # one sequence [T, F], or n rows of F features
+                    raise ValueError(self._ambiguous(x.shape))
+                elif F == 1:
+                    sequence = False          # n univariate sequences of m steps: [B, T]
+                else:
+                    raise ValueError(self._bad_width(x.shape))
+            if sequence:
+                if m != F:
+                    raise ValueError(self._bad_width(x.shape))
+                x, one = x[None], True                    # one sequence [T, F]
+            elif m == F:
+                x = x[:, None, :]                         # n rows of one step each
+            elif F == 1:
+                x = x[:, :, None]                         # n univariate sequences [B, T]
+            else:
+                raise ValueError(self._bad_width(x.shape))
+        elif x.ndim == 3:
+            if x.shape[2] != F:
+                raise ValueError(f"x must be [B, T, {F}] (batch, steps, input_size {F}), "
+                                 f"got shape {x.shape}")
+        else:
+            raise ValueError(f"x must be [B, T, {F}], [n, {F}] or [{F}], got shape {x.shape}")
+        if one and lengths is not None:
+            lengths = np.reshape(np.asarray(lengths), (1,))
         return x, lengths, one
+
+    def _ambiguous(self, shape):
+        F = self.input_size
+        n = shape[0]
+        what = ("was trained on sequences" if self.input_kind == "sequence" else
+                "does not know whether it takes rows or sequences (not trained by fit)")
+        if len(shape) == 1:
+            return (f"x of shape {shape} is ambiguous: this model of 1 feature {what}; "
+                    f"pass X[None, :, None] (one sequence of {n} steps) or X[:, None, None] "
+                    f"({n} rows), or say sequence=True (one sequence) / sequence=False")
+        return (f"x of shape {shape} is ambiguous: this model (input_size {F}) {what}. "
+                f"Reshape it: X[None] is one sequence of {n} steps, X[:, None, :] is {n} rows "
+                f"of one step of {shape[1]} features each (tabular data), X[:, :, None] is {n} "
+                f"sequences of {shape[1]} steps of one feature (needs input_size 1); or say "
+                "sequence=True (one sequence) / sequence=False (one sample per row)")
+
+    def _bad_width(self, shape):
+        F = self.input_size
+        return (f"x of shape {shape} does not fit this model (input_size {F}): give rows "
+                f"[n, {F}], one sequence [T, {F}] (sequence=True) or a batch [B, T, {F}]"
+                + (" (as it was trained on rows of one step)" if self.input_kind == "tabular"
+                   else ""))
+
+    def _note_input(self, x):
+        """At :meth:`fit`: remember whether ``x`` (``[B, T, F]``) held rows of
+        one step (``"tabular"``) or sequences, and a DataFrame's column names."""
+        if self.embed is None:
+            self.input_kind = "tabular" if np.shape(x)[1] == 1 else "sequence"
+        names = getattr(self, "_fit_names", None)
+        self._fit_names = None
+        if names is not None:
+            self.feature_names = names
 
     def _preprocess(self, x, lengths):
         """Apply the model's input scaler (if any) to raw batch-major ``x``;
@@ -759,6 +937,10 @@ class SequenceClassifier(_SequenceToVector):
     ``forward(x [B, T, F] | ids [B, T], lengths=None) -> logits [B, C]``.
     :meth:`fit` sets :attr:`classes` (any labels) and :attr:`scaler`, so that
     :meth:`predict` takes raw features and returns the original labels.
+    ``fit``, ``predict``, ``predict_proba`` and ``score`` read arrays by one
+    rule (:data:`INPUT_RULE`): a model trained on tabular rows takes ``[n, F]``
+    as ``n`` rows; any other refuses an ambiguous 2-D array unless
+    ``sequence=True/False`` says how to read it.
 
     Parameters
     ----------
@@ -809,6 +991,8 @@ class SequenceClassifier(_SequenceToVector):
     (['down', 'up'], (2,))
     """
 
+    loss_unit = "nats per sequence"     # cross-entropy (history files say so)
+
     def __init__(self, num_classes: int, input_size: int | None = None, hidden_size: int = 64,
                  num_layers: int = 1, cell: str = "lstm", pooling: str = "last",
                  bidirectional: bool = False, dropout: float = 0.0,
@@ -832,6 +1016,19 @@ class SequenceClassifier(_SequenceToVector):
                     dtype, as_rng(seed))
 
     def forward(self, x, lengths=None):
+        """Logits ``[B, C]`` of prepared input (no scaler, no label mapping:
+        :meth:`predict` does those).
+
+        Parameters
+        ----------
+        x : array ``[B, T, F]`` (``[B, T]`` when ``F = 1``), or token ids ``[B, T]``
+            Batch-major; a batch, always (use :meth:`predict` for the other
+            shapes of :data:`INPUT_RULE`).
+        lengths : int array ``[B]``, optional
+            Valid steps of each padded sequence.
+
+        In training mode the pass is kept for :meth:`backward`.
+        """
         return self._encode(x, lengths)
 
     __call__ = forward
@@ -916,34 +1113,43 @@ class SequenceClassifier(_SequenceToVector):
         self._scored = None
         return {"accuracy": float(np.mean(pred == self._targets(y)))}
 
-    def predict_proba(self, x, lengths=None):
+    @_with_input_rule
+    def predict_proba(self, x, lengths=None, *, sequence=None):
         """Class probabilities ``[B, C]`` (``[C]`` for one unbatched sequence).
 
         Parameters
         ----------
         x : array_like
-            Raw features ``[B, T, F]`` (the model's :attr:`scaler` is applied),
-            a list of sequences ``[T_i, F]`` of different lengths, one sequence
-            ``[T, F]`` (when ``F = input_size > 1``) or ``[T]`` (``F = 1``), or
-            token ids ``[B, T]`` for a model with an embedding.
+            Raw features (the model's :attr:`scaler` is applied), or token ids
+            ``[B, T]`` (``[T]``: one sequence) for a model with an embedding.
+            The rule for arrays of features (:data:`INPUT_RULE`):
+
+            {INPUT_RULE}
+
         lengths : array_like of int, optional
             ``[B]`` valid steps of each padded sequence.
+        sequence : bool, optional
+            How to read a 2-D ``x``: ``True`` one sequence ``[T, F]``,
+            ``False`` one sample per row; ``None`` (default) by the rule.
 
         Returns
         -------
         ndarray of float64
             Column ``k`` is the probability of ``classes[k]``.
         """
-        x, lengths, one = self._as_batch(x, lengths)
+        x, lengths, one = self._as_batch(x, lengths, sequence)
         z = _device.to_host(self._infer(self._preprocess(x, lengths), lengths)).astype(np.float64)
         z = np.exp(z - z.max(axis=1, keepdims=True))
         p = z / z.sum(axis=1, keepdims=True)
         return p[0] if one else p
 
-    def predict(self, x, lengths=None):
+    def predict(self, x, lengths=None, *, sequence=None):
         """Predicted labels ``[B]`` (one label for an unbatched sequence): the
         original labels of :attr:`classes` when set, else class indices.
-        ``x`` and ``lengths`` as in :meth:`predict_proba`.
+        ``x``, ``lengths`` and ``sequence`` as in :meth:`predict_proba`: a
+        model trained on rows takes ``[n, F]`` as ``n`` rows (``n`` labels);
+        any other model refuses an ambiguous 2-D array unless ``sequence=``
+        says how to read it (see :data:`INPUT_RULE`).
 
         Examples
         --------
@@ -951,14 +1157,15 @@ class SequenceClassifier(_SequenceToVector):
         >>> clf.predict(X[:2])                      # doctest: +SKIP
         array(['cat', 'dog'], dtype='<U3')
         """
-        idx = self.predict_proba(x, lengths).argmax(axis=-1)
+        idx = self.predict_proba(x, lengths, sequence=sequence).argmax(axis=-1)
         c = self.classes
         return idx if c is None else np.asarray(c)[idx]
 
-    def score(self, x, y, lengths=None):
+    def score(self, x, y, lengths=None, *, sequence=None):
         """Accuracy of :meth:`predict` against the labels ``y`` (original
-        labels when :attr:`classes` is set)."""
-        pred = np.atleast_1d(self.predict(x, lengths))
+        labels when :attr:`classes` is set); ``x``, ``lengths`` and
+        ``sequence`` as in :meth:`predict_proba` (:data:`INPUT_RULE`)."""
+        pred = np.atleast_1d(self.predict(x, lengths, sequence=sequence))
         y = np.atleast_1d(np.asarray(y))
         if len(y) != len(pred):
             raise ValueError(f"y has {len(y)} labels for {len(pred)} sequences")
@@ -966,7 +1173,7 @@ class SequenceClassifier(_SequenceToVector):
 
     def fit(self, x, y, lengths=None, *, epochs=10, batch_size=32, lr=3e-3, optimizer="adam",
             val_fraction=0.1, standardize=True, clip_norm=1.0, seed=0, progress=False,
-            **trainer_kwargs):
+            sequence=None, **trainer_kwargs):
         """Train on raw data with the model's own preprocessing, keeping it.
 
         Sets :attr:`classes` from ``y`` (sorted; any labels: strings,
@@ -979,8 +1186,12 @@ class SequenceClassifier(_SequenceToVector):
         Parameters
         ----------
         x : array_like
-            ``[B, T, F]``, a list of sequences ``[T_i, F]``, or ``[B, T]``
-            (``F = 1``).
+            ``[B, T, F]`` sequences, a list of sequences ``[T_i, F]``,
+            ``[B, T]`` (``F = 1``), or tabular rows ``[n, F]`` (a DataFrame
+            too: its column names are kept in :attr:`feature_names`). The
+            model records which it was (:attr:`input_kind`: ``"tabular"``
+            when every sample is one step), and later calls read 2-D arrays
+            by that (:data:`INPUT_RULE`).
         y : array_like
             ``[B]`` labels.
         lengths : array_like of int, optional
@@ -997,12 +1208,15 @@ class SequenceClassifier(_SequenceToVector):
         from .data import ArrayBatches, Standardizer, train_val_split
         from .optim import get_optimizer
         from .train import Trainer
-        x, lengths, one = self._as_batch(x, lengths)
+        x, lengths, one = self._as_batch(x, lengths, False if sequence is None else sequence,
+                                         fitting=True)
         if one:
-            raise ValueError("fit needs a batch of sequences, got one unbatched sequence")
+            raise ValueError("fit needs a batch of sequences or rows, got one unbatched "
+                             "sequence: give [B, T, F] sequences or [n, F] rows")
         y = np.asarray(y)
         if len(y) != len(x):
             raise ValueError(f"x has {len(x)} sequences but y has {len(y)} labels")
+        self._note_input(x)
         if self.classes is None:
             uniq = np.unique(y).tolist()
             if len(uniq) == self.num_classes:
@@ -1043,7 +1257,10 @@ class SequenceRegressor(_SequenceToVector):
     forward on its own predictions when ``output_size == input_size``.
     :meth:`fit` sets :attr:`scaler` and :attr:`target_scaler` (and
     :attr:`difference` for a model of changes), so that :meth:`predict`
-    takes and returns values in the data's own units.
+    takes and returns values in the data's own units. ``fit``, ``predict``
+    and ``forecast`` read arrays by one rule (:data:`INPUT_RULE`): a model
+    trained on tabular rows takes ``[n, F]`` as ``n`` rows; any other refuses
+    an ambiguous 2-D array unless ``sequence=True/False`` says how to read it.
 
     Parameters
     ----------
@@ -1090,6 +1307,9 @@ class SequenceRegressor(_SequenceToVector):
     (3, 2, 1)
     """
 
+    # what the history files call the loss
+    loss_unit = "mean squared error of the targets as the model sees them (standardised by fit)"
+
     def __init__(self, input_size: int, output_size: int | None = None, horizon: int = 1,
                  hidden_size: int = 64, num_layers: int = 1, cell: str = "lstm",
                  pooling: str = "last", bidirectional: bool = False, dropout: float = 0.0,
@@ -1112,6 +1332,10 @@ class SequenceRegressor(_SequenceToVector):
                     dtype, as_rng(seed))
 
     def forward(self, x, lengths=None):
+        """Predictions ``[B, horizon, output_size]`` of prepared (standardised)
+        input ``x [B, T, F]`` (``[B, T]`` when ``F = 1``), with optional
+        ``lengths [B]``; no scaler or differencing (:meth:`predict` applies
+        them). In training mode the pass is kept for :meth:`backward`."""
         out = self._encode(x, lengths)
         return out.reshape(int(out.shape[0]), self.horizon, self.output_size)
 
@@ -1171,22 +1395,29 @@ class SequenceRegressor(_SequenceToVector):
             raise ValueError("difference needs output_size == input_size")
         self.meta.pop("difference", None) if not lag else self.meta.__setitem__("difference", lag)
 
-    def predict(self, x, lengths=None):
+    @_with_input_rule
+    def predict(self, x, lengths=None, *, sequence=None):
         """Predict ``[B, horizon, output_size]`` (``[horizon, output_size]`` for
-        one unbatched window) from raw windows.
+        one unbatched window) from raw windows or rows.
 
         Parameters
         ----------
         x : array_like
-            ``[B, T, input_size]``, ``[B, T]`` (``input_size == 1``), or one
-            window ``[T, F]`` / ``[T]``. The model's :attr:`scaler`,
+            Raw windows or rows. The model's :attr:`scaler`,
             :attr:`difference` and :attr:`target_scaler` are applied, so both
             inputs and predictions are in original units (a model trained on
-            differences needs ``T > difference``).
+            differences needs ``T > difference``). The rule for arrays
+            (:data:`INPUT_RULE`):
+
+            {INPUT_RULE}
+
         lengths : array_like of int, optional
             ``[B]`` valid steps (not with differencing).
+        sequence : bool, optional
+            How to read a 2-D ``x``: ``True`` one window ``[T, F]``, ``False``
+            one sample per row; ``None`` (default) by the rule.
         """
-        x, lengths, one = self._as_batch(x, lengths)
+        x, lengths, one = self._as_batch(x, lengths, sequence)
         lag = self.difference
         base = None
         if lag:
@@ -1211,14 +1442,16 @@ class SequenceRegressor(_SequenceToVector):
                 hist = np.concatenate([hist, out[:, k:k + 1]], axis=1)
         return out[0] if one else out
 
-    def forecast(self, x, steps):
+    def forecast(self, x, steps, *, sequence=None):
         """Predict ``steps`` values after each window of ``x [B, T, F]`` (or one
-        window ``[T, F]`` / ``[T]``) by feeding predictions back (needs
-        ``output_size == input_size``); original units, as :meth:`predict`."""
+        window ``[T]`` of a univariate model, or ``[T, F]`` with
+        ``sequence=True``: a 2-D array is read by :data:`INPUT_RULE`, as in
+        :meth:`predict`) by feeding predictions back (needs ``output_size ==
+        input_size``); original units, as :meth:`predict`."""
         steps = _validate.positive_int("steps", steps)
         if self.output_size != self.input_size:
             raise ValueError("forecast() feeds outputs back: output_size must equal input_size")
-        x, _, one = self._as_batch(x, None)
+        x, _, one = self._as_batch(x, None, sequence)
         transformed = self.scaler is not None or self.difference or self.target_scaler is not None
         x = np.asarray(x, dtype=np.float64 if transformed else self.rnn.dtype)
         if x.ndim == 2:
@@ -1233,9 +1466,13 @@ class SequenceRegressor(_SequenceToVector):
 
     def fit(self, x, y, lengths=None, *, epochs=10, batch_size=32, lr=3e-3, optimizer="adam",
             val_fraction=0.1, standardize=True, clip_norm=1.0, seed=0, progress=False,
-            **trainer_kwargs):
-        """Train on raw windows ``x [B, T, input_size]`` and targets ``y [B,
-        horizon, output_size]`` (or ``[B, output_size]``), keeping the
+            sequence=None, **trainer_kwargs):
+        """Train on raw windows ``x [B, T, input_size]`` (``[B, T]`` when
+        ``input_size == 1``), or tabular rows ``[n, input_size]`` (a DataFrame
+        too: its column names are kept in :attr:`feature_names`), and targets
+        ``y [B, horizon, output_size]`` (or ``[B, output_size]``); the model
+        records which kind of input it was (:attr:`input_kind`, used by
+        :data:`INPUT_RULE` later), keeping the
         preprocessing: with ``standardize``, :attr:`scaler` and
         :attr:`target_scaler` are fitted on the training split and saved with
         the model, so :meth:`predict` takes and returns original units.
@@ -1244,13 +1481,18 @@ class SequenceRegressor(_SequenceToVector):
         from .data import ArrayBatches, Standardizer, train_val_split
         from .optim import get_optimizer
         from .train import Trainer
-        x, lengths, one = self._as_batch(x, lengths)
+        x, lengths, one = self._as_batch(x, lengths, False if sequence is None else sequence,
+                                         fitting=True)
         if one:
-            raise ValueError("fit needs a batch of windows, got one unbatched window")
+            raise ValueError("fit needs a batch of windows or rows, got one unbatched window")
         x = np.asarray(x, dtype=np.float64)
-        if x.ndim == 2:
-            x = x[:, :, None]
-        y = np.asarray(y, dtype=np.float64).reshape(len(x), self.horizon, self.output_size)
+        y = np.asarray(y, dtype=np.float64)
+        if y.size != len(x) * self.horizon * self.output_size:
+            raise ValueError(f"y has shape {y.shape}: expected [B, horizon, output_size] = "
+                             f"[{len(x)}, {self.horizon}, {self.output_size}] (or [B, "
+                             f"output_size])")
+        y = y.reshape(len(x), self.horizon, self.output_size)
+        self._note_input(x)
         tr, va = train_val_split(len(x), val_fraction, rng=seed)
         if standardize:
             steps = x[tr] if lengths is None else np.concatenate([x[i, :lengths[i]] for i in tr])

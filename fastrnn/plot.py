@@ -25,7 +25,7 @@ def write_history(history, path, **extra):
 
 def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metric=None,
                  metric_scale=1.0, metric_label=None, x=None, xlabel="epoch",
-                 loss_label="loss", loss_scale=1.0):
+                 loss_label="loss", loss_scale=1.0, forecast=None):
     """Save a PNG of training curves; returns ``path``, or ``None`` when
     matplotlib is not installed.
 
@@ -47,6 +47,10 @@ def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metr
     loss_scale : float
         Factor applied to the ``loss_keys`` curves, e.g. ``1 / ln 2`` to draw
         a language model's losses (nats in the history) in bits.
+    forecast : dict, optional
+        A panel of a forecast against the actual values: ``x`` (row
+        numbers), ``actual``, ``forecast`` (equal-length lists) and ``label``
+        (the panel's title), e.g. a forecaster's held-out part.
 
     A run with a single point is drawn with markers, so it is visible.
     """
@@ -58,8 +62,9 @@ def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metr
         return None
     xs = list(history.get("epoch", [])) if x is None else list(x)
     panels = [k for k in (metric,) if k and k in history]
-    fig, axes = plt.subplots(1, 1 + len(panels), figsize=(5 * (1 + len(panels)), 3.5),
-                             squeeze=False)
+    extra = 1 if forecast else 0
+    fig, axes = plt.subplots(1, 1 + len(panels) + extra,
+                             figsize=(5 * (1 + len(panels) + extra), 3.5), squeeze=False)
     style = dict(marker="o" if len(xs) <= 30 else None)
     ax = axes[0, 0]
     for k in loss_keys:
@@ -80,8 +85,15 @@ def plot_history(history, path, title=None, loss_keys=("loss", "val_loss"), metr
         a.set_xlabel(xlabel)
         a.set_title(metric_label or k.replace("_", " "))
     if len(xs) == 1:                                   # one point: give it some room
-        for a in axes[0]:
+        for a in axes[0][:len(axes[0]) - extra]:
             a.set_xlim(xs[0] - 1, xs[0] + 1)
+    if forecast:
+        a = axes[0, -1]
+        a.plot(forecast["x"], forecast["actual"], label="actual", color="black", lw=1)
+        a.plot(forecast["x"], forecast["forecast"], label="forecast", color="tab:red", lw=1)
+        a.set_xlabel("row")
+        a.set_title(forecast.get("label", "forecast vs actual"), fontsize="medium")
+        a.legend()
     fig.tight_layout()
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)

@@ -420,6 +420,32 @@ class Trainer:
             return 1 / math.log(2), f"bits/{self.unit}"
         return 1.0, ""
 
+    def history_with_units(self) -> tuple[dict[str, list], dict[str, str]]:
+        """``(history, units)``: a copy of :attr:`history` with the losses in
+        the units the progress bar shows (bits per token for a language
+        model, whose :attr:`history` keeps nats), and the unit of every key,
+        for a file that must say what its numbers are (``fastrnn train``
+        writes both to ``<out>.history.json``).
+
+        The loss unit is the model's ``loss_unit`` when it declares one (the
+        classifier: ``"nats per sequence"``; the regressor: the mean squared
+        error of the targets as the model sees them), else ``"as computed"``."""
+        scale, shown = self._loss_display()
+        word = {"char": "character", "seq": "sequence", "win": "window"}.get(self.unit, self.unit)
+        loss_unit = f"bits per {word}" if shown else getattr(self.model, "loss_unit",
+                                                              "as computed")
+        hist, units = {}, {}
+        for k, v in self.history.items():
+            if k.endswith("loss"):
+                hist[k] = [x * scale if x is not None else None for x in v]
+                units[k] = loss_unit
+            else:
+                hist[k] = list(v)
+                units[k] = {"epoch": "count", "lr": "learning rate", "time": "seconds",
+                            "throughput": f"{word}s per second"}.get(
+                                k, "fraction" if k.endswith("accuracy") else "as computed")
+        return hist, units
+
     def _shown(self, key, value, fmt):
         """``"key value"`` for the bar and the log, losses in display units."""
         scale, unit = self._loss_display()

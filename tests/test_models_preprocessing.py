@@ -24,8 +24,10 @@ def test_fit_keeps_scaler_and_string_labels_through_save(tmp_path):
     back = load_model(path)
     np.testing.assert_array_equal(back.predict(x), clf.predict(x))
     assert back.predict(x).dtype.kind == "U"
-    assert back.predict(x[0]) in ("high", "low")                 # unbatched [T, F]
-    p = back.predict_proba(x[0])
+    with pytest.raises(ValueError, match=r"ambiguous.*X\[None\].*sequence=True"):
+        back.predict(x[0])                       # one sequence [T, F], or T rows? (issue 25)
+    assert back.predict(x[0], sequence=True) in ("high", "low")  # unbatched [T, F]
+    p = back.predict_proba(x[0], sequence=True)
     assert p.shape == (2,) and p.sum() == pytest.approx(1)
     assert "classes=['high', 'low']" in repr(back) and "scaler=Standardizer" in repr(back)
 
@@ -68,7 +70,7 @@ def test_unbatched_and_ragged_input():
     for s, p in zip(seqs, batch):
         # one sequence alone or in a padded batch: an LSTM of 4 units over 5 steps,
         # a head of 4 inputs, a softmax over 2 classes
-        assert_close(clf.predict_proba(s), p,
+        assert_close(clf.predict_proba(s, sequence=True), p,
                      cell_terms("lstm", 5, 3, 3, 4, backward=False) + 4 + 10)
     with pytest.raises(ValueError, match=r"\[B, T, 3\]"):
         clf.predict(np.zeros((2, 4, 5), np.float32))          # was: a message about (T, B, I)

@@ -45,11 +45,13 @@ the arrays go to the backend and the backend's results come back as they
 are. Another convention costs one pass over the weights on the way in and
 one over the weight gradients on the way out (a reordered or transposed
 copy), and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y``
-and ``dx`` come back as transposed views). Measured on a 2-core AMD EPYC
-(loaded machine), CS231n's convention (``batch_first``, ``"ifog"``,
-``"in_out"``, one bias) at B=32, T=50, I=64, H=128: ~0.1 ms of a 4 ms
-float32 forward + backward, ~0.2 ms of a 20 ms float64 one
-(``examples/numpy_dropin.py`` measures it).
+and ``dx`` come back as transposed views); a missing bias is one zero
+vector. Measured on a 2-core Intel Xeon (one thread, minima of 60 calls) in
+CS231n's convention (``batch_first``, ``"ifog"``, ``"in_out"``, one bias) at
+B=32, T=50, I=64, H=128: the weights in 0.08 ms, their gradients out 0.05 ms
+(float64 0.08), ``x`` and ``dy`` 0.015 ms each (float64 0.035), against a
+forward + backward of ~6 ms in float32 and ~29 ms in float64: 3-4% and ~1%.
+The finite-value checks of the inputs cost about as much again (~0.08 ms).
 
 Contexts
 --------
@@ -222,7 +224,7 @@ class Context:
     the backend's saved activations and the caller's conventions, so that the
     gradients come back in them."""
 
-    __slots__ = ("cell", "_be", "_cache", "_used", "_dims", "_batch_first", "_src", "_in_out",
+    __slots__ = ("cell", "_be", "_cache", "_dims", "_batch_first", "_src", "_in_out",
                  "_w_dtypes", "_bias", "_state_dtypes", "_peep_form", "_device", "_dtype")
 
     def __repr__(self):
@@ -310,7 +312,7 @@ def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch
     if not training:
         return y, state_n, None
     ctx = Context()
-    ctx.cell, ctx._be, ctx._cache, ctx._used = cell, be, cache, False
+    ctx.cell, ctx._be, ctx._cache = cell, be, cache
     ctx._dims, ctx._batch_first, ctx._src, ctx._in_out = (T, B, I, H), batch_first, src, in_out
     ctx._w_dtypes = (w_ih.dtype, w_hh.dtype)
     ctx._bias = tuple(None if b is None else b.dtype for b in biases)
@@ -436,7 +438,7 @@ def _forward_device(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths
     if not training:
         return y, state_n, None
     ctx = Context()
-    ctx.cell, ctx._be, ctx._cache, ctx._used = cell, be, cache, False
+    ctx.cell, ctx._be, ctx._cache = cell, be, cache
     ctx._dims, ctx._batch_first, ctx._src, ctx._in_out = (T, B, I, H), batch_first, None, False
     ctx._w_dtypes = (x.dtype, x.dtype)
     ctx._bias = bias_dtypes
@@ -485,10 +487,9 @@ def _backward(fname, family, ctx, dy, dstate_n, retain):
         dyt = dyt if dyt.dtype == ctx._dtype else dyt.astype(ctx._dtype)
         dh_n = None if dh_n is None else dh_n.astype(ctx._dtype, copy=False)
         dc_n = None if dc_n is None else dc_n.astype(ctx._dtype, copy=False)
-    cache = ctx._cache
+    dx, dh0, dc0, gw = _backward_core(cell, ctx._be, ctx._cache, dyt, dh_n, dc_n, zeros=zeros)
     if not retain:
-        ctx._cache, ctx._used = None, True
-    dx, dh0, dc0, gw = _backward_core(cell, ctx._be, cache, dyt, dh_n, dc_n, zeros=zeros)
+        ctx._cache = None           # frees the saved activations; a second use raises
     if ctx._batch_first:
         dx = ops.contiguous3(dx, swap=True) if ctx._device else dx.transpose(1, 0, 2)
     src, in_out, G = ctx._src, ctx._in_out, cell.gates

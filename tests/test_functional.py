@@ -406,3 +406,16 @@ def test_bad_backward_arguments_are_named():
                         peephole=(np.ones(4), np.ones(4), np.ones(5)))
     with pytest.raises(TypeError, match="one array"):
         F.gru(kw["x"], np.ones((12, 3)), np.ones((12, 4)), state=(np.ones((2, 4)),) * 2)
+
+
+def test_numpy_dropin_example_agrees():
+    """examples/numpy_dropin.py: the CS231n-style NumPy LSTM and its two calls
+    swapped for fastrnn.functional give equal outputs and gradients (the example
+    returns 1 when any differs beyond 1e-12 in float64 / 1e-5 in float32)."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "examples" / "numpy_dropin.py"
+    spec = importlib.util.spec_from_file_location("numpy_dropin", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--N", "3", "--T", "4", "--D", "5", "--H", "6", "--repeats", "1"]) == 0

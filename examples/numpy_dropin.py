@@ -125,12 +125,15 @@ def rel_diff(a, b):
 
 
 def timed_rounds(fns, repeats):
-    """Median and minimum time (ms) of each function, calls interleaved round by round."""
+    """Median and minimum time (ms) of each function, calls interleaved round by
+    round; each round starts with the next function, so none always runs after
+    the same one (whose cache footprint it would inherit)."""
     times = [[] for _ in fns]
-    for _ in range(repeats):
-        for k, fn in enumerate(fns):
+    n = len(fns)
+    for r in range(repeats):
+        for k in [(r + j) % n for j in range(n)]:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             times[k].append(1e3 * (time.perf_counter() - t0))
     return [(statistics.median(t), min(t)) for t in times]
 
@@ -203,6 +206,11 @@ def main(argv=None):
               f"(min {m_np / m_fr:.1f}x)")
         print(f"  fastrnn in PyTorch's convention (no conversion): {t_pt:.2f} ms ({m_pt:.2f}); "
               f"the CS231n conventions cost {t_fr - t_pt:+.2f} ms of the median")
+        if dtype == np.float64:
+            numpy64 = t_np
+        else:   # the NumPy default dtype against fastrnn in float32 (rounds not interleaved)
+            print(f"  fastrnn float32 against the NumPy code in float64: "
+                  f"{numpy64 / t_fr:.1f}x (medians)")
     if not ok:
         print("\nfastrnn and the NumPy code disagree beyond the bounds above")
         return 1

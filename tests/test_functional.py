@@ -367,7 +367,7 @@ def _lstm_args():
     (dict(lengths=[1, 5]), ValueError, "lengths must lie in"),
     (dict(lengths=[1.0, 2.0]), TypeError, "lengths must hold integers"),
     (dict(x=np.full((4, 2, 3), np.nan)), ValueError, "x contains NaN"),
-    (dict(w_hh=np.full((16, 4), np.inf)), ValueError, "w_hh contains NaN"),
+    (dict(state=(np.ones((2, 4)), np.full((2, 4), np.inf))), ValueError, "c0 contains NaN"),
     (dict(batch_first="yes"), TypeError, "batch_first must be True or False"),
     (dict(backend="gpu"), ValueError, "backend must be one of"),
 ])
@@ -419,3 +419,21 @@ def test_numpy_dropin_example_agrees():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     assert mod.main(["--N", "3", "--T", "4", "--D", "5", "--H", "6", "--repeats", "1"]) == 0
+
+
+@pytest.mark.parametrize("kind", ["diagonal", "full"])
+def test_peephole_gradient_comes_back_in_the_form_passed(kind):
+    cell = CELLS["peephole_" + kind]
+    rng = np.random.default_rng(10)
+    w = _params(cell, 3, 4, rng, np.float64)
+    x, h0, c0, dy, _, _ = _data(cell, 3, 2, 3, 4, rng, np.float64)
+    out = {}
+    for form, peep in (("tuple", tuple(w.peep)), ("list", list(w.peep)), ("stack", w.peep)):
+        y, _, ctx = F.peephole_lstm(x, w.w_ih, w.w_hh, w.b_ih, w.b_hh, (h0, c0), peephole=peep,
+                                    backend="numpy")
+        out[form] = (y, F.peephole_lstm_backward(ctx, dy)[2][4])
+    assert isinstance(out["tuple"][1], tuple) and isinstance(out["list"][1], list)
+    assert isinstance(out["stack"][1], np.ndarray) and out["stack"][1].shape == w.peep.shape
+    for form in ("list", "stack"):
+        np.testing.assert_array_equal(out[form][0], out["tuple"][0])
+        np.testing.assert_array_equal(np.stack(out[form][1]), np.stack(out["tuple"][1]))

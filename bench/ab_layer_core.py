@@ -40,7 +40,8 @@ def main():
     p.add_argument("--cells", default="LSTM,GRU")
     a = p.parse_args()
     old = load_old(a.rev)
-    print(f"fastrnn threads {fastrnn.get_num_threads()}; A = layers.py at {a.rev}, B = working tree")
+    print(f"fastrnn threads {fastrnn.get_num_threads()}; A = layers.py at {a.rev}, "
+          "B = working tree")
     for cls in a.cells.split(","):
         for T, B, I, H in ((200, 1, 32, 32), (100, 32, 64, 128)):
             la = getattr(old, cls)(I, H, seed=0)

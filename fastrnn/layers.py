@@ -21,16 +21,13 @@ import numpy as np
 from . import _validate, dispatch
 from .cells import CELLS, PEEPHOLE_GATES
 from .contract import Weights
+from .functional import BackwardError, _backward_core, _forward_core
 from .init import check_init, recurrent_params
 
 if TYPE_CHECKING:                  # annotations only (no runtime cost)
     from numpy.typing import ArrayLike, DTypeLike
 
     State = Union[Any, "tuple[Any, Any]"]   # h (RNN, GRU) or (h, c) (LSTM family)
-
-
-class BackwardError(RuntimeError, ValueError):
-    """``backward`` was called without a forward pass in training mode to match."""
 
 
 def layer_cell(layer, **options):
@@ -356,7 +353,6 @@ class _RecurrentLayer:
                 inp = inp.copy()
             h0 = None if h0 is None else h0.copy()
             c0 = None if c0 is None else c0.copy()
-        zeros = ops.zeros((B, H), self.dtype)
         h_n = ops.empty((self.num_layers * D, B, H), self.dtype)
         c_n = ops.empty((self.num_layers * D, B, H), self.dtype) if self.cell.has_cell else None
         caches, masks = [], []
@@ -365,10 +361,11 @@ class _RecurrentLayer:
             for d in range(D):
                 idx = layer * D + d
                 sfx = f"_l{layer}" + ("_reverse" if d else "")
-                y, h, c, cache = be.forward(
-                    self.cell, inp, zeros if h0 is None else h0[idx],
-                    None if not self.cell.has_cell else (zeros if c0 is None else c0[idx]),
-                    self._weights(sfx), lengths, bool(d), self.training)
+                # the one code path of every layer and direction (fastrnn.functional's)
+                y, h, c, cache = _forward_core(
+                    self.cell, be, inp, None if h0 is None else h0[idx],
+                    None if c0 is None else c0[idx], self._weights(sfx), lengths, bool(d),
+                    self.training, ops.zeros)
                 ops.set_index0(h_n, idx, h)
                 if c_n is not None:
                     ops.set_index0(c_n, idx, c)
@@ -439,7 +436,6 @@ class _RecurrentLayer:
         # a NaN here would silently poison every gradient
         _validate.finite_array("dy", dy, ops.on_device)
         dout = ops.contiguous3(dy, swap=self.batch_first)
-        zeros = ops.zeros((B, H), self.dtype)
         dh0 = ops.empty((L * D, B, H), self.dtype)
         dc0 = ops.empty((L * D, B, H), self.dtype) if self.cell.has_cell else None
         be = cc["backend"]
@@ -451,9 +447,9 @@ class _RecurrentLayer:
                 idx = layer * D + d
                 sfx, cache = cc["caches"][idx]
                 dyd = dout if D == 1 else ops.take_last(dout, d * H, (d + 1) * H)
-                dx, dh, dc, gw = be.backward(
-                    self.cell, cache, dyd, zeros if dh_n is None else dh_n[idx],
-                    None if not self.cell.has_cell else (zeros if dc_n is None else dc_n[idx]))
+                dx, dh, dc, gw = _backward_core(
+                    self.cell, be, cache, dyd, None if dh_n is None else dh_n[idx],
+                    None if dc_n is None else dc_n[idx], ops.zeros)
                 ops.set_index0(dh0, idx, dh)
                 if dc0 is not None:
                     ops.set_index0(dc0, idx, dc)

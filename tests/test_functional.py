@@ -15,7 +15,7 @@ from fastrnn import functional as F
 from fastrnn import reference
 from fastrnn.cells import CELLS
 from fastrnn.contract import Weights
-from tolerances import tol
+from fastrnn.testing import assert_close, cell_terms
 
 # cell name -> (functional forward, backward, extra keywords, layer class, layer keywords)
 CASES = {
@@ -82,19 +82,22 @@ def test_cell_matches_reference_and_layer(name, dtype):
                                                   reverse=reverse, backend="cpu")
         ry, rh, rc, cache = reference.forward(cell, x, h0, c0, w, lengths, reverse, True)
         rdx, rdh, rdc, rg = reference.backward(cell, cache, dy, dh, dc)
-        t = tol(dtype)
-        np.testing.assert_allclose(y, ry, **t)
+        fwd = cell_terms(cell, T, B, I, H, dtype=dtype, approx=True, backward=False)
+        full = cell_terms(cell, T, B, I, H, dtype=dtype, approx=True)
+        fs = max(1.0, *(np.abs(a).max() for a in (h0, c0) if a is not None))
+        up = max(fs, *(np.abs(a).max() for a in (dy, dh, dc) if a is not None))
+        assert_close(y, ry, fwd, scale=fs, err_msg="y")
         got_state = state_n if cell.has_cell else (state_n,)
         for a, b in zip(got_state, (rh, rc)):
-            np.testing.assert_allclose(a, b, **t)
-        np.testing.assert_allclose(dx, rdx, **t)
+            assert_close(a, b, fwd, scale=fs, err_msg="state_n")
+        assert_close(dx, rdx, full, scale=up, err_msg="dx")
         for a, b in zip(dstate0 if cell.has_cell else (dstate0,), (rdh, rdc)):
-            np.testing.assert_allclose(a, b, **t)
+            assert_close(a, b, full, scale=up, err_msg="dstate0")
         for a, b in zip(grads[:4], rg[:4]):
-            np.testing.assert_allclose(a, b, **t)
+            assert_close(a, b, full, scale=up, err_msg="weight gradient")
         if cell.peephole is not None:
             assert isinstance(grads[4], tuple)
-            np.testing.assert_allclose(np.stack(grads[4]), rg.peep, **t)
+            assert_close(np.stack(grads[4]), rg.peep, full, scale=up, err_msg="peephole")
         assert y.dtype == dx.dtype == dtype and all(g.dtype == dtype for g in grads[:4])
 
     # the layer runs the same core: the same numbers, bitwise

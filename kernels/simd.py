@@ -48,7 +48,7 @@ from numba.extending import intrinsic
 __all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
            "uk_peep_fwd2", "PAIR_MR", "atomic_add", "atomic_load",
            "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr", "fptr", "esize", "cpu_pause",
-           "sched_yield", "cycles", "MAX_MR"]
+           "sched_yield", "cycles", "MAX_MR", "vtanh", "vsigmoid"]
 
 _f32 = ir.FloatType()
 _f64 = ir.DoubleType()
@@ -456,6 +456,31 @@ uk_peep_bwd = [None] + [_make_lstm_bwd(m, True) for m in range(1, MAX_MR + 1)]
 PAIR_MR = 2
 uk_lstm_fwd2 = [None] + [_make_lstm_fwd(m, False, 2) for m in range(1, PAIR_MR + 1)]
 uk_peep_fwd2 = [None] + [_make_lstm_fwd(m, True, 2) for m in range(1, PAIR_MR + 1)]
+
+
+def _make_vact(kind):
+    @intrinsic
+    def vact(typingctx, tag, src, dst):
+        """``dst[:VW] = f(src[:VW])`` with the kernels' vector code for the tag's type
+        (byte addresses; for the tests of the activations' accuracy)."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        sig = types.void(tag, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            vty = _vty(tag)
+            src, dst = _ptrs(builder, vty, args[1], args[2])
+            m = _VMath(builder, vty)
+            v = _vload(builder, vty, src, ir.Constant(_i64, 0))
+            _vstore(builder, m.tanh(v) if kind == "tanh" else m.sigmoid(v), vty, dst,
+                    ir.Constant(_i64, 0))
+            return context.get_dummy_value()
+        return sig, codegen
+    return vact
+
+
+#: vector tanh / sigmoid of :class:`_VMath` on one vector (tests)
+vtanh, vsigmoid = _make_vact("tanh"), _make_vact("sigmoid")
 
 
 @intrinsic

@@ -126,7 +126,8 @@ def main():
     x = rng.standard_normal((B, T, I))
     Wx, Wh = rng.uniform(-.1, .1, (I, 4 * H)), rng.uniform(-.1, .1, (H, 4 * H))
     b, h0, dh = np.zeros(4 * H), np.zeros((B, H)), rng.standard_normal((B, T, H))
-    variants = {"numpy lstm f64": lambda: np_lstm_backward(dh, np_lstm_forward(x, h0, Wx, Wh, b)[1])}
+    variants = {"numpy lstm f64":
+                lambda: np_lstm_backward(dh, np_lstm_forward(x, h0, Wx, Wh, b)[1])}
     for name in args.cells.split(","):
         f64 = make_step(name, T, B, I, H, np.float64, rng)
         variants[f"{name} f64 loops"] = routed(f64, False)

@@ -111,7 +111,8 @@ _vw = _AUTO_VW
 
 
 def vector_width():
-    """SIMD width (floats) the packed kernels use: 16 with AVX-512, else 8.
+    """SIMD width (float32 lanes) the packed kernels use: 16 with AVX-512, else 8
+    (float64 runs the same registers with half the lanes, see :func:`_lanes`).
 
     ``FASTRNN_VECTOR_WIDTH=8`` in the environment at import (or
     :func:`set_vector_width`) forces the AVX2 variant on an AVX-512 machine

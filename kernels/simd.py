@@ -8,16 +8,16 @@ against one pre-packed weight panel, over one or more K segments::
     acc[r][v] = sum over segments (a, lda, w, K) of
                 sum_k a[r*lda + k] * w[k*NV*VW + VW*v : +VW]      (r < MR, v < NV)
 
-  ``w`` is one panel: ``K`` rows of ``NV*VW`` contiguous floats. The ``MR*NV``
-  accumulators are ``<VW x float>`` values that LLVM keeps in vector registers
-  (zmm for VW=16, ymm for VW=8); each ``k`` loads the panel's row once and
+  ``w`` is one panel: ``K`` rows of ``NV*VW`` contiguous elements. The ``MR*NV``
+  accumulators are ``<VW x float>`` (or ``<VW x double>``) values that LLVM keeps
+  in vector registers (float32: zmm for VW=16, ymm for VW=8); each ``k`` loads the panel's row once and
   broadcasts one ``a`` per batch row. Pointers are byte addresses as int64
   (Numba types ``uint64 + int64`` as float64, so pointer arithmetic stays int64).
   A cell's epilogue then works on the accumulators while they are still in
   registers: ``uk_lstm_fwd[MR]`` (pre-activations -> gates -> c', h', saved
   activations) and ``uk_lstm_bwd[MR]`` (dh -> gate gradients, dc carry). The
-  activations are :class:`_VMath`, the same rational tanh as
-  :mod:`fastrnn.kernels.activations`, on vectors.
+  activations are :class:`_VMath`: in float32 the same rational tanh as
+  :mod:`fastrnn.kernels.activations`, on vectors; in float64 accurate ones.
 
   The vector width ``VW`` and the vector count ``NV`` are read off the *types*
   of tag arguments (``UniTuple(int64, VW)``, ``UniTuple(int64, NV)``), so each

@@ -859,7 +859,7 @@ def _run_rows(kernel, ranges, args_of, threads, loop_flops):
         fut.result()
 
 
-#: registry cell -> the packed float32 kernels that run it: ``"lstm"`` (the LSTM and
+#: registry cell -> the packed kernels that run it: ``"lstm"`` (the LSTM and
 #: the diagonal peephole LSTM), ``"gru"`` (reset_after), ``"rnn"``; None for the cells
 #: with a second dependent product per step (BLAS-per-step loops only)
 _PACKED = {name: (c.family if c.products == 1 else None) for name, c in CELLS.items()}
@@ -913,10 +913,10 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     _check_shapes(cell, x, h0, c0, weights, lens, lengths is not None)
     reverse, training = bool(reverse), bool(training)
     # the packed kernels call no BLAS in the forward pass: no thread setting to manage
-    if (dtype == np.float32 and _packed is not None and use_packed
+    if (dtype in packed_dtypes and _packed is not None and use_packed
             and fam == "lstm"):
         return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training)
-    if (dtype == np.float32 and _packed_cells is not None and use_packed
+    if (dtype in packed_dtypes and _packed_cells is not None and use_packed
             and (fam, training) in packed_cells):
         return _forward_packed_cell(fam, cell, x, h0, weights, lens, reverse, training)
     threads = _Threads()
@@ -926,11 +926,14 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
         threads.restore()
 
 
-# The float32 LSTM and diagonal peephole LSTM run on the packed-weight kernels of
+# The LSTM and diagonal peephole LSTM run on the packed-weight kernels of
 # fastrnn.kernels.packed
 # (no BLAS call inside the time loop, padded steps skipped, its own two
 # threads); `use_packed = False` selects the BLAS-per-step loops below instead
-# (the tests check both, the benchmark can compare them).
+# (the tests check both, the benchmark can compare them). `packed_dtypes` lists
+# the dtypes routed there (float64 runs the same kernels on double vectors with
+# accurate float64 activations); a dtype left out runs the loops.
+packed_dtypes = {np.dtype(np.float32), np.dtype(np.float64)}
 try:
     from fastrnn.kernels import packed as _packed
 except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
@@ -952,9 +955,12 @@ def describe():
         return "BLAS-per-step loops (packed kernels turned off)"
     vw = _packed.vector_width()
     variant = "AVX-512" if vw == 16 else "AVX2"
-    return (f"packed kernels for float32 LSTM (and diagonal peephole), GRU and RNN "
-            f"({vw}-wide {variant} variant; this CPU: {simd.upper()}); BLAS-per-step "
-            f"loops for float64, GRU reset-before and the full peephole")
+    dts = " and ".join(sorted(np.dtype(d).name for d in packed_dtypes)) or "no dtype"
+    loops = "GRU reset-before and the full peephole" + (
+        "" if np.dtype(np.float64) in packed_dtypes else "; float64")
+    return (f"packed kernels for {dts} LSTM (and diagonal peephole), GRU and RNN "
+            f"({vw}-wide {variant} variant for float32; this CPU: {simd.upper()}); "
+            f"BLAS-per-step loops for {loops}")
 
 
 def matmul(a, b, out=None):
@@ -981,7 +987,7 @@ def matmul(a, b, out=None):
 
 
 def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
-    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     peep = None if cell.peephole is None else f(weights.peep)
     w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
     y, h, c, pc = _packed.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
@@ -991,7 +997,7 @@ def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
     return y, h, c, _Cache(cell, x, w, lens, reverse, pc, pc.flops)
 
 
-# The float32 GRU (reset_after=True) and tanh/ReLU RNN on the packed kernels of
+# The GRU (reset_after=True) and tanh/ReLU RNN on the packed kernels of
 # fastrnn.kernels.packed_cells, for the (family, training) pairs listed here
 # (where they measured faster than the loops below); `use_packed = False`
 # turns them off too.
@@ -1003,7 +1009,7 @@ except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
 
 
 def _forward_packed_cell(fam, cell, x, h0, weights, lens, reverse, training):
-    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
     if fam == "gru":
         y, h, pc = _packed_cells.gru_forward(x, f(h0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
@@ -1143,8 +1149,9 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     threads = _Threads()
     try:
         if _packed is not None and isinstance(cache.saved, _packed.PackedCache):
+            dt = cache.x.dtype
             dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = _packed.lstm_backward(
-                cache.saved, dy, np.asarray(dh_n, np.float32), np.asarray(dc_n, np.float32),
+                cache.saved, dy, np.asarray(dh_n, dt), np.asarray(dc_n, dt),
                 _max_threads, threads.use)
             return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
         if _packed_cells is not None and isinstance(cache.saved, _packed_cells.PackedCellCache):

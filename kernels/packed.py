@@ -1,10 +1,13 @@
 """Packed-weight CPU kernels: the recurrent product never leaves the compiled loop.
 
-Used by :mod:`fastrnn.kernels.cpu` for the float32 LSTM (forward in training
-and inference, and backward). Notation: ``T`` steps, ``B`` batch, ``I``
-inputs, ``H`` hidden, ``G = 4`` gates, ``VW`` the SIMD width in floats (16 with
-AVX-512, 8 with AVX2), ``Hp`` = ``H`` rounded up to a multiple of ``VW``,
-``P = Hp / VW`` panels.
+Used by :mod:`fastrnn.kernels.cpu` for the LSTM in float32 and float64
+(forward in training and inference, and backward). Notation: ``T`` steps, ``B``
+batch, ``I`` inputs, ``H`` hidden, ``G = 4`` gates, ``VW`` the SIMD width in
+elements (float32: 16 with AVX-512, 8 with AVX2; float64: 8 and 4, the same
+registers), ``Hp`` = ``H`` rounded up to a multiple of ``VW``, ``P = Hp / VW``
+panels. Every kernel is compiled per element type from one source: the
+``tag`` argument's type selects it (see :mod:`fastrnn.kernels.simd`), and
+byte offsets scale with ``esize(tag)``.
 
 Layout ("panel order")
 ----------------------
@@ -74,8 +77,9 @@ import numpy as np
 from numba import carray, njit
 
 from fastrnn.kernels.simd import (atomic_add, atomic_cas, atomic_load, atomic_store, cpu_pause,
-                                  cycles, f32_ptr, i64_ptr, sched_yield, uk_lstm_bwd, uk_lstm_fwd, uk_peep_bwd,
-                                  uk_peep_fwd, uk_lstm_fwd2, uk_peep_fwd2, PAIR_MR)
+                                  cycles, esize, fptr, i64_ptr, sched_yield, uk_lstm_bwd,
+                                  uk_lstm_fwd, uk_peep_bwd, uk_peep_fwd, uk_lstm_fwd2,
+                                  uk_peep_fwd2, PAIR_MR)
 
 __all__ = ["vector_width", "lstm_forward", "lstm_backward"]
 
@@ -127,7 +131,8 @@ _vw = _AUTO_VW
 
 
 def vector_width():
-    """SIMD width (floats) the packed kernels use: 16 with AVX-512, else 8.
+    """SIMD width (float32 lanes) the packed kernels use: 16 with AVX-512, else 8
+    (float64 runs the same registers with half the lanes, see :func:`_lanes`).
 
     ``FASTRNN_VECTOR_WIDTH=8`` in the environment at import (or
     :func:`set_vector_width`) forces the AVX2 variant on an AVX-512 machine
@@ -143,14 +148,31 @@ def set_vector_width(vw):
     _vw = _AUTO_VW if vw is None else min(vw, _HOST_VW)
 
 
-def _tag(n):
-    return (0,) * n
+def _tag(n, dtype=np.float32):
+    """The tag argument that selects a kernel's variant: ``n`` lanes of ``dtype``
+    (``(0,)*n`` for float32, ``(0.0,)*n`` for float64; see :mod:`fastrnn.kernels.simd`)."""
+    return (0.0,) * n if np.dtype(dtype) == np.float64 else (0,) * n
 
 
-def _mr(vw):
-    """Batch rows per micro-kernel call: its MR*4 accumulators, the panel row
-    and a broadcast must fit the register file (32 zmm / 16 ymm)."""
-    return _MRMAX if vw == 16 else 3
+def _tag_code(tag):
+    """A tag as one int64 (lanes * 16 + element bytes), for the partner's mailbox."""
+    return len(tag) * 16 + (8 if isinstance(tag[0], float) else 4)
+
+
+def _tag_of_code(code):
+    return _tag(code // 16, np.float64 if code % 16 == 8 else np.float32)
+
+
+def _lanes(dtype):
+    """SIMD lanes of ``dtype`` at the current vector width (16/8 floats, 8/4 doubles)."""
+    return _vw * 4 // np.dtype(dtype).itemsize
+
+
+def _mr(vw, itemsize=4):
+    """Batch rows per micro-kernel call for ``vw`` lanes of ``itemsize`` bytes: its
+    MR*4 accumulators, the panel row and a broadcast must fit the register file
+    (32 zmm / 16 ymm)."""
+    return _MRMAX if vw * itemsize == 64 else 3
 
 
 # --------------------------------------------------------------------------- helpers
@@ -269,6 +291,7 @@ def _lstm_fwd_panel(s, g, tid, NG, args, peep):
     (tag, xp, xld, hbp, hld, B, I, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, mrmax,
      r0, r1, pairs) = args
     VW = len(tag)
+    ES = esize(tag)      # bytes per element
     P = Hp // VW
     gn = (g + 1) % NG if tid == 0 else (g + NG - 1) % NG     # the group this thread
     p, pn = (2 * g, 2 * gn) if pairs else (g, gn)              # likely does next
@@ -276,14 +299,14 @@ def _lstm_fwd_panel(s, g, tid, NG, args, peep):
     GV = 4 * VW
     KW = (I + Hp) * GV
     nb = nact[s]
-    xsp = xp + 4 * s * B * xld
-    hsp = hbp + 4 * s * B * hld
-    ysp = hsp + 4 * B * hld
-    cin = csp + 4 * (s % ring) * B * Hp
-    cout = csp + 4 * ((s + 1) % ring) * B * Hp
-    asp = ap + 4 * s * B * GH
-    wp = upp + 4 * p * KW
-    wn = upp + 4 * pn * KW
+    xsp = xp + ES * s * B * xld
+    hsp = hbp + ES * s * B * hld
+    ysp = hsp + ES * B * hld
+    cin = csp + ES * (s % ring) * B * Hp
+    cout = csp + ES * ((s + 1) % ring) * B * Hp
+    asp = ap + ES * s * B * GH
+    wp = upp + ES * p * KW
+    wn = upp + ES * pn * KW
     col = p * GV
     u0 = p * VW
     nr = min(nb, r1) - r0
@@ -291,11 +314,11 @@ def _lstm_fwd_panel(s, g, tid, NG, args, peep):
     for blk in range(nblk):
         q0 = r0 + blk * nr // nblk
         mr = r0 + (blk + 1) * nr // nblk - q0
-        co = 4 * (q0 * Hp + u0)
-        _lstm_fwd_mr(mr, pair, peep, tag, xsp + 4 * q0 * xld, xld, hsp + 4 * q0 * hld, hld,
-                     wp, I, Hp, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp,
-                     ysp + 4 * (q0 * hld + u0), asp + 4 * (q0 * GH + col), GH, training,
-                     wn + 64 * (I + Hp) * (blk % (GV // 16)))
+        co = ES * (q0 * Hp + u0)
+        _lstm_fwd_mr(mr, pair, peep, tag, xsp + ES * q0 * xld, xld, hsp + ES * q0 * hld, hld,
+                     wp, I, Hp, bp + ES * col, ppp + ES * 3 * u0, cin + co, cout + co, Hp,
+                     ysp + ES * (q0 * hld + u0), asp + ES * (q0 * GH + col), GH, training,
+                     wn + 64 * (I + Hp) * (blk % (GV * ES // 64)))
 
 
 @njit(**_OPTS)
@@ -323,8 +346,8 @@ def _lstm_fwd(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, n
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // len(tag)
     pairs = r1 - r0 <= PAIR_MR and P >= 2
-    args = (tag, xb.ctypes.data, xld, hb.ctypes.data + 4 * hoff, hld, xb.shape[1], I, Hp,
-            bias.shape[0], bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact,
+    args = (tag, xb.ctypes.data, xld, hb.ctypes.data + xb.itemsize * hoff, hld, xb.shape[1], I,
+            Hp, bias.shape[0], bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact,
             training, act.ctypes.data, mrmax, r0, r1, pairs)
     return _panel_steps(n, (P + 1) // 2 if pairs else P, False, ctl, tid, nthr, _lstm_fwd_panel,
                         args, peep)
@@ -381,16 +404,17 @@ def _lstm_bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy,
     blocks of equal size (+-1) of at most ``mrmax`` rows; block ``b`` brings part
     ``b % parts`` of the next panel (at ``wn``, ``K`` rows of ``len(ntag)*VW``
     floats, parts of ``K`` lines) into L2."""
-    parts = len(ntag) * len(tag) // 16
+    ES = esize(tag)
+    parts = len(ntag) * len(tag) * ES // 64
     n = r1 - r0
     nblk = (n + mrmax - 1) // mrmax
     for blk in range(nblk):
         q0 = r0 + blk * n // nblk
         mr = r0 + (blk + 1) * n // nblk - q0
-        _lstm_bwd_mr(mr, peep, tag, ntag, a + 4 * q0 * lda, lda, w, K, dhx + 4 * q0 * lddhx,
-                     lddhx, dy + 4 * q0 * ldh, ldh, act + 4 * q0 * ldact, ldact, pp,
-                     cp + 4 * q0 * ldh, cn + 4 * q0 * ldh, dc + 4 * q0 * ldh, dg + 4 * q0 * ldact,
-                     dgv, dgg, wn + 64 * K * (blk % max(1, parts)))
+        _lstm_bwd_mr(mr, peep, tag, ntag, a + ES * q0 * lda, lda, w, K, dhx + ES * q0 * lddhx,
+                     lddhx, dy + ES * q0 * ldh, ldh, act + ES * q0 * ldact, ldact, pp,
+                     cp + ES * q0 * ldh, cn + ES * q0 * ldh, dc + ES * q0 * ldh,
+                     dg + ES * q0 * ldact, dgv, dgg, wn + 64 * K * (blk % max(1, parts)))
 
 
 @njit(inline="always")
@@ -399,25 +423,26 @@ def _lstm_bwd_panel(s, q, tid, Q, args, peep):
     (tag, n, B, Hp, GH, nvb, ubp, gp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, mrmax, r0,
      r1) = args
     VW = len(tag)
+    ES = esize(tag)
     NB = nvb * VW
     nb = min(nact[s], r1)
     nprod = min(nact[s + 1], r1) if s + 1 < n else r0    # rows whose dh comes through U
     nprod = max(nprod, r0)
-    a = gp + 4 * (s + 1) * B * GH
+    a = gp + ES * (s + 1) * B * GH
     j0 = q * NB
     nv = min(NB, Hp - j0) // VW
-    wq = ubp + 4 * q * GH * NB
+    wq = ubp + ES * q * GH * NB
     qn = (q + 1) % Q if tid == 0 else (q + Q - 1) % Q     # the panel this thread
-    wn = ubp + 4 * qn * GH * NB                             # likely does next
+    wn = ubp + ES * qn * GH * NB                             # likely does next
     col = j0 * 4
-    dyq = dyp + 4 * (s * B * Hp + j0)
-    aq = ap + 4 * (s * B * GH + col)
-    cpq = csp + 4 * (s * B * Hp + j0)
-    cnq = cpq + 4 * B * Hp
-    dcq = dcp + 4 * j0
-    dgq = gp + 4 * (s * B * GH + j0)          # dg: natural gate order
-    dhq = dhp + 4 * j0
-    ppq = ppp + 4 * 3 * j0
+    dyq = dyp + ES * (s * B * Hp + j0)
+    aq = ap + ES * (s * B * GH + col)
+    cpq = csp + ES * (s * B * Hp + j0)
+    cnq = cpq + ES * B * Hp
+    dcq = dcp + ES * j0
+    dgq = gp + ES * (s * B * GH + j0)          # dg: natural gate order
+    dhq = dhp + ES * j0
+    ppq = ppp + ES * 3 * j0
     # rows active at step s+1 get dh through U (K = GH); the rest start here with
     # dL/dh_n (K = 0: no product): one inlined call site per panel width
     for part in range(2):
@@ -567,7 +592,7 @@ def _pair(kernel, partner_args, own, take_back):
     t0 = time.perf_counter()
     kind = _JOB_KINDS.get(kernel)
     if kind is not None:
-        seq = partner.post(kind, _encode(partner_args), keep=partner_args)
+        seq = partner.post(kind, _encode(partner_args), keep=partner_args, tag=partner_args[0])
     else:
         seq = partner.post(_K_PY, fn=lambda: kernel(*partner_args))
     if not seq:                          # the partner serves another call right now
@@ -636,7 +661,7 @@ class _Tasks:
 # 8.3 -> 7.6 ms, (50,64,256,512) 120 -> 118 ms.
 _SPIN_S = 0.002
 # mailbox words: posted, claimed and done sequence numbers, sleeping flag, job
-# kind, the job's vector width, then the job's fields
+# kind, the job's tag (_tag_code), then the job's fields
 _POST, _CLAIM, _DONE, _SLEEP, _KIND, _VWF, _A = 0, 1, 2, 3, 4, 5, 8
 _K_PY, _K_LSTM_FWD, _K_LSTM_BWD = 1, 2, 3
 
@@ -657,18 +682,18 @@ def _encode(args):
 
 
 @njit(inline="always")
-def _f1(mb, i):
-    return carray(f32_ptr(mb[i]), (mb[i + 1],))
+def _f1(tag, mb, i):
+    return carray(fptr(tag, mb[i]), (mb[i + 1],))
 
 
 @njit(inline="always")
-def _f2(mb, i):
-    return carray(f32_ptr(mb[i]), (mb[i + 1], mb[i + 2]))
+def _f2(tag, mb, i):
+    return carray(fptr(tag, mb[i]), (mb[i + 1], mb[i + 2]))
 
 
 @njit(inline="always")
-def _f3(mb, i):
-    return carray(f32_ptr(mb[i]), (mb[i + 1], mb[i + 2], mb[i + 3]))
+def _f3(tag, mb, i):
+    return carray(fptr(tag, mb[i]), (mb[i + 1], mb[i + 2], mb[i + 3]))
 
 
 @njit(inline="always")
@@ -679,25 +704,27 @@ def _i1(mb, i):
 @njit(inline="always")
 def _run_fwd(tag, mb, peep):
     a = _A     # fields: see _encode of _lstm_fwd's arguments
-    _lstm_fwd(tag, _f3(mb, a), mb[a + 4], _f3(mb, a + 5), mb[a + 9], mb[a + 10], mb[a + 11],
-              mb[a + 12], mb[a + 13], _f1(mb, a + 14), _f3(mb, a + 16), peep, _f3(mb, a + 24),
-              mb[a + 28], _i1(mb, a + 29), mb[a + 31] != 0, _f3(mb, a + 32), _i1(mb, a + 36),
-              mb[a + 38], mb[a + 39], mb[a + 40], mb[a + 41], mb[a + 42])
+    _lstm_fwd(tag, _f3(tag, mb, a), mb[a + 4], _f3(tag, mb, a + 5), mb[a + 9], mb[a + 10],
+              mb[a + 11], mb[a + 12], mb[a + 13], _f1(tag, mb, a + 14), _f3(tag, mb, a + 16),
+              peep, _f3(tag, mb, a + 24), mb[a + 28], _i1(mb, a + 29), mb[a + 31] != 0,
+              _f3(tag, mb, a + 32), _i1(mb, a + 36), mb[a + 38], mb[a + 39], mb[a + 40],
+              mb[a + 41], mb[a + 42])
 
 
 @njit(inline="always")
 def _run_bwd(tag, mb, peep):
     a = _A     # fields: see _encode of _lstm_bwd's arguments
-    _lstm_bwd(tag, _f3(mb, a), _f3(mb, a + 4), _f1(mb, a + 8), mb[a + 10], peep,
-              _f3(mb, a + 15), _f2(mb, a + 19), _f1(mb, a + 22), _f2(mb, a + 24),
-              _f3(mb, a + 27), _i1(mb, a + 31), _i1(mb, a + 33), mb[a + 35], mb[a + 36],
-              mb[a + 37], mb[a + 38], mb[a + 39])
+    _lstm_bwd(tag, _f3(tag, mb, a), _f3(tag, mb, a + 4), _f1(tag, mb, a + 8), mb[a + 10], peep,
+              _f3(tag, mb, a + 15), _f2(tag, mb, a + 19), _f1(tag, mb, a + 22),
+              _f2(tag, mb, a + 24), _f3(tag, mb, a + 27), _i1(mb, a + 31), _i1(mb, a + 33),
+              mb[a + 35], mb[a + 36], mb[a + 37], mb[a + 38], mb[a + 39])
 
 
 @njit(nogil=True, cache=True, error_model="numpy")
 def _partner_loop(tag, mb, spin):
     """The partner's wait-and-run loop. Returns 1 with a Python job claimed, 2 when
-    a job needs another vector width, 0 after ``spin`` cycles without a job."""
+    a job needs another tag (vector width or dtype, see :func:`_tag_code`), 0
+    after ``spin`` cycles without a job."""
     base = mb.ctypes.data
     idle = cycles()
     pauses = 0
@@ -705,23 +732,23 @@ def _partner_loop(tag, mb, spin):
         post = atomic_load(base + 8 * _POST)
         claim = atomic_load(base + 8 * _CLAIM)
         if post > claim:
-            if mb[_VWF] != len(tag):
+            kind = mb[_KIND]
+            if kind != _K_PY and mb[_VWF] != len(tag) * 16 + esize(tag):
                 return 2
             if not atomic_cas(base + 8 * _CLAIM, claim, post):
                 continue                             # the caller took it back
-            kind = mb[_KIND]
             if kind == _K_PY:
                 return 1
             if kind == _K_LSTM_FWD:
                 if mb[_A + 20] == 0:
                     _run_fwd(tag, mb, None)
                 else:
-                    _run_fwd(tag, mb, _f3(mb, _A + 20))
+                    _run_fwd(tag, mb, _f3(tag, mb, _A + 20))
             else:
                 if mb[_A + 11] == 0:
                     _run_bwd(tag, mb, None)
                 else:
-                    _run_bwd(tag, mb, _f3(mb, _A + 11))
+                    _run_bwd(tag, mb, _f3(tag, mb, _A + 11))
             atomic_store(base + 8 * _DONE, post)
             idle = cycles()
             pauses = 0
@@ -782,9 +809,9 @@ class _Partner:
 
     def _loop(self):
         mb = self.mb
-        vw = vector_width()
+        tag = _tag(vector_width())
         while True:
-            r = _partner_loop(_tag(vw), mb, self.spin)
+            r = _partner_loop(tag, mb, self.spin)
             if r == 1:
                 seq = int(mb[_CLAIM])
                 try:
@@ -794,7 +821,7 @@ class _Partner:
                 finally:
                     _publish(mb, _DONE, seq)
             elif r == 2:
-                vw = int(mb[_VWF])
+                tag = _tag_of_code(int(mb[_VWF]))
             else:
                 with self.cv:
                     mb[_SLEEP] = 1
@@ -802,8 +829,9 @@ class _Partner:
                         self.cv.wait(1.0)
                     mb[_SLEEP] = 0
 
-    def post(self, kind, fields=(), fn=None, keep=None):
-        """Post a job (its sequence number), or 0 when another call holds the partner."""
+    def post(self, kind, fields=(), fn=None, keep=None, tag=None):
+        """Post a job (its sequence number), or 0 when another call holds the partner.
+        ``tag``: the kernel's (a packed-kernel job; None for a Python job)."""
         if not self.lock.acquire(blocking=False):
             return 0
         try:
@@ -811,7 +839,7 @@ class _Partner:
             mb = self.mb
             mb[_A:_A + len(fields)] = fields
             mb[_KIND] = kind
-            mb[_VWF] = vector_width()
+            mb[_VWF] = 0 if tag is None else _tag_code(tag)
             self.fn, self.keep = fn, keep            # keep: the job's arrays stay alive
             seq = int(mb[_POST]) + 1
             _publish(mb, _POST, seq)
@@ -904,13 +932,15 @@ class _Packed:
 
 
 def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
-    """Panel-order copies of the weights (float32); ``peep`` [3,H] diagonal peepholes.
+    """Panel-order copies of the weights (in their dtype, float32 or float64; ``VW``
+    lanes of it per vector); ``peep`` [3,H] diagonal peepholes.
 
     With ``backward``, also ``w_ih`` [G*Hp, I], ``w_hh`` [G*Hp, Hp] and ``ub`` (``U``
     packed for ``dh = dgates U``) in PyTorch's gate order, units padded to Hp: the
     backward loops write the gate gradients in that order."""
     H = w_hh.shape[1]
     I = w_ih.shape[1]
+    dt = w_ih.dtype
     Hp = -(-H // VW) * VW
     P = Hp // VW
     GV = G * VW
@@ -919,18 +949,18 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
     # up: [P, I+Hp, G*VW]: panel p's columns of [W_ih W_hh]ᵀ, input rows first,
     # written in one strided copy per matrix (gate g, unit p*VW+u -> column g*VW+u;
     # measured faster than a compiled loop at every size)
-    up = np.empty((P, I + Hp, GV), np.float32)
+    up = np.empty((P, I + Hp, GV), dt)
     u4 = up.reshape(P, I + Hp, G, VW)
-    bias = (b_ih + b_hh).astype(np.float32)
+    bias = (b_ih + b_hh).astype(dt)
     if Hp == H:
         wi4, wh4 = w_ih.reshape(G, P, VW, I), w_hh.reshape(G, P, VW, H)
         bias = bias.reshape(G, P, VW)
     else:                                                  # padding units: zero weights
-        wi4 = np.zeros((G, Hp, I), np.float32)
+        wi4 = np.zeros((G, Hp, I), dt)
         wi4[:, :H] = w_ih.reshape(G, H, I)
-        wh4 = np.zeros((G, Hp, Hp), np.float32)
+        wh4 = np.zeros((G, Hp, Hp), dt)
         wh4[:, :H, :H] = w_hh.reshape(G, H, H)
-        b = np.zeros((G, Hp), np.float32)
+        b = np.zeros((G, Hp), dt)
         b[:, :H] = bias.reshape(G, H)
         wi4, wh4, bias = wi4.reshape(G, P, VW, I), wh4.reshape(G, P, VW, Hp), b.reshape(G, P, VW)
     u4[:, :I] = wi4.transpose(1, 3, 0, 2)
@@ -944,7 +974,7 @@ def _pack(w_ih, w_hh, b_ih, b_hh, VW, G=4, backward=False, peep=None):
     pk.nvb = 4
     pk.peep = None
     if peep is not None:                                  # [P,3,VW]: p_i, p_f, p_o per panel
-        pp = np.zeros((3, Hp), np.float32)
+        pp = np.zeros((3, Hp), dt)
         pp[:, :H] = peep
         pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
     if backward:
@@ -957,7 +987,7 @@ def _pack_backward(wh, Hp, VW, nvb):
     GH = wh.shape[0]
     NB = nvb * VW
     Q = -(-Hp // NB)
-    ub = np.empty(Q * GH * NB, np.float32)
+    ub = np.empty(Q * GH * NB, wh.dtype)
     for q in range(Q):
         j0 = q * NB
         w = min(NB, Hp - j0)
@@ -1031,8 +1061,8 @@ class _Schedule:
         T, B, F = a.shape
         width = F if width is None else width
         if self.tix is None and width == F:
-            return np.ascontiguousarray(a, dtype=np.float32)
-        out = np.zeros((self.n, B, width), np.float32)
+            return np.ascontiguousarray(a)
+        out = np.zeros((self.n, B, width), a.dtype)
         if self.tix is None:
             out[:, :, :F] = a
         else:
@@ -1056,8 +1086,8 @@ class _Schedule:
         return out
 
     def sort_rows(self, a, width):
-        """a: [B,F] -> [B,width] in sorted row order, zero padded (float32, fresh)."""
-        out = np.zeros((self.B, width), np.float32)
+        """a: [B,F] -> [B,width] in sorted row order, zero padded (fresh, a's dtype)."""
+        out = np.zeros((self.B, width), a.dtype)
         out[:, :a.shape[1]] = a if self.order is None else a[self.order]
         return out
 
@@ -1079,7 +1109,8 @@ class PackedCache:
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
                  peep=None):
-    """float32 LSTM, one layer and direction: returns ``(y, h_n, c_n, cache)``.
+    """LSTM, one layer and direction: returns ``(y, h_n, c_n, cache)``, in float32
+    or float64 (``x``'s dtype, which every array argument shares).
 
     ``x`` [T,B,I], ``h0``/``c0`` [B,H], weights in PyTorch's layout, ``lens``
     [B] int64 in [1, T]. The input product runs inside the time loop (the
@@ -1087,15 +1118,16 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     ``peep`` [3,H] (p_i, p_f, p_o) makes it the diagonal peephole LSTM."""
     T, B, I = x.shape
     H = w_hh.shape[1]
-    VW = vector_width()
+    dt = x.dtype
+    VW = _lanes(dt)
     G = 4
     pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, G, backward=training, peep=peep)
     Hp = pk.Hp
     P = Hp // VW
     sched = _Schedule(lens, T, reverse)
     n = sched.n
-    tag = _tag(VW)
-    mrmax = _mr(VW)
+    tag = _tag(VW, dt)
+    mrmax = _mr(VW, dt.itemsize)
     lens_sorted = sched.nact_lengths()
     step_flops = 2.0 * B * G * H * (H + I)
     plan = _Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
@@ -1111,12 +1143,12 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
             training, act_, ctl, tid, nthr, mrmax, r0, r1))
 
     if not training:
-        cs = np.zeros((2, B, Hp), np.float32)
+        cs = np.zeros((2, B, Hp), dt)
         cs[0] = sched.sort_rows(c0, Hp)
-        dummy = np.empty((1, 1, 1), np.float32)
+        dummy = np.empty((1, 1, 1), dt)
         if sched.tix is None and Hp == H:
             # x read in place, h written straight into the output: y = hs[1:]
-            hs = np.empty((n + 1, B, H), np.float32)
+            hs = np.empty((n + 1, B, H), dt)
             hs[0] = h0
             launch(x, I, hs, 0, H, n, cs, 2, sched.nact, dummy)
             return hs[1:], hs[n].copy(), cs[n % 2].copy(), None
@@ -1124,11 +1156,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         # O(B (I+H)), whatever T is; C is even, so every chunk starts on slot 0 of
         # the cell ring (step s of a chunk reads cs[s % 2])
         C = min(n, _infer_chunk(B))
-        xbuf = np.zeros((C, B, I), np.float32)
-        hbuf = np.zeros((C + 1, B, Hp), np.float32)
+        xbuf = np.zeros((C, B, I), dt)
+        hbuf = np.zeros((C + 1, B, Hp), dt)
         hbuf[0] = sched.sort_rows(h0, Hp)
-        y = np.zeros((T, B, H), np.float32)
-        h_last = np.empty((B, Hp), np.float32)
+        y = np.zeros((T, B, H), dt)
+        h_last = np.empty((B, Hp), dt)
         for s0 in range(0, n, C):
             s1 = min(n, s0 + C)
             m = s1 - s0
@@ -1145,18 +1177,18 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
 
     # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}] in step order (see _lstm_fwd), kept for
     # the weight gradient; act: the gate activations; cs: every step's cell
-    xh = (np.zeros if zero else np.empty)((n + 1, B, I + Hp), np.float32)
+    xh = (np.zeros if zero else np.empty)((n + 1, B, I + Hp), dt)
     sched.gather_into(x, xh[:n, :, :I], 0, n)
     xh[n, :, :I] = 0
     xh[0, :, I:] = sched.sort_rows(h0, Hp)
-    act = np.empty((n, B, G * Hp), np.float32)
-    cs = (np.zeros if padded else np.empty)((n + 1, B, Hp), np.float32)  # all rows written
+    act = np.empty((n, B, G * Hp), dt)
+    cs = (np.zeros if padded else np.empty)((n + 1, B, Hp), dt)  # all rows written
     cs[0] = sched.sort_rows(c0, Hp)                                     # unless padded
     launch(xh, I + Hp, xh, I, I + Hp, n, cs, n + 1, sched.nact, act)
     ys = xh[1:, :, I:]
     c_last = cs[lens_sorted, rows]
     h_last = ys[lens_sorted - 1, rows]
-    y = sched.scatter(ys, H, np.float32)
+    y = sched.scatter(ys, H, dt)
     h_n = sched.unsort_rows(h_last, H)
     c_n = sched.unsort_rows(c_last, H)
     cache = PackedCache()
@@ -1194,20 +1226,21 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     n, B, GH = cache.act.shape
     H, Hp, VW = pk.H, pk.Hp, pk.VW
     I = cache.xh.shape[2] - Hp
-    tag = _tag(VW)
+    dt = cache.act.dtype
+    tag = _tag(VW, dt)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
-    mrmax = _mr(VW)
+    mrmax = _mr(VW, dt.itemsize)
     plan = cache.plan
     if plan.mode == "panels" and (Q < 2 or cache.flops < _TWO_THREAD_STEP_FLOPS):
         plan = _Plan(1, B, 0, 0, 1, 0, None)                 # too few output panels to share
     gthr = _nthreads(max_threads, _TWO_THREAD_STEP_FLOPS, 2)
     blas_threads(0)
-    dys = sched.gather(np.asarray(dy, np.float32), Hp)
+    dys = sched.gather(np.asarray(dy, dt), Hp)
     dhn = sched.sort_rows(dh_n, Hp)
     dc = sched.sort_rows(dc_n, Hp)
-    dg = (np.zeros if sched.tix is not None else np.empty)((n, B, GH), np.float32)
-    zrow = np.zeros(NB, np.float32)
+    dg = (np.zeros if sched.tix is not None else np.empty)((n, B, GH), dt)
+    zrow = np.zeros(NB, dt)
     ctl = np.zeros(Q + 1, np.int64)
     plan.launch(_lstm_bwd, lambda tid, nthr, r0, r1: (
         tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, sched.nact,
@@ -1217,10 +1250,10 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     # order, so with Hp == H they write PyTorch's layout directly
     dg2 = dg.reshape(n * B, GH)
     xh2 = cache.xh[:n].reshape(n * B, I + Hp)                       # [x_t, h_{t-1}] rows
-    dxs = np.empty((n * B, I), np.float32)
-    dh0 = np.empty((B, Hp), np.float32)
-    db_p = np.empty(GH, np.float32)
-    dw_p = np.empty((GH, I + Hp), np.float32)                       # [dW_ih dW_hh]
+    dxs = np.empty((n * B, I), dt)
+    dh0 = np.empty((B, Hp), dt)
+    db_p = np.empty(GH, dt)
+    dw_p = np.empty((GH, I + Hp), dt)                       # [dW_ih dW_hh]
     # the split depends on the shape only, never on the thread count, so results
     # are bitwise the same on one thread or two
     tasks = []
@@ -1232,7 +1265,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     tasks.append(lambda: np.matmul(dg[0], pk.w_hh, out=dh0))
     tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
     _Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
-    dx = sched.scatter(dxs.reshape(n, B, I), I, np.float32)
+    dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
     if Hp == H:   # views of one buffer (one GEMM per row range measured ~3% faster)
         dw_ih, dw_hh, db = dw_p[:, :I], dw_p[:, I:], db_p
     else:

@@ -3,8 +3,8 @@
 The machinery of :mod:`fastrnn.kernels.packed` (panel-order packing, the
 length-sorted step schedule, the two-thread panel-claiming step loop with its
 back-off, the weight-gradient GEMMs split in tasks), applied to the other
-cells, float32, one layer and direction. Notation as there: ``VW`` the SIMD
-width in floats, ``Hp`` = ``H`` rounded up to a multiple of ``VW``, ``P =
+cells, float32 and float64, one layer and direction. Notation as there: ``VW``
+the SIMD width in elements, ``Hp`` = ``H`` rounded up to a multiple of ``VW``, ``P =
 Hp / VW``.
 
 GRU
@@ -40,9 +40,10 @@ import numpy as np
 from numba import njit
 
 from fastrnn.kernels import packed as _P
-from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _last_output, _mr, _nthreads,
-                                    _pack, _pack_backward, _panel_steps, _splits, _tag,
-                                    vector_width)
+from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _lanes, _last_output, _mr,
+                                    _nthreads, _pack, _pack_backward, _panel_steps, _splits,
+                                    _tag)
+from fastrnn.kernels.simd import esize
 from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
 
 __all__ = ["gru_forward", "rnn_forward", "backward", "PackedCellCache"]
@@ -54,7 +55,7 @@ _rb1, _rb2, _rb3, _rb4, _rb5, _rb6 = uk_rnn_bwd[1:7]
 
 #: vectors per backward output panel (GRU and RNN) and per RNN forward panel
 _NVB = 4
-#: GRU forward rows per micro-kernel call with 8-wide vectors
+#: GRU forward rows per micro-kernel call with 256-bit vectors
 _GRU_FWD_MR8 = 4   # 16 accumulators + 4 more > 16 ymm: some spills, yet 5-10% faster than 3
 
 
@@ -79,22 +80,23 @@ def _gru_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, trai
 def _gru_fwd_panel(s, p, tid, P, args, opt):
     """Step ``s``, panel ``p`` of :func:`_gru_fwd`."""
     (tag, xp, B, I, Hp, upp, bp, hsp, ap, nact, training, mrmax, rlo, rhi) = args
+    ES = esize(tag)      # bytes per element
     VW = len(tag)
     KW = (I + Hp) * 3 * VW
     GA = 4 * Hp
     nb = nact[s]
-    hp = hsp + 4 * s * B * Hp
-    yp = hp + 4 * B * Hp
-    xsp = xp + 4 * s * B * I
-    asp = ap + 4 * s * B * GA
-    wp = upp + 4 * p * KW
+    hp = hsp + ES * s * B * Hp
+    yp = hp + ES * B * Hp
+    xsp = xp + ES * s * B * I
+    asp = ap + ES * s * B * GA
+    wp = upp + ES * p * KW
     u0 = p * VW
     r0 = rlo
     while r0 < min(nb, rhi):
         mr = min(mrmax, min(nb, rhi) - r0)
-        ro = 4 * (r0 * Hp + u0)
-        _gru_fwd_mr(mr, tag, xsp + 4 * r0 * I, I, hp + 4 * r0 * Hp, Hp, wp, I, Hp,
-                    bp + 16 * p * VW, hp + ro, yp + ro, asp + 4 * (r0 * GA + 4 * u0),
+        ro = ES * (r0 * Hp + u0)
+        _gru_fwd_mr(mr, tag, xsp + ES * r0 * I, I, hp + ES * r0 * Hp, Hp, wp, I, Hp,
+                    bp + ES * 4 * p * VW, hp + ro, yp + ro, asp + ES * (r0 * GA + 4 * u0),
                     GA, training)
         r0 += mr
 
@@ -138,11 +140,12 @@ def _gru_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, h
                   dgx, ldg):
     # dgh, dgx in PyTorch's gate order: gate g of the panel's units at g * ldg / 3
     """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel)."""
+    ES = esize(tag)
     while r0 < r1:
         mr = min(mrmax, r1 - r0)
-        _gru_bwd_mr(mr, tag, ntag, a + 4 * r0 * lda, lda, w, K, dy + 4 * r0 * ldh, ldh,
-                    act + 4 * r0 * ldact, ldact, hp + 4 * r0 * ldh, dd + 4 * r0 * ldh,
-                    dgh + 4 * r0 * ldg, dgx + 4 * r0 * ldg, ldg, ldg // 3)
+        _gru_bwd_mr(mr, tag, ntag, a + ES * r0 * lda, lda, w, K, dy + ES * r0 * ldh, ldh,
+                    act + ES * r0 * ldact, ldact, hp + ES * r0 * ldh, dd + ES * r0 * ldh,
+                    dgh + ES * r0 * ldg, dgx + ES * r0 * ldg, ldg, ldg // 3)
         r0 += mr
 
 
@@ -173,18 +176,19 @@ def _gru_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, GH, wq, dy, Hp, act, GA, hp
 def _gru_bwd_step_panel(s, q, tid, Q, args, opt):
     """Step ``s``, output panel ``q`` of :func:`_gru_bwd`."""
     (tag, n, B, Hp, GA, nvb, ubp, ghp, gxp, ap, hsp, dyp, ddp, nact, mrmax, rlo, rhi) = args
+    ES = esize(tag)
     GH = 3 * Hp
     VW = len(tag)
     NB = nvb * VW
     nb = min(nact[s], rhi)
     nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
-    a = ghp + 4 * (s + 1) * B * GH
+    a = ghp + ES * (s + 1) * B * GH
     j0 = q * NB
     nv = min(NB, Hp - j0) // VW
-    _gru_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, GH, ubp + 4 * q * GH * NB,
-                   dyp + 4 * (s * B * Hp + j0), Hp, ap + 4 * (s * B * GA + 4 * j0), GA,
-                   hsp + 4 * (s * B * Hp + j0), ddp + 4 * j0,
-                   ghp + 4 * (s * B * GH + j0), gxp + 4 * (s * B * GH + j0))
+    _gru_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, GH, ubp + ES * q * GH * NB,
+                   dyp + ES * (s * B * Hp + j0), Hp, ap + ES * (s * B * GA + 4 * j0), GA,
+                   hsp + ES * (s * B * Hp + j0), ddp + ES * j0,
+                   ghp + ES * (s * B * GH + j0), gxp + ES * (s * B * GH + j0))
 
 
 @njit(**_OPTS)
@@ -225,10 +229,11 @@ def _rnn_fwd_mr(mr, tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu):
 
 @njit(inline="always")
 def _rnn_fwd_rows(r0, nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
+    ES = esize(tag)
     while r0 < nb:
         mr = min(mrmax, nb - r0)
-        _rnn_fwd_mr(mr, tag, ntag, x + 4 * r0 * I, I, h + 4 * r0 * Hp, Hp, w, I, Hp, bias,
-                    y + 4 * r0 * Hp, relu)
+        _rnn_fwd_mr(mr, tag, ntag, x + ES * r0 * I, I, h + ES * r0 * Hp, Hp, w, I, Hp, bias,
+                    y + ES * r0 * Hp, relu)
         r0 += mr
 
 
@@ -236,28 +241,29 @@ def _rnn_fwd_rows(r0, nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
 def _rnn_fwd_panel(s, q, tid, Q, args, opt):
     """Step ``s``, panel ``q`` of :func:`_rnn_fwd`."""
     (tag, xp, B, I, Hp, nvb, upp, bp, hsp, nact, relu, mrmax, rlo, rhi) = args
+    ES = esize(tag)
     VW = len(tag)
     NB = nvb * VW
     KW = (I + Hp) * NB
     nb = min(nact[s], rhi)
-    hp = hsp + 4 * s * B * Hp
-    yp = hp + 4 * B * Hp
-    xsp = xp + 4 * s * B * I
+    hp = hsp + ES * s * B * Hp
+    yp = hp + ES * B * Hp
+    xsp = xp + ES * s * B * I
     j0 = q * NB
     nv = min(NB, Hp - j0) // VW
-    wq = upp + 4 * q * KW
+    wq = upp + ES * q * KW
     if nv == 4:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                      yp + 4 * j0, relu)
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + ES * j0,
+                      yp + ES * j0, relu)
     elif nv == 3:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                      yp + 4 * j0, relu)
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + ES * j0,
+                      yp + ES * j0, relu)
     elif nv == 2:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                      yp + 4 * j0, relu)
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + ES * j0,
+                      yp + ES * j0, relu)
     else:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + 4 * j0,
-                      yp + 4 * j0, relu)
+        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + ES * j0,
+                      yp + ES * j0, relu)
 
 
 @njit(**_OPTS)
@@ -295,10 +301,11 @@ def _rnn_bwd_mr(mr, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu):
 @njit(inline="always")
 def _rnn_bwd_rows(r0, r1, mrmax, tag, ntag, a, w, K, dhx, lddhx, dy, Hp, hn, dg, relu):
     """Rows [r0, r1) of one output panel; every operand has row stride Hp except dhx."""
+    ES = esize(tag)
     while r0 < r1:
         mr = min(mrmax, r1 - r0)
-        _rnn_bwd_mr(mr, tag, ntag, a + 4 * r0 * Hp, Hp, w, K, dhx + 4 * r0 * lddhx, lddhx,
-                    dy + 4 * r0 * Hp, Hp, hn + 4 * r0 * Hp, dg + 4 * r0 * Hp, relu)
+        _rnn_bwd_mr(mr, tag, ntag, a + ES * r0 * Hp, Hp, w, K, dhx + ES * r0 * lddhx, lddhx,
+                    dy + ES * r0 * Hp, Hp, hn + ES * r0 * Hp, dg + ES * r0 * Hp, relu)
         r0 += mr
 
 
@@ -330,15 +337,16 @@ def _rnn_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, wq, Hp, zp, dhq, dyq, hnq, 
 def _rnn_bwd_step_panel(s, q, tid, Q, args, opt):
     """Step ``s``, output panel ``q`` of :func:`_rnn_bwd`."""
     (tag, n, B, Hp, nvb, ubp, gp, hsp, dyp, dhp, zp, nact, relu, mrmax, rlo, rhi) = args
+    ES = esize(tag)
     NB = nvb * len(tag)
     nb = min(nact[s], rhi)
     nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
-    a = gp + 4 * (s + 1) * B * Hp
+    a = gp + ES * (s + 1) * B * Hp
     j0 = q * NB
     nv = min(NB, Hp - j0) // len(tag)
-    _rnn_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, ubp + 4 * q * Hp * NB, Hp, zp,
-                   dhp + 4 * j0, dyp + 4 * (s * B * Hp + j0),
-                   hsp + 4 * ((s + 1) * B * Hp + j0), gp + 4 * (s * B * Hp + j0), relu)
+    _rnn_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, ubp + ES * q * Hp * NB, Hp, zp,
+                   dhp + ES * j0, dyp + ES * (s * B * Hp + j0),
+                   hsp + ES * ((s + 1) * B * Hp + j0), gp + ES * (s * B * Hp + j0), relu)
 
 
 @njit(**_OPTS)
@@ -367,19 +375,20 @@ class _RnnPacked:
 
 def _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, backward):
     H, I = w_hh.shape[1], w_ih.shape[1]
+    dt = w_ih.dtype
     Hp = -(-H // VW) * VW
     pk = _RnnPacked()
     pk.H, pk.Hp, pk.VW, pk.nvb = H, Hp, VW, _NVB
-    m = np.zeros((I + Hp, Hp), np.float32)            # [W_ih W_hh]ᵀ, zero padded
+    m = np.zeros((I + Hp, Hp), dt)            # [W_ih W_hh]ᵀ, zero padded
     m[:I, :H] = w_ih.T
     m[I:I + H, :H] = w_hh.T
     pk.up = _pack_backward(m, Hp, VW, _NVB)           # by output-unit panels: [I+Hp][w] each
-    pk.bias = np.zeros(Hp, np.float32)
+    pk.bias = np.zeros(Hp, dt)
     pk.bias[:H] = b_ih + b_hh
     if backward:
-        wi = np.zeros((Hp, I), np.float32)
+        wi = np.zeros((Hp, I), dt)
         wi[:H] = w_ih
-        wh = np.zeros((Hp, Hp), np.float32)
+        wh = np.zeros((Hp, Hp), dt)
         wh[:H, :H] = w_hh
         pk.w_ih, pk.w_hh = wi, wh
         pk.ub = _pack_backward(wh, Hp, VW, _NVB)
@@ -390,14 +399,14 @@ def _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, backward):
 
 def _states(sched, h0, Hp):
     n, B = sched.n, sched.B
-    hs = (np.zeros if sched.tix is not None else np.empty)((n + 1, B, Hp), np.float32)
+    hs = (np.zeros if sched.tix is not None else np.empty)((n + 1, B, Hp), h0.dtype)
     hs[0] = sched.sort_rows(h0, Hp)
     return hs
 
 
 def _finish(sched, hs, H, B):
     ys = hs[1:]
-    y = sched.scatter(ys, H, np.float32)
+    y = sched.scatter(ys, H, hs.dtype)
     h_n = sched.unsort_rows(_last_output(ys, sched, B), H)
     return y, h_n
 
@@ -408,18 +417,19 @@ def _infer_chunks(sched, x, h0, Hp, H, run_chunk):
     O(B (I+H)) whatever T is. Returns ``(y, h_n)``."""
     n, B = sched.n, sched.B
     T, _, I = x.shape
+    dt = x.dtype
     if sched.tix is None and Hp == H:       # x read in place, h written into y = hs[1:]
-        hs = np.empty((n + 1, B, H), np.float32)
+        hs = np.empty((n + 1, B, H), dt)
         hs[0] = h0
         run_chunk(x, hs, sched.nact)
         return hs[1:], hs[n].copy()
     C = min(n, _P._infer_chunk(B))
     zero = sched.tix is not None or Hp != H
-    hs = (np.zeros if zero else np.empty)((C + 1, B, Hp), np.float32)
+    hs = (np.zeros if zero else np.empty)((C + 1, B, Hp), dt)
     hs[0] = sched.sort_rows(h0, Hp)
-    xbuf = None if sched.tix is None else np.zeros((C, B, I), np.float32)
-    y = (np.zeros if sched.tix is not None or n < T else np.empty)((T, B, H), np.float32)
-    h_last = np.empty((B, Hp), np.float32)
+    xbuf = None if sched.tix is None else np.zeros((C, B, I), dt)
+    y = (np.zeros if sched.tix is not None or n < T else np.empty)((T, B, H), dt)
+    h_last = np.empty((B, Hp), dt)
     lens_sorted = sched.nact_lengths()
     rows = np.arange(B)
     for s0 in range(0, n, C):
@@ -440,20 +450,22 @@ def _infer_chunks(sched, x, h0, Hp, H, run_chunk):
 
 
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads):
-    """float32 GRU (reset_after=True), one layer and direction: ``(y, h_n, cache)``.
+    """GRU (reset_after=True), one layer and direction: ``(y, h_n, cache)``, in float32
+    or float64 (``x``'s dtype, which every array argument shares).
 
     ``x`` [T,B,I], ``h0`` [B,H], weights in PyTorch's layout (gates r, z, n),
     ``lens`` [B] int64 in [1, T]; ``cache`` is None unless ``training``."""
     T, B, I = x.shape
     H = w_hh.shape[1]
-    VW = vector_width()
+    dt = x.dtype
+    VW = _lanes(dt)
     pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, 3, backward=training)
     Hp = pk.Hp
     P = Hp // VW
-    bias = np.zeros((P, 4, VW), np.float32)
+    bias = np.zeros((P, 4, VW), dt)
     bias[:, :2] = pk.bias.reshape(P, 3, VW)[:, :2]
     for g, b in ((2, b_ih), (3, b_hh)):
-        v = np.zeros(Hp, np.float32)
+        v = np.zeros(Hp, dt)
         v[:H] = b[2 * H:]
         bias[:, g] = v.reshape(P, VW)
     sched = _Schedule(lens, T, reverse)
@@ -461,8 +473,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
     step_flops = 2.0 * B * 3 * H * (H + I)
     plan = _P._Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
                     pk.up.nbytes, sched.nact_lengths())
-    tag = _tag(VW)
-    mrmax = _mr(VW) if VW == 16 else _GRU_FWD_MR8
+    tag = _tag(VW, dt)
+    mrmax = _mr(VW, dt.itemsize) if VW * dt.itemsize == 64 else _GRU_FWD_MR8
 
     def run(xs, hs, nact, act):
         ctl = np.zeros(P + 1, np.int64)
@@ -471,12 +483,12 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
                                                           r0, r1))
 
     if not training:
-        dummy = np.empty((1, 1, 1), np.float32)
+        dummy = np.empty((1, 1, 1), dt)
         y, h_n = _infer_chunks(sched, x, h0, Hp, H, lambda xs, hs, nact: run(xs, hs, nact, dummy))
         return y, h_n, None
     hs = _states(sched, h0, Hp)
     xs = sched.gather(x)
-    act = np.empty((n, B, 4 * Hp), np.float32)
+    act = np.empty((n, B, 4 * Hp), dt)
     run(xs, hs, sched.nact, act)
     y, h_n = _finish(sched, hs, H, B)
     cache = PackedCellCache()
@@ -488,11 +500,12 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, max_threads):
-    """float32 tanh (``relu=False``) or ReLU RNN, one layer and direction:
-    ``(y, h_n, cache)`` as :func:`gru_forward`."""
+    """tanh (``relu=False``) or ReLU RNN, one layer and direction: ``(y, h_n, cache)``
+    as :func:`gru_forward` (float32 or float64)."""
     T, B, I = x.shape
     H = w_hh.shape[1]
-    VW = vector_width()
+    dt = x.dtype
+    VW = _lanes(dt)
     pk = _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, training)
     Hp = pk.Hp
     Q = -(-Hp // (pk.nvb * VW))
@@ -500,8 +513,8 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
     step_flops = 2.0 * B * H * (H + I)
     plan = _P._Plan(max_threads, B, step_flops, step_flops * sched.n * (3 if training else 1),
                     Q, pk.up.nbytes, sched.nact_lengths())
-    tag = _tag(VW)
-    mrmax = _mr(VW)
+    tag = _tag(VW, dt)
+    mrmax = _mr(VW, dt.itemsize)
     relu = bool(relu)
 
     def run(xs, hs, nact):
@@ -530,9 +543,10 @@ def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
     split in tasks for two threads as in :func:`fastrnn.kernels.packed.lstm_backward`."""
     R, GH = dgx2.shape
     I, Hp = xs2.shape[1], hp2.shape[1]
-    dw_hh_p = np.empty((GH, Hp), np.float32)
-    dw_ih_p = np.empty((GH, I), np.float32)
-    dxs = np.empty((R, I), np.float32)
+    dt = dgx2.dtype
+    dw_hh_p = np.empty((GH, Hp), dt)
+    dw_ih_p = np.empty((GH, I), dt)
+    dxs = np.empty((R, I), dt)
     # the split depends on the shape only: bitwise the same results on one thread or two
     split = 2.0 * R * GH * (2 * I + Hp) >= _P._SPLIT_GEMM_FLOPS
     tasks = []
@@ -554,23 +568,24 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     n, B = sched.n, sched.B
     H, Hp, VW = pk.H, pk.Hp, pk.VW
     I = cache.xs.shape[2]
-    tag = _tag(VW)
+    dt = cache.hs.dtype
+    tag = _tag(VW, dt)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
-    mrmax = _mr(VW)
+    mrmax = _mr(VW, dt.itemsize)
     plan = cache.plan
     if plan.mode == "panels" and (Q < 2 or cache.flops < _P._TWO_THREAD_STEP_FLOPS):
         plan = _P._Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
     gthr = _nthreads(max_threads, _P._TWO_THREAD_STEP_FLOPS, 2)
     blas_threads(0)
-    dys = sched.gather(np.asarray(dy, np.float32), Hp)
-    dhn = sched.sort_rows(np.asarray(dh_n, np.float32), Hp)
+    dys = sched.gather(np.asarray(dy, dt), Hp)
+    dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)
     alloc = np.zeros if sched.tix is not None else np.empty
     ctl = np.zeros(Q + 1, np.int64)
     hs = cache.hs
     if cache.kind == "gru":
-        dgh = alloc((n, B, 3 * Hp), np.float32)
-        dgx = alloc((n, B, 3 * Hp), np.float32)
+        dgh = alloc((n, B, 3 * Hp), dt)
+        dgx = alloc((n, B, 3 * Hp), dt)
         dd = dhn
         plan.launch(_gru_bwd, lambda tid, nthr, r0, r1: (tag, cache.act, hs, pk.ub, pk.nvb, dys,
                                                           dd, dgh, dgx, sched.nact, ctl, tid,
@@ -578,8 +593,8 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
         dh0 = dgh[0] @ pk.w_hh + dd                                   # [B,Hp]
         G = 3
     else:
-        dgh = dgx = alloc((n, B, Hp), np.float32)
-        zrow = np.zeros(NB, np.float32)
+        dgh = dgx = alloc((n, B, Hp), dt)
+        zrow = np.zeros(NB, dt)
         plan.launch(_rnn_bwd, lambda tid, nthr, r0, r1: (tag, hs, pk.ub, pk.nvb, dys, dhn, zrow,
                                                           dgh, sched.nact, cache.relu, ctl, tid,
                                                           nthr, mrmax, r0, r1))
@@ -591,7 +606,7 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
                                           hs[:-1].reshape(n * B, Hp), pk.w_ih)
     dbx_p = dgx2.sum(axis=0)
     dbh_p = dbx_p if dgh is dgx else dgh2.sum(axis=0)
-    dx = sched.scatter(dxs.reshape(n, B, I), I, np.float32)
+    dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
     if G == 1:
         dw_ih = dw_ih_p[:H].copy()
         dw_hh = dw_hh_p[:H, :H].copy()

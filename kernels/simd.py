@@ -8,31 +8,36 @@ against one pre-packed weight panel, over one or more K segments::
     acc[r][v] = sum over segments (a, lda, w, K) of
                 sum_k a[r*lda + k] * w[k*NV*VW + VW*v : +VW]      (r < MR, v < NV)
 
-  ``w`` is one panel: ``K`` rows of ``NV*VW`` contiguous floats. The ``MR*NV``
-  accumulators are ``<VW x float>`` values that LLVM keeps in vector registers
-  (zmm for VW=16, ymm for VW=8); each ``k`` loads the panel's row once and
+  ``w`` is one panel: ``K`` rows of ``NV*VW`` contiguous elements. The ``MR*NV``
+  accumulators are ``<VW x float>`` (or ``<VW x double>``) values that LLVM keeps
+  in vector registers (float32: zmm for VW=16, ymm for VW=8); each ``k`` loads the panel's row once and
   broadcasts one ``a`` per batch row. Pointers are byte addresses as int64
   (Numba types ``uint64 + int64`` as float64, so pointer arithmetic stays int64).
   A cell's epilogue then works on the accumulators while they are still in
   registers: ``uk_lstm_fwd[MR]`` (pre-activations -> gates -> c', h', saved
   activations) and ``uk_lstm_bwd[MR]`` (dh -> gate gradients, dc carry). The
-  activations are :class:`_VMath`, the same rational tanh as
-  :mod:`fastrnn.kernels.activations`, on vectors.
+  activations are :class:`_VMath`: in float32 the same rational tanh as
+  :mod:`fastrnn.kernels.activations`, on vectors; in float64 accurate ones.
 
   The vector width ``VW`` and the vector count ``NV`` are read off the *types*
   of tag arguments (``UniTuple(int64, VW)``, ``UniTuple(int64, NV)``), so each
   width is its own Numba specialisation and its own entry in the on-disk
   cache: a process that picks the AVX2 (8-wide) variant never loads AVX-512
-  code compiled by another, and ``cache=True`` keeps working.
+  code compiled by another, and ``cache=True`` keeps working. The element
+  type is read off the tag too: a ``UniTuple(float64, VW)`` tag compiles the
+  same kernels on ``<VW x double>`` (``VW`` = 8 on AVX-512, 4 on AVX2) with the
+  accurate float64 activations of :class:`_VMath`; any other tag means float32.
 
 ``atomic_add(p, v)``, ``atomic_load(p)``, ``atomic_cas(p, old, new)``,
 ``atomic_store(p, v)`` on int64 words and ``cpu_pause()``, ``sched_yield()``:
 what the two-thread step barrier and the partner thread's mailbox need;
-``f32_ptr``/``i64_ptr`` turn a job's addresses back into arrays.
+``f32_ptr``/``i64_ptr``/``fptr`` turn a job's addresses back into arrays;
+``esize(tag)`` is the element size the tag asks for.
 """
 from __future__ import annotations
 
 import ctypes
+import math
 
 import llvmlite.binding as _ll
 from llvmlite import ir
@@ -42,13 +47,13 @@ from numba.extending import intrinsic
 
 __all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
            "uk_peep_fwd2", "PAIR_MR", "atomic_add", "atomic_load",
-           "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr", "cpu_pause", "sched_yield", "cycles",
-           "MAX_MR"]
+           "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr", "fptr", "esize", "cpu_pause",
+           "sched_yield", "cycles", "MAX_MR", "vtanh", "vsigmoid"]
 
 _f32 = ir.FloatType()
+_f64 = ir.DoubleType()
 _i64 = ir.IntType(64)
 _i32 = ir.IntType(32)
-_fp = _f32.as_pointer()
 
 #: the most batch rows one micro-kernel call handles (MR variants 1..MAX_MR exist)
 MAX_MR = 8
@@ -75,14 +80,34 @@ def _splat(builder, vty, s):
                                   ir.Constant(ir.VectorType(_i32, n), [0] * n))
 
 
+def _esize(vty):
+    """Bytes per element of a float or double vector type."""
+    return 8 if isinstance(vty.element, ir.DoubleType) else 4
+
+
+def _sfx(vty):
+    """The LLVM intrinsic suffix of a vector type (``v16f32``, ``v8f64``...)."""
+    return f"v{vty.count}f{8 * _esize(vty)}"
+
+
+def _is_f64(tag):
+    """Whether a kernel's tag type asks for the float64 variant (see the module doc)."""
+    return isinstance(tag, types.UniTuple) and tag.dtype == types.float64
+
+
+def _vty(tag):
+    """The vector type a tag asks for: ``<VW x double>`` or ``<VW x float>``."""
+    return ir.VectorType(_f64 if _is_f64(tag) else _f32, tag.count)
+
+
 def _vload(builder, vty, base, off):
     p = builder.gep(base, [off])
-    return builder.load(builder.bitcast(p, vty.as_pointer()), align=4)
+    return builder.load(builder.bitcast(p, vty.as_pointer()), align=_esize(vty))
 
 
 def _vstore(builder, val, vty, base, off):
     p = builder.gep(base, [off])
-    builder.store(val, builder.bitcast(p, vty.as_pointer()), align=4)
+    builder.store(val, builder.bitcast(p, vty.as_pointer()), align=_esize(vty))
 
 
 # --------------------------------------------------------------------------- vector math
@@ -90,29 +115,67 @@ def _vconst(vty, v):
     return ir.Constant(vty, [float(v)] * vty.count)
 
 
-class _VMath:
-    """IR for the float32 activations of :mod:`fastrnn.kernels.activations`, on vectors.
+#: flags for the float64 activations' instructions: any flag at all keeps Numba's
+#: fastmath pass (which adds ``fast`` only to flagless instructions) off them, so
+#: LLVM may not reassociate the exponential's range reduction or replace a
+#: division by a reciprocal; ``nsz`` alone changes nothing here
+_PRECISE = ("nsz",)
+#: float64 exp: ln 2 split in two (Cephes: ``C1`` has few bits, so ``n C1`` is
+#: exact for the ``|n| <= 1022`` used), e^r by its Taylor polynomial of degree 13
+#: on ``|r| <= ln(2)/2`` (truncation below 1e-17 relative)
+_LOG2E = 1.4426950408889634
+_LN2_C1 = 6.93145751953125e-1
+_LN2_C2 = 1.42860682030941723212e-6
+_EXP_TAYLOR = [1.0 / math.factorial(k) for k in range(14)]
+_EXP_ARG_MAX = 708.0            # 2^n stays a normal double
+#: float64 tanh: Cephes' rational x + x z P(z)/Q(z), z = x², for |x| < 0.625 and
+#: (e - 1)/(e + 1), e = exp(2|x|), above; exactly ±1 from |x| = 20 on
+_TANH64_SMALL = 0.625
+_TANH64_P = (-9.64399179425052238628e-1, -9.92877231001918586564e1, -1.61468768441708447952e3)
+_TANH64_Q = (1.12811678491632931402e2, 2.23548839060100448583e3, 4.84406305325125486048e3)
+_TANH64_SAT = 20.0
+_MAGIC = 6755399441055744.0     # 1.5 * 2^52: n + _MAGIC holds the integer n in its low bits
 
-    The same rational tanh (same constants, read from that module, same clamp and
+
+class _VMath:
+    """IR for the activations on vectors, by element type.
+
+    float: the float32 activations of :mod:`fastrnn.kernels.activations`: the
+    same rational tanh (same constants, read from that module, same clamp and
     saturation to exactly ±1), Horner steps as ``llvm.fma``; sigmoid is
-    ``0.5 + 0.5 tanh(x/2)`` as there."""
+    ``0.5 + 0.5 tanh(x/2)`` as there.
+
+    double: accurate float64 functions (within 2 ulp of the exact values,
+    tests/test_packed_f64.py pins the bound): ``tanh`` as Cephes (a rational
+    below 0.625, ``(e-1)/(e+1)`` with ``e = exp(2|x|)`` above), ``sigmoid =
+    1 / (1 + exp(-x))``, with a vector ``exp`` (range reduction by ln 2 in two
+    FMAs, Taylor polynomial of degree 13, the power of two built in the
+    exponent bits). Its instructions carry their own flags (``_PRECISE``), so
+    the kernels' ``fastmath`` does not loosen them."""
 
     def __init__(self, builder, vty):
-        from fastrnn.kernels import activations as A
         self.b, self.vty = builder, vty
-        VW = vty.count
+        self.f64 = isinstance(vty.element, ir.DoubleType)
         mod = builder.module
-        self.fma_fn = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
-        self.min_fn = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vty, [vty, vty]), f"llvm.minnum.v{VW}f32")
-        self.max_fn = cgutils.get_or_insert_function(
-            mod, ir.FunctionType(vty, [vty, vty]), f"llvm.maxnum.v{VW}f32")
-        c = lambda v: _vconst(vty, float(v))
+        sfx = _sfx(vty)
+
+        def fn(name, nargs):
+            return cgutils.get_or_insert_function(
+                mod, ir.FunctionType(vty, [vty] * nargs), f"llvm.{name}.{sfx}")
+        self.fma_fn = fn("fma", 3)
+        self.min_fn = fn("minnum", 2)
+        self.max_fn = fn("maxnum", 2)
+        c = lambda v: _vconst(vty, float(v))   # noqa: E731
+        self.one, self.mone, self.half = c(1.0), c(-1.0), c(0.5)
+        if self.f64:
+            self.fabs_fn, self.copysign_fn, self.round_fn = (
+                fn("fabs", 1), fn("copysign", 2), fn("roundeven", 1))
+            self.c = c
+            return
+        from fastrnn.kernels import activations as A
         self.sat, self.nsat = c(A._SAT), c(-A._SAT)
         self.num = [c(v) for v in (A._A13, A._A11, A._A9, A._A7, A._A5, A._A3, A._A1)]
         self.den = [c(v) for v in (A._B6, A._B4, A._B2, A._B0)]
-        self.one, self.mone, self.half = c(1.0), c(-1.0), c(0.5)
 
     def fma(self, a, b, c):
         return self.b.call(self.fma_fn, [a, b, c])
@@ -130,6 +193,8 @@ class _VMath:
         return self.b.call(self.min_fn, [self.b.call(self.max_fn, [x, lo]), hi])
 
     def tanh(self, x):
+        if self.f64:
+            return self._tanh64(x)
         x = self.clamp(x, self.nsat, self.sat)
         x2 = self.mul(x, x)
         p = self.fma(x2, self.num[0], self.num[1])
@@ -142,11 +207,50 @@ class _VMath:
         return self.clamp(self.b.fdiv(p, q), self.mone, self.one)
 
     def sigmoid(self, x):
+        if self.f64:
+            return self._sigmoid64(x)
         return self.fma(self.half, self.tanh(self.mul(self.half, x)), self.half)
 
+    # ---------------------------------------------------------------- float64
+    def _exp64(self, x):
+        """e^x for ``|x| <= _EXP_ARG_MAX`` (the callers clamp)."""
+        b, c = self.b, self.c
+        n = b.call(self.round_fn, [b.fmul(x, c(_LOG2E), flags=_PRECISE)])
+        r = self.fma(n, c(-_LN2_C1), x)
+        r = self.fma(n, c(-_LN2_C2), r)
+        p = c(_EXP_TAYLOR[13])
+        for k in range(12, -1, -1):
+            p = self.fma(p, r, c(_EXP_TAYLOR[k]))
+        ity = ir.VectorType(_i64, self.vty.count)
+        magic = b.bitcast(c(_MAGIC), ity)
+        ni = b.sub(b.bitcast(b.fadd(n, c(_MAGIC), flags=_PRECISE), ity), magic)
+        bits = b.shl(b.add(ni, ir.Constant(ity, [1023] * self.vty.count)),
+                     ir.Constant(ity, [52] * self.vty.count))
+        return b.fmul(p, b.bitcast(bits, self.vty), flags=_PRECISE)
 
-def _ptrs(builder, *vals):
-    return [builder.inttoptr(v, _fp) for v in vals]
+    def _tanh64(self, x):
+        b, c, P = self.b, self.c, _PRECISE
+        ax = b.call(self.min_fn, [b.call(self.fabs_fn, [x]), c(_TANH64_SAT)])
+        z = b.fmul(ax, ax, flags=P)
+        pz = self.fma(self.fma(z, c(_TANH64_P[0]), c(_TANH64_P[1])), z, c(_TANH64_P[2]))
+        qz = b.fadd(z, c(_TANH64_Q[0]), flags=P)
+        qz = self.fma(self.fma(qz, z, c(_TANH64_Q[1])), z, c(_TANH64_Q[2]))
+        e = self._exp64(b.fadd(ax, ax, flags=P))
+        small = b.fcmp_ordered("<", ax, c(_TANH64_SMALL), flags=P)
+        num = b.select(small, b.fmul(z, pz, flags=P), b.fsub(e, self.one, flags=P))
+        den = b.select(small, qz, b.fadd(e, self.one, flags=P))
+        q = b.fdiv(num, den, flags=P)
+        return b.call(self.copysign_fn, [b.select(small, self.fma(ax, q, ax), q), x])
+
+    def _sigmoid64(self, x):
+        b, c, P = self.b, self.c, _PRECISE
+        t = self.clamp(b.fsub(c(0.0), x, flags=P), c(-_EXP_ARG_MAX), c(_EXP_ARG_MAX))
+        return b.fdiv(self.one, b.fadd(self.one, self._exp64(t), flags=P), flags=P)
+
+
+def _ptrs(builder, vty, *vals):
+    """Byte addresses as pointers to the element type of ``vty``."""
+    return [builder.inttoptr(v, vty.element.as_pointer()) for v in vals]
 
 
 def _row_off(builder, r, ld, extra=0):
@@ -172,8 +276,9 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
     caller points it at the part of the panel it will read next that this call
     should bring in from L3 while it computes."""
     VW = vty.count
+    ES = _esize(vty)
     fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.v{VW}f32")
+        builder.module, ir.FunctionType(vty, [vty, vty, vty]), f"llvm.fma.{_sfx(vty)}")
     i8p = ir.IntType(8).as_pointer()
     pf = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(ir.VoidType(), [i8p, _i32, _i32, _i32]),
@@ -190,14 +295,14 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
         ws = w if isinstance(w, list) else [w]
         amap = seg[4] if len(seg) > 4 else range(NV // len(ws))
         W = len(amap) * VW
-        pfd = (max(8, PREFETCH_BYTES // (4 * W))
+        pfd = (max(8, PREFETCH_BYTES // (ES * W))
                if PREFETCH_BYTES and MR >= PREFETCH_MIN_MR else 0)   # rows ahead
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
             wrow = builder.mul(k, ir.Constant(_i64, W))
             wv = [_vload(builder, vty, wb, builder.add(wrow, ir.Constant(_i64, v * VW)))
                   for wb in ws for v in range(len(amap))]
-            for line in range(0, W if pfd else 0, 16):   # read, keep in L1, data
+            for line in range(0, W if pfd else 0, 64 // ES):   # read, keep in L1, data
                 for wb in ws:
                     pp = builder.gep(wb, [builder.add(wrow, ir.Constant(_i64, pfd * W + line))])
                     builder.call(pf, [builder.bitcast(pp, i8p), ir.Constant(_i32, 0),
@@ -208,7 +313,7 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
                                   ir.Constant(_i32, 1)])
             for r in range(MR):
                 aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
-                s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=4))
+                s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=ES))
                 for j in range(len(ws)):
                     for v, t in enumerate(amap):
                         t += j * len(amap)
@@ -241,8 +346,8 @@ def _make_lstm_fwd(MR, peephole, NP=1):
 
         def codegen(context, builder, signature, args):
             _, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act, ldact, training, wn = args
-            vty = ir.VectorType(_f32, VW)
-            x, h, w, bias, peep, cin, cout, y, act, wn = _ptrs(builder, x, h, w, bias, peep,
+            vty = _vty(tag)
+            x, h, w, bias, peep, cin, cout, y, act, wn = _ptrs(builder, vty, x, h, w, bias, peep,
                                                                cin, cout, y, act, wn)
             kw = builder.mul(builder.add(I, H), ir.Constant(_i64, 4 * VW))   # one panel
             wp = [builder.gep(w, [builder.mul(kw, ir.Constant(_i64, j))]) for j in range(NP)]
@@ -302,9 +407,9 @@ def _make_lstm_bwd(MR, peephole):
         def codegen(context, builder, signature, args):
             (_, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv,
              dgg, wn) = args
-            vty = ir.VectorType(_f32, VW)
+            vty = _vty(tag)
             a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn = _ptrs(
-                builder, a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn)
+                builder, vty, a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn)
             accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)], wn)
             m = _VMath(builder, vty)
             one = m.one
@@ -351,6 +456,31 @@ uk_peep_bwd = [None] + [_make_lstm_bwd(m, True) for m in range(1, MAX_MR + 1)]
 PAIR_MR = 2
 uk_lstm_fwd2 = [None] + [_make_lstm_fwd(m, False, 2) for m in range(1, PAIR_MR + 1)]
 uk_peep_fwd2 = [None] + [_make_lstm_fwd(m, True, 2) for m in range(1, PAIR_MR + 1)]
+
+
+def _make_vact(kind):
+    @intrinsic
+    def vact(typingctx, tag, src, dst):
+        """``dst[:VW] = f(src[:VW])`` with the kernels' vector code for the tag's type
+        (byte addresses; for the tests of the activations' accuracy)."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        sig = types.void(tag, types.int64, types.int64)
+
+        def codegen(context, builder, signature, args):
+            vty = _vty(tag)
+            src, dst = _ptrs(builder, vty, args[1], args[2])
+            m = _VMath(builder, vty)
+            v = _vload(builder, vty, src, ir.Constant(_i64, 0))
+            _vstore(builder, m.tanh(v) if kind == "tanh" else m.sigmoid(v), vty, dst,
+                    ir.Constant(_i64, 0))
+            return context.get_dummy_value()
+        return sig, codegen
+    return vact
+
+
+#: vector tanh / sigmoid of :class:`_VMath` on one vector (tests)
+vtanh, vsigmoid = _make_vact("tanh"), _make_vact("sigmoid")
 
 
 @intrinsic
@@ -414,6 +544,28 @@ def _make_typed_ptr(dtype):
 #: byte addresses as float32 / int64 pointers (a partner job's arrays, rebuilt)
 f32_ptr = _make_typed_ptr(types.float32)
 i64_ptr = _make_typed_ptr(types.int64)
+
+
+@intrinsic
+def fptr(typingctx, tag, addr):
+    """The byte address ``addr`` as a pointer to the kernel's element type (float64
+    for a float64 tag, else float32; see the module doc)."""
+    dt = types.float64 if _is_f64(tag) else types.float32
+    sig = types.CPointer(dt)(tag, types.int64)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[1], context.get_value_type(signature.return_type))
+    return sig, codegen
+
+
+@intrinsic
+def esize(typingctx, tag):
+    """Bytes per element of the kernel's element type (a compile-time constant)."""
+    sig = types.int64(tag)
+
+    def codegen(context, builder, signature, args):
+        return ir.Constant(_i64, 8 if _is_f64(tag) else 4)
+    return sig, codegen
 
 
 @intrinsic

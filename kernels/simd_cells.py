@@ -5,7 +5,8 @@ product over K segments with ``<VW x float>`` accumulators, the vector
 tanh/sigmoid of :mod:`fastrnn.kernels.activations`), with each cell's step
 and its derivative fused behind the product. ``VW`` (and ``NV`` where the
 panel width varies) are read off the types of the tag arguments
-(``UniTuple(int64, VW)``), so both vector widths keep ``cache=True`` valid.
+(``UniTuple(int64, VW)``), so both vector widths keep ``cache=True`` valid; a
+``UniTuple(float64, VW)`` tag compiles the float64 variant.
 Pointers are byte addresses as int64.
 
 ``uk_gru_fwd[MR]``, ``uk_gru_bwd[MR]``, ``uk_rnn_fwd[MR]``, ``uk_rnn_bwd[MR]``
@@ -17,8 +18,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastrnn.kernels.simd import (MAX_MR, _f32, _gemm_accs, _i64, _ptrs, _row_off,
-                                  _vload, _vstore, _VMath)
+from fastrnn.kernels.simd import (MAX_MR, _gemm_accs, _i64, _ptrs, _row_off, _vload, _vstore,
+                                  _VMath, _vty)
 
 __all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd"]
 
@@ -41,8 +42,8 @@ def _make_gru_fwd(MR):
 
         def codegen(context, builder, signature, args):
             _, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training = args
-            vty = ir.VectorType(_f32, VW)
-            x, h, w, bias, hin, y, act = _ptrs(builder, x, h, w, bias, hin, y, act)
+            vty = _vty(tag)
+            x, h, w, bias, hin, y, act = _ptrs(builder, vty, x, h, w, bias, hin, y, act)
             wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 3 * VW))])
             accs = _gemm_accs(builder, vty, MR, 4,
                                   [(x, ldx, w, I, (0, 1, 2)), (h, ldh, wh, H, (0, 1, 3))])
@@ -84,8 +85,8 @@ def _make_gru_bwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg = args
-            vty = ir.VectorType(_f32, VW)
-            a, w, dy, act, hp, dd, dgh, dgx = _ptrs(builder, a, w, dy, act, hp, dd, dgh, dgx)
+            vty = _vty(tag)
+            a, w, dy, act, hp, dd, dgh, dgx = _ptrs(builder, vty, a, w, dy, act, hp, dd, dgh, dgx)
             accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
             m = _VMath(builder, vty)
             one = m.one
@@ -128,8 +129,8 @@ def _make_rnn_fwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, x, ldx, h, ldh, w, I, H, bias, y, relu = args
-            vty = ir.VectorType(_f32, VW)
-            x, h, w, bias, y = _ptrs(builder, x, h, w, bias, y)
+            vty = _vty(tag)
+            x, h, w, bias, y = _ptrs(builder, vty, x, h, w, bias, y)
             wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, NV * VW))])
             accs = _gemm_accs(builder, vty, MR, NV, [(x, ldx, w, I), (h, ldh, wh, H)])
             m = _VMath(builder, vty)
@@ -166,8 +167,8 @@ def _make_rnn_bwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu = args
-            vty = ir.VectorType(_f32, VW)
-            a, w, dhx, dy, hn, dg = _ptrs(builder, a, w, dhx, dy, hn, dg)
+            vty = _vty(tag)
+            a, w, dhx, dy, hn, dg = _ptrs(builder, vty, a, w, dhx, dy, hn, dg)
             accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
             m = _VMath(builder, vty)
             zero = ir.Constant(vty, [0.0] * VW)

@@ -1,10 +1,11 @@
-"""Shared checks for the packed float32 CPU kernels (tests/test_packed_*.py).
+"""Shared checks for the packed CPU kernels (tests/test_packed_*.py).
 
-Each case runs ``fastrnn.kernels.cpu.forward``/``backward`` in float32 on the
-packed path (training and inference) and compares everything with the float64
-NumPy reference within the float32 error bound of ``fastrnn.testing``.
-Fixtures force each path: the 8-wide (AVX2) variant, and two threads on any
-step size (``packed._TWO_THREAD_STEP_FLOPS = 0``, no back-off to one thread).
+Each case runs ``fastrnn.kernels.cpu.forward``/``backward`` in float32 or
+float64 on the packed path (training and inference) and compares everything
+with the float64 NumPy reference within the error bound of ``fastrnn.testing``
+for that dtype. Fixtures force each path: the 256-bit (AVX2) variant, two
+threads on any step size (``packed._TWO_THREAD_STEP_FLOPS = 0``, no back-off to
+one thread), and each dtype.
 """
 import numpy as np
 import pytest
@@ -40,6 +41,11 @@ def vector_width(request):
         packed.set_vector_width(None)
 
 
+@pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
+def dtype(request):
+    return request.param
+
+
 @pytest.fixture(params=[1, "panels", "rows"], ids=["1thr", "2thr-panels", "2thr-rows"])
 def threads(request, monkeypatch):
     """One thread, or two threads from the smallest step on (never backing off),
@@ -72,7 +78,8 @@ def lengths_for(kind, T, B, rng):
     return np.asarray(L, np.int64)
 
 
-def check_case(name, T, B, I, H, lengths_kind, reverse, state, seed=0, saved_type=None):
+def check_case(name, T, B, I, H, lengths_kind, reverse, state, seed=0, saved_type=None,
+               dtype=np.float32):
     cell = CELLS[name]
     G = cell.gates
     rng = np.random.default_rng(seed)
@@ -83,32 +90,33 @@ def check_case(name, T, B, I, H, lengths_kind, reverse, state, seed=0, saved_typ
     h064 = 0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))
     c064 = (0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))) \
         if cell.has_cell else None
-    # float32 inputs; the reference runs in float64 on exactly the same values
-    f32 = lambda a: None if a is None else a.astype(np.float32)  # noqa: E731
+    # inputs in dtype; the reference runs in float64 on exactly the same values
+    f32 = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
     w = Weights(*[f32(a) for a in w64[:4]], None)
     x, h0, c0 = f32(x64), f32(h064), f32(c064)
     f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
     w64 = Weights(*[f64(a) for a in w[:4]], None)
     x64, h064, c064 = f64(x), f64(h0), f64(c0)
     lengths = lengths_for(lengths_kind, T, B, rng)
-    what = f"{name} T{T} B{B} I{I} H{H} lengths={lengths} reverse={reverse}"
+    what = (f"{name} {np.dtype(dtype).name} T{T} B{B} I{I} H{H} lengths={lengths} "
+            f"reverse={reverse}")
 
     y, h, c, cache = cpu.forward(cell, x, h0, c0, w, lengths, reverse, True)
     if saved_type is not None:
         assert isinstance(cache.saved, saved_type), f"{what}: not on the packed path"
     yr, hr, cr, cache_r = reference.forward(cell, x64, h064, c064, w64, lengths, reverse, True)
 
-    fwd = cell_terms(cell, T, B, I, H, approx=True, backward=False)
-    full = cell_terms(cell, T, B, I, H, approx=True)
+    fwd = cell_terms(cell, T, B, I, H, dtype=dtype, approx=True, backward=False)
+    full = cell_terms(cell, T, B, I, H, dtype=dtype, approx=True)
     fs = max(1.0, *(np.abs(a).max() for a in (h0, c0) if a is not None))
 
     def close(a, b, label, terms=fwd, scale=fs):
         if b is None:
             assert a is None, f"{what}: {label}"
             return
-        assert a.dtype == np.float32 and a.shape == b.shape, f"{what}: {label}"
-        # float32 against the float64 reference: the bound in float32
-        assert_close(a, b, terms, scale=scale, dtype=np.float32, err_msg=f"{what}: {label}")
+        assert a.dtype == dtype and a.shape == b.shape, f"{what}: {label}"
+        # against the float64 reference: the bound in the kernels' dtype
+        assert_close(a, b, terms, scale=scale, dtype=dtype, err_msg=f"{what}: {label}")
 
     close(y, yr, "y")
     close(h, hr, "h_n")
@@ -125,9 +133,9 @@ def check_case(name, T, B, I, H, lengths_kind, reverse, state, seed=0, saved_typ
     if c is not None:
         np.testing.assert_array_equal(ci, c, err_msg=f"{what}: c_n (inference)")
 
-    dy = rng.standard_normal((T, B, H)).astype(np.float32)
-    dh = rng.standard_normal((B, H)).astype(np.float32)
-    dc = rng.standard_normal((B, H)).astype(np.float32) if cell.has_cell else None
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    dh = rng.standard_normal((B, H)).astype(dtype)
+    dc = rng.standard_normal((B, H)).astype(dtype) if cell.has_cell else None
     dx, dh0, dc0, dw = cpu.backward(cell, cache, dy, dh, dc)
     dxr, dh0r, dc0r, dwr = reference.backward(cell, cache_r, f64(dy), f64(dh), f64(dc))
     up = max(fs, *(np.abs(a).max() for a in (dy, dh, dc) if a is not None))
@@ -139,7 +147,8 @@ def check_case(name, T, B, I, H, lengths_kind, reverse, state, seed=0, saved_typ
     assert dw.peep is None
 
 
-def check_all_options(name, shape, saved_type, seed=0):
+def check_all_options(name, shape, saved_type, seed=0, dtype=np.float32):
     T, B, I, H = shape
     for k, (kind, reverse, state) in enumerate(OPTIONS):
-        check_case(name, T, B, I, H, kind, reverse, state, seed=seed + k, saved_type=saved_type)
+        check_case(name, T, B, I, H, kind, reverse, state, seed=seed + k, saved_type=saved_type,
+                   dtype=dtype)

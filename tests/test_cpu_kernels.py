@@ -188,7 +188,9 @@ def test_two_thread_gemm_path(monkeypatch, name):
 @pytest.mark.parametrize("name", CELL_NAMES)
 @pytest.mark.parametrize("split", [True, False], ids=["split", "whole"])
 def test_batch_split(monkeypatch, name, dtype, split):
-    """Both ways of running the loops: two concurrent halves of the batch, or one."""
+    """Both ways of running the loops: two concurrent halves of the batch, or one
+    (``use_packed`` off: the packed kernels would run these cells instead)."""
+    monkeypatch.setattr(cpu, "use_packed", False)
     monkeypatch.setattr(cpu, "_SPLIT_MIN_FLOPS", 0.0 if split else float("inf"))
     monkeypatch.setattr(cpu, "_max_threads", 2)
     assert len(cpu._row_ranges(5, 3, 1.0)) == (2 if split else 1)
@@ -202,7 +204,10 @@ def test_batch_split(monkeypatch, name, dtype, split):
 @pytest.mark.parametrize("name", CELL_NAMES)
 def test_inference_in_chunks(monkeypatch, name, dtype):
     """Inference runs the input product in chunks of steps (bounded workspace);
-    forcing 2-step chunks must not change anything, in either direction."""
+    forcing 2-step chunks must not change anything, in either direction (the
+    loops: ``use_packed`` off; the packed kernels' chunks are tested in
+    tests/test_packed_threads.py)."""
+    monkeypatch.setattr(cpu, "use_packed", False)
     monkeypatch.setattr(cpu, "_CHUNK_ROWS", 1)
     monkeypatch.setattr(cpu, "_CHUNK_MIN_STEPS", 2)
     assert cpu._chunk_steps(7, 3) == 2

@@ -1,12 +1,12 @@
-"""The packed float32 GRU and tanh/ReLU RNN kernels (fastrnn.kernels.packed_cells)
-against the float64 NumPy reference, on every path: both vector widths, one and
+"""The packed GRU and tanh/ReLU RNN kernels (fastrnn.kernels.packed_cells), float32
+and float64, against the float64 NumPy reference, on every path: both vector widths, one and
 two threads, B=1, B and H off the micro-kernel's multiples, several panels,
 lengths (all different, unsorted), reverse, initial state (tests/_packed_check.py)."""
 import numpy as np
 import pytest
 
-from _packed_check import (SHAPES, check_all_options, check_case, cpu, threads,  # noqa: F401
-                           vector_width)
+from _packed_check import (SHAPES, check_all_options, check_case, cpu, dtype,  # noqa: F401
+                           threads, vector_width)
 
 packed_cells = pytest.importorskip("fastrnn.kernels.packed_cells")
 
@@ -23,15 +23,15 @@ def packed_path(monkeypatch):
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
 @pytest.mark.parametrize("name", CELL_NAMES)
-def test_against_reference(name, shape, vector_width, threads):
-    check_all_options(name, shape, packed_cells.PackedCellCache)
+def test_against_reference(name, shape, vector_width, threads, dtype):
+    check_all_options(name, shape, packed_cells.PackedCellCache, dtype=dtype)
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
-def test_longer_sequence(name, threads):
+def test_longer_sequence(name, threads, dtype):
     """Enough steps and rows for the two threads to hand panels back and forth."""
     check_case(name, T=40, B=9, I=12, H=48, lengths_kind="different", reverse=True, state=True,
-               saved_type=packed_cells.PackedCellCache)
+               saved_type=packed_cells.PackedCellCache, dtype=dtype)
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)

@@ -1,11 +1,11 @@
-"""The packed float32 LSTM kernels (fastrnn.kernels.packed) against the float64
-NumPy reference, on every path: both vector widths, one and two threads, B=1,
+"""The packed LSTM kernels (fastrnn.kernels.packed), float32 and float64, against
+the float64 NumPy reference, on every path: both vector widths, one and two threads, B=1,
 B and H off the micro-kernel's multiples, several panels, lengths (all
 different, unsorted), reverse, initial state (tests/_packed_check.py)."""
 import pytest
 
-from _packed_check import (SHAPES, check_all_options, check_case, cpu, packed,  # noqa: F401
-                           threads, vector_width)
+from _packed_check import (SHAPES, check_all_options, check_case, cpu, dtype,  # noqa: F401
+                           packed, threads, vector_width)
 
 
 @pytest.fixture(autouse=True)
@@ -14,14 +14,14 @@ def packed_path(monkeypatch):
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
-def test_against_reference(shape, vector_width, threads):
-    check_all_options("lstm", shape, packed.PackedCache)
+def test_against_reference(shape, vector_width, threads, dtype):
+    check_all_options("lstm", shape, packed.PackedCache, dtype=dtype)
 
 
-def test_longer_sequence(threads):
+def test_longer_sequence(threads, dtype):
     """Enough steps and rows for the two threads to hand panels back and forth."""
     check_case("lstm", T=40, B=9, I=12, H=48, lengths_kind="different", reverse=True,
-               state=True, saved_type=packed.PackedCache)
+               state=True, saved_type=packed.PackedCache, dtype=dtype)
 
 
 def test_old_kernels_still_selectable(monkeypatch):
@@ -31,14 +31,14 @@ def test_old_kernels_still_selectable(monkeypatch):
 
 @pytest.mark.parametrize("shape", [(5, 1, 3, 40), (4, 2, 5, 40), (3, 1, 2, 70)],
                          ids=lambda s: "T{}B{}I{}H{}".format(*s))
-def test_panel_pairs(shape, vector_width):
+def test_panel_pairs(shape, vector_width, dtype):
     """One or two rows per call: the forward runs neighbouring panels in pairs
     (an odd panel count leaves one alone)."""
-    check_all_options("lstm", shape, packed.PackedCache)
+    check_all_options("lstm", shape, packed.PackedCache, dtype=dtype)
 
 
 @pytest.mark.parametrize("B", [1, 2, 3])
-def test_peephole_panel_pairs_against_reference(B, vector_width):
+def test_peephole_panel_pairs_against_reference(B, vector_width, dtype):
     import numpy as np
     from fastrnn import reference
     from fastrnn.cells import CELLS
@@ -46,7 +46,7 @@ def test_peephole_panel_pairs_against_reference(B, vector_width):
     cell = CELLS["peephole_diagonal"]
     T, I, H = 6, 3, 40
     rng = np.random.default_rng(B)
-    f = lambda *s: rng.uniform(-0.3, 0.3, s).astype(np.float32)  # noqa: E731
+    f = lambda *s: rng.uniform(-0.3, 0.3, s).astype(dtype)  # noqa: E731
     w = Weights(f(4 * H, I), f(4 * H, H), f(4 * H), f(4 * H), f(3, H))
     x, h0, c0 = f(T, B, I), f(B, H), f(B, H)
     d = lambda a: a.astype(np.float64)  # noqa: E731
@@ -57,6 +57,7 @@ def test_peephole_panel_pairs_against_reference(B, vector_width):
             assert isinstance(cache.saved, packed.PackedCache)
         yr, hr, cr, _ = reference.forward(cell, d(x), d(h0), d(c0), w64, None, False, False)
         from fastrnn.testing import assert_close, cell_terms
-        fwd = cell_terms(cell, T, B, I, H, approx=True, backward=False)
+        fwd = cell_terms(cell, T, B, I, H, dtype=dtype, approx=True, backward=False)
         for a, b in ((y, yr), (h, hr), (c, cr)):
-            assert_close(a, b, fwd, scale=1.0, dtype=np.float32)
+            assert a.dtype == dtype
+            assert_close(a, b, fwd, scale=1.0, dtype=dtype)

@@ -26,10 +26,10 @@ def two_threads(monkeypatch):
     cpu.set_num_threads(old)
 
 
-def _problem(cell_name, T, B, I, H, seed=0, lengths=True):
+def _problem(cell_name, T, B, I, H, seed=0, lengths=True, dtype=np.float32):
     rng = np.random.default_rng(seed)
     cell = get_cell(cell_name)
-    f = np.float32
+    f = dtype
     s = 1 / np.sqrt(H)
     w = Weights(rng.uniform(-s, s, (4 * H, I)).astype(f), rng.uniform(-s, s, (4 * H, H)).astype(f),
                 rng.uniform(-s, s, 4 * H).astype(f), rng.uniform(-s, s, 4 * H).astype(f),
@@ -49,13 +49,15 @@ def _run(cell, x, h0, c0, w, lens, dy, reverse):
     return [y, h, c, yi, hi, ci, dx, dh0, dc0] + [g for g in dw if g is not None]
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("split", ["panels", "rows"])
-def test_one_and_two_threads_agree_bitwise(two_threads, monkeypatch, cell_name, reverse, split):
+def test_one_and_two_threads_agree_bitwise(two_threads, monkeypatch, cell_name, reverse, split,
+                                           dtype):
     monkeypatch.setattr(packed, "_ROW_SPLIT_BYTES", 1 << 40 if split == "rows" else -1)
     monkeypatch.setattr(packed, "_ROW_SPLIT_FLOPS", 0)
-    prob = _problem(cell_name, 9, 11, 5, 40)
+    prob = _problem(cell_name, 9, 11, 5, 40, dtype=dtype)
     G = get_cell(cell_name).gates
     if G != 4:
         w = prob[4]
@@ -70,6 +72,7 @@ def test_one_and_two_threads_agree_bitwise(two_threads, monkeypatch, cell_name, 
     finally:
         cpu.set_num_threads(old)
     for a, b in zip(one, two):
+        assert (a is None and b is None) or a.dtype == dtype
         np.testing.assert_array_equal(a, b)
 
 
@@ -202,17 +205,18 @@ def test_packed_inference_workspace_does_not_grow_with_T(cell_name):
     assert per_step <= 16, (extra, per_step)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal", "gru", "rnn_relu"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_inference_in_chunks_equals_training_forward(monkeypatch, cell_name, reverse):
+def test_inference_in_chunks_equals_training_forward(monkeypatch, cell_name, reverse, dtype):
     """Inference runs its steps in chunks (4 here): outputs and final states equal
     the training forward's, which runs the sequence whole, bit for bit."""
     monkeypatch.setattr(packed, "_infer_chunk", lambda B: 4)
-    cell, x, h0, c0, w, lens, dy = _problem("lstm", 11, 6, 3, 20, seed=3)
+    cell, x, h0, c0, w, lens, dy = _problem("lstm", 11, 6, 3, 20, seed=3, dtype=dtype)
     G = get_cell(cell_name).gates
     cell = get_cell(cell_name)
     w = Weights(w.w_ih[:G * 20], w.w_hh[:G * 20], w.b_ih[:G * 20], w.b_hh[:G * 20],
-                np.full((3, 20), 0.3, np.float32) if cell.peephole else None)
+                np.full((3, 20), 0.3, dtype) if cell.peephole else None)
     lens[0] = 11
     tr = cpu.forward(cell, x, h0, c0, w, lens, reverse, True)
     inf = cpu.forward(cell, x, h0, c0, w, lens, reverse, False)

@@ -279,6 +279,28 @@ class _RecurrentLayer:
             else:
                 self.params[k][...] = a
 
+    # ------------------------------------------------------------------ streaming
+    def stream(self, batch_size: int = 1):
+        """A :class:`fastrnn.stream.Stream`: this stack fed one time step per
+        call (``s.step(x_t)``), its state kept between calls, with the weights
+        prepared once.
+
+        The stream holds a snapshot of the weights and never sees later
+        changes by itself (training, ``load_state_dict``): call its
+        ``refresh()`` after them. Unidirectional layers on the host only (a
+        bidirectional layer raises ValueError: its reverse direction needs the
+        whole sequence).
+
+        Examples
+        --------
+        >>> import numpy as np, fastrnn
+        >>> s = fastrnn.LSTM(4, 8, seed=0).stream()
+        >>> s.step(np.zeros(4, np.float32)).shape
+        (8,)
+        """
+        from .stream import Stream
+        return Stream(self, batch_size)
+
     # ------------------------------------------------------------------ checks
     def _check_input(self, x, state, lengths):
         """The checked ``(x, h0, c0, lengths, T, B)`` of a forward call."""

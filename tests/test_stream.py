@@ -1,0 +1,229 @@
+"""Streams (fastrnn.stream, kernels/latency.py): one step per call equals the
+layer run over the whole sequence; state get/set/reset; weight snapshots and
+refresh; model streams equal the models' one-shot predictions."""
+import numpy as np
+import pytest
+
+import fastrnn
+from fastrnn.optim import SGD
+from fastrnn.stream import Stream
+from tolerances import tol
+
+# (layer class, constructor keywords) of every registered cell
+CELLS = [
+    (fastrnn.RNN, {}), (fastrnn.RNN, {"nonlinearity": "relu"}), (fastrnn.LSTM, {}),
+    (fastrnn.GRU, {}), (fastrnn.GRU, {"reset_after": False}),
+    (fastrnn.PeepholeLSTM, {}), (fastrnn.PeepholeLSTM, {"peephole": "full"}),
+]
+IDS = ["rnn_tanh", "rnn_relu", "lstm", "gru", "gru_reset_before", "peep_diag", "peep_full"]
+DTYPES = [np.float32, np.float64]
+
+
+def _layer(cls, kw, dtype, L=2, I=3, H=5, seed=0):
+    return cls(I, H, num_layers=L, dtype=dtype, seed=seed, **kw).eval()
+
+
+def _x(T, B, I, dtype, seed=1):
+    return np.random.default_rng(seed).standard_normal((T, B, I)).astype(dtype)
+
+
+def _h(state):
+    return state[0] if isinstance(state, tuple) else state
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cls,kw", CELLS, ids=IDS)
+def test_steps_equal_layer_over_1000_steps(cls, kw, dtype):
+    """1,000 single steps, B = 1 (1-d inputs) and B = 3, a 2-layer stack, with
+    the state set from outside at step 400 and one row reset at step 700: the
+    outputs and the final state equal layer(x) run over the same pieces."""
+    layer = _layer(cls, kw, dtype)
+    for B in (1, 3):
+        x = _x(1000, B, 3, dtype)
+        s = layer.stream(batch_size=B)
+        ys = np.empty((1000, B, 5), dtype)
+        rng = np.random.default_rng(2)
+        h0 = rng.standard_normal((2, B, 5)).astype(dtype) * 0.5
+        st0 = (h0, h0 * 2) if layer.cell.has_cell else h0
+        for t in range(1000):
+            if t == 400:
+                s.state = st0
+            if t == 700:
+                s.reset(B - 1)
+            ys[t] = s.step(x[t, 0] if B == 1 else x[t])
+        # the layer over the same pieces: [0, 400), [400, 700) from st0, [700, 1000)
+        y1, sa = layer(x[:400])
+        y2, sb = layer(x[400:700], st0)
+        parts = tuple(np.array(p) for p in (sb if isinstance(sb, tuple) else (sb,)))
+        for p in parts:
+            p[:, B - 1] = 0
+        y3, sc = layer(x[700:], parts if layer.cell.has_cell else parts[0])
+        ref = np.concatenate([y1, y2, y3])
+        np.testing.assert_allclose(ys, ref, **tol(dtype))
+        got = s.state
+        for a, b in zip(got if isinstance(got, tuple) else (got,),
+                        sc if isinstance(sc, tuple) else (sc,)):
+            np.testing.assert_allclose(a, b, **tol(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_chunks_continue_the_state(dtype):
+    layer = _layer(fastrnn.LSTM, {}, dtype, L=2, I=4, H=6)
+    x = _x(50, 2, 4, dtype)
+    s = layer.stream(2)
+    y = np.concatenate([s(x[:20]), s(x[20:21]), s(x[21:])])
+    ref, (h, c) = layer(x)
+    np.testing.assert_allclose(y, ref, **tol(dtype))
+    np.testing.assert_allclose(s.state[1], c, **tol(dtype))
+    # steps and chunks mix
+    s.reset()
+    a = s(x[:10])
+    b = np.stack([s.step(x[t]).copy() for t in range(10, 50)])
+    np.testing.assert_allclose(np.concatenate([a, b]), ref, **tol(dtype))
+
+
+def test_batch_first_chunks():
+    layer = fastrnn.GRU(3, 4, batch_first=True, seed=0).eval()
+    x = _x(2, 7, 3, np.float32)                    # (B, T, I)
+    ref, _ = layer(x)
+    np.testing.assert_allclose(layer.stream(2)(x), ref, **tol(np.float32))
+
+
+def test_stream_keeps_old_weights_until_refresh():
+    layer = _layer(fastrnn.LSTM, {}, np.float32)
+    x = _x(30, 1, 3, np.float32)
+    old, _ = layer(x)
+    s = layer.stream()
+    layer.train()
+    y, _ = layer(x)
+    layer.backward(np.ones_like(y))
+    SGD(layer, lr=0.5).step()
+    layer.eval()
+    new, _ = layer(x)
+    assert np.abs(new - old).max() > 1e-3
+    y_old = np.stack([s.step(x[t, 0]).copy() for t in range(30)])
+    np.testing.assert_allclose(y_old, old[:, 0], **tol(np.float32))
+    s.refresh().reset()
+    y_new = np.stack([s.step(x[t, 0]).copy() for t in range(30)])
+    np.testing.assert_allclose(y_new, new[:, 0], **tol(np.float32))
+
+
+def test_output_buffer_reused_and_out():
+    layer = fastrnn.LSTM(3, 4, seed=0).eval()
+    s = layer.stream()
+    x = np.ones(3, np.float32)
+    a = s.step(x)
+    a_val = a.copy()
+    a[:] = 100                    # writing the returned buffer leaves the state alone
+    b = s.step(x)
+    assert b is a                 # the same buffer, overwritten by the next step
+    s2 = layer.stream()
+    s2.step(x)
+    np.testing.assert_array_equal(s2.step(x), b)
+    out = np.empty(4, np.float32)
+    s3 = layer.stream()
+    np.testing.assert_array_equal(s3.step(x, out=out), a_val)
+    assert s3.step(x, out=out) is out
+    np.testing.assert_array_equal(out, b)
+
+
+def test_bad_input_is_refused_before_running():
+    layer = fastrnn.GRU(3, 4, seed=0).eval()
+    s = layer.stream(2)
+    before = s.state.copy()
+    with pytest.raises(TypeError, match="dtype float32"):
+        s.step(np.zeros((2, 3), np.float64))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        s.step(np.zeros((3,), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(2, 3\)"):
+        s.step(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="out must be"):
+        s.step(np.zeros((2, 3), np.float32), out=np.zeros((2, 5), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(T, B=2, 3\)"):
+        s(np.zeros((5, 3, 3), np.float32))
+    with pytest.raises(ValueError, match="rows must lie"):
+        s.reset(2)
+    with pytest.raises(ValueError, match=r"\(2, 2, 4\)|shape"):
+        s.state = np.zeros((1, 3, 4), np.float32)
+    with pytest.raises(ValueError, match="batch_size"):
+        layer.stream(0)
+    np.testing.assert_array_equal(s.state, before)
+    # a list is converted (the slow path), a non-contiguous row copied
+    s.step([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]])
+    s.step(np.zeros((3, 2), np.float32).T)
+
+
+def test_bidirectional_refused_with_the_reason():
+    with pytest.raises(ValueError, match="bidirectional.*last step"):
+        fastrnn.LSTM(3, 4, bidirectional=True).stream()
+
+
+def test_no_bias_and_reset_rows():
+    layer = fastrnn.RNN(3, 4, num_layers=2, bias=False, seed=0).eval()
+    x = _x(12, 3, 3, np.float32)
+    s = layer.stream(3)
+    s(x)
+    s.reset([0, 2])
+    h = s.state
+    assert not h[:, [0, 2]].any() and h[:, 1].any()
+    s.reset()
+    ref, _ = layer(x)
+    np.testing.assert_allclose(s(x), ref, **tol(np.float32))
+
+
+# ------------------------------------------------------------------ models
+def test_language_model_stream_and_sample():
+    lm = fastrnn.LanguageModel(11, embed_dim=6, hidden_size=8, num_layers=2, seed=0)
+    lm.eval()
+    toks = np.array([1, 4, 2, 9, 0, 3])
+    ref, _ = lm(toks[:, None])
+    s = lm.stream()
+    got = np.stack([s.step(int(t)).copy() for t in toks])
+    np.testing.assert_allclose(got, ref[:, 0], **tol(np.float32))
+    s2 = lm.stream(2)
+    ref2, _ = lm(np.stack([toks, toks[::-1]], axis=1))
+    got2 = np.stack([s2.step(np.array([a, b])).copy() for a, b in zip(toks, toks[::-1])])
+    np.testing.assert_allclose(got2, ref2, **tol(np.float32))
+    with pytest.raises(ValueError, match=r"\[0, 11\)"):
+        s.step(11)
+    # sample runs on the stream: greedy decoding equals the step-by-step argmax
+    out = lm.sample(5, [1, 4], temperature=0)
+    s.reset()
+    s.step(1)
+    last = s.step(4)
+    for t in out:
+        assert t == int(np.argmax(last))
+        last = s.step(int(t))
+
+
+def test_classifier_and_regressor_streams_equal_predict():
+    from fastrnn.data import Standardizer
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 9, 2)) * 3 + 1                     # (B, T, F), raw units
+    clf = fastrnn.SequenceClassifier(4, input_size=2, hidden_size=6, num_layers=2, seed=0)
+    clf.scaler = Standardizer().fit(x.reshape(-1, 2), axis=0)
+    s = clf.stream(3)
+    for t in range(9):
+        p = s.step(x[:, t].astype(np.float32))
+    np.testing.assert_allclose(p, clf.predict_proba(x), rtol=1e-4, atol=1e-5)
+    reg = fastrnn.SequenceRegressor(2, output_size=2, horizon=3, hidden_size=6, seed=0,
+                                    cell="gru")
+    reg.scaler = Standardizer().fit(x.reshape(-1, 2), axis=0)
+    reg.target_scaler = Standardizer(mean=[5.0, -2.0], std=[10.0, 0.5])
+    s = reg.stream()
+    for t in range(9):
+        p = s.step(x[0, t].astype(np.float32))
+    np.testing.assert_allclose(p, reg.predict(x[0]), rtol=1e-4, atol=1e-4)
+    att = fastrnn.SequenceClassifier(2, input_size=2, hidden_size=4, pooling="attention")
+    with pytest.raises(ValueError, match="attention.*pooling='last'"):
+        att.stream()
+
+
+def test_stream_object_api():
+    layer = fastrnn.LSTM(3, 4, seed=0)
+    s = layer.stream()
+    assert isinstance(s, Stream) and "batch_size=1" in repr(s)
+    h, c = s.state
+    assert h.shape == c.shape == (1, 1, 4)
+    s.state = None
+    assert not s.state[0].any()

@@ -529,6 +529,10 @@ def _parse(argv):
     ap.add_argument("--train", action="store_true",
                     help="training throughput of whole models (char LSTM language model, "
                          "variable-length classifier) against PyTorch, instead of the grid")
+    ap.add_argument("--latency", action="store_true",
+                    help="one recurrent step per call (streams) against torch cells, torch "
+                         "T=1 and onnxruntime T=1, plus batch-1 sequence inference, one "
+                         "thread each, instead of the grid")
     args = ap.parse_args(argv)
     if args.compile is None:
         args.compile = not args.quick
@@ -576,6 +580,9 @@ def main(argv=None):
     if args.train:
         from . import bench_train
         return bench_train.main(args)
+    if args.latency:
+        from . import bench_latency
+        return bench_latency.main(args)
     from .kernels import cpu
 
     ok, why = cpu.available()

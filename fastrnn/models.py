@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _device, _validate
+from . import prepared as _prepared
 from . import checkpoint as _ckpt
 from .blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
                      softmax_cross_entropy)
@@ -155,6 +156,7 @@ class _Model:
                 own[k][...] = v
             else:
                 _device.assign(own[k], v)
+        _prepared.bump()
 
     def generators(self):
         """Every random generator the model draws from (dropout masks), in a

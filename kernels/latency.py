@@ -25,6 +25,17 @@ of its ``meta`` row:
 - peepholes: ``[3, H]`` (diagonal) or ``[3, H, H]`` transposed (full: row
   ``k`` of gate ``g`` holds ``P_g[:, k]``), in the order ``p_i, p_f, p_o``.
 
+float32 LSTM, diagonal-peephole LSTM and GRU (reset_after) layers whose
+``H`` is a multiple of the SIMD width instead keep the panel layout of the
+sequence kernels (:mod:`fastrnn.kernels.packed`, ``_pack``: per panel of
+``VW`` units, ``[W_ih W_hh]ᵀ`` rows of ``G*VW`` gate columns) and run their
+register-blocked micro-kernels (:mod:`fastrnn.kernels.simd`), the gate math
+on the accumulators: the weights are read once per step for all rows, with
+no pass over an accumulator array. ``meta[0, 5]`` is then ``VW`` (else 0),
+``meta[0, 6]`` the rows per micro-kernel call, and a layer's row holds
+``off_up`` (the panels) and ``off_pb`` (their biases) in columns 6 and 7
+(``off_p`` the panel-ordered peepholes).
+
 ``ax`` and ``ah`` are kept apart (rather than one sum) because the GRU needs
 ``U_n h + b_hn`` on its own; the gate math then reads both, per gate, through
 slice views indexed by plain ``j`` (the form LLVM vectorises).
@@ -50,14 +61,17 @@ another order, so not bitwise).
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
+from numba import njit, types
+from numba.extending import overload
 
 from fastrnn.cells import get_cell
+from fastrnn.kernels import packed as _packed
+from fastrnn.kernels import packed_cells as _packed_cells
 from fastrnn.kernels import pointwise as _pointwise
 from fastrnn.kernels.activations import sigmoid as _sigmoid
 from fastrnn.kernels.activations import tanh as _tanh
 
-__all__ = ["CELL_CODES", "prepare", "prepare_head", "step", "run", "head_step", "lm_step",
+__all__ = ["CELL_CODES", "uses_panels", "prepare", "prepare_head", "step", "run", "head_step", "lm_step",
            "new_state", "new_workspace"]
 
 _OPTS = dict(cache=True, fastmath=True, error_model="numpy", nogil=True, boundscheck=False)
@@ -78,6 +92,14 @@ _peep_out = _PW.peephole_out
 
 
 # --------------------------------------------------------------------------- preparation
+def uses_panels(cell, dtype, H):
+    """Whether :func:`prepare` gives a stack of ``cell`` the micro-kernels'
+    panel layout (float32 LSTM, diagonal peephole LSTM, GRU with reset_after,
+    ``H`` a multiple of the SIMD width) rather than the plain loops."""
+    return (np.dtype(dtype) == np.float32 and H % _packed.vector_width() == 0
+            and get_cell(cell).name in ("lstm", "peephole_diagonal", "gru"))
+
+
 def prepare(cell, layers, dtype):
     """The flat weight buffer and ``meta`` of a stack (see the module doc).
 
@@ -99,7 +121,7 @@ def prepare(cell, layers, dtype):
     L = len(layers)
     H = layers[0].w_hh.shape[1]
     GH = cell.gates * H
-    meta = np.zeros((L + 2, 8), np.int64)
+    meta = np.zeros((L + 2, 10), np.int64)
     meta[0, :5] = (CELL_CODES[cell.name], L, 0, H, layers[0].w_ih.shape[1])
     parts, off = [], 0
 
@@ -110,9 +132,40 @@ def prepare(cell, layers, dtype):
         start, off = off, off + a.size
         return start
 
+    VW = _packed.vector_width()
+    fast = uses_panels(cell, dtype, H)
+    mrmax = _packed._mr(VW) if cell.name != "gru" or VW == 16 else _packed_cells._GRU_FWD_MR8
+
+    def put_aligned(a):
+        nonlocal off
+        pad = (-off) % 16                     # panels start on 64-byte lines
+        if pad:
+            parts.append(np.zeros(pad, dtype))
+            off += pad
+        return put(a)
+
     for l, wt in enumerate(layers):
         I_l = wt.w_ih.shape[1]
         meta[1 + l, 0] = I_l
+        if fast:
+            meta[1 + l, 8], meta[1 + l, 9] = VW, mrmax
+            f = lambda a: np.ascontiguousarray(a, dtype=np.float32)   # noqa: E731
+            peep = None if cell.peephole is None else f(wt.peep)
+            pk = _packed._pack(f(wt.w_ih), f(wt.w_hh), f(wt.b_ih), f(wt.b_hh), VW,
+                               cell.gates, peep=peep)
+            meta[1 + l, 6] = put_aligned(pk.up)                 # [P, I_l + H, G*VW]
+            if cell.name == "gru":        # per panel: b_ir + b_hr, b_iz + b_hz, b_in, b_hn
+                P = H // VW
+                pb = np.zeros((P, 4, VW), np.float32)
+                pb[:, :2] = pk.bias.reshape(P, 3, VW)[:, :2]
+                pb[:, 2] = f(wt.b_ih)[2 * H:].reshape(P, VW)
+                pb[:, 3] = f(wt.b_hh)[2 * H:].reshape(P, VW)
+                meta[1 + l, 7] = put_aligned(pb)
+            else:
+                meta[1 + l, 7] = put_aligned(pk.bias)             # [P, G, VW]
+            if peep is not None:
+                meta[1 + l, 5] = put_aligned(pk.peep)             # [P, 3, VW]
+            continue
         meta[1 + l, 1] = put(np.asarray(wt.w_ih).T)            # [I_l, GH]
         meta[1 + l, 2] = put(np.asarray(wt.w_hh).T)            # [H, GH]
         meta[1 + l, 3] = put(wt.b_ih)                          # [GH]
@@ -122,7 +175,12 @@ def prepare(cell, layers, dtype):
         elif cell.peephole == "full":
             meta[1 + l, 5] = put(np.asarray(wt.peep).transpose(0, 2, 1))  # [3, H(k), H(j)]
         assert wt.w_ih.shape[0] == GH and wt.w_hh.shape == (GH, H)
-    w = np.concatenate(parts) if parts else np.zeros(0, dtype)
+    n = sum(a.size for a in parts)
+    buf = np.empty(n + 16, dtype)                   # the first panel on a 64-byte line
+    start = (-(buf.ctypes.data // dtype.itemsize)) % 16 if fast else 0
+    w = buf[start:start + n]
+    if parts:
+        np.concatenate(parts, out=w)
     return w, meta
 
 
@@ -218,6 +276,80 @@ def _init(acc, bias, B, N):
             a[q] = bias[q]
 
 
+_T16 = (0,) * 16
+_T8 = (0,) * 8
+_PAIR_MR = _packed.PAIR_MR
+
+
+@njit(inline="always")
+def _fast(tag, code, mrmax, meta_l, w, src, h, c, ws, B, H):
+    """One layer's step on the micro-kernels (see the module doc): ``h`` is
+    copied to a scratch row (every panel reads the old ``h``), each panel
+    writes its ``VW`` units of the new ``h`` (and ``c``) in place."""
+    VW = len(tag)
+    I_l = meta_l[0]
+    hold = ws[2].reshape(ws.shape[1] * ws.shape[2])
+    for b in range(B):                      # old h, rows of H, at the scratch's start
+        for j in range(H):
+            hold[b * H + j] = h[b, j]
+    xa = src.ctypes.data
+    ha = hold.ctypes.data
+    ya = h.ctypes.data
+    ca = c.ctypes.data
+    wa = w.ctypes.data
+    up = wa + 4 * meta_l[6]
+    pb = wa + 4 * meta_l[7]
+    pp = wa + 4 * meta_l[5]
+    P = H // VW
+    G = 3 if code == 3 else 4
+    KW = (I_l + H) * G * VW
+    pair = code != 3 and B <= _PAIR_MR and P % 2 == 0   # two panels per call: twice
+    step = 2 if pair else 1                             # the FMA chains for 1-2 rows
+    for p in range(0, P, step):
+        wp = up + 4 * p * KW
+        wn = up + 4 * ((p + step) % P) * KW
+        u0 = p * VW
+        r0 = 0
+        while r0 < B:
+            mr = min(mrmax, B - r0)
+            ro = 4 * (r0 * H + u0)
+            if code == 3:
+                _packed_cells._gru_fwd_mr(mr, tag, xa + 4 * r0 * I_l, I_l, ha + 4 * r0 * H, H,
+                                          wp, I_l, H, pb + 16 * p * VW, ha + ro, ya + ro,
+                                          ha, 0, False)
+            elif code == 5:
+                _packed._lstm_fwd_mr(mr, pair, 1, tag, xa + 4 * r0 * I_l, I_l,
+                                     ha + 4 * r0 * H, H, wp, I_l, H, pb + 16 * p * VW,
+                                     pp + 12 * p * VW, ca + ro, ca + ro, H, ya + ro, ha, 0,
+                                     False, wn)
+            else:
+                _packed._lstm_fwd_mr(mr, pair, None, tag, xa + 4 * r0 * I_l, I_l,
+                                     ha + 4 * r0 * H, H, wp, I_l, H, pb + 16 * p * VW,
+                                     pp, ca + ro, ca + ro, H, ya + ro, ha, 0, False, wn)
+            r0 += mr
+
+
+def _fast_step(code, meta_l, w, src, h, c, ws, B, H):
+    """Run the layer on the micro-kernels if it was prepared for them (float32
+    panels); returns whether it did."""
+
+
+@overload(_fast_step, inline="always")
+def _ol_fast_step(code, meta_l, w, src, h, c, ws, B, H):
+    if w.dtype != types.float32:      # typed away: a float64 stack compiles no intrinsics
+        return lambda code, meta_l, w, src, h, c, ws, B, H: False
+
+    def impl(code, meta_l, w, src, h, c, ws, B, H):
+        if meta_l[8] == 0:
+            return False
+        if meta_l[8] == 16:
+            _fast(_T16, code, meta_l[9], meta_l, w, src, h, c, ws, B, H)
+        else:
+            _fast(_T8, code, meta_l[9], meta_l, w, src, h, c, ws, B, H)
+        return True
+    return impl
+
+
 @njit(**_OPTS)
 def _layer(code, meta_l, w, src, h, c, ws, B, H):
     """One step of one layer: ``src`` ``[B, I_l]`` in, ``h``/``c`` ``[B, H]``
@@ -225,6 +357,8 @@ def _layer(code, meta_l, w, src, h, c, ws, B, H):
     I_l = meta_l[0]
     ox, oh, obx, obh, op = meta_l[1], meta_l[2], meta_l[3], meta_l[4], meta_l[5]
     GH = ax_width(code, H)
+    if _fast_step(code, meta_l, w, src, h, c, ws, B, H):
+        return
     ax = ws[0]
     ah = ws[1]
     tmp = ws[2]

@@ -227,3 +227,22 @@ def test_stream_object_api():
     assert h.shape == c.shape == (1, 1, 4)
     s.state = None
     assert not s.state[0].any()
+
+
+@pytest.mark.parametrize("cls,kw", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}),
+                                    (fastrnn.PeepholeLSTM, {})], ids=["lstm", "gru", "peep"])
+def test_panel_path_equals_sequence_kernels_bitwise(cls, kw, monkeypatch):
+    """float32 stacks with H a multiple of the SIMD width run the sequence
+    kernels' micro-kernels: a stream equals the sequence kernels bit for bit
+    (one row, a pair of rows, more rows than one micro-kernel call takes)."""
+    from fastrnn import prepared
+    layer = cls(5, 32, num_layers=2, seed=0, **kw).eval()
+    for B in (1, 2, 3, 7):
+        x = _x(40, B, 5, np.float32)
+        s = layer.stream(B)
+        ys = np.stack([s.step(x[t]).copy() for t in range(40)])
+        monkeypatch.setattr(prepared, "enabled", False)
+        ref, st = layer(x)
+        monkeypatch.setattr(prepared, "enabled", True)
+        np.testing.assert_array_equal(ys, ref)
+        np.testing.assert_array_equal(s.state[0] if layer.cell.has_cell else s.state, _h(st))

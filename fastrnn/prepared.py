@@ -1,0 +1,112 @@
+"""Prepared weights for inference, and the parameter version that keeps them fresh.
+
+A layer in eval mode runs small batches (``B <= 8``) of a unidirectional
+stack through the latency kernels (:mod:`fastrnn.kernels.latency`), whose
+weights are prepared once (transposed, concatenated, in one buffer) and kept
+while the parameters are unchanged, instead of re-read per call.
+
+When prepared weights are stale
+-------------------------------
+Every code path of fastrnn that writes parameters calls :func:`bump`: the
+optimizers' ``step``, ``load_state_dict`` of layers, blocks and models (so
+``Trainer`` resume, the best-weights callback and checkpoint loading),
+``layer.to()``, and the distributed trainer's parameter averaging and
+broadcast. A prepared copy remembers the version it was made at and the
+identity of the parameter arrays; either changing makes the next call
+prepare again. The one path fastrnn cannot see is a user writing a
+parameter array in place (``layer.params["weight_hh_l0"][...] = w``): call
+``layer.refresh()`` (or :func:`bump`) after that.
+
+Streams (:mod:`fastrnn.stream`) are snapshots on purpose and ignore the
+version: ``stream.refresh()`` re-reads their weights.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["bump", "version", "eval_forward", "use_latency"]
+
+_version = 0
+
+#: the most batch rows the eval path sends to the latency kernels
+MAX_ROWS = 8
+#: False turns the prepared eval path off (the tests compare both)
+enabled = True
+
+
+def bump():
+    """Mark every prepared copy of every layer's weights stale (cheap: one
+    integer increment). Called by everything in fastrnn that writes
+    parameters; call it (or ``layer.refresh()``) after writing parameter
+    arrays in place yourself."""
+    global _version
+    _version += 1
+
+
+def version() -> int:
+    """The current parameter version."""
+    return _version
+
+
+def _key(layer):
+    return (_version, tuple(map(id, layer.params.values())))
+
+
+def stack(layer):
+    """``(w, meta)`` of the layer's stack for the latency kernels, prepared
+    once per parameter version (see the module doc)."""
+    key = _key(layer)
+    got = layer.__dict__.get("_prepared")
+    if got is not None and got[0] == key:
+        return got[1], got[2]
+    from .kernels import latency
+    from .stream import stream_weights
+    w, meta = latency.prepare(layer.cell, stream_weights(layer), layer.dtype)
+    layer._prepared = (key, w, meta)
+    return w, meta
+
+
+def use_latency(layer, B, T):
+    """Whether an eval call of ``B`` rows and ``T`` steps goes to the latency
+    kernels: small batches (:data:`MAX_ROWS`) of the stacks they run on the
+    sequence kernels' own micro-kernels (float32 LSTM, diagonal peephole
+    LSTM and GRU, ``H`` a multiple of the SIMD width), where they measured
+    1.04-1.6x faster than the per-layer sequence kernels (fixed costs paid once
+    per stack, weights not re-packed; bitwise the same results). The plain
+    loops of the other cells and of float64 were slower there and are used
+    by streams only."""
+    if not enabled or B > MAX_ROWS:
+        return False
+    from .kernels import latency
+    return latency.uses_panels(layer.cell, layer.dtype, layer.hidden_size)
+
+
+def eval_forward(layer, x, h0, c0, lengths, T, B):
+    """The eval-mode forward of a unidirectional host stack on the latency
+    kernels with prepared weights, or None where it does not apply (the
+    caller then runs the sequence kernels). Arguments as checked by the
+    layer (``x`` ``(T, B, I)`` or batch-first)."""
+    if (layer.training or lengths is not None or layer.bidirectional or layer._ops.on_device
+            or layer.backend not in ("cpu", "auto") or not use_latency(layer, B, T)):
+        return None
+    try:
+        from .kernels import latency
+        w, meta = stack(layer)
+    except ImportError:             # pragma: no cover - no numba: the caller's path
+        return None
+    L, H, dt = layer.num_layers, layer.hidden_size, layer.dtype
+    meta = meta.copy()
+    meta[0, 2] = B
+    st = latency.new_state(L, B, H, dt)
+    if h0 is not None:
+        st[0] = h0
+    if c0 is not None:
+        st[1] = c0
+    ws = latency.new_workspace(B, layer.cell.gates * H, dt)
+    xt = np.ascontiguousarray(x.transpose(1, 0, 2) if layer.batch_first else x)
+    y = np.empty((T, B, H), dt)
+    latency.run(meta, w, st, ws, xt, y)
+    if layer.batch_first:
+        y = np.ascontiguousarray(y.transpose(1, 0, 2))
+    h_n = st[0].copy()
+    return y, ((h_n, st[1].copy()) if layer.cell.has_cell else h_n)

@@ -102,11 +102,32 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
         st[0] = h0
     if c0 is not None:
         st[1] = c0
-    ws = latency.new_workspace(B, layer.cell.gates * H, dt)
     xt = np.ascontiguousarray(x.transpose(1, 0, 2) if layer.batch_first else x)
-    y = np.empty((T, B, H), dt)
-    latency.run(meta, w, st, ws, xt, y)
+    y = _rows1(layer, meta, w, st, xt) if B == 1 else None
+    if y is None:
+        y = np.empty((T, B, H), dt)
+        latency.run(meta, w, st, latency.new_workspace(B, layer.cell.gates * H, dt), xt, y)
     if layer.batch_first:
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
     h_n = st[0].copy()
     return y, ((h_n, st[1].copy()) if layer.cell.has_cell else h_n)
+
+
+def _rows1(layer, meta, w, st, x):
+    """One sequence (B = 1) layer by layer: each layer's input product for all
+    steps as one GEMM, then the recurrence with only ``U h`` in each step's
+    dependent chain (:func:`fastrnn.kernels.latency.run_rows1`); None where a
+    layer has no such path (the caller runs every layer per step instead)."""
+    from .kernels import cpu, latency
+    parts = [latency.input_weights(meta, w, l) for l in range(layer.num_layers)]
+    if any(p is None for p in parts):
+        return None
+    T = x.shape[0]
+    inp = x
+    for l, (wx, bx) in enumerate(parts):
+        xg = cpu.matmul(inp.reshape(T, inp.shape[2]), wx)           # [T, P*G*VW]
+        xg += bx
+        y = np.empty((T, 1, layer.hidden_size), layer.dtype)
+        latency.run_rows1(meta[1 + l], w, xg, st[0, l], st[1, l], y)
+        inp = y
+    return inp

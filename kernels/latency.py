@@ -121,7 +121,7 @@ def prepare(cell, layers, dtype):
     L = len(layers)
     H = layers[0].w_hh.shape[1]
     GH = cell.gates * H
-    meta = np.zeros((L + 2, 10), np.int64)
+    meta = np.zeros((L + 2, 12), np.int64)
     meta[0, :5] = (CELL_CODES[cell.name], L, 0, H, layers[0].w_ih.shape[1])
     parts, off = [], 0
 
@@ -165,6 +165,10 @@ def prepare(cell, layers, dtype):
                 meta[1 + l, 7] = put_aligned(pk.bias)             # [P, G, VW]
             if peep is not None:
                 meta[1 + l, 5] = put_aligned(pk.peep)             # [P, 3, VW]
+            if cell.name != "gru":        # the one-row sequence path (run_rows1)
+                meta[1 + l, 10] = put_aligned(pk.up[:, I_l:])     # [P, H, G*VW]
+                meta[1 + l, 11] = put_aligned(                    # [I_l, P*G*VW]
+                    pk.up[:, :I_l].transpose(1, 0, 2).reshape(I_l, -1))
             continue
         meta[1 + l, 1] = put(np.asarray(wt.w_ih).T)            # [I_l, GH]
         meta[1 + l, 2] = put(np.asarray(wt.w_hh).T)            # [H, GH]
@@ -557,3 +561,60 @@ def lm_step(meta, w, st, ws, tok, out):
             xb[k] = r[k]
     _stack(meta, w, st, ws, xe)
     _head(meta, w, st, out)
+
+
+# --------------------------------------------------------------------------- one-row sequences
+def input_weights(meta, w, l):
+    """Layer ``l``'s input weights ``[I_l, P*G*VW]`` and biases ``[P*G*VW]`` in
+    panel order (a view of ``w``), for :func:`run_rows1`'s input product; None
+    where the layer has no such layout."""
+    row = meta[1 + l]
+    if row[8] == 0 or row[10] == 0 or meta[0, 0] == CELL_CODES["gru"]:
+        return None
+    I_l, GH = int(row[0]), int(meta[0, 3]) * 4
+    return (w[row[11]: row[11] + I_l * GH].reshape(I_l, GH), w[row[7]: row[7] + GH])
+
+
+@njit(inline="always")
+def _rows1(tag, meta_l, w, xg, h, c, y):
+    VW = len(tag)
+    H = h.shape[1]
+    P = H // VW
+    KH = H * 4 * VW
+    wa = w.ctypes.data
+    uh = wa + 4 * meta_l[10]
+    pp = wa + 4 * meta_l[5]
+    peep = meta_l[5] != 0
+    ca = c.ctypes.data
+    step = 2 if P % 2 == 0 else 1
+    pair = step == 2
+    T = xg.shape[0]
+    for t in range(T):
+        ha = h.ctypes.data if t == 0 else y[t - 1].ctypes.data
+        ya = y[t].ctypes.data
+        xa = xg[t].ctypes.data
+        for p in range(0, P, step):
+            wp = uh + 4 * p * KH
+            wn = uh + 4 * ((p + step) % P) * KH
+            u0 = 4 * p * VW
+            if peep:
+                _packed._lstm_fwd_mr(1, pair, 1, tag, xa, 0, ha, H, wp, 0, H, xa + 4 * u0,
+                                     pp + 3 * u0, ca + u0, ca + u0, H, ya + u0, ha, 0, False, wn)
+            else:
+                _packed._lstm_fwd_mr(1, pair, None, tag, xa, 0, ha, H, wp, 0, H, xa + 4 * u0,
+                                     pp, ca + u0, ca + u0, H, ya + u0, ha, 0, False, wn)
+    for j in range(H):
+        h[0, j] = y[T - 1, 0, j]
+
+
+@njit(**_OPTS)
+def run_rows1(meta_l, w, xg, h, c, y):
+    """One float32 LSTM / peephole-LSTM layer over a one-row sequence, its
+    input product given: ``xg`` ``[T, P*G*VW]`` (``x W_ihᵀ + b`` in panel
+    order, from one GEMM over all steps), so each step's dependent chain is
+    the ``H`` rows of ``U`` only. ``h``, ``c`` ``[1, H]`` in (the initial
+    state) and out (the final one); ``y`` ``[T, 1, H]`` out."""
+    if meta_l[8] == 16:
+        _rows1(_T16, meta_l, w, xg, h, c, y)
+    else:
+        _rows1(_T8, meta_l, w, xg, h, c, y)

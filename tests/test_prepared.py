@@ -25,12 +25,23 @@ def _ref(layer, x, state=None):
         prepared.enabled = old
 
 
+def _check(a, b, exact):
+    if exact:
+        np.testing.assert_array_equal(a, b)
+    else:
+        np.testing.assert_allclose(a, b, **tol(np.float32))
+
+
 def _same(layer, x, state=None):
+    """The prepared path equals the sequence kernels: bit for bit for B > 1
+    (the same micro-kernels, the same sums), within the kernel tolerance for
+    one row (whose input product is one GEMM over all steps first)."""
     y, st = layer(x, state)
     yr, sr = _ref(layer, x, state)
-    np.testing.assert_array_equal(y, yr)
+    exact = x.shape[0 if layer.batch_first else 1] > 1
+    _check(y, yr, exact)
     for a, b in zip(st if isinstance(st, tuple) else (st,), sr if isinstance(sr, tuple) else (sr,)):
-        np.testing.assert_array_equal(a, b)
+        _check(a, b, exact)
     return y
 
 
@@ -40,7 +51,7 @@ def _x(T, B, I, seed=1):
 
 @pytest.mark.parametrize("cls,kw", [(fastrnn.LSTM, {}), (fastrnn.GRU, {}),
                                     (fastrnn.PeepholeLSTM, {})], ids=["lstm", "gru", "peep"])
-def test_prepared_path_is_bitwise_the_sequence_kernels(cls, kw):
+def test_prepared_path_equals_the_sequence_kernels(cls, kw):
     layer = cls(5, H, num_layers=2, seed=0, **kw).eval()
     for B in (1, 2, 3, 8):
         x = _x(13, B, 5)
@@ -111,7 +122,7 @@ def test_model_load_state_dict_trainer_and_resume(tmp_path):
             ref = m(toks)[0]
         finally:
             prepared.enabled = old
-        np.testing.assert_array_equal(out, ref)
+        np.testing.assert_allclose(out, ref, **tol(np.float32))
         return out
 
     start = logits(lm)
@@ -129,7 +140,7 @@ def test_model_load_state_dict_trainer_and_resume(tmp_path):
     assert np.abs(before - trained).max() > 1e-4
     other = fastrnn.LanguageModel(7, 4, H, num_layers=2, seed=9)
     lm.load_state_dict(other.state_dict())
-    np.testing.assert_array_equal(logits(lm), logits(other))
+    np.testing.assert_allclose(logits(lm), logits(other), **tol(np.float32))
 
 
 def test_saving_per_call_is_real():

@@ -55,15 +55,26 @@ def _key(layer):
 def stack(layer):
     """``(w, meta)`` of the layer's stack for the latency kernels, prepared
     once per parameter version (see the module doc)."""
+    p = _prepare(layer)
+    return p[1], p[2]
+
+
+def _prepare(layer):
+    """``(key, w, meta, panels, rows1)``: the prepared stack, whether it runs
+    on the micro-kernels, and the per-layer input weights of the one-row path
+    (or None), cached on the layer per parameter version."""
     key = _key(layer)
     got = layer.__dict__.get("_prepared")
     if got is not None and got[0] == key:
-        return got[1], got[2]
+        return got
     from .kernels import latency
     from .stream import stream_weights
     w, meta = latency.prepare(layer.cell, stream_weights(layer), layer.dtype)
-    layer._prepared = (key, w, meta)
-    return w, meta
+    panels = latency.uses_panels(layer.cell, layer.dtype, layer.hidden_size)
+    rows1 = [latency.input_weights(meta, w, l) for l in range(layer.num_layers)]
+    got = (key, w, meta, panels, None if any(r is None for r in rows1) else rows1)
+    layer._prepared = got
+    return got
 
 
 def use_latency(layer, B, T):
@@ -72,9 +83,8 @@ def use_latency(layer, B, T):
     sequence kernels' own micro-kernels (float32 LSTM, diagonal peephole
     LSTM and GRU, ``H`` a multiple of the SIMD width), where they measured
     1.04-1.6x faster than the per-layer sequence kernels (fixed costs paid once
-    per stack, weights not re-packed; bitwise the same results). The plain
-    loops of the other cells and of float64 were slower there and are used
-    by streams only."""
+    per stack, weights not re-packed). The plain loops of the other cells and
+    of float64 were slower there and are used by streams only."""
     if not enabled or B > MAX_ROWS:
         return False
     from .kernels import latency
@@ -86,48 +96,39 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
     kernels with prepared weights, or None where it does not apply (the
     caller then runs the sequence kernels). Arguments as checked by the
     layer (``x`` ``(T, B, I)`` or batch-first)."""
-    if (layer.training or lengths is not None or layer.bidirectional or layer._ops.on_device
-            or layer.backend not in ("cpu", "auto") or not use_latency(layer, B, T)):
+    if (not enabled or B > MAX_ROWS or layer.training or lengths is not None
+            or layer.bidirectional or layer._ops.on_device
+            or layer.backend not in ("cpu", "auto")):
         return None
     try:
-        from .kernels import latency
-        w, meta = stack(layer)
+        from .kernels import cpu, latency
+        _, w, meta, panels, rows1 = _prepare(layer)
     except ImportError:             # pragma: no cover - no numba: the caller's path
         return None
+    if not panels:
+        return None
     L, H, dt = layer.num_layers, layer.hidden_size, layer.dtype
-    meta = meta.copy()
-    meta[0, 2] = B
     st = latency.new_state(L, B, H, dt)
     if h0 is not None:
         st[0] = h0
     if c0 is not None:
         st[1] = c0
     xt = np.ascontiguousarray(x.transpose(1, 0, 2) if layer.batch_first else x)
-    y = _rows1(layer, meta, w, st, xt) if B == 1 else None
-    if y is None:
+    if B == 1 and rows1 is not None:
+        # one sequence layer by layer: each layer's input product for all steps
+        # as one GEMM, then the recurrence with only U h in each step's
+        # dependent chain
+        y = xt
+        for l, wx in enumerate(rows1):
+            xg = cpu.matmul(y.reshape(T, y.shape[2]), wx)          # [T, P*G*VW]
+            y = np.empty((T, 1, H), dt)
+            latency.run_rows1(meta[1 + l], w, xg, st[0, l], st[1, l], y)
+    else:
+        meta = meta.copy()
+        meta[0, 2] = B
         y = np.empty((T, B, H), dt)
         latency.run(meta, w, st, latency.new_workspace(B, layer.cell.gates * H, dt), xt, y)
     if layer.batch_first:
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
     h_n = st[0].copy()
     return y, ((h_n, st[1].copy()) if layer.cell.has_cell else h_n)
-
-
-def _rows1(layer, meta, w, st, x):
-    """One sequence (B = 1) layer by layer: each layer's input product for all
-    steps as one GEMM, then the recurrence with only ``U h`` in each step's
-    dependent chain (:func:`fastrnn.kernels.latency.run_rows1`); None where a
-    layer has no such path (the caller runs every layer per step instead)."""
-    from .kernels import cpu, latency
-    parts = [latency.input_weights(meta, w, l) for l in range(layer.num_layers)]
-    if any(p is None for p in parts):
-        return None
-    T = x.shape[0]
-    inp = x
-    for l, (wx, bx) in enumerate(parts):
-        xg = cpu.matmul(inp.reshape(T, inp.shape[2]), wx)           # [T, P*G*VW]
-        xg += bx
-        y = np.empty((T, 1, layer.hidden_size), layer.dtype)
-        latency.run_rows1(meta[1 + l], w, xg, st[0, l], st[1, l], y)
-        inp = y
-    return inp

@@ -68,6 +68,7 @@ from fastrnn.cells import get_cell
 from fastrnn.kernels import packed as _packed
 from fastrnn.kernels import packed_cells as _packed_cells
 from fastrnn.kernels import pointwise as _pointwise
+from fastrnn.kernels import simd as _simd
 from fastrnn.kernels.activations import sigmoid as _sigmoid
 from fastrnn.kernels.activations import tanh as _tanh
 
@@ -283,6 +284,27 @@ def _init(acc, bias, B, N):
 _T16 = (0,) * 16
 _T8 = (0,) * 8
 _PAIR_MR = _packed.PAIR_MR
+# one row, four neighbouring panels per call (AVX-512 only: 16 accumulators):
+# a row's step is a chain of K dependent FMAs per accumulator, so more panels
+# per call keep more chains in flight
+_LF1Q = _simd._make_lstm_fwd(1, False, 4)
+_PF1Q = _simd._make_lstm_fwd(1, True, 4)
+
+
+@njit(inline="always")
+def _lstm_row(np_, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, wn):
+    """One row of ``np_`` (1, 2 or 4) neighbouring LSTM panels from ``w``."""
+    if np_ == 4:
+        if peep:
+            _PF1Q(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, h, 0, False, wn)
+        else:
+            _LF1Q(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, h, 0, False, wn)
+    elif peep:
+        _packed._lstm_fwd_mr(1, np_ == 2, 1, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin,
+                             cout, ldc, y, h, 0, False, wn)
+    else:
+        _packed._lstm_fwd_mr(1, np_ == 2, None, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin,
+                             cout, ldc, y, h, 0, False, wn)
 
 
 @njit(inline="always")
@@ -309,6 +331,13 @@ def _fast(tag, code, mrmax, meta_l, w, src, h, c, ws, B, H):
     KW = (I_l + H) * G * VW
     pair = code != 3 and B <= _PAIR_MR and P % 2 == 0   # two panels per call: twice
     step = 2 if pair else 1                             # the FMA chains for 1-2 rows
+    if code != 3 and B == 1 and VW == 16 and P % 4 == 0:
+        for p in range(0, P, 4):                        # one row: four panels per call
+            wp = up + 4 * p * KW
+            u0 = 4 * p * VW
+            _lstm_row(4, code == 5, tag, xa, I_l, ha, H, wp, I_l, H, pb + 4 * u0, pp + 3 * u0,
+                      ca + u0, ca + u0, H, ya + u0, up + 4 * ((p + 4) % P) * KW)
+        return
     for p in range(0, P, step):
         wp = up + 4 * p * KW
         wn = up + 4 * ((p + step) % P) * KW
@@ -565,14 +594,14 @@ def lm_step(meta, w, st, ws, tok, out):
 
 # --------------------------------------------------------------------------- one-row sequences
 def input_weights(meta, w, l):
-    """Layer ``l``'s input weights ``[I_l, P*G*VW]`` and biases ``[P*G*VW]`` in
-    panel order (a view of ``w``), for :func:`run_rows1`'s input product; None
-    where the layer has no such layout."""
+    """Layer ``l``'s input weights ``[I_l, P*G*VW]`` in panel order (a view of
+    ``w``), for :func:`run_rows1`'s input product; None where the layer has no
+    such layout."""
     row = meta[1 + l]
     if row[8] == 0 or row[10] == 0 or meta[0, 0] == CELL_CODES["gru"]:
         return None
     I_l, GH = int(row[0]), int(meta[0, 3]) * 4
-    return (w[row[11]: row[11] + I_l * GH].reshape(I_l, GH), w[row[7]: row[7] + GH])
+    return w[row[11]: row[11] + I_l * GH].reshape(I_l, GH)
 
 
 @njit(inline="always")
@@ -586,23 +615,24 @@ def _rows1(tag, meta_l, w, xg, h, c, y):
     pp = wa + 4 * meta_l[5]
     peep = meta_l[5] != 0
     ca = c.ctypes.data
-    step = 2 if P % 2 == 0 else 1
-    pair = step == 2
+    step = 4 if VW == 16 and P % 4 == 0 else (2 if P % 2 == 0 else 1)
     T = xg.shape[0]
+    GH = xg.shape[1]
+    ob = meta_l[7]
+    bias = w[ob:ob + GH]
     for t in range(T):
+        xr = xg[t]
+        for q in range(GH):
+            xr[q] += bias[q]
         ha = h.ctypes.data if t == 0 else y[t - 1].ctypes.data
         ya = y[t].ctypes.data
-        xa = xg[t].ctypes.data
+        xa = xr.ctypes.data
         for p in range(0, P, step):
             wp = uh + 4 * p * KH
             wn = uh + 4 * ((p + step) % P) * KH
             u0 = 4 * p * VW
-            if peep:
-                _packed._lstm_fwd_mr(1, pair, 1, tag, xa, 0, ha, H, wp, 0, H, xa + 4 * u0,
-                                     pp + 3 * u0, ca + u0, ca + u0, H, ya + u0, ha, 0, False, wn)
-            else:
-                _packed._lstm_fwd_mr(1, pair, None, tag, xa, 0, ha, H, wp, 0, H, xa + 4 * u0,
-                                     pp, ca + u0, ca + u0, H, ya + u0, ha, 0, False, wn)
+            _lstm_row(step, peep, tag, xa, 0, ha, H, wp, 0, H, xa + 4 * u0, pp + 3 * u0,
+                      ca + u0, ca + u0, H, ya + u0, wn)
     for j in range(H):
         h[0, j] = y[T - 1, 0, j]
 
@@ -610,8 +640,9 @@ def _rows1(tag, meta_l, w, xg, h, c, y):
 @njit(**_OPTS)
 def run_rows1(meta_l, w, xg, h, c, y):
     """One float32 LSTM / peephole-LSTM layer over a one-row sequence, its
-    input product given: ``xg`` ``[T, P*G*VW]`` (``x W_ihᵀ + b`` in panel
-    order, from one GEMM over all steps), so each step's dependent chain is
+    input product given: ``xg`` ``[T, P*G*VW]`` (``x W_ihᵀ`` in panel order,
+    from one GEMM over all steps; the biases are added here, in place), so
+    each step's dependent chain is
     the ``H`` rows of ``U`` only. ``h``, ``c`` ``[1, H]`` in (the initial
     state) and out (the final one); ``y`` ``[T, 1, H]`` out."""
     if meta_l[8] == 16:

@@ -58,6 +58,8 @@ def test_prepared_path_equals_the_sequence_kernels(cls, kw):
         h0 = np.random.default_rng(B).standard_normal((2, B, H)).astype(np.float32)
         _same(layer, x, (h0, -h0) if layer.cell.has_cell else h0)
     assert "_prepared" in layer.__dict__              # it ran on the prepared path
+    wide = cls(5, 64, seed=0, **kw).eval()              # one row: four panels per call
+    _same(wide, _x(20, 1, 5))
     bf = cls(5, H, batch_first=True, seed=0, **kw).eval()
     _same(bf, _x(3, 11, 5))                            # (B, T, I)
 

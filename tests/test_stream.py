@@ -237,7 +237,10 @@ def test_panel_path_equals_sequence_kernels_bitwise(cls, kw, monkeypatch):
     (one row, a pair of rows, more rows than one micro-kernel call takes)."""
     from fastrnn import prepared
     layer = cls(5, 32, num_layers=2, seed=0, **kw).eval()
-    for B in (1, 2, 3, 7):
+    cases = [(layer, B) for B in (1, 2, 3, 7)]
+    # H = 64: four panels of 16 (one row runs them in one call) or eight of 8
+    cases.append((cls(5, 64, seed=0, **kw).eval(), 1))
+    for layer, B in cases:
         x = _x(40, B, 5, np.float32)
         s = layer.stream(B)
         ys = np.stack([s.step(x[t]).copy() for t in range(40)])
@@ -246,3 +249,25 @@ def test_panel_path_equals_sequence_kernels_bitwise(cls, kw, monkeypatch):
         monkeypatch.setattr(prepared, "enabled", True)
         np.testing.assert_array_equal(ys, ref)
         np.testing.assert_array_equal(s.state[0] if layer.cell.has_cell else s.state, _h(st))
+
+
+def test_panel_path_eight_wide(monkeypatch):
+    """The AVX2 (8-wide) panels, as on a CPU without AVX-512."""
+    from fastrnn import prepared
+    from fastrnn.kernels import packed
+    packed.set_vector_width(8)
+    try:
+        for cls in (fastrnn.LSTM, fastrnn.GRU):
+            layer = cls(5, 24, num_layers=2, seed=0).eval()          # three panels of 8
+            for B in (1, 2, 5):
+                x = _x(30, B, 5, np.float32)
+                s = layer.stream(B)
+                ys = s(x)
+                y_eval, _ = layer(x)                                   # the prepared path
+                monkeypatch.setattr(prepared, "enabled", False)
+                ref, _ = layer(x)
+                monkeypatch.setattr(prepared, "enabled", True)
+                np.testing.assert_array_equal(ys, ref)
+                np.testing.assert_allclose(y_eval, ref, **tol(np.float32))
+    finally:
+        packed.set_vector_width(None)

@@ -180,13 +180,19 @@ def prepare(cell, layers, dtype):
         elif cell.peephole == "full":
             meta[1 + l, 5] = put(np.asarray(wt.peep).transpose(0, 2, 1))  # [3, H(k), H(j)]
         assert wt.w_ih.shape[0] == GH and wt.w_hh.shape == (GH, H)
+    return _aligned_concat(parts, dtype), meta
+
+
+def _aligned_concat(parts, dtype):
+    """``np.concatenate(parts)`` in a buffer that starts on a 64-byte line (the
+    panels' offsets are multiples of 16 floats, so each starts on one too)."""
     n = sum(a.size for a in parts)
-    buf = np.empty(n + 16, dtype)                   # the first panel on a 64-byte line
-    start = (-(buf.ctypes.data // dtype.itemsize)) % 16 if fast else 0
+    buf = np.empty(n + 16, dtype)
+    start = (-(buf.ctypes.data // dtype.itemsize)) % (64 // dtype.itemsize)
     w = buf[start:start + n]
     if parts:
         np.concatenate(parts, out=w)
-    return w, meta
+    return w
 
 
 def new_state(L, B, H, dtype):
@@ -225,7 +231,7 @@ def prepare_head(w, meta, weight, bias, softmax=False, embedding=None):
     row[4] = off
     parts.append(np.zeros(O, dtype) if bias is None else np.ascontiguousarray(bias, dtype=dtype))
     row[5] = O
-    return np.concatenate(parts), meta
+    return _aligned_concat(parts, dtype), meta
 
 
 # --------------------------------------------------------------------------- kernels
@@ -582,7 +588,7 @@ def lm_step(meta, w, st, ws, tok, out):
     ``out`` ``[B, V]`` logits."""
     L, B, I = meta[0, 1], meta[0, 2], meta[0, 4]
     oE = meta[L + 1, 1]
-    xe = ws[3]
+    xe = ws[3].reshape(ws.shape[1] * ws.shape[2])[:B * I].reshape(B, I)   # rows of I
     for b in range(B):
         r = w[oE + tok[b] * I: oE + tok[b] * I + I]
         xb = xe[b]

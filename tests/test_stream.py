@@ -172,8 +172,9 @@ def test_no_bias_and_reset_rows():
 
 
 # ------------------------------------------------------------------ models
-def test_language_model_stream_and_sample():
-    lm = fastrnn.LanguageModel(11, embed_dim=6, hidden_size=8, num_layers=2, seed=0)
+@pytest.mark.parametrize("hidden", [8, 16], ids=["loops", "panels"])
+def test_language_model_stream_and_sample(hidden):
+    lm = fastrnn.LanguageModel(11, embed_dim=6, hidden_size=hidden, num_layers=2, seed=0)
     lm.eval()
     toks = np.array([1, 4, 2, 9, 0, 3])
     ref, _ = lm(toks[:, None])

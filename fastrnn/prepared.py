@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["bump", "version", "eval_forward", "use_latency"]
+__all__ = ["bump", "version", "eval_forward", "stack"]
 
 _version = 0
 
@@ -77,25 +77,19 @@ def _prepare(layer):
     return got
 
 
-def use_latency(layer, B, T):
-    """Whether an eval call of ``B`` rows and ``T`` steps goes to the latency
-    kernels: small batches (:data:`MAX_ROWS`) of the stacks they run on the
-    sequence kernels' own micro-kernels (float32 LSTM, diagonal peephole
-    LSTM and GRU, ``H`` a multiple of the SIMD width), where they measured
-    1.04-1.6x faster than the per-layer sequence kernels (fixed costs paid once
-    per stack, weights not re-packed). The plain loops of the other cells and
-    of float64 were slower there and are used by streams only."""
-    if not enabled or B > MAX_ROWS:
-        return False
-    from .kernels import latency
-    return latency.uses_panels(layer.cell, layer.dtype, layer.hidden_size)
-
-
 def eval_forward(layer, x, h0, c0, lengths, T, B):
     """The eval-mode forward of a unidirectional host stack on the latency
     kernels with prepared weights, or None where it does not apply (the
     caller then runs the sequence kernels). Arguments as checked by the
-    layer (``x`` ``(T, B, I)`` or batch-first)."""
+    layer (``x`` ``(T, B, I)`` or batch-first).
+
+    It applies to small batches (:data:`MAX_ROWS`) of the stacks the latency
+    kernels run on the sequence kernels' own micro-kernels (float32 LSTM,
+    diagonal peephole LSTM and GRU, ``H`` a multiple of the SIMD width) that
+    the sequence kernels would run on one thread: there it measured 1.04-1.6x
+    faster than them (fixed costs paid once per stack, weights not re-packed;
+    one row: the input product as one GEMM first). The plain loops of the
+    other cells and of float64 were slower there and serve streams only."""
     if (not enabled or B > MAX_ROWS or layer.training or lengths is not None
             or layer.bidirectional or layer._ops.on_device
             or layer.backend not in ("cpu", "auto")):
@@ -108,6 +102,8 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
     if not panels:
         return None
     L, H, dt = layer.num_layers, layer.hidden_size, layer.dtype
+    if cpu.get_num_threads() > 1 and _two_threads(layer, B, T):
+        return None             # the sequence kernels would split it over two threads
     st = latency.new_state(L, B, H, dt)
     if h0 is not None:
         st[0] = h0
@@ -132,3 +128,15 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
         y = np.ascontiguousarray(y.transpose(1, 0, 2))
     h_n = st[0].copy()
     return y, ((h_n, st[1].copy()) if layer.cell.has_cell else h_n)
+
+
+def _two_threads(layer, B, T):
+    """Whether the sequence kernels would run a layer of this call on two
+    threads (their plan's size rule, :class:`fastrnn.kernels.packed._Plan`):
+    the latency kernels use the calling thread only, so they take only the
+    calls that would run on one thread anyway."""
+    from .kernels import packed
+    G, H = layer.cell.gates, layer.hidden_size
+    I = max(layer.input_size, H)
+    flops = 2.0 * B * G * H * (H + I) * T
+    return flops >= packed._ROW_SPLIT_FLOPS * (1 if B >= 2 * packed._ROW_SPLIT_MIN_ROWS else 10)

@@ -26,37 +26,40 @@ of its ``meta`` row:
   ``k`` of gate ``g`` holds ``P_g[:, k]``), in the order ``p_i, p_f, p_o``.
 
 float32 LSTM, diagonal-peephole LSTM and GRU (reset_after) layers whose
-``H`` is a multiple of the SIMD width instead keep the panel layout of the
-sequence kernels (:mod:`fastrnn.kernels.packed`, ``_pack``: per panel of
-``VW`` units, ``[W_ih W_hh]ᵀ`` rows of ``G*VW`` gate columns) and run their
-register-blocked micro-kernels (:mod:`fastrnn.kernels.simd`), the gate math
-on the accumulators: the weights are read once per step for all rows, with
-no pass over an accumulator array. ``meta[0, 5]`` is then ``VW`` (else 0),
-``meta[0, 6]`` the rows per micro-kernel call, and a layer's row holds
-``off_up`` (the panels) and ``off_pb`` (their biases) in columns 6 and 7
-(``off_p`` the panel-ordered peepholes).
+``H`` is a multiple of the SIMD width ``VW`` (:func:`uses_panels`) instead
+keep the panel layout of the sequence kernels (:mod:`fastrnn.kernels.packed`,
+``_pack``: per panel of ``VW`` units, ``[W_ih W_hh]ᵀ`` rows of ``G*VW`` gate
+columns) and run their register-blocked micro-kernels
+(:mod:`fastrnn.kernels.simd`) with the gate math on the accumulators: the
+weights are read once per step for all rows, with no pass over an
+accumulator array, and the results equal the sequence kernels' bit for bit.
 
 ``ax`` and ``ah`` are kept apart (rather than one sum) because the GRU needs
 ``U_n h + b_hn`` on its own; the gate math then reads both, per gate, through
 slice views indexed by plain ``j`` (the form LLVM vectorises).
 
-``meta`` (int64 ``[L + 2, 8]``): row 0 ``[cell code, L, B, H, I, 0, 0, 0]``;
-row ``1 + l``: ``[I_l, off_Wx, off_Wh, off_bx, off_bh, off_p, 0, 0]``; row
-``L + 1`` the optional head of a model (:func:`prepare_head`): ``[mode,
-off_E, V, off_headT, off_headb, O, 0, 0]`` (mode 0 none, 1 linear, 2 linear
-then softmax; ``E`` ``[V, I]`` an embedding table for :func:`lm_step`,
-``headT`` ``[H, O]`` the transposed head weight).
+``meta`` (int64 ``[L + 2, 12]``): row 0 ``[cell code, L, B, H, I, ...]``;
+row ``1 + l`` (plain loops): ``[I_l, off_Wx, off_Wh, off_bx, off_bh, off_p,
+0, 0, 0, ...]``; (panels): ``[I_l, ., ., ., ., off_p (panel-ordered
+peepholes), off_up (the panels [P, I_l + H, G*VW]), off_pb (their biases),
+VW, rows per micro-kernel call, off_uh (the recurrent rows alone [P, H,
+G*VW]), off_wx (the input rows [I_l, P*G*VW])]`` (the last two for
+:func:`run_rows1`; not for the GRU); row ``L + 1`` the optional head of a
+model (:func:`prepare_head`): ``[mode, off_E, V, off_headT, off_headb, O,
+...]`` (mode 0 none, 1 linear, 2 linear then softmax; ``E`` ``[V, I]`` an
+embedding table for :func:`lm_step`, ``headT`` ``[H, O]`` the transposed
+head weight).
 
 State ``st`` ``[2, L, B, H]``: ``st[0]`` the hidden states, ``st[1]`` the
 cells (LSTM family; unused otherwise). Workspace ``ws`` ``[4, B, >= GH]``
-(``ax``, ``ah``, a scratch row, and the embedded tokens of :func:`lm_step`). Layer ``l + 1`` reads layer ``l``'s new
-``h`` straight from the state.
+(``ax``, ``ah``, a scratch row, and the embedded tokens of :func:`lm_step`).
+Layer ``l + 1`` reads layer ``l``'s new ``h`` straight from the state.
 
-The gate math is :mod:`fastrnn.kernels.pointwise`'s, with the fast float32
-``tanh``/``sigmoid`` of :mod:`fastrnn.kernels.activations` (exactly saturating)
-and libm in float64: the same functions as the sequence kernels, so a stream
-agrees with ``layer(x)`` within the kernels' tolerance (the sums run in
-another order, so not bitwise).
+The plain loops' gate math is :mod:`fastrnn.kernels.pointwise`'s, with the
+fast float32 ``tanh``/``sigmoid`` of :mod:`fastrnn.kernels.activations`
+(exactly saturating) and libm in float64: the same functions as the
+sequence kernels, so those stacks agree with ``layer(x)`` within the
+kernels' tolerance (the sums run in another order, so not bitwise).
 """
 from __future__ import annotations
 
@@ -72,8 +75,8 @@ from fastrnn.kernels import simd as _simd
 from fastrnn.kernels.activations import sigmoid as _sigmoid
 from fastrnn.kernels.activations import tanh as _tanh
 
-__all__ = ["CELL_CODES", "uses_panels", "prepare", "prepare_head", "step", "run", "head_step", "lm_step",
-           "new_state", "new_workspace"]
+__all__ = ["CELL_CODES", "uses_panels", "prepare", "prepare_head", "step", "run", "head_step",
+           "lm_step", "run_rows1", "input_weights", "new_state", "new_workspace"]
 
 _OPTS = dict(cache=True, fastmath=True, error_model="numpy", nogil=True, boundscheck=False)
 

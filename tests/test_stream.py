@@ -272,3 +272,14 @@ def test_panel_path_eight_wide(monkeypatch):
                 np.testing.assert_allclose(y_eval, ref, **tol(np.float32))
     finally:
         packed.set_vector_width(None)
+
+
+def test_token_classifier_stream():
+    """A classifier over token ids streams them through its embedding."""
+    clf = fastrnn.SequenceClassifier(3, vocab_size=9, embed_dim=5, hidden_size=16, seed=0)
+    toks = np.random.default_rng(0).integers(0, 9, (2, 7))
+    s = clf.stream(2)
+    for t in range(7):
+        p = s.step(toks[:, t])
+    np.testing.assert_allclose(p, clf.predict_proba(toks), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)

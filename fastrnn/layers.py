@@ -170,7 +170,7 @@ class _RecurrentLayer:
         self._backend_name = name
 
     def __getstate__(self):         # copy / pickle: a module does not pickle, its name does
-        return dict(self.__dict__, _backend=None)
+        return dict(self.__dict__, _backend=None, _prepared=None)   # prepared: re-made on use
 
     def __setstate__(self, state):
         self.__dict__.update(state)

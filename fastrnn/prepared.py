@@ -48,8 +48,15 @@ def version() -> int:
     return _version
 
 
-def _key(layer):
-    return (_version, tuple(map(id, layer.params.values())))
+def _fresh(got, layer):
+    """Whether a prepared entry still describes ``layer``'s parameters: the
+    same version, and the very same arrays (held by the entry, so that a
+    freed array's id cannot come back as another's)."""
+    if got is None or got[0][0] != _version:
+        return False
+    arrays = got[0][1]
+    params = layer.params
+    return len(arrays) == len(params) and all(a is b for a, b in zip(arrays, params.values()))
 
 
 def stack(layer):
@@ -63,10 +70,10 @@ def _prepare(layer):
     """``(key, w, meta, panels, rows1)``: the prepared stack, whether it runs
     on the micro-kernels, and the per-layer input weights of the one-row path
     (or None), cached on the layer per parameter version."""
-    key = _key(layer)
     got = layer.__dict__.get("_prepared")
-    if got is not None and got[0] == key:
+    if _fresh(got, layer):
         return got
+    key = (_version, tuple(layer.params.values()))
     from .kernels import latency
     from .stream import stream_weights
     w, meta = latency.prepare(layer.cell, stream_weights(layer), layer.dtype)

@@ -157,3 +157,18 @@ def test_saving_per_call_is_real():
     layer.load_state_dict(layer.state_dict())
     layer(x)
     assert layer._prepared[1] is not w1
+
+
+def test_copies_do_not_carry_the_prepared_copy():
+    import copy
+    import pickle
+    layer = fastrnn.LSTM(4, H, seed=0).eval()
+    x = _x(5, 2, 4)
+    y = layer(x)[0]
+    for twin in (pickle.loads(pickle.dumps(layer)), copy.deepcopy(layer)):
+        assert twin.__dict__.get("_prepared") is None
+        np.testing.assert_array_equal(twin(x)[0], y)
+        twin.params["weight_hh_l0"][...] = 0            # the twin's own arrays
+        twin.refresh()
+        assert np.abs(twin(x)[0] - y).max() > 1e-4
+    np.testing.assert_array_equal(layer(x)[0], y)

@@ -172,3 +172,15 @@ def test_copies_do_not_carry_the_prepared_copy():
         twin.refresh()
         assert np.abs(twin(x)[0] - y).max() > 1e-4
     np.testing.assert_array_equal(layer(x)[0], y)
+
+
+def test_distributed_parameter_writes_bump_the_version():
+    """The distributed trainer writes averaged / broadcast parameters through
+    its _unpack: that bumps the version."""
+    from types import SimpleNamespace
+
+    from fastrnn import distributed
+    a = {"w": np.zeros((2, 2), np.float32)}
+    v = prepared.version()
+    distributed._unpack(a, SimpleNamespace(host=[("w", 0, 4, (2, 2))]), np.ones(4, np.float32))
+    assert prepared.version() > v and a["w"].sum() == 4

@@ -48,6 +48,20 @@ def version() -> int:
     return _version
 
 
+_KERNELS = None
+
+
+def _kernels():
+    """``(cpu, latency, packed)`` kernel modules, imported once; None without Numba."""
+    global _KERNELS
+    try:
+        from .kernels import cpu, latency, packed
+    except ImportError:             # pragma: no cover - depends on the install
+        return None
+    _KERNELS = (cpu, latency, packed)
+    return _KERNELS
+
+
 def _fresh(got, layer):
     """Whether a prepared entry still describes ``layer``'s parameters: the
     same version, and the very same arrays (held by the entry, so that a
@@ -101,15 +115,15 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
             or layer.bidirectional or layer._ops.on_device
             or layer.backend not in ("cpu", "auto")):
         return None
-    try:
-        from .kernels import cpu, latency
-        _, w, meta, panels, rows1 = _prepare(layer)
-    except ImportError:             # pragma: no cover - no numba: the caller's path
+    k = _KERNELS or _kernels()
+    if k is None:                   # pragma: no cover - no numba: the caller's path
         return None
+    cpu, latency, packed = k
+    _, w, meta, panels, rows1 = _prepare(layer)
     if not panels:
         return None
     L, H, dt = layer.num_layers, layer.hidden_size, layer.dtype
-    if cpu.get_num_threads() > 1 and _two_threads(layer, B, T):
+    if cpu._max_threads > 1 and _two_threads(packed, layer, B, T):
         return None             # the sequence kernels would split it over two threads
     st = latency.new_state(L, B, H, dt)
     if h0 is not None:
@@ -137,12 +151,11 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
     return y, ((h_n, st[1].copy()) if layer.cell.has_cell else h_n)
 
 
-def _two_threads(layer, B, T):
+def _two_threads(packed, layer, B, T):
     """Whether the sequence kernels would run a layer of this call on two
     threads (their plan's size rule, :class:`fastrnn.kernels.packed._Plan`):
     the latency kernels use the calling thread only, so they take only the
     calls that would run on one thread anyway."""
-    from .kernels import packed
     G, H = layer.cell.gates, layer.hidden_size
     I = max(layer.input_size, H)
     flops = 2.0 * B * G * H * (H + I) * T

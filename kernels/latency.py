@@ -624,7 +624,10 @@ def _rows1(tag, meta_l, w, xg, h, c, y):
     pp = wa + 4 * meta_l[5]
     peep = meta_l[5] != 0
     ca = c.ctypes.data
-    step = 4 if VW == 16 and P % 4 == 0 else (2 if P % 2 == 0 else 1)
+    # four panels per call from eight panels on (16 FMA chains); below, pairs,
+    # so that the backwards walk of every other step finds half of U in L1
+    step = 4 if VW == 16 and P % 4 == 0 and P >= 8 else (2 if P % 2 == 0 else 1)
+    ng = P // step
     T = xg.shape[0]
     GH = xg.shape[1]
     ob = meta_l[7]
@@ -636,9 +639,14 @@ def _rows1(tag, meta_l, w, xg, h, c, y):
         ha = h.ctypes.data if t == 0 else y[t - 1].ctypes.data
         ya = y[t].ctypes.data
         xa = xr.ctypes.data
-        for p in range(0, P, step):
+        for gi in range(ng):
+            # every other step walks the panels backwards: the panels used last
+            # are used first, while still in L1
+            g = gi if t % 2 == 0 else ng - 1 - gi
+            gn = (g + 1) % ng if t % 2 == 0 else (g + ng - 1) % ng
+            p = g * step
             wp = uh + 4 * p * KH
-            wn = uh + 4 * ((p + step) % P) * KH
+            wn = uh + 4 * gn * step * KH
             u0 = 4 * p * VW
             _lstm_row(step, peep, tag, xa, 0, ha, H, wp, 0, H, xa + 4 * u0, pp + 3 * u0,
                       ca + u0, ca + u0, H, ya + u0, wn)

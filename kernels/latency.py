@@ -38,7 +38,9 @@ accumulator array, and the results equal the sequence kernels' bit for bit.
 ``U_n h + b_hn`` on its own; the gate math then reads both, per gate, through
 slice views indexed by plain ``j`` (the form LLVM vectorises).
 
-``meta`` (int64 ``[L + 2, 12]``): row 0 ``[cell code, L, B, H, I, ...]``;
+``meta`` (int64 ``[L + 2, 12]``; int32 for 8-lane panels, which selects
+those micro-kernels at compile time, so that a process compiles only the
+width it runs): row 0 ``[cell code, L, B, H, I, ...]``;
 row ``1 + l`` (plain loops): ``[I_l, off_Wx, off_Wh, off_bx, off_bh, off_p,
 0, 0, 0, ...]``; (panels): ``[I_l, ., ., ., ., off_p (panel-ordered
 peepholes), off_up (the panels [P, I_l + H, G*VW]), off_pb (their biases),
@@ -125,7 +127,11 @@ def prepare(cell, layers, dtype):
     L = len(layers)
     H = layers[0].w_hh.shape[1]
     GH = cell.gates * H
-    meta = np.zeros((L + 2, 12), np.int64)
+    VW = _packed.vector_width()
+    fast = uses_panels(cell, dtype, H)
+    # meta's integer type selects the micro-kernels' width at compile time:
+    # int32 for 8 lanes, int64 for 16 lanes (and for the plain loops)
+    meta = np.zeros((L + 2, 12), np.int32 if fast and VW == 8 else np.int64)
     meta[0, :5] = (CELL_CODES[cell.name], L, 0, H, layers[0].w_ih.shape[1])
     parts, off = [], 0
 
@@ -136,8 +142,6 @@ def prepare(cell, layers, dtype):
         start, off = off, off + a.size
         return start
 
-    VW = _packed.vector_width()
-    fast = uses_panels(cell, dtype, H)
     mrmax = _packed._mr(VW) if cell.name != "gru" or VW == 16 else _packed_cells._GRU_FWD_MR8
 
     def put_aligned(a):
@@ -381,15 +385,22 @@ def _ol_fast_step(code, meta_l, w, src, h, c, ws, B, H):
     if w.dtype != types.float32:      # typed away: a float64 stack compiles no intrinsics
         return lambda code, meta_l, w, src, h, c, ws, B, H: False
 
-    def impl(code, meta_l, w, src, h, c, ws, B, H):
+    # the SIMD width is chosen at compile time by meta's integer type (see
+    # prepare), so a process compiles only the micro-kernels it runs
+    if meta_l.dtype == types.int32:
+        def impl8(code, meta_l, w, src, h, c, ws, B, H):
+            if meta_l[8] == 0:
+                return False
+            _fast(_T8, code, meta_l[9], meta_l, w, src, h, c, ws, B, H)
+            return True
+        return impl8
+
+    def impl16(code, meta_l, w, src, h, c, ws, B, H):
         if meta_l[8] == 0:
             return False
-        if meta_l[8] == 16:
-            _fast(_T16, code, meta_l[9], meta_l, w, src, h, c, ws, B, H)
-        else:
-            _fast(_T8, code, meta_l[9], meta_l, w, src, h, c, ws, B, H)
+        _fast(_T16, code, meta_l[9], meta_l, w, src, h, c, ws, B, H)
         return True
-    return impl
+    return impl16
 
 
 @njit(**_OPTS)
@@ -662,7 +673,14 @@ def run_rows1(meta_l, w, xg, h, c, y):
     each step's dependent chain is
     the ``H`` rows of ``U`` only. ``h``, ``c`` ``[1, H]`` in (the initial
     state) and out (the final one); ``y`` ``[T, 1, H]`` out."""
-    if meta_l[8] == 16:
-        _rows1(_T16, meta_l, w, xg, h, c, y)
-    else:
-        _rows1(_T8, meta_l, w, xg, h, c, y)
+    _rows1_width(meta_l, w, xg, h, c, y)
+
+
+def _rows1_width(meta_l, w, xg, h, c, y):
+    """:func:`_rows1` with the SIMD width of ``meta_l``'s integer type."""
+
+
+@overload(_rows1_width, inline="always")
+def _ol_rows1_width(meta_l, w, xg, h, c, y):
+    tag = _T8 if meta_l.dtype == types.int32 else _T16
+    return lambda meta_l, w, xg, h, c, y: _rows1(tag, meta_l, w, xg, h, c, y)

@@ -52,6 +52,8 @@ def assign(dst, src):
             k.view(dst).copy_to_device(np.ascontiguousarray(to_host(src), dtype=dst.dtype))
     else:
         dst[...] = to_host(src)
+    from . import prepared      # parameters are written through here: prepared copies are stale
+    prepared.bump()
 
 
 def placement(device) -> bool:

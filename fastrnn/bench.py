@@ -536,6 +536,10 @@ def _parse(argv):
     ap.add_argument("--train", action="store_true",
                     help="training throughput of whole models (char LSTM language model, "
                          "variable-length classifier) against PyTorch, instead of the grid")
+    ap.add_argument("--latency", action="store_true",
+                    help="one recurrent step per call (streams) against torch cells, torch "
+                         "T=1 and onnxruntime T=1, plus batch-1 sequence inference, one "
+                         "thread each, instead of the grid")
     args = ap.parse_args(argv)
     from .bench_scaling import SCALING_SHAPES, parse_counts
     try:
@@ -596,6 +600,9 @@ def main(argv=None):
     if args.scaling:
         from . import bench_scaling
         return bench_scaling.main(args, cells, shapes)
+    if args.latency:
+        from . import bench_latency
+        return bench_latency.main(args)
     from .kernels import cpu
 
     ok, why = cpu.available()

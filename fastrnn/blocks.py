@@ -25,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _device
+from . import prepared as _prepared
 
 __all__ = [
     "Module", "Sequential", "Embedding", "Linear", "Dropout", "AttentionPool",
@@ -184,6 +185,7 @@ class Module:
                 raise ValueError(f"{k}: shape {v.shape} does not match "
                                  f"{tuple(self.params[k].shape)}")
             _device.assign(self.params[k], v)
+        _prepared.bump()
 
 
 class Sequential(Module):

@@ -70,6 +70,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from . import prepared as _prepared
 from .data import shard_range
 from .dispatch import is_device_array
 from .train import Trainer, _empty
@@ -349,6 +350,7 @@ def _pack(arrays, layout, buf, scale=None):
 
 def _unpack(arrays, layout, buf, divisor=None):
     """Write the host part of ``buf`` back into ``arrays`` (in place)."""
+    _prepared.bump()        # parameters (or gradients) change here: nothing prepared stays
     for k, lo, hi, shape in layout.host:
         a = arrays[k]
         view = buf[lo:hi].reshape(shape)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from . import _validate, dispatch
+from . import _validate, dispatch, prepared
 from .cells import CELLS, PEEPHOLE_GATES
 from .contract import Weights
 from .functional import BackwardError, _backward_core, _forward_core
@@ -167,7 +167,7 @@ class _RecurrentLayer:
         self._backend_name = name
 
     def __getstate__(self):         # copy / pickle: a module does not pickle, its name does
-        return dict(self.__dict__, _backend=None)
+        return dict(self.__dict__, _backend=None, _prepared=None)   # prepared: re-made on use
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -197,6 +197,17 @@ class _RecurrentLayer:
                     d[k] = ops.from_host(old.to_host(d[k]))
             self._zero_bias = ops.zeros(self.cell.gates * self.hidden_size, self.dtype)
         self._ops, self.backend, self._cache = ops, backend, None
+        prepared.bump()
+        return self
+
+    def refresh(self) -> _RecurrentLayer:
+        """Drop the prepared copy of the weights that eval-mode calls reuse
+        (:mod:`fastrnn.prepared`). Everything in fastrnn that writes
+        parameters (optimizers, ``load_state_dict``, ``to``, the trainers)
+        does this itself; call it after writing :attr:`params` in place
+        yourself. Streams are separate snapshots: see ``Stream.refresh``.
+        Returns the layer."""
+        self.__dict__.pop("_prepared", None)
         return self
 
     # ------------------------------------------------------------------ parameters
@@ -275,6 +286,29 @@ class _RecurrentLayer:
                 self.params[k].copy_to_device(np.ascontiguousarray(a, dtype=self.dtype))
             else:
                 self.params[k][...] = a
+        prepared.bump()
+
+    # ------------------------------------------------------------------ streaming
+    def stream(self, batch_size: int = 1):
+        """A :class:`fastrnn.stream.Stream`: this stack fed one time step per
+        call (``s.step(x_t)``), its state kept between calls, with the weights
+        prepared once.
+
+        The stream holds a snapshot of the weights and never sees later
+        changes by itself (training, ``load_state_dict``): call its
+        ``refresh()`` after them. Unidirectional layers on the host only (a
+        bidirectional layer raises ValueError: its reverse direction needs the
+        whole sequence).
+
+        Examples
+        --------
+        >>> import numpy as np, fastrnn
+        >>> s = fastrnn.LSTM(4, 8, seed=0).stream()
+        >>> s.step(np.zeros(4, np.float32)).shape
+        (8,)
+        """
+        from .stream import Stream
+        return Stream(self, batch_size)
 
     # ------------------------------------------------------------------ checks
     def _check_input(self, x, state, lengths):
@@ -341,6 +375,10 @@ class _RecurrentLayer:
         :meth:`eval` mode neither.
         """
         x, h0, c0, lengths, T, B = self._check_input(x, state, lengths)
+        if not self.training:     # small batches: the latency kernels, weights prepared once
+            out = prepared.eval_forward(self, x, h0, c0, lengths, T, B)
+            if out is not None:
+                return out
         # looked up when ``backend`` was set; "auto" depends on where x lives
         be = self._backend or dispatch.get_backend(dispatch.resolve_backend("auto", x))
         ops, H, D = self._ops, self.hidden_size, self.num_directions

@@ -35,6 +35,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import _device, _validate
+from . import prepared as _prepared
 from . import checkpoint as _ckpt
 from .blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
                      softmax_cross_entropy)
@@ -210,6 +211,7 @@ class _Model:
                 own[k][...] = v
             else:
                 _device.assign(own[k], v)
+        _prepared.bump()
 
     def generators(self):
         """Every random generator the model draws from (dropout masks), in a
@@ -528,6 +530,8 @@ class LanguageModel(_Model):
             except ValueError as exc:
                 raise ValueError(f"prime {prime!r}: {exc}") from None
         prime = np.asarray([0] if prime is None or len(prime) == 0 else prime, dtype=np.int64)
+        if self.device == "cpu" and self.rnn.backend != "numpy":
+            return self._sample_stream(n, prime, temperature, rng, top_k)
         was = self.training
         self.eval()
         try:
@@ -553,6 +557,51 @@ class LanguageModel(_Model):
             self.train(was)
 
     generate = sample
+
+    @staticmethod
+    def _pick(last, temperature, rng, top_k):
+        if temperature == 0:
+            return int(np.argmax(last))
+        z = last / temperature
+        if top_k is not None and top_k < len(z):
+            cut = np.partition(z, -top_k)[-top_k]
+            z = np.where(z >= cut, z, -np.inf)
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return int(rng.choice(len(p), p=p))
+
+    def _sample_stream(self, n, prime, temperature, rng, top_k):
+        """:meth:`sample` on a :meth:`stream` (one compiled call per token)."""
+        if prime.min() < 0 or prime.max() >= self.vocab_size:
+            raise ValueError(f"prime token ids must lie in [0, {self.vocab_size})")
+        s = self.stream()
+        for tok in prime.tolist():
+            last = s.step(tok)
+        out = np.empty(n, dtype=np.int64)
+        for k in range(n):
+            tok = self._pick(last.astype(np.float64), temperature, rng, top_k)
+            out[k] = tok
+            last = s.step(tok)
+        return out
+
+    def stream(self, batch_size: int = 1):
+        """A :class:`fastrnn.stream.ModelStream` generating one token per call:
+        ``s.step(token_ids) -> logits`` (``(B, V)`` for ids ``(B,)``, ``(V,)``
+        for one int), the recurrent state kept between calls; embedding,
+        recurrent stack and head run in one compiled call.
+
+        The weights are a snapshot: call ``s.refresh()`` after training or
+        loading. The returned logits are a buffer the next step overwrites.
+
+        Examples
+        --------
+        >>> from fastrnn import LanguageModel
+        >>> s = LanguageModel(10, embed_dim=4, hidden_size=8, seed=0).stream()
+        >>> s.step(3).shape
+        (10,)
+        """
+        from .stream import ModelStream
+        return ModelStream(self, "lm", batch_size)
 
 
 # ====================================================== sequence -> vector
@@ -1161,6 +1210,24 @@ class SequenceClassifier(_SequenceToVector):
         c = self.classes
         return idx if c is None else np.asarray(c)[idx]
 
+    def stream(self, batch_size: int = 1):
+        """A :class:`fastrnn.stream.ModelStream`: ``s.step(x_t) ->
+        probabilities`` ``(B, C)`` (``(C,)`` for one step ``(I,)``) of the
+        sequence fed so far, as :meth:`predict_proba` gives for it, the state
+        kept between calls (raw features: the :attr:`scaler` is applied;
+        token ids for a model with an embedding). Last-step pooling only:
+        attention pools over every step, which a stream has not seen yet.
+
+        The weights and scaler are a snapshot: call ``s.refresh()`` after
+        training or loading. The returned array is a buffer the next step
+        overwrites."""
+        if self.pooling != "last":
+            raise ValueError(f"a classifier with pooling={self.pooling!r} cannot stream: "
+                             "attention weighs every step of the sequence, which a stream "
+                             "has not seen yet; use pooling='last'")
+        from .stream import ModelStream
+        return ModelStream(self, "classifier", batch_size)
+
     def score(self, x, y, lengths=None, *, sequence=None):
         """Accuracy of :meth:`predict` against the labels ``y`` (original
         labels when :attr:`classes` is set); ``x``, ``lengths`` and
@@ -1441,6 +1508,28 @@ class SequenceRegressor(_SequenceToVector):
                 out[:, k] = out[:, k] + hist[:, -lag]
                 hist = np.concatenate([hist, out[:, k:k + 1]], axis=1)
         return out[0] if one else out
+
+    def stream(self, batch_size: int = 1):
+        """A :class:`fastrnn.stream.ModelStream`: ``s.step(x_t) -> prediction``
+        ``(B, horizon, output_size)`` (``(horizon, output_size)`` for one step
+        ``(I,)``) of the sequence fed so far, in original units as
+        :meth:`predict` gives it (input and target scalers folded into the
+        prepared weights), the state kept between calls. Not for a
+        differenced model (:attr:`difference`), whose inputs depend on earlier
+        frames.
+
+        The weights and scalers are a snapshot: call ``s.refresh()`` after
+        training or loading. The returned array is a buffer the next step
+        overwrites; it has the model's dtype (:meth:`predict` returns float64)."""
+        if self.difference:
+            raise ValueError("a differenced model (difference > 0) cannot stream: feed "
+                             "windows to predict()")
+        if self.pooling != "last":
+            raise ValueError(f"a regressor with pooling={self.pooling!r} cannot stream: "
+                             "attention weighs every step of the sequence, which a stream "
+                             "has not seen yet; use pooling='last'")
+        from .stream import ModelStream
+        return ModelStream(self, "regressor", batch_size)
 
     def forecast(self, x, steps, *, sequence=None):
         """Predict ``steps`` values after each window of ``x [B, T, F]`` (or one

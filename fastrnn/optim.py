@@ -39,6 +39,7 @@ import math
 import numpy as np
 
 from . import _device, _validate
+from . import prepared as _prepared
 from .blocks import _kernels
 
 __all__ = [
@@ -108,6 +109,7 @@ class Optimizer:
         """Apply one update with ``grads`` (dict name -> ndarray)."""
         grads = self._grads(grads)
         self.step_count += 1
+        _prepared.bump()             # prepared copies of the weights are stale from here
         for name, p in self.params.items():
             g = grads.get(name)
             if g is None:

@@ -531,7 +531,9 @@ class LanguageModel(_Model):
                 raise ValueError(f"prime {prime!r}: {exc}") from None
         prime = np.asarray([0] if prime is None or len(prime) == 0 else prime, dtype=np.int64)
         if self.device == "cpu" and self.rnn.backend != "numpy":
-            return self._sample_stream(n, prime, temperature, rng, top_k)
+            from .stream import available
+            if available():      # else (no compiled kernels) the reference below
+                return self._sample_stream(n, prime, temperature, rng, top_k)
         was = self.training
         self.eval()
         try:

@@ -88,7 +88,7 @@ def _prepare(layer):
     if _fresh(got, layer):
         return got
     key = (_version, tuple(layer.params.values()))
-    from .kernels import latency
+    latency = (_KERNELS or _kernels())[1]       # eval_forward checked that they load
     from .stream import stream_weights
     w, meta = latency.prepare(layer.cell, stream_weights(layer), layer.dtype)
     panels = latency.uses_panels(layer.cell, layer.dtype, layer.hidden_size)

@@ -21,7 +21,30 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["Stream", "ModelStream", "stream_weights"]
+__all__ = ["Stream", "ModelStream", "stream_weights", "available"]
+
+
+def _latency():
+    """The latency kernels, or a clear error where the compiled CPU kernels do
+    not load (no Numba, a broken install): streams need them."""
+    try:
+        from .kernels import latency
+    except ImportError as exc:
+        from .contract import BackendUnavailable
+        raise BackendUnavailable(
+            f"streams need the compiled CPU kernels, which do not load here ({exc}); "
+            "run the layer or model on whole sequences instead (the NumPy reference)"
+        ) from None
+    return latency
+
+
+def available():
+    """Whether streams can run here: the compiled CPU kernels load."""
+    try:
+        _latency()
+        return True
+    except Exception:           # BackendUnavailable, or a kernel module failing to build
+        return False
 
 
 def stream_weights(layer):
@@ -67,7 +90,7 @@ class Stream:
                  "_xshape", "_step", "_run")
 
     def __init__(self, layer, batch_size=1):
-        from .kernels import latency
+        latency = _latency()
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) \
                 or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
@@ -94,7 +117,7 @@ class Stream:
         """Re-read the layer's weights (after training, ``load_state_dict`` or
         any in-place change: a stream never sees them by itself). The state is
         kept. Returns the stream."""
-        from .kernels import latency
+        latency = _latency()
         w, meta = latency.prepare(self.cell, stream_weights(self._layer), self.dtype)
         meta[0, 2] = self.batch_size
         self._w, self._meta = w, meta
@@ -262,7 +285,7 @@ class ModelStream(Stream):
                  "_lm_step")
 
     def __init__(self, model, kind, batch_size=1):
-        from .kernels import latency
+        latency = _latency()
         self._model = model
         self._kind = kind
         super().__init__(model.rnn, batch_size)
@@ -289,7 +312,7 @@ class ModelStream(Stream):
         """Re-read the weights of the recurrent stack and the head, and the
         scalers (a stream never sees later changes by itself). The state is
         kept. Returns the stream."""
-        from .kernels import latency
+        latency = _latency()
         m = self._model
         layers = stream_weights(m.rnn)
         if self._kind != "lm" and m.embed is None:

@@ -294,3 +294,21 @@ def test_token_classifier_stream():
         p = s.step(toks[:, t])
     np.testing.assert_allclose(p, clf.predict_proba(toks), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(p.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_without_compiled_kernels_streams_say_so_and_sample_falls_back(monkeypatch):
+    """Where the compiled kernels do not load, a stream is a clear
+    BackendUnavailable and LanguageModel.sample runs on the reference."""
+    import sys
+    lm = fastrnn.LanguageModel(7, 3, 4, seed=0)
+    want = lm.sample(6, [1, 2], temperature=0)
+    kernels = sys.modules["fastrnn.kernels"]
+    monkeypatch.setitem(sys.modules, "fastrnn.kernels.latency", None)   # import fails
+    monkeypatch.delattr(kernels, "latency", raising=False)
+    from fastrnn import prepared
+    monkeypatch.setattr(prepared, "_KERNELS", None)       # as in a process without them
+    from fastrnn import stream
+    assert not stream.available()
+    with pytest.raises(fastrnn.BackendUnavailable, match="compiled CPU kernels"):
+        fastrnn.LSTM(3, 4).stream()
+    np.testing.assert_array_equal(lm.sample(6, [1, 2], temperature=0), want)

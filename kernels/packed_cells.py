@@ -1,8 +1,9 @@
 """Packed-weight CPU kernels for the GRU (reset_after=True) and the tanh/ReLU RNN.
 
-The machinery of :mod:`fastrnn.kernels.packed` (panel-order packing, the
-length-sorted step schedule, the two-thread panel-claiming step loop with its
-back-off, the weight-gradient GEMMs split in tasks), applied to the other
+The machinery of the packed LSTM (panel-order packing, :mod:`~fastrnn.kernels.vector`;
+the length-sorted step schedule, :mod:`~fastrnn.kernels.schedule`; the
+two-thread panel-claiming step loop with its back-off, :mod:`~fastrnn.kernels.sync`
+and :mod:`~fastrnn.kernels.plan`; the weight-gradient GEMMs split in tasks), applied to the other
 cells, float32 and float64, one layer and direction. Notation as there: ``VW``
 the SIMD width in elements, ``Hp`` = ``H`` rounded up to a multiple of ``VW``, ``P =
 Hp / VW``.
@@ -10,7 +11,7 @@ Hp / VW``.
 GRU
 ---
 Panel ``p`` holds the ``3*VW`` gate columns ``[r z n]`` of its ``VW`` units
-(``packed._pack`` with ``G = 3``); the forward micro-kernel
+(``vector.pack`` with ``G = 3``); the forward micro-kernel
 (:data:`fastrnn.kernels.simd_cells.uk_gru_fwd`) runs the panel's ``I`` input
 rows and ``Hp`` recurrent rows into four accumulators per row, ``r`` and
 ``z`` shared by both segments, ``n`` kept apart (``W_n x`` and ``U_n h``), so
@@ -39,10 +40,13 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastrnn.kernels import packed as _P
-from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _lanes, _last_output, _mr,
-                                    _nthreads, _pack, _pack_backward, _panel_steps, _splits,
-                                    _tag)
+from fastrnn.kernels.cpu_settings import settings
+from fastrnn.kernels.loops import OPTS
+from fastrnn.kernels.plan import Plan, Tasks, nthreads
+from fastrnn.kernels.schedule import Schedule, infer_chunk, last_output
+from fastrnn.kernels.sync import panel_steps
+from fastrnn.kernels.task_gemm import DW_TASKS, splits
+from fastrnn.kernels.vector import lanes, make_tag, micro_rows, pack, pack_backward
 from fastrnn.kernels.simd import esize
 from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
 
@@ -101,7 +105,7 @@ def _gru_fwd_panel(s, p, tid, P, args, opt):
         r0 += mr
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax, rlo, rhi):
     # xs: [n,B,I] input in step order
     # bias: [P,4,VW] per panel: b_ir + b_hr, b_iz + b_hz, b_in, b_hn
@@ -110,12 +114,12 @@ def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax, 
     # nact: [n] active rows per step (non-increasing)
     # act: [n,B,4*Hp] out in training: r, z, n, U_n h + b_hn per panel
     # ctl: [P+1] int64 panel claim counters, then the done counter
-    # rlo, rhi: the batch rows this call works on (see packed._lstm_fwd)
+    # rlo, rhi: the batch rows this call works on (see packed_lstm.lstm_fwd_kernel)
     n, B, I = xs.shape
     Hp = hs.shape[2]
     args = (tag, xs.ctypes.data, B, I, Hp, up.ctypes.data, bias.ctypes.data, hs.ctypes.data,
             act.ctypes.data, nact, training, mrmax, rlo, rhi)
-    return _panel_steps(n, Hp // len(tag), False, ctl, tid, nthr, _gru_fwd_panel, args, None)
+    return panel_steps(n, Hp // len(tag), False, ctl, tid, nthr, _gru_fwd_panel, args, None)
 
 
 # --------------------------------------------------------------------------- GRU backward
@@ -191,7 +195,7 @@ def _gru_bwd_step_panel(s, q, tid, Q, args, opt):
                    ghp + ES * (s * B * GH + j0), gxp + ES * (s * B * GH + j0))
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrmax, rlo, rhi):
     # act: [n,B,4*Hp] r, z, n, U_n h + b_hn (per panel);  hs: [n+1,B,Hp] (hs[s] = h before s)
     # ub: flat packed U for dh = dgh U: output panel q (units [q*NB, q*NB+w),
@@ -206,7 +210,7 @@ def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrma
     args = (tag, n, B, Hp, GA, nvb, ub.ctypes.data, dgh.ctypes.data, dgx.ctypes.data,
             act.ctypes.data, hs.ctypes.data, dy.ctypes.data, dd.ctypes.data, nact, mrmax, rlo,
             rhi)
-    return _panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _gru_bwd_step_panel, args,
+    return panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _gru_bwd_step_panel, args,
                         None)
 
 
@@ -266,7 +270,7 @@ def _rnn_fwd_panel(s, q, tid, Q, args, opt):
                       yp + ES * j0, relu)
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
     # xs: [n,B,I] step order;  bias: [Hp] b_ih + b_hh
     # up: flat, panel q (units [q*NB, q*NB+w), NB = nvb*VW) at offset q*(I+Hp)*NB:
@@ -277,7 +281,7 @@ def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax, rlo,
     NB = nvb * len(tag)
     args = (tag, xs.ctypes.data, B, I, Hp, nvb, up.ctypes.data, bias.ctypes.data,
             hs.ctypes.data, nact, relu, mrmax, rlo, rhi)
-    return _panel_steps(n, (Hp + NB - 1) // NB, False, ctl, tid, nthr, _rnn_fwd_panel, args,
+    return panel_steps(n, (Hp + NB - 1) // NB, False, ctl, tid, nthr, _rnn_fwd_panel, args,
                         None)
 
 
@@ -349,7 +353,7 @@ def _rnn_bwd_step_panel(s, q, tid, Q, args, opt):
                    hsp + ES * ((s + 1) * B * Hp + j0), gp + ES * (s * B * Hp + j0), relu)
 
 
-@njit(**_OPTS)
+@njit(**OPTS)
 def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
     # hs: [n+1,B,Hp] (hs[s+1] = h' of step s);  ub: U packed by output panels, [Hp][w] each
     # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
@@ -358,7 +362,7 @@ def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mr
     NB = nvb * len(tag)
     args = (tag, n, B, Hp, nvb, ub.ctypes.data, dg.ctypes.data, hs.ctypes.data, dy.ctypes.data,
             dhn.ctypes.data, zrow.ctypes.data, nact, relu, mrmax, rlo, rhi)
-    return _panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _rnn_bwd_step_panel, args,
+    return panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _rnn_bwd_step_panel, args,
                         None)
 
 
@@ -382,7 +386,7 @@ def _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, backward):
     m = np.zeros((I + Hp, Hp), dt)            # [W_ih W_hh]ᵀ, zero padded
     m[:I, :H] = w_ih.T
     m[I:I + H, :H] = w_hh.T
-    pk.up = _pack_backward(m, Hp, VW, _NVB)           # by output-unit panels: [I+Hp][w] each
+    pk.up = pack_backward(m, Hp, VW, _NVB)           # by output-unit panels: [I+Hp][w] each
     pk.bias = np.zeros(Hp, dt)
     pk.bias[:H] = b_ih + b_hh
     if backward:
@@ -391,7 +395,7 @@ def _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, backward):
         wh = np.zeros((Hp, Hp), dt)
         wh[:H, :H] = w_hh
         pk.w_ih, pk.w_hh = wi, wh
-        pk.ub = _pack_backward(wh, Hp, VW, _NVB)
+        pk.ub = pack_backward(wh, Hp, VW, _NVB)
     else:
         pk.w_ih = pk.w_hh = pk.ub = None
     return pk
@@ -407,7 +411,7 @@ def _states(sched, h0, Hp):
 def _finish(sched, hs, H, B):
     ys = hs[1:]
     y = sched.scatter(ys, H, hs.dtype)
-    h_n = sched.unsort_rows(_last_output(ys, sched, B), H)
+    h_n = sched.unsort_rows(last_output(ys, sched, B), H)
     return y, h_n
 
 
@@ -423,7 +427,7 @@ def _infer_chunks(sched, x, h0, Hp, H, run_chunk):
         hs[0] = h0
         run_chunk(x, hs, sched.nact)
         return hs[1:], hs[n].copy()
-    C = min(n, _P._infer_chunk(B))
+    C = min(n, infer_chunk(B))
     zero = sched.tix is not None or Hp != H
     hs = (np.zeros if zero else np.empty)((C + 1, B, Hp), dt)
     hs[0] = sched.sort_rows(h0, Hp)
@@ -458,8 +462,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
     T, B, I = x.shape
     H = w_hh.shape[1]
     dt = x.dtype
-    VW = _lanes(dt)
-    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, 3, backward=training)
+    VW = lanes(dt)
+    pk = pack(w_ih, w_hh, b_ih, b_hh, VW, 3, backward=training)
     Hp = pk.Hp
     P = Hp // VW
     bias = np.zeros((P, 4, VW), dt)
@@ -468,13 +472,13 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
         v = np.zeros(Hp, dt)
         v[:H] = b[2 * H:]
         bias[:, g] = v.reshape(P, VW)
-    sched = _Schedule(lens, T, reverse)
+    sched = Schedule(lens, T, reverse)
     n = sched.n
     step_flops = 2.0 * B * 3 * H * (H + I)
-    plan = _P._Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
+    plan = Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
                     pk.up.nbytes, sched.nact_lengths())
-    tag = _tag(VW, dt)
-    mrmax = _mr(VW, dt.itemsize) if VW * dt.itemsize == 64 else _GRU_FWD_MR8
+    tag = make_tag(VW, dt)
+    mrmax = micro_rows(VW, dt.itemsize) if VW * dt.itemsize == 64 else _GRU_FWD_MR8
 
     def run(xs, hs, nact, act):
         ctl = np.zeros(P + 1, np.int64)
@@ -505,16 +509,16 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
     T, B, I = x.shape
     H = w_hh.shape[1]
     dt = x.dtype
-    VW = _lanes(dt)
+    VW = lanes(dt)
     pk = _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, training)
     Hp = pk.Hp
     Q = -(-Hp // (pk.nvb * VW))
-    sched = _Schedule(lens, T, reverse)
+    sched = Schedule(lens, T, reverse)
     step_flops = 2.0 * B * H * (H + I)
-    plan = _P._Plan(max_threads, B, step_flops, step_flops * sched.n * (3 if training else 1),
+    plan = Plan(max_threads, B, step_flops, step_flops * sched.n * (3 if training else 1),
                     Q, pk.up.nbytes, sched.nact_lengths())
-    tag = _tag(VW, dt)
-    mrmax = _mr(VW, dt.itemsize)
+    tag = make_tag(VW, dt)
+    mrmax = micro_rows(VW, dt.itemsize)
     relu = bool(relu)
 
     def run(xs, hs, nact):
@@ -548,14 +552,14 @@ def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
     dw_ih_p = np.empty((GH, I), dt)
     dxs = np.empty((R, I), dt)
     # the split depends on the shape only: bitwise the same results on one thread or two
-    split = 2.0 * R * GH * (2 * I + Hp) >= _P._SPLIT_GEMM_FLOPS
+    split = 2.0 * R * GH * (2 * I + Hp) >= settings.split_gemm_flops
     tasks = []
-    for r0, r1 in _splits(GH, _P._DW_TASKS if split else 1):
+    for r0, r1 in splits(GH, DW_TASKS if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgh2[:, r0:r1].T, hp2, out=dw_hh_p[r0:r1]))
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
-    for r0, r1 in _splits(R, min(4, max(1, R // 64)) if split else 1):
+    for r0, r1 in splits(R, min(4, max(1, R // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[r0:r1], w_ih_p, out=dxs[r0:r1]))
-    _Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
+    Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
     return dw_ih_p, dw_hh_p, dxs
 
 
@@ -569,14 +573,14 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     H, Hp, VW = pk.H, pk.Hp, pk.VW
     I = cache.xs.shape[2]
     dt = cache.hs.dtype
-    tag = _tag(VW, dt)
+    tag = make_tag(VW, dt)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
-    mrmax = _mr(VW, dt.itemsize)
+    mrmax = micro_rows(VW, dt.itemsize)
     plan = cache.plan
-    if plan.mode == "panels" and (Q < 2 or cache.flops < _P._TWO_THREAD_STEP_FLOPS):
-        plan = _P._Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
-    gthr = _nthreads(max_threads, _P._TWO_THREAD_STEP_FLOPS, 2)
+    if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
+        plan = Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
+    gthr = nthreads(max_threads, settings.two_thread_step_flops, 2)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, dt), Hp)
     dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)

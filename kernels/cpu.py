@@ -136,10 +136,6 @@ def _check_cell(cell):
         raise ValueError(f"the cpu backend has no kernel for cell {cell.name!r}")
 
 
-def _c(a, dtype):
-    return np.ascontiguousarray(a, dtype=dtype)
-
-
 def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True):
     """Run one layer in one direction over the whole sequence (see module doc)."""
     _check_cell(cell)
@@ -171,7 +167,7 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
 
 
 def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
-    f = lambda a: _c(a, x.dtype)  # noqa: E731
+    f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     peep = None if cell.peephole is None else f(weights.peep)
     w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
     y, h, c, pc = packed.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
@@ -182,7 +178,7 @@ def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
 
 
 def _forward_packed_cell(cell, x, h0, weights, lens, reverse, training):
-    f = lambda a: _c(a, x.dtype)  # noqa: E731
+    f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
     if cell.family == "gru":
         y, h, pc = packed_cells.gru_forward(x, f(h0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,

@@ -96,7 +96,8 @@ def tag_of_code(code):
 
 def lanes(dtype):
     """SIMD lanes of ``dtype`` at the current vector width (16/8 floats, 8/4 doubles)."""
-    return vector_width() * 4 // np.dtype(dtype).itemsize
+    vw = settings.vector_width          # vector_width(), inlined: once per kernel call
+    return (HOST_VW if vw is None else min(vw, HOST_VW)) * 4 // np.dtype(dtype).itemsize
 
 
 def micro_rows(vw, itemsize=4):

@@ -43,6 +43,10 @@ def _vector_width_from_env():
     return int(raw) if raw in ("8", "16") else None
 
 
+#: the options every compiled CPU time loop is built with: cached on disk,
+#: fastmath, NumPy's error model (no division checks), and without the GIL
+JIT_OPTIONS = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
+
 #: the values at import (``FASTRNN_*`` environment), to which ``None`` resets
 ENV_NUM_THREADS = _threads_from_env()
 ENV_VECTOR_WIDTH = _vector_width_from_env()

@@ -48,11 +48,10 @@ from numba import njit
 from fastrnn.cells import CELLS
 from fastrnn.kernels import rows as _rows
 from fastrnn.kernels.blas import mm
+from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.rows import LAYOUTS, fill_rows
 
-__all__ = ["LOOPS", "compile_loop", "OPTS"]
-
-OPTS = dict(cache=True, fastmath=True, error_model="numpy", nogil=True)
+__all__ = ["LOOPS", "compile_loop"]
 
 # the roles, bound per cell in each compiled copy of a skeleton (see compile_loop)
 FWD = FWD2 = BWD = BWD2 = CARRY = PRE = POST = None
@@ -158,7 +157,7 @@ def compile_loop(skeleton, cell):
     fn = _pytypes.FunctionType(code, {**skeleton.__globals__, **LAYOUTS[cell].rows},
                                f"{skeleton.__name__}_{cell}")
     fn.__qualname__ = fn.__name__
-    return njit(**OPTS)(fn)
+    return njit(**JIT_OPTIONS)(fn)
 
 
 #: cell -> (forward loop, backward loop): the one- or two-product skeleton

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 from numba import njit
 
-from fastrnn.kernels.loops import OPTS
+from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import (PAIR_MR, esize, uk_lstm_bwd, uk_lstm_fwd, uk_lstm_fwd2,
                                   uk_peep_bwd, uk_peep_fwd, uk_peep_fwd2)
 from fastrnn.kernels.sync import A, field1, field2, field3, ifield1, panel_steps
@@ -127,7 +127,7 @@ def _lstm_fwd_panel(s, g, tid, NG, args, peep):
                      wn + 64 * (I + Hp) * (blk % (GV * ES // 64)))
 
 
-@njit(**OPTS)
+@njit(**JIT_OPTIONS)
 def lstm_fwd_kernel(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, ring, nact, training,
               act, ctl, tid, nthr, mrmax, r0, r1):
     # xb: x in step order, step s row b at float offset (s*B + b)*xld  (B = xb.shape[1])
@@ -271,7 +271,7 @@ def _lstm_bwd_panel(s, q, tid, Q, args, peep):
                            dyq, Hp, aq, GH, ppq, cpq, cnq, dcq, dgq, VW, Hp, wn)
 
 
-@njit(**OPTS)
+@njit(**JIT_OPTIONS)
 def lstm_bwd_kernel(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, nact, ctl, tid, nthr, mrmax,
               r0, r1):
     # act: [n,B,G*Hp] i,f,g,o (panel order);  cs: [n+1,B,Hp] cell states (cs[0] = c0)

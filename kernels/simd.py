@@ -1,4 +1,4 @@
-"""LLVM-IR building blocks for the packed CPU kernels (:mod:`fastrnn.kernels.packed`).
+"""LLVM-IR building blocks for the packed CPU kernels (:mod:`fastrnn.kernels.packed_lstm`).
 
 Numba ``@intrinsic`` functions, callable from ``@njit`` code only.
 
@@ -28,27 +28,22 @@ against one pre-packed weight panel, over one or more K segments::
   same kernels on ``<VW x double>`` (``VW`` = 8 on AVX-512, 4 on AVX2) with the
   accurate float64 activations of :class:`_VMath`; any other tag means float32.
 
-``atomic_add(p, v)``, ``atomic_load(p)``, ``atomic_cas(p, old, new)``,
-``atomic_store(p, v)`` on int64 words and ``cpu_pause()``, ``sched_yield()``:
-what the two-thread step barrier and the partner thread's mailbox need;
-``f32_ptr``/``i64_ptr``/``fptr`` turn a job's addresses back into arrays;
-``esize(tag)`` is the element size the tag asks for.
+``fptr`` turns a partner job's addresses back into arrays of the tag's element
+type; ``esize(tag)`` is the element size the tag asks for. The atomics, the
+spin-wait hint and the cycle counter of the threads are in
+:mod:`fastrnn.kernels.atomics`.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 
-import llvmlite.binding as _ll
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
-           "uk_peep_fwd2", "PAIR_MR", "atomic_add", "atomic_load",
-           "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr", "fptr", "esize", "cpu_pause",
-           "sched_yield", "cycles", "MAX_MR", "vtanh", "vsigmoid"]
+           "uk_peep_fwd2", "PAIR_MR", "fptr", "esize", "MAX_MR", "vtanh", "vsigmoid"]
 
 _f32 = ir.FloatType()
 _f64 = ir.DoubleType()
@@ -484,69 +479,6 @@ vtanh, vsigmoid = _make_vact("tanh"), _make_vact("sigmoid")
 
 
 @intrinsic
-def atomic_add(typingctx, p, v):
-    """``*p += v`` atomically (int64); returns the old value."""
-    sig = types.int64(types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
-    return sig, codegen
-
-
-@intrinsic
-def atomic_load(typingctx, p):
-    """``*p`` with acquire ordering (int64)."""
-    sig = types.int64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        return builder.load_atomic(ptr, "acquire", 8)
-    return sig, codegen
-
-
-@intrinsic
-def atomic_cas(typingctx, p, old, new):
-    """``if *p == old: *p = new`` atomically (int64); returns whether it swapped."""
-    sig = types.boolean(types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        res = builder.cmpxchg(ptr, args[1], args[2], "seq_cst", "seq_cst")
-        return builder.extract_value(res, 1)
-    return sig, codegen
-
-
-@intrinsic
-def atomic_store(typingctx, p, v):
-    """``*p = v`` with release ordering (int64)."""
-    sig = types.void(types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        builder.store_atomic(args[1], ptr, "release", 8)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-def _make_typed_ptr(dtype):
-    @intrinsic
-    def typed_ptr(typingctx, addr):
-        """The byte address ``addr`` as a typed pointer (for ``numba.carray``)."""
-        sig = types.CPointer(dtype)(types.int64)
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-        return sig, codegen
-    return typed_ptr
-
-
-#: byte addresses as float32 / int64 pointers (a partner job's arrays, rebuilt)
-f32_ptr = _make_typed_ptr(types.float32)
-i64_ptr = _make_typed_ptr(types.int64)
-
-
-@intrinsic
 def fptr(typingctx, tag, addr):
     """The byte address ``addr`` as a pointer to the kernel's element type (float64
     for a float64 tag, else float32; see the module doc)."""
@@ -566,40 +498,3 @@ def esize(typingctx, tag):
     def codegen(context, builder, signature, args):
         return ir.Constant(_i64, 8 if _is_f64(tag) else 4)
     return sig, codegen
-
-
-@intrinsic
-def cpu_pause(typingctx):
-    """The spin-wait hint (x86 ``pause``; nothing elsewhere)."""
-    sig = types.void()
-
-    def codegen(context, builder, signature, args):
-        if "x86" in _ll.get_process_triple():
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                "llvm.x86.sse2.pause")
-            builder.call(fn, [])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def cycles(typingctx):
-    """The CPU's cycle (time-stamp) counter: cheap timing inside a kernel."""
-    sig = types.int64()
-
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_i64, []),
-                                            "llvm.readcyclecounter")
-        return builder.call(fn, [])
-    return sig, codegen
-
-
-# sched_yield from the C library, bound under a fixed name (keeps cache=True working)
-_YIELD_NAME = "fastrnn_sched_yield"
-try:
-    _libc = ctypes.CDLL(None)
-    _ll.add_symbol(_YIELD_NAME, ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value)
-except (OSError, AttributeError):  # pragma: no cover - no sched_yield (e.g. Windows)
-    _noop = ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 0)
-    _ll.add_symbol(_YIELD_NAME, ctypes.cast(_noop, ctypes.c_void_p).value)
-sched_yield = types.ExternalFunction(_YIELD_NAME, types.int32())

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from numba import carray, njit
 
-from fastrnn.kernels.simd import (atomic_add, atomic_cas, atomic_load, cpu_pause, cycles, fptr,
-                                  i64_ptr, sched_yield)
+from fastrnn.kernels.atomics import (atomic_add, atomic_cas, atomic_load, cpu_pause, cycles,
+                                     i64_ptr, sched_yield)
+from fastrnn.kernels.simd import fptr
 
 __all__ = ["SPIN", "wait", "claim", "panel_steps", "POST", "CLAIM", "DONE", "SLEEP", "KIND",
            "VWF", "A", "field1", "field2", "field3", "ifield1"]

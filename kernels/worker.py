@@ -29,8 +29,9 @@ from numba import njit
 
 from fastrnn.kernels.packed_lstm import (lstm_bwd_kernel, lstm_fwd_kernel, run_bwd_job,
                                          run_fwd_job)
-from fastrnn.kernels.simd import atomic_cas, atomic_load, atomic_store, cpu_pause, cycles, esize
-from fastrnn.kernels.simd import sched_yield
+from fastrnn.kernels.atomics import (atomic_cas, atomic_load, atomic_store, cpu_pause, cycles,
+                                     sched_yield)
+from fastrnn.kernels.simd import esize
 from fastrnn.kernels.sync import A, CLAIM, DONE, KIND, POST, SLEEP, SPIN, VWF, field3, wait
 from fastrnn.kernels.vector import make_tag, tag_code, tag_of_code, vector_width
 

@@ -39,7 +39,7 @@ _RUN = textwrap.dedent("""
 
 _RUN_PACKED = textwrap.dedent("""
     import numpy as np
-    from fastrnn.kernels import cpu, packed_cells, packed_lstm
+    from fastrnn.kernels import cpu, packed_gru_rnn, packed_lstm
     from fastrnn.cells import get_cell
     from fastrnn.dispatch import Weights
     out = []
@@ -55,8 +55,9 @@ _RUN_PACKED = textwrap.dedent("""
         y, h, c, cache = cpu.forward(cell, x, h0, c0, w, None, False, True)
         assert cache.saved.pk.up.dtype == np.float64
         cpu.backward(cell, cache, np.ones_like(y), h0 * 0, None if c0 is None else c0 * 0)
-    for k in (packed_lstm.lstm_fwd_kernel, packed_lstm.lstm_bwd_kernel, packed_cells._gru_fwd,
-              packed_cells._gru_bwd, packed_cells._rnn_fwd, packed_cells._rnn_bwd):
+    for k in (packed_lstm.lstm_fwd_kernel, packed_lstm.lstm_bwd_kernel,
+              packed_gru_rnn.gru_fwd_kernel, packed_gru_rnn.gru_bwd_kernel,
+              packed_gru_rnn.rnn_fwd_kernel, packed_gru_rnn.rnn_bwd_kernel):
         st = k.stats
         out.append(f"{k.__name__}:{sum(st.cache_hits.values())}:"
                    f"{sum(st.cache_misses.values())}")

@@ -149,10 +149,11 @@ def compile_loop(skeleton, cell):
     process: numba issue 6264; dispatching on the cell name through @overload
     cost ~1.4 s more compile per cell.)
 
-    The copy's code object names rows.py as its file: Numba keys a cache entry
-    by the function's file (its stamp: size and modification time) and checks
-    the function's own bytecode, so a change to a row function (rows.py) or to
-    a skeleton (this file's bytecode) each invalidate the cached loops."""
+    The copy's code object names rows.py as its file: Numba files a cache entry
+    under the function's source file, stamped with that file's contents, and
+    keys it by the function's own bytecode, so a change to a row function
+    (rows.py) or to a skeleton (its bytecode) each invalidate the cached loops.
+    (A change to the cell equations of pointwise.py does not: clear the cache.)"""
     code = skeleton.__code__.replace(co_filename=_rows.__file__)
     fn = _pytypes.FunctionType(code, {**skeleton.__globals__, **LAYOUTS[cell].rows},
                                f"{skeleton.__name__}_{cell}")

@@ -312,6 +312,23 @@ def test_threads_setting_and_numpy_state_restored():
     check_against_reference("lstm", T=3, B=2, I=3, H=4, dtype=np.float32, seed=5)
 
 
+def test_settings_configure_sets_and_restores():
+    """cpu.configure sets fields of the one settings object, restores them on exit,
+    and rejects an unknown field or a bad value before changing anything."""
+    s = cpu.settings
+    before = (s.use_packed, s.split_min_flops, s.packed_dtypes)
+    with cpu.configure(use_packed=False, split_min_flops=0.0, packed_dtypes=[np.float32]) as st:
+        assert st is s and not s.use_packed and s.split_min_flops == 0.0
+        assert s.packed_dtypes == {np.dtype(np.float32)}
+        assert cpu.route(CELLS["lstm"], np.dtype(np.float32), True) == "loops"
+    assert (s.use_packed, s.split_min_flops, s.packed_dtypes) == before
+    for bad in (dict(nope=1), dict(vector_width=12), dict(num_threads=0),
+                dict(use_packed=False, num_threads=1.5)):
+        with pytest.raises(ValueError):
+            cpu.configure(**bad)
+    assert (s.use_packed, s.split_min_flops, s.packed_dtypes) == before
+
+
 def test_available():
     ok, why = cpu.available()
     assert ok and why == ""

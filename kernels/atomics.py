@@ -20,7 +20,7 @@ from numba.extending import intrinsic
 __all__ = ["atomic_add", "atomic_load", "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr",
            "cpu_pause", "cycles", "sched_yield"]
 
-_i64 = ir.IntType(64)
+I64 = ir.IntType(64)
 
 
 @intrinsic
@@ -29,7 +29,7 @@ def atomic_add(typingctx, p, v):
     sig = types.int64(types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        ptr = builder.inttoptr(args[0], I64.as_pointer())
         return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
     return sig, codegen
 
@@ -40,7 +40,7 @@ def atomic_load(typingctx, p):
     sig = types.int64(types.int64)
 
     def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        ptr = builder.inttoptr(args[0], I64.as_pointer())
         return builder.load_atomic(ptr, "acquire", 8)
     return sig, codegen
 
@@ -51,7 +51,7 @@ def atomic_cas(typingctx, p, old, new):
     sig = types.boolean(types.int64, types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        ptr = builder.inttoptr(args[0], I64.as_pointer())
         res = builder.cmpxchg(ptr, args[1], args[2], "seq_cst", "seq_cst")
         return builder.extract_value(res, 1)
     return sig, codegen
@@ -63,7 +63,7 @@ def atomic_store(typingctx, p, v):
     sig = types.void(types.int64, types.int64)
 
     def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
+        ptr = builder.inttoptr(args[0], I64.as_pointer())
         builder.store_atomic(args[1], ptr, "release", 8)
         return context.get_dummy_value()
     return sig, codegen
@@ -106,7 +106,7 @@ def cycles(typingctx):
     sig = types.int64()
 
     def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_i64, []),
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(I64, []),
                                             "llvm.readcyclecounter")
         return builder.call(fn, [])
     return sig, codegen

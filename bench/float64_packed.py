@@ -8,7 +8,7 @@ from other processes hits every variant alike): the NumPy LSTM written the
 CS231n way (``x`` ``(N, T, D)``, ``Wx`` ``(D, 4H)``, its own loop and cache,
 the numerically stable sigmoid), then for each cell the cpu backend's
 ``forward(training=True)`` + ``backward`` with float64 routed to the loops
-(``cpu.packed_dtypes`` without float64) and to the packed kernels, and the
+(``cpu.settings.packed_dtypes`` without float64) and to the packed kernels, and the
 float32 packed kernels for scale. Everything is compiled before timing.
 Prints the median and minimum of the rounds in ms and the ratios.
 """
@@ -100,13 +100,10 @@ def make_step(name, T, B, I, H, dtype, rng):
 
 def routed(step, f64_packed):
     def run():
-        keep = cpu.packed_dtypes
-        cpu.packed_dtypes = (keep | {np.dtype(np.float64)} if f64_packed
-                             else keep - {np.dtype(np.float64)})
-        try:
+        keep = cpu.settings.packed_dtypes
+        with cpu.configure(packed_dtypes=(keep | {np.dtype(np.float64)} if f64_packed
+                                          else keep - {np.dtype(np.float64)})):
             return step()
-        finally:
-            cpu.packed_dtypes = keep
     return run
 
 

@@ -162,8 +162,8 @@ class TorchThreads:
 def _cpu_threads_setter(cpu, n):
     def set_():
         cpu.set_num_threads(n)
-        if cpu._blas_set_threads is not None:
-            cpu._blas_set_threads(n)
+        if cpu.blas.blas_set_threads is not None:
+            cpu.blas.blas_set_threads(n)
     return set_
 
 
@@ -174,8 +174,8 @@ def gemm_peak_gflops(threads, n=2048, reps=5):
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     b = a.T.copy()
     c = np.empty_like(a)
-    if cpu._blas_set_threads is not None:
-        cpu._blas_set_threads(threads)
+    if cpu.blas.blas_set_threads is not None:
+        cpu.blas.blas_set_threads(threads)
     med, _ = _median_time(lambda: np.matmul(a, b, out=c), 0.5, reps, 4 * reps)
     return 2.0 * n ** 3 / med / 1e9
 
@@ -610,7 +610,7 @@ def main(argv=None):
         print(f"the cpu backend is not available: {why}", file=sys.stderr)
         return 1
     cpu_default = cpu.get_num_threads()      # the kernels' own default, before we set any
-    blas_default = cpu._blas_get_threads() if cpu._blas_get_threads is not None else None
+    blas_default = cpu.blas.blas_get_threads() if cpu.blas.blas_get_threads is not None else None
     torch = None
     if "torch" in impls:
         try:
@@ -634,7 +634,7 @@ def main(argv=None):
     finally:
         cpu.set_num_threads(cpu_default)
         if blas_default is not None:
-            cpu._blas_set_threads(blas_default)
+            cpu.blas.blas_set_threads(blas_default)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 
@@ -643,8 +643,8 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
     from . import reference
     torch_default = tt.saved
     cpu.set_num_threads(args.threads)
-    if cpu._blas_set_threads is not None:
-        cpu._blas_set_threads(args.threads)    # the reference's NumPy BLAS threads
+    if cpu.blas.blas_set_threads is not None:
+        cpu.blas.blas_set_threads(args.threads)    # the reference's NumPy BLAS threads
     min_time, min_rounds, max_rounds, burst = _timing(args.quick)
     cpu_prep = _cpu_threads_setter(cpu, args.threads)
 

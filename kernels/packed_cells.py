@@ -1,368 +1,24 @@
-"""Packed-weight CPU kernels for the GRU (reset_after=True) and the tanh/ReLU RNN.
-
-The machinery of :mod:`fastrnn.kernels.packed` (panel-order packing, the
-length-sorted step schedule, the two-thread panel-claiming step loop with its
-back-off, the weight-gradient GEMMs split in tasks), applied to the other
-cells, float32 and float64, one layer and direction. Notation as there: ``VW``
-the SIMD width in elements, ``Hp`` = ``H`` rounded up to a multiple of ``VW``, ``P =
-Hp / VW``.
-
-GRU
----
-Panel ``p`` holds the ``3*VW`` gate columns ``[r z n]`` of its ``VW`` units
-(``packed._pack`` with ``G = 3``); the forward micro-kernel
-(:data:`fastrnn.kernels.simd_cells.uk_gru_fwd`) runs the panel's ``I`` input
-rows and ``Hp`` recurrent rows into four accumulators per row, ``r`` and
-``z`` shared by both segments, ``n`` kept apart (``W_n x`` and ``U_n h``), so
-no FLOP is spent on zero blocks and ``n = tanh(W_n x + b_in + r (U_n h + b_hn))``
-comes out of registers. Training saves ``(r, z, n, U_n h + b_hn)`` per panel
-(``act``: ``[n,B,4*Hp]``).
-
-Backward, per step (``s = n-1 .. 0``) and output panel (``nvb`` vectors of
-units): ``dh = [dr dz dn r]_{s+1} U + dy + dd`` with ``dd`` the carried part of
-``dL/dh`` that does not pass through ``U`` (``z dh``, initialised to
-``dL/dh_n``), then the step's derivative; it writes both the recurrent-side
-gradients ``dgh = (dr, dz, dn r)`` (for the next product, ``dW_hh`` and
-``db_hh``) and the input-side ones ``dgx = (dr, dz, dn)`` (``dx``,
-``dW_ih``, ``db_ih``).
-
-RNN
----
-``G = 1``: a panel of one vector would leave the micro-kernel latency-bound,
-so forward panels are ``nvb`` vectors wide (``NB = nvb*VW`` units, the last
-one narrower), each ``[I+Hp][w]`` with the input rows first; backward packs
-``U`` by the same output panels. ReLU or tanh is a run-time flag of the
-micro-kernels.
+"""The packed GRU (reset_after=True) and tanh/ReLU RNN drivers: :func:`gru_forward`,
+:func:`rnn_forward` and :func:`backward`, one layer and direction, float32 and
+float64, on the compiled kernels of :mod:`fastrnn.kernels.packed_gru_rnn`
+(which describes their layout), with the packing, schedule, thread plans and
+task GEMMs of the packed LSTM (:mod:`fastrnn.kernels.packed`).
 """
 from __future__ import annotations
 
 import numpy as np
-from numba import njit
 
-from fastrnn.kernels import packed as _P
-from fastrnn.kernels.packed import (_OPTS, _Schedule, _Tasks, _lanes, _last_output, _mr,
-                                    _nthreads, _pack, _pack_backward, _panel_steps, _splits,
-                                    _tag)
-from fastrnn.kernels.simd import esize
-from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
+from fastrnn.kernels.cpu_settings import settings
+from fastrnn.kernels.packed_gru_rnn import (GRU_FWD_MR8, NVB, gru_bwd_kernel, gru_fwd_kernel,
+                                            rnn_bwd_kernel, rnn_fwd_kernel)
+from fastrnn.kernels.plan import Plan, Tasks, nthreads
+from fastrnn.kernels.schedule import Schedule, infer_chunk, last_output
+from fastrnn.kernels.task_gemm import DW_TASKS, splits
+from fastrnn.kernels.vector import lanes, make_tag, micro_rows, pack, pack_backward
 
 __all__ = ["gru_forward", "rnn_forward", "backward", "PackedCellCache"]
 
-_gf1, _gf2, _gf3, _gf4, _gf5, _gf6 = uk_gru_fwd[1:7]
-_gb1, _gb2, _gb3, _gb4, _gb5, _gb6 = uk_gru_bwd[1:7]
-_rf1, _rf2, _rf3, _rf4, _rf5, _rf6 = uk_rnn_fwd[1:7]
-_rb1, _rb2, _rb3, _rb4, _rb5, _rb6 = uk_rnn_bwd[1:7]
 
-#: vectors per backward output panel (GRU and RNN) and per RNN forward panel
-_NVB = 4
-#: GRU forward rows per micro-kernel call with 256-bit vectors
-_GRU_FWD_MR8 = 4   # 16 accumulators + 4 more > 16 ymm: some spills, yet 5-10% faster than 3
-
-
-# --------------------------------------------------------------------------- GRU forward
-@njit(inline="always")
-def _gru_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training):
-    if mr == 1:
-        _gf1(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 2:
-        _gf2(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 3:
-        _gf3(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 4:
-        _gf4(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 5:
-        _gf5(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    else:
-        _gf6(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-
-
-@njit(inline="always")
-def _gru_fwd_panel(s, p, tid, P, args, opt):
-    """Step ``s``, panel ``p`` of :func:`_gru_fwd`."""
-    (tag, xp, B, I, Hp, upp, bp, hsp, ap, nact, training, mrmax, rlo, rhi) = args
-    ES = esize(tag)      # bytes per element
-    VW = len(tag)
-    KW = (I + Hp) * 3 * VW
-    GA = 4 * Hp
-    nb = nact[s]
-    hp = hsp + ES * s * B * Hp
-    yp = hp + ES * B * Hp
-    xsp = xp + ES * s * B * I
-    asp = ap + ES * s * B * GA
-    wp = upp + ES * p * KW
-    u0 = p * VW
-    r0 = rlo
-    while r0 < min(nb, rhi):
-        mr = min(mrmax, min(nb, rhi) - r0)
-        ro = ES * (r0 * Hp + u0)
-        _gru_fwd_mr(mr, tag, xsp + ES * r0 * I, I, hp + ES * r0 * Hp, Hp, wp, I, Hp,
-                    bp + ES * 4 * p * VW, hp + ro, yp + ro, asp + ES * (r0 * GA + 4 * u0),
-                    GA, training)
-        r0 += mr
-
-
-@njit(**_OPTS)
-def _gru_fwd(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, mrmax, rlo, rhi):
-    # xs: [n,B,I] input in step order
-    # bias: [P,4,VW] per panel: b_ir + b_hr, b_iz + b_hz, b_in, b_hn
-    # up: [P,I+Hp,3*VW] each panel's W_ihᵀ rows, then its W_hhᵀ rows ([r z n] columns)
-    # hs: [n+1,B,Hp] hs[0] = h0 (in); hs[s+1] = h after step s (rows >= nact[s] untouched)
-    # nact: [n] active rows per step (non-increasing)
-    # act: [n,B,4*Hp] out in training: r, z, n, U_n h + b_hn per panel
-    # ctl: [P+1] int64 panel claim counters, then the done counter
-    # rlo, rhi: the batch rows this call works on (see packed._lstm_fwd)
-    n, B, I = xs.shape
-    Hp = hs.shape[2]
-    args = (tag, xs.ctypes.data, B, I, Hp, up.ctypes.data, bias.ctypes.data, hs.ctypes.data,
-            act.ctypes.data, nact, training, mrmax, rlo, rhi)
-    return _panel_steps(n, Hp // len(tag), False, ctl, tid, nthr, _gru_fwd_panel, args, None)
-
-
-# --------------------------------------------------------------------------- GRU backward
-@njit(inline="always")
-def _gru_bwd_mr(mr, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg):
-    if mr == 1:
-        _gb1(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 2:
-        _gb2(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 3:
-        _gb3(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 4:
-        _gb4(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 5:
-        _gb5(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    else:
-        _gb6(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-
-
-@njit(inline="always")
-def _gru_bwd_rows(r0, r1, mrmax, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh,
-                  dgx, ldg):
-    # dgh, dgx in PyTorch's gate order: gate g of the panel's units at g * ldg / 3
-    """Rows [r0, r1) of one output panel (byte pointers at row 0 of the panel)."""
-    ES = esize(tag)
-    while r0 < r1:
-        mr = min(mrmax, r1 - r0)
-        _gru_bwd_mr(mr, tag, ntag, a + ES * r0 * lda, lda, w, K, dy + ES * r0 * ldh, ldh,
-                    act + ES * r0 * ldact, ldact, hp + ES * r0 * ldh, dd + ES * r0 * ldh,
-                    dgh + ES * r0 * ldg, dgx + ES * r0 * ldg, ldg, ldg // 3)
-        r0 += mr
-
-
-@njit(inline="always")
-def _gru_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, GH, wq, dy, Hp, act, GA, hp, dd, dgh,
-                   dgx):
-    # rows active at step s+1 get dh through U (K = 3*Hp); the rest start here (K = 0):
-    # one inlined call site per panel width
-    for part in range(2):
-        r0 = lo if part == 0 else nprod
-        r1 = nprod if part == 0 else nb
-        K = GH if part == 0 else 0
-        if nv == 4:
-            _gru_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0, 0), a, GH, wq, K, dy, Hp, act, GA, hp,
-                          dd, dgh, dgx, GH)
-        elif nv == 3:
-            _gru_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0), a, GH, wq, K, dy, Hp, act, GA, hp,
-                          dd, dgh, dgx, GH)
-        elif nv == 2:
-            _gru_bwd_rows(r0, r1, mrmax, tag, (0, 0), a, GH, wq, K, dy, Hp, act, GA, hp,
-                          dd, dgh, dgx, GH)
-        else:
-            _gru_bwd_rows(r0, r1, mrmax, tag, (0,), a, GH, wq, K, dy, Hp, act, GA, hp,
-                          dd, dgh, dgx, GH)
-
-
-@njit(inline="always")
-def _gru_bwd_step_panel(s, q, tid, Q, args, opt):
-    """Step ``s``, output panel ``q`` of :func:`_gru_bwd`."""
-    (tag, n, B, Hp, GA, nvb, ubp, ghp, gxp, ap, hsp, dyp, ddp, nact, mrmax, rlo, rhi) = args
-    ES = esize(tag)
-    GH = 3 * Hp
-    VW = len(tag)
-    NB = nvb * VW
-    nb = min(nact[s], rhi)
-    nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
-    a = ghp + ES * (s + 1) * B * GH
-    j0 = q * NB
-    nv = min(NB, Hp - j0) // VW
-    _gru_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, GH, ubp + ES * q * GH * NB,
-                   dyp + ES * (s * B * Hp + j0), Hp, ap + ES * (s * B * GA + 4 * j0), GA,
-                   hsp + ES * (s * B * Hp + j0), ddp + ES * j0,
-                   ghp + ES * (s * B * GH + j0), gxp + ES * (s * B * GH + j0))
-
-
-@njit(**_OPTS)
-def _gru_bwd(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr, mrmax, rlo, rhi):
-    # act: [n,B,4*Hp] r, z, n, U_n h + b_hn (per panel);  hs: [n+1,B,Hp] (hs[s] = h before s)
-    # ub: flat packed U for dh = dgh U: output panel q (units [q*NB, q*NB+w),
-    #     NB = nvb*VW, w = min(NB, Hp - q*NB)) at offset q*3*Hp*NB, [3*Hp][w]
-    # dy: [n,B,Hp];  dd: [B,Hp] carry (in: dL/dh_n, out: z dh of step 0)
-    # dgh, dgx: [n,B,3*Hp] out, (dr, dz, dn r) and (dr, dz, dn) in PyTorch's gate order
-    #     (column g*Hp + u; rows >= nact[s] untouched), so the weight gradients come out
-    #     in PyTorch's layout;  nact: [n];  ctl: [Q+1] claim counters, then done
-    n, B, GA = act.shape
-    Hp = dy.shape[2]
-    NB = nvb * len(tag)
-    args = (tag, n, B, Hp, GA, nvb, ub.ctypes.data, dgh.ctypes.data, dgx.ctypes.data,
-            act.ctypes.data, hs.ctypes.data, dy.ctypes.data, dd.ctypes.data, nact, mrmax, rlo,
-            rhi)
-    return _panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _gru_bwd_step_panel, args,
-                        None)
-
-
-# --------------------------------------------------------------------------- RNN forward
-@njit(inline="always")
-def _rnn_fwd_mr(mr, tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu):
-    if mr == 1:
-        _rf1(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 2:
-        _rf2(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 3:
-        _rf3(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 4:
-        _rf4(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 5:
-        _rf5(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    else:
-        _rf6(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-
-
-@njit(inline="always")
-def _rnn_fwd_rows(r0, nb, mrmax, tag, ntag, x, I, h, Hp, w, bias, y, relu):
-    ES = esize(tag)
-    while r0 < nb:
-        mr = min(mrmax, nb - r0)
-        _rnn_fwd_mr(mr, tag, ntag, x + ES * r0 * I, I, h + ES * r0 * Hp, Hp, w, I, Hp, bias,
-                    y + ES * r0 * Hp, relu)
-        r0 += mr
-
-
-@njit(inline="always")
-def _rnn_fwd_panel(s, q, tid, Q, args, opt):
-    """Step ``s``, panel ``q`` of :func:`_rnn_fwd`."""
-    (tag, xp, B, I, Hp, nvb, upp, bp, hsp, nact, relu, mrmax, rlo, rhi) = args
-    ES = esize(tag)
-    VW = len(tag)
-    NB = nvb * VW
-    KW = (I + Hp) * NB
-    nb = min(nact[s], rhi)
-    hp = hsp + ES * s * B * Hp
-    yp = hp + ES * B * Hp
-    xsp = xp + ES * s * B * I
-    j0 = q * NB
-    nv = min(NB, Hp - j0) // VW
-    wq = upp + ES * q * KW
-    if nv == 4:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0, 0), xsp, I, hp, Hp, wq, bp + ES * j0,
-                      yp + ES * j0, relu)
-    elif nv == 3:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0, 0), xsp, I, hp, Hp, wq, bp + ES * j0,
-                      yp + ES * j0, relu)
-    elif nv == 2:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0, 0), xsp, I, hp, Hp, wq, bp + ES * j0,
-                      yp + ES * j0, relu)
-    else:
-        _rnn_fwd_rows(rlo, nb, mrmax, tag, (0,), xsp, I, hp, Hp, wq, bp + ES * j0,
-                      yp + ES * j0, relu)
-
-
-@njit(**_OPTS)
-def _rnn_fwd(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
-    # xs: [n,B,I] step order;  bias: [Hp] b_ih + b_hh
-    # up: flat, panel q (units [q*NB, q*NB+w), NB = nvb*VW) at offset q*(I+Hp)*NB:
-    #     [I+Hp][w], W_ihᵀ rows then W_hhᵀ rows
-    # hs: [n+1,B,Hp] hs[0] = h0, hs[s+1] = h after step s;  nact: [n];  ctl: [Q+1]
-    n, B, I = xs.shape
-    Hp = hs.shape[2]
-    NB = nvb * len(tag)
-    args = (tag, xs.ctypes.data, B, I, Hp, nvb, up.ctypes.data, bias.ctypes.data,
-            hs.ctypes.data, nact, relu, mrmax, rlo, rhi)
-    return _panel_steps(n, (Hp + NB - 1) // NB, False, ctl, tid, nthr, _rnn_fwd_panel, args,
-                        None)
-
-
-# --------------------------------------------------------------------------- RNN backward
-@njit(inline="always")
-def _rnn_bwd_mr(mr, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu):
-    if mr == 1:
-        _rb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 2:
-        _rb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 3:
-        _rb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 4:
-        _rb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 5:
-        _rb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    else:
-        _rb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-
-
-@njit(inline="always")
-def _rnn_bwd_rows(r0, r1, mrmax, tag, ntag, a, w, K, dhx, lddhx, dy, Hp, hn, dg, relu):
-    """Rows [r0, r1) of one output panel; every operand has row stride Hp except dhx."""
-    ES = esize(tag)
-    while r0 < r1:
-        mr = min(mrmax, r1 - r0)
-        _rnn_bwd_mr(mr, tag, ntag, a + ES * r0 * Hp, Hp, w, K, dhx + ES * r0 * lddhx, lddhx,
-                    dy + ES * r0 * Hp, Hp, hn + ES * r0 * Hp, dg + ES * r0 * Hp, relu)
-        r0 += mr
-
-
-@njit(inline="always")
-def _rnn_bwd_panel(nv, lo, nprod, nb, mrmax, tag, a, wq, Hp, zp, dhq, dyq, hnq, dgq, relu):
-    # rows active at step s+1 get dh through U; the rest start here with dL/dh_n:
-    # one inlined call site per panel width
-    for part in range(2):
-        r0 = lo if part == 0 else nprod
-        r1 = nprod if part == 0 else nb
-        K = Hp if part == 0 else 0
-        dhx = zp if part == 0 else dhq
-        lddhx = 0 if part == 0 else Hp
-        if nv == 4:
-            _rnn_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0, 0), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
-                          dgq, relu)
-        elif nv == 3:
-            _rnn_bwd_rows(r0, r1, mrmax, tag, (0, 0, 0), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
-                          dgq, relu)
-        elif nv == 2:
-            _rnn_bwd_rows(r0, r1, mrmax, tag, (0, 0), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
-                          dgq, relu)
-        else:
-            _rnn_bwd_rows(r0, r1, mrmax, tag, (0,), a, wq, K, dhx, lddhx, dyq, Hp, hnq,
-                          dgq, relu)
-
-
-@njit(inline="always")
-def _rnn_bwd_step_panel(s, q, tid, Q, args, opt):
-    """Step ``s``, output panel ``q`` of :func:`_rnn_bwd`."""
-    (tag, n, B, Hp, nvb, ubp, gp, hsp, dyp, dhp, zp, nact, relu, mrmax, rlo, rhi) = args
-    ES = esize(tag)
-    NB = nvb * len(tag)
-    nb = min(nact[s], rhi)
-    nprod = max(min(nact[s + 1], rhi) if s + 1 < n else rlo, rlo)
-    a = gp + ES * (s + 1) * B * Hp
-    j0 = q * NB
-    nv = min(NB, Hp - j0) // len(tag)
-    _rnn_bwd_panel(nv, rlo, nprod, nb, mrmax, tag, a, ubp + ES * q * Hp * NB, Hp, zp,
-                   dhp + ES * j0, dyp + ES * (s * B * Hp + j0),
-                   hsp + ES * ((s + 1) * B * Hp + j0), gp + ES * (s * B * Hp + j0), relu)
-
-
-@njit(**_OPTS)
-def _rnn_bwd(tag, hs, ub, nvb, dy, dhn, zrow, dg, nact, relu, ctl, tid, nthr, mrmax, rlo, rhi):
-    # hs: [n+1,B,Hp] (hs[s+1] = h' of step s);  ub: U packed by output panels, [Hp][w] each
-    # dy: [n,B,Hp];  dhn: [B,Hp] dL/dh_n;  zrow: [>= NB] zeros
-    # dg: [n,B,Hp] out, pre-activation gradients (rows >= nact[s] untouched)
-    n, B, Hp = dy.shape
-    NB = nvb * len(tag)
-    args = (tag, n, B, Hp, nvb, ub.ctypes.data, dg.ctypes.data, hs.ctypes.data, dy.ctypes.data,
-            dhn.ctypes.data, zrow.ctypes.data, nact, relu, mrmax, rlo, rhi)
-    return _panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _rnn_bwd_step_panel, args,
-                        None)
-
-
-# --------------------------------------------------------------------------- drivers
 class PackedCellCache:
     """What :func:`backward` needs from a training :func:`gru_forward` / :func:`rnn_forward`."""
 
@@ -378,11 +34,11 @@ def _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, backward):
     dt = w_ih.dtype
     Hp = -(-H // VW) * VW
     pk = _RnnPacked()
-    pk.H, pk.Hp, pk.VW, pk.nvb = H, Hp, VW, _NVB
+    pk.H, pk.Hp, pk.VW, pk.nvb = H, Hp, VW, NVB
     m = np.zeros((I + Hp, Hp), dt)            # [W_ih W_hh]ᵀ, zero padded
     m[:I, :H] = w_ih.T
     m[I:I + H, :H] = w_hh.T
-    pk.up = _pack_backward(m, Hp, VW, _NVB)           # by output-unit panels: [I+Hp][w] each
+    pk.up = pack_backward(m, Hp, VW, NVB)           # by output-unit panels: [I+Hp][w] each
     pk.bias = np.zeros(Hp, dt)
     pk.bias[:H] = b_ih + b_hh
     if backward:
@@ -391,7 +47,7 @@ def _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, backward):
         wh = np.zeros((Hp, Hp), dt)
         wh[:H, :H] = w_hh
         pk.w_ih, pk.w_hh = wi, wh
-        pk.ub = _pack_backward(wh, Hp, VW, _NVB)
+        pk.ub = pack_backward(wh, Hp, VW, NVB)
     else:
         pk.w_ih = pk.w_hh = pk.ub = None
     return pk
@@ -407,7 +63,7 @@ def _states(sched, h0, Hp):
 def _finish(sched, hs, H, B):
     ys = hs[1:]
     y = sched.scatter(ys, H, hs.dtype)
-    h_n = sched.unsort_rows(_last_output(ys, sched, B), H)
+    h_n = sched.unsort_rows(last_output(ys, sched, B), H)
     return y, h_n
 
 
@@ -423,7 +79,7 @@ def _infer_chunks(sched, x, h0, Hp, H, run_chunk):
         hs[0] = h0
         run_chunk(x, hs, sched.nact)
         return hs[1:], hs[n].copy()
-    C = min(n, _P._infer_chunk(B))
+    C = min(n, infer_chunk(B))
     zero = sched.tix is not None or Hp != H
     hs = (np.zeros if zero else np.empty)((C + 1, B, Hp), dt)
     hs[0] = sched.sort_rows(h0, Hp)
@@ -458,8 +114,8 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
     T, B, I = x.shape
     H = w_hh.shape[1]
     dt = x.dtype
-    VW = _lanes(dt)
-    pk = _pack(w_ih, w_hh, b_ih, b_hh, VW, 3, backward=training)
+    VW = lanes(dt)
+    pk = pack(w_ih, w_hh, b_ih, b_hh, VW, 3, backward=training)
     Hp = pk.Hp
     P = Hp // VW
     bias = np.zeros((P, 4, VW), dt)
@@ -468,17 +124,17 @@ def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_thre
         v = np.zeros(Hp, dt)
         v[:H] = b[2 * H:]
         bias[:, g] = v.reshape(P, VW)
-    sched = _Schedule(lens, T, reverse)
+    sched = Schedule(lens, T, reverse)
     n = sched.n
     step_flops = 2.0 * B * 3 * H * (H + I)
-    plan = _P._Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
+    plan = Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
                     pk.up.nbytes, sched.nact_lengths())
-    tag = _tag(VW, dt)
-    mrmax = _mr(VW, dt.itemsize) if VW * dt.itemsize == 64 else _GRU_FWD_MR8
+    tag = make_tag(VW, dt)
+    mrmax = micro_rows(VW, dt.itemsize) if VW * dt.itemsize == 64 else GRU_FWD_MR8
 
     def run(xs, hs, nact, act):
         ctl = np.zeros(P + 1, np.int64)
-        plan.launch(_gru_fwd, lambda tid, nthr, r0, r1: (tag, xs, bias, pk.up, hs, nact,
+        plan.launch(gru_fwd_kernel, lambda tid, nthr, r0, r1: (tag, xs, bias, pk.up, hs, nact,
                                                           training, act, ctl, tid, nthr, mrmax,
                                                           r0, r1))
 
@@ -505,21 +161,21 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
     T, B, I = x.shape
     H = w_hh.shape[1]
     dt = x.dtype
-    VW = _lanes(dt)
+    VW = lanes(dt)
     pk = _pack_rnn(w_ih, w_hh, b_ih, b_hh, VW, training)
     Hp = pk.Hp
     Q = -(-Hp // (pk.nvb * VW))
-    sched = _Schedule(lens, T, reverse)
+    sched = Schedule(lens, T, reverse)
     step_flops = 2.0 * B * H * (H + I)
-    plan = _P._Plan(max_threads, B, step_flops, step_flops * sched.n * (3 if training else 1),
+    plan = Plan(max_threads, B, step_flops, step_flops * sched.n * (3 if training else 1),
                     Q, pk.up.nbytes, sched.nact_lengths())
-    tag = _tag(VW, dt)
-    mrmax = _mr(VW, dt.itemsize)
+    tag = make_tag(VW, dt)
+    mrmax = micro_rows(VW, dt.itemsize)
     relu = bool(relu)
 
     def run(xs, hs, nact):
         ctl = np.zeros(Q + 1, np.int64)
-        plan.launch(_rnn_fwd, lambda tid, nthr, r0, r1: (tag, xs, pk.bias, pk.up, pk.nvb, hs,
+        plan.launch(rnn_fwd_kernel, lambda tid, nthr, r0, r1: (tag, xs, pk.bias, pk.up, pk.nvb, hs,
                                                           nact, relu, ctl, tid, nthr, mrmax,
                                                           r0, r1))
 
@@ -548,14 +204,14 @@ def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
     dw_ih_p = np.empty((GH, I), dt)
     dxs = np.empty((R, I), dt)
     # the split depends on the shape only: bitwise the same results on one thread or two
-    split = 2.0 * R * GH * (2 * I + Hp) >= _P._SPLIT_GEMM_FLOPS
+    split = 2.0 * R * GH * (2 * I + Hp) >= settings.split_gemm_flops
     tasks = []
-    for r0, r1 in _splits(GH, _P._DW_TASKS if split else 1):
+    for r0, r1 in splits(GH, DW_TASKS if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgh2[:, r0:r1].T, hp2, out=dw_hh_p[r0:r1]))
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[:, r0:r1].T, xs2, out=dw_ih_p[r0:r1]))
-    for r0, r1 in _splits(R, min(4, max(1, R // 64)) if split else 1):
+    for r0, r1 in splits(R, min(4, max(1, R // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgx2[r0:r1], w_ih_p, out=dxs[r0:r1]))
-    _Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
+    Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
     return dw_ih_p, dw_hh_p, dxs
 
 
@@ -569,14 +225,14 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     H, Hp, VW = pk.H, pk.Hp, pk.VW
     I = cache.xs.shape[2]
     dt = cache.hs.dtype
-    tag = _tag(VW, dt)
+    tag = make_tag(VW, dt)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
-    mrmax = _mr(VW, dt.itemsize)
+    mrmax = micro_rows(VW, dt.itemsize)
     plan = cache.plan
-    if plan.mode == "panels" and (Q < 2 or cache.flops < _P._TWO_THREAD_STEP_FLOPS):
-        plan = _P._Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
-    gthr = _nthreads(max_threads, _P._TWO_THREAD_STEP_FLOPS, 2)
+    if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
+        plan = Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
+    gthr = nthreads(max_threads, settings.two_thread_step_flops, 2)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, dt), Hp)
     dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)
@@ -587,7 +243,7 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
         dgh = alloc((n, B, 3 * Hp), dt)
         dgx = alloc((n, B, 3 * Hp), dt)
         dd = dhn
-        plan.launch(_gru_bwd, lambda tid, nthr, r0, r1: (tag, cache.act, hs, pk.ub, pk.nvb, dys,
+        plan.launch(gru_bwd_kernel, lambda tid, nthr, r0, r1: (tag, cache.act, hs, pk.ub, pk.nvb, dys,
                                                           dd, dgh, dgx, sched.nact, ctl, tid,
                                                           nthr, mrmax, r0, r1))
         dh0 = dgh[0] @ pk.w_hh + dd                                   # [B,Hp]
@@ -595,7 +251,7 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     else:
         dgh = dgx = alloc((n, B, Hp), dt)
         zrow = np.zeros(NB, dt)
-        plan.launch(_rnn_bwd, lambda tid, nthr, r0, r1: (tag, hs, pk.ub, pk.nvb, dys, dhn, zrow,
+        plan.launch(rnn_bwd_kernel, lambda tid, nthr, r0, r1: (tag, hs, pk.ub, pk.nvb, dys, dhn, zrow,
                                                           dgh, sched.nact, cache.relu, ctl, tid,
                                                           nthr, mrmax, r0, r1))
         dh0 = dgh[0] @ pk.w_hh

@@ -1,8 +1,8 @@
-"""LLVM-IR building blocks for the packed CPU kernels (:mod:`fastrnn.kernels.packed`).
+"""LLVM-IR building blocks for the packed CPU kernels (:mod:`fastrnn.kernels.packed_lstm`).
 
 Numba ``@intrinsic`` functions, callable from ``@njit`` code only.
 
-The micro-kernels (``_gemm_accs``): a register-blocked small-M matrix product
+The micro-kernels (``gemm_accs``): a register-blocked small-M matrix product
 against one pre-packed weight panel, over one or more K segments::
 
     acc[r][v] = sum over segments (a, lda, w, K) of
@@ -16,7 +16,7 @@ against one pre-packed weight panel, over one or more K segments::
   A cell's epilogue then works on the accumulators while they are still in
   registers: ``uk_lstm_fwd[MR]`` (pre-activations -> gates -> c', h', saved
   activations) and ``uk_lstm_bwd[MR]`` (dh -> gate gradients, dc carry). The
-  activations are :class:`_VMath`: in float32 the same rational tanh as
+  activations are :class:`VMath`: in float32 the same rational tanh as
   :mod:`fastrnn.kernels.activations`, on vectors; in float64 accurate ones.
 
   The vector width ``VW`` and the vector count ``NV`` are read off the *types*
@@ -26,33 +26,28 @@ against one pre-packed weight panel, over one or more K segments::
   code compiled by another, and ``cache=True`` keeps working. The element
   type is read off the tag too: a ``UniTuple(float64, VW)`` tag compiles the
   same kernels on ``<VW x double>`` (``VW`` = 8 on AVX-512, 4 on AVX2) with the
-  accurate float64 activations of :class:`_VMath`; any other tag means float32.
+  accurate float64 activations of :class:`VMath`; any other tag means float32.
 
-``atomic_add(p, v)``, ``atomic_load(p)``, ``atomic_cas(p, old, new)``,
-``atomic_store(p, v)`` on int64 words and ``cpu_pause()``, ``sched_yield()``:
-what the two-thread step barrier and the partner thread's mailbox need;
-``f32_ptr``/``i64_ptr``/``fptr`` turn a job's addresses back into arrays;
-``esize(tag)`` is the element size the tag asks for.
+``fptr`` turns a partner job's addresses back into arrays of the tag's element
+type; ``esize(tag)`` is the element size the tag asks for. The atomics, the
+spin-wait hint and the cycle counter of the threads are in
+:mod:`fastrnn.kernels.atomics`.
 """
 from __future__ import annotations
 
-import ctypes
 import math
 
-import llvmlite.binding as _ll
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
-           "uk_peep_fwd2", "PAIR_MR", "atomic_add", "atomic_load",
-           "atomic_cas", "atomic_store", "f32_ptr", "i64_ptr", "fptr", "esize", "cpu_pause",
-           "sched_yield", "cycles", "MAX_MR", "vtanh", "vsigmoid"]
+           "uk_peep_fwd2", "PAIR_MR", "fptr", "esize", "MAX_MR", "vtanh", "vsigmoid"]
 
 _f32 = ir.FloatType()
 _f64 = ir.DoubleType()
-_i64 = ir.IntType(64)
+I64 = ir.IntType(64)
 _i32 = ir.IntType(32)
 
 #: the most batch rows one micro-kernel call handles (MR variants 1..MAX_MR exist)
@@ -63,7 +58,7 @@ MAX_MR = 8
 #: vector loads per 24 FMAs: measured on the 2-core AVX-512 Xeon, LSTM inference on
 #: one thread 5-10% faster at 2-6 KiB than without (one ``prefetcht0`` per 64-byte
 #: line of the panel row 4 KiB ahead). The LSTM kernels also pull the *next*
-#: panel from L3 into L2 while they compute (``l2next`` of :func:`_gemm_accs`):
+#: panel from L3 into L2 while they compute (``l2next`` of :func:`gemm_accs`):
 #: when a thread's share of the weights exceeds its L2 (H=512: 6.3 MB), that made
 #: one-thread inference 8-12% and training 7-12% faster.
 PREFETCH_BYTES = 4096
@@ -95,17 +90,17 @@ def _is_f64(tag):
     return isinstance(tag, types.UniTuple) and tag.dtype == types.float64
 
 
-def _vty(tag):
+def vector_type(tag):
     """The vector type a tag asks for: ``<VW x double>`` or ``<VW x float>``."""
     return ir.VectorType(_f64 if _is_f64(tag) else _f32, tag.count)
 
 
-def _vload(builder, vty, base, off):
+def vload(builder, vty, base, off):
     p = builder.gep(base, [off])
     return builder.load(builder.bitcast(p, vty.as_pointer()), align=_esize(vty))
 
 
-def _vstore(builder, val, vty, base, off):
+def vstore(builder, val, vty, base, off):
     p = builder.gep(base, [off])
     builder.store(val, builder.bitcast(p, vty.as_pointer()), align=_esize(vty))
 
@@ -137,7 +132,7 @@ _TANH64_SAT = 20.0
 _MAGIC = 6755399441055744.0     # 1.5 * 2^52: n + _MAGIC holds the integer n in its low bits
 
 
-class _VMath:
+class VMath:
     """IR for the activations on vectors, by element type.
 
     float: the float32 activations of :mod:`fastrnn.kernels.activations`: the
@@ -221,7 +216,7 @@ class _VMath:
         p = c(_EXP_TAYLOR[13])
         for k in range(12, -1, -1):
             p = self.fma(p, r, c(_EXP_TAYLOR[k]))
-        ity = ir.VectorType(_i64, self.vty.count)
+        ity = ir.VectorType(I64, self.vty.count)
         magic = b.bitcast(c(_MAGIC), ity)
         ni = b.sub(b.bitcast(b.fadd(n, c(_MAGIC), flags=_PRECISE), ity), magic)
         bits = b.shl(b.add(ni, ir.Constant(ity, [1023] * self.vty.count)),
@@ -248,16 +243,16 @@ class _VMath:
         return b.fdiv(self.one, b.fadd(self.one, self._exp64(t), flags=P), flags=P)
 
 
-def _ptrs(builder, vty, *vals):
+def ptrs(builder, vty, *vals):
     """Byte addresses as pointers to the element type of ``vty``."""
     return [builder.inttoptr(v, vty.element.as_pointer()) for v in vals]
 
 
-def _row_off(builder, r, ld, extra=0):
-    return builder.add(builder.mul(ir.Constant(_i64, r), ld), ir.Constant(_i64, extra))
+def row_off(builder, r, ld, extra=0):
+    return builder.add(builder.mul(ir.Constant(I64, r), ld), ir.Constant(I64, extra))
 
 
-def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
+def gemm_accs(builder, vty, MR, NV, segments, l2next=None):
     """The register-blocked product over K segments, one panel, ``NV`` accumulators
     per row: a segment ``(a, lda, w, K)`` adds
     ``sum_k a[r*lda+k] w[k*NV*VW + v*VW]`` into accumulator ``v``; a segment
@@ -288,7 +283,7 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
     for r in range(MR):
         for v in range(NV):
             builder.store(zero, accs[r][v])
-    kbase = ir.Constant(_i64, 0)
+    kbase = ir.Constant(I64, 0)
     l2 = None if l2next is None else builder.bitcast(l2next, i8p)
     for seg in segments:
         a, lda, w, K = seg[:4]
@@ -299,20 +294,20 @@ def _gemm_accs(builder, vty, MR, NV, segments, l2next=None):
                if PREFETCH_BYTES and MR >= PREFETCH_MIN_MR else 0)   # rows ahead
         with cgutils.for_range(builder, K) as loop:
             k = loop.index
-            wrow = builder.mul(k, ir.Constant(_i64, W))
-            wv = [_vload(builder, vty, wb, builder.add(wrow, ir.Constant(_i64, v * VW)))
+            wrow = builder.mul(k, ir.Constant(I64, W))
+            wv = [vload(builder, vty, wb, builder.add(wrow, ir.Constant(I64, v * VW)))
                   for wb in ws for v in range(len(amap))]
             for line in range(0, W if pfd else 0, 64 // ES):   # read, keep in L1, data
                 for wb in ws:
-                    pp = builder.gep(wb, [builder.add(wrow, ir.Constant(_i64, pfd * W + line))])
+                    pp = builder.gep(wb, [builder.add(wrow, ir.Constant(I64, pfd * W + line))])
                     builder.call(pf, [builder.bitcast(pp, i8p), ir.Constant(_i32, 0),
                                       ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
             if l2 is not None:    # read, keep in L2 (prefetcht1)
-                pp = builder.gep(l2, [builder.mul(builder.add(kbase, k), ir.Constant(_i64, 64))])
+                pp = builder.gep(l2, [builder.mul(builder.add(kbase, k), ir.Constant(I64, 64))])
                 builder.call(pf, [pp, ir.Constant(_i32, 0), ir.Constant(_i32, 2),
                                   ir.Constant(_i32, 1)])
             for r in range(MR):
-                aoff = builder.add(builder.mul(ir.Constant(_i64, r), lda), k)
+                aoff = builder.add(builder.mul(ir.Constant(I64, r), lda), k)
                 s = _splat(builder, vty, builder.load(builder.gep(a, [aoff]), align=ES))
                 for j in range(len(ws)):
                     for v, t in enumerate(amap):
@@ -346,24 +341,24 @@ def _make_lstm_fwd(MR, peephole, NP=1):
 
         def codegen(context, builder, signature, args):
             _, x, ldx, h, ldh, w, I, H, bias, peep, cin, cout, ldc, y, act, ldact, training, wn = args
-            vty = _vty(tag)
-            x, h, w, bias, peep, cin, cout, y, act, wn = _ptrs(builder, vty, x, h, w, bias, peep,
+            vty = vector_type(tag)
+            x, h, w, bias, peep, cin, cout, y, act, wn = ptrs(builder, vty, x, h, w, bias, peep,
                                                                cin, cout, y, act, wn)
-            kw = builder.mul(builder.add(I, H), ir.Constant(_i64, 4 * VW))   # one panel
-            wp = [builder.gep(w, [builder.mul(kw, ir.Constant(_i64, j))]) for j in range(NP)]
-            wh = [builder.gep(wj, [builder.mul(I, ir.Constant(_i64, 4 * VW))]) for wj in wp]
-            accs = _gemm_accs(builder, vty, MR, 4 * NP, [(x, ldx, wp, I), (h, ldh, wh, H)], wn)
-            m = _VMath(builder, vty)
+            kw = builder.mul(builder.add(I, H), ir.Constant(I64, 4 * VW))   # one panel
+            wp = [builder.gep(w, [builder.mul(kw, ir.Constant(I64, j))]) for j in range(NP)]
+            wh = [builder.gep(wj, [builder.mul(I, ir.Constant(I64, 4 * VW))]) for wj in wp]
+            accs = gemm_accs(builder, vty, MR, 4 * NP, [(x, ldx, wp, I), (h, ldh, wh, H)], wn)
+            m = VMath(builder, vty)
             for j in range(NP):
-                bv = [_vload(builder, vty, bias, ir.Constant(_i64, (4 * j + g) * VW))
+                bv = [vload(builder, vty, bias, ir.Constant(I64, (4 * j + g) * VW))
                       for g in range(4)]
                 if peephole:
-                    pv = [_vload(builder, vty, peep, ir.Constant(_i64, (3 * j + k) * VW))
+                    pv = [vload(builder, vty, peep, ir.Constant(I64, (3 * j + k) * VW))
                           for k in range(3)]
                 for r in range(MR):
                     pre = [m.add(accs[r][4 * j + g], bv[g]) for g in range(4)]
-                    ro = _row_off(builder, r, ldc, j * VW)
-                    cp = _vload(builder, vty, cin, ro)
+                    ro = row_off(builder, r, ldc, j * VW)
+                    cp = vload(builder, vty, cin, ro)
                     if peephole:
                         pre[0] = m.fma(pv[0], cp, pre[0])
                         pre[1] = m.fma(pv[1], cp, pre[1])
@@ -372,13 +367,13 @@ def _make_lstm_fwd(MR, peephole, NP=1):
                     if peephole:
                         pre[3] = m.fma(pv[2], cn, pre[3])
                     go = m.sigmoid(pre[3])
-                    _vstore(builder, cn, vty, cout, ro)
-                    _vstore(builder, m.mul(go, m.tanh(cn)), vty, y,
-                            _row_off(builder, r, ldh, j * VW))
+                    vstore(builder, cn, vty, cout, ro)
+                    vstore(builder, m.mul(go, m.tanh(cn)), vty, y,
+                            row_off(builder, r, ldh, j * VW))
                     with builder.if_then(training):
                         for g, val in enumerate((gi, gf, gg, go)):
-                            _vstore(builder, val, vty, act,
-                                    _row_off(builder, r, ldact, (4 * j + g) * VW))
+                            vstore(builder, val, vty, act,
+                                    row_off(builder, r, ldact, (4 * j + g) * VW))
             return context.get_dummy_value()
         return sig, codegen
     return uk_lstm
@@ -407,40 +402,40 @@ def _make_lstm_bwd(MR, peephole):
         def codegen(context, builder, signature, args):
             (_, _, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv,
              dgg, wn) = args
-            vty = _vty(tag)
-            a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn = _ptrs(
+            vty = vector_type(tag)
+            a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn = ptrs(
                 builder, vty, a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn)
-            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)], wn)
-            m = _VMath(builder, vty)
+            accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)], wn)
+            m = VMath(builder, vty)
             one = m.one
             if peephole:
-                pv = [[_vload(builder, vty, peep, ir.Constant(_i64, (3 * v + k) * VW))
+                pv = [[vload(builder, vty, peep, ir.Constant(I64, (3 * v + k) * VW))
                        for k in range(3)] for v in range(NV)]
             for r in range(MR):
                 for v in range(NV):
-                    ho = _row_off(builder, r, ldh, v * VW)
-                    dh = m.add(m.add(accs[r][v], _vload(builder, vty, dy, ho)),
-                               _vload(builder, vty, dhx, _row_off(builder, r, lddhx, v * VW)))
-                    ao = [_row_off(builder, r, ldact, v * 4 * VW + g * VW) for g in range(4)]
-                    gi, gf, gg, go = [_vload(builder, vty, act, o) for o in ao]
-                    tc = m.tanh(_vload(builder, vty, cn, ho))
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, vty, dy, ho)),
+                               vload(builder, vty, dhx, row_off(builder, r, lddhx, v * VW)))
+                    ao = [row_off(builder, r, ldact, v * 4 * VW + g * VW) for g in range(4)]
+                    gi, gf, gg, go = [vload(builder, vty, act, o) for o in ao]
+                    tc = m.tanh(vload(builder, vty, cn, ho))
                     do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
-                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), _vload(builder, vty, dc, ho))
+                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), vload(builder, vty, dc, ho))
                     if peephole:
                         dcc = m.fma(do, pv[v][2], dcc)
-                    cpv = _vload(builder, vty, cp, ho)
+                    cpv = vload(builder, vty, cp, ho)
                     di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
                     df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
                     dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
                     for g, val in enumerate((di, df, dgc, do)):
-                        go_ = builder.add(builder.mul(ir.Constant(_i64, v), dgv),
-                                          builder.mul(ir.Constant(_i64, g), dgg))
-                        _vstore(builder, val, vty, dg,
-                                builder.add(_row_off(builder, r, ldact), go_))
+                        go_ = builder.add(builder.mul(ir.Constant(I64, v), dgv),
+                                          builder.mul(ir.Constant(I64, g), dgg))
+                        vstore(builder, val, vty, dg,
+                                builder.add(row_off(builder, r, ldact), go_))
                     dcp = m.mul(dcc, gf)
                     if peephole:
                         dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
-                    _vstore(builder, dcp, vty, dc, ho)
+                    vstore(builder, dcp, vty, dc, ho)
             return context.get_dummy_value()
         return sig, codegen
     return uk_lstm_bwd
@@ -468,82 +463,19 @@ def _make_vact(kind):
         sig = types.void(tag, types.int64, types.int64)
 
         def codegen(context, builder, signature, args):
-            vty = _vty(tag)
-            src, dst = _ptrs(builder, vty, args[1], args[2])
-            m = _VMath(builder, vty)
-            v = _vload(builder, vty, src, ir.Constant(_i64, 0))
-            _vstore(builder, m.tanh(v) if kind == "tanh" else m.sigmoid(v), vty, dst,
-                    ir.Constant(_i64, 0))
+            vty = vector_type(tag)
+            src, dst = ptrs(builder, vty, args[1], args[2])
+            m = VMath(builder, vty)
+            v = vload(builder, vty, src, ir.Constant(I64, 0))
+            vstore(builder, m.tanh(v) if kind == "tanh" else m.sigmoid(v), vty, dst,
+                    ir.Constant(I64, 0))
             return context.get_dummy_value()
         return sig, codegen
     return vact
 
 
-#: vector tanh / sigmoid of :class:`_VMath` on one vector (tests)
+#: vector tanh / sigmoid of :class:`VMath` on one vector (tests)
 vtanh, vsigmoid = _make_vact("tanh"), _make_vact("sigmoid")
-
-
-@intrinsic
-def atomic_add(typingctx, p, v):
-    """``*p += v`` atomically (int64); returns the old value."""
-    sig = types.int64(types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        return builder.atomic_rmw("add", ptr, args[1], "seq_cst")
-    return sig, codegen
-
-
-@intrinsic
-def atomic_load(typingctx, p):
-    """``*p`` with acquire ordering (int64)."""
-    sig = types.int64(types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        return builder.load_atomic(ptr, "acquire", 8)
-    return sig, codegen
-
-
-@intrinsic
-def atomic_cas(typingctx, p, old, new):
-    """``if *p == old: *p = new`` atomically (int64); returns whether it swapped."""
-    sig = types.boolean(types.int64, types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        res = builder.cmpxchg(ptr, args[1], args[2], "seq_cst", "seq_cst")
-        return builder.extract_value(res, 1)
-    return sig, codegen
-
-
-@intrinsic
-def atomic_store(typingctx, p, v):
-    """``*p = v`` with release ordering (int64)."""
-    sig = types.void(types.int64, types.int64)
-
-    def codegen(context, builder, signature, args):
-        ptr = builder.inttoptr(args[0], _i64.as_pointer())
-        builder.store_atomic(args[1], ptr, "release", 8)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-def _make_typed_ptr(dtype):
-    @intrinsic
-    def typed_ptr(typingctx, addr):
-        """The byte address ``addr`` as a typed pointer (for ``numba.carray``)."""
-        sig = types.CPointer(dtype)(types.int64)
-
-        def codegen(context, builder, signature, args):
-            return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
-        return sig, codegen
-    return typed_ptr
-
-
-#: byte addresses as float32 / int64 pointers (a partner job's arrays, rebuilt)
-f32_ptr = _make_typed_ptr(types.float32)
-i64_ptr = _make_typed_ptr(types.int64)
 
 
 @intrinsic
@@ -564,42 +496,5 @@ def esize(typingctx, tag):
     sig = types.int64(tag)
 
     def codegen(context, builder, signature, args):
-        return ir.Constant(_i64, 8 if _is_f64(tag) else 4)
+        return ir.Constant(I64, 8 if _is_f64(tag) else 4)
     return sig, codegen
-
-
-@intrinsic
-def cpu_pause(typingctx):
-    """The spin-wait hint (x86 ``pause``; nothing elsewhere)."""
-    sig = types.void()
-
-    def codegen(context, builder, signature, args):
-        if "x86" in _ll.get_process_triple():
-            fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.VoidType(), []),
-                                                "llvm.x86.sse2.pause")
-            builder.call(fn, [])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def cycles(typingctx):
-    """The CPU's cycle (time-stamp) counter: cheap timing inside a kernel."""
-    sig = types.int64()
-
-    def codegen(context, builder, signature, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_i64, []),
-                                            "llvm.readcyclecounter")
-        return builder.call(fn, [])
-    return sig, codegen
-
-
-# sched_yield from the C library, bound under a fixed name (keeps cache=True working)
-_YIELD_NAME = "fastrnn_sched_yield"
-try:
-    _libc = ctypes.CDLL(None)
-    _ll.add_symbol(_YIELD_NAME, ctypes.cast(_libc.sched_yield, ctypes.c_void_p).value)
-except (OSError, AttributeError):  # pragma: no cover - no sched_yield (e.g. Windows)
-    _noop = ctypes.CFUNCTYPE(ctypes.c_int)(lambda: 0)
-    _ll.add_symbol(_YIELD_NAME, ctypes.cast(_noop, ctypes.c_void_p).value)
-sched_yield = types.ExternalFunction(_YIELD_NAME, types.int32())

@@ -18,8 +18,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastrnn.kernels.simd import (MAX_MR, _gemm_accs, _i64, _ptrs, _row_off, _vload, _vstore,
-                                  _VMath, _vty)
+from fastrnn.kernels.simd import (I64, MAX_MR, VMath, gemm_accs, ptrs, row_off, vector_type,
+                                  vload, vstore)
 
 __all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd"]
 
@@ -42,25 +42,25 @@ def _make_gru_fwd(MR):
 
         def codegen(context, builder, signature, args):
             _, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training = args
-            vty = _vty(tag)
-            x, h, w, bias, hin, y, act = _ptrs(builder, vty, x, h, w, bias, hin, y, act)
-            wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, 3 * VW))])
-            accs = _gemm_accs(builder, vty, MR, 4,
+            vty = vector_type(tag)
+            x, h, w, bias, hin, y, act = ptrs(builder, vty, x, h, w, bias, hin, y, act)
+            wh = builder.gep(w, [builder.mul(I, ir.Constant(I64, 3 * VW))])
+            accs = gemm_accs(builder, vty, MR, 4,
                                   [(x, ldx, w, I, (0, 1, 2)), (h, ldh, wh, H, (0, 1, 3))])
-            m = _VMath(builder, vty)
-            bv = [_vload(builder, vty, bias, ir.Constant(_i64, g * VW)) for g in range(4)]
+            m = VMath(builder, vty)
+            bv = [vload(builder, vty, bias, ir.Constant(I64, g * VW)) for g in range(4)]
             for r in range(MR):
                 ar, az, anx, anh = accs[r]
                 gr = m.sigmoid(m.add(ar, bv[0]))
                 gz = m.sigmoid(m.add(az, bv[1]))
                 nh = m.add(anh, bv[3])
                 gn = m.tanh(m.fma(gr, nh, m.add(anx, bv[2])))
-                ro = _row_off(builder, r, ldh)
-                hp = _vload(builder, vty, hin, ro)
-                _vstore(builder, m.fma(gz, m.sub(hp, gn), gn), vty, y, ro)
+                ro = row_off(builder, r, ldh)
+                hp = vload(builder, vty, hin, ro)
+                vstore(builder, m.fma(gz, m.sub(hp, gn), gn), vty, y, ro)
                 with builder.if_then(training):
                     for g, val in enumerate((gr, gz, gn, nh)):
-                        _vstore(builder, val, vty, act, _row_off(builder, r, ldact, g * VW))
+                        vstore(builder, val, vty, act, row_off(builder, r, ldact, g * VW))
             return context.get_dummy_value()
         return sig, codegen
     return uk_gru_fwd
@@ -85,30 +85,30 @@ def _make_gru_bwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg = args
-            vty = _vty(tag)
-            a, w, dy, act, hp, dd, dgh, dgx = _ptrs(builder, vty, a, w, dy, act, hp, dd, dgh, dgx)
-            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
-            m = _VMath(builder, vty)
+            vty = vector_type(tag)
+            a, w, dy, act, hp, dd, dgh, dgx = ptrs(builder, vty, a, w, dy, act, hp, dd, dgh, dgx)
+            accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
+            m = VMath(builder, vty)
             one = m.one
             for r in range(MR):
                 for v in range(NV):
-                    ho = _row_off(builder, r, ldh, v * VW)
-                    dh = m.add(m.add(accs[r][v], _vload(builder, vty, dy, ho)),
-                               _vload(builder, vty, dd, ho))
-                    gr, gz, gn, nh = [_vload(builder, vty, act,
-                                             _row_off(builder, r, ldact, v * 4 * VW + g * VW))
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, vty, dy, ho)),
+                               vload(builder, vty, dd, ho))
+                    gr, gz, gn, nh = [vload(builder, vty, act,
+                                             row_off(builder, r, ldact, v * 4 * VW + g * VW))
                                       for g in range(4)]
                     dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
-                    dz = m.mul(m.mul(dh, m.sub(_vload(builder, vty, hp, ho), gn)),
+                    dz = m.mul(m.mul(dh, m.sub(vload(builder, vty, hp, ho), gn)),
                                m.mul(gz, m.sub(one, gz)))
                     dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(one, gr)))
-                    go = [builder.add(_row_off(builder, r, ldg, v * VW),
-                                      builder.mul(ir.Constant(_i64, g), dgg)) for g in range(3)]
+                    go = [builder.add(row_off(builder, r, ldg, v * VW),
+                                      builder.mul(ir.Constant(I64, g), dgg)) for g in range(3)]
                     for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
-                        _vstore(builder, val, vty, dgh, o)
+                        vstore(builder, val, vty, dgh, o)
                     for o, val in zip(go, (dr, dz, dn)):
-                        _vstore(builder, val, vty, dgx, o)
-                    _vstore(builder, m.mul(dh, gz), vty, dd, ho)
+                        vstore(builder, val, vty, dgx, o)
+                    vstore(builder, m.mul(dh, gz), vty, dd, ho)
             return context.get_dummy_value()
         return sig, codegen
     return uk_gru_bwd
@@ -129,19 +129,19 @@ def _make_rnn_fwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, x, ldx, h, ldh, w, I, H, bias, y, relu = args
-            vty = _vty(tag)
-            x, h, w, bias, y = _ptrs(builder, vty, x, h, w, bias, y)
-            wh = builder.gep(w, [builder.mul(I, ir.Constant(_i64, NV * VW))])
-            accs = _gemm_accs(builder, vty, MR, NV, [(x, ldx, w, I), (h, ldh, wh, H)])
-            m = _VMath(builder, vty)
-            bv = [_vload(builder, vty, bias, ir.Constant(_i64, v * VW)) for v in range(NV)]
+            vty = vector_type(tag)
+            x, h, w, bias, y = ptrs(builder, vty, x, h, w, bias, y)
+            wh = builder.gep(w, [builder.mul(I, ir.Constant(I64, NV * VW))])
+            accs = gemm_accs(builder, vty, MR, NV, [(x, ldx, w, I), (h, ldh, wh, H)])
+            m = VMath(builder, vty)
+            bv = [vload(builder, vty, bias, ir.Constant(I64, v * VW)) for v in range(NV)]
             zero = ir.Constant(vty, [0.0] * VW)
 
             def epilogue(f):
                 for r in range(MR):
                     for v in range(NV):
-                        _vstore(builder, f(m.add(accs[r][v], bv[v])), vty, y,
-                                _row_off(builder, r, ldh, v * VW))
+                        vstore(builder, f(m.add(accs[r][v], bv[v])), vty, y,
+                                row_off(builder, r, ldh, v * VW))
 
             with builder.if_else(relu) as (then, otherwise):
                 with then:
@@ -167,27 +167,27 @@ def _make_rnn_bwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu = args
-            vty = _vty(tag)
-            a, w, dhx, dy, hn, dg = _ptrs(builder, vty, a, w, dhx, dy, hn, dg)
-            accs = _gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
-            m = _VMath(builder, vty)
+            vty = vector_type(tag)
+            a, w, dhx, dy, hn, dg = ptrs(builder, vty, a, w, dhx, dy, hn, dg)
+            accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
+            m = VMath(builder, vty)
             zero = ir.Constant(vty, [0.0] * VW)
             dhs = []
             for r in range(MR):
                 for v in range(NV):
-                    ho = _row_off(builder, r, ldh, v * VW)
-                    dh = m.add(m.add(accs[r][v], _vload(builder, vty, dy, ho)),
-                               _vload(builder, vty, dhx, _row_off(builder, r, lddhx, v * VW)))
-                    dhs.append((ho, dh, _vload(builder, vty, hn, ho)))
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, vty, dy, ho)),
+                               vload(builder, vty, dhx, row_off(builder, r, lddhx, v * VW)))
+                    dhs.append((ho, dh, vload(builder, vty, hn, ho)))
 
             with builder.if_else(relu) as (then, otherwise):
                 with then:
                     for ho, dh, h in dhs:
                         pos = builder.fcmp_ordered(">", h, zero)
-                        _vstore(builder, builder.select(pos, dh, zero), vty, dg, ho)
+                        vstore(builder, builder.select(pos, dh, zero), vty, dg, ho)
                 with otherwise:
                     for ho, dh, h in dhs:
-                        _vstore(builder, m.mul(dh, m.sub(m.one, m.mul(h, h))), vty, dg, ho)
+                        vstore(builder, m.mul(dh, m.sub(m.one, m.mul(h, h))), vty, dg, ho)
             return context.get_dummy_value()
         return sig, codegen
     return uk_rnn_bwd

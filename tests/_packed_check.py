@@ -4,7 +4,7 @@ Each case runs ``fastrnn.kernels.cpu.forward``/``backward`` in float32 or
 float64 on the packed path (training and inference) and compares everything
 with the float64 NumPy reference within the error bound of ``fastrnn.testing``
 for that dtype. Fixtures force each path: the 256-bit (AVX2) variant, two
-threads on any step size (``packed._TWO_THREAD_STEP_FLOPS = 0``, no back-off to
+threads on any step size (``cpu.settings.two_thread_step_flops = 0``, no back-off to
 one thread), and each dtype.
 """
 import numpy as np
@@ -18,6 +18,7 @@ cpu = pytest.importorskip("fastrnn.kernels.cpu")
 if not cpu.available()[0]:  # pragma: no cover - depends on the install
     pytest.skip(f"cpu backend unavailable: {cpu.available()[1]}", allow_module_level=True)
 packed = pytest.importorskip("fastrnn.kernels.packed")
+plan = pytest.importorskip("fastrnn.kernels.plan")
 
 from fastrnn.testing import assert_close, cell_terms  # noqa: E402
 
@@ -33,12 +34,9 @@ OPTIONS = [("none", False, True), ("different", True, True), ("different", False
 
 
 @pytest.fixture(params=[None, 8], ids=["vw-auto", "vw8"])
-def vector_width(request):
-    packed.set_vector_width(request.param)
-    try:
-        yield packed.vector_width()
-    finally:
-        packed.set_vector_width(None)
+def vector_width(request, cpu_settings):
+    cpu_settings(vector_width=request.param)
+    return packed.vector_width()
 
 
 @pytest.fixture(params=[np.float32, np.float64], ids=["f32", "f64"])
@@ -47,21 +45,17 @@ def dtype(request):
 
 
 @pytest.fixture(params=[1, "panels", "rows"], ids=["1thr", "2thr-panels", "2thr-rows"])
-def threads(request, monkeypatch):
+def threads(request, monkeypatch, cpu_settings):
     """One thread, or two threads from the smallest step on (never backing off),
     sharing each step's panels or splitting the batch rows (the LSTM's plan)."""
-    monkeypatch.setattr(packed, "_backoff", {"until": 0.0, "span": 0.05})
+    monkeypatch.setattr(plan, "backoff", {"until": 0.0, "span": 0.05})
     if request.param != 1:
-        monkeypatch.setattr(packed, "_TWO_THREAD_STEP_FLOPS", 0)
-        monkeypatch.setattr(packed, "_SPLIT_GEMM_FLOPS", 0)
-        monkeypatch.setattr(packed, "_LATE_WAIT", 2.0)
-        monkeypatch.setattr(cpu, "_max_threads", 2)
         rows = request.param == "rows"
-        monkeypatch.setattr(packed, "_ROW_SPLIT_BYTES", 1 << 40 if rows else -1)
-        monkeypatch.setattr(packed, "_ROW_SPLIT_FLOPS", 0)
-        assert packed._nthreads(2, 1.0, 2) == 2
+        cpu_settings(two_thread_step_flops=0, split_gemm_flops=0, late_wait=2.0, num_threads=2,
+                     row_split_bytes=1 << 40 if rows else -1, row_split_flops=0)
+        assert plan.nthreads(2, 1.0, 2) == 2
     else:
-        monkeypatch.setattr(cpu, "_max_threads", 1)
+        cpu_settings(num_threads=1)
     return request.param
 
 

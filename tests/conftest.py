@@ -81,3 +81,20 @@ else:
 def pytest_report_header(config):
     if settings is None:
         return f"{HYPOTHESIS_MISSING}: the property-based (@given) tests are skipped"
+
+
+@pytest.fixture
+def cpu_settings():
+    """Set fields of the CPU backend's settings (``fastrnn.kernels.cpu.settings``)
+    for one test: ``cpu_settings(use_packed=False, num_threads=2)``; every field
+    set is restored after the test."""
+    from fastrnn.kernels import cpu
+    changes = []
+
+    def set_(**kw):
+        changes.append(cpu.configure(**kw))
+        return cpu.settings
+
+    yield set_
+    for c in reversed(changes):
+        c.__exit__(None, None, None)

@@ -1,6 +1,7 @@
-"""The CPU time loops are compiled per cell from one skeleton (kernels/cpu.py,
-``_loop``); Numba's on-disk cache must still serve a second process: no
-recompilation, one cache file per cell and skeleton."""
+"""The CPU time loops are compiled per cell from one skeleton (kernels/loops.py,
+``compile_loop``, with the row functions of kernels/rows.py); Numba's on-disk
+cache must still serve a second process: no recompilation, one cache file per
+cell and skeleton."""
 import os
 import subprocess
 import sys
@@ -15,7 +16,7 @@ _RUN = textwrap.dedent("""
     from fastrnn.kernels import cpu
     from fastrnn.cells import get_cell
     from fastrnn.dispatch import Weights
-    cpu.packed_dtypes = set()        # float64 on the loops, not the packed kernels
+    cpu.configure(packed_dtypes=())  # float64 on the loops, not the packed kernels
     out = []
     for name in ("lstm", "gru_reset_before"):       # one cell per skeleton
         cell = get_cell(name)
@@ -28,7 +29,7 @@ _RUN = textwrap.dedent("""
         c0 = h0.copy() if cell.has_cell else None
         y, h, c, cache = cpu.forward(cell, x, h0, c0, w, None, False, True)
         cpu.backward(cell, cache, np.ones_like(y), h0 * 0, None if c0 is None else c0 * 0)
-        for loop in cpu._LOOPS[name]:
+        for loop in cpu.LOOPS[name]:
             st = loop.stats
             out.append(f"{loop.__name__}:{sum(st.cache_hits.values())}:"
                        f"{sum(st.cache_misses.values())}")
@@ -38,7 +39,7 @@ _RUN = textwrap.dedent("""
 
 _RUN_PACKED = textwrap.dedent("""
     import numpy as np
-    from fastrnn.kernels import cpu, packed, packed_cells
+    from fastrnn.kernels import cpu, packed_gru_rnn, packed_lstm
     from fastrnn.cells import get_cell
     from fastrnn.dispatch import Weights
     out = []
@@ -54,8 +55,9 @@ _RUN_PACKED = textwrap.dedent("""
         y, h, c, cache = cpu.forward(cell, x, h0, c0, w, None, False, True)
         assert cache.saved.pk.up.dtype == np.float64
         cpu.backward(cell, cache, np.ones_like(y), h0 * 0, None if c0 is None else c0 * 0)
-    for k in (packed._lstm_fwd, packed._lstm_bwd, packed_cells._gru_fwd, packed_cells._gru_bwd,
-              packed_cells._rnn_fwd, packed_cells._rnn_bwd):
+    for k in (packed_lstm.lstm_fwd_kernel, packed_lstm.lstm_bwd_kernel,
+              packed_gru_rnn.gru_fwd_kernel, packed_gru_rnn.gru_bwd_kernel,
+              packed_gru_rnn.rnn_fwd_kernel, packed_gru_rnn.rnn_bwd_kernel):
         st = k.stats
         out.append(f"{k.__name__}:{sum(st.cache_hits.values())}:"
                    f"{sum(st.cache_misses.values())}")
@@ -78,15 +80,16 @@ def test_second_process_loads_the_loops_from_the_cache(tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     first = _run(work, cache_dir)
-    assert set(first) == {"_fwd1_lstm", "_bwd1_lstm", "_fwd2_gru_reset_before",
-                          "_bwd2_gru_reset_before"}
+    assert set(first) == {"fwd1_lstm", "bwd1_lstm", "fwd2_gru_reset_before",
+                          "bwd2_gru_reset_before"}
     second = _run(work, cache_dir)
     for name, (hits, misses) in second.items():
         assert misses == 0 and hits >= 1, f"{name} recompiled in a new process: {second}"
-    # one index file per compiled copy of a skeleton (its own name)
+    # one index file per compiled copy of a skeleton (its own name), filed under
+    # rows.py: a change to the row functions invalidates the compiled loops
     index = [p.name for p in cache_dir.rglob("*.nbi")]
     for name in first:
-        assert any(f.startswith(f"cpu.{name}-") for f in index), (name, index)
+        assert any(f.startswith(f"rows.{name}-") for f in index), (name, index)
 
 
 def test_second_process_loads_the_float64_packed_kernels_from_the_cache(tmp_path):

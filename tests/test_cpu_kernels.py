@@ -150,7 +150,7 @@ def test_edge_shapes(name, dtype, shape):
 
 
 @pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh", "peephole_full"])
-def test_two_thread_gemm_path(monkeypatch, name):
+def test_two_thread_gemm_path(monkeypatch, cpu_settings, name):
     """A batch and width large enough that the recurrent GEMM uses 2 BLAS threads.
 
     Runs the BLAS-per-step loops (``use_packed`` off: the packed kernels call no
@@ -159,11 +159,10 @@ def test_two_thread_gemm_path(monkeypatch, name):
     switch, and checks that the time loop's product (``2 B G H H`` FLOPs) ran
     with OpenBLAS set to 2 threads in training forward, inference and backward,
     and that the results still match the reference."""
-    monkeypatch.setattr(cpu, "use_packed", False)
-    monkeypatch.setattr(cpu, "_max_threads", 2)
-    monkeypatch.setattr(cpu, "_SPLIT_MIN_FLOPS", float("inf"))   # one loop, not two halves
+    # one loop, not two halves
+    cpu_settings(use_packed=False, num_threads=2, split_min_flops=float("inf"))
     uses, blas_set = [], []
-    real_use, real_set = cpu._Threads.use, cpu._blas_set_threads
+    real_use, real_set = cpu.blas.Threads.use, cpu.blas.blas_set_threads
 
     def use(self, flops):
         n = real_use(self, flops)
@@ -174,8 +173,8 @@ def test_two_thread_gemm_path(monkeypatch, name):
         blas_set.append(n)
         return real_set(n)
 
-    monkeypatch.setattr(cpu._Threads, "use", use)
-    monkeypatch.setattr(cpu, "_blas_set_threads", set_threads)
+    monkeypatch.setattr(cpu.blas.Threads, "use", use)
+    monkeypatch.setattr(cpu.blas, "blas_set_threads", set_threads)
     B, H = 64, 160
     check_against_reference(name, T=3, B=B, I=8, H=H, dtype=np.float32,
                             lengths_kind="random", reverse=True)
@@ -187,13 +186,11 @@ def test_two_thread_gemm_path(monkeypatch, name):
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", CELL_NAMES)
 @pytest.mark.parametrize("split", [True, False], ids=["split", "whole"])
-def test_batch_split(monkeypatch, name, dtype, split):
+def test_batch_split(cpu_settings, name, dtype, split):
     """Both ways of running the loops: two concurrent halves of the batch, or one
     (``use_packed`` off: the packed kernels would run these cells instead)."""
-    monkeypatch.setattr(cpu, "use_packed", False)
-    monkeypatch.setattr(cpu, "_SPLIT_MIN_FLOPS", 0.0 if split else float("inf"))
-    monkeypatch.setattr(cpu, "_max_threads", 2)
-    assert len(cpu._row_ranges(5, 3, 1.0)) == (2 if split else 1)
+    cpu_settings(use_packed=False, split_min_flops=0.0 if split else float("inf"), num_threads=2)
+    assert len(cpu.loops_driver.row_ranges(5, 3, 1.0)) == (2 if split else 1)
     for B in (2, 3, 5):
         check_against_reference(name, T=5, B=B, I=3, H=6, dtype=dtype, lengths_kind="random",
                                 reverse=B == 3, seed=B)
@@ -202,15 +199,13 @@ def test_batch_split(monkeypatch, name, dtype, split):
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["f32", "f64"])
 @pytest.mark.parametrize("name", CELL_NAMES)
-def test_inference_in_chunks(monkeypatch, name, dtype):
+def test_inference_in_chunks(cpu_settings, name, dtype):
     """Inference runs the input product in chunks of steps (bounded workspace);
     forcing 2-step chunks must not change anything, in either direction (the
     loops: ``use_packed`` off; the packed kernels' chunks are tested in
     tests/test_packed_threads.py)."""
-    monkeypatch.setattr(cpu, "use_packed", False)
-    monkeypatch.setattr(cpu, "_CHUNK_ROWS", 1)
-    monkeypatch.setattr(cpu, "_CHUNK_MIN_STEPS", 2)
-    assert cpu._chunk_steps(7, 3) == 2
+    cpu_settings(use_packed=False, chunk_rows=1, chunk_min_steps=2)
+    assert cpu.loops_driver.chunk_steps(7, 3) == 2
     for kind, reverse in (("none", False), ("none", True), ("different", False),
                           ("different", True), ("equal", True)):
         check_against_reference(name, T=7, B=3, I=2, H=4, dtype=dtype, lengths_kind=kind,
@@ -306,10 +301,10 @@ def test_threads_setting_and_numpy_state_restored():
             cpu.set_num_threads(0)
         cpu.set_num_threads(1)
         assert cpu.get_num_threads() == 1
-        blas_before = cpu._blas_get_threads() if cpu._blas_get_threads else None
+        blas_before = cpu.blas.blas_get_threads() if cpu.blas.blas_get_threads else None
         check_against_reference("lstm", T=3, B=64, I=8, H=160, dtype=np.float32)
         if blas_before is not None:  # NumPy's own BLAS setting is left as it was
-            assert cpu._blas_get_threads() == blas_before
+            assert cpu.blas.blas_get_threads() == blas_before
     finally:
         cpu.set_num_threads(before)
     assert cpu.get_num_threads() == before
@@ -317,22 +312,39 @@ def test_threads_setting_and_numpy_state_restored():
     check_against_reference("lstm", T=3, B=2, I=3, H=4, dtype=np.float32, seed=5)
 
 
+def test_settings_configure_sets_and_restores():
+    """cpu.configure sets fields of the one settings object, restores them on exit,
+    and rejects an unknown field or a bad value before changing anything."""
+    s = cpu.settings
+    before = (s.use_packed, s.split_min_flops, s.packed_dtypes)
+    with cpu.configure(use_packed=False, split_min_flops=0.0, packed_dtypes=[np.float32]) as st:
+        assert st is s and not s.use_packed and s.split_min_flops == 0.0
+        assert s.packed_dtypes == {np.dtype(np.float32)}
+        assert cpu.route(CELLS["lstm"], np.dtype(np.float32), True) == "loops"
+    assert (s.use_packed, s.split_min_flops, s.packed_dtypes) == before
+    for bad in (dict(nope=1), dict(vector_width=12), dict(num_threads=0),
+                dict(use_packed=False, num_threads=1.5)):
+        with pytest.raises(ValueError):
+            cpu.configure(**bad)
+    assert (s.use_packed, s.split_min_flops, s.packed_dtypes) == before
+
+
 def test_available():
     ok, why = cpu.available()
     assert ok and why == ""
 
 
-def test_packed_kernels_only_where_the_cpu_has_wide_vectors(monkeypatch):
+def test_packed_kernels_only_where_the_cpu_has_wide_vectors(monkeypatch, cpu_settings):
     """The packed kernels run where the CPU has AVX2 or AVX-512; elsewhere the
     BLAS-per-step loops do, and describe() (fastrnn info) says which."""
     packed = pytest.importorskip("fastrnn.kernels.packed")
-    assert cpu.use_packed == (packed.host_simd() is not None)
+    assert cpu.settings.use_packed == (packed.host_simd() is not None)
     assert packed.host_simd() in (None, "avx2", "avx512")
     text = cpu.describe()
-    assert ("packed kernels" in text) == cpu.use_packed, text
+    assert ("packed kernels" in text) == cpu.settings.use_packed, text
     monkeypatch.setattr(packed, "host_simd", lambda: None)
     assert "no AVX2" in cpu.describe()
-    monkeypatch.setattr(cpu, "use_packed", False)
+    cpu_settings(use_packed=False)
     # the loops still give the reference's answer
     check_against_reference("lstm", 4, 3, 2, 5, np.float32)
 

@@ -5,6 +5,8 @@ lengths (all different, unsorted), reverse, initial state (tests/_packed_check.p
 import numpy as np
 import pytest
 
+from fastrnn.cells import CELLS
+
 from _packed_check import (SHAPES, check_all_options, check_case, cpu, dtype,  # noqa: F401
                            threads, vector_width)
 
@@ -14,11 +16,11 @@ CELL_NAMES = ["gru", "rnn_tanh", "rnn_relu"]
 
 
 @pytest.fixture(autouse=True)
-def packed_path(monkeypatch):
-    """Every (family, mode) on the packed kernels, whatever cpu.packed_cells selects."""
-    monkeypatch.setattr(cpu, "use_packed", True)
-    monkeypatch.setattr(cpu, "packed_cells", {(f, t) for f in ("gru", "rnn")
-                                              for t in (True, False)})
+def packed_path(cpu_settings):
+    """Every (family, mode) on the packed kernels, whatever cpu.settings.packed_cells
+    selects."""
+    cpu_settings(use_packed=True,
+                 packed_cells={(f, t) for f in ("gru", "rnn") for t in (True, False)})
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
@@ -35,18 +37,20 @@ def test_longer_sequence(name, threads, dtype):
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
-def test_old_kernels_still_selectable(monkeypatch, name):
-    monkeypatch.setattr(cpu, "use_packed", False)
+def test_old_kernels_still_selectable(cpu_settings, name):
+    cpu_settings(use_packed=False)
     check_case(name, T=5, B=3, I=4, H=6, lengths_kind="different", reverse=True, state=True)
     assert not isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
 
 
 @pytest.mark.parametrize("name", CELL_NAMES)
-def test_selection_table(monkeypatch, name):
-    """A (family, mode) left out of cpu.packed_cells runs the old loops."""
-    monkeypatch.setattr(cpu, "packed_cells", set())
+def test_selection_table(cpu_settings, name):
+    """A (family, mode) left out of cpu.settings.packed_cells runs the old loops."""
+    cpu_settings(packed_cells=set())
+    assert cpu.route(CELLS[name], np.dtype(np.float32), True) == "loops"
     assert not isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
-    monkeypatch.setattr(cpu, "packed_cells", {(cpu._PACKED[name], True)})
+    cpu_settings(packed_cells={(cpu.PACKED[name], True)})
+    assert cpu.route(CELLS[name], np.dtype(np.float32), True) == "packed_cells"
     assert isinstance(_training_cache(name).saved, packed_cells.PackedCellCache)
 
 

@@ -10,10 +10,9 @@ from fastrnn.cells import CELLS
 from fastrnn.dispatch import Weights
 
 cpu = pytest.importorskip("fastrnn.kernels.cpu")
-if not cpu.available()[0] or cpu._packed is None:  # pragma: no cover
+if not cpu.available()[0] or cpu.packed is None:  # pragma: no cover
     pytest.skip("the packed CPU kernels are not available", allow_module_level=True)
-packed = cpu._packed
-from fastrnn.kernels import packed_cells, simd  # noqa: E402
+from fastrnn.kernels import packed, packed_cells, simd, vector  # noqa: E402
 
 #: the float64 vector tanh and sigmoid are within 2 ulp of the exact values
 #: (measured against 40-digit mpmath on a dense grid); numpy's libm is within 1
@@ -57,7 +56,7 @@ def _ulps(a, ref):
 @pytest.mark.parametrize("lanes", [8, 4])
 def test_float64_vector_tanh_and_sigmoid_are_accurate(lanes):
     x = _grid()
-    tag = packed._tag(lanes, np.float64)
+    tag = vector.make_tag(lanes, np.float64)
     t = np.empty_like(x)
     s = np.empty_like(x)
     _apply(tag, 0, x, t)
@@ -86,13 +85,13 @@ def _cache(name, dtype):
 
 
 @pytest.mark.parametrize("name", ["lstm", "peephole_diagonal", "gru", "rnn_tanh", "rnn_relu"])
-def test_float64_runs_the_packed_kernels_by_default(monkeypatch, name):
+def test_float64_runs_the_packed_kernels_by_default(cpu_settings, name):
     saved = packed.PackedCache if CELLS[name].family == "lstm" else packed_cells.PackedCellCache
-    assert np.dtype(np.float64) in cpu.packed_dtypes
+    assert np.dtype(np.float64) in cpu.settings.packed_dtypes
     c = _cache(name, np.float64)
     assert isinstance(c.saved, saved)
     assert c.saved.pk.up.dtype == np.float64
     # left out of packed_dtypes, float64 runs the BLAS-per-step loops (float32 stays packed)
-    monkeypatch.setattr(cpu, "packed_dtypes", {np.dtype(np.float32)})
+    cpu_settings(packed_dtypes={np.float32})
     assert not isinstance(_cache(name, np.float64).saved, saved)
     assert isinstance(_cache(name, np.float32).saved, saved)

@@ -1,4 +1,4 @@
-"""The packed LSTM kernels (fastrnn.kernels.packed), float32 and float64, against
+"""The packed LSTM kernels (fastrnn.kernels.packed, packed_lstm), float32 and float64, against
 the float64 NumPy reference, on every path: both vector widths, one and two threads, B=1,
 B and H off the micro-kernel's multiples, several panels, lengths (all
 different, unsorted), reverse, initial state (tests/_packed_check.py)."""
@@ -9,8 +9,8 @@ from _packed_check import (SHAPES, check_all_options, check_case, cpu, dtype,  #
 
 
 @pytest.fixture(autouse=True)
-def packed_path(monkeypatch):
-    monkeypatch.setattr(cpu, "use_packed", True)
+def packed_path(cpu_settings):
+    cpu_settings(use_packed=True)
 
 
 @pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "T{}B{}I{}H{}".format(*s))
@@ -24,8 +24,8 @@ def test_longer_sequence(threads, dtype):
                state=True, saved_type=packed.PackedCache, dtype=dtype)
 
 
-def test_old_kernels_still_selectable(monkeypatch):
-    monkeypatch.setattr(cpu, "use_packed", False)
+def test_old_kernels_still_selectable(cpu_settings):
+    cpu_settings(use_packed=False)
     check_case("lstm", T=5, B=3, I=4, H=6, lengths_kind="different", reverse=True, state=True)
 
 

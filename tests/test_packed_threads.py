@@ -1,5 +1,6 @@
 """The packed CPU kernels give bitwise the same results on one thread or two, and
-the caller never waits on a partner that does not come (fastrnn.kernels.packed)."""
+the caller never waits on a partner that does not come (fastrnn.kernels.plan,
+fastrnn.kernels.worker)."""
 import numpy as np
 import pytest
 
@@ -7,23 +8,18 @@ from fastrnn.cells import get_cell
 from fastrnn.dispatch import Weights
 
 cpu = pytest.importorskip("fastrnn.kernels.cpu")
-if not cpu.available()[0] or cpu._packed is None:  # pragma: no cover
+if not cpu.available()[0] or cpu.packed is None:  # pragma: no cover
     pytest.skip("the packed CPU kernels are not available", allow_module_level=True)
-packed = cpu._packed
+from fastrnn.kernels import plan, schedule, worker  # noqa: E402
 
 
 @pytest.fixture
-def two_threads(monkeypatch):
+def two_threads(monkeypatch, cpu_settings):
     """Every step shared by two threads, whatever its size, and no back-off."""
-    monkeypatch.setattr(packed, "_TWO_THREAD_STEP_FLOPS", 0.0)
-    monkeypatch.setattr(packed, "_ROW_SPLIT_FLOPS", 0.0)
-    monkeypatch.setattr(packed, "_SPLIT_GEMM_FLOPS", 0.0)
-    monkeypatch.setitem(packed._backoff, "until", 0.0)
-    monkeypatch.setattr(packed, "_LATE_WAIT", 2.0)       # never back off in these tests
-    old = cpu.get_num_threads()
-    cpu.set_num_threads(2)                  # whatever FASTRNN_NUM_THREADS the suite runs at
-    yield
-    cpu.set_num_threads(old)
+    monkeypatch.setitem(plan.backoff, "until", 0.0)
+    # never back off in these tests; 2 threads whatever FASTRNN_NUM_THREADS the suite runs at
+    cpu_settings(two_thread_step_flops=0.0, row_split_flops=0.0, split_gemm_flops=0.0,
+                 late_wait=2.0, num_threads=2)
 
 
 def _problem(cell_name, T, B, I, H, seed=0, lengths=True, dtype=np.float32):
@@ -53,10 +49,9 @@ def _run(cell, x, h0, c0, w, lens, dy, reverse):
 @pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal", "gru", "rnn_tanh"])
 @pytest.mark.parametrize("reverse", [False, True])
 @pytest.mark.parametrize("split", ["panels", "rows"])
-def test_one_and_two_threads_agree_bitwise(two_threads, monkeypatch, cell_name, reverse, split,
+def test_one_and_two_threads_agree_bitwise(two_threads, cpu_settings, cell_name, reverse, split,
                                            dtype):
-    monkeypatch.setattr(packed, "_ROW_SPLIT_BYTES", 1 << 40 if split == "rows" else -1)
-    monkeypatch.setattr(packed, "_ROW_SPLIT_FLOPS", 0)
+    cpu_settings(row_split_bytes=1 << 40 if split == "rows" else -1, row_split_flops=0)
     prob = _problem(cell_name, 9, 11, 5, 40, dtype=dtype)
     G = get_cell(cell_name).gates
     if G != 4:
@@ -84,13 +79,9 @@ def _lstm_call_is_fast_and_right():
     y, h, c, cache = cpu.forward(cell, x, h0, c0, w, lens, False, True)
     grads = cpu.backward(cell, cache, dy, h, c)
     took = time.monotonic() - t0
-    ref = cpu.use_packed
-    try:
-        cpu.use_packed = False
+    with cpu.configure(use_packed=False):
         y0, h_, c_, cache0 = cpu.forward(cell, x, h0, c0, w, lens, False, True)
         grads0 = cpu.backward(cell, cache0, dy, h_, c_)
-    finally:
-        cpu.use_packed = ref
     from fastrnn.testing import assert_close, cell_terms
     # two compiled float32 paths (packed, BLAS loop): both sides' activations
     fs = max(1.0, np.abs(h0).max(), np.abs(c0).max())
@@ -103,16 +94,17 @@ def _lstm_call_is_fast_and_right():
 
 
 @pytest.mark.parametrize("split", ["panels", "rows"])
-def test_a_partner_that_never_comes_does_not_block(two_threads, monkeypatch, split):
+def test_a_partner_that_never_comes_does_not_block(two_threads, monkeypatch, cpu_settings,
+                                                   split):
     """A partner thread that never claims its jobs: the caller takes every job
     back (one compare-and-swap) and does the whole call itself."""
-    monkeypatch.setattr(packed, "_ROW_SPLIT_BYTES", 1 << 40 if split == "rows" else -1)
-    lazy = packed._Partner()
+    cpu_settings(row_split_bytes=1 << 40 if split == "rows" else -1)
+    lazy = worker.Partner()
     lazy._ensure = lambda: None                           # its thread never starts
-    monkeypatch.setattr(packed, "_partners", [lazy])
+    monkeypatch.setattr(worker, "partners", [lazy])
     assert _lstm_call_is_fast_and_right() < 5
-    assert lazy.mb[packed._POST] > 0                      # jobs were posted ...
-    assert lazy.mb[packed._DONE] == 0                     # ... and all taken back
+    assert lazy.mb[worker.POST] > 0                       # jobs were posted ...
+    assert lazy.mb[worker.DONE] == 0                      # ... and all taken back
 
 
 def test_a_partner_busy_with_another_call_does_not_block(two_threads):
@@ -120,8 +112,8 @@ def test_a_partner_busy_with_another_call_does_not_block(two_threads):
     a call runs on one thread instead of waiting."""
     import threading
     gate = threading.Event()
-    partner = packed._partner()
-    seq = partner.post(packed._K_PY, fn=lambda: gate.wait(10))
+    partner = worker.partner()
+    seq = partner.post(worker.K_PY, fn=lambda: gate.wait(10))
     assert seq
     try:
         assert _lstm_call_is_fast_and_right() < 5 and not gate.is_set()
@@ -131,16 +123,16 @@ def test_a_partner_busy_with_another_call_does_not_block(two_threads):
 
 
 def test_a_python_job_error_reaches_the_caller():
-    partner = packed._partner()
+    partner = worker.partner()
 
     def boom():
         raise RuntimeError("from the partner")
-    seq = partner.post(packed._K_PY, fn=boom)
+    seq = partner.post(worker.K_PY, fn=boom)
     import time
     deadline = time.monotonic() + 5
-    while partner.mb[packed._CLAIM] < seq and time.monotonic() < deadline:
+    while partner.mb[worker.CLAIM] < seq and time.monotonic() < deadline:
         time.sleep(0.001)                                  # let the partner claim it
-    if partner.mb[packed._CLAIM] < seq:                    # pragma: no cover - very slow machine
+    if partner.mb[worker.CLAIM] < seq:                    # pragma: no cover - very slow machine
         partner.finish(seq)
         pytest.skip("the partner thread did not claim the job within 5 s")
     with pytest.raises(RuntimeError, match="from the partner"):
@@ -152,9 +144,9 @@ def test_a_python_job_error_reaches_the_caller():
 def test_openblas_thread_count_survives_concurrent_calls():
     """Two Python threads running layers at once leave NumPy's BLAS setting as it was."""
     import threading
-    if cpu._blas_get_threads is None:  # pragma: no cover
+    if cpu.blas.blas_get_threads is None:  # pragma: no cover
         pytest.skip("no OpenBLAS thread getter")
-    before = cpu._blas_get_threads()
+    before = cpu.blas.blas_get_threads()
     probs = [_problem(n, 30, 16, 32, 64, seed=k, lengths=False)
              for k, n in enumerate(["lstm", "gru"] * 2)]
     errors = []
@@ -175,7 +167,7 @@ def test_openblas_thread_count_survives_concurrent_calls():
     for t in ts:
         t.join()
     assert not errors
-    assert cpu._blas_get_threads() == before
+    assert cpu.blas.blas_get_threads() == before
 
 
 @pytest.mark.parametrize("cell_name", ["lstm", "gru", "rnn_tanh"])
@@ -208,10 +200,11 @@ def test_packed_inference_workspace_does_not_grow_with_T(cell_name):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
 @pytest.mark.parametrize("cell_name", ["lstm", "peephole_diagonal", "gru", "rnn_relu"])
 @pytest.mark.parametrize("reverse", [False, True])
-def test_inference_in_chunks_equals_training_forward(monkeypatch, cell_name, reverse, dtype):
+def test_inference_in_chunks_equals_training_forward(cpu_settings, cell_name, reverse, dtype):
     """Inference runs its steps in chunks (4 here): outputs and final states equal
     the training forward's, which runs the sequence whole, bit for bit."""
-    monkeypatch.setattr(packed, "_infer_chunk", lambda B: 4)
+    cpu_settings(infer_chunk_steps=4)
+    assert schedule.infer_chunk(100) == 4
     cell, x, h0, c0, w, lens, dy = _problem("lstm", 11, 6, 3, 20, seed=3, dtype=dtype)
     G = get_cell(cell_name).gates
     cell = get_cell(cell_name)
@@ -237,7 +230,7 @@ def test_a_forked_child_gets_its_own_partner(two_threads):
     if pid == 0:                                          # the child: exit code = verdict
         code = 1
         try:
-            assert packed._partners == []
+            assert worker.partners == []
             y2, *_ = cpu.forward(cell, x, h0, c0, w, lens, False, False)
             code = 0 if np.array_equal(y, y2) else 2
         finally:

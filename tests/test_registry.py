@@ -86,7 +86,7 @@ def test_every_cell_has_a_cpu_kernel(name):
     if not cpu.available()[0]:
         pytest.skip(cpu.available()[1])
     cell = CELLS[name]
-    assert name in cpu._LOOPS and name in cpu._PACKED
+    assert name in cpu.LOOPS and name in cpu.PACKED
     x, h0, c0, w, dy = make_problem(cell)
     lengths = np.array([T, T - 1])
     out = cpu.forward(cell, x, h0, c0, w, lengths, False, True)

@@ -55,10 +55,11 @@ def _kernels():
     """``(cpu, latency, packed)`` kernel modules, imported once; None without Numba."""
     global _KERNELS
     try:
-        from .kernels import cpu, latency, packed
+        from .kernels import cpu, latency
+        from .kernels.cpu_settings import settings
     except ImportError:             # pragma: no cover - depends on the install
         return None
-    _KERNELS = (cpu, latency, packed)
+    _KERNELS = (cpu, latency, settings)
     return _KERNELS
 
 
@@ -118,12 +119,12 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
     k = _KERNELS or _kernels()
     if k is None:                   # pragma: no cover - no numba: the caller's path
         return None
-    cpu, latency, packed = k
+    cpu, latency, settings = k
     _, w, meta, panels, rows1 = _prepare(layer)
     if not panels:
         return None
     L, H, dt = layer.num_layers, layer.hidden_size, layer.dtype
-    if cpu._max_threads > 1 and _two_threads(packed, layer, B, T):
+    if cpu.get_num_threads() > 1 and _two_threads(settings, layer, B, T):
         return None             # the sequence kernels would split it over two threads
     st = latency.new_state(L, B, H, dt)
     if h0 is not None:
@@ -151,12 +152,12 @@ def eval_forward(layer, x, h0, c0, lengths, T, B):
     return y, ((h_n, st[1].copy()) if layer.cell.has_cell else h_n)
 
 
-def _two_threads(packed, layer, B, T):
+def _two_threads(settings, layer, B, T):
     """Whether the sequence kernels would run a layer of this call on two
-    threads (their plan's size rule, :class:`fastrnn.kernels.packed._Plan`):
+    threads (their plan's size rule, :class:`fastrnn.kernels.plan.Plan`):
     the latency kernels use the calling thread only, so they take only the
     calls that would run on one thread anyway."""
     G, H = layer.cell.gates, layer.hidden_size
     I = max(layer.input_size, H)
     flops = 2.0 * B * G * H * (H + I) * T
-    return flops >= packed._ROW_SPLIT_FLOPS * (1 if B >= 2 * packed._ROW_SPLIT_MIN_ROWS else 10)
+    return flops >= settings.row_split_flops * (1 if B >= 2 * settings.row_split_min_rows else 10)

@@ -70,10 +70,11 @@ from numba import njit, types
 from numba.extending import overload
 
 from fastrnn.cells import get_cell
-from fastrnn.kernels import packed as _packed
-from fastrnn.kernels import packed_cells as _packed_cells
+from fastrnn.kernels import packed_gru_rnn as _pgru
+from fastrnn.kernels import packed_lstm as _plstm
 from fastrnn.kernels import pointwise as _pointwise
 from fastrnn.kernels import simd as _simd
+from fastrnn.kernels import vector as _vector
 from fastrnn.kernels.activations import sigmoid as _sigmoid
 from fastrnn.kernels.activations import tanh as _tanh
 
@@ -102,7 +103,7 @@ def uses_panels(cell, dtype, H):
     """Whether :func:`prepare` gives a stack of ``cell`` the micro-kernels'
     panel layout (float32 LSTM, diagonal peephole LSTM, GRU with reset_after,
     ``H`` a multiple of the SIMD width) rather than the plain loops."""
-    return (np.dtype(dtype) == np.float32 and H % _packed.vector_width() == 0
+    return (np.dtype(dtype) == np.float32 and H % _vector.vector_width() == 0
             and get_cell(cell).name in ("lstm", "peephole_diagonal", "gru"))
 
 
@@ -127,7 +128,7 @@ def prepare(cell, layers, dtype):
     L = len(layers)
     H = layers[0].w_hh.shape[1]
     GH = cell.gates * H
-    VW = _packed.vector_width()
+    VW = _vector.vector_width()
     fast = uses_panels(cell, dtype, H)
     # meta's integer type selects the micro-kernels' width at compile time:
     # int32 for 8 lanes, int64 for 16 lanes (and for the plain loops)
@@ -142,7 +143,7 @@ def prepare(cell, layers, dtype):
         start, off = off, off + a.size
         return start
 
-    mrmax = _packed._mr(VW) if cell.name != "gru" or VW == 16 else _packed_cells._GRU_FWD_MR8
+    mrmax = _vector.micro_rows(VW, 4) if cell.name != "gru" or VW == 16 else _pgru.GRU_FWD_MR8
 
     def put_aligned(a):
         nonlocal off
@@ -159,7 +160,7 @@ def prepare(cell, layers, dtype):
             meta[1 + l, 8], meta[1 + l, 9] = VW, mrmax
             f = lambda a: np.ascontiguousarray(a, dtype=np.float32)   # noqa: E731
             peep = None if cell.peephole is None else f(wt.peep)
-            pk = _packed._pack(f(wt.w_ih), f(wt.w_hh), f(wt.b_ih), f(wt.b_hh), VW,
+            pk = _vector.pack(f(wt.w_ih), f(wt.w_hh), f(wt.b_ih), f(wt.b_hh), VW,
                                cell.gates, peep=peep)
             meta[1 + l, 6] = put_aligned(pk.up)                 # [P, I_l + H, G*VW]
             if cell.name == "gru":        # per panel: b_ir + b_hr, b_iz + b_hz, b_in, b_hn
@@ -296,7 +297,7 @@ def _init(acc, bias, B, N):
 
 _T16 = (0,) * 16
 _T8 = (0,) * 8
-_PAIR_MR = _packed.PAIR_MR
+_PAIR_MR = _simd.PAIR_MR
 # one row, four neighbouring panels per call (AVX-512 only: 16 accumulators):
 # a row's step is a chain of K dependent FMAs per accumulator, so more panels
 # per call keep more chains in flight
@@ -313,10 +314,10 @@ def _lstm_row(np_, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc,
         else:
             _LF1Q(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, h, 0, False, wn)
     elif peep:
-        _packed._lstm_fwd_mr(1, np_ == 2, 1, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin,
+        _plstm.lstm_fwd_mr(1, np_ == 2, 1, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin,
                              cout, ldc, y, h, 0, False, wn)
     else:
-        _packed._lstm_fwd_mr(1, np_ == 2, None, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin,
+        _plstm.lstm_fwd_mr(1, np_ == 2, None, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin,
                              cout, ldc, y, h, 0, False, wn)
 
 
@@ -360,16 +361,16 @@ def _fast(tag, code, mrmax, meta_l, w, src, h, c, ws, B, H):
             mr = min(mrmax, B - r0)
             ro = 4 * (r0 * H + u0)
             if code == 3:
-                _packed_cells._gru_fwd_mr(mr, tag, xa + 4 * r0 * I_l, I_l, ha + 4 * r0 * H, H,
+                _pgru.gru_fwd_mr(mr, tag, xa + 4 * r0 * I_l, I_l, ha + 4 * r0 * H, H,
                                           wp, I_l, H, pb + 16 * p * VW, ha + ro, ya + ro,
                                           ha, 0, False)
             elif code == 5:
-                _packed._lstm_fwd_mr(mr, pair, 1, tag, xa + 4 * r0 * I_l, I_l,
+                _plstm.lstm_fwd_mr(mr, pair, 1, tag, xa + 4 * r0 * I_l, I_l,
                                      ha + 4 * r0 * H, H, wp, I_l, H, pb + 16 * p * VW,
                                      pp + 12 * p * VW, ca + ro, ca + ro, H, ya + ro, ha, 0,
                                      False, wn)
             else:
-                _packed._lstm_fwd_mr(mr, pair, None, tag, xa + 4 * r0 * I_l, I_l,
+                _plstm.lstm_fwd_mr(mr, pair, None, tag, xa + 4 * r0 * I_l, I_l,
                                      ha + 4 * r0 * H, H, wp, I_l, H, pb + 16 * p * VW,
                                      pp, ca + ro, ca + ro, H, ya + ro, ha, 0, False, wn)
             r0 += mr

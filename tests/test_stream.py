@@ -266,9 +266,8 @@ def test_panel_path_equals_sequence_kernels_bitwise(cls, kw, monkeypatch):
 def test_panel_path_eight_wide(monkeypatch):
     """The AVX2 (8-wide) panels, as on a CPU without AVX-512."""
     from fastrnn import prepared
-    from fastrnn.kernels import packed
-    packed.set_vector_width(8)
-    try:
+    from fastrnn.kernels import cpu
+    with cpu.configure(vector_width=8):
         for cls in (fastrnn.LSTM, fastrnn.GRU):
             layer = cls(5, 24, num_layers=2, seed=0).eval()          # three panels of 8
             for B in (1, 2, 5):
@@ -281,8 +280,6 @@ def test_panel_path_eight_wide(monkeypatch):
                 monkeypatch.setattr(prepared, "enabled", True)
                 np.testing.assert_array_equal(ys, ref)
                 close(y_eval, ref, layer, 30)
-    finally:
-        packed.set_vector_width(None)
 
 
 def test_token_classifier_stream():

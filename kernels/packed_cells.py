@@ -232,7 +232,7 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     plan = cache.plan
     if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
         plan = Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
-    gthr = nthreads(max_threads, settings.two_thread_step_flops, 2)
+    gthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, dt), Hp)
     dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)

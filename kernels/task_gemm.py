@@ -32,7 +32,7 @@ def gemm(a, b, out, max_threads):
     large: by rows of ``a``, or by columns of ``b`` when ``a`` has few rows."""
     M, K = a.shape
     N = b.shape[1]
-    nthr = nthreads(max_threads, settings.two_thread_step_flops, 2)
+    nthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     if 2.0 * M * K * N < settings.split_gemm_flops:     # the split depends on the shape only:
         np.matmul(a, b, out=out)                 # results do not depend on the threads
         return out

@@ -196,7 +196,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
 
 def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
     """dW_ih = dgxᵀ x, dW_hh = dghᵀ h_prev, dx = dgx W_ih over all rows (PyTorch gate order),
-    split in tasks for two threads as in :func:`fastrnn.kernels.packed.lstm_backward`."""
+    split in tasks for the call's threads as in :func:`fastrnn.kernels.packed.lstm_backward`."""
     R, GH = dgx2.shape
     I, Hp = xs2.shape[1], hp2.shape[1]
     dt = dgx2.dtype

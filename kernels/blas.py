@@ -169,7 +169,7 @@ class Threads:
 
     def use(self, flops):
         n = 1 if (flops < TWO_THREAD_FLOPS or Threads._active > 1) else get_num_threads()
-        if not settings.oversubscribe:      # BLAS threads past the cores only wait
+        if n > 1 and not settings.oversubscribe:      # BLAS threads past the cores only wait
             n = min(n, usable_cores())
         if n != self.cur and blas_set_threads is not None:
             with Threads._lock:

@@ -137,11 +137,13 @@ class Plan:
 
     def __init__(self, max_threads, B, step_flops, total_flops, panels, wbytes, lens_sorted):
         self.B, self.cuts, self.mode, self.nthr = B, [0, B], "one", 1
+        few = B < 2 * settings.row_split_min_rows
+        enough = total_flops >= settings.row_split_flops * (10 if few else 1)
+        if not enough or max_threads < 2:                 # one thread, without asking more
+            return
         cap = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
         if cap < 2:                                       # capped, or backing off
             return
-        few = B < 2 * settings.row_split_min_rows
-        enough = total_flops >= settings.row_split_flops * (10 if few else 1)
         if wbytes <= row_split_bytes() and B >= 2 and enough:
             # each range keeps row_split_min_rows rows (two ranges at least)
             k = min(cap, B, max(2, B // max(1, settings.row_split_min_rows)))

@@ -8,8 +8,11 @@ process: bitwise comparison of every path, and interleaved timings.
 ``simd_cells.py`` are written to a temporary folder under other module names
 (their imports of each other rewritten), so both versions run side by side on
 the same inputs. Written for the split of the CPU runtime (issue 20:
-``REV = fa33e55``, the last revision before it); it needs a revision with that
-file set.
+``REV = fa33e55``, the last revision before it). A revision with the split
+runtime (``kernels/plan.py`` exists) has its threads' modules copied too
+(``packed_lstm``, ``packed_gru_rnn``, ``sync``, ``worker``, ``plan``,
+``task_gemm``: its own worker thread and back-off), sharing this revision's
+``cpu_settings`` (one ``configure`` sets both) and ``simd``/``simd_cells``.
 
 ``--bitwise``: every cell, float32 and float64, four shapes, full and random
 lengths, both directions; training forward, inference forward and backward;
@@ -18,7 +21,8 @@ batch split): every output must be bitwise equal. ``--force`` makes two
 threads share every call from the smallest one on (panels, or rows), ``--vw 8``
 forces the 256-bit variant. Exit status 1 on any difference.
 
-``--timing``: LSTM and GRU at (200,1,32,32) and (100,32,64,128), training step
+``--timing``: LSTM and GRU at (200,1,32,32) and (100,32,64,128) (``--grid``: every
+shape of ``fastrnn bench``'s grid), training step
 and inference, float32, alternating old and new in each round (a 5 ms pause
 before each sample lets the other version's partner thread go idle); prints
 medians and the new/old ratios of medians and minima.
@@ -40,18 +44,27 @@ from fastrnn.contract import Weights
 
 _FILES = {"cpu": "old_cpu", "packed": "old_packed", "packed_cells": "old_packed_cells",
           "simd": "old_simd", "simd_cells": "old_simd_cells"}
+_SPLIT_FILES = {n: "old_" + n for n in ("cpu", "packed", "packed_cells", "packed_lstm",
+                                         "packed_gru_rnn", "sync", "worker", "plan", "task_gemm")}
+SPLIT = False
 
 
 def load_old(rev):
     """The CPU backend of git revision ``rev`` as a module (``old_cpu``)."""
+    global SPLIT
     root = subprocess.run(["git", "rev-parse", "--show-toplevel"], capture_output=True,
                           text=True, check=True).stdout.strip()
+    SPLIT = subprocess.run(["git", "cat-file", "-e", f"{rev}:kernels/plan.py"], cwd=root,
+                           capture_output=True).returncode == 0
+    files = _SPLIT_FILES if SPLIT else _FILES
     tmp = tempfile.mkdtemp(prefix="fastrnn_old_")
-    for name, new in _FILES.items():
+    for name, new in files.items():
         src = subprocess.run(["git", "show", f"{rev}:kernels/{name}.py"], cwd=root,
                              capture_output=True, text=True, check=True).stdout
-        for other, repl in _FILES.items():
+        for other, repl in files.items():
             src = src.replace(f"from fastrnn.kernels import {other} as ", f"import {repl} as ")
+            src = src.replace(f"from fastrnn.kernels import {other}\n",
+                              f"import {repl} as {other}\n")
             src = src.replace(f"from fastrnn.kernels.{other} import", f"from {repl} import")
         with open(os.path.join(tmp, new + ".py"), "w") as f:
             f.write(src)
@@ -81,9 +94,13 @@ def _same(a, b):
         a.view(np.uint8), b.view(np.uint8))
 
 
+def _old_backoff(old):
+    return sys.modules["old_plan"].backoff if SPLIT else old._packed._backoff
+
+
 def bitwise(old, force, vw):
     from fastrnn.kernels import cpu, plan
-    old_packed = old._packed
+    old_packed = sys.modules["old_packed"]
     if force:
         cpu.configure(two_thread_step_flops=0.0, row_split_flops=0.0, split_gemm_flops=0.0,
                       late_wait=2.0, row_split_bytes=(1 << 40) if force == "rows" else -1)
@@ -92,7 +109,8 @@ def bitwise(old, force, vw):
         old_packed._ROW_SPLIT_BYTES = (1 << 40) if force == "rows" else -1
     if vw:
         cpu.configure(vector_width=vw)
-        old_packed.set_vector_width(vw)
+        if not SPLIT:
+            old_packed.set_vector_width(vw)
     shapes = [(5, 3, 4, 6), (7, 1, 3, 16), (12, 9, 10, 40), (30, 16, 32, 64)]
     n = bad = 0
     for threads in ((2,) if force else (1, 2)):
@@ -122,7 +140,7 @@ def bitwise(old, force, vw):
                                     if cell.has_cell else None
                                 out = []
                                 for mod in (old, cpu):     # the same thread plans on both
-                                    plan.backoff["until"] = old_packed._backoff["until"] = 0.0
+                                    plan.backoff["until"] = _old_backoff(old)["until"] = 0.0
                                     out.append(_run(mod, cell, x, h0, c0, w, lens, rev, dy, dh,
                                                     dc))
                                 n += 1
@@ -138,9 +156,12 @@ def bitwise(old, force, vw):
     return 1 if bad else 0
 
 
-def timing(old, rounds):
+def timing(old, rounds, grid=False):
+    from fastrnn.bench import GRID
     from fastrnn.kernels import cpu
-    for (T, B, I, H) in [(200, 1, 32, 32), (100, 32, 64, 128)]:
+    shapes = GRID if grid else [(200, 1, 32, 32), (100, 32, 64, 128)]
+    print(f"threads: {cpu.get_num_threads()} (both versions)")
+    for (T, B, I, H) in shapes:
         for name in ("lstm", "gru"):
             cell = CELLS[name]
             rng = np.random.default_rng(0)
@@ -184,13 +205,14 @@ def main(argv=None):
     ap.add_argument("--force", choices=["rows", "panels"])
     ap.add_argument("--vw", type=int, choices=[8, 16])
     ap.add_argument("--rounds", type=int, default=41)
+    ap.add_argument("--grid", action="store_true", help="--timing over the whole bench grid")
     args = ap.parse_args(argv)
     old = load_old(args.rev)
     rc = 0
     if args.bitwise or not args.timing:
         rc |= bitwise(old, args.force, args.vw)
     if args.timing:
-        rc |= timing(old, args.rounds)
+        rc |= timing(old, args.rounds, args.grid)
     return rc
 
 

@@ -99,6 +99,7 @@ def run(cells, shapes, counts, torch=None, quick=False, emit=print):
     emit("-" * len(hdr))
     with TorchThreads(torch) as tt:
         old = cpu.get_num_threads()
+        old_over = cpu.settings.oversubscribe
         try:
             for cname in cells:
                 cell = get_cell(cname)
@@ -108,7 +109,7 @@ def run(cells, shapes, counts, torch=None, quick=False, emit=print):
                         fns, prep = {}, {}
                         for n in counts:
                             fns[("fastrnn", n)] = _backend_runner(cpu, cell, inputs, mode)
-                            prep[("fastrnn", n)] = _cpu_threads_setter(cpu, n)
+                            prep[("fastrnn", n)] = _pool_setter(cpu, n, cores)
                             if torch is not None and cell.torch is not None:
                                 fns[("torch", n)] = _torch_runner(torch, cell, inputs, mode)
                                 prep[("torch", n)] = tt.setter(n)
@@ -142,7 +143,20 @@ def run(cells, shapes, counts, torch=None, quick=False, emit=print):
                             emit(row)
         finally:
             cpu.set_num_threads(old)
+            cpu.settings.oversubscribe = old_over
     return records
+
+
+def _pool_setter(cpu, n, cores):
+    """fastrnn at ``n`` threads, all of them even past the usable cores (the
+    pool's own cap would otherwise make every count above ``cores`` time the
+    same plan): such rows are marked ``*`` (oversubscribed)."""
+    base = _cpu_threads_setter(cpu, n)
+
+    def set_():
+        base()
+        cpu.settings.oversubscribe = n > cores
+    return set_
 
 
 def save_json(path, records, counts, torch=None):

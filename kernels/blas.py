@@ -117,12 +117,22 @@ def available():
 # slower. The count is switched per call (one cheap call into OpenBLAS) and
 # put back when the call returns, so NumPy's own setting is left alone.
 TWO_THREAD_FLOPS = 1e6
-#: the thread cap when neither set_num_threads nor FASTRNN_NUM_THREADS set it
-DEFAULT_THREADS = max(1, blas_get_threads()) if blas_get_threads is not None else 1
+def usable_cores():
+    """The cores this process may run on (its affinity mask), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):          # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+#: the thread cap when neither set_num_threads nor FASTRNN_NUM_THREADS set it:
+#: the cores the process may run on
+DEFAULT_THREADS = usable_cores()
 
 
 def set_num_threads(n):
-    """Set the most threads the CPU kernels use (each call may use fewer)."""
+    """Set the most threads the CPU kernels use (any n >= 1; each call may use fewer,
+    and no more than the usable cores unless ``settings.oversubscribe``)."""
     n = int(n)
     if n < 1:
         raise ValueError(f"set_num_threads: n must be >= 1, got {n}")
@@ -159,6 +169,8 @@ class Threads:
 
     def use(self, flops):
         n = 1 if (flops < TWO_THREAD_FLOPS or Threads._active > 1) else get_num_threads()
+        if n > 1 and not settings.oversubscribe:      # BLAS threads past the cores only wait
+            n = min(n, usable_cores())
         if n != self.cur and blas_set_threads is not None:
             with Threads._lock:
                 blas_set_threads(n)

@@ -14,7 +14,7 @@ This module is the contract and the one routing table (:func:`route`); the
 work is done by:
 
 - the packed-weight kernels (no BLAS call inside the time loop, padded steps
-  skipped, the caller plus one partner thread): the LSTM and diagonal
+  skipped, the caller plus a pool of workers, :mod:`~fastrnn.kernels.plan`): the LSTM and diagonal
   peephole LSTM (:mod:`~fastrnn.kernels.packed`), the GRU with reset_after and
   the tanh/ReLU RNN (:mod:`~fastrnn.kernels.packed_cells`);
 - the BLAS-per-step loops for every cell (:mod:`~fastrnn.kernels.loops_driver`,
@@ -113,7 +113,7 @@ def matmul(a, b, out=None):
     another process holds a core (measured: 3-41x slower than one thread with
     one competing busy process). Here BLAS runs on one thread per task and a
     large product is split in tasks that the caller and
-    fastrnn's own partner thread claim one at a time, so a late partner never
+    fastrnn's own workers claim one at a time, so a late worker never
     holds up work it has not started (:func:`fastrnn.kernels.task_gemm.gemm`).
     Used by the training blocks' GEMMs."""
     a = np.asarray(a)

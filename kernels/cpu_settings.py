@@ -70,8 +70,9 @@ class Settings:
 
     Threads
 
-    num_threads : the most threads a call uses (None: OpenBLAS's count at
-        import, or ``FASTRNN_NUM_THREADS``); see ``blas.set_num_threads``.
+    num_threads : the most threads a call uses (None: the cores the process may
+        run on, ``os.sched_getaffinity``, or ``FASTRNN_NUM_THREADS``); see
+        ``blas.set_num_threads``.
     vector_width : force the packed kernels' SIMD width in float32 lanes (8 or
         16, capped by the host's), None for the widest the host has.
     split_min_flops : the loops' batch split: from this many recurrent FLOPs
@@ -90,8 +91,11 @@ class Settings:
         between the threads instead of the panels (None: 90% of one core's L2,
         0.5-4 MiB).
     split_gemm_flops : GEMMs around the loops are split in tasks from this size.
-    late_wait : the fraction of a two-thread call the caller may wait for the
-        partner before the following calls back off to one thread.
+    late_wait : the fraction of a call on several threads the caller may wait
+        for the workers before the following calls back off to one thread.
+    oversubscribe : let a call use up to ``num_threads`` threads even where that
+        is more than the cores the process may run on (False: capped by them;
+        for tests and for measuring an oversubscribed pool).
     """
 
     use_packed: bool = True
@@ -128,6 +132,7 @@ class Settings:
     split_gemm_flops: float = 8e6
     # from half on, one thread would have been as fast
     late_wait: float = 0.5
+    oversubscribe: bool = False
 
 
 settings = Settings()

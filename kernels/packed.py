@@ -6,9 +6,9 @@ Used by :mod:`fastrnn.kernels.cpu`. Notation: ``T`` steps, ``B`` batch, ``I``
 inputs, ``H`` hidden, ``G = 4`` gates, ``VW``, ``Hp``, ``P``: see
 :mod:`fastrnn.kernels.vector` (which also packs the weights). The batch runs
 in the length schedule of :mod:`fastrnn.kernels.schedule`; the threads as
-planned by :mod:`fastrnn.kernels.plan` (caller plus the partner thread of
+planned by :mod:`fastrnn.kernels.plan` (caller plus the workers of
 :mod:`fastrnn.kernels.worker`); the weight-gradient, ``dx``, ``dh0`` GEMMs and
-the bias-gradient sum after the backward loop run as tasks on the two threads.
+the bias-gradient sum after the backward loop run as tasks on the call's threads.
 """
 from __future__ import annotations
 
@@ -129,7 +129,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
 
     ``blas_threads(flops)`` sets NumPy's BLAS thread count for a GEMM of that size;
     it is called with 0 (one BLAS thread): the weight-gradient GEMMs after the
-    loop are split into tasks for this module's own two threads (``Tasks``),
+    loop are split into tasks for the caller and the workers (``Tasks``),
     which cannot stall on a busy core the way a BLAS worker hand-off does."""
     sched, pk = cache.sched, cache.pk
     n, B, GH = cache.act.shape
@@ -143,7 +143,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     plan = cache.plan
     if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
         plan = Plan(1, B, 0, 0, 1, 0, None)                 # too few output panels to share
-    gthr = nthreads(max_threads, settings.two_thread_step_flops, 2)
+    gthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, dt), Hp)
     dhn = sched.sort_rows(dh_n, Hp)

@@ -196,7 +196,7 @@ def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, ma
 
 def _weight_grads(gthr, dgx2, dgh2, xs2, hp2, w_ih_p):
     """dW_ih = dgxᵀ x, dW_hh = dghᵀ h_prev, dx = dgx W_ih over all rows (PyTorch gate order),
-    split in tasks for two threads as in :func:`fastrnn.kernels.packed.lstm_backward`."""
+    split in tasks for the call's threads as in :func:`fastrnn.kernels.packed.lstm_backward`."""
     R, GH = dgx2.shape
     I, Hp = xs2.shape[1], hp2.shape[1]
     dt = dgx2.dtype
@@ -232,7 +232,7 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     plan = cache.plan
     if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
         plan = Plan(1, B, 0, 0, 1, 0, None)             # too few output panels to share
-    gthr = nthreads(max_threads, settings.two_thread_step_flops, 2)
+    gthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, dt), Hp)
     dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)

@@ -1,26 +1,36 @@
 """Thread planning for the packed kernels: how many threads a call uses, how
-it splits (panels or rows), the back-off when the partner is late, and the
-tasks the caller and the partner claim one at a time.
+it splits (panels or rows), the back-off when the workers are late, and the
+tasks the caller and the workers claim one at a time.
+
+A call uses at most ``get_num_threads()`` threads, and (unless
+``settings.oversubscribe``) no more than the cores the process may run on
+(:func:`usable_cores`): the caller plus up to that many minus one workers of
+the pool (:mod:`fastrnn.kernels.worker`).
 
 "rows": when the packed weights fit one core's L2 (:func:`row_split_bytes`),
-the caller and the partner each run the whole loop on their own batch rows
-(rows never interact): no per-step synchronisation, and a partner that does not
-come leaves its rows to the caller.
-"panels": otherwise both run the same step loop and each panel of each step
-is claimed with one compare-and-swap on its counter (it holds the last step
-it was claimed for), thread 0 from the first panel up, thread 1 from the last
-down, so on a quiet machine each thread keeps its half of ``U`` hot in its own
-L2, and when one thread is late (its core is busy) the other claims the rest:
-a step never waits for a thread that has not started it. A thread waits only
-for a panel the other has claimed and not finished: it spins briefly
-(``pause``), then yields its core (``sched_yield``).
+the batch rows are cut into one range per thread of about equal work (rows
+never interact): each thread runs the whole loop on its rows, no per-step
+synchronisation; a range whose worker does not come (busy with another call,
+or not yet claimed when the caller is done with its own) is run by the caller.
+"panels": otherwise all threads run the same step loop and each panel of each
+step is claimed with one compare-and-swap on its counter (it holds the last
+step it was claimed for): with two threads thread 0 from the first panel up,
+thread 1 from the last down; with more, thread t from panel ``t*P/n`` up (and
+round), skipping claimed panels; so on a quiet machine each thread keeps its
+part of ``U`` hot in its own L2, and when one thread is late (its core is
+busy) the others claim the rest: a step never waits for a thread that has not
+started it. A thread waits only for a panel another has claimed and not
+finished: it spins briefly (``pause``), then yields its core (``sched_yield``).
 Calls under ``settings.row_split_flops`` (ten times that with fewer than 8
-rows) run on one thread. A call in which the caller spent more than half its
-time waiting for the partner makes the following calls run on one thread for
-50 ms (doubling while it happens again, reset by one good call), so a busy
-machine costs little more than one thread's time.
-Every split depends on the shape only: results are bitwise the same on one
-thread or two.
+rows) run on one thread; a step's panels are shared by at most one thread per
+``settings.two_thread_step_flops / 2`` FLOPs of the step. A call in which the
+caller spent more than ``settings.late_wait`` of its time waiting for the
+workers makes the following calls run on one thread for 50 ms (doubling while
+it happens again, reset by one good call), so a busy machine costs little more
+than one thread's time.
+Every split depends on the shape only (the row ranges hold the same rows'
+arithmetic whatever their cut): results are bitwise the same on any number of
+threads.
 """
 from __future__ import annotations
 
@@ -30,26 +40,41 @@ import time
 
 import numpy as np
 
+from fastrnn.kernels.blas import usable_cores
 from fastrnn.kernels.cpu_settings import settings
-from fastrnn.kernels.worker import JOB_KINDS, K_PY, encode, partner
+from fastrnn.kernels.worker import JOB_KINDS, K_PY, encode, team
 
-__all__ = ["nthreads", "note", "backoff", "l2_bytes", "row_split_bytes", "Plan", "pair", "Tasks"]
+__all__ = ["nthreads", "usable_cores", "note", "backoff", "l2_bytes", "row_split_bytes", "Plan", "pair", "Tasks"]
 
 backoff = {"until": 0.0, "span": 0.05}
 _backoff_lock = threading.Lock()
 
 
+def _fresh_lock():
+    """After ``fork``: the lock may have been held by a thread the child lacks."""
+    global _backoff_lock
+    _backoff_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_fresh_lock)
+
+
 def nthreads(max_threads, step_flops, panels):
+    """Threads for a call: 1 below ``settings.two_thread_step_flops`` per step, with
+    fewer than 2 panels, or while backing off; else ``max_threads``, capped by the
+    usable cores (unless ``settings.oversubscribe``) and by ``panels``."""
     if max_threads < 2 or panels < 2 or step_flops < settings.two_thread_step_flops:
         return 1
     if time.monotonic() < backoff["until"]:
         return 1
-    return 2
+    n = int(max_threads) if settings.oversubscribe else min(int(max_threads), usable_cores())
+    return max(1, min(n, panels))
 
 
 def note(nthr, waited):
-    """After a two-thread call: back off to one thread if the caller spent more
-    than ``settings.late_wait`` of it waiting for the partner."""
+    """After a call on several threads: back off to one thread if the caller spent
+    more than ``settings.late_wait`` of it waiting for the workers."""
     if nthr < 2:
         return
     with _backoff_lock:
@@ -90,25 +115,49 @@ def row_split_bytes():
     return ROW_SPLIT_BYTES if rb is None else rb
 
 
-class Plan:
-    """How one kernel call uses the threads: ``mode`` "one", "panels" (both threads
-    share every step, claiming panels) or "rows" (rows [0, cut) and [cut, B) run as
-    two independent tasks)."""
+def row_cuts(lens_sorted, k):
+    """``k + 1`` increasing row bounds from 0 to B cutting rows sorted longest
+    first into ``k`` ranges of about equal work (steps), none empty."""
+    B = len(lens_sorted)
+    work = np.cumsum(lens_sorted)
+    cuts = [0]
+    for j in range(1, k):
+        c = int(np.searchsorted(work, work[-1] * j / k) + 1)
+        cuts.append(min(max(c, cuts[-1] + 1), B - (k - j)))
+    cuts.append(B)
+    return cuts
 
-    __slots__ = ("mode", "cut", "B")
+
+class Plan:
+    """How one kernel call uses the threads: ``mode`` "one", "panels" (``nthr``
+    threads share every step, claiming panels) or "rows" (the row ranges
+    ``cuts[i]:cuts[i+1]`` run as independent tasks)."""
+
+    __slots__ = ("mode", "cuts", "B", "nthr")
 
     def __init__(self, max_threads, B, step_flops, total_flops, panels, wbytes, lens_sorted):
-        self.B, self.cut, self.mode = B, B, "one"
-        if nthreads(max_threads, settings.two_thread_step_flops, 2) < 2:   # capped, or backing off
-            return
+        self.B, self.cuts, self.mode, self.nthr = B, [0, B], "one", 1
         few = B < 2 * settings.row_split_min_rows
         enough = total_flops >= settings.row_split_flops * (10 if few else 1)
+        if not enough or max_threads < 2:                 # one thread, without asking more
+            return
+        cap = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
+        if cap < 2:                                       # capped, or backing off
+            return
         if wbytes <= row_split_bytes() and B >= 2 and enough:
-            work = np.cumsum(lens_sorted)                  # rows are sorted, longest first
-            self.cut = int(min(B - 1, max(1, np.searchsorted(work, work[-1] / 2) + 1)))
-            self.mode = "rows"
+            # each range keeps row_split_min_rows rows (two ranges at least)
+            k = min(cap, B, max(2, B // max(1, settings.row_split_min_rows)))
+            self.cuts = row_cuts(lens_sorted, k)
+            self.mode, self.nthr = "rows", k
         elif panels >= 2 and step_flops >= settings.two_thread_step_flops and enough:
-            self.mode = "panels"
+            # one thread per half the two-thread threshold of a step's work
+            per = max(2, int(2 * step_flops / max(settings.two_thread_step_flops, 1.0)))
+            self.mode, self.nthr = "panels", min(cap, panels, per)
+
+    @property
+    def cut(self):
+        """The first range's end (two-range plans)."""
+        return self.cuts[1]
 
     def launch(self, kernel, args_of):
         """``kernel(*args_of(tid, nthr, r0, r1))`` as planned."""
@@ -116,49 +165,73 @@ class Plan:
             kernel(*args_of(0, 1, 0, self.B))
         elif self.mode == "panels":
             # the caller's kernel returns once every panel of every step is done: a
-            # partner that never claimed its job has nothing left to do
-            note(2, pair(kernel, args_of(1, 2, 0, self.B),
-                           lambda: kernel(*args_of(0, 2, 0, self.B)), None))
+            # worker that never claimed its job has nothing left to do
+            k = self.nthr
+            note(k, run_team(kernel, [args_of(t, k, 0, self.B) for t in range(1, k)],
+                             lambda: kernel(*args_of(0, k, 0, self.B)), None))
         else:
-            c, B = self.cut, self.B
-            note(2, pair(kernel, args_of(0, 1, c, B), lambda: kernel(*args_of(0, 1, 0, c)),
-                           lambda: kernel(*args_of(0, 1, c, B))))
+            c = self.cuts
+            rng = list(zip(c[:-1], c[1:]))
+            note(self.nthr, run_team(
+                kernel, [args_of(0, 1, r0, r1) for r0, r1 in rng[1:]],
+                lambda: kernel(*args_of(0, 1, *rng[0])),
+                [(lambda r0=r0, r1=r1: kernel(*args_of(0, 1, r0, r1))) for r0, r1 in rng[1:]]))
 
 
-def pair(kernel, partner_args, own, take_back):
-    """``own()`` here while the partner thread runs ``kernel(*partner_args)``; if
-    the partner has not claimed that job when ``own`` returns, the caller takes
-    it back and runs ``take_back()`` (None: nothing left to do). Returns the
-    fraction of the call the caller waited (for the back-off)."""
-    mate = partner()
+def run_team(kernel, worker_args, own, take_backs):
+    """``own()`` here while worker i runs ``kernel(*worker_args[i])``; a job that a
+    worker has not claimed when ``own`` returns (or that no free worker took:
+    another call holds it) is taken back by the caller, which runs
+    ``take_backs[i]()`` (None: nothing left to do). Returns the fraction of the
+    call the caller waited (for the back-off)."""
     t0 = time.perf_counter()
     kind = JOB_KINDS.get(kernel)
-    if kind is not None:
-        seq = mate.post(kind, encode(partner_args), keep=partner_args, tag=partner_args[0])
-    else:
-        seq = mate.post(K_PY, fn=lambda: kernel(*partner_args))
-    if not seq:                          # the partner serves another call right now
-        own()
-        if take_back is not None:
-            take_back()
-        return 0.0
+    posted = []                                    # (index, worker, seq)
+    for i, (mate, args) in enumerate(zip(team(len(worker_args)), worker_args)):
+        if kind is not None:
+            seq = mate.post(kind, encode(args), keep=args, tag=args[0])
+        else:
+            seq = mate.post(K_PY, fn=lambda args=args: kernel(*args))
+        if seq:
+            posted.append((i, mate, seq))
+    done = {i for i, _, _ in posted}
+    waited = 0.0
+    r = None
     try:
         r = own()
     finally:
-        taken, waited = mate.finish(seq)
-    if taken and take_back is not None:
-        take_back()
+        errors = []
+        for i, mate, seq in posted:
+            try:
+                taken, w = mate.finish(seq)
+            except BaseException as e:           # every worker is released first
+                errors.append(e)
+                continue
+            waited += w
+            if taken:
+                done.discard(i)
+        if errors:
+            raise errors[0]
+    if take_backs is not None:
+        for i, fn in enumerate(take_backs):
+            if i not in done:
+                fn()
     inner = r if isinstance(r, float) else 0.0      # the panel kernels' own waits
     return inner + waited / max(time.perf_counter() - t0, 1e-9)
 
 
+def pair(kernel, partner_args, own, take_back):
+    """:func:`run_team` with one worker (two threads)."""
+    return run_team(kernel, [partner_args], own, None if take_back is None else [take_back])
+
+
 class Tasks:
-    """Independent tasks run by the caller and (when it comes) the partner thread.
+    """Independent tasks run by the caller and (when they come) the workers.
 
     Tasks are claimed one at a time (``next`` on a shared iterator, atomic
-    under the GIL; each task releases the GIL in BLAS), so a partner that is
-    late never holds up work it has not started; the caller waits only for a
-    task the partner is running."""
+    under the GIL; each task releases the GIL in BLAS), so a worker that is
+    late never holds up work it has not started; the caller waits only for
+    tasks the workers are running."""
 
     def __init__(self, tasks):
         self.tasks = tasks
@@ -169,15 +242,26 @@ class Tasks:
             self.tasks[i]()
 
     def run(self, nthr):
-        """Run every task; returns the fraction of the time the caller waited."""
+        """Run every task on up to ``nthr`` threads; returns the fraction of the
+        time the caller waited."""
         t0 = time.perf_counter()
-        seq = 0
-        if nthr > 1 and len(self.tasks) > 1:
-            seq = partner().post(K_PY, fn=self.work)
+        posted = []
+        k = min(nthr, len(self.tasks)) - 1
+        if k > 0:
+            for mate in team(k):
+                seq = mate.post(K_PY, fn=self.work)
+                if seq:
+                    posted.append((mate, seq))
         waited = 0.0
         try:
             self.work()
         finally:
-            if seq:
-                waited = partner().finish(seq)[1]
+            errors = []
+            for mate, seq in posted:
+                try:
+                    waited += mate.finish(seq)[1]
+                except BaseException as e:
+                    errors.append(e)
+            if errors:
+                raise errors[0]
         return waited / max(time.perf_counter() - t0, 1e-9)

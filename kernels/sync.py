@@ -3,8 +3,8 @@ claims (one compare-and-swap), spin-then-yield waits, and the layout of the
 partner thread's mailbox (:mod:`fastrnn.kernels.worker`) with the readers that
 rebuild a job's arrays from it.
 
-Every split depends on the shape only: results are bitwise the same on one
-thread or two.
+Every split depends on the shape only: results are bitwise the same on any
+number of threads.
 """
 from __future__ import annotations
 
@@ -39,22 +39,28 @@ def wait(p, target):
 
 @njit(inline="always")
 def claim(flags, p, s, nthr):
-    """Claim panel ``p`` for step ``s`` (always granted with one thread)."""
+    """Claim panel ``p`` for step ``s`` (always granted with one thread). With more
+    than two threads a claimed panel is seen by a plain load first (no write to
+    a line the others are reading)."""
     if nthr == 1:
         return True
+    if nthr > 2 and atomic_load(flags + 8 * p) != s:
+        return False
     return atomic_cas(flags + 8 * p, s, s + 1)
 
 
 @njit(inline="always")
 def panel_steps(n, P, backward, ctl, tid, nthr, panel, args, opt):
     """The time loop of every packed kernel: ``n`` steps (last to first when
-    ``backward``), each over ``P`` panels that the threads claim (thread 0 from
-    the first panel up, thread 1 from the last down), then a step barrier;
+    ``backward``), each over ``P`` panels that the threads claim (two threads:
+    thread 0 from the first panel up, thread 1 from the last down, each stopping
+    at the first panel the other has; more: thread t from panel ``t*P//nthr`` up
+    and round, skipping the panels others have), then a step barrier;
     ``panel(s, p, tid, P, args, opt)`` does the cell's work for step ``s`` and
     panel ``p`` (``opt``: a compile-time option such as the peephole vectors or
     None, passed apart from ``args`` so that branches on it are pruned).
     ctl: [P+1] int64 claim counters, then the done counter. Returns the
-    fraction of the call's cycles spent waiting for the other thread."""
+    fraction of the call's cycles spent waiting for the other threads."""
     flags = ctl.ctypes.data
     done = flags + 8 * P
     t0 = cycles()
@@ -64,10 +70,18 @@ def panel_steps(n, P, backward, ctl, tid, nthr, panel, args, opt):
         if nthr > 1 and k > 0:
             waited += wait(done, P * k)
         cnt = 0
+        start = tid * P // nthr
         for i in range(P):
-            p = i if tid == 0 else P - 1 - i
+            if nthr <= 2:
+                p = i if tid == 0 else P - 1 - i
+            else:
+                p = start + i
+                if p >= P:
+                    p -= P
             if not claim(flags, p, k, nthr):
-                break
+                if nthr <= 2:
+                    break
+                continue
             cnt += 1
             panel(s, p, tid, P, args, opt)
         if nthr > 1:

@@ -1,7 +1,7 @@
 """The task-split GEMM: large products around the loops (the weight gradients,
 the training blocks' Linear layers, the optimizers' products) run on one BLAS
-thread per task, split in tasks that the caller and the partner thread claim
-one at a time (:class:`fastrnn.kernels.plan.Tasks`), so a late partner never
+thread per task, split in tasks that the caller and the workers claim
+one at a time (:class:`fastrnn.kernels.plan.Tasks`), so a late worker never
 holds up work it has not started. Splits depend on the shape only: results are
 bitwise the same on any number of threads.
 """
@@ -28,11 +28,11 @@ def splits(n, k):
 
 def gemm(a, b, out, max_threads):
     """``out[...] = a @ b`` for 2-D float arrays on NumPy's BLAS, one BLAS thread per
-    task (the caller sets that), split in tasks for this module's two threads when
-    large: by rows of ``a``, or by columns of ``b`` when ``a`` has few rows."""
+    task (the caller sets that), split in tasks for the caller and the workers
+    when large: by rows of ``a``, or by columns of ``b`` when ``a`` has few rows."""
     M, K = a.shape
     N = b.shape[1]
-    nthr = nthreads(max_threads, settings.two_thread_step_flops, 2)
+    nthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     if 2.0 * M * K * N < settings.split_gemm_flops:     # the split depends on the shape only:
         np.matmul(a, b, out=out)                 # results do not depend on the threads
         return out

@@ -1,6 +1,9 @@
-"""The partner thread: the second thread of every packed-kernel call.
+"""The worker pool: the threads that share a packed-kernel call with its caller.
 
-One helper thread per process does the second thread's share of every call. It
+Each worker (historically "the partner": with two threads there is one) has
+its own mailbox and thread, created when a call first needs it; a call with
+``n`` threads posts its jobs to up to ``n - 1`` free workers (:func:`team`),
+and a worker that another call holds is skipped, never waited for. A worker
 waits for jobs in compiled code, without the GIL: a posted job is claimed
 within a microsecond while it spins (for up to ``SPIN_S`` after its last job,
 pausing, then yielding its core), and a packed-kernel job runs right there,
@@ -35,8 +38,8 @@ from fastrnn.kernels.simd import esize
 from fastrnn.kernels.sync import A, CLAIM, DONE, KIND, POST, SLEEP, SPIN, VWF, field3, wait
 from fastrnn.kernels.vector import make_tag, tag_code, tag_of_code, vector_width
 
-__all__ = ["Partner", "partner", "partners", "encode", "JOB_KINDS", "K_PY", "K_LSTM_FWD",
-           "K_LSTM_BWD", "SPIN_S"]
+__all__ = ["Partner", "partner", "partners", "team", "encode", "JOB_KINDS", "K_PY",
+           "K_LSTM_FWD", "K_LSTM_BWD", "SPIN_S"]
 
 SPIN_S = 0.002
 K_PY, K_LSTM_FWD, K_LSTM_BWD = 1, 2, 3
@@ -128,7 +131,8 @@ def _now_cycles():
 class Partner:
     """The partner thread and its mailbox (see the module doc)."""
 
-    def __init__(self):
+    def __init__(self, index=0):
+        self.index = index
         self.mb = np.zeros(64, np.int64)
         self.lock = threading.Lock()          # one call at a time uses the partner
         self.cv = threading.Condition()
@@ -140,8 +144,8 @@ class Partner:
         if self.thread is None or not self.thread.is_alive():
             if not self.spin:
                 self.spin = int(SPIN_S * _cycles_per_second())
-            self.thread = threading.Thread(target=self._loop, name="fastrnn-partner",
-                                           daemon=True)
+            self.thread = threading.Thread(target=self._loop, daemon=True,
+                                           name=f"fastrnn-worker-{self.index}")
             self.thread.start()
 
     def _loop(self):
@@ -204,13 +208,14 @@ class Partner:
 
 
 JOB_KINDS = {lstm_fwd_kernel: K_LSTM_FWD, lstm_bwd_kernel: K_LSTM_BWD}
+#: the pool's workers, created on demand (worker i serves thread i + 1 of a call)
 partners = []
 _partners_lock = threading.Lock()
 
 
 def _forget_partner():
-    """After ``fork``: the child has no partner thread and must not run a job its
-    parent posted; it starts a fresh partner with an empty mailbox."""
+    """After ``fork``: the child has none of the parent's worker threads and must
+    not run a job its parent posted; it starts a fresh pool with empty mailboxes."""
     global _partners_lock
     partners.clear()
     _partners_lock = threading.Lock()
@@ -220,9 +225,16 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_partner)
 
 
-def partner():
-    if not partners:
+def team(k):
+    """The first ``k`` workers of the pool (created as needed)."""
+    pool = partners
+    if len(pool) < k:
         with _partners_lock:
-            if not partners:
-                partners.append(Partner())
-    return partners[0]
+            while len(pool) < k:
+                pool.append(Partner(len(pool)))
+    return pool[:k]
+
+
+def partner():
+    """The first worker (the only one a two-thread call uses)."""
+    return team(1)[0]

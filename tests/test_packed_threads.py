@@ -238,3 +238,135 @@ def test_a_forked_child_gets_its_own_partner(two_threads):
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
 
+
+
+# --------------------------------------------------------------------------- pools past two
+@pytest.fixture
+def pool_of(two_threads, cpu_settings):
+    """``pool_of(n)``: calls on n threads (the caller and n - 1 workers), even on a
+    machine with fewer cores (oversubscribed)."""
+    def set_(n):
+        cpu_settings(num_threads=n, oversubscribe=True)
+    return set_
+
+
+def _bits(prob, reverse=False):
+    return _run(*prob, reverse)
+
+
+@pytest.mark.parametrize("split", ["panels", "rows"])
+def test_a_pool_of_workers_that_never_start_does_not_block(pool_of, monkeypatch, cpu_settings,
+                                                           split):
+    """Three workers whose threads never start: the caller takes every job back
+    and does the whole call itself (row ranges included), with the right result."""
+    pool_of(4)
+    cpu_settings(row_split_bytes=1 << 40 if split == "rows" else -1, row_split_min_rows=1)
+    lazy = [worker.Partner(i) for i in range(3)]
+    for w in lazy:
+        w._ensure = lambda: None
+    monkeypatch.setattr(worker, "partners", list(lazy))
+    assert _lstm_call_is_fast_and_right() < 5
+    for w in lazy:
+        assert w.mb[worker.POST] > 0 and w.mb[worker.DONE] == 0
+
+
+@pytest.mark.parametrize("split", ["panels", "rows"])
+def test_one_worker_of_three_never_starts(pool_of, monkeypatch, cpu_settings, split):
+    """A pool where the middle worker never comes: the others and the caller do
+    its share; the results are bitwise those of one thread."""
+    cpu_settings(row_split_bytes=1 << 40 if split == "rows" else -1, row_split_min_rows=1)
+    prob = _problem("lstm", 9, 11, 5, 72)
+    pool_of(1)
+    one = _bits(prob)
+    lazy = worker.Partner(1)
+    lazy._ensure = lambda: None
+    monkeypatch.setattr(worker, "partners", [worker.Partner(0), lazy, worker.Partner(2)])
+    pool_of(4)
+    four = _bits(prob)
+    assert lazy.mb[worker.POST] > 0 and lazy.mb[worker.DONE] == 0
+    assert worker.partners[0].mb[worker.DONE] > 0
+    for a, b in zip(one, four):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_an_oversubscribed_pool_neither_hangs_nor_crawls(pool_of, cpu_settings):
+    """Four threads on (here) two cores: the same bits as one thread, and a call
+    no more than a few times the two-thread time (waits yield their core)."""
+    import time
+    cpu_settings(two_thread_step_flops=1.5e6, row_split_flops=2e7, split_gemm_flops=8e6,
+                 row_split_bytes=-1)
+    prob = _problem("lstm", 40, 32, 64, 128, lengths=False)
+    times = {}
+    out = {}
+    for n in (1, 2, 4):
+        pool_of(n)
+        out[n] = _bits(prob)                                     # compiled, pool started
+        ts = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            _bits(prob)
+            ts.append(time.perf_counter() - t0)
+        times[n] = sorted(ts)[2]
+    for n in (2, 4):
+        for a, b in zip(out[n], out[1]):
+            np.testing.assert_array_equal(a, b)
+    assert len(worker.partners) >= 3
+    assert times[4] < 4 * times[2] + 0.05, times
+
+
+def test_concurrent_calls_from_three_python_threads(pool_of):
+    """Three Python threads calling at once with a 3-thread setting share the
+    pool (a worker held by one call is skipped by the others): every result is
+    bitwise that of a lone one-thread call, and nothing hangs."""
+    import threading
+    probs = [_problem(n, 12, 9, 6, 48, seed=k) for k, n in enumerate(["lstm", "gru", "rnn_tanh"])]
+    probs = [p if p[0].gates == 4 else
+             p[:4] + (Weights(p[4].w_ih[:p[0].gates * 48], p[4].w_hh[:p[0].gates * 48],
+                              p[4].b_ih[:p[0].gates * 48], p[4].b_hh[:p[0].gates * 48], None),)
+             + p[5:] for p in probs]
+    pool_of(1)
+    want = [_bits(p) for p in probs]
+    pool_of(3)
+    errors = []
+
+    def work(k):
+        try:
+            for _ in range(8):
+                for a, b in zip(_bits(probs[k]), want[k]):
+                    np.testing.assert_array_equal(a, b)
+        except BaseException as e:  # pragma: no cover - reported below
+            errors.append(e)
+    ts = [threading.Thread(target=work, args=(k,)) for k in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(120)
+    assert not any(t.is_alive() for t in ts), "a call hung"
+    assert not errors, errors[0]
+    for w in worker.partners:                                   # every worker released
+        assert w.lock.acquire(blocking=False)
+        w.lock.release()
+
+
+def test_a_forked_child_starts_its_own_pool(pool_of):
+    """After calls on a pool of three workers, a forked child has no workers, runs
+    the same call on a fresh pool of its own and gets the same bits."""
+    import os
+    if not hasattr(os, "fork"):                           # pragma: no cover
+        pytest.skip("no fork on this platform")
+    pool_of(4)
+    prob = _problem("lstm", 7, 9, 4, 72)
+    want = _bits(prob)
+    assert len(worker.partners) >= 3
+    pid = os.fork()
+    if pid == 0:                                          # the child: exit code = verdict
+        code = 1
+        try:
+            assert worker.partners == []
+            got = _bits(prob)
+            same = all(np.array_equal(a, b) for a, b in zip(got, want))
+            code = 0 if same and len(worker.partners) >= 3 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0

@@ -3,7 +3,9 @@ LSTM, GRU and RNN, forward (training and inference) and backward, at every
 shape of the benchmark grid, float32 and float64, bitwise equal to n = 1.
 
 The kernels' work splits depend on the shape, never on how many threads run
-or who claims which panel, so the results cannot depend on n. A hang (a
+or who claims which panel, so the results cannot depend on n. The pool runs
+all n threads here even where the machine has fewer cores
+(``oversubscribe``), so 3 and 4 threads are exercised on 2 cores. A hang (a
 worker that never finishes, a barrier that never opens) ends the run through
 a watchdog that prints every thread's stack, rather than stalling CI."""
 import faulthandler
@@ -38,6 +40,7 @@ def test_every_thread_count_gives_the_same_bits(cell_name, dtype):
     cell = get_cell(cell_name)
     old = cpu.get_num_threads()
     faulthandler.dump_traceback_later(WATCHDOG_S, exit=True)
+    conf = cpu.configure(oversubscribe=True)
     try:
         for shape in GRID:
             T, B, I, H = shape
@@ -54,4 +57,5 @@ def test_every_thread_count_gives_the_same_bits(cell_name, dtype):
                                       f"output {k} at {n} threads differs from 1 thread")
     finally:
         faulthandler.cancel_dump_traceback_later()
+        conf.__exit__(None, None, None)
         cpu.set_num_threads(old)

@@ -300,11 +300,11 @@ def ort_available():
     return onnxruntime, onnx
 
 
-def onnx_rnn_model(cell, w, T, B, I, H, opset=14):
-    """A single-node ONNX model (bytes) computing ``cell`` with weights ``w``
-    (PyTorch layout, :class:`fastrnn.contract.Weights`) over ``X [T, B, I]``
-    from ``h0 [1, B, H]`` (and ``c0``), with output ``Y [T, 1, B, H]``."""
-    from onnx import TensorProto, helper, numpy_helper
+def onnx_weights(cell, w, H):
+    """``(op, attrs, initializers)`` of one ONNX recurrent node for ``cell`` with
+    weights ``w`` (PyTorch layout): ``W``, ``R``, ``B`` in ONNX's gate order, and
+    ``P`` (``[p_i, p_o, p_f]``) for a diagonal peephole."""
+    from onnx import numpy_helper
     if cell.name not in ONNX_CELLS:
         raise ValueError(f"no ONNX operator for cell {cell.name!r}")
     op, perm, attrs = ONNX_CELLS[cell.name]
@@ -314,6 +314,19 @@ def onnx_rnn_model(cell, w, T, B, I, H, opset=14):
              numpy_helper.from_array(f32(w.w_hh[order][None]), "R"),
              numpy_helper.from_array(f32(np.concatenate([w.b_ih[order],
                                                          w.b_hh[order]])[None]), "B")]
+    if cell.peephole is not None:
+        p = w.peep                                   # [3, H]: p_i, p_f, p_o
+        inits.append(numpy_helper.from_array(f32(np.concatenate([p[0], p[2], p[1]])[None]),
+                                             "P"))
+    return op, attrs, inits
+
+
+def onnx_rnn_model(cell, w, T, B, I, H, opset=14):
+    """A single-node ONNX model (bytes) computing ``cell`` with weights ``w``
+    (PyTorch layout, :class:`fastrnn.contract.Weights`) over ``X [T, B, I]``
+    from ``h0 [1, B, H]`` (and ``c0``), with output ``Y [T, 1, B, H]``."""
+    from onnx import TensorProto, helper
+    op, attrs, inits = onnx_weights(cell, w, H)
     names = ["X", "W", "R", "B", "", "h0"]
     feeds = [helper.make_tensor_value_info("X", TensorProto.FLOAT, [T, B, I]),
              helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, B, H])]
@@ -321,9 +334,6 @@ def onnx_rnn_model(cell, w, T, B, I, H, opset=14):
         names.append("c0")
         feeds.append(helper.make_tensor_value_info("c0", TensorProto.FLOAT, [1, B, H]))
     if cell.peephole is not None:
-        p = w.peep                                   # [3, H]: p_i, p_f, p_o
-        inits.append(numpy_helper.from_array(f32(np.concatenate([p[0], p[2], p[1]])[None]),
-                                             "P"))
         names.append("P")
     node = helper.make_node(op, names, ["Y"], hidden_size=H, **attrs)
     graph = helper.make_graph(

@@ -77,16 +77,10 @@ def _median_of_rounds(fns, rounds, reps):
 def onnx_step_model(cell, w, B, I, H):
     """A one-node ONNX model (bytes): one step of ``cell`` from ``X [1, B, I]``,
     ``h0 [1, B, H]`` (and ``c0``) to ``Yh`` (and ``Yc``) ``[1, B, H]``."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper
 
-    from .bench import ONNX_CELLS
-    op, perm, attrs = ONNX_CELLS[cell.name]
-    order = np.concatenate([np.arange(k * H, (k + 1) * H) for k in perm])
-    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)   # noqa: E731
-    inits = [numpy_helper.from_array(f32(w.w_ih[order][None]), "W"),
-             numpy_helper.from_array(f32(w.w_hh[order][None]), "R"),
-             numpy_helper.from_array(f32(np.concatenate([w.b_ih[order],
-                                                         w.b_hh[order]])[None]), "B")]
+    from .bench import onnx_weights
+    op, attrs, inits = onnx_weights(cell, w, H)
     names = ["X", "W", "R", "B", "", "h0"]
     vi = helper.make_tensor_value_info
     feeds = [vi("X", TensorProto.FLOAT, [1, B, I]), vi("h0", TensorProto.FLOAT, [1, B, H])]
@@ -97,6 +91,8 @@ def onnx_step_model(cell, w, B, I, H):
         feeds.append(vi("c0", TensorProto.FLOAT, [1, B, H]))
         outs.append("Yc")
         results.append(vi("Yc", TensorProto.FLOAT, [1, B, H]))
+    if cell.peephole is not None:
+        names.append("P")
     node = helper.make_node(op, names, outs, hidden_size=H, **attrs)
     graph = helper.make_graph([node], f"fastrnn_{cell.name}_step", feeds, results, inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 14)])

@@ -16,8 +16,9 @@ Every implementation is first checked to agree with the stream over a few
 steps (a wrong model is never timed). Each call is timed on its own
 (``perf_counter_ns``): p50 and p99 over every call of every round. Then the
 language-model step (a 2-layer LSTM with an embedding and a Linear head,
-``LanguageModel.stream().step``) against the one-layer stream, and whole-
-sequence LSTM inference at batch 1 (``layer(x)`` in eval mode) against
+``LanguageModel.stream().step``) against the one-layer stream, each beside
+its memory floor (the same weight bytes read alone, and one core's read
+bandwidth from L2 and from L3), and whole-sequence LSTM inference at batch 1 (``layer(x)`` in eval mode) against
 onnxruntime and torch.
 """
 from __future__ import annotations
@@ -203,14 +204,40 @@ def step_table(torch, ort, rounds, calls, shapes=STEP_SHAPES, cells=STEP_CELLS, 
     return recs
 
 
+def l2_bytes():
+    """One core's L2 cache in bytes (Linux sysfs), or None where unknown."""
+    import glob
+    for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
+        try:
+            with open(d + "/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(d + "/size") as f:
+                txt = f.read().strip()
+        except OSError:
+            continue
+        mult = {"K": 1 << 10, "M": 1 << 20}.get(txt[-1:], 1)
+        try:
+            return int(txt.rstrip("KM")) * mult
+        except ValueError:
+            return None
+    return None
+
+
 def lm_table(rounds, calls, sizes=(32, 128, 256), vocab=64, out=print):
     """The language-model step (2-layer LSTM + embedding + Linear head) against
-    a one-layer LSTM stream of the same width."""
+    a one-layer LSTM stream of the same width, and beside them the memory
+    floor of each: the time to read the weights one step reads, alone
+    (:func:`fastrnn.kernels.latency.read_sum` over a buffer of that many
+    float32, cycled like the steps and interleaved with them)."""
     import fastrnn
+    from .kernels import latency
     out("\nlanguage-model step (embedding, 2-layer LSTM, Linear head to V=%d) vs one "
-        "LSTM layer (I=H), p50 us" % vocab)
-    out("| H | 1-layer stream | LanguageModel.stream().step | ratio |")
-    out("|---|---|---|---|")
+        "LSTM layer (I=H), p50 us; 'read alone': the same number of weight bytes read "
+        "with vector loads and nothing else (the floor of a step that reads them)" % vocab)
+    out("| H | 1-layer stream | LanguageModel.stream().step | ratio | weights per step, MiB "
+        "(1 layer / LM) | read alone, us (1 layer / LM) | read-alone ratio |")
+    out("|---|---|---|---|---|---|---|")
     recs = []
     for H in sizes:
         s1 = fastrnn.LSTM(H, H, seed=0, backend="cpu").stream()
@@ -218,11 +245,38 @@ def lm_table(rounds, calls, sizes=(32, 128, 256), vocab=64, out=print):
         lm = fastrnn.LanguageModel(vocab, embed_dim=H, hidden_size=H, num_layers=2, seed=0,
                                    backend="cpu")
         s2 = lm.stream()
-        t = time_calls({"layer": lambda: s1.step(x), "lm": lambda: s2.step(7)}, rounds, calls)
+        b1 = np.ones(latency.step_weights(s1._meta), np.float32)
+        b2 = np.ones(latency.step_weights(s2._meta), np.float32)
+        t = time_calls({"layer": lambda: s1.step(x), "lm": lambda: s2.step(7),
+                        "read layer": lambda: latency.read_sum(b1),
+                        "read lm": lambda: latency.read_sum(b2)}, rounds, calls)
         a, b = _percentiles(t["layer"])[0], _percentiles(t["lm"])[0]
-        out(f"| {H} | {a:.1f} | {b:.1f} | {b / a:.2f}x |")
-        recs.append(dict(kind="lm", H=H, layer_p50_us=a, lm_p50_us=b))
+        ra, rb = _percentiles(t["read layer"])[0], _percentiles(t["read lm"])[0]
+        m1, m2 = b1.nbytes / 2 ** 20, b2.nbytes / 2 ** 20
+        out(f"| {H} | {a:.1f} | {b:.1f} | {b / a:.2f}x | {m1:.2f} / {m2:.2f} | "
+            f"{ra:.1f} / {rb:.1f} | {rb / ra:.2f}x |")
+        recs.append(dict(kind="lm", H=H, layer_p50_us=a, lm_p50_us=b, layer_mib=m1, lm_mib=m2,
+                         layer_read_p50_us=ra, lm_read_p50_us=rb))
+    recs.append(read_bandwidth(rounds, calls, out=out))
     return recs
+
+
+def read_bandwidth(rounds, calls, sizes_mib=(1, 8), out=print):
+    """One core's read bandwidth (GB/s, from the p50 of
+    :func:`fastrnn.kernels.latency.read_sum` over buffers of ``sizes_mib``,
+    interleaved): 1 MiB stays in a 2 MiB L2, 8 MiB comes from L3. Returns the
+    record."""
+    from .kernels import latency
+    bufs = {m: np.ones(m * 2 ** 18, np.float32) for m in sizes_mib}
+    t = time_calls({m: (lambda b=b: latency.read_sum(b)) for m, b in bufs.items()},
+                   rounds, max(calls // 5, 10))
+    gbs = {m: bufs[m].nbytes / (_percentiles(t[m])[0] * 1e3) for m in sizes_mib}
+    l2 = l2_bytes()
+    out("one core reads " + ", ".join(f"{g:.0f} GB/s from a {m} MiB buffer" for m, g in
+                                       gbs.items())
+        + (f" (its L2: {l2 / 2 ** 20:.1f} MiB; weights beyond it stream from L3 every step)"
+           if l2 else ""))
+    return dict(kind="read", l2_bytes=l2, **{f"gbs_{m}mib": g for m, g in gbs.items()})
 
 
 def seq_table(torch, ort, rounds, shapes=SEQ_SHAPES, out=print):

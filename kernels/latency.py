@@ -62,12 +62,18 @@ fast float32 ``tanh``/``sigmoid`` of :mod:`fastrnn.kernels.activations`
 (exactly saturating) and libm in float64: the same functions as the
 sequence kernels, so those stacks agree with ``layer(x)`` within the
 kernels' tolerance (the sums run in another order, so not bitwise).
+
+:func:`read_sum` and :func:`step_weights` give a step's memory floor (for
+``fastrnn bench --latency``): a step whose weights no longer fit one core's
+L2 reads them from L3 every step and cannot be faster than reading them.
 """
 from __future__ import annotations
 
 import numpy as np
+from llvmlite import ir
 from numba import njit, types
-from numba.extending import overload
+from numba.core import cgutils
+from numba.extending import intrinsic, overload
 
 from fastrnn.cells import get_cell
 from fastrnn.kernels import packed_gru_rnn as _pgru
@@ -79,7 +85,8 @@ from fastrnn.kernels.activations import sigmoid as _sigmoid
 from fastrnn.kernels.activations import tanh as _tanh
 
 __all__ = ["CELL_CODES", "uses_panels", "prepare", "prepare_head", "step", "run", "head_step",
-           "lm_step", "run_rows1", "input_weights", "new_state", "new_workspace"]
+           "lm_step", "run_rows1", "input_weights", "new_state", "new_workspace", "read_sum",
+           "step_weights"]
 
 _OPTS = dict(cache=True, fastmath=True, error_model="numpy", nogil=True, boundscheck=False)
 
@@ -685,3 +692,76 @@ def _rows1_width(meta_l, w, xg, h, c, y):
 def _ol_rows1_width(meta_l, w, xg, h, c, y):
     tag = _T8 if meta_l.dtype == types.int32 else _T16
     return lambda meta_l, w, xg, h, c, y: _rows1(tag, meta_l, w, xg, h, c, y)
+
+
+# --------------------------------------------------------------------------- memory floor
+def step_weights(meta):
+    """How many weights one :func:`step` (or :func:`lm_step`, :func:`head_step`)
+    of a prepared stack reads: every layer's input and recurrent weights,
+    biases and peepholes, and the head's weight and bias (and one embedding
+    row). Times the item size, the bytes :func:`read_sum` is timed over."""
+    L, H, code = int(meta[0, 1]), int(meta[0, 3]), int(meta[0, 0])
+    GH = int(ax_width.py_func(code, H))
+    n = 0
+    for l in range(L):
+        m = meta[1 + l]
+        n += (int(m[0]) + H) * GH
+        if not m[8]:
+            n += 2 * GH                   # b_ih, b_hh
+        else:                             # panels: the summed biases (GRU: r, z; n's two)
+            n += 4 * H if code == CELL_CODES["gru"] else GH
+        if code == CELL_CODES["peephole_diagonal"]:
+            n += 3 * H
+        elif code == CELL_CODES["peephole_full"]:
+            n += 3 * H * H
+    row = meta[L + 1]
+    if row[0]:
+        n += (H + 1) * int(row[5]) + (int(meta[0, 4]) if row[1] else 0)
+    return n
+
+
+_RS_ACCS = 8          # independent vector sums: enough loads in flight to be bandwidth-bound
+
+
+@intrinsic
+def _vsum16(typingctx, addr, nblocks):
+    """The sum of ``nblocks * 8`` float32 vectors of 16 lanes at byte address
+    ``addr``: plain vector loads into 8 independent accumulators."""
+    sig = types.float32(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        addr, nblocks = args
+        i64, i32 = ir.IntType(64), ir.IntType(32)
+        vty = ir.VectorType(ir.FloatType(), 16)
+        p = builder.inttoptr(addr, vty.as_pointer())
+        accs = [cgutils.alloca_once(builder, vty) for _ in range(_RS_ACCS)]
+        for a in accs:
+            builder.store(ir.Constant(vty, [0.0] * 16), a)
+        with cgutils.for_range(builder, nblocks) as loop:
+            base = builder.mul(loop.index, ir.Constant(i64, _RS_ACCS))
+            for j, a in enumerate(accs):
+                v = builder.load(builder.gep(p, [builder.add(base, ir.Constant(i64, j))]), align=4)
+                builder.store(builder.fadd(builder.load(a), v), a)
+        tot = builder.load(accs[0])
+        for a in accs[1:]:
+            tot = builder.fadd(tot, builder.load(a))
+        s = builder.extract_element(tot, ir.Constant(i32, 0))
+        for i in range(1, 16):
+            s = builder.fadd(s, builder.extract_element(tot, ir.Constant(i32, i)))
+        return s
+    return sig, codegen
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def read_sum(a):
+    """The sum of a contiguous 1-d float32 array, read once front to back with
+    vector loads and nothing else: timed over a buffer of a step's weight
+    bytes, the floor a step that reads that many weights cannot beat on this
+    core (the step's FMAs overlap the loads; its weights live where the
+    buffer's do: L2 when they fit, else L3)."""
+    blk = 16 * _RS_ACCS
+    nb = a.size // blk
+    s = _vsum16(a.ctypes.data, nb)
+    for i in range(nb * blk, a.size):
+        s += a[i]
+    return s

@@ -180,16 +180,22 @@ def _shape(name, a, shape, hint=""):
 
 
 def _to_canon(w, src, in_out, G, H, dtype):
-    """A caller's matrix -> ``[G*H, n]`` in PyTorch's layout and gate order, as a
+    """A caller's matrix -> ``[G*H, n]`` in PyTorch's shape and gate order, as a
     view when nothing is reordered (the backend converts dtype and layout itself),
-    else one reordering pass into a new array of ``dtype``."""
+    else one reordering pass into a new array of ``dtype``. The in_out layout stays
+    in its memory order (the result is a transposed view): the CPU backend packs
+    either order, so no transposing copy is made."""
     if src is None:
         w = w.T if in_out else w
         return w if w.dtype == dtype else w.astype(dtype)
-    n = w.shape[0] if in_out else w.shape[1]
-    out = np.empty((G * H, n), dtype)
+    if in_out:          # [n, G*H] with the gate blocks reordered: contiguous row blocks
+        out = np.empty((w.shape[0], G * H), dtype)
+        for j, s in enumerate(src):
+            out[:, j * H:(j + 1) * H] = w[:, s * H:(s + 1) * H]
+        return out.T
+    out = np.empty((G * H, w.shape[1]), dtype)
     for j, s in enumerate(src):
-        out[j * H:(j + 1) * H] = w[:, s * H:(s + 1) * H].T if in_out else w[s * H:(s + 1) * H]
+        out[j * H:(j + 1) * H] = w[s * H:(s + 1) * H]
     return out
 
 

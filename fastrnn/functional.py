@@ -104,8 +104,13 @@ def _forward_core(cell, be, x, h0, c0, weights, lengths, reverse, training, zero
         z = zeros((x.shape[1], weights.w_hh.shape[1]), x.dtype)
         h0 = z if h0 is None else h0
         c0 = z if c0 is None else c0
-    return be.forward(cell, x, h0, c0 if cell.has_cell else None, weights, lengths,
-                      reverse, training)
+    y, h, c, cache = be.forward(cell, x, h0, c0 if cell.has_cell else None, weights,
+                                lengths, reverse, training)
+    if training and isinstance(y, np.ndarray) and y.base is not None:
+        # the packed kernels' y is a view of the activations they keep for the
+        # backward: the caller may edit y in place before then (NumPy code does)
+        y = y.copy()
+    return y, h, c, cache
 
 
 def _backward_core(cell, be, cache, dy, dh_n, dc_n, zeros=np.zeros):

@@ -42,17 +42,23 @@ Cost of the conventions
 In PyTorch's convention (``weight_layout="out_in"``, PyTorch's gate order,
 two biases or none, time-major ``x``) no weight, bias or gradient is copied:
 the arrays go to the backend and the backend's results come back as they
-are. Another convention costs one pass over the weights on the way in and
-one over the weight gradients on the way out (a reordered or transposed
-copy), and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y``
-and ``dx`` come back as transposed views); a missing bias is one zero
-vector. Measured on a 2-core Intel Xeon (one thread, minima of 60 calls) in
-CS231n's convention (``batch_first``, ``"ifog"``, ``"in_out"``, one bias) at
-B=32, T=50, I=64, H=128: the weights in 0.08 ms, their gradients out 0.05 ms
-(float64 0.08), ``x`` and ``dy`` 0.015 ms each (float64 0.035), against a
-forward + backward of ~6 ms in float32 and ~24 ms in float64. End to end
-(``examples/numpy_dropin.py``, medians): +0.17 ms (3%) in float32, +0.6 ms
-(2%) in float64. In any convention the calls' own checks (shapes, NaN in
+are (the CPU backend's LSTM weight gradients are transposed views of one
+``[I+H, 4H]`` buffer). ``weight_layout="in_out"`` alone copies nothing more:
+the weights go to the backend as transposed views, the CPU backend packs
+them from that memory order, and its LSTM weight gradients are computed in
+it. Another gate order costs one pass over the weights on the way in and one
+over the weight gradients on the way out (copies of contiguous gate blocks),
+and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y`` and
+``dx`` come back as transposed views); a missing bias is one zero vector.
+Measured on a 2-core Intel Xeon (one thread, minima of 60 calls) in CS231n's
+convention (``batch_first``, ``"ifog"``, ``"in_out"``, one bias) at B=32,
+T=50, I=64, H=128: the weights in 0.03 ms (float64 0.04), their gradients out
+0.03 ms (float64 0.04), ``x`` 0.02 ms and ``dy`` 0.035 ms (float64 0.04 and
+0.12), against a forward + backward of ~8 ms in float32 and ~18 ms in
+float64 (one thread). A training forward also copies ``y`` once (0.05 ms,
+float64 0.1), in every convention: the CPU kernels' ``y`` is a view of the
+activations the backward reads, and the caller may edit ``y`` in place.
+In any convention the calls' own checks (shapes, NaN in
 ``x``, the state and ``dy``) and bookkeeping cost ~20 us per forward +
 backward (13 + 6 us at T=200, B=1, I=H=32 against the backend called directly).
 

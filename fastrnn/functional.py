@@ -42,17 +42,23 @@ Cost of the conventions
 In PyTorch's convention (``weight_layout="out_in"``, PyTorch's gate order,
 two biases or none, time-major ``x``) no weight, bias or gradient is copied:
 the arrays go to the backend and the backend's results come back as they
-are. Another convention costs one pass over the weights on the way in and
-one over the weight gradients on the way out (a reordered or transposed
-copy), and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y``
-and ``dx`` come back as transposed views); a missing bias is one zero
-vector. Measured on a 2-core Intel Xeon (one thread, minima of 60 calls) in
-CS231n's convention (``batch_first``, ``"ifog"``, ``"in_out"``, one bias) at
-B=32, T=50, I=64, H=128: the weights in 0.08 ms, their gradients out 0.05 ms
-(float64 0.08), ``x`` and ``dy`` 0.015 ms each (float64 0.035), against a
-forward + backward of ~6 ms in float32 and ~24 ms in float64. End to end
-(``examples/numpy_dropin.py``, medians): +0.17 ms (3%) in float32, +0.6 ms
-(2%) in float64. In any convention the calls' own checks (shapes, NaN in
+are (the CPU backend's LSTM weight gradients are transposed views of one
+``[I+H, 4H]`` buffer). ``weight_layout="in_out"`` alone copies nothing more:
+the weights go to the backend as transposed views, the CPU backend packs
+them from that memory order, and its LSTM weight gradients are computed in
+it. Another gate order costs one pass over the weights on the way in and one
+over the weight gradients on the way out (copies of contiguous gate blocks),
+and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y`` and
+``dx`` come back as transposed views); a missing bias is one zero vector.
+Measured on a 2-core Intel Xeon (one thread, minima of 60 calls) in CS231n's
+convention (``batch_first``, ``"ifog"``, ``"in_out"``, one bias) at B=32,
+T=50, I=64, H=128: the weights in 0.03 ms (float64 0.04), their gradients out
+0.03 ms (float64 0.04), ``x`` 0.02 ms and ``dy`` 0.035 ms (float64 0.04 and
+0.12), against a forward + backward of ~8 ms in float32 and ~18 ms in
+float64 (one thread). A training forward also copies ``y`` once (0.05 ms,
+float64 0.1), in every convention: the CPU kernels' ``y`` is a view of the
+activations the backward reads, and the caller may edit ``y`` in place.
+In any convention the calls' own checks (shapes, NaN in
 ``x``, the state and ``dy``) and bookkeeping cost ~20 us per forward +
 backward (13 + 6 us at T=200, B=1, I=H=32 against the backend called directly).
 
@@ -104,8 +110,13 @@ def _forward_core(cell, be, x, h0, c0, weights, lengths, reverse, training, zero
         z = zeros((x.shape[1], weights.w_hh.shape[1]), x.dtype)
         h0 = z if h0 is None else h0
         c0 = z if c0 is None else c0
-    return be.forward(cell, x, h0, c0 if cell.has_cell else None, weights, lengths,
-                      reverse, training)
+    y, h, c, cache = be.forward(cell, x, h0, c0 if cell.has_cell else None, weights,
+                                lengths, reverse, training)
+    if training and isinstance(y, np.ndarray) and y.base is not None:
+        # the packed kernels' y is a view of the activations they keep for the
+        # backward: the caller may edit y in place before then (NumPy code does)
+        y = y.copy()
+    return y, h, c, cache
 
 
 def _backward_core(cell, be, cache, dy, dh_n, dc_n, zeros=np.zeros):
@@ -180,16 +191,22 @@ def _shape(name, a, shape, hint=""):
 
 
 def _to_canon(w, src, in_out, G, H, dtype):
-    """A caller's matrix -> ``[G*H, n]`` in PyTorch's layout and gate order, as a
+    """A caller's matrix -> ``[G*H, n]`` in PyTorch's shape and gate order, as a
     view when nothing is reordered (the backend converts dtype and layout itself),
-    else one reordering pass into a new array of ``dtype``."""
+    else one reordering pass into a new array of ``dtype``. The in_out layout stays
+    in its memory order (the result is a transposed view): the CPU backend packs
+    either order, so no transposing copy is made."""
     if src is None:
         w = w.T if in_out else w
         return w if w.dtype == dtype else w.astype(dtype)
-    n = w.shape[0] if in_out else w.shape[1]
-    out = np.empty((G * H, n), dtype)
+    if in_out:          # [n, G*H] with the gate blocks reordered: contiguous row blocks
+        out = np.empty((w.shape[0], G * H), dtype)
+        for j, s in enumerate(src):
+            out[:, j * H:(j + 1) * H] = w[:, s * H:(s + 1) * H]
+        return out.T
+    out = np.empty((G * H, w.shape[1]), dtype)
     for j, s in enumerate(src):
-        out[j * H:(j + 1) * H] = w[:, s * H:(s + 1) * H].T if in_out else w[s * H:(s + 1) * H]
+        out[j * H:(j + 1) * H] = w[s * H:(s + 1) * H]
     return out
 
 

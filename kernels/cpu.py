@@ -166,10 +166,19 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
         threads.restore()
 
 
+def _packable(a, dtype):
+    """A weight matrix for :func:`fastrnn.kernels.vector.pack`, which reads either
+    memory order: a transposed view (the in_out layout's ``w.T``) is packed as it
+    is rather than copied into PyTorch's layout first."""
+    a = np.asarray(a, dtype=dtype)
+    return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
+
+
 def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
     f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     peep = None if cell.peephole is None else f(weights.peep)
-    w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
+    w = Weights(_packable(weights.w_ih, x.dtype), _packable(weights.w_hh, x.dtype),
+                f(weights.b_ih), f(weights.b_hh), peep)
     y, h, c, pc = packed.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens,
                                       reverse, training, get_num_threads(), peep)
     if not training:

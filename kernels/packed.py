@@ -124,8 +124,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
 
 def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     """Gradients from :func:`lstm_forward`'s cache: ``(dx, dh0, dc0, dw_ih, dw_hh, db,
-    dpeep)`` in the natural (PyTorch) layout; ``db`` is the gradient of both
-    biases, ``dpeep`` [3,H] that of the peepholes (None without).
+    dpeep)`` in the natural (PyTorch) shapes and gate order; ``dw_ih``/``dw_hh`` are
+    transposed views (F-contiguous) of one ``[I+H, G*H]`` buffer; ``db`` is the
+    gradient of both biases, ``dpeep`` [3,H] that of the peepholes (None without).
 
     ``blas_threads(flops)`` sets NumPy's BLAS thread count for a GEMM of that size;
     it is called with 0 (one BLAS thread): the weight-gradient GEMMs after the
@@ -155,32 +156,39 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, sched.nact,
         ctl, tid, nthr, mrmax, r0, r1))
     # after the loop: large GEMMs over all n*B rows (inactive rows of dg are 0),
-    # split in tasks over the rows of their outputs; dg is in the natural gate
-    # order, so with Hp == H they write PyTorch's layout directly
+    # split in tasks over the columns/rows of their outputs; dg is in the natural
+    # gate order, so with Hp == H they write PyTorch's layout directly
     dg2 = dg.reshape(n * B, GH)
     xh2 = cache.xh[:n].reshape(n * B, I + Hp)                       # [x_t, h_{t-1}] rows
     dxs = np.empty((n * B, I), dt)
     dh0 = np.empty((B, Hp), dt)
     db_p = np.empty(GH, dt)
-    dw_p = np.empty((GH, I + Hp), dt)                       # [dW_ih dW_hh]
-    # the split depends on the shape only, never on the thread count, so results
-    # are bitwise the same on one thread or two
+    # the weight gradient as [dW_ih dW_hh]ᵀ = [x h]ᵀ dg: OpenBLAS runs this form
+    # faster than dgᵀ [x h] in float64 (as fast in float32), and it is the in_out
+    # layout (Keras, CS231n) as it is, PyTorch's as a transposed view
+    dw_t = np.empty((I + Hp, GH), dt)
+    ones = np.ones(n * B, dt)
+    # split only when the caller may use a second thread: a split costs one thread
+    # 5-10%. Either way every output element is the same sum in the same order (a
+    # column or row range of a product, a reduction never cut), so results are
+    # bitwise the same on one thread or two (tests/test_packed_threads.py)
+    split = (max_threads >= 2
+             and 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops)
     tasks = []
-    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
-    for r0, r1 in splits(GH, DW_TASKS if split else 1):
-        tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[:, r0:r1].T, xh2, out=dw_p[r0:r1]))
+    for c0, c1 in splits(GH, DW_TASKS if split else 1):
+        tasks.append(lambda c0=c0, c1=c1: np.matmul(xh2.T, dg2[:, c0:c1], out=dw_t[:, c0:c1]))
     for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))
     tasks.append(lambda: np.matmul(dg[0], pk.w_hh, out=dh0))
-    tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
+    tasks.append(lambda: np.matmul(ones, dg2, out=db_p))       # a GEMV: faster than sum
     Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
     dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
-    if Hp == H:   # views of one buffer (one GEMM per row range measured ~3% faster)
-        dw_ih, dw_hh, db = dw_p[:, :I], dw_p[:, I:], db_p
+    if Hp == H:   # transposed views of one buffer
+        dw_ih, dw_hh, db = dw_t[:I].T, dw_t[I:].T, db_p
     else:
-        dw4 = dw_p.reshape(4, Hp, I + Hp)
-        dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
-        dw_hh = np.ascontiguousarray(dw4[:, :H, I:I + H]).reshape(4 * H, H)
+        dw4 = dw_t.reshape(I + Hp, 4, Hp)
+        dw_ih = np.ascontiguousarray(dw4[:I, :, :H]).reshape(I, 4 * H).T
+        dw_hh = np.ascontiguousarray(dw4[I:I + H, :, :H]).reshape(H, 4 * H).T
         db = np.ascontiguousarray(db_p.reshape(4, Hp)[:, :H]).reshape(4 * H)
     dpeep = None
     if pk.peep is not None:   # sum over rows of dai c, daf c (c before the step), dao c'

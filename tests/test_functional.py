@@ -332,6 +332,28 @@ def test_inputs_are_not_modified_and_state_may_be_partial():
     np.testing.assert_allclose(dx, dx2, rtol=1e-13)
 
 
+@pytest.mark.parametrize("name", ["lstm", "gru", "rnn_tanh"])
+def test_editing_the_output_in_place_leaves_the_gradients_alone(name):
+    """NumPy code may scale or mask y in place before its backward (the packed
+    kernels keep h in a buffer of their own: y must not be a view of it)."""
+    rng = np.random.default_rng(11)
+    cell = CELLS[name]
+    T, B, I, H = 6, 3, 4, 16
+    w = _params(cell, I, H, rng, np.float64)
+    x, h0, _, dy, _, _ = _data(cell, T, B, I, H, rng, np.float64)
+    fwd, bwd = CASES[name][:2]
+    kw = dict(CASES[name][2], batch_first=True, backend="cpu")
+    xb, dyb = x.transpose(1, 0, 2).copy(), dy.transpose(1, 0, 2).copy()
+    y, _, ctx = fwd(xb, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h0, **kw)
+    want = bwd(ctx, dyb)
+    y, _, ctx = fwd(xb, w.w_ih, w.w_hh, w.b_ih, w.b_hh, h0, **kw)
+    y *= 2.0
+    got = bwd(ctx, dyb)
+    np.testing.assert_array_equal(got[0], want[0])
+    for a, e in zip(got[2], want[2]):
+        np.testing.assert_array_equal(a, e)
+
+
 def test_mixed_dtypes_come_back_in_the_callers_dtypes():
     rng = np.random.default_rng(8)
     x = rng.standard_normal((4, 2, 3)).astype(np.float32)

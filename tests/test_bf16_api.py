@@ -8,6 +8,7 @@ reference gives layer by layer, and every path that cannot run the mode
 refuse it or step aside, never run float32 in its place.
 """
 import copy
+import importlib.util
 import json
 import pickle
 import types
@@ -298,3 +299,31 @@ def test_cli_info_reports_bf16(capsys):
     out = capsys.readouterr().out
     line = [s for s in out.splitlines() if s.startswith("bfloat16:")]
     assert len(line) == 1 and "avx512_bf16" in line[0] and "amx_bf16" in line[0]
+
+
+def test_bench_bf16_rows(tmp_path, capsys):
+    """``fastrnn bench --compute-dtype bfloat16`` adds a bf16 row under each
+    grid row and bf16 records, leaving the float32 rows as they are."""
+    pytest.importorskip("numba")
+    from fastrnn import bench
+    out = tmp_path / "b.json"
+    common = ["--quick", "--no-compile", "--shapes", "3,2,4,8", "--gemm-size", "32",
+              "--impls", "numpy,torch"]
+    assert bench.main(common + ["--compute-dtype", "bfloat16", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith(" " * 33 + "bf16")]
+    assert len(rows) == 2 and all("numpy" in r for r in rows)     # train and infer
+    recs = json.load(open(out))["records"]
+    mine = [r for r in recs if r["impl"] == "numpy" and r["compute_dtype"] == "bfloat16"]
+    assert {r["mode"] for r in mine} == {"train", "infer"}
+    if importlib.util.find_spec("torch") is not None:
+        assert any(r["impl"] == "torch" and r["compute_dtype"] == "bfloat16" for r in recs)
+        assert all("vs torch bf16" in r for r in rows)
+    # without the flag: no bf16 row, no compute_dtype field
+    assert bench.main(common + ["--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert not any(line.startswith(" " * 33 + "bf16") or line.startswith("bf16 rows")
+                   for line in text.splitlines())
+    assert all("compute_dtype" not in r for r in json.load(open(out))["records"])
+    with pytest.raises(SystemExit):
+        bench.main(["--compute-dtype", "float16"])

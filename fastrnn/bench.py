@@ -576,7 +576,9 @@ def _parse(argv):
     ap.add_argument("--compute-dtype", default=None, metavar="DTYPE",
                     help="bfloat16: add rows of fastrnn's bfloat16 compute mode against "
                          "torch in bfloat16 (module and input .to(torch.bfloat16), 1 and 2 "
-                         "threads) and torch float32 (default: float32 only)")
+                         "threads) and torch float32; with --train, the models in the mode "
+                         "against torch float32 and torch under bfloat16 autocast "
+                         "(default: float32 only)")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="load test: N competing busy processes spin while fastrnn and "
                          "torch run at their default thread counts; reports the slowdown "
@@ -594,9 +596,9 @@ def _parse(argv):
         args.compute_dtype = check_compute_dtype(args.compute_dtype, "--compute-dtype")
     except ValueError as exc:
         ap.error(str(exc))
-    if args.compute_dtype is not None and (args.train or args.latency or args.busy):
-        ap.error("--compute-dtype adds rows to the cell grid; it does not apply to "
-                 "--train, --latency or --busy")
+    if args.compute_dtype is not None and (args.latency or args.busy):
+        ap.error("--compute-dtype applies to the cell grid and to --train, not to "
+                 "--latency or --busy")
     from .bench_scaling import SCALING_SHAPES, parse_counts
     try:
         args.thread_counts = parse_counts(args.threads)

@@ -327,3 +327,26 @@ def test_bench_bf16_rows(tmp_path, capsys):
     assert all("compute_dtype" not in r for r in json.load(open(out))["records"])
     with pytest.raises(SystemExit):
         bench.main(["--compute-dtype", "float16"])
+
+
+def test_bench_train_bf16_columns(capsys):
+    """``fastrnn bench --train --compute-dtype bfloat16``: the models in the
+    mode, torch in float32 and under bf16 autocast (own columns and ratio);
+    the agreement check still passes against the float32 twin."""
+    pytest.importorskip("numba")
+    from fastrnn import bench_train as bt
+    torch = pytest.importorskip("torch")
+    tiny = dict(min_time=0.0, min_rounds=1, max_rounds=1, burst_s=0.001, settle_s=0.0)
+    rows = bt.run(torch, quick=True, timing=tiny, backend="numpy", compute_dtype=BF16,
+                  lm_config=dict(embed_dim=8, hidden_size=16, batch_size=4, bptt=8),
+                  clf_config=dict(features=3, hidden_size=8, num_classes=4, batch_size=5,
+                                  min_len=2, max_len=6, pads=(6,)),
+                  verbose=False)
+    assert len(rows) == 6          # lm train (steps, chars), lm infer, clf train (2), infer
+    for r in rows:
+        assert set(r["rate"]) == {"fastrnn", "torch@1", "torch@2", "torch_bf16@1",
+                                  "torch_bf16@2"}
+        assert r["ratio"] > 0 and r["ratio_bf16"] > 0 and r["compute_dtype"] == BF16
+    assert rows[0]["check"]["max_loss_rel_diff"] < 1e-5
+    bt.print_table(rows)
+    assert "/torch_bf16" in capsys.readouterr().out

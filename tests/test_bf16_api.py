@@ -350,3 +350,23 @@ def test_bench_train_bf16_columns(capsys):
     assert rows[0]["check"]["max_loss_rel_diff"] < 1e-5
     bt.print_table(rows)
     assert "/torch_bf16" in capsys.readouterr().out
+
+
+def test_quality_script_smoke(tmp_path, capsys):
+    """bench/bf16_quality.py (the issue's quality comparison) runs end to end
+    on tiny models: both modes trained, the three tasks reported."""
+    import importlib.util as iu
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "bench" / "bf16_quality.py"
+    spec = iu.spec_from_file_location("bf16_quality", path)
+    mod = iu.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    text = tmp_path / "t.txt"
+    text.write_text("the cat sat on the mat. " * 100)
+    out = tmp_path / "q.json"
+    mod.main(["--quick", "--backend", "numpy", "--text", str(text), "--json", str(out)])
+    rows = json.load(open(out))["rows"]
+    assert [r["task"] for r in rows] == ["lm", "classifier", "forecaster"]
+    for r in rows:
+        assert np.isfinite(r["float32"]) and np.isfinite(r["bfloat16"])
+    assert "bfloat16" in capsys.readouterr().out

@@ -24,7 +24,9 @@ in name order, concatenated).
 
 The differences of a single pair of runs include the divergence of two
 trajectories that start equal and drift apart by rounding; a pass means the
-mode trains as well, not that the two runs are the same.
+mode trains as well, not that the two runs are the same. ``--baseline`` adds
+a float32 run from initial weights one float32 ulp away: the size of that
+divergence within float32 itself, to read the bf16 difference against.
 """
 import argparse
 import json
@@ -37,12 +39,26 @@ import numpy as np
 import fastrnn
 from fastrnn.data import CharVocab, LMBatches
 
-MODES = (None, "bfloat16")
+#: the runs of each task: name -> compute_dtype ("nudged": float32 from initial
+#: weights moved by one float32 ulp, the floor of trajectory divergence)
+RUNS = {"float32": None, "bfloat16": "bfloat16"}
+BASELINE = {"nudged": None}
+
+
+def _runs(baseline):
+    return {**RUNS, **(BASELINE if baseline else {})}
+
+
+def _nudge(model, name):
+    """One float32 ulp up on every initial parameter, for the "nudged" run."""
+    if name == "nudged":
+        model.load_state_dict({k: np.nextafter(v, np.float32(np.inf))
+                               for k, v in model.state_dict().items()})
 LIMITS = {"lm": ("bits/char", 0.02, "abs"), "classifier": ("accuracy %", 0.5, "abs"),
           "forecaster": ("RMSE", 0.02, "rel")}
 
 
-def lm(text, steps, backend, quick, seed=0):
+def lm(text, steps, backend, quick, seed=0, baseline=False):
     """Held-out bits per character after ``steps`` training steps, per mode."""
     from fastrnn.optim import Adam
     from fastrnn.train import Trainer
@@ -51,14 +67,15 @@ def lm(text, steps, backend, quick, seed=0):
     ids = vocab.encode(text)
     cut = int(len(ids) * 0.95)
     out = {}
-    for mode in MODES:
+    for name, mode in _runs(baseline).items():
         m = fastrnn.LanguageModel(len(vocab), embed_dim=E, hidden_size=H, backend=backend,
                                   seed=seed, compute_dtype=mode)
+        _nudge(m, name)
         tr = Trainer(m, Adam(m, lr=2e-3), LMBatches(ids[:cut], B, bptt), clip_norm=1.0,
                      seed=seed, progress=False)
         t0 = time.perf_counter()
         tr.fit(steps=steps)
-        out[mode] = dict(metric=m.evaluate(ids[cut:], B, bptt) / math.log(2),
+        out[name] = dict(metric=m.evaluate(ids[cut:], B, bptt) / math.log(2),
                          seconds=time.perf_counter() - t0)
     return out, dict(chars=len(ids), held_out=len(ids) - cut, steps=steps, E=E, H=H, B=B,
                      bptt=bptt)
@@ -74,23 +91,24 @@ def _clf_data(n, rng, F=16, C=10, lo=5, hi=26, noise=3.0):
     return x, y, lengths
 
 
-def classifier(epochs, backend, quick, seed=0):
+def classifier(epochs, backend, quick, seed=0, baseline=False):
     """Test accuracy (percent) after ``epochs`` of ``fit``, per mode."""
     rng = np.random.default_rng(seed)
     n = 300 if quick else 4000
     x, y, lengths = _clf_data(n + n // 2, rng)
     out = {}
-    for mode in MODES:
+    for name, mode in _runs(baseline).items():
         m = fastrnn.SequenceClassifier(10, input_size=16, hidden_size=8 if quick else 64,
                                        backend=backend, seed=seed, compute_dtype=mode)
+        _nudge(m, name)
         t0 = time.perf_counter()
         m.fit(x[:n], y[:n], lengths[:n], epochs=epochs, seed=seed)
-        out[mode] = dict(metric=100 * m.score(x[n:], y[n:], lengths[n:]),
+        out[name] = dict(metric=100 * m.score(x[n:], y[n:], lengths[n:]),
                          seconds=time.perf_counter() - t0)
     return out, dict(train=n, test=n // 2, epochs=epochs)
 
 
-def forecaster(epochs, backend, quick, seed=0):
+def forecaster(epochs, backend, quick, seed=0, baseline=False):
     """Test RMSE of one-step forecasts after ``epochs`` of ``fit``, per mode."""
     rng = np.random.default_rng(seed)
     N, W = (600, 12) if quick else (6000, 24)
@@ -101,24 +119,31 @@ def forecaster(epochs, backend, quick, seed=0):
     Y = series[W:][:, None]
     cut = int(0.8 * len(X))
     out = {}
-    for mode in MODES:
+    for name, mode in _runs(baseline).items():
         m = fastrnn.SequenceRegressor(1, hidden_size=8 if quick else 32, backend=backend,
                                       seed=seed, compute_dtype=mode)
+        _nudge(m, name)
         t0 = time.perf_counter()
         m.fit(X[:cut], Y[:cut], epochs=epochs, seed=seed)
         pred = np.asarray(m.predict(X[cut:])).reshape(-1)
-        out[mode] = dict(metric=float(np.sqrt(np.mean((pred - Y[cut:, 0]) ** 2))),
+        out[name] = dict(metric=float(np.sqrt(np.mean((pred - Y[cut:, 0]) ** 2))),
                          seconds=time.perf_counter() - t0)
     return out, dict(points=N, window=W, epochs=epochs)
 
 
 def verdict(task, res):
     unit, limit, kind = LIMITS[task]
-    a, b = res[None]["metric"], res["bfloat16"]["metric"]
-    diff = abs(b - a) if kind == "abs" else abs(b - a) / max(abs(a), 1e-12)
-    return dict(task=task, unit=unit, float32=a, bfloat16=b, diff=diff, kind=kind,
-                limit=limit, ok=diff <= limit,
-                seconds={"float32": res[None]["seconds"], "bfloat16": res["bfloat16"]["seconds"]})
+
+    def gap(a, b):
+        return abs(b - a) if kind == "abs" else abs(b - a) / max(abs(a), 1e-12)
+
+    a, b = res["float32"]["metric"], res["bfloat16"]["metric"]
+    out = dict(task=task, unit=unit, float32=a, bfloat16=b, diff=gap(a, b), kind=kind,
+               limit=limit, ok=gap(a, b) <= limit,
+               seconds={k: r["seconds"] for k, r in res.items()})
+    if "nudged" in res:
+        out.update(nudged=res["nudged"]["metric"], nudged_diff=gap(a, res["nudged"]["metric"]))
+    return out
 
 
 def main(argv=None):
@@ -129,6 +154,9 @@ def main(argv=None):
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--tasks", default="lm,classifier,forecaster")
     ap.add_argument("--seed", type=int, default=0, help="initial weights, data, shuffling")
+    ap.add_argument("--baseline", action="store_true",
+                    help="a third run per task: float32 from initial weights one ulp away, "
+                         "the float32-vs-float32 divergence the bf16 difference compares with")
     ap.add_argument("--quick", action="store_true", help="tiny models, a smoke run")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args(argv)
@@ -145,23 +173,25 @@ def main(argv=None):
             if args.quick:
                 text = text[:20000]
             res, info[task] = lm(text, 5 if args.quick else args.steps, args.backend,
-                                 args.quick, args.seed)
+                                 args.quick, args.seed, args.baseline)
         elif task == "classifier":
             res, info[task] = classifier(1 if args.quick else args.epochs, args.backend,
-                                         args.quick, args.seed)
+                                         args.quick, args.seed, args.baseline)
         elif task == "forecaster":
             res, info[task] = forecaster(1 if args.quick else args.epochs, args.backend,
-                                         args.quick, args.seed)
+                                         args.quick, args.seed, args.baseline)
         else:
             ap.error(f"unknown task {task!r}")
         v = verdict(task, res)
         rows.append(v)
-        diff = f"{v['diff']:.4f}" if v["kind"] == "abs" else f"{100 * v['diff']:.2f}%"
+        fmt = (lambda d: f"{d:.4f}") if v["kind"] == "abs" else (lambda d: f"{100 * d:.2f}%")
         lim = f"{v['limit']}" if v["kind"] == "abs" else f"{100 * v['limit']:.0f}%"
+        base = (f"  float32 nudged {v['nudged']:.4f} (diff {fmt(v['nudged_diff'])})"
+                if "nudged" in v else "")
+        secs = " / ".join(f"{t:.0f}" for t in v["seconds"].values())
         print(f"{task:<11} {v['unit']:<11} float32 {v['float32']:.4f}  bfloat16 "
-              f"{v['bfloat16']:.4f}  diff {diff} (limit {lim}) "
-              f"{'ok' if v['ok'] else 'OVER'}  [{v['seconds']['float32']:.0f} s / "
-              f"{v['seconds']['bfloat16']:.0f} s]  {info[task]}", flush=True)
+              f"{v['bfloat16']:.4f}  diff {fmt(v['diff'])} (limit {lim}) "
+              f"{'ok' if v['ok'] else 'OVER'}{base}  [{secs} s]  {info[task]}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(dict(backend=args.backend, quick=args.quick, seed=args.seed, rows=rows,

@@ -364,9 +364,10 @@ def test_quality_script_smoke(tmp_path, capsys):
     text = tmp_path / "t.txt"
     text.write_text("the cat sat on the mat. " * 100)
     out = tmp_path / "q.json"
-    mod.main(["--quick", "--backend", "numpy", "--text", str(text), "--json", str(out)])
+    mod.main(["--quick", "--backend", "numpy", "--text", str(text), "--json", str(out),
+              "--baseline"])
     rows = json.load(open(out))["rows"]
     assert [r["task"] for r in rows] == ["lm", "classifier", "forecaster"]
     for r in rows:
-        assert np.isfinite(r["float32"]) and np.isfinite(r["bfloat16"])
+        assert np.isfinite(r["float32"]) and np.isfinite(r["bfloat16"]) and "nudged_diff" in r
     assert "bfloat16" in capsys.readouterr().out

@@ -22,6 +22,14 @@ of the float32 GEMM peak (the higher of NumPy's and torch's 2048^3 matmul,
 measured in the same run), and, with ``--compile``, the JIT compile time
 (cold: a new process with an empty Numba cache; cached: a second new process).
 
+``--compute-dtype bfloat16`` adds, under each row, a row of fastrnn in the
+bfloat16 compute mode (``compute_dtype="bfloat16"``, the cpu backend where it
+has the mode, else the reference) against torch in bfloat16 (module and
+input ``.to(torch.bfloat16)``, at 1 and 2 threads, the faster used), against
+torch in float32 and against fastrnn's own float32, timed in the same
+interleaved rounds; the bf16 rows' %peak is of torch's bfloat16 ``n^3``
+matmul (``torch.mm``), measured in the same run.
+
 ``--busy N`` adds a load test: N busy processes spin while fastrnn and torch
 run at their default thread counts; the table gives the slowdown against each
 one's own quiet one-thread time. ``--train`` runs the training-throughput
@@ -31,6 +39,7 @@ Usage::
 
     fastrnn bench [--cells lstm,gru] [--quick] [--threads 2] [--json out.json]
     fastrnn bench --quick --busy 1
+    fastrnn bench --cells lstm --compute-dtype bfloat16
     fastrnn bench --train [--quick]
     python -m fastrnn.bench --quick
 """
@@ -180,6 +189,19 @@ def gemm_peak_gflops(threads, n=2048, reps=5):
     return 2.0 * n ** 3 / med / 1e9
 
 
+def bf16_gemm_peak(threads, torch, n=2048, quick=False):
+    """bfloat16 ``n^3`` GEMM rate of ``torch.mm`` (oneDNN/MKL, float32
+    accumulation) at ``threads`` threads, in GFLOP/s: the bf16 rows' peak."""
+    a = torch.from_numpy(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    a = a.to(torch.bfloat16)
+    b = a.t().contiguous()
+    with TorchThreads(torch) as tt:
+        tt.setter(threads)()
+        med, _ = _median_time(lambda: torch.mm(a, b), 0.0 if quick else 1.0,
+                              2 if quick else 3, 4 if quick else 12)
+    return 2.0 * n ** 3 / med / 1e9
+
+
 def gemm_peaks(threads, torch=None, n=2048, quick=False):
     """float32 ``n^3`` GEMM rate in GFLOP/s through NumPy's BLAS (``np.matmul``)
     and, when given, ``torch.mm`` (MKL), both at ``threads`` threads, timed
@@ -229,21 +251,30 @@ def _make_inputs(cell, T, B, I, H, seed=0, dtype=np.float32):
     return x, h0, c0, w, dy
 
 
-def _backend_runner(backend, cell, inputs, mode):
+def _backend_runner(backend, cell, inputs, mode, compute_dtype=None):
     x, h0, c0, w, dy = inputs
     dh = np.zeros_like(h0)
     dc = np.zeros_like(h0) if cell.has_cell else None
+    kw = {} if compute_dtype is None else {"compute_dtype": compute_dtype}
     if mode == "infer":
-        return lambda: backend.forward(cell, x, h0, c0, w, None, False, False)
+        return lambda: backend.forward(cell, x, h0, c0, w, None, False, False, **kw)
 
     def step():
-        y, h, c, cache = backend.forward(cell, x, h0, c0, w, None, False, True)
+        y, h, c, cache = backend.forward(cell, x, h0, c0, w, None, False, True, **kw)
         backend.backward(cell, cache, dy, dh, dc)
     return step
 
 
-def _torch_runner(torch, cell, inputs, mode):
-    """The cell's PyTorch twin (``cell.torch``, which must be set) on the same weights."""
+def has_compute_dtype(backend):
+    """Whether a backend's ``forward`` takes ``compute_dtype`` (the bf16 mode)."""
+    import inspect
+    return "compute_dtype" in inspect.signature(backend.forward).parameters
+
+
+def _torch_runner(torch, cell, inputs, mode, dtype=None):
+    """The cell's PyTorch twin (``cell.torch``, which must be set) on the same
+    weights; ``dtype`` (``torch.bfloat16``): module, input, state and output
+    gradient converted with ``.to(dtype)``."""
     x, h0, c0, w, dy = inputs
     T, B, I = x.shape
     H = h0.shape[1]
@@ -258,6 +289,9 @@ def _torch_runner(torch, cell, inputs, mode):
     if cell.has_cell:
         state = (state, torch.from_numpy(c0)[None])
     tdy = torch.from_numpy(dy)
+    if dtype is not None:
+        m, tx, tdy = m.to(dtype), tx.to(dtype), tdy.to(dtype)
+        state = tuple(s.to(dtype) for s in state) if cell.has_cell else state.to(dtype)
     if mode == "infer":
         def infer():
             with torch.inference_mode():
@@ -539,6 +573,12 @@ def _parse(argv):
     ap.add_argument("--gemm-size", type=int, default=2048, metavar="N",
                     help="size of the N^3 float32 matmul that measures the GEMM peak "
                          "(default 2048)")
+    ap.add_argument("--compute-dtype", default=None, metavar="DTYPE",
+                    help="bfloat16: add rows of fastrnn's bfloat16 compute mode against "
+                         "torch in bfloat16 (module and input .to(torch.bfloat16), 1 and 2 "
+                         "threads) and torch float32; with --train, the models in the mode "
+                         "against torch float32 and torch under bfloat16 autocast "
+                         "(default: float32 only)")
     ap.add_argument("--busy", type=int, default=0, metavar="N",
                     help="load test: N competing busy processes spin while fastrnn and "
                          "torch run at their default thread counts; reports the slowdown "
@@ -551,6 +591,14 @@ def _parse(argv):
                          "T=1 and onnxruntime T=1, plus batch-1 sequence inference, one "
                          "thread each, instead of the grid")
     args = ap.parse_args(argv)
+    from .bf16 import check_compute_dtype
+    try:
+        args.compute_dtype = check_compute_dtype(args.compute_dtype, "--compute-dtype")
+    except ValueError as exc:
+        ap.error(str(exc))
+    if args.compute_dtype is not None and (args.latency or args.busy):
+        ap.error("--compute-dtype applies to the cell grid and to --train, not to "
+                 "--latency or --busy")
     from .bench_scaling import SCALING_SHAPES, parse_counts
     try:
         args.thread_counts = parse_counts(args.threads)
@@ -560,6 +608,8 @@ def _parse(argv):
     args.threads = args.thread_counts[0]
     if args.plot and not args.scaling:
         ap.error("--plot draws a thread-scaling run: give --threads a list, e.g. 1,2,4")
+    if args.scaling and args.compute_dtype is not None:
+        ap.error("--compute-dtype adds rows to the cell grid, not to a thread-scaling run")
     if args.scaling and (args.train or args.busy):
         ap.error("--threads with a list (thread scaling) runs alone, without --train or --busy")
     if args.compile is None:
@@ -682,6 +732,7 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
     print(f"float32 GEMM peak ({args.gemm_size}^3, {args.threads} thread(s)): "
           + ", ".join(f"{k} {v:.0f}" for k, v in peaks.items())
           + f" GFLOP/s; %peak uses {peak:.0f}")
+    bf16 = _bf16_setup(args, impls, cpu, reference, torch)
 
     records = []
     cols = []
@@ -728,6 +779,9 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
                         fns[impl] = _backend_runner(be, cell, inputs, mode)
                         prep[impl] = cpu_prep
                         who[impl] = (impl, args.threads)
+                if bf16 is not None:
+                    _bf16_entries(bf16, cell, inputs, mode, fns, prep, who, cpu_prep, tt,
+                                  args.threads)
                 res = _interleaved_medians(fns, min_time, min_rounds, max_rounds,
                                            prepare=prep, **burst)
                 med = {k: m for k, (m, _) in res.items()}
@@ -738,11 +792,17 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
                 flops = layer_flops(cell, T, B, I, H, mode)
                 for key, (m, calls) in res.items():
                     impl, n = who[key]
-                    records.append(dict(cell=cname, registry_cell=reg, shape=list(shape),
-                                        T=T, B=B, I=I, H=H, mode=mode, impl=impl,
-                                        threads=n, best=best[impl] == key,
-                                        median_s=m, calls=calls, gflops=flops / m / 1e9,
-                                        peak_fraction=flops / m / 1e9 / peak))
+                    rec = dict(cell=cname, registry_cell=reg, shape=list(shape),
+                               T=T, B=B, I=I, H=H, mode=mode, impl=impl,
+                               threads=n, best=best[impl] == key,
+                               median_s=m, calls=calls, gflops=flops / m / 1e9,
+                               peak_fraction=flops / m / 1e9 / peak)
+                    if bf16 is not None:        # impl "cpu_bf16" is impl "cpu" in bf16
+                        rec.update(impl=impl.replace(_BF16_SUFFIX, ""), compute_dtype=(
+                            "bfloat16" if impl.endswith(_BF16_SUFFIX) else "float32"))
+                        if impl.endswith(_BF16_SUFFIX) and bf16["peak"]:
+                            rec["bf16_peak_fraction"] = flops / m / 1e9 / bf16["peak"]
+                    records.append(rec)
                 bm = {impl: med[key] for impl, key in best.items()}
                 row = f"{cname:<17}{','.join(map(str, shape)):<16}{mode:<6}"
                 for c in cols:
@@ -762,6 +822,8 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
                 print(row, flush=True)
                 for key, r in rs.items():
                     ratios.setdefault((cname, mode, key), []).append((shape, r))
+                if bf16 is not None:
+                    _bf16_row(bf16, cname, shape, mode, bm, flops, ratios)
 
     busy = None
     if args.busy:
@@ -783,7 +845,8 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
         print(f"  {cname:<17}{mode:<6}vs {key:<6} geomean {_geomean(rs):6.2f}x   "
               f"min {worst[1]:6.2f}x at {worst[0]}")
     big = [r for r in records if r["cell"] == "lstm" and r["mode"] == "train"
-           and r["impl"] == "cpu" and tuple(r["shape"]) == GRID[-1]]
+           and r["impl"] == "cpu" and tuple(r["shape"]) == GRID[-1]
+           and r.get("compute_dtype", "float32") == "float32"]
     if big:
         r = big[0]
         print(f"  lstm train at {GRID[-1]}: {r['gflops']:.0f} GFLOP/s = "
@@ -797,6 +860,9 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
                     gemm_peaks_gflops_end=peaks_end,
                     loadavg_start=load_start, loadavg_end=load_end,
                     compile=compile_info, summary=summary, dtype="float32",
+                    **({} if bf16 is None else dict(
+                        compute_dtype="bfloat16", bf16_impl=bf16["impl"],
+                        bf16_gemm_peak_gflops=bf16["peak"])),
                     torch=None if torch is None else torch.__version__,
                     onnxruntime=None if ort is None else ort.__version__,
                     numpy=np.__version__)
@@ -804,6 +870,83 @@ def _run(args, cells, impls, shapes, cpu, torch, tt, ort, cpu_default):
             json.dump(dict(meta=meta, records=records, busy=busy), f, indent=1)
         print(f"wrote {len(records)} records to {args.json}")
     return 0
+
+
+# --------------------------------------------------------------------------- --compute-dtype
+_BF16_SUFFIX = "_bf16"
+
+
+def _bf16_setup(args, impls, cpu, reference, torch):
+    """What the bf16 rows time, or None without ``--compute-dtype``: fastrnn's
+    backend in the mode (cpu where its forward takes ``compute_dtype``, else
+    the reference), torch's bf16 twin, and torch's bf16 matmul peak."""
+    if args.compute_dtype is None:
+        return None
+    impl = None
+    if "cpu" in impls and has_compute_dtype(cpu):
+        impl = "cpu"
+    elif "numpy" in impls:
+        impl = "numpy"
+        if "cpu" in impls:
+            print("the cpu backend has no compute_dtype here: the bf16 rows time the "
+                  "reference's bfloat16 mode (backend 'numpy')")
+    else:
+        print("no fastrnn backend in --impls runs compute_dtype='bfloat16': the bf16 rows "
+              "show torch only")
+    peak = None
+    if torch is not None:
+        peak = bf16_gemm_peak(args.threads, torch, n=args.gemm_size, quick=args.quick)
+        print(f"bfloat16 GEMM peak (torch.mm, {args.gemm_size}^3, {args.threads} thread(s)): "
+              f"{peak:.0f} GFLOP/s; the bf16 rows' %peak uses it")
+    print(f"bf16 rows: fastrnn {impl or '-'} with compute_dtype='bfloat16' (ms), torch "
+          "bfloat16 at its faster of 1/2 threads (ms), and fastrnn bf16's speed-up against "
+          "torch bf16, torch float32 and fastrnn's own float32 above")
+    return dict(impl=impl, peak=peak, torch=torch,
+                be=None if impl is None else (cpu if impl == "cpu" else reference))
+
+
+def _bf16_entries(bf16, cell, inputs, mode, fns, prep, who, cpu_prep, tt, threads):
+    """Add the bf16 timings of one cell, shape and mode to the interleaved round."""
+    if bf16["be"] is not None:
+        key = bf16["impl"] + _BF16_SUFFIX
+        fns[key] = _backend_runner(bf16["be"], cell, inputs, mode, compute_dtype="bfloat16")
+        prep[key] = cpu_prep
+        who[key] = (key, threads)
+    torch = bf16["torch"]
+    if torch is not None and cell.torch is not None:
+        for n in PEER_THREADS:
+            key = f"torch{_BF16_SUFFIX}@{n}"
+            fns[key] = _torch_runner(torch, cell, inputs, mode, dtype=torch.bfloat16)
+            prep[key] = tt.setter(n)
+            who[key] = ("torch" + _BF16_SUFFIX, n)
+
+
+def _bf16_row(bf16, cname, shape, mode, bm, flops, ratios):
+    """Print the bf16 row under a grid row (``bm``: best median per impl) and
+    keep its ratios for the summary."""
+    mine = None if bf16["impl"] is None else bm.get(bf16["impl"] + _BF16_SUFFIX)
+    tb = bm.get("torch" + _BF16_SUFFIX)
+    row = f"{'':<17}{'':<16}{'bf16':<6}"
+    row += f"{bf16['impl'] or '-':>6}" + (f"{mine * 1e3:>10.3f}" if mine else f"{'-':>10}")
+    row += f"{'torch':>7}" + (f"{tb * 1e3:>10.3f}" if tb else f"{'-':>10}")
+    rs = {}
+    if mine:
+        for label, other in (("torch bf16", tb), ("torch f32", bm.get("torch")),
+                             (f"{bf16['impl']} f32", bm.get(bf16["impl"]))):
+            if other:
+                rs[label] = other / mine
+    for label in ("torch bf16", "torch f32"):
+        row += f"  vs {label} " + (f"{rs[label]:5.2f}x" if label in rs else f"{'-':>6}")
+    own = f"{bf16['impl']} f32"
+    row += "  vs f32 " + (f"{rs[own]:5.2f}x" if own in rs else f"{'-':>6}")
+    if mine:
+        gf = flops / mine / 1e9
+        row += f"{gf:>8.1f} GF/s"
+        if bf16["peak"]:
+            row += f"{100 * gf / bf16['peak']:>5.0f}% bf16 peak"
+    print(row, flush=True)
+    for label, r in rs.items():
+        ratios.setdefault((cname, mode, f"{label} (fastrnn bf16)"), []).append((shape, r))
 
 
 # --------------------------------------------------------------------------- --busy

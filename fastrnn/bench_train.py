@@ -22,9 +22,18 @@ the same gradient clipping (global norm 1.0) and the same batches:
 torch runs at 1 and at 2 threads; the ratio fastrnn/torch is taken against
 the faster. Before timing, each item checks that fastrnn and torch agree: the
 first forward's outputs and the losses of the first training steps.
+
+``--compute-dtype bfloat16``: fastrnn's models run with
+``compute_dtype="bfloat16"`` and torch is timed twice, in float32 and under
+``torch.autocast("cpu", torch.bfloat16)`` (its bfloat16 compute with float32
+master weights, as fastrnn's mode: a second twin with its own Adam state); the
+table gains the torch bf16 columns and the ratio against them. The agreement
+check runs on the float32 twin (the bf16 model starts from the same weights;
+its losses differ from float32's by the mode's rounding, not by a wiring error).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -147,10 +156,13 @@ class LMPair:
     and one scoring function each (the state is carried across chunks)."""
 
     def __init__(self, torch, vocab_size, train_batches, eval_batches, embed_dim=64,
-                 hidden_size=256, lr=1e-3, clip=1.0, backend="cpu", seed=0):
+                 hidden_size=256, lr=1e-3, clip=1.0, backend="cpu", seed=0,
+                 compute_dtype=None, autocast=False):
         self.torch, self.V, self.clip = torch, vocab_size, clip
+        self.autocast = autocast
         self.model = LanguageModel(vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
-                                   cell="lstm", backend=backend, seed=seed)
+                                   cell="lstm", backend=backend, seed=seed,
+                                   compute_dtype=compute_dtype)
         self.opt = Adam(self.model, lr=lr)
         self.tr, self.ev = train_batches, eval_batches
         self.k = {"f_train": 0, "t_train": 0, "f_eval": 0, "t_eval": 0}
@@ -188,8 +200,9 @@ class LMPair:
         st = self.t_state
         if st is not None:
             st = tuple(s.detach() for s in st)
-        logits, self.t_state = tm(x, st)
-        loss = F.cross_entropy(logits.reshape(-1, self.V), y.reshape(-1))
+        with _autocast(torch, self.autocast):
+            logits, self.t_state = tm(x, st)
+            loss = F.cross_entropy(logits.reshape(-1, self.V), y.reshape(-1))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tm.parameters(), self.clip)
         self.topt.step()
@@ -209,7 +222,7 @@ class LMPair:
         torch, tm = self.torch, self.tmodel
         x, y = self._next("t_eval", self.tev)
         tm.eval()
-        with torch.inference_mode():
+        with torch.inference_mode(), _autocast(torch, self.autocast):
             logits, self.t_eval_state = tm(x, self.t_eval_state)
             loss = torch.nn.functional.cross_entropy(logits.reshape(-1, self.V), y.reshape(-1),
                                                      reduction="sum")
@@ -224,11 +237,13 @@ class ClassifierPair:
     """A fastrnn SequenceClassifier and its torch twin (packed sequences)."""
 
     def __init__(self, torch, batches, features=16, hidden_size=64, num_classes=10, lr=1e-3,
-                 clip=1.0, backend="cpu", seed=0):
+                 clip=1.0, backend="cpu", seed=0, compute_dtype=None, autocast=False):
         self.torch, self.clip = torch, clip
+        self.autocast = autocast
         self.model = SequenceClassifier(num_classes, input_size=features,
                                         hidden_size=hidden_size, cell="lstm",
-                                        backend=backend, seed=seed)
+                                        backend=backend, seed=seed,
+                                        compute_dtype=compute_dtype)
         self.opt = Adam(self.model, lr=lr)
         self.batches = batches
         self.k = {"f_train": 0, "t_train": 0, "f_infer": 0, "t_infer": 0}
@@ -260,7 +275,8 @@ class ClassifierPair:
         x, y, n = self._next("t_train", self.tb)
         tm.train()
         self.topt.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(tm(x, n), y)
+        with _autocast(torch, self.autocast):
+            loss = torch.nn.functional.cross_entropy(tm(x, n), y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tm.parameters(), self.clip)
         self.topt.step()
@@ -277,11 +293,28 @@ class ClassifierPair:
         torch, tm = self.torch, self.tmodel
         x, _, n = self._next("t_infer", self.tb)
         tm.eval()
-        with torch.inference_mode():
-            return tm(x, n).numpy()
+        with torch.inference_mode(), _autocast(torch, self.autocast):
+            return tm(x, n).float().numpy()
 
     def samples_per_call(self):
         return self.batches[0][0].shape[0]
+
+
+def _autocast(torch, on):
+    """torch's bfloat16 autocast on the CPU when ``on``, else nothing."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if on else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _in_float32(model):
+    """The model computing in float32 for a while (the agreement check against
+    the float32 twin), then back in its own mode."""
+    mode = model.compute_dtype
+    model.compute_dtype = None
+    try:
+        yield model
+    finally:
+        model.compute_dtype = mode
 
 
 # ------------------------------------------------------------------ agreement
@@ -341,24 +374,33 @@ TIMING = dict(min_time=3.0, min_rounds=5, max_rounds=20, burst_s=0.2, settle_s=0
 QUICK_TIMING = dict(min_time=0.0, min_rounds=3, max_rounds=3, burst_s=0.12, settle_s=0.1)
 
 
-def _time_item(fast_fn, torch_fn, tt, cpu_prep, timing):
-    """Interleaved medians: fastrnn (at its threads) and torch at 1 and 2 threads."""
+def _time_item(fast_fn, torch_fn, tt, cpu_prep, timing, torch_bf16_fn=None):
+    """Interleaved medians: fastrnn (at its threads) and torch at 1 and 2
+    threads (and torch's bf16 autocast twin at 1 and 2, when given)."""
     fns, prep = {"fastrnn": fast_fn}, {"fastrnn": cpu_prep}
-    if torch_fn is not None:
-        for n in bench.PEER_THREADS:
-            fns[f"torch@{n}"] = torch_fn
-            prep[f"torch@{n}"] = tt.setter(n)
+    for name, fn in (("torch", torch_fn), (TORCH_BF16, torch_bf16_fn)):
+        if fn is not None:
+            for n in bench.PEER_THREADS:
+                fns[f"{name}@{n}"] = fn
+                prep[f"{name}@{n}"] = tt.setter(n)
     t = dict(timing)
     res = bench._interleaved_medians(fns, t.pop("min_time"), t.pop("min_rounds"),
                                      t.pop("max_rounds"), prepare=prep, **t)
     return {k: m for k, (m, _) in res.items()}
 
 
+#: the column name of torch's bf16 autocast twin (``--compute-dtype bfloat16``)
+TORCH_BF16 = "torch_bf16"
+
+
 def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=True,
-        timing=None):
+        timing=None, compute_dtype=None, backend="cpu"):
     """Run both items; returns a list of result rows (dicts). ``lm_config`` and
     ``clf_config`` override entries of :data:`LM_CONFIG` / :data:`CLF_CONFIG`
-    (the tests use tiny models); ``timing`` those of :data:`TIMING`."""
+    (the tests use tiny models); ``timing`` those of :data:`TIMING`.
+    ``compute_dtype="bfloat16"``: fastrnn in the bf16 mode, torch also under
+    bf16 autocast (rows gain ``ratio_bf16``). ``backend``: fastrnn's models'
+    (the tests run the reference)."""
     from .kernels import cpu
     lmc = dict(LM_CONFIG, **(lm_config or {}))
     cc = dict(CLF_CONFIG, **(clf_config or {}))
@@ -372,11 +414,18 @@ def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=
         row = dict(item=item, unit=unit, per_call=per_call, derived=derived,
                    median_s={k: v for k, v in med.items()},
                    rate={k: per_call / v for k, v in med.items()})
-        tkeys = [k for k in med if k.startswith("torch")]
+        tkeys = [k for k in med if k.startswith("torch@")]
         if tkeys:
             best = min(tkeys, key=lambda k: med[k])
             row["torch_best"] = best
             row["ratio"] = med[best] / med["fastrnn"]
+        bkeys = [k for k in med if k.startswith(TORCH_BF16 + "@")]
+        if bkeys:
+            best = min(bkeys, key=lambda k: med[k])
+            row["torch_bf16_best"] = best
+            row["ratio_bf16"] = med[best] / med["fastrnn"]
+        if compute_dtype is not None:
+            row["compute_dtype"] = compute_dtype
         row.update(extra or {})
         rows.append(row)
         return row
@@ -386,12 +435,17 @@ def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=
         V, tr, ev, source = lm_data(lmc["batch_size"], lmc["bptt"],
                                     n_train=8 if quick else 32, n_eval=4 if quick else 16)
         pair = LMPair(torch, V, tr, ev, lmc["embed_dim"], lmc["hidden_size"], lmc["lr"],
-                      lmc["clip"])
+                      lmc["clip"], backend=backend, compute_dtype=compute_dtype)
+        # torch's bf16 twin: its own model and Adam state, from the same weights
+        pair16 = None if torch is None or compute_dtype is None else LMPair(
+            torch, V, tr, ev, lmc["embed_dim"], lmc["hidden_size"], lmc["lr"], lmc["clip"],
+            backend=backend, autocast=True)
         desc = (f"char LM: LSTM E={lmc['embed_dim']} H={lmc['hidden_size']} V={V} "
                 f"B={lmc['batch_size']} bptt={lmc['bptt']}, Adam, clip 1.0 ({source})")
         chk = None
         if torch is not None:
-            chk = check_lm(pair)
+            with _in_float32(pair.model):
+                chk = check_lm(pair)
             _assert_agree("char LM", chk)
             say(f"{desc}: agrees with torch (logits {chk['max_logit_diff']:.1e}, "
                 f"losses rel {chk['max_loss_rel_diff']:.1e})")
@@ -400,11 +454,11 @@ def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=
             say(desc)
         chars = pair.chars_per_call()
         med = _time_item(pair.fastrnn_train_step, pair.torch_train_step if torch else None,
-                         tt, cpu_prep, timing)
+                         tt, cpu_prep, timing, pair16 and pair16.torch_train_step)
         add("lm train", "steps/s", 1, med, dict(config=lmc, check=chk, vocab=V))
         add("lm train", "chars/s", chars, med, dict(config=lmc), derived=True)
         med = _time_item(pair.fastrnn_score, pair.torch_score if torch else None,
-                         tt, cpu_prep, timing)
+                         tt, cpu_prep, timing, pair16 and pair16.torch_score)
         add("lm infer (score held-out)", "chars/s", chars, med, dict(config=lmc))
 
         # ---------------------------------------------------------- classifier
@@ -412,13 +466,18 @@ def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=
                         cc["max_len"], cc["pads"], n_batches=4 if quick else 8)
         for T in cc["pads"]:
             pair = ClassifierPair(torch, data[T], cc["features"], cc["hidden_size"],
-                                  cc["num_classes"], cc["lr"], cc["clip"])
+                                  cc["num_classes"], cc["lr"], cc["clip"], backend=backend,
+                                  compute_dtype=compute_dtype)
+            pair16 = None if torch is None or compute_dtype is None else ClassifierPair(
+                torch, data[T], cc["features"], cc["hidden_size"], cc["num_classes"],
+                cc["lr"], cc["clip"], backend=backend, autocast=True)
             desc = (f"classifier: LSTM F={cc['features']} H={cc['hidden_size']} "
                     f"B={cc['batch_size']} lengths {cc['min_len']}..{cc['max_len']} padded "
                     f"to T={T} (torch: pack_padded_sequence)")
             chk = None
             if torch is not None:
-                chk = check_classifier(pair)
+                with _in_float32(pair.model):
+                    chk = check_classifier(pair)
                 _assert_agree(f"classifier T={T}", chk)
                 say(f"{desc}: agrees with torch (logits {chk['max_logit_diff']:.1e}, "
                     f"losses rel {chk['max_loss_rel_diff']:.1e})")
@@ -427,12 +486,12 @@ def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=
                 say(desc)
             med = _time_item(pair.fastrnn_train_step,
                              pair.torch_train_step if torch else None,
-                             tt, cpu_prep, timing)
+                             tt, cpu_prep, timing, pair16 and pair16.torch_train_step)
             add(f"clf train T={T}", "steps/s", 1, med, dict(config=cc, T=T, check=chk))
             add(f"clf train T={T}", "samples/s", pair.samples_per_call(), med,
                 dict(config=cc, T=T), derived=True)
             med = _time_item(pair.fastrnn_infer, pair.torch_infer if torch else None,
-                             tt, cpu_prep, timing)
+                             tt, cpu_prep, timing, pair16 and pair16.torch_infer)
             add(f"clf infer T={T}", "samples/s", pair.samples_per_call(), med,
                 dict(config=cc, T=T))
     return rows
@@ -444,16 +503,22 @@ def _fmt_rate(r):
 
 def print_table(rows, file=None):
     file = file or sys.stdout
+    bf16 = any("ratio_bf16" in r for r in rows)
     cols = ["fastrnn"] + [f"torch@{n}" for n in bench.PEER_THREADS]
-    hdr = f"{'item':<27}{'unit':<10}" + "".join(f"{c:>12}" for c in cols) + \
-        f"{'fastrnn/torch':>15}{'ms/call':>9}"
+    if bf16:
+        cols += [f"{TORCH_BF16}@{n}" for n in bench.PEER_THREADS]
+    w = 15 if bf16 else 12
+    hdr = f"{'item':<27}{'unit':<10}" + "".join(f"{c:>{w}}" for c in cols) + \
+        f"{'fastrnn/torch':>15}" + (f"{'/torch_bf16':>12}" if bf16 else "") + f"{'ms/call':>9}"
     print(hdr, file=file)
     print("-" * len(hdr), file=file)
     for r in rows:
         line = f"{r['item']:<27}{r['unit']:<10}"
         for c in cols:
-            line += f"{_fmt_rate(r['rate'][c]):>12}" if c in r["rate"] else f"{'-':>12}"
+            line += f"{_fmt_rate(r['rate'][c]):>{w}}" if c in r["rate"] else f"{'-':>{w}}"
         line += f"{r['ratio']:>14.2f}x" if "ratio" in r else f"{'-':>15}"
+        if bf16:
+            line += f"{r['ratio_bf16']:>11.2f}x" if "ratio_bf16" in r else f"{'-':>12}"
         line += f"{r['median_s']['fastrnn'] * 1e3:>9.2f}"
         print(line, file=file, flush=True)
 
@@ -472,14 +537,22 @@ def main(args):
         except ImportError:
             print("torch is not installed: timing fastrnn alone")
     cpu_default = cpu.get_num_threads()
-    print(f"fastrnn bench --train: float32; fastrnn at {args.threads} thread(s)"
+    mode = getattr(args, "compute_dtype", None)
+    if mode is not None and not bench.has_compute_dtype(cpu):
+        print(f"the cpu backend has no compute_dtype={mode!r} here: nothing to time "
+              "(the reference runs the mode, far slower than any peer)", file=sys.stderr)
+        return 1
+    what = "float32" if mode is None else (
+        "float32 parameters, fastrnn with compute_dtype='bfloat16', torch in float32 and "
+        "under bfloat16 autocast")
+    print(f"fastrnn bench --train: {what}; fastrnn at {args.threads} thread(s)"
           + (", torch at 1 and 2 (the faster is the ratio's reference)" if torch else "")
           + "; rates from medians of interleaved rounds, higher is better")
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     if load is not None and load > 0.5:
         print(f"WARNING: load average {load:.2f} at start: other work shares the CPU")
     try:
-        rows = run(torch, quick=args.quick, threads=args.threads)
+        rows = run(torch, quick=args.quick, threads=args.threads, compute_dtype=mode)
     finally:
         cpu.set_num_threads(cpu_default)
     print()
@@ -488,8 +561,14 @@ def main(args):
     if ratios:
         g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
         print(f"\ngeometric mean of fastrnn/torch over the items: {g:.2f}x")
+    ratios = [r["ratio_bf16"] for r in rows if "ratio_bf16" in r and not r["derived"]]
+    if ratios:
+        g = math.exp(sum(math.log(v) for v in ratios) / len(ratios))
+        print(f"geometric mean of fastrnn/torch_bf16 over the items: {g:.2f}x")
     if args.json:
         meta = dict(kind="train", threads=args.threads, quick=args.quick,
+                    **({} if mode is None else dict(compute_dtype=mode,
+                                                    torch_bf16="autocast(cpu, bfloat16)")),
                     peer_threads=list(bench.PEER_THREADS),
                     torch=None if torch is None else torch.__version__,
                     numpy=np.__version__, loadavg_start=load,

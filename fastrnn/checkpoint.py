@@ -414,10 +414,12 @@ def resume_trainer(trainer, path):
     own_cfg = getattr(model, "config", None)
     if isinstance(own_cfg, dict):
         # same names and shapes are not enough (GRU reset_after True/False share them);
-        # what may differ: where it runs, and the training-only dropout and seed
+        # what may differ: where and in which compute mode it runs (the parameters
+        # are float32 master weights either way), and the training-only dropout and seed
         cfg = header["config"]
         diff = sorted(k for k in set(own_cfg) | set(cfg)
-                      if k not in ("backend", "seed", "dropout") and own_cfg.get(k) != cfg.get(k))
+                      if k not in ("backend", "seed", "dropout", "compute_dtype")
+                      and own_cfg.get(k) != cfg.get(k))
         if diff:
             raise CheckpointError(
                 f"{path!r} was saved from a {header['model']} with another configuration: "

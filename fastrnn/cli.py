@@ -101,6 +101,16 @@ def _float_in(lo=None, hi=None, lo_open=False, hi_open=False):
     return parse
 
 
+def _compute_dtype(text):
+    """``--compute-dtype``: ``float32`` (None) or ``bfloat16``, as the models take it."""
+    from .bf16 import check_compute_dtype
+    try:
+        return check_compute_dtype(text, "--compute-dtype")
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("None or 'bfloat16'",
+                                                          "float32 or bfloat16")) from None
+
+
 _POSITIVE = _int_at_least(1)
 _NONNEG = _int_at_least(0)
 _POSITIVE_FLOAT = _float_in(0.0, lo_open=True)
@@ -404,6 +414,10 @@ def _common_train_args(p):
                    help="fraction of the data held out for validation")
     p.add_argument("--seed", type=_NONNEG, default=0, help="random seed")
     p.add_argument("--backend", default="auto", choices=backends, help="compute backend")
+    p.add_argument("--compute-dtype", type=_compute_dtype, default=None, metavar="DTYPE",
+                   help="float32, or bfloat16: the recurrent layers' matrix products on "
+                        "bfloat16 operands summed in float32 (parameters and optimizer "
+                        "state stay float32; CPU backends only; default: float32)")
     p.add_argument("--out", default=None,
                    help="where to save the model (.npz); <out>.history.json and <out>.png "
                         "are written beside it (default: the task's name, e.g. classifier.npz)")
@@ -552,7 +566,7 @@ def cmd_train_lm(args):
           f"last {len(ids) - cut:,} characters held out for validation", flush=True)
     model = LanguageModel(len(vocab), embed_dim=args.embed, hidden_size=args.hidden,
                           num_layers=args.layers, cell=args.cell, dropout=args.dropout,
-                          backend=args.backend, seed=args.seed)
+                          backend=args.backend, seed=args.seed, compute_dtype=args.compute_dtype)
     model.meta["vocab"] = vocab.to_dict()
     if args.batch_size < _DIST.world:
         raise CLIError(f"--batch-size {args.batch_size} is smaller than the {_DIST.world} ranks: "
@@ -842,7 +856,8 @@ def cmd_train_classify(args):
     model = SequenceClassifier(len(classes), input_size=t.features, hidden_size=args.hidden,
                                num_layers=args.layers, cell=args.cell, pooling=args.pooling,
                                bidirectional=args.bidirectional, dropout=args.dropout,
-                               backend=args.backend, seed=args.seed)
+                               backend=args.backend, seed=args.seed,
+                               compute_dtype=args.compute_dtype)
     model.classes = classes
     model.scaler = Standardizer().fit(np.concatenate([t.seqs[i] for i in tr]).astype(np.float64))
     model.meta["csv"] = {"label_name": t.header[t.label_col] if t.header else None,
@@ -971,7 +986,8 @@ def cmd_train_forecast(args):
     F = series.shape[1]
     model = SequenceRegressor(F, horizon=args.horizon, hidden_size=args.hidden,
                               num_layers=args.layers, cell=args.cell, dropout=args.dropout,
-                              backend=args.backend, seed=args.seed)
+                              backend=args.backend, seed=args.seed,
+                              compute_dtype=args.compute_dtype)
     model.scaler = scaler
     model.target_scaler = scaler
     model.difference = lag
@@ -1335,9 +1351,32 @@ def cmd_info(args):
         print(f"cpu kernels: {_cpu.describe()}")
     except ImportError:
         pass
+    print(_bf16_info())
     print(f"GPU: {_gpu_info()}")
     print(f"MPI: {_mpi_info()}")
     return 0
+
+
+def _bf16_info():
+    """One line on the bfloat16 compute mode: the CPU's bf16 instructions and,
+    where the CPU kernels say it, which bf16 path runs."""
+    from .bf16 import has_amx_bf16, has_avx512_bf16
+    yes = {True: "yes", False: "no"}
+    line = (f"bfloat16: avx512_bf16 {yes[has_avx512_bf16()]}, amx_bf16 {yes[has_amx_bf16()]}")
+    try:
+        from .kernels import cpu as _cpu
+        describe = getattr(_cpu, "describe_bf16", None)
+    except ImportError:
+        describe = None
+    if describe is not None:
+        try:
+            line += f"; {describe()}"
+        except Exception as exc:    # noqa: BLE001 - info reports, it does not fail
+            line += f"; describe_bf16() failed: {' '.join(str(exc).split())}"
+    else:
+        line += ("; the CPU kernels here have no bfloat16 mode: compute_dtype='bfloat16' "
+                 "runs on backend='numpy'")
+    return line
 
 
 def _mpi_info():
@@ -1600,6 +1639,9 @@ def main(argv=None):
                            "--data rows.csv` (see `fastrnn train --help`)")
         if getattr(args, "distributed", False):
             _setup_distributed(args)
+        if getattr(args, "compute_dtype", None) and getattr(args, "backend", None) == "cuda":
+            raise CLIError(f"--compute-dtype {args.compute_dtype} runs on the CPU backends "
+                           "only: use --backend auto, cpu or numpy with it")
         if getattr(args, "backend", None) == "cuda":
             from .dispatch import get_backend
             get_backend("cuda")         # no GPU here: one line saying so, before any work

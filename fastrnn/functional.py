@@ -99,24 +99,52 @@ class BackwardError(RuntimeError, ValueError):
 
 
 # ----------------------------------------------------------------------------- core
-def _forward_core(cell, be, x, h0, c0, weights, lengths, reverse, training, zeros=np.zeros):
+def _forward_core(cell, be, x, h0, c0, weights, lengths, reverse, training, zeros=np.zeros,
+                  compute_dtype=None):
     """One layer, one direction, in the backends' convention: ``x`` ``[T, B, I]``,
     :class:`~fastrnn.contract.Weights` in PyTorch's layout and gate order,
     ``h0``/``c0`` ``[B, H]`` or None (zeros). The layers and the public functions
-    below both run every layer and direction through here.
+    below both run every layer and direction through here. ``compute_dtype``
+    (None or ``"bfloat16"``, already checked) goes to the backend only when set,
+    so that a backend without the argument still runs the layer's own dtype.
 
     Returns ``(y [T,B,H], h_n [B,H], c_n [B,H] or None, cache)``."""
     if h0 is None or (cell.has_cell and c0 is None):
         z = zeros((x.shape[1], weights.w_hh.shape[1]), x.dtype)
         h0 = z if h0 is None else h0
         c0 = z if c0 is None else c0
-    y, h, c, cache = be.forward(cell, x, h0, c0 if cell.has_cell else None, weights,
-                                lengths, reverse, training)
+    c0 = c0 if cell.has_cell else None
+    if compute_dtype is None:
+        y, h, c, cache = be.forward(cell, x, h0, c0, weights, lengths, reverse, training)
+    else:
+        _takes_compute_dtype(be, compute_dtype)
+        y, h, c, cache = be.forward(cell, x, h0, c0, weights, lengths, reverse, training,
+                                    compute_dtype=compute_dtype)
     if training and isinstance(y, np.ndarray) and y.base is not None:
         # the packed kernels' y is a view of the activations they keep for the
         # backward: the caller may edit y in place before then (NumPy code does)
         y = y.copy()
     return y, h, c, cache
+
+
+_TAKES_MODE = {}    # backend forward -> whether it has a compute_dtype argument
+
+
+def _takes_compute_dtype(be, compute_dtype):
+    """Refuse, by name, a backend whose ``forward`` has no ``compute_dtype``
+    argument (rather than a TypeError from inside the call)."""
+    ok = _TAKES_MODE.get(be.forward)
+    if ok is None:
+        import inspect
+        try:
+            ok = "compute_dtype" in inspect.signature(be.forward).parameters
+        except (TypeError, ValueError):     # pragma: no cover - no signature to read
+            ok = True
+        _TAKES_MODE[be.forward] = ok
+    if not ok:
+        raise ValueError(f"compute_dtype={compute_dtype!r}: the backend {be.__name__!r} does "
+                         "not run it (its forward takes no compute_dtype); use backend='numpy' "
+                         "or a fastrnn whose CPU kernels have the mode")
 
 
 def _backward_core(cell, be, cache, dy, dh_n, dc_n, zeros=np.zeros):

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from . import _validate, dispatch, prepared
+from .bf16 import check_compute_dtype
 from .cells import CELLS, PEEPHOLE_GATES
 from .contract import Weights
 from .functional import BackwardError, _backward_core, _forward_core
@@ -110,7 +111,7 @@ class _RecurrentLayer:
 
     def __init__(self, cell, input_size, hidden_size, num_layers=1, bias=True,
                  batch_first=False, dropout=0.0, bidirectional=False, backend="auto",
-                 dtype=np.float32, seed=None, init=None, forget_bias=None):
+                 dtype=np.float32, seed=None, init=None, forget_bias=None, compute_dtype=None):
         self.cell = cell
         self.input_size = _validate.layer_size("input_size", input_size)
         self.hidden_size = _validate.layer_size("hidden_size", hidden_size)
@@ -126,6 +127,7 @@ class _RecurrentLayer:
         _validate.seed("seed", seed)
         backend = dispatch.check_backend_name(backend)
         self.dtype = _validate.float_dtype("dtype", dtype)
+        self._set_compute_dtype(compute_dtype, backend)
         self.num_directions = 2 if self.bidirectional else 1
         self.training = True
         self._rng = np.random.default_rng(seed)
@@ -163,13 +165,47 @@ class _RecurrentLayer:
     @backend.setter
     def backend(self, name):
         name = dispatch.check_backend_name(name)
+        if name == "cuda":
+            self._check_mode(self.compute_dtype, name)
         self._backend = None if name == "auto" else dispatch.get_backend(name)
         self._backend_name = name
+
+    # ------------------------------------------------------------------ compute mode
+    @property
+    def compute_dtype(self):
+        """``None`` (products in the layer's dtype) or ``"bfloat16"``: the
+        operands of the matrix products rounded to bfloat16, their products
+        summed in float32 (:mod:`fastrnn.bf16`). Parameters, gradients, states
+        and outputs stay float32 either way. Settable (a float32 layer on the
+        host only); a forward's backward computes in the forward's mode."""
+        return self.__dict__.get("_compute_dtype")
+
+    @compute_dtype.setter
+    def compute_dtype(self, value):
+        self._set_compute_dtype(value, self._backend_name)
+
+    def _set_compute_dtype(self, value, backend):
+        value = check_compute_dtype(value, "compute_dtype")
+        self._check_mode(value, backend)
+        self._compute_dtype = value
+
+    def _check_mode(self, value, backend):
+        """Refuse the bfloat16 mode where it cannot run, naming compute_dtype."""
+        if value is None:
+            return
+        if self.dtype != np.float32:
+            raise ValueError(f"compute_dtype={value!r} is for float32 layers (float32 "
+                             f"parameters, bfloat16 products); this layer is {self.dtype.name}")
+        ops = self.__dict__.get("_ops")
+        if backend == "cuda" or (ops is not None and ops.on_device):
+            raise ValueError(f"compute_dtype={value!r} runs on the CPU backends only "
+                             "('numpy', 'cpu', or 'auto' with host arrays), not on 'cuda'")
 
     def __getstate__(self):         # copy / pickle: a module does not pickle, its name does
         return dict(self.__dict__, _backend=None, _prepared=None)   # prepared: re-made on use
 
     def __setstate__(self, state):
+        state.setdefault("_compute_dtype", None)        # pickled before the mode existed
         self.__dict__.update(state)
         self.backend = self._backend_name
 
@@ -187,6 +223,8 @@ class _RecurrentLayer:
         them back to host arrays.
         """
         backend = dispatch.check_backend_name(backend)
+        if backend == "cuda":
+            self._check_mode(self.compute_dtype, backend)
         ops = _device_ops() if backend == "cuda" else HostOps()
         if backend != "auto":
             dispatch.get_backend(backend)
@@ -298,7 +336,9 @@ class _RecurrentLayer:
         changes by itself (training, ``load_state_dict``): call its
         ``refresh()`` after them. Unidirectional layers on the host only (a
         bidirectional layer raises ValueError: its reverse direction needs the
-        whole sequence).
+        whole sequence), computing in the layer's dtype (a layer with
+        ``compute_dtype="bfloat16"`` raises ValueError: streams have no
+        bfloat16 mode; run ``layer(x)`` on chunks of steps instead).
 
         Examples
         --------
@@ -375,7 +415,10 @@ class _RecurrentLayer:
         :meth:`eval` mode neither.
         """
         x, h0, c0, lengths, T, B = self._check_input(x, state, lengths)
-        if not self.training:     # small batches: the latency kernels, weights prepared once
+        mode = self.compute_dtype
+        # small batches: the latency kernels, weights prepared once (in the
+        # layer's dtype only: they have no bfloat16 mode)
+        if not self.training and mode is None:
             out = prepared.eval_forward(self, x, h0, c0, lengths, T, B)
             if out is not None:
                 return out
@@ -403,7 +446,7 @@ class _RecurrentLayer:
                 y, h, c, cache = _forward_core(
                     self.cell, be, inp, None if h0 is None else h0[idx],
                     None if c0 is None else c0[idx], self._weights(sfx), lengths, bool(d),
-                    self.training, ops.zeros)
+                    self.training, ops.zeros, mode)
                 ops.set_index0(h_n, idx, h)
                 if c_n is not None:
                     ops.set_index0(c_n, idx, c)
@@ -501,9 +544,10 @@ class _RecurrentLayer:
 
     def __repr__(self):
         extra = "".join(f", {k}={v!r}" for k, v in self._repr_extra().items())
+        mode = "" if self.compute_dtype is None else f", compute_dtype={self.compute_dtype!r}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}{extra}, bidirectional={self.bidirectional}, "
-                f"backend={self.backend!r}, dtype={self.dtype.name})")
+                f"backend={self.backend!r}, dtype={self.dtype.name}{mode})")
 
     def _repr_extra(self):
         return {}
@@ -545,6 +589,12 @@ _P = {
     "dtype": """dtype : numpy float dtype, default numpy.float32
     ``float32`` or ``float64``: the dtype of the parameters, and the dtype
     every input must already have.""",
+    "compute_dtype": """compute_dtype : {None, "bfloat16"}, default None
+    ``"bfloat16"`` (float32 layers, CPU backends): the operands of the
+    matrix products (weights, inputs, the state entering ``U h``, the gate
+    gradients in backward) are rounded to bfloat16 and their products summed
+    in float32; parameters, gradients, states and outputs stay float32 (see
+    :mod:`fastrnn.bf16`). ``None``: everything in ``dtype``.""",
     "seed": """seed : int or None, default None
     Seeds the layer's generator (initial weights, then dropout masks);
     ``None`` draws fresh entropy.""",
@@ -618,7 +668,7 @@ Examples
 """
 
 _COMMON = ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "dropout",
-           "bidirectional", "backend", "dtype", "seed", "init")
+           "bidirectional", "backend", "dtype", "seed", "init", "compute_dtype")
 
 
 def _layer_doc(cls, summary, names, gates, has_cell, ctor="", extra_params=""):
@@ -652,11 +702,11 @@ class RNN(_RecurrentLayer):
                  nonlinearity: str = "tanh", bias: bool = True, batch_first: bool = False,
                  dropout: float = 0.0, bidirectional: bool = False, backend: str = "auto",
                  dtype: DTypeLike = np.float32, seed: int | None = None,
-                 init: str | None = None) -> None:
+                 init: str | None = None, compute_dtype: str | None = None) -> None:
         cell = layer_cell("RNN", nonlinearity=nonlinearity)
         self.nonlinearity = nonlinearity
         super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, backend, dtype, seed, init)
+                         bidirectional, backend, dtype, seed, init, compute_dtype=compute_dtype)
 
     def _repr_extra(self):
         return {"nonlinearity": self.nonlinearity}
@@ -677,9 +727,10 @@ class LSTM(_RecurrentLayer):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, backend: str = "auto",
                  dtype: DTypeLike = np.float32, seed: int | None = None,
-                 init: str | None = None, forget_bias: float | None = None) -> None:
+                 init: str | None = None, forget_bias: float | None = None,
+                 compute_dtype: str | None = None) -> None:
         super().__init__(layer_cell("LSTM"), input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, backend, dtype, seed, init, forget_bias)
+                         bidirectional, backend, dtype, seed, init, forget_bias, compute_dtype)
 
 
 class GRU(_RecurrentLayer):
@@ -699,12 +750,13 @@ class GRU(_RecurrentLayer):
                  bias: bool = True, batch_first: bool = False, dropout: float = 0.0,
                  bidirectional: bool = False, backend: str = "auto",
                  dtype: DTypeLike = np.float32, seed: int | None = None,
-                 init: str | None = None, reset_after: bool = True) -> None:
+                 init: str | None = None, reset_after: bool = True,
+                 compute_dtype: str | None = None) -> None:
         if not isinstance(reset_after, bool):
             raise TypeError(f"reset_after must be True or False, got {reset_after!r}")
         self.reset_after = reset_after
         super().__init__(layer_cell("GRU", reset_after=reset_after), input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, backend, dtype, seed, init)
+                         bidirectional, backend, dtype, seed, init, compute_dtype=compute_dtype)
 
     def _repr_extra(self):
         return {"reset_after": self.reset_after}
@@ -727,11 +779,11 @@ class PeepholeLSTM(_RecurrentLayer):
                  bidirectional: bool = False, backend: str = "auto",
                  dtype: DTypeLike = np.float32, seed: int | None = None,
                  init: str | None = None, forget_bias: float | None = None,
-                 peephole: str = "diagonal") -> None:
+                 peephole: str = "diagonal", compute_dtype: str | None = None) -> None:
         cell = layer_cell("PeepholeLSTM", peephole=peephole)
         self.peephole = peephole
         super().__init__(cell, input_size, hidden_size, num_layers, bias, batch_first, dropout,
-                         bidirectional, backend, dtype, seed, init, forget_bias)
+                         bidirectional, backend, dtype, seed, init, forget_bias, compute_dtype)
 
     def _repr_extra(self):
         return {"peephole": self.peephole}

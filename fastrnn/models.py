@@ -41,6 +41,7 @@ from .blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
                      softmax_cross_entropy)
 from .checkpoint import CheckpointError
 from . import layers as _layers
+from .bf16 import check_compute_dtype
 from .cells import CELL_NAMES, get_cell
 
 __all__ = ["LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
@@ -86,11 +87,27 @@ def _with_input_rule(func):
 
 
 def make_recurrent(cell, input_size, hidden_size, num_layers=1, dropout=0.0,
-                   bidirectional=False, backend="auto", dtype=np.float32, seed=None):
+                   bidirectional=False, backend="auto", dtype=np.float32, seed=None,
+                   compute_dtype=None):
     """Build the recurrent layer for a cell name (see :data:`CELL_TYPES`)."""
     cls, extra = CELL_TYPES[get_cell(cell).name]     # get_cell names the accepted cells
     return cls(input_size, hidden_size, num_layers=num_layers, dropout=dropout,
-               bidirectional=bidirectional, backend=backend, dtype=dtype, seed=seed, **extra)
+               bidirectional=bidirectional, backend=backend, dtype=dtype, seed=seed,
+               compute_dtype=compute_dtype, **extra)
+
+
+def _compute_dtype(value, dtype, backend):
+    """The models' ``compute_dtype`` checked before anything is built: the
+    mode's name (None or ``"bfloat16"``), refused for float64 and for cuda."""
+    value = check_compute_dtype(value, "compute_dtype")
+    if value is not None:
+        if np.dtype(dtype) != np.float32:
+            raise ValueError(f"compute_dtype={value!r} is for float32 models (float32 "
+                             f"parameters, bfloat16 products); dtype is {np.dtype(dtype).name}")
+        if backend == "cuda":
+            raise ValueError(f"compute_dtype={value!r} runs on the CPU backends only "
+                             "('numpy', 'cpu', or 'auto' with host arrays), not on 'cuda'")
+    return value
 
 
 def _seed(rng):
@@ -148,6 +165,18 @@ class _Model:
     @property
     def dtype(self):
         return self.rnn.dtype
+
+    @property
+    def compute_dtype(self):
+        """The recurrent layers' compute mode: None or ``"bfloat16"`` (see
+        :attr:`fastrnn.LSTM.compute_dtype`); the embedding and the head
+        compute in :attr:`dtype`. Settable; saved with the model."""
+        return self.rnn.compute_dtype
+
+    @compute_dtype.setter
+    def compute_dtype(self, value):
+        self.rnn.compute_dtype = value
+        self.config["compute_dtype"] = self.rnn.compute_dtype
 
     @property
     def device(self):
@@ -230,7 +259,7 @@ class _Model:
 
     def __repr__(self):
         c = self.config
-        skip = {"backend", "dtype", "seed"}
+        skip = {"backend", "dtype", "seed", "compute_dtype"}
         args = ", ".join(f"{k}={v!r}" for k, v in c.items()
                          if k not in skip and v is not None)
         extra = []
@@ -240,8 +269,9 @@ class _Model:
             extra.append("scaler=Standardizer")
         if self.meta.get("difference"):
             extra.append(f"difference={self.meta['difference']}")
+        mode = "" if self.compute_dtype is None else f", compute_dtype={self.compute_dtype!r}"
         return (f"{type(self).__name__}({args}, backend={self.backend!r}, "
-                f"dtype={np.dtype(self.dtype).name}; {self.num_params():,} parameters"
+                f"dtype={np.dtype(self.dtype).name}{mode}; {self.num_params():,} parameters"
                 + ("; " + ", ".join(extra) if extra else "") + ")")
 
     # ------------------------------------------------------------ save / load
@@ -315,6 +345,11 @@ class LanguageModel(_Model):
         Parameter dtype (inputs are converted to it).
     seed : int or None, default None
         Seeds the initial weights and the dropout masks.
+    compute_dtype : {None, "bfloat16"}, default None
+        ``"bfloat16"``: the recurrent layers' matrix products take bfloat16
+        operands, summed in float32 (float32 models on the CPU; see
+        :attr:`fastrnn.LSTM.compute_dtype`). Parameters, gradients and the
+        optimizer state stay float32.
 
     Examples
     --------
@@ -336,19 +371,21 @@ class LanguageModel(_Model):
 
     def __init__(self, vocab_size: int, embed_dim: int = 64, hidden_size: int = 256,
                  num_layers: int = 1, cell: str = "lstm", dropout: float = 0.0,
-                 backend: str = "auto", dtype: str = "float32", seed: int | None = None) -> None:
+                 backend: str = "auto", dtype: str = "float32", seed: int | None = None,
+                 compute_dtype: str | None = None) -> None:
         _validate.model_args(dict(vocab_size=vocab_size, embed_dim=embed_dim, hidden_size=hidden_size,
                                   num_layers=num_layers), dropout=dropout, seed_=seed, dtype=dtype)
+        compute_dtype = _compute_dtype(compute_dtype, dtype, backend)
         super().__init__(dict(vocab_size=int(vocab_size), embed_dim=int(embed_dim),
                               hidden_size=int(hidden_size), num_layers=int(num_layers),
                               cell=cell, dropout=float(dropout), backend=backend,
-                              dtype=_dtype_name(dtype), seed=seed))
+                              dtype=_dtype_name(dtype), seed=seed, compute_dtype=compute_dtype))
         rng = as_rng(seed)
         dt = np.dtype(dtype)
         self.vocab_size = int(vocab_size)
         self.embed = Embedding(vocab_size, embed_dim, dtype=dt, rng=rng)
         self.rnn = make_recurrent(cell, embed_dim, hidden_size, num_layers, dropout,
-                                  False, backend, dt, _seed(rng))
+                                  False, backend, dt, _seed(rng), compute_dtype)
         self.drop = Dropout(dropout, rng=_seed(rng))
         self.head = Linear(hidden_size, vocab_size, dtype=dt, rng=rng)
         self._modules = {"embed": self.embed, "rnn": self.rnn, "head": self.head,
@@ -530,7 +567,8 @@ class LanguageModel(_Model):
             except ValueError as exc:
                 raise ValueError(f"prime {prime!r}: {exc}") from None
         prime = np.asarray([0] if prime is None or len(prime) == 0 else prime, dtype=np.int64)
-        if self.device == "cpu" and self.rnn.backend != "numpy":
+        if self.device == "cpu" and self.rnn.backend != "numpy" and self.compute_dtype is None:
+            # streams compute in the model's dtype only: a bfloat16 model samples below
             from .stream import available
             if available():      # else (no compiled kernels) the reference below
                 return self._sample_stream(n, prime, temperature, rng, top_k)
@@ -622,7 +660,8 @@ class _SequenceToVector(_Model):
     _trim = True       # False runs every padded step (tests compare the two)
 
     def _build(self, input_size, out_features, hidden_size, num_layers, cell, pooling,
-               bidirectional, dropout, attn_size, vocab_size, embed_dim, backend, dtype, rng):
+               bidirectional, dropout, attn_size, vocab_size, embed_dim, backend, dtype, rng,
+               compute_dtype=None):
         if pooling not in ("last", "attention"):
             raise ValueError(f"pooling must be 'last' or 'attention', got {pooling!r}")
         dt = np.dtype(dtype)
@@ -637,7 +676,7 @@ class _SequenceToVector(_Model):
             raise ValueError("give input_size (features) or vocab_size (token ids)")
         self.input_size = int(input_size)
         self.rnn = make_recurrent(cell, input_size, hidden_size, num_layers, dropout,
-                                  bidirectional, backend, dt, _seed(rng))
+                                  bidirectional, backend, dt, _seed(rng), compute_dtype)
         D = 2 if bidirectional else 1
         width = D * hidden_size
         self.attn = AttentionPool(width, attn_size, dtype=dt, rng=rng) if pooling == "attention" else None
@@ -1029,6 +1068,11 @@ class SequenceClassifier(_SequenceToVector):
         Parameter dtype (inputs are converted to it).
     seed : int or None, default None
         Seeds the initial weights and the dropout masks.
+    compute_dtype : {None, "bfloat16"}, default None
+        ``"bfloat16"``: the recurrent layers' matrix products take bfloat16
+        operands, summed in float32 (float32 models on the CPU; see
+        :attr:`fastrnn.LSTM.compute_dtype`). Parameters, gradients and the
+        optimizer state stay float32.
 
     Examples
     --------
@@ -1049,22 +1093,24 @@ class SequenceClassifier(_SequenceToVector):
                  bidirectional: bool = False, dropout: float = 0.0,
                  attn_size: int | None = None, vocab_size: int | None = None,
                  embed_dim: int | None = None, backend: str = "auto",
-                 dtype: str = "float32", seed: int | None = None) -> None:
+                 dtype: str = "float32", seed: int | None = None,
+                 compute_dtype: str | None = None) -> None:
         _validate.model_args(dict(num_classes=num_classes, hidden_size=hidden_size,
                                   num_layers=num_layers),
                              dict(input_size=input_size, attn_size=attn_size, vocab_size=vocab_size,
                                   embed_dim=embed_dim),
                              dropout=dropout, bidirectional=bidirectional, seed_=seed, dtype=dtype)
+        compute_dtype = _compute_dtype(compute_dtype, dtype, backend)
         super().__init__(dict(num_classes=int(num_classes), input_size=input_size,
                               hidden_size=int(hidden_size), num_layers=int(num_layers),
                               cell=cell, pooling=pooling, bidirectional=bool(bidirectional),
                               dropout=float(dropout), attn_size=attn_size,
                               vocab_size=vocab_size, embed_dim=embed_dim, backend=backend,
-                              dtype=_dtype_name(dtype), seed=seed))
+                              dtype=_dtype_name(dtype), seed=seed, compute_dtype=compute_dtype))
         self.num_classes = int(num_classes)
         self._build(input_size, num_classes, hidden_size, num_layers, cell, pooling,
                     bidirectional, dropout, attn_size, vocab_size, embed_dim, backend,
-                    dtype, as_rng(seed))
+                    dtype, as_rng(seed), compute_dtype)
 
     def forward(self, x, lengths=None):
         """Logits ``[B, C]`` of prepared input (no scaler, no label mapping:
@@ -1364,6 +1410,11 @@ class SequenceRegressor(_SequenceToVector):
         Parameter dtype (inputs are converted to it).
     seed : int or None, default None
         Seeds the initial weights and the dropout masks.
+    compute_dtype : {None, "bfloat16"}, default None
+        ``"bfloat16"``: the recurrent layers' matrix products take bfloat16
+        operands, summed in float32 (float32 models on the CPU; see
+        :attr:`fastrnn.LSTM.compute_dtype`). Parameters, gradients and the
+        optimizer state stay float32.
 
     Examples
     --------
@@ -1383,22 +1434,23 @@ class SequenceRegressor(_SequenceToVector):
                  hidden_size: int = 64, num_layers: int = 1, cell: str = "lstm",
                  pooling: str = "last", bidirectional: bool = False, dropout: float = 0.0,
                  attn_size: int | None = None, backend: str = "auto", dtype: str = "float32",
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, compute_dtype: str | None = None) -> None:
         _validate.model_args(dict(input_size=input_size, horizon=horizon, hidden_size=hidden_size,
                                   num_layers=num_layers),
                              dict(output_size=output_size, attn_size=attn_size),
                              dropout=dropout, bidirectional=bidirectional, seed_=seed, dtype=dtype)
+        compute_dtype = _compute_dtype(compute_dtype, dtype, backend)
         output_size = int(output_size or input_size)
         super().__init__(dict(input_size=int(input_size), output_size=output_size,
                               horizon=int(horizon), hidden_size=int(hidden_size),
                               num_layers=int(num_layers), cell=cell, pooling=pooling,
                               bidirectional=bool(bidirectional), dropout=float(dropout),
                               attn_size=attn_size, backend=backend,
-                              dtype=_dtype_name(dtype), seed=seed))
+                              dtype=_dtype_name(dtype), seed=seed, compute_dtype=compute_dtype))
         self.output_size, self.horizon = output_size, int(horizon)
         self._build(input_size, output_size * self.horizon, hidden_size, num_layers, cell,
                     pooling, bidirectional, dropout, attn_size, None, None, backend,
-                    dtype, as_rng(seed))
+                    dtype, as_rng(seed), compute_dtype)
 
     def forward(self, x, lengths=None):
         """Predictions ``[B, horizon, output_size]`` of prepared (standardised)

@@ -51,6 +51,12 @@ def stream_weights(layer):
     """The host :class:`~fastrnn.contract.Weights` of every layer of a
     unidirectional recurrent stack, bottom first (refusing what a stream
     cannot run, with the reason)."""
+    if getattr(layer, "compute_dtype", None) is not None:
+        # the latency kernels compute in the layer's dtype: never run float32 silently
+        raise ValueError(
+            f"{type(layer).__name__}(compute_dtype={layer.compute_dtype!r}) cannot stream: "
+            "streams have no bfloat16 mode. Run the layer or model on chunks of steps "
+            "(layer(x, state) carries the state), or set compute_dtype=None to stream in float32")
     if layer.bidirectional:
         raise ValueError(
             f"{type(layer).__name__}(bidirectional=True) cannot stream: its backward direction "

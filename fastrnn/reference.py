@@ -20,11 +20,24 @@ Cells (σ = logistic sigmoid, ⊙ = elementwise, rows are batch entries so
 Variable lengths: at step ``s`` the batch entry ``b`` reads time index
 ``t = s`` (forward) or ``t = lengths[b]-1-s`` (reverse) while ``s < lengths[b]``;
 later steps leave its state untouched and write zeros to ``y``.
+
+bfloat16 compute mode (``compute_dtype="bfloat16"``, float32 only; see
+:mod:`fastrnn.bf16`): the operands of every matrix product are rounded with
+:func:`fastrnn.bf16.round_bf16` and the products summed in float32. Forward:
+``W_ih``, ``W_hh``, ``x_t``, ``h_{t-1}`` as it enters ``U h`` (and ``r ⊙ h`` as
+it enters ``U_n`` in the reset-before GRU). Backward: the gate gradients as
+they enter ``· W_hh`` and ``· W_ih``, and both operands of the weight-gradient
+sums. Biases, peephole weights and their products, the states, the gate math,
+the bias and peephole gradients and everything saved for backward stay
+float32, unrounded. The code is the float32 code with a rounding function
+``rd`` applied to each product's operands (the identity without the mode), so
+both modes share every line.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .bf16 import check_compute_dtype, round_bf16
 from .contract import Weights, check_forward
 
 
@@ -55,27 +68,44 @@ def _split(a, n):
     return np.split(a, n, axis=-1)
 
 
+def _same(a):
+    """The operand rounding of the float32/float64 modes: none."""
+    return a
+
+
+def _rounding(compute_dtype):
+    """The function applied to each matrix product's operands."""
+    return _same if compute_dtype is None else round_bf16
+
+
+def _operands(w, rd):
+    """``w`` with the matrix products' weights rounded by ``rd`` (the biases and
+    peephole weights are not product operands of the mode: they stay)."""
+    return w if rd is _same else w._replace(w_ih=rd(w.w_ih), w_hh=rd(w.w_hh))
+
+
 # --------------------------------------------------------------------------- steps
-# Each step takes the input projection ``xw = x W^T + b_ih`` [B, G*H], the state
-# and the weights; it returns the new state and a record for backward. Each
+# Each step takes the input projection ``xw = x W^T + b_ih`` [B, G*H], the state,
+# the weights (``w_hh`` already rounded by ``rd``) and the operand rounding
+# ``rd``; it returns the new state and a record for backward (unrounded). Each
 # backward step takes that record and dL/d(new state) and returns dL/dxw,
 # dL/d(old state) and the recurrent weight gradients' pieces.
 
-def _step(cell, xw, h, c, w):
+def _step(cell, xw, h, c, w, rd=_same):
     name = cell.name
     if name in ("rnn_tanh", "rnn_relu"):
-        a = xw + h @ w.w_hh.T + w.b_hh
+        a = xw + rd(h) @ w.w_hh.T + w.b_hh
         h2 = np.tanh(a) if name == "rnn_tanh" else np.maximum(a, 0)
         return h2, None, (h, h2)
     if name == "lstm":
-        a = xw + h @ w.w_hh.T + w.b_hh
+        a = xw + rd(h) @ w.w_hh.T + w.b_hh
         ai, af, ag, ao = _split(a, 4)
         i, f, g, o = sigmoid(ai), sigmoid(af), np.tanh(ag), sigmoid(ao)
         c2 = f * c + i * g
         tc = np.tanh(c2)
         return o * tc, c2, (h, c, i, f, g, o, tc)
     if name == "gru":
-        hu = h @ w.w_hh.T + w.b_hh
+        hu = rd(h) @ w.w_hh.T + w.b_hh
         xr, xz, xn = _split(xw, 3)
         hr, hz, hn = _split(hu, 3)
         r, z = sigmoid(xr + hr), sigmoid(xz + hz)
@@ -85,13 +115,13 @@ def _step(cell, xw, h, c, w):
         H = h.shape[1]
         xr, xz, xn = _split(xw, 3)
         u_rz, u_n = w.w_hh[: 2 * H], w.w_hh[2 * H:]
-        hr, hz = _split(h @ u_rz.T + w.b_hh[: 2 * H], 2)
+        hr, hz = _split(rd(h) @ u_rz.T + w.b_hh[: 2 * H], 2)
         r, z = sigmoid(xr + hr), sigmoid(xz + hz)
         rh = r * h
-        n = np.tanh(xn + rh @ u_n.T + w.b_hh[2 * H:])
+        n = np.tanh(xn + rd(rh) @ u_n.T + w.b_hh[2 * H:])
         return (1 - z) * n + z * h, None, (h, r, z, n, rh)
     if cell.peephole is not None:
-        a = xw + h @ w.w_hh.T + w.b_hh
+        a = xw + rd(h) @ w.w_hh.T + w.b_hh
         ai, af, ag, ao = _split(a, 4)
         pi, pf, po = w.peep
         i = sigmoid(ai + _peep(cell, pi, c))
@@ -116,19 +146,24 @@ def _peep_back(cell, p, c, da):
     return da @ p, da.T @ c
 
 
-def _step_back(cell, rec, dh, dc, w):
-    """Returns (dxw [B, G*H], dh_prev, dc_prev, dU [G*H, H], db_hh [G*H], dpeep)."""
+def _step_back(cell, rec, dh, dc, w, rd=_same):
+    """Returns (dxw [B, G*H], dh_prev, dc_prev, dU [G*H, H], db_hh [G*H], dpeep).
+
+    ``w.w_hh`` is already rounded by ``rd``; the gate gradients are rounded as
+    they enter the products, the bias sums take them unrounded."""
     name = cell.name
     if name in ("rnn_tanh", "rnn_relu"):
         h, h2 = rec
         da = dh * (1 - h2 * h2) if name == "rnn_tanh" else dh * (h2 > 0)
-        return da, da @ w.w_hh, None, da.T @ h, da.sum(0), None
+        rda = rd(da)
+        return da, rda @ w.w_hh, None, rda.T @ rd(h), da.sum(0), None
     if name == "lstm":
         h, c, i, f, g, o, tc = rec
         dc = dc + dh * o * (1 - tc * tc)
         da = np.concatenate([dc * g * i * (1 - i), dc * c * f * (1 - f),
                              dc * i * (1 - g * g), dh * tc * o * (1 - o)], axis=1)
-        return da, da @ w.w_hh, dc * f, da.T @ h, da.sum(0), None
+        rda = rd(da)
+        return da, rda @ w.w_hh, dc * f, rda.T @ rd(h), da.sum(0), None
     if name == "gru":
         h, r, z, n, hn = rec
         dn = dh * (1 - z) * (1 - n * n)
@@ -136,18 +171,21 @@ def _step_back(cell, rec, dh, dc, w):
         dz = dh * (h - n) * z * (1 - z)
         dxw = np.concatenate([dr, dz, dn], axis=1)
         dhu = np.concatenate([dr, dz, dn * r], axis=1)
-        return dxw, dh * z + dhu @ w.w_hh, None, dhu.T @ h, dhu.sum(0), None
+        rdhu = rd(dhu)
+        return dxw, dh * z + rdhu @ w.w_hh, None, rdhu.T @ rd(h), dhu.sum(0), None
     if name == "gru_reset_before":
         h, r, z, n, rh = rec
         H = h.shape[1]
         u_rz, u_n = w.w_hh[: 2 * H], w.w_hh[2 * H:]
         dn = dh * (1 - z) * (1 - n * n)
-        drh = dn @ u_n
+        rdn = rd(dn)
+        drh = rdn @ u_n
         dr = drh * h * r * (1 - r)
         dz = dh * (h - n) * z * (1 - z)
         drz = np.concatenate([dr, dz], axis=1)
-        dh_prev = dh * z + drh * r + drz @ u_rz
-        dU = np.concatenate([drz.T @ h, dn.T @ rh], axis=0)
+        rdrz = rd(drz)
+        dh_prev = dh * z + drh * r + rdrz @ u_rz
+        dU = np.concatenate([rdrz.T @ rd(h), rdn.T @ rd(rh)], axis=0)
         dxw = np.concatenate([dr, dz, dn], axis=1)
         return dxw, dh_prev, None, dU, dxw.sum(0), None
     if cell.peephole is not None:
@@ -163,44 +201,66 @@ def _step_back(cell, rec, dh, dc, w):
         dc_f, dpf = _peep_back(cell, pf, c, daf)
         da = np.concatenate([dai, daf, dag, dao], axis=1)
         dpeep = np.stack([dpi, dpf, dpo])
-        return da, da @ w.w_hh, dc * f + dc_i + dc_f, da.T @ h, da.sum(0), dpeep
+        rda = rd(da)
+        return da, rda @ w.w_hh, dc * f + dc_i + dc_f, rda.T @ rd(h), da.sum(0), dpeep
     raise ValueError(f"unknown cell {name!r}")
 
 
 # --------------------------------------------------------------------------- contract
 
 class _Cache:
-    """What backward needs: the schedule, the inputs and one record per step."""
+    """What backward needs: the schedule, the inputs, one record per step and
+    the compute mode (None, or ``"bfloat16"``: backward rounds as forward did)."""
 
-    def __init__(self, x, w, t_idx, valid, records):
+    def __init__(self, x, w, t_idx, valid, records, compute_dtype=None):
         self.x, self.w, self.t_idx, self.valid, self.records = x, w, t_idx, valid, records
+        self.compute_dtype = compute_dtype
 
 
-def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True):
+def _bf16_arrays(cell, x, h0, c0, weights):
+    """The mode's arguments as float32 (the mode is for float32 layers)."""
+    if np.dtype(x.dtype) != np.float32:
+        raise ValueError(f"compute_dtype='bfloat16' needs float32 arrays (float32 "
+                         f"parameters, bfloat16 products); x is {np.dtype(x.dtype)}")
+    f32 = lambda a: None if a is None else np.asarray(a, dtype=np.float32)  # noqa: E731
+    w = Weights(*(f32(a) for a in weights))
+    return x, f32(h0), (f32(c0) if cell.has_cell else c0), w
+
+
+def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True,
+            compute_dtype=None):
     """Run one layer in one direction over ``x`` [T, B, I].
+
+    ``compute_dtype="bfloat16"`` (float32 arrays only) rounds the operands of
+    the matrix products to bfloat16 and sums their products in float32 (see
+    the module's docstring); None computes in ``x``'s dtype.
 
     Returns ``(y [T, B, H], h_n [B, H], c_n [B, H] or None, cache)``.
     """
+    compute_dtype = check_compute_dtype(compute_dtype)
     lengths = check_forward(cell, x, h0, c0, weights, lengths)
+    if compute_dtype is not None:
+        x, h0, c0, weights = _bf16_arrays(cell, x, h0, c0, weights)
     T, B, _ = x.shape
-    w = weights
+    rd = _rounding(compute_dtype)
+    w = _operands(weights, rd)
     t_idx, valid = _schedule(T, B, lengths, reverse)
     cols = np.arange(B)
-    xw = x @ w.w_ih.T + w.b_ih                      # [T, B, G*H], one GEMM
+    xw = rd(x) @ w.w_ih.T + w.b_ih                  # [T, B, G*H], one GEMM
     h = h0.copy()
     c = c0.copy() if cell.has_cell else None
     y = np.zeros((T, B, h0.shape[1]), dtype=x.dtype)
     records = []
     for s in range(T):
         m = valid[s][:, None]
-        h2, c2, rec = _step(cell, xw[t_idx[s], cols], h, c, w)
+        h2, c2, rec = _step(cell, xw[t_idx[s], cols], h, c, w, rd)
         h = np.where(m, h2, h)
         if c is not None:
             c = np.where(m, c2, c)
         y[t_idx[s], cols] = np.where(m, h2, y[t_idx[s], cols])
         if training:
             records.append(rec)
-    cache = _Cache(x, w, t_idx, valid, records) if training else None
+    cache = _Cache(x, weights, t_idx, valid, records, compute_dtype) if training else None
     return y, h, c, cache
 
 
@@ -209,7 +269,11 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
 
     Returns ``(dx [T, B, I], dh0 [B, H], dc0 or None, Weights of gradients)``.
     """
-    x, w, t_idx, valid = cache.x, cache.w, cache.t_idx, cache.valid
+    x, t_idx, valid = cache.x, cache.t_idx, cache.valid
+    rd = _rounding(getattr(cache, "compute_dtype", None))
+    w = _operands(cache.w, rd)
+    if rd is not _same:     # the mode's gradients are float32 (round_bf16 takes float32)
+        dy = np.asarray(dy, dtype=np.float32)
     T, B, _ = x.shape
     cols = np.arange(B)
     dh = np.array(dh_n, dtype=x.dtype, copy=True)
@@ -227,7 +291,8 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
         dh_in = dh + np.where(m, dy[t_idx[s], cols], 0)
         dh_in = np.where(m, dh_in, 0)
         dc_in = None if dc is None else np.where(m, dc, 0)
-        da, dh_prev, dc_prev, dU_s, db_s, dp_s = _step_back(cell, cache.records[s], dh_in, dc_in, w)
+        da, dh_prev, dc_prev, dU_s, db_s, dp_s = _step_back(cell, cache.records[s], dh_in, dc_in,
+                                                            w, rd)
         dxw[t_idx[s], cols] += np.where(m, da, 0)
         dU += dU_s
         db_hh += db_s
@@ -236,7 +301,8 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
         dh = np.where(m, dh_prev, dh)
         if dc is not None:
             dc = np.where(m, dc_prev, dc)
-    dx = dxw @ w.w_ih                               # [T, B, I]
-    dW = np.einsum("tbg,tbi->gi", dxw, x)
+    rdxw = rd(dxw)
+    dx = rdxw @ w.w_ih                              # [T, B, I]
+    dW = np.einsum("tbg,tbi->gi", rdxw, rd(x))
     grads = Weights(dW, dU, dxw.sum((0, 1)), db_hh, dpeep)
     return dx, dh, dc, grads

@@ -50,7 +50,7 @@ import os
 import numpy as np
 
 __all__ = ["unit_roundoff", "error_bound", "rnn_terms", "cell_terms", "assert_close",
-           "ACTIVATION_TERMS"]
+           "ACTIVATION_TERMS", "BF16_UNIT_ROUNDOFF", "bf16_terms"]
 
 #: terms charged per activation evaluation when one side is a compiled CPU
 #: path: float32, the kernels' rational tanh/sigmoid (bound 6e-7 absolute,
@@ -60,9 +60,27 @@ __all__ = ["unit_roundoff", "error_bound", "rnn_terms", "cell_terms", "assert_cl
 ACTIVATION_TERMS = {np.dtype(np.float32): 5, np.dtype(np.float64): 4}
 
 
+#: bfloat16's unit roundoff (8 significant bits): the relative error of one
+#: operand rounded by ``fastrnn.bf16.round_bf16`` (``dtype="bfloat16"`` below)
+BF16_UNIT_ROUNDOFF = 2.0 ** -9
+
+
+def _dtype(dtype):
+    """``np.dtype(dtype)``, or the string ``"bfloat16"`` (NumPy has no such dtype)."""
+    return "bfloat16" if isinstance(dtype, str) and dtype == "bfloat16" else np.dtype(dtype)
+
+
+def _name(dtype):
+    return dtype if isinstance(dtype, str) else dtype.name
+
+
 def unit_roundoff(dtype):
-    """``u``: half the machine epsilon of ``dtype`` (2**-24 float32, 2**-53 float64)."""
-    return float(np.finfo(np.dtype(dtype)).eps) / 2
+    """``u``: half the machine epsilon of ``dtype`` (2**-24 float32, 2**-53 float64,
+    2**-9 ``"bfloat16"``)."""
+    dtype = _dtype(dtype)
+    if isinstance(dtype, str):
+        return BF16_UNIT_ROUNDOFF
+    return float(np.finfo(dtype).eps) / 2
 
 
 def error_bound(dtype, terms, scale=1.0):
@@ -71,7 +89,7 @@ def error_bound(dtype, terms, scale=1.0):
     n = max(int(terms), 1)
     u = unit_roundoff(dtype)
     if n * u >= 0.5:
-        raise ValueError(f"terms={n} is too many for a bound in {np.dtype(dtype).name}")
+        raise ValueError(f"terms={n} is too many for a bound in {_name(_dtype(dtype))}")
     return 2.0 * n * u / (1.0 - n * u) * float(scale)
 
 
@@ -118,6 +136,34 @@ def cell_terms(cell, T, B, I, H, layers=1, directions=1, dtype=np.float32,
                      backward, cell.products)
 
 
+def bf16_terms(cell, T, B, I, H, layers=1, directions=1, backward=True, approx=False):
+    """The ``terms`` of :func:`error_bound` with ``dtype="bfloat16"`` between a
+    float32 layer run in the bfloat16 compute mode and the same layer run in
+    float32 (same parameters and inputs).
+
+    A product of two operands each rounded to bfloat16 is ``a b (1 + d1)(1 + d2)``,
+    ``|d| <= u = 2**-9``: a sum of such products is off by at most
+    ``2 u sum_k |a_k b_k|`` (the float32 sums add their own, far smaller, error).
+    That is :func:`error_bound`'s ``2 n u scale`` with ``n = 1`` per *product
+    stage*, ``sum |a_k b_k|`` taken as the magnitude of the result, as the
+    module's docstring argues. The chain counts every product stage behind an
+    entry, each stage's error charged again to every later one (the recurrence
+    is assumed not to amplify errors): forward, per layer and step, the input
+    product and the recurrent products (``1 + products``); backward, per layer
+    and step, the recurrent products and the input gradient (``products + 1``)
+    and, once, the weight-gradient sums. The float32 sums' own error
+    (:func:`cell_terms`) is added in bfloat16's unit (``2**-24 / 2**-9``).
+    """
+    from fastrnn.cells import get_cell
+    cell = get_cell(cell)
+    per_step = 1 + cell.products
+    n = layers * T * per_step
+    if backward:
+        n += layers * T * per_step + 1
+    f32 = cell_terms(cell, T, B, I, H, layers, directions, np.float32, approx, backward)
+    return n + int(np.ceil(f32 * unit_roundoff(np.float32) / BF16_UNIT_ROUNDOFF))
+
+
 def assert_close(actual, expected, terms, *, scale=0.0, dtype=None, err_msg=""):
     """Assert ``|actual - expected| <= error_bound(dtype, terms, s)`` elementwise,
     ``s = max(max|expected|, scale)`` (shapes must match; NaNs must match).
@@ -129,11 +175,12 @@ def assert_close(actual, expected, terms, *, scale=0.0, dtype=None, err_msg=""):
     large upstream gradient times a small derivative, and the derivative's
     error is absolute (``1 - t**2`` carries ``t``'s error), so pass the
     largest upstream gradient there. ``dtype`` defaults to the expected
-    array's (the precision both sides were computed in).
+    array's (the precision both sides were computed in); ``"bfloat16"``
+    takes bfloat16's unit roundoff (with :func:`bf16_terms`).
     """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
-    dtype = np.dtype(dtype) if dtype is not None else (
+    dtype = _dtype(dtype) if dtype is not None else (
         expected.dtype if expected.dtype.kind == "f" else np.dtype(np.float64))
     if actual.shape != expected.shape:
         raise AssertionError(f"{err_msg}: shape {actual.shape} != expected {expected.shape}")
@@ -145,8 +192,8 @@ def assert_close(actual, expected, terms, *, scale=0.0, dtype=None, err_msg=""):
         # how much of the bound a comparison uses: the margin, for tests/README.md
         worst = float(np.max(np.abs(actual.astype(np.float64) - expected), initial=0.0))
         with open(log, "a") as f:
-            f.write(f"{dtype.name}\t{worst / atol:.3e}\t{terms}\t{err_msg}\n")
+            f.write(f"{_name(dtype)}\t{worst / atol:.3e}\t{terms}\t{err_msg}\n")
     np.testing.assert_allclose(
         actual.astype(np.float64), expected.astype(np.float64), rtol=0, atol=atol,
-        err_msg=(f"{err_msg} (bound 2*gamma_n*scale: n={terms} terms, {dtype.name}, "
+        err_msg=(f"{err_msg} (bound 2*gamma_n*scale: n={terms} terms, {_name(dtype)}, "
                  f"scale={scale:.3g}, atol={atol:.3g})"))

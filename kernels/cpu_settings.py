@@ -96,6 +96,14 @@ class Settings:
     oversubscribe : let a call use up to ``num_threads`` threads even where that
         is more than the cores the process may run on (False: capped by them;
         for tests and for measuring an oversubscribed pool).
+
+    bfloat16 compute mode (``compute_dtype="bfloat16"``)
+
+    bf16_native : True (default): the bf16 kernels' ``vdpbf16ps`` products where
+        the CPU has AVX512-BF16 (their emulated products elsewhere); False: the
+        emulated products everywhere (same numbers up to the order of the
+        float32 sums; the tests run both paths on a CPU that has the
+        instruction).
     """
 
     use_packed: bool = True
@@ -133,6 +141,7 @@ class Settings:
     # from half on, one thread would have been as fast
     late_wait: float = 0.5
     oversubscribe: bool = False
+    bf16_native: bool = True
 
 
 settings = Settings()

@@ -38,7 +38,6 @@ from fastrnn.kernels.plan import Plan, Tasks, nthreads
 from fastrnn.kernels.schedule import Schedule
 from fastrnn.kernels.sync import panel_steps
 from fastrnn.kernels.task_gemm import DW_TASKS, splits
-from fastrnn.kernels.vector import pack
 
 __all__ = ["lstm_forward", "lstm_backward", "BF16Cache", "to_bits", "from_bits", "VW"]
 
@@ -50,10 +49,89 @@ _b1, _b2, _b3, _b4, _b5, _b6 = uk_bf16_bwd[1:7]
 _pb1, _pb2, _pb3, _pb4, _pb5, _pb6 = uk_bf16_peep_bwd[1:7]
 
 
+@njit(inline="always")
+def _bits(v):
+    """The bf16 bits (uint32, < 2^16) of the float32 whose bits are ``v`` (uint32),
+    :func:`fastrnn.bf16.round_bf16`'s rounding: nearest even, denormal -> signed
+    zero, infinities kept, NaN quieted."""
+    e = v & 0x7F800000
+    if e == 0:
+        return (v >> 16) & 0x8000
+    if e == 0x7F800000:
+        if v & 0x007FFFFF:
+            return ((v | 0x00400000) >> 16) & 0xFFFF
+        return v >> 16
+    return ((v + 0x7FFF + ((v >> 16) & 1)) >> 16) & 0xFFFF
+
+
+@njit(cache=True, nogil=True)
+def _fbits(x):
+    """:func:`_bits` of a float32 value."""
+    return _bits(np.uint32(np.float32(x).view(np.uint32)))
+
+
+@njit(cache=True, nogil=True)
+def _to_bits(u, out):
+    for i in range(u.shape[0]):
+        out[i] = _bits(u[i])
+
+
 def to_bits(a):
     """float32 array -> uint16 bf16 bits (:func:`fastrnn.bf16.round_bf16`'s rounding)."""
-    return (round_bf16(np.ascontiguousarray(a, np.float32)).view(np.uint32)
-            >> np.uint32(16)).astype(np.uint16)
+    a = np.ascontiguousarray(a, np.float32)
+    out = np.empty(a.shape, np.uint16)
+    _to_bits(a.reshape(-1).view(np.uint32), out.reshape(-1))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _pack_panels(w_ih, w_hh, H, Hp, Ip, out):
+    # out [P, (Ip+Hp)/2, 4*VW] uint32: word (p, kk, g*VW+u) holds the bf16 of rows
+    # 2kk (low half) and 2kk+1 of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ
+    I = w_ih.shape[1]
+    P, K2, GV = out.shape
+    VW_ = GV // 4
+    for p in range(P):
+        for g in range(4):
+            for u in range(VW_):
+                unit = p * VW_ + u
+                row = g * H + unit
+                for kk in range(K2):
+                    word = np.uint32(0)
+                    if unit < H:
+                        for half in range(2):
+                            k = 2 * kk + half
+                            v = np.float32(0.0)
+                            if k < I:
+                                v = w_ih[row, k]
+                            elif Ip <= k < Ip + H:
+                                v = w_hh[row, k - Ip]
+                            word |= np.uint32(_fbits(v)) << (16 * half)
+                    out[p, kk, g * VW_ + u] = word
+
+
+@njit(cache=True, nogil=True)
+def _pack_u(w_hh, H, Hp, NB, out):
+    # out: flat uint32; output panel q (units j0 = q*NB .. j0+w, w = min(NB, Hp-j0)) at
+    # word q*2*Hp*NB: [2*Hp pairs][w], the pair kk of natural gate rows r = 2kk, 2kk+1
+    # (r = g*Hp + unit, zero for padded units) of the padded W_hh [4*Hp, Hp]
+    Q = (Hp + NB - 1) // NB
+    for q in range(Q):
+        j0 = q * NB
+        w = min(NB, Hp - j0)
+        base = q * 2 * Hp * NB
+        for kk in range(2 * Hp):
+            for j in range(w):
+                col = j0 + j
+                word = np.uint32(0)
+                for half in range(2):
+                    r = 2 * kk + half
+                    g = r // Hp
+                    unit = r - g * Hp
+                    if unit < H and col < H:
+                        v = w_hh[g * H + unit, col]
+                        word |= np.uint32(_fbits(v)) << (16 * half)
+                out[base + kk * w + j] = word
 
 
 def from_bits(b):
@@ -61,49 +139,47 @@ def from_bits(b):
     return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def _pairs(bits):
-    """[..., K, N] (K even) -> [..., K/2, N, 2]: rows 2kk and 2kk+1 of each column
-    side by side, one 32-bit word per column and pair."""
-    s = bits.shape
-    return np.ascontiguousarray(
-        bits.reshape(s[:-2] + (s[-2] // 2, 2, s[-1])).swapaxes(-1, -2))
-
-
 class PackedBF16:
     __slots__ = ("H", "Hp", "I", "Ip", "bias", "up", "ub", "nvb", "peep", "w_ih", "w_hh")
 
 
 def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep):
-    """The float32 panels of :func:`fastrnn.kernels.vector.pack` in bf16 pairs:
-    ``up`` [P, (Ip+Hp)/2, 4*VW, 2] uint16; with ``backward`` also ``ub`` (``U``
+    """The panels of :func:`fastrnn.kernels.vector.pack` (``VW = 16``) in bf16 pairs:
+    ``up`` [P, (Ip+Hp)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Hp)/2, 4*VW] uint32); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
     each) and ``w_ih``/``w_hh`` rounded to bf16 (float32 values, PyTorch's gate
     order, units padded) for the GEMMs after the loop."""
     I = w_ih.shape[1]
-    f = pack(w_ih, w_hh, b_ih, b_hh, VW, 4, backward=backward, peep=peep)
-    Hp, P = f.Hp, f.Hp // VW
+    H = w_hh.shape[1]
+    Hp = -(-H // VW) * VW
+    P = Hp // VW
     Ip = I + (I & 1)
     pk = PackedBF16()
-    pk.H, pk.Hp, pk.I, pk.Ip = f.H, Hp, I, Ip
-    pk.bias, pk.peep, pk.nvb = f.bias, f.peep, f.nvb
-    up = np.zeros((P, Ip + Hp, 4 * VW), np.float32) if Ip != I else f.up
-    if Ip != I:
-        up[:, :I] = f.up[:, :I]
-        up[:, Ip:] = f.up[:, I:]
-    pk.up = _pairs(to_bits(up))
+    pk.H, pk.Hp, pk.I, pk.Ip, pk.nvb = H, Hp, I, Ip, 4
+    bias = np.zeros((4, Hp), np.float32)
+    bias[:, :H] = (b_ih + b_hh).reshape(4, H)
+    pk.bias = np.ascontiguousarray(bias.reshape(4, P, VW).transpose(1, 0, 2)).reshape(-1)
+    pk.peep = None
+    if peep is not None:                                  # [P,3,VW]: p_i, p_f, p_o per panel
+        pp = np.zeros((3, Hp), np.float32)
+        pp[:, :H] = peep
+        pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
+    up = np.empty((P, (Ip + Hp) // 2, 4 * VW), np.uint32)
+    _pack_panels(w_ih, w_hh, H, Hp, Ip, up)
+    pk.up = up.view(np.uint16)
     pk.ub = pk.w_ih = pk.w_hh = None
     if backward:
-        GH = 4 * Hp
-        NB = f.nvb * VW
-        whb = to_bits(f.w_hh)                                  # [GH, Hp]
-        ub = np.empty(-(-Hp // NB) * GH * NB, np.uint16)
-        for q in range(-(-Hp // NB)):
-            j0 = q * NB
-            w = min(NB, Hp - j0)
-            ub[q * GH * NB:q * GH * NB + GH * w] = _pairs(whb[:, j0:j0 + w]).reshape(-1)
-        pk.ub = ub
-        pk.w_ih = round_bf16(np.ascontiguousarray(f.w_ih))
-        pk.w_hh = from_bits(whb)
+        NB = pk.nvb * VW
+        ub = np.empty(-(-Hp // NB) * 4 * Hp * NB // 2, np.uint32)
+        _pack_u(w_hh, H, Hp, NB, ub)
+        pk.ub = ub.view(np.uint16)
+        # rounded, PyTorch's gate order, units padded: the GEMMs after the loop
+        wi = np.zeros((4, Hp, I), np.float32)
+        wi[:, :H] = w_ih.reshape(4, H, I)
+        wh = np.zeros((4, Hp, Hp), np.float32)
+        wh[:, :H, :H] = w_hh.reshape(4, H, H)
+        pk.w_ih = round_bf16(wi.reshape(4 * Hp, I))
+        pk.w_hh = round_bf16(wh.reshape(4 * Hp, Hp))
     return pk
 
 

@@ -26,7 +26,8 @@ work is done by:
 The bfloat16 compute mode (``compute_dtype="bfloat16"``, float32 layers; see
 :mod:`fastrnn.bf16` and :func:`route_bf16`): the LSTM and diagonal peephole
 LSTM run the packed bf16 kernels (:mod:`~fastrnn.kernels.packed_bf16`), with
-``vdpbf16ps`` products where the CPU has AVX512-BF16 and emulated products
+``vdpbf16ps`` products where the CPU has AVX512-BF16 (the forward products on
+AMX tiles where it also has AMX-BF16) and emulated products
 (the same numbers up to the order of the float32 sums) elsewhere or with
 ``settings.bf16_native`` off; the other cells run the NumPy reference's bf16
 code. Either fallback warns once per process that bf16 brings no speed there.
@@ -122,8 +123,9 @@ def describe():
 
 
 def route_bf16(cell):
-    """Which code runs ``cell`` in the bfloat16 compute mode here: ``"native"`` (the
-    packed bf16 kernels with ``vdpbf16ps``), ``"emulated"`` (the same kernels with
+    """Which code runs ``cell`` in the bfloat16 compute mode here: ``"amx"`` (the
+    packed bf16 kernels with the forward products on AMX tiles, ``vdpbf16ps``
+    backward), ``"native"`` (``vdpbf16ps`` throughout), ``"emulated"`` (the same kernels with
     the products emulated in float32: no AVX512-BF16, or ``settings.bf16_native``
     off) or ``"reference"`` (the NumPy reference's bf16 code: the cells without a
     bf16 kernel, GRU/RNN/reset-before GRU/full peephole, or no packed kernels here).
@@ -131,13 +133,27 @@ def route_bf16(cell):
     if (PACKED[cell.name] != "lstm" or packed_bf16 is None or packed is None
             or not settings.use_packed):
         return "reference"
-    return "native" if settings.bf16_native and has_avx512_bf16() else "emulated"
+    if not (settings.bf16_native and has_avx512_bf16()):
+        return "emulated"
+    return "amx" if settings.bf16_amx and _amx_ok() else "native"
+
+
+def _amx_ok():
+    """Whether the AMX forward kernels can run here (imported, tiles granted)."""
+    try:
+        from fastrnn.kernels import amx_bf16
+    except Exception:  # pragma: no cover - an LLVM without the AMX intrinsics
+        return False
+    return amx_bf16.available()
 
 
 def describe_bf16():
     """One line on what the bfloat16 compute mode runs here (for ``fastrnn info``)."""
     lstm = route_bf16(CELLS["lstm"])
-    if lstm == "native":
+    if lstm == "amx":
+        how = ("packed bf16 kernels, forward products on AMX-BF16 tiles, backward with "
+               "vdpbf16ps (AVX512-BF16)")
+    elif lstm == "native":
         how = "packed bf16 kernels with vdpbf16ps products (AVX512-BF16)"
     elif lstm == "emulated":
         why = ("settings.bf16_native is off" if has_avx512_bf16()
@@ -261,7 +277,7 @@ def _forward_bf16(cell, x, h0, c0, weights, lengths, reverse, training):
     w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
     y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh,
                                            lens, reverse, training, get_num_threads(), peep,
-                                           native=kind == "native")
+                                           native=kind != "emulated", amx=kind == "amx")
     if not training:
         return y, h, c, None
     return y, h, c, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)

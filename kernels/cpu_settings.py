@@ -104,6 +104,9 @@ class Settings:
         emulated products everywhere (same numbers up to the order of the
         float32 sums; the tests run both paths on a CPU that has the
         instruction).
+    bf16_amx : run the bf16 LSTM's forward products on AMX tiles where the CPU
+        has AMX-BF16 and Linux grants the process the tiles (with
+        ``bf16_native`` on); False: ``vdpbf16ps`` only.
     """
 
     use_packed: bool = True
@@ -142,6 +145,7 @@ class Settings:
     late_wait: float = 0.5
     oversubscribe: bool = False
     bf16_native: bool = True
+    bf16_amx: bool = True
 
 
 settings = Settings()

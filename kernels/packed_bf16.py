@@ -140,10 +140,10 @@ def from_bits(b):
 
 
 class PackedBF16:
-    __slots__ = ("H", "Hp", "I", "Ip", "bias", "up", "ub", "nvb", "peep", "w_ih", "w_hh")
+    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "w_ih", "w_hh")
 
 
-def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep):
+def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
     """The panels of :func:`fastrnn.kernels.vector.pack` (``VW = 16``) in bf16 pairs:
     ``up`` [P, (Ip+Hp)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Hp)/2, 4*VW] uint32); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
@@ -153,9 +153,10 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep):
     H = w_hh.shape[1]
     Hp = -(-H // VW) * VW
     P = Hp // VW
-    Ip = I + (I & 1)
+    Ip = -(-I // kmult) * kmult                 # the operand rows' x and h widths: even
+    Kh = -(-Hp // kmult) * kmult                # (AMX: multiples of 32), zeros beyond
     pk = PackedBF16()
-    pk.H, pk.Hp, pk.I, pk.Ip, pk.nvb = H, Hp, I, Ip, 4
+    pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh, pk.nvb = H, Hp, I, Ip, Kh, 4
     bias = np.zeros((4, Hp), np.float32)
     bias[:, :H] = (b_ih + b_hh).reshape(4, H)
     pk.bias = np.ascontiguousarray(bias.reshape(4, P, VW).transpose(1, 0, 2)).reshape(-1)
@@ -164,7 +165,7 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep):
         pp = np.zeros((3, Hp), np.float32)
         pp[:, :H] = peep
         pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
-    up = np.empty((P, (Ip + Hp) // 2, 4 * VW), np.uint32)
+    up = np.empty((P, (Ip + Kh) // 2, 4 * VW), np.uint32)
     _pack_panels(w_ih, w_hh, H, Hp, Ip, up)
     pk.up = up.view(np.uint16)
     pk.ub = pk.w_ih = pk.w_hh = None
@@ -230,12 +231,11 @@ def _fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, 
 @njit(inline="always")
 def _fwd_panel(s, p, tid, P, args, peep):
     """Step ``s``, panel ``p`` of :func:`lstm_fwd_bf16_kernel` (byte pointers in ``args``)."""
-    (tag, xp, xld, hbp, hld, B, KI, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, yp,
-     mrmax, r0, r1) = args
+    (tag, xp, xld, hbp, hld, B, KI, KH, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap,
+     yp, mrmax, r0, r1) = args
     VW_ = len(tag)
     pn = (p + 1) % P if tid == 0 else (p + P - 1) % P     # the panel this thread likely does next
     GV = 4 * VW_
-    KH = Hp // 2
     KW = 4 * (KI + KH) * GV                               # bytes per panel
     nb = nact[s]
     xsp = xp + 2 * s * B * xld
@@ -262,20 +262,20 @@ def _fwd_panel(s, p, tid, P, args, peep):
 
 
 @njit(**JIT_OPTIONS)
-def lstm_fwd_bf16_kernel(tag, xb, xld, hb, hoff, hld, n, KI, Hp, bias, up, peep, cs, ring, nact,
-                         training, act, y, ctl, tid, nthr, mrmax, r0, r1):
+def lstm_fwd_bf16_kernel(tag, xb, xld, hb, hoff, hld, n, KI, KH, Hp, bias, up, peep, cs, ring,
+                         nact, training, act, y, ctl, tid, nthr, mrmax, r0, r1):
     # xb: uint16 bf16 x in step order, step s row b at element (s*B + b)*xld (B = xb.shape[1])
     # hb: uint16 bf16 operand states: h_{s-1} of row b at element hoff + (s*B + b)*hld; row
     #     0 holds h0 (in), step s writes row s+1. Training passes one [n+1,B,Ip+Hp]
     #     buffer of rows [x_t, h_{t-1}] as both (xld = hld = Ip+Hp, hoff = Ip)
-    # KI: input pairs (Ip/2);  bias: [G*Hp] float32 (panel order)
-    # up: [P,(Ip+Hp)/2,G*VW,2] uint16 panels;  peep: None or [P,3,VW] float32
+    # KI, KH: input and state pairs (Ip/2, Kh/2);  bias: [G*Hp] float32 (panel order)
+    # up: [P,(Ip+Kh)/2,G*VW,2] uint16 panels;  peep: None or [P,3,VW] float32
     # cs: [S,B,Hp] float32 cell ring (training S = n+1, inference 2)
     # act: [n,B,G*Hp] float32 out in training;  y: [n,B,Hp] float32 h_t out
     # ctl, tid, nthr, mrmax, r0, r1: as lstm_fwd_kernel of packed_lstm
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // len(tag)
-    args = (tag, xb.ctypes.data, xld, hb.ctypes.data + 2 * hoff, hld, xb.shape[1], KI, Hp,
+    args = (tag, xb.ctypes.data, xld, hb.ctypes.data + 2 * hoff, hld, xb.shape[1], KI, KH, Hp,
             bias.shape[0], bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact,
             training, act.ctypes.data, y.ctypes.data, mrmax, r0, r1)
     return panel_steps(n, P, False, ctl, tid, nthr, _fwd_panel, args, peep)
@@ -413,18 +413,20 @@ class BF16Cache:
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
-                 peep=None, native=True):
+                 peep=None, native=True, amx=False):
     """LSTM in the bf16 compute mode, one layer and direction: ``(y, h_n, c_n,
     cache)``, float32 (every array argument float32; ``lens`` [B] int64 in
     [1, T]); ``peep`` [3,H] makes it the diagonal peephole LSTM; ``native``
-    False runs the emulated products (any AVX-512/AVX2 CPU)."""
+    False runs the emulated products (any AVX-512/AVX2 CPU); ``amx`` runs the
+    forward products on AMX tiles (:mod:`fastrnn.kernels.amx_bf16`; the CPU must
+    have AMX-BF16 and the process the kernel's permission to use the tiles)."""
     T, B, I = x.shape
     H = w_hh.shape[1]
     dt = np.dtype(np.float32)
     G = 4
     tag = NATIVE if native else EMULATED
-    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep)
-    Hp, Ip = pk.Hp, pk.Ip
+    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2)
+    Hp, Ip, Kh = pk.Hp, pk.Ip, pk.Kh
     P = Hp // VW
     sched = Schedule(lens, T, reverse)
     n = sched.n
@@ -434,22 +436,30 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
                 pk.up.nbytes, lens_sorted)
     padded = sched.tix is not None
     rows = np.arange(B)
-    # xh: [n+1,B,Ip+Hp] bf16 operand rows [x_t, h_{t-1}] in step order (rows past a
-    # sequence's end and the padding columns stay zero)
-    xh = np.zeros((n + 1, B, Ip + Hp), np.uint16)
+    # xh: [n+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] in step order (rows past a
+    # sequence's end and the padding columns stay zero); AMX reads tiles of 16 rows
+    # from any row a thread starts at: 16 rows more
+    Bx = B + 16 if amx else B
+    xh = np.zeros((n + 1, Bx, Ip + Kh), np.uint16)
     xs = np.zeros((n, B, I), dt)
     sched.gather_into(x, xs, 0, n)
-    xh[:n, :, :I] = to_bits(xs)
-    xh[0, :, Ip:] = to_bits(sched.sort_rows(h0, Hp))
+    xh[:n, :B, :I] = to_bits(xs)
+    xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
     act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
     ring = n + 1 if training else 2
     cs = (np.zeros if padded else np.empty)((ring, B, Hp), dt)
     cs[0] = sched.sort_rows(c0, Hp)
     ys = (np.zeros if padded else np.empty)((n, B, Hp), dt)
     ctl = np.zeros(P + 1, np.int64)
-    plan.launch(lstm_fwd_bf16_kernel, lambda tid, nthr, r0, r1: (
-        tag, xh, Ip + Hp, xh, Ip, Ip + Hp, n, Ip // 2, Hp, pk.bias, pk.up, pk.peep, cs, ring,
-        sched.nact, training, act, ys, ctl, tid, nthr, BF16_MR, r0, r1))
+    if amx:
+        from fastrnn.kernels import amx_bf16
+        plan.launch(amx_bf16.lstm_fwd_amx_kernel, lambda tid, nthr, r0, r1: (
+            xh, Ip + Kh, Ip, n, Ip // 32, Kh // 32, Hp, pk.bias, pk.up, pk.peep, cs, ring,
+            sched.nact, training, act, ys, ctl, tid, nthr, r0, r1))
+    else:
+        plan.launch(lstm_fwd_bf16_kernel, lambda tid, nthr, r0, r1: (
+            tag, xh, Ip + Kh, xh, Ip, Ip + Kh, n, Ip // 2, Kh // 2, Hp, pk.bias, pk.up, pk.peep,
+            cs, ring, sched.nact, training, act, ys, ctl, tid, nthr, BF16_MR, r0, r1))
     h_last = ys[lens_sorted - 1, rows]
     c_last = cs[lens_sorted % ring, rows]
     y = sched.scatter(ys, H, dt)
@@ -458,7 +468,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     if not training:
         return y, h_n, c_n, None
     cache = BF16Cache()
-    cache.sched, cache.pk, cache.xh, cache.act, cache.cs = sched, pk, xh, act, cs
+    cache.sched, cache.pk, cache.act, cache.cs = sched, pk, act, cs
+    cache.xh = xh if Bx == B else xh[:, :B]
     cache.flops = 2.0 * B * G * H * H
     cache.plan, cache.tag = plan, tag
     return y, h_n, c_n, cache
@@ -469,7 +480,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dpeep)`` in PyTorch's layout, as :func:`fastrnn.kernels.packed.lstm_backward`."""
     sched, pk = cache.sched, cache.pk
     n, B, GH = cache.act.shape
-    H, Hp, I, Ip = pk.H, pk.Hp, pk.I, pk.Ip
+    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
     dt = np.dtype(np.float32)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
@@ -491,12 +502,12 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
     # after the loop: float32 GEMMs on the rounded operands (exact products)
     dgr = from_bits(dgb).reshape(n * B, GH)
-    xhr = from_bits(cache.xh[:n]).reshape(n * B, Ip + Hp)
+    xhr = from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
     dg2 = dg.reshape(n * B, GH)
     dxs = np.empty((n * B, I), dt)
     dh0 = np.empty((B, Hp), dt)
     db_p = np.empty(GH, dt)
-    dw_p = np.empty((GH, Ip + Hp), dt)
+    dw_p = np.empty((GH, Ip + Kh), dt)
     tasks = []
     split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     for r0, r1 in splits(GH, DW_TASKS if split else 1):
@@ -507,7 +518,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
     Tasks(tasks).run(gthr if split else 1)
     dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
-    dw4 = dw_p.reshape(4, Hp, Ip + Hp)
+    dw4 = dw_p.reshape(4, Hp, Ip + Kh)
     dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
     dw_hh = np.ascontiguousarray(dw4[:, :H, Ip:Ip + H]).reshape(4 * H, H)
     db = np.ascontiguousarray(db_p.reshape(4, Hp)[:, :H]).reshape(4 * H)

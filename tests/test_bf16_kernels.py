@@ -2,11 +2,13 @@
 bf16 LSTM against NumPy and the reference's bf16 mode (``fastrnn.reference``).
 
 Bounds (tests/README.md): one step (T=1, given h0/c0) the two sides round the
-same operands, so they differ only in the order of float32 sums:
-``cell_terms(..., approx=True)`` in float32. Over a sequence the two sides'
-float32 ``h`` may round to neighbouring bf16 values (a flip of one bf16 ulp,
-at most ``2u`` relative with ``u = 2^-9``, in one operand), so each product
-stage may differ by ``2u`` of its magnitude: the bound of ``bf16_terms``.
+same forward operands, so their outputs differ only in the order of float32
+sums: ``cell_terms(..., approx=True)`` in float32. Over a sequence the two
+sides' float32 ``h`` may round to neighbouring bf16 values (a flip of one bf16
+ulp, at most ``2u`` relative with ``u = 2^-9``, in one operand), so each
+product stage may differ by ``2u`` of its magnitude: the bound of
+``bf16_terms``; the same holds for the gradients from the first step on (the
+gate gradients are rounded after each side's own float32 arithmetic).
 The native (``vdpbf16ps``) and the emulated products are compared the same way.
 """
 import warnings
@@ -33,7 +35,13 @@ from fastrnn.kernels.bf16_simd import EMULATED, NATIVE, uk_bf16_gemm, vround_bf1
 
 BF16 = "bfloat16"
 native_only = pytest.mark.skipif(not has_avx512_bf16(), reason="no AVX512-BF16 on this CPU")
+amx_only = pytest.mark.skipif(not (has_avx512_bf16() and cpu._amx_ok()),
+                              reason="no AMX-BF16 tiles here")
 MODES = [pytest.param(True, marks=native_only, id="native"), pytest.param(False, id="emulated")]
+#: the settings that force each route of cpu.route_bf16
+ROUTES = {"amx": dict(bf16_native=True, bf16_amx=True),
+          "native": dict(bf16_native=True, bf16_amx=False),
+          "emulated": dict(bf16_native=False)}
 
 
 def _bits_ref(a):
@@ -105,25 +113,34 @@ def _run(backend_forward, backend_backward, cell, args, up, lengths, reverse):
     return out
 
 
-def _compare(got, want, terms_fwd, terms_all, dtype):
+FWD = ("y", "h_n", "c_n")
+
+
+def _compare(got, want, terms_fwd, terms_all, dtype, keys=None):
     for k, v in want.items():
-        terms = terms_fwd if k in ("y", "h_n", "c_n") else terms_all
-        assert_close(got[k], v, terms, scale=1.0, dtype=dtype, err_msg=k)
+        if keys is None or k in keys:
+            terms = terms_fwd if k in FWD else terms_all
+            assert_close(got[k], v, terms, scale=1.0, dtype=dtype, err_msg=k)
 
 
-CASES = [  # cell, T, B, I, H, lengths, reverse, native
-    pytest.param("lstm", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, True, marks=native_only,
+CASES = [  # cell, T, B, I, H, lengths, reverse, route
+    pytest.param("lstm", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, "native", marks=native_only,
                  id="lstm-native-lengths-reverse-padded"),
-    pytest.param("lstm", 4, 9, 6, 32, None, False, True, marks=native_only, id="lstm-native"),
-    pytest.param("peephole_diagonal", 4, 3, 3, 17, (4, 2, 3), False, True, marks=native_only,
-                 id="peephole-native"),
-    pytest.param("lstm", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, False,
+    pytest.param("lstm", 4, 9, 6, 32, None, False, "native", marks=native_only, id="lstm-native"),
+    pytest.param("peephole_diagonal", 4, 3, 3, 17, (4, 2, 3), False, "native",
+                 marks=native_only, id="peephole-native"),
+    pytest.param("lstm", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, "emulated",
                  id="lstm-emulated-lengths-reverse-padded"),
+    pytest.param("lstm", 5, 19, 5, 20, (5, 3, 5, 1, 2, 4, 5) * 2 + (5,) * 5, True, "amx",
+                 marks=amx_only, id="lstm-amx-lengths-reverse-padded"),
+    pytest.param("lstm", 4, 9, 40, 32, None, False, "amx", marks=amx_only, id="lstm-amx"),
+    pytest.param("peephole_diagonal", 4, 3, 3, 17, (4, 2, 3), False, "amx", marks=amx_only,
+                 id="peephole-amx"),
 ]
 
 
-@pytest.mark.parametrize("cell,T,B,I,H,lengths,reverse,native", CASES)
-def test_lstm_matches_the_bf16_reference(cell, T, B, I, H, lengths, reverse, native):
+@pytest.mark.parametrize("cell,T,B,I,H,lengths,reverse,route", CASES)
+def test_lstm_matches_the_bf16_reference(cell, T, B, I, H, lengths, reverse, route):
     rng = np.random.default_rng(T * 1000 + B * 10 + H)
     spec = get_cell(cell)
     x, h0, c0, w = _args(cell, T, B, I, H, rng)
@@ -131,8 +148,8 @@ def test_lstm_matches_the_bf16_reference(cell, T, B, I, H, lengths, reverse, nat
     up = (rng.uniform(-1, 1, (T, B, H)).astype(np.float32),
           rng.uniform(-1, 1, (B, H)).astype(np.float32),
           rng.uniform(-1, 1, (B, H)).astype(np.float32))
-    with cpu.configure(bf16_native=native):
-        assert cpu.route_bf16(spec) == ("native" if native else "emulated")
+    with cpu.configure(**ROUTES[route]):
+        assert cpu.route_bf16(spec) == route
         got = _run(cpu.forward, cpu.backward, spec, (x, h0, c0, w), up, lens, reverse)
         # one step from the same h0/c0: the same rounded operands on both sides
         got1 = _run(cpu.forward, cpu.backward, spec, (x[:1], h0, c0, w),
@@ -140,12 +157,16 @@ def test_lstm_matches_the_bf16_reference(cell, T, B, I, H, lengths, reverse, nat
     want = _run(ref.forward, ref.backward, spec, (x, h0, c0, w), up, lens, reverse)
     want1 = _run(ref.forward, ref.backward, spec, (x[:1], h0, c0, w),
                  (up[0][:1], up[1], up[2]), None, False)
+    # (the outputs; the gate gradients are float32 results of both sides' own sums
+    # before they are rounded, so the gradients may already see a bf16 flip)
     _compare(got1, want1, cell_terms(spec, 1, B, I, H, approx=True, backward=False),
-             cell_terms(spec, 1, B, I, H, approx=True), np.float32)
+             None, np.float32, FWD)
+    _compare(got1, want1, None, bf16_terms(spec, 1, B, I, H, approx=True), BF16,
+             set(want1) - set(FWD))
     _compare(got, want, bf16_terms(spec, T, B, I, H, backward=False, approx=True),
              bf16_terms(spec, T, B, I, H, approx=True), BF16)
     # inference (no cache) computes the training pass's forward numbers exactly
-    with cpu.configure(bf16_native=native):
+    with cpu.configure(**ROUTES[route]):
         y, h, c, cache = cpu.forward(spec, x, h0, c0, w, lens, reverse, False,
                                      compute_dtype=BF16)
     assert cache is None
@@ -155,23 +176,27 @@ def test_lstm_matches_the_bf16_reference(cell, T, B, I, H, lengths, reverse, nat
 
 
 @native_only
-def test_native_and_emulated_agree():
+def test_the_routes_agree():
     spec = get_cell("lstm")
     T, B, I, H = 5, 7, 5, 20
     rng = np.random.default_rng(5)
     x, h0, c0, w = _args("lstm", T, B, I, H, rng)
     up = (np.ones((T, B, H), np.float32), np.ones((B, H), np.float32),
           np.ones((B, H), np.float32))
+    routes = ["native", "emulated"] + (["amx"] if cpu._amx_ok() else [])
     res = []
-    for native in (True, False):
-        with cpu.configure(bf16_native=native):
+    for route in routes:
+        with cpu.configure(**ROUTES[route]):
             res.append(_run(cpu.forward, cpu.backward, spec, (x, h0, c0, w), up, None, False))
-    _compare(res[1], res[0], bf16_terms(spec, T, B, I, H, backward=False, approx=True),
-             bf16_terms(spec, T, B, I, H, approx=True), BF16)
+    for r in res[1:]:
+        _compare(r, res[0], bf16_terms(spec, T, B, I, H, backward=False, approx=True),
+                 bf16_terms(spec, T, B, I, H, approx=True), BF16)
 
 
-def test_bitwise_the_same_on_one_and_two_threads():
-    """The thread split depends on the shape only (rows or panels)."""
+@pytest.mark.parametrize("route", [pytest.param("native", marks=native_only),
+                                   pytest.param("amx", marks=amx_only), "emulated"])
+def test_bitwise_the_same_on_one_and_two_threads(route):
+    """The thread split depends on the shape only (rows or panels), on every route."""
     spec = get_cell("lstm")
     T, B, I, H = 6, 16, 8, 64
     rng = np.random.default_rng(6)
@@ -183,7 +208,7 @@ def test_bitwise_the_same_on_one_and_two_threads():
         for n, split in ((1, "rows"), (2, "rows"), (2, "panels")):
             cpu.set_num_threads(n)
             kw = dict(row_split_flops=0.0, two_thread_step_flops=0.0, oversubscribe=True,
-                      row_split_bytes=(1 << 30) if split == "rows" else 0)
+                      row_split_bytes=(1 << 30) if split == "rows" else 0, **ROUTES[route])
             with cpu.configure(**kw):
                 res.append(_run(cpu.forward, cpu.backward, spec, (x, h0, c0, w), up, None,
                                 False))
@@ -232,6 +257,7 @@ def test_errors_and_routing():
     line = cpu.describe_bf16()
     assert line.startswith("bfloat16 mode") and "\n" not in line
     assert ("vdpbf16ps" in line) == has_avx512_bf16()
+    assert ("AMX" in line) == (cpu.route_bf16(spec) == "amx")
     # a cell without a bf16 kernel runs the reference's bf16 code (warned once)
     gru = get_cell("gru")
     g = Weights(w.w_ih[:48], w.w_hh[:48], w.b_ih[:48], w.b_hh[:48], None)

@@ -1,0 +1,211 @@
+"""The bf16 LSTM's forward products on AMX tiles (CPUs with AMX-BF16).
+
+``tdpbf16ps`` multiplies a tile of 16 rows x 32 bf16 (the operand rows
+``[x_t, h_{t-1}]``, 32 k at a time) by a tile of 16 k pairs x 16 columns x 2
+(the weight panel: exactly the k-pair layout of :mod:`fastrnn.kernels.packed_bf16`,
+one gate's 16 columns at a 64-byte offset of each 256-byte panel row) into
+16 x 16 float32 accumulators. One call of :data:`uk_amx_fwd` does a panel
+(16 units, 4 gates: accumulator tiles 0-3) for a block of up to 16 batch rows:
+the products over the x and h chunks (tile 4: the operand rows; tiles 5, 6:
+weights, alternating), the accumulators stored to a 4 KiB scratch, then the
+LSTM epilogue of :mod:`fastrnn.kernels.bf16_simd` on its rows (h' float32 to
+``y`` and rounded to the next step's bf16 operand row).
+
+The operand widths are multiples of 32 (zero padded: ``pack_bf16(kmult=32)``),
+the operand buffer has 16 rows more than the batch (a block reads whole tiles),
+and each thread configures its tiles (``ldtilecfg``) at the start of a kernel
+call and releases them at its end. Linux lets a process use the tiles only
+after asking (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``):
+:func:`available` asks once.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from fastrnn.bf16 import has_amx_bf16
+from fastrnn.kernels.bf16_simd import F32X, I64, VW, round_bits, store_bf16
+from fastrnn.kernels.cpu_settings import JIT_OPTIONS
+from fastrnn.kernels.simd import VMath, ptrs, vload, vstore
+from fastrnn.kernels.sync import panel_steps
+
+__all__ = ["available", "lstm_fwd_amx_kernel", "uk_amx_fwd"]
+
+_i8 = ir.IntType(8)
+_i8p = _i8.as_pointer()
+_void = ir.VoidType()
+
+
+@functools.lru_cache(maxsize=1)
+def available():
+    """Whether this process may use AMX-BF16 tiles (asks Linux once)."""
+    if not has_amx_bf16():
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # SYS_arch_prctl (x86-64) = 158, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18
+        return libc.syscall(158, 0x1023, 18) == 0
+    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
+        return False
+
+
+def _fn(builder, name, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_void, args), name)
+
+
+def _t(v):
+    return ir.Constant(_i8, v)
+
+
+@intrinsic
+def amx_begin(typingctx, cfg):
+    """``ldtilecfg`` from the 64-byte configuration at byte address ``cfg``."""
+    sig = types.void(types.int64)
+
+    def codegen(context, builder, signature, args):
+        builder.call(_fn(builder, "llvm.x86.ldtilecfg", [_i8p]),
+                     [builder.inttoptr(args[0], _i8p)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def amx_end(typingctx):
+    """``tilerelease``."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        builder.call(_fn(builder, "llvm.x86.tilerelease", []), [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _make_fwd(peephole):
+    @intrinsic
+    def uk(typingctx, x, ldb, h, w, KIc, KHc, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb,
+           ldhb, act, ldact, training):
+        """One panel, ``nr <= 16`` rows from byte addresses ``x``/``h`` (bf16 rows,
+        row stride ``ldb`` bytes; ``KIc``/``KHc`` chunks of 32 k), panel ``w`` ([(KIc +
+        KHc)*16][64] words); then the LSTM cell on ``nr`` rows (float32 arrays,
+        strides in elements, as :data:`fastrnn.kernels.bf16_simd.uk_bf16_fwd`)."""
+        i8 = types.int64
+        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            (x, ldb, h, w, KIc, KHc, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb,
+             act, ldact, training) = args
+            b = builder
+            load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+            dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+            C = lambda v: ir.Constant(I64, v)  # noqa: E731
+            for v in range(4):
+                b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(v)])
+            wh = b.add(w, b.mul(KIc, C(16 * 256)))
+            for a, wb, nc in ((x, w, KIc), (h, wh, KHc)):
+                with cgutils.for_range(b, nc) as loop:
+                    c = loop.index
+                    b.call(load, [_t(4), b.inttoptr(b.add(a, b.mul(c, C(64))), _i8p), ldb])
+                    wc = b.add(wb, b.mul(c, C(16 * 256)))
+                    for v in range(4):
+                        b.call(load, [_t(5 + v % 2), b.inttoptr(b.add(wc, C(64 * v)), _i8p),
+                                      C(256)])
+                        b.call(dp, [_t(v), _t(4), _t(5 + v % 2)])
+            store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+            for v in range(4):
+                b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
+            s, bias, peep, cin, cout, y, act = ptrs(b, F32X, scr, bias, peep, cin, cout, y, act)
+            (hb,) = [b.inttoptr(hb, ir.IntType(16).as_pointer())]
+            m = VMath(b, F32X)
+            bv = [vload(b, F32X, bias, C(g * VW)) for g in range(4)]
+            if peephole:
+                pv = [vload(b, F32X, peep, C(k * VW)) for k in range(3)]
+            with cgutils.for_range(b, nr) as loop:
+                r = loop.index
+                pre = [m.add(vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * g))), bv[g])
+                       for g in range(4)]
+                ro = b.mul(r, ldc)
+                cp = vload(b, F32X, cin, ro)
+                if peephole:
+                    pre[0] = m.fma(pv[0], cp, pre[0])
+                    pre[1] = m.fma(pv[1], cp, pre[1])
+                gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
+                cn = m.fma(gf, cp, m.mul(gi, gg))
+                if peephole:
+                    pre[3] = m.fma(pv[2], cn, pre[3])
+                go = m.sigmoid(pre[3])
+                hn = m.mul(go, m.tanh(cn))
+                vstore(b, cn, F32X, cout, ro)
+                vstore(b, hn, F32X, y, b.mul(r, ldy))
+                store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
+                with b.if_then(training):
+                    for g, val in enumerate((gi, gf, gg, go)):
+                        vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the plain LSTM's and the diagonal peephole LSTM's block
+uk_amx_fwd = [_make_fwd(False), _make_fwd(True)]
+_uk, _ukp = uk_amx_fwd
+
+
+@njit(inline="always")
+def _panel(s, p, tid, P, args, peep):
+    (xp, ld, hoff, Bx, B, KIc, KHc, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, yp,
+     scr, r0, r1) = args
+    nb = min(nact[s], r1)
+    xsp = xp + 2 * s * Bx * ld
+    hsp = xsp + 2 * hoff
+    hout = hsp + 2 * Bx * ld
+    KW = (KIc + KHc) * 16 * 256
+    wp = upp + p * KW
+    cin = csp + 4 * (s % ring) * B * Hp
+    cout = csp + 4 * ((s + 1) % ring) * B * Hp
+    ysp = yp + 4 * s * B * Hp
+    asp = ap + 4 * s * B * GH
+    col = p * 64
+    u0 = p * 16
+    for q0 in range(r0, nb, 16):
+        nr = min(16, nb - q0)
+        co = 4 * (q0 * Hp + u0)
+        if peep is None:
+            _uk(xsp + 2 * q0 * ld, 2 * ld, hsp + 2 * q0 * ld, wp, KIc, KHc, scr, nr,
+                bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp, ysp + co, Hp,
+                hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH, training)
+        else:
+            _ukp(xsp + 2 * q0 * ld, 2 * ld, hsp + 2 * q0 * ld, wp, KIc, KHc, scr, nr,
+                 bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp, ysp + co, Hp,
+                 hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH, training)
+
+
+@njit(**JIT_OPTIONS)
+def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring, nact, training,
+                        act, y, ctl, tid, nthr, r0, r1):
+    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B+16;
+    #     step s writes h_s into row s+1 at column hoff
+    # KIc, KHc: 32-k chunks of x and h;  up: [P,(KIc+KHc)*16,64] words
+    # bias, peep, cs, ring, nact, training, act, y, ctl, tid, nthr, r0, r1: as
+    #     lstm_fwd_bf16_kernel of packed_bf16 (B = y.shape[1])
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1                               # palette 1
+    for t in range(7):                       # tiles 0-6: 16 rows of 64 bytes
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    scr = np.empty(16 * 64, np.float32)
+    ppp = 0 if peep is None else peep.ctypes.data
+    P = Hp // 16
+    args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
+            bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
+            act.ctypes.data, y.ctypes.data, scr.ctypes.data, r0, r1)
+    amx_begin(cfg.ctypes.data)
+    w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
+    amx_end()
+    return w

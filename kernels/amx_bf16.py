@@ -1,4 +1,4 @@
-"""The bf16 LSTM's forward products on AMX tiles (CPUs with AMX-BF16).
+"""The bf16 LSTM's time-loop products on AMX tiles (CPUs with AMX-BF16).
 
 ``tdpbf16ps`` multiplies a tile of 16 rows x 32 bf16 (the operand rows
 ``[x_t, h_{t-1}]``, 32 k at a time) by a tile of 16 k pairs x 16 columns x 2
@@ -10,6 +10,11 @@ the products over the x and h chunks (tile 4: the operand rows; tiles 5, 6:
 weights, alternating), the accumulators stored to a 4 KiB scratch, then the
 LSTM epilogue of :mod:`fastrnn.kernels.bf16_simd` on its rows (h' float32 to
 ``y`` and rounded to the next step's bf16 operand row).
+
+Backward, :data:`uk_amx_bwd` does an output panel (up to 64 units: tiles 0-3)
+for up to 16 rows: ``dh = dgates U`` from the rounded gate gradients of the
+next step (tile 4) and ``U``'s k-pair panel (tiles 5, 6), then the LSTM
+backward epilogue (gate gradients float32 and rounded to bf16).
 
 The operand widths are multiples of 32 (zero padded: ``pack_bf16(kmult=32)``),
 the operand buffer has 16 rows more than the batch (a block reads whole tiles),
@@ -35,7 +40,7 @@ from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import VMath, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
 
-__all__ = ["available", "lstm_fwd_amx_kernel", "uk_amx_fwd"]
+__all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -207,5 +212,175 @@ def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring,
             act.ctypes.data, y.ctypes.data, scr.ctypes.data, r0, r1)
     amx_begin(cfg.ctypes.data)
     w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
+    amx_end()
+    return w
+
+
+# --------------------------------------------------------------------------- backward
+def _make_bwd(peephole):
+    @intrinsic
+    def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
+           peep, cp, cn, dc, dg, dgv, dgg, dgb):
+        """NV output vectors (``len(ntag)``), ``nr <= 16`` rows: dh = a @ w on tiles
+        (``a``: the rounded gate gradients of the next step, bf16 rows of stride
+        ``ldab`` bytes, ``KKc`` chunks of 32 k; ``w``: the output panel, ``[KKc*16]``
+        pair rows of ``ldwb`` bytes), then the LSTM backward epilogue of
+        :data:`fastrnn.kernels.bf16_simd.uk_bf16_bwd` on ``nr`` rows."""
+        if not isinstance(ntag, types.UniTuple):
+            return None
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            (_, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
+             dc, dg, dgv, dgg, dgb) = args
+            b = builder
+            load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+            dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+            C = lambda v: ir.Constant(I64, v)  # noqa: E731
+            for v in range(NV):
+                b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(v)])
+            with cgutils.for_range(b, KKc) as loop:
+                c = loop.index
+                b.call(load, [_t(4), b.inttoptr(b.add(a, b.mul(c, C(64))), _i8p), ldab])
+                wc = b.add(w, b.mul(b.mul(c, C(16)), ldwb))
+                for v in range(NV):
+                    b.call(load, [_t(5 + v % 2), b.inttoptr(b.add(wc, C(64 * v)), _i8p), ldwb])
+                    b.call(dp, [_t(v), _t(4), _t(5 + v % 2)])
+            store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+            for v in range(NV):
+                b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
+            s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
+                                                         cn, dc, dg)
+            (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
+            m = VMath(b, F32X)
+            one = m.one
+            if peephole:
+                pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
+                      for v in range(NV)]
+            with cgutils.for_range(b, nr) as loop:
+                r = loop.index
+                for v in range(NV):
+                    ho = b.add(b.mul(r, ldh), C(v * VW))
+                    acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
+                    dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
+                               vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
+                    ra = b.mul(r, ldact)
+                    gi, gf, gg, go = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
+                                      for g in range(4)]
+                    tc = m.tanh(vload(b, F32X, cn, ho))
+                    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
+                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), vload(b, F32X, dc, ho))
+                    if peephole:
+                        dcc = m.fma(do, pv[v][2], dcc)
+                    cpv = vload(b, F32X, cp, ho)
+                    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
+                    df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
+                    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
+                    for g, val in enumerate((di, df, dgc, do)):
+                        off = b.add(ra, b.add(b.mul(C(v), dgv), b.mul(C(g), dgg)))
+                        vstore(b, val, F32X, dg, off)
+                        store_bf16(b, round_bits(b, val), dgb, off)
+                    dcp = m.mul(dcc, gf)
+                    if peephole:
+                        dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
+                    vstore(b, dcp, F32X, dc, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the backward blocks
+uk_amx_bwd = [_make_bwd(False), _make_bwd(True)]
+_ub, _ubp = uk_amx_bwd
+
+
+@njit(inline="always")
+def _bwd_block(peep, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp,
+               cp, cn, dc, dg, dgv, dgg, dgb):
+    if peep is None:
+        _ub(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
+            dc, dg, dgv, dgg, dgb)
+    else:
+        _ubp(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
+             dc, dg, dgv, dgg, dgb)
+
+
+@njit(inline="always")
+def _bwd_rows(lo, hi, peep, ntag, a, GH, w, ldwb, KKc, scr, dhx, lddhx, dy, Hp, act, pp, cp, cn,
+              dc, dg, dgb):
+    """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0)."""
+    for q0 in range(lo, hi, 16):
+        nr = min(16, hi - q0)
+        _bwd_block(peep, ntag, a + 2 * q0 * GH, 2 * GH, w, ldwb, KKc, scr, nr,
+                   dhx + 4 * q0 * lddhx, lddhx, dy + 4 * q0 * Hp, Hp, act + 4 * q0 * GH, GH, pp,
+                   cp + 4 * q0 * Hp, cn + 4 * q0 * Hp, dc + 4 * q0 * Hp, dg + 4 * q0 * GH, 16,
+                   Hp, dgb + 2 * q0 * GH)
+
+
+@njit(inline="always")
+def _bwd_panel(s, q, tid, Q, args, peep):
+    (n, B, Bx, Hp, GH, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, scr, r0,
+     r1) = args
+    NB = 64
+    nb = min(nact[s], r1)
+    nprod = min(nact[s + 1], r1) if s + 1 < n else r0
+    nprod = max(nprod, r0)
+    a = gbp + 2 * (s + 1) * Bx * GH
+    j0 = q * NB
+    wd = min(NB, Hp - j0)
+    nv = wd // 16
+    wq = ubp + 2 * q * GH * NB
+    col = j0 * 4
+    dyq = dyp + 4 * (s * B * Hp + j0)
+    aq = ap + 4 * (s * B * GH + col)
+    cpq = csp + 4 * (s * B * Hp + j0)
+    cnq = cpq + 4 * B * Hp
+    dcq = dcp + 4 * j0
+    dgq = gp + 4 * (s * B * GH + j0)
+    dgbq = gbp + 2 * (s * Bx * GH + j0)
+    dhq = dhp + 4 * j0
+    ppq = ppp + 4 * 3 * j0
+    for part in range(2):
+        lo = r0 if part == 0 else nprod
+        hi = nprod if part == 0 else nb
+        KKc = GH // 32 if part == 0 else 0
+        dhx = zp if part == 0 else dhq
+        lddhx = 0 if part == 0 else Hp
+        if nv == 4:
+            _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+        elif nv == 3:
+            _bwd_rows(lo, hi, peep, (0, 0, 0), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+        elif nv == 2:
+            _bwd_rows(lo, hi, peep, (0, 0), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+        else:
+            _bwd_rows(lo, hi, peep, (0,), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+
+
+@njit(**JIT_OPTIONS)
+def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl, tid, nthr,
+                        r0, r1):
+    # as lstm_bwd_bf16_kernel of packed_bf16 (output panels of 64 units), with dgb
+    # [n,Bx,G*Hp] uint16, Bx >= B+16 (the products read tiles of 16 rows)
+    n, B, GH = act.shape
+    Hp = dy.shape[2]
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    for t in range(7):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    scr = np.empty(16 * 64, np.float32)
+    ppp = 0 if peep is None else peep.ctypes.data
+    args = (n, B, dgb.shape[1], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
+            act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
+            zrow.ctypes.data, ppp, nact, scr.ctypes.data, r0, r1)
+    amx_begin(cfg.ctypes.data)
+    w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()
     return w

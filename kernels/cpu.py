@@ -26,8 +26,8 @@ work is done by:
 The bfloat16 compute mode (``compute_dtype="bfloat16"``, float32 layers; see
 :mod:`fastrnn.bf16` and :func:`route_bf16`): the LSTM and diagonal peephole
 LSTM run the packed bf16 kernels (:mod:`~fastrnn.kernels.packed_bf16`), with
-``vdpbf16ps`` products where the CPU has AVX512-BF16 (the forward products on
-AMX tiles where it also has AMX-BF16) and emulated products
+``vdpbf16ps`` products where the CPU has AVX512-BF16 (the time loops' products
+on AMX tiles where it also has AMX-BF16) and emulated products
 (the same numbers up to the order of the float32 sums) elsewhere or with
 ``settings.bf16_native`` off; the other cells run the NumPy reference's bf16
 code. Either fallback warns once per process that bf16 brings no speed there.
@@ -124,8 +124,7 @@ def describe():
 
 def route_bf16(cell):
     """Which code runs ``cell`` in the bfloat16 compute mode here: ``"amx"`` (the
-    packed bf16 kernels with the forward products on AMX tiles, ``vdpbf16ps``
-    backward), ``"native"`` (``vdpbf16ps`` throughout), ``"emulated"`` (the same kernels with
+    packed bf16 kernels with the time loops' products on AMX tiles), ``"native"`` (``vdpbf16ps`` throughout), ``"emulated"`` (the same kernels with
     the products emulated in float32: no AVX512-BF16, or ``settings.bf16_native``
     off) or ``"reference"`` (the NumPy reference's bf16 code: the cells without a
     bf16 kernel, GRU/RNN/reset-before GRU/full peephole, or no packed kernels here).
@@ -151,8 +150,7 @@ def describe_bf16():
     """One line on what the bfloat16 compute mode runs here (for ``fastrnn info``)."""
     lstm = route_bf16(CELLS["lstm"])
     if lstm == "amx":
-        how = ("packed bf16 kernels, forward products on AMX-BF16 tiles, backward with "
-               "vdpbf16ps (AVX512-BF16)")
+        how = "packed bf16 kernels with the recurrent loops' products on AMX-BF16 tiles"
     elif lstm == "native":
         how = "packed bf16 kernels with vdpbf16ps products (AVX512-BF16)"
     elif lstm == "emulated":

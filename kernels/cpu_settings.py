@@ -104,7 +104,7 @@ class Settings:
         emulated products everywhere (same numbers up to the order of the
         float32 sums; the tests run both paths on a CPU that has the
         instruction).
-    bf16_amx : run the bf16 LSTM's forward products on AMX tiles where the CPU
+    bf16_amx : run the bf16 LSTM's time-loop products on AMX tiles where the CPU
         has AMX-BF16 and Linux grants the process the tiles (with
         ``bf16_native`` on); False: ``vdpbf16ps`` only.
     """

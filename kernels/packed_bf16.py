@@ -409,7 +409,7 @@ def lstm_bwd_bf16_kernel(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, dgb
 class BF16Cache:
     """What :func:`lstm_backward` needs from a training :func:`lstm_forward`."""
 
-    __slots__ = ("sched", "pk", "xh", "act", "cs", "flops", "plan", "tag")
+    __slots__ = ("sched", "pk", "xh", "act", "cs", "flops", "plan", "tag", "amx")
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
@@ -471,7 +471,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     cache.sched, cache.pk, cache.act, cache.cs = sched, pk, act, cs
     cache.xh = xh if Bx == B else xh[:, :B]
     cache.flops = 2.0 * B * G * H * H
-    cache.plan, cache.tag = plan, tag
+    cache.plan, cache.tag, cache.amx = plan, tag, amx
     return y, h_n, c_n, cache
 
 
@@ -494,12 +494,20 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dc = sched.sort_rows(np.asarray(dc_n, dt), Hp)
     zero = np.zeros if sched.tix is not None else np.empty
     dg = zero((n, B, GH), dt)
-    dgb = zero((n, B, GH), np.uint16)
     zrow = np.zeros(NB, dt)
     ctl = np.zeros(Q + 1, np.int64)
-    plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
-        cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
-        sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
+    if cache.amx:       # the products read tiles of 16 rows from any row: 16 rows more
+        from fastrnn.kernels import amx_bf16
+        dgb = np.zeros((n, B + 16, GH), np.uint16)
+        plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
+            cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
+            tid, nthr, r0, r1))
+        dgb = dgb[:, :B]
+    else:
+        dgb = zero((n, B, GH), np.uint16)
+        plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
+            cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
+            sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
     # after the loop: float32 GEMMs on the rounded operands (exact products)
     dgr = from_bits(dgb).reshape(n * B, GH)
     xhr = from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)

@@ -40,7 +40,8 @@ from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import VMath, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
 
-__all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd"]
+__all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
+           "gemm", "transpose_steps", "pair_steps"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -384,3 +385,94 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl
     w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()
     return w
+
+
+# --------------------------------------------------------------------------- GEMM
+@intrinsic
+def uk_amx_gemm(typingctx, a, lda, b, ldb, c, ldc, KKc):
+    """A 32 x 32 float32 block ``c`` (row stride ``ldc`` bytes) = ``a`` (32 bf16 rows,
+    stride ``lda`` bytes, ``KKc`` chunks of 32 k) times ``b`` (``KKc*16`` k-pair rows
+    of 32 columns x 2, stride ``ldb`` bytes): tiles 0-3 the block's quarters,
+    4-5 the two row halves of ``a``, 6-7 the two column halves of ``b``."""
+    i8 = types.int64
+    sig = types.void(i8, i8, i8, i8, i8, i8, i8)
+
+    def codegen(context, builder, signature, args):
+        a, lda, b_, ldb, c, ldc, KKc = args
+        bd = builder
+        load = _fn(bd, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+        dp = _fn(bd, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        for t in range(4):
+            bd.call(_fn(bd, "llvm.x86.tilezero", [_i8]), [_t(t)])
+        with cgutils.for_range(bd, KKc) as loop:
+            k = loop.index
+            for i in range(2):
+                pa = bd.add(bd.add(a, bd.mul(C(16 * i), lda)), bd.mul(k, C(64)))
+                bd.call(load, [_t(4 + i), bd.inttoptr(pa, _i8p), lda])
+            for j in range(2):
+                pb_ = bd.add(bd.add(b_, bd.mul(bd.mul(k, C(16)), ldb)), C(64 * j))
+                bd.call(load, [_t(6 + j), bd.inttoptr(pb_, _i8p), ldb])
+            for i in range(2):
+                for j in range(2):
+                    bd.call(dp, [_t(2 * i + j), _t(4 + i), _t(6 + j)])
+        store = _fn(bd, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+        for i in range(2):
+            for j in range(2):
+                pc = bd.add(bd.add(c, bd.mul(C(16 * i), ldc)), C(64 * j))
+                bd.call(store, [_t(2 * i + j), bd.inttoptr(pc, _i8p), ldc])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(**JIT_OPTIONS)
+def gemm(a, K, bp, c, n0, n1):
+    """``c[:, n0:n1] = a[:, :K] @ b`` in float32 from bf16 operands: ``a`` [M, >= K] uint16
+    rows, ``bp`` [K/2, >= N, 2] uint16 (``b``'s k pairs), ``c`` [M, N] float32; M, n0,
+    n1 multiples of 32, K of 32. Leading dimensions that are multiples of 4 KiB
+    make the tile rows collide in the caches: pad them."""
+    M = a.shape[0]
+    N = c.shape[1]
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    lda = 2 * a.shape[1]
+    ldb = 4 * bp.shape[1]
+    amx_begin(cfg.ctypes.data)
+    for j0 in range(n0, n1, 32):
+        for i0 in range(0, M, 32):
+            uk_amx_gemm(a.ctypes.data + i0 * lda, lda, bp.ctypes.data + 4 * j0, ldb,
+                        c.ctypes.data + 4 * (i0 * N + j0), 4 * N, K // 32)
+    amx_end()
+
+
+@njit(cache=True, nogil=True)
+def transpose_steps(src, B, out):
+    """``out[f, s*B + b] = src[s, b, f]`` for ``b < B`` (uint16 [n, >= B, F] -> [F, >= n*B];
+    the rest of ``out`` is left as it is)."""
+    n = src.shape[0]
+    F = src.shape[2]
+    for s in range(n):
+        for b0 in range(0, B, 16):
+            b1 = min(B, b0 + 16)
+            for f in range(F):
+                for b in range(b0, b1):
+                    out[f, s * B + b] = src[s, b, f]
+
+
+@njit(cache=True, nogil=True)
+def pair_steps(src, B, out):
+    """``out[r >> 1, j, r & 1] = src[s, b, j]``, ``r = s*B + b``, for ``b < B`` (uint16
+    [n, >= B, N] -> [>= n*B/2, >= N, 2], the k pairs of the rows; the rest of ``out``
+    is left as it is)."""
+    n = src.shape[0]
+    N = src.shape[2]
+    for s in range(n):
+        for b in range(B):
+            r = s * B + b
+            kk = r >> 1
+            h = r & 1
+            for j in range(N):
+                out[kk, j, h] = src[s, b, j]

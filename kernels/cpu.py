@@ -124,11 +124,14 @@ def describe():
 
 def route_bf16(cell):
     """Which code runs ``cell`` in the bfloat16 compute mode here: ``"amx"`` (the
-    packed bf16 kernels with the time loops' products on AMX tiles), ``"native"`` (``vdpbf16ps`` throughout), ``"emulated"`` (the same kernels with
-    the products emulated in float32: no AVX512-BF16, or ``settings.bf16_native``
-    off) or ``"reference"`` (the NumPy reference's bf16 code: the cells without a
-    bf16 kernel, GRU/RNN/reset-before GRU/full peephole, or no packed kernels here).
-    All three compute the same numbers up to the order of the float32 sums."""
+    packed bf16 kernels with the products of the time loops and of the weight
+    gradient on AMX tiles: AMX-BF16 and ``settings.bf16_amx``), ``"native"``
+    (the packed bf16 kernels with ``vdpbf16ps``), ``"emulated"`` (the same
+    kernels with the products emulated in float32: no AVX512-BF16, or
+    ``settings.bf16_native`` off) or ``"reference"`` (the NumPy reference's bf16
+    code: the cells without a bf16 kernel, GRU/RNN/reset-before GRU/full
+    peephole, or no packed kernels here). All compute the same numbers up to
+    the order of the float32 sums (and the bf16 roundings that order can flip)."""
     if (PACKED[cell.name] != "lstm" or packed_bf16 is None or packed is None
             or not settings.use_packed):
         return "reference"
@@ -150,7 +153,8 @@ def describe_bf16():
     """One line on what the bfloat16 compute mode runs here (for ``fastrnn info``)."""
     lstm = route_bf16(CELLS["lstm"])
     if lstm == "amx":
-        how = "packed bf16 kernels with the recurrent loops' products on AMX-BF16 tiles"
+        how = ("packed bf16 kernels, the time loops' and weight gradient's products on "
+               "AMX-BF16 tiles")
     elif lstm == "native":
         how = "packed bf16 kernels with vdpbf16ps products (AVX512-BF16)"
     elif lstm == "emulated":

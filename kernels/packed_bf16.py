@@ -30,7 +30,6 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastrnn.bf16 import round_bf16
 from fastrnn.kernels.bf16_simd import (BF16_MR, EMULATED, NATIVE, uk_bf16_bwd, uk_bf16_fwd,
                                        uk_bf16_peep_bwd, uk_bf16_peep_fwd)
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS, settings
@@ -145,7 +144,8 @@ class PackedBF16:
 
 def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
     """The panels of :func:`fastrnn.kernels.vector.pack` (``VW = 16``) in bf16 pairs:
-    ``up`` [P, (Ip+Hp)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Hp)/2, 4*VW] uint32); with ``backward`` also ``ub`` (``U``
+    ``up`` [P, (Ip+Kh)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Kh)/2, 4*VW] uint32; ``Ip``,
+    ``Kh``: I and Hp rounded up to ``kmult``); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
     each) and ``w_ih``/``w_hh`` rounded to bf16 (float32 values, PyTorch's gate
     order, units padded) for the GEMMs after the loop."""
@@ -179,8 +179,8 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
         wi[:, :H] = w_ih.reshape(4, H, I)
         wh = np.zeros((4, Hp, Hp), np.float32)
         wh[:, :H, :H] = w_hh.reshape(4, H, H)
-        pk.w_ih = round_bf16(wi.reshape(4 * Hp, I))
-        pk.w_hh = round_bf16(wh.reshape(4 * Hp, Hp))
+        pk.w_ih = from_bits(to_bits(wi.reshape(4 * Hp, I)))
+        pk.w_hh = from_bits(to_bits(wh.reshape(4 * Hp, Hp)))
     return pk
 
 
@@ -502,24 +502,39 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
             cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
             tid, nthr, r0, r1))
-        dgb = dgb[:, :B]
     else:
         dgb = zero((n, B, GH), np.uint16)
         plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
             cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
             sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
     # after the loop: float32 GEMMs on the rounded operands (exact products)
-    dgr = from_bits(dgb).reshape(n * B, GH)
-    xhr = from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
+    dgr = from_bits(dgb[:, :B]).reshape(n * B, GH)
+    xhr = None if cache.amx else from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
     dg2 = dg.reshape(n * B, GH)
     dxs = np.empty((n * B, I), dt)
     dh0 = np.empty((B, Hp), dt)
     db_p = np.empty(GH, dt)
-    dw_p = np.empty((GH, Ip + Kh), dt)
+    dw_p = None if cache.amx else np.empty((GH, Ip + Kh), dt)
     tasks = []
     split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
-    for r0, r1 in splits(GH, DW_TASKS if split else 1):
-        tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1]))
+    if cache.amx:
+        # dWᵀ = [x h]ᵀ dg on tiles: both operands re-laid out for them (K = n*B padded
+        # to 32 with zeros; leading dimensions padded off multiples of 4 KiB)
+        from fastrnn.kernels import amx_bf16
+        Nx = Ip + Kh
+        Kp = -(-(n * B) // 32) * 32
+        at = np.zeros((Nx, Kp + 32), np.uint16)
+        amx_bf16.transpose_steps(cache.xh[:n], B, at)
+        bpairs = np.zeros((Kp // 2, GH + 16, 2), np.uint16)
+        amx_bf16.pair_steps(dgb, B, bpairs)
+        dwt = np.empty((Nx, GH), dt)
+        dw_p = dwt.T
+        for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
+            tasks.append(lambda r0=r0, r1=r1: amx_bf16.gemm(at, Kp, bpairs, dwt, 32 * r0,
+                                                            32 * r1))
+    else:
+        for r0, r1 in splits(GH, DW_TASKS if split else 1):
+            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1]))
     for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], pk.w_ih, out=dxs[r0:r1]))
     tasks.append(lambda: np.matmul(dgr[:B], pk.w_hh, out=dh0))

@@ -221,22 +221,23 @@ def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring,
 def _make_bwd(peephole):
     @intrinsic
     def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
-           peep, cp, cn, dc, dg, dgv, dgg, dgb):
+           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb):
         """NV output vectors (``len(ntag)``), ``nr <= 16`` rows: dh = a @ w on tiles
         (``a``: the rounded gate gradients of the next step, bf16 rows of stride
         ``ldab`` bytes, ``KKc`` chunks of 32 k; ``w``: the output panel, ``[KKc*16]``
         pair rows of ``ldwb`` bytes), then the LSTM backward epilogue of
-        :data:`fastrnn.kernels.bf16_simd.uk_bf16_bwd` on ``nr`` rows."""
+        :data:`fastrnn.kernels.bf16_simd.uk_bf16_bwd` on ``nr`` rows (the rounded gate
+        gradients to ``dgb``, row stride ``lddgb`` elements)."""
         if not isinstance(ntag, types.UniTuple):
             return None
         NV = ntag.count
         i8 = types.int64
         sig = types.void(ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
-                         i8, i8, i8, i8, i8)
+                         i8, i8, i8, i8, i8, i8)
 
         def codegen(context, builder, signature, args):
             (_, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
-             dc, dg, dgv, dgg, dgb) = args
+             dc, dg, dgv, dgg, dgb, lddgb) = args
             b = builder
             load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
             dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
@@ -281,9 +282,9 @@ def _make_bwd(peephole):
                     df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
                     dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
                     for g, val in enumerate((di, df, dgc, do)):
-                        off = b.add(ra, b.add(b.mul(C(v), dgv), b.mul(C(g), dgg)))
-                        vstore(b, val, F32X, dg, off)
-                        store_bf16(b, round_bits(b, val), dgb, off)
+                        col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
+                        vstore(b, val, F32X, dg, b.add(ra, col))
+                        store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
                     dcp = m.mul(dcc, gf)
                     if peephole:
                         dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
@@ -300,36 +301,37 @@ _ub, _ubp = uk_amx_bwd
 
 @njit(inline="always")
 def _bwd_block(peep, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp,
-               cp, cn, dc, dg, dgv, dgg, dgb):
+               cp, cn, dc, dg, dgv, dgg, dgb, lddgb):
     if peep is None:
         _ub(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-            dc, dg, dgv, dgg, dgb)
+            dc, dg, dgv, dgg, dgb, lddgb)
     else:
         _ubp(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-             dc, dg, dgv, dgg, dgb)
+             dc, dg, dgv, dgg, dgb, lddgb)
 
 
 @njit(inline="always")
-def _bwd_rows(lo, hi, peep, ntag, a, GH, w, ldwb, KKc, scr, dhx, lddhx, dy, Hp, act, pp, cp, cn,
-              dc, dg, dgb):
-    """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0)."""
+def _bwd_rows(lo, hi, peep, ntag, a, GH, GHb, w, ldwb, KKc, scr, dhx, lddhx, dy, Hp, act, pp,
+              cp, cn, dc, dg, dgb):
+    """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0; ``GHb``
+    the row stride of the bf16 gate gradients)."""
     for q0 in range(lo, hi, 16):
         nr = min(16, hi - q0)
-        _bwd_block(peep, ntag, a + 2 * q0 * GH, 2 * GH, w, ldwb, KKc, scr, nr,
+        _bwd_block(peep, ntag, a + 2 * q0 * GHb, 2 * GHb, w, ldwb, KKc, scr, nr,
                    dhx + 4 * q0 * lddhx, lddhx, dy + 4 * q0 * Hp, Hp, act + 4 * q0 * GH, GH, pp,
                    cp + 4 * q0 * Hp, cn + 4 * q0 * Hp, dc + 4 * q0 * Hp, dg + 4 * q0 * GH, 16,
-                   Hp, dgb + 2 * q0 * GH)
+                   Hp, dgb + 2 * q0 * GHb, GHb)
 
 
 @njit(inline="always")
 def _bwd_panel(s, q, tid, Q, args, peep):
-    (n, B, Bx, Hp, GH, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, scr, r0,
+    (n, B, Bx, GHb, Hp, GH, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, scr, r0,
      r1) = args
     NB = 64
     nb = min(nact[s], r1)
     nprod = min(nact[s + 1], r1) if s + 1 < n else r0
     nprod = max(nprod, r0)
-    a = gbp + 2 * (s + 1) * Bx * GH
+    a = gbp + 2 * (s + 1) * Bx * GHb
     j0 = q * NB
     wd = min(NB, Hp - j0)
     nv = wd // 16
@@ -341,7 +343,7 @@ def _bwd_panel(s, q, tid, Q, args, peep):
     cnq = cpq + 4 * B * Hp
     dcq = dcp + 4 * j0
     dgq = gp + 4 * (s * B * GH + j0)
-    dgbq = gbp + 2 * (s * Bx * GH + j0)
+    dgbq = gbp + 2 * (s * Bx * GHb + j0)
     dhq = dhp + 4 * j0
     ppq = ppp + 4 * 3 * j0
     for part in range(2):
@@ -351,16 +353,16 @@ def _bwd_panel(s, q, tid, Q, args, peep):
         dhx = zp if part == 0 else dhq
         lddhx = 0 if part == 0 else Hp
         if nv == 4:
-            _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+            _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
                       Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
         elif nv == 3:
-            _bwd_rows(lo, hi, peep, (0, 0, 0), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+            _bwd_rows(lo, hi, peep, (0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
                       Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
         elif nv == 2:
-            _bwd_rows(lo, hi, peep, (0, 0), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+            _bwd_rows(lo, hi, peep, (0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
                       Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
         else:
-            _bwd_rows(lo, hi, peep, (0,), a, GH, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+            _bwd_rows(lo, hi, peep, (0,), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
                       Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
 
 
@@ -368,7 +370,7 @@ def _bwd_panel(s, q, tid, Q, args, peep):
 def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl, tid, nthr,
                         r0, r1):
     # as lstm_bwd_bf16_kernel of packed_bf16 (output panels of 64 units), with dgb
-    # [n,Bx,G*Hp] uint16, Bx >= B+16 (the products read tiles of 16 rows)
+    # [n,Bx,>= G*Hp] uint16, Bx >= B+16 (the products read tiles of 16 rows)
     n, B, GH = act.shape
     Hp = dy.shape[2]
     cfg = np.zeros(64, np.uint8)
@@ -378,7 +380,7 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl
         cfg[48 + t] = 16
     scr = np.empty(16 * 64, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
-    args = (n, B, dgb.shape[1], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
+    args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
             zrow.ctypes.data, ppp, nact, scr.ctypes.data, r0, r1)
     amx_begin(cfg.ctypes.data)

@@ -498,10 +498,12 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     ctl = np.zeros(Q + 1, np.int64)
     if cache.amx:       # the products read tiles of 16 rows from any row: 16 rows more
         from fastrnn.kernels import amx_bf16
-        dgb = np.zeros((n, B + 16, GH), np.uint16)
+        # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
+        dgb = np.zeros((n, B + 16, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
         plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
             cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
             tid, nthr, r0, r1))
+        dgb = dgb[:, :, :GH]
     else:
         dgb = zero((n, B, GH), np.uint16)
         plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (

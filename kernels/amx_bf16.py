@@ -41,7 +41,7 @@ from fastrnn.kernels.simd import VMath, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
-           "gemm", "transpose_steps", "pair_steps"]
+           "gemm", "pack_a_steps", "pack_b_steps", "pack_rows_steps"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -390,17 +390,21 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl
 
 
 # --------------------------------------------------------------------------- GEMM
+# Operands of the GEMM are packed in tiles: ``a`` as [M/16][K/32][16][32] bf16 (each
+# A tile 1 KiB contiguous), ``b`` as [N/16][K/2][16][2] (each B tile of a 32-k chunk
+# 1 KiB contiguous): tile loads then read whole lines in order (row-major operands
+# with strided rows measured 2-3x slower).
 @intrinsic
-def uk_amx_gemm(typingctx, a, lda, b, ldb, c, ldc, KKc):
-    """A 32 x 32 float32 block ``c`` (row stride ``ldc`` bytes) = ``a`` (32 bf16 rows,
-    stride ``lda`` bytes, ``KKc`` chunks of 32 k) times ``b`` (``KKc*16`` k-pair rows
-    of 32 columns x 2, stride ``ldb`` bytes): tiles 0-3 the block's quarters,
-    4-5 the two row halves of ``a``, 6-7 the two column halves of ``b``."""
+def uk_amx_gemm(typingctx, a0, a1, b0, b1, c, ldc, KKc):
+    """A 32 x 32 float32 block ``c`` (row stride ``ldc`` bytes) = the two 16-row A
+    tile columns ``a0``, ``a1`` (``KKc`` consecutive 1 KiB tiles each) times the two
+    16-column B tile columns ``b0``, ``b1``: tiles 0-3 the block's quarters, 4-5
+    A, 6-7 B."""
     i8 = types.int64
     sig = types.void(i8, i8, i8, i8, i8, i8, i8)
 
     def codegen(context, builder, signature, args):
-        a, lda, b_, ldb, c, ldc, KKc = args
+        a0, a1, b0, b1, c, ldc, KKc = args
         bd = builder
         load = _fn(bd, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
         dp = _fn(bd, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
@@ -408,13 +412,9 @@ def uk_amx_gemm(typingctx, a, lda, b, ldb, c, ldc, KKc):
         for t in range(4):
             bd.call(_fn(bd, "llvm.x86.tilezero", [_i8]), [_t(t)])
         with cgutils.for_range(bd, KKc) as loop:
-            k = loop.index
-            for i in range(2):
-                pa = bd.add(bd.add(a, bd.mul(C(16 * i), lda)), bd.mul(k, C(64)))
-                bd.call(load, [_t(4 + i), bd.inttoptr(pa, _i8p), lda])
-            for j in range(2):
-                pb_ = bd.add(bd.add(b_, bd.mul(bd.mul(k, C(16)), ldb)), C(64 * j))
-                bd.call(load, [_t(6 + j), bd.inttoptr(pb_, _i8p), ldb])
+            off = bd.mul(loop.index, C(1024))
+            for t, base in ((4, a0), (5, a1), (6, b0), (7, b1)):
+                bd.call(load, [_t(t), bd.inttoptr(bd.add(base, off), _i8p), C(64)])
             for i in range(2):
                 for j in range(2):
                     bd.call(dp, [_t(2 * i + j), _t(4 + i), _t(6 + j)])
@@ -428,53 +428,80 @@ def uk_amx_gemm(typingctx, a, lda, b, ldb, c, ldc, KKc):
 
 
 @njit(**JIT_OPTIONS)
-def gemm(a, K, bp, c, n0, n1):
-    """``c[:, n0:n1] = a[:, :K] @ b`` in float32 from bf16 operands: ``a`` [M, >= K] uint16
-    rows, ``bp`` [K/2, >= N, 2] uint16 (``b``'s k pairs), ``c`` [M, N] float32; M, n0,
-    n1 multiples of 32, K of 32. Leading dimensions that are multiples of 4 KiB
-    make the tile rows collide in the caches: pad them."""
-    M = a.shape[0]
+def gemm(ap, bp, c, n0, n1):
+    """``c[:, n0:n1] = a @ b`` in float32 from tile-packed bf16 operands: ``ap``
+    [M/16, K/32, 16, 32] and ``bp`` [N/16, K/2, 16, 2] uint16 (:func:`pack_a_steps`,
+    :func:`pack_b_steps`), ``c`` [M, N] float32; M, n0, n1 multiples of 32."""
+    KKc = ap.shape[1]
     N = c.shape[1]
     cfg = np.zeros(64, np.uint8)
     cfg[0] = 1
     for t in range(8):
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
-    lda = 2 * a.shape[1]
-    ldb = 4 * bp.shape[1]
+    sa = 2 * ap.shape[1] * 512            # bytes per 16-row A tile column
+    sb = 2 * bp.shape[1] * 32             # bytes per 16-column B tile column
     amx_begin(cfg.ctypes.data)
     for j0 in range(n0, n1, 32):
-        for i0 in range(0, M, 32):
-            uk_amx_gemm(a.ctypes.data + i0 * lda, lda, bp.ctypes.data + 4 * j0, ldb,
-                        c.ctypes.data + 4 * (i0 * N + j0), 4 * N, K // 32)
+        for i0 in range(0, ap.shape[0] * 16, 32):
+            a0 = ap.ctypes.data + (i0 // 16) * sa
+            b0 = bp.ctypes.data + (j0 // 16) * sb
+            uk_amx_gemm(a0, a0 + sa, b0, b0 + sb, c.ctypes.data + 4 * (i0 * N + j0), 4 * N,
+                        KKc)
     amx_end()
 
 
 @njit(cache=True, nogil=True)
-def transpose_steps(src, B, out):
-    """``out[f, s*B + b] = src[s, b, f]`` for ``b < B`` (uint16 [n, >= B, F] -> [F, >= n*B];
-    the rest of ``out`` is left as it is)."""
+def pack_a_steps(src, B, out):
+    """The A operand ``a[f, s*B + b] = src[s, b, f]`` (``b < B``; uint16 [n, >= B, F])
+    tile-packed into ``out`` [F/16, Kp/32, 16, 32] (zero where nothing is written)."""
     n = src.shape[0]
     F = src.shape[2]
-    for s in range(n):
-        for b0 in range(0, B, 16):
-            b1 = min(B, b0 + 16)
-            for f in range(F):
-                for b in range(b0, b1):
-                    out[f, s * B + b] = src[s, b, f]
+    R = n * B
+    ss = np.empty(32, np.int64)
+    bs = np.empty(32, np.int64)
+    for kc in range((R + 31) // 32):
+        m = min(R, kc * 32 + 32) - kc * 32
+        for i in range(m):
+            ss[i] = (kc * 32 + i) // B
+            bs[i] = (kc * 32 + i) % B
+        for f in range(F):
+            fb = f >> 4
+            ff = f & 15
+            for i in range(m):
+                out[fb, kc, ff, i] = src[ss[i], bs[i], f]
 
 
 @njit(cache=True, nogil=True)
-def pair_steps(src, B, out):
-    """``out[r >> 1, j, r & 1] = src[s, b, j]``, ``r = s*B + b``, for ``b < B`` (uint16
-    [n, >= B, N] -> [>= n*B/2, >= N, 2], the k pairs of the rows; the rest of ``out``
-    is left as it is)."""
+def pack_b_steps(src, B, out):
+    """The B operand ``b[s*B + b, j] = src[s, b, j]`` (``b < B``; uint16 [n, >= B, N]) in
+    k pairs, tile-packed into ``out`` [N/16, Kp/2, 16, 2] (zero where nothing is
+    written)."""
     n = src.shape[0]
     N = src.shape[2]
+    R = n * B
+    for kk in range((R + 1) // 2):
+        r = 2 * kk
+        s0, b0 = r // B, r % B
+        if r + 1 < R:
+            s1, b1 = (r + 1) // B, (r + 1) % B
+            for j in range(N):
+                out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
+                out[j >> 4, kk, j & 15, 1] = src[s1, b1, j]
+        else:
+            for j in range(N):
+                out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
+
+
+@njit(cache=True, nogil=True)
+def pack_rows_steps(src, B, out):
+    """The A operand ``a[s*B + b, c] = src[s, b, c]`` (``b < B``; uint16 [n, >= B, C],
+    C a multiple of 32) tile-packed into ``out`` [Mp/16, C/32, 16, 32] (zero where
+    nothing is written)."""
+    n = src.shape[0]
+    C = src.shape[2]
     for s in range(n):
         for b in range(B):
             r = s * B + b
-            kk = r >> 1
-            h = r & 1
-            for j in range(N):
-                out[kk, j, h] = src[s, b, j]
+            for c in range(C):
+                out[r >> 4, c >> 5, r & 15, c & 31] = src[s, b, c]

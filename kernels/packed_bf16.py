@@ -510,38 +510,51 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
             cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
             sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
     # after the loop: float32 GEMMs on the rounded operands (exact products)
-    dgr = from_bits(dgb[:, :B]).reshape(n * B, GH)
+    dgr = from_bits(dgb[:1 if cache.amx else n, :B]).reshape(-1, GH)
     xhr = None if cache.amx else from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
     dg2 = dg.reshape(n * B, GH)
-    dxs = np.empty((n * B, I), dt)
+    dxs = None if cache.amx else np.empty((n * B, I), dt)
     dh0 = np.empty((B, Hp), dt)
     db_p = np.empty(GH, dt)
     dw_p = None if cache.amx else np.empty((GH, Ip + Kh), dt)
     tasks = []
     split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     if cache.amx:
-        # dWᵀ = [x h]ᵀ dg on tiles: both operands re-laid out for them (K = n*B padded
-        # to 32 with zeros; leading dimensions padded off multiples of 4 KiB)
+        # dWᵀ = [x h]ᵀ dg on tiles: both operands packed in tiles (K = n*B padded to 32
+        # with zeros)
         from fastrnn.kernels import amx_bf16
         Nx = Ip + Kh
         Kp = -(-(n * B) // 32) * 32
-        at = np.zeros((Nx, Kp + 32), np.uint16)
-        amx_bf16.transpose_steps(cache.xh[:n], B, at)
-        bpairs = np.zeros((Kp // 2, GH + 16, 2), np.uint16)
-        amx_bf16.pair_steps(dgb, B, bpairs)
+        at = np.zeros((Nx // 16, Kp // 32, 16, 32), np.uint16)
+        amx_bf16.pack_a_steps(cache.xh[:n], B, at)
+        bt = np.zeros((GH // 16, Kp // 2, 16, 2), np.uint16)
+        amx_bf16.pack_b_steps(dgb, B, bt)
         dwt = np.empty((Nx, GH), dt)
         dw_p = dwt.T
         for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: amx_bf16.gemm(at, Kp, bpairs, dwt, 32 * r0,
-                                                            32 * r1))
+            tasks.append(lambda r0=r0, r1=r1: amx_bf16.gemm(at, bt, dwt, 32 * r0, 32 * r1))
     else:
         for r0, r1 in splits(GH, DW_TASKS if split else 1):
             tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1]))
-    for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
-        tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], pk.w_ih, out=dxs[r0:r1]))
+    if cache.amx:
+        # dx = dg W_ih on tiles (rows padded to 32, W_ih's columns to Ip)
+        Mp = -(-(n * B) // 32) * 32
+        ar = np.zeros((Mp // 16, GH // 32, 16, 32), np.uint16)
+        amx_bf16.pack_rows_steps(dgb, B, ar)
+        wib = np.zeros((1, GH, Ip), np.uint16)
+        wib[0, :, :I] = to_bits(pk.w_ih)
+        bw = np.zeros((Ip // 16, GH // 2, 16, 2), np.uint16)
+        amx_bf16.pack_b_steps(wib, GH, bw)
+        dxp = np.empty((Mp, Ip), dt)
+        tasks.append(lambda: amx_bf16.gemm(ar, bw, dxp, 0, Ip))
+    else:
+        for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
+            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], pk.w_ih, out=dxs[r0:r1]))
     tasks.append(lambda: np.matmul(dgr[:B], pk.w_hh, out=dh0))
     tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
     Tasks(tasks).run(gthr if split else 1)
+    if cache.amx:
+        dxs = np.ascontiguousarray(dxp[:n * B, :I])
     dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
     dw4 = dw_p.reshape(4, Hp, Ip + Kh)
     dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)

@@ -66,6 +66,11 @@ def main(argv=None):
         import torch
     except ImportError:
         torch = None
+    import os
+
+    from fastrnn.kernels import cpu
+    print(f"fastrnn: {cpu.describe_bf16()}; {cpu.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
     for shape in shapes:
         for train in (True, False):
             runs = {"fastrnn bf16": _fastrnn(*shape, "bfloat16", train, rng),

@@ -3,6 +3,7 @@ fastrnn float32 vs torch bf16 vs torch float32 (torch: the faster of 1 and 2
 threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
 
     python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
+                              [--route amx|native|emulated] [--no-torch]
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
 a cache), the median and minimum milliseconds of each contender and the ratios
@@ -59,7 +60,13 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--shapes", nargs="*", default=None)
     ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--route", choices=("amx", "native", "emulated"), default=None,
+                    help="force a route of fastrnn.kernels.cpu.route_bf16 (default: the "
+                         "machine's)")
     a = ap.parse_args(argv)
+    if a.route is not None:
+        from fastrnn.kernels import cpu
+        cpu.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split(",")) for s in a.shapes]
     rng = np.random.default_rng(0)
     try:

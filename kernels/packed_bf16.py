@@ -40,7 +40,7 @@ from fastrnn.kernels.bf16_simd import (BF16_MR, EMULATED, NATIVE, uk_bf16_bwd, u
                                        uk_bf16_peep_bwd, uk_bf16_peep_fwd)
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS, settings
 from fastrnn.kernels.plan import Plan, Tasks, nthreads
-from fastrnn.kernels.schedule import Schedule
+from fastrnn.kernels.schedule import Schedule, infer_chunk
 from fastrnn.kernels.sync import panel_steps
 from fastrnn.kernels.task_gemm import DW_TASKS, splits
 
@@ -442,30 +442,42 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
                 pk.up.nbytes, lens_sorted)
     padded = sched.tix is not None
     rows = np.arange(B)
-    # xh: [n+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] in step order (rows past a
-    # sequence's end and the padding columns stay zero); AMX reads tiles of 16 rows
-    # from any row a thread starts at: 16 rows more
+    # xh: [m+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
+    # (rows past a sequence's end and the padding columns stay zero); AMX reads
+    # tiles of 16 rows from any row a thread starts at: 16 rows more. Training keeps
+    # every step's (m = n: the weight gradient's operand); inference runs chunks of
+    # C steps through one small buffer (C even: each chunk starts on slot 0 of the
+    # cell ring), so its workspace beyond x and y is O(B (I+H)) whatever T is
     Bx = B + 16 if amx else B
-    xh = np.zeros((n + 1, Bx, Ip + Kh), np.uint16)
-    xs = np.zeros((n, B, I), dt)
-    sched.gather_into(x, xs, 0, n)
-    xh[:n, :B, :I] = to_bits(xs)
+    C = n if training else max(1, min(n, infer_chunk(B)))
+    C += C % 2 if not training else 0
+    xh = np.zeros((C + 1, Bx, Ip + Kh), np.uint16)
+    xs = np.zeros((C, B, I), dt)
     xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
     act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
     ring = n + 1 if training else 2
     cs = (np.zeros if padded else np.empty)((ring, B, Hp), dt)
     cs[0] = sched.sort_rows(c0, Hp)
     ys = (np.zeros if padded else np.empty)((n, B, Hp), dt)
-    ctl = np.zeros(P + 1, np.int64)
-    if amx:
-        from fastrnn.kernels import amx_bf16
-        plan.launch(amx_bf16.lstm_fwd_amx_kernel, lambda tid, nthr, r0, r1: (
-            xh, Ip + Kh, Ip, n, Ip // 32, Kh // 32, Hp, pk.bias, pk.up, pk.peep, cs, ring,
-            sched.nact, training, act, ys, ctl, tid, nthr, r0, r1))
-    else:
-        plan.launch(lstm_fwd_bf16_kernel, lambda tid, nthr, r0, r1: (
-            tag, xh, Ip + Kh, xh, Ip, Ip + Kh, n, Ip // 2, Kh // 2, Hp, pk.bias, pk.up, pk.peep,
-            cs, ring, sched.nact, training, act, ys, ctl, tid, nthr, BF16_MR, r0, r1))
+    for s0 in range(0, n, C):
+        s1 = min(n, s0 + C)
+        m = s1 - s0
+        if s0:
+            xh[0, :, Ip:] = xh[C, :, Ip:]                     # h after the last chunk
+        sched.gather_into(x, xs[:m], s0, s1)
+        xh[:m, :B, :I] = to_bits(xs[:m])
+        ctl = np.zeros(P + 1, np.int64)
+        ysc = ys[s0:s1]
+        nact = sched.nact[s0:s1]
+        if amx:
+            from fastrnn.kernels import amx_bf16
+            plan.launch(amx_bf16.lstm_fwd_amx_kernel, lambda tid, nthr, r0, r1: (
+                xh, Ip + Kh, Ip, m, Ip // 32, Kh // 32, Hp, pk.bias, pk.up, pk.peep, cs, ring,
+                nact, training, act, ysc, ctl, tid, nthr, r0, r1))
+        else:
+            plan.launch(lstm_fwd_bf16_kernel, lambda tid, nthr, r0, r1: (
+                tag, xh, Ip + Kh, xh, Ip, Ip + Kh, m, Ip // 2, Kh // 2, Hp, pk.bias, pk.up,
+                pk.peep, cs, ring, nact, training, act, ysc, ctl, tid, nthr, BF16_MR, r0, r1))
     h_last = ys[lens_sorted - 1, rows]
     c_last = cs[lens_sorted % ring, rows]
     y = sched.scatter(ys, H, dt)

@@ -473,23 +473,22 @@ def pack_a_steps(src, B, out):
 
 
 @njit(cache=True, nogil=True)
-def pack_b_steps(src, B, out):
-    """The B operand ``b[s*B + b, j] = src[s, b, j]`` (``b < B``; uint16 [n, >= B, N]) in
-    k pairs, tile-packed into ``out`` [N/16, Kp/2, 16, 2] (zero where nothing is
-    written)."""
+def pack_b_steps(src, B, out, j0, j1):
+    """The B operand ``b[s*B + b, j] = src[s, b, j]`` (``b < B``, ``j0 <= j < j1``; uint16
+    [n, >= B, N]) in k pairs, tile-packed into ``out`` [N/16, Kp/2, 16, 2] (zero where
+    nothing is written)."""
     n = src.shape[0]
-    N = src.shape[2]
     R = n * B
     for kk in range((R + 1) // 2):
         r = 2 * kk
         s0, b0 = r // B, r % B
         if r + 1 < R:
             s1, b1 = (r + 1) // B, (r + 1) % B
-            for j in range(N):
+            for j in range(j0, j1):
                 out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
                 out[j >> 4, kk, j & 15, 1] = src[s1, b1, j]
         else:
-            for j in range(N):
+            for j in range(j0, j1):
                 out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
 
 

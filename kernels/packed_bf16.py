@@ -546,11 +546,14 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         at = np.zeros((Nx // 16, Kp // 32, 16, 32), np.uint16)
         amx_bf16.pack_a_steps(cache.xh[:n], B, at)
         bt = np.zeros((GH // 16, Kp // 2, 16, 2), np.uint16)
-        amx_bf16.pack_b_steps(dgb, B, bt)
         dwt = np.empty((Nx, GH), dt)
         dw_p = dwt.T
+
+        def dw_part(c0, c1):          # each task packs the columns of dg it multiplies
+            amx_bf16.pack_b_steps(dgb, B, bt, c0, c1)
+            amx_bf16.gemm(at, bt, dwt, c0, c1)
         for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: amx_bf16.gemm(at, bt, dwt, 32 * r0, 32 * r1))
+            tasks.append(lambda r0=r0, r1=r1: dw_part(32 * r0, 32 * r1))
     else:
         for r0, r1 in splits(GH, DW_TASKS if split else 1):
             tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1]))
@@ -558,13 +561,16 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         # dx = dg W_ih on tiles (rows padded to 32, W_ih's columns to Ip)
         Mp = -(-(n * B) // 32) * 32
         ar = np.zeros((Mp // 16, GH // 32, 16, 32), np.uint16)
-        amx_bf16.pack_rows_steps(dgb, B, ar)
         wib = np.zeros((1, GH, Ip), np.uint16)
         wib[0, :, :I] = to_bits(pk.w_ih)
         bw = np.zeros((Ip // 16, GH // 2, 16, 2), np.uint16)
-        amx_bf16.pack_b_steps(wib, GH, bw)
         dxp = np.empty((Mp, Ip), dt)
-        tasks.append(lambda: amx_bf16.gemm(ar, bw, dxp, 0, Ip))
+
+        def dx_all():
+            amx_bf16.pack_rows_steps(dgb, B, ar)
+            amx_bf16.pack_b_steps(wib, GH, bw, 0, Ip)
+            amx_bf16.gemm(ar, bw, dxp, 0, Ip)
+        tasks.insert(0, dx_all)
     else:
         for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
             tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], pk.w_ih, out=dxs[r0:r1]))

@@ -4,6 +4,7 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
 
     python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
                               [--route amx|native|emulated] [--no-torch]
+    python bench/bf16_lstm.py --peak       # the bf16 GEMM rate on AMX tiles, one thread
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
 a cache), the median and minimum milliseconds of each contender and the ratios
@@ -55,6 +56,41 @@ def _torch(T, B, I, H, dtype, train, threads):
     return run
 
 
+def peak(rounds=5):
+    """The bf16 product rate this machine's kernels reach: ``amx_bf16.gemm`` (AMX
+    tiles, one thread) at the weight-gradient shape of (50,64,256,512), and NumPy's
+    float32 GEMM at the same shape, GFLOP/s (best of ``rounds``)."""
+    from fastrnn.kernels import cpu
+    from fastrnn.kernels.packed_bf16 import to_bits
+    M, K, N = 768, 3200, 2048
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((K, M)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    out = {}
+    if cpu._amx_ok():
+        from fastrnn.kernels import amx_bf16
+        at = np.zeros((M // 16, K // 32, 16, 32), np.uint16)
+        amx_bf16.pack_a_steps(to_bits(a)[None], K, at)
+        bt = np.zeros((N // 16, K // 2, 16, 2), np.uint16)
+        amx_bf16.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
+        c = np.empty((M, N), np.float32)
+        fn = lambda: amx_bf16.gemm(at, bt, c, 0, N)  # noqa: E731
+        fn()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out["amx bf16 gemm, 1 thread"] = 2.0 * M * N * K / min(ts) / 1e9
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a.T @ b
+        ts.append(time.perf_counter() - t0)
+    out["numpy float32 gemm (its BLAS threads)"] = 2.0 * M * N * K / min(ts) / 1e9
+    print(f"peak at {M}x{K}x{N}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in out.items()))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
@@ -63,7 +99,10 @@ def main(argv=None):
     ap.add_argument("--route", choices=("amx", "native", "emulated"), default=None,
                     help="force a route of fastrnn.kernels.cpu.route_bf16 (default: the "
                          "machine's)")
+    ap.add_argument("--peak", action="store_true", help="only time the GEMM rates (peak())")
     a = ap.parse_args(argv)
+    if a.peak:
+        return peak()
     if a.route is not None:
         from fastrnn.kernels import cpu
         cpu.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")

@@ -11,7 +11,7 @@ A backend is an object with two functions that run ONE layer in ONE direction
 over a whole sequence. The layers (stacking, directions, dropout, batch_first,
 argument checking) are written once on top of it, in :mod:`fastrnn.layers`.
 
-``forward(cell, x, h0, c0, weights, lengths, reverse, training)``
+``forward(cell, x, h0, c0, weights, lengths, reverse, training, compute_dtype=None)``
     cell     : :class:`fastrnn.cells.CellSpec`
     x        : [T, B, I]  float32 or float64
     h0       : [B, H]
@@ -23,6 +23,12 @@ argument checking) are written once on top of it, in :mod:`fastrnn.layers`.
     lengths  : None or ints [B] with ``1 <= lengths[b] <= T``
     reverse  : process each sequence from ``lengths[b]-1`` down to 0
     training : keep what backward needs; when False keep nothing (O(B*H) memory)
+    compute_dtype : None (compute in ``x``'s dtype) or ``"bfloat16"`` (float32
+               arrays only, else a ValueError): the bfloat16 compute mode of
+               :mod:`fastrnn.bf16` (product operands rounded to bfloat16, float32
+               sums, everything else float32); the cache remembers the mode, so
+               ``backward`` takes no such argument. A backend that cannot run
+               the mode (CUDA) raises a ValueError naming ``compute_dtype``.
     returns ``(y [T, B, H], h_n [B, H], c_n [B, H] or None, cache)``;
     ``y[t, b] = 0`` for ``t >= lengths[b]``; ``cache`` is None unless training.
 

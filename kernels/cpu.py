@@ -4,7 +4,7 @@ Implements the backend contract of :mod:`fastrnn.contract` (one layer, one
 direction, a whole sequence) for every cell of :mod:`fastrnn.cells`, in
 float32 and float64::
 
-    forward(cell, x, h0, c0, weights, lengths, reverse, training)
+    forward(cell, x, h0, c0, weights, lengths, reverse, training, compute_dtype=None)
         -> (y, h_n, c_n, cache)
     backward(cell, cache, dy, dh_n, dc_n) -> (dx, dh0, dc0, dweights)
 
@@ -23,14 +23,26 @@ work is done by:
   the full peephole), of a dtype left out of ``settings.packed_dtypes``, and
   of a CPU without AVX2/AVX-512.
 
+The bfloat16 compute mode (``compute_dtype="bfloat16"``, float32 layers; see
+:mod:`fastrnn.bf16` and :func:`route_bf16`): the LSTM and diagonal peephole
+LSTM run the packed bf16 kernels (:mod:`~fastrnn.kernels.packed_bf16`), with
+``vdpbf16ps`` products where the CPU has AVX512-BF16 (the time loops' products
+on AMX tiles where it also has AMX-BF16) and emulated products
+(the same numbers up to the order of the float32 sums) elsewhere or with
+``settings.bf16_native`` off; the other cells run the NumPy reference's bf16
+code. Either fallback warns once per process that bf16 brings no speed there.
+
 What runs where is steered by one settings object (:data:`settings`,
 :class:`configure`, from :mod:`~fastrnn.kernels.cpu_settings`); the BLAS
 binding and the thread cap are in :mod:`~fastrnn.kernels.blas`.
 """
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
+from fastrnn.bf16 import check_compute_dtype, has_avx512_bf16
 from fastrnn.cells import CELLS
 from fastrnn.contract import Weights, check_forward
 from fastrnn.kernels import blas
@@ -42,8 +54,8 @@ from fastrnn.kernels.cpu_settings import configure, settings
 # a training step's temporaries reuse the pages of the step before (see heap.py)
 _heap.tune()
 
-__all__ = ["forward", "backward", "available", "describe", "set_num_threads",
-           "get_num_threads", "matmul", "route", "settings", "configure"]
+__all__ = ["forward", "backward", "available", "describe", "describe_bf16", "set_num_threads",
+           "get_num_threads", "matmul", "route", "route_bf16", "settings", "configure"]
 
 if NUMBA_ERROR is None and BLAS_PATH is not None:
     from fastrnn.kernels import loops_driver
@@ -54,8 +66,12 @@ if NUMBA_ERROR is None and BLAS_PATH is not None:
         from fastrnn.kernels import task_gemm
     except Exception:  # pragma: no cover - e.g. a Numba without @intrinsic support
         packed = packed_cells = task_gemm = None
+    try:
+        from fastrnn.kernels import packed_bf16
+    except Exception:  # pragma: no cover - e.g. an llvmlite that cannot build its IR
+        packed_bf16 = None
 else:  # pragma: no cover - depends on the install
-    loops_driver = packed = packed_cells = task_gemm = None
+    loops_driver = packed = packed_cells = task_gemm = packed_bf16 = None
     LOOPS = {}
 
 # off on a CPU without AVX2/AVX-512 (packed.host_simd), where the packed
@@ -106,6 +122,60 @@ def describe():
             f"BLAS-per-step loops for {loops}")
 
 
+def route_bf16(cell):
+    """Which code runs ``cell`` in the bfloat16 compute mode here: ``"amx"`` (the
+    packed bf16 kernels with the products of the time loops and of the weight
+    gradient on AMX tiles: AMX-BF16 and ``settings.bf16_amx``), ``"native"``
+    (the packed bf16 kernels with ``vdpbf16ps``), ``"emulated"`` (the same
+    kernels with the products emulated in float32: no AVX512-BF16, or
+    ``settings.bf16_native`` off) or ``"reference"`` (the NumPy reference's bf16
+    code: the cells without a bf16 kernel, GRU/RNN/reset-before GRU/full
+    peephole, or no packed kernels here). All compute the same numbers up to
+    the order of the float32 sums (and the bf16 roundings that order can flip)."""
+    if (PACKED[cell.name] != "lstm" or packed_bf16 is None or packed is None
+            or not settings.use_packed):
+        return "reference"
+    if not (settings.bf16_native and has_avx512_bf16()):
+        return "emulated"
+    return "amx" if settings.bf16_amx and _amx_ok() else "native"
+
+
+def _amx_ok():
+    """Whether the AMX forward kernels can run here (imported, tiles granted)."""
+    try:
+        from fastrnn.kernels import amx_bf16
+    except Exception:  # pragma: no cover - an LLVM without the AMX intrinsics
+        return False
+    return amx_bf16.available()
+
+
+def describe_bf16():
+    """One line on what the bfloat16 compute mode runs here (for ``fastrnn info``)."""
+    lstm = route_bf16(CELLS["lstm"])
+    if lstm == "amx":
+        how = ("packed bf16 kernels, the time loops' and weight gradient's products on "
+               "AMX-BF16 tiles")
+    elif lstm == "native":
+        how = "packed bf16 kernels with vdpbf16ps products (AVX512-BF16)"
+    elif lstm == "emulated":
+        why = ("settings.bf16_native is off" if has_avx512_bf16()
+               else "this CPU has no AVX512-BF16")
+        how = f"packed bf16 kernels with emulated float32 products ({why}: no speed gain)"
+    else:
+        how = "the NumPy reference's bf16 code (packed kernels unavailable: slow)"
+    return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU, RNN and the "
+            f"full peephole on the NumPy reference's bf16 code (correct, slower than float32)")
+
+
+_warned = set()
+
+
+def _warn_once(key, msg):
+    if key not in _warned:
+        _warned.add(key)
+        warnings.warn(msg, RuntimeWarning, stacklevel=4)
+
+
 def matmul(a, b, out=None):
     """``a @ b`` (2-D, float32 or float64) that stays fast on a busy machine.
 
@@ -136,9 +206,13 @@ def _check_cell(cell):
         raise ValueError(f"the cpu backend has no kernel for cell {cell.name!r}")
 
 
-def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True):
-    """Run one layer in one direction over the whole sequence (see module doc)."""
+def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True,
+            compute_dtype=None):
+    """Run one layer in one direction over the whole sequence (see module doc);
+    ``compute_dtype="bfloat16"`` runs a float32 layer in the bfloat16 compute mode."""
     _check_cell(cell)
+    if compute_dtype is not None and check_compute_dtype(compute_dtype) is not None:
+        return _forward_bf16(cell, x, h0, c0, weights, lengths, reverse, training)
     x = np.ascontiguousarray(x)
     dtype = x.dtype
     if dtype not in (np.float32, np.float64):
@@ -174,6 +248,51 @@ def _packable(a, dtype):
     return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
 
 
+class _ReferenceCache:
+    """A bf16 training cache of the NumPy reference (cells without a bf16 kernel)."""
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref):
+        self.ref = ref
+
+
+def _forward_bf16(cell, x, h0, c0, weights, lengths, reverse, training):
+    x = np.ascontiguousarray(x)
+    if x.dtype != np.float32:
+        raise ValueError(f"compute_dtype='bfloat16' is for float32 layers (float32 "
+                         f"parameters, bfloat16 products); x is {x.dtype}")
+    if x.ndim != 3:
+        raise ValueError(f"x must be [T, B, I], got shape {x.shape}")
+    T, B, I = x.shape
+    lens = (np.full(B, T, np.int64) if lengths is None
+            else np.ascontiguousarray(lengths, dtype=np.int64))
+    check_forward(cell, x, h0, c0, weights, lens if lengths is not None else None)
+    reverse, training = bool(reverse), bool(training)
+    kind = route_bf16(cell)
+    if kind == "reference":
+        _warn_once(("cell", cell.name), (
+            f"compute_dtype='bfloat16': the cpu backend has no bf16 kernel for cell "
+            f"{cell.name!r} here; it runs the NumPy reference's bf16 code (correct, "
+            f"no speed gain)"))
+        from fastrnn import reference
+        y, h, c, cache = reference.forward(cell, x, h0, c0, weights, lengths, reverse,
+                                           training, compute_dtype="bfloat16")
+        return y, h, c, (None if cache is None else _ReferenceCache(cache))
+    if kind == "emulated" and settings.bf16_native:
+        _warn_once("cpu", "compute_dtype='bfloat16': this CPU has no AVX512-BF16; the bf16 "
+                          "mode runs with emulated products (same results, no speed gain)")
+    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    peep = None if cell.peephole is None else f(weights.peep)
+    w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
+    y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh,
+                                           lens, reverse, training, get_num_threads(), peep,
+                                           native=kind != "emulated", amx=kind == "amx")
+    if not training:
+        return y, h, c, None
+    return y, h, c, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)
+
+
 def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
     f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     peep = None if cell.peephole is None else f(weights.peep)
@@ -206,6 +325,9 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     if cache is None:
         raise ValueError("backward needs the cache of a forward run with training=True")
     _check_cell(cell)
+    if isinstance(cache, _ReferenceCache):
+        from fastrnn import reference
+        return reference.backward(cell, cache.ref, dy, dh_n, dc_n)
     T, B, _ = cache.x.shape
     H = cache.w.w_hh.shape[1]
     for name, a, exp in (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
@@ -214,6 +336,12 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
             raise ValueError(f"{name} has shape {np.shape(a)}, expected {exp}")
     threads = Threads()
     try:
+        if packed_bf16 is not None and isinstance(cache.saved, packed_bf16.BF16Cache):
+            f32 = np.float32
+            dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = packed_bf16.lstm_backward(
+                cache.saved, dy, np.asarray(dh_n, f32), np.asarray(dc_n, f32),
+                get_num_threads(), threads.use)
+            return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
         if packed is not None and isinstance(cache.saved, packed.PackedCache):
             dt = cache.x.dtype
             dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = packed.lstm_backward(

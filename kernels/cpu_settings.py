@@ -96,6 +96,17 @@ class Settings:
     oversubscribe : let a call use up to ``num_threads`` threads even where that
         is more than the cores the process may run on (False: capped by them;
         for tests and for measuring an oversubscribed pool).
+
+    bfloat16 compute mode (``compute_dtype="bfloat16"``)
+
+    bf16_native : True (default): the bf16 kernels' ``vdpbf16ps`` products where
+        the CPU has AVX512-BF16 (their emulated products elsewhere); False: the
+        emulated products everywhere (same numbers up to the order of the
+        float32 sums; the tests run both paths on a CPU that has the
+        instruction).
+    bf16_amx : run the bf16 LSTM's time-loop products on AMX tiles where the CPU
+        has AMX-BF16 and Linux grants the process the tiles (with
+        ``bf16_native`` on); False: ``vdpbf16ps`` only.
     """
 
     use_packed: bool = True
@@ -133,6 +144,8 @@ class Settings:
     # from half on, one thread would have been as fast
     late_wait: float = 0.5
     oversubscribe: bool = False
+    bf16_native: bool = True
+    bf16_amx: bool = True
 
 
 settings = Settings()

@@ -94,6 +94,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from fastrnn.bf16 import check_compute_dtype
 from fastrnn.cells import CELLS
 from fastrnn.contract import Weights, check_forward
 
@@ -211,14 +212,19 @@ def _lengths(lengths, T, B):
     return _dev(lengths)
 
 
-def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True):
+def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True,
+            compute_dtype=None):
     """Run one layer in one direction over the whole sequence (the backend contract).
 
     x [T,B,I]; h0, c0 [B,H]; weights :class:`Weights`; lengths None or [B].
     Returns ``(y [T,B,H], h_n [B,H], c_n [B,H] or None, cache)`` on the device.
     With ``T``, ``B`` or ``H`` zero no kernel runs: ``y`` is empty and the
-    state is returned unchanged (copied).
+    state is returned unchanged (copied). ``compute_dtype="bfloat16"`` is a
+    ValueError: the bfloat16 compute mode runs on the CPU backends only.
     """
+    if check_compute_dtype(compute_dtype) is not None:
+        raise ValueError("compute_dtype='bfloat16' runs on the CPU backends only "
+                         "(backend 'cpu' or 'numpy'), not on 'cuda'")
     x = _dev(x)
     h0 = _dev(h0)
     c0 = _dev(c0)

@@ -1,0 +1,156 @@
+"""LSTM training step and inference in the bfloat16 compute mode: fastrnn bf16 vs
+fastrnn float32 vs torch bf16 vs torch float32 (torch: the faster of 1 and 2
+threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
+
+    python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
+                              [--route amx|native|emulated] [--no-torch]
+    python bench/bf16_lstm.py --peak       # the bf16 GEMM rate on AMX tiles, one thread
+
+Prints, per shape and mode (train = forward + backward, infer = forward without
+a cache), the median and minimum milliseconds of each contender and the ratios
+of the medians.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+SHAPES = [(64, 32, 64, 256), (100, 32, 64, 128), (50, 64, 256, 512)]
+
+
+def _fastrnn(T, B, I, H, compute_dtype, train, rng):
+    from fastrnn.cells import get_cell
+    from fastrnn.contract import Weights
+    from fastrnn.kernels import cpu
+    cell = get_cell("lstm")
+    k = 1 / np.sqrt(H)
+    f = lambda *s, a=1.0: rng.uniform(-a, a, s).astype(np.float32)  # noqa: E731
+    w = Weights(f(4 * H, I, a=k), f(4 * H, H, a=k), f(4 * H, a=k), f(4 * H, a=k), None)
+    x, h0, c0 = f(T, B, I), f(B, H), f(B, H)
+    dy, dh = f(T, B, H), f(B, H)
+
+    def run():
+        y, h, c, cache = cpu.forward(cell, x, h0, c0, w, training=train,
+                                     compute_dtype=compute_dtype)
+        if train:
+            cpu.backward(cell, cache, dy, dh, dh)
+    return run
+
+
+def _torch(T, B, I, H, dtype, train, threads):
+    import torch
+    m = torch.nn.LSTM(I, H).to(dtype)
+    x = torch.randn(T, B, I).to(dtype)
+
+    def run():
+        torch.set_num_threads(threads)
+        if train:
+            xx = x.clone().requires_grad_(True)
+            y, _ = m(xx)
+            y.sum().backward()
+        else:
+            with torch.no_grad():
+                m(x)
+    return run
+
+
+def peak(rounds=5):
+    """The bf16 product rate this machine's kernels reach: ``amx_bf16.gemm`` (AMX
+    tiles, one thread) at the weight-gradient shape of (50,64,256,512), and NumPy's
+    float32 GEMM at the same shape, GFLOP/s (best of ``rounds``)."""
+    from fastrnn.kernels import cpu
+    from fastrnn.kernels.packed_bf16 import to_bits
+    M, K, N = 768, 3200, 2048
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((K, M)).astype(np.float32)
+    b = rng.standard_normal((K, N)).astype(np.float32)
+    out = {}
+    if cpu._amx_ok():
+        from fastrnn.kernels import amx_bf16
+        at = np.zeros((M // 16, K // 32, 16, 32), np.uint16)
+        amx_bf16.pack_a_steps(to_bits(a)[None], K, at)
+        bt = np.zeros((N // 16, K // 2, 16, 2), np.uint16)
+        amx_bf16.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
+        c = np.empty((M, N), np.float32)
+        fn = lambda: amx_bf16.gemm(at, bt, c, 0, N)  # noqa: E731
+        fn()
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t0)
+        out["amx bf16 gemm, 1 thread"] = 2.0 * M * N * K / min(ts) / 1e9
+    ts = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        a.T @ b
+        ts.append(time.perf_counter() - t0)
+    out["numpy float32 gemm (its BLAS threads)"] = 2.0 * M * N * K / min(ts) / 1e9
+    print(f"peak at {M}x{K}x{N}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in out.items()))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--shapes", nargs="*", default=None)
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--route", choices=("amx", "native", "emulated"), default=None,
+                    help="force a route of fastrnn.kernels.cpu.route_bf16 (default: the "
+                         "machine's)")
+    ap.add_argument("--peak", action="store_true", help="only time the GEMM rates (peak())")
+    a = ap.parse_args(argv)
+    if a.peak:
+        return peak()
+    if a.route is not None:
+        from fastrnn.kernels import cpu
+        cpu.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")
+    shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split(",")) for s in a.shapes]
+    rng = np.random.default_rng(0)
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    import os
+
+    from fastrnn.kernels import cpu
+    print(f"fastrnn: {cpu.describe_bf16()}; {cpu.get_num_threads()} threads, "
+          f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
+    for shape in shapes:
+        for train in (True, False):
+            runs = {"fastrnn bf16": _fastrnn(*shape, "bfloat16", train, rng),
+                    "fastrnn f32": _fastrnn(*shape, None, train, rng)}
+            if torch is not None and not a.no_torch:
+                for nm, dt in (("torch bf16", torch.bfloat16), ("torch f32", torch.float32)):
+                    for t in (1, 2):
+                        runs[f"{nm} {t}t"] = _torch(*shape, dt, train, t)
+            times = {k: [] for k in runs}
+            for fn in runs.values():            # warm up (compiles)
+                fn()
+            for _ in range(a.rounds):
+                for k, fn in runs.items():
+                    t0 = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t0)
+            med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
+            mn = {k: 1e3 * float(np.min(v)) for k, v in times.items()}
+            for nm in ("torch bf16", "torch f32"):
+                ks = [k for k in med if k.startswith(nm)]
+                if ks:
+                    best = min(ks, key=med.get)
+                    med[nm], mn[nm] = med[best], mn[best]
+            mode = "train" if train else "infer"
+            print(f"{shape} {mode}: " + ", ".join(
+                f"{k} {med[k]:.2f} (min {mn[k]:.2f}) ms" for k in
+                ("fastrnn bf16", "fastrnn f32", "torch bf16", "torch f32") if k in med))
+            fb = med["fastrnn bf16"]
+            rat = [f"bf16/f32 fastrnn speedup {med['fastrnn f32'] / fb:.2f}x"]
+            if "torch bf16" in med:
+                rat += [f"vs torch bf16 {med['torch bf16'] / fb:.2f}x",
+                        f"vs torch f32 {med['torch f32'] / fb:.2f}x"]
+            print("    " + ", ".join(rat), flush=True)
+
+
+if __name__ == "__main__":
+    main()

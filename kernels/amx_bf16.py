@@ -1,0 +1,506 @@
+"""The bf16 LSTM's time-loop products on AMX tiles (CPUs with AMX-BF16).
+
+``tdpbf16ps`` multiplies a tile of 16 rows x 32 bf16 (the operand rows
+``[x_t, h_{t-1}]``, 32 k at a time) by a tile of 16 k pairs x 16 columns x 2
+(the weight panel: exactly the k-pair layout of :mod:`fastrnn.kernels.packed_bf16`,
+one gate's 16 columns at a 64-byte offset of each 256-byte panel row) into
+16 x 16 float32 accumulators. One call of :data:`uk_amx_fwd` does a panel
+(16 units, 4 gates: accumulator tiles 0-3) for a block of up to 16 batch rows:
+the products over the x and h chunks (tile 4: the operand rows; tiles 5, 6:
+weights, alternating), the accumulators stored to a 4 KiB scratch, then the
+LSTM epilogue of :mod:`fastrnn.kernels.bf16_simd` on its rows (h' float32 to
+``y`` and rounded to the next step's bf16 operand row).
+
+Backward, :data:`uk_amx_bwd` does an output panel (up to 64 units: tiles 0-3)
+for up to 16 rows: ``dh = dgates U`` from the rounded gate gradients of the
+next step (tile 4) and ``U``'s k-pair panel (tiles 5, 6), then the LSTM
+backward epilogue (gate gradients float32 and rounded to bf16).
+
+The operand widths are multiples of 32 (zero padded: ``pack_bf16(kmult=32)``),
+the operand buffer has 16 rows more than the batch (a block reads whole tiles),
+and each thread configures its tiles (``ldtilecfg``) at the start of a kernel
+call and releases them at its end. Linux lets a process use the tiles only
+after asking (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``):
+:func:`available` asks once.
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from fastrnn.bf16 import has_amx_bf16
+from fastrnn.kernels.bf16_simd import F32X, I64, VW, round_bits, store_bf16
+from fastrnn.kernels.cpu_settings import JIT_OPTIONS
+from fastrnn.kernels.simd import VMath, ptrs, vload, vstore
+from fastrnn.kernels.sync import panel_steps
+
+__all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
+           "gemm", "pack_a_steps", "pack_b_steps", "pack_rows_steps"]
+
+_i8 = ir.IntType(8)
+_i8p = _i8.as_pointer()
+_void = ir.VoidType()
+
+
+@functools.lru_cache(maxsize=1)
+def available():
+    """Whether this process may use AMX-BF16 tiles (asks Linux once)."""
+    if not has_amx_bf16():
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        # SYS_arch_prctl (x86-64) = 158, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18
+        return libc.syscall(158, 0x1023, 18) == 0
+    except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
+        return False
+
+
+def _fn(builder, name, args):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_void, args), name)
+
+
+def _t(v):
+    return ir.Constant(_i8, v)
+
+
+@intrinsic
+def amx_begin(typingctx, cfg):
+    """``ldtilecfg`` from the 64-byte configuration at byte address ``cfg``."""
+    sig = types.void(types.int64)
+
+    def codegen(context, builder, signature, args):
+        builder.call(_fn(builder, "llvm.x86.ldtilecfg", [_i8p]),
+                     [builder.inttoptr(args[0], _i8p)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def amx_end(typingctx):
+    """``tilerelease``."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        builder.call(_fn(builder, "llvm.x86.tilerelease", []), [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _make_fwd(peephole):
+    @intrinsic
+    def uk(typingctx, x, ldb, h, w, KIc, KHc, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb,
+           ldhb, act, ldact, training):
+        """One panel, ``nr <= 16`` rows from byte addresses ``x``/``h`` (bf16 rows,
+        row stride ``ldb`` bytes; ``KIc``/``KHc`` chunks of 32 k), panel ``w`` ([(KIc +
+        KHc)*16][64] words); then the LSTM cell on ``nr`` rows (float32 arrays,
+        strides in elements, as :data:`fastrnn.kernels.bf16_simd.uk_bf16_fwd`)."""
+        i8 = types.int64
+        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            (x, ldb, h, w, KIc, KHc, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb,
+             act, ldact, training) = args
+            b = builder
+            load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+            dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+            C = lambda v: ir.Constant(I64, v)  # noqa: E731
+            for v in range(4):
+                b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(v)])
+            wh = b.add(w, b.mul(KIc, C(16 * 256)))
+            for a, wb, nc in ((x, w, KIc), (h, wh, KHc)):
+                with cgutils.for_range(b, nc) as loop:
+                    c = loop.index
+                    b.call(load, [_t(4), b.inttoptr(b.add(a, b.mul(c, C(64))), _i8p), ldb])
+                    wc = b.add(wb, b.mul(c, C(16 * 256)))
+                    for v in range(4):
+                        b.call(load, [_t(5 + v % 2), b.inttoptr(b.add(wc, C(64 * v)), _i8p),
+                                      C(256)])
+                        b.call(dp, [_t(v), _t(4), _t(5 + v % 2)])
+            store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+            for v in range(4):
+                b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
+            s, bias, peep, cin, cout, y, act = ptrs(b, F32X, scr, bias, peep, cin, cout, y, act)
+            (hb,) = [b.inttoptr(hb, ir.IntType(16).as_pointer())]
+            m = VMath(b, F32X)
+            bv = [vload(b, F32X, bias, C(g * VW)) for g in range(4)]
+            if peephole:
+                pv = [vload(b, F32X, peep, C(k * VW)) for k in range(3)]
+            with cgutils.for_range(b, nr) as loop:
+                r = loop.index
+                pre = [m.add(vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * g))), bv[g])
+                       for g in range(4)]
+                ro = b.mul(r, ldc)
+                cp = vload(b, F32X, cin, ro)
+                if peephole:
+                    pre[0] = m.fma(pv[0], cp, pre[0])
+                    pre[1] = m.fma(pv[1], cp, pre[1])
+                gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
+                cn = m.fma(gf, cp, m.mul(gi, gg))
+                if peephole:
+                    pre[3] = m.fma(pv[2], cn, pre[3])
+                go = m.sigmoid(pre[3])
+                hn = m.mul(go, m.tanh(cn))
+                vstore(b, cn, F32X, cout, ro)
+                vstore(b, hn, F32X, y, b.mul(r, ldy))
+                store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
+                with b.if_then(training):
+                    for g, val in enumerate((gi, gf, gg, go)):
+                        vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the plain LSTM's and the diagonal peephole LSTM's block
+uk_amx_fwd = [_make_fwd(False), _make_fwd(True)]
+_uk, _ukp = uk_amx_fwd
+
+
+@njit(inline="always")
+def _panel(s, p, tid, P, args, peep):
+    (xp, ld, hoff, Bx, B, KIc, KHc, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, yp,
+     scr, r0, r1) = args
+    nb = min(nact[s], r1)
+    xsp = xp + 2 * s * Bx * ld
+    hsp = xsp + 2 * hoff
+    hout = hsp + 2 * Bx * ld
+    KW = (KIc + KHc) * 16 * 256
+    wp = upp + p * KW
+    cin = csp + 4 * (s % ring) * B * Hp
+    cout = csp + 4 * ((s + 1) % ring) * B * Hp
+    ysp = yp + 4 * s * B * Hp
+    asp = ap + 4 * s * B * GH
+    col = p * 64
+    u0 = p * 16
+    for q0 in range(r0, nb, 16):
+        nr = min(16, nb - q0)
+        co = 4 * (q0 * Hp + u0)
+        if peep is None:
+            _uk(xsp + 2 * q0 * ld, 2 * ld, hsp + 2 * q0 * ld, wp, KIc, KHc, scr, nr,
+                bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp, ysp + co, Hp,
+                hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH, training)
+        else:
+            _ukp(xsp + 2 * q0 * ld, 2 * ld, hsp + 2 * q0 * ld, wp, KIc, KHc, scr, nr,
+                 bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp, ysp + co, Hp,
+                 hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH, training)
+
+
+@njit(**JIT_OPTIONS)
+def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring, nact, training,
+                        act, y, ctl, tid, nthr, r0, r1):
+    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B+16;
+    #     step s writes h_s into row s+1 at column hoff
+    # KIc, KHc: 32-k chunks of x and h;  up: [P,(KIc+KHc)*16,64] words
+    # bias, peep, cs, ring, nact, training, act, y, ctl, tid, nthr, r0, r1: as
+    #     lstm_fwd_bf16_kernel of packed_bf16 (B = y.shape[1])
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1                               # palette 1
+    for t in range(7):                       # tiles 0-6: 16 rows of 64 bytes
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    scr = np.empty(16 * 64, np.float32)
+    ppp = 0 if peep is None else peep.ctypes.data
+    P = Hp // 16
+    args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
+            bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
+            act.ctypes.data, y.ctypes.data, scr.ctypes.data, r0, r1)
+    amx_begin(cfg.ctypes.data)
+    w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
+    amx_end()
+    return w
+
+
+# --------------------------------------------------------------------------- backward
+def _make_bwd(peephole):
+    @intrinsic
+    def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
+           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb):
+        """NV output vectors (``len(ntag)``), ``nr <= 16`` rows: dh = a @ w on tiles
+        (``a``: the rounded gate gradients of the next step, bf16 rows of stride
+        ``ldab`` bytes, ``KKc`` chunks of 32 k; ``w``: the output panel, ``[KKc*16]``
+        pair rows of ``ldwb`` bytes), then the LSTM backward epilogue of
+        :data:`fastrnn.kernels.bf16_simd.uk_bf16_bwd` on ``nr`` rows (the rounded gate
+        gradients to ``dgb``, row stride ``lddgb`` elements)."""
+        if not isinstance(ntag, types.UniTuple):
+            return None
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            (_, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
+             dc, dg, dgv, dgg, dgb, lddgb) = args
+            b = builder
+            load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+            dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+            C = lambda v: ir.Constant(I64, v)  # noqa: E731
+            for v in range(NV):
+                b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(v)])
+            with cgutils.for_range(b, KKc) as loop:
+                c = loop.index
+                b.call(load, [_t(4), b.inttoptr(b.add(a, b.mul(c, C(64))), _i8p), ldab])
+                wc = b.add(w, b.mul(b.mul(c, C(16)), ldwb))
+                for v in range(NV):
+                    b.call(load, [_t(5 + v % 2), b.inttoptr(b.add(wc, C(64 * v)), _i8p), ldwb])
+                    b.call(dp, [_t(v), _t(4), _t(5 + v % 2)])
+            store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+            for v in range(NV):
+                b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
+            s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
+                                                         cn, dc, dg)
+            (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
+            m = VMath(b, F32X)
+            one = m.one
+            if peephole:
+                pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
+                      for v in range(NV)]
+            with cgutils.for_range(b, nr) as loop:
+                r = loop.index
+                for v in range(NV):
+                    ho = b.add(b.mul(r, ldh), C(v * VW))
+                    acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
+                    dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
+                               vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
+                    ra = b.mul(r, ldact)
+                    gi, gf, gg, go = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
+                                      for g in range(4)]
+                    tc = m.tanh(vload(b, F32X, cn, ho))
+                    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
+                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), vload(b, F32X, dc, ho))
+                    if peephole:
+                        dcc = m.fma(do, pv[v][2], dcc)
+                    cpv = vload(b, F32X, cp, ho)
+                    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
+                    df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
+                    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
+                    for g, val in enumerate((di, df, dgc, do)):
+                        col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
+                        vstore(b, val, F32X, dg, b.add(ra, col))
+                        store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
+                    dcp = m.mul(dcc, gf)
+                    if peephole:
+                        dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
+                    vstore(b, dcp, F32X, dc, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the backward blocks
+uk_amx_bwd = [_make_bwd(False), _make_bwd(True)]
+_ub, _ubp = uk_amx_bwd
+
+
+@njit(inline="always")
+def _bwd_block(peep, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp,
+               cp, cn, dc, dg, dgv, dgg, dgb, lddgb):
+    if peep is None:
+        _ub(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
+            dc, dg, dgv, dgg, dgb, lddgb)
+    else:
+        _ubp(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
+             dc, dg, dgv, dgg, dgb, lddgb)
+
+
+@njit(inline="always")
+def _bwd_rows(lo, hi, peep, ntag, a, GH, GHb, w, ldwb, KKc, scr, dhx, lddhx, dy, Hp, act, pp,
+              cp, cn, dc, dg, dgb):
+    """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0; ``GHb``
+    the row stride of the bf16 gate gradients)."""
+    for q0 in range(lo, hi, 16):
+        nr = min(16, hi - q0)
+        _bwd_block(peep, ntag, a + 2 * q0 * GHb, 2 * GHb, w, ldwb, KKc, scr, nr,
+                   dhx + 4 * q0 * lddhx, lddhx, dy + 4 * q0 * Hp, Hp, act + 4 * q0 * GH, GH, pp,
+                   cp + 4 * q0 * Hp, cn + 4 * q0 * Hp, dc + 4 * q0 * Hp, dg + 4 * q0 * GH, 16,
+                   Hp, dgb + 2 * q0 * GHb, GHb)
+
+
+@njit(inline="always")
+def _bwd_panel(s, q, tid, Q, args, peep):
+    (n, B, Bx, GHb, Hp, GH, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, scr, r0,
+     r1) = args
+    NB = 64
+    nb = min(nact[s], r1)
+    nprod = min(nact[s + 1], r1) if s + 1 < n else r0
+    nprod = max(nprod, r0)
+    a = gbp + 2 * (s + 1) * Bx * GHb
+    j0 = q * NB
+    wd = min(NB, Hp - j0)
+    nv = wd // 16
+    wq = ubp + 2 * q * GH * NB
+    col = j0 * 4
+    dyq = dyp + 4 * (s * B * Hp + j0)
+    aq = ap + 4 * (s * B * GH + col)
+    cpq = csp + 4 * (s * B * Hp + j0)
+    cnq = cpq + 4 * B * Hp
+    dcq = dcp + 4 * j0
+    dgq = gp + 4 * (s * B * GH + j0)
+    dgbq = gbp + 2 * (s * Bx * GHb + j0)
+    dhq = dhp + 4 * j0
+    ppq = ppp + 4 * 3 * j0
+    for part in range(2):
+        lo = r0 if part == 0 else nprod
+        hi = nprod if part == 0 else nb
+        KKc = GH // 32 if part == 0 else 0
+        dhx = zp if part == 0 else dhq
+        lddhx = 0 if part == 0 else Hp
+        if nv == 4:
+            _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+        elif nv == 3:
+            _bwd_rows(lo, hi, peep, (0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+        elif nv == 2:
+            _bwd_rows(lo, hi, peep, (0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+        else:
+            _bwd_rows(lo, hi, peep, (0,), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+
+
+@njit(**JIT_OPTIONS)
+def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl, tid, nthr,
+                        r0, r1):
+    # as lstm_bwd_bf16_kernel of packed_bf16 (output panels of 64 units), with dgb
+    # [n,Bx,>= G*Hp] uint16, Bx >= B+16 (the products read tiles of 16 rows)
+    n, B, GH = act.shape
+    Hp = dy.shape[2]
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    for t in range(7):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    scr = np.empty(16 * 64, np.float32)
+    ppp = 0 if peep is None else peep.ctypes.data
+    args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
+            act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
+            zrow.ctypes.data, ppp, nact, scr.ctypes.data, r0, r1)
+    amx_begin(cfg.ctypes.data)
+    w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
+    amx_end()
+    return w
+
+
+# --------------------------------------------------------------------------- GEMM
+# Operands of the GEMM are packed in tiles: ``a`` as [M/16][K/32][16][32] bf16 (each
+# A tile 1 KiB contiguous), ``b`` as [N/16][K/2][16][2] (each B tile of a 32-k chunk
+# 1 KiB contiguous): tile loads then read whole lines in order (row-major operands
+# with strided rows measured 2-3x slower).
+@intrinsic
+def uk_amx_gemm(typingctx, a0, a1, b0, b1, c, ldc, KKc):
+    """A 32 x 32 float32 block ``c`` (row stride ``ldc`` bytes) = the two 16-row A
+    tile columns ``a0``, ``a1`` (``KKc`` consecutive 1 KiB tiles each) times the two
+    16-column B tile columns ``b0``, ``b1``: tiles 0-3 the block's quarters, 4-5
+    A, 6-7 B."""
+    i8 = types.int64
+    sig = types.void(i8, i8, i8, i8, i8, i8, i8)
+
+    def codegen(context, builder, signature, args):
+        a0, a1, b0, b1, c, ldc, KKc = args
+        bd = builder
+        load = _fn(bd, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+        dp = _fn(bd, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        for t in range(4):
+            bd.call(_fn(bd, "llvm.x86.tilezero", [_i8]), [_t(t)])
+        with cgutils.for_range(bd, KKc) as loop:
+            off = bd.mul(loop.index, C(1024))
+            for t, base in ((4, a0), (5, a1), (6, b0), (7, b1)):
+                bd.call(load, [_t(t), bd.inttoptr(bd.add(base, off), _i8p), C(64)])
+            for i in range(2):
+                for j in range(2):
+                    bd.call(dp, [_t(2 * i + j), _t(4 + i), _t(6 + j)])
+        store = _fn(bd, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+        for i in range(2):
+            for j in range(2):
+                pc = bd.add(bd.add(c, bd.mul(C(16 * i), ldc)), C(64 * j))
+                bd.call(store, [_t(2 * i + j), bd.inttoptr(pc, _i8p), ldc])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(**JIT_OPTIONS)
+def gemm(ap, bp, c, n0, n1):
+    """``c[:, n0:n1] = a @ b`` in float32 from tile-packed bf16 operands: ``ap``
+    [M/16, K/32, 16, 32] and ``bp`` [N/16, K/2, 16, 2] uint16 (:func:`pack_a_steps`,
+    :func:`pack_b_steps`), ``c`` [M, N] float32; M, n0, n1 multiples of 32."""
+    KKc = ap.shape[1]
+    N = c.shape[1]
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    sa = 2 * ap.shape[1] * 512            # bytes per 16-row A tile column
+    sb = 2 * bp.shape[1] * 32             # bytes per 16-column B tile column
+    amx_begin(cfg.ctypes.data)
+    for j0 in range(n0, n1, 32):
+        for i0 in range(0, ap.shape[0] * 16, 32):
+            a0 = ap.ctypes.data + (i0 // 16) * sa
+            b0 = bp.ctypes.data + (j0 // 16) * sb
+            uk_amx_gemm(a0, a0 + sa, b0, b0 + sb, c.ctypes.data + 4 * (i0 * N + j0), 4 * N,
+                        KKc)
+    amx_end()
+
+
+@njit(cache=True, nogil=True)
+def pack_a_steps(src, B, out):
+    """The A operand ``a[f, s*B + b] = src[s, b, f]`` (``b < B``; uint16 [n, >= B, F])
+    tile-packed into ``out`` [F/16, Kp/32, 16, 32] (zero where nothing is written)."""
+    n = src.shape[0]
+    F = src.shape[2]
+    R = n * B
+    ss = np.empty(32, np.int64)
+    bs = np.empty(32, np.int64)
+    for kc in range((R + 31) // 32):
+        m = min(R, kc * 32 + 32) - kc * 32
+        for i in range(m):
+            ss[i] = (kc * 32 + i) // B
+            bs[i] = (kc * 32 + i) % B
+        for f in range(F):
+            fb = f >> 4
+            ff = f & 15
+            for i in range(m):
+                out[fb, kc, ff, i] = src[ss[i], bs[i], f]
+
+
+@njit(cache=True, nogil=True)
+def pack_b_steps(src, B, out, j0, j1):
+    """The B operand ``b[s*B + b, j] = src[s, b, j]`` (``b < B``, ``j0 <= j < j1``; uint16
+    [n, >= B, N]) in k pairs, tile-packed into ``out`` [N/16, Kp/2, 16, 2] (zero where
+    nothing is written)."""
+    n = src.shape[0]
+    R = n * B
+    for kk in range((R + 1) // 2):
+        r = 2 * kk
+        s0, b0 = r // B, r % B
+        if r + 1 < R:
+            s1, b1 = (r + 1) // B, (r + 1) % B
+            for j in range(j0, j1):
+                out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
+                out[j >> 4, kk, j & 15, 1] = src[s1, b1, j]
+        else:
+            for j in range(j0, j1):
+                out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
+
+
+@njit(cache=True, nogil=True)
+def pack_rows_steps(src, B, out):
+    """The A operand ``a[s*B + b, c] = src[s, b, c]`` (``b < B``; uint16 [n, >= B, C],
+    C a multiple of 32) tile-packed into ``out`` [Mp/16, C/32, 16, 32] (zero where
+    nothing is written)."""
+    n = src.shape[0]
+    C = src.shape[2]
+    for s in range(n):
+        for b in range(B):
+            r = s * B + b
+            for c in range(C):
+                out[r >> 4, c >> 5, r & 15, c & 31] = src[s, b, c]

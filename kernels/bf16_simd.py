@@ -1,0 +1,350 @@
+"""LLVM-IR micro-kernels of the bfloat16 compute mode (:mod:`fastrnn.kernels.packed_bf16`).
+
+Numba ``@intrinsic`` functions, callable from ``@njit`` code only; the same
+conventions as :mod:`fastrnn.kernels.simd` (pointers are byte addresses as
+int64, the vector width is read off the type of a tag argument), float32
+accumulators ``<16 x float>`` only (AVX-512).
+
+bf16 operands (see :mod:`fastrnn.bf16`): a bf16 number is the upper 16 bits
+of a float32; arrays of them are ``uint16``. The product ``acc += a w`` over K
+runs over *k pairs*: a weight panel is stored as ``[K/2][NV*16][2]`` bf16
+(each 32-bit word holds the weights of rows ``2kk`` (low half) and ``2kk+1``
+(high half) of one column), so one 64-byte load gives 16 columns x 2 k, and
+one 32-bit word of an activation row (``a[2kk]``, ``a[2kk+1]``) is broadcast
+to all lanes. ``vdpbf16ps`` (``llvm.x86.avx512bf16.dpbf16ps.512``) adds both
+products of each lane to its float32 accumulator; a product of two bf16
+numbers is exact in float32.
+
+Each kernel comes in two *modes*, chosen by the tag's element type:
+
+- native (``UniTuple(int64, 16)``, :data:`NATIVE`): ``vdpbf16ps``; the CPU must
+  have AVX512-BF16 (the instruction faults elsewhere);
+- emulated (``UniTuple(int32, 16)``, :data:`EMULATED`): the two bf16 halves of
+  each word widened to float32 (a shift) and added with two FMAs: the same
+  products (exact in float32), summed in another order; runs on any AVX-512
+  or AVX2 CPU (``<16 x float>`` split into halves there).
+
+Rounding float32 -> bf16 in the epilogues (:func:`round_bits`) is integer
+arithmetic on ``<16 x i32>`` that reproduces :func:`fastrnn.bf16.round_bf16`
+bit for bit: nearest even, a denormal to a zero of its sign, infinities kept,
+a NaN quieted.
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from fastrnn.kernels.simd import (I64, PREFETCH_BYTES, PREFETCH_MIN_MR, VMath, _splat, ptrs,
+                                  row_off, vload, vstore)
+
+__all__ = ["NATIVE", "EMULATED", "is_native", "round_bits", "gemm_accs_bf16",
+           "uk_bf16_fwd", "uk_bf16_peep_fwd", "uk_bf16_bwd", "uk_bf16_peep_bwd",
+           "uk_bf16_gemm", "vround_bf16", "BF16_MR"]
+
+_f32 = ir.FloatType()
+_i32 = ir.IntType(32)
+_i16 = ir.IntType(16)
+VW = 16
+F32X = ir.VectorType(_f32, VW)
+I32X = ir.VectorType(_i32, VW)
+I16X = ir.VectorType(_i16, VW)
+
+#: the tags that select a kernel's mode (see the module doc)
+NATIVE = (0,) * VW
+EMULATED = (np.int32(0),) * VW
+
+#: the most batch rows of one micro-kernel call: 6 rows x 4 accumulators + 4
+#: panel vectors + a broadcast fit the 32 zmm registers, as in float32
+BF16_MR = 6
+
+
+class _BFloat(ir.Type):
+    """LLVM's ``bfloat`` (llvmlite's IR builder has no such type)."""
+
+    intrinsic_name = "bf16"
+
+    def __str__(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+BF32X = ir.VectorType(_BFloat(), 2 * VW)
+
+
+def is_native(tag):
+    """Whether a tag type asks for the native (``vdpbf16ps``) mode."""
+    return isinstance(tag, types.UniTuple) and tag.dtype == types.int64
+
+
+def _c(v):
+    """An ``<16 x i32>`` splat constant (``v`` taken modulo 2^32, as signed)."""
+    v &= 0xFFFFFFFF
+    return ir.Constant(I32X, [v - (1 << 32) if v >= 1 << 31 else v] * VW)
+
+
+def round_bits(builder, v):
+    """``<16 x float>`` -> ``<16 x i16>``: the bf16 bits of :func:`fastrnn.bf16.round_bf16`."""
+    b = builder
+    u = b.bitcast(v, I32X)
+    exp = b.and_(u, _c(0x7F800000))
+    lsb = b.and_(b.lshr(u, _c(16)), _c(1))
+    rounded = b.and_(b.add(b.add(u, _c(0x7FFF)), lsb), _c(0xFFFF0000))
+    special = b.icmp_unsigned("==", exp, _c(0x7F800000))
+    nan = b.and_(special, b.icmp_unsigned("!=", b.and_(u, _c(0x007FFFFF)), _c(0)))
+    r = b.select(special, b.select(nan, b.or_(u, _c(0x00400000)), u), rounded)
+    r = b.select(b.icmp_unsigned("==", exp, _c(0)), b.and_(u, _c(0x80000000)), r)
+    return b.trunc(b.lshr(r, _c(16)), I16X)
+
+
+def store_bf16(builder, bits, base16, off):
+    """Store ``<16 x i16>`` at element ``off`` of an i16 pointer."""
+    p = builder.gep(base16, [off])
+    builder.store(bits, builder.bitcast(p, I16X.as_pointer()), align=2)
+
+
+def _dp(builder, native, acc, a, w):
+    """``acc + dpbf16(a, w)`` for ``<16 x i32>`` words of bf16 pairs."""
+    if native:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(F32X, [F32X, BF32X, BF32X]),
+            "llvm.x86.avx512bf16.dpbf16ps.512")
+        return builder.call(fn, [acc, builder.bitcast(a, BF32X), builder.bitcast(w, BF32X)])
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(F32X, [F32X, F32X, F32X]), "llvm.fma.v16f32")
+    lo = lambda x: builder.bitcast(builder.shl(x, _c(16)), F32X)            # noqa: E731
+    hi = lambda x: builder.bitcast(builder.and_(x, _c(0xFFFF0000)), F32X)   # noqa: E731
+    acc = builder.call(fma, [lo(a), lo(w), acc])
+    return builder.call(fma, [hi(a), hi(w), acc])
+
+
+def gemm_accs_bf16(builder, native, MR, NV, segments, l2next=None):
+    """The register-blocked bf16 product: a segment ``(a, lda, w, KK)`` (``a``, ``w``
+    i32 pointers to words of bf16 pairs, ``lda`` the row stride of ``a`` in words,
+    ``KK`` pairs) adds ``sum_kk dp(a[r*lda+kk], w[kk*NV*16 + v*16 : +16])`` to
+    accumulator ``[r][v]``. ``l2next``: as in :func:`fastrnn.kernels.simd.gemm_accs`
+    (one line into L2 per pair row, counted across the segments)."""
+    i8p = ir.IntType(8).as_pointer()
+    pf = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(ir.VoidType(), [i8p, _i32, _i32, _i32]),
+        "llvm.prefetch.p0i8")
+    accs = [[cgutils.alloca_once(builder, F32X) for _ in range(NV)] for _ in range(MR)]
+    zero = ir.Constant(F32X, [0.0] * VW)
+    for r in range(MR):
+        for v in range(NV):
+            builder.store(zero, accs[r][v])
+    kbase = ir.Constant(I64, 0)
+    l2 = None if l2next is None else builder.bitcast(l2next, i8p)
+    W = NV * VW                                   # words per pair row
+    pfd = max(8, PREFETCH_BYTES // (4 * W)) if PREFETCH_BYTES and MR >= PREFETCH_MIN_MR else 0
+    for a, lda, w, KK in segments:
+        with cgutils.for_range(builder, KK) as loop:
+            k = loop.index
+            wrow = builder.mul(k, ir.Constant(I64, W))
+            wv = [builder.load(builder.bitcast(builder.gep(w, [builder.add(
+                wrow, ir.Constant(I64, v * VW))]), I32X.as_pointer()), align=4)
+                for v in range(NV)]
+            for line in range(0, W if pfd else 0, 16):
+                pp = builder.gep(w, [builder.add(wrow, ir.Constant(I64, pfd * W + line))])
+                builder.call(pf, [builder.bitcast(pp, i8p), ir.Constant(_i32, 0),
+                                  ir.Constant(_i32, 3), ir.Constant(_i32, 1)])
+            if l2 is not None:
+                pp = builder.gep(l2, [builder.mul(builder.add(kbase, k), ir.Constant(I64, 64))])
+                builder.call(pf, [pp, ir.Constant(_i32, 0), ir.Constant(_i32, 2),
+                                  ir.Constant(_i32, 1)])
+            for r in range(MR):
+                aoff = builder.add(builder.mul(ir.Constant(I64, r), lda), k)
+                s = _splat(builder, I32X, builder.load(builder.gep(a, [aoff]), align=4))
+                for v in range(NV):
+                    acc = builder.load(accs[r][v])
+                    builder.store(_dp(builder, native, acc, s, wv[v]), accs[r][v])
+        kbase = builder.add(kbase, KK)
+    return [[builder.load(accs[r][v]) for v in range(NV)] for r in range(MR)]
+
+
+def _i32p(builder, *vals):
+    return [builder.inttoptr(v, _i32.as_pointer()) for v in vals]
+
+
+def _i16p(builder, *vals):
+    return [builder.inttoptr(v, _i16.as_pointer()) for v in vals]
+
+
+def _half(builder, v):
+    """An even element count (or stride) of bf16 as 32-bit words."""
+    return builder.ashr(v, ir.Constant(I64, 1))
+
+
+def _make_fwd(MR, peephole):
+    @intrinsic
+    def uk(typingctx, tag, x, ldx, h, ldh, w, KI, KH, bias, peep, cin, cout, ldc, y, ldy, hb,
+           ldhb, act, ldact, training, wn):
+        """One panel (16 units), MR rows, bf16 operands: pre = bias + x @ w[:KI]
+        + h @ w[KI:KI+KH] (``x``, ``h`` bf16 rows with even strides ``ldx``, ``ldh``
+        in elements; ``KI``, ``KH`` pairs; ``w`` the panel's ``[KI+KH][4*16]`` words),
+        then the LSTM cell as :data:`fastrnn.kernels.simd.uk_lstm_fwd` (cin, cout
+        row stride ``ldc``; act, ``ldact``), writing ``h' = o tanh(c')`` both as
+        float32 to ``y`` (row stride ``ldy``) and rounded to bf16 to ``hb`` (the
+        next step's operand, row stride ``ldhb``)."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        native = is_native(tag)
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         i8, i8, types.boolean, i8)
+
+        def codegen(context, builder, signature, args):
+            (_, x, ldx, h, ldh, w, KI, KH, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act,
+             ldact, training, wn) = args
+            x, h, w = _i32p(builder, x, h, w)
+            (hb,) = _i16p(builder, hb)
+            bias, peep, cin, cout, y, act, wn = ptrs(builder, F32X, bias, peep, cin, cout, y,
+                                                      act, wn)
+            wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, 4 * VW))])
+            accs = gemm_accs_bf16(builder, native, MR, 4,
+                                  [(x, _half(builder, ldx), w, KI),
+                                   (h, _half(builder, ldh), wh, KH)], wn)
+            m = VMath(builder, F32X)
+            bv = [vload(builder, F32X, bias, ir.Constant(I64, g * VW)) for g in range(4)]
+            if peephole:
+                pv = [vload(builder, F32X, peep, ir.Constant(I64, k * VW)) for k in range(3)]
+            for r in range(MR):
+                pre = [m.add(accs[r][g], bv[g]) for g in range(4)]
+                ro = row_off(builder, r, ldc)
+                cp = vload(builder, F32X, cin, ro)
+                if peephole:
+                    pre[0] = m.fma(pv[0], cp, pre[0])
+                    pre[1] = m.fma(pv[1], cp, pre[1])
+                gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
+                cn = m.fma(gf, cp, m.mul(gi, gg))
+                if peephole:
+                    pre[3] = m.fma(pv[2], cn, pre[3])
+                go = m.sigmoid(pre[3])
+                hn = m.mul(go, m.tanh(cn))
+                vstore(builder, cn, F32X, cout, ro)
+                vstore(builder, hn, F32X, y, row_off(builder, r, ldy))
+                store_bf16(builder, round_bits(builder, hn), hb, row_off(builder, r, ldhb))
+                with builder.if_then(training):
+                    for g, val in enumerate((gi, gf, gg, go)):
+                        vstore(builder, val, F32X, act, row_off(builder, r, ldact, g * VW))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_bwd(MR, peephole):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
+           dc, dg, dgv, dgg, dgb, wn):
+        """:data:`fastrnn.kernels.simd.uk_lstm_bwd` with ``dh = a @ w`` in bf16:
+        ``a`` the rounded gate gradients of the next step (bf16 rows, even stride
+        ``lda`` elements), ``w`` the output panel's ``[KK][NV*16]`` words; the gate
+        gradients are written as float32 to ``dg`` and rounded to bf16 to ``dgb``
+        (the same element offsets)."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            (_, _, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv,
+             dgg, dgb, wn) = args
+            a, w = _i32p(builder, a, w)
+            (dgb,) = _i16p(builder, dgb)
+            dhx, dy, act, peep, cp, cn, dc, dg, wn = ptrs(
+                builder, F32X, dhx, dy, act, peep, cp, cn, dc, dg, wn)
+            accs = gemm_accs_bf16(builder, native, MR, NV, [(a, _half(builder, lda), w, KK)], wn)
+            m = VMath(builder, F32X)
+            one = m.one
+            if peephole:
+                pv = [[vload(builder, F32X, peep, ir.Constant(I64, (3 * v + k) * VW))
+                       for k in range(3)] for v in range(NV)]
+            for r in range(MR):
+                for v in range(NV):
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
+                               vload(builder, F32X, dhx, row_off(builder, r, lddhx, v * VW)))
+                    ao = [row_off(builder, r, ldact, v * 4 * VW + g * VW) for g in range(4)]
+                    gi, gf, gg, go = [vload(builder, F32X, act, o) for o in ao]
+                    tc = m.tanh(vload(builder, F32X, cn, ho))
+                    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
+                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)),
+                                vload(builder, F32X, dc, ho))
+                    if peephole:
+                        dcc = m.fma(do, pv[v][2], dcc)
+                    cpv = vload(builder, F32X, cp, ho)
+                    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
+                    df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
+                    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
+                    for g, val in enumerate((di, df, dgc, do)):
+                        go_ = builder.add(builder.mul(ir.Constant(I64, v), dgv),
+                                          builder.mul(ir.Constant(I64, g), dgg))
+                        off = builder.add(row_off(builder, r, ldact), go_)
+                        vstore(builder, val, F32X, dg, off)
+                        store_bf16(builder, round_bits(builder, val), dgb, off)
+                    dcp = m.mul(dcc, gf)
+                    if peephole:
+                        dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
+                    vstore(builder, dcp, F32X, dc, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_gemm(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, out, ldo):
+        """``out[r, :NV*16] = a[r] @ w`` (float32 ``out``, row stride ``ldo``; ``a``,
+        ``w`` as in :func:`gemm_accs_bf16`, ``lda`` in elements): the bare
+        product, for the tests of the two modes against NumPy."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, KK, out, ldo = args
+            a, w = _i32p(builder, a, w)
+            (out,) = ptrs(builder, F32X, out)
+            accs = gemm_accs_bf16(builder, native, MR, NV, [(a, _half(builder, lda), w, KK)])
+            for r in range(MR):
+                for v in range(NV):
+                    vstore(builder, accs[r][v], F32X, out, row_off(builder, r, ldo, v * VW))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+@intrinsic
+def vround_bf16(typingctx, src, dst):
+    """``dst[:16]`` (uint16) = the bf16 bits of ``src[:16]`` (float32), byte addresses
+    (for the test of :func:`round_bits` against :func:`fastrnn.bf16.round_bf16`)."""
+    sig = types.void(types.int64, types.int64)
+
+    def codegen(context, builder, signature, args):
+        (s,) = ptrs(builder, F32X, args[0])
+        (d,) = _i16p(builder, args[1])
+        store_bf16(builder, round_bits(builder, vload(builder, F32X, s, ir.Constant(I64, 0))),
+                   d, ir.Constant(I64, 0))
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+#: [MR] for MR = 1..BF16_MR ([0] unused)
+uk_bf16_fwd = [None] + [_make_fwd(m, False) for m in range(1, BF16_MR + 1)]
+uk_bf16_peep_fwd = [None] + [_make_fwd(m, True) for m in range(1, BF16_MR + 1)]
+uk_bf16_bwd = [None] + [_make_bwd(m, False) for m in range(1, BF16_MR + 1)]
+uk_bf16_peep_bwd = [None] + [_make_bwd(m, True) for m in range(1, BF16_MR + 1)]
+uk_bf16_gemm = [None] + [_make_gemm(m) for m in range(1, BF16_MR + 1)]

@@ -1,0 +1,595 @@
+"""The packed LSTM in the bfloat16 compute mode: :func:`lstm_forward` and
+:func:`lstm_backward`, one layer and direction, the LSTM and the diagonal
+peephole LSTM, float32 parameters and states, bf16 operands of the products.
+
+The semantics are :mod:`fastrnn.bf16`'s: the operands of the matrix products
+(``W_ih``, ``W_hh``, ``x_t``, ``h_{t-1}``; backward the gate gradients and both
+operands of the weight-gradient sums) rounded to bf16, their products summed
+in float32; the cell state, the gate math, the biases, the peepholes, ``y``,
+``h_n``, ``c_n`` and everything saved for backward float32.
+
+Layout: as the float32 packed kernels (:mod:`fastrnn.kernels.vector`,
+:mod:`fastrnn.kernels.packed_lstm`, ``VW = 16``) with every product operand in
+bf16 pairs (:mod:`fastrnn.kernels.bf16_simd`): panel ``p`` of ``[W_ih W_hh]ᵀ``
+is ``[(Ip+Hp)/2][4*16]`` 32-bit words (``Ip`` = ``I`` rounded up to even, the
+extra row zero), ``x`` is converted to bf16 once per call, and the forward
+epilogue writes ``h_t`` twice: float32 into ``y`` and rounded into the bf16
+operand rows ``[x_t, h_{t-1}]`` of the next step. The backward epilogue writes
+each gate gradient float32 (for the bias gradients) and rounded (the operand
+of the next step's ``dh = dgates U`` and of the GEMMs after the loop). The
+GEMMs after the loop (``dW``, ``dx``, ``dh0``) run in float32 on the rounded
+operands widened back to float32: the same products (exact in float32), the
+same numbers as bf16 GEMMs up to the order of the float32 sums.
+
+Three variants, one layout: native ``vdpbf16ps`` (CPUs with AVX512-BF16) and
+emulated (bf16 halves widened to float32, two FMAs), one source selected by
+the tag (:mod:`fastrnn.kernels.bf16_simd`); and AMX (``amx=True``,
+:mod:`fastrnn.kernels.amx_bf16`): the time loops' products and the ``dW``,
+``dx`` GEMMs on AMX-BF16 tiles (operand widths padded to 32 k). All compute
+the same numbers up to the order of the float32 sums. Measured on the Xeon
+with both (Sapphire Rapids class): ``vdpbf16ps`` sums bf16 pairs at about half
+the rate of float32 FMAs there (the native variant is slower than float32),
+AMX at several times it.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastrnn.kernels.bf16_simd import (BF16_MR, EMULATED, NATIVE, uk_bf16_bwd, uk_bf16_fwd,
+                                       uk_bf16_peep_bwd, uk_bf16_peep_fwd)
+from fastrnn.kernels.cpu_settings import JIT_OPTIONS, settings
+from fastrnn.kernels.plan import Plan, Tasks, nthreads
+from fastrnn.kernels.schedule import Schedule, infer_chunk
+from fastrnn.kernels.sync import panel_steps
+from fastrnn.kernels.task_gemm import DW_TASKS, splits
+
+__all__ = ["lstm_forward", "lstm_backward", "BF16Cache", "to_bits", "from_bits", "VW"]
+
+VW = 16          # AVX-512 only: the accumulators are <16 x float>
+
+_f1, _f2, _f3, _f4, _f5, _f6 = uk_bf16_fwd[1:7]
+_pf1, _pf2, _pf3, _pf4, _pf5, _pf6 = uk_bf16_peep_fwd[1:7]
+_b1, _b2, _b3, _b4, _b5, _b6 = uk_bf16_bwd[1:7]
+_pb1, _pb2, _pb3, _pb4, _pb5, _pb6 = uk_bf16_peep_bwd[1:7]
+
+
+@njit(inline="always")
+def _bits(v):
+    """The bf16 bits (uint32, < 2^16) of the float32 whose bits are ``v`` (uint32),
+    :func:`fastrnn.bf16.round_bf16`'s rounding: nearest even, denormal -> signed
+    zero, infinities kept, NaN quieted."""
+    e = v & 0x7F800000
+    if e == 0:
+        return (v >> 16) & 0x8000
+    if e == 0x7F800000:
+        if v & 0x007FFFFF:
+            return ((v | 0x00400000) >> 16) & 0xFFFF
+        return v >> 16
+    return ((v + 0x7FFF + ((v >> 16) & 1)) >> 16) & 0xFFFF
+
+
+@njit(cache=True, nogil=True)
+def _fbits(x):
+    """:func:`_bits` of a float32 value."""
+    return _bits(np.uint32(np.float32(x).view(np.uint32)))
+
+
+@njit(cache=True, nogil=True)
+def _to_bits(u, out):
+    for i in range(u.shape[0]):
+        out[i] = _bits(u[i])
+
+
+def to_bits(a):
+    """float32 array -> uint16 bf16 bits (:func:`fastrnn.bf16.round_bf16`'s rounding)."""
+    a = np.ascontiguousarray(a, np.float32)
+    out = np.empty(a.shape, np.uint16)
+    _to_bits(a.reshape(-1).view(np.uint32), out.reshape(-1))
+    return out
+
+
+@njit(cache=True, nogil=True)
+def _pack_panels(w_ih, w_hh, H, Hp, Ip, out):
+    # out [P, (Ip+Hp)/2, 4*VW] uint32: word (p, kk, g*VW+u) holds the bf16 of rows
+    # 2kk (low half) and 2kk+1 of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ
+    I = w_ih.shape[1]
+    P, K2, GV = out.shape
+    VW_ = GV // 4
+    for p in range(P):
+        for g in range(4):
+            for u in range(VW_):
+                unit = p * VW_ + u
+                row = g * H + unit
+                for kk in range(K2):
+                    word = np.uint32(0)
+                    if unit < H:
+                        for half in range(2):
+                            k = 2 * kk + half
+                            v = np.float32(0.0)
+                            if k < I:
+                                v = w_ih[row, k]
+                            elif Ip <= k < Ip + H:
+                                v = w_hh[row, k - Ip]
+                            word |= np.uint32(_fbits(v)) << (16 * half)
+                    out[p, kk, g * VW_ + u] = word
+
+
+@njit(cache=True, nogil=True)
+def _pack_u(w_hh, H, Hp, NB, out):
+    # out: flat uint32; output panel q (units j0 = q*NB .. j0+w, w = min(NB, Hp-j0)) at
+    # word q*2*Hp*NB: [2*Hp pairs][w], the pair kk of natural gate rows r = 2kk, 2kk+1
+    # (r = g*Hp + unit, zero for padded units) of the padded W_hh [4*Hp, Hp]
+    Q = (Hp + NB - 1) // NB
+    for q in range(Q):
+        j0 = q * NB
+        w = min(NB, Hp - j0)
+        base = q * 2 * Hp * NB
+        for kk in range(2 * Hp):
+            for j in range(w):
+                col = j0 + j
+                word = np.uint32(0)
+                for half in range(2):
+                    r = 2 * kk + half
+                    g = r // Hp
+                    unit = r - g * Hp
+                    if unit < H and col < H:
+                        v = w_hh[g * H + unit, col]
+                        word |= np.uint32(_fbits(v)) << (16 * half)
+                out[base + kk * w + j] = word
+
+
+def from_bits(b):
+    """uint16 bf16 bits -> the float32 values they stand for (exact)."""
+    return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
+class PackedBF16:
+    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "w_ih", "w_hh")
+
+
+def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
+    """The panels of :func:`fastrnn.kernels.vector.pack` (``VW = 16``) in bf16 pairs:
+    ``up`` [P, (Ip+Kh)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Kh)/2, 4*VW] uint32; ``Ip``,
+    ``Kh``: I and Hp rounded up to ``kmult``); with ``backward`` also ``ub`` (``U``
+    for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
+    each) and ``w_ih``/``w_hh`` rounded to bf16 (float32 values, PyTorch's gate
+    order, units padded) for the GEMMs after the loop."""
+    I = w_ih.shape[1]
+    H = w_hh.shape[1]
+    Hp = -(-H // VW) * VW
+    P = Hp // VW
+    Ip = -(-I // kmult) * kmult                 # the operand rows' x and h widths: even
+    Kh = -(-Hp // kmult) * kmult                # (AMX: multiples of 32), zeros beyond
+    pk = PackedBF16()
+    pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh, pk.nvb = H, Hp, I, Ip, Kh, 4
+    bias = np.zeros((4, Hp), np.float32)
+    bias[:, :H] = (b_ih + b_hh).reshape(4, H)
+    pk.bias = np.ascontiguousarray(bias.reshape(4, P, VW).transpose(1, 0, 2)).reshape(-1)
+    pk.peep = None
+    if peep is not None:                                  # [P,3,VW]: p_i, p_f, p_o per panel
+        pp = np.zeros((3, Hp), np.float32)
+        pp[:, :H] = peep
+        pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
+    up = np.empty((P, (Ip + Kh) // 2, 4 * VW), np.uint32)
+    _pack_panels(w_ih, w_hh, H, Hp, Ip, up)
+    pk.up = up.view(np.uint16)
+    pk.ub = pk.w_ih = pk.w_hh = None
+    if backward:
+        NB = pk.nvb * VW
+        ub = np.empty(-(-Hp // NB) * 4 * Hp * NB // 2, np.uint32)
+        _pack_u(w_hh, H, Hp, NB, ub)
+        pk.ub = ub.view(np.uint16)
+        # rounded, PyTorch's gate order, units padded: the GEMMs after the loop
+        wi = np.zeros((4, Hp, I), np.float32)
+        wi[:, :H] = w_ih.reshape(4, H, I)
+        wh = np.zeros((4, Hp, Hp), np.float32)
+        wh[:, :H, :H] = w_hh.reshape(4, H, H)
+        pk.w_ih = from_bits(to_bits(wi.reshape(4 * Hp, I)))
+        pk.w_hh = from_bits(to_bits(wh.reshape(4 * Hp, Hp)))
+    return pk
+
+
+# --------------------------------------------------------------------------- forward
+@njit(inline="always")
+def _fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb,
+            ldhb, act, ldact, training, wn):
+    if peep is None:
+        if mr == 1:
+            _f1(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                ldact, training, wn)
+        elif mr == 2:
+            _f2(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                ldact, training, wn)
+        elif mr == 3:
+            _f3(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                ldact, training, wn)
+        elif mr == 4:
+            _f4(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                ldact, training, wn)
+        elif mr == 5:
+            _f5(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                ldact, training, wn)
+        else:
+            _f6(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                ldact, training, wn)
+    else:
+        if mr == 1:
+            _pf1(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                 ldact, training, wn)
+        elif mr == 2:
+            _pf2(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                 ldact, training, wn)
+        elif mr == 3:
+            _pf3(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                 ldact, training, wn)
+        elif mr == 4:
+            _pf4(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                 ldact, training, wn)
+        elif mr == 5:
+            _pf5(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                 ldact, training, wn)
+        else:
+            _pf6(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                 ldact, training, wn)
+
+
+@njit(inline="always")
+def _fwd_panel(s, p, tid, P, args, peep):
+    """Step ``s``, panel ``p`` of :func:`lstm_fwd_bf16_kernel` (byte pointers in ``args``)."""
+    (tag, xp, xld, hbp, hld, B, KI, KH, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap,
+     yp, mrmax, r0, r1) = args
+    VW_ = len(tag)
+    pn = (p + 1) % P if tid == 0 else (p + P - 1) % P     # the panel this thread likely does next
+    GV = 4 * VW_
+    KW = 4 * (KI + KH) * GV                               # bytes per panel
+    nb = nact[s]
+    xsp = xp + 2 * s * B * xld
+    hsp = hbp + 2 * s * B * hld
+    hout = hsp + 2 * B * hld
+    ysp = yp + 4 * s * B * Hp
+    cin = csp + 4 * (s % ring) * B * Hp
+    cout = csp + 4 * ((s + 1) % ring) * B * Hp
+    asp = ap + 4 * s * B * GH
+    wp = upp + p * KW
+    wn = upp + pn * KW
+    col = p * GV
+    u0 = p * VW_
+    nr = min(nb, r1) - r0
+    nblk = (nr + mrmax - 1) // mrmax
+    for blk in range(nblk):
+        q0 = r0 + blk * nr // nblk
+        mr = r0 + (blk + 1) * nr // nblk - q0
+        co = 4 * (q0 * Hp + u0)
+        _fwd_mr(mr, peep, tag, xsp + 2 * q0 * xld, xld, hsp + 2 * q0 * hld, hld, wp, KI, KH,
+                bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp, ysp + co, Hp,
+                hout + 2 * (q0 * hld + u0), hld, asp + 4 * (q0 * GH + col), GH, training,
+                wn + 64 * (KI + KH) * (blk % (GV * 4 // 64)))
+
+
+@njit(**JIT_OPTIONS)
+def lstm_fwd_bf16_kernel(tag, xb, xld, hb, hoff, hld, n, KI, KH, Hp, bias, up, peep, cs, ring,
+                         nact, training, act, y, ctl, tid, nthr, mrmax, r0, r1):
+    # xb: uint16 bf16 x in step order, step s row b at element (s*B + b)*xld (B = xb.shape[1])
+    # hb: uint16 bf16 operand states: h_{s-1} of row b at element hoff + (s*B + b)*hld; row
+    #     0 holds h0 (in), step s writes row s+1. Training passes one [n+1,B,Ip+Hp]
+    #     buffer of rows [x_t, h_{t-1}] as both (xld = hld = Ip+Hp, hoff = Ip)
+    # KI, KH: input and state pairs (Ip/2, Kh/2);  bias: [G*Hp] float32 (panel order)
+    # up: [P,(Ip+Kh)/2,G*VW,2] uint16 panels;  peep: None or [P,3,VW] float32
+    # cs: [S,B,Hp] float32 cell ring (training S = n+1, inference 2)
+    # act: [n,B,G*Hp] float32 out in training;  y: [n,B,Hp] float32 h_t out
+    # ctl, tid, nthr, mrmax, r0, r1: as lstm_fwd_kernel of packed_lstm
+    ppp = 0 if peep is None else peep.ctypes.data
+    P = Hp // len(tag)
+    args = (tag, xb.ctypes.data, xld, hb.ctypes.data + 2 * hoff, hld, xb.shape[1], KI, KH, Hp,
+            bias.shape[0], bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact,
+            training, act.ctypes.data, y.ctypes.data, mrmax, r0, r1)
+    return panel_steps(n, P, False, ctl, tid, nthr, _fwd_panel, args, peep)
+
+
+# --------------------------------------------------------------------------- backward
+@njit(inline="always")
+def _bwd_mr(mr, peep, tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc,
+            dg, dgv, dgg, dgb, wn):
+    if peep is None:
+        if mr == 1:
+            _b1(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                dgv, dgg, dgb, wn)
+        elif mr == 2:
+            _b2(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                dgv, dgg, dgb, wn)
+        elif mr == 3:
+            _b3(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                dgv, dgg, dgb, wn)
+        elif mr == 4:
+            _b4(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                dgv, dgg, dgb, wn)
+        elif mr == 5:
+            _b5(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                dgv, dgg, dgb, wn)
+        else:
+            _b6(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                dgv, dgg, dgb, wn)
+    else:
+        if mr == 1:
+            _pb1(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                 dgv, dgg, dgb, wn)
+        elif mr == 2:
+            _pb2(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                 dgv, dgg, dgb, wn)
+        elif mr == 3:
+            _pb3(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                 dgv, dgg, dgb, wn)
+        elif mr == 4:
+            _pb4(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                 dgv, dgg, dgb, wn)
+        elif mr == 5:
+            _pb5(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                 dgv, dgg, dgb, wn)
+        else:
+            _pb6(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                 dgv, dgg, dgb, wn)
+
+
+@njit(inline="always")
+def _bwd_rows(r0, r1, mrmax, peep, tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact,
+              pp, cp, cn, dc, dg, dgv, dgg, dgb, wn):
+    """Rows [r0, r1) of one output panel, in blocks of at most ``mrmax`` rows (float32
+    pointers advance 4 bytes per element, the bf16 ones 2)."""
+    parts = len(ntag) * len(tag) * 4 // 64
+    n = r1 - r0
+    nblk = (n + mrmax - 1) // mrmax
+    for blk in range(nblk):
+        q0 = r0 + blk * n // nblk
+        mr = r0 + (blk + 1) * n // nblk - q0
+        _bwd_mr(mr, peep, tag, ntag, a + 2 * q0 * lda, lda, w, KK, dhx + 4 * q0 * lddhx, lddhx,
+                dy + 4 * q0 * ldh, ldh, act + 4 * q0 * ldact, ldact, pp, cp + 4 * q0 * ldh,
+                cn + 4 * q0 * ldh, dc + 4 * q0 * ldh, dg + 4 * q0 * ldact, dgv, dgg,
+                dgb + 2 * q0 * ldact, wn + 64 * KK * (blk % max(1, parts)))
+
+
+@njit(inline="always")
+def _bwd_panel(s, q, tid, Q, args, peep):
+    """Step ``s``, output panel ``q`` of :func:`lstm_bwd_bf16_kernel`."""
+    (tag, n, B, Hp, GH, nvb, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, mrmax, r0,
+     r1) = args
+    VW_ = len(tag)
+    NB = nvb * VW_
+    KK = GH // 2
+    nb = min(nact[s], r1)
+    nprod = min(nact[s + 1], r1) if s + 1 < n else r0
+    nprod = max(nprod, r0)
+    a = gbp + 2 * (s + 1) * B * GH                 # the rounded gate gradients of step s+1
+    j0 = q * NB
+    nv = min(NB, Hp - j0) // VW_
+    wq = ubp + 2 * q * GH * NB
+    qn = (q + 1) % Q if tid == 0 else (q + Q - 1) % Q
+    wn = ubp + 2 * qn * GH * NB
+    col = j0 * 4
+    dyq = dyp + 4 * (s * B * Hp + j0)
+    aq = ap + 4 * (s * B * GH + col)
+    cpq = csp + 4 * (s * B * Hp + j0)
+    cnq = cpq + 4 * B * Hp
+    dcq = dcp + 4 * j0
+    dgq = gp + 4 * (s * B * GH + j0)
+    dgbq = gbp + 2 * (s * B * GH + j0)
+    dhq = dhp + 4 * j0
+    ppq = ppp + 4 * 3 * j0
+    for part in range(2):
+        lo = r0 if part == 0 else nprod
+        hi = nprod if part == 0 else nb
+        K = KK if part == 0 else 0
+        dhx = zp if part == 0 else dhq
+        lddhx = 0 if part == 0 else Hp
+        if nv == 4:
+            _bwd_rows(lo, hi, mrmax, peep, tag, (0, 0, 0, 0), a, GH, wq, K, dhx, lddhx, dyq, Hp,
+                      aq, GH, ppq, cpq, cnq, dcq, dgq, VW_, Hp, dgbq, wn)
+        elif nv == 3:
+            _bwd_rows(lo, hi, mrmax, peep, tag, (0, 0, 0), a, GH, wq, K, dhx, lddhx, dyq, Hp,
+                      aq, GH, ppq, cpq, cnq, dcq, dgq, VW_, Hp, dgbq, wn)
+        elif nv == 2:
+            _bwd_rows(lo, hi, mrmax, peep, tag, (0, 0), a, GH, wq, K, dhx, lddhx, dyq, Hp,
+                      aq, GH, ppq, cpq, cnq, dcq, dgq, VW_, Hp, dgbq, wn)
+        else:
+            _bwd_rows(lo, hi, mrmax, peep, tag, (0,), a, GH, wq, K, dhx, lddhx, dyq, Hp,
+                      aq, GH, ppq, cpq, cnq, dcq, dgq, VW_, Hp, dgbq, wn)
+
+
+@njit(**JIT_OPTIONS)
+def lstm_bwd_bf16_kernel(tag, act, cs, ub, nvb, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl, tid,
+                         nthr, mrmax, r0, r1):
+    # as lstm_bwd_kernel of packed_lstm, with ub: uint16 U in bf16 pairs (output
+    # panel q at element q*G*Hp*NB, [G*Hp/2][w][2]) and dgb: [n,B,G*Hp] uint16 out,
+    # the rounded dg (the operand of step s-1's product and of the GEMMs after)
+    n, B, GH = act.shape
+    Hp = dy.shape[2]
+    NB = nvb * len(tag)
+    ppp = 0 if peep is None else peep.ctypes.data
+    args = (tag, n, B, Hp, GH, nvb, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
+            act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
+            zrow.ctypes.data, ppp, nact, mrmax, r0, r1)
+    return panel_steps(n, (Hp + NB - 1) // NB, True, ctl, tid, nthr, _bwd_panel, args, peep)
+
+
+# --------------------------------------------------------------------------- drivers
+class BF16Cache:
+    """What :func:`lstm_backward` needs from a training :func:`lstm_forward`."""
+
+    __slots__ = ("sched", "pk", "xh", "act", "cs", "flops", "plan", "tag", "amx")
+
+
+def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
+                 peep=None, native=True, amx=False):
+    """LSTM in the bf16 compute mode, one layer and direction: ``(y, h_n, c_n,
+    cache)``, float32 (every array argument float32; ``lens`` [B] int64 in
+    [1, T]); ``peep`` [3,H] makes it the diagonal peephole LSTM; ``native``
+    False runs the emulated products (any AVX-512/AVX2 CPU); ``amx`` runs the
+    forward products on AMX tiles (:mod:`fastrnn.kernels.amx_bf16`; the CPU must
+    have AMX-BF16 and the process the kernel's permission to use the tiles)."""
+    T, B, I = x.shape
+    H = w_hh.shape[1]
+    dt = np.dtype(np.float32)
+    G = 4
+    tag = NATIVE if native else EMULATED
+    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2)
+    Hp, Ip, Kh = pk.Hp, pk.Ip, pk.Kh
+    P = Hp // VW
+    sched = Schedule(lens, T, reverse)
+    n = sched.n
+    lens_sorted = sched.nact_lengths()
+    step_flops = 2.0 * B * G * H * (H + I)
+    plan = Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
+                pk.up.nbytes, lens_sorted)
+    padded = sched.tix is not None
+    rows = np.arange(B)
+    # xh: [m+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
+    # (rows past a sequence's end and the padding columns stay zero); AMX reads
+    # tiles of 16 rows from any row a thread starts at: 16 rows more. Training keeps
+    # every step's (m = n: the weight gradient's operand); inference runs chunks of
+    # C steps through one small buffer (C even: each chunk starts on slot 0 of the
+    # cell ring), so its workspace beyond x and y is O(B (I+H)) whatever T is
+    Bx = B + 16 if amx else B
+    C = n if training else max(1, min(n, infer_chunk(B)))
+    C += C % 2 if not training else 0
+    xh = np.zeros((C + 1, Bx, Ip + Kh), np.uint16)
+    xs = np.zeros((C, B, I), dt)
+    xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
+    act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
+    ring = n + 1 if training else 2
+    cs = (np.zeros if padded else np.empty)((ring, B, Hp), dt)
+    cs[0] = sched.sort_rows(c0, Hp)
+    ys = (np.zeros if padded else np.empty)((n, B, Hp), dt)
+    for s0 in range(0, n, C):
+        s1 = min(n, s0 + C)
+        m = s1 - s0
+        if s0:
+            xh[0, :, Ip:] = xh[C, :, Ip:]                     # h after the last chunk
+        sched.gather_into(x, xs[:m], s0, s1)
+        xh[:m, :B, :I] = to_bits(xs[:m])
+        ctl = np.zeros(P + 1, np.int64)
+        ysc = ys[s0:s1]
+        nact = sched.nact[s0:s1]
+        if amx:
+            from fastrnn.kernels import amx_bf16
+            plan.launch(amx_bf16.lstm_fwd_amx_kernel, lambda tid, nthr, r0, r1: (
+                xh, Ip + Kh, Ip, m, Ip // 32, Kh // 32, Hp, pk.bias, pk.up, pk.peep, cs, ring,
+                nact, training, act, ysc, ctl, tid, nthr, r0, r1))
+        else:
+            plan.launch(lstm_fwd_bf16_kernel, lambda tid, nthr, r0, r1: (
+                tag, xh, Ip + Kh, xh, Ip, Ip + Kh, m, Ip // 2, Kh // 2, Hp, pk.bias, pk.up,
+                pk.peep, cs, ring, nact, training, act, ysc, ctl, tid, nthr, BF16_MR, r0, r1))
+    h_last = ys[lens_sorted - 1, rows]
+    c_last = cs[lens_sorted % ring, rows]
+    y = sched.scatter(ys, H, dt)
+    h_n = sched.unsort_rows(h_last, H)
+    c_n = sched.unsort_rows(c_last, H)
+    if not training:
+        return y, h_n, c_n, None
+    cache = BF16Cache()
+    cache.sched, cache.pk, cache.act, cache.cs = sched, pk, act, cs
+    cache.xh = xh if Bx == B else xh[:, :B]
+    cache.flops = 2.0 * B * G * H * H
+    cache.plan, cache.tag, cache.amx = plan, tag, amx
+    return y, h_n, c_n, cache
+
+
+def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
+    """Gradients from :func:`lstm_forward`'s cache: ``(dx, dh0, dc0, dw_ih, dw_hh, db,
+    dpeep)`` in PyTorch's layout, as :func:`fastrnn.kernels.packed.lstm_backward`."""
+    sched, pk = cache.sched, cache.pk
+    n, B, GH = cache.act.shape
+    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
+    dt = np.dtype(np.float32)
+    NB = pk.nvb * VW
+    Q = -(-Hp // NB)
+    plan = cache.plan
+    if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
+        plan = Plan(1, B, 0, 0, 1, 0, None)
+    gthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
+    blas_threads(0)
+    dys = sched.gather(np.asarray(dy, dt), Hp)
+    dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)
+    dc = sched.sort_rows(np.asarray(dc_n, dt), Hp)
+    zero = np.zeros if sched.tix is not None else np.empty
+    dg = zero((n, B, GH), dt)
+    zrow = np.zeros(NB, dt)
+    ctl = np.zeros(Q + 1, np.int64)
+    if cache.amx:       # the products read tiles of 16 rows from any row: 16 rows more
+        from fastrnn.kernels import amx_bf16
+        # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
+        dgb = np.zeros((n, B + 16, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
+        plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
+            cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
+            tid, nthr, r0, r1))
+        dgb = dgb[:, :, :GH]
+    else:
+        dgb = zero((n, B, GH), np.uint16)
+        plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
+            cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
+            sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
+    # after the loop: float32 GEMMs on the rounded operands (exact products)
+    dgr = from_bits(dgb[:1 if cache.amx else n, :B]).reshape(-1, GH)
+    xhr = None if cache.amx else from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
+    dg2 = dg.reshape(n * B, GH)
+    dxs = None if cache.amx else np.empty((n * B, I), dt)
+    dh0 = np.empty((B, Hp), dt)
+    db_p = np.empty(GH, dt)
+    dw_p = None if cache.amx else np.empty((GH, Ip + Kh), dt)
+    tasks = []
+    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
+    if cache.amx:
+        # dWᵀ = [x h]ᵀ dg on tiles: both operands packed in tiles (K = n*B padded to 32
+        # with zeros)
+        from fastrnn.kernels import amx_bf16
+        Nx = Ip + Kh
+        Kp = -(-(n * B) // 32) * 32
+        at = np.zeros((Nx // 16, Kp // 32, 16, 32), np.uint16)
+        amx_bf16.pack_a_steps(cache.xh[:n], B, at)
+        bt = np.zeros((GH // 16, Kp // 2, 16, 2), np.uint16)
+        dwt = np.empty((Nx, GH), dt)
+        dw_p = dwt.T
+
+        def dw_part(c0, c1):          # each task packs the columns of dg it multiplies
+            amx_bf16.pack_b_steps(dgb, B, bt, c0, c1)
+            amx_bf16.gemm(at, bt, dwt, c0, c1)
+        for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
+            tasks.append(lambda r0=r0, r1=r1: dw_part(32 * r0, 32 * r1))
+    else:
+        for r0, r1 in splits(GH, DW_TASKS if split else 1):
+            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1]))
+    if cache.amx:
+        # dx = dg W_ih on tiles (rows padded to 32, W_ih's columns to Ip)
+        Mp = -(-(n * B) // 32) * 32
+        ar = np.zeros((Mp // 16, GH // 32, 16, 32), np.uint16)
+        wib = np.zeros((1, GH, Ip), np.uint16)
+        wib[0, :, :I] = to_bits(pk.w_ih)
+        bw = np.zeros((Ip // 16, GH // 2, 16, 2), np.uint16)
+        dxp = np.empty((Mp, Ip), dt)
+
+        def dx_all():
+            amx_bf16.pack_rows_steps(dgb, B, ar)
+            amx_bf16.pack_b_steps(wib, GH, bw, 0, Ip)
+            amx_bf16.gemm(ar, bw, dxp, 0, Ip)
+        tasks.insert(0, dx_all)
+    else:
+        for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
+            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], pk.w_ih, out=dxs[r0:r1]))
+    tasks.append(lambda: np.matmul(dgr[:B], pk.w_hh, out=dh0))
+    tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
+    Tasks(tasks).run(gthr if split else 1)
+    if cache.amx:
+        dxs = np.ascontiguousarray(dxp[:n * B, :I])
+    dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
+    dw4 = dw_p.reshape(4, Hp, Ip + Kh)
+    dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
+    dw_hh = np.ascontiguousarray(dw4[:, :H, Ip:Ip + H]).reshape(4 * H, H)
+    db = np.ascontiguousarray(db_p.reshape(4, Hp)[:, :H]).reshape(4 * H)
+    dpeep = None
+    if pk.peep is not None:
+        dg3 = dg.reshape(n * B, 4, Hp)
+        cp = cache.cs[:-1].reshape(n * B, Hp)
+        cn = cache.cs[1:].reshape(n * B, Hp)
+        dpeep = np.stack([np.einsum("rh,rh->h", dg3[:, 0], cp),
+                          np.einsum("rh,rh->h", dg3[:, 1], cp),
+                          np.einsum("rh,rh->h", dg3[:, 3], cn)])[:, :H]
+    return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db, dpeep)

@@ -206,6 +206,20 @@ def _check_cell(cell):
         raise ValueError(f"the cpu backend has no kernel for cell {cell.name!r}")
 
 
+def _checked(cell, x, h0, c0, weights, lengths):
+    """The lengths as int64 (all ``T`` when None) after the backend's own cheap
+    guard against an out-of-bounds write in the compiled loops (the layers
+    check their arguments before; other dtypes and layouts are converted, so
+    the check is not strict)."""
+    if x.ndim != 3:
+        raise ValueError(f"x must be [T, B, I], got shape {x.shape}")
+    T, B, _ = x.shape
+    lens = (np.full(B, T, np.int64) if lengths is None
+            else np.ascontiguousarray(lengths, dtype=np.int64))
+    check_forward(cell, x, h0, c0, weights, lens if lengths is not None else None)
+    return lens
+
+
 def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True,
             compute_dtype=None):
     """Run one layer in one direction over the whole sequence (see module doc);
@@ -214,20 +228,11 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     if compute_dtype is not None and check_compute_dtype(compute_dtype) is not None:
         return _forward_bf16(cell, x, h0, c0, weights, lengths, reverse, training)
     x = np.ascontiguousarray(x)
-    dtype = x.dtype
-    if dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be float32 or float64, got {dtype}")
-    if x.ndim != 3:
-        raise ValueError(f"x must be [T, B, I], got shape {x.shape}")
-    T, B, I = x.shape
-    lens = (np.full(B, T, np.int64) if lengths is None
-            else np.ascontiguousarray(lengths, dtype=np.int64))
-    # the backend's own cheap guard against an out-of-bounds write in the
-    # compiled loops (the layers check their arguments before); other dtypes
-    # and layouts are converted, so the check is not strict
-    check_forward(cell, x, h0, c0, weights, lens if lengths is not None else None)
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    lens = _checked(cell, x, h0, c0, weights, lengths)
     reverse, training = bool(reverse), bool(training)
-    kind = route(cell, dtype, training)
+    kind = route(cell, x.dtype, training)
     # the packed kernels call no BLAS in the forward pass: no thread setting to manage
     if kind == "packed":
         return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training)
@@ -262,12 +267,7 @@ def _forward_bf16(cell, x, h0, c0, weights, lengths, reverse, training):
     if x.dtype != np.float32:
         raise ValueError(f"compute_dtype='bfloat16' is for float32 layers (float32 "
                          f"parameters, bfloat16 products); x is {x.dtype}")
-    if x.ndim != 3:
-        raise ValueError(f"x must be [T, B, I], got shape {x.shape}")
-    T, B, I = x.shape
-    lens = (np.full(B, T, np.int64) if lengths is None
-            else np.ascontiguousarray(lengths, dtype=np.int64))
-    check_forward(cell, x, h0, c0, weights, lens if lengths is not None else None)
+    lens = _checked(cell, x, h0, c0, weights, lengths)
     reverse, training = bool(reverse), bool(training)
     kind = route_bf16(cell)
     if kind == "reference":

@@ -168,12 +168,11 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     # layout (Keras, CS231n) as it is, PyTorch's as a transposed view
     dw_t = np.empty((I + Hp, GH), dt)
     ones = np.ones(n * B, dt)
-    # split only when the caller may use a second thread: a split costs one thread
-    # 5-10%. Either way every output element is the same sum in the same order (a
-    # column or row range of a product, a reduction never cut), so results are
-    # bitwise the same on one thread or two (tests/test_packed_threads.py)
-    split = (max_threads >= 2
-             and 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops)
+    # the split depends on the shape only, never on the thread count: a row range
+    # of a product is not always bitwise the whole product's rows in OpenBLAS (dx
+    # with a small I), so results stay the same on any number of threads only
+    # if every count runs the same ranges (tests/test_packed_threads.py)
+    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     tasks = []
     for c0, c1 in splits(GH, DW_TASKS if split else 1):
         tasks.append(lambda c0=c0, c1=c1: np.matmul(xh2.T, dg2[:, c0:c1], out=dw_t[:, c0:c1]))

@@ -370,3 +370,22 @@ def test_a_forked_child_starts_its_own_pool(pool_of):
             os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["f32", "f64"])
+def test_gemms_after_the_loop_split_by_shape_not_threads(cpu_settings, dtype):
+    """The GEMMs after the backward loop (dW, dx over n*B = 128 rows, so dx splits
+    in row ranges) split the same way on one thread as on two: a row range of a
+    product is not always bitwise the whole product's rows in OpenBLAS (small I)."""
+    cpu_settings(num_threads=2, split_gemm_flops=0.0)
+    prob = _problem("lstm", 4, 32, 8, 256, lengths=False, dtype=dtype)
+    old = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(1)
+        one = _run(*prob, False)
+        cpu.set_num_threads(2)
+        two = _run(*prob, False)
+    finally:
+        cpu.set_num_threads(old)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)

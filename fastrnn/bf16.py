@@ -45,11 +45,12 @@ _HIGH = np.uint32(0xFFFF0000)
 _QUIET = np.uint32(0x00400000)
 
 
-def check_compute_dtype(value, name="compute_dtype"):
+def check_compute_dtype(value, name="compute_dtype", dtype=None):
     """``value`` as the mode's canonical name: None for the layer's own dtype
-    (None, ``"float32"``/``np.float32`` are taken as that), ``"bfloat16"`` for
-    the bfloat16 mode (``"bf16"`` accepted). Anything else is a ValueError
-    naming the argument."""
+    (None, and ``"float32"``/``np.float32`` for a float32 layer), ``"bfloat16"``
+    for the bfloat16 mode (``"bf16"`` accepted). Anything else is a ValueError
+    naming the argument, float32 included when ``dtype`` (the layer's) is
+    another: a float64 layer does not compute in float32."""
     if value is None:
         return None
     if isinstance(value, str):
@@ -57,17 +58,24 @@ def check_compute_dtype(value, name="compute_dtype"):
         if v in ("bfloat16", "bf16"):
             return BFLOAT16
         if v in ("float32", "fp32", "f32"):
-            return None
+            return _float32(value, name, dtype)
     else:
         try:
             if np.dtype(value) == np.float32:
-                return None
+                return _float32(value, name, dtype)
         except TypeError:
             pass
         if getattr(value, "__name__", None) == "bfloat16" or str(value).endswith("bfloat16"):
             return BFLOAT16
     raise ValueError(f"{name} must be None or 'bfloat16' (products of bfloat16 operands "
                      f"summed in float32), got {value!r}")
+
+
+def _float32(value, name, dtype):
+    if dtype is not None and np.dtype(dtype) != np.float32:
+        raise ValueError(f"{name}={value!r} on a {np.dtype(dtype).name} layer: a layer "
+                         f"computes in its own dtype (None) or, if float32, in 'bfloat16'")
+    return None
 
 
 def round_bf16(a, out=None):
@@ -79,7 +87,7 @@ def round_bf16(a, out=None):
     ``a`` is not modified unless it is passed as ``out``."""
     a = np.asarray(a)
     if a.dtype != np.float32:
-        raise TypeError(f"round_bf16 takes float32 arrays, got {a.dtype}")
+        raise TypeError(f"round_bf16: a must be a float32 array, got {a.dtype}")
     u = a.view(np.uint32)
     exp = u & _EXP_MASK
     rounded = (u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) & _HIGH

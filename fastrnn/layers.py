@@ -185,7 +185,7 @@ class _RecurrentLayer:
         self._set_compute_dtype(value, self._backend_name)
 
     def _set_compute_dtype(self, value, backend):
-        value = check_compute_dtype(value, "compute_dtype")
+        value = check_compute_dtype(value, "compute_dtype", self.dtype)
         self._check_mode(value, backend)
         self._compute_dtype = value
 

@@ -99,7 +99,7 @@ def make_recurrent(cell, input_size, hidden_size, num_layers=1, dropout=0.0,
 def _compute_dtype(value, dtype, backend):
     """The models' ``compute_dtype`` checked before anything is built: the
     mode's name (None or ``"bfloat16"``), refused for float64 and for cuda."""
-    value = check_compute_dtype(value, "compute_dtype")
+    value = check_compute_dtype(value, "compute_dtype", dtype)
     if value is not None:
         if np.dtype(dtype) != np.float32:
             raise ValueError(f"compute_dtype={value!r} is for float32 models (float32 "

@@ -110,8 +110,10 @@ def test_errors(cls):
     with pytest.raises(ValueError, match="compute_dtype.*float32"):
         f64.compute_dtype = BF16
     assert f64.compute_dtype is None
-    # float32 spelled out is the default mode
+    # float32 spelled out is the default mode, on a float32 layer only
     assert cls(3, 4, compute_dtype="float32").compute_dtype is None
+    with pytest.raises(ValueError, match="compute_dtype='float32' on a float64 layer"):
+        cls(3, 4, dtype=np.float64, compute_dtype="float32")
 
 
 @pytest.mark.parametrize("cls", [LanguageModel, SequenceClassifier, SequenceRegressor])
@@ -123,6 +125,8 @@ def test_model_errors(cls):
         cls(*args, backend="cuda", compute_dtype=BF16)
     with pytest.raises(ValueError, match="compute_dtype"):
         cls(*args, compute_dtype="int8")
+    with pytest.raises(ValueError, match="compute_dtype='float32' on a float64"):
+        cls(*args, dtype="float64", compute_dtype="float32")
 
 
 def test_backend_without_the_mode_is_refused_by_name():

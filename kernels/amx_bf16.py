@@ -56,7 +56,7 @@ def available():
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         # SYS_arch_prctl (x86-64) = 158, ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18
-        return libc.syscall(158, 0x1023, 18) == 0
+        return libc.syscall(ctypes.c_long(158), ctypes.c_long(0x1023), ctypes.c_long(18)) == 0
     except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
         return False
 

@@ -426,6 +426,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     False runs the emulated products (any AVX-512/AVX2 CPU); ``amx`` runs the
     forward products on AMX tiles (:mod:`fastrnn.kernels.amx_bf16`; the CPU must
     have AMX-BF16 and the process the kernel's permission to use the tiles)."""
+    if amx:
+        from fastrnn.kernels import amx_bf16
+        if not amx_bf16.available():      # a tile instruction without them is SIGILL
+            raise ValueError("amx=True: this CPU or process may not use AMX-BF16 tiles "
+                             "(amx_bf16.available() is False)")
     T, B, I = x.shape
     H = w_hh.shape[1]
     dt = np.dtype(np.float32)

@@ -752,13 +752,21 @@ def _vsum16(typingctx, addr, nblocks):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True, boundscheck=False)
 def read_sum(a):
     """The sum of a contiguous 1-d float32 array, read once front to back with
     vector loads and nothing else: timed over a buffer of a step's weight
     bytes, the floor a step that reads that many weights cannot beat on this
     core (the step's FMAs overlap the loads; its weights live where the
     buffer's do: L2 when they fit, else L3)."""
+    if (not isinstance(a, np.ndarray) or a.dtype != np.float32 or a.ndim != 1
+            or not a.flags.c_contiguous):
+        raise ValueError("read_sum: a must be a contiguous 1-d float32 array, got "
+                         f"{getattr(a, 'dtype', type(a).__name__)} {np.shape(a)}")
+    return _read_sum(a)
+
+
+@njit(cache=True, nogil=True, boundscheck=False)
+def _read_sum(a):
     blk = 16 * _RS_ACCS
     nb = a.size // blk
     s = _vsum16(a.ctypes.data, nb)

@@ -2,6 +2,8 @@
 stream before timing them, and prints its three tables."""
 import json
 
+import pytest
+
 from fastrnn import bench
 
 
@@ -40,6 +42,9 @@ def test_read_sum_and_step_weights():
     for n in (0, 5, 128, 1000, 4099):
         a = rng.integers(-8, 8, n).astype(np.float32)      # small integers: exact sums
         assert latency.read_sum(a) == float(a.sum())
+    for bad in (np.ones(8), np.ones((2, 8), np.float32), np.ones(16, np.float32)[::-1]):
+        with pytest.raises(ValueError, match="read_sum: a must be"):
+            latency.read_sum(bad)
     I, H, V = 12, 32, 10
     s = fastrnn.LSTM(I, H, num_layers=2, seed=0, backend="cpu").stream()
     biases = 4 * H if latency.uses_panels("lstm", np.float32, H) else 8 * H

@@ -42,11 +42,12 @@ Cost of the conventions
 In PyTorch's convention (``weight_layout="out_in"``, PyTorch's gate order,
 two biases or none, time-major ``x``) no weight, bias or gradient is copied:
 the arrays go to the backend and the backend's results come back as they
-are (the CPU backend's LSTM weight gradients are transposed views of one
-``[I+H, 4H]`` buffer). ``weight_layout="in_out"`` alone copies nothing more:
-the weights go to the backend as transposed views, the CPU backend packs
-them from that memory order, and its LSTM weight gradients are computed in
-it. Another gate order costs one pass over the weights on the way in and one
+are (the CPU backend's float LSTM weight gradients are transposed views of
+one ``[I+H, 4H]`` buffer when ``H`` is a multiple of the SIMD width, copies
+otherwise). ``weight_layout="in_out"`` alone copies nothing more: the
+weights go to the backend as transposed views, the CPU backend packs them
+from that memory order, and its LSTM weight gradients are computed in it
+(the bfloat16 mode copies the weights and returns contiguous gradients). Another gate order costs one pass over the weights on the way in and one
 over the weight gradients on the way out (copies of contiguous gate blocks),
 and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y`` and
 ``dx`` come back as transposed views); a missing bias is one zero vector.

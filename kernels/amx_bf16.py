@@ -37,7 +37,7 @@ from numba.extending import intrinsic
 from fastrnn.bf16 import has_amx_bf16
 from fastrnn.kernels.bf16_simd import F32X, I64, VW, round_bits, store_bf16
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
-from fastrnn.kernels.simd import VMath, ptrs, vload, vstore
+from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
@@ -138,15 +138,7 @@ def _make_fwd(peephole):
                        for g in range(4)]
                 ro = b.mul(r, ldc)
                 cp = vload(b, F32X, cin, ro)
-                if peephole:
-                    pre[0] = m.fma(pv[0], cp, pre[0])
-                    pre[1] = m.fma(pv[1], cp, pre[1])
-                gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
-                cn = m.fma(gf, cp, m.mul(gi, gg))
-                if peephole:
-                    pre[3] = m.fma(pv[2], cn, pre[3])
-                go = m.sigmoid(pre[3])
-                hn = m.mul(go, m.tanh(cn))
+                gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv if peephole else None)
                 vstore(b, cn, F32X, cout, ro)
                 vstore(b, hn, F32X, y, b.mul(r, ldy))
                 store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
@@ -258,7 +250,6 @@ def _make_bwd(peephole):
                                                          cn, dc, dg)
             (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
             m = VMath(b, F32X)
-            one = m.one
             if peephole:
                 pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
                       for v in range(NV)]
@@ -270,24 +261,15 @@ def _make_bwd(peephole):
                     dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
                                vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
                     ra = b.mul(r, ldact)
-                    gi, gf, gg, go = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
-                                      for g in range(4)]
-                    tc = m.tanh(vload(b, F32X, cn, ho))
-                    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
-                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), vload(b, F32X, dc, ho))
-                    if peephole:
-                        dcc = m.fma(do, pv[v][2], dcc)
-                    cpv = vload(b, F32X, cp, ho)
-                    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
-                    df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
-                    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
-                    for g, val in enumerate((di, df, dgc, do)):
+                    gates = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
+                             for g in range(4)]
+                    dgs, dcp = lstm_cell_back(
+                        m, dh, gates, vload(b, F32X, cn, ho), vload(b, F32X, cp, ho),
+                        vload(b, F32X, dc, ho), pv[v] if peephole else None)
+                    for g, val in enumerate(dgs):
                         col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
                         vstore(b, val, F32X, dg, b.add(ra, col))
                         store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
-                    dcp = m.mul(dcc, gf)
-                    if peephole:
-                        dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
                     vstore(b, dcp, F32X, dc, ho)
             return context.get_dummy_value()
         return sig, codegen

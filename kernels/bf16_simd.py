@@ -37,7 +37,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels.simd import (I64, PREFETCH_BYTES, PREFETCH_MIN_MR, VMath, _splat, ptrs,
+from fastrnn.kernels.simd import (I64, PREFETCH_BYTES, PREFETCH_MIN_MR, VMath, _splat,
+                                  lstm_cell, lstm_cell_back, ptrs,
                                   row_off, vload, vstore)
 
 __all__ = ["NATIVE", "EMULATED", "is_native", "round_bits", "gemm_accs_bf16",
@@ -219,15 +220,7 @@ def _make_fwd(MR, peephole):
                 pre = [m.add(accs[r][g], bv[g]) for g in range(4)]
                 ro = row_off(builder, r, ldc)
                 cp = vload(builder, F32X, cin, ro)
-                if peephole:
-                    pre[0] = m.fma(pv[0], cp, pre[0])
-                    pre[1] = m.fma(pv[1], cp, pre[1])
-                gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
-                cn = m.fma(gf, cp, m.mul(gi, gg))
-                if peephole:
-                    pre[3] = m.fma(pv[2], cn, pre[3])
-                go = m.sigmoid(pre[3])
-                hn = m.mul(go, m.tanh(cn))
+                gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv if peephole else None)
                 vstore(builder, cn, F32X, cout, ro)
                 vstore(builder, hn, F32X, y, row_off(builder, r, ldy))
                 store_bf16(builder, round_bits(builder, hn), hb, row_off(builder, r, ldhb))
@@ -265,7 +258,6 @@ def _make_bwd(MR, peephole):
                 builder, F32X, dhx, dy, act, peep, cp, cn, dc, dg, wn)
             accs = gemm_accs_bf16(builder, native, MR, NV, [(a, _half(builder, lda), w, KK)], wn)
             m = VMath(builder, F32X)
-            one = m.one
             if peephole:
                 pv = [[vload(builder, F32X, peep, ir.Constant(I64, (3 * v + k) * VW))
                        for k in range(3)] for v in range(NV)]
@@ -275,26 +267,16 @@ def _make_bwd(MR, peephole):
                     dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
                                vload(builder, F32X, dhx, row_off(builder, r, lddhx, v * VW)))
                     ao = [row_off(builder, r, ldact, v * 4 * VW + g * VW) for g in range(4)]
-                    gi, gf, gg, go = [vload(builder, F32X, act, o) for o in ao]
-                    tc = m.tanh(vload(builder, F32X, cn, ho))
-                    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
-                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)),
-                                vload(builder, F32X, dc, ho))
-                    if peephole:
-                        dcc = m.fma(do, pv[v][2], dcc)
-                    cpv = vload(builder, F32X, cp, ho)
-                    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
-                    df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
-                    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
-                    for g, val in enumerate((di, df, dgc, do)):
+                    gates = [vload(builder, F32X, act, o) for o in ao]
+                    dgs, dcp = lstm_cell_back(
+                        m, dh, gates, vload(builder, F32X, cn, ho), vload(builder, F32X, cp, ho),
+                        vload(builder, F32X, dc, ho), pv[v] if peephole else None)
+                    for g, val in enumerate(dgs):
                         go_ = builder.add(builder.mul(ir.Constant(I64, v), dgv),
                                           builder.mul(ir.Constant(I64, g), dgg))
                         off = builder.add(row_off(builder, r, ldact), go_)
                         vstore(builder, val, F32X, dg, off)
                         store_bf16(builder, round_bits(builder, val), dgb, off)
-                    dcp = m.mul(dcc, gf)
-                    if peephole:
-                        dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
                     vstore(builder, dcp, F32X, dc, ho)
             return context.get_dummy_value()
         return sig, codegen

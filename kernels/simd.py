@@ -42,7 +42,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
+__all__ = ["lstm_cell", "lstm_cell_back", "uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
            "uk_peep_fwd2", "PAIR_MR", "fptr", "esize", "MAX_MR", "vtanh", "vsigmoid"]
 
 _f32 = ir.FloatType()
@@ -243,6 +243,39 @@ class VMath:
         return b.fdiv(self.one, b.fadd(self.one, self._exp64(t), flags=P), flags=P)
 
 
+def lstm_cell(m, pre, cp, pv=None):
+    """One LSTM step on vectors (the diagonal peephole LSTM when ``pv`` holds
+    ``(p_i, p_f, p_o)``): the pre-activations ``pre`` (i, f, g, o, biases added)
+    and ``c_{t-1}`` -> ``(i, f, g, o, c_t, h_t)``. The one definition every
+    kernel's epilogue (float, bf16, AMX) emits."""
+    if pv is not None:
+        pre = [m.fma(pv[0], cp, pre[0]), m.fma(pv[1], cp, pre[1]), pre[2], pre[3]]
+    gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
+    cn = m.fma(gf, cp, m.mul(gi, gg))
+    go = m.sigmoid(pre[3] if pv is None else m.fma(pv[2], cn, pre[3]))
+    return gi, gf, gg, go, cn, m.mul(go, m.tanh(cn))
+
+
+def lstm_cell_back(m, dh, gates, cn, cp, dc, pv=None):
+    """Back through :func:`lstm_cell`: ``dh`` (the step's whole h gradient), the
+    saved gates ``(i, f, g, o)``, ``c_t``, ``c_{t-1}`` and the carried ``dc`` ->
+    the gate gradients ``(di, df, dg, do)`` and ``dc_{t-1}``."""
+    gi, gf, gg, go = gates
+    one = m.one
+    tc = m.tanh(cn)
+    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
+    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), dc)
+    if pv is not None:
+        dcc = m.fma(do, pv[2], dcc)
+    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
+    df = m.mul(m.mul(dcc, cp), m.mul(gf, m.sub(one, gf)))
+    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
+    dcp = m.mul(dcc, gf)
+    if pv is not None:
+        dcp = m.fma(di, pv[0], m.fma(df, pv[1], dcp))
+    return (di, df, dgc, do), dcp
+
+
 def ptrs(builder, vty, *vals):
     """Byte addresses as pointers to the element type of ``vty``."""
     return [builder.inttoptr(v, vty.element.as_pointer()) for v in vals]
@@ -359,17 +392,9 @@ def _make_lstm_fwd(MR, peephole, NP=1):
                     pre = [m.add(accs[r][4 * j + g], bv[g]) for g in range(4)]
                     ro = row_off(builder, r, ldc, j * VW)
                     cp = vload(builder, vty, cin, ro)
-                    if peephole:
-                        pre[0] = m.fma(pv[0], cp, pre[0])
-                        pre[1] = m.fma(pv[1], cp, pre[1])
-                    gi, gf, gg = m.sigmoid(pre[0]), m.sigmoid(pre[1]), m.tanh(pre[2])
-                    cn = m.fma(gf, cp, m.mul(gi, gg))
-                    if peephole:
-                        pre[3] = m.fma(pv[2], cn, pre[3])
-                    go = m.sigmoid(pre[3])
+                    gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv if peephole else None)
                     vstore(builder, cn, vty, cout, ro)
-                    vstore(builder, m.mul(go, m.tanh(cn)), vty, y,
-                            row_off(builder, r, ldh, j * VW))
+                    vstore(builder, hn, vty, y, row_off(builder, r, ldh, j * VW))
                     with builder.if_then(training):
                         for g, val in enumerate((gi, gf, gg, go)):
                             vstore(builder, val, vty, act,
@@ -407,7 +432,6 @@ def _make_lstm_bwd(MR, peephole):
                 builder, vty, a, w, dhx, dy, act, peep, cp, cn, dc, dg, wn)
             accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)], wn)
             m = VMath(builder, vty)
-            one = m.one
             if peephole:
                 pv = [[vload(builder, vty, peep, ir.Constant(I64, (3 * v + k) * VW))
                        for k in range(3)] for v in range(NV)]
@@ -417,24 +441,15 @@ def _make_lstm_bwd(MR, peephole):
                     dh = m.add(m.add(accs[r][v], vload(builder, vty, dy, ho)),
                                vload(builder, vty, dhx, row_off(builder, r, lddhx, v * VW)))
                     ao = [row_off(builder, r, ldact, v * 4 * VW + g * VW) for g in range(4)]
-                    gi, gf, gg, go = [vload(builder, vty, act, o) for o in ao]
-                    tc = m.tanh(vload(builder, vty, cn, ho))
-                    do = m.mul(m.mul(dh, tc), m.mul(go, m.sub(one, go)))
-                    dcc = m.fma(m.mul(dh, go), m.sub(one, m.mul(tc, tc)), vload(builder, vty, dc, ho))
-                    if peephole:
-                        dcc = m.fma(do, pv[v][2], dcc)
-                    cpv = vload(builder, vty, cp, ho)
-                    di = m.mul(m.mul(dcc, gg), m.mul(gi, m.sub(one, gi)))
-                    df = m.mul(m.mul(dcc, cpv), m.mul(gf, m.sub(one, gf)))
-                    dgc = m.mul(m.mul(dcc, gi), m.sub(one, m.mul(gg, gg)))
-                    for g, val in enumerate((di, df, dgc, do)):
+                    gates = [vload(builder, vty, act, o) for o in ao]
+                    dgs, dcp = lstm_cell_back(
+                        m, dh, gates, vload(builder, vty, cn, ho), vload(builder, vty, cp, ho),
+                        vload(builder, vty, dc, ho), pv[v] if peephole else None)
+                    for g, val in enumerate(dgs):
                         go_ = builder.add(builder.mul(ir.Constant(I64, v), dgv),
                                           builder.mul(ir.Constant(I64, g), dgg))
                         vstore(builder, val, vty, dg,
                                 builder.add(row_off(builder, r, ldact), go_))
-                    dcp = m.mul(dcc, gf)
-                    if peephole:
-                        dcp = m.fma(di, pv[v][0], m.fma(df, pv[v][1], dcp))
                     vstore(builder, dcp, vty, dc, ho)
             return context.get_dummy_value()
         return sig, codegen

@@ -40,8 +40,8 @@ import time
 
 import numpy as np
 
-from .data import _is_number, read_csv_rows   # CSV reading lives in fastrnn.data
-from .metrics import unigram_bits   # moved to fastrnn.metrics; still importable from here
+from ..data import _is_number, read_csv_rows   # CSV reading lives in fastrnn.data
+from ..metrics import unigram_bits   # moved to fastrnn.metrics; still importable from here
 
 __all__ = ["main"]
 
@@ -103,7 +103,7 @@ def _float_in(lo=None, hi=None, lo_open=False, hi_open=False):
 
 def _compute_dtype(text):
     """``--compute-dtype``: ``float32`` (None) or ``bfloat16``, as the models take it."""
-    from .bf16 import check_compute_dtype
+    from ..bf16 import check_compute_dtype
     try:
         return check_compute_dtype(text, "--compute-dtype")
     except ValueError as exc:
@@ -119,9 +119,9 @@ _FRACTION = _float_in(0.0, 1.0, hi_open=True)     # dropout, --val-fraction
 
 
 def _choices():
-    from .dispatch import BACKENDS
-    from .models import CELL_TYPES
-    from .optim import _OPTIMIZERS
+    from ..dispatch import BACKENDS
+    from ..models import CELL_TYPES
+    from ..optim import _OPTIMIZERS
     return sorted(CELL_TYPES), sorted(_OPTIMIZERS), list(BACKENDS)
 
 
@@ -226,7 +226,7 @@ def _progress_ok(args):
 
 
 def _optimizer(name, model, lr):
-    from .optim import get_optimizer
+    from ..optim import get_optimizer
     return get_optimizer(name, model, lr=lr)
 
 
@@ -245,7 +245,7 @@ def _setup_distributed(args):
     cores (unless ``--threads``), silence stdout on ranks other than 0 and
     make an error on any rank abort them all."""
     try:
-        from . import distributed
+        from .. import distributed
         comm = distributed.get_comm()
     except ImportError as exc:
         raise CLIError(f"--distributed: {exc}") from None
@@ -309,11 +309,11 @@ def layer_throughput(layers, T=64, B=32, reps=3, seed=0):
 
 # ------------------------------------------------------------------- demo
 def cmd_demo(args):
-    from .data import CharVocab, LMBatches
-    from .dispatch import resolve_backend
-    from .models import LanguageModel, make_recurrent
-    from .optim import Adam, CosineDecay
-    from .train import Trainer
+    from ..data import CharVocab, LMBatches
+    from ..dispatch import resolve_backend
+    from ..models import LanguageModel, make_recurrent
+    from ..optim import Adam, CosineDecay
+    from ..train import Trainer
 
     t_all = time.perf_counter()
     seconds = args.seconds if args.seconds is not None else (8.0 if args.quick else 100.0)
@@ -432,11 +432,11 @@ def _common_train_args(p):
 
 
 def _fit(args, model, train_data, val_data, unit):
-    from .train import EarlyStopping, Trainer
+    from ..train import EarlyStopping, Trainer
     es = EarlyStopping(args.patience) if args.patience else None
     cls, extra = Trainer, {}
     if getattr(args, "distributed", False):
-        from .distributed import DistributedTrainer
+        from ..distributed import DistributedTrainer
         cls, extra = DistributedTrainer, {"comm": _DIST.comm}
     trainer = cls(model, _optimizer(args.optimizer, model, args.lr), train_data, val_data,
                   clip_norm=args.clip or None, seed=args.seed, progress=_progress_ok(args),
@@ -530,7 +530,7 @@ def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
     print(f"model saved to {path}")
     if trainer is None:
         return path
-    from .plot import plot_history, write_history
+    from ..plot import plot_history, write_history
     stem = _stem(str(path))
     history, units = trainer.history_with_units()      # a language model's losses in bits
     hist = write_history(history, stem + ".history.json", units=units,
@@ -553,8 +553,8 @@ def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
 
 
 def cmd_train_lm(args):
-    from .data import CharVocab, LMBatches
-    from .models import LanguageModel
+    from ..data import CharVocab, LMBatches
+    from ..models import LanguageModel
     text = _read_text(args.data)
     vocab = CharVocab(text)
     ids = vocab.encode(text)
@@ -833,8 +833,8 @@ def _short_list(seq, n=8):
 
 
 def cmd_train_classify(args):
-    from .data import ArrayBatches, Standardizer, pad_sequences, train_val_split
-    from .models import SequenceClassifier
+    from ..data import ArrayBatches, Standardizer, pad_sequences, train_val_split
+    from ..models import SequenceClassifier
     t = _read_classify(args.data, args.features, args.label, missing=args.missing)
     labels = _natural_labels(t.labels)
     classes = sorted(set(labels))
@@ -947,8 +947,8 @@ def _vs_persistence(rmse, base):
 
 
 def cmd_train_forecast(args):
-    from .data import ArrayBatches, Standardizer, sliding_windows
-    from .models import SequenceRegressor
+    from ..data import ArrayBatches, Standardizer, sliding_windows
+    from ..models import SequenceRegressor
     series, names, how, skipped = _read_series(args.data, args.column)
     n = len(series)
     lag = args.difference or 0
@@ -1021,7 +1021,7 @@ def cmd_train_forecast(args):
 
 # ------------------------------------------------------- predict / evaluate
 def _load_any(path, backend=None):
-    from .models import load_model
+    from ..models import load_model
     if not os.path.exists(path) and not os.path.exists(path + ".npz"):
         raise CLIError(f"no such file: {path}")
     return load_model(path, backend=backend)
@@ -1034,7 +1034,7 @@ def _open_out(path):
 
 
 def _classify_rows(args, model, need_labels):
-    from .data import pad_sequences
+    from ..data import pad_sequences
     meta = dict(model.meta.get("csv", {}), feature_names=model.meta.get("feature_names"))
     t = _read_classify(args.data, model.input_size if model.embed is None else None,
                        args.label, has_label=True if need_labels else
@@ -1092,7 +1092,7 @@ def _report_unseen(unseen, bits, text, out):
 
 
 def _lm_vocab(model, path):
-    from .data import _Vocab
+    from ..data import _Vocab
     if "vocab" not in model.meta:
         raise CLIError(f"{path} has no vocabulary: train it with `fastrnn train lm`")
     return _Vocab.from_dict(model.meta["vocab"])
@@ -1103,12 +1103,12 @@ def _predict_proba(args, model, x, lengths):
     over the ranks and gathered on rank 0 in input order (None elsewhere)."""
     if not getattr(args, "distributed", False):
         return model.predict_proba(x, lengths)
-    from .distributed import sharded_apply
+    from ..distributed import sharded_apply
     return sharded_apply(model.predict_proba, x, lengths, comm=_DIST.comm)
 
 
 def cmd_predict(args):
-    from .models import LanguageModel, SequenceClassifier
+    from ..models import LanguageModel, SequenceClassifier
     model = _load_any(args.model, args.backend)
     if not isinstance(model, SequenceClassifier) and not _root():
         return 0           # scoring a text, a forecast: one sequence, run on rank 0
@@ -1203,8 +1203,8 @@ def _scored_part(args, model, n, unit, held):
 
 
 def cmd_evaluate(args):
-    from .data import sliding_windows
-    from .models import LanguageModel, SequenceClassifier
+    from ..data import sliding_windows
+    from ..models import LanguageModel, SequenceClassifier
     model = _load_any(args.model, args.backend)
     held = _training_file(model, args.data)
     if isinstance(model, LanguageModel):
@@ -1288,7 +1288,7 @@ def _generate(model, vocab, args):
 
 
 def cmd_generate(args):
-    from .models import CheckpointError, LanguageModel
+    from ..models import CheckpointError, LanguageModel
     if not os.path.exists(args.model) and not os.path.exists(args.model + ".npz"):
         raise CLIError(f"no such file: {args.model}")
     try:
@@ -1308,8 +1308,8 @@ def _version(mod):
 
 
 def cmd_info(args):
-    from . import __version__
-    from .dispatch import BackendUnavailable, get_backend, resolve_backend
+    from .. import __version__
+    from ..dispatch import BackendUnavailable, get_backend, resolve_backend
     print(f"fastrnn  {__version__}")
     print(f"python   {platform.python_version()} ({platform.platform()})")
     for mod in ("numpy", "numba", "scipy", "torch", "matplotlib"):
@@ -1345,9 +1345,9 @@ def cmd_info(args):
     except ImportError:
         pass
     try:
-        from . import get_num_threads
+        from .. import get_num_threads
         print(f"fastrnn kernel BLAS threads (most) {get_num_threads()}")
-        from .kernels import cpu as _cpu
+        from ..kernels import cpu as _cpu
         print(f"cpu kernels: {_cpu.describe()}")
     except ImportError:
         pass
@@ -1360,11 +1360,11 @@ def cmd_info(args):
 def _bf16_info():
     """One line on the bfloat16 compute mode: the CPU's bf16 instructions and,
     where the CPU kernels say it, which bf16 path runs."""
-    from .bf16 import has_amx_bf16, has_avx512_bf16
+    from ..bf16 import has_amx_bf16, has_avx512_bf16
     yes = {True: "yes", False: "no"}
     line = (f"bfloat16: avx512_bf16 {yes[has_avx512_bf16()]}, amx_bf16 {yes[has_amx_bf16()]}")
     try:
-        from .kernels import cpu as _cpu
+        from ..kernels import cpu as _cpu
         describe = getattr(_cpu, "describe_bf16", None)
     except ImportError:
         describe = None
@@ -1390,7 +1390,7 @@ def _mpi_info():
     if importlib.util.find_spec("mpi4py") is None:
         return "not installed (--distributed needs it: pip install 'fastrnn[mpi]')"
     if "mpi4py.MPI" in sys.modules:                  # already started here: ask here
-        from .distributed import mpi_info
+        from ..distributed import mpi_info
         d = mpi_info()
     else:
         # not a rank of the launcher's job: the child starts MPI on its own
@@ -1429,7 +1429,7 @@ def _gpu_info():
 
 def cmd_bench(rest):
     try:
-        from . import bench
+        from .. import bench
     except ImportError as exc:
         raise CLIError(f"the benchmark module fastrnn.bench is not available ({exc})") from None
     if not hasattr(bench, "main"):
@@ -1453,8 +1453,8 @@ def cmd_export(rest):
                    help="language model: add h0 (and c0) inputs")
     args = p.parse_args(rest)
     try:
-        from . import onnx as fonnx
-        from .models import load_model
+        from .. import onnx as fonnx
+        from ..models import load_model
         fonnx._onnx()
     except ImportError as exc:
         raise CLIError(str(exc)) from None
@@ -1468,7 +1468,7 @@ def cmd_export(rest):
 
 # -------------------------------------------------------------------- main
 def build_parser():
-    from . import __version__
+    from .. import __version__
     p = _Parser(prog="fastrnn", description="Fast recurrent networks on NumPy arrays.")
     p.add_argument("--version", action="version", version=f"fastrnn {__version__}")
     p.add_argument("--threads", type=_POSITIVE, default=None,
@@ -1599,7 +1599,7 @@ def _set_threads(n):
     in the process (threadpoolctl, when installed) and Numba's threads."""
     if n is None:
         return
-    from . import set_num_threads
+    from .. import set_num_threads
     try:
         set_num_threads(n)
     except ImportError as exc:            # no compiled kernels here: only BLAS matters
@@ -1620,8 +1620,8 @@ def _set_threads(n):
 def main(argv=None):
     """Run the CLI; returns the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .checkpoint import CheckpointError
-    from .dispatch import BackendUnavailable
+    from ..checkpoint import CheckpointError
+    from ..dispatch import BackendUnavailable
     try:
         if argv and argv[0] == "bench":
             return cmd_bench(argv[1:])      # options belong to bench
@@ -1643,7 +1643,7 @@ def main(argv=None):
             raise CLIError(f"--compute-dtype {args.compute_dtype} runs on the CPU backends "
                            "only: use --backend auto, cpu or numpy with it")
         if getattr(args, "backend", None) == "cuda":
-            from .dispatch import get_backend
+            from ..dispatch import get_backend
             get_backend("cuda")         # no GPU here: one line saying so, before any work
         _set_threads(args.threads)
         handlers = {"demo": cmd_demo, "generate": cmd_generate, "info": cmd_info,
@@ -1680,7 +1680,7 @@ def _error(exc):
         print(f"fastrnn: error: {exc}", file=sys.stderr)
         return 2
     print(f"fastrnn: error: (rank {_DIST.rank} of {_DIST.world}) {exc}", file=sys.stderr)
-    from .distributed import abort
+    from ..distributed import abort
     abort(_DIST.comm, 2)
     return 2              # pragma: no cover - Abort does not return
 

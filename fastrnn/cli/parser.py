@@ -8,8 +8,11 @@ import argparse
 import math
 
 
-class CLIError(Exception):
-    """An error reported as one line, exit status 2."""
+class CLIError(ValueError):
+    """An error reported as one line, exit status 2. A ``ValueError``, as
+    every rejected input in fastrnn is, so that the input readers can be
+    called (and tested) as functions; ``main`` catches it first, so the
+    line it prints is the same."""
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter):

@@ -40,7 +40,6 @@ def _read_csv(path, need_label=False):
 
 
 _LABEL_NAMES = ("label", "target", "class")
-
 _INDEX_NAMES = ("", "unnamed: 0", "index")
 
 
@@ -130,7 +129,6 @@ def _pick_label(header, ncol, spec, path):
 
 
 _NUMBERED = re.compile(r"^\D*?(\d+)$")
-
 _GRID = re.compile(r"^\D*?(\d+)\D+(\d+)$")
 
 

@@ -77,13 +77,9 @@ def _compute_dtype(text):
 
 
 _POSITIVE = _int_at_least(1)
-
 _NONNEG = _int_at_least(0)
-
 _POSITIVE_FLOAT = _float_in(0.0, lo_open=True)
-
 _NONNEG_FLOAT = _float_in(0.0)
-
 _FRACTION = _float_in(0.0, 1.0, hi_open=True)     # dropout, --val-fraction
 
 

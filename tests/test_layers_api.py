@@ -55,7 +55,7 @@ def test_backward_accumulates_and_zero_grad():
     layer = fastrnn.GRU(2, 3, backend="numpy", dtype=np.float64, seed=0)
     x = np.random.default_rng(0).normal(size=(3, 2, 2))
     y, _ = layer(x)
-    layer.backward(np.ones_like(y), retain_graph=True)   # a second backward needs it (issue 10)
+    layer.backward(np.ones_like(y), retain_graph=True)   # a second backward needs it
     g1 = {k: v.copy() for k, v in layer.grads.items()}
     layer.backward(np.ones_like(y))
     for k in g1:
@@ -220,7 +220,7 @@ def test_bad_cell_options():
         fastrnn.GRU(3, 4, forget_bias=1.0)     # the LSTM family only
 
 
-# ---------------------------------------------------------------- cells and backends (issue 12)
+# ---------------------------------------------------------------- cells and backends
 
 @pytest.mark.parametrize("name", sorted(fastrnn.cells.CELLS))
 def test_each_layer_builds_the_cell_its_registry_entry_names(name):

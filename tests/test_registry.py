@@ -155,9 +155,10 @@ def test_parity_tests_cover_every_torch_twin():
 
 
 # --------------------------------------------------------------------------- derived tables
-#: every name ``cell=`` accepts in the models -> (layer class, its arguments, the
-#: registry cell that layer runs), written out by hand as the README documents
-#: them, not derived from the registry
+#: every name ``cell=`` accepts in the models (the registry keys and their
+#: aliases) -> (layer class, its arguments, the registry cell that layer runs),
+#: written out by hand, not derived from the registry: a name added, dropped or
+#: pointed at another layer shows up here
 LAYER_OF = {
     "rnn_tanh": ("RNN", {"nonlinearity": "tanh"}, "rnn_tanh"),
     "rnn": ("RNN", {"nonlinearity": "tanh"}, "rnn_tanh"),

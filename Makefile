@@ -28,8 +28,8 @@ demo: install
 test: install
 	cd $(VENV) && ../$(BIN)/python -c "import fastrnn.kernels, sys; f = fastrnn.kernels.__file__; \
 	  assert 'site-packages' in f, f; print('installed fastrnn.kernels at', f)"
-	$(BIN)/pytest -q -p no:cacheprovider tests --ignore-glob='tests/test_cuda*'
-	NUMBA_ENABLE_CUDASIM=1 $(BIN)/pytest -q -p no:cacheprovider tests/test_cuda*.py
+	$(BIN)/pytest -q -p no:cacheprovider tests -m "not cuda_sim"
+	NUMBA_ENABLE_CUDASIM=1 $(BIN)/pytest -q -p no:cacheprovider tests -m cuda_sim
 	$(BIN)/pytest -q -p no:cacheprovider bench --benchmark-disable
 
 # onnxruntime is optional too: the benchmark's inference peer (the ort column)

@@ -21,7 +21,7 @@ import pytest
 
 from fastrnn import bench, reference
 from fastrnn.cells import get_cell
-from fastrnn.testing import assert_close, cell_terms
+from fastrnn.testing import assert_close, cell_terms, make_problem
 
 cpu = pytest.importorskip("fastrnn.kernels.cpu")
 if not cpu.available()[0]:  # pragma: no cover
@@ -36,22 +36,84 @@ def _ort():
 IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 
+class _Recorder:
+    """A backend that keeps what its last forward and backward returned."""
+
+    def __init__(self, backend):
+        self.backend, self.last = backend, {}
+
+    def forward(self, *args, **kwargs):
+        self.last["forward"] = self.backend.forward(*args, **kwargs)
+        return self.last["forward"]
+
+    def backward(self, *args, **kwargs):
+        self.last["backward"] = self.backend.backward(*args, **kwargs)
+        return self.last["backward"]
+
+
 def _runner(impl, cname, shape, mode):
+    """``(fn, inputs, run_recorded)``: the benchmark's timed function, its inputs,
+    and a call that runs the same computation once and returns what it computed,
+    ``(y, dx)`` (``dx`` None for inference)."""
     cell = get_cell(cname)
-    inputs = bench._make_inputs(cell, *shape)
+    inputs = make_problem(cell, *shape)
     if impl == "torch":
         torch = pytest.importorskip("torch")
         if cell.torch is None:
             pytest.skip(f"{cname} has no PyTorch twin")
-        return bench._torch_runner(torch, cell, inputs, mode)
+        fn = bench._torch_runner(torch, cell, inputs, mode)
+
+        def run_recorded():
+            seen = []
+            hook = torch.nn.modules.module.register_module_forward_hook(
+                lambda module, args, out: seen.append((args[0], out[0])))
+            try:
+                fn()
+            finally:
+                hook.remove()
+            (x, y), = seen
+            dx = x.grad.numpy().copy() if mode == "train" else None
+            return y.detach().numpy().copy(), dx
+        return fn, inputs, run_recorded
     if impl == "ort":
         if mode != "infer":
             pytest.skip("onnxruntime is an inference peer")
         if cell.name not in bench.ONNX_CELLS:
             pytest.skip(f"{cname} has no ONNX operator")
         ort = _ort()
-        return bench.ort_runners(ort, cell, inputs, (1,), check_with=cpu)[1]
-    return bench._backend_runner(reference if impl == "numpy" else cpu, cell, inputs, mode)
+        fn = bench.ort_runners(ort, cell, inputs, (1,), check_with=cpu)[1]
+        return fn, inputs, lambda: (fn()[0][:, 0], None)
+    backend = reference if impl == "numpy" else cpu
+    fn = bench._backend_runner(backend, cell, inputs, mode)
+
+    def run_recorded():
+        rec = _Recorder(backend)
+        bench._backend_runner(rec, cell, inputs, mode)()
+        dx = rec.last["backward"][0] if mode == "train" else None
+        return rec.last["forward"][0], dx
+    return fn, inputs, run_recorded
+
+
+def _assert_computes_the_layer(cell, inputs, y, dx, what):
+    """``y`` (and ``dx``) are the cell's outputs (input gradient, for the upstream
+    gradient ``dy`` and none on the final states) on ``inputs``, within the
+    float32 bound of the float64 reference (every implementation timed here
+    runs its own float32 activations: charged as ours, ``approx=True``)."""
+    def f64(a):
+        return None if a is None else np.asarray(a, np.float64)
+
+    x, h0, c0, w, dy = inputs
+    w64 = type(w)(*(f64(a) for a in w))
+    y_ref, h, c, cache = reference.forward(cell, f64(x), f64(h0), f64(c0), w64, None, False, True)
+    T, B, I = x.shape
+    H = h0.shape[1]
+    assert_close(y, y_ref, cell_terms(cell, T, B, I, H, approx=True, backward=False),
+                 scale=1.0, dtype=np.float32, err_msg=f"{what}: y")
+    if dx is not None:
+        dc = None if c is None else np.zeros_like(c)
+        dx_ref = reference.backward(cell, cache, f64(dy), np.zeros_like(h), dc)[0]
+        assert_close(dx, dx_ref, cell_terms(cell, T, B, I, H, approx=True),
+                     scale=float(np.abs(dy).max()), dtype=np.float32, err_msg=f"{what}: dx")
 
 
 @pytest.mark.parametrize("impl", bench.IMPLS)
@@ -59,11 +121,14 @@ def _runner(impl, cname, shape, mode):
 @pytest.mark.parametrize("shape", SHAPES, ids=IDS)
 @pytest.mark.parametrize("cname", bench.BENCH_CELLS)
 def test_cell(request, benchmark, cname, shape, mode, impl):
+    """Times one implementation; first checks that what it times computes the
+    layer (outputs, and the input gradient when training) on the timed inputs."""
     if (request.config.getoption("benchmark_disable", False) and shape not in SHAPES[:2]
             and not os.environ.get("FASTRNN_BENCH_FULL")):
         pytest.skip("smoke run: small shapes only (FASTRNN_BENCH_FULL=1 runs them all)")
-    fn = _runner(impl, cname, shape, mode)
-    fn()  # warm-up: compiles the kernels outside the timed region
+    fn, inputs, run_recorded = _runner(impl, cname, shape, mode)
+    y, dx = run_recorded()  # also the warm-up: compiles the kernels outside the timed region
+    _assert_computes_the_layer(get_cell(cname), inputs, y, dx, f"{impl} {cname} {shape} {mode}")
     benchmark.group = f"{cname}|{','.join(map(str, shape))}|{mode}"
     benchmark.extra_info.update(flops=bench.layer_flops(get_cell(cname), *shape, mode))
     benchmark(fn)
@@ -128,7 +193,7 @@ def test_onnx_model_agrees(reg, shape):
     computes the same function as the NumPy reference and the cpu kernels."""
     ort = _ort()
     cell = get_cell(reg)
-    inputs = bench._make_inputs(cell, *shape, seed=3)
+    inputs = make_problem(cell, *shape, seed=3)
     x, h0, c0, w, _ = inputs
     rng = np.random.default_rng(1)           # a non-zero initial state
     h0[...] = rng.uniform(-0.5, 0.5, h0.shape)
@@ -149,7 +214,7 @@ def test_onnx_check_fails_loudly():
     """A wrong model (here: weights in the wrong gate order) must not be timed."""
     ort = _ort()
     cell = get_cell("lstm")
-    x, h0, c0, w, dy = bench._make_inputs(cell, 6, 2, 3, 4)
+    x, h0, c0, w, dy = make_problem(cell, 6, 2, 3, 4)
     bad = w._replace(w_ih=np.ascontiguousarray(w.w_ih[::-1]))
 
     class Other:                             # fastrnn's answer for the *right* weights

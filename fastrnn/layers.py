@@ -253,7 +253,7 @@ class _RecurrentLayer:
         # The live parameter arrays, not a prepared copy: optimizers, load_state_dict
         # and users write them in place, and the next call must see that. Building
         # this costs ~0.5 us (3.5 us with the peephole stack, H=32); a cached copy
-        # would need every writer to bump a version (issue 12 decided against it).
+        # would need every writer to bump a version, which users cannot be held to.
         p = self.params
         peep = None
         if self.cell.peephole is not None:

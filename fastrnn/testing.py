@@ -44,13 +44,25 @@ the order of the values themselves) still fails it by orders of magnitude.
 The tests use :func:`assert_close` for every comparison between two
 computations of the same float32 or float64 function; the bound each test
 uses (its ``terms``) is written at the call.
+
+Problems to compare on: :func:`make_problem` draws one backend call's
+arguments (weights from U(-1/sqrt(H), 1/sqrt(H)), the inputs and output
+gradient from N(0, 1)), :func:`make_lengths` per-sequence lengths, and
+:func:`assert_matches_reference` runs a backend's forward and backward on a
+problem and compares everything with :mod:`fastrnn.reference` within the
+bounds above.
 """
+import math
 import os
+from typing import NamedTuple, Optional
 
 import numpy as np
 
+from fastrnn.contract import Weights
+
 __all__ = ["unit_roundoff", "error_bound", "rnn_terms", "cell_terms", "assert_close",
-           "ACTIVATION_TERMS", "BF16_UNIT_ROUNDOFF", "bf16_terms"]
+           "ACTIVATION_TERMS", "BF16_UNIT_ROUNDOFF", "bf16_terms",
+           "Problem", "make_weights", "make_problem", "make_lengths", "assert_matches_reference"]
 
 #: terms charged per activation evaluation when one side is a compiled CPU
 #: path: float32, the kernels' rational tanh/sigmoid (bound 6e-7 absolute,
@@ -197,3 +209,142 @@ def assert_close(actual, expected, terms, *, scale=0.0, dtype=None, err_msg=""):
         actual.astype(np.float64), expected.astype(np.float64), rtol=0, atol=atol,
         err_msg=(f"{err_msg} (bound 2*gamma_n*scale: n={terms} terms, {_name(dtype)}, "
                  f"scale={scale:.3g}, atol={atol:.3g})"))
+
+
+# --------------------------------------------------------------------------- problems
+class Problem(NamedTuple):
+    """One backend call's arguments (``T`` steps, batch ``B``, ``I`` inputs,
+    ``H`` units); unpacks as ``x, h0, c0, weights, dy``."""
+    x: np.ndarray                 # (T, B, I)
+    h0: np.ndarray                # (B, H)
+    c0: Optional[np.ndarray]      # (B, H), None for a cell without a cell state
+    weights: Weights              # w_ih (G*H, I), w_hh (G*H, H), b_ih, b_hh (G*H,), peep
+    dy: np.ndarray                # (T, B, H): the upstream gradient of the outputs
+
+
+def make_weights(cell, I, H, rng, dtype=np.float32):
+    """:class:`~fastrnn.contract.Weights` of one layer and direction of ``cell``
+    (a registry cell or name), drawn from U(-1/sqrt(H), 1/sqrt(H)) by ``rng``
+    (a ``numpy.random.Generator``) in the order peep (the peephole weights,
+    ``3 x cell.peephole_shape(H)``, only where the cell has them), w_ih, w_hh,
+    b_ih, b_hh, each cast to ``dtype``."""
+    from fastrnn.cells import get_cell
+    cell = get_cell(cell)
+    G = cell.gates
+    s = 1.0 / math.sqrt(H)
+
+    def u(*shape):
+        return rng.uniform(-s, s, shape).astype(dtype)
+
+    peep = None if cell.peephole is None else u(3, *cell.peephole_shape(H))
+    return Weights(u(G * H, I), u(G * H, H), u(G * H), u(G * H), peep)
+
+
+def make_problem(cell, T, B, I, H, seed=0, dtype=np.float32, state=0.0):
+    """A :class:`Problem` for ``cell``: :func:`make_weights`, then ``x`` and ``dy``
+    from N(0, 1), all drawn from ``numpy.random.default_rng(seed)`` and cast to
+    ``dtype``. The initial state is zero (``state=0``, what the benchmark times)
+    or drawn from N(0, state**2) after ``dy`` (``h0``, then ``c0``), so the
+    arrays of ``state=0`` are a prefix of the same random stream."""
+    from fastrnn.cells import get_cell
+    cell = get_cell(cell)
+    rng = np.random.default_rng(seed)
+    w = make_weights(cell, I, H, rng, dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    dy = rng.standard_normal((T, B, H)).astype(dtype)
+    if state:
+        h0 = (state * rng.standard_normal((B, H))).astype(dtype)
+        c0 = (state * rng.standard_normal((B, H))).astype(dtype) if cell.has_cell else None
+    else:
+        h0 = np.zeros((B, H), dtype)
+        c0 = np.zeros((B, H), dtype) if cell.has_cell else None
+    return Problem(x, h0, c0, w, dy)
+
+
+def make_lengths(kind, T, B, rng):
+    """Per-sequence lengths (int64, ``(B,)``) for ``T`` steps, or None:
+    ``"none"`` (every sequence full: None), ``"equal"`` (all ``max(1, T - 1)``:
+    padded), ``"different"`` (all different as far as ``B <= T`` allows,
+    unsorted, drawn by ``rng``; the longest may be shorter than ``T``)."""
+    if kind == "none":
+        return None
+    if kind == "equal":
+        return np.full(B, max(1, T - 1), np.int64)
+    if kind != "different":
+        raise ValueError(f"kind must be 'none', 'equal' or 'different', not {kind!r}")
+    L = rng.permutation(np.arange(T, 0, -1))[:B] if B <= T else rng.integers(1, T + 1, B)
+    if B > 1 and (L == np.sort(L)[::-1]).all():
+        L = L[::-1]
+    return np.asarray(L, np.int64)
+
+
+def _host(a):
+    """A backend's output as a NumPy array (device arrays copied back), or None."""
+    if a is None:
+        return None
+    return np.asarray(a.copy_to_host() if hasattr(a, "copy_to_host") else a)
+
+
+def assert_matches_reference(backend, cell, problem, *, lengths=None, reverse=False,
+                             dh=None, dc=None, approx=True, err_msg=""):
+    """Run ``backend.forward`` (training and inference) and ``backend.backward``
+    on ``problem`` (a :class:`Problem`, or any ``(x, h0, c0, weights, dy)``)
+    and compare the outputs, final states and every gradient with
+    :mod:`fastrnn.reference` run in float64 on the same values, within
+    :func:`error_bound` in the problem's dtype: outputs by
+    ``cell_terms(..., backward=False)`` at scale ``max(1, |h0|, |c0|)``,
+    gradients by ``cell_terms(...)`` at the largest upstream gradient.
+
+    ``backend`` is a backend module (``fastrnn.kernels.cpu``,
+    ``fastrnn.kernels.cuda``, ``fastrnn.reference``...); its device outputs are
+    copied back. ``dh``/``dc`` are the final states' upstream gradients
+    (default: ``dy[-1]`` and ``dy[0]``, so both paths carry a gradient).
+    ``approx``: whether the backend evaluates its own activation functions
+    (:func:`cell_terms`); False only for the reference itself. Returns the
+    backend's ``(forward, backward)`` results."""
+    from fastrnn import reference
+    from fastrnn.cells import get_cell
+    cell = get_cell(cell)
+    x, h0, c0, w, dy = problem
+    dtype = np.dtype(x.dtype)
+    T, B, I = x.shape
+    H = h0.shape[-1]
+    if dh is None:
+        dh = dy[-1].copy()
+    if dc is None and cell.has_cell:
+        dc = dy[0].copy()
+    what = (f"{err_msg}: " if err_msg else "") + (
+        f"{cell.name} {dtype.name} T{T} B{B} I{I} H{H} lengths={lengths} reverse={reverse}")
+
+    def f64(a):
+        return None if a is None else np.asarray(a, np.float64)
+
+    out = backend.forward(cell, x, h0, c0, w, lengths, reverse, True)
+    y_inf = backend.forward(cell, x, h0, c0, w, lengths, reverse, False)[0]
+    grads = backend.backward(cell, out[3], dy, dh, dc)
+    w64 = Weights(*(f64(a) for a in w))
+    ref = reference.forward(cell, f64(x), f64(h0), f64(c0), w64, lengths, reverse, True)
+    ref_grads = reference.backward(cell, ref[3], f64(dy), f64(dh), f64(dc))
+
+    fwd = cell_terms(cell, T, B, I, H, dtype=dtype, approx=approx, backward=False)
+    full = cell_terms(cell, T, B, I, H, dtype=dtype, approx=approx)
+    fs = max([1.0] + [float(np.abs(a).max()) for a in (h0, c0) if a is not None and a.size])
+    up = max([fs] + [float(np.abs(a).max()) for a in (dy, dh, dc) if a is not None and a.size])
+
+    def close(a, b, label, terms, scale):
+        a = _host(a)
+        if b is None:
+            assert a is None, f"{what}: {label} should be None"
+            return
+        assert a is not None, f"{what}: {label} is missing"
+        assert a.dtype == dtype, f"{what}: {label} is {a.dtype}, not {dtype}"
+        assert_close(a, b, terms, scale=scale, dtype=dtype, err_msg=f"{what}: {label}")
+
+    for a, b, label in zip(out[:3], ref[:3], ("y", "h_n", "c_n")):
+        close(a, b, label, fwd, fs)
+    close(y_inf, ref[0], "y (inference)", fwd, fs)
+    for a, b, label in zip(grads[:3], ref_grads[:3], ("dx", "dh0", "dc0")):
+        close(a, b, label, full, up)
+    for field in Weights._fields:
+        close(getattr(grads[3], field), getattr(ref_grads[3], field), f"d{field}", full, up)
+    return out, grads

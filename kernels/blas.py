@@ -110,12 +110,11 @@ def available():
 
 # --------------------------------------------------------------------------- threads
 # Below this many FLOPs per BLAS call one thread is used, above it up to
-# set_num_threads(). Two threads paid only above ~16 MFLOP for the transposed
-# (NT) product; with the no-transpose products used here, A/B runs on the 2-core machine
-# (LSTM, interleaved medians) favour 1 MFLOP: e.g. (100,32,64,128) training
-# 32.9 -> 28.4 ms, (100,64,128,256) inference 67.7 -> 52.3 ms, and no shape
-# slower. The count is switched per call (one cheap call into OpenBLAS) and
-# put back when the call returns, so NumPy's own setting is left alone.
+# set_num_threads(). For the no-transpose products used here a second thread
+# pays from about 1 MFLOP on (the transposed, NT, product only from ~16 MFLOP),
+# with no layer shape slower. The count is switched per call (one cheap call
+# into OpenBLAS) and put back when the call returns, so NumPy's own setting is
+# left alone.
 TWO_THREAD_FLOPS = 1e6
 def usable_cores():
     """The cores this process may run on (its affinity mask), at least 1."""

@@ -131,10 +131,9 @@ class Settings:
     infer_chunk_steps: Optional[int] = None
     two_thread_step_flops: float = 1.5e6
     # 2e7 when each thread gets at least row_split_min_rows rows, else ten times
-    # that. Measured with the partner thread, same-process A/B against 2e8
-    # everywhere: LSTM (100,8,64,64) inference 426 -> 314 us, training 1.40 ->
-    # 1.22 ms; (200,8,32,32) inference 292 -> 231 us; but B = 2 or 4 (one or two
-    # rows per thread) trained 7-15% slower on two threads
+    # that: splitting the rows pays from mid-sized steps on (B = 8 and up) once
+    # each thread has a few rows; with one or two rows per thread (B = 2 or 4)
+    # two threads train slower than one
     row_split_flops: float = 2e7
     row_split_min_rows: int = 4
     # Measured on a 2 MiB-L2 Xeon: LSTM (64,32,64,256) (1.3 MB of packed

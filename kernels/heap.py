@@ -3,10 +3,9 @@
 A training step allocates its large temporaries afresh (gate activations, cell
 states, gate gradients: megabytes each) and frees them at its end. With glibc's
 defaults, memory freed at the top of the heap beyond the trim threshold goes back
-to the kernel, and the next step faults every page in again, zero-filled: on the
-2-core Xeon VM the project measures on, one minor fault costs 2-4 us, and one
-LSTM training step at (100,32,64,128) took 1,124 of them (16.3 -> 14.5 ms, one
-thread, once they were gone; (100,64,128,256): 2,700 faults, 113.6 -> 103.3 ms).
+to the kernel, and the next step faults every page in again, zero-filled: one
+minor fault costs microseconds, and a mid-sized LSTM training step takes a
+thousand or more of them, about a tenth of the step's time.
 
 :func:`tune` raises glibc's mmap threshold (buffers up to :data:`MMAP_THRESHOLD`
 come from the heap) and trim threshold (up to :data:`TRIM_THRESHOLD` of free heap

@@ -147,8 +147,7 @@ def lstm_fwd_kernel(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, r
     # r0, r1: the batch rows this call works on (rows never interact: two threads
     #     may run the whole loop on disjoint row ranges with nthr = 1 each)
     # with at most PAIR_MR rows a lone panel keeps few FMA chains in flight: panels go in
-    # pairs, one micro-kernel call each (LSTM (200,1,32,32) inference 67 -> 64 us,
-    # (100,1,64,64) 130 -> 118 us on one thread)
+    # pairs, one micro-kernel call each, to keep twice as many chains in flight
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // len(tag)
     pairs = r1 - r0 <= PAIR_MR and P >= 2

@@ -64,7 +64,7 @@ MAX_MR = 8
 PREFETCH_BYTES = 4096
 #: the fewest rows per micro-kernel call that prefetch: with one or two rows a
 #: k-iteration has 4-8 FMAs beside 4 prefetches, which then crowd the load ports
-#: (LSTM (200,1,32,32) inference 75 -> 60 us without them; from 3 rows on they pay)
+#: (small-batch LSTM inference is faster without them; from 3 rows on they pay)
 PREFETCH_MIN_MR = 3
 
 

@@ -20,7 +20,7 @@ if not cpu.available()[0]:  # pragma: no cover - depends on the install
 packed = pytest.importorskip("fastrnn.kernels.packed")
 plan = pytest.importorskip("fastrnn.kernels.plan")
 
-from fastrnn.testing import assert_close, cell_terms  # noqa: E402
+from fastrnn.testing import assert_close, cell_terms, make_lengths, make_weights  # noqa: E402
 
 #: (T, B, I, H): B=1; B not a multiple of the micro-kernel rows (6 / 3); H below,
 #: equal to and not a multiple of the vector width; several forward panels and
@@ -59,39 +59,20 @@ def threads(request, monkeypatch, cpu_settings):
     return request.param
 
 
-def lengths_for(kind, T, B, rng):
-    if kind == "none":
-        return None
-    if kind == "equal":
-        return np.full(B, max(1, T - 1), np.int64)
-    # all different (as far as B <= T allows), unsorted, the longest one shorter than T
-    # for some shapes so the loop stops early
-    L = rng.permutation(np.arange(T, 0, -1))[:B] if B <= T else rng.integers(1, T + 1, B)
-    if B > 1 and (L == np.sort(L)[::-1]).all():
-        L = L[::-1]
-    return np.asarray(L, np.int64)
-
-
 def check_case(name, T, B, I, H, lengths_kind, reverse, state, seed=0, saved_type=None,
                dtype=np.float32):
     cell = CELLS[name]
-    G = cell.gates
     rng = np.random.default_rng(seed)
-    s = 1.0 / np.sqrt(H)
-    u = lambda *shape: rng.uniform(-s, s, shape)  # noqa: E731
-    w64 = Weights(u(G * H, I), u(G * H, H), u(G * H), u(G * H), None)
-    x64 = rng.standard_normal((T, B, I))
-    h064 = 0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))
-    c064 = (0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))) \
+    w = make_weights(cell, I, H, rng, dtype)
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))).astype(dtype)
+    c0 = (0.5 * rng.standard_normal((B, H)) if state else np.zeros((B, H))).astype(dtype) \
         if cell.has_cell else None
-    # inputs in dtype; the reference runs in float64 on exactly the same values
-    f32 = lambda a: None if a is None else a.astype(dtype)  # noqa: E731
-    w = Weights(*[f32(a) for a in w64[:4]], None)
-    x, h0, c0 = f32(x64), f32(h064), f32(c064)
+    # the reference runs in float64 on exactly the same values
     f64 = lambda a: None if a is None else a.astype(np.float64)  # noqa: E731
-    w64 = Weights(*[f64(a) for a in w[:4]], None)
+    w64 = Weights(*[f64(a) for a in w])
     x64, h064, c064 = f64(x), f64(h0), f64(c0)
-    lengths = lengths_for(lengths_kind, T, B, rng)
+    lengths = make_lengths(lengths_kind, T, B, rng)
     what = (f"{name} {np.dtype(dtype).name} T{T} B{B} I{I} H{H} lengths={lengths} "
             f"reverse={reverse}")
 

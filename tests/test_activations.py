@@ -91,7 +91,7 @@ def test_python_fallbacks():
 
 
 def test_float32_saturates_exactly():
-    # issue 11, item 2: beyond their range tanh is exactly ±1 and sigmoid exactly
+    # beyond their range tanh is exactly ±1 and sigmoid exactly
     # 0 / 1, so the derivatives from saved activations (1 - t², s (1 - s)) are 0
     big = np.array([10.0, 10.5, 12.0, 20.0, 88.0, 1e4, 1e10, 3.4e38, np.inf], np.float32)
     x = np.concatenate([big, -big])

@@ -1,4 +1,4 @@
-"""A generated sweep of bad inputs over the layer API (issue 11): both host
+"""A generated sweep of bad inputs over the layer API: both host
 backends, every cell, stacked / bidirectional / batch_first layers. Every bad
 call must raise ValueError or TypeError whose message starts with the name of
 the argument at fault, before any kernel runs (the last forward's cache and

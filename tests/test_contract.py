@@ -4,9 +4,10 @@ the same way by every backend."""
 import numpy as np
 import pytest
 
-from fastrnn import bench, dispatch, reference
+from fastrnn import dispatch, reference
 from fastrnn.cells import CELLS
 from fastrnn.contract import BackendUnavailable, Weights, check_forward, is_device_array
+from fastrnn.testing import make_problem
 
 T, B, I, H = 4, 3, 2, 5
 
@@ -14,7 +15,7 @@ T, B, I, H = 4, 3, 2, 5
 def problem(name):
     """``(cell, x, h0, c0, weights)`` of a good float64 call."""
     cell = CELLS[name]
-    return (cell,) + bench._make_inputs(cell, T, B, I, H, dtype=np.float64)[:4]
+    return (cell,) + make_problem(cell, T, B, I, H, dtype=np.float64)[:4]
 
 
 def test_dispatch_reexports_what_moved():

@@ -27,8 +27,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     kc, AVAILABLE, WHY = None, False, f"fastrnn.kernels.cuda does not import: {exc}"
 
-pytestmark = pytest.mark.skipif(
-    not AVAILABLE, reason=f"CUDA backend unavailable: {WHY} (in its own pytest process)")
+pytestmark = [pytest.mark.cuda_sim, pytest.mark.skipif(
+    not AVAILABLE, reason=f"CUDA backend unavailable: {WHY} (in its own pytest process)")]
 
 SIM = bool(kc is not None and kc.SIMULATOR)
 

@@ -15,8 +15,8 @@ from fastrnn.dispatch import Weights
 
 from test_cuda import AVAILABLE, SMALL, WHY, assert_close, check, kc, make_problem
 
-pytestmark = pytest.mark.skipif(
-    not AVAILABLE, reason=f"CUDA backend unavailable: {WHY} (in its own pytest process)")
+pytestmark = [pytest.mark.cuda_sim, pytest.mark.skipif(
+    not AVAILABLE, reason=f"CUDA backend unavailable: {WHY} (in its own pytest process)")]
 
 
 def _cuda():

@@ -4,6 +4,8 @@ NUMBA_ENABLE_CUDASIM=1 or on a GPU; skipped without onnx, onnxruntime or torch."
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.cuda_sim     # its own process: see tests/README.md
+
 cuda = pytest.importorskip("numba.cuda")
 if not cuda.is_available():
     pytest.skip("no GPU and NUMBA_ENABLE_CUDASIM is not set", allow_module_level=True)

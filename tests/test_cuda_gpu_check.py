@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.cuda_sim     # its own process: see tests/README.md
+
 ROOT = Path(__file__).resolve().parent.parent
 
 

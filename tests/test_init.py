@@ -1,5 +1,5 @@
-"""Initial parameters (fastrnn.init): a seed gives the same weights as before the
-schemes moved out of layers.py (issue 12), and each scheme draws what it says.
+"""Initial parameters (fastrnn.init): a seed gives the same weights as the pinned
+values below, and each scheme draws what it says.
 
 The pinned values below were printed by the layer code before the move (and a
 sweep of 520 configurations, every cell x scheme x dtype x bias x stacking x

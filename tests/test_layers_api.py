@@ -55,7 +55,7 @@ def test_backward_accumulates_and_zero_grad():
     layer = fastrnn.GRU(2, 3, backend="numpy", dtype=np.float64, seed=0)
     x = np.random.default_rng(0).normal(size=(3, 2, 2))
     y, _ = layer(x)
-    layer.backward(np.ones_like(y), retain_graph=True)   # a second backward needs it (issue 10)
+    layer.backward(np.ones_like(y), retain_graph=True)   # a second backward needs it
     g1 = {k: v.copy() for k, v in layer.grads.items()}
     layer.backward(np.ones_like(y))
     for k in g1:
@@ -220,7 +220,7 @@ def test_bad_cell_options():
         fastrnn.GRU(3, 4, forget_bias=1.0)     # the LSTM family only
 
 
-# ---------------------------------------------------------------- cells and backends (issue 12)
+# ---------------------------------------------------------------- cells and backends
 
 @pytest.mark.parametrize("name", sorted(fastrnn.cells.CELLS))
 def test_each_layer_builds_the_cell_its_registry_entry_names(name):
@@ -309,3 +309,26 @@ def test_in_place_parameter_updates_are_seen_by_the_next_call(variant):
     y1, _ = layer(x)
     assert not np.allclose(y1, y0)
     np.testing.assert_array_equal(y1, fresh(x)[0])
+
+
+# state_dict(as_torch=True): torch's names and layout
+@pytest.mark.parametrize("cls, torch_name, kw", [
+    ("LSTM", "LSTM", {}), ("GRU", "GRU", {}), ("RNN", "RNN", {}),
+])
+def test_state_dict_as_torch_loads_into_torch(cls, torch_name, kw):
+    torch = pytest.importorskip("torch")
+    layer = getattr(fastrnn, cls)(3, 5, num_layers=2, bidirectional=True, backend="numpy",
+                                  dtype=np.float64, seed=0, **kw)
+    ref = getattr(torch.nn, torch_name)(3, 5, num_layers=2, bidirectional=True).double()
+    ref.load_state_dict(layer.state_dict(as_torch=True))
+    x = np.random.default_rng(1).standard_normal((6, 2, 3))
+    layer.eval()
+    y, _ = layer(x)
+    with torch.no_grad():
+        want = ref(torch.from_numpy(x))[0].numpy()
+    np.testing.assert_allclose(y, want, rtol=1e-10, atol=1e-12)
+
+
+def test_peephole_has_no_torch_equivalent():
+    with pytest.raises(ValueError, match="no torch.nn equivalent"):
+        fastrnn.PeepholeLSTM(2, 3, backend="numpy").state_dict(as_torch=True)

@@ -1,4 +1,4 @@
-"""Issue 25, item 2: scikit-learn estimators (fastrnn.sklearn): clone,
+"""The scikit-learn estimators (fastrnn.sklearn): clone,
 Pipeline, GridSearchCV and cross_val_score on the wine data, and
 scikit-learn's own estimator checks."""
 import pickle

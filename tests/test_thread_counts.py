@@ -13,8 +13,9 @@ import faulthandler
 import numpy as np
 import pytest
 
-from fastrnn.bench import GRID, _make_inputs
+from fastrnn.bench import GRID
 from fastrnn.cells import get_cell
+from fastrnn.testing import make_problem
 
 cpu = pytest.importorskip("fastrnn.kernels.cpu")
 if not cpu.available()[0]:  # pragma: no cover - depends on the install
@@ -44,7 +45,7 @@ def test_every_thread_count_gives_the_same_bits(cell_name, dtype):
     try:
         for shape in GRID:
             T, B, I, H = shape
-            inputs = _make_inputs(cell, *shape, seed=1, dtype=dtype)
+            inputs = make_problem(cell, *shape, seed=1, dtype=dtype)
             lengths = np.random.default_rng(2).integers(1, T + 1, B) if B > 1 else None
             results = {}
             for n in (1, 2, 3, 4):

@@ -1,10 +1,11 @@
-"""Issue 11, item 2: float32 gradients through saturated units on the CPU kernels.
+"""float32 gradients through saturated units on the CPU kernels' activations
+(kernels/activations.py).
 
-The fast float32 tanh used to stop at 0.99999976 (Eigen's clamp), so
-``1 - t²`` and ``σ(1 - σ)`` never reached 0 and a saturated unit leaked a
-gradient floor multiplied by its (large) input. The activations now saturate
-to exactly ±1 (sigmoid 0/1); the compiled float32 gradients are compared with
-the float64 reference at saturating input scales.
+A fast float32 tanh that stops short of ±1 (Eigen's clamp at 0.99999976) never
+lets ``1 - t²`` and ``σ(1 - σ)`` reach 0, so a saturated unit leaks a gradient
+floor multiplied by its (large) input. The activations saturate to exactly ±1
+(sigmoid 0/1); the compiled float32 gradients are compared with the float64
+reference at saturating input scales.
 """
 import numpy as np
 import pytest

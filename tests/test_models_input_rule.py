@@ -1,4 +1,4 @@
-"""Issue 25, item 1: one rule for array input in the models. A model records
+"""The models' one rule for array input (fastrnn.models.INPUT_RULE). A model records
 at fit whether it was trained on tabular rows or on sequences; [n, F] to a
 tabular model is n rows; an ambiguous 2-D array to any other model is an
 error that shows the reshapes, unless sequence=True/False says which."""

@@ -38,12 +38,12 @@ IDS = ["x".join(map(str, s)) for s in SHAPES]
 
 def _runner(impl, cname, shape, mode):
     cell = get_cell(cname)
-    inputs = bench._make_inputs(cell, *shape)
+    inputs = bench.make_inputs(cell, *shape)
     if impl == "torch":
         torch = pytest.importorskip("torch")
         if cell.torch is None:
             pytest.skip(f"{cname} has no PyTorch twin")
-        return bench._torch_runner(torch, cell, inputs, mode)
+        return bench.torch_runner(torch, cell, inputs, mode)
     if impl == "ort":
         if mode != "infer":
             pytest.skip("onnxruntime is an inference peer")
@@ -51,7 +51,7 @@ def _runner(impl, cname, shape, mode):
             pytest.skip(f"{cname} has no ONNX operator")
         ort = _ort()
         return bench.ort_runners(ort, cell, inputs, (1,), check_with=cpu)[1]
-    return bench._backend_runner(reference if impl == "numpy" else cpu, cell, inputs, mode)
+    return bench.backend_runner(reference if impl == "numpy" else cpu, cell, inputs, mode)
 
 
 @pytest.mark.parametrize("impl", bench.IMPLS)
@@ -128,7 +128,7 @@ def test_onnx_model_agrees(reg, shape):
     computes the same function as the NumPy reference and the cpu kernels."""
     ort = _ort()
     cell = get_cell(reg)
-    inputs = bench._make_inputs(cell, *shape, seed=3)
+    inputs = bench.make_inputs(cell, *shape, seed=3)
     x, h0, c0, w, _ = inputs
     rng = np.random.default_rng(1)           # a non-zero initial state
     h0[...] = rng.uniform(-0.5, 0.5, h0.shape)
@@ -149,7 +149,7 @@ def test_onnx_check_fails_loudly():
     """A wrong model (here: weights in the wrong gate order) must not be timed."""
     ort = _ort()
     cell = get_cell("lstm")
-    x, h0, c0, w, dy = bench._make_inputs(cell, 6, 2, 3, 4)
+    x, h0, c0, w, dy = bench.make_inputs(cell, 6, 2, 3, 4)
     bad = w._replace(w_ih=np.ascontiguousarray(w.w_ih[::-1]))
 
     class Other:                             # fastrnn's answer for the *right* weights
@@ -170,7 +170,7 @@ def test_train_pairs_agree_with_torch():
     """The training benchmark compares like with like: fastrnn's models and their
     torch twins give the same logits and the same losses over a few Adam steps."""
     torch = pytest.importorskip("torch")
-    from fastrnn import bench_train as bt
+    from fastrnn.bench import train as bt
     V, tr, ev, _ = bt.lm_data(TINY_LM["batch_size"], TINY_LM["bptt"], 3, 2)
     chk = bt.check_lm(bt.LMPair(torch, V, tr, ev, TINY_LM["embed_dim"],
                                 TINY_LM["hidden_size"]), steps=4)
@@ -190,7 +190,7 @@ def test_train_pairs_agree_with_torch():
 
 def test_train_bench_smoke(tmp_path, capsys):
     """``run`` end to end on tiny models with a token timing budget."""
-    from fastrnn import bench_train as bt
+    from fastrnn.bench import train as bt
     try:
         import torch
     except ImportError:

@@ -14,7 +14,7 @@ T, B, I, H = 4, 3, 2, 5
 def problem(name):
     """``(cell, x, h0, c0, weights)`` of a good float64 call."""
     cell = CELLS[name]
-    return (cell,) + bench._make_inputs(cell, T, B, I, H, dtype=np.float64)[:4]
+    return (cell,) + bench.make_inputs(cell, T, B, I, H, dtype=np.float64)[:4]
 
 
 def test_dispatch_reexports_what_moved():

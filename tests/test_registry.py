@@ -23,7 +23,7 @@ T, B, I, H = 3, 2, 3, 4
 def make_problem(cell, shape=(T, B, I, H)):
     """float64 inputs of one backend call, ``(x, h0, c0, weights, dy)``, with a
     non-zero initial state."""
-    x, h0, c0, w, dy = bench._make_inputs(cell, *shape, seed=1, dtype=np.float64)
+    x, h0, c0, w, dy = bench.make_inputs(cell, *shape, seed=1, dtype=np.float64)
     h0 += dy[0]
     if c0 is not None:
         c0 -= dy[-1]

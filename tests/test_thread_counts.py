@@ -13,7 +13,7 @@ import faulthandler
 import numpy as np
 import pytest
 
-from fastrnn.bench import GRID, _make_inputs
+from fastrnn.bench import GRID, make_inputs
 from fastrnn.cells import get_cell
 
 cpu = pytest.importorskip("fastrnn.kernels.cpu")
@@ -44,7 +44,7 @@ def test_every_thread_count_gives_the_same_bits(cell_name, dtype):
     try:
         for shape in GRID:
             T, B, I, H = shape
-            inputs = _make_inputs(cell, *shape, seed=1, dtype=dtype)
+            inputs = make_inputs(cell, *shape, seed=1, dtype=dtype)
             lengths = np.random.default_rng(2).integers(1, T + 1, B) if B > 1 else None
             results = {}
             for n in (1, 2, 3, 4):

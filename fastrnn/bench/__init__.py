@@ -54,7 +54,8 @@ which hands each kind of run to its module; none of them imports this one:
 - :mod:`fastrnn.bench.busy`: the ``--busy`` load test;
 - :mod:`fastrnn.bench.train`: ``--train``, whole models;
 - :mod:`fastrnn.bench.scaling`: ``--threads A,B,...``, thread scaling;
-- :mod:`fastrnn.bench.latency`: ``--latency``, one step per call.
+- :mod:`fastrnn.bench.latency`: ``--latency``, one step per call;
+- :mod:`fastrnn.bench.tables`: the README's Markdown tables from a ``--json`` file.
 """
 from __future__ import annotations
 

@@ -168,7 +168,7 @@ def main(argv=None):
                 with open(args.text, encoding="utf-8", errors="replace") as f:
                     text = f.read()
             else:
-                from fastrnn.bench_train import corpus
+                from fastrnn.bench.train import corpus
                 text, _ = corpus()
             if args.quick:
                 text = text[:20000]

@@ -602,7 +602,7 @@ def run_scaling(args, timeout, out_dir):
     if timeout < 20:
         return {"status": "skipped: budget spent"}
     try:
-        from fastrnn.bench_scaling import cpu_slug, usable_cores
+        from fastrnn.bench.scaling import cpu_slug, usable_cores
     except ImportError as exc:
         return {"status": f"skipped: not available ({exc})"}
     cores = usable_cores()

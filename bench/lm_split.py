@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 import fastrnn
-from fastrnn import bench_train as bt
+from fastrnn.bench import train as bt
 
 
 def main():

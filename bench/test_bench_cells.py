@@ -61,7 +61,7 @@ def _runner(impl, cname, shape, mode):
         torch = pytest.importorskip("torch")
         if cell.torch is None:
             pytest.skip(f"{cname} has no PyTorch twin")
-        fn = bench._torch_runner(torch, cell, inputs, mode)
+        fn = bench.torch_runner(torch, cell, inputs, mode)
 
         def run_recorded():
             seen = []
@@ -84,11 +84,11 @@ def _runner(impl, cname, shape, mode):
         fn = bench.ort_runners(ort, cell, inputs, (1,), check_with=cpu)[1]
         return fn, inputs, lambda: (fn()[0][:, 0], None)
     backend = reference if impl == "numpy" else cpu
-    fn = bench._backend_runner(backend, cell, inputs, mode)
+    fn = bench.backend_runner(backend, cell, inputs, mode)
 
     def run_recorded():
         rec = _Recorder(backend)
-        bench._backend_runner(rec, cell, inputs, mode)()
+        bench.backend_runner(rec, cell, inputs, mode)()
         dx = rec.last["backward"][0] if mode == "train" else None
         return rec.last["forward"][0], dx
     return fn, inputs, run_recorded
@@ -235,7 +235,7 @@ def test_train_pairs_agree_with_torch():
     """The training benchmark compares like with like: fastrnn's models and their
     torch twins give the same logits and the same losses over a few Adam steps."""
     torch = pytest.importorskip("torch")
-    from fastrnn import bench_train as bt
+    from fastrnn.bench import train as bt
     V, tr, ev, _ = bt.lm_data(TINY_LM["batch_size"], TINY_LM["bptt"], 3, 2)
     chk = bt.check_lm(bt.LMPair(torch, V, tr, ev, TINY_LM["embed_dim"],
                                 TINY_LM["hidden_size"]), steps=4)
@@ -255,7 +255,7 @@ def test_train_pairs_agree_with_torch():
 
 def test_train_bench_smoke(tmp_path, capsys):
     """``run`` end to end on tiny models with a token timing budget."""
-    from fastrnn import bench_train as bt
+    from fastrnn.bench import train as bt
     try:
         import torch
     except ImportError:

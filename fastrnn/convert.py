@@ -54,6 +54,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cells import CELLS, get_cell
+from .torch_models import require_torch, torch_model, torch_rnn
 
 __all__ = ["from_raw", "to_raw", "from_keras", "to_keras", "from_onnx_weights",
            "to_onnx_weights", "onnx_operator", "from_torch", "to_torch", "gate_permutation",
@@ -650,18 +651,11 @@ def from_onnx_weights(W, R, B=None, P=None, *, cell, dtype=None, **layer_kwargs)
 
 
 # ============================================================== PyTorch
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise ImportError("this needs PyTorch: pip install 'fastrnn[torch]' (or torch)") from None
-    return torch
-
-
+# (the torch import and the layer / model twins: fastrnn.torch_models)
 def from_torch(module, **layer_kwargs):
     """A fastrnn layer with the configuration and weights of a
     ``torch.nn.RNN``/``LSTM``/``GRU`` (``proj_size`` is not supported)."""
-    torch = _torch()
+    torch = require_torch()
     kinds = {torch.nn.LSTM: "lstm", torch.nn.GRU: "gru"}
     name = kinds.get(type(module))
     if name is None and isinstance(module, torch.nn.RNN):
@@ -690,20 +684,5 @@ def to_torch(obj):
     equivalent (peephole LSTMs, ``GRU(reset_after=False)``) are refused.
     """
     if hasattr(obj, "cell") and hasattr(obj, "num_directions"):
-        return _torch_rnn(obj)
-    from .torch_models import torch_model
+        return torch_rnn(obj)
     return torch_model(obj)
-
-
-def _torch_rnn(layer):
-    torch = _torch()
-    spec = layer.cell
-    if spec.torch is None:
-        raise ValueError(f"{type(layer).__name__} ({spec.name}) has no torch.nn equivalent")
-    cls = getattr(torch.nn, spec.torch[0])
-    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[layer.dtype]
-    mod = cls(layer.input_size, layer.hidden_size, num_layers=layer.num_layers, bias=layer.bias,
-              batch_first=layer.batch_first, dropout=layer.dropout,
-              bidirectional=layer.bidirectional, dtype=dtype, **spec.torch_kwargs)
-    mod.load_state_dict(layer.state_dict(as_torch=True))
-    return mod

@@ -1,4 +1,10 @@
-"""PyTorch twins of the fastrnn models (``model.to_torch()``; needs torch).
+"""PyTorch twins of fastrnn layers and models (``to_torch()``; needs torch).
+
+Owns the one place torch is imported for the conversions
+(:func:`require_torch`, with the install hint when it is missing), a layer's
+``torch.nn.RNN``/``LSTM``/``GRU`` twin (:func:`torch_rnn`), and the model
+twins (:func:`torch_model`). :mod:`fastrnn.convert` builds on these; this
+module imports nothing of fastrnn's.
 
 Each twin is a ``torch.nn.Module`` whose sub-modules carry the fastrnn
 model's parameter names (``rnn.weight_ih_l0``, ``head.weight``,
@@ -29,12 +35,36 @@ import numpy as np
 _CLASSES = {}
 
 
+def require_torch():
+    """The ``torch`` module; ImportError with the install hint when it is missing."""
+    try:
+        import torch
+    except ImportError:
+        raise ImportError("this needs PyTorch: pip install 'fastrnn[torch]' (or torch)") from None
+    return torch
+
+
+def torch_rnn(layer):
+    """The ``torch.nn.RNN``/``LSTM``/``GRU`` of a fastrnn layer: same configuration
+    and weights (ValueError for a cell without one)."""
+    torch = require_torch()
+    spec = layer.cell
+    if spec.torch is None:
+        raise ValueError(f"{type(layer).__name__} ({spec.name}) has no torch.nn equivalent")
+    cls = getattr(torch.nn, spec.torch[0])
+    dtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[layer.dtype]
+    mod = cls(layer.input_size, layer.hidden_size, num_layers=layer.num_layers, bias=layer.bias,
+              batch_first=layer.batch_first, dropout=layer.dropout,
+              bidirectional=layer.bidirectional, dtype=dtype, **spec.torch_kwargs)
+    mod.load_state_dict(layer.state_dict(as_torch=True))
+    return mod
+
+
 def _classes():
     """The twin classes, defined on first use (torch imported then)."""
     if _CLASSES:
         return _CLASSES
-    from .convert import _torch
-    torch = _torch()
+    torch = require_torch()
     nn = torch.nn
 
     class Attention(nn.Module):
@@ -182,13 +212,12 @@ def _classes():
 
 def torch_model(model):
     """The PyTorch twin of a fastrnn model (see the module docstring)."""
-    from .convert import _torch_rnn
     classes = _classes()
     name = type(model).__name__
     if name not in classes:
         raise TypeError(f"to_torch takes a LanguageModel, SequenceClassifier or "
                         f"SequenceRegressor (or a layer), got {name}")
-    rnn = _torch_rnn(model.rnn)
+    rnn = torch_rnn(model.rnn)
     twin = classes[name](model, rnn)
     twin.load_state_dict(model.state_dict(as_torch=True))
     return twin.eval()
@@ -196,8 +225,7 @@ def torch_model(model):
 
 def torch_state_dict(model):
     """``model.state_dict(as_torch=True)``: tensor copies of the parameters."""
-    from .convert import _torch
-    torch = _torch()
+    torch = require_torch()
     spec = model.rnn.cell
     if spec.torch is None:
         raise ValueError(f"{type(model).__name__} with cell {spec.name!r} has no torch.nn "

@@ -338,7 +338,7 @@ def test_bench_train_bf16_columns(capsys):
     mode, torch in float32 and under bf16 autocast (own columns and ratio);
     the agreement check still passes against the float32 twin."""
     pytest.importorskip("numba")
-    from fastrnn import bench_train as bt
+    from fastrnn.bench import train as bt
     torch = pytest.importorskip("torch")
     tiny = dict(min_time=0.0, min_rounds=1, max_rounds=1, burst_s=0.001, settle_s=0.0)
     rows = bt.run(torch, quick=True, timing=tiny, backend="numpy", compute_dtype=BF16,

@@ -9,7 +9,6 @@ import time
 import numpy as np
 
 from ..metrics import unigram_bits
-from ._throughput import layer_throughput
 from .train import _progress_ok
 
 
@@ -83,6 +82,7 @@ def cmd_demo(args):
     for be in dict.fromkeys((backend, "numpy")):
         layers[be] = make_recurrent("lstm", 32, hidden, backend=be, seed=0)
         layers[be].load_state_dict(model.rnn.state_dict())
+    from ..bench.throughput import layer_throughput
     rates = layer_throughput(layers, reps=1 if args.quick else 3)
     for be, r in rates.items():
         label = "NumPy reference" if be == "numpy" else f"compiled ({be})"

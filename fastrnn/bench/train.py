@@ -41,11 +41,12 @@ import sys
 
 import numpy as np
 
-from . import bench
-from .blocks import softmax_cross_entropy
-from .data import CharVocab, LMBatches
-from .models import LanguageModel, SequenceClassifier
-from .optim import Adam, clip_grad_norm
+from ..blocks import softmax_cross_entropy
+from ..data import CharVocab, LMBatches
+from ..models import LanguageModel, SequenceClassifier
+from ..optim import Adam, clip_grad_norm
+from .runners import has_compute_dtype
+from .timing import PEER_THREADS, TorchThreads, cpu_threads_setter, interleaved_medians
 
 #: the configurations the issue asks for
 LM_CONFIG = dict(embed_dim=64, hidden_size=256, batch_size=32, bptt=64, lr=1e-3, clip=1.0)
@@ -368,7 +369,7 @@ def _assert_agree(name, chk):
 
 
 # ------------------------------------------------------------------ main
-#: arguments of :func:`fastrnn.bench._interleaved_medians` (min_time, min_rounds,
+#: arguments of :func:`fastrnn.bench.timing.interleaved_medians` (min_time, min_rounds,
 #: max_rounds, burst_s, settle_s): a full run and ``--quick``
 TIMING = dict(min_time=3.0, min_rounds=5, max_rounds=20, burst_s=0.2, settle_s=0.2)
 QUICK_TIMING = dict(min_time=0.0, min_rounds=3, max_rounds=3, burst_s=0.12, settle_s=0.1)
@@ -380,12 +381,12 @@ def _time_item(fast_fn, torch_fn, tt, cpu_prep, timing, torch_bf16_fn=None):
     fns, prep = {"fastrnn": fast_fn}, {"fastrnn": cpu_prep}
     for name, fn in (("torch", torch_fn), (TORCH_BF16, torch_bf16_fn)):
         if fn is not None:
-            for n in bench.PEER_THREADS:
+            for n in PEER_THREADS:
                 fns[f"{name}@{n}"] = fn
                 prep[f"{name}@{n}"] = tt.setter(n)
     t = dict(timing)
-    res = bench._interleaved_medians(fns, t.pop("min_time"), t.pop("min_rounds"),
-                                     t.pop("max_rounds"), prepare=prep, **t)
+    res = interleaved_medians(fns, t.pop("min_time"), t.pop("min_rounds"),
+                              t.pop("max_rounds"), prepare=prep, **t)
     return {k: m for k, (m, _) in res.items()}
 
 
@@ -401,10 +402,10 @@ def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=
     ``compute_dtype="bfloat16"``: fastrnn in the bf16 mode, torch also under
     bf16 autocast (rows gain ``ratio_bf16``). ``backend``: fastrnn's models'
     (the tests run the reference)."""
-    from .kernels import cpu
+    from ..kernels import cpu
     lmc = dict(LM_CONFIG, **(lm_config or {}))
     cc = dict(CLF_CONFIG, **(clf_config or {}))
-    cpu_prep = bench._cpu_threads_setter(cpu, threads)
+    cpu_prep = cpu_threads_setter(cpu, threads)
     cpu_prep()
     timing = dict(QUICK_TIMING if quick else TIMING, **(timing or {}))
     rows = []
@@ -430,7 +431,7 @@ def run(torch, quick=False, threads=2, lm_config=None, clf_config=None, verbose=
         rows.append(row)
         return row
 
-    with bench.TorchThreads(torch) as tt:
+    with TorchThreads(torch) as tt:
         # ---------------------------------------------------------- char LM
         V, tr, ev, source = lm_data(lmc["batch_size"], lmc["bptt"],
                                     n_train=8 if quick else 32, n_eval=4 if quick else 16)
@@ -504,9 +505,9 @@ def _fmt_rate(r):
 def print_table(rows, file=None):
     file = file or sys.stdout
     bf16 = any("ratio_bf16" in r for r in rows)
-    cols = ["fastrnn"] + [f"torch@{n}" for n in bench.PEER_THREADS]
+    cols = ["fastrnn"] + [f"torch@{n}" for n in PEER_THREADS]
     if bf16:
-        cols += [f"{TORCH_BF16}@{n}" for n in bench.PEER_THREADS]
+        cols += [f"{TORCH_BF16}@{n}" for n in PEER_THREADS]
     w = 15 if bf16 else 12
     hdr = f"{'item':<27}{'unit':<10}" + "".join(f"{c:>{w}}" for c in cols) + \
         f"{'fastrnn/torch':>15}" + (f"{'/torch_bf16':>12}" if bf16 else "") + f"{'ms/call':>9}"
@@ -524,8 +525,8 @@ def print_table(rows, file=None):
 
 
 def main(args):
-    """``fastrnn bench --train`` (``args`` from :func:`fastrnn.bench._parse`)."""
-    from .kernels import cpu
+    """``fastrnn bench --train`` (``args`` from :func:`fastrnn.bench.parse_args`)."""
+    from ..kernels import cpu
     ok, why = cpu.available()
     if not ok:
         print(f"the cpu backend is not available: {why}", file=sys.stderr)
@@ -538,7 +539,7 @@ def main(args):
             print("torch is not installed: timing fastrnn alone")
     cpu_default = cpu.get_num_threads()
     mode = getattr(args, "compute_dtype", None)
-    if mode is not None and not bench.has_compute_dtype(cpu):
+    if mode is not None and not has_compute_dtype(cpu):
         print(f"the cpu backend has no compute_dtype={mode!r} here: nothing to time "
               "(the reference runs the mode, far slower than any peer)", file=sys.stderr)
         return 1
@@ -569,7 +570,7 @@ def main(args):
         meta = dict(kind="train", threads=args.threads, quick=args.quick,
                     **({} if mode is None else dict(compute_dtype=mode,
                                                     torch_bf16="autocast(cpu, bfloat16)")),
-                    peer_threads=list(bench.PEER_THREADS),
+                    peer_threads=list(PEER_THREADS),
                     torch=None if torch is None else torch.__version__,
                     numpy=np.__version__, loadavg_start=load,
                     loadavg_end=os.getloadavg()[0] if hasattr(os, "getloadavg") else None)
@@ -588,6 +589,3 @@ def _json_default(o):
         return list(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
-
-if __name__ == "__main__":
-    sys.exit(bench.main(["--train"] + sys.argv[1:]))

@@ -27,7 +27,8 @@ import time
 
 import numpy as np
 
-from .cells import get_cell
+from ..cells import get_cell
+from .onnx_peer import onnx_rnn_model, onnx_weights, ort_available, ort_session
 
 #: (I, H) of the step table (the issue's rows)
 STEP_SHAPES = [(32, 32), (64, 128), (128, 256)]
@@ -79,8 +80,6 @@ def onnx_step_model(cell, w, B, I, H):
     """A one-node ONNX model (bytes): one step of ``cell`` from ``X [1, B, I]``,
     ``h0 [1, B, H]`` (and ``c0``) to ``Yh`` (and ``Yc``) ``[1, B, H]``."""
     from onnx import TensorProto, helper
-
-    from .bench import onnx_weights
     op, attrs, inits = onnx_weights(cell, w, H)
     names = ["X", "W", "R", "B", "", "h0"]
     vi = helper.make_tensor_value_info
@@ -155,7 +154,6 @@ def _runners(cell, I, H, torch, ort, seed=0):
         fns["torch cell"], fns["torch T=1"] = cell_step, mod_step
 
     if ort is not None:
-        from .bench import ort_session
         sess = ort_session(ort, onnx_step_model(spec, w, 1, I, H), 1)
         z = np.zeros((1, 1, H), np.float32)
         feeds = {"X": xs[0][None], "h0": z}
@@ -231,7 +229,7 @@ def lm_table(rounds, calls, sizes=(32, 128, 256), vocab=64, out=print):
     (:func:`fastrnn.kernels.latency.read_sum` over a buffer of that many
     float32, cycled like the steps and interleaved with them)."""
     import fastrnn
-    from .kernels import latency
+    from ..kernels import latency
     out("\nlanguage-model step (embedding, 2-layer LSTM, Linear head to V=%d) vs one "
         "LSTM layer (I=H), p50 us; 'read alone': the same number of weight bytes read "
         "with vector loads and nothing else (the floor of a step that reads them)" % vocab)
@@ -266,7 +264,7 @@ def read_bandwidth(rounds, calls, sizes_mib=(1, 8), out=print):
     :func:`fastrnn.kernels.latency.read_sum` over buffers of ``sizes_mib``,
     interleaved): 1 MiB stays in a 2 MiB L2, 8 MiB comes from L3. Returns the
     record."""
-    from .kernels import latency
+    from ..kernels import latency
     bufs = {m: np.ones(m * 2 ** 18, np.float32) for m in sizes_mib}
     t = time_calls({m: (lambda b=b: latency.read_sum(b)) for m, b in bufs.items()},
                    rounds, max(calls // 5, 10))
@@ -283,8 +281,6 @@ def seq_table(torch, ort, rounds, shapes=SEQ_SHAPES, out=print):
     """Whole-sequence LSTM inference at batch 1: ``layer(x)`` (eval) against
     onnxruntime and torch, one thread each."""
     import fastrnn
-
-    from . import bench
     out("\nwhole-sequence LSTM inference, one thread each, median ms per call")
     out("| T, B, I, H | fastrnn layer(x) | ort | torch | ort / fastrnn |")
     out("|---|---|---|---|---|")
@@ -295,7 +291,7 @@ def seq_table(torch, ort, rounds, shapes=SEQ_SHAPES, out=print):
         fns = {"fastrnn": lambda: layer(x)}
         w = layer._weights("_l0")
         if ort is not None:
-            sess = bench.ort_session(ort, bench.onnx_rnn_model(get_cell("lstm"), w, T, B, I, H), 1)
+            sess = ort_session(ort, onnx_rnn_model(get_cell("lstm"), w, T, B, I, H), 1)
             z = np.zeros((1, B, H), np.float32)
             feeds = {"X": x, "h0": z, "c0": z}
             err = float(np.abs(sess.run(["Y"], feeds)[0][:, 0] - layer(x)[0]).max())
@@ -322,11 +318,10 @@ def seq_table(torch, ort, rounds, shapes=SEQ_SHAPES, out=print):
 
 
 def main(args):
-    """``fastrnn bench --latency`` (``args`` from :func:`fastrnn.bench._parse`)."""
+    """``fastrnn bench --latency`` (``args`` from :func:`fastrnn.bench.parse_args`)."""
     import json
 
-    from . import bench
-    from .kernels import cpu
+    from ..kernels import cpu
     torch = None
     if "torch" in args.impls.split(","):
         try:
@@ -336,7 +331,7 @@ def main(args):
             print("torch is not installed: skipping the PyTorch columns")
     ort = None
     if "ort" in args.impls.split(","):
-        mods = bench.ort_available()
+        mods = ort_available()
         ort = None if mods is None else mods[0]
         if ort is None:
             print("onnxruntime / onnx are not installed: skipping the onnxruntime column")

@@ -2,8 +2,9 @@
 
 For each cell, shape and mode (training step, inference) fastrnn and
 ``torch.nn`` run at every thread count of the list, all entries of one
-(cell, shape, mode) timed interleaved (``bench._interleaved_medians``), so
-they share the same slowly varying load. Reported per count:
+(cell, shape, mode) timed interleaved
+(:func:`fastrnn.bench.timing.interleaved_medians`), so they share the same
+slowly varying load. Reported per count:
 
 * ``speed-up`` ``S(n) = t(1) / t(n)`` and ``efficiency`` ``S(n) / n`` of each
   library against its own one-thread time;
@@ -25,9 +26,10 @@ import platform
 import re
 import sys
 
-from .bench import (MODES, TorchThreads, _cpu_threads_setter, _interleaved_medians,
-                    _make_inputs, _torch_runner, _backend_runner, layer_flops)
-from .cells import get_cell
+from ..cells import get_cell
+from ..testing import make_problem
+from .runners import MODES, backend_runner, layer_flops, torch_runner
+from .timing import TorchThreads, cpu_threads_setter, interleaved_medians
 
 #: the shapes the issue asks about (large ones, where both libraries run near
 #: the GEMM rate per core): the default of a scaling run
@@ -78,7 +80,7 @@ def run(cells, shapes, counts, torch=None, quick=False, emit=print):
     """Time fastrnn (and torch, when given) at each thread count; print the
     table through ``emit`` and return the records (one per library, count,
     cell, shape and mode)."""
-    from .kernels import cpu
+    from ..kernels import cpu
     cores = usable_cores()
     if quick:
         timing = dict(min_time=0.0, min_rounds=2, max_rounds=2, burst_s=0.03, settle_s=0.1)
@@ -104,16 +106,16 @@ def run(cells, shapes, counts, torch=None, quick=False, emit=print):
             for cname in cells:
                 cell = get_cell(cname)
                 for shape in shapes:
-                    inputs = _make_inputs(cell, *shape)
+                    inputs = make_problem(cell, *shape)
                     for mode in MODES:
                         fns, prep = {}, {}
                         for n in counts:
-                            fns[("fastrnn", n)] = _backend_runner(cpu, cell, inputs, mode)
+                            fns[("fastrnn", n)] = backend_runner(cpu, cell, inputs, mode)
                             prep[("fastrnn", n)] = _pool_setter(cpu, n, cores)
                             if torch is not None and cell.torch is not None:
-                                fns[("torch", n)] = _torch_runner(torch, cell, inputs, mode)
+                                fns[("torch", n)] = torch_runner(torch, cell, inputs, mode)
                                 prep[("torch", n)] = tt.setter(n)
-                        res = _interleaved_medians(fns, prepare=prep, **timing)
+                        res = interleaved_medians(fns, prepare=prep, **timing)
                         med = {k: m for k, (m, _) in res.items()}
                         flops = layer_flops(cell, *shape, mode)
                         tbest = min((m for (lib, _), m in med.items() if lib == "torch"),
@@ -151,7 +153,7 @@ def _pool_setter(cpu, n, cores):
     """fastrnn at ``n`` threads, all of them even past the usable cores (the
     pool's own cap would otherwise make every count above ``cores`` time the
     same plan): such rows are marked ``*`` (oversubscribed)."""
-    base = _cpu_threads_setter(cpu, n)
+    base = cpu_threads_setter(cpu, n)
 
     def set_():
         base()
@@ -204,7 +206,7 @@ def plot(path, records, title=None):
 
 
 def main(args, cells, shapes):
-    """``fastrnn bench --threads A,B,...`` (called by ``fastrnn.bench.main``)."""
+    """``fastrnn bench --threads A,B,...`` (called by :func:`fastrnn.bench.main`)."""
     torch = None
     if "torch" in args.impls:
         try:

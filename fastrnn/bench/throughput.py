@@ -1,6 +1,5 @@
-"""The training-step throughput of recurrent layers side by side, as
-``fastrnn demo`` reports it. A benchmark helper, kept apart from the
-commands; it belongs with the benchmark code."""
+"""The training-step throughput of recurrent layers side by side, timed in
+interleaved rounds (``fastrnn demo`` reports it)."""
 from __future__ import annotations
 
 import time

@@ -34,15 +34,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _device, _validate
-from . import prepared as _prepared
-from . import checkpoint as _ckpt
-from .blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
+from .. import _device, _validate
+from .. import prepared as _prepared
+from .. import checkpoint as _ckpt
+from ..blocks import (AttentionPool, Dropout, Embedding, Linear, as_rng, mse,
                      softmax_cross_entropy)
-from .checkpoint import CheckpointError
-from . import layers as _layers
-from .bf16 import check_compute_dtype
-from .cells import CELL_NAMES, get_cell
+from ..checkpoint import CheckpointError
+from .. import layers as _layers
+from ..bf16 import check_compute_dtype
+from ..cells import CELL_NAMES, get_cell
 
 __all__ = ["LanguageModel", "SequenceClassifier", "SequenceRegressor", "load_model",
            "make_recurrent", "CELL_TYPES", "CheckpointError", "INPUT_RULE"]
@@ -190,7 +190,7 @@ class _Model:
 
         An optimizer built on the model follows (it reads ``model.params`` at
         every step and moves its state buffers at the next step)."""
-        from . import dispatch
+        from .. import dispatch
         backend = dispatch.check_backend_name(backend)
         _device.placement("cuda" if backend == "cuda" else "cpu")   # clear error first
         self.rnn.to(backend)
@@ -218,7 +218,7 @@ class _Model:
         ``as_torch=True``: ``torch.Tensor`` copies that the model's
         :meth:`to_torch` twin loads (``twin.load_state_dict``)."""
         if as_torch:
-            from .torch_models import torch_state_dict
+            from ..torch_models import torch_state_dict
             return torch_state_dict(self)
         if self.device == "cuda":
             return {k: _device.host_copy(v) for k, v in self.params.items()}
@@ -228,7 +228,7 @@ class _Model:
         """An equivalent ``torch.nn.Module`` (needs torch: ``pip install
         'fastrnn[torch]'``): same parameters, ``forward`` as this model's
         (see :mod:`fastrnn.torch_models`)."""
-        from .torch_models import torch_model
+        from ..torch_models import torch_model
         return torch_model(self)
 
     def load_state_dict(self, state):
@@ -505,7 +505,7 @@ class LanguageModel(_Model):
         d = self.meta.get("vocab")
         if not d:
             return None
-        from .data import _Vocab
+        from ..data import _Vocab
         return _Vocab.from_dict(d)
 
     def encode(self, text: str) -> np.ndarray:
@@ -569,7 +569,7 @@ class LanguageModel(_Model):
         prime = np.asarray([0] if prime is None or len(prime) == 0 else prime, dtype=np.int64)
         if self.device == "cpu" and self.rnn.backend != "numpy" and self.compute_dtype is None:
             # streams compute in the model's dtype only: a bfloat16 model samples below
-            from .stream import available
+            from ..stream import available
             if available():      # else (no compiled kernels) the reference below
                 return self._sample_stream(n, prime, temperature, rng, top_k)
         was = self.training
@@ -640,7 +640,7 @@ class LanguageModel(_Model):
         >>> s.step(3).shape
         (10,)
         """
-        from .stream import ModelStream
+        from ..stream import ModelStream
         return ModelStream(self, "lm", batch_size)
 
 
@@ -701,7 +701,7 @@ class _SequenceToVector(_Model):
         d = self.meta.get("scaler")
         if d is None:
             return None
-        from .data import Standardizer
+        from ..data import Standardizer
         return Standardizer.from_dict(d)
 
     @scaler.setter
@@ -782,7 +782,7 @@ class _SequenceToVector(_Model):
                 if lengths is not None:
                     raise ValueError("lengths cannot be given with a list of sequences of "
                                      "different lengths (they are taken from the list)")
-                from .data import pad_sequences
+                from ..data import pad_sequences
                 if self.embed is not None:
                     return (*pad_sequences(x), False)
                 seqs = [np.asarray(s, dtype=np.float64) for s in x]
@@ -1273,7 +1273,7 @@ class SequenceClassifier(_SequenceToVector):
             raise ValueError(f"a classifier with pooling={self.pooling!r} cannot stream: "
                              "attention weighs every step of the sequence, which a stream "
                              "has not seen yet; use pooling='last'")
-        from .stream import ModelStream
+        from ..stream import ModelStream
         return ModelStream(self, "classifier", batch_size)
 
     def score(self, x, y, lengths=None, *, sequence=None):
@@ -1320,9 +1320,9 @@ class SequenceClassifier(_SequenceToVector):
         self
             With ``history`` (the Trainer's history) and ``trainer``.
         """
-        from .data import ArrayBatches, Standardizer, train_val_split
-        from .optim import get_optimizer
-        from .train import Trainer
+        from ..data import ArrayBatches, Standardizer, train_val_split
+        from ..optim import get_optimizer
+        from ..train import Trainer
         x, lengths, one = self._as_batch(x, lengths, False if sequence is None else sequence,
                                          fitting=True)
         if one:
@@ -1493,7 +1493,7 @@ class SequenceRegressor(_SequenceToVector):
             d = self.meta["scaler"]          # forecasters saved before target_scaler existed
         if d is None:
             return None
-        from .data import Standardizer
+        from ..data import Standardizer
         return Standardizer.from_dict(d)
 
     @target_scaler.setter
@@ -1582,7 +1582,7 @@ class SequenceRegressor(_SequenceToVector):
             raise ValueError(f"a regressor with pooling={self.pooling!r} cannot stream: "
                              "attention weighs every step of the sequence, which a stream "
                              "has not seen yet; use pooling='last'")
-        from .stream import ModelStream
+        from ..stream import ModelStream
         return ModelStream(self, "regressor", batch_size)
 
     def forecast(self, x, steps, *, sequence=None):
@@ -1621,9 +1621,9 @@ class SequenceRegressor(_SequenceToVector):
         the model, so :meth:`predict` takes and returns original units.
         Returns ``self`` (with ``history`` and ``trainer``); the other
         arguments as in :meth:`SequenceClassifier.fit`."""
-        from .data import ArrayBatches, Standardizer, train_val_split
-        from .optim import get_optimizer
-        from .train import Trainer
+        from ..data import ArrayBatches, Standardizer, train_val_split
+        from ..optim import get_optimizer
+        from ..train import Trainer
         x, lengths, one = self._as_batch(x, lengths, False if sequence is None else sequence,
                                          fitting=True)
         if one:

@@ -2,13 +2,21 @@
 :class:`_SequenceToVector` (recurrent stack over a batch, pooled to one
 vector per sequence, then a head), the one rule by which both read arrays
 (:data:`INPUT_RULE`), and the preprocessing a model carries (scaler,
-feature names, input kind)."""
+feature names, input kind).
+
+The encoder's forward and backward are written once for the host and the
+GPU, as the layers' are: what differs (batch layout, copies, last-step
+pooling) is a method of an ops object, :class:`_HostEncoderOps` here (the
+layers' :class:`~fastrnn.layers.HostOps` and more) or
+:class:`fastrnn.models.encoder_device.DeviceEncoderOps` (their
+``DeviceOps`` and more) for a model on the GPU."""
 from __future__ import annotations
 
 import numpy as np
 
-from .. import _device, _validate
+from .. import _validate
 from ..blocks import AttentionPool, Dropout, Embedding, Linear
+from ..layers import HostOps
 from .base import _Model, _seed, make_recurrent
 
 #: The one rule by which the classifier and the regressor read an array ``x``
@@ -40,6 +48,63 @@ def _with_input_rule(func):
             lines[k] = textwrap.indent(INPUT_RULE, line[:len(line) - len(line.lstrip())])
     func.__doc__ = "\n".join(lines)
     return func
+
+
+class _HostEncoderOps(HostOps):
+    """The array steps of the sequence encoder on host arrays: the layers'
+    :class:`~fastrnn.layers.HostOps` plus the batch layout and the last-step
+    pooling. :class:`fastrnn.models.encoder_device.DeviceEncoderOps` has the
+    same methods for a model on the GPU."""
+
+    @staticmethod
+    def batch(x):
+        return np.asarray(x)
+
+    @staticmethod
+    def lengths(lengths):
+        return lengths                 # checked as given: a list's items one by one
+
+    @staticmethod
+    def ids_time_major(x):
+        return x.T                                                 # [B, T] -> [T, B]
+
+    @staticmethod
+    def feature_axis(x):
+        return x[:, :, None]                                       # [B, T] -> [B, T, 1]
+
+    @staticmethod
+    def time_major(x, dtype):
+        return np.ascontiguousarray(x.transpose(1, 0, 2), dtype=dtype)   # [T, B, F]
+
+    @staticmethod
+    def pool_last(h_n, D):
+        """The top ``D`` rows of ``h_n [L*D, B, H]`` side by side: ``[B, D*H]``."""
+        return np.concatenate(list(h_n[-D:]), axis=1)
+
+    @staticmethod
+    def unpool_last(dpooled, shape, D, dtype):
+        """The gradient of :meth:`pool_last`: zeros of ``shape`` but the top ``D`` rows."""
+        dh = np.zeros(shape, dtype)
+        H = shape[2]
+        for d in range(D):
+            dh[shape[0] - D + d] = dpooled[:, d * H:(d + 1) * H]
+        return dh
+
+    @staticmethod
+    def cast(a, dtype):
+        return a.astype(dtype, copy=False)
+
+    @staticmethod
+    def batch_major(dx, T_in):
+        """``dx [T, B, F]`` as ``[B, T_in, F]``, zero-padded over the trimmed steps."""
+        T, B = dx.shape[:2]
+        dx = dx.transpose(1, 0, 2)
+        if T_in is not None and T_in > T:
+            dx = np.concatenate([dx, np.zeros((B, T_in - T, dx.shape[2]), dx.dtype)], axis=1)
+        return dx
+
+
+_HOST_OPS = _HostEncoderOps()
 
 
 class _SequenceToVector(_Model):
@@ -289,124 +354,74 @@ class _SequenceToVector(_Model):
         finally:
             self.train(was)
 
-    def _encode(self, x, lengths):
+    def _array_ops(self):
+        """The array steps of :meth:`_encode` and :meth:`_backward_encode`
+        where the model is: :data:`_HOST_OPS`, or the device's
+        (:mod:`fastrnn.models.encoder_device`, loaded for a model on the GPU)."""
         if self.device == "cuda":
-            return self._encode_device(x, lengths)
-        x = np.asarray(x)
-        T_in = x.shape[1] if x.ndim >= 2 else None
-        if lengths is not None:
-            # integers in [1, T] only: floats are not truncated, bools not taken as 1
-            lengths = (_validate.lengths(lengths, x.shape[1], x.shape[0]) if x.ndim >= 2
-                       else np.asarray(lengths))
-            if self._trim and x.ndim >= 2 and lengths.size and 1 <= lengths.max() < x.shape[1]:
-                # run only to the batch's longest sequence: the steps after it
-                # change nothing (outputs zero, states untouched, no gradient)
-                x = x[:, :int(lengths.max())]
-        if self.embed is not None:
-            if x.ndim != 2:
-                raise ValueError(f"x must be token ids [B, T], got shape {x.shape}")
-            e = self.embed(x.T)                                   # [T, B, E]
-        else:
-            if x.ndim == 2:
-                x = x[:, :, None]
-            if x.ndim != 3:
-                raise ValueError(f"x must be [B, T, F], got shape {x.shape}")
-            e = np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.rnn.dtype)  # [T, B, F]
-        return self._encode_rest(e, lengths, T_in,
-                                 lambda h_n, D: np.concatenate(list(h_n[-D:]), axis=1))
+            from .encoder_device import device_ops
+            return device_ops()
+        return _HOST_OPS
 
-    def _encode_rest(self, e, lengths, T_in, pool_last):
-        """:meth:`_encode` from the recurrent layers on, host or device:
-        ``e [T, B, F]``; ``pool_last(h_n, D)`` -> the top ``D`` rows of
-        ``h_n`` side by side ``[B, D*H]``."""
-        T, B = e.shape[:2]
-        y, state = self.rnn(e, None, lengths)                     # [T, B, D*H]
-        h_n = state[0] if isinstance(state, tuple) else state      # [L*D, B, H]
-        if self.pooling == "attention":
-            pooled = self.attn(y, lengths)                         # [B, D*H]
-        else:
-            pooled = pool_last(h_n, self.rnn.num_directions)       # [B, D*H]
-        self._shape = (T, B, y.shape[2], tuple(h_n.shape))
-        self._T_in = T_in                                          # x's length before trimming
-        return self.head(self.drop(pooled))
-
-    def _encode_device(self, x, lengths):
-        """:meth:`_encode` for a model on the GPU: a host batch is cut to its
-        longest sequence and copied over once (a device batch is taken as it is)."""
-        k = _device.kernels()
-        on_dev = _device.on_device(x)
-        if not on_dev:
-            x = np.asarray(x)
+    def _encode(self, x, lengths):
+        """The pooled and projected batch ``[B, out_features]``, host or
+        device: on the GPU a host batch is cut to its longest sequence and
+        copied over once (a device batch is taken as it is)."""
+        ops = self._array_ops()
+        x = ops.batch(x)
         shape = tuple(x.shape)
         T_in = shape[1] if len(shape) >= 2 else None
         if lengths is not None:
-            lengths = _device.to_host(lengths)
+            # integers in [1, T] only: floats are not truncated, bools not taken as 1
+            lengths = ops.lengths(lengths)
             lengths = (_validate.lengths(lengths, shape[1], shape[0]) if len(shape) >= 2
                        else np.asarray(lengths))
             if self._trim and len(shape) >= 2 and lengths.size and 1 <= lengths.max() < shape[1]:
+                # run only to the batch's longest sequence: the steps after it
+                # change nothing (outputs zero, states untouched, no gradient)
                 x = x[:, :int(lengths.max())]
                 shape = tuple(x.shape)
         if self.embed is not None:
             if len(shape) != 2:
                 raise ValueError(f"x must be token ids [B, T], got shape {shape}")
-            e = self.embed(k.swap01(x) if on_dev else x.T)            # [T, B, E]
+            e = self.embed(ops.ids_time_major(x))                  # [T, B, E]
         else:
             if len(shape) == 2:
-                x = x[:, :, None] if not on_dev else k.contiguous(x).reshape(shape + (1,))
-                shape = shape + (1,)
+                x, shape = ops.feature_axis(x), shape + (1,)
             if len(shape) != 3:
                 raise ValueError(f"x must be [B, T, F], got shape {shape}")
-            if on_dev:
-                if np.dtype(x.dtype) != self.rnn.dtype:
-                    raise TypeError(f"x must have dtype {self.rnn.dtype} like the model, got "
-                                    f"{np.dtype(x.dtype)}")
-                e = k.swap01(x)                                          # [T, B, F]
-            else:
-                e = k.to_device(np.ascontiguousarray(x.transpose(1, 0, 2), dtype=self.rnn.dtype))
-        return self._encode_rest(e, lengths, T_in, k.pool_last)
-
-    def _backward_encode_device(self, dout, retain_graph):
-        k = _device.kernels()
-        dpooled = self.drop.backward(self.head.backward(dout))     # [B, D*H]
-        T, B, W, sshape = self._shape
+            e = ops.time_major(x, self.rnn.dtype)                  # [T, B, F]
+        T, B = e.shape[:2]
+        y, state = self.rnn(e, None, lengths)                      # [T, B, D*H]
+        h_n = state[0] if isinstance(state, tuple) else state      # [L*D, B, H]
         if self.pooling == "attention":
-            dy, dstate = self.attn.backward(dpooled), None
+            pooled = self.attn(y, lengths)                         # [B, D*H]
         else:
-            dy = k.zeros((T, B, W), self.rnn.dtype)
-            dh = k.unpool_last(dpooled, sshape, self.rnn.num_directions)
-            dstate = (dh, None) if self.rnn.cell.has_cell else dh
-        dx, _ = self.rnn.backward(dy, dstate, retain_graph=retain_graph)
-        if self.embed is not None:
-            self.embed.backward(dx)
-            return None
-        T_in = getattr(self, "_T_in", T)
-        return k.swap01(dx, T_in)                                  # [B, T_in, F], zero-padded
+            pooled = ops.pool_last(h_n, self.rnn.num_directions)   # [B, D*H]
+        self._shape = (T, B, y.shape[2], tuple(h_n.shape))
+        self._T_in = T_in                                          # x's length before trimming
+        return self.head(self.drop(pooled))
 
     def _backward_encode(self, dout, retain_graph=False):
-        if self.device == "cuda":
-            return self._backward_encode_device(dout, retain_graph)
+        """Back-propagate ``dout [B, out_features]`` of the last
+        :meth:`_encode`; returns dL/dx ``[B, T, F]`` (zero over trimmed
+        steps), or ``None`` for token ids."""
+        ops = self._array_ops()
         dpooled = self.drop.backward(self.head.backward(dout))     # [B, D*H]
         T, B, W, sshape = self._shape
         dt = self.rnn.dtype
         if self.pooling == "attention":
-            dy = self.attn.backward(dpooled).astype(dt, copy=False)
+            dy = ops.cast(self.attn.backward(dpooled), dt)
             dstate = None
         else:
-            dy = np.zeros((T, B, W), dt)
-            dh = np.zeros(sshape, dt)
-            D, H = self.rnn.num_directions, self.rnn.hidden_size
-            for d in range(D):
-                dh[sshape[0] - D + d] = dpooled[:, d * H:(d + 1) * H]
+            dy = ops.zeros((T, B, W), dt)
+            dh = ops.unpool_last(dpooled, sshape, self.rnn.num_directions, dt)
             dstate = (dh, None) if self.rnn.cell.has_cell else dh
         dx, _ = self.rnn.backward(dy, dstate, retain_graph=retain_graph)
         if self.embed is not None:
             self.embed.backward(dx)
             return None
-        dx = dx.transpose(1, 0, 2)                                 # [B, T, F]
-        T_in = getattr(self, "_T_in", T)
-        if T_in is not None and T_in > T:                          # steps trimmed in _encode
-            dx = np.concatenate([dx, np.zeros((B, T_in - T, dx.shape[2]), dx.dtype)], axis=1)
-        return dx
+        return ops.batch_major(dx, getattr(self, "_T_in", T))     # [B, T_in, F]
 
     @staticmethod
     def _unpack(batch):

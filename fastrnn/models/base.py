@@ -255,12 +255,9 @@ def _short(seq, n=6):
     return repr(seq) if len(seq) <= n else repr(seq[:n])[:-1] + f", ... ({len(seq)} in all)]"
 
 
-#: the model table: class name (as a file's header records it) -> class; each
-#: model module adds its class with :func:`_register` as it is imported
-_MODELS = {}
-
-
-def _register(cls):
-    """Class decorator: enter a model class in :data:`_MODELS` under its name."""
-    _MODELS[cls.__name__] = cls
-    return cls
+#: the model table: class name (as a file's header records it) -> class. It is
+#: :data:`fastrnn.checkpoint.MODELS`, which reads files against it without
+#: importing the models; each model module enters its class with
+#: :func:`_register` as it is imported.
+_MODELS = _ckpt.MODELS
+_register = _ckpt.register_model

@@ -40,11 +40,25 @@ import uuid
 
 import numpy as np
 
-__all__ = ["CheckpointError", "FORMAT", "atomic_savez", "save_model", "save_trainer",
-           "read_npz", "read_json_entry", "read_model", "check_state_dict", "resume_trainer"]
+__all__ = ["CheckpointError", "FORMAT", "MODELS", "register_model", "atomic_savez", "save_model",
+           "save_trainer", "read_npz", "read_json_entry", "read_model", "check_state_dict",
+           "resume_trainer"]
 
 #: the ``format`` field of the JSON header of every fastrnn model file
 FORMAT = "fastrnn-model/1"
+
+
+#: the model classes a file may hold, by the name its header records
+#: (``"SequenceClassifier"``...): the model modules of :mod:`fastrnn.models`
+#: enter theirs with :func:`register_model` as they are imported, so this
+#: module imports none of them
+MODELS = {}
+
+
+def register_model(cls):
+    """Class decorator: enter a model class in :data:`MODELS` under its name."""
+    MODELS[cls.__name__] = cls
+    return cls
 
 
 class CheckpointError(ValueError):
@@ -402,9 +416,8 @@ def resume_trainer(trainer, path):
     check everything, then write (see the module docstring). An epoch left
     open by ``fit(steps=...)`` comes back open (with the language model's
     carried state), kept-aside trained parameters come back kept aside."""
-    from .models import _MODELS
     model, opt = trainer.model, trainer.optimizer
-    path, header, params, arrays = read_model(path, _MODELS, what="training checkpoint")
+    path, header, params, arrays = read_model(path, MODELS, what="training checkpoint")
     if "__trainer__" not in arrays:
         raise CheckpointError(f"{path!r} is a model file, not a training checkpoint "
                               "(no trainer state): load it with fastrnn.load_model")

@@ -379,3 +379,23 @@ def test_sample_text_prime_refuses_unknown_characters():
     with pytest.raises(ValueError, match=r"never saw: 'x', 'z'") as info:
         lm.sample(3, "abzx z")
     assert "'a'" not in str(info.value)
+
+
+def test_model_classes_pickle_and_load_under_fastrnn_models():
+    """The classes live in fastrnn.models' modules but keep the module path
+    users import them from, which pickles record (and pickles made before the
+    package split hold); saved files name them through the checkpoint's table."""
+    import pickle
+
+    from fastrnn import checkpoint
+    assert checkpoint.MODELS == {c.__name__: c for c in
+                                 (LanguageModel, SequenceClassifier, SequenceRegressor)}
+    for cls in checkpoint.MODELS.values():
+        assert cls.__module__ == "fastrnn.models"
+    reg = SequenceRegressor(2, hidden_size=3, seed=0)
+    data = pickle.dumps(reg)
+    assert b"fastrnn.models.regressor" not in data
+    again = pickle.loads(data)
+    assert type(again) is SequenceRegressor
+    for k, v in reg.params.items():
+        np.testing.assert_array_equal(again.params[k], v)

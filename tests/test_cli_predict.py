@@ -1,4 +1,4 @@
-"""Issue 10: from trained to used. ``fastrnn predict`` / ``evaluate``, CSV
+"""From trained to used: ``fastrnn predict`` / ``evaluate``, CSV
 input that cannot be misread, forecasting with --column / --difference,
 history and plots, CLI conventions (--version, --threads, defaults in
 --help, quiet broken pipes, the whole CUDA reason in ``info``)."""

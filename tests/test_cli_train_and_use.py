@@ -1,5 +1,5 @@
-"""Issue 25: nothing silently wrong on the command line. Each case that gave a
-wrong answer with exit status 0 is now an error or a documented right answer:
+"""Nothing silently wrong on the command line: each of these cases is an
+error or a documented right answer, never a wrong answer with exit status 0:
 an empty cell, swapped or renamed columns, a shuffled pandas index, the units
 of a language model's history, why training stopped, what evaluate scored."""
 import json

@@ -1,4 +1,4 @@
-"""Issue 10, item 1: models carry their preprocessing and labels."""
+"""Models carry their preprocessing (input and target scalers) and their labels."""
 import numpy as np
 import pytest
 

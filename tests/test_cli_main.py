@@ -1,4 +1,4 @@
-"""Issue 11, item 9: every user error of the ``fastrnn`` command is one
+"""Every user error of the ``fastrnn`` command is one
 ``fastrnn: error:`` line and exit status 2, never a traceback; and valid data
 that used to crash or print nonsense (a constant series, a huge value, text
 labels without a header) works or is refused clearly."""

@@ -13,14 +13,16 @@ from .dispatch import get_backend, is_device_array
 
 
 def on_device(a) -> bool:
-    """True for a GPU array (numba device array, or ``__cuda_array_interface__``)."""
-    return a is not None and not isinstance(a, np.ndarray) and is_device_array(a)
+    """True for a GPU array (numba device array, or ``__cuda_array_interface__``):
+    :func:`fastrnn.contract.is_device_array`, which is False for None and ndarrays."""
+    return is_device_array(a)
 
 
 def kernels():
-    """:mod:`fastrnn.kernels.cuda_blocks`, after checking that the CUDA backend can run
-    (a GPU or the simulator): raises :class:`fastrnn.dispatch.BackendUnavailable`
-    with the reason otherwise."""
+    """:mod:`fastrnn.kernels.cuda_blocks` (the device side of the blocks, losses,
+    optimizers and array helpers, as one namespace), after checking that the CUDA
+    backend can run (a GPU or the simulator): raises
+    :class:`fastrnn.dispatch.BackendUnavailable` with the reason otherwise."""
     get_backend("cuda")
     from .kernels import cuda_blocks
     return cuda_blocks

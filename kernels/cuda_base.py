@@ -1,6 +1,11 @@
 """What every CUDA module of the backend shares: the ``numba.cuda`` import, the
-launch settings, the simulator's stand-ins, and device arrays (copies, fills,
-per-thread workspaces, shared constants).
+launch settings and the launch sizes derived from them (``_grid``, ``_pow2``),
+the simulator's stand-ins, and device arrays (allocation, copies, the one fill
+kernel, per-thread workspaces, shared constants).
+
+It imports without numba-cuda (the kernels are then not defined), so the
+backend can say why it is unavailable; the array helpers that take any device
+array (views, host copies, strided copies) are in :mod:`fastrnn.kernels.cuda_ops`.
 
 :mod:`fastrnn.kernels.cuda` re-exports the public names (``settings``,
 ``configure``, ``clear_workspaces``...); see its docstring for the strategies
@@ -149,6 +154,24 @@ if SIMULATOR:
         _FakeCUDAModule.shfl_down_sync = _sim_shfl_down_sync
 
 
+# --------------------------------------------------------------------------- launch sizes
+def _tpb():
+    """Threads per block of the one-thread-per-element kernels (``settings.threads``)."""
+    return max(1, int(settings.threads))
+
+
+def _pow2():
+    """Threads per block of the reduction kernels: a power of two <= settings.threads."""
+    n = _tpb()
+    return 1 << (n.bit_length() - 1)
+
+
+def _grid(n, tpb=None):
+    """``(blocks, threads)`` of a launch with one thread per element of ``n``."""
+    tpb = tpb or _tpb()
+    return max(1, (n + tpb - 1) // tpb), tpb
+
+
 # --------------------------------------------------------------------------- arrays
 if cuda is not None:
     @cuda.jit
@@ -173,6 +196,7 @@ def _dev(a):
 
 
 def _empty(shape, dtype):
+    """An uninitialised device array."""
     return cuda.device_array(shape, dtype=dtype)
 
 
@@ -182,13 +206,17 @@ def _copy(a):
     return out
 
 
-def _zeros(shape, dtype):
-    out = cuda.device_array(shape, dtype=dtype)
-    n = int(np.prod(shape))
+def _fill(a, value):
+    """Set every element of the C-contiguous device array ``a`` to ``value``; returns ``a``."""
+    n = a.size
     if n:
-        tpb = settings.threads
-        _fill_kernel[(n + tpb - 1) // tpb, tpb](out.reshape(n), 0)
-    return out
+        _fill_kernel[_grid(n)](a.reshape(n), value)
+    return a
+
+
+def _zeros(shape, dtype):
+    """A device array of zeros (filled on the device: no host copy)."""
+    return _fill(_empty(shape, dtype), 0)
 
 
 def _device_key():

@@ -47,7 +47,7 @@ _OPTS = dict(cache=True, error_model="numpy", nogil=True)
 # of one element: its parameter, gradient and state values in, their new
 # values out. The same source is compiled twice: ``njit(inline="always")``
 # into the host loops below and ``cuda.jit(device=True)`` into the device
-# kernels of :mod:`fastrnn.kernels.cuda_blocks` (one thread per element).
+# kernels of :mod:`fastrnn.kernels.cuda_optim` (one thread per element).
 # Only ``math`` functions appear, which both targets compile (``math.sqrt`` of
 # a float32 is a float32 on both). Scalars in and out, not arrays and an
 # index: LLVM vectorises the host loop around a scalar function (8 lanes of

@@ -25,7 +25,6 @@ if not cuda.is_available():
 from fastrnn import blocks, optim  # noqa: E402
 from fastrnn.data import ArrayBatches, LMBatches  # noqa: E402
 from fastrnn.kernels import cuda as kc  # noqa: E402
-from fastrnn.kernels import cuda_ops  # noqa: E402
 from fastrnn.models import (LanguageModel, SequenceClassifier, SequenceRegressor,  # noqa: E402
                             load_model)
 from fastrnn.train import Trainer  # noqa: E402
@@ -40,11 +39,8 @@ DTYPES = [np.float32, np.float64]
 
 @pytest.fixture(autouse=True, scope="module")
 def small_launches():
-    old = cuda_ops.THREADS
-    cuda_ops.THREADS = 8
     with kc.configure(**SMALL):
         yield
-    cuda_ops.THREADS = old
 
 
 def dev(a):
@@ -260,9 +256,9 @@ def test_optimizer_on_device_matches_host(cls, kw, dtype):
 def test_optimizer_formulas_have_one_source():
     """The device kernels compile the host's scalar formulas
     (kernels/training.py) as device functions: one source, no copies."""
-    from fastrnn.kernels import cuda_blocks, training
+    from fastrnn.kernels import cuda_optim, training
     for name in ("sgd_step", "adam_step", "rmsprop_step", "adagrad_step"):
-        assert getattr(cuda_blocks, "_" + name).py_func is getattr(training, name), name
+        assert getattr(cuda_optim, "_" + name).py_func is getattr(training, name), name
 
 
 @pytest.mark.parametrize("norm_type", [2.0, math.inf, 3.0])

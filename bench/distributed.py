@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-#: the demo's model and step (fastrnn/cli.py: cmd_demo)
+#: the demo's model and step (fastrnn/cli/demo.py: cmd_demo)
 DEMO = {"embed": 32, "hidden": 128, "batch": 32, "bptt": 64, "lr": 2e-2, "clip": 1.0}
 
 

@@ -89,6 +89,7 @@ import numpy as np
 from . import _validate, dispatch
 from .cells import CELLS
 from .contract import Weights, is_device_array
+from .ops import device_ops as _device_ops
 
 __all__ = ["rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
            "peephole_lstm", "peephole_lstm_backward", "Context", "BackwardError"]
@@ -288,11 +289,6 @@ class Context:
         T, B, I, H = self._dims
         state = "used" if self._cache is None else "ready"
         return f"<fastrnn.functional.Context {self.cell.name} T={T} B={B} I={I} H={H} {state}>"
-
-
-def _device_ops():
-    from .kernels.cuda_ops import DeviceOps
-    return DeviceOps()
 
 
 def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch_first,

@@ -373,9 +373,11 @@ class _RecurrentLayer:
             out = prepared.eval_forward(self, x, h0, c0, lengths, T, B)
             if out is not None:
                 return out
-        # looked up when ``backend`` was set; "auto" depends on where x lives
-        be = self._backend or dispatch.get_backend(dispatch.resolve_backend("auto", x))
         ops, H, D = self._ops, self.hidden_size, self.num_directions
+        # looked up when ``backend`` was set; "auto" depends on where x lives,
+        # which the check above made the parameters' side (a host x: nothing to ask)
+        be = self._backend or dispatch.get_backend(
+            dispatch.resolve_backend("auto", x if ops.on_device else None))
         inp = ops.contiguous3(x, swap=self.batch_first)                   # [T, B, I]
         if self.training and not ops.on_device:
             # backward reads the inputs saved here: keep private copies, so that the

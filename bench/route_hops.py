@@ -1,10 +1,11 @@
 """The route of a layer's input through fastrnn: which modules ``x`` enters
 between the layer and the compiled kernels, and which it enters twice.
 
-    python bench/route_hops.py [--cell lstm] [--eval] [--dtype float32]
+    python bench/route_hops.py [--cell lstm] [--eval] [--dtype float32] [--functional]
 
-Runs ``fastrnn.LSTM(16, 32)(x)`` (``--cell``: any layer of the registry) on
-``x`` ``(20, 4, 16)`` once to compile, then again under ``sys.setprofile``.
+Runs ``fastrnn.LSTM(16, 32)(x)`` (``--cell``: any layer of the registry;
+``--functional``: ``fastrnn.functional.lstm`` and the others) on ``x``
+``(20, 4, 16)`` once to compile, then again under ``sys.setprofile``.
 Every Python call whose frame's locals hold ``x`` (the very object, a view of
 it, or a copy or cast of it: an array of its values) is recorded with its
 module; a call whose caller is in another module is a *hop* into the callee's
@@ -96,30 +97,27 @@ class _Tracer:
             self.walk.append(module)
 
 
-def route(cell="lstm", training=True, dtype=np.float32, I=16, H=32, T=20, B=4):
+def route(cell="lstm", training=True, dtype=np.float32, I=16, H=32, T=20, B=4,
+          api="layer"):
     """``(hops, twice, walk)`` of one layer call: ``hops`` the list of ``(caller,
     callee, function)`` module hops (module names without the ``fastrnn.``
     prefix) from the layer's ``forward`` on, ``twice`` the modules hopped into
     more than once, ``walk`` the modules ``x`` passes through, returns included
     (the way issue 24 counted: a module left for a check and returned to
-    appears again)."""
-    import fastrnn
-    from fastrnn.cells import CELLS
-    spec = CELLS[cell]
-    cls, options = spec.layer
-    layer = getattr(fastrnn, cls)(I, H, dtype=dtype, seed=0, **dict(options))
-    layer.train(training)
-    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
-    layer(x)                        # compile and warm up, untraced
+    appears again). ``api="functional"`` traces the functional API's call of
+    the cell (``fastrnn.functional.lstm`` and the others) instead of a layer."""
+    call = _functional_call if api == "functional" else _layer_call
+    run, x, top = call(cell, training, np.dtype(dtype), I, H, T, B)
+    run()                           # compile and warm up, untraced
     tracer = _Tracer(x)
     sys.setprofile(tracer)
     try:
-        layer(x)
+        run()
     finally:
         sys.setprofile(None)
     hops = []
     for caller, callee, fn in tracer.calls:
-        if caller != callee and hops or (not hops and callee == "fastrnn.layers"):
+        if caller != callee and hops or (not hops and callee == top):
             hops.append((_short(caller), _short(callee), fn))
     entered = [callee for _, callee, _ in hops[1:]]
     twice = sorted({m for m in entered if entered.count(m) > 1} | (
@@ -127,16 +125,51 @@ def route(cell="lstm", training=True, dtype=np.float32, I=16, H=32, T=20, B=4):
     return hops, twice, [_short(m) for m in tracer.walk]
 
 
+def _layer_call(cell, training, dtype, I, H, T, B):
+    import fastrnn
+    from fastrnn.cells import CELLS
+    cls, options = CELLS[cell].layer
+    layer = getattr(fastrnn, cls)(I, H, dtype=dtype, seed=0, **dict(options))
+    layer.train(training)
+    x = np.random.default_rng(1).standard_normal((T, B, I)).astype(dtype)
+    return (lambda: layer(x)), x, "fastrnn.layers"
+
+
+def _functional_call(cell, training, dtype, I, H, T, B):
+    from fastrnn import functional as F
+    from fastrnn.cells import CELLS
+    spec = CELLS[cell]
+    rng = np.random.default_rng(1)
+    w = [(rng.standard_normal(s) * 0.3).astype(dtype)
+         for s in ((spec.gates * H, I), (spec.gates * H, H), (spec.gates * H,),
+                   (spec.gates * H,))]
+    x = rng.standard_normal((T, B, I)).astype(dtype)
+    kw = dict(training=training)
+    if spec.family == "rnn":
+        fn, kw["nonlinearity"] = F.rnn, spec.name[len("rnn_"):]
+    elif spec.family == "gru":
+        fn, kw["reset_after"] = F.gru, spec.name == "gru"
+    elif spec.peephole is not None:
+        fn = F.peephole_lstm
+        kw["peephole"] = (rng.standard_normal((3,) + spec.peephole_shape(H)) * 0.3).astype(dtype)
+    else:
+        fn = F.lstm
+    return (lambda: fn(x, *w, **kw)), x, "fastrnn.functional"
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cell", default="lstm", help="a registry cell name (default lstm)")
     p.add_argument("--eval", action="store_true", help="eval mode (default: training)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    p.add_argument("--functional", action="store_true",
+                   help="trace fastrnn.functional's call of the cell instead of a layer")
     a = p.parse_args(argv)
-    hops, twice, walk = route(a.cell, not a.eval, np.dtype(a.dtype))
+    api = "functional" if a.functional else "layer"
+    hops, twice, walk = route(a.cell, not a.eval, np.dtype(a.dtype), api=api)
     mode = "eval" if a.eval else "training"
     print(f"{a.cell} {mode} {a.dtype}: x (20, 4, 16), hidden 32, host, backend 'auto'")
-    print(f"  {hops[0][1]}  {hops[0][2]}  (the layer)")
+    print(f"  {hops[0][1]}  {hops[0][2]}  (the {api} API)")
     for caller, callee, fn in hops[1:]:
         print(f"  {caller} -> {callee}  {fn}")
     print(f"hops: {len(hops) - 1}")

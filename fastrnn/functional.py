@@ -197,7 +197,7 @@ def _layout(weight_layout):
 def _host_array(name, a, dims=None):
     if a is None or isinstance(a, (str, bytes, dict)):
         raise TypeError(f"{name} must be a float32 or float64 array, got {type(a).__name__}")
-    if is_device_array(a):
+    if not isinstance(a, np.ndarray) and is_device_array(a):
         raise TypeError(f"{name} is a device array but x is a host array: pass both on the "
                         "same side")
     a = np.asarray(a)
@@ -297,7 +297,8 @@ def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch
     batch_first = _validate.boolean("batch_first", batch_first)
     training = _validate.boolean("training", training)
     reverse = _validate.boolean("reverse", reverse)
-    name = dispatch.resolve_backend(backend, x)
+    # "auto" asks where x lives; a host ndarray needs no question
+    name = dispatch.resolve_backend(backend, None if isinstance(x, np.ndarray) else x)
     in_out = _layout(weight_layout)
     src = None if cell.family == "rnn" else _gate_perm(gate_order, cell.family)
     G = cell.gates

@@ -241,7 +241,7 @@ def dropout_rate(name, value):
 def layer_array(name, a, dtype, ops):
     """``a`` on the layer's side (host or GPU, as ``ops.on_device``) and of its
     ``dtype``; returns it as an array (``ops.asarray``, no copy). TypeError otherwise."""
-    on_gpu = is_device_array(a)
+    on_gpu = not isinstance(a, np.ndarray) and is_device_array(a)   # a host array: no question
     if ops.on_device and not on_gpu:
         raise TypeError(f"{name} is a host array but this layer lives on the GPU: pass a device "
                         "array (e.g. numba.cuda.to_device(x)), or move the layer with layer.to('cpu')")

@@ -35,8 +35,6 @@ class CellSpec:
         when a second product needs the first one's result (GRU reset-before:
         ``U_n (r * h)``; full peephole: ``P_o c'``). The backends' time loops
         come in these two skeletons.
-    saved : ``H``-wide activation blocks the CUDA backend saves per step and
-        batch row for the backward pass.
     layer : ``(class name in fastrnn.layers, constructor keywords)`` that builds
         a layer of this cell.
     torch : ``(torch.nn class name, constructor keywords)`` of the PyTorch twin,
@@ -51,7 +49,6 @@ class CellSpec:
     has_cell: bool = False
     peephole: str | None = None
     products: int = 1
-    saved: int = 1
     layer: tuple = ()
     torch: tuple | None = None
     aliases: tuple = ()
@@ -79,30 +76,30 @@ _LSTM_GATES = ("i", "f", "g", "o")
 
 CELLS = {
     # h' = tanh(W x + b_ih + U h + b_hh)
-    "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), "rnn", saved=1,
+    "rnn_tanh": CellSpec("rnn_tanh", 1, ("h",), "rnn",
                          layer=("RNN", (("nonlinearity", "tanh"),)),
                          torch=("RNN", (("nonlinearity", "tanh"),)), aliases=("rnn",)),
     # h' = relu(W x + b_ih + U h + b_hh)
-    "rnn_relu": CellSpec("rnn_relu", 1, ("h",), "rnn", saved=1,
+    "rnn_relu": CellSpec("rnn_relu", 1, ("h",), "rnn",
                          layer=("RNN", (("nonlinearity", "relu"),)),
                          torch=("RNN", (("nonlinearity", "relu"),))),
     # i,f,g,o = σ,σ,tanh,σ(W x + b_ih + U h + b_hh); c' = f c + i g; h' = o tanh(c')
-    "lstm": CellSpec("lstm", 4, _LSTM_GATES, "lstm", has_cell=True, saved=5,
+    "lstm": CellSpec("lstm", 4, _LSTM_GATES, "lstm", has_cell=True,
                      layer=("LSTM", ()), torch=("LSTM", ())),
     # reset_after=True (PyTorch, cuDNN): n = tanh(W_n x + b_in + r ⊙ (U_n h + b_hn))
-    "gru": CellSpec("gru", 3, ("r", "z", "n"), "gru", saved=4,
+    "gru": CellSpec("gru", 3, ("r", "z", "n"), "gru",
                     layer=("GRU", (("reset_after", True),)), torch=("GRU", ())),
     # reset_after=False (Cho et al. 2014): n = tanh(W_n x + b_in + U_n (r ⊙ h) + b_hn)
     "gru_reset_before": CellSpec("gru_reset_before", 3, ("r", "z", "n"), "gru",
-                                 products=2, saved=4,
+                                 products=2,
                                  layer=("GRU", (("reset_after", False),))),
     # LSTM whose i, f gates see c and whose o gate sees c' through p_i, p_f, p_o
     "peephole_diagonal": CellSpec("peephole_diagonal", 4, _LSTM_GATES, "lstm",
-                                  has_cell=True, peephole="diagonal", saved=6,
+                                  has_cell=True, peephole="diagonal",
                                   layer=("PeepholeLSTM", (("peephole", "diagonal"),)),
                                   aliases=("peephole", "peephole_lstm")),
     "peephole_full": CellSpec("peephole_full", 4, _LSTM_GATES, "lstm", has_cell=True,
-                              peephole="full", products=2, saved=6,
+                              peephole="full", products=2,
                               layer=("PeepholeLSTM", (("peephole", "full"),))),
 }
 

@@ -89,6 +89,7 @@ import numpy as np
 from . import _validate, dispatch
 from .cells import CELLS
 from .contract import Weights, is_device_array
+from .ops import device_ops as _device_ops
 
 __all__ = ["rnn", "rnn_backward", "lstm", "lstm_backward", "gru", "gru_backward",
            "peephole_lstm", "peephole_lstm_backward", "Context", "BackwardError"]
@@ -196,7 +197,7 @@ def _layout(weight_layout):
 def _host_array(name, a, dims=None):
     if a is None or isinstance(a, (str, bytes, dict)):
         raise TypeError(f"{name} must be a float32 or float64 array, got {type(a).__name__}")
-    if is_device_array(a):
+    if not isinstance(a, np.ndarray) and is_device_array(a):
         raise TypeError(f"{name} is a device array but x is a host array: pass both on the "
                         "same side")
     a = np.asarray(a)
@@ -290,18 +291,14 @@ class Context:
         return f"<fastrnn.functional.Context {self.cell.name} T={T} B={B} I={I} H={H} {state}>"
 
 
-def _device_ops():
-    from .kernels.cuda_ops import DeviceOps
-    return DeviceOps()
-
-
 def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch_first,
              gate_order, weight_layout, training, reverse, backend):
     """The public forward of every cell: check, convert, run, wrap."""
     batch_first = _validate.boolean("batch_first", batch_first)
     training = _validate.boolean("training", training)
     reverse = _validate.boolean("reverse", reverse)
-    name = dispatch.resolve_backend(backend, x)
+    # "auto" asks where x lives; a host ndarray needs no question
+    name = dispatch.resolve_backend(backend, None if isinstance(x, np.ndarray) else x)
     in_out = _layout(weight_layout)
     src = None if cell.family == "rnn" else _gate_perm(gate_order, cell.family)
     G = cell.gates

@@ -24,6 +24,8 @@ from .cells import CELLS, PEEPHOLE_GATES
 from .contract import Weights
 from .functional import BackwardError, _backward_core, _forward_core
 from .init import check_init, recurrent_params
+from .ops import HostOps
+from .ops import device_ops as _device_ops
 
 if TYPE_CHECKING:                  # annotations only (no runtime cost)
     from numpy.typing import ArrayLike, DTypeLike
@@ -50,57 +52,6 @@ def layer_cell(layer, **options):
             raise ValueError(f"{name} must be " + " or ".join(map(repr, known))
                              + f", got {value!r}")
     raise ValueError(f"no cell is registered for {layer}({options})")
-
-
-class HostOps:
-    """The array operations a layer needs between kernel calls, on host arrays.
-
-    :class:`fastrnn.kernels.cuda_ops.DeviceOps` implements the same methods for
-    GPU arrays, so the layer code below is written once for both.
-    """
-
-    on_device = False
-
-    asarray = staticmethod(np.asarray)
-    from_host = staticmethod(np.ascontiguousarray)
-    zeros = staticmethod(np.zeros)
-    empty = staticmethod(np.empty)
-    stack0 = staticmethod(np.stack)
-    add = staticmethod(np.add)
-    mul = staticmethod(np.multiply)
-
-    @staticmethod
-    def to_host(a):
-        return np.array(a, copy=True)
-
-    @staticmethod
-    def contiguous3(a, swap=False):
-        return np.ascontiguousarray(a.transpose(1, 0, 2) if swap else a)
-
-    @staticmethod
-    def concat_last(parts):
-        return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=2)
-
-    @staticmethod
-    def take_last(a, lo, hi):
-        return np.ascontiguousarray(a[:, :, lo:hi])
-
-    @staticmethod
-    def iadd(a, b):
-        a += b
-
-    @staticmethod
-    def fill0(a):
-        a[...] = 0
-
-    @staticmethod
-    def set_index0(dst, i, src):
-        dst[i] = src
-
-
-def _device_ops():
-    from .kernels.cuda_ops import DeviceOps
-    return DeviceOps()
 
 
 class _RecurrentLayer:
@@ -422,9 +373,11 @@ class _RecurrentLayer:
             out = prepared.eval_forward(self, x, h0, c0, lengths, T, B)
             if out is not None:
                 return out
-        # looked up when ``backend`` was set; "auto" depends on where x lives
-        be = self._backend or dispatch.get_backend(dispatch.resolve_backend("auto", x))
         ops, H, D = self._ops, self.hidden_size, self.num_directions
+        # looked up when ``backend`` was set; "auto" depends on where x lives,
+        # which the check above made the parameters' side (a host x: nothing to ask)
+        be = self._backend or dispatch.get_backend(
+            dispatch.resolve_backend("auto", x if ops.on_device else None))
         inp = ops.contiguous3(x, swap=self.batch_first)                   # [T, B, I]
         if self.training and not ops.on_device:
             # backward reads the inputs saved here: keep private copies, so that the

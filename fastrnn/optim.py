@@ -40,13 +40,28 @@ import numpy as np
 
 from . import _device, _validate
 from . import prepared as _prepared
-from .blocks import _kernels
 
 __all__ = [
     "Optimizer", "SGD", "Adam", "AdamW", "RMSprop", "Adagrad",
     "clip_grad_value", "clip_grad_norm", "global_norm",
     "InverseTimeDecay", "StepDecay", "CosineDecay", "WarmUp", "get_optimizer",
 ]
+
+_TRAINING = None
+
+
+def _kernels():
+    """:mod:`fastrnn.kernels.training` (the compiled updates and the gradient
+    norm), imported on first use, or None where Numba cannot load: the NumPy
+    formulas of the ``_update`` methods run instead."""
+    global _TRAINING
+    if _TRAINING is None:
+        try:
+            from .kernels import training
+        except ImportError:                 # pragma: no cover - depends on the install
+            training = False
+        _TRAINING = training
+    return _TRAINING or None
 
 
 class Optimizer:

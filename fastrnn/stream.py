@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .ops import HostOps
+
 __all__ = ["Stream", "ModelStream", "stream_weights", "available"]
 
 
@@ -234,7 +236,6 @@ class Stream:
     @state.setter
     def state(self, value):
         from . import _validate
-        from .layers import HostOps
         if value is None:
             self.reset()
             return

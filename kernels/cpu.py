@@ -10,8 +10,11 @@ float32 and float64::
 
 Notation: ``T`` steps, ``B`` batch, ``I`` inputs, ``H`` hidden, ``G`` gates.
 
-This module is the contract and the one routing table (:func:`route`); the
-work is done by:
+This module is the contract and the one routing table: :func:`route` (and
+:func:`route_bf16`) names the kernels a call runs, :data:`ROUTES` maps that
+name to their forward and backward, and a training cache carries its route's
+backward, so a call is checked once (the contract's ``check_forward``) and
+routed once. The work is done by:
 
 - the packed-weight kernels (no BLAS call inside the time loop, padded steps
   skipped, the caller plus a pool of workers, :mod:`~fastrnn.kernels.plan`): the LSTM and diagonal
@@ -39,6 +42,7 @@ binding and the thread cap are in :mod:`~fastrnn.kernels.blas`.
 from __future__ import annotations
 
 import warnings
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -55,7 +59,8 @@ from fastrnn.kernels.cpu_settings import configure, settings
 _heap.tune()
 
 __all__ = ["forward", "backward", "available", "describe", "describe_bf16", "set_num_threads",
-           "get_num_threads", "matmul", "route", "route_bf16", "settings", "configure"]
+           "get_num_threads", "matmul", "route", "route_bf16", "ROUTES", "Route", "settings",
+           "configure"]
 
 if NUMBA_ERROR is None and BLAS_PATH is not None:
     from fastrnn.kernels import loops_driver
@@ -206,43 +211,75 @@ def _check_cell(cell):
         raise ValueError(f"the cpu backend has no kernel for cell {cell.name!r}")
 
 
-def _checked(cell, x, h0, c0, weights, lengths):
-    """The lengths as int64 (all ``T`` when None) after the backend's own cheap
-    guard against an out-of-bounds write in the compiled loops (the layers
-    check their arguments before; other dtypes and layouts are converted, so
-    the check is not strict)."""
-    if x.ndim != 3:
-        raise ValueError(f"x must be [T, B, I], got shape {x.shape}")
-    T, B, _ = x.shape
-    lens = (np.full(B, T, np.int64) if lengths is None
-            else np.ascontiguousarray(lengths, dtype=np.int64))
-    check_forward(cell, x, h0, c0, weights, lens if lengths is not None else None)
-    return lens
+class Route(NamedTuple):
+    """One row of the routing table (:data:`ROUTES`): the kernels a call runs.
+
+    forward : ``(cell, x, h0, c0, weights, lens, reverse, training) -> (y, h_n,
+        c_n, cache)`` with ``x`` C-contiguous and ``lens`` int64 ``[B]``, both
+        checked; ``cache`` None unless training.
+    backward : ``(cell, cache, dy, dh_n, dc_n) -> (dx, dh0, dc0, Weights)``, set
+        on the cache the forward returns (``cache.backward``), so that the
+        backward of a call runs the kernels its forward ran.
+    """
+
+    forward: Callable
+    backward: Callable
 
 
 def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True,
             compute_dtype=None):
     """Run one layer in one direction over the whole sequence (see module doc);
-    ``compute_dtype="bfloat16"`` runs a float32 layer in the bfloat16 compute mode."""
+    ``compute_dtype="bfloat16"`` runs a float32 layer in the bfloat16 compute mode.
+
+    The arguments are checked once, by the contract's :func:`check_forward`;
+    the kernels are chosen once, by :func:`route` (:func:`route_bf16` in the
+    bfloat16 mode), from :data:`ROUTES`."""
     _check_cell(cell)
-    if compute_dtype is not None and check_compute_dtype(compute_dtype) is not None:
-        return _forward_bf16(cell, x, h0, c0, weights, lengths, reverse, training)
+    bf16 = compute_dtype is not None and check_compute_dtype(compute_dtype) is not None
+    if bf16:        # the mode's own refusal comes first, naming compute_dtype
+        x = np.ascontiguousarray(x)
+        if x.dtype != np.float32:
+            raise ValueError(f"compute_dtype='bfloat16' is for float32 layers (float32 "
+                             f"parameters, bfloat16 products); x is {x.dtype}")
+    lens = check_forward(cell, x, h0, c0, weights, lengths)
     x = np.ascontiguousarray(x)
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
-    lens = _checked(cell, x, h0, c0, weights, lengths)
-    reverse, training = bool(reverse), bool(training)
-    kind = route(cell, x.dtype, training)
-    # the packed kernels call no BLAS in the forward pass: no thread setting to manage
-    if kind == "packed":
-        return _forward_packed(cell, x, h0, c0, weights, lens, reverse, training)
-    if kind == "packed_cells":
-        return _forward_packed_cell(cell, x, h0, weights, lens, reverse, training)
-    threads = Threads()
-    try:
-        return loops_driver.forward(cell, x, h0, c0, weights, lens, reverse, training, threads)
-    finally:
-        threads.restore()
+    kind = route_bf16(cell) if bf16 else route(cell, x.dtype, bool(training))
+    if lens is None:
+        lens = np.full(x.shape[1], x.shape[0], np.int64)
+    r = ROUTES[kind]
+    y, h, c, cache = r.forward(cell, x, h0, c0, weights, lens, bool(reverse), bool(training))
+    if cache is not None:
+        cache.backward = r.backward
+    return y, h, c, cache
+
+
+def backward(cell, cache, dy, dh_n, dc_n=None):
+    """Gradients of one layer and direction from a training ``cache`` (run by
+    the backward of the route its forward took: ``cache.backward``)."""
+    if cache is None:
+        raise ValueError("backward needs the cache of a forward run with training=True")
+    _check_cell(cell)
+    return cache.backward(cell, cache, dy, dh_n, dc_n)
+
+
+def _on_threads(run):
+    """The backward of a kernel route: the gradients' shapes checked against
+    the cache, then ``run(cell, cache, dy, dh_n, dc_n, threads)`` with NumPy's
+    BLAS thread count restored after it."""
+    def backward(cell, cache, dy, dh_n, dc_n):
+        T, B, _ = cache.x.shape
+        H = cache.w.w_hh.shape[1]
+        for name, a, exp in (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
+                             ("dc_n", dc_n, (B, H) if cell.has_cell else None)):
+            if exp is not None and np.shape(a) != exp:
+                raise ValueError(f"{name} has shape {np.shape(a)}, expected {exp}")
+        threads = Threads()
+        try:
+            return run(cell, cache, dy, dh_n, dc_n, threads)
+        finally:
+            threads.restore()
+    backward.__qualname__ = backward.__name__ = run.__name__
+    return backward
 
 
 def _packable(a, dtype):
@@ -253,47 +290,21 @@ def _packable(a, dtype):
     return a if a.flags.c_contiguous or a.flags.f_contiguous else np.ascontiguousarray(a)
 
 
-class _ReferenceCache:
-    """A bf16 training cache of the NumPy reference (cells without a bf16 kernel)."""
+# --------------------------------------------------------------------------- the routes
+def _forward_loops(cell, x, h0, c0, weights, lens, reverse, training):
+    threads = Threads()
+    try:
+        return loops_driver.forward(cell, x, h0, c0, weights, lens, reverse, training, threads)
+    finally:
+        threads.restore()
 
-    __slots__ = ("ref",)
 
-    def __init__(self, ref):
-        self.ref = ref
-
-
-def _forward_bf16(cell, x, h0, c0, weights, lengths, reverse, training):
-    x = np.ascontiguousarray(x)
-    if x.dtype != np.float32:
-        raise ValueError(f"compute_dtype='bfloat16' is for float32 layers (float32 "
-                         f"parameters, bfloat16 products); x is {x.dtype}")
-    lens = _checked(cell, x, h0, c0, weights, lengths)
-    reverse, training = bool(reverse), bool(training)
-    kind = route_bf16(cell)
-    if kind == "reference":
-        _warn_once(("cell", cell.name), (
-            f"compute_dtype='bfloat16': the cpu backend has no bf16 kernel for cell "
-            f"{cell.name!r} here; it runs the NumPy reference's bf16 code (correct, "
-            f"no speed gain)"))
-        from fastrnn import reference
-        y, h, c, cache = reference.forward(cell, x, h0, c0, weights, lengths, reverse,
-                                           training, compute_dtype="bfloat16")
-        return y, h, c, (None if cache is None else _ReferenceCache(cache))
-    if kind == "emulated" and settings.bf16_native:
-        _warn_once("cpu", "compute_dtype='bfloat16': this CPU has no AVX512-BF16; the bf16 "
-                          "mode runs with emulated products (same results, no speed gain)")
-    f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
-    peep = None if cell.peephole is None else f(weights.peep)
-    w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
-    y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih, w.b_hh,
-                                           lens, reverse, training, get_num_threads(), peep,
-                                           native=kind != "emulated", amx=kind == "amx")
-    if not training:
-        return y, h, c, None
-    return y, h, c, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)
+def _backward_loops(cell, cache, dy, dh_n, dc_n, threads):
+    return loops_driver.backward(cell, cache, dy, dh_n, dc_n, threads)
 
 
 def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
+    # the packed kernels call no BLAS in the forward pass: no thread setting to manage
     f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     peep = None if cell.peephole is None else f(weights.peep)
     w = Weights(_packable(weights.w_ih, x.dtype), _packable(weights.w_hh, x.dtype),
@@ -305,7 +316,15 @@ def _forward_packed(cell, x, h0, c0, weights, lens, reverse, training):
     return y, h, c, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)
 
 
-def _forward_packed_cell(cell, x, h0, weights, lens, reverse, training):
+def _backward_packed(cell, cache, dy, dh_n, dc_n, threads):
+    dt = cache.x.dtype
+    dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = packed.lstm_backward(
+        cache.saved, dy, np.asarray(dh_n, dt), np.asarray(dc_n, dt), get_num_threads(),
+        threads.use)
+    return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
+
+
+def _forward_packed_cell(cell, x, h0, c0, weights, lens, reverse, training):
     f = lambda a: np.ascontiguousarray(a, dtype=x.dtype)  # noqa: E731
     w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
     if cell.family == "gru":
@@ -320,38 +339,73 @@ def _forward_packed_cell(cell, x, h0, weights, lens, reverse, training):
     return y, h, None, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)
 
 
-def backward(cell, cache, dy, dh_n, dc_n=None):
-    """Gradients of one layer and direction from a training ``cache``."""
-    if cache is None:
-        raise ValueError("backward needs the cache of a forward run with training=True")
-    _check_cell(cell)
-    if isinstance(cache, _ReferenceCache):
-        from fastrnn import reference
-        return reference.backward(cell, cache.ref, dy, dh_n, dc_n)
-    T, B, _ = cache.x.shape
-    H = cache.w.w_hh.shape[1]
-    for name, a, exp in (("dy", dy, (T, B, H)), ("dh_n", dh_n, (B, H)),
-                         ("dc_n", dc_n, (B, H) if cell.has_cell else None)):
-        if exp is not None and np.shape(a) != exp:
-            raise ValueError(f"{name} has shape {np.shape(a)}, expected {exp}")
-    threads = Threads()
-    try:
-        if packed_bf16 is not None and isinstance(cache.saved, packed_bf16.BF16Cache):
-            f32 = np.float32
-            dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = packed_bf16.lstm_backward(
-                cache.saved, dy, np.asarray(dh_n, f32), np.asarray(dc_n, f32),
-                get_num_threads(), threads.use)
-            return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
-        if packed is not None and isinstance(cache.saved, packed.PackedCache):
-            dt = cache.x.dtype
-            dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = packed.lstm_backward(
-                cache.saved, dy, np.asarray(dh_n, dt), np.asarray(dc_n, dt),
-                get_num_threads(), threads.use)
-            return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
-        if packed_cells is not None and isinstance(cache.saved, packed_cells.PackedCellCache):
-            dx, dh0, dw_ih, dw_hh, db_ih, db_hh = packed_cells.backward(
-                cache.saved, dy, dh_n, get_num_threads(), threads.use)
-            return dx, dh0, None, Weights(dw_ih, dw_hh, db_ih, db_hh, None)
-        return loops_driver.backward(cell, cache, dy, dh_n, dc_n, threads)
-    finally:
-        threads.restore()
+def _backward_packed_cell(cell, cache, dy, dh_n, dc_n, threads):
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = packed_cells.backward(
+        cache.saved, dy, dh_n, get_num_threads(), threads.use)
+    return dx, dh0, None, Weights(dw_ih, dw_hh, db_ih, db_hh, None)
+
+
+def _forward_bf16(kind):
+    """The packed bf16 LSTM forward of route ``kind`` (amx, native or emulated)."""
+    def forward(cell, x, h0, c0, weights, lens, reverse, training):
+        if kind == "emulated" and settings.bf16_native:
+            _warn_once("cpu", "compute_dtype='bfloat16': this CPU has no AVX512-BF16; the "
+                              "bf16 mode runs with emulated products (same results, no "
+                              "speed gain)")
+        f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+        peep = None if cell.peephole is None else f(weights.peep)
+        w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
+        y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih,
+                                               w.b_hh, lens, reverse, training,
+                                               get_num_threads(), peep,
+                                               native=kind != "emulated", amx=kind == "amx")
+        if not training:
+            return y, h, c, None
+        return y, h, c, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)
+    forward.__qualname__ = forward.__name__ = f"_forward_bf16_{kind}"
+    return forward
+
+
+def _backward_bf16(cell, cache, dy, dh_n, dc_n, threads):
+    f32 = np.float32
+    dx, dh0, dc0, dw_ih, dw_hh, db, dpeep = packed_bf16.lstm_backward(
+        cache.saved, dy, np.asarray(dh_n, f32), np.asarray(dc_n, f32), get_num_threads(),
+        threads.use)
+    return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
+
+
+class _ReferenceCache:
+    """A bf16 training cache of the NumPy reference (cells without a bf16 kernel)."""
+
+    __slots__ = ("ref", "backward")
+
+    def __init__(self, ref):
+        self.ref = ref
+
+
+def _forward_reference_bf16(cell, x, h0, c0, weights, lens, reverse, training):
+    _warn_once(("cell", cell.name), (
+        f"compute_dtype='bfloat16': the cpu backend has no bf16 kernel for cell "
+        f"{cell.name!r} here; it runs the NumPy reference's bf16 code (correct, "
+        f"no speed gain)"))
+    from fastrnn import reference
+    y, h, c, cache = reference.forward(cell, x, h0, c0, weights, lens, reverse, training,
+                                       compute_dtype="bfloat16")
+    return y, h, c, (None if cache is None else _ReferenceCache(cache))
+
+
+def _backward_reference_bf16(cell, cache, dy, dh_n, dc_n):
+    from fastrnn import reference
+    return reference.backward(cell, cache.ref, dy, dh_n, dc_n)
+
+
+#: route name (:func:`route`, :func:`route_bf16`) -> its forward and backward
+ROUTES = {
+    "loops": Route(_forward_loops, _on_threads(_backward_loops)),
+    "packed": Route(_forward_packed, _on_threads(_backward_packed)),
+    "packed_cells": Route(_forward_packed_cell, _on_threads(_backward_packed_cell)),
+    "amx": Route(_forward_bf16("amx"), _on_threads(_backward_bf16)),
+    "native": Route(_forward_bf16("native"), _on_threads(_backward_bf16)),
+    "emulated": Route(_forward_bf16("emulated"), _on_threads(_backward_bf16)),
+    "reference": Route(_forward_reference_bf16, _backward_reference_bf16),
+}

@@ -6,7 +6,7 @@ with ``__cuda_array_interface__`` (taken without a copy); NumPy arrays are
 copied to the device for convenience. Every array returned lives on the device.
 
 Notation: ``T`` steps, ``B`` batch, ``I`` inputs, ``H`` hidden units, ``G``
-gates (``GH = G*H``), ``K`` saved activations per unit (``CellSpec.saved``).
+gates (``GH = G*H``), ``K`` saved activations per unit (``cuda_points.SAVED``).
 
 Strategies (chosen per call by :func:`choose_strategy`, or forced through
 ``settings.strategy``):
@@ -103,7 +103,7 @@ from .cuda_base import (SIMULATOR, STRATEGIES, Settings, _CONST, _IMPORT_ERROR, 
                         configure, cuda, settings)
 from .cuda_gemm import _colsum, _gemm
 from .cuda_persistent import _DoesNotFit, _persistent_backward, _persistent_forward
-from .cuda_points import _BWD, _FWD, _second_product_operands, _step_kernel
+from .cuda_points import _BWD, _FWD, SAVED, _second_product_operands, _step_kernel
 # internals the tests and bench/gpu_check.py reach through this module
 from .cuda_base import _WS  # noqa: F401
 from .cuda_gemm import _as_cupy, _cupy  # noqa: F401
@@ -238,7 +238,7 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     has_c = cell.has_cell
     rev = int(bool(reverse))
     S = T if training else 1
-    acts = _empty((S, B, cell.saved * H), dtype)
+    acts = _empty((S, B, SAVED[cell.name] * H), dtype)
     hs = _empty((S, B, H), dtype)
     cs = _empty((S, B, H), dtype) if has_c else _dummy((1, 1, 1), dtype)
     y = _empty((T, B, H), dtype)

@@ -10,7 +10,7 @@ functions), and so do the launch sizes (``settings.threads`` threads per block).
 Here too: the tree reductions of a block's shared array that the losses and
 the gradient norm share.
 
-:class:`DeviceOps` mirrors :class:`fastrnn.layers.HostOps` for device arrays:
+:class:`DeviceOps` mirrors :class:`fastrnn.ops.HostOps` for device arrays:
 stacking layers and directions, dropout masks, gradient accumulation. Each
 operation is one small elementwise kernel; none copies through the host
 except where named (``from_host``, ``to_host``).
@@ -184,7 +184,7 @@ def _block_max(buf, tid, nt):
 
 # --------------------------------------------------------------------------- layer ops
 class DeviceOps:
-    """Array operations on device arrays (see :class:`fastrnn.layers.HostOps`)."""
+    """Array operations on device arrays (see :class:`fastrnn.ops.HostOps`)."""
 
     on_device = True
 

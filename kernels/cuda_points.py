@@ -22,7 +22,7 @@ forward ``point(b, j, s, t, slot, pre, state, out, peep)``
     ``state = (h_in, h_out, c_in, c_out)`` ``[B,H]`` (one array twice in the
     per-step path, double buffers in the persistent kernels);
     ``out = (y, acts, hs, cs)``: ``y [T,B,H]`` by time; ``acts [S,B,K*H]``
-    (``K = CellSpec.saved``), ``hs, cs [S,B,H]`` by ``slot`` (``S = T`` and
+    (``K = SAVED[cell.name]``), ``hs, cs [S,B,H]`` by ``slot`` (``S = T`` and
     ``slot = s`` in training, ``S = 1`` and ``slot = 0`` in inference);
     ``peep [3,H]`` (diagonal peephole; unused otherwise).
 backward ``point(b, j, s, t, dy, carry, saved, da, peep)``
@@ -39,6 +39,13 @@ from functools import lru_cache
 
 from . import pointwise
 from .cuda_base import _dummy, _work, cuda
+
+#: registry name -> ``K``, the ``H``-wide blocks of ``acts [S,B,K*H]`` that the
+#: forward points save per step and batch row for the backward points: RNN h';
+#: LSTM i, f, g, o, tanh c'; GRU r, z, n and U_n h + b_hn (reset-before: r ⊙ h);
+#: peephole LSTM i, f, g, o, tanh c', c'
+SAVED = {"rnn_tanh": 1, "rnn_relu": 1, "lstm": 5, "gru": 4, "gru_reset_before": 4,
+         "peephole_diagonal": 6, "peephole_full": 6}
 
 if cuda is not None:
     @cuda.jit(device=True)

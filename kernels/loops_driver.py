@@ -32,9 +32,12 @@ __all__ = ["forward", "backward", "Cache", "row_ranges", "run_rows", "chunk_step
 
 
 class Cache:
-    """What backward needs from a training forward (arrays indexed by time)."""
+    """What backward needs from a training forward (arrays indexed by time):
+    the cpu backend's cache of every kernel route, ``saved`` being the route's
+    own (the loops' saved arrays, or the packed kernels' cache object), and
+    ``backward`` the route's backward (set by :func:`fastrnn.kernels.cpu.forward`)."""
 
-    __slots__ = ("cell", "x", "w", "lengths", "reverse", "saved", "loop_flops")
+    __slots__ = ("cell", "x", "w", "lengths", "reverse", "saved", "loop_flops", "backward")
     # loop_flops: the FLOPs of one step's recurrent product (picks the loop's thread count)
 
     def __init__(self, cell, x, w, lengths, reverse, saved, loop_flops):

@@ -207,8 +207,8 @@ def test_fused_equals_numpy_bitwise(name, kw, dtype):
 
 def _k_update_spy(calls):
     """Record the compiled optimizer kernels' calls; returns the undo."""
-    from fastrnn import blocks
-    real = blocks._kernels()
+    from fastrnn import optim
+    real = optim._kernels()
     names = ("sgd_update_cpu", "adam_update_cpu", "rmsprop_update_cpu", "adagrad_update_cpu")
 
     class Spy:
@@ -222,10 +222,10 @@ def _k_update_spy(calls):
                 return f(*a)
             return wrapped
 
-    blocks._KERNELS = Spy()
+    optim._TRAINING = Spy()
 
     def undo():
-        blocks._KERNELS = real
+        optim._TRAINING = real
     return undo
 
 

@@ -22,6 +22,18 @@ T, B, I, H = 3, 2, 3, 4
 
 
 # --------------------------------------------------------------------------- the registry itself
+def _cuda_saved():
+    """The CUDA backend's saved blocks per cell (kernels/cuda_points.py's SAVED),
+    read from its source: importing numba.cuda here would come before the
+    simulator's switch of the CUDA tests."""
+    tree = ast.parse((ROOT / "kernels" / "cuda_points.py").read_text())
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
+                "SAVED"]:
+            return ast.literal_eval(node.value)
+    raise AssertionError("kernels/cuda_points.py has no SAVED table")
+
+
 @pytest.mark.parametrize("name", list(CELLS))
 def test_spec_is_consistent(name):
     cell = CELLS[name]
@@ -32,7 +44,7 @@ def test_spec_is_consistent(name):
     assert cell.peephole in (None, "diagonal", "full")
     assert cell.peephole is None or cell.family == "lstm"
     assert cell.products in (1, 2)
-    assert cell.saved >= 1
+    assert _cuda_saved()[name] >= 1
     assert cell.torch is None or isinstance(cell.torch[0], str)
 
 

@@ -7,7 +7,7 @@ feature names, input kind).
 The encoder's forward and backward are written once for the host and the
 GPU, as the layers' are: what differs (batch layout, copies, last-step
 pooling) is a method of an ops object, :class:`_HostEncoderOps` here (the
-layers' :class:`~fastrnn.layers.HostOps` and more) or
+layers' :class:`~fastrnn.ops.HostOps` and more) or
 :class:`fastrnn.models.encoder_device.DeviceEncoderOps` (their
 ``DeviceOps`` and more) for a model on the GPU."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ import numpy as np
 
 from .. import _validate
 from ..blocks import AttentionPool, Dropout, Embedding, Linear
-from ..layers import HostOps
+from ..ops import HostOps
 from .base import _Model, _seed, make_recurrent
 
 #: The one rule by which the classifier and the regressor read an array ``x``
@@ -52,7 +52,7 @@ def _with_input_rule(func):
 
 class _HostEncoderOps(HostOps):
     """The array steps of the sequence encoder on host arrays: the layers'
-    :class:`~fastrnn.layers.HostOps` plus the batch layout and the last-step
+    :class:`~fastrnn.ops.HostOps` plus the batch layout and the last-step
     pooling. :class:`fastrnn.models.encoder_device.DeviceEncoderOps` has the
     same methods for a model on the GPU."""
 

@@ -125,11 +125,11 @@ def test_forecast_with_a_huge_value_never_saves_nonsense(tmp_path, capsys, spike
 def test_text_labels_without_header_keep_their_first_row(tmp_path):
     p = tmp_path / "nohead.csv"
     p.write_text("pos,1,2\nneg,3,4\npos,5,6\n")
-    labels, seqs = inputs._load_classify_csv(str(p), 2)
+    labels, seqs = inputs.load_classify_csv(str(p), 2)
     assert labels == ["pos", "neg", "pos"] and len(seqs) == 3      # was: 2 rows
     p.write_text("label,x1,x2\npos,1,2\nneg,3,4\n")
-    assert inputs._load_classify_csv(str(p), 2)[0] == ["pos", "neg"]
+    assert inputs.load_classify_csv(str(p), 2)[0] == ["pos", "neg"]
     p.write_text("label,1,2\n0,1,2\n1,3,4\n")                        # numeric column names
-    assert inputs._load_classify_csv(str(p), 2)[0] == ["0", "1"]
+    assert inputs.load_classify_csv(str(p), 2)[0] == ["0", "1"]
     p.write_text("0,1,2\n1,3,4\n")                                  # numeric labels, no header
-    assert inputs._load_classify_csv(str(p), 2)[0] == ["0", "1"]
+    assert inputs.load_classify_csv(str(p), 2)[0] == ["0", "1"]

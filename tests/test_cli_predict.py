@@ -120,7 +120,7 @@ def test_label_column_choice_and_errors(tmp_path, capsys):
     (None, 12, True, 1),
 ])
 def test_features_inferred_where_the_shape_allows(header, n, ragged, want):
-    assert inputs._infer_features(n, ragged, header)[0] == want
+    assert inputs.infer_features(n, ragged, header)[0] == want
 
 
 def test_first_data_row_never_taken_for_a_header():
@@ -169,8 +169,8 @@ def test_forecast_difference_beats_persistence_on_a_trend(tmp_path, capsys):
 
 
 def test_worse_than_persistence_says_worse(capsys):
-    assert train._vs_persistence(2.0, 1.0) == "(100.0% worse than persistence)"
-    assert train._vs_persistence(0.5, 1.0) == "(50.0% better than persistence)"
+    assert train.vs_persistence(2.0, 1.0) == "(100.0% worse than persistence)"
+    assert train.vs_persistence(0.5, 1.0) == "(50.0% better than persistence)"
 
 
 def test_macrodata_gdp_with_difference_beats_persistence(tmp_path):

@@ -63,11 +63,11 @@ def test_an_empty_cell_is_an_error_naming_line_and_column(wine_files, capsys):
 def test_trailing_empty_cells_of_numbered_sequences_stay_variable_length(tmp_path):
     path = tmp_path / "seq.csv"
     path.write_text("label,x1,x2,x3,x4\na,1,2,3,\nb,1,2,,\na,1,2,3,4\nb,1,,,\n")
-    t = inputs._read_classify(str(path))
+    t = inputs.read_classify(str(path))
     assert t.ragged and [len(s) for s in t.seqs] == [3, 2, 4, 1]
     path.write_text("label,x1,x2,x3,x4\na,1,,3,4\nb,1,2,3,4\n")         # a hole: missing
     with pytest.raises(inputs.CLIError, match=r"line 2, column 3 \('x2'\): missing value"):
-        inputs._read_classify(str(path))
+        inputs.read_classify(str(path))
 
 
 def test_evaluate_scores_the_held_out_part_of_the_training_file(wine_files, wine_model, capsys):

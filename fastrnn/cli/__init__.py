@@ -44,7 +44,7 @@ from ..metrics import unigram_bits   # moved to fastrnn.metrics; still importabl
 from .bench import cmd_bench
 from .demo import cmd_demo, default_corpus   # default_corpus: bench scripts import it from here
 from .info import cmd_info
-from .mpi import _DIST, _setup_distributed
+from .mpi import DIST, setup_distributed
 from .parser import CLIError, build_parser
 from .train import cmd_train_classify, cmd_train_forecast, cmd_train_lm
 from .use import cmd_evaluate, cmd_export, cmd_generate, cmd_predict
@@ -99,7 +99,7 @@ def main(argv=None):
                            "rows) or forecast (a CSV series), e.g. `fastrnn train classify "
                            "--data rows.csv` (see `fastrnn train --help`)")
         if getattr(args, "distributed", False):
-            _setup_distributed(args)
+            setup_distributed(args)
         if getattr(args, "compute_dtype", None) and getattr(args, "backend", None) == "cuda":
             raise CLIError(f"--compute-dtype {args.compute_dtype} runs on the CPU backends "
                            "only: use --backend auto, cpu or numpy with it")
@@ -137,12 +137,12 @@ def _error(exc):
     """Report a user error (exit status 2). Under ``--distributed`` with more
     than one rank, name the rank and abort them all: the others may be
     waiting for this one in a collective."""
-    if _DIST.world == 1:
+    if DIST.world == 1:
         print(f"fastrnn: error: {exc}", file=sys.stderr)
         return 2
-    print(f"fastrnn: error: (rank {_DIST.rank} of {_DIST.world}) {exc}", file=sys.stderr)
+    print(f"fastrnn: error: (rank {DIST.rank} of {DIST.world}) {exc}", file=sys.stderr)
     from ..distributed import abort
-    abort(_DIST.comm, 2)
+    abort(DIST.comm, 2)
     return 2              # pragma: no cover - Abort does not return
 
 

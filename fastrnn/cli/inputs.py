@@ -18,7 +18,7 @@ from ..data import _is_number, read_csv_rows   # CSV reading lives in fastrnn.da
 from .parser import CLIError
 
 
-def _read_text(path):
+def read_text(path):
     if not os.path.exists(path):
         raise CLIError(f"no such file: {path}")
     if os.path.isdir(path):
@@ -97,17 +97,17 @@ def _float(cell, path, line, col):
         raise CLIError(f"bad CSV {path}: line {line}, column {col}: {cell!r} is not a number") from None
     if not math.isfinite(v):
         raise CLIError(f"bad CSV {path}: line {line}, column {col}: {cell!r} is not finite")
-    if abs(v) > _F32_MAX:
+    if abs(v) > F32_MAX:
         raise CLIError(f"bad CSV {path}: line {line}, column {col}: {cell!r} is out of the "
-                       f"float32 range the models compute in (|x| <= {_F32_MAX:.3g})")
+                       f"float32 range the models compute in (|x| <= {F32_MAX:.3g})")
     return v
 
 
-_F32_MAX = float(np.finfo(np.float32).max)
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 class _Table:
-    """What was read from a classification CSV (see :func:`_read_classify`)."""
+    """What was read from a classification CSV (see :func:`read_classify`)."""
 
     def __init__(self, **kw):
         self.__dict__.update(kw)
@@ -132,7 +132,7 @@ _NUMBERED = re.compile(r"^\D*?(\d+)$")
 _GRID = re.compile(r"^\D*?(\d+)\D+(\d+)$")
 
 
-def _infer_features(n, ragged, names):
+def infer_features(n, ragged, names):
     """``(features per step, how)`` for rows of ``n`` values (or ragged rows)."""
     if ragged:
         return 1, ("1 value per step: the rows have different lengths (set --features F "
@@ -152,7 +152,7 @@ def _infer_features(n, ragged, names):
     return 1, "1 value per step (set --features F when each step has F values)"
 
 
-def _read_classify(path, features=None, label=None, *, header_rows=None, has_label=True,
+def read_classify(path, features=None, label=None, *, header_rows=None, has_label=True,
                    model_meta=None, missing="error"):
     """Read a classification CSV: the label column (``--label`` name or index;
     default a column named label/target/class, else the first), a pandas index
@@ -226,7 +226,7 @@ def _read_classify(path, features=None, label=None, *, header_rows=None, has_lab
     ragged = len(sizes) > 1
     names = [header[j] for j in feat] if header else None
     if features is None:
-        features, fhow = _infer_features(len(values[0]), ragged, names)
+        features, fhow = infer_features(len(values[0]), ragged, names)
     else:
         fhow = "--features"
     seqs = []
@@ -312,13 +312,13 @@ def _match_names(path, header, feat, names):
     return cols, (None if cols == feat else "columns put in the training order by name")
 
 
-def _load_classify_csv(path, features, label=None):
+def load_classify_csv(path, features, label=None):
     """``(labels as str, sequences [T_i, features])`` of a classification CSV."""
-    t = _read_classify(path, features, label)
+    t = read_classify(path, features, label)
     return t.labels, t.seqs
 
 
-def _natural_labels(labels):
+def natural_labels(labels):
     """CSV labels as integers when every one is an integer literal, else as
     the strings read (so a file's ``0, 1, 2`` come back as written)."""
     try:
@@ -328,7 +328,7 @@ def _natural_labels(labels):
     return ints if all(str(i) == v.lstrip("+") for i, v in zip(ints, labels)) else list(labels)
 
 
-def _summary_classify(path, t, classes=None):
+def summary_classify(path, t, classes=None):
     steps = sorted({len(s) for s in t.seqs})
     span = f"{steps[0]}" if len(steps) == 1 else f"{steps[0]}-{steps[-1]}"
     parts = [f"read {path}: {len(t.seqs)} rows"]
@@ -351,7 +351,7 @@ def _short_list(seq, n=8):
     return "(" + ", ".join(seq[:n]) + (f", ... {len(seq)} in all" if len(seq) > n else "") + ")"
 
 
-def _read_series(path, column, meta=None):
+def read_series(path, column, meta=None):
     """``(series [N, C] float64, column names, how chosen)``: the column(s) of
     ``--column`` (a name, an index, ``a,b`` or ``all``), or the only numeric
     column; several numeric columns and no ``--column`` is an error."""
@@ -398,10 +398,10 @@ def _read_series(path, column, meta=None):
 
 
 def _load_series_csv(path, column):
-    return _read_series(path, column)[0]
+    return read_series(path, column)[0]
 
 
-def _fingerprint(path, **held_out):
+def fingerprint(path, **held_out):
     """What a model file keeps of its training file (``meta["data"]``): the
     name, size and SHA-256 of the bytes, and which part was held out
     (``held_out``: ``rows`` data-row numbers, ``rows_from`` the first held-out
@@ -417,10 +417,10 @@ def _fingerprint(path, **held_out):
             "sha256": h.hexdigest(), "held_out": held_out}
 
 
-def _training_file(model, path):
+def training_file(model, path):
     """``meta["data"]["held_out"]`` when ``path`` holds the bytes the model
     was trained on (same size and SHA-256), else None."""
     d = model.meta.get("data") or {}
     if not d.get("sha256") or not os.path.isfile(path) or os.path.getsize(path) != d.get("size"):
         return None
-    return d.get("held_out") if _fingerprint(path)["sha256"] == d["sha256"] else None
+    return d.get("held_out") if fingerprint(path)["sha256"] == d["sha256"] else None

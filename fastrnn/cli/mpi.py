@@ -16,10 +16,10 @@ class _Dist:
     rank, world, comm = 0, 1, None
 
 
-_DIST = _Dist()
+DIST = _Dist()
 
 
-def _setup_distributed(args):
+def setup_distributed(args):
     """``--distributed``: join the MPI world, give each rank its share of the
     cores (unless ``--threads``), silence stdout on ranks other than 0 and
     make an error on any rank abort them all."""
@@ -28,23 +28,23 @@ def _setup_distributed(args):
         comm = distributed.get_comm()
     except ImportError as exc:
         raise CLIError(f"--distributed: {exc}") from None
-    _DIST.comm, _DIST.rank, _DIST.world = comm, comm.Get_rank(), comm.Get_size()
-    if args.threads is None and _DIST.world > 1:
+    DIST.comm, DIST.rank, DIST.world = comm, comm.Get_rank(), comm.Get_size()
+    if args.threads is None and DIST.world > 1:
         from mpi4py import MPI
         local = comm.Split_type(MPI.COMM_TYPE_SHARED)        # the ranks on this node
         args.threads = max(1, (os.cpu_count() or 1) // local.Get_size())
         local.Free()
-    if _DIST.rank != 0:
+    if DIST.rank != 0:
         sys.stdout = open(os.devnull, "w")                      # rank 0 speaks for all
-    if _DIST.world > 1:
+    if DIST.world > 1:
         distributed.install_abort_hook(comm)
 
 
-def _root():
+def is_root():
     """Rank 0 (or not distributed): the process that prints and writes files."""
-    return _DIST.rank == 0
+    return DIST.rank == 0
 
 
-def _shard():
+def shard():
     """``rank``/``world`` arguments of the data helpers."""
-    return {"rank": _DIST.rank, "world": _DIST.world}
+    return {"rank": DIST.rank, "world": DIST.world}

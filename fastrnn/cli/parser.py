@@ -24,7 +24,7 @@ class _Formatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-class _Parser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one ``fastrnn: error:`` line (a
     :class:`CLIError`) instead of a usage block; sub-parsers inherit it, and
     every ``--help`` shows the defaults."""
@@ -136,7 +136,7 @@ def _common_train_args(p):
 
 def build_parser():
     from .. import __version__
-    p = _Parser(prog="fastrnn", description="Fast recurrent networks on NumPy arrays.")
+    p = Parser(prog="fastrnn", description="Fast recurrent networks on NumPy arrays.")
     p.add_argument("--version", action="version", version=f"fastrnn {__version__}")
     p.add_argument("--threads", type=_POSITIVE, default=None,
                    help="threads of the compiled CPU kernels and their BLAS "

@@ -11,9 +11,9 @@ import sys
 import numpy as np
 
 from ..metrics import unigram_bits
-from .inputs import (_F32_MAX, _fingerprint, _natural_labels, _read_classify, _read_series,
-                     _read_text, _summary_classify)
-from .mpi import _DIST, _root, _shard
+from .inputs import (F32_MAX, fingerprint, natural_labels, read_classify, read_series,
+                     read_text, summary_classify)
+from .mpi import DIST, is_root, shard
 from .parser import CLIError
 
 
@@ -32,7 +32,7 @@ def _fit(args, model, train_data, val_data, unit):
     cls, extra = Trainer, {}
     if getattr(args, "distributed", False):
         from ..distributed import DistributedTrainer
-        cls, extra = DistributedTrainer, {"comm": _DIST.comm}
+        cls, extra = DistributedTrainer, {"comm": DIST.comm}
     trainer = cls(model, _optimizer(args.optimizer, model, args.lr), train_data, val_data,
                   clip_norm=args.clip or None, seed=args.seed, progress=_progress_ok(args),
                   early_stopping=es, checkpoint=args.checkpoint,
@@ -55,7 +55,7 @@ def _fit(args, model, train_data, val_data, unit):
                   "300 steps; set --epochs to choose)", flush=True)
     trainer.fit(epochs)
     trainer.stop_line = _stop_line(args, trainer, epochs)
-    if _root():
+    if is_root():
         print(trainer.stop_line)
     if es is not None and es.best_epoch is not None and trainer.history.get("epoch"):
         last = trainer.history["epoch"][-1]
@@ -94,7 +94,7 @@ def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
           metric_label=None, forecast=None):
     """Save the model, then ``<out>.history.json`` and (matplotlib installed,
     no ``--no-plot``) ``<out>.png``; on rank 0 only (``--distributed``)."""
-    if not _root():
+    if not is_root():
         return None
     path = model.save(args.out or default)
     print(f"model saved to {path}")
@@ -125,7 +125,7 @@ def _save(args, model, default, trainer=None, metric=None, metric_scale=1.0,
 def cmd_train_lm(args):
     from ..data import CharVocab, LMBatches
     from ..models import LanguageModel
-    text = _read_text(args.data)
+    text = read_text(args.data)
     vocab = CharVocab(text)
     ids = vocab.encode(text)
     cut = int(len(ids) * (1 - args.val_fraction))
@@ -138,19 +138,19 @@ def cmd_train_lm(args):
                           num_layers=args.layers, cell=args.cell, dropout=args.dropout,
                           backend=args.backend, seed=args.seed, compute_dtype=args.compute_dtype)
     model.meta["vocab"] = vocab.to_dict()
-    if args.batch_size < _DIST.world:
-        raise CLIError(f"--batch-size {args.batch_size} is smaller than the {_DIST.world} ranks: "
+    if args.batch_size < DIST.world:
+        raise CLIError(f"--batch-size {args.batch_size} is smaller than the {DIST.world} ranks: "
                        "each rank needs at least one row of the text")
-    val_batch = max(min(args.batch_size, max(1, (len(ids) - cut - 1) // 2)), _DIST.world)
-    val = LMBatches(ids[cut:], val_batch, args.bptt, **_shard())
-    trainer = _fit(args, model, LMBatches(ids[:cut], args.batch_size, args.bptt, **_shard()),
+    val_batch = max(min(args.batch_size, max(1, (len(ids) - cut - 1) // 2)), DIST.world)
+    val = LMBatches(ids[cut:], val_batch, args.bptt, **shard())
+    trainer = _fit(args, model, LMBatches(ids[:cut], args.batch_size, args.bptt, **shard()),
                    val, "char")
-    if not _root():
+    if not is_root():
         return 0
     bpc = model.evaluate(ids[cut:], args.batch_size, args.bptt) / math.log(2)
     print(f"validation bits per character: {bpc:.3f} (unigram "
           f"{unigram_bits(ids[:cut], ids[cut:], len(vocab)):.3f})")
-    model.meta["data"] = _fingerprint(args.data, chars_from=cut)
+    model.meta["data"] = fingerprint(args.data, chars_from=cut)
     _save(args, model, "lm.npz", trainer, metric="val_loss",
           metric_label="validation bits per character")
     return 0
@@ -159,15 +159,15 @@ def cmd_train_lm(args):
 def cmd_train_classify(args):
     from ..data import ArrayBatches, Standardizer, pad_sequences, train_val_split
     from ..models import SequenceClassifier
-    t = _read_classify(args.data, args.features, args.label, missing=args.missing)
-    labels = _natural_labels(t.labels)
+    t = read_classify(args.data, args.features, args.label, missing=args.missing)
+    labels = natural_labels(t.labels)
     classes = sorted(set(labels))
-    print(_summary_classify(args.data, t, classes), flush=True)
+    print(summary_classify(args.data, t, classes), flush=True)
     if len(classes) < 2:
         raise CLIError(f"{args.data}: need at least two classes, found {classes}"
                        + ("" if args.label else ": is the label column the right one? "
                           "(choose it with --label NAME|INDEX)"))
-    if len(classes) > max(2, len(labels) // 2) and _root():
+    if len(classes) > max(2, len(labels) // 2) and is_root():
         print(f"warning: {len(classes)} classes in {len(labels)} rows: is "
               f"{t.label_how.split(' (')[0]} really the label? (--label NAME|INDEX)",
               file=sys.stderr)
@@ -190,13 +190,13 @@ def cmd_train_classify(args):
     if t.feature_names and len(set(t.feature_names)) == len(t.feature_names):
         model.meta["feature_names"] = t.feature_names        # predict/evaluate match by name
     model.input_kind = "tabular" if max(len(q) for q in t.seqs) == 1 else "sequence"
-    model.meta["data"] = _fingerprint(args.data, rows=sorted(int(i) for i in t.row_ids[va]))
+    model.meta["data"] = fingerprint(args.data, rows=sorted(int(i) for i in t.row_ids[va]))
     x = model._preprocess(raw, lengths)
     trainer = _fit(args, model, ArrayBatches(x[tr], y[tr], lengths=lengths[tr],
-                                             batch_size=args.batch_size, **_shard()),
+                                             batch_size=args.batch_size, **shard()),
                    ArrayBatches(x[va], y[va], lengths=lengths[va], batch_size=256,
-                                shuffle=False, **_shard()), "seq")
-    if not _root():
+                                shuffle=False, **shard()), "seq")
+    if not is_root():
         return 0
     acc = model.score(raw[va], np.asarray(labels, dtype=object)[va], lengths[va])
     majority = float(np.mean(y[va] == np.bincount(y[tr]).argmax()))
@@ -210,7 +210,7 @@ def _difference(series, lag):
     return series[lag:] - series[:-lag] if lag else series
 
 
-def _vs_persistence(rmse, base):
+def vs_persistence(rmse, base):
     if base <= 0:
         return "(the series repeats exactly: persistence is perfect)"
     pct = 100 * (1 - rmse / base)
@@ -222,7 +222,7 @@ def _vs_persistence(rmse, base):
 def cmd_train_forecast(args):
     from ..data import ArrayBatches, Standardizer, sliding_windows
     from ..models import SequenceRegressor
-    series, names, how, skipped = _read_series(args.data, args.column)
+    series, names, how, skipped = read_series(args.data, args.column)
     n = len(series)
     lag = args.difference or 0
     n_test = max(int(n * args.val_fraction), args.horizon)
@@ -239,7 +239,7 @@ def cmd_train_forecast(args):
     scaler = Standardizer().fit(fit_part)
     z = scaler.transform(d)
     if not (np.isfinite(scaler.std).all() and np.isfinite(z).all()
-            and (np.abs(z) <= _F32_MAX).all()):
+            and (np.abs(z) <= F32_MAX).all()):
         raise CLIError(f"{args.data}: the values are too large to standardise")
     z = z.astype(np.float32)
     # one huge value can make the standardised float32 series lose the rest of
@@ -266,9 +266,9 @@ def cmd_train_forecast(args):
     model.difference = lag
     model.meta.update(window=args.window, columns=names)
     trainer = _fit(args, model, ArrayBatches(X[~te], Y[~te], batch_size=args.batch_size,
-                                             **_shard()),
-                   ArrayBatches(X[te], Y[te], batch_size=256, shuffle=False, **_shard()), "win")
-    if not _root():
+                                             **shard()),
+                   ArrayBatches(X[te], Y[te], batch_size=256, shuffle=False, **shard()), "win")
+    if not is_root():
         return 0
     pred = model.predict(Xr[te])
     true = Yr[te]
@@ -279,11 +279,11 @@ def cmd_train_forecast(args):
         raise CLIError(f"{args.data}: training failed (test RMSE {rmse:.4g}, the model has "
                        "non-finite values); the model was not saved. Check the data for "
                        "extreme values, or lower --lr")
-    print(f"test RMSE: {rmse:.4g}   persistence baseline {base:.4g}   {_vs_persistence(rmse, base)}")
+    print(f"test RMSE: {rmse:.4g}   persistence baseline {base:.4g}   {vs_persistence(rmse, base)}")
     if base > 0 and rmse > base and not lag:
         print("hint: a series that trends is usually better forecast as changes: "
               "try --difference (or --difference P for a season of P steps)")
-    model.meta["data"] = _fingerprint(args.data, rows_from=n - n_test)
+    model.meta["data"] = fingerprint(args.data, rows_from=n - n_test)
     # the plot's second panel: the held-out rows, one step ahead, against the actual values
     shown = {"x": (target_start[te]).tolist(), "actual": true[:, 0, 0].tolist(),
              "forecast": pred[:, 0, 0].tolist(),

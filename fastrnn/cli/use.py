@@ -12,10 +12,10 @@ import sys
 
 import numpy as np
 
-from .inputs import _natural_labels, _read_classify, _read_series, _read_text, _training_file
-from .mpi import _DIST, _root
-from .parser import CLIError, _Parser
-from .train import _vs_persistence
+from .inputs import natural_labels, read_classify, read_series, read_text, training_file
+from .mpi import DIST, is_root
+from .parser import CLIError, Parser
+from .train import vs_persistence
 
 
 def _load_any(path, backend=None):
@@ -34,7 +34,7 @@ def _open_out(path):
 def _classify_rows(args, model, need_labels):
     from ..data import pad_sequences
     meta = dict(model.meta.get("csv", {}), feature_names=model.meta.get("feature_names"))
-    t = _read_classify(args.data, model.input_size if model.embed is None else None,
+    t = read_classify(args.data, model.input_size if model.embed is None else None,
                        args.label, has_label=True if need_labels else
                        (False if args.no_label else "auto"), model_meta=meta,
                        missing=getattr(args, "missing", "error"))
@@ -102,19 +102,19 @@ def _predict_proba(args, model, x, lengths):
     if not getattr(args, "distributed", False):
         return model.predict_proba(x, lengths)
     from ..distributed import sharded_apply
-    return sharded_apply(model.predict_proba, x, lengths, comm=_DIST.comm)
+    return sharded_apply(model.predict_proba, x, lengths, comm=DIST.comm)
 
 
 def cmd_predict(args):
     from ..models import LanguageModel, SequenceClassifier
     model = _load_any(args.model, args.backend)
-    if not isinstance(model, SequenceClassifier) and not _root():
+    if not isinstance(model, SequenceClassifier) and not is_root():
         return 0           # scoring a text, a forecast: one sequence, run on rank 0
     if isinstance(model, LanguageModel):
         vocab = _lm_vocab(model, args.model)
         if args.data is None:
             return _generate(model, vocab, args)
-        text = _read_text(args.data)
+        text = read_text(args.data)
         bits, unseen = _lm_scores(model, vocab, text, args.data, report=True)
         out, close = _open_out(args.output)
         try:
@@ -134,7 +134,7 @@ def cmd_predict(args):
     if isinstance(model, SequenceClassifier):
         t, x, lengths = _classify_rows(args, model, need_labels=False)
         p = _predict_proba(args, model, x, lengths)
-        if not _root():
+        if not is_root():
             return 0
         out, close = _open_out(args.output)
         try:
@@ -159,7 +159,7 @@ def cmd_predict(args):
     # forecaster: the next values after the file's last window
     lag = model.difference
     window = int(model.meta.get("window") or 0)
-    series, names, _, _ = _read_series(args.data, args.column, meta=model.meta)
+    series, names, _, _ = read_series(args.data, args.column, meta=model.meta)
     if series.shape[1] != model.input_size:
         raise CLIError(f"{args.data}: the model takes {model.input_size} column(s), "
                        f"got {series.shape[1]}: choose them with --column")
@@ -187,7 +187,7 @@ def _scored_part(args, model, n, unit, held):
     """``(mask or None, words)``: which of ``n`` items (rows, windows,
     characters) ``fastrnn evaluate`` scores, and a phrase saying so. The
     training file (recognised by its size and SHA-256, see
-    :func:`_fingerprint`) is scored on its held-out part only, unless
+    :func:`fingerprint`) is scored on its held-out part only, unless
     ``--all``."""
     if held is None:
         note = (" (not the training file)" if model.meta.get("data") else
@@ -204,10 +204,10 @@ def cmd_evaluate(args):
     from ..data import sliding_windows
     from ..models import LanguageModel, SequenceClassifier
     model = _load_any(args.model, args.backend)
-    held = _training_file(model, args.data)
+    held = training_file(model, args.data)
     if isinstance(model, LanguageModel):
         vocab = _lm_vocab(model, args.model)
-        text = _read_text(args.data)
+        text = read_text(args.data)
         mask, part = _scored_part(args, model, len(text), "characters", held)
         if mask is not None:
             cut = int(held.get("chars_from", 0))
@@ -220,7 +220,7 @@ def cmd_evaluate(args):
         return 0
     if isinstance(model, SequenceClassifier):
         t, x, lengths = _classify_rows(args, model, need_labels=True)
-        labels = _natural_labels(t.labels) if model.classes is None or all(
+        labels = natural_labels(t.labels) if model.classes is None or all(
             isinstance(c, int) for c in model.classes) else t.labels
         mask, part = _scored_part(args, model, t.n_rows, "rows", held)
         if mask is not None:
@@ -247,7 +247,7 @@ def cmd_evaluate(args):
     lag, window = model.difference, int(model.meta.get("window") or 0)
     if not window:
         raise CLIError(f"{args.model} has no window length: train it with `fastrnn train forecast`")
-    series, names, _, _ = _read_series(args.data, args.column, meta=model.meta)
+    series, names, _, _ = read_series(args.data, args.column, meta=model.meta)
     if len(series) < window + lag + model.horizon:
         raise CLIError(f"{args.data}: {len(series)} rows are too few for the model's window "
                        f"{window}" + (f" + difference {lag}" if lag else "")
@@ -263,7 +263,7 @@ def cmd_evaluate(args):
     rmse = float(np.sqrt(np.mean((pred - Y) ** 2)))
     base = float(np.sqrt(np.mean((np.repeat(X[:, -1:], model.horizon, axis=1) - Y) ** 2)))
     print(f"RMSE: {rmse:.4g} over {len(X)} windows   persistence baseline {base:.4g}   "
-          f"{_vs_persistence(rmse, base)}")
+          f"{vs_persistence(rmse, base)}")
     print(f"scored {part}")
     return 0
 
@@ -297,7 +297,7 @@ def cmd_generate(args):
 
 def cmd_export(rest):
     """``fastrnn export --model M.npz --onnx M.onnx``: a saved model as ONNX."""
-    p = _Parser(prog="fastrnn export", description="Write a saved model as an ONNX model "
+    p = Parser(prog="fastrnn export", description="Write a saved model as an ONNX model "
                 "(dynamic batch and time; see fastrnn.onnx for its inputs and outputs).")
     p.add_argument("--model", required=True, help="a model saved by `fastrnn train` or save()")
     p.add_argument("--onnx", required=True, help="the .onnx file to write")

@@ -9,7 +9,7 @@ is there::
     python3 bench/gpu_check.py --budget 300      # the same, cut to fit 5 minutes
     python3 bench/gpu_check.py --skip-tests --cells lstm --batch 1,64 --hidden 256
 
-1. **Tests**: ``pytest tests/test_cuda*.py`` without the simulator, in a
+1. **Tests**: ``pytest tests -m cuda_sim`` without the simulator, in a
    subprocess started with ``python -P`` (the checkout's root is not put on
    ``sys.path``: its ``fastrnn/`` lacks ``fastrnn.kernels``, which
    pyproject.toml maps from ``kernels/``, and would hide the installed
@@ -142,7 +142,7 @@ def parse_args(argv=None):
     p.add_argument("--e2e-steps", type=int, default=None,
                    help="training steps per cell of the end-to-end run (default 100; 2 "
                         "with --dry-run)")
-    p.add_argument("--skip-tests", action="store_true", help="do not run tests/test_cuda*.py")
+    p.add_argument("--skip-tests", action="store_true", help="do not run the CUDA tests (pytest -m cuda_sim)")
     p.add_argument("--skip-bench", action="store_true", help="do not run the layer benchmark")
     p.add_argument("--skip-e2e", action="store_true", help="do not run the end-to-end training")
     p.add_argument("--skip-scaling", action="store_true",
@@ -150,7 +150,7 @@ def parse_args(argv=None):
     p.add_argument("--scaling-seconds", type=float, default=None,
                    help="time limit of the CPU thread-scaling run (default min(150, 0.2 budget))")
     p.add_argument("--tests", action="store_true",
-                   help="with --dry-run: also run tests/test_cuda*.py in the simulator "
+                   help="with --dry-run: also run the CUDA tests (-m cuda_sim) in the simulator "
                         "(several minutes)")
     p.add_argument("--cells", default="lstm,gru,rnn_tanh",
                    help="comma-separated registry cells that have a PyTorch twin "
@@ -387,7 +387,7 @@ def judge_tests(returncode, counts, timed_out):
 
 
 def run_tests(smoke, timeout, out_dir):
-    """``pytest tests/test_cuda*.py`` on the installed package, with a time limit."""
+    """``pytest tests -m cuda_sim`` (the CUDA backend's tests) on the installed package, with a time limit."""
     found = probe_install(smoke)
     if "error" in found:
         print(f"tests: fastrnn's CUDA backend does not import from the installed package: "
@@ -400,12 +400,11 @@ def run_tests(smoke, timeout, out_dir):
     if not found["available"][0]:
         return {"ok": False, "status": f"NOT RUN: CUDA backend unavailable "
                 f"({found['available'][1]})", "install": found, "counts": None}
-    files = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_cuda*.py"))
     junit = out_dir / "gpu_check_junit.xml"
     log = out_dir / "gpu_check_pytest.log"
     if junit.exists():
         junit.unlink()
-    cmd = _python_cmd() + ["-m", "pytest", *files, "-q", "-rs", "-p", "no:cacheprovider",
+    cmd = _python_cmd() + ["-m", "pytest", "tests", "-m", "cuda_sim", "-q", "-rs", "-p", "no:cacheprovider",
                            f"--junitxml={junit}"]
     t0 = time.perf_counter()
     with open(log, "w") as f:
@@ -428,7 +427,7 @@ def run_tests(smoke, timeout, out_dir):
           + (f", limit {timeout:.0f} s)" if timed_out else ")"))
     if not ok:
         print("\n".join(lines[-40:]))
-    return {"ok": ok, "status": status, "command": " ".join(cmd[1:]), "files": files,
+    return {"ok": ok, "status": status, "command": " ".join(cmd[1:]), "selection": "tests -m cuda_sim",
             "returncode": proc.returncode, "seconds": round(seconds, 1), "counts": counts,
             "summary": summary, "skip_reasons": skipped[:20], "install": found,
             "tail": "\n".join(lines[-60:])}
@@ -585,7 +584,7 @@ def configure_fastrnn(args):
     if args.blocked_min_rows:
         kc.configure(blocked_min_rows=args.blocked_min_rows)
     info = dict(vars(kc.settings))
-    info["cupy_used"] = bool(kc._cupy())
+    info["cupy_used"] = bool(kc.cupy_module())
     return info
 
 

@@ -101,13 +101,13 @@ from fastrnn.contract import Weights, check_forward
 from .cuda_base import (SIMULATOR, STRATEGIES, Settings, _CONST, _IMPORT_ERROR, _copy, _dev,
                         _device_key, _dummy, _empty, _row_major, _work, _zeros, clear_workspaces,
                         configure, cuda, settings)
-from .cuda_gemm import _colsum, _gemm
+from .cuda_gemm import column_sums, device_gemm
 from .cuda_persistent import _DoesNotFit, _persistent_backward, _persistent_forward
-from .cuda_points import _BWD, _FWD, SAVED, _second_product_operands, _step_kernel
+from .cuda_points import BACKWARD_STEPS, FORWARD_STEPS, SAVED, _second_product_operands, _step_kernel
 # internals the tests and bench/gpu_check.py reach through this module
-from .cuda_base import _WS  # noqa: F401
-from .cuda_gemm import _as_cupy, _cupy  # noqa: F401
-from .cuda_persistent import _persistent_plan  # noqa: F401
+from .cuda_base import WORKSPACES  # noqa: F401
+from .cuda_gemm import as_cupy, cupy_module  # noqa: F401
+from .cuda_persistent import persistent_plan  # noqa: F401
 
 __all__ = ["available", "forward", "backward", "to_device", "to_host", "settings", "Settings",
            "configure", "choose_strategy", "clear_workspaces", "SIMULATOR", "STRATEGIES",
@@ -164,7 +164,7 @@ class _Cache:
             setattr(self, k, v)
 
 
-_persistent_disabled = None     # why "auto" stopped choosing the persistent kernel
+persistent_disabled = None     # why "auto" stopped choosing the persistent kernel
 #: errors that mean a bug here or bad input, never "this device cannot run the
 #: cooperative kernel": they propagate instead of turning the persistent path off
 _NOT_A_DEVICE_LIMIT = (ArithmeticError, AssertionError, AttributeError, IndexError, KeyError,
@@ -172,11 +172,11 @@ _NOT_A_DEVICE_LIMIT = (ArithmeticError, AssertionError, AttributeError, IndexErr
 
 
 def _disable_persistent(exc):
-    global _persistent_disabled
+    global persistent_disabled
     import warnings
-    _persistent_disabled = f"{type(exc).__name__}: {exc}"
+    persistent_disabled = f"{type(exc).__name__}: {exc}"
     warnings.warn("fastrnn: the persistent CUDA kernel failed to build or launch "
-                  f"({_persistent_disabled}); using the per-step kernels from now on",
+                  f"({persistent_disabled}); using the per-step kernels from now on",
                   RuntimeWarning, stacklevel=3)
 
 
@@ -193,12 +193,12 @@ def choose_strategy(cell, B, H):
         # grid sync only synchronises one block there: never pick it implicitly
         return "per_step"
     if (B > settings.persistent_max_batch or H > settings.persistent_max_hidden
-            or _persistent_disabled):
+            or persistent_disabled):
         return "per_step"
     return "persistent"
 
 
-def _lengths(lengths, T, B):
+def device_lengths(lengths, T, B):
     if lengths is None:     # one host-to-device copy per (T, B), not per call
         key = (_device_key(), "lengths", T, B)
         full = _CONST.get(key)
@@ -251,9 +251,9 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     strategy = "per_step"
     lens = None
     if T * B * H:       # else nothing to compute (and a zero-block launch is an error)
-        lens = _lengths(lengths, T, B)
+        lens = device_lengths(lengths, T, B)
         xw = _work("xw", (T, B, G * H), dtype)                  # x W_ihᵀ + b_ih
-        _gemm(_row_major(x, T * B), w.w_ih, _row_major(xw, T * B), bias=w.b_ih,
+        device_gemm(_row_major(x, T * B), w.w_ih, _row_major(xw, T * B), bias=w.b_ih,
               trans_b=True, big=True)
         peep = w.peep if w.peep is not None else _dummy((1, 1), dtype)
         strategy = choose_strategy(cell, B, H)
@@ -313,12 +313,12 @@ def _per_step_forward(cell, T, rev, lens, xw, w, h, c, out, peep, training):
     # launch configurations and weight slices made once, not per step (each
     # costs microseconds of Python)
     phases = tuple(zip(_step_products_fwd(cell, w, h, c, hw, aux, p_if, p_o),
-                       (_step_kernel(point)[grid, tpb] for point in _FWD[cell.name])))
+                       (_step_kernel(point)[grid, tpb] for point in FORWARD_STEPS[cell.name])))
     for s in range(T):
         slot = s if training else 0
         for products, point in phases:
             for src, mat, dst, bias in products:
-                _gemm(src, mat, dst, bias=bias, trans_b=True)
+                device_gemm(src, mat, dst, bias=bias, trans_b=True)
             point(s, rev, lens, H, slot, pre, state, out, peep)
 
 
@@ -385,34 +385,34 @@ def backward(cell, cache, dy, dh_n, dc_n=None):
     dax2 = _row_major(dax, TB)
     dah2 = _row_major(dah, TB)
     dx = _empty((T, B, I), dtype)
-    _gemm(dax2, w.w_ih, _row_major(dx, TB), big=True)
+    device_gemm(dax2, w.w_ih, _row_major(dx, TB), big=True)
     dw_ih = _empty((GH, I), dtype)
-    _gemm(dax2, _row_major(x, TB), dw_ih, trans_a=True, big=True)
+    device_gemm(dax2, _row_major(x, TB), dw_ih, trans_a=True, big=True)
     dw_hh = _empty((GH, H), dtype)
     hs2 = _row_major(cache.hs, TB)
     acts2 = _row_major(cache.acts, TB)
     if cell.family == "gru" and cell.products == 2:
         # reset-before: U_n multiplies r ⊙ h, saved in acts[:, :, 3H:4H]
-        _gemm(dah2[:, :2 * H], hs2, dw_hh[:2 * H], trans_a=True, big=True)
-        _gemm(dah2[:, 2 * H:], acts2[:, 3 * H:], dw_hh[2 * H:], trans_a=True, big=True)
+        device_gemm(dah2[:, :2 * H], hs2, dw_hh[:2 * H], trans_a=True, big=True)
+        device_gemm(dah2[:, 2 * H:], acts2[:, 3 * H:], dw_hh[2 * H:], trans_a=True, big=True)
     else:
-        _gemm(dah2, hs2, dw_hh, trans_a=True, big=True)
-    db_ih = _colsum(dax2, _empty((GH,), dtype))
-    db_hh = _colsum(dah2, _empty((GH,), dtype))
+        device_gemm(dah2, hs2, dw_hh, trans_a=True, big=True)
+    db_ih = column_sums(dax2, _empty((GH,), dtype))
+    db_hh = column_sums(dah2, _empty((GH,), dtype))
     dpeep = None
     if cell.peephole == "diagonal":
         # dp_i = Σ da_i ⊙ c, dp_f = Σ da_f ⊙ c, dp_o = Σ da_o ⊙ c' over all (s, b)
         dpeep = _empty((3, H), dtype)
         cs2 = _row_major(cache.cs, TB)
-        _colsum(dah2[:, :H], dpeep[0], b=cs2)
-        _colsum(dah2[:, H:2 * H], dpeep[1], b=cs2)
-        _colsum(dah2[:, 3 * H:], dpeep[2], b=acts2[:, 5 * H:])
+        column_sums(dah2[:, :H], dpeep[0], b=cs2)
+        column_sums(dah2[:, H:2 * H], dpeep[1], b=cs2)
+        column_sums(dah2[:, 3 * H:], dpeep[2], b=acts2[:, 5 * H:])
     elif cell.peephole == "full":
         dpeep = _empty((3, H, H), dtype)
         cs2 = _row_major(cache.cs, TB)
-        _gemm(dah2[:, :H], cs2, dpeep[0], trans_a=True, big=True)
-        _gemm(dah2[:, H:2 * H], cs2, dpeep[1], trans_a=True, big=True)
-        _gemm(dah2[:, 3 * H:], acts2[:, 5 * H:], dpeep[2], trans_a=True, big=True)
+        device_gemm(dah2[:, :H], cs2, dpeep[0], trans_a=True, big=True)
+        device_gemm(dah2[:, H:2 * H], cs2, dpeep[1], trans_a=True, big=True)
+        device_gemm(dah2[:, 3 * H:], acts2[:, 5 * H:], dpeep[2], trans_a=True, big=True)
     return dx, dh, (dc if has_c else None), Weights(dw_ih, dw_hh, db_ih, db_hh, dpeep)
 
 
@@ -443,7 +443,7 @@ def _per_step_backward(cell, cache, dy, dh, dc, dax, dah, peep):
     cs = cache.cs if cache.cs is not None else _dummy((1, 1, 1), dtype)
     aux = _work("aux", (B, H), dtype)
     args = (dy, (dh, dc, aux), (cache.acts, cache.hs, cs), (dax, dah), peep)
-    phases = tuple(zip((_step_kernel(point)[grid, tpb] for point in _BWD[cell.name]),
+    phases = tuple(zip((_step_kernel(point)[grid, tpb] for point in BACKWARD_STEPS[cell.name]),
                        _step_products_bwd(cell, cache.weights, dh, dc, aux, peep)))
     lens, rev = cache.lengths, cache.reverse
     for s in range(T - 1, -1, -1):
@@ -451,4 +451,4 @@ def _per_step_backward(cell, cache, dy, dh, dc, dax, dah, peep):
         for point, products in phases:
             point(s, rev, lens, H, *args)
             for k0, k1, mat, dst, accumulate in products:
-                _gemm(da if k1 - k0 == GH else da[:, k0:k1], mat, dst, accumulate=accumulate)
+                device_gemm(da if k1 - k0 == GH else da[:, k0:k1], mat, dst, accumulate=accumulate)

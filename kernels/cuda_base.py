@@ -226,7 +226,7 @@ def _device_key():
     return cuda.get_current_device().id
 
 
-_WS = threading.local()     # per thread: {key: device array}, and their total bytes
+WORKSPACES = threading.local()     # per thread: {key: device array}, and their total bytes
 
 
 def _work(tag, shape, dtype):
@@ -242,18 +242,18 @@ def _work(tag, shape, dtype):
     cap = settings.workspace_bytes
     if nbytes > cap:
         return cuda.device_array(shape, dtype=dtype)
-    cache = getattr(_WS, "arrays", None)
+    cache = getattr(WORKSPACES, "arrays", None)
     if cache is None:
-        cache = _WS.arrays = {}
-        _WS.nbytes = 0
+        cache = WORKSPACES.arrays = {}
+        WORKSPACES.nbytes = 0
     key = (_device_key(), tag, shape, dtype.str)
     a = cache.get(key)
     if a is None:
-        if _WS.nbytes + nbytes > cap:
+        if WORKSPACES.nbytes + nbytes > cap:
             cache.clear()
-            _WS.nbytes = 0
+            WORKSPACES.nbytes = 0
         a = cache[key] = cuda.device_array(shape, dtype=dtype)
-        _WS.nbytes += nbytes
+        WORKSPACES.nbytes += nbytes
     return a
 
 
@@ -273,10 +273,10 @@ def _dummy(shape, dtype):
 def clear_workspaces():
     """Free the cached workspaces and constant arrays (of this thread's cache
     and the shared constants); later calls allocate them again."""
-    cache = getattr(_WS, "arrays", None)
+    cache = getattr(WORKSPACES, "arrays", None)
     if cache is not None:
         cache.clear()
-        _WS.nbytes = 0
+        WORKSPACES.nbytes = 0
     _CONST.clear()
 
 

@@ -16,7 +16,7 @@ Arrays are numba device arrays; anything else with
 arrays are copied over only where named (integer indices, targets, masks and
 lengths: what a host batch brings). Launch sizes follow
 :data:`fastrnn.kernels.cuda.settings` (``threads``; the GEMMs go through
-:func:`fastrnn.kernels.cuda_gemm._gemm`: cuBLAS when CuPy is installed, the
+:func:`fastrnn.kernels.cuda_gemm.device_gemm`: cuBLAS when CuPy is installed, the
 tiled kernels otherwise), so the simulator tests can shrink them.
 
 Host synchronisation: each loss returns one Python float (one small
@@ -35,7 +35,7 @@ import numpy as np
 from numba import cuda
 
 from .cuda_base import _grid
-from .cuda_gemm import _colsum, _gemm
+from .cuda_gemm import column_sums, device_gemm
 from .cuda_losses import mse, softmax_cross_entropy
 from .cuda_ops import (_flat, _launch_flat, contiguous, empty, fill, mul, to_device, to_host,
                        view, zeros)
@@ -53,7 +53,7 @@ __all__ = [
 
 def _colsum_acc(a, out):
     """``out += a.sum(axis=0)``: the backend's tiled, deterministic column sum."""
-    _colsum(a, out, accumulate=True)
+    column_sums(a, out, accumulate=True)
 
 
 # --------------------------------------------------------------------------- embedding
@@ -102,19 +102,19 @@ def embedding_backward(grad, idx, dy, padding_idx=None):
 def linear_forward(x2, weight, bias):
     """``x2 Wᵀ + b``: x2 ``[N, F]``, weight ``[O, F]``, bias ``[O]`` or None -> ``[N, O]``."""
     y = empty((x2.shape[0], weight.shape[0]), weight.dtype)
-    _gemm(x2, weight, y, bias=bias, trans_b=True, big=True)
+    device_gemm(x2, weight, y, bias=bias, trans_b=True, big=True)
     return y
 
 
 def linear_backward(x2, dy2, weight, gw, gb):
     """Accumulate ``gw += dy2ᵀ x2`` and ``gb += Σ dy2``; return ``dx2 = dy2 W``."""
     if x2.shape[0]:
-        _gemm(dy2, x2, gw, accumulate=True, trans_a=True, big=True)
+        device_gemm(dy2, x2, gw, accumulate=True, trans_a=True, big=True)
         if gb is not None:
             _colsum_acc(dy2, gb)
     dx = empty((dy2.shape[0], weight.shape[1]), weight.dtype)
     if dx.size:
-        _gemm(dy2, weight, dx, big=True)
+        device_gemm(dy2, weight, dx, big=True)
     return dx
 
 
@@ -309,12 +309,12 @@ def attention_backward(h, s, alpha, dctx, weight, v, grads):
     _attn_de_kernel[_grid(B)](alpha, dalpha, de)
     s2 = s.reshape(T * B, A)
     h2 = h.reshape(T * B, H)
-    _gemm(de.reshape(1, T * B), s2, grads["v"].reshape(1, A), accumulate=True, big=True)
+    device_gemm(de.reshape(1, T * B), s2, grads["v"].reshape(1, A), accumulate=True, big=True)
     du = empty((T * B, A), dt)
     _attn_du_kernel[_grid(T * B * A)](de.reshape(T * B), v, s2, du)
-    _gemm(du, h2, grads["weight"], accumulate=True, trans_a=True, big=True)
+    device_gemm(du, h2, grads["weight"], accumulate=True, trans_a=True, big=True)
     _colsum_acc(du, grads["bias"])
-    _gemm(du, weight, dh.reshape(T * B, H), accumulate=True, big=True)
+    device_gemm(du, weight, dh.reshape(T * B, H), accumulate=True, big=True)
     return dh
 
 

@@ -190,11 +190,11 @@ def _gemm_blocked_kernel(bm, bn, bk, tm, tn, np_dtype, trans_a, trans_b):
 
 _NO_BIAS = {}
 #: most blocks along grid y (CUDA's limit); the GEMMs put M on x and loop over N
-_MAX_GRID_Y = 65535
+MAX_GRID_Y = 65535
 _cupy_module = None
 
 
-def _cupy():
+def cupy_module():
     global _cupy_module
     if SIMULATOR or not settings.use_cupy:
         return None
@@ -218,7 +218,7 @@ def _cupy():
     return _cupy_module or None
 
 
-def _as_cupy(cp, a):
+def as_cupy(cp, a):
     """A CuPy view of device array ``a`` built from its pointer.
 
     ``cp.asarray`` would read ``__cuda_array_interface__``, and when that
@@ -258,7 +258,7 @@ def _no_bias(dtype):
     return bias
 
 
-def _gemm(A, B, C, bias=None, accumulate=False, trans_a=False, trans_b=False, big=False):
+def device_gemm(A, B, C, bias=None, accumulate=False, trans_a=False, trans_b=False, big=False):
     """``C (+)= op(A) @ op(B) (+ bias)`` on device arrays (C: [M, N]).
 
     ``big`` marks the time-parallel products, which go to cuBLAS when CuPy is
@@ -272,12 +272,12 @@ def _gemm(A, B, C, bias=None, accumulate=False, trans_a=False, trans_b=False, bi
     if K == 0:
         _bias(C, bias, accumulate)
         return C
-    cp = _cupy() if (big or M >= settings.cupy_min_rows) else None
+    cp = cupy_module() if (big or M >= settings.cupy_min_rows) else None
     if cp is not None:
         if bias is not None:            # C = bias (+ C), then C = op(A) op(B) + 1 * C
             _bias(C, bias, accumulate)
         beta = 1.0 if (bias is not None or accumulate) else 0.0
-        a, b, c = _as_cupy(cp, A), _as_cupy(cp, B), _as_cupy(cp, C)
+        a, b, c = as_cupy(cp, A), as_cupy(cp, B), as_cupy(cp, C)
         gemm = getattr(getattr(cp, "cublas", None), "gemm", None)
         if gemm is not None:
             gemm("T" if trans_a else "N", "T" if trans_b else "N", a, b, out=c, alpha=1.0,
@@ -303,7 +303,7 @@ def _gemm(A, B, C, bias=None, accumulate=False, trans_a=False, trans_b=False, bi
         kernel = _gemm_kernel(ts, dtype.type, bool(trans_a), bool(trans_b))
         bm = bn = ts
         block = (ts, ts)
-    step = _MAX_GRID_Y * bn         # columns per launch
+    step = MAX_GRID_Y * bn         # columns per launch
     for n0 in range(0, N, step):
         n1 = min(N, n0 + step)
         if n0 or n1 < N:
@@ -329,7 +329,7 @@ def _transpose(a, tag=None):
 
 @lru_cache(maxsize=None)
 def _colsum_kernels(bx, by, np_dtype):
-    """Column sums in two deterministic passes (see :func:`_colsum`)."""
+    """Column sums in two deterministic passes (see :func:`column_sums`)."""
     dt = numba.from_dtype(np.dtype(np_dtype))
     zero = np.dtype(np_dtype).type(0)
 
@@ -374,7 +374,7 @@ def _colsum_kernels(bx, by, np_dtype):
     return partial, final
 
 
-def _colsum(a, out, b=None, accumulate=False):
+def column_sums(a, out, b=None, accumulate=False):
     """``out[n] (+)= sum_m a[m, n] (* b[m, n])`` (a, b: [M, N]; out: [N]).
 
     One thread per column adding ``M = T*B`` rows in a row would take

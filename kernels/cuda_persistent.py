@@ -5,7 +5,7 @@ one cooperative kernel (the ``"persistent"`` strategy of
 One kernel factory per direction, over the cell's phases: one phase per
 dependent recurrent product (``CellSpec.products``), each a product over the
 block's units (:data:`_PRODUCTS`) and a point on each of them
-(:data:`fastrnn.kernels.cuda_points._FWD` / ``_BWD``), with a grid barrier
+(:data:`fastrnn.kernels.cuda_points.FORWARD_STEPS` / ``BACKWARD_STEPS``), with a grid barrier
 between phases, since the next product reads every block's units. The
 one-product cells keep their block's slice of ``W_hh`` in shared memory when
 it fits; the second product of the two-product cells (``U_n (r ⊙ h)``,
@@ -30,7 +30,7 @@ import numpy as np
 
 from .cuda_base import SIMULATOR, _dummy, _work, cuda, numba, settings
 from .cuda_gemm import _transpose
-from .cuda_points import _BWD, _FWD, _second_product_operands, _time
+from .cuda_points import BACKWARD_STEPS, FORWARD_STEPS, _second_product_operands, _time
 
 
 class _DoesNotFit(Exception):
@@ -199,7 +199,7 @@ if cuda is not None:
 
     #: registry name -> ((forward rows before each phase), (backward cols after
     #: each phase)) of the two-product cells; the others: _all_gates_rows/cols
-    _TWO_PRODUCTS = {
+    TWO_PRODUCTS = {
         "gru_reset_before": ((_gru_reset_before_rows_gates, _gru_reset_before_rows_candidate),
                              (_gru_reset_before_cols_candidate, _gru_reset_before_cols_reset)),
         "peephole_full": ((_peephole_full_rows_cell, _peephole_full_rows_out),
@@ -207,11 +207,11 @@ if cuda is not None:
     }
 
 
-def _products(cell):
+def step_products(cell):
     """``(rows, cols)``: the cell's products per phase, forward and backward."""
     if cell.products == 1:
         return (_all_gates_rows,), (_all_gates_cols,)
-    return _TWO_PRODUCTS[cell.name]
+    return TWO_PRODUCTS[cell.name]
 
 
 @lru_cache(maxsize=None)
@@ -324,7 +324,7 @@ def _persistent_lanes(threads):
     return lanes
 
 
-def _persistent_plan(H, unit_bytes, nsm, limit, units=None, shared_bytes=None):
+def persistent_plan(H, unit_bytes, nsm, limit, units=None, shared_bytes=None):
     """``(HB, use_shared)`` for a co-resident persistent grid, or None.
 
     ``unit_bytes``: bytes of weights one unit's slice holds in shared memory
@@ -359,7 +359,7 @@ def _persistent_plan(H, unit_bytes, nsm, limit, units=None, shared_bytes=None):
 
 def _launch_persistent(kernel, args, H, shared_per_unit, itemsize):
     """Launch ``kernel(*args, HB, use_shared, lanes)`` on a co-resident grid of
-    blocks of ``HB`` units each (sized by :func:`_persistent_plan`;
+    blocks of ``HB`` units each (sized by :func:`persistent_plan`;
     ``shared_per_unit`` weights per unit). Returns ``(HB, use_shared)``."""
     threads = settings.persistent_threads
     lanes = _persistent_lanes(threads)
@@ -385,7 +385,7 @@ def _launch_persistent(kernel, args, H, shared_per_unit, itemsize):
         except Exception:   # pragma: no cover - older numba-cuda
             return nsm
 
-    plan = _persistent_plan(H, unit_bytes, nsm, limit, settings.persistent_units)
+    plan = persistent_plan(H, unit_bytes, nsm, limit, settings.persistent_units)
     if plan is None:
         raise _DoesNotFit(f"no co-resident persistent grid for H={H} ({threads} threads per "
                           f"block, {settings.shared_bytes} B of shared memory)")
@@ -416,7 +416,7 @@ def _persistent_forward(cell, T, rev, lens, xw, w, h, c, out, peep, training):
     else:
         aux, p_if, p_o = _second_product_operands(cell, peep, B, H, dtype)
         pre, mats, cached = (xw, hw, aux), (w.w_hh, w.b_hh, p_if, p_o), 0
-    kernel = _persistent_fwd_kernel(tuple(zip(_products(cell)[0], _FWD[cell.name])), dtype.type)
+    kernel = _persistent_fwd_kernel(tuple(zip(step_products(cell)[0], FORWARD_STEPS[cell.name])), dtype.type)
     args = (T, rev, lens, training, pre, mats, peep, (hbuf, cbuf), out)
     _launch_persistent(kernel, args, H, cached, dtype.itemsize)
     h.copy_to_device(hbuf[T % 2])
@@ -441,7 +441,7 @@ def _persistent_backward(cell, cache, dy, dh, dc, dax, dah, peep):
                       _transpose(peep[2], "po_t"))
         else:
             mats_t = (w_t, dummy, dummy)
-    kernel = _persistent_bwd_kernel(tuple(zip(_BWD[cell.name], _products(cell)[1])), dtype.type)
+    kernel = _persistent_bwd_kernel(tuple(zip(BACKWARD_STEPS[cell.name], step_products(cell)[1])), dtype.type)
     args = (T, cache.reverse, cache.lengths, dy, mats_t, (dh, dc, aux),
             (cache.acts, cache.hs, cs), (dax, dah), peep)
     _launch_persistent(kernel, args, H, cached, dtype.itemsize)

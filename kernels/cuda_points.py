@@ -9,7 +9,7 @@ those products and call the points. A cell with one recurrent product per
 step (``CellSpec.products == 1``) has one forward and one backward point; a
 cell whose step holds a second, dependent product (GRU reset-before:
 ``U_n (r ⊙ h)``; full peephole: ``P_o c'``) has two of each, one per phase,
-with that product between them. :data:`_FWD` and :data:`_BWD` list them per
+with that product between them. :data:`FORWARD_STEPS` and :data:`BACKWARD_STEPS` list them per
 registry name, in the order they run.
 
 The arrays travel in tuples (numba passes tuples of arrays to kernels and
@@ -414,12 +414,12 @@ if cuda is not None:
         dh[b, j] += dhp
 
     #: registry name -> the forward points, one per dependent product, in step order
-    _FWD = {"rnn_tanh": (_rnn_tanh_fwd,), "rnn_relu": (_rnn_relu_fwd,), "lstm": (_lstm_fwd,),
+    FORWARD_STEPS = {"rnn_tanh": (_rnn_tanh_fwd,), "rnn_relu": (_rnn_relu_fwd,), "lstm": (_lstm_fwd,),
             "gru": (_gru_fwd,), "peephole_diagonal": (_peephole_diagonal_fwd,),
             "gru_reset_before": (_gru_reset_before_fwd_gates, _gru_reset_before_fwd_candidate),
             "peephole_full": (_peephole_full_fwd_cell, _peephole_full_fwd_out)}
     #: registry name -> the backward points, in the order they run (reverse of the step)
-    _BWD = {"rnn_tanh": (_rnn_tanh_bwd,), "rnn_relu": (_rnn_relu_bwd,), "lstm": (_lstm_bwd,),
+    BACKWARD_STEPS = {"rnn_tanh": (_rnn_tanh_bwd,), "rnn_relu": (_rnn_relu_bwd,), "lstm": (_lstm_bwd,),
             "gru": (_gru_bwd,), "peephole_diagonal": (_peephole_diagonal_bwd,),
             "gru_reset_before": (_gru_reset_before_bwd_candidate, _gru_reset_before_bwd_reset),
             "peephole_full": (_peephole_full_bwd_out, _peephole_full_bwd_cell)}

@@ -180,11 +180,11 @@ def test_every_cell_has_its_device_functions():
     two = {name for name, spec in CELLS.items() if spec.products == 2}
     assert two == {"gru_reset_before", "peephole_full"}
     for name, spec in CELLS.items():
-        rows, cols = cuda_persistent._products(spec)
-        assert (len(cuda_points._FWD[name]) == len(cuda_points._BWD[name]) == len(rows)
+        rows, cols = cuda_persistent.step_products(spec)
+        assert (len(cuda_points.FORWARD_STEPS[name]) == len(cuda_points.BACKWARD_STEPS[name]) == len(rows)
                 == len(cols) == spec.products), name
-    assert set(cuda_points._FWD) == set(cuda_points._BWD) == set(CELLS)
-    assert set(cuda_persistent._TWO_PRODUCTS) == set(kc.TWO_PHASE_CELLS) == two
+    assert set(cuda_points.FORWARD_STEPS) == set(cuda_points.BACKWARD_STEPS) == set(CELLS)
+    assert set(cuda_persistent.TWO_PRODUCTS) == set(kc.TWO_PHASE_CELLS) == two
     assert kc.PERSISTENT_CELLS == tuple(CELLS)
 
 
@@ -242,7 +242,7 @@ def test_gemm(trans_a, trans_b, blocked):
     # blocked: 8x4 tiles of C, 2x2 per thread, K in slices of 3 -> partial edges everywhere
     with kc.configure(tile=4, gemm_blocking=(8, 4, 3, 2, 2),
                       blocked_min_rows=1 if blocked else 10 ** 9):
-        kc._gemm(cuda.to_device(a), cuda.to_device(b), c, bias=cuda.to_device(bias),
+        kc.device_gemm(cuda.to_device(a), cuda.to_device(b), c, bias=cuda.to_device(bias),
                  accumulate=True, trans_a=trans_a, trans_b=trans_b)
     np.testing.assert_allclose(c.copy_to_host(), expected, rtol=1e-12, atol=1e-12)
 

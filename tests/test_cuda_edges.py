@@ -65,7 +65,7 @@ def test_empty_problems_give_empty_outputs(name, T, B, H):
             assert a is None
         else:
             np.testing.assert_array_equal(kc.to_host(a), e, err_msg=field)
-    assert kc._persistent_disabled is None
+    assert kc.persistent_disabled is None
 
 
 def test_a_bug_in_the_persistent_path_is_raised_not_hidden(monkeypatch):
@@ -81,17 +81,17 @@ def test_a_bug_in_the_persistent_path_is_raised_not_hidden(monkeypatch):
     with kc.configure(**{**SMALL, "strategy": "auto"}):
         with pytest.raises(ZeroDivisionError):
             kc.forward(cell, x, h0, c0, w, None, False, False)
-    assert kc._persistent_disabled is None
+    assert kc.persistent_disabled is None
 
     def no_devrt(*a, **k):
         raise RuntimeError("cannot link libcudadevrt")
 
     monkeypatch.setattr(kc, "_persistent_forward", no_devrt)
-    monkeypatch.setattr(kc, "_persistent_disabled", None)
+    monkeypatch.setattr(kc, "persistent_disabled", None)
     with kc.configure(**{**SMALL, "strategy": "auto"}):
         with pytest.warns(RuntimeWarning, match="libcudadevrt"):
             y = kc.forward(cell, x, h0, c0, w, None, False, False)[0]
-    assert "libcudadevrt" in kc._persistent_disabled
+    assert "libcudadevrt" in kc.persistent_disabled
     assert_close("y", y, reference.forward(cell, x, h0, c0, w, None, False, False)[0],
                  np.float32)
 
@@ -107,12 +107,12 @@ def test_column_sums_are_tiled_and_deterministic(M):
     # 4 columns x 2 rows of threads per block, chunks of 2 rows: 4 chunks of 7 rows
     with kc.configure(colsum_block=(4, 2), colsum_rows=2, threads=4):
         da, db = cuda.to_device(a), cuda.to_device(b)
-        plain = kc.to_host(kc._colsum(da, cuda.device_array(5)))
-        again = kc.to_host(kc._colsum(da, cuda.device_array(5)))
-        weighted = kc.to_host(kc._colsum(da, cuda.device_array(5), b=db))
-        acc = kc.to_host(kc._colsum(da, cuda.to_device(prior), accumulate=True))
+        plain = kc.to_host(kc.column_sums(da, cuda.device_array(5)))
+        again = kc.to_host(kc.column_sums(da, cuda.device_array(5)))
+        weighted = kc.to_host(kc.column_sums(da, cuda.device_array(5), b=db))
+        acc = kc.to_host(kc.column_sums(da, cuda.to_device(prior), accumulate=True))
         # a column slice (strided rows), as the peephole gradients pass
-        sliced = kc.to_host(kc._colsum(cuda.to_device(np.hstack([a, b]))[:, 5:],
+        sliced = kc.to_host(kc.column_sums(cuda.to_device(np.hstack([a, b]))[:, 5:],
                                        cuda.device_array(5)))
     np.testing.assert_allclose(plain, a.sum(0), rtol=1e-12, atol=1e-12)
     np.testing.assert_array_equal(plain, again)
@@ -128,14 +128,14 @@ def test_gemm_loops_over_grid_y(monkeypatch, blocked):
     # with the cap made 1 block, N = 6 takes several launches
     from fastrnn.kernels import cuda_gemm
     cuda = _cuda()
-    monkeypatch.setattr(cuda_gemm, "_MAX_GRID_Y", 1)
+    monkeypatch.setattr(cuda_gemm, "MAX_GRID_Y", 1)
     rng = np.random.default_rng(5)
     a, b = rng.standard_normal((5, 3)), rng.standard_normal((6, 3))
     bias, c0 = rng.standard_normal(6), rng.standard_normal((5, 6))
     c = cuda.to_device(c0)
     with kc.configure(tile=4, gemm_blocking=(4, 4, 2, 2, 2),
                       blocked_min_rows=1 if blocked else 10 ** 9, use_cupy=False):
-        kc._gemm(cuda.to_device(a), cuda.to_device(b), c, bias=cuda.to_device(bias),
+        kc.device_gemm(cuda.to_device(a), cuda.to_device(b), c, bias=cuda.to_device(bias),
                  accumulate=True, trans_b=True)
     np.testing.assert_allclose(c.copy_to_host(), c0 + a @ b.T + bias, rtol=1e-12)
 
@@ -147,9 +147,9 @@ def test_gemm_with_empty_inner_dimension_adds_the_bias():
     a, b = cuda.device_array((2, 0)), cuda.device_array((0, 3))
     with kc.configure(threads=4):
         c = cuda.to_device(c0)
-        kc._gemm(a, b, c, bias=cuda.to_device(bias), accumulate=True)
+        kc.device_gemm(a, b, c, bias=cuda.to_device(bias), accumulate=True)
         np.testing.assert_array_equal(c.copy_to_host(), c0 + bias)
-        kc._gemm(a, b, c)
+        kc.device_gemm(a, b, c)
         np.testing.assert_array_equal(c.copy_to_host(), np.zeros((2, 3)))
 
 
@@ -179,11 +179,11 @@ def test_cupy_view_is_built_from_the_pointer():
 
     full = types.SimpleNamespace(__cuda_array_interface__=dict(
         shape=(3, 4), typestr="<f4", data=(4096, False), strides=None, version=3, stream=7))
-    assert kc._as_cupy(FakeCuPy, full) == ((3, 4), np.float32, ("mem", 0), (16, 4))
+    assert kc.as_cupy(FakeCuPy, full) == ((3, 4), np.float32, ("mem", 0), (16, 4))
     assert made == dict(ptr=4096, size=48, owner=full)
     every_other = types.SimpleNamespace(__cuda_array_interface__=dict(
         shape=(3, 2), typestr="<f8", data=(8192, False), strides=(32, 16), version=3))
-    assert kc._as_cupy(FakeCuPy, every_other)[3] == (32, 16)
+    assert kc.as_cupy(FakeCuPy, every_other)[3] == (32, 16)
     assert made["size"] == 8 + 2 * 32 + 1 * 16
 
 
@@ -192,19 +192,19 @@ def test_persistent_slices_shrink_to_fit_shared_memory():
     # LSTM float32, H = 1024, 132 SMs: one unit's slice of W_hh is 16 KiB, so
     # 8 units per block (one block per SM) would need 128 KiB; 3 fit in 48 KiB
     unit = 4 * 1024 * 4
-    assert kc._persistent_plan(1024, unit, 132, lambda shmem: 4 * 132,
+    assert kc.persistent_plan(1024, unit, 132, lambda shmem: 4 * 132,
                                shared_bytes=48 * 1024) == (3, True)
     # when so many blocks cannot be co-resident, the weights stay in global memory
-    assert kc._persistent_plan(1024, unit, 132, lambda shmem: 132 if shmem else 264,
+    assert kc.persistent_plan(1024, unit, 132, lambda shmem: 132 if shmem else 264,
                                shared_bytes=48 * 1024) == (8, False)
     # a small layer: one block per SM, slice in shared memory
-    assert kc._persistent_plan(256, 4 * 256 * 4, 132, lambda shmem: 528,
+    assert kc.persistent_plan(256, 4 * 256 * 4, 132, lambda shmem: 528,
                                shared_bytes=48 * 1024) == (2, True)
     # a grid too large for the device: fewer, fuller blocks
-    assert kc._persistent_plan(1024, 0, 132, lambda shmem: 100) == (11, False)
+    assert kc.persistent_plan(1024, 0, 132, lambda shmem: 100) == (11, False)
     # fixed units that cannot be co-resident, or no block fits at all
-    assert kc._persistent_plan(64, 0, 8, lambda shmem: 4, units=2) is None
-    assert kc._persistent_plan(64, 0, 8, lambda shmem: 0) is None
+    assert kc.persistent_plan(64, 0, 8, lambda shmem: 4, units=2) is None
+    assert kc.persistent_plan(64, 0, 8, lambda shmem: 0) is None
 
 
 @pytest.mark.parametrize("lanes", [1, 8], ids=["serial", "lanes8"])
@@ -221,17 +221,17 @@ def test_workspaces_are_reused_but_outputs_are_not():
     cell, w, x, h0, c0, *_ = make_problem("gru", np.float64)
     with kc.configure(**SMALL):
         y1 = kc.forward(cell, x, h0, c0, w, None, False, False)[0]
-        n_ws = len(kc._WS.arrays)
+        n_ws = len(kc.WORKSPACES.arrays)
         y2 = kc.forward(cell, 2 * x, h0, c0, w, None, False, False)[0]
-        assert len(kc._WS.arrays) == n_ws          # nothing new allocated for them
+        assert len(kc.WORKSPACES.arrays) == n_ws          # nothing new allocated for them
     assert y1 is not y2
     assert_close("y1", y1, reference.forward(cell, x, h0, c0, w, None, False, False)[0],
                  np.float64)
     assert_close("y2", y2, reference.forward(cell, 2 * x, h0, c0, w, None, False, False)[0],
                  np.float64)
-    assert kc._lengths(None, 3, 2) is kc._lengths(None, 3, 2)
+    assert kc.device_lengths(None, 3, 2) is kc.device_lengths(None, 3, 2)
     with kc.configure(**{**SMALL, "workspace_bytes": 0}):    # no cache at all
         y3 = kc.forward(cell, x, h0, c0, w, None, False, False)[0]
     np.testing.assert_array_equal(kc.to_host(y3), kc.to_host(y1))
     kc.clear_workspaces()
-    assert not kc._WS.arrays
+    assert not kc.WORKSPACES.arrays

@@ -15,8 +15,9 @@ product reads twice: float32 (the state, the saved values, the bias
 gradients) and rounded to bf16 (:func:`fastrnn.kernels.bf16_simd.round_bits`,
 :func:`fastrnn.bf16.round_bf16`'s rounding).
 
-``uk_gru_fwd[MR]``, ``uk_gru_bwd[MR]``, ``uk_rnn_fwd[MR]``, ``uk_rnn_bwd[MR]``
-for ``MR = 1..BF16_MR`` rows per call (``[0]`` unused).
+``uk_gru_fwd[MR]``, ``uk_gru_bwd[MR]``, ``uk_rnn_fwd[MR]``, ``uk_rnn_bwd[MR]``, and
+the reset-before GRU's two halves of a step, ``uk_rb_fwd_a/b[MR]`` and
+``uk_rb_bwd_x/y[MR]``, for ``MR = 1..BF16_MR`` rows per call (``[0]`` unused).
 """
 from __future__ import annotations
 
@@ -28,8 +29,8 @@ from numba.extending import intrinsic
 from fastrnn.kernels.bf16_simd import BF16_MR, EMULATED, NATIVE, is_native, round_bits
 from fastrnn.kernels.simd import I64, VMath, _splat, ptrs, row_off, vload, vstore
 
-__all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd", "NATIVE", "EMULATED",
-           "BF16_MR", "VW"]
+__all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd", "uk_rb_fwd_a",
+           "uk_rb_fwd_b", "uk_rb_bwd_x", "uk_rb_bwd_y", "NATIVE", "EMULATED", "BF16_MR", "VW"]
 
 VW = 16
 _f32 = ir.FloatType()
@@ -320,7 +321,171 @@ def _make_rnn_bwd(MR):
     return uk
 
 
+# --------------------------------------------------------------------------- GRU reset-before
+def _make_rb_fwd_a(MR):
+    @intrinsic
+    def uk(typingctx, tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh):
+        """Reset-before GRU, first half of a step: one panel (16 units), MR rows:
+        ``w`` the panel's ``[KI][3*16]`` words ([r z n] of W_ih) then ``[KH][2*16]``
+        ([r z] of W_hh); r = σ(x W_r + h U_r + b_r), z likewise, nx = x W_n + b_in
+        (``bias`` [b_r, b_z, b_in]); act = (r, z, nx) (row stride ``ldact``) and
+        r h rounded to ``rhb`` (the operand of U_n; row stride ``ldrh``); ``hin``
+        the float32 h (row stride ``ldhin``)."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        native = is_native(tag)
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh = args
+            x, h, w = _i32p(builder, x, h, w)
+            (rhb,) = _i16p(builder, rhb)
+            bias, hin, act = ptrs(builder, F32X, bias, hin, act)
+            wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, 3 * VW))])
+            accs = accs_bf16(builder, native, MR, 3,
+                             [(x, _half(builder, ldx), w, KI, (0, 1, 2)),
+                              (h, _half(builder, ldh), wh, KH, (0, 1))])
+            m = VMath(builder, F32X)
+            bv = [vload(builder, F32X, bias, ir.Constant(I64, g * VW)) for g in range(3)]
+            for r in range(MR):
+                gr = m.sigmoid(m.add(accs[r][0], bv[0]))
+                gz = m.sigmoid(m.add(accs[r][1], bv[1]))
+                nx = m.add(accs[r][2], bv[2])
+                for g, val in enumerate((gr, gz, nx)):
+                    vstore(builder, val, F32X, act, row_off(builder, r, ldact, g * VW))
+                hp = vload(builder, F32X, hin, row_off(builder, r, ldhin))
+                _store16(builder, m.mul(gr, hp), rhb, row_off(builder, r, ldrh))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_rb_fwd_b(MR):
+    @intrinsic
+    def uk(typingctx, tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb):
+        """Reset-before GRU, second half: one panel, MR rows: n = tanh(nx + rd(r h)
+        U_nᵀ + b_hn) (``w`` ``[KH][16]`` words, ``rh`` bf16 rows of stride ``ldrh``
+        elements), h' = n + z (h - n) float32 to ``y`` and rounded to ``hb``; n
+        replaces nx in ``act``."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        native = is_native(tag)
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb = args
+            rh, w = _i32p(builder, rh, w)
+            (hb,) = _i16p(builder, hb)
+            bhn, act, hin, y = ptrs(builder, F32X, bhn, act, hin, y)
+            accs = accs_bf16(builder, native, MR, 1, [(rh, _half(builder, ldrh), w, KH, (0,))])
+            m = VMath(builder, F32X)
+            bv = vload(builder, F32X, bhn, ir.Constant(I64, 0))
+            for r in range(MR):
+                no = row_off(builder, r, ldact, 2 * VW)
+                gz = vload(builder, F32X, act, row_off(builder, r, ldact, VW))
+                gn = m.tanh(m.add(m.add(accs[r][0], bv), vload(builder, F32X, act, no)))
+                vstore(builder, gn, F32X, act, no)
+                ro = row_off(builder, r, ldy)
+                hn = m.fma(gz, m.sub(vload(builder, F32X, hin, ro), gn), gn)
+                vstore(builder, hn, F32X, y, ro)
+                _store16(builder, hn, hb, row_off(builder, r, ldhb))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_rb_bwd_x(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg):
+        """Reset-before GRU backward, first half of a step: NV output vectors, MR rows:
+        dh = a w + dy + dd (``a``: the rounded (dr, dz) of the next step, ``w`` its
+        U_rz panel ``[KK][NV*16]`` words; ``dd`` the carried dh z + drh r of the
+        next step), then dn = dh (1-z)(1-n²), dz = dh (h-n) z(1-z) float32 and
+        rounded (gates 2 and 1 of ``dg``/``dgb``: vector v of gate g at
+        ``v*16 + g*dgg``, row stride ``ldg``); ``dd`` = dh z. ``act``: (r, z, n)
+        per vector ([NV][3][16], row stride ``ldact``)."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg = args
+            a, w = _i32p(builder, a, w)
+            (dgb,) = _i16p(builder, dgb)
+            dy, act, hp, dd, dg = ptrs(builder, F32X, dy, act, hp, dd, dg)
+            accs = accs_bf16(builder, native, MR, NV,
+                             [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
+            m = VMath(builder, F32X)
+            one = m.one
+            for r in range(MR):
+                for v in range(NV):
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
+                               vload(builder, F32X, dd, ho))
+                    gz, gn = [vload(builder, F32X, act,
+                                    row_off(builder, r, ldact, v * 3 * VW + g * VW))
+                              for g in (1, 2)]
+                    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
+                    dz = m.mul(m.mul(dh, m.sub(vload(builder, F32X, hp, ho), gn)),
+                               m.mul(gz, m.sub(one, gz)))
+                    for g, val in ((1, dz), (2, dn)):
+                        o = builder.add(row_off(builder, r, ldg, v * VW),
+                                        builder.mul(ir.Constant(I64, g), dgg))
+                        vstore(builder, val, F32X, dg, o)
+                        _store16(builder, val, dgb, o)
+                    vstore(builder, m.mul(dh, gz), F32X, dd, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_rb_bwd_y(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg):
+        """Reset-before GRU backward, second half: NV output vectors, MR rows:
+        drh = a w (``a`` the rounded dn of this step, ``w`` its U_n panel), dr =
+        drh h r(1-r) float32 and rounded (gate 0 of ``dg``/``dgb``), dd += drh r."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg = args
+            a, w = _i32p(builder, a, w)
+            (dgb,) = _i16p(builder, dgb)
+            act, hp, dd, dg = ptrs(builder, F32X, act, hp, dd, dg)
+            accs = accs_bf16(builder, native, MR, NV,
+                             [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
+            m = VMath(builder, F32X)
+            for r in range(MR):
+                for v in range(NV):
+                    ho = row_off(builder, r, ldh, v * VW)
+                    gr = vload(builder, F32X, act, row_off(builder, r, ldact, v * 3 * VW))
+                    drh = accs[r][v]
+                    dr = m.mul(m.mul(drh, vload(builder, F32X, hp, ho)),
+                               m.mul(gr, m.sub(m.one, gr)))
+                    o = row_off(builder, r, ldg, v * VW)
+                    vstore(builder, dr, F32X, dg, o)
+                    _store16(builder, dr, dgb, o)
+                    vstore(builder, m.fma(drh, gr, vload(builder, F32X, dd, ho)), F32X, dd, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
 uk_gru_fwd = [None] + [_make_gru_fwd(m) for m in range(1, BF16_MR + 1)]
 uk_gru_bwd = [None] + [_make_gru_bwd(m) for m in range(1, BF16_MR + 1)]
 uk_rnn_fwd = [None] + [_make_rnn_fwd(m) for m in range(1, BF16_MR + 1)]
 uk_rnn_bwd = [None] + [_make_rnn_bwd(m) for m in range(1, BF16_MR + 1)]
+uk_rb_fwd_a = [None] + [_make_rb_fwd_a(m) for m in range(1, BF16_MR + 1)]
+uk_rb_fwd_b = [None] + [_make_rb_fwd_b(m) for m in range(1, BF16_MR + 1)]
+uk_rb_bwd_x = [None] + [_make_rb_bwd_x(m) for m in range(1, BF16_MR + 1)]
+uk_rb_bwd_y = [None] + [_make_rb_bwd_y(m) for m in range(1, BF16_MR + 1)]

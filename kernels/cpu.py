@@ -32,10 +32,10 @@ LSTM run the packed bf16 kernels (:mod:`~fastrnn.kernels.packed_bf16`), with
 ``vdpbf16ps`` products where the CPU has AVX512-BF16 (the time loops' products
 on AMX tiles where it also has AMX-BF16) and emulated products
 (the same numbers up to the order of the float32 sums) elsewhere or with
-``settings.bf16_native`` off; the GRU (reset_after) and the tanh/ReLU RNN run
-the packed bf16 kernels of :mod:`~fastrnn.kernels.packed_bf16_cells` (native
-or emulated products, the same choice); the reset-before GRU and the full
-peephole run the NumPy reference's bf16 code. Either fallback warns once per process that bf16 brings no speed there.
+``settings.bf16_native`` off; the GRU (both forms) and the tanh/ReLU RNN run
+the packed bf16 kernels of :mod:`~fastrnn.kernels.packed_bf16_cells` and
+:mod:`~fastrnn.kernels.packed_bf16_gru_rb` (native or emulated products, the
+same choice); the full peephole runs the NumPy reference's bf16 code. Either fallback warns once per process that bf16 brings no speed there.
 
 What runs where is steered by one settings object (:data:`settings`,
 :class:`configure`, from :mod:`~fastrnn.kernels.cpu_settings`); the BLAS
@@ -78,11 +78,12 @@ if NUMBA_ERROR is None and BLAS_PATH is not None:
     except Exception:  # pragma: no cover - e.g. an llvmlite that cannot build its IR
         packed_bf16 = None
     try:
-        from fastrnn.kernels import packed_bf16_cells
+        from fastrnn.kernels import packed_bf16_cells, packed_bf16_gru_rb
     except Exception:  # pragma: no cover - e.g. an llvmlite that cannot build its IR
-        packed_bf16_cells = None
+        packed_bf16_cells = packed_bf16_gru_rb = None
 else:  # pragma: no cover - depends on the install
-    loops_driver = packed = packed_cells = task_gemm = packed_bf16 = packed_bf16_cells = None
+    loops_driver = packed = packed_cells = task_gemm = packed_bf16 = None
+    packed_bf16_cells = packed_bf16_gru_rb = None
     LOOPS = {}
 
 # off on a CPU without AVX2/AVX-512 (packed.host_simd), where the packed
@@ -139,14 +140,14 @@ def route_bf16(cell):
     gradient on AMX tiles: AMX-BF16 and ``settings.bf16_amx``), ``"native"``
     (the packed bf16 kernels with ``vdpbf16ps``), ``"emulated"`` (the same
     kernels with the products emulated in float32: no AVX512-BF16, or
-    ``settings.bf16_native`` off), for the GRU (reset_after) and the RNN
+    ``settings.bf16_native`` off), for the GRU (both forms) and the RNN
     ``"cells_native"`` / ``"cells_emulated"`` (their packed bf16 kernels, the same
-    choice), or ``"reference"`` (the NumPy reference's bf16 code: the cells
-    without a bf16 kernel, the reset-before GRU and the full peephole, or no
-    packed kernels here). All compute the same numbers up to the order of the
+    choice), or ``"reference"`` (the NumPy reference's bf16 code: the cell
+    without a bf16 kernel, the full peephole, or no packed kernels here). All compute the same numbers up to the order of the
     float32 sums (and the bf16 roundings that order can flip)."""
     fam = PACKED[cell.name]
-    if fam in ("gru", "rnn") and packed_bf16_cells is not None and settings.use_packed:
+    if (cell.family in ("gru", "rnn") and packed_bf16_cells is not None
+            and settings.use_packed):
         native = settings.bf16_native and has_avx512_bf16()
         return "cells_native" if native else "cells_emulated"
     if (fam != "lstm" or packed_bf16 is None or packed is None
@@ -186,9 +187,9 @@ def describe_bf16():
                 f"full peephole on the NumPy reference's bf16 code (correct, slower than "
                 f"float32)")
     cells = "vdpbf16ps" if cells == "cells_native" else "emulated"
-    return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU (reset_after) and "
-            f"RNN on packed bf16 kernels ({cells} products); the reset-before GRU and the "
-            f"full peephole on the NumPy reference's bf16 code (correct, slower than float32)")
+    return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU (both forms) and "
+            f"RNN on packed bf16 kernels ({cells} products); the full peephole on the NumPy "
+            f"reference's bf16 code (correct, slower than float32)")
 
 
 _warned = set()
@@ -403,7 +404,10 @@ def _forward_bf16_cells(native):
         f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
         w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
         args = (x, f(h0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens, reverse)
-        if cell.family == "gru":
+        if cell.name == "gru_reset_before":
+            y, h, pc = packed_bf16_gru_rb.gru_rb_forward(*args, training, get_num_threads(),
+                                                         native=native)
+        elif cell.family == "gru":
             y, h, pc = packed_bf16_cells.gru_forward(*args, training, get_num_threads(),
                                                      native=native)
         else:
@@ -417,8 +421,10 @@ def _forward_bf16_cells(native):
 
 
 def _backward_bf16_cells(cell, cache, dy, dh_n, dc_n, threads):
-    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = packed_bf16_cells.backward(
-        cache.saved, dy, dh_n, get_num_threads(), threads.use)
+    run = (packed_bf16_gru_rb.gru_rb_backward if cell.name == "gru_reset_before"
+           else packed_bf16_cells.backward)
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = run(cache.saved, dy, dh_n, get_num_threads(),
+                                              threads.use)
     return dx, dh0, None, Weights(dw_ih, dw_hh, db_ih, db_hh, None)
 
 

@@ -1,5 +1,5 @@
-"""The cpu backend's bf16 kernels of the GRU (reset_after) and the tanh/ReLU RNN
-(``kernels/packed_bf16_cells.py``) against the reference's bf16 mode, on the
+"""The cpu backend's bf16 kernels of the GRU (both forms) and the tanh/ReLU RNN
+(``kernels/packed_bf16_cells.py``, ``kernels/packed_bf16_gru_rb.py``) against the reference's bf16 mode, on the
 native (``vdpbf16ps``) and the emulated route, forward and backward, full and
 random lengths, both directions, and through a stacked bidirectional layer.
 
@@ -34,7 +34,7 @@ native_only = pytest.mark.skipif(not has_avx512_bf16(), reason="no AVX512-BF16 o
 #: the settings that force each route of cpu.route_bf16 for these cells
 ROUTES = {"cells_native": dict(bf16_native=True), "cells_emulated": dict(bf16_native=False)}
 FWD = ("y", "h_n")
-GATES = {"gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+GATES = {"gru": 3, "gru_reset_before": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
 def _args(cell, T, B, I, H, rng):
@@ -65,6 +65,10 @@ CASES = [  # cell, T, B, I, H, lengths, reverse, route
     pytest.param("gru", 4, 9, 6, 64, None, False, N, marks=native_only, id="gru-native-nv4"),
     pytest.param("gru", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), False, E,
                  id="gru-emulated-lengths-padded"),
+    pytest.param("gru_reset_before", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, N,
+                 marks=native_only, id="gru_reset_before-native-lengths-reverse-padded"),
+    pytest.param("gru_reset_before", 4, 9, 6, 64, None, False, E,
+                 id="gru_reset_before-emulated-nv4"),
     pytest.param("rnn_tanh", 5, 7, 5, 20, (4, 3, 5, 1, 2, 4, 5), True, N, marks=native_only,
                  id="rnn_tanh-native-lengths-reverse-padded"),
     pytest.param("rnn_tanh", 4, 9, 6, 32, None, True, E, id="rnn_tanh-emulated-reverse"),
@@ -110,7 +114,7 @@ def test_cell_matches_the_bf16_reference(cell, T, B, I, H, lengths, reverse, rou
 
 
 @native_only
-@pytest.mark.parametrize("cell", ["gru", "rnn_tanh"])
+@pytest.mark.parametrize("cell", ["gru", "gru_reset_before", "rnn_tanh"])
 def test_native_and_emulated_agree(cell):
     spec = get_cell(cell)
     T, B, I, H = 5, 7, 5, 20
@@ -124,7 +128,7 @@ def test_native_and_emulated_agree(cell):
              bf16_terms(spec, T, B, I, H, approx=True), BF16, res[0])
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn_relu"])
+@pytest.mark.parametrize("cell", ["gru", "gru_reset_before", "rnn_relu"])
 def test_bitwise_the_same_on_one_and_two_threads(cell):
     """The thread split depends on the shape only (rows or panels)."""
     spec = get_cell(cell)
@@ -147,7 +151,7 @@ def test_bitwise_the_same_on_one_and_two_threads(cell):
             np.testing.assert_array_equal(r[k], res[0][k], err_msg=k)
 
 
-@pytest.mark.parametrize("variant", ["gru", "rnn_tanh"])
+@pytest.mark.parametrize("variant", ["gru", "gru_reset_before", "rnn_tanh"])
 def test_stacked_bidirectional_layer_matches_the_bf16_reference(variant):
     """Through the layer: two layers, both directions, random lengths, an initial
     state; the cpu layer runs the bf16 kernels and no reference warning fires."""
@@ -184,7 +188,7 @@ def test_stacked_bidirectional_layer_matches_the_bf16_reference(variant):
         assert_close(g2[k], g1[k], full, scale=upg, dtype=BF16, err_msg=k)
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn_tanh", "rnn_relu"])
+@pytest.mark.parametrize("cell", ["gru", "gru_reset_before", "rnn_tanh", "rnn_relu"])
 def test_routed_to_kernels_without_the_reference_warning(cell):
     spec = get_cell(cell)
     x, h0, w = _args(cell, 2, 2, 3, 16, np.random.default_rng(8))
@@ -196,7 +200,7 @@ def test_routed_to_kernels_without_the_reference_warning(cell):
     assert cache.backward.__name__ == "_backward_bf16_cells"
     assert ("cell", cell) not in cpu._warned
     line = cpu.describe_bf16()
-    assert "GRU (reset_after) and RNN on packed bf16 kernels" in line and "\n" not in line
+    assert "GRU (both forms) and RNN on packed bf16 kernels" in line and "\n" not in line
     # forcing the emulated products off a CPU that has them warns nothing either
     with cpu.configure(bf16_native=False), warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -205,24 +209,30 @@ def test_routed_to_kernels_without_the_reference_warning(cell):
         assert "emulated products" in cpu.describe_bf16()
 
 
-def test_nan_propagates_and_large_inputs_saturate():
+def test_nan_and_large_inputs_saturate():
+    """A NaN input does in the bf16 kernels what the float32 kernels of the cell do
+    (their clamped activations; the reset-before GRU's float32 path is the BLAS
+    loop, whose scalar activations keep the NaN: there the NaN must stay in its
+    row), and saturated units give exactly 1 (gradient 0)."""
     T, B, I, H = 3, 2, 4, 16
     x = np.zeros((T, B, I), np.float32)
     x[1, 0, 2] = np.nan
     x[:, 1] = 1e4
     h0 = np.zeros((B, H), np.float32)
-    for cell in ("gru", "rnn_tanh"):
+    for cell in ("gru", "gru_reset_before", "rnn_tanh"):
         spec = get_cell(cell)
         G = GATES[cell]
         w = Weights(np.ones((G * H, I), np.float32), np.zeros((G * H, H), np.float32),
                     np.zeros(G * H, np.float32), np.zeros(G * H, np.float32), None)
-        if cell == "gru":      # z -> 0 (its input weights negative): h' = n = tanh(big) = 1
+        if G == 3:   # z -> 0 (its input weights negative): h' = n = tanh(big) = 1
             w.w_ih[H:2 * H] = -1
         y, h, _, cache = cpu.forward(spec, x, h0, None, w, compute_dtype=BF16)
         y32, _, _, cache32 = cpu.forward(spec, x, h0, None, w)
-        np.testing.assert_array_equal(np.isnan(y), np.isnan(y32))
-        assert (y[:, 1] == 1).all(), cell
         dx = cpu.backward(spec, cache, np.ones_like(y), h0)[0]
         dx32 = cpu.backward(spec, cache32, np.ones_like(y), h0)[0]
-        np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx32))
+        if cell != "gru_reset_before":
+            np.testing.assert_array_equal(np.isnan(y), np.isnan(y32))
+            np.testing.assert_array_equal(np.isnan(dx), np.isnan(dx32))
+        assert (y[:, 1] == 1).all() and (y32[:, 1] == 1).all(), cell
         assert (dx[:, 1] == 0).all(), cell
+        assert np.isfinite(y[0]).all() and np.isfinite(dx[:, 1]).all(), cell

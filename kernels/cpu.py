@@ -141,15 +141,17 @@ def route_bf16(cell):
     (the packed bf16 kernels with ``vdpbf16ps``), ``"emulated"`` (the same
     kernels with the products emulated in float32: no AVX512-BF16, or
     ``settings.bf16_native`` off), for the GRU (both forms) and the RNN
-    ``"cells_native"`` / ``"cells_emulated"`` (their packed bf16 kernels, the same
-    choice), or ``"reference"`` (the NumPy reference's bf16 code: the cell
+    ``"cells_amx"`` (not the reset-before GRU) / ``"cells_native"`` /
+    ``"cells_emulated"`` (their packed bf16 kernels, the same choice), or ``"reference"`` (the NumPy reference's bf16 code: the cell
     without a bf16 kernel, the full peephole, or no packed kernels here). All compute the same numbers up to the order of the
     float32 sums (and the bf16 roundings that order can flip)."""
     fam = PACKED[cell.name]
     if (cell.family in ("gru", "rnn") and packed_bf16_cells is not None
             and settings.use_packed):
-        native = settings.bf16_native and has_avx512_bf16()
-        return "cells_native" if native else "cells_emulated"
+        if not (settings.bf16_native and has_avx512_bf16()):
+            return "cells_emulated"
+        amx = settings.bf16_amx and cell.name != "gru_reset_before" and _amx_ok()
+        return "cells_amx" if amx else "cells_native"
     if (fam != "lstm" or packed_bf16 is None or packed is None
             or not settings.use_packed):
         return "reference"
@@ -186,9 +188,11 @@ def describe_bf16():
         return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU, RNN and the "
                 f"full peephole on the NumPy reference's bf16 code (correct, slower than "
                 f"float32)")
-    cells = "vdpbf16ps" if cells == "cells_native" else "emulated"
+    cells = {"cells_amx": "AMX-BF16 tiles in the time loops (vdpbf16ps for the reset-before "
+                          "GRU)",
+             "cells_native": "vdpbf16ps products"}.get(cells, "emulated products")
     return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU (both forms) and "
-            f"RNN on packed bf16 kernels ({cells} products); the full peephole on the NumPy "
+            f"RNN on packed bf16 kernels ({cells}); the full peephole on the NumPy "
             f"reference's bf16 code (correct, slower than float32)")
 
 
@@ -394,8 +398,9 @@ def _backward_bf16(cell, cache, dy, dh_n, dc_n, threads):
     return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
 
 
-def _forward_bf16_cells(native):
-    """The packed bf16 GRU/RNN forward (``native``: vdpbf16ps, else emulated)."""
+def _forward_bf16_cells(native, amx=False):
+    """The packed bf16 GRU/RNN forward (``native``: vdpbf16ps, else emulated; ``amx``:
+    the time loops' products on AMX tiles)."""
     def forward(cell, x, h0, c0, weights, lens, reverse, training):
         if not native and settings.bf16_native:
             _warn_once("cpu", "compute_dtype='bfloat16': this CPU has no AVX512-BF16; the "
@@ -409,14 +414,15 @@ def _forward_bf16_cells(native):
                                                          native=native)
         elif cell.family == "gru":
             y, h, pc = packed_bf16_cells.gru_forward(*args, training, get_num_threads(),
-                                                     native=native)
+                                                     native=native, amx=amx)
         else:
             y, h, pc = packed_bf16_cells.rnn_forward(*args, cell.name == "rnn_relu", training,
-                                                     get_num_threads(), native=native)
+                                                     get_num_threads(), native=native, amx=amx)
         if not training:
             return y, h, None, None
         return y, h, None, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)
-    forward.__qualname__ = forward.__name__ = f"_forward_bf16_cells_{native}"
+    kind = "amx" if amx else "native" if native else "emulated"
+    forward.__qualname__ = forward.__name__ = f"_forward_bf16_cells_{kind}"
     return forward
 
 
@@ -461,6 +467,7 @@ ROUTES = {
     "amx": Route(_forward_bf16("amx"), _on_threads(_backward_bf16)),
     "native": Route(_forward_bf16("native"), _on_threads(_backward_bf16)),
     "emulated": Route(_forward_bf16("emulated"), _on_threads(_backward_bf16)),
+    "cells_amx": Route(_forward_bf16_cells(True, True), _on_threads(_backward_bf16_cells)),
     "cells_native": Route(_forward_bf16_cells(True), _on_threads(_backward_bf16_cells)),
     "cells_emulated": Route(_forward_bf16_cells(False), _on_threads(_backward_bf16_cells)),
     "reference": Route(_forward_reference_bf16, _backward_reference_bf16),

@@ -21,7 +21,9 @@ float32 and rounded; the GEMMs after the loop run in float32 on the rounded
 operands widened back (exact products: the same numbers as bf16 GEMMs up to
 the order of the float32 sums). The micro-kernels
 (:mod:`fastrnn.kernels.bf16_simd_cells`) run ``vdpbf16ps`` (``native``) or the
-emulated float32 products, one source, chosen by the tag.
+emulated float32 products, one source, chosen by the tag; with ``amx`` the time
+loops run :mod:`fastrnn.kernels.amx_bf16_cells`' tile products instead (the
+operand widths padded to 32 k, the operand buffers 16 rows taller).
 
 Layout (as the float32 packed GRU/RNN, :mod:`fastrnn.kernels.packed_gru_rnn`,
 ``VW = 16``, ``Hp`` = ``H`` rounded up to 16, ``P = Hp/16``): the GRU's
@@ -299,30 +301,36 @@ def _pairs(m, nb):
 
 
 class _Packed:
-    __slots__ = ("G", "H", "Hp", "I", "Ip", "nvf", "nvb", "up", "ub", "bias", "w_ih", "w_hh")
+    __slots__ = ("G", "H", "Hp", "I", "Ip", "Kh", "GHp", "nvf", "nvb", "up", "ub", "bias",
+                 "w_ih", "w_hh")
 
 
-def _pack(w_ih, w_hh, b_ih, b_hh, G, backward):
-    """The bf16 panels of one call (see the module doc) and, with ``backward``, ``U``
-    by output panels and the rounded ``W_ih``, ``W_hh`` (float32 values, PyTorch's
-    gate order, units padded) for the GEMMs after the loop."""
+def _pack(w_ih, w_hh, b_ih, b_hh, G, backward, kmult=2):
+    """The bf16 panels of one call (see the module doc; the x, h and (backward) gate
+    widths ``Ip``, ``Kh``, ``GHp`` padded with zeros to multiples of ``kmult``: 2,
+    or 32 for AMX) and, with ``backward``, ``U`` by output panels and the rounded
+    ``W_ih``, ``W_hh`` (float32 values, PyTorch's gate order, units padded) for the
+    GEMMs after the loop."""
     I, H = w_ih.shape[1], w_hh.shape[1]
     Hp = -(-H // VW) * VW
     P = Hp // VW
-    Ip = I + I % 2
+    Ip = -(-I // kmult) * kmult
+    Kh = -(-Hp // kmult) * kmult
+    K = Ip + Kh
     pk = _Packed()
-    pk.G, pk.H, pk.Hp, pk.I, pk.Ip = G, H, Hp, I, Ip
+    pk.G, pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh = G, H, Hp, I, Ip, Kh
+    pk.GHp = -(-G * Hp // kmult) * kmult
     wi = np.zeros((G, Hp, I), np.float32)
     wi[:, :H] = w_ih.reshape(G, H, I)
     wh = np.zeros((G, Hp, Hp), np.float32)
     wh[:, :H, :H] = w_hh.reshape(G, H, H)
-    m = np.zeros((Ip + Hp, G, Hp), np.float32)        # [W_ih 0 W_hh]ᵀ, gate-major columns
+    m = np.zeros((K, G, Hp), np.float32)              # [W_ih 0 W_hh 0]ᵀ, gate-major columns
     m[:I] = wi.transpose(2, 0, 1)
-    m[Ip:] = wh.transpose(2, 0, 1)
+    m[Ip:Ip + Hp] = wh.transpose(2, 0, 1)
     if G == 3:       # panel p: the [r z n] columns of its 16 units
         pk.nvf = 1
-        m = np.ascontiguousarray(m.reshape(Ip + Hp, 3, P, VW).transpose(0, 2, 1, 3))
-        pk.up = _pairs(m.reshape(Ip + Hp, 3 * Hp), 3 * VW)
+        m = np.ascontiguousarray(m.reshape(K, 3, P, VW).transpose(0, 2, 1, 3))
+        pk.up = _pairs(m.reshape(K, 3 * Hp), 3 * VW)
         bias = np.zeros((4, Hp), np.float32)
         bias[:2, :H] = (b_ih + b_hh).reshape(3, H)[:2]
         bias[2, :H] = b_ih[2 * H:]
@@ -330,14 +338,16 @@ def _pack(w_ih, w_hh, b_ih, b_hh, G, backward):
         pk.bias = np.ascontiguousarray(bias.reshape(4, P, VW).transpose(1, 0, 2))
     else:
         pk.nvf = _nv(P)
-        pk.up = _pairs(m.reshape(Ip + Hp, Hp), pk.nvf * VW)
+        pk.up = _pairs(m.reshape(K, Hp), pk.nvf * VW)
         pk.bias = np.zeros(Hp, np.float32)
         pk.bias[:H] = b_ih + b_hh
     pk.nvb = _nv(P)
     pk.ub = pk.w_ih = pk.w_hh = None
     if backward:
         whr = wh.reshape(G * Hp, Hp)
-        pk.ub = _pairs(whr, pk.nvb * VW)              # dh = dg U by output panels
+        u = np.zeros((pk.GHp, Hp), np.float32)
+        u[:G * Hp] = whr
+        pk.ub = _pairs(u, pk.nvb * VW)                # dh = dg U by output panels
         pk.w_ih = from_bits(to_bits(wi.reshape(G * Hp, I)))
         pk.w_hh = from_bits(to_bits(whr))
     return pk
@@ -347,15 +357,15 @@ def _pack(w_ih, w_hh, b_ih, b_hh, G, backward):
 class BF16CellCache:
     """What :func:`backward` needs from a training :func:`gru_forward` / :func:`rnn_forward`."""
 
-    __slots__ = ("relu", "sched", "pk", "xh", "act", "hs", "flops", "plan", "tag")
+    __slots__ = ("relu", "sched", "pk", "xh", "act", "hs", "flops", "plan", "tag", "amx")
 
 
-def _forward(x, h0, pk, lens, reverse, training, max_threads, native, run):
+def _forward(x, h0, pk, lens, reverse, training, max_threads, native, amx, run):
     """The driver of both cells: schedule, operand rows, states, thread plan;
     ``run(plan, xh, m, hs, nact, act)`` runs ``m`` steps (``hs`` from the state
     before them). Returns ``(y, h_n, cache)``."""
     T, B, I = x.shape
-    H, Hp, Ip, G = pk.H, pk.Hp, pk.Ip, pk.G
+    H, Hp, Ip, Kh, G = pk.H, pk.Hp, pk.Ip, pk.Kh, pk.G
     sched = Schedule(lens, T, reverse)
     n = sched.n
     lens_sorted = sched.nact_lengths()
@@ -366,13 +376,14 @@ def _forward(x, h0, pk, lens, reverse, training, max_threads, native, run):
     # xh: [C+1,B,Ip+Hp] bf16 rows [x_t, h_{t-1}] of C steps (training: every step's,
     # the weight gradients' operands; inference: chunks of C steps through one
     # small buffer, its workspace beyond x and y O(B (I+H)) whatever T is)
+    # AMX reads tiles of 16 rows from any row a thread starts at: 16 rows more
     C = n if training else max(1, min(n, infer_chunk(B)))
-    xh = np.zeros((C + 1, B, Ip + Hp), np.uint16)
+    xh = np.zeros((C + 1, B + 16 if amx else B, Ip + Kh), np.uint16)
     xs = np.zeros((C, B, I), np.float32)
     padded = sched.tix is not None
     hs = (np.zeros if padded else np.empty)((n + 1, B, Hp), np.float32)
     hs[0] = sched.sort_rows(h0, Hp)
-    xh[0, :, Ip:] = to_bits(hs[0])
+    xh[0, :B, Ip:Ip + Hp] = to_bits(hs[0])
     act = (np.empty((n, B, 4 * Hp), np.float32) if training and G == 3
            else np.empty((1, 1, 1), np.float32))
     for s0 in range(0, n, C):
@@ -381,7 +392,7 @@ def _forward(x, h0, pk, lens, reverse, training, max_threads, native, run):
         if s0:
             xh[0, :, Ip:] = xh[C, :, Ip:]                     # h after the last chunk
         sched.gather_into(x, xs[:m], s0, s1)
-        xh[:m, :, :I] = to_bits(xs[:m])
+        xh[:m, :B, :I] = to_bits(xs[:m])
         run(plan, xh, m, hs[s0:s1 + 1], sched.nact[s0:s1],
             act[s0:s1] if training and G == 3 else act)
     ys = hs[1:]
@@ -390,51 +401,72 @@ def _forward(x, h0, pk, lens, reverse, training, max_threads, native, run):
     if not training:
         return y, h_n, None
     cache = BF16CellCache()
-    cache.sched, cache.pk, cache.xh, cache.act, cache.hs = sched, pk, xh, act, hs
+    cache.sched, cache.pk, cache.xh, cache.act, cache.hs = sched, pk, xh[:, :B], act, hs
     cache.flops = 2.0 * B * G * H * H
-    cache.plan, cache.tag = plan, NATIVE if native else EMULATED
+    cache.plan, cache.tag, cache.amx = plan, NATIVE if native else EMULATED, amx
     return y, h_n, cache
 
 
+def _amx():
+    from fastrnn.kernels import amx_bf16, amx_bf16_cells
+    if not amx_bf16.available():      # a tile instruction without them is SIGILL
+        raise ValueError("amx=True: this CPU or process may not use AMX-BF16 tiles "
+                         "(amx_bf16.available() is False)")
+    return amx_bf16_cells
+
+
 def gru_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
-                native=True):
+                native=True, amx=False):
     """GRU (reset_after=True) in the bf16 compute mode, one layer and direction:
     ``(y, h_n, cache)``, float32 (every array argument float32; ``lens`` [B] int64
     in [1, T]; ``cache`` None unless ``training``); ``native`` False runs the
-    emulated products (any AVX-512 CPU)."""
-    pk = _pack(w_ih, w_hh, b_ih, b_hh, 3, training)
+    emulated products (any AVX-512 CPU); ``amx`` the time loops' products on AMX
+    tiles (:mod:`fastrnn.kernels.amx_bf16_cells`; the CPU must have AMX-BF16)."""
+    ax = _amx() if amx else None
+    pk = _pack(w_ih, w_hh, b_ih, b_hh, 3, training, 32 if amx else 2)
     tag = NATIVE if native else EMULATED
     P = pk.Hp // VW
-    KI, KH = pk.Ip // 2, pk.Hp // 2
+    KI, KH = pk.Ip // 2, pk.Kh // 2
     training = bool(training)
 
     def run(plan, xh, m, hs, nact, act):
         ctl = np.zeros(P + 1, np.int64)
+        if amx:
+            plan.launch(ax.gru_fwd_amx_kernel, lambda tid, nthr, r0, r1: (
+                xh, pk.Ip, m, KI // 16, KH // 16, pk.bias, pk.up, hs, nact, training, act, ctl,
+                tid, nthr, r0, r1))
+            return
         plan.launch(gru_fwd_kernel, lambda tid, nthr, r0, r1: (
             tag, xh, pk.Ip, m, KI, KH, pk.bias, pk.up, hs, nact, training, act, ctl, tid, nthr,
             BF16_MR, r0, r1))
-    y, h_n, cache = _forward(x, h0, pk, lens, reverse, training, max_threads, native, run)
+    y, h_n, cache = _forward(x, h0, pk, lens, reverse, training, max_threads, native, amx, run)
     if cache is not None:
         cache.relu = False
     return y, h_n, cache
 
 
 def rnn_forward(x, h0, w_ih, w_hh, b_ih, b_hh, lens, reverse, relu, training, max_threads,
-                native=True):
+                native=True, amx=False):
     """tanh (``relu=False``) or ReLU RNN in the bf16 compute mode: as :func:`gru_forward`."""
-    pk = _pack(w_ih, w_hh, b_ih, b_hh, 1, training)
+    ax = _amx() if amx else None
+    pk = _pack(w_ih, w_hh, b_ih, b_hh, 1, training, 32 if amx else 2)
     tag = NATIVE if native else EMULATED
     ntag = (0,) * pk.nvf
     Q = pk.Hp // (VW * pk.nvf)
-    KI, KH = pk.Ip // 2, pk.Hp // 2
+    KI, KH = pk.Ip // 2, pk.Kh // 2
     relu = bool(relu)
 
     def run(plan, xh, m, hs, nact, act):
         ctl = np.zeros(Q + 1, np.int64)
+        if amx:
+            plan.launch(ax.rnn_fwd_amx_kernel, lambda tid, nthr, r0, r1: (
+                ntag, xh, pk.Ip, m, KI // 16, KH // 16, pk.bias, pk.up, hs, nact, relu, ctl,
+                tid, nthr, r0, r1))
+            return
         plan.launch(rnn_fwd_kernel, lambda tid, nthr, r0, r1: (
             tag, ntag, xh, pk.Ip, m, KI, KH, pk.bias, pk.up, hs, nact, relu, ctl, tid, nthr,
             BF16_MR, r0, r1))
-    y, h_n, cache = _forward(x, h0, pk, lens, reverse, training, max_threads, native, run)
+    y, h_n, cache = _forward(x, h0, pk, lens, reverse, training, max_threads, native, amx, run)
     if cache is not None:
         cache.relu = relu
     return y, h_n, cache
@@ -462,26 +494,41 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
     ctl = np.zeros(Q + 1, np.int64)
     hs = cache.hs
     dgh = zero((n, B, GH), f32)
-    dgb = zero((n, B, GH), np.uint16)
+    if cache.amx:       # the products read tiles of 16 rows from any row: 16 rows more
+        from fastrnn.kernels import amx_bf16_cells as ax
+        dgb = np.zeros((n, B + 16, pk.GHp), np.uint16)
+    else:
+        dgb = zero((n, B, GH), np.uint16)
     if G == 3:
         dgx = zero((n, B, GH), f32)
         dd = dhn
-        plan.launch(gru_bwd_kernel, lambda tid, nthr, r0, r1: (
-            cache.tag, ntag, cache.act, hs, pk.ub, dys, dd, dgh, dgx, dgb, sched.nact, ctl, tid,
-            nthr, BF16_MR, r0, r1))
+        if cache.amx:
+            plan.launch(ax.gru_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
+                ntag, cache.act, hs, pk.ub, dys, dd, dgh, dgx, dgb, sched.nact, ctl, tid, nthr,
+                r0, r1))
+        else:
+            plan.launch(gru_bwd_kernel, lambda tid, nthr, r0, r1: (
+                cache.tag, ntag, cache.act, hs, pk.ub, dys, dd, dgh, dgx, dgb, sched.nact, ctl,
+                tid, nthr, BF16_MR, r0, r1))
         dgxr = from_bits(to_bits(dgx)).reshape(n * B, GH)
     else:
         dgx = dgh
         zrow = np.zeros(VW * pk.nvb, f32)
-        plan.launch(rnn_bwd_kernel, lambda tid, nthr, r0, r1: (
-            cache.tag, ntag, hs, pk.ub, dys, dhn, zrow, dgh, dgb, sched.nact, cache.relu, ctl,
-            tid, nthr, BF16_MR, r0, r1))
+        if cache.amx:
+            plan.launch(ax.rnn_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
+                ntag, hs, pk.ub, dys, dhn, zrow, dgh, dgb, sched.nact, cache.relu, ctl, tid,
+                nthr, r0, r1))
+        else:
+            plan.launch(rnn_bwd_kernel, lambda tid, nthr, r0, r1: (
+                cache.tag, ntag, hs, pk.ub, dys, dhn, zrow, dgh, dgb, sched.nact, cache.relu,
+                ctl, tid, nthr, BF16_MR, r0, r1))
         dgxr = None
+    dgb = dgb[:, :B, :GH]
     # after the loop: float32 GEMMs on the rounded operands (exact products)
     dghr = from_bits(dgb).reshape(n * B, GH)
     dgxr = dghr if dgxr is None else dgxr
     xr = from_bits(cache.xh[:n, :, :I]).reshape(n * B, I)
-    hr = from_bits(cache.xh[:n, :, Ip:]).reshape(n * B, Hp)
+    hr = from_bits(cache.xh[:n, :, Ip:Ip + Hp]).reshape(n * B, Hp)
     dw_hh_p = np.empty((GH, Hp), f32)
     dw_ih_p = np.empty((GH, I), f32)
     dxs = np.empty((n * B, I), f32)

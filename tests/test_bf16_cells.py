@@ -32,7 +32,13 @@ if cpu.packed_bf16_cells is None:  # pragma: no cover
 BF16 = "bfloat16"
 native_only = pytest.mark.skipif(not has_avx512_bf16(), reason="no AVX512-BF16 on this CPU")
 #: the settings that force each route of cpu.route_bf16 for these cells
-ROUTES = {"cells_native": dict(bf16_native=True), "cells_emulated": dict(bf16_native=False)}
+ROUTES = {"cells_amx": dict(bf16_native=True, bf16_amx=True),
+          "cells_native": dict(bf16_native=True, bf16_amx=False),
+          "cells_emulated": dict(bf16_native=False)}
+with cpu.configure(**ROUTES["cells_amx"]):
+    #: whether the AMX route runs here (AMX-BF16 tiles granted)
+    AMX = cpu.route_bf16(get_cell("gru")) == "cells_amx"
+amx_only = pytest.mark.skipif(not AMX, reason="no AMX-BF16 tiles here")
 FWD = ("y", "h_n")
 GATES = {"gru": 3, "gru_reset_before": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -58,7 +64,7 @@ def _compare(got, want, terms_fwd, terms_all, dtype, keys):
                      dtype=dtype, err_msg=k)
 
 
-N, E = "cells_native", "cells_emulated"
+A, N, E = "cells_amx", "cells_native", "cells_emulated"
 CASES = [  # cell, T, B, I, H, lengths, reverse, route
     pytest.param("gru", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, N, marks=native_only,
                  id="gru-native-lengths-reverse-padded"),
@@ -72,8 +78,16 @@ CASES = [  # cell, T, B, I, H, lengths, reverse, route
     pytest.param("rnn_tanh", 5, 7, 5, 20, (4, 3, 5, 1, 2, 4, 5), True, N, marks=native_only,
                  id="rnn_tanh-native-lengths-reverse-padded"),
     pytest.param("rnn_tanh", 4, 9, 6, 32, None, True, E, id="rnn_tanh-emulated-reverse"),
-    pytest.param("rnn_relu", 4, 9, 7, 64, None, False, N, marks=native_only,
-                 id="rnn_relu-native-nv4"),
+    pytest.param("rnn_relu", 4, 9, 7, 32, None, False, N, marks=native_only,
+                 id="rnn_relu-native"),
+    # AMX: row blocks of 16 (B > 16); H = 96: output panels of 3 vectors
+    pytest.param("gru", 5, 19, 5, 20, (5, 3, 5, 1, 2, 4, 5) * 2 + (5,) * 5, True, A,
+                 marks=amx_only, id="gru-amx-lengths-reverse-padded"),
+    pytest.param("gru", 3, 18, 40, 96, None, False, A, marks=amx_only, id="gru-amx-nv3"),
+    pytest.param("rnn_tanh", 4, 17, 33, 32, None, True, A, marks=amx_only,
+                 id="rnn_tanh-amx-reverse"),
+    pytest.param("rnn_relu", 5, 19, 5, 20, (5, 3, 5, 1, 2, 4, 5) * 2 + (5,) * 5, False, A,
+                 marks=amx_only, id="rnn_relu-amx-lengths-padded"),
     pytest.param("rnn_relu", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, E,
                  id="rnn_relu-emulated-lengths-reverse-padded"),
 ]
@@ -121,18 +135,19 @@ def test_native_and_emulated_agree(cell):
     x, h0, w = _args(cell, T, B, I, H, np.random.default_rng(5))
     up = (np.ones((T, B, H), np.float32), np.ones((B, H), np.float32))
     res = []
-    for route in (N, E):
+    for route in (N, E) + ((A,) if AMX and cell != "gru_reset_before" else ()):
         with cpu.configure(**ROUTES[route]):
             res.append(_run(cpu.forward, cpu.backward, spec, x, h0, w, up, None, False))
-    _compare(res[1], res[0], bf16_terms(spec, T, B, I, H, backward=False, approx=True),
-             bf16_terms(spec, T, B, I, H, approx=True), BF16, res[0])
+    for r in res[1:]:
+        _compare(r, res[0], bf16_terms(spec, T, B, I, H, backward=False, approx=True),
+                 bf16_terms(spec, T, B, I, H, approx=True), BF16, res[0])
 
 
 @pytest.mark.parametrize("cell", ["gru", "gru_reset_before", "rnn_relu"])
 def test_bitwise_the_same_on_one_and_two_threads(cell):
     """The thread split depends on the shape only (rows or panels)."""
     spec = get_cell(cell)
-    T, B, I, H = 6, 16, 8, 64
+    T, B, I, H = 6, 16, 8, 32
     x, h0, w = _args(cell, T, B, I, H, np.random.default_rng(6))
     up = (np.random.default_rng(7).uniform(-1, 1, (T, B, H)).astype(np.float32), h0)
     res = []
@@ -172,7 +187,7 @@ def test_stacked_bidirectional_layer_matches_the_bf16_reference(variant):
             y, st = layer(x, state, lengths)
             dx, d0 = layer.backward(dy, ds)
             outs.append((y, st, dx, d0, layer.grads))
-    assert cpu.route_bf16(lay_cpu.cell) in (N, E)
+    assert cpu.route_bf16(lay_cpu.cell) in (A, N, E)
     (y1, s1, dx1, d01, g1), (y2, s2, dx2, d02, g2) = outs
     spec = lay_ref.cell
     # the second layer's inputs are the first's outputs (2H wide): the larger I
@@ -191,8 +206,9 @@ def test_stacked_bidirectional_layer_matches_the_bf16_reference(variant):
 @pytest.mark.parametrize("cell", ["gru", "gru_reset_before", "rnn_tanh", "rnn_relu"])
 def test_routed_to_kernels_without_the_reference_warning(cell):
     spec = get_cell(cell)
-    x, h0, w = _args(cell, 2, 2, 3, 16, np.random.default_rng(8))
-    assert cpu.route_bf16(spec) == (N if has_avx512_bf16() else E)
+    x, h0, w = _args(cell, 2, 2, 3, 32, np.random.default_rng(8))
+    want = E if not has_avx512_bf16() else A if AMX and cell != "gru_reset_before" else N
+    assert cpu.route_bf16(spec) == want
     cpu._warned.discard(("cell", cell))
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*no bf16 kernel")
@@ -214,7 +230,7 @@ def test_nan_and_large_inputs_saturate():
     (their clamped activations; the reset-before GRU's float32 path is the BLAS
     loop, whose scalar activations keep the NaN: there the NaN must stay in its
     row), and saturated units give exactly 1 (gradient 0)."""
-    T, B, I, H = 3, 2, 4, 16
+    T, B, I, H = 3, 2, 4, 32
     x = np.zeros((T, B, I), np.float32)
     x[1, 0, 2] = np.nan
     x[:, 1] = 1e4

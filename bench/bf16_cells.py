@@ -5,7 +5,7 @@ process (the LSTM's is bench/bf16_lstm.py).
 
     python bench/bf16_cells.py [--cells gru,rnn_tanh] [--rounds 15]
                                [--shapes 64,32,64,256 100,32,64,128 ...]
-                               [--route native|emulated] [--no-torch]
+                               [--route amx|native|emulated] [--no-torch]
 
 Prints, per cell, shape and mode (train = forward + backward, infer = forward
 without a cache), the median and minimum milliseconds of each contender and
@@ -70,12 +70,13 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--shapes", nargs="*", default=None)
     ap.add_argument("--no-torch", action="store_true")
-    ap.add_argument("--route", choices=("native", "emulated"), default=None,
-                    help="force the products (default: the machine's)")
+    ap.add_argument("--route", choices=("amx", "native", "emulated"), default=None,
+                    help="force a route of fastrnn.kernels.cpu.route_bf16 (default: the "
+                         "machine's)")
     a = ap.parse_args(argv)
     from fastrnn.kernels import cpu
     if a.route is not None:
-        cpu.configure(bf16_native=a.route == "native")
+        cpu.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split(",")) for s in a.shapes]
     rng = np.random.default_rng(0)
     try:

@@ -1,9 +1,9 @@
 """GRU and RNN training step and inference in the bfloat16 compute mode: fastrnn
-bf16 vs fastrnn float32 vs torch bf16 vs torch float32 (torch: the faster of 1
-and 2 threads; module and input ``.to(torch.bfloat16)``), interleaved in one
-process (the LSTM's is bench/bf16_lstm.py).
+bf16 vs fastrnn float32 vs torch bf16 vs torch float32 (each the faster of 1
+and 2 threads; torch's module and input ``.to(torch.bfloat16)``), interleaved in
+one process (the LSTM's is bench/bf16_lstm.py).
 
-    python bench/bf16_cells.py [--cells gru,rnn_tanh] [--rounds 15]
+    python bench/bf16_cells.py [--cells gru,rnn_tanh,rnn_relu,gru_reset_before] [--rounds 15]
                                [--shapes 64,32,64,256 100,32,64,128 ...]
                                [--route amx|native|emulated] [--no-torch]
 
@@ -20,10 +20,10 @@ import time
 import numpy as np
 
 SHAPES = [(64, 32, 64, 256), (100, 32, 64, 128)]
-GATES = {"gru": 3, "rnn_tanh": 1, "rnn_relu": 1}
+GATES = {"gru": 3, "gru_reset_before": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
 
-def _fastrnn(cell, T, B, I, H, compute_dtype, train, rng):
+def _fastrnn(cell, T, B, I, H, compute_dtype, train, rng, threads):
     from fastrnn.cells import get_cell
     from fastrnn.contract import Weights
     from fastrnn.kernels import cpu
@@ -36,6 +36,7 @@ def _fastrnn(cell, T, B, I, H, compute_dtype, train, rng):
     dy, dh = f(T, B, H), f(B, H)
 
     def run():
+        cpu.set_num_threads(threads)
         y, h, _, cache = cpu.forward(spec, x, h0, None, w, training=train,
                                      compute_dtype=compute_dtype)
         if train:
@@ -88,9 +89,12 @@ def main(argv=None):
     for cell in a.cells.split(","):
         for shape in shapes:
             for train in (True, False):
-                runs = {"fastrnn bf16": _fastrnn(cell, *shape, "bfloat16", train, rng),
-                        "fastrnn f32": _fastrnn(cell, *shape, None, train, rng)}
-                if torch is not None and not a.no_torch:
+                runs = {}
+                for nm, cd in (("fastrnn bf16", "bfloat16"), ("fastrnn f32", None)):
+                    for t in (1, 2):
+                        runs[f"{nm} {t}t"] = _fastrnn(cell, *shape, cd, train, rng, t)
+                # torch has no reset-before GRU
+                if torch is not None and not a.no_torch and cell != "gru_reset_before":
                     for nm, dt in (("torch bf16", torch.bfloat16), ("torch f32", torch.float32)):
                         for t in (1, 2):
                             runs[f"{nm} {t}t"] = _torch(cell, *shape, dt, train, t)
@@ -104,7 +108,7 @@ def main(argv=None):
                         times[k].append(time.perf_counter() - t0)
                 med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
                 mn = {k: 1e3 * float(np.min(v)) for k, v in times.items()}
-                for nm in ("torch bf16", "torch f32"):
+                for nm in ("fastrnn bf16", "fastrnn f32", "torch bf16", "torch f32"):
                     ks = [k for k in med if k.startswith(nm)]
                     if ks:
                         best = min(ks, key=med.get)

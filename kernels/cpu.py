@@ -188,11 +188,11 @@ def describe_bf16():
         return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU, RNN and the "
                 f"full peephole on the NumPy reference's bf16 code (correct, slower than "
                 f"float32)")
-    cells = {"cells_amx": "AMX-BF16 tiles in the time loops (vdpbf16ps for the reset-before "
-                          "GRU)",
+    cells = {"cells_amx": "the time loops' products on AMX-BF16 tiles, the reset-before "
+                          "GRU's with vdpbf16ps",
              "cells_native": "vdpbf16ps products"}.get(cells, "emulated products")
     return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU (both forms) and "
-            f"RNN on packed bf16 kernels ({cells}); the full peephole on the NumPy "
+            f"RNN on packed bf16 kernels, {cells}; the full peephole on the NumPy "
             f"reference's bf16 code (correct, slower than float32)")
 
 

@@ -171,26 +171,27 @@ def uk_gru_fwd_amx(typingctx, x, ldb, h, w, KIc, KHc, scr, nr, bias, hin, y, ldy
 
 @intrinsic
 def uk_gru_bwd_amx(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dy, ldh, act, ldact, hp, dd,
-                   dgh, dgx, ldg, dgg, dghb, lddgb):
+                   dgh, dgx, dgxb, ldg, dgg, dghb, lddgb):
     """NV output vectors, ``nr <= 16`` rows: dh = a w on tiles (``a`` the rounded
     (dr, dz, dn r) of the next step, bf16 rows of ``ldab`` bytes, ``KKc`` chunks;
     ``w`` the output panel, pair rows of ``ldwb`` bytes), then the step of
     :data:`fastrnn.kernels.bf16_simd_cells.uk_gru_bwd` on its rows (``dghb`` with
-    its own row stride ``lddgb`` elements)."""
+    its own row stride ``lddgb`` elements; ``dgxb`` dgx rounded, at dgx's offsets)."""
     if not isinstance(ntag, types.UniTuple):
         return None
     NV = ntag.count
     i8 = types.int64
-    sig = types.void(ntag, *([i8] * 19))
+    sig = types.void(ntag, *([i8] * 20))
 
     def codegen(context, builder, signature, args):
-        (_, a, ldab, w, ldwb, KKc, scr, nr, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg,
-         dghb, lddgb) = args
+        (_, a, ldab, w, ldwb, KKc, scr, nr, dy, ldh, act, ldact, hp, dd, dgh, dgx, dgxb, ldg,
+         dgg, dghb, lddgb) = args
         b = builder
         _products(b, [(a, ldab, w, ldwb, KKc, tuple(range(NV)))], NV)
         _store(b, scr, NV)
         s, dy, act, hp, dd, dgh, dgx = ptrs(b, F32X, scr, dy, act, hp, dd, dgh, dgx)
         dghb = b.inttoptr(dghb, ir.IntType(16).as_pointer())
+        dgxb = b.inttoptr(dgxb, ir.IntType(16).as_pointer())
         m = VMath(b, F32X)
         one = m.one
         with cgutils.for_range(b, nr) as loop:
@@ -209,6 +210,7 @@ def uk_gru_bwd_amx(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dy, ldh, act
                     col = b.add(_C(v * VW), b.mul(_C(g), dgg))
                     vstore(b, vh, F32X, dgh, b.add(b.mul(r, ldg), col))
                     vstore(b, vx, F32X, dgx, b.add(b.mul(r, ldg), col))
+                    _st16(b, vx, dgxb, b.add(b.mul(r, ldg), col))
                     _st16(b, vh, dghb, b.add(b.mul(r, lddgb), col))
                 vstore(b, m.mul(dh, gz), F32X, dd, ho)
         return context.get_dummy_value()
@@ -326,7 +328,7 @@ def gru_fwd_amx_kernel(xh, Ip, n, KIc, KHc, bias, up, hs, nact, training, act, c
 
 @njit(inline="always")
 def _gru_bwd_panel(s, q, tid, Q, args, ntag):
-    (n, B, Bx, Hp, GHp, ubp, ghp, gxp, gbp, ap, hsp, dyp, ddp, nact, scr, rlo, rhi) = args
+    (n, B, Bx, Hp, GHp, ubp, ghp, gxp, gbp, gxbp, ap, hsp, dyp, ddp, nact, scr, rlo, rhi) = args
     GH = 3 * Hp
     GA = 4 * Hp
     NB = len(ntag) * VW
@@ -350,11 +352,12 @@ def _gru_bwd_panel(s, q, tid, Q, args, ntag):
             uk_gru_bwd_amx(ntag, a + 2 * q0 * GHp, 2 * GHp, wq, 4 * NB, KKc, scr, nr,
                            dyq + 4 * q0 * Hp, Hp, aq + 4 * q0 * GA, GA, hpq + 4 * q0 * Hp,
                            ddq + 4 * q0 * Hp, ghp + 4 * (go + q0 * GH), gxp + 4 * (go + q0 * GH),
-                           GH, Hp, gbp + 2 * (gbo + q0 * GHp), GHp)
+                           gxbp + 2 * (go + q0 * GH), GH, Hp, gbp + 2 * (gbo + q0 * GHp), GHp)
 
 
 @njit(**JIT_OPTIONS)
-def gru_bwd_amx_kernel(ntag, act, hs, ub, dy, dd, dgh, dgx, dghb, nact, ctl, tid, nthr, rlo, rhi):
+def gru_bwd_amx_kernel(ntag, act, hs, ub, dy, dd, dgh, dgx, dghb, dgxb, nact, ctl, tid, nthr,
+                       rlo, rhi):
     # as packed_bf16_cells.gru_bwd_kernel, with U's output panels [GHp/2][NB][2] (GHp =
     # 3*Hp rounded up to 32, zero rows beyond) and dghb [n,Bx,GHp] uint16 (Bx >= B+16)
     n, B, _ = act.shape
@@ -362,8 +365,8 @@ def gru_bwd_amx_kernel(ntag, act, hs, ub, dy, dd, dgh, dgx, dghb, nact, ctl, tid
     Bx, GHp = dghb.shape[1], dghb.shape[2]
     scr = np.empty(16 * 64, np.float32)
     args = (n, B, Bx, Hp, GHp, ub.ctypes.data, dgh.ctypes.data, dgx.ctypes.data,
-            dghb.ctypes.data, act.ctypes.data, hs.ctypes.data, dy.ctypes.data, dd.ctypes.data,
-            nact, scr.ctypes.data, rlo, rhi)
+            dghb.ctypes.data, dgxb.ctypes.data, act.ctypes.data, hs.ctypes.data, dy.ctypes.data,
+            dd.ctypes.data, nact, scr.ctypes.data, rlo, rhi)
     cfg = _config()
     _amx_begin(cfg.ctypes.data)
     w = panel_steps(n, Hp // (len(ntag) * VW), True, ctl, tid, nthr, _gru_bwd_panel, args, ntag)

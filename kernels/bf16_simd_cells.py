@@ -176,26 +176,27 @@ def _make_gru_fwd(MR):
 def _make_gru_bwd(MR):
     @intrinsic
     def uk(typingctx, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb,
-           ldg, dgg):
+           dgxb, ldg, dgg):
         """NV output vectors, MR rows: dh = a w + dy + dd (``a`` the rounded
         (dr, dz, dn r) of the next step, bf16 rows of stride ``lda`` elements; ``w``
         ``[KK][NV*16]`` words; ``dd`` the carried z dh, updated in place), then
         back through the step from the saved (r, z, n, nh) (``act`` [NV][4][16],
         row stride ``ldact``) and h_prev (``hp``): dgh = (dr, dz, dn r) float32 and
-        rounded (``dghb``, the same element offsets), dgx = (dr, dz, dn) float32;
+        rounded (``dghb``, the same element offsets), dgx = (dr, dz, dn) float32 and
+        rounded (``dgxb``);
         gate g of vector v at ``v*16 + g*dgg``, row stride ``ldg``."""
         if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
             return None
         native = is_native(tag)
         NV = ntag.count
         i8 = types.int64
-        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+        sig = types.void(tag, ntag, *([i8] * 16))
 
         def codegen(context, builder, signature, args):
-            (_, _, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg,
+            (_, _, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
              dgg) = args
             a, w = _i32p(builder, a, w)
-            (dghb,) = _i16p(builder, dghb)
+            dghb, dgxb = _i16p(builder, dghb, dgxb)
             dy, act, hp, dd, dgh, dgx = ptrs(builder, F32X, dy, act, hp, dd, dgh, dgx)
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
@@ -220,6 +221,7 @@ def _make_gru_bwd(MR):
                         _store16(builder, val, dghb, o)
                     for o, val in zip(go, (dr, dz, dn)):
                         vstore(builder, val, F32X, dgx, o)
+                        _store16(builder, val, dgxb, o)
                     vstore(builder, m.mul(dh, gz), F32X, dd, ho)
             return context.get_dummy_value()
         return sig, codegen

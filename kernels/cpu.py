@@ -35,7 +35,10 @@ on AMX tiles where it also has AMX-BF16) and emulated products
 ``settings.bf16_native`` off; the GRU (both forms) and the tanh/ReLU RNN run
 the packed bf16 kernels of :mod:`~fastrnn.kernels.packed_bf16_cells` and
 :mod:`~fastrnn.kernels.packed_bf16_gru_rb` (native or emulated products, the
-same choice); the full peephole runs the NumPy reference's bf16 code. Either fallback warns once per process that bf16 brings no speed there.
+same choice; the GRU and RNN with AMX tiles too,
+:mod:`~fastrnn.kernels.amx_bf16_cells`); the full peephole runs the NumPy
+reference's bf16 code. Either fallback warns once per process that bf16
+brings no speed there.
 
 What runs where is steered by one settings object (:data:`settings`,
 :class:`configure`, from :mod:`~fastrnn.kernels.cpu_settings`); the BLAS
@@ -142,9 +145,11 @@ def route_bf16(cell):
     kernels with the products emulated in float32: no AVX512-BF16, or
     ``settings.bf16_native`` off), for the GRU (both forms) and the RNN
     ``"cells_amx"`` (not the reset-before GRU) / ``"cells_native"`` /
-    ``"cells_emulated"`` (their packed bf16 kernels, the same choice), or ``"reference"`` (the NumPy reference's bf16 code: the cell
-    without a bf16 kernel, the full peephole, or no packed kernels here). All compute the same numbers up to the order of the
-    float32 sums (and the bf16 roundings that order can flip)."""
+    ``"cells_emulated"`` (their packed bf16 kernels, the same choice), or
+    ``"reference"`` (the NumPy reference's bf16 code: the cell without a bf16
+    kernel, the full peephole, or no packed kernels here). All compute the
+    same numbers up to the order of the float32 sums (and the bf16 roundings
+    that order can flip)."""
     fam = PACKED[cell.name]
     if (cell.family in ("gru", "rnn") and packed_bf16_cells is not None
             and settings.use_packed):

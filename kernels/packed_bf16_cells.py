@@ -113,26 +113,32 @@ def gru_fwd_kernel(tag, xh, Ip, n, KI, KH, bias, up, hs, nact, training, act, ct
 
 # --------------------------------------------------------------------------- GRU backward
 @njit(inline="always")
-def _gru_bwd_mr(mr, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg,
-                dgg):
+def _gru_bwd_mr(mr, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb,
+                ldg, dgg):
     if mr == 1:
-        _gb1(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg, dgg)
+        _gb1(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg)
     elif mr == 2:
-        _gb2(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg, dgg)
+        _gb2(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg)
     elif mr == 3:
-        _gb3(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg, dgg)
+        _gb3(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg)
     elif mr == 4:
-        _gb4(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg, dgg)
+        _gb4(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg)
     elif mr == 5:
-        _gb5(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg, dgg)
+        _gb5(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg)
     else:
-        _gb6(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, ldg, dgg)
+        _gb6(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg)
 
 
 @njit(inline="always")
 def _gru_bwd_panel(s, q, tid, Q, args, ntag):
     """Step ``s``, output panel ``q`` of :func:`gru_bwd_kernel`."""
-    (tag, n, B, Hp, ubp, ghp, gxp, gbp, ap, hsp, dyp, ddp, nact, mrmax, rlo, rhi) = args
+    (tag, n, B, Hp, ubp, ghp, gxp, gbp, gxbp, ap, hsp, dyp, ddp, nact, mrmax, rlo, rhi) = args
     GH = 3 * Hp
     GA = 4 * Hp
     NB = len(ntag) * VW
@@ -156,25 +162,25 @@ def _gru_bwd_panel(s, q, tid, Q, args, ntag):
             _gru_bwd_mr(mr, tag, ntag, a + 2 * r0 * GH, GH, wq, KK, dyq + 4 * r0 * Hp, Hp,
                         aq + 4 * r0 * GA, GA, hpq + 4 * r0 * Hp, ddq + 4 * r0 * Hp,
                         ghp + 4 * (go + r0 * GH), gxp + 4 * (go + r0 * GH),
-                        gbp + 2 * (go + r0 * GH), GH, Hp)
+                        gbp + 2 * (go + r0 * GH), gxbp + 2 * (go + r0 * GH), GH, Hp)
             r0 += mr
 
 
 @njit(**JIT_OPTIONS)
-def gru_bwd_kernel(tag, ntag, act, hs, ub, dy, dd, dgh, dgx, dghb, nact, ctl, tid, nthr, mrmax,
-                   rlo, rhi):
+def gru_bwd_kernel(tag, ntag, act, hs, ub, dy, dd, dgh, dgx, dghb, dgxb, nact, ctl, tid, nthr,
+                   mrmax, rlo, rhi):
     # act: [n,B,4*Hp];  hs: [n+1,B,Hp] (hs[s] = h before step s)
     # ub: uint16 U in bf16 pairs by output panels of NB = len(ntag)*VW units:
     #     panel q at element q*3*Hp*NB, [3*Hp/2][NB][2]
     # dy: [n,B,Hp];  dd: [B,Hp] carry (in: dL/dh_n, out: z dh of step 0)
     # dgh, dgx: [n,B,3*Hp] float32 out (dr, dz, dn r) and (dr, dz, dn), PyTorch's gate
-    #     order (column g*Hp + u);  dghb: [n,B,3*Hp] uint16 out, dgh rounded
+    #     order (column g*Hp + u);  dghb, dgxb: [n,B,3*Hp] uint16 out, dgh, dgx rounded
     n, B, _ = act.shape
     Hp = dy.shape[2]
     NB = len(ntag) * VW
     args = (tag, n, B, Hp, ub.ctypes.data, dgh.ctypes.data, dgx.ctypes.data, dghb.ctypes.data,
-            act.ctypes.data, hs.ctypes.data, dy.ctypes.data, dd.ctypes.data, nact, mrmax, rlo,
-            rhi)
+            dgxb.ctypes.data, act.ctypes.data, hs.ctypes.data, dy.ctypes.data, dd.ctypes.data,
+            nact, mrmax, rlo, rhi)
     return panel_steps(n, Hp // NB, True, ctl, tid, nthr, _gru_bwd_panel, args, ntag)
 
 
@@ -501,16 +507,17 @@ def backward(cache, dy, dh_n, max_threads, blas_threads):
         dgb = zero((n, B, GH), np.uint16)
     if G == 3:
         dgx = zero((n, B, GH), f32)
+        dgxb = zero((n, B, GH), np.uint16)
         dd = dhn
         if cache.amx:
             plan.launch(ax.gru_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
-                ntag, cache.act, hs, pk.ub, dys, dd, dgh, dgx, dgb, sched.nact, ctl, tid, nthr,
-                r0, r1))
+                ntag, cache.act, hs, pk.ub, dys, dd, dgh, dgx, dgb, dgxb, sched.nact, ctl, tid,
+                nthr, r0, r1))
         else:
             plan.launch(gru_bwd_kernel, lambda tid, nthr, r0, r1: (
-                cache.tag, ntag, cache.act, hs, pk.ub, dys, dd, dgh, dgx, dgb, sched.nact, ctl,
-                tid, nthr, BF16_MR, r0, r1))
-        dgxr = from_bits(to_bits(dgx)).reshape(n * B, GH)
+                cache.tag, ntag, cache.act, hs, pk.ub, dys, dd, dgh, dgx, dgb, dgxb, sched.nact,
+                ctl, tid, nthr, BF16_MR, r0, r1))
+        dgxr = from_bits(dgxb).reshape(n * B, GH)
     else:
         dgx = dgh
         zrow = np.zeros(VW * pk.nvb, f32)

@@ -1,6 +1,7 @@
 """The cpu backend's bf16 kernels of the GRU (both forms) and the tanh/ReLU RNN
-(``kernels/packed_bf16_cells.py``, ``kernels/packed_bf16_gru_rb.py``) against the reference's bf16 mode, on the
-native (``vdpbf16ps``) and the emulated route, forward and backward, full and
+(``kernels/packed_bf16_cells.py``, ``kernels/packed_bf16_gru_rb.py``,
+``kernels/amx_bf16_cells.py``) against the reference's bf16 mode, on the AMX,
+native (``vdpbf16ps``) and emulated routes, forward and backward, full and
 random lengths, both directions, and through a stacked bidirectional layer.
 
 Bounds as tests/test_bf16_kernels.py (tests/README.md): one step (T=1, same h0)

@@ -32,8 +32,13 @@ LSTM run the packed bf16 kernels (:mod:`~fastrnn.kernels.packed_bf16`), with
 ``vdpbf16ps`` products where the CPU has AVX512-BF16 (the time loops' products
 on AMX tiles where it also has AMX-BF16) and emulated products
 (the same numbers up to the order of the float32 sums) elsewhere or with
-``settings.bf16_native`` off; the other cells run the NumPy reference's bf16
-code. Either fallback warns once per process that bf16 brings no speed there.
+``settings.bf16_native`` off; the GRU (both forms) and the tanh/ReLU RNN run
+the packed bf16 kernels of :mod:`~fastrnn.kernels.packed_bf16_cells` and
+:mod:`~fastrnn.kernels.packed_bf16_gru_rb` (native or emulated products, the
+same choice; the GRU and RNN with AMX tiles too,
+:mod:`~fastrnn.kernels.amx_bf16_cells`); the full peephole runs the NumPy
+reference's bf16 code. Either fallback warns once per process that bf16
+brings no speed there.
 
 What runs where is steered by one settings object (:data:`settings`,
 :class:`configure`, from :mod:`~fastrnn.kernels.cpu_settings`); the BLAS
@@ -75,8 +80,13 @@ if NUMBA_ERROR is None and BLAS_PATH is not None:
         from fastrnn.kernels import packed_bf16
     except Exception:  # pragma: no cover - e.g. an llvmlite that cannot build its IR
         packed_bf16 = None
+    try:
+        from fastrnn.kernels import packed_bf16_cells, packed_bf16_gru_rb
+    except Exception:  # pragma: no cover - e.g. an llvmlite that cannot build its IR
+        packed_bf16_cells = packed_bf16_gru_rb = None
 else:  # pragma: no cover - depends on the install
     loops_driver = packed = packed_cells = task_gemm = packed_bf16 = None
+    packed_bf16_cells = packed_bf16_gru_rb = None
     LOOPS = {}
 
 # off on a CPU without AVX2/AVX-512 (packed.host_simd), where the packed
@@ -133,11 +143,21 @@ def route_bf16(cell):
     gradient on AMX tiles: AMX-BF16 and ``settings.bf16_amx``), ``"native"``
     (the packed bf16 kernels with ``vdpbf16ps``), ``"emulated"`` (the same
     kernels with the products emulated in float32: no AVX512-BF16, or
-    ``settings.bf16_native`` off) or ``"reference"`` (the NumPy reference's bf16
-    code: the cells without a bf16 kernel, GRU/RNN/reset-before GRU/full
-    peephole, or no packed kernels here). All compute the same numbers up to
-    the order of the float32 sums (and the bf16 roundings that order can flip)."""
-    if (PACKED[cell.name] != "lstm" or packed_bf16 is None or packed is None
+    ``settings.bf16_native`` off), for the GRU (both forms) and the RNN
+    ``"cells_amx"`` (not the reset-before GRU) / ``"cells_native"`` /
+    ``"cells_emulated"`` (their packed bf16 kernels, the same choice), or
+    ``"reference"`` (the NumPy reference's bf16 code: the cell without a bf16
+    kernel, the full peephole, or no packed kernels here). All compute the
+    same numbers up to the order of the float32 sums (and the bf16 roundings
+    that order can flip)."""
+    fam = PACKED[cell.name]
+    if (cell.family in ("gru", "rnn") and packed_bf16_cells is not None
+            and settings.use_packed):
+        if not (settings.bf16_native and has_avx512_bf16()):
+            return "cells_emulated"
+        amx = settings.bf16_amx and cell.name != "gru_reset_before" and _amx_ok()
+        return "cells_amx" if amx else "cells_native"
+    if (fam != "lstm" or packed_bf16 is None or packed is None
             or not settings.use_packed):
         return "reference"
     if not (settings.bf16_native and has_avx512_bf16()):
@@ -168,8 +188,17 @@ def describe_bf16():
         how = f"packed bf16 kernels with emulated float32 products ({why}: no speed gain)"
     else:
         how = "the NumPy reference's bf16 code (packed kernels unavailable: slow)"
-    return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU, RNN and the "
-            f"full peephole on the NumPy reference's bf16 code (correct, slower than float32)")
+    cells = route_bf16(CELLS["gru"])
+    if cells == "reference":
+        return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU, RNN and the "
+                f"full peephole on the NumPy reference's bf16 code (correct, slower than "
+                f"float32)")
+    cells = {"cells_amx": "the time loops' products on AMX-BF16 tiles, the reset-before "
+                          "GRU's with vdpbf16ps",
+             "cells_native": "vdpbf16ps products"}.get(cells, "emulated products")
+    return (f"bfloat16 mode: LSTM and diagonal peephole LSTM on {how}; GRU (both forms) and "
+            f"RNN on packed bf16 kernels, {cells}; the full peephole on the NumPy "
+            f"reference's bf16 code (correct, slower than float32)")
 
 
 _warned = set()
@@ -374,6 +403,42 @@ def _backward_bf16(cell, cache, dy, dh_n, dc_n, threads):
     return dx, dh0, dc0, Weights(dw_ih, dw_hh, db, db.copy(), dpeep)
 
 
+def _forward_bf16_cells(native, amx=False):
+    """The packed bf16 GRU/RNN forward (``native``: vdpbf16ps, else emulated; ``amx``:
+    the time loops' products on AMX tiles)."""
+    def forward(cell, x, h0, c0, weights, lens, reverse, training):
+        if not native and settings.bf16_native:
+            _warn_once("cpu", "compute_dtype='bfloat16': this CPU has no AVX512-BF16; the "
+                              "bf16 mode runs with emulated products (same results, no "
+                              "speed gain)")
+        f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+        w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), None)
+        args = (x, f(h0), w.w_ih, w.w_hh, w.b_ih, w.b_hh, lens, reverse)
+        if cell.name == "gru_reset_before":
+            y, h, pc = packed_bf16_gru_rb.gru_rb_forward(*args, training, get_num_threads(),
+                                                         native=native)
+        elif cell.family == "gru":
+            y, h, pc = packed_bf16_cells.gru_forward(*args, training, get_num_threads(),
+                                                     native=native, amx=amx)
+        else:
+            y, h, pc = packed_bf16_cells.rnn_forward(*args, cell.name == "rnn_relu", training,
+                                                     get_num_threads(), native=native, amx=amx)
+        if not training:
+            return y, h, None, None
+        return y, h, None, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)
+    kind = "amx" if amx else "native" if native else "emulated"
+    forward.__qualname__ = forward.__name__ = f"_forward_bf16_cells_{kind}"
+    return forward
+
+
+def _backward_bf16_cells(cell, cache, dy, dh_n, dc_n, threads):
+    run = (packed_bf16_gru_rb.gru_rb_backward if cell.name == "gru_reset_before"
+           else packed_bf16_cells.backward)
+    dx, dh0, dw_ih, dw_hh, db_ih, db_hh = run(cache.saved, dy, dh_n, get_num_threads(),
+                                              threads.use)
+    return dx, dh0, None, Weights(dw_ih, dw_hh, db_ih, db_hh, None)
+
+
 class _ReferenceCache:
     """A bf16 training cache of the NumPy reference (cells without a bf16 kernel)."""
 
@@ -407,5 +472,8 @@ ROUTES = {
     "amx": Route(_forward_bf16("amx"), _on_threads(_backward_bf16)),
     "native": Route(_forward_bf16("native"), _on_threads(_backward_bf16)),
     "emulated": Route(_forward_bf16("emulated"), _on_threads(_backward_bf16)),
+    "cells_amx": Route(_forward_bf16_cells(True, True), _on_threads(_backward_bf16_cells)),
+    "cells_native": Route(_forward_bf16_cells(True), _on_threads(_backward_bf16_cells)),
+    "cells_emulated": Route(_forward_bf16_cells(False), _on_threads(_backward_bf16_cells)),
     "reference": Route(_forward_reference_bf16, _backward_reference_bf16),
 }

@@ -263,16 +263,16 @@ def test_errors_and_routing():
             "reference": "reference"}[cpu.route_bf16(spec)]
     assert word in line
     # a cell without a bf16 kernel runs the reference's bf16 code (warned once)
-    gru = get_cell("gru")
-    g = Weights(w.w_ih[:48], w.w_hh[:48], w.b_ih[:48], w.b_hh[:48], None)
-    assert cpu.route_bf16(gru) == "reference"
-    cpu._warned.discard(("cell", "gru"))
+    full = get_cell("peephole_full")
+    g = w._replace(peep=rng.uniform(-0.25, 0.25, (3, 16, 16)).astype(np.float32))
+    assert cpu.route_bf16(full) == "reference"
+    cpu._warned.discard(("cell", "peephole_full"))
     with pytest.warns(RuntimeWarning, match="no bf16 kernel"):
-        y, h, _, cache = cpu.forward(gru, x, h0, None, g, compute_dtype=BF16)
+        y, h, _, cache = cpu.forward(full, x, h0, c0, g, compute_dtype=BF16)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        cpu.forward(gru, x, h0, None, g, compute_dtype=BF16)
-    yr, hr, _, cr = ref.forward(gru, x, h0, None, g, compute_dtype=BF16)
+        cpu.forward(full, x, h0, c0, g, compute_dtype=BF16)
+    yr, hr, _, cr = ref.forward(full, x, h0, c0, g, compute_dtype=BF16)
     np.testing.assert_array_equal(y, yr)
-    dx = cpu.backward(gru, cache, np.ones_like(y), h0)[0]
-    np.testing.assert_array_equal(dx, ref.backward(gru, cr, np.ones_like(y), h0)[0])
+    dx = cpu.backward(full, cache, np.ones_like(y), h0, c0)[0]
+    np.testing.assert_array_equal(dx, ref.backward(full, cr, np.ones_like(y), h0, c0)[0])

@@ -1,0 +1,493 @@
+"""LLVM-IR micro-kernels of the bfloat16 compute mode for the GRU (reset_after) and
+the tanh/ReLU RNN (:mod:`fastrnn.kernels.packed_bf16_cells`).
+
+The bf16 counterparts of :mod:`fastrnn.kernels.simd_cells`, in the conventions of
+:mod:`fastrnn.kernels.bf16_simd` (its tags :data:`~fastrnn.kernels.bf16_simd.NATIVE`
+/ :data:`~fastrnn.kernels.bf16_simd.EMULATED` pick ``vdpbf16ps`` or the emulated
+float32 products; operands are words of bf16 k pairs; float32 accumulators
+``<16 x float>``; pointers are byte addresses as int64; ``NV`` read off the
+type of an ``ntag`` tuple). The register-blocked product here takes, per
+segment, the accumulators it adds to, so that the GRU's ``x`` and ``h`` rows
+share the ``r``, ``z`` accumulators and keep ``W_n x`` and ``U_n h`` apart.
+
+Every epilogue keeps the gate math in float32 and writes what the next
+product reads twice: float32 (the state, the saved values, the bias
+gradients) and rounded to bf16 (:func:`fastrnn.kernels.bf16_simd.round_bits`,
+:func:`fastrnn.bf16.round_bf16`'s rounding).
+
+``uk_gru_fwd[MR]``, ``uk_gru_bwd[MR]``, ``uk_rnn_fwd[MR]``, ``uk_rnn_bwd[MR]``, and
+the reset-before GRU's two halves of a step, ``uk_rb_fwd_a/b[MR]`` and
+``uk_rb_bwd_x/y[MR]``, for ``MR = 1..BF16_MR`` rows per call (``[0]`` unused).
+"""
+from __future__ import annotations
+
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from fastrnn.kernels.bf16_simd import BF16_MR, EMULATED, NATIVE, is_native, round_bits
+from fastrnn.kernels.simd import I64, VMath, _splat, ptrs, row_off, vload, vstore
+
+__all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd", "uk_rb_fwd_a",
+           "uk_rb_fwd_b", "uk_rb_bwd_x", "uk_rb_bwd_y", "NATIVE", "EMULATED", "BF16_MR", "VW"]
+
+VW = 16
+_f32 = ir.FloatType()
+_i32 = ir.IntType(32)
+_i16 = ir.IntType(16)
+F32X = ir.VectorType(_f32, VW)
+I32X = ir.VectorType(_i32, VW)
+I16X = ir.VectorType(_i16, VW)
+
+
+class _BFloat(ir.Type):
+    """LLVM's ``bfloat`` (llvmlite's IR builder has none; as in bf16_simd)."""
+
+    intrinsic_name = "bf16"
+
+    def __str__(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloat)
+
+    def __hash__(self):
+        return hash("bfloat")
+
+
+BF32X = ir.VectorType(_BFloat(), 2 * VW)
+
+
+def _c(v):
+    v &= 0xFFFFFFFF
+    return ir.Constant(I32X, [v - (1 << 32) if v >= 1 << 31 else v] * VW)
+
+
+def _dp(builder, native, acc, a, w):
+    """``acc + dpbf16(a, w)`` (a copy of bf16_simd's, which this module may not
+    edit: ``vdpbf16ps``, or both halves widened to float32 and two FMAs)."""
+    if native:
+        fn = cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(F32X, [F32X, BF32X, BF32X]),
+            "llvm.x86.avx512bf16.dpbf16ps.512")
+        return builder.call(fn, [acc, builder.bitcast(a, BF32X), builder.bitcast(w, BF32X)])
+    fma = cgutils.get_or_insert_function(
+        builder.module, ir.FunctionType(F32X, [F32X, F32X, F32X]), "llvm.fma.v16f32")
+    lo = lambda x: builder.bitcast(builder.shl(x, _c(16)), F32X)            # noqa: E731
+    hi = lambda x: builder.bitcast(builder.and_(x, _c(0xFFFF0000)), F32X)   # noqa: E731
+    acc = builder.call(fma, [lo(a), lo(w), acc])
+    return builder.call(fma, [hi(a), hi(w), acc])
+
+
+def _store16(builder, v, base16, off):
+    """Store ``<16 x float>`` ``v`` rounded to bf16 at element ``off`` of an i16 pointer."""
+    p = builder.gep(base16, [off])
+    builder.store(round_bits(builder, v), builder.bitcast(p, I16X.as_pointer()), align=2)
+
+
+def _i32p(builder, *vals):
+    return [builder.inttoptr(v, _i32.as_pointer()) for v in vals]
+
+
+def _i16p(builder, *vals):
+    return [builder.inttoptr(v, _i16.as_pointer()) for v in vals]
+
+
+def _half(builder, v):
+    return builder.ashr(v, ir.Constant(I64, 1))
+
+
+def accs_bf16(builder, native, MR, NACC, segments):
+    """``acc[r][j] = sum over the segments (a, lda, w, KK, cols)`` of ``sum_kk
+    dp(a[r*lda + kk], w[kk*len(cols)*16 + v*16 : +16])`` with ``j = cols[v]``
+    (``a``, ``w`` i32 pointers to words of bf16 pairs, ``lda`` in words)."""
+    accs = [[cgutils.alloca_once(builder, F32X) for _ in range(NACC)] for _ in range(MR)]
+    zero = ir.Constant(F32X, [0.0] * VW)
+    for r in range(MR):
+        for j in range(NACC):
+            builder.store(zero, accs[r][j])
+    for a, lda, w, KK, cols in segments:
+        W = len(cols) * VW
+        with cgutils.for_range(builder, KK) as loop:
+            k = loop.index
+            wrow = builder.mul(k, ir.Constant(I64, W))
+            wv = [builder.load(builder.bitcast(builder.gep(w, [builder.add(
+                wrow, ir.Constant(I64, v * VW))]), I32X.as_pointer()), align=4)
+                for v in range(len(cols))]
+            for r in range(MR):
+                aoff = builder.add(builder.mul(ir.Constant(I64, r), lda), k)
+                s = _splat(builder, I32X, builder.load(builder.gep(a, [aoff]), align=4))
+                for v, j in enumerate(cols):
+                    acc = builder.load(accs[r][j])
+                    builder.store(_dp(builder, native, acc, s, wv[v]), accs[r][j])
+    return [[builder.load(accs[r][j]) for j in range(NACC)] for r in range(MR)]
+
+
+# --------------------------------------------------------------------------- GRU
+def _make_gru_fwd(MR):
+    @intrinsic
+    def uk(typingctx, tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact,
+           training):
+        """One panel (16 units), MR rows: ``x``, ``h`` bf16 rows (even strides ``ldx``,
+        ``ldh`` elements; ``KI``, ``KH`` pairs), ``w`` the panel's ``[KI+KH][3*16]``
+        words ([r z n] columns); a_x = x w[:KI], a_h = h w[KI:] (n apart),
+        r = σ(a_x,r + a_h,r + b_r), z likewise, nh = a_h,n + b_hn,
+        n = tanh(a_x,n + b_in + r nh), y = n + z (hin - n) (float32, ``hin`` and
+        ``y`` row stride ``ldy``) and y rounded to ``hb`` (row stride ``ldhb``);
+        act = (r, z, n, nh) if training; ``bias`` [b_r, b_z, b_in, b_hn]."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        native = is_native(tag)
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         types.boolean)
+
+        def codegen(context, builder, signature, args):
+            (_, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact,
+             training) = args
+            x, h, w = _i32p(builder, x, h, w)
+            (hb,) = _i16p(builder, hb)
+            bias, hin, y, act = ptrs(builder, F32X, bias, hin, y, act)
+            wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, 3 * VW))])
+            accs = accs_bf16(builder, native, MR, 4,
+                             [(x, _half(builder, ldx), w, KI, (0, 1, 2)),
+                              (h, _half(builder, ldh), wh, KH, (0, 1, 3))])
+            m = VMath(builder, F32X)
+            bv = [vload(builder, F32X, bias, ir.Constant(I64, g * VW)) for g in range(4)]
+            for r in range(MR):
+                ar, az, anx, anh = accs[r]
+                gr = m.sigmoid(m.add(ar, bv[0]))
+                gz = m.sigmoid(m.add(az, bv[1]))
+                nh = m.add(anh, bv[3])
+                gn = m.tanh(m.fma(gr, nh, m.add(anx, bv[2])))
+                ro = row_off(builder, r, ldy)
+                hn = m.fma(gz, m.sub(vload(builder, F32X, hin, ro), gn), gn)
+                vstore(builder, hn, F32X, y, ro)
+                _store16(builder, hn, hb, row_off(builder, r, ldhb))
+                with builder.if_then(training):
+                    for g, val in enumerate((gr, gz, gn, nh)):
+                        vstore(builder, val, F32X, act, row_off(builder, r, ldact, g * VW))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_gru_bwd(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb,
+           dgxb, ldg, dgg):
+        """NV output vectors, MR rows: dh = a w + dy + dd (``a`` the rounded
+        (dr, dz, dn r) of the next step, bf16 rows of stride ``lda`` elements; ``w``
+        ``[KK][NV*16]`` words; ``dd`` the carried z dh, updated in place), then
+        back through the step from the saved (r, z, n, nh) (``act`` [NV][4][16],
+        row stride ``ldact``) and h_prev (``hp``): dgh = (dr, dz, dn r) float32 and
+        rounded (``dghb``, the same element offsets), dgx = (dr, dz, dn) float32 and
+        rounded (``dgxb``);
+        gate g of vector v at ``v*16 + g*dgg``, row stride ``ldg``."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, *([i8] * 16))
+
+        def codegen(context, builder, signature, args):
+            (_, _, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg) = args
+            a, w = _i32p(builder, a, w)
+            dghb, dgxb = _i16p(builder, dghb, dgxb)
+            dy, act, hp, dd, dgh, dgx = ptrs(builder, F32X, dy, act, hp, dd, dgh, dgx)
+            accs = accs_bf16(builder, native, MR, NV,
+                             [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
+            m = VMath(builder, F32X)
+            one = m.one
+            for r in range(MR):
+                for v in range(NV):
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
+                               vload(builder, F32X, dd, ho))
+                    gr, gz, gn, nh = [vload(builder, F32X, act,
+                                            row_off(builder, r, ldact, v * 4 * VW + g * VW))
+                                      for g in range(4)]
+                    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
+                    dz = m.mul(m.mul(dh, m.sub(vload(builder, F32X, hp, ho), gn)),
+                               m.mul(gz, m.sub(one, gz)))
+                    dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(one, gr)))
+                    go = [builder.add(row_off(builder, r, ldg, v * VW),
+                                      builder.mul(ir.Constant(I64, g), dgg)) for g in range(3)]
+                    for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
+                        vstore(builder, val, F32X, dgh, o)
+                        _store16(builder, val, dghb, o)
+                    for o, val in zip(go, (dr, dz, dn)):
+                        vstore(builder, val, F32X, dgx, o)
+                        _store16(builder, val, dgxb, o)
+                    vstore(builder, m.mul(dh, gz), F32X, dd, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+# --------------------------------------------------------------------------- RNN
+def _make_rnn_fwd(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu):
+        """One panel of NV*16 units, MR rows: ``w`` ``[KI+KH][NV*16]`` words,
+        y = act(x w[:KI] + h w[KI:] + bias) (ReLU if ``relu`` else tanh) float32
+        (row stride ``ldy``) and rounded to ``hb`` (row stride ``ldhb``)."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
+                         types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _, _, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu = args
+            x, h, w = _i32p(builder, x, h, w)
+            (hb,) = _i16p(builder, hb)
+            bias, y = ptrs(builder, F32X, bias, y)
+            cols = tuple(range(NV))
+            wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, NV * VW))])
+            accs = accs_bf16(builder, native, MR, NV,
+                             [(x, _half(builder, ldx), w, KI, cols),
+                              (h, _half(builder, ldh), wh, KH, cols)])
+            m = VMath(builder, F32X)
+            bv = [vload(builder, F32X, bias, ir.Constant(I64, v * VW)) for v in range(NV)]
+            zero = ir.Constant(F32X, [0.0] * VW)
+
+            def epilogue(f):
+                for r in range(MR):
+                    for v in range(NV):
+                        val = f(m.add(accs[r][v], bv[v]))
+                        vstore(builder, val, F32X, y, row_off(builder, r, ldy, v * VW))
+                        _store16(builder, val, hb, row_off(builder, r, ldhb, v * VW))
+
+            with builder.if_else(relu) as (then, otherwise):
+                with then:
+                    epilogue(lambda p: builder.call(m.max_fn, [p, zero]))
+                with otherwise:
+                    epilogue(m.tanh)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_rnn_bwd(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu):
+        """NV output vectors, MR rows: dh = a w + dy + dhx (``a`` the rounded
+        gradients of the next step, stride ``lda`` elements; ``lddhx`` 0 for a
+        broadcast zero row), dg = dh (1 - h'^2) (tanh) or dh [h' > 0] (ReLU) from
+        the saved output ``hn``, float32 and rounded (``dgb``); ``dy``, ``hn``,
+        ``dg``, ``dgb`` have row stride ``ldh``."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu = args
+            a, w = _i32p(builder, a, w)
+            (dgb,) = _i16p(builder, dgb)
+            dhx, dy, hn, dg = ptrs(builder, F32X, dhx, dy, hn, dg)
+            accs = accs_bf16(builder, native, MR, NV,
+                             [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
+            m = VMath(builder, F32X)
+            zero = ir.Constant(F32X, [0.0] * VW)
+            dhs = []
+            for r in range(MR):
+                for v in range(NV):
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
+                               vload(builder, F32X, dhx, row_off(builder, r, lddhx, v * VW)))
+                    dhs.append((ho, dh, vload(builder, F32X, hn, ho)))
+
+            def epilogue(f):
+                for ho, dh, h in dhs:
+                    val = f(dh, h)
+                    vstore(builder, val, F32X, dg, ho)
+                    _store16(builder, val, dgb, ho)
+
+            with builder.if_else(relu) as (then, otherwise):
+                with then:
+                    epilogue(lambda dh, h: builder.select(builder.fcmp_ordered(">", h, zero),
+                                                          dh, zero))
+                with otherwise:
+                    epilogue(lambda dh, h: m.mul(dh, m.sub(m.one, m.mul(h, h))))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+# --------------------------------------------------------------------------- GRU reset-before
+def _make_rb_fwd_a(MR):
+    @intrinsic
+    def uk(typingctx, tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh):
+        """Reset-before GRU, first half of a step: one panel (16 units), MR rows:
+        ``w`` the panel's ``[KI][3*16]`` words ([r z n] of W_ih) then ``[KH][2*16]``
+        ([r z] of W_hh); r = σ(x W_r + h U_r + b_r), z likewise, nx = x W_n + b_in
+        (``bias`` [b_r, b_z, b_in]); act = (r, z, nx) (row stride ``ldact``) and
+        r h rounded to ``rhb`` (the operand of U_n; row stride ``ldrh``); ``hin``
+        the float32 h (row stride ``ldhin``)."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        native = is_native(tag)
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh = args
+            x, h, w = _i32p(builder, x, h, w)
+            (rhb,) = _i16p(builder, rhb)
+            bias, hin, act = ptrs(builder, F32X, bias, hin, act)
+            wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, 3 * VW))])
+            accs = accs_bf16(builder, native, MR, 3,
+                             [(x, _half(builder, ldx), w, KI, (0, 1, 2)),
+                              (h, _half(builder, ldh), wh, KH, (0, 1))])
+            m = VMath(builder, F32X)
+            bv = [vload(builder, F32X, bias, ir.Constant(I64, g * VW)) for g in range(3)]
+            for r in range(MR):
+                gr = m.sigmoid(m.add(accs[r][0], bv[0]))
+                gz = m.sigmoid(m.add(accs[r][1], bv[1]))
+                nx = m.add(accs[r][2], bv[2])
+                for g, val in enumerate((gr, gz, nx)):
+                    vstore(builder, val, F32X, act, row_off(builder, r, ldact, g * VW))
+                hp = vload(builder, F32X, hin, row_off(builder, r, ldhin))
+                _store16(builder, m.mul(gr, hp), rhb, row_off(builder, r, ldrh))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_rb_fwd_b(MR):
+    @intrinsic
+    def uk(typingctx, tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb):
+        """Reset-before GRU, second half: one panel, MR rows: n = tanh(nx + rd(r h)
+        U_nᵀ + b_hn) (``w`` ``[KH][16]`` words, ``rh`` bf16 rows of stride ``ldrh``
+        elements), h' = n + z (h - n) float32 to ``y`` and rounded to ``hb``; n
+        replaces nx in ``act``."""
+        if not isinstance(tag, types.UniTuple):
+            return None
+        native = is_native(tag)
+        i8 = types.int64
+        sig = types.void(tag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb = args
+            rh, w = _i32p(builder, rh, w)
+            (hb,) = _i16p(builder, hb)
+            bhn, act, hin, y = ptrs(builder, F32X, bhn, act, hin, y)
+            accs = accs_bf16(builder, native, MR, 1, [(rh, _half(builder, ldrh), w, KH, (0,))])
+            m = VMath(builder, F32X)
+            bv = vload(builder, F32X, bhn, ir.Constant(I64, 0))
+            for r in range(MR):
+                no = row_off(builder, r, ldact, 2 * VW)
+                gz = vload(builder, F32X, act, row_off(builder, r, ldact, VW))
+                gn = m.tanh(m.add(m.add(accs[r][0], bv), vload(builder, F32X, act, no)))
+                vstore(builder, gn, F32X, act, no)
+                ro = row_off(builder, r, ldy)
+                hn = m.fma(gz, m.sub(vload(builder, F32X, hin, ro), gn), gn)
+                vstore(builder, hn, F32X, y, ro)
+                _store16(builder, hn, hb, row_off(builder, r, ldhb))
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_rb_bwd_x(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg):
+        """Reset-before GRU backward, first half of a step: NV output vectors, MR rows:
+        dh = a w + dy + dd (``a``: the rounded (dr, dz) of the next step, ``w`` its
+        U_rz panel ``[KK][NV*16]`` words; ``dd`` the carried dh z + drh r of the
+        next step), then dn = dh (1-z)(1-n²), dz = dh (h-n) z(1-z) float32 and
+        rounded (gates 2 and 1 of ``dg``/``dgb``: vector v of gate g at
+        ``v*16 + g*dgg``, row stride ``ldg``); ``dd`` = dh z. ``act``: (r, z, n)
+        per vector ([NV][3][16], row stride ``ldact``)."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg = args
+            a, w = _i32p(builder, a, w)
+            (dgb,) = _i16p(builder, dgb)
+            dy, act, hp, dd, dg = ptrs(builder, F32X, dy, act, hp, dd, dg)
+            accs = accs_bf16(builder, native, MR, NV,
+                             [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
+            m = VMath(builder, F32X)
+            one = m.one
+            for r in range(MR):
+                for v in range(NV):
+                    ho = row_off(builder, r, ldh, v * VW)
+                    dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
+                               vload(builder, F32X, dd, ho))
+                    gz, gn = [vload(builder, F32X, act,
+                                    row_off(builder, r, ldact, v * 3 * VW + g * VW))
+                              for g in (1, 2)]
+                    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
+                    dz = m.mul(m.mul(dh, m.sub(vload(builder, F32X, hp, ho), gn)),
+                               m.mul(gz, m.sub(one, gz)))
+                    for g, val in ((1, dz), (2, dn)):
+                        o = builder.add(row_off(builder, r, ldg, v * VW),
+                                        builder.mul(ir.Constant(I64, g), dgg))
+                        vstore(builder, val, F32X, dg, o)
+                        _store16(builder, val, dgb, o)
+                    vstore(builder, m.mul(dh, gz), F32X, dd, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+def _make_rb_bwd_y(MR):
+    @intrinsic
+    def uk(typingctx, tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg):
+        """Reset-before GRU backward, second half: NV output vectors, MR rows:
+        drh = a w (``a`` the rounded dn of this step, ``w`` its U_n panel), dr =
+        drh h r(1-r) float32 and rounded (gate 0 of ``dg``/``dgb``), dd += drh r."""
+        if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
+            return None
+        native = is_native(tag)
+        NV = ntag.count
+        i8 = types.int64
+        sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
+
+        def codegen(context, builder, signature, args):
+            _, _, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg = args
+            a, w = _i32p(builder, a, w)
+            (dgb,) = _i16p(builder, dgb)
+            act, hp, dd, dg = ptrs(builder, F32X, act, hp, dd, dg)
+            accs = accs_bf16(builder, native, MR, NV,
+                             [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
+            m = VMath(builder, F32X)
+            for r in range(MR):
+                for v in range(NV):
+                    ho = row_off(builder, r, ldh, v * VW)
+                    gr = vload(builder, F32X, act, row_off(builder, r, ldact, v * 3 * VW))
+                    drh = accs[r][v]
+                    dr = m.mul(m.mul(drh, vload(builder, F32X, hp, ho)),
+                               m.mul(gr, m.sub(m.one, gr)))
+                    o = row_off(builder, r, ldg, v * VW)
+                    vstore(builder, dr, F32X, dg, o)
+                    _store16(builder, dr, dgb, o)
+                    vstore(builder, m.fma(drh, gr, vload(builder, F32X, dd, ho)), F32X, dd, ho)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+uk_gru_fwd = [None] + [_make_gru_fwd(m) for m in range(1, BF16_MR + 1)]
+uk_gru_bwd = [None] + [_make_gru_bwd(m) for m in range(1, BF16_MR + 1)]
+uk_rnn_fwd = [None] + [_make_rnn_fwd(m) for m in range(1, BF16_MR + 1)]
+uk_rnn_bwd = [None] + [_make_rnn_bwd(m) for m in range(1, BF16_MR + 1)]
+uk_rb_fwd_a = [None] + [_make_rb_fwd_a(m) for m in range(1, BF16_MR + 1)]
+uk_rb_fwd_b = [None] + [_make_rb_fwd_b(m) for m in range(1, BF16_MR + 1)]
+uk_rb_bwd_x = [None] + [_make_rb_bwd_x(m) for m in range(1, BF16_MR + 1)]
+uk_rb_bwd_y = [None] + [_make_rb_bwd_y(m) for m in range(1, BF16_MR + 1)]

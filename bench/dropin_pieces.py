@@ -4,6 +4,7 @@ with ``weight_layout="in_out"``, gates ``"ifog"``, one bias, ``h0`` without
 ``c0``), piece by piece, in float64 and float32.
 
     python bench/dropin_pieces.py [--shape 32 50 64 128] [--repeats 40] [--threads 1]
+    python bench/dropin_pieces.py --against REV [--repeats 40] [--threads 1]
 
 ``--shape`` is ``N T D H``. Each piece is timed by wrapping the function that
 does it (the wrappers are installed on the modules' attributes for the run:
@@ -16,11 +17,18 @@ in order i, f, g, o) runs interleaved with the CS231n one, round by round, so
 the difference of their medians is what the conventions cost.
 
 Prints per piece the median over the rounds (ms) and its share of the call.
+
+``--against REV``: the whole call instead, this tree against the package at git
+revision ``REV`` (loaded beside it as ``fastrnn_old``, as ``bench/ab_package.py``
+does), alternating old and new round by round on the same arrays; prints the
+medians and minima, the new/old ratios and the largest relative difference of
+their outputs and gradients.
 """
 from __future__ import annotations
 
 import argparse
 import functools
+import importlib
 import statistics
 import time
 from collections import defaultdict
@@ -193,16 +201,59 @@ def profile(N, T, D, H, dtype, repeats):
     return med, inline_copies(x, (T, N, H), dh, H, repeats)
 
 
+def against(rev, N, T, D, H, repeats, threads):
+    """New against old (revision ``rev``), the whole call, interleaved."""
+    import os
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from ab_package import load_old
+    old = load_old(rev)
+    if threads:
+        old.set_num_threads(threads)
+    Fo = importlib.import_module(old.__name__ + ".functional")
+    for dtype in (np.float64, np.float32):
+        x, h0, Wx, Wh, b, dh = cs231n_arrays(N, T, D, H, dtype)
+
+        def step(mod):
+            h, st, ctx = mod.lstm(x, Wx, Wh, b, state=h0, batch_first=True,
+                                  gate_order="ifog", weight_layout="in_out")
+            dx, (dh0, _), (dWx, dWh, db, _) = mod.lstm_backward(ctx, dh)
+            return h, st[0], st[1], dx, dh0, dWx, dWh, db
+
+        outs = [step(m) for m in (Fo, F)]            # compile / load, and compare
+        worst = max(float(np.max(np.abs(a - b_)) / max(np.max(np.abs(b_)), 1e-300))
+                    for a, b_ in zip(outs[1], outs[0]))
+        same = all(np.array_equal(a, b_) for a, b_ in zip(outs[1], outs[0]))
+        ts = {0: [], 1: []}
+        for r in range(repeats):
+            for k in ((0, 1) if r % 2 == 0 else (1, 0)):
+                t0 = time.perf_counter()
+                step((Fo, F)[k])
+                ts[k].append(1e3 * (time.perf_counter() - t0))
+        mo, mn = statistics.median(ts[0]), statistics.median(ts[1])
+        print(f"{np.dtype(dtype).name}: old {mo:.3f} ms (min {min(ts[0]):.3f}), new {mn:.3f} "
+              f"ms (min {min(ts[1]):.3f}); new/old medians {mn / mo:.3f}, minima "
+              f"{min(ts[1]) / min(ts[0]):.3f}; outputs "
+              + ("bitwise equal" if same else f"differ by {worst:.1e} relative at most"))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", type=int, nargs=4, default=[32, 50, 64, 128],
                    metavar=("N", "T", "D", "H"))
     p.add_argument("--repeats", type=int, default=40)
     p.add_argument("--threads", type=int, default=None, help="fastrnn's threads")
+    p.add_argument("--against", metavar="REV", default=None,
+                   help="time the whole call against git revision REV instead")
     a = p.parse_args(argv)
     if a.threads:
         fastrnn.set_num_threads(a.threads)
     N, T, D, H = a.shape
+    if a.against:
+        print(f"N={N} T={T} D={D} H={H}; threads {fastrnn.get_num_threads()}; medians of "
+              f"{a.repeats} rounds, old and new alternating")
+        against(a.against, N, T, D, H, a.repeats, a.threads)
+        return 0
     print(f"N={N} T={T} D={D} H={H}; fastrnn threads {fastrnn.get_num_threads()}; "
           f"medians of {a.repeats} rounds (ms)")
     for dtype in (np.float64, np.float32):

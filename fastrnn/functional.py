@@ -43,7 +43,7 @@ In PyTorch's convention (``weight_layout="out_in"``, PyTorch's gate order,
 two biases or none, time-major ``x``) no weight, bias or gradient is copied:
 the arrays go to the backend and the backend's results come back as they
 are (the CPU backend's float LSTM weight gradients are transposed views of
-one ``[I+H, 4H]`` buffer when ``H`` is a multiple of the SIMD width, copies
+one ``[I+H+1, 4H]`` buffer when ``H`` is a multiple of the SIMD width, copies
 otherwise). ``weight_layout="in_out"`` alone copies nothing more: the
 weights go to the backend as transposed views, the CPU backend packs them
 from that memory order, and its LSTM weight gradients are computed in it

@@ -209,9 +209,13 @@ def _host_array(name, a, dims=None):
 
 
 def _finite(name, a):
-    # the sum is one cheap pass; only a non-finite sum (NaN/inf, or an overflow)
-    # needs the exact elementwise check
-    if not np.isfinite(a.sum()) and not np.isfinite(a).all():
+    # float64: the sum is one cheap pass; only a non-finite sum (NaN/inf, or an
+    # overflow) needs the exact elementwise check. float32: NumPy's float32 sum
+    # is about twice as slow as the elementwise check, which is exact
+    if a.dtype == np.float32:
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+    elif not np.isfinite(a.sum()) and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinity")
 
 

@@ -350,7 +350,9 @@ def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch
 
     # into the backends' convention
     xt = x.transpose(1, 0, 2) if batch_first else x
-    if training:        # private: the caller may change x or the state before backward
+    # private: the caller may change x or the state before backward (a backend
+    # that copies x into its own saved buffers anyway reads the caller's x)
+    if training and not getattr(be, "copies_input", _never)(cell, dtype, training):
         xt = np.array(xt, dtype, order="C", copy=True)
     h0 = None if h0 is None else np.array(h0, dtype, copy=training or h0.dtype != dtype)
     c0_dtype = None if c0 is None else c0.dtype
@@ -381,6 +383,10 @@ def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch
     ctx._peep_form = peep_form
     ctx._device = False
     return y, state_n, ctx
+
+
+def _never(*args):
+    return False
 
 
 def _split_state(arg, state, cell, B, H, device=False):

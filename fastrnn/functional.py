@@ -47,18 +47,21 @@ one ``[I+H+1, 4H]`` buffer when ``H`` is a multiple of the SIMD width, copies
 otherwise). ``weight_layout="in_out"`` alone copies nothing more: the
 weights go to the backend as transposed views, the CPU backend packs them
 from that memory order, and its LSTM weight gradients are computed in it
-(the bfloat16 mode copies the weights and returns contiguous gradients). Another gate order costs one pass over the weights on the way in and one
+(the bfloat16 mode copies the weights and returns contiguous gradients).
+Another gate order costs one pass over the weights on the way in and one
 over the weight gradients on the way out (copies of contiguous gate blocks),
-and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y`` and
-``dx`` come back as transposed views); a missing bias is one zero vector.
-Measured on a 2-core Intel Xeon (one thread, minima of 60 calls) in CS231n's
-convention (``batch_first``, ``"ifog"``, ``"in_out"``, one bias) at B=32,
-T=50, I=64, H=128: the weights in 0.03 ms (float64 0.04), their gradients out
-0.03 ms (float64 0.04), ``x`` 0.02 ms and ``dy`` 0.035 ms (float64 0.04 and
-0.12), against a forward + backward of ~8 ms in float32 and ~18 ms in
-float64 (one thread). A training forward also copies ``y`` once (0.05 ms,
-float64 0.1), in every convention: the CPU kernels' ``y`` is a view of the
-activations the backward reads, and the caller may edit ``y`` in place.
+and ``batch_first`` one transposing copy of ``dy`` and of ``x`` (``y`` and
+``dx`` come back as transposed views; a training forward of the CPU
+backend's packed LSTM gathers ``x`` into its saved rows from the caller's
+strides: no copy of ``x`` there); a missing bias is one zero vector.
+Measured on a 2-core Intel Xeon (one thread, medians of 40 calls,
+``bench/dropin_pieces.py``) in CS231n's convention (``batch_first``,
+``"ifog"``, ``"in_out"``, one bias) at B=32, T=50, I=64, H=128: the weights
+in 0.04 ms (float64 0.07), their gradients out 0.03 ms (float64 0.06),
+``dy`` 0.03 ms (float64 0.10), against a forward + backward of ~6 ms in
+float32 and ~13 ms in float64. A training forward also copies ``y`` once
+(0.02 ms, float64 0.09), in every convention: the CPU kernels' ``y`` is a
+view of the rows the backward reads, and the caller may edit ``y`` in place.
 In any convention the calls' own checks (shapes, NaN in
 ``x``, the state and ``dy``) and bookkeeping cost ~20 us per forward +
 backward (13 + 6 us at T=200, B=1, I=H=32 against the backend called directly).

@@ -215,8 +215,9 @@ class Route(NamedTuple):
     """One row of the routing table (:data:`ROUTES`): the kernels a call runs.
 
     forward : ``(cell, x, h0, c0, weights, lens, reverse, training) -> (y, h_n,
-        c_n, cache)`` with ``x`` C-contiguous and ``lens`` int64 ``[B]``, both
-        checked; ``cache`` None unless training.
+        c_n, cache)`` with ``x`` C-contiguous (in any strides for the packed
+        LSTM's training forward, which gathers it) and ``lens`` int64 ``[B]``,
+        both checked; ``cache`` None unless training.
     backward : ``(cell, cache, dy, dh_n, dc_n) -> (dx, dh0, dc0, Weights)``, set
         on the cache the forward returns (``cache.backward``), so that the
         backward of a call runs the kernels its forward ran.

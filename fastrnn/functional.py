@@ -43,22 +43,25 @@ In PyTorch's convention (``weight_layout="out_in"``, PyTorch's gate order,
 two biases or none, time-major ``x``) no weight, bias or gradient is copied:
 the arrays go to the backend and the backend's results come back as they
 are (the CPU backend's float LSTM weight gradients are transposed views of
-one ``[I+H, 4H]`` buffer when ``H`` is a multiple of the SIMD width, copies
+one ``[I+H+1, 4H]`` buffer when ``H`` is a multiple of the SIMD width, copies
 otherwise). ``weight_layout="in_out"`` alone copies nothing more: the
 weights go to the backend as transposed views, the CPU backend packs them
 from that memory order, and its LSTM weight gradients are computed in it
-(the bfloat16 mode copies the weights and returns contiguous gradients). Another gate order costs one pass over the weights on the way in and one
+(the bfloat16 mode copies the weights and returns contiguous gradients).
+Another gate order costs one pass over the weights on the way in and one
 over the weight gradients on the way out (copies of contiguous gate blocks),
-and ``batch_first`` one transposing copy of ``x`` and of ``dy`` (``y`` and
-``dx`` come back as transposed views); a missing bias is one zero vector.
-Measured on a 2-core Intel Xeon (one thread, minima of 60 calls) in CS231n's
-convention (``batch_first``, ``"ifog"``, ``"in_out"``, one bias) at B=32,
-T=50, I=64, H=128: the weights in 0.03 ms (float64 0.04), their gradients out
-0.03 ms (float64 0.04), ``x`` 0.02 ms and ``dy`` 0.035 ms (float64 0.04 and
-0.12), against a forward + backward of ~8 ms in float32 and ~18 ms in
-float64 (one thread). A training forward also copies ``y`` once (0.05 ms,
-float64 0.1), in every convention: the CPU kernels' ``y`` is a view of the
-activations the backward reads, and the caller may edit ``y`` in place.
+and ``batch_first`` one transposing copy of ``dy`` and of ``x`` (``y`` and
+``dx`` come back as transposed views; a training forward of the CPU
+backend's packed LSTM gathers ``x`` into its saved rows from the caller's
+strides: no copy of ``x`` there); a missing bias is one zero vector.
+Measured on a 2-core Intel Xeon (one thread, medians of 40 calls,
+``bench/dropin_pieces.py``) in CS231n's convention (``batch_first``,
+``"ifog"``, ``"in_out"``, one bias) at B=32, T=50, I=64, H=128: the weights
+in 0.04 ms (float64 0.07), their gradients out 0.03 ms (float64 0.06),
+``dy`` 0.03 ms (float64 0.10), against a forward + backward of ~6 ms in
+float32 and ~13 ms in float64. A training forward also copies ``y`` once
+(0.02 ms, float64 0.09), in every convention: the CPU kernels' ``y`` is a
+view of the rows the backward reads, and the caller may edit ``y`` in place.
 In any convention the calls' own checks (shapes, NaN in
 ``x``, the state and ``dy``) and bookkeeping cost ~20 us per forward +
 backward (13 + 6 us at T=200, B=1, I=H=32 against the backend called directly).
@@ -209,9 +212,13 @@ def _host_array(name, a, dims=None):
 
 
 def _finite(name, a):
-    # the sum is one cheap pass; only a non-finite sum (NaN/inf, or an overflow)
-    # needs the exact elementwise check
-    if not np.isfinite(a.sum()) and not np.isfinite(a).all():
+    # float64: the sum is one cheap pass; only a non-finite sum (NaN/inf, or an
+    # overflow) needs the exact elementwise check. float32: NumPy's float32 sum
+    # is about twice as slow as the elementwise check, which is exact
+    if a.dtype == np.float32:
+        if not np.isfinite(a).all():
+            raise ValueError(f"{name} contains NaN or infinity")
+    elif not np.isfinite(a.sum()) and not np.isfinite(a).all():
         raise ValueError(f"{name} contains NaN or infinity")
 
 
@@ -346,7 +353,9 @@ def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch
 
     # into the backends' convention
     xt = x.transpose(1, 0, 2) if batch_first else x
-    if training:        # private: the caller may change x or the state before backward
+    # private: the caller may change x or the state before backward (a backend
+    # that copies x into its own saved buffers anyway reads the caller's x)
+    if training and not getattr(be, "copies_input", _never)(cell, dtype, training):
         xt = np.array(xt, dtype, order="C", copy=True)
     h0 = None if h0 is None else np.array(h0, dtype, copy=training or h0.dtype != dtype)
     c0_dtype = None if c0 is None else c0.dtype
@@ -377,6 +386,10 @@ def _forward(fname, cell, x, w_ih, w_hh, b_ih, b_hh, peep, state, lengths, batch
     ctx._peep_form = peep_form
     ctx._device = False
     return y, state_n, ctx
+
+
+def _never(*args):
+    return False
 
 
 def _split_state(arg, state, cell, B, H, device=False):

@@ -65,7 +65,7 @@ _heap.tune()
 
 __all__ = ["forward", "backward", "available", "describe", "describe_bf16", "set_num_threads",
            "get_num_threads", "matmul", "route", "route_bf16", "ROUTES", "Route", "settings",
-           "configure"]
+           "configure", "copies_input"]
 
 if NUMBA_ERROR is None and BLAS_PATH is not None:
     from fastrnn.kernels import loops_driver
@@ -244,8 +244,9 @@ class Route(NamedTuple):
     """One row of the routing table (:data:`ROUTES`): the kernels a call runs.
 
     forward : ``(cell, x, h0, c0, weights, lens, reverse, training) -> (y, h_n,
-        c_n, cache)`` with ``x`` C-contiguous and ``lens`` int64 ``[B]``, both
-        checked; ``cache`` None unless training.
+        c_n, cache)`` with ``x`` C-contiguous (in any strides for the packed
+        LSTM's training forward, which gathers it) and ``lens`` int64 ``[B]``,
+        both checked; ``cache`` None unless training.
     backward : ``(cell, cache, dy, dh_n, dc_n) -> (dx, dh0, dc0, Weights)``, set
         on the cache the forward returns (``cache.backward``), so that the
         backward of a call runs the kernels its forward ran.
@@ -271,8 +272,9 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
             raise ValueError(f"compute_dtype='bfloat16' is for float32 layers (float32 "
                              f"parameters, bfloat16 products); x is {x.dtype}")
     lens = check_forward(cell, x, h0, c0, weights, lengths)
-    x = np.ascontiguousarray(x)
     kind = route_bf16(cell) if bf16 else route(cell, x.dtype, bool(training))
+    if not (kind == "packed" and training):     # that one gathers x, in any strides
+        x = np.ascontiguousarray(x)
     if lens is None:
         lens = np.full(x.shape[1], x.shape[0], np.int64)
     r = ROUTES[kind]
@@ -280,6 +282,14 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     if cache is not None:
         cache.backward = r.backward
     return y, h, c, cache
+
+
+def copies_input(cell, dtype, training):
+    """Whether a forward of ``cell`` in ``dtype`` keeps its own copy of ``x`` for the
+    backward and reads ``x`` in any strides (the packed LSTM in training: its saved
+    ``[x, h]`` rows), so that a caller who needs the cache to be independent of
+    ``x`` (:mod:`fastrnn.functional`) need not copy ``x`` first."""
+    return bool(training) and route(cell, np.dtype(dtype), True) == "packed"
 
 
 def backward(cell, cache, dy, dh_n, dc_n=None):

@@ -98,17 +98,21 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         c_last = cs[lens_sorted % 2, rows]
         return y, sched.unsort_rows(h_last, H), sched.unsort_rows(c_last, H), None
 
-    # xh: [n+1,B,I+Hp] rows [x_t, h_{t-1}] in step order (see lstm_fwd_kernel), kept for
-    # the weight gradient; act: the gate activations; cs: every step's cell
-    xh = (np.zeros if zero else np.empty)((n + 1, B, I + Hp), dt)
+    # xh: [n+1,B,I+Hp+1] rows [x_t, h_{t-1}, 1] in step order (see lstm_fwd_kernel),
+    # kept for the weight gradient, whose GEMM then also gives the bias gradient
+    # (the column of ones) in the same pass over dg; act: the gate activations;
+    # cs: every step's cell
+    L = I + Hp + 1
+    xh = (np.zeros if zero else np.empty)((n + 1, B, L), dt)
     sched.gather_into(x, xh[:n, :, :I], 0, n)
     xh[n, :, :I] = 0
-    xh[0, :, I:] = sched.sort_rows(h0, Hp)
+    xh[0, :, I:I + Hp] = sched.sort_rows(h0, Hp)
+    xh[:, :, I + Hp] = 1
     act = np.empty((n, B, G * Hp), dt)
     cs = (np.zeros if padded else np.empty)((n + 1, B, Hp), dt)  # all rows written
     cs[0] = sched.sort_rows(c0, Hp)                                     # unless padded
-    launch(xh, I + Hp, xh, I, I + Hp, n, cs, n + 1, sched.nact, act)
-    ys = xh[1:, :, I:]
+    launch(xh, L, xh, I, L, n, cs, n + 1, sched.nact, act)
+    ys = xh[1:, :, I:I + Hp]
     c_last = cs[lens_sorted, rows]
     h_last = ys[lens_sorted - 1, rows]
     y = sched.scatter(ys, H, dt)
@@ -125,8 +129,9 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
 def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     """Gradients from :func:`lstm_forward`'s cache: ``(dx, dh0, dc0, dw_ih, dw_hh, db,
     dpeep)`` in the natural (PyTorch) shapes and gate order; ``dw_ih``/``dw_hh`` are
-    transposed views (F-contiguous) of one ``[I+H, G*H]`` buffer; ``db`` is the
-    gradient of both biases, ``dpeep`` [3,H] that of the peepholes (None without).
+    transposed views (F-contiguous) of one ``[I+H+1, G*H]`` buffer whose last row
+    is ``db`` (the product with the column of ones), the gradient of both biases;
+    ``dpeep`` [3,H] that of the peepholes (None without).
 
     ``blas_threads(flops)`` sets NumPy's BLAS thread count for a GEMM of that size;
     it is called with 0 (one BLAS thread): the weight-gradient GEMMs after the
@@ -135,7 +140,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     sched, pk = cache.sched, cache.pk
     n, B, GH = cache.act.shape
     H, Hp, VW = pk.H, pk.Hp, pk.VW
-    I = cache.xh.shape[2] - Hp
+    I = cache.xh.shape[2] - Hp - 1
     dt = cache.act.dtype
     tag = make_tag(VW, dt)
     NB = pk.nvb * VW
@@ -159,15 +164,13 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     # split in tasks over the columns/rows of their outputs; dg is in the natural
     # gate order, so with Hp == H they write PyTorch's layout directly
     dg2 = dg.reshape(n * B, GH)
-    xh2 = cache.xh[:n].reshape(n * B, I + Hp)                       # [x_t, h_{t-1}] rows
+    xh2 = cache.xh[:n].reshape(n * B, I + Hp + 1)                 # [x_t, h_{t-1}, 1] rows
     dxs = np.empty((n * B, I), dt)
     dh0 = np.empty((B, Hp), dt)
-    db_p = np.empty(GH, dt)
     # the weight gradient as [dW_ih dW_hh]ᵀ = [x h]ᵀ dg: OpenBLAS runs this form
     # faster than dgᵀ [x h] in float64 (as fast in float32), and it is the in_out
     # layout (Keras, CS231n) as it is, PyTorch's as a transposed view
-    dw_t = np.empty((I + Hp, GH), dt)
-    ones = np.ones(n * B, dt)
+    dw_t = np.empty((I + Hp + 1, GH), dt)
     # the split depends on the shape only, never on the thread count: a row range
     # of a product is not always bitwise the whole product's rows in OpenBLAS (dx
     # with a small I), so results stay the same on any number of threads only
@@ -179,13 +182,13 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
         tasks.append(lambda r0=r0, r1=r1: np.matmul(dg2[r0:r1], pk.w_ih, out=dxs[r0:r1]))
     tasks.append(lambda: np.matmul(dg[0], pk.w_hh, out=dh0))
-    tasks.append(lambda: np.matmul(ones, dg2, out=db_p))       # a GEMV: faster than sum
     Tasks(tasks).run(gthr if split else 1)     # small GEMMs: a hand-off costs more
+    db_p = dw_t[I + Hp]                                          # the row of the ones
     dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
     if Hp == H:   # transposed views of one buffer
-        dw_ih, dw_hh, db = dw_t[:I].T, dw_t[I:].T, db_p
+        dw_ih, dw_hh, db = dw_t[:I].T, dw_t[I:I + Hp].T, db_p
     else:
-        dw4 = dw_t.reshape(I + Hp, 4, Hp)
+        dw4 = dw_t[:I + Hp].reshape(I + Hp, 4, Hp)
         dw_ih = np.ascontiguousarray(dw4[:I, :, :H]).reshape(I, 4 * H).T
         dw_hh = np.ascontiguousarray(dw4[I:I + H, :, :H]).reshape(H, 4 * H).T
         db = np.ascontiguousarray(db_p.reshape(4, Hp)[:, :H]).reshape(4 * H)

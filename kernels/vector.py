@@ -172,5 +172,6 @@ def pack_backward(wh, Hp, VW, nvb):
     for q in range(Q):
         j0 = q * NB
         w = min(NB, Hp - j0)
-        ub[q * GH * NB:q * GH * NB + GH * w] = wh[:, j0:j0 + w].reshape(-1)
+        # one strided copy (reshape(-1) of a transposed view would copy twice)
+        ub[q * GH * NB:q * GH * NB + GH * w].reshape(GH, w)[...] = wh[:, j0:j0 + w]
     return ub

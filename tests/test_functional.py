@@ -136,6 +136,49 @@ def _orders(canon, alias):
     return out + [o.replace(alias[1], alias[0]) for o in out[:3]]     # "c" for "g", "h" for "n"
 
 
+@pytest.mark.parametrize("H", [16, 20])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cs231n_convention_runs_the_pytorch_conventions_numbers_on_the_cpu(dtype, H):
+    """The compiled path in CS231n's convention (batch_first, in_out, "ifog", one
+    bias, h0 without c0) against the same call in PyTorch's: the packed kernels
+    pack either layout into the same panels, so the forward and the weight
+    gradients (one GEMM on the same saved rows) are bitwise the same; dx and dh0
+    are GEMMs with the weights in the caller's memory order, which BLAS may sum
+    in another order: equal within the error bound. H = 20 pads the panels
+    (float32 and float64). The backward follows a change of x after the forward."""
+    from fastrnn.kernels import cpu
+    cell = CELLS["lstm"]
+    rng = np.random.default_rng(11)
+    T, B, I = 6, 5, 7
+    w = _params(cell, I, H, rng, dtype)
+    x = rng.standard_normal((B, T, I)).astype(dtype)
+    h0 = (0.5 * rng.standard_normal((B, H))).astype(dtype)
+    dy = rng.standard_normal((B, T, H)).astype(dtype)
+    perm = np.r_[0:2 * H, 3 * H:4 * H, 2 * H:3 * H]          # i, f, g, o <-> i, f, o, g
+    Wx, Wh, b = w.w_ih[perm].T.copy(), w.w_hh[perm].T.copy(), w.b_ih[perm].copy()
+    xt, dyt = (np.ascontiguousarray(a.transpose(1, 0, 2)) for a in (x, dy))
+    h, (hn, cn), ctx = F.lstm(x, Wx, Wh, b, state=h0, batch_first=True, gate_order="ifog",
+                              weight_layout="in_out", backend="cpu")
+    x[...] = 0                      # the ctx does not depend on the caller's x
+    dx, (dh0, dc0), (dWx, dWh, db, none) = F.lstm_backward(ctx, dy)
+    y, (hn2, cn2), ctx2 = F.lstm(xt, w.w_ih, w.w_hh, w.b_ih, None, h0, backend="cpu")
+    dx2, (dh02, dc02), (dwi, dwh, dbi, _) = F.lstm_backward(ctx2, dyt)
+    assert none is None
+    pairs = {"y": (h.transpose(1, 0, 2), y), "h_n": (hn, hn2), "c_n": (cn, cn2),
+             "dc0": (dc0, dc02), "dw_ih": (dWx, dwi[perm].T), "dw_hh": (dWh, dwh[perm].T),
+             "db": (db, dbi[perm])}
+    close = {"dx": (dx.transpose(1, 0, 2), dx2), "dh0": (dh0, dh02)}
+    if cpu.route(cell, np.dtype(dtype), True) != "packed":     # the BLAS loops: all close
+        close.update(pairs)
+        pairs = {}
+    for k, (a, e) in pairs.items():
+        np.testing.assert_array_equal(a, e, err_msg=k)
+    up = max(1.0, float(np.abs(dy).max()))
+    for k, (a, e) in close.items():
+        assert_close(a, e, cell_terms(cell, T, B, I, H, dtype=dtype), scale=up, err_msg=k)
+    assert all(a.dtype == dtype for a in (h, dx, dh0, dWx, dWh, db))
+
+
 @pytest.mark.parametrize("family", ["lstm", "gru"])
 def test_every_convention_round_trips(family):
     """Every gate order (and the aliases), both layouts and 0/1/2 biases give the

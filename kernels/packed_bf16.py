@@ -90,53 +90,51 @@ def to_bits(a):
 
 
 @njit(cache=True, nogil=True)
-def _pack_panels(w_ih, w_hh, H, Hp, Ip, out):
-    # out [P, (Ip+Hp)/2, 4*VW] uint32: word (p, kk, g*VW+u) holds the bf16 of rows
-    # 2kk (low half) and 2kk+1 of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ
-    I = w_ih.shape[1]
-    P, K2, GV = out.shape
+def _pack_panels(wb_ih, wb_hh, H, Ip, out):
+    # out [P, (Ip+Kh)/2, 4*VW, 2] uint16, zeros in: (p, kk, g*VW+u, half) = the bf16
+    # bits of row 2kk+half of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ;
+    # wb_ih, wb_hh: the weights' bits (to_bits). One weight row at a time: its
+    # reads run in order, its writes revisit the panel's lines for each unit
+    I = wb_ih.shape[1]
+    P, K2, GV, _ = out.shape
     VW_ = GV // 4
     for p in range(P):
         for g in range(4):
             for u in range(VW_):
                 unit = p * VW_ + u
+                if unit >= H:
+                    continue
                 row = g * H + unit
-                for kk in range(K2):
-                    word = np.uint32(0)
-                    if unit < H:
-                        for half in range(2):
-                            k = 2 * kk + half
-                            v = np.float32(0.0)
-                            if k < I:
-                                v = w_ih[row, k]
-                            elif Ip <= k < Ip + H:
-                                v = w_hh[row, k - Ip]
-                            word |= np.uint32(_fbits(v)) << (16 * half)
-                    out[p, kk, g * VW_ + u] = word
+                c = g * VW_ + u
+                for k in range(I):
+                    out[p, k >> 1, c, k & 1] = wb_ih[row, k]
+                for k in range(H):
+                    kk = Ip + k
+                    out[p, kk >> 1, c, kk & 1] = wb_hh[row, k]
 
 
 @njit(cache=True, nogil=True)
-def _pack_u(w_hh, H, Hp, NB, out):
-    # out: flat uint32; output panel q (units j0 = q*NB .. j0+w, w = min(NB, Hp-j0)) at
-    # word q*2*Hp*NB: [2*Hp pairs][w], the pair kk of natural gate rows r = 2kk, 2kk+1
-    # (r = g*Hp + unit, zero for padded units) of the padded W_hh [4*Hp, Hp]
+def _pack_u(wb_hh, H, Hp, NB, out):
+    # out: flat uint16, zeros in; output panel q (units j0 = q*NB .. j0+w, w = min(NB,
+    # Hp-j0)) at element q*4*Hp*NB: [2*Hp pairs][w][2], the pair kk of natural gate
+    # rows r = 2kk, 2kk+1 (r = g*Hp + unit, zero for padded units) of the padded
+    # W_hh [4*Hp, Hp]; wb_hh: W_hh's bits (to_bits)
     Q = (Hp + NB - 1) // NB
     for q in range(Q):
         j0 = q * NB
         w = min(NB, Hp - j0)
-        base = q * 2 * Hp * NB
+        wr = max(0, min(w, H - j0))
+        base = q * 4 * Hp * NB
         for kk in range(2 * Hp):
-            for j in range(w):
-                col = j0 + j
-                word = np.uint32(0)
-                for half in range(2):
-                    r = 2 * kk + half
-                    g = r // Hp
-                    unit = r - g * Hp
-                    if unit < H and col < H:
-                        v = w_hh[g * H + unit, col]
-                        word |= np.uint32(_fbits(v)) << (16 * half)
-                out[base + kk * w + j] = word
+            for half in range(2):
+                r = 2 * kk + half
+                g = r // Hp
+                unit = r - g * Hp
+                if unit < H:
+                    o = base + kk * 2 * w + half
+                    src = g * H + unit
+                    for j in range(wr):
+                        out[o + 2 * j] = wb_hh[src, j0 + j]
 
 
 def from_bits(b):
@@ -171,22 +169,23 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
         pp = np.zeros((3, Hp), np.float32)
         pp[:, :H] = peep
         pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
-    up = np.empty((P, (Ip + Kh) // 2, 4 * VW), np.uint32)
-    _pack_panels(w_ih, w_hh, H, Hp, Ip, up)
-    pk.up = up.view(np.uint16)
+    wbi, wbh = to_bits(w_ih), to_bits(w_hh)
+    up = np.zeros((P, (Ip + Kh) // 2, 4 * VW, 2), np.uint16)
+    _pack_panels(wbi, wbh, H, Ip, up)
+    pk.up = up.reshape(P, (Ip + Kh) // 2, 8 * VW)
     pk.ub = pk.w_ih = pk.w_hh = None
     if backward:
         NB = pk.nvb * VW
-        ub = np.empty(-(-Hp // NB) * 4 * Hp * NB // 2, np.uint32)
-        _pack_u(w_hh, H, Hp, NB, ub)
-        pk.ub = ub.view(np.uint16)
+        ub = np.zeros(-(-Hp // NB) * 4 * Hp * NB, np.uint16)
+        _pack_u(wbh, H, Hp, NB, ub)
+        pk.ub = ub
         # rounded, PyTorch's gate order, units padded: the GEMMs after the loop
-        wi = np.zeros((4, Hp, I), np.float32)
-        wi[:, :H] = w_ih.reshape(4, H, I)
-        wh = np.zeros((4, Hp, Hp), np.float32)
-        wh[:, :H, :H] = w_hh.reshape(4, H, H)
-        pk.w_ih = from_bits(to_bits(wi.reshape(4 * Hp, I)))
-        pk.w_hh = from_bits(to_bits(wh.reshape(4 * Hp, Hp)))
+        wi = np.zeros((4, Hp, I), np.uint16)
+        wi[:, :H] = wbi.reshape(4, H, I)
+        wh = np.zeros((4, Hp, Hp), np.uint16)
+        wh[:, :H, :H] = wbh.reshape(4, H, H)
+        pk.w_ih = from_bits(wi.reshape(4 * Hp, I))
+        pk.w_hh = from_bits(wh.reshape(4 * Hp, Hp))
     return pk
 
 

@@ -4,15 +4,22 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
 
     python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
                               [--route amx|native|emulated] [--no-torch]
+                              [--threads N]
     python bench/bf16_lstm.py --peak       # the bf16 GEMM rate on AMX tiles, one thread
+    python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
 a cache), the median and minimum milliseconds of each contender and the ratios
-of the medians.
+of the medians. ``--against REV`` adds the bf16 mode of the package at git
+revision ``REV`` (loaded beside this one as ``fastrnn_old``, as
+``bench/ab_package.py`` does) to the same interleaved rounds.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -20,11 +27,11 @@ import numpy as np
 SHAPES = [(64, 32, 64, 256), (100, 32, 64, 128), (50, 64, 256, 512)]
 
 
-def _fastrnn(T, B, I, H, compute_dtype, train, rng):
-    from fastrnn.cells import get_cell
-    from fastrnn.contract import Weights
-    from fastrnn.kernels import cpu
-    cell = get_cell("lstm")
+def _fastrnn(T, B, I, H, compute_dtype, train, rng, pkg=None):
+    name = "fastrnn" if pkg is None else pkg.__name__
+    cell = importlib.import_module(name + ".cells").get_cell("lstm")
+    Weights = importlib.import_module(name + ".contract").Weights
+    cpu = importlib.import_module(name + ".kernels.cpu")
     k = 1 / np.sqrt(H)
     f = lambda *s, a=1.0: rng.uniform(-a, a, s).astype(np.float32)  # noqa: E731
     w = Weights(f(4 * H, I, a=k), f(4 * H, H, a=k), f(4 * H, a=k), f(4 * H, a=k), None)
@@ -102,19 +109,34 @@ def main(argv=None):
                     help="force a route of fastrnn.kernels.cpu.route_bf16 (default: the "
                          "machine's)")
     ap.add_argument("--peak", action="store_true", help="only time the GEMM rates (peak())")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="fastrnn's threads (default: its own setting)")
+    ap.add_argument("--against", default=None, metavar="REV",
+                    help="also time the bf16 mode of the package at git revision REV")
     a = ap.parse_args(argv)
     if a.peak:
         return peak()
+    old = None
+    if a.against:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from ab_package import load_old
+        old = load_old(a.against)
     if a.route is not None:
         from fastrnn.kernels import cpu
-        cpu.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")
+        for c in (cpu,) + ((importlib.import_module(old.__name__ + ".kernels.cpu"),) if old
+                           else ()):
+            c.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")
+    if a.threads is not None:
+        from fastrnn.kernels import cpu
+        for c in (cpu,) + ((importlib.import_module(old.__name__ + ".kernels.cpu"),) if old
+                           else ()):
+            c.set_num_threads(a.threads)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split(",")) for s in a.shapes]
     rng = np.random.default_rng(0)
     try:
         import torch
     except ImportError:
         torch = None
-    import os
 
     from fastrnn.kernels import cpu
     print(f"fastrnn: {cpu.describe_bf16()}; {cpu.get_num_threads()} threads, "
@@ -123,6 +145,8 @@ def main(argv=None):
         for train in (True, False):
             runs = {"fastrnn bf16": _fastrnn(*shape, "bfloat16", train, rng),
                     "fastrnn f32": _fastrnn(*shape, None, train, rng)}
+            if old is not None:
+                runs["fastrnn bf16 " + a.against] = _fastrnn(*shape, "bfloat16", train, rng, old)
             if torch is not None and not a.no_torch:
                 for nm, dt in (("torch bf16", torch.bfloat16), ("torch f32", torch.float32)):
                     for t in (1, 2):
@@ -145,9 +169,14 @@ def main(argv=None):
             mode = "train" if train else "infer"
             print(f"{shape} {mode}: " + ", ".join(
                 f"{k} {med[k]:.2f} (min {mn[k]:.2f}) ms" for k in
-                ("fastrnn bf16", "fastrnn f32", "torch bf16", "torch f32") if k in med))
+                ("fastrnn bf16", "fastrnn bf16 " + str(a.against), "fastrnn f32", "torch bf16",
+                 "torch f32") if k in med))
             fb = med["fastrnn bf16"]
             rat = [f"bf16/f32 fastrnn speedup {med['fastrnn f32'] / fb:.2f}x"]
+            if old is not None:
+                ko = "fastrnn bf16 " + a.against
+                rat += [f"new/old bf16 medians {fb / med[ko]:.2f}, minima "
+                        f"{mn['fastrnn bf16'] / mn[ko]:.2f}"]
             if "torch bf16" in med:
                 rat += [f"vs torch bf16 {med['torch bf16'] / fb:.2f}x",
                         f"vs torch f32 {med['torch f32'] / fb:.2f}x"]

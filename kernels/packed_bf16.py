@@ -542,20 +542,21 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     tasks = []
     split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     if cache.amx:
-        # dWᵀ = [x h]ᵀ dg on tiles: both operands packed in tiles (K = n*B padded to 32
-        # with zeros)
+        # dW = dgᵀ [x h] on tiles, both operands packed in tiles (K = n*B padded to 32
+        # with zeros): [x h] in k pairs here, dgᵀ by row blocks in the tasks. dW comes
+        # out row-major in the parameters' row order (dWᵀ would need a transposing
+        # copy: 3.5 ms at (50,64,256,512))
         from fastrnn.kernels import amx_bf16
         Nx = Ip + Kh
         Kp = -(-(n * B) // 32) * 32
-        at = np.zeros((Nx // 16, Kp // 32, 16, 32), np.uint16)
-        amx_bf16.pack_a_steps(cache.xh[:n], B, at)
-        bt = np.zeros((GH // 16, Kp // 2, 16, 2), np.uint16)
-        dwt = np.empty((Nx, GH), dt)
-        dw_p = dwt.T
+        bt = np.zeros((Nx // 16, Kp // 2, 16, 2), np.uint16)
+        amx_bf16.pack_b_steps(cache.xh[:n], B, bt, 0, Nx)
+        at = np.zeros((GH // 16, Kp // 32, 16, 32), np.uint16)
+        dw_p = np.empty((GH, Nx), dt)
 
-        def dw_part(c0, c1):          # each task packs the columns of dg it multiplies
-            amx_bf16.pack_b_steps(dgb, B, bt, c0, c1)
-            amx_bf16.gemm(at, bt, dwt, c0, c1)
+        def dw_part(m0, m1):          # each task packs the rows of dgᵀ it multiplies
+            amx_bf16.pack_a_steps(dgb[:, :, m0:m1], B, at[m0 // 16:m1 // 16])
+            amx_bf16.gemm(at[m0 // 16:m1 // 16], bt, dw_p[m0:m1], 0, Nx)
         for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
             tasks.append(lambda r0=r0, r1=r1: dw_part(32 * r0, 32 * r1))
     else:

@@ -92,6 +92,32 @@ def amx_end(typingctx):
     return sig, codegen
 
 
+def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act, ldact,
+                  training):
+    """The LSTM cell on ``nr`` rows of the accumulators stored at ``scr`` ([rows][64]
+    float32): h' float32 to ``y`` and rounded to ``hb``, c' to ``cout``, the gates to
+    ``act`` in training."""
+    C = lambda v: ir.Constant(I64, v)  # noqa: E731
+    s, bias, peep, cin, cout, y, act = ptrs(b, F32X, scr, bias, peep, cin, cout, y, act)
+    (hb,) = [b.inttoptr(hb, ir.IntType(16).as_pointer())]
+    m = VMath(b, F32X)
+    bv = [vload(b, F32X, bias, C(g * VW)) for g in range(4)]
+    pv = [vload(b, F32X, peep, C(k * VW)) for k in range(3)] if peephole else None
+    with cgutils.for_range(b, nr) as loop:
+        r = loop.index
+        pre = [m.add(vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * g))), bv[g])
+               for g in range(4)]
+        ro = b.mul(r, ldc)
+        cp = vload(b, F32X, cin, ro)
+        gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv)
+        vstore(b, cn, F32X, cout, ro)
+        vstore(b, hn, F32X, y, b.mul(r, ldy))
+        store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
+        with b.if_then(training):
+            for g, val in enumerate((gi, gf, gg, go)):
+                vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
+
+
 def _make_fwd(peephole):
     @intrinsic
     def uk(typingctx, x, ldb, h, w, KIc, KHc, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb,
@@ -126,25 +152,8 @@ def _make_fwd(peephole):
             store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
             for v in range(4):
                 b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
-            s, bias, peep, cin, cout, y, act = ptrs(b, F32X, scr, bias, peep, cin, cout, y, act)
-            (hb,) = [b.inttoptr(hb, ir.IntType(16).as_pointer())]
-            m = VMath(b, F32X)
-            bv = [vload(b, F32X, bias, C(g * VW)) for g in range(4)]
-            if peephole:
-                pv = [vload(b, F32X, peep, C(k * VW)) for k in range(3)]
-            with cgutils.for_range(b, nr) as loop:
-                r = loop.index
-                pre = [m.add(vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * g))), bv[g])
-                       for g in range(4)]
-                ro = b.mul(r, ldc)
-                cp = vload(b, F32X, cin, ro)
-                gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv if peephole else None)
-                vstore(b, cn, F32X, cout, ro)
-                vstore(b, hn, F32X, y, b.mul(r, ldy))
-                store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
-                with b.if_then(training):
-                    for g, val in enumerate((gi, gf, gg, go)):
-                        vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
+            _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                          ldact, training)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -153,6 +162,120 @@ def _make_fwd(peephole):
 #: [peephole]: the plain LSTM's and the diagonal peephole LSTM's block
 uk_amx_fwd = [_make_fwd(False), _make_fwd(True)]
 _uk, _ukp = uk_amx_fwd
+
+
+@intrinsic
+def uk_amx_seg(typingctx, a, ldb, w, nk, scr, acc):
+    """32 rows x 2 gates of one panel over ``nk`` chunks: the accumulators (tiles 0-3,
+    rows 0-15 / 16-31 x the two gates) from ``scr`` (``acc``; else zero; rows of 256
+    bytes) plus the operand rows ``a`` (tiles 4, 5: 32 rows of stride ``ldb`` bytes
+    from ``a``) times the two gates' weight tiles (6, 7: at ``w``, ``w + 64`` of
+    each chunk's 4 KiB, rows of 256 bytes), stored back to ``scr``. Every loaded
+    tile serves two products; the caller runs a segment's weights (``nk`` x 2
+    KiB) against every row pair of the step, so they come from L1 after the
+    first."""
+    i8 = types.int64
+    sig = types.void(i8, i8, i8, i8, i8, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        a, ldb, w, nk, scr, acc = args
+        b = builder
+        load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+        dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+        store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        cq = [b.add(scr, C(16 * 256 * i + 64 * j)) for i in range(2) for j in range(2)]
+        with b.if_else(acc) as (then, otherwise):
+            with then:
+                for t in range(4):
+                    b.call(load, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
+            with otherwise:
+                for t in range(4):
+                    b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(t)])
+        a16 = b.mul(ldb, C(16))
+        with cgutils.for_range(b, nk) as loop:
+            c = loop.index
+            ac = b.add(a, b.mul(c, C(64)))
+            wc = b.add(w, b.mul(c, C(16 * 256)))
+            b.call(load, [_t(4), b.inttoptr(ac, _i8p), ldb])
+            b.call(load, [_t(6), b.inttoptr(wc, _i8p), C(256)])
+            b.call(dp, [_t(0), _t(4), _t(6)])
+            b.call(load, [_t(7), b.inttoptr(b.add(wc, C(64)), _i8p), C(256)])
+            b.call(dp, [_t(1), _t(4), _t(7)])
+            b.call(load, [_t(5), b.inttoptr(b.add(ac, a16), _i8p), ldb])
+            b.call(dp, [_t(2), _t(5), _t(6)])
+            b.call(dp, [_t(3), _t(5), _t(7)])
+        for t in range(4):
+            b.call(store, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _make_epi(peephole):
+    @intrinsic
+    def uk(typingctx, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act, ldact,
+           training):
+        """The forward epilogue of :data:`uk_amx_fwd` alone, on ``nr`` rows of
+        accumulators at ``scr`` (rows of 64 float32)."""
+        i8 = types.int64
+        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _fwd_epilogue(builder, peephole, *args)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the epilogue of the segment-blocked forward
+uk_amx_epi = [_make_epi(False), _make_epi(True)]
+_ue, _uep = uk_amx_epi
+
+#: chunks of 32 k per weight segment of the blocked forward: 2 gates x 16 chunks x
+#: 1 KiB = 32 KiB of weights that stay in L1 across a step's row pairs (the
+#: accumulators go through the scratch once per segment)
+SEG = 16
+#: the blocked forward runs from this many rows per thread and step (fewer: the
+#: 16-row kernel, which loads each weight tile once per 16 rows anyway)
+SEG_MIN_ROWS = 48
+
+
+@njit(inline="always")
+def _panel_seg(s, p, tid, P, args, peep):
+    """:func:`_panel` for many rows: per gate pair and weight segment, every row pair
+    of the step, the sums in the thread's scratch, then the epilogue by 16 rows."""
+    (xp, ld, hoff, Bx, B, KIc, KHc, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, yp,
+     scr, r0, r1) = args
+    nb = min(nact[s], r1)
+    xsp = xp + 2 * s * Bx * ld
+    hsp = xsp + 2 * hoff
+    hout = hsp + 2 * Bx * ld
+    KW = (KIc + KHc) * 16 * 256
+    wp = upp + p * KW
+    cin = csp + 4 * (s % ring) * B * Hp
+    cout = csp + 4 * ((s + 1) % ring) * B * Hp
+    ysp = yp + 4 * s * B * Hp
+    asp = ap + 4 * s * B * GH
+    col = p * 64
+    u0 = p * 16
+    KT = KIc + KHc                    # [x_t h_{t-1}] and the panel's rows: one k range
+    for gp in range(2):
+        for c0 in range(0, KT, SEG):
+            nk = min(SEG, KT - c0)
+            for q0 in range(r0, nb, 32):
+                uk_amx_seg(xsp + 2 * q0 * ld + 64 * c0, 2 * ld, wp + c0 * 16 * 256 + 128 * gp,
+                           nk, scr + 256 * (q0 - r0) + 128 * gp, c0 > 0)
+    for q0 in range(r0, nb, 16):
+        nr = min(16, nb - q0)
+        co = 4 * (q0 * Hp + u0)
+        if peep is None:
+            _ue(scr + 256 * (q0 - r0), nr, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co,
+                Hp, ysp + co, Hp, hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH,
+                training)
+        else:
+            _uep(scr + 256 * (q0 - r0), nr, bp + 4 * col, ppp + 4 * 3 * u0, cin + co,
+                 cout + co, Hp, ysp + co, Hp, hout + 2 * (q0 * ld + u0), ld,
+                 asp + 4 * (q0 * GH + col), GH, training)
 
 
 @njit(inline="always")
@@ -187,24 +310,28 @@ def _panel(s, p, tid, P, args, peep):
 @njit(**JIT_OPTIONS)
 def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring, nact, training,
                         act, y, ctl, tid, nthr, r0, r1):
-    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B+16;
+    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B+32;
     #     step s writes h_s into row s+1 at column hoff
     # KIc, KHc: 32-k chunks of x and h;  up: [P,(KIc+KHc)*16,64] words
     # bias, peep, cs, ring, nact, training, act, y, ctl, tid, nthr, r0, r1: as
     #     lstm_fwd_bf16_kernel of packed_bf16 (B = y.shape[1])
     cfg = np.zeros(64, np.uint8)
     cfg[0] = 1                               # palette 1
-    for t in range(7):                       # tiles 0-6: 16 rows of 64 bytes
+    for t in range(8):                       # tiles 0-7: 16 rows of 64 bytes
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
-    scr = np.empty(16 * 64, np.float32)
+    seg = r1 - r0 >= SEG_MIN_ROWS
+    scr = np.empty(((r1 - r0 + 63) // 32 * 32 if seg else 16) * 64, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // 16
     args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
             bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
             act.ctypes.data, y.ctypes.data, scr.ctypes.data, r0, r1)
     amx_begin(cfg.ctypes.data)
-    w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
+    if seg:
+        w = panel_steps(n, P, False, ctl, tid, nthr, _panel_seg, args, peep)
+    else:
+        w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
     amx_end()
     return w
 

@@ -448,11 +448,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     rows = np.arange(B)
     # xh: [m+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
     # (rows past a sequence's end and the padding columns stay zero); AMX reads
-    # tiles of 16 rows from any row a thread starts at: 16 rows more. Training keeps
+    # two tiles of 16 rows from any row a thread starts at: 32 rows more. Training keeps
     # every step's (m = n: the weight gradient's operand); inference runs chunks of
     # C steps through one small buffer (C even: each chunk starts on slot 0 of the
     # cell ring), so its workspace beyond x and y is O(B (I+H)) whatever T is
-    Bx = B + 16 if amx else B
+    Bx = B + 32 if amx else B
     C = n if training else max(1, min(n, infer_chunk(B)))
     C += C % 2 if not training else 0
     xh = np.zeros((C + 1, Bx, Ip + Kh), np.uint16)

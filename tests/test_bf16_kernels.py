@@ -131,12 +131,17 @@ CASES = [  # cell, T, B, I, H, lengths, reverse, route
     pytest.param("lstm", 4, 9, 6, 32, None, False, "native", marks=native_only, id="lstm-native"),
     # the peephole variants on the route this machine runs by default (one more
     # compile instead of three)
-    pytest.param("peephole_diagonal", 4, 3, 3, 17, (4, 2, 3), False, None, id="peephole"),
+    # (50 rows: on the AMX route, its segment-blocked forward)
+    pytest.param("peephole_diagonal", 4, 50, 3, 17, (4, 2, 3) * 16 + (1, 4), False, None,
+                 id="peephole"),
     pytest.param("lstm", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, "emulated",
                  id="lstm-emulated-lengths-reverse-padded"),
     pytest.param("lstm", 5, 19, 5, 20, (5, 3, 5, 1, 2, 4, 5) * 2 + (5,) * 5, True, "amx",
                  marks=amx_only, id="lstm-amx-lengths-reverse-padded"),
     pytest.param("lstm", 4, 9, 40, 32, None, False, "amx", marks=amx_only, id="lstm-amx"),
+    # 50 rows: the AMX forward blocked by weight segments and row pairs (48+ rows)
+    pytest.param("lstm", 3, 50, 40, 32, (3, 1, 2) * 16 + (3, 3), False, "amx", marks=amx_only,
+                 id="lstm-amx-segments-lengths"),
 ]
 
 
@@ -199,9 +204,11 @@ def test_the_routes_agree():
 @pytest.mark.parametrize("route", [pytest.param("native", marks=native_only),
                                    pytest.param("amx", marks=amx_only), "emulated"])
 def test_bitwise_the_same_on_one_and_two_threads(route):
-    """The thread split depends on the shape only (rows or panels), on every route."""
+    """The thread split depends on the shape only (rows or panels), on every route
+    (B = 56: on the AMX route one thread's 56 rows run the segment-blocked forward,
+    two threads' 28 the 16-row one)."""
     spec = get_cell("lstm")
-    T, B, I, H = 6, 16, 8, 64
+    T, B, I, H = 6, 56, 8, 64
     rng = np.random.default_rng(6)
     x, h0, c0, w = _args("lstm", T, B, I, H, rng)
     up = (rng.uniform(-1, 1, (T, B, H)).astype(np.float32), h0, c0)

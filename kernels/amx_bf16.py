@@ -237,7 +237,7 @@ _ue, _uep = uk_amx_epi
 SEG = 16
 #: the blocked forward runs from this many rows per thread and step (fewer: the
 #: 16-row kernel, which loads each weight tile once per 16 rows anyway)
-SEG_MIN_ROWS = 48
+SEG_MIN_ROWS = 32
 
 
 @njit(inline="always")

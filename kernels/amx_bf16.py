@@ -337,6 +337,39 @@ def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring,
 
 
 # --------------------------------------------------------------------------- backward
+def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
+                  dg, dgv, dgg, dgb, lddgb):
+    """The LSTM backward on ``nr`` rows of ``NV`` vectors whose products ``dgates U``
+    are stored at ``scr`` ([rows][64] float32): the gate gradients float32 to ``dg``
+    and rounded to ``dgb``, dc."""
+    C = lambda v: ir.Constant(I64, v)  # noqa: E731
+    s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
+                                                 cn, dc, dg)
+    (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
+    m = VMath(b, F32X)
+    if peephole:
+        pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
+              for v in range(NV)]
+    with cgutils.for_range(b, nr) as loop:
+        r = loop.index
+        for v in range(NV):
+            ho = b.add(b.mul(r, ldh), C(v * VW))
+            acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
+            dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
+                       vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
+            ra = b.mul(r, ldact)
+            gates = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
+                     for g in range(4)]
+            dgs, dcp = lstm_cell_back(
+                m, dh, gates, vload(b, F32X, cn, ho), vload(b, F32X, cp, ho),
+                vload(b, F32X, dc, ho), pv[v] if peephole else None)
+            for g, val in enumerate(dgs):
+                col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
+                vstore(b, val, F32X, dg, b.add(ra, col))
+                store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
+            vstore(b, dcp, F32X, dc, ho)
+
+
 def _make_bwd(peephole):
     @intrinsic
     def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
@@ -373,31 +406,8 @@ def _make_bwd(peephole):
             store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
             for v in range(NV):
                 b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
-            s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
-                                                         cn, dc, dg)
-            (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
-            m = VMath(b, F32X)
-            if peephole:
-                pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
-                      for v in range(NV)]
-            with cgutils.for_range(b, nr) as loop:
-                r = loop.index
-                for v in range(NV):
-                    ho = b.add(b.mul(r, ldh), C(v * VW))
-                    acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
-                    dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
-                               vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
-                    ra = b.mul(r, ldact)
-                    gates = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
-                             for g in range(4)]
-                    dgs, dcp = lstm_cell_back(
-                        m, dh, gates, vload(b, F32X, cn, ho), vload(b, F32X, cp, ho),
-                        vload(b, F32X, dc, ho), pv[v] if peephole else None)
-                    for g, val in enumerate(dgs):
-                        col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
-                        vstore(b, val, F32X, dg, b.add(ra, col))
-                        store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
-                    vstore(b, dcp, F32X, dc, ho)
+            _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
+                          dc, dg, dgv, dgg, dgb, lddgb)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -406,6 +416,27 @@ def _make_bwd(peephole):
 #: [peephole]: the backward blocks
 uk_amx_bwd = [_make_bwd(False), _make_bwd(True)]
 _ub, _ubp = uk_amx_bwd
+
+
+def _make_bwd_epi(peephole):
+    @intrinsic
+    def uk(typingctx, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv, dgg,
+           dgb, lddgb):
+        """The backward epilogue of :data:`uk_amx_bwd` alone, four vectors (64 units),
+        on ``nr`` rows of products at ``scr`` (rows of 64 float32)."""
+        i8 = types.int64
+        sig = types.void(*([i8] * 17))
+
+        def codegen(context, builder, signature, args):
+            _bwd_epilogue(builder, peephole, 4, *args)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the epilogue of the segment-blocked backward
+uk_amx_bwd_epi = [_make_bwd_epi(False), _make_bwd_epi(True)]
+_be, _bep = uk_amx_bwd_epi
 
 
 @njit(inline="always")
@@ -461,7 +492,27 @@ def _bwd_panel(s, q, tid, Q, args, peep):
         KKc = GH // 32 if part == 0 else 0
         dhx = zp if part == 0 else dhq
         lddhx = 0 if part == 0 else Hp
-        if nv == 4:
+        if nv == 4 and part == 0 and hi - lo >= SEG_MIN_ROWS:
+            # blocked as the forward's _panel_seg: per vector pair and segment of U's
+            # panel, every row pair, the sums in the scratch; then the epilogue
+            for vp in range(2):
+                for c0 in range(0, KKc, SEG):
+                    nk = min(SEG, KKc - c0)
+                    for q0 in range(lo, hi, 32):
+                        uk_amx_seg(a + 2 * q0 * GHb + 64 * c0, 2 * GHb,
+                                   wq + c0 * 16 * 4 * wd + 128 * vp, nk,
+                                   scr + 256 * (q0 - lo) + 128 * vp, c0 > 0)
+            for q0 in range(lo, hi, 16):
+                nr = min(16, hi - q0)
+                if peep is None:
+                    _be(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp, aq + 4 * q0 * GH,
+                        GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp, dcq + 4 * q0 * Hp,
+                        dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb)
+                else:
+                    _bep(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp,
+                         aq + 4 * q0 * GH, GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp,
+                         dcq + 4 * q0 * Hp, dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb)
+        elif nv == 4:
             _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
                       Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
         elif nv == 3:
@@ -479,15 +530,15 @@ def _bwd_panel(s, q, tid, Q, args, peep):
 def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl, tid, nthr,
                         r0, r1):
     # as lstm_bwd_bf16_kernel of packed_bf16 (output panels of 64 units), with dgb
-    # [n,Bx,>= G*Hp] uint16, Bx >= B+16 (the products read tiles of 16 rows)
+    # [n,Bx,>= G*Hp] uint16, Bx >= B+32 (the products read two tiles of 16 rows)
     n, B, GH = act.shape
     Hp = dy.shape[2]
     cfg = np.zeros(64, np.uint8)
     cfg[0] = 1
-    for t in range(7):
+    for t in range(8):
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
-    scr = np.empty(16 * 64, np.float32)
+    scr = np.empty(max(16, (r1 - r0 + 63) // 32 * 32) * 64, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,

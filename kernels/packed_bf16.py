@@ -518,10 +518,10 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dg = zero((n, B, GH), dt)
     zrow = np.zeros(NB, dt)
     ctl = np.zeros(Q + 1, np.int64)
-    if cache.amx:       # the products read tiles of 16 rows from any row: 16 rows more
+    if cache.amx:       # the products read two tiles of 16 rows from any row: 32 rows more
         from fastrnn.kernels import amx_bf16
         # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
-        dgb = np.zeros((n, B + 16, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
+        dgb = np.zeros((n, B + 32, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
         plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
             cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
             tid, nthr, r0, r1))

@@ -139,8 +139,9 @@ CASES = [  # cell, T, B, I, H, lengths, reverse, route
     pytest.param("lstm", 5, 19, 5, 20, (5, 3, 5, 1, 2, 4, 5) * 2 + (5,) * 5, True, "amx",
                  marks=amx_only, id="lstm-amx-lengths-reverse-padded"),
     pytest.param("lstm", 4, 9, 40, 32, None, False, "amx", marks=amx_only, id="lstm-amx"),
-    # 50 rows: the AMX forward blocked by weight segments and row pairs (32+ rows)
-    pytest.param("lstm", 3, 50, 40, 32, (3, 1, 2) * 16 + (3, 3), False, "amx", marks=amx_only,
+    # 50 rows, H = 64: the AMX forward and backward blocked by weight segments and row
+    # pairs (32+ rows)
+    pytest.param("lstm", 3, 50, 40, 64, (3, 1, 2) * 16 + (3, 3), False, "amx", marks=amx_only,
                  id="lstm-amx-segments-lengths"),
 ]
 

@@ -63,10 +63,39 @@ def _torch(T, B, I, H, dtype, train, threads):
     return run
 
 
+def tile_rates(rounds=5):
+    """One thread's ``tdpbf16ps`` rate, GFLOP/s (best of ``rounds``), in the kernels'
+    2 x 2 pattern (:func:`fastrnn.kernels.amx_bf16.probe`): the tile unit's own
+    (operands in tiles: the peak), and with the four operand tiles of each round
+    loaded from buffers of 16 KiB (L1), 1 MiB (L2) and 32 MiB (L3), with only
+    the A pair streamed from 1 MiB while the B pair stays in L1, and with tile
+    rows that straddle two cache lines (a buffer 16 bytes off a 64-byte boundary,
+    where NumPy's large arrays start)."""
+    from fastrnn.kernels import amx_bf16
+    from fastrnn.kernels.packed_bf16 import aligned
+    out = {}
+    for name, span, half, misaligned in (
+            ("peak (tiles in registers)", 0, False, 0), ("tiles from L1 (16 KiB)", 4, False, 0),
+            ("tiles from L2 (1 MiB)", 256, False, 0), ("tiles from L3 (32 MiB)", 8192, False, 0),
+            ("A from L2, B from L1", 256, True, 0),
+            ("tiles from L2, rows 16 bytes off a line", 256, False, 1)):
+        buf = aligned(4096 * max(span, 4) + 4096 + 16, np.uint8)[16 * misaligned:]
+        n = 100_000
+        amx_bf16.probe(buf, 10, span, half)
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            amx_bf16.probe(buf, n, span, half)
+            ts.append(time.perf_counter() - t0)
+        out[name] = n * 4 * 16384 / min(ts) / 1e9
+    return out
+
+
 def peak(rounds=5):
-    """The bf16 product rate this machine's kernels reach: ``amx_bf16.gemm`` (AMX
-    tiles, one thread) at the weight-gradient shape of (50,64,256,512), and NumPy's
-    float32 GEMM at the same shape, GFLOP/s (best of ``rounds``)."""
+    """The bf16 product rates this machine reaches: the tile unit (:func:`tile_rates`),
+    ``amx_bf16.gemm`` (AMX tiles, one thread) at the weight-gradient shape of
+    (50,64,256,512), and NumPy's float32 GEMM at the same shape, GFLOP/s (best of
+    ``rounds``)."""
     from fastrnn.kernels.packed_bf16 import to_bits
     try:
         from fastrnn.kernels import amx_bf16
@@ -78,11 +107,14 @@ def peak(rounds=5):
     b = rng.standard_normal((K, N)).astype(np.float32)
     out = {}
     if amx_bf16 is not None and amx_bf16.available():
-        at = np.zeros((M // 16, K // 32, 16, 32), np.uint16)
+        for k, v in tile_rates(rounds).items():
+            print(f"tdpbf16ps, 1 thread, {k}: {v:.0f} GFLOP/s")
+        from fastrnn.kernels.packed_bf16 import aligned
+        at = aligned((M // 16, K // 32, 16, 32), np.uint16)
         amx_bf16.pack_a_steps(to_bits(a)[None], K, at)
-        bt = np.zeros((N // 16, K // 2, 16, 2), np.uint16)
+        bt = aligned((N // 16, K // 2, 16, 2), np.uint16)
         amx_bf16.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
-        c = np.empty((M, N), np.float32)
+        c = aligned((M, N), np.float32)
         fn = lambda: amx_bf16.gemm(at, bt, c, 0, N)  # noqa: E731
         fn()
         ts = []

@@ -41,7 +41,7 @@ from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, 
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
-           "gemm", "pack_a_steps", "pack_b_steps", "pack_rows_steps"]
+           "gemm", "pack_a_steps", "pack_b_steps", "pack_rows_steps", "probe"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -59,6 +59,13 @@ def available():
         return libc.syscall(ctypes.c_long(158), ctypes.c_long(0x1023), ctypes.c_long(18)) == 0
     except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
         return False
+
+
+@njit(inline="always")
+def _aligned_ptr(buf):
+    """The first 64-byte boundary in ``buf``'s data (allocate 64 bytes more): tiles
+    must start on one (:func:`fastrnn.kernels.packed_bf16.aligned`)."""
+    return (buf.ctypes.data + 63) // 64 * 64
 
 
 def _fn(builder, name, args):
@@ -321,12 +328,12 @@ def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring,
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
     seg = r1 - r0 >= SEG_MIN_ROWS
-    scr = np.empty(((r1 - r0 + 63) // 32 * 32 if seg else 16) * 64, np.float32)
+    scr = np.empty(((r1 - r0 + 63) // 32 * 32 if seg else 16) * 64 + 16, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // 16
     args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
             bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
-            act.ctypes.data, y.ctypes.data, scr.ctypes.data, r0, r1)
+            act.ctypes.data, y.ctypes.data, _aligned_ptr(scr), r0, r1)
     amx_begin(cfg.ctypes.data)
     if seg:
         w = panel_steps(n, P, False, ctl, tid, nthr, _panel_seg, args, peep)
@@ -538,11 +545,11 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl
     for t in range(8):
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
-    scr = np.empty(max(16, (r1 - r0 + 63) // 32 * 32) * 64, np.float32)
+    scr = np.empty(max(16, (r1 - r0 + 63) // 32 * 32) * 64 + 16, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
-            zrow.ctypes.data, ppp, nact, scr.ctypes.data, r0, r1)
+            zrow.ctypes.data, ppp, nact, _aligned_ptr(scr), r0, r1)
     amx_begin(cfg.ctypes.data)
     w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()
@@ -670,3 +677,57 @@ def pack_rows_steps(src, B, out):
             r = s * B + b
             for c in range(C):
                 out[r >> 4, c >> 5, r & 15, c & 31] = src[s, b, c]
+
+
+# --------------------------------------------------------------------------- probe
+@intrinsic
+def uk_amx_probe(typingctx, buf, n, span, half):
+    """``n`` rounds of four ``tdpbf16ps`` in the 2 x 2 pattern of the kernels (tiles
+    0-3 += 4-5 x 6-7). ``span`` 0: the operand tiles loaded once (the tile unit's
+    own rate); else each round loads its four tiles from the next 4 KiB of ``buf``,
+    round ``i`` at ``(i mod span) * 4096`` (``half``: the B pair from the first 16
+    KiB only, as a kernel that keeps its weights in L1)."""
+    sig = types.void(types.int64, types.int64, types.int64, types.boolean)
+
+    def codegen(context, b, signature, args):
+        buf, n, span, half = args
+        load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+        dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        for t in range(8):
+            if t < 4:
+                b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(t)])
+            else:
+                b.call(load, [_t(t), b.inttoptr(b.add(buf, C(1024 * (t - 4))), _i8p), C(64)])
+        loads = b.icmp_signed(">", span, C(0))
+        sp = b.select(loads, span, C(1))
+        with cgutils.for_range(b, n) as loop:
+            i = loop.index
+            off = b.mul(b.urem(i, sp), C(4096))
+            offb = b.select(half, b.mul(b.urem(i, C(4)), C(4096)), off)
+            with b.if_then(loads):
+                for t, o, k in ((4, off, 0), (5, off, 1), (6, offb, 2), (7, offb, 3)):
+                    b.call(load, [_t(t), b.inttoptr(b.add(buf, b.add(o, C(1024 * k))), _i8p),
+                                  C(64)])
+            for k in range(2):
+                for j in range(2):
+                    b.call(dp, [_t(2 * k + j), _t(4 + k), _t(6 + j)])
+        store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+        for t in range(4):
+            b.call(store, [_t(t), b.inttoptr(b.add(buf, C(1024 * t)), _i8p), C(64)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(nogil=True)
+def probe(buf, n, span, half):
+    """Run :func:`uk_amx_probe` (``buf`` uint8, at least ``max(span, 4) * 4096 +
+    4096`` bytes, 64-byte aligned or not): ``n * 4 * 16384`` FLOP."""
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    amx_begin(cfg.ctypes.data)
+    uk_amx_probe(buf.ctypes.data, n, span, half)
+    amx_end()

@@ -5,7 +5,8 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
     python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
                               [--route amx|native|emulated] [--no-torch]
                               [--threads N]
-    python bench/bf16_lstm.py --peak       # the bf16 GEMM rate on AMX tiles, one thread
+    python bench/bf16_lstm.py --peak       # tdpbf16ps and the AMX GEMM, one thread
+    python bench/bf16_lstm.py --pieces [--threads N]   # where the AMX route's time goes
     python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
@@ -74,6 +75,8 @@ def tile_rates(rounds=5):
     from fastrnn.kernels import amx_bf16
     from fastrnn.kernels.packed_bf16 import aligned
     out = {}
+    if not amx_bf16.available():        # a tile instruction without the grant is SIGILL
+        return out
     for name, span, half, misaligned in (
             ("peak (tiles in registers)", 0, False, 0), ("tiles from L1 (16 KiB)", 4, False, 0),
             ("tiles from L2 (1 MiB)", 256, False, 0), ("tiles from L3 (32 MiB)", 8192, False, 0),
@@ -132,6 +135,82 @@ def peak(rounds=5):
     print(f"peak at {M}x{K}x{N}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in out.items()))
 
 
+def pieces(shapes, rounds, threads):
+    """Where the bf16 LSTM's time goes on the AMX route: the time of each piece per
+    call (training: forward + backward; inference), summed over the threads that
+    ran it, and the rate of the products against one core's tile peak. The pieces
+    are timed by wrapping the functions the drivers call (``Plan.launch`` runs
+    the time loops; ``gemm`` the weight gradient and dx)."""
+    import collections
+
+    from fastrnn.kernels import amx_bf16, cpu
+    from fastrnn.kernels import packed_bf16 as pb
+    from fastrnn.kernels import plan as plan_mod
+    cpu.configure(bf16_native=True, bf16_amx=True)
+    if threads is not None:
+        cpu.set_num_threads(threads)
+    if not amx_bf16.available():
+        raise SystemExit("--pieces: this CPU or process may not use AMX-BF16 tiles")
+    peak = tile_rates(3)["peak (tiles in registers)"]
+    acc = collections.defaultdict(float)
+
+    def wrap(mod, name, label):
+        f = getattr(mod, name)
+
+        def timed(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kw)
+            finally:
+                acc[label] += time.perf_counter() - t0
+        setattr(mod, name, timed)
+        return f
+    saved = [(amx_bf16, n, wrap(amx_bf16, n, n)) for n in
+             ("pack_a_steps", "pack_b_steps", "pack_rows_steps", "gemm")]
+    saved += [(pb, n, wrap(pb, n, lab)) for n, lab in
+              (("pack_bf16", "pack_bf16 (weights)"), ("to_bits", "to_bits (x)"),
+               ("lstm_forward", "forward, all"), ("lstm_backward", "backward, all"))]
+    launch = plan_mod.Plan.launch
+
+    def timed_launch(self, kernel, args_of):
+        t0 = time.perf_counter()
+        try:
+            return launch(self, kernel, args_of)
+        finally:
+            name = "forward loop" if "fwd" in kernel.__name__ else "backward loop"
+            acc[f"{name} ({self.mode}, {self.nthr} thr)"] += time.perf_counter() - t0
+    plan_mod.Plan.launch = timed_launch
+    print(f"one core's tdpbf16ps peak {peak:.0f} GFLOP/s; {cpu.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    try:
+        rng = np.random.default_rng(0)
+        for T, B, I, H in shapes:
+            fl = {"loop": 2.0 * T * B * 4 * H * (I + H), "bloop": 2.0 * T * B * 4 * H * H,
+                  "gemm": 2.0 * T * B * 4 * H * (2 * I + H)}
+            for train in (True, False):
+                run = _fastrnn(T, B, I, H, "bfloat16", train, rng)
+                run()
+                acc.clear()
+                t0 = time.perf_counter()
+                for _ in range(rounds):
+                    run()
+                tot = (time.perf_counter() - t0) / rounds
+                print(f"{(T, B, I, H)} {'train' if train else 'infer'}: {1e3 * tot:.2f} ms "
+                      f"per call")
+                for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+                    ms = 1e3 * v / rounds
+                    f = (fl["loop"] if k.startswith("forward loop") else fl["bloop"]
+                         if k.startswith("backward loop") else fl["gemm"] if k == "gemm"
+                         else None)
+                    rate = "" if f is None else (f"  {f / (ms * 1e6):6.0f} GFLOP/s, "
+                                                 f"{100 * f / (ms * 1e6) / peak:4.1f}% of one core")
+                    print(f"    {k:34s} {ms:8.2f} ms{rate}")
+    finally:
+        plan_mod.Plan.launch = launch
+        for mod, n, f in saved:
+            setattr(mod, n, f)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
@@ -141,6 +220,8 @@ def main(argv=None):
                     help="force a route of fastrnn.kernels.cpu.route_bf16 (default: the "
                          "machine's)")
     ap.add_argument("--peak", action="store_true", help="only time the GEMM rates (peak())")
+    ap.add_argument("--pieces", action="store_true",
+                    help="only time the pieces of the AMX route (pieces())")
     ap.add_argument("--threads", type=int, default=None,
                     help="fastrnn's threads (default: its own setting)")
     ap.add_argument("--against", default=None, metavar="REV",
@@ -148,6 +229,10 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.peak:
         return peak()
+    if a.pieces:
+        shapes = [(50, 64, 256, 512), (64, 32, 64, 256)] if not a.shapes else [
+            tuple(int(v) for v in sh.split(",")) for sh in a.shapes]
+        return pieces(shapes, a.rounds, a.threads)
     old = None
     if a.against:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))

@@ -10,7 +10,8 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
     python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
-a cache), the median and minimum milliseconds of each contender and the ratios
+a cache; each round runs the contenders in a new random order, each after a 5
+ms pause), the median and minimum milliseconds of each contender and the ratios
 of the medians. ``--against REV`` adds the bf16 mode of the package at git
 revision ``REV`` (loaded beside this one as ``fastrnn_old``, as
 ``bench/ab_package.py`` does) to the same interleaved rounds.
@@ -250,6 +251,7 @@ def main(argv=None):
             c.set_num_threads(a.threads)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split(",")) for s in a.shapes]
     rng = np.random.default_rng(0)
+    order_rng = np.random.default_rng(1)
     try:
         import torch
     except ImportError:
@@ -271,10 +273,15 @@ def main(argv=None):
             times = {k: [] for k in runs}
             for fn in runs.values():            # warm up (compiles)
                 fn()
+            keys = list(runs)
             for _ in range(a.rounds):
-                for k, fn in runs.items():
+                # each round in a new order, after a pause: the one after torch on two
+                # threads otherwise meets its OpenMP threads still spinning
+                for i in order_rng.permutation(len(keys)):
+                    k = keys[i]
+                    time.sleep(0.005)
                     t0 = time.perf_counter()
-                    fn()
+                    runs[k]()
                     times[k].append(time.perf_counter() - t0)
             med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
             mn = {k: 1e3 * float(np.min(v)) for k, v in times.items()}

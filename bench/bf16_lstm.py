@@ -154,6 +154,7 @@ def pieces(shapes, rounds, threads):
         raise SystemExit("--pieces: this CPU or process may not use AMX-BF16 tiles")
     peak = tile_rates(3)["peak (tiles in registers)"]
     acc = collections.defaultdict(float)
+    modes = set()
 
     def wrap(mod, name, label):
         f = getattr(mod, name)
@@ -179,7 +180,8 @@ def pieces(shapes, rounds, threads):
             return launch(self, kernel, args_of)
         finally:
             name = "forward loop" if "fwd" in kernel.__name__ else "backward loop"
-            acc[f"{name} ({self.mode}, {self.nthr} thr)"] += time.perf_counter() - t0
+            acc[name] += time.perf_counter() - t0
+            modes.add(f"{name}: {self.mode} on {self.nthr}")
     plan_mod.Plan.launch = timed_launch
     print(f"one core's tdpbf16ps peak {peak:.0f} GFLOP/s; {cpu.get_num_threads()} threads; "
           f"load average {os.getloadavg()[0]:.2f}")
@@ -192,17 +194,17 @@ def pieces(shapes, rounds, threads):
                 run = _fastrnn(T, B, I, H, "bfloat16", train, rng)
                 run()
                 acc.clear()
+                modes.clear()
                 t0 = time.perf_counter()
                 for _ in range(rounds):
                     run()
                 tot = (time.perf_counter() - t0) / rounds
                 print(f"{(T, B, I, H)} {'train' if train else 'infer'}: {1e3 * tot:.2f} ms "
-                      f"per call")
+                      f"per call ({'; '.join(sorted(modes))} threads)")
                 for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
                     ms = 1e3 * v / rounds
-                    f = (fl["loop"] if k.startswith("forward loop") else fl["bloop"]
-                         if k.startswith("backward loop") else fl["gemm"] if k == "gemm"
-                         else None)
+                    f = {"forward loop": fl["loop"], "backward loop": fl["bloop"],
+                         "gemm": fl["gemm"]}.get(k)
                     rate = "" if f is None else (f"  {f / (ms * 1e6):6.0f} GFLOP/s, "
                                                  f"{100 * f / (ms * 1e6) / peak:4.1f}% of one core")
                     print(f"    {k:34s} {ms:8.2f} ms{rate}")

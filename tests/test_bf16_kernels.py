@@ -143,6 +143,8 @@ CASES = [  # cell, T, B, I, H, lengths, reverse, route
     # pairs (32+ rows)
     pytest.param("lstm", 3, 50, 40, 64, (3, 1, 2) * 16 + (3, 3), False, "amx", marks=amx_only,
                  id="lstm-amx-segments-lengths"),
+    pytest.param("peephole_diagonal", 3, 40, 3, 64, None, False, "amx", marks=amx_only,
+                 id="peephole-amx-segments"),
 ]
 
 

@@ -90,15 +90,16 @@ def to_bits(a):
 
 
 @njit(cache=True, nogil=True)
-def _pack_panels(wb_ih, wb_hh, H, Ip, out):
+def _pack_panels(wb_ih, wb_hh, H, Ip, out, p0, p1):
     # out [P, (Ip+Kh)/2, 4*VW, 2] uint16, zeros in: (p, kk, g*VW+u, half) = the bf16
     # bits of row 2kk+half of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ;
     # wb_ih, wb_hh: the weights' bits (to_bits). One weight row at a time: its
-    # reads run in order, its writes revisit the panel's lines for each unit
+    # reads run in order, its writes revisit the panel's lines for each unit.
+    # Panels p0 <= p < p1
     I = wb_ih.shape[1]
     P, K2, GV, _ = out.shape
     VW_ = GV // 4
-    for p in range(P):
+    for p in range(p0, p1):
         for g in range(4):
             for u in range(VW_):
                 unit = p * VW_ + u
@@ -156,16 +157,22 @@ def aligned(shape, dtype, zero=True):
 
 
 class PackedBF16:
-    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "w_ih", "w_hh")
+    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "wb_ih", "w_hh")
 
 
-def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
+#: weights of at least this many elements are converted and packed on the
+#: call's threads (two halves of the panels; U's panels beside them)
+PACK_SPLIT = 1 << 18
+
+
+def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1):
     """The panels of :func:`fastrnn.kernels.vector.pack` (``VW = 16``) in bf16 pairs:
     ``up`` [P, (Ip+Kh)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Kh)/2, 4*VW] uint32; ``Ip``,
     ``Kh``: I and Hp rounded up to ``kmult``); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
-    each) and ``w_ih``/``w_hh`` rounded to bf16 (float32 values, PyTorch's gate
-    order, units padded) for the GEMMs after the loop."""
+    each), ``wb_ih`` (W_ih's bf16 bits) and ``w_hh`` (rounded to bf16, float32
+    values), PyTorch's gate order, units padded, for the GEMMs after the loop. ``threads``: at most that
+    many threads convert and pack large weights (``PACK_SPLIT``)."""
     I = w_ih.shape[1]
     H = w_hh.shape[1]
     Hp = -(-H // VW) * VW
@@ -182,22 +189,36 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
         pp = np.zeros((3, Hp), np.float32)
         pp[:, :H] = peep
         pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
-    wbi, wbh = to_bits(w_ih), to_bits(w_hh)
+    split = threads > 1 and w_ih.size + w_hh.size >= PACK_SPLIT
+    wbi = np.empty(w_ih.shape, np.uint16)
+    wbh = np.empty(w_hh.shape, np.uint16)
+    conv = [lambda: _to_bits(np.ascontiguousarray(w_ih, np.float32).reshape(-1).view(np.uint32),
+                             wbi.reshape(-1)),
+            lambda: _to_bits(np.ascontiguousarray(w_hh, np.float32).reshape(-1).view(np.uint32),
+                             wbh.reshape(-1))]
     up = aligned((P, (Ip + Kh) // 2, 4 * VW, 2), np.uint16)
-    _pack_panels(wbi, wbh, H, Ip, up)
-    pk.up = up.reshape(P, (Ip + Kh) // 2, 8 * VW)
-    pk.ub = pk.w_ih = pk.w_hh = None
+    NB = pk.nvb * VW
+    ub = aligned(-(-Hp // NB) * 4 * Hp * NB, np.uint16) if backward else None
+    packs = [lambda: _pack_panels(wbi, wbh, H, Ip, up, 0, P // 2),
+             lambda: _pack_panels(wbi, wbh, H, Ip, up, P // 2, P)]
     if backward:
-        NB = pk.nvb * VW
-        ub = aligned(-(-Hp // NB) * 4 * Hp * NB, np.uint16)
-        _pack_u(wbh, H, Hp, NB, ub)
+        packs.append(lambda: _pack_u(wbh, H, Hp, NB, ub))
+    for stage in (conv, packs):
+        if split:
+            Tasks(stage).run(threads)
+        else:
+            for task in stage:
+                task()
+    pk.up = up.reshape(P, (Ip + Kh) // 2, 8 * VW)
+    pk.ub = pk.wb_ih = pk.w_hh = None
+    if backward:
         pk.ub = ub
         # rounded, PyTorch's gate order, units padded: the GEMMs after the loop
         wi = np.zeros((4, Hp, I), np.uint16)
         wi[:, :H] = wbi.reshape(4, H, I)
         wh = np.zeros((4, Hp, Hp), np.uint16)
         wh[:, :H, :H] = wbh.reshape(4, H, H)
-        pk.w_ih = from_bits(wi.reshape(4 * Hp, I))
+        pk.wb_ih = wi.reshape(4 * Hp, I)              # bits: from_bits where needed
         pk.w_hh = from_bits(wh.reshape(4 * Hp, Hp))
     return pk
 
@@ -448,7 +469,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     dt = np.dtype(np.float32)
     G = 4
     tag = NATIVE if native else EMULATED
-    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2)
+    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2,
+                   nthreads(max_threads, settings.two_thread_step_flops, 1 << 30))
     Hp, Ip, Kh = pk.Hp, pk.Ip, pk.Kh
     P = Hp // VW
     sched = Schedule(lens, T, reverse)
@@ -580,7 +602,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         Mp = -(-(n * B) // 32) * 32
         ar = aligned((Mp // 16, GH // 32, 16, 32), np.uint16)
         wib = np.zeros((1, GH, Ip), np.uint16)
-        wib[0, :, :I] = to_bits(pk.w_ih)
+        wib[0, :, :I] = pk.wb_ih
         bw = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
         dxp = aligned((Mp, Ip), dt, zero=False)
 
@@ -590,8 +612,9 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
             amx_bf16.gemm(ar, bw, dxp, 0, Ip)
         tasks.insert(0, dx_all)
     else:
+        w_ih = from_bits(pk.wb_ih)
         for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], pk.w_ih, out=dxs[r0:r1]))
+            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], w_ih, out=dxs[r0:r1]))
     tasks.append(lambda: np.matmul(dgr[:B], pk.w_hh, out=dh0))
     tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
     Tasks(tasks).run(gthr if split else 1)

@@ -286,3 +286,24 @@ def test_errors_and_routing():
     np.testing.assert_array_equal(y, yr)
     dx = cpu.backward(gru, cache, np.ones_like(y), h0)[0]
     np.testing.assert_array_equal(dx, ref.backward(gru, cr, np.ones_like(y), h0)[0])
+
+
+def test_weight_packing_is_the_same_on_one_and_two_threads():
+    """pack_bf16 splits large weights (PACK_SPLIT elements and more) over the threads."""
+    rng = np.random.default_rng(9)
+    I, H = 64, 250
+    w_ih = rng.standard_normal((4 * H, I)).astype(np.float32)
+    w_hh = rng.standard_normal((4 * H, H)).astype(np.float32)
+    b = np.zeros(4 * H, np.float32)
+    assert w_ih.size + w_hh.size >= pb.PACK_SPLIT
+    old = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(2)
+        with cpu.configure(oversubscribe=True):
+            for kmult in (2, 32):
+                one = pb.pack_bf16(w_ih, w_hh, b, b, True, None, kmult, 1)
+                two = pb.pack_bf16(w_ih, w_hh, b, b, True, None, kmult, 2)
+                for k in ("up", "ub", "wb_ih", "w_hh"):
+                    np.testing.assert_array_equal(getattr(two, k), getattr(one, k), err_msg=k)
+    finally:
+        cpu.set_num_threads(old)

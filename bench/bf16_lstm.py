@@ -4,15 +4,24 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
 
     python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
                               [--route amx|native|emulated] [--no-torch]
-    python bench/bf16_lstm.py --peak       # the bf16 GEMM rate on AMX tiles, one thread
+                              [--threads N]
+    python bench/bf16_lstm.py --peak       # tdpbf16ps and the AMX GEMM, one thread
+    python bench/bf16_lstm.py --pieces [--threads N]   # where the AMX route's time goes
+    python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
-a cache), the median and minimum milliseconds of each contender and the ratios
-of the medians.
+a cache; each round runs the contenders in a new random order, each after a 5
+ms pause), the median and minimum milliseconds of each contender and the ratios
+of the medians. ``--against REV`` adds the bf16 mode of the package at git
+revision ``REV`` (loaded beside this one as ``fastrnn_old``, as
+``bench/ab_package.py`` does) to the same interleaved rounds.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
+import sys
 import time
 
 import numpy as np
@@ -20,11 +29,11 @@ import numpy as np
 SHAPES = [(64, 32, 64, 256), (100, 32, 64, 128), (50, 64, 256, 512)]
 
 
-def _fastrnn(T, B, I, H, compute_dtype, train, rng):
-    from fastrnn.cells import get_cell
-    from fastrnn.contract import Weights
-    from fastrnn.kernels import cpu
-    cell = get_cell("lstm")
+def _fastrnn(T, B, I, H, compute_dtype, train, rng, pkg=None):
+    name = "fastrnn" if pkg is None else pkg.__name__
+    cell = importlib.import_module(name + ".cells").get_cell("lstm")
+    Weights = importlib.import_module(name + ".contract").Weights
+    cpu = importlib.import_module(name + ".kernels.cpu")
     k = 1 / np.sqrt(H)
     f = lambda *s, a=1.0: rng.uniform(-a, a, s).astype(np.float32)  # noqa: E731
     w = Weights(f(4 * H, I, a=k), f(4 * H, H, a=k), f(4 * H, a=k), f(4 * H, a=k), None)
@@ -56,10 +65,41 @@ def _torch(T, B, I, H, dtype, train, threads):
     return run
 
 
+def tile_rates(rounds=5):
+    """One thread's ``tdpbf16ps`` rate, GFLOP/s (best of ``rounds``), in the kernels'
+    2 x 2 pattern (:func:`fastrnn.kernels.amx_bf16.probe`): the tile unit's own
+    (operands in tiles: the peak), and with the four operand tiles of each round
+    loaded from buffers of 16 KiB (L1), 1 MiB (L2) and 32 MiB (L3), with only
+    the A pair streamed from 1 MiB while the B pair stays in L1, and with tile
+    rows that straddle two cache lines (a buffer 16 bytes off a 64-byte boundary,
+    where NumPy's large arrays start)."""
+    from fastrnn.kernels import amx_bf16
+    from fastrnn.kernels.packed_bf16 import aligned
+    out = {}
+    if not amx_bf16.available():        # a tile instruction without the grant is SIGILL
+        return out
+    for name, span, half, misaligned in (
+            ("peak (tiles in registers)", 0, False, 0), ("tiles from L1 (16 KiB)", 4, False, 0),
+            ("tiles from L2 (1 MiB)", 256, False, 0), ("tiles from L3 (32 MiB)", 8192, False, 0),
+            ("A from L2, B from L1", 256, True, 0),
+            ("tiles from L2, rows 16 bytes off a line", 256, False, 1)):
+        buf = aligned(4096 * max(span, 4) + 4096 + 16, np.uint8)[16 * misaligned:]
+        n = 100_000
+        amx_bf16.probe(buf, 10, span, half)
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            amx_bf16.probe(buf, n, span, half)
+            ts.append(time.perf_counter() - t0)
+        out[name] = n * 4 * 16384 / min(ts) / 1e9
+    return out
+
+
 def peak(rounds=5):
-    """The bf16 product rate this machine's kernels reach: ``amx_bf16.gemm`` (AMX
-    tiles, one thread) at the weight-gradient shape of (50,64,256,512), and NumPy's
-    float32 GEMM at the same shape, GFLOP/s (best of ``rounds``)."""
+    """The bf16 product rates this machine reaches: the tile unit (:func:`tile_rates`),
+    ``amx_bf16.gemm`` (AMX tiles, one thread) at the weight-gradient shape of
+    (50,64,256,512), and NumPy's float32 GEMM at the same shape, GFLOP/s (best of
+    ``rounds``)."""
     from fastrnn.kernels.packed_bf16 import to_bits
     try:
         from fastrnn.kernels import amx_bf16
@@ -71,11 +111,14 @@ def peak(rounds=5):
     b = rng.standard_normal((K, N)).astype(np.float32)
     out = {}
     if amx_bf16 is not None and amx_bf16.available():
-        at = np.zeros((M // 16, K // 32, 16, 32), np.uint16)
+        for k, v in tile_rates(rounds).items():
+            print(f"tdpbf16ps, 1 thread, {k}: {v:.0f} GFLOP/s")
+        from fastrnn.kernels.packed_bf16 import aligned
+        at = aligned((M // 16, K // 32, 16, 32), np.uint16)
         amx_bf16.pack_a_steps(to_bits(a)[None], K, at)
-        bt = np.zeros((N // 16, K // 2, 16, 2), np.uint16)
+        bt = aligned((N // 16, K // 2, 16, 2), np.uint16)
         amx_bf16.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
-        c = np.empty((M, N), np.float32)
+        c = aligned((M, N), np.float32)
         fn = lambda: amx_bf16.gemm(at, bt, c, 0, N)  # noqa: E731
         fn()
         ts = []
@@ -93,6 +136,84 @@ def peak(rounds=5):
     print(f"peak at {M}x{K}x{N}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in out.items()))
 
 
+def pieces(shapes, rounds, threads):
+    """Where the bf16 LSTM's time goes on the AMX route: the time of each piece per
+    call (training: forward + backward; inference), summed over the threads that
+    ran it, and the rate of the products against one core's tile peak. The pieces
+    are timed by wrapping the functions the drivers call (``Plan.launch`` runs
+    the time loops; ``gemm`` the weight gradient and dx)."""
+    import collections
+
+    from fastrnn.kernels import amx_bf16, cpu
+    from fastrnn.kernels import packed_bf16 as pb
+    from fastrnn.kernels import plan as plan_mod
+    cpu.configure(bf16_native=True, bf16_amx=True)
+    if threads is not None:
+        cpu.set_num_threads(threads)
+    if not amx_bf16.available():
+        raise SystemExit("--pieces: this CPU or process may not use AMX-BF16 tiles")
+    peak = tile_rates(3)["peak (tiles in registers)"]
+    acc = collections.defaultdict(float)
+    modes = set()
+
+    def wrap(mod, name, label):
+        f = getattr(mod, name)
+
+        def timed(*args, **kw):
+            t0 = time.perf_counter()
+            try:
+                return f(*args, **kw)
+            finally:
+                acc[label] += time.perf_counter() - t0
+        setattr(mod, name, timed)
+        return f
+    saved = [(amx_bf16, n, wrap(amx_bf16, n, n)) for n in
+             ("pack_a_steps", "pack_b_steps", "pack_rows_steps", "gemm")]
+    saved += [(pb, n, wrap(pb, n, lab)) for n, lab in
+              (("pack_bf16", "pack_bf16 (weights)"), ("to_bits", "to_bits (x)"),
+               ("lstm_forward", "forward, all"), ("lstm_backward", "backward, all"))]
+    launch = plan_mod.Plan.launch
+
+    def timed_launch(self, kernel, args_of):
+        t0 = time.perf_counter()
+        try:
+            return launch(self, kernel, args_of)
+        finally:
+            name = "forward loop" if "fwd" in kernel.__name__ else "backward loop"
+            acc[name] += time.perf_counter() - t0
+            modes.add(f"{name}: {self.mode} on {self.nthr}")
+    plan_mod.Plan.launch = timed_launch
+    print(f"one core's tdpbf16ps peak {peak:.0f} GFLOP/s; {cpu.get_num_threads()} threads; "
+          f"load average {os.getloadavg()[0]:.2f}")
+    try:
+        rng = np.random.default_rng(0)
+        for T, B, I, H in shapes:
+            fl = {"loop": 2.0 * T * B * 4 * H * (I + H), "bloop": 2.0 * T * B * 4 * H * H,
+                  "gemm": 2.0 * T * B * 4 * H * (2 * I + H)}
+            for train in (True, False):
+                run = _fastrnn(T, B, I, H, "bfloat16", train, rng)
+                run()
+                acc.clear()
+                modes.clear()
+                t0 = time.perf_counter()
+                for _ in range(rounds):
+                    run()
+                tot = (time.perf_counter() - t0) / rounds
+                print(f"{(T, B, I, H)} {'train' if train else 'infer'}: {1e3 * tot:.2f} ms "
+                      f"per call ({'; '.join(sorted(modes))} threads)")
+                for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
+                    ms = 1e3 * v / rounds
+                    f = {"forward loop": fl["loop"], "backward loop": fl["bloop"],
+                         "gemm": fl["gemm"]}.get(k)
+                    rate = "" if f is None else (f"  {f / (ms * 1e6):6.0f} GFLOP/s, "
+                                                 f"{100 * f / (ms * 1e6) / peak:4.1f}% of one core")
+                    print(f"    {k:34s} {ms:8.2f} ms{rate}")
+    finally:
+        plan_mod.Plan.launch = launch
+        for mod, n, f in saved:
+            setattr(mod, n, f)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
@@ -102,19 +223,41 @@ def main(argv=None):
                     help="force a route of fastrnn.kernels.cpu.route_bf16 (default: the "
                          "machine's)")
     ap.add_argument("--peak", action="store_true", help="only time the GEMM rates (peak())")
+    ap.add_argument("--pieces", action="store_true",
+                    help="only time the pieces of the AMX route (pieces())")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="fastrnn's threads (default: its own setting)")
+    ap.add_argument("--against", default=None, metavar="REV",
+                    help="also time the bf16 mode of the package at git revision REV")
     a = ap.parse_args(argv)
     if a.peak:
         return peak()
+    if a.pieces:
+        shapes = [(50, 64, 256, 512), (64, 32, 64, 256)] if not a.shapes else [
+            tuple(int(v) for v in sh.split(",")) for sh in a.shapes]
+        return pieces(shapes, a.rounds, a.threads)
+    old = None
+    if a.against:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        from ab_package import load_old
+        old = load_old(a.against)
     if a.route is not None:
         from fastrnn.kernels import cpu
-        cpu.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")
+        for c in (cpu,) + ((importlib.import_module(old.__name__ + ".kernels.cpu"),) if old
+                           else ()):
+            c.configure(bf16_native=a.route != "emulated", bf16_amx=a.route == "amx")
+    if a.threads is not None:
+        from fastrnn.kernels import cpu
+        for c in (cpu,) + ((importlib.import_module(old.__name__ + ".kernels.cpu"),) if old
+                           else ()):
+            c.set_num_threads(a.threads)
     shapes = SHAPES if not a.shapes else [tuple(int(v) for v in s.split(",")) for s in a.shapes]
     rng = np.random.default_rng(0)
+    order_rng = np.random.default_rng(1)
     try:
         import torch
     except ImportError:
         torch = None
-    import os
 
     from fastrnn.kernels import cpu
     print(f"fastrnn: {cpu.describe_bf16()}; {cpu.get_num_threads()} threads, "
@@ -123,6 +266,8 @@ def main(argv=None):
         for train in (True, False):
             runs = {"fastrnn bf16": _fastrnn(*shape, "bfloat16", train, rng),
                     "fastrnn f32": _fastrnn(*shape, None, train, rng)}
+            if old is not None:
+                runs["fastrnn bf16 " + a.against] = _fastrnn(*shape, "bfloat16", train, rng, old)
             if torch is not None and not a.no_torch:
                 for nm, dt in (("torch bf16", torch.bfloat16), ("torch f32", torch.float32)):
                     for t in (1, 2):
@@ -130,10 +275,15 @@ def main(argv=None):
             times = {k: [] for k in runs}
             for fn in runs.values():            # warm up (compiles)
                 fn()
+            keys = list(runs)
             for _ in range(a.rounds):
-                for k, fn in runs.items():
+                # each round in a new order, after a pause: the one after torch on two
+                # threads otherwise meets its OpenMP threads still spinning
+                for i in order_rng.permutation(len(keys)):
+                    k = keys[i]
+                    time.sleep(0.005)
                     t0 = time.perf_counter()
-                    fn()
+                    runs[k]()
                     times[k].append(time.perf_counter() - t0)
             med = {k: 1e3 * float(np.median(v)) for k, v in times.items()}
             mn = {k: 1e3 * float(np.min(v)) for k, v in times.items()}
@@ -145,9 +295,14 @@ def main(argv=None):
             mode = "train" if train else "infer"
             print(f"{shape} {mode}: " + ", ".join(
                 f"{k} {med[k]:.2f} (min {mn[k]:.2f}) ms" for k in
-                ("fastrnn bf16", "fastrnn f32", "torch bf16", "torch f32") if k in med))
+                ("fastrnn bf16", "fastrnn bf16 " + str(a.against), "fastrnn f32", "torch bf16",
+                 "torch f32") if k in med))
             fb = med["fastrnn bf16"]
             rat = [f"bf16/f32 fastrnn speedup {med['fastrnn f32'] / fb:.2f}x"]
+            if old is not None:
+                ko = "fastrnn bf16 " + a.against
+                rat += [f"new/old bf16 medians {fb / med[ko]:.2f}, minima "
+                        f"{mn['fastrnn bf16'] / mn[ko]:.2f}"]
             if "torch bf16" in med:
                 rat += [f"vs torch bf16 {med['torch bf16'] / fb:.2f}x",
                         f"vs torch f32 {med['torch f32'] / fb:.2f}x"]

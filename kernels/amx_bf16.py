@@ -41,7 +41,7 @@ from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, 
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
-           "gemm", "pack_a_steps", "pack_b_steps", "pack_rows_steps"]
+           "gemm", "pack_a_steps", "pack_b_steps", "pack_rows_steps", "probe"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -59,6 +59,13 @@ def available():
         return libc.syscall(ctypes.c_long(158), ctypes.c_long(0x1023), ctypes.c_long(18)) == 0
     except (OSError, AttributeError):  # pragma: no cover - not Linux/glibc
         return False
+
+
+@njit(inline="always")
+def _aligned_ptr(buf):
+    """The first 64-byte boundary in ``buf``'s data (allocate 64 bytes more): tiles
+    must start on one (:func:`fastrnn.kernels.packed_bf16.aligned`)."""
+    return (buf.ctypes.data + 63) // 64 * 64
 
 
 def _fn(builder, name, args):
@@ -90,6 +97,32 @@ def amx_end(typingctx):
         builder.call(_fn(builder, "llvm.x86.tilerelease", []), [])
         return context.get_dummy_value()
     return sig, codegen
+
+
+def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act, ldact,
+                  training):
+    """The LSTM cell on ``nr`` rows of the accumulators stored at ``scr`` ([rows][64]
+    float32): h' float32 to ``y`` and rounded to ``hb``, c' to ``cout``, the gates to
+    ``act`` in training."""
+    C = lambda v: ir.Constant(I64, v)  # noqa: E731
+    s, bias, peep, cin, cout, y, act = ptrs(b, F32X, scr, bias, peep, cin, cout, y, act)
+    (hb,) = [b.inttoptr(hb, ir.IntType(16).as_pointer())]
+    m = VMath(b, F32X)
+    bv = [vload(b, F32X, bias, C(g * VW)) for g in range(4)]
+    pv = [vload(b, F32X, peep, C(k * VW)) for k in range(3)] if peephole else None
+    with cgutils.for_range(b, nr) as loop:
+        r = loop.index
+        pre = [m.add(vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * g))), bv[g])
+               for g in range(4)]
+        ro = b.mul(r, ldc)
+        cp = vload(b, F32X, cin, ro)
+        gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv)
+        vstore(b, cn, F32X, cout, ro)
+        vstore(b, hn, F32X, y, b.mul(r, ldy))
+        store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
+        with b.if_then(training):
+            for g, val in enumerate((gi, gf, gg, go)):
+                vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
 
 
 def _make_fwd(peephole):
@@ -126,25 +159,8 @@ def _make_fwd(peephole):
             store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
             for v in range(4):
                 b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
-            s, bias, peep, cin, cout, y, act = ptrs(b, F32X, scr, bias, peep, cin, cout, y, act)
-            (hb,) = [b.inttoptr(hb, ir.IntType(16).as_pointer())]
-            m = VMath(b, F32X)
-            bv = [vload(b, F32X, bias, C(g * VW)) for g in range(4)]
-            if peephole:
-                pv = [vload(b, F32X, peep, C(k * VW)) for k in range(3)]
-            with cgutils.for_range(b, nr) as loop:
-                r = loop.index
-                pre = [m.add(vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * g))), bv[g])
-                       for g in range(4)]
-                ro = b.mul(r, ldc)
-                cp = vload(b, F32X, cin, ro)
-                gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv if peephole else None)
-                vstore(b, cn, F32X, cout, ro)
-                vstore(b, hn, F32X, y, b.mul(r, ldy))
-                store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
-                with b.if_then(training):
-                    for g, val in enumerate((gi, gf, gg, go)):
-                        vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
+            _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                          ldact, training)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -153,6 +169,120 @@ def _make_fwd(peephole):
 #: [peephole]: the plain LSTM's and the diagonal peephole LSTM's block
 uk_amx_fwd = [_make_fwd(False), _make_fwd(True)]
 _uk, _ukp = uk_amx_fwd
+
+
+@intrinsic
+def uk_amx_seg(typingctx, a, ldb, w, nk, scr, acc):
+    """32 rows x 2 gates of one panel over ``nk`` chunks: the accumulators (tiles 0-3,
+    rows 0-15 / 16-31 x the two gates) from ``scr`` (``acc``; else zero; rows of 256
+    bytes) plus the operand rows ``a`` (tiles 4, 5: 32 rows of stride ``ldb`` bytes
+    from ``a``) times the two gates' weight tiles (6, 7: at ``w``, ``w + 64`` of
+    each chunk's 4 KiB, rows of 256 bytes), stored back to ``scr``. Every loaded
+    tile serves two products; the caller runs a segment's weights (``nk`` x 2
+    KiB) against every row pair of the step, so they come from L1 after the
+    first."""
+    i8 = types.int64
+    sig = types.void(i8, i8, i8, i8, i8, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        a, ldb, w, nk, scr, acc = args
+        b = builder
+        load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+        dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+        store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        cq = [b.add(scr, C(16 * 256 * i + 64 * j)) for i in range(2) for j in range(2)]
+        with b.if_else(acc) as (then, otherwise):
+            with then:
+                for t in range(4):
+                    b.call(load, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
+            with otherwise:
+                for t in range(4):
+                    b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(t)])
+        a16 = b.mul(ldb, C(16))
+        with cgutils.for_range(b, nk) as loop:
+            c = loop.index
+            ac = b.add(a, b.mul(c, C(64)))
+            wc = b.add(w, b.mul(c, C(16 * 256)))
+            b.call(load, [_t(4), b.inttoptr(ac, _i8p), ldb])
+            b.call(load, [_t(6), b.inttoptr(wc, _i8p), C(256)])
+            b.call(dp, [_t(0), _t(4), _t(6)])
+            b.call(load, [_t(7), b.inttoptr(b.add(wc, C(64)), _i8p), C(256)])
+            b.call(dp, [_t(1), _t(4), _t(7)])
+            b.call(load, [_t(5), b.inttoptr(b.add(ac, a16), _i8p), ldb])
+            b.call(dp, [_t(2), _t(5), _t(6)])
+            b.call(dp, [_t(3), _t(5), _t(7)])
+        for t in range(4):
+            b.call(store, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+def _make_epi(peephole):
+    @intrinsic
+    def uk(typingctx, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act, ldact,
+           training):
+        """The forward epilogue of :data:`uk_amx_fwd` alone, on ``nr`` rows of
+        accumulators at ``scr`` (rows of 64 float32)."""
+        i8 = types.int64
+        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+
+        def codegen(context, builder, signature, args):
+            _fwd_epilogue(builder, peephole, *args)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the epilogue of the segment-blocked forward
+uk_amx_epi = [_make_epi(False), _make_epi(True)]
+_ue, _uep = uk_amx_epi
+
+#: chunks of 32 k per weight segment of the blocked forward: 2 gates x 16 chunks x
+#: 1 KiB = 32 KiB of weights that stay in L1 across a step's row pairs (the
+#: accumulators go through the scratch once per segment)
+SEG = 16
+#: the blocked forward runs from this many rows per thread and step (fewer: the
+#: 16-row kernel, which loads each weight tile once per 16 rows anyway)
+SEG_MIN_ROWS = 32
+
+
+@njit(inline="always")
+def _panel_seg(s, p, tid, P, args, peep):
+    """:func:`_panel` for many rows: per gate pair and weight segment, every row pair
+    of the step, the sums in the thread's scratch, then the epilogue by 16 rows."""
+    (xp, ld, hoff, Bx, B, KIc, KHc, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, yp,
+     scr, r0, r1) = args
+    nb = min(nact[s], r1)
+    xsp = xp + 2 * s * Bx * ld
+    hsp = xsp + 2 * hoff
+    hout = hsp + 2 * Bx * ld
+    KW = (KIc + KHc) * 16 * 256
+    wp = upp + p * KW
+    cin = csp + 4 * (s % ring) * B * Hp
+    cout = csp + 4 * ((s + 1) % ring) * B * Hp
+    ysp = yp + 4 * s * B * Hp
+    asp = ap + 4 * s * B * GH
+    col = p * 64
+    u0 = p * 16
+    KT = KIc + KHc                    # [x_t h_{t-1}] and the panel's rows: one k range
+    for gp in range(2):
+        for c0 in range(0, KT, SEG):
+            nk = min(SEG, KT - c0)
+            for q0 in range(r0, nb, 32):
+                uk_amx_seg(xsp + 2 * q0 * ld + 64 * c0, 2 * ld, wp + c0 * 16 * 256 + 128 * gp,
+                           nk, scr + 256 * (q0 - r0) + 128 * gp, c0 > 0)
+    for q0 in range(r0, nb, 16):
+        nr = min(16, nb - q0)
+        co = 4 * (q0 * Hp + u0)
+        if peep is None:
+            _ue(scr + 256 * (q0 - r0), nr, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co,
+                Hp, ysp + co, Hp, hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH,
+                training)
+        else:
+            _uep(scr + 256 * (q0 - r0), nr, bp + 4 * col, ppp + 4 * 3 * u0, cin + co,
+                 cout + co, Hp, ysp + co, Hp, hout + 2 * (q0 * ld + u0), ld,
+                 asp + 4 * (q0 * GH + col), GH, training)
 
 
 @njit(inline="always")
@@ -187,29 +317,66 @@ def _panel(s, p, tid, P, args, peep):
 @njit(**JIT_OPTIONS)
 def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring, nact, training,
                         act, y, ctl, tid, nthr, r0, r1):
-    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B+16;
+    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B+32;
     #     step s writes h_s into row s+1 at column hoff
     # KIc, KHc: 32-k chunks of x and h;  up: [P,(KIc+KHc)*16,64] words
     # bias, peep, cs, ring, nact, training, act, y, ctl, tid, nthr, r0, r1: as
     #     lstm_fwd_bf16_kernel of packed_bf16 (B = y.shape[1])
     cfg = np.zeros(64, np.uint8)
     cfg[0] = 1                               # palette 1
-    for t in range(7):                       # tiles 0-6: 16 rows of 64 bytes
+    for t in range(8):                       # tiles 0-7: 16 rows of 64 bytes
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
-    scr = np.empty(16 * 64, np.float32)
+    seg = r1 - r0 >= SEG_MIN_ROWS
+    scr = np.empty(((r1 - r0 + 63) // 32 * 32 if seg else 16) * 64 + 16, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // 16
     args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
             bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
-            act.ctypes.data, y.ctypes.data, scr.ctypes.data, r0, r1)
+            act.ctypes.data, y.ctypes.data, _aligned_ptr(scr), r0, r1)
     amx_begin(cfg.ctypes.data)
-    w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
+    if seg:
+        w = panel_steps(n, P, False, ctl, tid, nthr, _panel_seg, args, peep)
+    else:
+        w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
     amx_end()
     return w
 
 
 # --------------------------------------------------------------------------- backward
+def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
+                  dg, dgv, dgg, dgb, lddgb):
+    """The LSTM backward on ``nr`` rows of ``NV`` vectors whose products ``dgates U``
+    are stored at ``scr`` ([rows][64] float32): the gate gradients float32 to ``dg``
+    and rounded to ``dgb``, dc."""
+    C = lambda v: ir.Constant(I64, v)  # noqa: E731
+    s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
+                                                 cn, dc, dg)
+    (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
+    m = VMath(b, F32X)
+    if peephole:
+        pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
+              for v in range(NV)]
+    with cgutils.for_range(b, nr) as loop:
+        r = loop.index
+        for v in range(NV):
+            ho = b.add(b.mul(r, ldh), C(v * VW))
+            acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
+            dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
+                       vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
+            ra = b.mul(r, ldact)
+            gates = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
+                     for g in range(4)]
+            dgs, dcp = lstm_cell_back(
+                m, dh, gates, vload(b, F32X, cn, ho), vload(b, F32X, cp, ho),
+                vload(b, F32X, dc, ho), pv[v] if peephole else None)
+            for g, val in enumerate(dgs):
+                col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
+                vstore(b, val, F32X, dg, b.add(ra, col))
+                store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
+            vstore(b, dcp, F32X, dc, ho)
+
+
 def _make_bwd(peephole):
     @intrinsic
     def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
@@ -246,31 +413,8 @@ def _make_bwd(peephole):
             store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
             for v in range(NV):
                 b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
-            s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
-                                                         cn, dc, dg)
-            (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
-            m = VMath(b, F32X)
-            if peephole:
-                pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
-                      for v in range(NV)]
-            with cgutils.for_range(b, nr) as loop:
-                r = loop.index
-                for v in range(NV):
-                    ho = b.add(b.mul(r, ldh), C(v * VW))
-                    acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
-                    dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
-                               vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
-                    ra = b.mul(r, ldact)
-                    gates = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
-                             for g in range(4)]
-                    dgs, dcp = lstm_cell_back(
-                        m, dh, gates, vload(b, F32X, cn, ho), vload(b, F32X, cp, ho),
-                        vload(b, F32X, dc, ho), pv[v] if peephole else None)
-                    for g, val in enumerate(dgs):
-                        col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
-                        vstore(b, val, F32X, dg, b.add(ra, col))
-                        store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
-                    vstore(b, dcp, F32X, dc, ho)
+            _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
+                          dc, dg, dgv, dgg, dgb, lddgb)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -279,6 +423,27 @@ def _make_bwd(peephole):
 #: [peephole]: the backward blocks
 uk_amx_bwd = [_make_bwd(False), _make_bwd(True)]
 _ub, _ubp = uk_amx_bwd
+
+
+def _make_bwd_epi(peephole):
+    @intrinsic
+    def uk(typingctx, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv, dgg,
+           dgb, lddgb):
+        """The backward epilogue of :data:`uk_amx_bwd` alone, four vectors (64 units),
+        on ``nr`` rows of products at ``scr`` (rows of 64 float32)."""
+        i8 = types.int64
+        sig = types.void(*([i8] * 17))
+
+        def codegen(context, builder, signature, args):
+            _bwd_epilogue(builder, peephole, 4, *args)
+            return context.get_dummy_value()
+        return sig, codegen
+    return uk
+
+
+#: [peephole]: the epilogue of the segment-blocked backward
+uk_amx_bwd_epi = [_make_bwd_epi(False), _make_bwd_epi(True)]
+_be, _bep = uk_amx_bwd_epi
 
 
 @njit(inline="always")
@@ -334,7 +499,27 @@ def _bwd_panel(s, q, tid, Q, args, peep):
         KKc = GH // 32 if part == 0 else 0
         dhx = zp if part == 0 else dhq
         lddhx = 0 if part == 0 else Hp
-        if nv == 4:
+        if nv == 4 and part == 0 and hi - lo >= SEG_MIN_ROWS:
+            # blocked as the forward's _panel_seg: per vector pair and segment of U's
+            # panel, every row pair, the sums in the scratch; then the epilogue
+            for vp in range(2):
+                for c0 in range(0, KKc, SEG):
+                    nk = min(SEG, KKc - c0)
+                    for q0 in range(lo, hi, 32):
+                        uk_amx_seg(a + 2 * q0 * GHb + 64 * c0, 2 * GHb,
+                                   wq + c0 * 16 * 4 * wd + 128 * vp, nk,
+                                   scr + 256 * (q0 - lo) + 128 * vp, c0 > 0)
+            for q0 in range(lo, hi, 16):
+                nr = min(16, hi - q0)
+                if peep is None:
+                    _be(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp, aq + 4 * q0 * GH,
+                        GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp, dcq + 4 * q0 * Hp,
+                        dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb)
+                else:
+                    _bep(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp,
+                         aq + 4 * q0 * GH, GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp,
+                         dcq + 4 * q0 * Hp, dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb)
+        elif nv == 4:
             _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
                       Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
         elif nv == 3:
@@ -352,19 +537,19 @@ def _bwd_panel(s, q, tid, Q, args, peep):
 def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl, tid, nthr,
                         r0, r1):
     # as lstm_bwd_bf16_kernel of packed_bf16 (output panels of 64 units), with dgb
-    # [n,Bx,>= G*Hp] uint16, Bx >= B+16 (the products read tiles of 16 rows)
+    # [n,Bx,>= G*Hp] uint16, Bx >= B+32 (the products read two tiles of 16 rows)
     n, B, GH = act.shape
     Hp = dy.shape[2]
     cfg = np.zeros(64, np.uint8)
     cfg[0] = 1
-    for t in range(7):
+    for t in range(8):
         cfg[16 + 2 * t] = 64
         cfg[48 + t] = 16
-    scr = np.empty(16 * 64, np.float32)
+    scr = np.empty(max(16, (r1 - r0 + 63) // 32 * 32) * 64 + 16, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
-            zrow.ctypes.data, ppp, nact, scr.ctypes.data, r0, r1)
+            zrow.ctypes.data, ppp, nact, _aligned_ptr(scr), r0, r1)
     amx_begin(cfg.ctypes.data)
     w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()
@@ -436,7 +621,10 @@ def gemm(ap, bp, c, n0, n1):
 @njit(cache=True, nogil=True)
 def pack_a_steps(src, B, out):
     """The A operand ``a[f, s*B + b] = src[s, b, f]`` (``b < B``; uint16 [n, >= B, F])
-    tile-packed into ``out`` [F/16, Kp/32, 16, 32] (zero where nothing is written)."""
+    tile-packed into ``out`` [F/16, Kp/32, 16, 32] (zero where nothing is written).
+    By 32 k x 16 f blocks: 16 consecutive elements of each of 32 rows in, one 1 KiB
+    tile out (a loop over f inside the 32 rows read each row's lines 16 times from
+    L2: 2.4x slower at 3200 x 1024)."""
     n = src.shape[0]
     F = src.shape[2]
     R = n * B
@@ -447,11 +635,14 @@ def pack_a_steps(src, B, out):
         for i in range(m):
             ss[i] = (kc * 32 + i) // B
             bs[i] = (kc * 32 + i) % B
-        for f in range(F):
-            fb = f >> 4
-            ff = f & 15
+        for fb in range(F // 16):
             for i in range(m):
-                out[fb, kc, ff, i] = src[ss[i], bs[i], f]
+                s_, b_ = ss[i], bs[i]
+                for ff in range(16):
+                    out[fb, kc, ff, i] = src[s_, b_, fb * 16 + ff]
+        for f in range((F // 16) * 16, F):
+            for i in range(m):
+                out[f >> 4, kc, f & 15, i] = src[ss[i], bs[i], f]
 
 
 @njit(cache=True, nogil=True)
@@ -486,3 +677,57 @@ def pack_rows_steps(src, B, out):
             r = s * B + b
             for c in range(C):
                 out[r >> 4, c >> 5, r & 15, c & 31] = src[s, b, c]
+
+
+# --------------------------------------------------------------------------- probe
+@intrinsic
+def uk_amx_probe(typingctx, buf, n, span, half):
+    """``n`` rounds of four ``tdpbf16ps`` in the 2 x 2 pattern of the kernels (tiles
+    0-3 += 4-5 x 6-7). ``span`` 0: the operand tiles loaded once (the tile unit's
+    own rate); else each round loads its four tiles from the next 4 KiB of ``buf``,
+    round ``i`` at ``(i mod span) * 4096`` (``half``: the B pair from the first 16
+    KiB only, as a kernel that keeps its weights in L1)."""
+    sig = types.void(types.int64, types.int64, types.int64, types.boolean)
+
+    def codegen(context, b, signature, args):
+        buf, n, span, half = args
+        load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+        dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        for t in range(8):
+            if t < 4:
+                b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(t)])
+            else:
+                b.call(load, [_t(t), b.inttoptr(b.add(buf, C(1024 * (t - 4))), _i8p), C(64)])
+        loads = b.icmp_signed(">", span, C(0))
+        sp = b.select(loads, span, C(1))
+        with cgutils.for_range(b, n) as loop:
+            i = loop.index
+            off = b.mul(b.urem(i, sp), C(4096))
+            offb = b.select(half, b.mul(b.urem(i, C(4)), C(4096)), off)
+            with b.if_then(loads):
+                for t, o, k in ((4, off, 0), (5, off, 1), (6, offb, 2), (7, offb, 3)):
+                    b.call(load, [_t(t), b.inttoptr(b.add(buf, b.add(o, C(1024 * k))), _i8p),
+                                  C(64)])
+            for k in range(2):
+                for j in range(2):
+                    b.call(dp, [_t(2 * k + j), _t(4 + k), _t(6 + j)])
+        store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+        for t in range(4):
+            b.call(store, [_t(t), b.inttoptr(b.add(buf, C(1024 * t)), _i8p), C(64)])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@njit(nogil=True)
+def probe(buf, n, span, half):
+    """Run :func:`uk_amx_probe` (``buf`` uint8, at least ``max(span, 4) * 4096 +
+    4096`` bytes, 64-byte aligned or not): ``n * 4 * 16384`` FLOP."""
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = 16
+    amx_begin(cfg.ctypes.data)
+    uk_amx_probe(buf.ctypes.data, n, span, half)
+    amx_end()

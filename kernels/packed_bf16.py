@@ -44,7 +44,7 @@ from fastrnn.kernels.schedule import Schedule, infer_chunk
 from fastrnn.kernels.sync import panel_steps
 from fastrnn.kernels.task_gemm import DW_TASKS, splits
 
-__all__ = ["lstm_forward", "lstm_backward", "BF16Cache", "to_bits", "from_bits", "VW"]
+__all__ = ["lstm_forward", "lstm_backward", "BF16Cache", "to_bits", "from_bits", "aligned", "VW"]
 
 VW = 16          # AVX-512 only: the accumulators are <16 x float>
 
@@ -90,53 +90,52 @@ def to_bits(a):
 
 
 @njit(cache=True, nogil=True)
-def _pack_panels(w_ih, w_hh, H, Hp, Ip, out):
-    # out [P, (Ip+Hp)/2, 4*VW] uint32: word (p, kk, g*VW+u) holds the bf16 of rows
-    # 2kk (low half) and 2kk+1 of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ
-    I = w_ih.shape[1]
-    P, K2, GV = out.shape
+def _pack_panels(wb_ih, wb_hh, H, Ip, out, p0, p1):
+    # out [P, (Ip+Kh)/2, 4*VW, 2] uint16, zeros in: (p, kk, g*VW+u, half) = the bf16
+    # bits of row 2kk+half of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ;
+    # wb_ih, wb_hh: the weights' bits (to_bits). One weight row at a time: its
+    # reads run in order, its writes revisit the panel's lines for each unit.
+    # Panels p0 <= p < p1
+    I = wb_ih.shape[1]
+    P, K2, GV, _ = out.shape
     VW_ = GV // 4
-    for p in range(P):
+    for p in range(p0, p1):
         for g in range(4):
             for u in range(VW_):
                 unit = p * VW_ + u
+                if unit >= H:
+                    continue
                 row = g * H + unit
-                for kk in range(K2):
-                    word = np.uint32(0)
-                    if unit < H:
-                        for half in range(2):
-                            k = 2 * kk + half
-                            v = np.float32(0.0)
-                            if k < I:
-                                v = w_ih[row, k]
-                            elif Ip <= k < Ip + H:
-                                v = w_hh[row, k - Ip]
-                            word |= np.uint32(_fbits(v)) << (16 * half)
-                    out[p, kk, g * VW_ + u] = word
+                c = g * VW_ + u
+                for k in range(I):
+                    out[p, k >> 1, c, k & 1] = wb_ih[row, k]
+                for k in range(H):
+                    kk = Ip + k
+                    out[p, kk >> 1, c, kk & 1] = wb_hh[row, k]
 
 
 @njit(cache=True, nogil=True)
-def _pack_u(w_hh, H, Hp, NB, out):
-    # out: flat uint32; output panel q (units j0 = q*NB .. j0+w, w = min(NB, Hp-j0)) at
-    # word q*2*Hp*NB: [2*Hp pairs][w], the pair kk of natural gate rows r = 2kk, 2kk+1
-    # (r = g*Hp + unit, zero for padded units) of the padded W_hh [4*Hp, Hp]
+def _pack_u(wb_hh, H, Hp, NB, out):
+    # out: flat uint16, zeros in; output panel q (units j0 = q*NB .. j0+w, w = min(NB,
+    # Hp-j0)) at element q*4*Hp*NB: [2*Hp pairs][w][2], the pair kk of natural gate
+    # rows r = 2kk, 2kk+1 (r = g*Hp + unit, zero for padded units) of the padded
+    # W_hh [4*Hp, Hp]; wb_hh: W_hh's bits (to_bits)
     Q = (Hp + NB - 1) // NB
     for q in range(Q):
         j0 = q * NB
         w = min(NB, Hp - j0)
-        base = q * 2 * Hp * NB
+        wr = max(0, min(w, H - j0))
+        base = q * 4 * Hp * NB
         for kk in range(2 * Hp):
-            for j in range(w):
-                col = j0 + j
-                word = np.uint32(0)
-                for half in range(2):
-                    r = 2 * kk + half
-                    g = r // Hp
-                    unit = r - g * Hp
-                    if unit < H and col < H:
-                        v = w_hh[g * H + unit, col]
-                        word |= np.uint32(_fbits(v)) << (16 * half)
-                out[base + kk * w + j] = word
+            for half in range(2):
+                r = 2 * kk + half
+                g = r // Hp
+                unit = r - g * Hp
+                if unit < H:
+                    o = base + kk * 2 * w + half
+                    src = g * H + unit
+                    for j in range(wr):
+                        out[o + 2 * j] = wb_hh[src, j0 + j]
 
 
 def from_bits(b):
@@ -144,17 +143,36 @@ def from_bits(b):
     return (b.astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
+def aligned(shape, dtype, zero=True):
+    """A C-contiguous array whose data starts on a 64-byte boundary (a view into a
+    slightly larger one). AMX tiles must: a tile row that straddles two cache
+    lines loads at about a third of the rate (~1.0 against ~3.5 TFLOP/s on one
+    core, ``bench/bf16_lstm.py --peak``), and NumPy's large arrays start 16 bytes
+    past a page."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = (np.zeros if zero else np.empty)(n * dt.itemsize + 64, np.uint8)
+    a = (-raw.ctypes.data) % 64
+    return raw[a:a + n * dt.itemsize].view(dt).reshape(shape)
+
+
 class PackedBF16:
-    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "w_ih", "w_hh")
+    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "wb_ih", "w_hh")
 
 
-def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
+#: weights of at least this many elements are converted and packed on the
+#: call's threads (two halves of the panels; U's panels beside them)
+PACK_SPLIT = 1 << 18
+
+
+def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1):
     """The panels of :func:`fastrnn.kernels.vector.pack` (``VW = 16``) in bf16 pairs:
     ``up`` [P, (Ip+Kh)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Kh)/2, 4*VW] uint32; ``Ip``,
     ``Kh``: I and Hp rounded up to ``kmult``); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
-    each) and ``w_ih``/``w_hh`` rounded to bf16 (float32 values, PyTorch's gate
-    order, units padded) for the GEMMs after the loop."""
+    each), ``wb_ih`` (W_ih's bf16 bits) and ``w_hh`` (rounded to bf16, float32
+    values), PyTorch's gate order, units padded, for the GEMMs after the loop. ``threads``: at most that
+    many threads convert and pack large weights (``PACK_SPLIT``)."""
     I = w_ih.shape[1]
     H = w_hh.shape[1]
     Hp = -(-H // VW) * VW
@@ -171,22 +189,37 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2):
         pp = np.zeros((3, Hp), np.float32)
         pp[:, :H] = peep
         pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
-    up = np.empty((P, (Ip + Kh) // 2, 4 * VW), np.uint32)
-    _pack_panels(w_ih, w_hh, H, Hp, Ip, up)
-    pk.up = up.view(np.uint16)
-    pk.ub = pk.w_ih = pk.w_hh = None
+    split = threads > 1 and w_ih.size + w_hh.size >= PACK_SPLIT
+    wbi = np.empty(w_ih.shape, np.uint16)
+    wbh = np.empty(w_hh.shape, np.uint16)
+    conv = [lambda: _to_bits(np.ascontiguousarray(w_ih, np.float32).reshape(-1).view(np.uint32),
+                             wbi.reshape(-1)),
+            lambda: _to_bits(np.ascontiguousarray(w_hh, np.float32).reshape(-1).view(np.uint32),
+                             wbh.reshape(-1))]
+    up = aligned((P, (Ip + Kh) // 2, 4 * VW, 2), np.uint16)
+    NB = pk.nvb * VW
+    ub = aligned(-(-Hp // NB) * 4 * Hp * NB, np.uint16) if backward else None
+    packs = [lambda: _pack_panels(wbi, wbh, H, Ip, up, 0, P // 2),
+             lambda: _pack_panels(wbi, wbh, H, Ip, up, P // 2, P)]
     if backward:
-        NB = pk.nvb * VW
-        ub = np.empty(-(-Hp // NB) * 4 * Hp * NB // 2, np.uint32)
-        _pack_u(w_hh, H, Hp, NB, ub)
-        pk.ub = ub.view(np.uint16)
+        packs.append(lambda: _pack_u(wbh, H, Hp, NB, ub))
+    for stage in (conv, packs):
+        if split:
+            Tasks(stage).run(threads)
+        else:
+            for task in stage:
+                task()
+    pk.up = up.reshape(P, (Ip + Kh) // 2, 8 * VW)
+    pk.ub = pk.wb_ih = pk.w_hh = None
+    if backward:
+        pk.ub = ub
         # rounded, PyTorch's gate order, units padded: the GEMMs after the loop
-        wi = np.zeros((4, Hp, I), np.float32)
-        wi[:, :H] = w_ih.reshape(4, H, I)
-        wh = np.zeros((4, Hp, Hp), np.float32)
-        wh[:, :H, :H] = w_hh.reshape(4, H, H)
-        pk.w_ih = from_bits(to_bits(wi.reshape(4 * Hp, I)))
-        pk.w_hh = from_bits(to_bits(wh.reshape(4 * Hp, Hp)))
+        wi = np.zeros((4, Hp, I), np.uint16)
+        wi[:, :H] = wbi.reshape(4, H, I)
+        wh = np.zeros((4, Hp, Hp), np.uint16)
+        wh[:, :H, :H] = wbh.reshape(4, H, H)
+        pk.wb_ih = wi.reshape(4 * Hp, I)              # bits: from_bits where needed
+        pk.w_hh = from_bits(wh.reshape(4 * Hp, Hp))
     return pk
 
 
@@ -436,7 +469,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     dt = np.dtype(np.float32)
     G = 4
     tag = NATIVE if native else EMULATED
-    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2)
+    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2,
+                   nthreads(max_threads, settings.two_thread_step_flops, 1 << 30))
     Hp, Ip, Kh = pk.Hp, pk.Ip, pk.Kh
     P = Hp // VW
     sched = Schedule(lens, T, reverse)
@@ -449,14 +483,14 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     rows = np.arange(B)
     # xh: [m+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
     # (rows past a sequence's end and the padding columns stay zero); AMX reads
-    # tiles of 16 rows from any row a thread starts at: 16 rows more. Training keeps
+    # two tiles of 16 rows from any row a thread starts at: 32 rows more. Training keeps
     # every step's (m = n: the weight gradient's operand); inference runs chunks of
     # C steps through one small buffer (C even: each chunk starts on slot 0 of the
     # cell ring), so its workspace beyond x and y is O(B (I+H)) whatever T is
-    Bx = B + 16 if amx else B
+    Bx = B + 32 if amx else B
     C = n if training else max(1, min(n, infer_chunk(B)))
     C += C % 2 if not training else 0
-    xh = np.zeros((C + 1, Bx, Ip + Kh), np.uint16)
+    xh = aligned((C + 1, Bx, Ip + Kh), np.uint16)
     xs = np.zeros((C, B, I), dt)
     xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
     act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
@@ -519,10 +553,10 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dg = zero((n, B, GH), dt)
     zrow = np.zeros(NB, dt)
     ctl = np.zeros(Q + 1, np.int64)
-    if cache.amx:       # the products read tiles of 16 rows from any row: 16 rows more
+    if cache.amx:       # the products read two tiles of 16 rows from any row: 32 rows more
         from fastrnn.kernels import amx_bf16
         # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
-        dgb = np.zeros((n, B + 16, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
+        dgb = aligned((n, B + 32, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
         plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
             cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
             tid, nthr, r0, r1))
@@ -543,20 +577,21 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     tasks = []
     split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     if cache.amx:
-        # dWᵀ = [x h]ᵀ dg on tiles: both operands packed in tiles (K = n*B padded to 32
-        # with zeros)
+        # dW = dgᵀ [x h] on tiles, both operands packed in tiles (K = n*B padded to 32
+        # with zeros): [x h] in k pairs here, dgᵀ by row blocks in the tasks. dW comes
+        # out row-major in the parameters' row order (dWᵀ would need a transposing
+        # copy: 3.5 ms at (50,64,256,512))
         from fastrnn.kernels import amx_bf16
         Nx = Ip + Kh
         Kp = -(-(n * B) // 32) * 32
-        at = np.zeros((Nx // 16, Kp // 32, 16, 32), np.uint16)
-        amx_bf16.pack_a_steps(cache.xh[:n], B, at)
-        bt = np.zeros((GH // 16, Kp // 2, 16, 2), np.uint16)
-        dwt = np.empty((Nx, GH), dt)
-        dw_p = dwt.T
+        bt = aligned((Nx // 16, Kp // 2, 16, 2), np.uint16)
+        amx_bf16.pack_b_steps(cache.xh[:n], B, bt, 0, Nx)
+        at = aligned((GH // 16, Kp // 32, 16, 32), np.uint16)
+        dw_p = aligned((GH, Nx), dt, zero=False)
 
-        def dw_part(c0, c1):          # each task packs the columns of dg it multiplies
-            amx_bf16.pack_b_steps(dgb, B, bt, c0, c1)
-            amx_bf16.gemm(at, bt, dwt, c0, c1)
+        def dw_part(m0, m1):          # each task packs the rows of dgᵀ it multiplies
+            amx_bf16.pack_a_steps(dgb[:, :, m0:m1], B, at[m0 // 16:m1 // 16])
+            amx_bf16.gemm(at[m0 // 16:m1 // 16], bt, dw_p[m0:m1], 0, Nx)
         for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
             tasks.append(lambda r0=r0, r1=r1: dw_part(32 * r0, 32 * r1))
     else:
@@ -565,11 +600,11 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     if cache.amx:
         # dx = dg W_ih on tiles (rows padded to 32, W_ih's columns to Ip)
         Mp = -(-(n * B) // 32) * 32
-        ar = np.zeros((Mp // 16, GH // 32, 16, 32), np.uint16)
+        ar = aligned((Mp // 16, GH // 32, 16, 32), np.uint16)
         wib = np.zeros((1, GH, Ip), np.uint16)
-        wib[0, :, :I] = to_bits(pk.w_ih)
-        bw = np.zeros((Ip // 16, GH // 2, 16, 2), np.uint16)
-        dxp = np.empty((Mp, Ip), dt)
+        wib[0, :, :I] = pk.wb_ih
+        bw = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
+        dxp = aligned((Mp, Ip), dt, zero=False)
 
         def dx_all():
             amx_bf16.pack_rows_steps(dgb, B, ar)
@@ -577,8 +612,9 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
             amx_bf16.gemm(ar, bw, dxp, 0, Ip)
         tasks.insert(0, dx_all)
     else:
+        w_ih = from_bits(pk.wb_ih)
         for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], pk.w_ih, out=dxs[r0:r1]))
+            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], w_ih, out=dxs[r0:r1]))
     tasks.append(lambda: np.matmul(dgr[:B], pk.w_hh, out=dh0))
     tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
     Tasks(tasks).run(gthr if split else 1)

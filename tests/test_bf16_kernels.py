@@ -131,12 +131,20 @@ CASES = [  # cell, T, B, I, H, lengths, reverse, route
     pytest.param("lstm", 4, 9, 6, 32, None, False, "native", marks=native_only, id="lstm-native"),
     # the peephole variants on the route this machine runs by default (one more
     # compile instead of three)
-    pytest.param("peephole_diagonal", 4, 3, 3, 17, (4, 2, 3), False, None, id="peephole"),
+    # (50 rows: on the AMX route, its segment-blocked forward)
+    pytest.param("peephole_diagonal", 4, 50, 3, 17, (4, 2, 3) * 16 + (1, 4), False, None,
+                 id="peephole"),
     pytest.param("lstm", 5, 7, 5, 20, (5, 3, 5, 1, 2, 4, 5), True, "emulated",
                  id="lstm-emulated-lengths-reverse-padded"),
     pytest.param("lstm", 5, 19, 5, 20, (5, 3, 5, 1, 2, 4, 5) * 2 + (5,) * 5, True, "amx",
                  marks=amx_only, id="lstm-amx-lengths-reverse-padded"),
     pytest.param("lstm", 4, 9, 40, 32, None, False, "amx", marks=amx_only, id="lstm-amx"),
+    # 50 rows, H = 64: the AMX forward and backward blocked by weight segments and row
+    # pairs (32+ rows)
+    pytest.param("lstm", 3, 50, 40, 64, (3, 1, 2) * 16 + (3, 3), False, "amx", marks=amx_only,
+                 id="lstm-amx-segments-lengths"),
+    pytest.param("peephole_diagonal", 3, 40, 3, 64, None, False, "amx", marks=amx_only,
+                 id="peephole-amx-segments"),
 ]
 
 
@@ -199,9 +207,11 @@ def test_the_routes_agree():
 @pytest.mark.parametrize("route", [pytest.param("native", marks=native_only),
                                    pytest.param("amx", marks=amx_only), "emulated"])
 def test_bitwise_the_same_on_one_and_two_threads(route):
-    """The thread split depends on the shape only (rows or panels), on every route."""
+    """The thread split depends on the shape only (rows or panels), on every route
+    (B = 56: on the AMX route one thread's 56 rows run the segment-blocked forward,
+    two threads' 28 the 16-row one)."""
     spec = get_cell("lstm")
-    T, B, I, H = 6, 16, 8, 64
+    T, B, I, H = 6, 56, 8, 64
     rng = np.random.default_rng(6)
     x, h0, c0, w = _args("lstm", T, B, I, H, rng)
     up = (rng.uniform(-1, 1, (T, B, H)).astype(np.float32), h0, c0)
@@ -276,3 +286,24 @@ def test_errors_and_routing():
     np.testing.assert_array_equal(y, yr)
     dx = cpu.backward(full, cache, np.ones_like(y), h0, c0)[0]
     np.testing.assert_array_equal(dx, ref.backward(full, cr, np.ones_like(y), h0, c0)[0])
+
+
+def test_weight_packing_is_the_same_on_one_and_two_threads():
+    """pack_bf16 splits large weights (PACK_SPLIT elements and more) over the threads."""
+    rng = np.random.default_rng(9)
+    I, H = 64, 250
+    w_ih = rng.standard_normal((4 * H, I)).astype(np.float32)
+    w_hh = rng.standard_normal((4 * H, H)).astype(np.float32)
+    b = np.zeros(4 * H, np.float32)
+    assert w_ih.size + w_hh.size >= pb.PACK_SPLIT
+    old = cpu.get_num_threads()
+    try:
+        cpu.set_num_threads(2)
+        with cpu.configure(oversubscribe=True):
+            for kmult in (2, 32):
+                one = pb.pack_bf16(w_ih, w_hh, b, b, True, None, kmult, 1)
+                two = pb.pack_bf16(w_ih, w_hh, b, b, True, None, kmult, 2)
+                for k in ("up", "ub", "wb_ih", "w_hh"):
+                    np.testing.assert_array_equal(getattr(two, k), getattr(one, k), err_msg=k)
+    finally:
+        cpu.set_num_threads(old)

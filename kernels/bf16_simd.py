@@ -43,7 +43,8 @@ from fastrnn.kernels.simd import (I64, PREFETCH_BYTES, PREFETCH_MIN_MR, VMath, _
 
 __all__ = ["NATIVE", "EMULATED", "is_native", "round_bits", "gemm_accs_bf16",
            "uk_bf16_fwd", "uk_bf16_peep_fwd", "uk_bf16_bwd", "uk_bf16_peep_bwd",
-           "uk_bf16_gemm", "vround_bf16", "BF16_MR"]
+           "uk_bf16_gemm", "vround_bf16", "BF16_MR", "VW", "F32X", "I32X", "I16X", "dp_bf16",
+           "splat_i32", "i32_ptrs", "i16_ptrs"]
 
 _f32 = ir.FloatType()
 _i32 = ir.IntType(32)
@@ -85,7 +86,7 @@ def is_native(tag):
     return isinstance(tag, types.UniTuple) and tag.dtype == types.int64
 
 
-def _c(v):
+def splat_i32(v):
     """An ``<16 x i32>`` splat constant (``v`` taken modulo 2^32, as signed)."""
     v &= 0xFFFFFFFF
     return ir.Constant(I32X, [v - (1 << 32) if v >= 1 << 31 else v] * VW)
@@ -95,14 +96,14 @@ def round_bits(builder, v):
     """``<16 x float>`` -> ``<16 x i16>``: the bf16 bits of :func:`fastrnn.bf16.round_bf16`."""
     b = builder
     u = b.bitcast(v, I32X)
-    exp = b.and_(u, _c(0x7F800000))
-    lsb = b.and_(b.lshr(u, _c(16)), _c(1))
-    rounded = b.and_(b.add(b.add(u, _c(0x7FFF)), lsb), _c(0xFFFF0000))
-    special = b.icmp_unsigned("==", exp, _c(0x7F800000))
-    nan = b.and_(special, b.icmp_unsigned("!=", b.and_(u, _c(0x007FFFFF)), _c(0)))
-    r = b.select(special, b.select(nan, b.or_(u, _c(0x00400000)), u), rounded)
-    r = b.select(b.icmp_unsigned("==", exp, _c(0)), b.and_(u, _c(0x80000000)), r)
-    return b.trunc(b.lshr(r, _c(16)), I16X)
+    exp = b.and_(u, splat_i32(0x7F800000))
+    lsb = b.and_(b.lshr(u, splat_i32(16)), splat_i32(1))
+    rounded = b.and_(b.add(b.add(u, splat_i32(0x7FFF)), lsb), splat_i32(0xFFFF0000))
+    special = b.icmp_unsigned("==", exp, splat_i32(0x7F800000))
+    nan = b.and_(special, b.icmp_unsigned("!=", b.and_(u, splat_i32(0x007FFFFF)), splat_i32(0)))
+    r = b.select(special, b.select(nan, b.or_(u, splat_i32(0x00400000)), u), rounded)
+    r = b.select(b.icmp_unsigned("==", exp, splat_i32(0)), b.and_(u, splat_i32(0x80000000)), r)
+    return b.trunc(b.lshr(r, splat_i32(16)), I16X)
 
 
 def store_bf16(builder, bits, base16, off):
@@ -111,7 +112,7 @@ def store_bf16(builder, bits, base16, off):
     builder.store(bits, builder.bitcast(p, I16X.as_pointer()), align=2)
 
 
-def _dp(builder, native, acc, a, w):
+def dp_bf16(builder, native, acc, a, w):
     """``acc + dpbf16(a, w)`` for ``<16 x i32>`` words of bf16 pairs."""
     if native:
         fn = cgutils.get_or_insert_function(
@@ -120,8 +121,8 @@ def _dp(builder, native, acc, a, w):
         return builder.call(fn, [acc, builder.bitcast(a, BF32X), builder.bitcast(w, BF32X)])
     fma = cgutils.get_or_insert_function(
         builder.module, ir.FunctionType(F32X, [F32X, F32X, F32X]), "llvm.fma.v16f32")
-    lo = lambda x: builder.bitcast(builder.shl(x, _c(16)), F32X)            # noqa: E731
-    hi = lambda x: builder.bitcast(builder.and_(x, _c(0xFFFF0000)), F32X)   # noqa: E731
+    lo = lambda x: builder.bitcast(builder.shl(x, splat_i32(16)), F32X)            # noqa: E731
+    hi = lambda x: builder.bitcast(builder.and_(x, splat_i32(0xFFFF0000)), F32X)   # noqa: E731
     acc = builder.call(fma, [lo(a), lo(w), acc])
     return builder.call(fma, [hi(a), hi(w), acc])
 
@@ -165,16 +166,16 @@ def gemm_accs_bf16(builder, native, MR, NV, segments, l2next=None):
                 s = _splat(builder, I32X, builder.load(builder.gep(a, [aoff]), align=4))
                 for v in range(NV):
                     acc = builder.load(accs[r][v])
-                    builder.store(_dp(builder, native, acc, s, wv[v]), accs[r][v])
+                    builder.store(dp_bf16(builder, native, acc, s, wv[v]), accs[r][v])
         kbase = builder.add(kbase, KK)
     return [[builder.load(accs[r][v]) for v in range(NV)] for r in range(MR)]
 
 
-def _i32p(builder, *vals):
+def i32_ptrs(builder, *vals):
     return [builder.inttoptr(v, _i32.as_pointer()) for v in vals]
 
 
-def _i16p(builder, *vals):
+def i16_ptrs(builder, *vals):
     return [builder.inttoptr(v, _i16.as_pointer()) for v in vals]
 
 
@@ -204,8 +205,8 @@ def _make_fwd(MR, peephole):
         def codegen(context, builder, signature, args):
             (_, x, ldx, h, ldh, w, KI, KH, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act,
              ldact, training, wn) = args
-            x, h, w = _i32p(builder, x, h, w)
-            (hb,) = _i16p(builder, hb)
+            x, h, w = i32_ptrs(builder, x, h, w)
+            (hb,) = i16_ptrs(builder, hb)
             bias, peep, cin, cout, y, act, wn = ptrs(builder, F32X, bias, peep, cin, cout, y,
                                                       act, wn)
             wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, 4 * VW))])
@@ -252,8 +253,8 @@ def _make_bwd(MR, peephole):
         def codegen(context, builder, signature, args):
             (_, _, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv,
              dgg, dgb, wn) = args
-            a, w = _i32p(builder, a, w)
-            (dgb,) = _i16p(builder, dgb)
+            a, w = i32_ptrs(builder, a, w)
+            (dgb,) = i16_ptrs(builder, dgb)
             dhx, dy, act, peep, cp, cn, dc, dg, wn = ptrs(
                 builder, F32X, dhx, dy, act, peep, cp, cn, dc, dg, wn)
             accs = gemm_accs_bf16(builder, native, MR, NV, [(a, _half(builder, lda), w, KK)], wn)
@@ -298,7 +299,7 @@ def _make_gemm(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, KK, out, ldo = args
-            a, w = _i32p(builder, a, w)
+            a, w = i32_ptrs(builder, a, w)
             (out,) = ptrs(builder, F32X, out)
             accs = gemm_accs_bf16(builder, native, MR, NV, [(a, _half(builder, lda), w, KK)])
             for r in range(MR):
@@ -317,7 +318,7 @@ def vround_bf16(typingctx, src, dst):
 
     def codegen(context, builder, signature, args):
         (s,) = ptrs(builder, F32X, args[0])
-        (d,) = _i16p(builder, args[1])
+        (d,) = i16_ptrs(builder, args[1])
         store_bf16(builder, round_bits(builder, vload(builder, F32X, s, ir.Constant(I64, 0))),
                    d, ir.Constant(I64, 0))
         return context.get_dummy_value()

@@ -26,72 +26,17 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels.bf16_simd import BF16_MR, EMULATED, NATIVE, is_native, round_bits
+from fastrnn.kernels.bf16_simd import (BF16_MR, EMULATED, F32X, I32X, NATIVE, VW, dp_bf16,
+                                      i16_ptrs, i32_ptrs, is_native, round_bits, store_bf16)
 from fastrnn.kernels.simd import I64, VMath, _splat, ptrs, row_off, vload, vstore
 
 __all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd", "uk_rb_fwd_a",
            "uk_rb_fwd_b", "uk_rb_bwd_x", "uk_rb_bwd_y", "NATIVE", "EMULATED", "BF16_MR", "VW"]
 
-VW = 16
-_f32 = ir.FloatType()
-_i32 = ir.IntType(32)
-_i16 = ir.IntType(16)
-F32X = ir.VectorType(_f32, VW)
-I32X = ir.VectorType(_i32, VW)
-I16X = ir.VectorType(_i16, VW)
-
-
-class _BFloat(ir.Type):
-    """LLVM's ``bfloat`` (llvmlite's IR builder has none; as in bf16_simd)."""
-
-    intrinsic_name = "bf16"
-
-    def __str__(self):
-        return "bfloat"
-
-    def __eq__(self, other):
-        return isinstance(other, _BFloat)
-
-    def __hash__(self):
-        return hash("bfloat")
-
-
-BF32X = ir.VectorType(_BFloat(), 2 * VW)
-
-
-def _c(v):
-    v &= 0xFFFFFFFF
-    return ir.Constant(I32X, [v - (1 << 32) if v >= 1 << 31 else v] * VW)
-
-
-def _dp(builder, native, acc, a, w):
-    """``acc + dpbf16(a, w)`` (a copy of bf16_simd's, which this module may not
-    edit: ``vdpbf16ps``, or both halves widened to float32 and two FMAs)."""
-    if native:
-        fn = cgutils.get_or_insert_function(
-            builder.module, ir.FunctionType(F32X, [F32X, BF32X, BF32X]),
-            "llvm.x86.avx512bf16.dpbf16ps.512")
-        return builder.call(fn, [acc, builder.bitcast(a, BF32X), builder.bitcast(w, BF32X)])
-    fma = cgutils.get_or_insert_function(
-        builder.module, ir.FunctionType(F32X, [F32X, F32X, F32X]), "llvm.fma.v16f32")
-    lo = lambda x: builder.bitcast(builder.shl(x, _c(16)), F32X)            # noqa: E731
-    hi = lambda x: builder.bitcast(builder.and_(x, _c(0xFFFF0000)), F32X)   # noqa: E731
-    acc = builder.call(fma, [lo(a), lo(w), acc])
-    return builder.call(fma, [hi(a), hi(w), acc])
-
 
 def _store16(builder, v, base16, off):
     """Store ``<16 x float>`` ``v`` rounded to bf16 at element ``off`` of an i16 pointer."""
-    p = builder.gep(base16, [off])
-    builder.store(round_bits(builder, v), builder.bitcast(p, I16X.as_pointer()), align=2)
-
-
-def _i32p(builder, *vals):
-    return [builder.inttoptr(v, _i32.as_pointer()) for v in vals]
-
-
-def _i16p(builder, *vals):
-    return [builder.inttoptr(v, _i16.as_pointer()) for v in vals]
+    store_bf16(builder, round_bits(builder, v), base16, off)
 
 
 def _half(builder, v):
@@ -120,7 +65,7 @@ def accs_bf16(builder, native, MR, NACC, segments):
                 s = _splat(builder, I32X, builder.load(builder.gep(a, [aoff]), align=4))
                 for v, j in enumerate(cols):
                     acc = builder.load(accs[r][j])
-                    builder.store(_dp(builder, native, acc, s, wv[v]), accs[r][j])
+                    builder.store(dp_bf16(builder, native, acc, s, wv[v]), accs[r][j])
     return [[builder.load(accs[r][j]) for j in range(NACC)] for r in range(MR)]
 
 
@@ -146,8 +91,8 @@ def _make_gru_fwd(MR):
         def codegen(context, builder, signature, args):
             (_, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact,
              training) = args
-            x, h, w = _i32p(builder, x, h, w)
-            (hb,) = _i16p(builder, hb)
+            x, h, w = i32_ptrs(builder, x, h, w)
+            (hb,) = i16_ptrs(builder, hb)
             bias, hin, y, act = ptrs(builder, F32X, bias, hin, y, act)
             wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, 3 * VW))])
             accs = accs_bf16(builder, native, MR, 4,
@@ -195,8 +140,8 @@ def _make_gru_bwd(MR):
         def codegen(context, builder, signature, args):
             (_, _, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
              dgg) = args
-            a, w = _i32p(builder, a, w)
-            dghb, dgxb = _i16p(builder, dghb, dgxb)
+            a, w = i32_ptrs(builder, a, w)
+            dghb, dgxb = i16_ptrs(builder, dghb, dgxb)
             dy, act, hp, dd, dgh, dgx = ptrs(builder, F32X, dy, act, hp, dd, dgh, dgx)
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
@@ -245,8 +190,8 @@ def _make_rnn_fwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu = args
-            x, h, w = _i32p(builder, x, h, w)
-            (hb,) = _i16p(builder, hb)
+            x, h, w = i32_ptrs(builder, x, h, w)
+            (hb,) = i16_ptrs(builder, hb)
             bias, y = ptrs(builder, F32X, bias, y)
             cols = tuple(range(NV))
             wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, NV * VW))])
@@ -291,8 +236,8 @@ def _make_rnn_bwd(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu = args
-            a, w = _i32p(builder, a, w)
-            (dgb,) = _i16p(builder, dgb)
+            a, w = i32_ptrs(builder, a, w)
+            (dgb,) = i16_ptrs(builder, dgb)
             dhx, dy, hn, dg = ptrs(builder, F32X, dhx, dy, hn, dg)
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
@@ -341,8 +286,8 @@ def _make_rb_fwd_a(MR):
 
         def codegen(context, builder, signature, args):
             _, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh = args
-            x, h, w = _i32p(builder, x, h, w)
-            (rhb,) = _i16p(builder, rhb)
+            x, h, w = i32_ptrs(builder, x, h, w)
+            (rhb,) = i16_ptrs(builder, rhb)
             bias, hin, act = ptrs(builder, F32X, bias, hin, act)
             wh = builder.gep(w, [builder.mul(KI, ir.Constant(I64, 3 * VW))])
             accs = accs_bf16(builder, native, MR, 3,
@@ -378,8 +323,8 @@ def _make_rb_fwd_b(MR):
 
         def codegen(context, builder, signature, args):
             _, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb = args
-            rh, w = _i32p(builder, rh, w)
-            (hb,) = _i16p(builder, hb)
+            rh, w = i32_ptrs(builder, rh, w)
+            (hb,) = i16_ptrs(builder, hb)
             bhn, act, hin, y = ptrs(builder, F32X, bhn, act, hin, y)
             accs = accs_bf16(builder, native, MR, 1, [(rh, _half(builder, ldrh), w, KH, (0,))])
             m = VMath(builder, F32X)
@@ -417,8 +362,8 @@ def _make_rb_bwd_x(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg = args
-            a, w = _i32p(builder, a, w)
-            (dgb,) = _i16p(builder, dgb)
+            a, w = i32_ptrs(builder, a, w)
+            (dgb,) = i16_ptrs(builder, dgb)
             dy, act, hp, dd, dg = ptrs(builder, F32X, dy, act, hp, dd, dg)
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
@@ -461,8 +406,8 @@ def _make_rb_bwd_y(MR):
 
         def codegen(context, builder, signature, args):
             _, _, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg = args
-            a, w = _i32p(builder, a, w)
-            (dgb,) = _i16p(builder, dgb)
+            a, w = i32_ptrs(builder, a, w)
+            (dgb,) = i16_ptrs(builder, dgb)
             act, hp, dd, dg = ptrs(builder, F32X, act, hp, dd, dg)
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])

@@ -81,6 +81,20 @@ def _to_bits(u, out):
         out[i] = _bits(u[i])
 
 
+@njit(cache=True, nogil=True)
+def _x_bits(x, s0, s1, out, Ip):
+    # out[t, b, :I] = the bf16 bits of x[s0 + t, b] (x: float32 bits [T,B,I] uint32),
+    # out[t, b, I:Ip] = 0, for t < s1 - s0, b < B (out: C-contiguous, unit strides
+    # known to the compiler: the rounding loop vectorises)
+    I = x.shape[2]
+    for t in range(s1 - s0):
+        for b in range(x.shape[1]):
+            for k in range(I):
+                out[t, b, k] = _bits(x[s0 + t, b, k])
+            for k in range(I, Ip):
+                out[t, b, k] = 0
+
+
 def to_bits(a):
     """float32 array -> uint16 bf16 bits (:func:`fastrnn.bf16.round_bf16`'s rounding)."""
     a = np.ascontiguousarray(a, np.float32)
@@ -89,29 +103,65 @@ def to_bits(a):
     return out
 
 
+@njit(inline="always")
+def _panel_words(si, sh, gs, ps, H, KI, out, p):
+    # panel p of out [P, K2, 4*16] uint32 words (every word written): word (p, kk, g*16+u)
+    # = the bf16 pair k = 2kk, 2kk+1 of [W_ih 0 W_hh 0] row (gate g, unit p*16+u), low
+    # half first; si [., I], sh [., H]: bf16 bits, that row at si[g*gs + p*ps + u]. Each
+    # output line is written whole; the 16 source rows of a gate stay in L1
+    K2 = out.shape[1]
+    I = si.shape[1]
+    nu = min(16, H - p * 16)
+    for g in range(4):
+        r0 = g * gs + p * ps
+        for kk in range(K2):
+            o = out[p, kk, g * 16:g * 16 + 16]
+            if kk < KI:
+                src, k, lim = si, 2 * kk, I
+            else:
+                src, k, lim = sh, 2 * (kk - KI), H
+            if k + 1 < lim:
+                for u in range(nu):
+                    o[u] = np.uint32(src[r0 + u, k]) | (np.uint32(src[r0 + u, k + 1]) << 16)
+            elif k < lim:
+                for u in range(nu):
+                    o[u] = np.uint32(src[r0 + u, k])
+            else:
+                for u in range(nu):
+                    o[u] = 0
+            for u in range(nu, 16):
+                o[u] = 0
+
+
 @njit(cache=True, nogil=True)
-def _pack_panels(wb_ih, wb_hh, H, Ip, out, p0, p1):
-    # out [P, (Ip+Kh)/2, 4*VW, 2] uint16, zeros in: (p, kk, g*VW+u, half) = the bf16
-    # bits of row 2kk+half of column (gate g, unit p*VW+u) of [W_ih 0 W_hh 0]ᵀ;
-    # wb_ih, wb_hh: the weights' bits (to_bits). One weight row at a time: its
-    # reads run in order, its writes revisit the panel's lines for each unit.
-    # Panels p0 <= p < p1
-    I = wb_ih.shape[1]
-    P, K2, GV, _ = out.shape
-    VW_ = GV // 4
+def _pack_panels(wi, wh, H, KI, out, p0, p1):
+    # panels p0 <= p < p1 of out [P, KI + Kh/2, 64] uint32 (:func:`_panel_words`) from the
+    # float32 weights' bits wi [4H, I], wh [4H, H] (uint32): each panel's 64 rows are
+    # rounded into a small buffer first (a loop that vectorises), then transposed
+    I = wi.shape[1]
+    ti = np.empty((64, max(I, 1)), np.uint16)
+    th = np.empty((64, max(H, 1)), np.uint16)
     for p in range(p0, p1):
+        nu = min(16, H - p * 16)
         for g in range(4):
-            for u in range(VW_):
-                unit = p * VW_ + u
-                if unit >= H:
-                    continue
-                row = g * H + unit
-                c = g * VW_ + u
+            for u in range(nu):
+                r = g * H + p * 16 + u
+                a = wi[r]
+                b = ti[g * 16 + u]
                 for k in range(I):
-                    out[p, k >> 1, c, k & 1] = wb_ih[row, k]
+                    b[k] = _bits(a[k])
+                a = wh[r]
+                b = th[g * 16 + u]
                 for k in range(H):
-                    kk = Ip + k
-                    out[p, kk >> 1, c, kk & 1] = wb_hh[row, k]
+                    b[k] = _bits(a[k])
+        _panel_words(ti, th, 16, 0, H, KI, out, p)
+
+
+@njit(cache=True, nogil=True)
+def _pack_panels_bits(wbi, wbh, H, KI, out, p0, p1):
+    # :func:`_pack_panels` from the weights' bf16 bits (to_bits) when they exist anyway
+    for p in range(p0, p1):
+        _panel_words(wbi, wbh, H, 16, H, KI, out, p)
 
 
 @njit(cache=True, nogil=True)
@@ -196,20 +246,26 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1):
                              wbi.reshape(-1)),
             lambda: _to_bits(np.ascontiguousarray(w_hh, np.float32).reshape(-1).view(np.uint32),
                              wbh.reshape(-1))]
-    up = aligned((P, (Ip + Kh) // 2, 4 * VW, 2), np.uint16)
+    up = aligned((P, (Ip + Kh) // 2, 4 * VW), np.uint32, zero=False)   # every word written
     NB = pk.nvb * VW
     ub = aligned(-(-Hp // NB) * 4 * Hp * NB, np.uint16) if backward else None
-    packs = [lambda: _pack_panels(wbi, wbh, H, Ip, up, 0, P // 2),
-             lambda: _pack_panels(wbi, wbh, H, Ip, up, P // 2, P)]
+    if backward:        # the bits exist for the backward's panels: the forward's from them
+        packs = [lambda: _pack_panels_bits(wbi, wbh, H, Ip // 2, up, 0, P // 2),
+                 lambda: _pack_panels_bits(wbi, wbh, H, Ip // 2, up, P // 2, P)]
+    else:               # inference: rounded and packed in one pass, no bits arrays
+        wi32 = np.ascontiguousarray(w_ih, np.float32).view(np.uint32)
+        wh32 = np.ascontiguousarray(w_hh, np.float32).view(np.uint32)
+        packs = [lambda: _pack_panels(wi32, wh32, H, Ip // 2, up, 0, P // 2),
+                 lambda: _pack_panels(wi32, wh32, H, Ip // 2, up, P // 2, P)]
     if backward:
         packs.append(lambda: _pack_u(wbh, H, Hp, NB, ub))
-    for stage in (conv, packs):
+    for stage in ((conv, packs) if backward else (packs,)):
         if split:
             Tasks(stage).run(threads)
         else:
             for task in stage:
                 task()
-    pk.up = up.reshape(P, (Ip + Kh) // 2, 8 * VW)
+    pk.up = up.view(np.uint16).reshape(P, (Ip + Kh) // 2, 8 * VW)
     pk.ub = pk.wb_ih = pk.w_hh = None
     if backward:
         pk.ub = ub
@@ -490,8 +546,17 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     Bx = B + 32 if amx else B
     C = n if training else max(1, min(n, infer_chunk(B)))
     C += C % 2 if not training else 0
-    xh = aligned((C + 1, Bx, Ip + Kh), np.uint16)
-    xs = np.zeros((C, B, I), dt)
+    if padded:
+        xh = aligned((C + 1, Bx, Ip + Kh), np.uint16)
+        xs = np.empty((C, B, I), dt)
+    else:
+        # every row runs every step: _x_bits writes each step's x part (zero padded to
+        # Ip), the loop each h part up to Hp; zero only what nothing writes
+        xh = aligned((C + 1, Bx, Ip + Kh), np.uint16, zero=False)
+        xh[:, :B, Ip + Hp:] = 0
+        xh[:, B:] = 0
+        xh[C, :B, :Ip] = 0
+        x32 = np.ascontiguousarray(x, dt).view(np.uint32)
     xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
     act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
     ring = n + 1 if training else 2
@@ -503,8 +568,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         m = s1 - s0
         if s0:
             xh[0, :, Ip:] = xh[C, :, Ip:]                     # h after the last chunk
-        sched.gather_into(x, xs[:m], s0, s1)
-        xh[:m, :B, :I] = to_bits(xs[:m])
+        if padded:
+            sched.gather_into(x, xs[:m], s0, s1)
+            xh[:m, :B, :I] = to_bits(xs[:m])
+        else:
+            _x_bits(x32, s0, s1, xh, Ip)
         ctl = np.zeros(P + 1, np.int64)
         ysc = ys[s0:s1]
         nact = sched.nact[s0:s1]

@@ -305,5 +305,16 @@ def test_weight_packing_is_the_same_on_one_and_two_threads():
                 two = pb.pack_bf16(w_ih, w_hh, b, b, True, None, kmult, 2)
                 for k in ("up", "ub", "wb_ih", "w_hh"):
                     np.testing.assert_array_equal(getattr(two, k), getattr(one, k), err_msg=k)
+                # inference packs straight from the float32 weights: the same panels,
+                # which are [W_ih 0 W_hh 0]ᵀ's bits by 16 units, gates side by side
+                Ip, Kh, P = one.Ip, one.Kh, one.Hp // 16
+                full = np.zeros((4, one.Hp, Ip + Kh), np.uint16)
+                full[:, :H, :I] = pb.to_bits(w_ih).reshape(4, H, I)
+                full[:, :H, Ip:Ip + H] = pb.to_bits(w_hh).reshape(4, H, H)
+                want = full.reshape(4, P, 16, (Ip + Kh) // 2, 2).transpose(1, 3, 0, 2, 4)
+                np.testing.assert_array_equal(one.up, want.reshape(one.up.shape))
+                for t in (1, 2):
+                    inf = pb.pack_bf16(w_ih, w_hh, b, b, False, None, kmult, t)
+                    np.testing.assert_array_equal(inf.up, one.up)
     finally:
         cpu.set_num_threads(old)

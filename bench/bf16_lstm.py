@@ -4,7 +4,7 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
 
     python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
                               [--route amx|native|emulated] [--no-torch]
-                              [--threads N]
+                              [--threads N] [--infer-only | --train-only]
     python bench/bf16_lstm.py --peak       # tdpbf16ps and the AMX GEMM, one thread
     python bench/bf16_lstm.py --pieces [--threads N]   # where the AMX route's time goes
     python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
@@ -227,6 +227,8 @@ def main(argv=None):
                     help="only time the pieces of the AMX route (pieces())")
     ap.add_argument("--threads", type=int, default=None,
                     help="fastrnn's threads (default: its own setting)")
+    ap.add_argument("--infer-only", action="store_true", help="only the inference rows")
+    ap.add_argument("--train-only", action="store_true", help="only the training rows")
     ap.add_argument("--against", default=None, metavar="REV",
                     help="also time the bf16 mode of the package at git revision REV")
     a = ap.parse_args(argv)
@@ -262,8 +264,9 @@ def main(argv=None):
     from fastrnn.kernels import cpu
     print(f"fastrnn: {cpu.describe_bf16()}; {cpu.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
+    modes = [m for m, off in ((True, a.infer_only), (False, a.train_only)) if not off]
     for shape in shapes:
-        for train in (True, False):
+        for train in modes:
             runs = {"fastrnn bf16": _fastrnn(*shape, "bfloat16", train, rng),
                     "fastrnn f32": _fastrnn(*shape, None, train, rng)}
             if old is not None:

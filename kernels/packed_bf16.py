@@ -105,17 +105,20 @@ def to_bits(a):
 
 @njit(inline="always")
 def _panel_words(si, sh, gs, ps, H, KI, out, p):
-    # panel p of out [P, K2, 4*16] uint32 words (every word written): word (p, kk, g*16+u)
-    # = the bf16 pair k = 2kk, 2kk+1 of [W_ih 0 W_hh 0] row (gate g, unit p*16+u), low
-    # half first; si [., I], sh [., H]: bf16 bits, that row at si[g*gs + p*ps + u]. Each
-    # output line is written whole; the 16 source rows of a gate stay in L1
-    K2 = out.shape[1]
+    # panel p of out [P, K2/m, 4, m, 16] uint32 words (every word written): word
+    # (p, kk // m, g, kk % m, u) = the bf16 pair k = 2kk, 2kk+1 of [W_ih 0 W_hh 0] row
+    # (gate g, unit p*16+u), low half first (m = 1: rows of the 4 gates' 64 words; m =
+    # 16: AMX tiles of 16 k pairs); si [., I], sh [., H]: bf16 bits, that row at
+    # si[g*gs + p*ps + u]. Each output line is written whole; the 16 source rows of a
+    # gate stay in L1
+    m = out.shape[3]
+    K2 = out.shape[1] * m
     I = si.shape[1]
     nu = min(16, H - p * 16)
     for g in range(4):
         r0 = g * gs + p * ps
         for kk in range(K2):
-            o = out[p, kk, g * 16:g * 16 + 16]
+            o = out[p, kk // m, g, kk % m]
             if kk < KI:
                 src, k, lim = si, 2 * kk, I
             else:
@@ -135,7 +138,7 @@ def _panel_words(si, sh, gs, ps, H, KI, out, p):
 
 @njit(cache=True, nogil=True)
 def _pack_panels(wi, wh, H, KI, out, p0, p1):
-    # panels p0 <= p < p1 of out [P, KI + Kh/2, 64] uint32 (:func:`_panel_words`) from the
+    # panels p0 <= p < p1 of out (:func:`_panel_words`) from the
     # float32 weights' bits wi [4H, I], wh [4H, H] (uint32): each panel's 64 rows are
     # rounded into a small buffer first (a loop that vectorises), then transposed
     I = wi.shape[1]
@@ -215,14 +218,16 @@ class PackedBF16:
 PACK_SPLIT = 1 << 18
 
 
-def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1):
+def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1, tiles=False):
     """The panels of :func:`fastrnn.kernels.vector.pack` (``VW = 16``) in bf16 pairs:
     ``up`` [P, (Ip+Kh)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Kh)/2, 4*VW] uint32; ``Ip``,
     ``Kh``: I and Hp rounded up to ``kmult``); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
     each), ``wb_ih`` (W_ih's bf16 bits) and ``w_hh`` (rounded to bf16, float32
     values), PyTorch's gate order, units padded, for the GEMMs after the loop. ``threads``: at most that
-    many threads convert and pack large weights (``PACK_SPLIT``)."""
+    many threads convert and pack large weights (``PACK_SPLIT``). ``tiles`` (``kmult``
+    32): ``up`` in AMX tile order instead, ``[P][(Ip+Kh)/32][4][16][16]`` words
+    (:mod:`fastrnn.kernels.amx_fwd`)."""
     I = w_ih.shape[1]
     H = w_hh.shape[1]
     Hp = -(-H // VW) * VW
@@ -246,7 +251,8 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1):
                              wbi.reshape(-1)),
             lambda: _to_bits(np.ascontiguousarray(w_hh, np.float32).reshape(-1).view(np.uint32),
                              wbh.reshape(-1))]
-    up = aligned((P, (Ip + Kh) // 2, 4 * VW), np.uint32, zero=False)   # every word written
+    m = 16 if tiles else 1
+    up = aligned((P, (Ip + Kh) // 2 // m, 4, m, VW), np.uint32, zero=False)   # every word written
     NB = pk.nvb * VW
     ub = aligned(-(-Hp // NB) * 4 * Hp * NB, np.uint16) if backward else None
     if backward:        # the bits exist for the backward's panels: the forward's from them
@@ -526,7 +532,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     G = 4
     tag = NATIVE if native else EMULATED
     pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2,
-                   nthreads(max_threads, settings.two_thread_step_flops, 1 << 30))
+                   nthreads(max_threads, settings.two_thread_step_flops, 1 << 30), tiles=amx)
     Hp, Ip, Kh = pk.Hp, pk.Ip, pk.Kh
     P = Hp // VW
     sched = Schedule(lens, T, reverse)
@@ -577,8 +583,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         ysc = ys[s0:s1]
         nact = sched.nact[s0:s1]
         if amx:
-            from fastrnn.kernels import amx_bf16
-            plan.launch(amx_bf16.lstm_fwd_amx_kernel, lambda tid, nthr, r0, r1: (
+            from fastrnn.kernels import amx_fwd
+            plan.launch(amx_fwd.lstm_fwd_tiles_kernel, lambda tid, nthr, r0, r1: (
                 xh, Ip + Kh, Ip, m, Ip // 32, Kh // 32, Hp, pk.bias, pk.up, pk.peep, cs, ring,
                 nact, training, act, ysc, ctl, tid, nthr, r0, r1))
         else:

@@ -213,6 +213,9 @@ class PackedBF16:
     __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "wb_ih", "w_hh")
 
 
+#: rows of an AMX tile: the forward's row blocks
+AMX_ROWS = 16
+
 #: weights of at least this many elements are converted and packed on the
 #: call's threads (two halves of the panels; U's panels beside them)
 PACK_SPLIT = 1 << 18
@@ -541,27 +544,35 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     step_flops = 2.0 * B * G * H * (H + I)
     plan = Plan(max_threads, B, step_flops, step_flops * n * (3 if training else 1), P,
                 pk.up.nbytes, lens_sorted)
+    fplan = plan
+    if amx and plan.mode == "rows" and B < 2 * AMX_ROWS:
+        # a thread's tile pass costs 16 rows' products however few rows it has: split
+        # rows, two threads would each pay about what one pays for all of them
+        fplan = Plan(1, B, 0, 0, 1, 0, None)
     padded = sched.tix is not None
     rows = np.arange(B)
-    # xh: [m+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
-    # (rows past a sequence's end and the padding columns stay zero); AMX reads
-    # two tiles of 16 rows from any row a thread starts at: 32 rows more. Training keeps
-    # every step's (m = n: the weight gradient's operand); inference runs chunks of
-    # C steps through one small buffer (C even: each chunk starts on slot 0 of the
-    # cell ring), so its workspace beyond x and y is O(B (I+H)) whatever T is
-    Bx = B + 32 if amx else B
+    # xh: [m+1,B,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
+    # (rows past a sequence's end and the padding columns stay zero). AMX reads two
+    # tiles of 16 rows from a block's first row: past a step's last row it reads the
+    # next step's first rows (products of rows it never stores), past the last step
+    # a tail of 32 zero rows. Training keeps every step's (m = n: the weight
+    # gradient's operand); inference runs chunks of C steps through one small buffer
+    # (C even: each chunk starts on slot 0 of the cell ring), so its workspace beyond
+    # x and y is O(B (I+H)) whatever T is
     C = n if training else max(1, min(n, infer_chunk(B)))
     C += C % 2 if not training else 0
+    ld = Ip + Kh
+    nx = (C + 1) * B * ld
+    xbuf = aligned(nx + (32 * ld if amx else 0), np.uint16, zero=padded)
+    xh = xbuf[:nx].reshape(C + 1, B, ld)
     if padded:
-        xh = aligned((C + 1, Bx, Ip + Kh), np.uint16)
         xs = np.empty((C, B, I), dt)
     else:
         # every row runs every step: _x_bits writes each step's x part (zero padded to
         # Ip), the loop each h part up to Hp; zero only what nothing writes
-        xh = aligned((C + 1, Bx, Ip + Kh), np.uint16, zero=False)
-        xh[:, :B, Ip + Hp:] = 0
-        xh[:, B:] = 0
-        xh[C, :B, :Ip] = 0
+        xbuf[nx:] = 0
+        xh[:, :, Ip + Hp:] = 0
+        xh[C, :, :Ip] = 0
         x32 = np.ascontiguousarray(x, dt).view(np.uint32)
     xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
     act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
@@ -584,7 +595,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         nact = sched.nact[s0:s1]
         if amx:
             from fastrnn.kernels import amx_fwd
-            plan.launch(amx_fwd.lstm_fwd_tiles_kernel, lambda tid, nthr, r0, r1: (
+            fplan.launch(amx_fwd.lstm_fwd_tiles_kernel, lambda tid, nthr, r0, r1: (
                 xh, Ip + Kh, Ip, m, Ip // 32, Kh // 32, Hp, pk.bias, pk.up, pk.peep, cs, ring,
                 nact, training, act, ysc, ctl, tid, nthr, r0, r1))
         else:
@@ -600,7 +611,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         return y, h_n, c_n, None
     cache = BF16Cache()
     cache.sched, cache.pk, cache.act, cache.cs = sched, pk, act, cs
-    cache.xh = xh if Bx == B else xh[:, :B]
+    cache.xh = xh
     cache.flops = 2.0 * B * G * H * H
     cache.plan, cache.tag, cache.amx = plan, tag, amx
     return y, h_n, c_n, cache

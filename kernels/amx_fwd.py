@@ -41,6 +41,9 @@ CHUNK_BYTES = 4 * TILE_BYTES
 SEG = 16
 #: the blocked products from this many rows per thread and step
 SEG_MIN_ROWS = 32
+#: with fewer than 16 rows per thread, the panels are pipelined from this many
+#: chunks of 32 k (below, each epilogue runs right after its products)
+PIPE_MIN_CHUNKS = 8
 
 _C = lambda v: ir.Constant(I64, v)  # noqa: E731
 
@@ -264,10 +267,10 @@ def _flush(s, args, peep, st):
 
 
 @njit(inline="always")
-def _steps(n, P, ctl, tid, nthr, args, peep, st):
-    """:func:`fastrnn.kernels.sync.panel_steps` (forward) with the pipelined panels: a
-    thread's last panel of a step is finished (:func:`_flush`) before the step
-    counts it done."""
+def _steps(n, P, ctl, tid, nthr, args, peep, st, pipe):
+    """:func:`fastrnn.kernels.sync.panel_steps` (forward) with the pipelined panels
+    (``pipe``; else each panel's epilogue right after its products): a thread's last
+    panel of a step is finished (:func:`_flush`) before the step counts it done."""
     flags = ctl.ctypes.data
     done = flags + 8 * P
     t0 = cycles()
@@ -290,7 +293,7 @@ def _steps(n, P, ctl, tid, nthr, args, peep, st):
                 continue
             cnt += 1
             _panel(s, p, args, peep, st)
-            if not args[20]:          # few rows: the epilogue right after the products
+            if not pipe:
                 _flush(s, args, peep, st)
         _flush(s, args, peep, st)
         if nthr > 1:
@@ -321,6 +324,9 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
             bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
             act.ctypes.data, y.ctypes.data, _aligned_ptr(scr), sbytes, seg, r0, r1)
     amx_begin(cfg.ctypes.data)
-    w = _steps(n, P, ctl, tid, nthr, args, peep, st)
+    # pipelined unless a panel's products are few (under 16 rows and 8 chunks): then
+    # measured faster without
+    pipe = seg or r1 - r0 >= 16 or KIc + KHc >= PIPE_MIN_CHUNKS
+    w = _steps(n, P, ctl, tid, nthr, args, peep, st, pipe)
     amx_end()
     return w

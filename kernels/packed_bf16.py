@@ -551,28 +551,32 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         fplan = Plan(1, B, 0, 0, 1, 0, None)
     padded = sched.tix is not None
     rows = np.arange(B)
-    # xh: [m+1,B,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
-    # (rows past a sequence's end and the padding columns stay zero). AMX reads two
-    # tiles of 16 rows from a block's first row: past a step's last row it reads the
-    # next step's first rows (products of rows it never stores), past the last step
-    # a tail of 32 zero rows. Training keeps every step's (m = n: the weight
+    # xh: [m+1,Bx,Ip+Kh] bf16 operand rows [x_t, h_{t-1}] of m steps in step order
+    # (rows past a sequence's end, the padding rows and columns stay zero). AMX reads
+    # tiles of 16 rows from a block's first row: Bx is B rounded up to 16 (a thread's
+    # tile never reads the rows its epilogue is writing for the next step: such a load
+    # waits for those stores), and a 32-row block that runs past a step's last row
+    # reads the next step's first rows (products of rows it never stores), past the
+    # last step a tail of 32 zero rows. Training keeps every step's (m = n: the weight
     # gradient's operand); inference runs chunks of C steps through one small buffer
     # (C even: each chunk starts on slot 0 of the cell ring), so its workspace beyond
     # x and y is O(B (I+H)) whatever T is
     C = n if training else max(1, min(n, infer_chunk(B)))
     C += C % 2 if not training else 0
     ld = Ip + Kh
-    nx = (C + 1) * B * ld
+    Bx = -(-B // AMX_ROWS) * AMX_ROWS if amx else B
+    nx = (C + 1) * Bx * ld
     xbuf = aligned(nx + (32 * ld if amx else 0), np.uint16, zero=padded)
-    xh = xbuf[:nx].reshape(C + 1, B, ld)
+    xh = xbuf[:nx].reshape(C + 1, Bx, ld)
     if padded:
         xs = np.empty((C, B, I), dt)
     else:
         # every row runs every step: _x_bits writes each step's x part (zero padded to
         # Ip), the loop each h part up to Hp; zero only what nothing writes
         xbuf[nx:] = 0
-        xh[:, :, Ip + Hp:] = 0
-        xh[C, :, :Ip] = 0
+        xh[:, B:] = 0
+        xh[:, :B, Ip + Hp:] = 0
+        xh[C, :B, :Ip] = 0
         x32 = np.ascontiguousarray(x, dt).view(np.uint32)
     xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
     act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
@@ -611,7 +615,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         return y, h_n, c_n, None
     cache = BF16Cache()
     cache.sched, cache.pk, cache.act, cache.cs = sched, pk, act, cs
-    cache.xh = xh
+    cache.xh = xh if Bx == B else xh[:, :B]
     cache.flops = 2.0 * B * G * H * H
     cache.plan, cache.tag, cache.amx = plan, tag, amx
     return y, h_n, c_n, cache

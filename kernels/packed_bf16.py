@@ -258,14 +258,15 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1, tiles=
     up = aligned((P, (Ip + Kh) // 2 // m, 4, m, VW), np.uint32, zero=False)   # every word written
     NB = pk.nvb * VW
     ub = aligned(-(-Hp // NB) * 4 * Hp * NB, np.uint16) if backward else None
+    cuts = (0, P // 2, P) if split else (0, P)
     if backward:        # the bits exist for the backward's panels: the forward's from them
-        packs = [lambda: _pack_panels_bits(wbi, wbh, H, Ip // 2, up, 0, P // 2),
-                 lambda: _pack_panels_bits(wbi, wbh, H, Ip // 2, up, P // 2, P)]
+        packs = [lambda p0=p0, p1=p1: _pack_panels_bits(wbi, wbh, H, Ip // 2, up, p0, p1)
+                 for p0, p1 in zip(cuts[:-1], cuts[1:])]
     else:               # inference: rounded and packed in one pass, no bits arrays
         wi32 = np.ascontiguousarray(w_ih, np.float32).view(np.uint32)
         wh32 = np.ascontiguousarray(w_hh, np.float32).view(np.uint32)
-        packs = [lambda: _pack_panels(wi32, wh32, H, Ip // 2, up, 0, P // 2),
-                 lambda: _pack_panels(wi32, wh32, H, Ip // 2, up, P // 2, P)]
+        packs = [lambda p0=p0, p1=p1: _pack_panels(wi32, wh32, H, Ip // 2, up, p0, p1)
+                 for p0, p1 in zip(cuts[:-1], cuts[1:])]
     if backward:
         packs.append(lambda: _pack_u(wbh, H, Hp, NB, ub))
     for stage in ((conv, packs) if backward else (packs,)):

@@ -6,7 +6,7 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
                               [--route amx|native|emulated] [--no-torch]
                               [--threads N] [--infer-only | --train-only]
     python bench/bf16_lstm.py --peak       # tdpbf16ps and the AMX GEMM, one thread
-    python bench/bf16_lstm.py --pieces [--threads N]   # where the AMX route's time goes
+    python bench/bf16_lstm.py --pieces [--threads N] [--against REV]   # where the AMX route's time goes
     python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
@@ -136,17 +136,21 @@ def peak(rounds=5):
     print(f"peak at {M}x{K}x{N}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in out.items()))
 
 
-def pieces(shapes, rounds, threads):
+def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
     """Where the bf16 LSTM's time goes on the AMX route: the time of each piece per
     call (training: forward + backward; inference), summed over the threads that
     ran it, and the rate of the products against one core's tile peak. The pieces
     are timed by wrapping the functions the drivers call (``Plan.launch`` runs
-    the time loops; ``gemm`` the weight gradient and dx)."""
+    the time loops; ``gemm`` the weight gradient and dx). ``pkg``: the package
+    (default ``fastrnn``; ``--against`` loads an older one beside it); ``trains``: the
+    modes (True: training)."""
     import collections
 
-    from fastrnn.kernels import amx_bf16, cpu
-    from fastrnn.kernels import packed_bf16 as pb
-    from fastrnn.kernels import plan as plan_mod
+    name = "fastrnn" if pkg is None else pkg.__name__
+    amx_bf16 = importlib.import_module(name + ".kernels.amx_bf16")
+    cpu = importlib.import_module(name + ".kernels.cpu")
+    pb = importlib.import_module(name + ".kernels.packed_bf16")
+    plan_mod = importlib.import_module(name + ".kernels.plan")
     cpu.configure(bf16_native=True, bf16_amx=True)
     if threads is not None:
         cpu.set_num_threads(threads)
@@ -171,7 +175,8 @@ def pieces(shapes, rounds, threads):
              ("pack_a_steps", "pack_b_steps", "pack_rows_steps", "gemm")]
     saved += [(pb, n, wrap(pb, n, lab)) for n, lab in
               (("pack_bf16", "pack_bf16 (weights)"), ("to_bits", "to_bits (x)"),
-               ("lstm_forward", "forward, all"), ("lstm_backward", "backward, all"))]
+               ("_x_bits", "to_bits (x)"), ("lstm_forward", "forward, all"),
+               ("lstm_backward", "backward, all")) if hasattr(pb, n)]
     launch = plan_mod.Plan.launch
 
     def timed_launch(self, kernel, args_of):
@@ -183,15 +188,15 @@ def pieces(shapes, rounds, threads):
             acc[name] += time.perf_counter() - t0
             modes.add(f"{name}: {self.mode} on {self.nthr}")
     plan_mod.Plan.launch = timed_launch
-    print(f"one core's tdpbf16ps peak {peak:.0f} GFLOP/s; {cpu.get_num_threads()} threads; "
-          f"load average {os.getloadavg()[0]:.2f}")
+    print(f"{name}: one core's tdpbf16ps peak {peak:.0f} GFLOP/s; {cpu.get_num_threads()} "
+          f"threads; load average {os.getloadavg()[0]:.2f}")
     try:
         rng = np.random.default_rng(0)
         for T, B, I, H in shapes:
             fl = {"loop": 2.0 * T * B * 4 * H * (I + H), "bloop": 2.0 * T * B * 4 * H * H,
                   "gemm": 2.0 * T * B * 4 * H * (2 * I + H)}
-            for train in (True, False):
-                run = _fastrnn(T, B, I, H, "bfloat16", train, rng)
+            for train in trains:
+                run = _fastrnn(T, B, I, H, "bfloat16", train, rng, pkg)
                 run()
                 acc.clear()
                 modes.clear()
@@ -237,12 +242,17 @@ def main(argv=None):
     if a.pieces:
         shapes = [(50, 64, 256, 512), (64, 32, 64, 256)] if not a.shapes else [
             tuple(int(v) for v in sh.split(",")) for sh in a.shapes]
-        return pieces(shapes, a.rounds, a.threads)
     old = None
     if a.against:
         sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
         from ab_package import load_old
         old = load_old(a.against)
+    modes = [m for m, off in ((True, a.infer_only), (False, a.train_only)) if not off]
+    if a.pieces:
+        # with --against: this package and the older one in turn, twice each
+        for pkg in ([None, old] * 2 if old is not None else [None]):
+            pieces(shapes, a.rounds, a.threads, pkg, modes)
+        return None
     if a.route is not None:
         from fastrnn.kernels import cpu
         for c in (cpu,) + ((importlib.import_module(old.__name__ + ".kernels.cpu"),) if old
@@ -264,7 +274,6 @@ def main(argv=None):
     from fastrnn.kernels import cpu
     print(f"fastrnn: {cpu.describe_bf16()}; {cpu.get_num_threads()} threads, "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.2f}", flush=True)
-    modes = [m for m, off in ((True, a.infer_only), (False, a.train_only)) if not off]
     for shape in shapes:
         for train in modes:
             runs = {"fastrnn bf16": _fastrnn(*shape, "bfloat16", train, rng),

@@ -1,15 +1,22 @@
-"""The bf16 LSTM's forward time loop on AMX tiles, weights in tile order.
+"""The bf16 LSTM's forward time loop on AMX tiles: weights in tile order, each
+panel's epilogue beside the next panel's tile products.
 
 The products are those of :mod:`fastrnn.kernels.amx_bf16`'s forward (``tdpbf16ps``
 on the operand rows ``[x_t, h_{t-1}]``, 32 k per chunk, float32 sums in tiles,
-the chunks summed in order) and the epilogue is its ``uk_amx_epi``; what
-differs is the weight panel's layout. :func:`fastrnn.kernels.packed_bf16.pack_bf16`
-with ``tiles=True`` stores panel ``p`` (16 units x 4 gates) chunk by chunk, and
-in a chunk gate by gate: each weight tile (16 k pairs x 16 units) is 1 KiB of
-contiguous memory (``[P][chunks][4 gates][16 k pairs][16 units]`` words), where the
-row-major panel spreads it over 16 lines 256 bytes apart, one 4 KiB page per
-chunk. A step's weights then stream in order (the hardware prefetchers follow
-them) instead of touching a new page every four tile loads.
+the chunks summed in order: the same numbers) and the epilogue is its
+``_fwd_epilogue``. Two things differ:
+
+- the weight panel's layout: :func:`fastrnn.kernels.packed_bf16.pack_bf16` with
+  ``tiles=True`` stores panel ``p`` (16 units x 4 gates) chunk by chunk, and in a
+  chunk gate by gate, so that each weight tile (16 k pairs x 16 units) is 1 KiB of
+  contiguous memory (``[P][chunks][4 gates][16 k pairs][16 units]`` words) where the
+  row-major panel spreads it over 16 lines 256 bytes apart;
+- the pipeline: a thread's panels alternate between two scratch blocks; while the
+  tile unit runs a panel's products, the vector units run the epilogue (gates, c,
+  h) of the thread's previous panel, a few rows per chunk of 32 k inside the
+  products' loop (:func:`_epi_rows`), so that both stay in the core's out-of-order
+  window; the last panel of a step is finished alone before the step counts it
+  done. Without it the two alternate: the tile unit idles through each epilogue.
 
 Rows per thread: from :data:`SEG_MIN_ROWS` the segment-blocked products (32 rows x
 2 gates per tile pass, :data:`SEG` chunks of weights reused from L1 across a
@@ -25,13 +32,13 @@ from numba.extending import intrinsic
 
 from fastrnn.kernels.amx_bf16 import (_aligned_ptr, _fn, _fwd_epilogue, _i8p, _t, amx_begin,
                                       amx_end, uk_amx_epi)
+from fastrnn.kernels.atomics import atomic_add, cycles
 from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
-from fastrnn.kernels.atomics import atomic_add, cycles
 from fastrnn.kernels.sync import claim, wait
 
 __all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "SEG_MIN_ROWS",
-           "CHUNK_BYTES", "TILE_BYTES"]
+           "PIPE_MIN_CHUNKS", "CHUNK_BYTES", "TILE_BYTES"]
 
 #: one weight tile (16 k pairs x 16 units of one gate) and one chunk (4 gates)
 TILE_BYTES = 1024
@@ -306,8 +313,15 @@ def _steps(n, P, ctl, tid, nthr, args, peep, st, pipe):
 @njit(**JIT_OPTIONS)
 def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring, nact,
                           training, act, y, ctl, tid, nthr, r0, r1):
-    # as amx_bf16.lstm_fwd_amx_kernel, with up: [P, KIc+KHc, 4, 16, 16] words (pack_bf16
-    # tiles=True)
+    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B
+    #     rounded up to 16 and 32 readable rows past its end; step s writes h_s into row
+    #     s+1 at column hoff
+    # KIc, KHc: 32-k chunks of x and h;  up: [P, KIc+KHc, 4, 16, 16] words (pack_bf16
+    #     tiles=True);  bias: [4*Hp] float32 (panel order);  peep: None or [P,3,16]
+    # cs: [ring,B,Hp] float32 cell states;  nact: [n] rows active per step
+    # act: [n,B,4*Hp] float32 gates out in training;  y: [n,B,Hp] float32 h_t out
+    # ctl, tid, nthr, r0, r1: as lstm_fwd_kernel of packed_lstm (claim counters, thread,
+    #     threads, rows)
     cfg = np.zeros(64, np.uint8)
     cfg[0] = 1                               # palette 1
     for t in range(8):                       # tiles 0-7: 16 rows of 64 bytes
@@ -324,8 +338,8 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
             bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
             act.ctypes.data, y.ctypes.data, _aligned_ptr(scr), sbytes, seg, r0, r1)
     amx_begin(cfg.ctypes.data)
-    # pipelined unless a panel's products are few (under 16 rows and 8 chunks): then
-    # measured faster without
+    # pipelined unless a panel's products are few (under 16 rows and 8 chunks): too
+    # little tile work to hide an epilogue behind, the plain order is faster
     pipe = seg or r1 - r0 >= 16 or KIc + KHc >= PIPE_MIN_CHUNKS
     w = _steps(n, P, ctl, tid, nthr, args, peep, st, pipe)
     amx_end()

@@ -322,12 +322,15 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
     # act: [n,B,4*Hp] float32 gates out in training;  y: [n,B,Hp] float32 h_t out
     # ctl, tid, nthr, r0, r1: as lstm_fwd_kernel of packed_lstm (claim counters, thread,
     #     threads, rows)
+    seg = r1 - r0 >= SEG_MIN_ROWS
+    # a thread with fewer than 16 rows configures the accumulator and operand-row
+    # tiles (0-4) with just its rows: the products' time goes with the rows
+    M = 16 if seg else min(16, max(1, r1 - r0))
     cfg = np.zeros(64, np.uint8)
     cfg[0] = 1                               # palette 1
-    for t in range(8):                       # tiles 0-7: 16 rows of 64 bytes
+    for t in range(8):                       # tiles 0-7: rows of 64 bytes
         cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
-    seg = r1 - r0 >= SEG_MIN_ROWS
+        cfg[48 + t] = M if t < 5 else 16
     sbytes = (r1 - r0 + 63) // 32 * 32 * 256          # rows of 256 bytes, whole row pairs
     scr = np.empty((2 * sbytes + 64) // 4, np.float32)
     st = np.full(2, -1, np.int64)

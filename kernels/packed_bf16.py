@@ -157,7 +157,7 @@ def aligned(shape, dtype, zero=True):
 
 
 class PackedBF16:
-    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "wb_ih", "w_hh")
+    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "wb_ih", "wb_hh")
 
 
 #: weights of at least this many elements are converted and packed on the
@@ -170,8 +170,8 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1):
     ``up`` [P, (Ip+Kh)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Kh)/2, 4*VW] uint32; ``Ip``,
     ``Kh``: I and Hp rounded up to ``kmult``); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
-    each), ``wb_ih`` (W_ih's bf16 bits) and ``w_hh`` (rounded to bf16, float32
-    values), PyTorch's gate order, units padded, for the GEMMs after the loop. ``threads``: at most that
+    each), ``wb_ih`` and ``wb_hh`` (the weights' bf16 bits in PyTorch's layout, for
+    the products after the loop). ``threads``: at most that
     many threads convert and pack large weights (``PACK_SPLIT``)."""
     I = w_ih.shape[1]
     H = w_hh.shape[1]
@@ -210,16 +210,11 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1):
             for task in stage:
                 task()
     pk.up = up.reshape(P, (Ip + Kh) // 2, 8 * VW)
-    pk.ub = pk.wb_ih = pk.w_hh = None
+    pk.ub = pk.wb_ih = pk.wb_hh = None
     if backward:
-        pk.ub = ub
-        # rounded, PyTorch's gate order, units padded: the GEMMs after the loop
-        wi = np.zeros((4, Hp, I), np.uint16)
-        wi[:, :H] = wbi.reshape(4, H, I)
-        wh = np.zeros((4, Hp, Hp), np.uint16)
-        wh[:, :H, :H] = wbh.reshape(4, H, H)
-        pk.wb_ih = wi.reshape(4 * Hp, I)              # bits: from_bits where needed
-        pk.w_hh = from_bits(wh.reshape(4 * Hp, Hp))
+        # the bits as they are (PyTorch's layout): each backward route lays out what
+        # its products after the loop read
+        pk.ub, pk.wb_ih, pk.wb_hh = ub, wbi, wbh
     return pk
 
 
@@ -537,7 +532,7 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dpeep)`` in PyTorch's layout, as :func:`fastrnn.kernels.packed.lstm_backward`."""
     sched, pk = cache.sched, cache.pk
     n, B, GH = cache.act.shape
-    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
+    H, Hp = pk.H, pk.Hp
     dt = np.dtype(np.float32)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
@@ -553,77 +548,12 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dg = zero((n, B, GH), dt)
     zrow = np.zeros(NB, dt)
     ctl = np.zeros(Q + 1, np.int64)
-    if cache.amx:       # the products read two tiles of 16 rows from any row: 32 rows more
-        from fastrnn.kernels import amx_bf16
-        # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
-        dgb = aligned((n, B + 32, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
-        plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
-            cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
-            tid, nthr, r0, r1))
-        dgb = dgb[:, :, :GH]
-    else:
-        dgb = zero((n, B, GH), np.uint16)
-        plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
-            cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
-            sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
-    # after the loop: float32 GEMMs on the rounded operands (exact products)
-    dgr = from_bits(dgb[:1 if cache.amx else n, :B]).reshape(-1, GH)
-    xhr = None if cache.amx else from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
-    dg2 = dg.reshape(n * B, GH)
-    dxs = None if cache.amx else np.empty((n * B, I), dt)
-    dh0 = np.empty((B, Hp), dt)
-    db_p = np.empty(GH, dt)
-    dw_p = None if cache.amx else np.empty((GH, Ip + Kh), dt)
-    tasks = []
-    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     if cache.amx:
-        # dW = dgᵀ [x h] on tiles, both operands packed in tiles (K = n*B padded to 32
-        # with zeros): [x h] in k pairs here, dgᵀ by row blocks in the tasks. dW comes
-        # out row-major in the parameters' row order (dWᵀ would need a transposing
-        # copy: 3.5 ms at (50,64,256,512))
-        from fastrnn.kernels import amx_bf16
-        Nx = Ip + Kh
-        Kp = -(-(n * B) // 32) * 32
-        bt = aligned((Nx // 16, Kp // 2, 16, 2), np.uint16)
-        amx_bf16.pack_b_steps(cache.xh[:n], B, bt, 0, Nx)
-        at = aligned((GH // 16, Kp // 32, 16, 32), np.uint16)
-        dw_p = aligned((GH, Nx), dt, zero=False)
-
-        def dw_part(m0, m1):          # each task packs the rows of dgᵀ it multiplies
-            amx_bf16.pack_a_steps(dgb[:, :, m0:m1], B, at[m0 // 16:m1 // 16])
-            amx_bf16.gemm(at[m0 // 16:m1 // 16], bt, dw_p[m0:m1], 0, Nx)
-        for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: dw_part(32 * r0, 32 * r1))
+        dx, dh0, dw_ih, dw_hh, db_p = _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg,
+                                                   ctl)
     else:
-        for r0, r1 in splits(GH, DW_TASKS if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1]))
-    if cache.amx:
-        # dx = dg W_ih on tiles (rows padded to 32, W_ih's columns to Ip)
-        Mp = -(-(n * B) // 32) * 32
-        ar = aligned((Mp // 16, GH // 32, 16, 32), np.uint16)
-        wib = np.zeros((1, GH, Ip), np.uint16)
-        wib[0, :, :I] = pk.wb_ih
-        bw = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
-        dxp = aligned((Mp, Ip), dt, zero=False)
-
-        def dx_all():
-            amx_bf16.pack_rows_steps(dgb, B, ar)
-            amx_bf16.pack_b_steps(wib, GH, bw, 0, Ip)
-            amx_bf16.gemm(ar, bw, dxp, 0, Ip)
-        tasks.insert(0, dx_all)
-    else:
-        w_ih = from_bits(pk.wb_ih)
-        for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], w_ih, out=dxs[r0:r1]))
-    tasks.append(lambda: np.matmul(dgr[:B], pk.w_hh, out=dh0))
-    tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
-    Tasks(tasks).run(gthr if split else 1)
-    if cache.amx:
-        dxs = np.ascontiguousarray(dxp[:n * B, :I])
-    dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
-    dw4 = dw_p.reshape(4, Hp, Ip + Kh)
-    dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
-    dw_hh = np.ascontiguousarray(dw4[:, :H, Ip:Ip + H]).reshape(4 * H, H)
+        dx, dh0, dw_ih, dw_hh, db_p = _simd_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg,
+                                                    ctl, zero)
     db = np.ascontiguousarray(db_p.reshape(4, Hp)[:, :H]).reshape(4 * H)
     dpeep = None
     if pk.peep is not None:
@@ -634,3 +564,97 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
                           np.einsum("rh,rh->h", dg3[:, 1], cp),
                           np.einsum("rh,rh->h", dg3[:, 3], cn)])[:, :H]
     return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db, dpeep)
+
+
+def _padded(bits, H, Hp, cols):
+    """A weight's bits [4H, c] -> its bf16 values [4Hp, cols] float32, units and columns
+    zero padded."""
+    out = np.zeros((4, Hp, cols), np.float32)
+    out[:, :H, :bits.shape[1]] = from_bits(bits).reshape(4, H, -1)
+    return out.reshape(4 * Hp, cols)
+
+
+def _simd_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl, zero):
+    """The loop on vdpbf16ps (or emulated) and float32 GEMMs on the rounded operands
+    widened back to float32 (exact products): ``(dx, dh0, dw_ih, dw_hh, db_p)``."""
+    sched, pk = cache.sched, cache.pk
+    n, B, GH = cache.act.shape
+    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
+    dt = np.dtype(np.float32)
+    dgb = zero((n, B, GH), np.uint16)
+    plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
+        cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
+        sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
+    dgr = from_bits(dgb).reshape(-1, GH)
+    xhr = from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
+    dg2 = dg.reshape(n * B, GH)
+    dxs = np.empty((n * B, I), dt)
+    dh0 = np.empty((B, Hp), dt)
+    db_p = np.empty(GH, dt)
+    dw_p = np.empty((GH, Ip + Kh), dt)
+    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
+    tasks = [lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1])
+             for r0, r1 in splits(GH, DW_TASKS if split else 1)]
+    w_ih = _padded(pk.wb_ih, H, Hp, I)
+    tasks += [lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], w_ih, out=dxs[r0:r1])
+              for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1)]
+    w_hh = _padded(pk.wb_hh, H, Hp, Hp)
+    tasks.append(lambda: np.matmul(dgr[:B], w_hh, out=dh0))
+    tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
+    Tasks(tasks).run(gthr if split else 1)
+    dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
+    dw4 = dw_p.reshape(4, Hp, Ip + Kh)
+    dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
+    dw_hh = np.ascontiguousarray(dw4[:, :H, Ip:Ip + H]).reshape(4 * H, H)
+    return dx, dh0, dw_ih, dw_hh, db_p
+
+
+def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
+    """The loop and the products after it on AMX tiles (:mod:`fastrnn.kernels.amx_gemm`):
+    ``(dx, dh0, dw_ih, dw_hh, db_p)``. The loop writes the rounded gate gradients
+    twice: row-major ``dgb`` (the next step's ``dh``, then ``dx`` and ``dh0``, read in
+    place) and in k pairs ``vt`` (the weight gradient's B operand, ``dWᵀ = [x h]ᵀ dg``)."""
+    from fastrnn.kernels import amx_bf16
+    from fastrnn.kernels import amx_gemm as ag
+    sched, pk = cache.sched, cache.pk
+    n, B, GH = cache.act.shape
+    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
+    dt = np.dtype(np.float32)
+    Nx = Ip + Kh
+    # the products read two tiles of 16 rows from any row: 32 rows more; rows padded
+    # off multiples of 4 KiB (a tile's 16 rows would share cache sets)
+    Bx = B + 32
+    dgb = aligned((n, Bx, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
+    vt = aligned(ag.vnni_shape(n, B, GH), np.uint16)
+    plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
+        cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, vt, sched.nact, ctl,
+        tid, nthr, r0, r1))
+    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
+    nt = gthr if split else 1
+    at = aligned((Nx // 16, vt.shape[1] // 16, 16, 32), np.uint16)
+    wt = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
+    ct = aligned((Nx // 16, GH // 16, 16, 16), dt, zero=False)
+    dxp = aligned((n, Bx, Ip), dt, zero=False)
+    dh0 = aligned((Bx, Hp), dt, zero=False)
+    db_p = np.empty(GH, dt)
+    dw_ih = np.empty((4 * H, I), dt)
+    dw_hh = np.empty((4 * H, H), dt)
+    xh = cache.xh[:n]
+    # [x h]ᵀ packed by feature blocks; beside it W_ih's operand, dh0 and the bias sums
+    stage = [lambda f0=f0, f1=f1: ag.pack_a_steps(xh[:, :, 16 * f0:16 * f1], B, at[f0:f1])
+             for f0, f1 in splits(Nx // 16, 2 if split else 1)]
+    stage.append(lambda: ag.pack_wih(pk.wb_ih, H, Hp, wt))
+    stage.append(lambda: ag.dh0_gemm(dgb, B, pk.ub, Hp, pk.nvb * VW, dh0))
+    stage.append(lambda: np.sum(dg.reshape(n * B, GH), axis=0, out=db_p))
+    Tasks(stage).run(nt)
+
+    def dw_part(j0, j1):
+        ag.dwt_gemm(at, vt, ct, j0, j1)
+        ag.dw_extract(ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1)
+    stage = [lambda j0=j0, j1=j1: dw_part(32 * j0, 32 * j1)
+             for j0, j1 in splits(GH // 32, DW_TASKS if split else 1)]
+    stage += [lambda s0=s0, s1=s1: ag.dx_gemm(dgb, B, wt, dxp, s0, s1)
+              for s0, s1 in splits(n, 2 if split else 1)]
+    Tasks(stage).run(nt)
+    dx = sched.scatter(dxp[:, :B], I, dt)
+    return dx, dh0[:B], dw_ih, dw_hh, db_p

@@ -566,7 +566,9 @@ def _bwd_panel(s, q, tid, Q, args, peep):
 def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact, ctl, tid,
                         nthr, r0, r1):
     # as lstm_bwd_bf16_kernel of packed_bf16 (output panels of 64 units), with dgb
-    # [n,Bx,>= G*Hp] uint16, Bx >= B+32 (the products read two tiles of 16 rows), and
+    # [n,Bx,>= G*Hp] uint16, Bx >= B, 32 rows readable past its end (the products
+    # read two tiles of 16 rows from any row; rows they read past a step's B rows
+    # give products that are not used), and
     # the rounded gate gradients in k pairs to vt (amx_gemm.vnni_shape, zeros in)
     n, B, GH = act.shape
     Hp = dy.shape[2]

@@ -116,42 +116,39 @@ def _cfg():
 
 
 @njit(**JIT_OPTIONS)
-def dx_gemm(dgb, B, wt, dxp, s0, s1):
-    """``dxp[s, b] = dgb[s, b] @ W_ih`` for steps ``s0 <= s < s1`` and rows ``b < B``
-    (the rows up to the next multiple of 16 or 32 come out too: zero rows in): ``dgb``
-    [n, >= B+32, >= GH] uint16 (64-byte aligned rows), ``wt`` [Ip/16, GH/2, 16, 2]
-    uint16 (:func:`pack_wih`), ``dxp`` [n, >= B+32, Ip] float32. By blocks of steps
-    whose rows (~256 KiB) stay in L2 while every column pair of ``wt`` passes."""
-    Bx, GHb = dgb.shape[1], dgb.shape[2]
+def dx_gemm(dgb, wt, dxp, r0, r1):
+    """``dxp[r] = dgb[r] @ W_ih`` for the rows ``r0 <= r < r1`` (multiples of 32; rows past
+    the last ``dgb`` row come out too, from the 32 rows readable past its end): ``dgb``
+    [R, >= GH] uint16 (64-byte aligned rows), ``wt`` [Ip/16, GH/2, 16, 2] uint16
+    (:func:`pack_wih`), ``dxp`` [>= r1, Ip] float32. By blocks of rows (~256 KiB of
+    ``dgb``) that stay in L2 while every column pair of ``wt`` passes."""
+    GHb = dgb.shape[1]
     NT, GH2 = wt.shape[0], wt.shape[1]
-    Ip = dxp.shape[2]
+    Ip = dxp.shape[1]
     KKc = GH2 // 16
-    MA = 2 if B > 16 else 1
     lda = 2 * GHb
     sb = GH2 * 64                         # bytes per 16-column tile column of wt
-    SB = max(1, (1 << 18) // max(1, B * 2 * GHb))
+    MB = max(32, (1 << 18) // lda // 32 * 32)
     ap, bp, cp = dgb.ctypes.data, wt.ctypes.data, dxp.ctypes.data
     cfg = _cfg()
     amx_begin(cfg.ctypes.data)
-    for sb0 in range(s0, s1, SB):
-        sb1 = min(s1, sb0 + SB)
+    for m0 in range(r0, r1, MB):
+        m1 = min(r1, m0 + MB)
         for j in range(0, NT, 2):
             NB = 2 if j + 1 < NT else 1
-            for s in range(sb0, sb1):
-                for b0 in range(0, B, 16 * MA):
-                    _blk(MA, NB, ap + (s * Bx + b0) * lda, lda, 64, 16 * lda, bp + j * sb, 64,
-                         1024, sb,
-                         KKc, cp + 4 * ((s * Bx + b0) * Ip + 16 * j), 4 * Ip, 64 * Ip, 64,
-                         False)
+            for i0 in range(m0, m1, 32):
+                _blk(2, NB, ap + i0 * lda, lda, 64, 16 * lda, bp + j * sb, 64, 1024, sb, KKc,
+                     cp + 4 * (i0 * Ip + 16 * j), 4 * Ip, 64 * Ip, 64, False)
     amx_end()
 
 
 @njit(**JIT_OPTIONS)
 def dh0_gemm(dgb, B, ub, Hp, NBu, out):
-    """``out[b] = dgb[0, b] @ U`` (``b < B``, rows up to the next multiple of 16 or 32
-    too): ``ub``, U's k-pair panels of :func:`fastrnn.kernels.packed_bf16.pack_bf16`
-    (output panels of ``NBu`` units), ``out`` [>= B+32, Hp] float32."""
-    GHb = dgb.shape[2]
+    """``out[b] = dgb[b] @ U`` (``b < B``, rows up to the next multiple of 16 or 32
+    too): ``dgb`` [>= B+32, >= 4*Hp] uint16, ``ub``, U's k-pair panels of
+    :func:`fastrnn.kernels.packed_bf16.pack_bf16` (output panels of ``NBu`` units),
+    ``out`` [>= B+32, Hp] float32."""
+    GHb = dgb.shape[1]
     GH = 4 * Hp
     KKc = GH // 32
     MA = 2 if B > 16 else 1

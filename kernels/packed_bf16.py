@@ -621,21 +621,31 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
     dt = np.dtype(np.float32)
     Nx = Ip + Kh
-    # the products read two tiles of 16 rows from any row: 32 rows more; rows padded
-    # off multiples of 4 KiB (a tile's 16 rows would share cache sets)
-    Bx = B + 32
-    dgb = aligned((n, Bx, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
-    vt = aligned(ag.vnni_shape(n, B, GH), np.uint16)
+    # the steps' rows one after the other (dx = dg W_ih is one GEMM over them), 32
+    # rows more at the end: the products read two tiles of 16 rows from any row
+    # (the rows past a step's own give products that are not used: no zeros needed);
+    # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
+    R = n * B
+    Rp = -(-R // 32) * 32
+    GHb = GH + (32 if GH % 2048 == 0 else 0)
+    dgf = aligned((Rp + 32, GHb), np.uint16, zero=False)
+    dgb = dgf[:R].reshape(n, B, GHb)
+    padded = sched.tix is not None
+    # the k-pair copy: zero where the loop writes nothing (past the last row; rows
+    # past the sequences' ends)
+    vt = aligned(ag.vnni_shape(n, B, GH), np.uint16, zero=padded)
+    vt[:, R // 2:] = 0
     plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
         cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, vt, sched.nact, ctl,
         tid, nthr, r0, r1))
     split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     nt = gthr if split else 1
-    at = aligned((Nx // 16, vt.shape[1] // 16, 16, 32), np.uint16)
+    at = aligned((Nx // 16, vt.shape[1] // 16, 16, 32), np.uint16, zero=False)
+    at[:, R // 32:] = 0                   # pack_a_steps fills the rows k < R
     wt = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
     ct = aligned((Nx // 16, GH // 16, 16, 16), dt, zero=False)
-    dxp = aligned((n, Bx, Ip), dt, zero=False)
-    dh0 = aligned((Bx, Hp), dt, zero=False)
+    dxp = aligned((Rp + 32, Ip), dt, zero=False)
+    dh0 = aligned((B + 32, Hp), dt, zero=False)
     db_p = np.empty(GH, dt)
     dw_ih = np.empty((4 * H, I), dt)
     dw_hh = np.empty((4 * H, H), dt)
@@ -644,7 +654,7 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     stage = [lambda f0=f0, f1=f1: ag.pack_a_steps(xh[:, :, 16 * f0:16 * f1], B, at[f0:f1])
              for f0, f1 in splits(Nx // 16, 2 if split else 1)]
     stage.append(lambda: ag.pack_wih(pk.wb_ih, H, Hp, wt))
-    stage.append(lambda: ag.dh0_gemm(dgb, B, pk.ub, Hp, pk.nvb * VW, dh0))
+    stage.append(lambda: ag.dh0_gemm(dgf, B, pk.ub, Hp, pk.nvb * VW, dh0))
     stage.append(lambda: np.sum(dg.reshape(n * B, GH), axis=0, out=db_p))
     Tasks(stage).run(nt)
 
@@ -653,8 +663,8 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
         ag.dw_extract(ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1)
     stage = [lambda j0=j0, j1=j1: dw_part(32 * j0, 32 * j1)
              for j0, j1 in splits(GH // 32, DW_TASKS if split else 1)]
-    stage += [lambda s0=s0, s1=s1: ag.dx_gemm(dgb, B, wt, dxp, s0, s1)
-              for s0, s1 in splits(n, 2 if split else 1)]
+    stage += [lambda r0=r0, r1=r1: ag.dx_gemm(dgf, wt, dxp, 32 * r0, 32 * r1)
+              for r0, r1 in splits(Rp // 32, 2 if split else 1)]
     Tasks(stage).run(nt)
-    dx = sched.scatter(dxp[:, :B], I, dt)
+    dx = sched.scatter(dxp[:R].reshape(n, B, Ip), I, dt)
     return dx, dh0[:B], dw_ih, dw_hh, db_p

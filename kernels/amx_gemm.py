@@ -170,6 +170,81 @@ def dh0_gemm(dgb, B, ub, Hp, NBu, out):
     amx_end()
 
 
+_F16 = ir.VectorType(ir.FloatType(), 16)
+_I16 = ir.VectorType(ir.IntType(16), 16)
+_M32 = ir.VectorType(ir.IntType(32), 32)
+_D16 = ir.VectorType(ir.IntType(32), 16)
+
+
+def _transpose16(bd, v):
+    """16 vectors of 16 lanes, rows -> columns: swapping the off-diagonal blocks of
+    every 2b x 2b block for b = 8, 4, 2, 1 (4 x 16 two-source shuffles)."""
+    v = list(v)
+    for b in (8, 4, 2, 1):
+        lo = ir.Constant(_D16, [(16 + j - b) if j & b else j for j in range(16)])
+        hi = ir.Constant(_D16, [(16 + j) if j & b else (j + b) for j in range(16)])
+        for i in range(16):
+            if i & b == 0:
+                v[i], v[i + b] = (bd.shuffle_vector(v[i], v[i + b], lo),
+                                  bd.shuffle_vector(v[i], v[i + b], hi))
+    return v
+
+
+@intrinsic
+def uk_tr_f32(typingctx, src, lds, dst, ldd, nr, nc):
+    """``dst[r][c] = src[c][r]`` for ``r < nr``, ``c < nc`` (<= 16): a 16 x 16 float32 block
+    (rows ``lds`` / ``ldd`` bytes apart; all 16 rows of ``src`` readable)."""
+    i8 = types.int64
+    sig = types.void(i8, i8, i8, i8, i8, i8)
+
+    def codegen(context, builder, signature, args):
+        src, lds, dst, ldd, nr, nc = args
+        bd = builder
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        rows = [bd.load(bd.inttoptr(bd.add(src, bd.mul(C(i), lds)), _F16.as_pointer()), align=4)
+                for i in range(16)]
+        cols = _transpose16(bd, rows)
+        m1 = ir.VectorType(ir.IntType(1), 16)
+        lanes = ir.Constant(_D16, list(range(16)))
+        ncv = bd.insert_element(ir.Constant(_D16, None), bd.trunc(nc, ir.IntType(32)),
+                                ir.Constant(ir.IntType(32), 0))
+        ncv = bd.shuffle_vector(ncv, ncv, ir.Constant(_D16, [0] * 16))
+        mask = bd.icmp_signed("<", lanes, ncv)
+        fn = _fn(bd, "llvm.masked.store.v16f32.p0", [_F16, _F16.as_pointer(), ir.IntType(32), m1])
+        for r in range(16):
+            with bd.if_then(bd.icmp_signed("<", C(r), nr)):
+                p = bd.inttoptr(bd.add(dst, bd.mul(C(r), ldd)), _F16.as_pointer())
+                bd.call(fn, [cols[r], p, ir.Constant(ir.IntType(32), 4), mask])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
+@intrinsic
+def uk_tr_bf16(typingctx, rows, dst):
+    """One A tile of :func:`pack_a_steps`: ``dst`` [16][32] uint16 (1 KiB) with ``dst[f][k]
+    = row k's element f``, the 32 rows' 16 elements at the byte addresses ``rows[k]``
+    (an int64 array's data): rows k, k+1 interleaved (pairs = 32-bit lanes), then a
+    16 x 16 transpose of the pairs."""
+    i8 = types.int64
+    sig = types.void(i8, i8)
+
+    def codegen(context, builder, signature, args):
+        rows, dst = args
+        bd = builder
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        rp = bd.inttoptr(rows, ir.IntType(64).as_pointer())
+        r = [bd.load(bd.inttoptr(bd.load(bd.gep(rp, [C(k)])), _I16.as_pointer()), align=2)
+             for k in range(32)]
+        mix = ir.Constant(_M32, [(i // 2) + 16 * (i % 2) for i in range(32)])
+        w = [bd.bitcast(bd.shuffle_vector(r[2 * m], r[2 * m + 1], mix), _D16) for m in range(16)]
+        cols = _transpose16(bd, w)
+        for f in range(16):
+            p = bd.inttoptr(bd.add(dst, C(64 * f)), _D16.as_pointer())
+            bd.store(cols[f], p, align=1)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 @njit(cache=True, nogil=True)
 def pack_wih(wbi, H, Hp, out):
     """W_ih's bits ``wbi`` [4H, I] (PyTorch's gate order) as the B operand of
@@ -199,29 +274,32 @@ def vnni_shape(n, B, GH):
 
 @njit(cache=True, nogil=True)
 def pack_a_steps(src, B, out):
-    """The A operand ``a[f, s*B + b] = src[s, b, f]`` (``b < B``; uint16 [n, >= B, F])
-    tile-packed into ``out`` [F/16, Kp/32, 16, 32] (zero where nothing is written).
-    By 32 k x 16 f blocks: 16 consecutive elements of each of 32 rows in, one 1 KiB
-    tile out (a loop over f inside the 32 rows read each row's lines 16 times from
-    L2: 2.4x slower at 3200 x 1024)."""
+    """The A operand ``a[f, s*B + b] = src[s, b, f]`` (``b < B``; uint16 [n, >= B, F], F a
+    multiple of 16, rows of 32-byte multiples) tile-packed into ``out`` [F/16, Kp/32, 16,
+    32]; the rows k >= n*B of the last chunk are left as they are (zero them). By 32 k
+    x 16 f blocks, each a vectorized transpose (:func:`uk_tr_bf16`)."""
     n = src.shape[0]
     F = src.shape[2]
     R = n * B
-    ss = np.empty(32, np.int64)
-    bs = np.empty(32, np.int64)
+    rows = np.empty(32, np.int64)
+    zero = np.zeros(32, np.uint16)
+    base = src.ctypes.data
+    s0, s1, s2 = src.strides
+    tile = out.ctypes.data
+    ts0, ts1 = out.strides[0], out.strides[1]
     for kc in range((R + 31) // 32):
         m = min(R, kc * 32 + 32) - kc * 32
-        for i in range(m):
-            ss[i] = (kc * 32 + i) // B
-            bs[i] = (kc * 32 + i) % B
+        for i in range(32):
+            k = kc * 32 + i
+            rows[i] = base + (k // B) * s0 + (k % B) * s1 if i < m else zero.ctypes.data
         for fb in range(F // 16):
-            for i in range(m):
-                s_, b_ = ss[i], bs[i]
-                for ff in range(16):
-                    out[fb, kc, ff, i] = src[s_, b_, fb * 16 + ff]
-        for f in range((F // 16) * 16, F):
-            for i in range(m):
-                out[f >> 4, kc, f & 15, i] = src[ss[i], bs[i], f]
+            uk_tr_bf16(rows.ctypes.data, tile + fb * ts0 + kc * ts1)
+            if m == 32:
+                for i in range(32):
+                    rows[i] += 32
+            else:
+                for i in range(m):
+                    rows[i] += 32
 
 
 @njit(cache=True, nogil=True)
@@ -278,9 +356,10 @@ def dwt_gemm(at, vt, ct, j0, j1):
 def dw_extract(ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
     """The rows ``j0 <= r < j1`` (gate rows g*Hp + unit, multiples of 16) of dW from the
     tiles of dWᵀ (:func:`dwt_gemm`) into the parameters' layout: ``dw_ih`` [4H, I],
-    ``dw_hh`` [4H, H]. Tile by tile (a 16 x 16 transpose in L1; the tiles of a row
-    block read element by element thrashed L1)."""
-    MT = ct.shape[0]
+    ``dw_hh`` [4H, H]. Tile by tile, each a vectorized 16 x 16 transpose
+    (:func:`uk_tr_f32`)."""
+    MT, NT = ct.shape[0], ct.shape[1]
+    pc = ct.ctypes.data
     for jt in range(j0 // 16, j1 // 16):
         g = (jt * 16) // Hp
         u0 = jt * 16 - g * Hp
@@ -290,14 +369,11 @@ def dw_extract(ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
         d0 = g * H + u0
         for it in range(MT):
             f0 = it * 16
+            t = pc + 1024 * (it * NT + jt)
             if f0 < Ip:
-                nf = min(16, I - f0)
-                for rr in range(nr):
-                    for ff in range(nf):
-                        dw_ih[d0 + rr, f0 + ff] = ct[it, jt, ff, rr]
-            else:
-                h0 = f0 - Ip
-                nf = min(16, H - h0)
-                for rr in range(nr):
-                    for ff in range(nf):
-                        dw_hh[d0 + rr, h0 + ff] = ct[it, jt, ff, rr]
+                if f0 < I:
+                    uk_tr_f32(t, 64, dw_ih.ctypes.data + 4 * (d0 * I + f0), 4 * I, nr,
+                              min(16, I - f0))
+            elif f0 - Ip < H:
+                uk_tr_f32(t, 64, dw_hh.ctypes.data + 4 * (d0 * H + f0 - Ip), 4 * H, nr,
+                          min(16, H - f0 + Ip))

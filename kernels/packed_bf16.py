@@ -119,7 +119,9 @@ def _pack_u(wb_hh, H, Hp, NB, out):
     # out: flat uint16, zeros in; output panel q (units j0 = q*NB .. j0+w, w = min(NB,
     # Hp-j0)) at element q*4*Hp*NB: [2*Hp pairs][w][2], the pair kk of natural gate
     # rows r = 2kk, 2kk+1 (r = g*Hp + unit, zero for padded units) of the padded
-    # W_hh [4*Hp, Hp]; wb_hh: W_hh's bits (to_bits)
+    # W_hh [4*Hp, Hp]; wb_hh: W_hh's bits (to_bits). The two rows of a pair (one
+    # gate: Hp is even) interleaved in one loop (it vectorizes; a row at a time
+    # stored every other element)
     Q = (Hp + NB - 1) // NB
     for q in range(Q):
         j0 = q * NB
@@ -127,15 +129,19 @@ def _pack_u(wb_hh, H, Hp, NB, out):
         wr = max(0, min(w, H - j0))
         base = q * 4 * Hp * NB
         for kk in range(2 * Hp):
-            for half in range(2):
-                r = 2 * kk + half
-                g = r // Hp
-                unit = r - g * Hp
-                if unit < H:
-                    o = base + kk * 2 * w + half
-                    src = g * H + unit
-                    for j in range(wr):
-                        out[o + 2 * j] = wb_hh[src, j0 + j]
+            g = (2 * kk) // Hp
+            unit = 2 * kk - g * Hp
+            o = base + kk * 2 * w
+            if unit + 1 < H:
+                a = wb_hh[g * H + unit, j0:j0 + wr]
+                b = wb_hh[g * H + unit + 1, j0:j0 + wr]
+                for j in range(wr):
+                    out[o + 2 * j] = a[j]
+                    out[o + 2 * j + 1] = b[j]
+            elif unit < H:
+                a = wb_hh[g * H + unit, j0:j0 + wr]
+                for j in range(wr):
+                    out[o + 2 * j] = a[j]
 
 
 def from_bits(b):

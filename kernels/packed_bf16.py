@@ -33,6 +33,8 @@ AMX at several times it.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from numba import njit
 
@@ -615,6 +617,20 @@ def _simd_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl, zero):
     return dx, dh0, dw_ih, dw_hh, db_p
 
 
+def _carve(*specs):
+    """C-contiguous arrays of the given (shape, dtype), each starting on a 64-byte
+    boundary, carved from one allocation (not zeroed)."""
+    sizes = [-(-math.prod(sh) * np.dtype(dt).itemsize // 64) * 64 for sh, dt in specs]
+    raw = np.empty(sum(sizes) + 64, np.uint8)
+    off = (-raw.ctypes.data) % 64
+    out = []
+    for (sh, dt), size in zip(specs, sizes):
+        nb = math.prod(sh) * np.dtype(dt).itemsize
+        out.append(raw[off:off + nb].view(dt).reshape(sh))
+        off += size
+    return out
+
+
 def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     """The loop and the products after it on AMX tiles (:mod:`fastrnn.kernels.amx_gemm`):
     ``(dx, dh0, dw_ih, dw_hh, db_p)``. The loop writes the rounded gate gradients
@@ -634,24 +650,25 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     R = n * B
     Rp = -(-R // 32) * 32
     GHb = GH + (32 if GH % 2048 == 0 else 0)
-    dgf = aligned((Rp + 32, GHb), np.uint16, zero=False)
+    vs = ag.vnni_shape(n, B, GH)
+    # one allocation for the workspaces (each on a 64-byte boundary)
+    dgf, vt, at, wt, ct, dxp, dh0 = _carve(
+        ((Rp + 32, GHb), np.uint16), (vs, np.uint16), ((Nx // 16, vs[1] // 16, 16, 32), np.uint16),
+        ((Ip // 16, GH // 2, 16, 2), np.uint16), ((Nx // 16, GH // 16, 16, 16), dt),
+        ((Rp + 32, Ip), dt), ((B + 32, Hp), dt))
     dgb = dgf[:R].reshape(n, B, GHb)
-    padded = sched.tix is not None
     # the k-pair copy: zero where the loop writes nothing (past the last row; rows
     # past the sequences' ends)
-    vt = aligned(ag.vnni_shape(n, B, GH), np.uint16, zero=padded)
+    if sched.tix is not None:
+        vt[:] = 0
     vt[:, R // 2:] = 0
     plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
         cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, vt, sched.nact, ctl,
         tid, nthr, r0, r1))
     split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     nt = gthr if split else 1
-    at = aligned((Nx // 16, vt.shape[1] // 16, 16, 32), np.uint16, zero=False)
     at[:, R // 32:] = 0                   # pack_a_steps fills the rows k < R
-    wt = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
-    ct = aligned((Nx // 16, GH // 16, 16, 16), dt, zero=False)
-    dxp = aligned((Rp + 32, Ip), dt, zero=False)
-    dh0 = aligned((B + 32, Hp), dt, zero=False)
+    wt[:] = 0                             # pack_wih fills the real units and columns
     db_p = np.empty(GH, dt)
     dw_ih = np.empty((4 * H, I), dt)
     dw_hh = np.empty((4 * H, H), dt)

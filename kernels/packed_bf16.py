@@ -547,6 +547,10 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     plan = cache.plan
     if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
         plan = Plan(1, B, 0, 0, 1, 0, None)
+    if cache.amx and plan.mode == "rows" and B < 16 * plan.nthr:
+        # AMX products run on tiles of 16 rows: with fewer rows per thread each
+        # thread multiplies a whole tile, only the epilogue's rows are split
+        plan = Plan(1, B, 0, 0, 1, 0, None)
     gthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, dt), Hp)

@@ -266,10 +266,13 @@ def pack_wih(wbi, H, Hp, out):
 
 def vnni_shape(n, B, GH):
     """The shape of the gate gradients' k-pair copy that the backward loop writes for
-    the weight gradient: [GH/16, Kp/2, 16, 2] uint16 (k = s*B + b; Kp = n*B rounded up
-    to 32: the padding stays zero)."""
+    the weight gradient: [GH/16, Kp/2 + 1, 16, 2] uint16 (k = s*B + b; Kp = n*B rounded
+    up to 32: the padding stays zero). One pair row more per tile column (not read):
+    the epilogue stores a row's 16 vectors to 16 tile columns, and with a pitch of a
+    multiple of 4 KiB their lines shared one L1 set (a sixth of the loop's time at
+    (100,32,64,128))."""
     Kp = -(-(n * B) // 32) * 32
-    return (GH // 16, Kp // 2, 16, 2)
+    return (GH // 16, Kp // 2 + 1, 16, 2)
 
 
 @njit(cache=True, nogil=True)
@@ -326,7 +329,7 @@ def pack_b_steps(src, B, out, j0, j1):
 def dwt_gemm(at, vt, ct, j0, j1):
     """The C tiles of ``dWᵀ = [x h]ᵀ dg`` for the columns ``j0 <= j < j1`` of dg (multiples
     of 16): ``at`` [Nx/16, Kp/32, 16, 32] ([x h]ᵀ, :func:`pack_a_steps`), ``vt``
-    [GH/16, Kp/2, 16, 2] (dg in k pairs, :func:`vnni_shape`), ``ct`` [Nx/16, GH/16, 16,
+    [GH/16, >= Kp/2, 16, 2] (dg in k pairs, :func:`vnni_shape`), ``ct`` [Nx/16, GH/16, 16,
     16] float32 (tile-native). By blocks of ``KB`` chunks of k and of A rows whose
     block (``ABLK`` bytes) stays in L2 while the column pairs of dg pass (the full
     A streamed once per column pair ran at about half the rate); the sums run in the

@@ -120,7 +120,9 @@ def peak(rounds=5):
         bt = aligned((N // 16, K // 2, 16, 2), np.uint16)
         amx_gemm.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
         c = aligned((M // 16, N // 16, 16, 16), np.float32)
-        fn = lambda: amx_gemm.dwt_gemm(at, bt, c, 0, N)  # noqa: E731
+        dw = np.empty((N, M), np.float32)      # dW = (aᵀ b)ᵀ as the weight gradient of x
+        fn = lambda: amx_gemm.dwt_gemm(at, bt, c, M, M, N // 4, N // 4, dw, dw[:, :0],  # noqa
+                                       0, N)
         fn()
         ts = []
         for _ in range(rounds):
@@ -170,7 +172,7 @@ def pieces(shapes, rounds, threads):
         return f
     from fastrnn.kernels import amx_gemm
     saved = [(amx_gemm, n, wrap(amx_gemm, n, n)) for n in
-             ("pack_a_steps", "pack_wih", "dx_gemm", "dh0_gemm", "dwt_gemm", "dw_extract")]
+             ("pack_a_steps", "pack_wih", "dx_gemm", "dh0_gemm", "dwt_gemm")]
     saved += [(pb, n, wrap(pb, n, lab)) for n, lab in
               (("pack_bf16", "pack_bf16 (weights)"), ("to_bits", "to_bits (x)"),
                ("lstm_forward", "forward, all"), ("lstm_backward", "backward, all"))]

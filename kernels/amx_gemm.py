@@ -13,8 +13,8 @@ the gate gradients in k pairs, which the backward loop's epilogue writes itself
 (two time-batch rows interleaved, tile-packed: :func:`vnni_shape`), and only
 ``[x h]`` (narrower than ``dg``) needs a transposing copy (:func:`pack_a_steps`).
 The sums run over blocks of ``KB`` chunks of 32 k and of A rows that stay in L2,
-into tile-native C, and the tiles are transposed into the parameters' layout at
-the end (:func:`dw_extract`).
+into tile-native C, and after the last block each tile is transposed into the
+parameters' layout from a scratch (:func:`dwt_gemm`).
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from fastrnn.kernels.amx_bf16 import _fn, _i8, _i8p, _t, amx_begin, amx_end
 from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 
-__all__ = ["uk_amx_blk", "dx_gemm", "dh0_gemm", "dwt_gemm", "dw_extract", "pack_a_steps",
+__all__ = ["uk_amx_blk", "dx_gemm", "dh0_gemm", "dwt_gemm", "pack_a_steps",
            "pack_b_steps", "pack_wih", "vnni_shape", "KB"]
 
 #: chunks of 32 k per block of the weight gradient's sums (C goes through memory
@@ -41,17 +41,20 @@ ABLK = 1 << 20
 
 def _make_blk(MA, NB):
     @intrinsic
-    def uk(typingctx, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc):
+    def uk(typingctx, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl,
+           cli):
         """C (``MA`` x ``NB`` tiles of 16 x 16 float32; tile (i, j) at ``c + i*ci + j*cj``,
         rows ``ldc`` bytes apart) = (``acc``: C +) A B over ``KKc`` chunks of 32 k: A
         tile i at ``a + i*arow`` (rows ``lda`` bytes apart), chunk k at ``+ k*astep``;
         B tile j at ``b + j*bcol`` (16 pair rows ``ldb`` bytes apart), chunk k at
-        ``+ k*bstep``. Tiles 0-3 C, 4-5 A, 6-7 B."""
+        ``+ k*bstep``; with ``acc``, the C tiles first loaded from ``cl + i*cli + j*cj``.
+        Tiles 0-3 C, 4-5 A, 6-7 B."""
         i8 = types.int64
-        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean, i8,
+                         i8)
 
         def codegen(context, builder, signature, args):
-            a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc = args
+            a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli = args
             bd = builder
             load = _fn(bd, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
             dp = _fn(bd, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
@@ -62,7 +65,8 @@ def _make_blk(MA, NB):
             with bd.if_else(acc) as (then, otherwise):
                 with then:
                     for (i, j), p in cp.items():
-                        bd.call(load, [_t(NB * i + j), bd.inttoptr(p, _i8p), ldc])
+                        pl = bd.add(cl, bd.add(bd.mul(C(i), cli), bd.mul(C(j), cj)))
+                        bd.call(load, [_t(NB * i + j), bd.inttoptr(pl, _i8p), ldc])
                 with otherwise:
                     for (i, j) in cp:
                         bd.call(_fn(bd, "llvm.x86.tilezero", [_i8]), [_t(NB * i + j)])
@@ -93,16 +97,16 @@ _k11, _k12, _k21, _k22 = uk_amx_blk[1][1], uk_amx_blk[1][2], uk_amx_blk[2][1], u
 
 
 @njit(inline="always")
-def _blk(MA, NB, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc):
+def _blk(MA, NB, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli):
     if MA == 2:
         if NB == 2:
-            _k22(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc)
+            _k22(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
         else:
-            _k21(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc)
+            _k21(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
     elif NB == 2:
-        _k12(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc)
+        _k12(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
     else:
-        _k11(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc)
+        _k11(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
 
 
 @njit(inline="always")
@@ -138,7 +142,7 @@ def dx_gemm(dgb, wt, dxp, r0, r1):
             NB = 2 if j + 1 < NT else 1
             for i0 in range(m0, m1, 32):
                 _blk(2, NB, ap + i0 * lda, lda, 64, 16 * lda, bp + j * sb, 64, 1024, sb, KKc,
-                     cp + 4 * (i0 * Ip + 16 * j), 4 * Ip, 64 * Ip, 64, False)
+                     cp + 4 * (i0 * Ip + 16 * j), 4 * Ip, 64 * Ip, 64, False, 0, 0)
     amx_end()
 
 
@@ -166,7 +170,7 @@ def dh0_gemm(dgb, B, ub, Hp, NBu, out):
             for b0 in range(0, B, 16 * MA):
                 _blk(MA, NB, ap + b0 * lda, lda, 64, 16 * lda, wq + 64 * v, 4 * wd, 64 * wd, 64,
                      KKc,
-                     cp + 4 * (b0 * Hp + j0 + 16 * v), 4 * Hp, 64 * Hp, 64, False)
+                     cp + 4 * (b0 * Hp + j0 + 16 * v), 4 * Hp, 64 * Hp, 64, False, 0, 0)
     amx_end()
 
 
@@ -325,24 +329,49 @@ def pack_b_steps(src, B, out, j0, j1):
                 out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
 
 
+@njit(inline="always")
+def _put(t, it, jt, I, Ip, H, Hp, dw_ih, dw_hh):
+    """The 16 x 16 tile of dWᵀ at byte address ``t`` (feature rows ``16*it``, gate rows
+    ``16*jt``) transposed into its place in ``dw_ih`` [4H, I] or ``dw_hh`` [4H, H]."""
+    g = (jt * 16) // Hp
+    u0 = jt * 16 - g * Hp
+    nr = min(16, H - u0)
+    if nr > 0:
+        d0 = g * H + u0
+        f0 = it * 16
+        if f0 < Ip:
+            if f0 < I:
+                uk_tr_f32(t, 64, dw_ih.ctypes.data + 4 * (d0 * I + f0), 4 * I, nr,
+                          min(16, I - f0))
+        elif f0 - Ip < H:
+            uk_tr_f32(t, 64, dw_hh.ctypes.data + 4 * (d0 * H + f0 - Ip), 4 * H, nr,
+                      min(16, H - f0 + Ip))
+
+
 @njit(**JIT_OPTIONS)
-def dwt_gemm(at, vt, ct, j0, j1):
-    """The C tiles of ``dWᵀ = [x h]ᵀ dg`` for the columns ``j0 <= j < j1`` of dg (multiples
-    of 16): ``at`` [Nx/16, Kp/32, 16, 32] ([x h]ᵀ, :func:`pack_a_steps`), ``vt``
-    [GH/16, >= Kp/2, 16, 2] (dg in k pairs, :func:`vnni_shape`), ``ct`` [Nx/16, GH/16, 16,
-    16] float32 (tile-native). By blocks of ``KB`` chunks of k and of A rows whose
-    block (``ABLK`` bytes) stays in L2 while the column pairs of dg pass (the full
-    A streamed once per column pair ran at about half the rate); the sums run in the
-    same order whatever the column range (bitwise the same for any split)."""
+def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
+    """``dw_ih`` [4H, I] and ``dw_hh`` [4H, H] (the parameters' layout), the rows ``j0 <= r
+    < j1`` (gate rows g*Hp + unit, multiples of 16), from ``dWᵀ = [x h]ᵀ dg``: ``at``
+    [Nx/16, Kp/32, 16, 32] ([x h]ᵀ, :func:`pack_a_steps`; x's columns padded to
+    ``Ip``), ``vt`` [GH/16, >= Kp/2, 16, 2] (dg in k pairs, :func:`vnni_shape`). By
+    blocks of ``KB`` chunks of k, the partial sums in ``ct`` [Nx/16, GH/16, 16, 16]
+    float32 (tile-native; not touched with one block), and of A rows whose block
+    (``ABLK`` bytes) stays in L2 while the column pairs of dg pass (the full A
+    streamed once per column pair ran at about half the rate); after the last block
+    the tiles go through a scratch, transposed into place. The sums run in the same
+    order whatever the row range (bitwise the same for any split)."""
     MT, KKt = at.shape[0], at.shape[1]
     NT = ct.shape[1]
     sa = KKt * 1024                       # bytes per 16-row tile row of at
     sv = vt.shape[1] * 64                 # bytes per 16-column tile column of vt
     ap, bp, cp = at.ctypes.data, vt.ctypes.data, ct.ctypes.data
+    scr = np.empty(4 * 256 + 16, np.float32)
+    sp = (scr.ctypes.data + 63) // 64 * 64
     cfg = _cfg()
     amx_begin(cfg.ctypes.data)
     for k0 in range(0, KKt, KB):
         nk = min(KB, KKt - k0)
+        last = k0 + KB >= KKt
         mb = max(2, ABLK // (nk * 1024) // 2 * 2)
         for m0 in range(0, MT, mb):
             m1 = min(MT, m0 + mb)
@@ -350,33 +379,17 @@ def dwt_gemm(at, vt, ct, j0, j1):
                 NB = 2 if j + 1 < j1 // 16 else 1
                 for i in range(m0, m1, 2):
                     MA = 2 if i + 1 < m1 else 1
-                    _blk(MA, NB, ap + i * sa + k0 * 1024, 64, 1024, sa, bp + j * sv + k0 * 1024,
-                         64, 1024, sv, nk, cp + 1024 * (i * NT + j), 64, 1024 * NT, 1024, k0 > 0)
+                    c = cp + 1024 * (i * NT + j)
+                    if last:
+                        _blk(MA, NB, ap + i * sa + k0 * 1024, 64, 1024, sa,
+                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, sp, 64, 2048, 1024,
+                             k0 > 0, c, 1024 * NT)
+                        for ii in range(MA):
+                            for jj in range(NB):
+                                _put(sp + 2048 * ii + 1024 * jj, i + ii, j + jj, I, Ip, H, Hp,
+                                     dw_ih, dw_hh)
+                    else:
+                        _blk(MA, NB, ap + i * sa + k0 * 1024, 64, 1024, sa,
+                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, c, 64, 1024 * NT, 1024,
+                             k0 > 0, c, 1024 * NT)
     amx_end()
-
-
-@njit(cache=True, nogil=True)
-def dw_extract(ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
-    """The rows ``j0 <= r < j1`` (gate rows g*Hp + unit, multiples of 16) of dW from the
-    tiles of dWᵀ (:func:`dwt_gemm`) into the parameters' layout: ``dw_ih`` [4H, I],
-    ``dw_hh`` [4H, H]. Tile by tile, each a vectorized 16 x 16 transpose
-    (:func:`uk_tr_f32`)."""
-    MT, NT = ct.shape[0], ct.shape[1]
-    pc = ct.ctypes.data
-    for jt in range(j0 // 16, j1 // 16):
-        g = (jt * 16) // Hp
-        u0 = jt * 16 - g * Hp
-        nr = min(16, H - u0)
-        if nr <= 0:
-            continue
-        d0 = g * H + u0
-        for it in range(MT):
-            f0 = it * 16
-            t = pc + 1024 * (it * NT + jt)
-            if f0 < Ip:
-                if f0 < I:
-                    uk_tr_f32(t, 64, dw_ih.ctypes.data + 4 * (d0 * I + f0), 4 * I, nr,
-                              min(16, I - f0))
-            elif f0 - Ip < H:
-                uk_tr_f32(t, 64, dw_hh.ctypes.data + 4 * (d0 * H + f0 - Ip), 4 * H, nr,
-                          min(16, H - f0 + Ip))

@@ -701,10 +701,8 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     stage.append(lambda: np.sum(dg.reshape(n * B, GH), axis=0, out=db_p))
     Tasks(stage).run(nt)
 
-    def dw_part(j0, j1):
-        ag.dwt_gemm(at, vt, ct, j0, j1)
-        ag.dw_extract(ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1)
-    stage = [lambda j0=j0, j1=j1: dw_part(32 * j0, 32 * j1)
+    stage = [lambda j0=j0, j1=j1: ag.dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, 32 * j0,
+                                              32 * j1)
              for j0, j1 in splits(GH // 32, DW_TASKS if split else 1)]
     stage += [lambda r0=r0, r1=r1: ag.dx_gemm(dgf, wt, dxp, 32 * r0, 32 * r1)
               for r0, r1 in splits(Rp // 32, 2 if split else 1)]

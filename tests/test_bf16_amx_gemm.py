@@ -44,7 +44,7 @@ def test_pack_a_steps_is_the_transpose_in_tiles():
 
 def test_weight_gradient_over_several_k_blocks():
     """dWᵀ = [x h]ᵀ dg with K = 2 * KB * 32 + 40 (three k blocks, the last ragged), the
-    columns split in two ranges as the tasks do, then the transposed extraction."""
+    columns split in two ranges as the tasks do, transposed into the parameters' layout."""
     rng = np.random.default_rng(1)
     I, Ip, H, Hp = 20, 32, 24, 32                 # padded x and h widths and units
     Nx, GH = Ip + Hp, 4 * Hp
@@ -60,8 +60,7 @@ def test_weight_gradient_over_several_k_blocks():
     dw_ih = np.empty((4 * H, I), np.float32)
     dw_hh = np.empty((4 * H, H), np.float32)
     for j0, j1 in ((0, 64), (64, GH)):
-        ag.dwt_gemm(at, vt, ct, j0, j1)
-        ag.dw_extract(ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1)
+        ag.dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1)
     a, b = from_bits(g).T, from_bits(x).reshape(R, Nx)           # dW = dgᵀ [x h]
     units = (np.arange(4)[:, None] * Hp + np.arange(H)[None]).reshape(-1)
     _close(dw_ih, a[units], b[:, :I], R)

@@ -693,12 +693,11 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     dw_ih = np.empty((4 * H, I), dt)
     dw_hh = np.empty((4 * H, H), dt)
     xh = cache.xh[:n]
-    # [x h]ᵀ packed by feature blocks; beside it W_ih's operand, dh0 and the bias sums
+    # [x h]ᵀ packed by feature blocks; beside it W_ih's operand and dh0
     stage = [lambda f0=f0, f1=f1: ag.pack_a_steps(xh[:, :, 16 * f0:16 * f1], B, at[f0:f1])
              for f0, f1 in splits(Nx // 16, 2 if split else 1)]
     stage.append(lambda: ag.pack_wih(pk.wb_ih, H, Hp, wt))
     stage.append(lambda: ag.dh0_gemm(dgf, B, pk.ub, Hp, pk.nvb * VW, dh0))
-    stage.append(lambda: np.sum(dg.reshape(n * B, GH), axis=0, out=db_p))
     Tasks(stage).run(nt)
 
     stage = [lambda j0=j0, j1=j1: ag.dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, 32 * j0,
@@ -706,6 +705,12 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
              for j0, j1 in splits(GH // 32, DW_TASKS if split else 1)]
     stage += [lambda r0=r0, r1=r1: ag.dx_gemm(dgf, wt, dxp, 32 * r0, 32 * r1)
               for r0, r1 in splits(Rp // 32, 2 if split else 1)]
+    # the bias sums (a pass over the float32 gate gradients) by column halves: the
+    # same row order in each column whatever the split
+    dg2 = dg.reshape(n * B, GH)
+    stage += [lambda c0=c0, c1=c1: np.sum(dg2[:, 16 * c0:16 * c1], axis=0,
+                                          out=db_p[16 * c0:16 * c1])
+              for c0, c1 in splits(GH // 16, 2 if split else 1)]
     Tasks(stage).run(nt)
     dx = sched.scatter(dxp[:R].reshape(n, B, Ip), I, dt)
     return dx, dh0[:B], dw_ih, dw_hh, db_p

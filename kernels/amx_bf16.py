@@ -353,6 +353,7 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
                   dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0):
     """The LSTM backward on ``nr`` rows of ``NV`` vectors whose products ``dgates U``
     are stored at ``scr`` ([rows][64] float32): the gate gradients float32 to ``dg``
+    (without peepholes added to it: the bias gradients' per-row sums over the steps)
     and rounded to ``dgb`` and, in k pairs, to the weight gradient's operand at byte
     address ``vb`` (:func:`fastrnn.kernels.amx_gemm.vnni_shape`: row ``r`` is k = ``k0
     + r``; vector v of gate g in the tile column at ``vb + v*vks + g*vgs``), dc."""
@@ -387,7 +388,11 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
                 vload(b, F32X, dc, ho), pv[v] if peephole else None)
             for g, val in enumerate(dgs):
                 col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
-                vstore(b, val, F32X, dg, b.add(ra, col))
+                if peephole:            # dg [n,B,GH]: the peephole gradients read it
+                    vstore(b, val, F32X, dg, b.add(ra, col))
+                else:                   # dg [B,GH]: each row's sums over the steps
+                    vstore(b, m.add(vload(b, F32X, dg, b.add(ra, col)), val), F32X, dg,
+                           b.add(ra, col))
                 bits = round_bits(b, val)
                 store_bf16(b, bits, dgb, b.add(b.mul(r, lddgb), col))
                 # the k-pair copy: this row's 16 values in the even or odd halves of
@@ -513,7 +518,10 @@ def _bwd_panel(s, q, tid, Q, args, peep):
     cpq = csp + 4 * (s * B * Hp + j0)
     cnq = cpq + 4 * B * Hp
     dcq = dcp + 4 * j0
-    dgq = gp + 4 * (s * B * GH + j0)
+    if peep is None:
+        dgq = gp + 4 * j0                 # dg [B,GH]: per-row sums over the steps
+    else:
+        dgq = gp + 4 * (s * B * GH + j0)
     dgbq = gbp + 2 * (s * Bx * GHb + j0)
     dhq = dhp + 4 * j0
     ppq = ppp + 4 * 3 * j0
@@ -569,7 +577,10 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact,
     # [n,Bx,>= G*Hp] uint16, Bx >= B, 32 rows readable past its end (the products
     # read two tiles of 16 rows from any row; rows they read past a step's B rows
     # give products that are not used), and
-    # the rounded gate gradients in k pairs to vt (amx_gemm.vnni_shape, zeros in)
+    # the rounded gate gradients in k pairs to vt (amx_gemm.vnni_shape, zeros in);
+    # without peepholes dg is [B,GH] (zeros in): each row's gate gradients summed
+    # over the steps, in step order whatever the threads (each row's sums on one
+    # thread per step, the steps one after the other)
     n, B, GH = act.shape
     Hp = dy.shape[2]
     cfg = np.zeros(64, np.uint8)

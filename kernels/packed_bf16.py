@@ -557,7 +557,10 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)
     dc = sched.sort_rows(np.asarray(dc_n, dt), Hp)
     zero = np.zeros if sched.tix is not None else np.empty
-    dg = zero((n, B, GH), dt)
+    if cache.amx and pk.peep is None:     # the AMX loop sums each row's over the steps
+        dg = np.zeros((1, B, GH), dt)
+    else:
+        dg = zero((n, B, GH), dt)
     zrow = np.zeros(NB, dt)
     ctl = np.zeros(Q + 1, np.int64)
     if cache.amx:
@@ -705,9 +708,10 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
              for j0, j1 in splits(GH // 32, DW_TASKS if split else 1)]
     stage += [lambda r0=r0, r1=r1: ag.dx_gemm(dgf, wt, dxp, 32 * r0, 32 * r1)
               for r0, r1 in splits(Rp // 32, 2 if split else 1)]
-    # the bias sums (a pass over the float32 gate gradients) by column halves: the
-    # same row order in each column whatever the split
-    dg2 = dg.reshape(n * B, GH)
+    # the bias sums (a pass over the float32 gate gradients, or over the loop's
+    # per-row sums) by column halves: the same row order in each column whatever
+    # the split
+    dg2 = dg.reshape(-1, GH)
     stage += [lambda c0=c0, c1=c1: np.sum(dg2[:, 16 * c0:16 * c1], axis=0,
                                           out=db_p[16 * c0:16 * c1])
               for c0, c1 in splits(GH // 16, 2 if split else 1)]

@@ -14,7 +14,10 @@ LSTM epilogue of :mod:`fastrnn.kernels.bf16_simd` on its rows (h' float32 to
 Backward, :data:`uk_amx_bwd` does an output panel (up to 64 units: tiles 0-3)
 for up to 16 rows: ``dh = dgates U`` from the rounded gate gradients of the
 next step (tile 4) and ``U``'s k-pair panel (tiles 5, 6), then the LSTM
-backward epilogue (gate gradients float32 and rounded to bf16).
+backward epilogue: the gate gradients float32 (without peepholes: each row's
+sums over the steps, for the bias gradients) and rounded to bf16, row-major
+and in k pairs (the operands of :mod:`fastrnn.kernels.amx_gemm`'s products
+after the loop).
 
 The operand widths are multiples of 32 (zero padded: ``pack_bf16(kmult=32)``),
 the operand buffer has 16 rows more than the batch (a block reads whole tiles),

@@ -24,8 +24,9 @@ same numbers as bf16 GEMMs up to the order of the float32 sums.
 Three variants, one layout: native ``vdpbf16ps`` (CPUs with AVX512-BF16) and
 emulated (bf16 halves widened to float32, two FMAs), one source selected by
 the tag (:mod:`fastrnn.kernels.bf16_simd`); and AMX (``amx=True``,
-:mod:`fastrnn.kernels.amx_bf16`): the time loops' products and the ``dW``,
-``dx`` GEMMs on AMX-BF16 tiles (operand widths padded to 32 k). All compute
+:mod:`fastrnn.kernels.amx_bf16`): the time loops' products and, after the
+backward loop, ``dx``, ``dh0`` and ``dW`` (:mod:`fastrnn.kernels.amx_gemm`) on
+AMX-BF16 tiles (operand widths padded to 32 k). All compute
 the same numbers up to the order of the float32 sums. Measured on the Xeon
 with both (Sapphire Rapids class): ``vdpbf16ps`` sums bf16 pairs at about half
 the rate of float32 FMAs there (the native variant is slower than float32),

@@ -675,11 +675,12 @@ def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     Rp = -(-R // 32) * 32
     GHb = GH + (32 if GH % 2048 == 0 else 0)
     vs = ag.vnni_shape(n, B, GH)
-    # one allocation for the workspaces (each on a 64-byte boundary)
-    dgf, vt, at, wt, ct, dxp, dh0 = _carve(
+    # few allocations for the workspaces (each on a 64-byte boundary); the outputs
+    # apart (dx and dh0 may come back as views: they keep only their own alive)
+    dgf, vt, at, wt, ct = _carve(
         ((Rp + 32, GHb), np.uint16), (vs, np.uint16), ((Nx // 16, vs[1] // 16, 16, 32), np.uint16),
-        ((Ip // 16, GH // 2, 16, 2), np.uint16), ((Nx // 16, GH // 16, 16, 16), dt),
-        ((Rp + 32, Ip), dt), ((B + 32, Hp), dt))
+        ((Ip // 16, GH // 2, 16, 2), np.uint16), ((Nx // 16, GH // 16, 16, 16), dt))
+    dxp, dh0 = _carve(((Rp + 32, Ip), dt), ((B + 32, Hp), dt))
     dgb = dgf[:R].reshape(n, B, GHb)
     # the k-pair copy: zero where the loop writes nothing (past the last row; rows
     # past the sequences' ends)

@@ -97,7 +97,7 @@ def tile_rates(rounds=5):
 
 def peak(rounds=5):
     """The bf16 product rates this machine reaches: the tile unit (:func:`tile_rates`),
-    ``amx_bf16.gemm`` (AMX tiles, one thread) at the weight-gradient shape of
+    ``amx_gemm.dwt_gemm`` (AMX tiles, one thread) at the weight-gradient shape of
     (50,64,256,512), and NumPy's float32 GEMM at the same shape, GFLOP/s (best of
     ``rounds``)."""
     from fastrnn.kernels.packed_bf16 import to_bits
@@ -113,13 +113,16 @@ def peak(rounds=5):
     if amx_bf16 is not None and amx_bf16.available():
         for k, v in tile_rates(rounds).items():
             print(f"tdpbf16ps, 1 thread, {k}: {v:.0f} GFLOP/s")
+        from fastrnn.kernels import amx_gemm
         from fastrnn.kernels.packed_bf16 import aligned
         at = aligned((M // 16, K // 32, 16, 32), np.uint16)
-        amx_bf16.pack_a_steps(to_bits(a)[None], K, at)
+        amx_gemm.pack_a_steps(to_bits(a)[None], K, at)
         bt = aligned((N // 16, K // 2, 16, 2), np.uint16)
-        amx_bf16.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
-        c = aligned((M, N), np.float32)
-        fn = lambda: amx_bf16.gemm(at, bt, c, 0, N)  # noqa: E731
+        amx_gemm.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
+        c = aligned((M // 16, N // 16, 16, 16), np.float32)
+        dw = np.empty((N, M), np.float32)      # dW = (aᵀ b)ᵀ as the weight gradient of x
+        fn = lambda: amx_gemm.dwt_gemm(at, bt, c, M, M, N // 4, N // 4, dw, dw[:, :0],  # noqa
+                                       0, N)
         fn()
         ts = []
         for _ in range(rounds):
@@ -141,7 +144,7 @@ def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
     call (training: forward + backward; inference), summed over the threads that
     ran it, and the rate of the products against one core's tile peak. The pieces
     are timed by wrapping the functions the drivers call (``Plan.launch`` runs
-    the time loops; ``gemm`` the weight gradient and dx). ``pkg``: the package
+    the time loops; ``dwt_gemm``/``dx_gemm`` the weight gradient and dx). ``pkg``: the package
     (default ``fastrnn``; ``--against`` loads an older one beside it); ``trains``: the
     modes (True: training)."""
     import collections
@@ -171,8 +174,14 @@ def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
                 acc[label] += time.perf_counter() - t0
         setattr(mod, name, timed)
         return f
-    saved = [(amx_bf16, n, wrap(amx_bf16, n, n)) for n in
-             ("pack_a_steps", "pack_b_steps", "pack_rows_steps", "gemm")]
+    # the products after the loop: amx_gemm's (older packages: amx_bf16's)
+    try:
+        gm = importlib.import_module(name + ".kernels.amx_gemm")
+    except ImportError:
+        gm = amx_bf16
+    saved = [(gm, n, wrap(gm, n, n)) for n in
+             ("pack_a_steps", "pack_b_steps", "pack_rows_steps", "gemm", "pack_wih", "dx_gemm",
+              "dh0_gemm", "dwt_gemm") if hasattr(gm, n)]
     saved += [(pb, n, wrap(pb, n, lab)) for n, lab in
               (("pack_bf16", "pack_bf16 (weights)"), ("to_bits", "to_bits (x)"),
                ("_x_bits", "to_bits (x)"), ("lstm_forward", "forward, all"),
@@ -194,7 +203,7 @@ def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
         rng = np.random.default_rng(0)
         for T, B, I, H in shapes:
             fl = {"loop": 2.0 * T * B * 4 * H * (I + H), "bloop": 2.0 * T * B * 4 * H * H,
-                  "gemm": 2.0 * T * B * 4 * H * (2 * I + H)}
+                  "dx": 2.0 * T * B * 4 * H * I, "dw": 2.0 * T * B * 4 * H * (I + H)}
             for train in trains:
                 run = _fastrnn(T, B, I, H, "bfloat16", train, rng, pkg)
                 run()
@@ -209,7 +218,7 @@ def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
                 for k, v in sorted(acc.items(), key=lambda kv: -kv[1]):
                     ms = 1e3 * v / rounds
                     f = {"forward loop": fl["loop"], "backward loop": fl["bloop"],
-                         "gemm": fl["gemm"]}.get(k)
+                         "dx_gemm": fl["dx"], "dwt_gemm": fl["dw"]}.get(k)
                     rate = "" if f is None else (f"  {f / (ms * 1e6):6.0f} GFLOP/s, "
                                                  f"{100 * f / (ms * 1e6) / peak:4.1f}% of one core")
                     print(f"    {k:34s} {ms:8.2f} ms{rate}")

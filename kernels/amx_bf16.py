@@ -14,7 +14,10 @@ LSTM epilogue of :mod:`fastrnn.kernels.bf16_simd` on its rows (h' float32 to
 Backward, :data:`uk_amx_bwd` does an output panel (up to 64 units: tiles 0-3)
 for up to 16 rows: ``dh = dgates U`` from the rounded gate gradients of the
 next step (tile 4) and ``U``'s k-pair panel (tiles 5, 6), then the LSTM
-backward epilogue (gate gradients float32 and rounded to bf16).
+backward epilogue: the gate gradients float32 (without peepholes: each row's
+sums over the steps, for the bias gradients) and rounded to bf16, row-major
+and in k pairs (the operands of :mod:`fastrnn.kernels.amx_gemm`'s products
+after the loop).
 
 The operand widths are multiples of 32 (zero padded: ``pack_bf16(kmult=32)``),
 the operand buffer has 16 rows more than the batch (a block reads whole tiles),
@@ -41,7 +44,7 @@ from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, 
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
-           "gemm", "pack_a_steps", "pack_b_steps", "pack_rows_steps", "probe"]
+           "probe"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -344,12 +347,24 @@ def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring,
 
 
 # --------------------------------------------------------------------------- backward
+_I32X = ir.VectorType(ir.IntType(32), 16)
+_V32 = ir.VectorType(ir.IntType(16), 32)
+_M32 = ir.VectorType(ir.IntType(1), 32)
+
+
 def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
-                  dg, dgv, dgg, dgb, lddgb):
+                  dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0):
     """The LSTM backward on ``nr`` rows of ``NV`` vectors whose products ``dgates U``
     are stored at ``scr`` ([rows][64] float32): the gate gradients float32 to ``dg``
-    and rounded to ``dgb``, dc."""
+    (without peepholes added to it: the bias gradients' per-row sums over the steps)
+    and rounded to ``dgb`` and, in k pairs, to the weight gradient's operand at byte
+    address ``vb`` (:func:`fastrnn.kernels.amx_gemm.vnni_shape`: row ``r`` is k = ``k0
+    + r``; vector v of gate g in the tile column at ``vb + v*vks + g*vgs``), dc."""
     C = lambda v: ir.Constant(I64, v)  # noqa: E731
+    vstore16 = _fn(b, "llvm.masked.store.v32i16.p0", [_V32, _V32.as_pointer(), ir.IntType(32),
+                                                        _M32])
+    even = ir.Constant(_M32, [i % 2 == 0 for i in range(32)])
+    odd = ir.Constant(_M32, [i % 2 == 1 for i in range(32)])
     s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
                                                  cn, dc, dg)
     (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
@@ -359,6 +374,10 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
               for v in range(NV)]
     with cgutils.for_range(b, nr) as loop:
         r = loop.index
+        k = b.add(k0, r)
+        half = b.and_(k, C(1))
+        odd_row = b.icmp_unsigned("!=", half, C(0))
+        vrow = b.add(vb, b.mul(b.lshr(k, C(1)), C(64)))
         for v in range(NV):
             ho = b.add(b.mul(r, ldh), C(v * VW))
             acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
@@ -372,31 +391,44 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
                 vload(b, F32X, dc, ho), pv[v] if peephole else None)
             for g, val in enumerate(dgs):
                 col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
-                vstore(b, val, F32X, dg, b.add(ra, col))
-                store_bf16(b, round_bits(b, val), dgb, b.add(b.mul(r, lddgb), col))
+                if peephole:            # dg [n,B,GH]: the peephole gradients read it
+                    vstore(b, val, F32X, dg, b.add(ra, col))
+                else:                   # dg [B,GH]: each row's sums over the steps
+                    vstore(b, m.add(vload(b, F32X, dg, b.add(ra, col)), val), F32X, dg,
+                           b.add(ra, col))
+                bits = round_bits(b, val)
+                store_bf16(b, bits, dgb, b.add(b.mul(r, lddgb), col))
+                # the k-pair copy: this row's 16 values in the even or odd halves of
+                # the pair row's 32 (a masked store: the other row's may be another
+                # block's or thread's)
+                w32 = b.zext(bits, _I32X)
+                pv_ = b.bitcast(b.select(odd_row, b.shl(w32, ir.Constant(_I32X, [16] * 16)), w32),
+                                _V32)
+                pt = b.add(b.add(vrow, b.mul(C(v), vks)), b.mul(C(g), vgs))
+                b.call(vstore16, [pv_, b.inttoptr(pt, _V32.as_pointer()),
+                                  ir.Constant(ir.IntType(32), 4), b.select(odd_row, odd, even)])
             vstore(b, dcp, F32X, dc, ho)
 
 
 def _make_bwd(peephole):
     @intrinsic
     def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
-           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb):
+           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0):
         """NV output vectors (``len(ntag)``), ``nr <= 16`` rows: dh = a @ w on tiles
         (``a``: the rounded gate gradients of the next step, bf16 rows of stride
         ``ldab`` bytes, ``KKc`` chunks of 32 k; ``w``: the output panel, ``[KKc*16]``
         pair rows of ``ldwb`` bytes), then the LSTM backward epilogue of
         :data:`fastrnn.kernels.bf16_simd.uk_bf16_bwd` on ``nr`` rows (the rounded gate
-        gradients to ``dgb``, row stride ``lddgb`` elements)."""
+        gradients to ``dgb``, row stride ``lddgb`` elements, and in k pairs to ``vb``)."""
         if not isinstance(ntag, types.UniTuple):
             return None
         NV = ntag.count
         i8 = types.int64
-        sig = types.void(ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
-                         i8, i8, i8, i8, i8, i8)
+        sig = types.void(ntag, *([i8] * 26))
 
         def codegen(context, builder, signature, args):
             (_, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
-             dc, dg, dgv, dgg, dgb, lddgb) = args
+             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0) = args
             b = builder
             load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
             dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
@@ -414,7 +446,7 @@ def _make_bwd(peephole):
             for v in range(NV):
                 b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
             _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
-                          dc, dg, dgv, dgg, dgb, lddgb)
+                          dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -428,11 +460,11 @@ _ub, _ubp = uk_amx_bwd
 def _make_bwd_epi(peephole):
     @intrinsic
     def uk(typingctx, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv, dgg,
-           dgb, lddgb):
+           dgb, lddgb, vb, vks, vgs, k0):
         """The backward epilogue of :data:`uk_amx_bwd` alone, four vectors (64 units),
         on ``nr`` rows of products at ``scr`` (rows of 64 float32)."""
         i8 = types.int64
-        sig = types.void(*([i8] * 17))
+        sig = types.void(*([i8] * 21))
 
         def codegen(context, builder, signature, args):
             _bwd_epilogue(builder, peephole, 4, *args)
@@ -448,32 +480,32 @@ _be, _bep = uk_amx_bwd_epi
 
 @njit(inline="always")
 def _bwd_block(peep, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp,
-               cp, cn, dc, dg, dgv, dgg, dgb, lddgb):
+               cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0):
     if peep is None:
         _ub(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-            dc, dg, dgv, dgg, dgb, lddgb)
+            dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0)
     else:
         _ubp(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-             dc, dg, dgv, dgg, dgb, lddgb)
+             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0)
 
 
 @njit(inline="always")
 def _bwd_rows(lo, hi, peep, ntag, a, GH, GHb, w, ldwb, KKc, scr, dhx, lddhx, dy, Hp, act, pp,
-              cp, cn, dc, dg, dgb):
+              cp, cn, dc, dg, dgb, vb, vks, vgs, k0):
     """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0; ``GHb``
-    the row stride of the bf16 gate gradients)."""
+    the row stride of the bf16 gate gradients; row 0 is k = ``k0`` of the k-pair copy)."""
     for q0 in range(lo, hi, 16):
         nr = min(16, hi - q0)
         _bwd_block(peep, ntag, a + 2 * q0 * GHb, 2 * GHb, w, ldwb, KKc, scr, nr,
                    dhx + 4 * q0 * lddhx, lddhx, dy + 4 * q0 * Hp, Hp, act + 4 * q0 * GH, GH, pp,
                    cp + 4 * q0 * Hp, cn + 4 * q0 * Hp, dc + 4 * q0 * Hp, dg + 4 * q0 * GH, 16,
-                   Hp, dgb + 2 * q0 * GHb, GHb)
+                   Hp, dgb + 2 * q0 * GHb, GHb, vb, vks, vgs, k0 + q0)
 
 
 @njit(inline="always")
 def _bwd_panel(s, q, tid, Q, args, peep):
     (n, B, Bx, GHb, Hp, GH, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, scr, r0,
-     r1) = args
+     r1, vtp, vks) = args
     NB = 64
     nb = min(nact[s], r1)
     nprod = min(nact[s + 1], r1) if s + 1 < n else r0
@@ -489,10 +521,16 @@ def _bwd_panel(s, q, tid, Q, args, peep):
     cpq = csp + 4 * (s * B * Hp + j0)
     cnq = cpq + 4 * B * Hp
     dcq = dcp + 4 * j0
-    dgq = gp + 4 * (s * B * GH + j0)
+    if peep is None:
+        dgq = gp + 4 * j0                 # dg [B,GH]: per-row sums over the steps
+    else:
+        dgq = gp + 4 * (s * B * GH + j0)
     dgbq = gbp + 2 * (s * Bx * GHb + j0)
     dhq = dhp + 4 * j0
     ppq = ppp + 4 * 3 * j0
+    vq = vtp + (j0 // 16) * vks           # the k-pair copy: tile columns of 16 units
+    vgs = (Hp // 16) * vks
+    k0 = s * B
     for part in range(2):
         lo = r0 if part == 0 else nprod
         hi = nprod if part == 0 else nb
@@ -514,30 +552,38 @@ def _bwd_panel(s, q, tid, Q, args, peep):
                 if peep is None:
                     _be(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp, aq + 4 * q0 * GH,
                         GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp, dcq + 4 * q0 * Hp,
-                        dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb)
+                        dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb, vq, vks, vgs,
+                        k0 + q0)
                 else:
                     _bep(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp,
                          aq + 4 * q0 * GH, GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp,
-                         dcq + 4 * q0 * Hp, dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb)
+                         dcq + 4 * q0 * Hp, dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb,
+                         vq, vks, vgs, k0 + q0)
         elif nv == 4:
             _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
         elif nv == 3:
             _bwd_rows(lo, hi, peep, (0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
         elif nv == 2:
             _bwd_rows(lo, hi, peep, (0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
         else:
             _bwd_rows(lo, hi, peep, (0,), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
 
 
 @njit(**JIT_OPTIONS)
-def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl, tid, nthr,
-                        r0, r1):
+def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact, ctl, tid,
+                        nthr, r0, r1):
     # as lstm_bwd_bf16_kernel of packed_bf16 (output panels of 64 units), with dgb
-    # [n,Bx,>= G*Hp] uint16, Bx >= B+32 (the products read two tiles of 16 rows)
+    # [n,Bx,>= G*Hp] uint16, Bx >= B, 32 rows readable past its end (the products
+    # read two tiles of 16 rows from any row; rows they read past a step's B rows
+    # give products that are not used), and
+    # the rounded gate gradients in k pairs to vt (amx_gemm.vnni_shape, zeros in);
+    # without peepholes dg is [B,GH] (zeros in): each row's gate gradients summed
+    # over the steps, in step order whatever the threads (each row's sums on one
+    # thread per step, the steps one after the other)
     n, B, GH = act.shape
     Hp = dy.shape[2]
     cfg = np.zeros(64, np.uint8)
@@ -549,134 +595,12 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, nact, ctl
     ppp = 0 if peep is None else peep.ctypes.data
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
-            zrow.ctypes.data, ppp, nact, _aligned_ptr(scr), r0, r1)
+            zrow.ctypes.data, ppp, nact, _aligned_ptr(scr), r0, r1, vt.ctypes.data,
+            vt.shape[1] * 64)
     amx_begin(cfg.ctypes.data)
     w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()
     return w
-
-
-# --------------------------------------------------------------------------- GEMM
-# Operands of the GEMM are packed in tiles: ``a`` as [M/16][K/32][16][32] bf16 (each
-# A tile 1 KiB contiguous), ``b`` as [N/16][K/2][16][2] (each B tile of a 32-k chunk
-# 1 KiB contiguous): tile loads then read whole lines in order (row-major operands
-# with strided rows measured 2-3x slower).
-@intrinsic
-def uk_amx_gemm(typingctx, a0, a1, b0, b1, c, ldc, KKc):
-    """A 32 x 32 float32 block ``c`` (row stride ``ldc`` bytes) = the two 16-row A
-    tile columns ``a0``, ``a1`` (``KKc`` consecutive 1 KiB tiles each) times the two
-    16-column B tile columns ``b0``, ``b1``: tiles 0-3 the block's quarters, 4-5
-    A, 6-7 B."""
-    i8 = types.int64
-    sig = types.void(i8, i8, i8, i8, i8, i8, i8)
-
-    def codegen(context, builder, signature, args):
-        a0, a1, b0, b1, c, ldc, KKc = args
-        bd = builder
-        load = _fn(bd, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
-        dp = _fn(bd, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
-        C = lambda v: ir.Constant(I64, v)  # noqa: E731
-        for t in range(4):
-            bd.call(_fn(bd, "llvm.x86.tilezero", [_i8]), [_t(t)])
-        with cgutils.for_range(bd, KKc) as loop:
-            off = bd.mul(loop.index, C(1024))
-            for t, base in ((4, a0), (5, a1), (6, b0), (7, b1)):
-                bd.call(load, [_t(t), bd.inttoptr(bd.add(base, off), _i8p), C(64)])
-            for i in range(2):
-                for j in range(2):
-                    bd.call(dp, [_t(2 * i + j), _t(4 + i), _t(6 + j)])
-        store = _fn(bd, "llvm.x86.tilestored64", [_i8, _i8p, I64])
-        for i in range(2):
-            for j in range(2):
-                pc = bd.add(bd.add(c, bd.mul(C(16 * i), ldc)), C(64 * j))
-                bd.call(store, [_t(2 * i + j), bd.inttoptr(pc, _i8p), ldc])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@njit(**JIT_OPTIONS)
-def gemm(ap, bp, c, n0, n1):
-    """``c[:, n0:n1] = a @ b`` in float32 from tile-packed bf16 operands: ``ap``
-    [M/16, K/32, 16, 32] and ``bp`` [N/16, K/2, 16, 2] uint16 (:func:`pack_a_steps`,
-    :func:`pack_b_steps`), ``c`` [M, N] float32; M, n0, n1 multiples of 32."""
-    KKc = ap.shape[1]
-    N = c.shape[1]
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1
-    for t in range(8):
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
-    sa = 2 * ap.shape[1] * 512            # bytes per 16-row A tile column
-    sb = 2 * bp.shape[1] * 32             # bytes per 16-column B tile column
-    amx_begin(cfg.ctypes.data)
-    for j0 in range(n0, n1, 32):
-        for i0 in range(0, ap.shape[0] * 16, 32):
-            a0 = ap.ctypes.data + (i0 // 16) * sa
-            b0 = bp.ctypes.data + (j0 // 16) * sb
-            uk_amx_gemm(a0, a0 + sa, b0, b0 + sb, c.ctypes.data + 4 * (i0 * N + j0), 4 * N,
-                        KKc)
-    amx_end()
-
-
-@njit(cache=True, nogil=True)
-def pack_a_steps(src, B, out):
-    """The A operand ``a[f, s*B + b] = src[s, b, f]`` (``b < B``; uint16 [n, >= B, F])
-    tile-packed into ``out`` [F/16, Kp/32, 16, 32] (zero where nothing is written).
-    By 32 k x 16 f blocks: 16 consecutive elements of each of 32 rows in, one 1 KiB
-    tile out (a loop over f inside the 32 rows read each row's lines 16 times from
-    L2: 2.4x slower at 3200 x 1024)."""
-    n = src.shape[0]
-    F = src.shape[2]
-    R = n * B
-    ss = np.empty(32, np.int64)
-    bs = np.empty(32, np.int64)
-    for kc in range((R + 31) // 32):
-        m = min(R, kc * 32 + 32) - kc * 32
-        for i in range(m):
-            ss[i] = (kc * 32 + i) // B
-            bs[i] = (kc * 32 + i) % B
-        for fb in range(F // 16):
-            for i in range(m):
-                s_, b_ = ss[i], bs[i]
-                for ff in range(16):
-                    out[fb, kc, ff, i] = src[s_, b_, fb * 16 + ff]
-        for f in range((F // 16) * 16, F):
-            for i in range(m):
-                out[f >> 4, kc, f & 15, i] = src[ss[i], bs[i], f]
-
-
-@njit(cache=True, nogil=True)
-def pack_b_steps(src, B, out, j0, j1):
-    """The B operand ``b[s*B + b, j] = src[s, b, j]`` (``b < B``, ``j0 <= j < j1``; uint16
-    [n, >= B, N]) in k pairs, tile-packed into ``out`` [N/16, Kp/2, 16, 2] (zero where
-    nothing is written)."""
-    n = src.shape[0]
-    R = n * B
-    for kk in range((R + 1) // 2):
-        r = 2 * kk
-        s0, b0 = r // B, r % B
-        if r + 1 < R:
-            s1, b1 = (r + 1) // B, (r + 1) % B
-            for j in range(j0, j1):
-                out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
-                out[j >> 4, kk, j & 15, 1] = src[s1, b1, j]
-        else:
-            for j in range(j0, j1):
-                out[j >> 4, kk, j & 15, 0] = src[s0, b0, j]
-
-
-@njit(cache=True, nogil=True)
-def pack_rows_steps(src, B, out):
-    """The A operand ``a[s*B + b, c] = src[s, b, c]`` (``b < B``; uint16 [n, >= B, C],
-    C a multiple of 32) tile-packed into ``out`` [Mp/16, C/32, 16, 32] (zero where
-    nothing is written)."""
-    n = src.shape[0]
-    C = src.shape[2]
-    for s in range(n):
-        for b in range(B):
-            r = s * B + b
-            for c in range(C):
-                out[r >> 4, c >> 5, r & 15, c & 31] = src[s, b, c]
 
 
 # --------------------------------------------------------------------------- probe

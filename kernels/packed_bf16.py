@@ -24,14 +24,17 @@ same numbers as bf16 GEMMs up to the order of the float32 sums.
 Three variants, one layout: native ``vdpbf16ps`` (CPUs with AVX512-BF16) and
 emulated (bf16 halves widened to float32, two FMAs), one source selected by
 the tag (:mod:`fastrnn.kernels.bf16_simd`); and AMX (``amx=True``,
-:mod:`fastrnn.kernels.amx_bf16`): the time loops' products and the ``dW``,
-``dx`` GEMMs on AMX-BF16 tiles (operand widths padded to 32 k). All compute
+:mod:`fastrnn.kernels.amx_bf16`): the time loops' products and, after the
+backward loop, ``dx``, ``dh0`` and ``dW`` (:mod:`fastrnn.kernels.amx_gemm`) on
+AMX-BF16 tiles (operand widths padded to 32 k). All compute
 the same numbers up to the order of the float32 sums. Measured on the Xeon
 with both (Sapphire Rapids class): ``vdpbf16ps`` sums bf16 pairs at about half
 the rate of float32 FMAs there (the native variant is slower than float32),
 AMX at several times it.
 """
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from numba import njit
@@ -172,7 +175,9 @@ def _pack_u(wb_hh, H, Hp, NB, out):
     # out: flat uint16, zeros in; output panel q (units j0 = q*NB .. j0+w, w = min(NB,
     # Hp-j0)) at element q*4*Hp*NB: [2*Hp pairs][w][2], the pair kk of natural gate
     # rows r = 2kk, 2kk+1 (r = g*Hp + unit, zero for padded units) of the padded
-    # W_hh [4*Hp, Hp]; wb_hh: W_hh's bits (to_bits)
+    # W_hh [4*Hp, Hp]; wb_hh: W_hh's bits (to_bits). The two rows of a pair (one
+    # gate: Hp is even) interleaved in one loop (it vectorizes; a row at a time
+    # stored every other element)
     Q = (Hp + NB - 1) // NB
     for q in range(Q):
         j0 = q * NB
@@ -180,15 +185,19 @@ def _pack_u(wb_hh, H, Hp, NB, out):
         wr = max(0, min(w, H - j0))
         base = q * 4 * Hp * NB
         for kk in range(2 * Hp):
-            for half in range(2):
-                r = 2 * kk + half
-                g = r // Hp
-                unit = r - g * Hp
-                if unit < H:
-                    o = base + kk * 2 * w + half
-                    src = g * H + unit
-                    for j in range(wr):
-                        out[o + 2 * j] = wb_hh[src, j0 + j]
+            g = (2 * kk) // Hp
+            unit = 2 * kk - g * Hp
+            o = base + kk * 2 * w
+            if unit + 1 < H:
+                a = wb_hh[g * H + unit, j0:j0 + wr]
+                b = wb_hh[g * H + unit + 1, j0:j0 + wr]
+                for j in range(wr):
+                    out[o + 2 * j] = a[j]
+                    out[o + 2 * j + 1] = b[j]
+            elif unit < H:
+                a = wb_hh[g * H + unit, j0:j0 + wr]
+                for j in range(wr):
+                    out[o + 2 * j] = a[j]
 
 
 def from_bits(b):
@@ -210,7 +219,7 @@ def aligned(shape, dtype, zero=True):
 
 
 class PackedBF16:
-    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "wb_ih", "w_hh")
+    __slots__ = ("H", "Hp", "I", "Ip", "Kh", "bias", "up", "ub", "nvb", "peep", "wb_ih", "wb_hh")
 
 
 #: rows of an AMX tile: the forward's row blocks
@@ -226,8 +235,8 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1, tiles=
     ``up`` [P, (Ip+Kh)/2, 4*VW, 2] uint16 (as words: [P, (Ip+Kh)/2, 4*VW] uint32; ``Ip``,
     ``Kh``: I and Hp rounded up to ``kmult``); with ``backward`` also ``ub`` (``U``
     for ``dh = dgates U`` by output panels of ``nvb*VW`` units, ``[G*Hp/2][w][2]``
-    each), ``wb_ih`` (W_ih's bf16 bits) and ``w_hh`` (rounded to bf16, float32
-    values), PyTorch's gate order, units padded, for the GEMMs after the loop. ``threads``: at most that
+    each), ``wb_ih`` and ``wb_hh`` (the weights' bf16 bits in PyTorch's layout, for
+    the products after the loop). ``threads``: at most that
     many threads convert and pack large weights (``PACK_SPLIT``). ``tiles`` (``kmult``
     32): ``up`` in AMX tile order instead, ``[P][(Ip+Kh)/32][4][16][16]`` words
     (:mod:`fastrnn.kernels.amx_fwd`)."""
@@ -276,16 +285,11 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1, tiles=
             for task in stage:
                 task()
     pk.up = up.view(np.uint16).reshape(P, (Ip + Kh) // 2, 8 * VW)
-    pk.ub = pk.wb_ih = pk.w_hh = None
+    pk.ub = pk.wb_ih = pk.wb_hh = None
     if backward:
-        pk.ub = ub
-        # rounded, PyTorch's gate order, units padded: the GEMMs after the loop
-        wi = np.zeros((4, Hp, I), np.uint16)
-        wi[:, :H] = wbi.reshape(4, H, I)
-        wh = np.zeros((4, Hp, Hp), np.uint16)
-        wh[:, :H, :H] = wbh.reshape(4, H, H)
-        pk.wb_ih = wi.reshape(4 * Hp, I)              # bits: from_bits where needed
-        pk.w_hh = from_bits(wh.reshape(4 * Hp, Hp))
+        # the bits as they are (PyTorch's layout): each backward route lays out what
+        # its products after the loop read
+        pk.ub, pk.wb_ih, pk.wb_hh = ub, wbi, wbh
     return pk
 
 
@@ -627,12 +631,16 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dpeep)`` in PyTorch's layout, as :func:`fastrnn.kernels.packed.lstm_backward`."""
     sched, pk = cache.sched, cache.pk
     n, B, GH = cache.act.shape
-    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
+    H, Hp = pk.H, pk.Hp
     dt = np.dtype(np.float32)
     NB = pk.nvb * VW
     Q = -(-Hp // NB)
     plan = cache.plan
     if plan.mode == "panels" and (Q < 2 or cache.flops < settings.two_thread_step_flops):
+        plan = Plan(1, B, 0, 0, 1, 0, None)
+    if cache.amx and plan.mode == "rows" and B < 16 * plan.nthr:
+        # AMX products run on tiles of 16 rows: with fewer rows per thread each
+        # thread multiplies a whole tile, only the epilogue's rows are split
         plan = Plan(1, B, 0, 0, 1, 0, None)
     gthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     blas_threads(0)
@@ -640,80 +648,18 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
     dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)
     dc = sched.sort_rows(np.asarray(dc_n, dt), Hp)
     zero = np.zeros if sched.tix is not None else np.empty
-    dg = zero((n, B, GH), dt)
+    if cache.amx and pk.peep is None:     # the AMX loop sums each row's over the steps
+        dg = np.zeros((1, B, GH), dt)
+    else:
+        dg = zero((n, B, GH), dt)
     zrow = np.zeros(NB, dt)
     ctl = np.zeros(Q + 1, np.int64)
-    if cache.amx:       # the products read two tiles of 16 rows from any row: 32 rows more
-        from fastrnn.kernels import amx_bf16
-        # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
-        dgb = aligned((n, B + 32, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
-        plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
-            cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, sched.nact, ctl,
-            tid, nthr, r0, r1))
-        dgb = dgb[:, :, :GH]
-    else:
-        dgb = zero((n, B, GH), np.uint16)
-        plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
-            cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
-            sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
-    # after the loop: float32 GEMMs on the rounded operands (exact products)
-    dgr = from_bits(dgb[:1 if cache.amx else n, :B]).reshape(-1, GH)
-    xhr = None if cache.amx else from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
-    dg2 = dg.reshape(n * B, GH)
-    dxs = None if cache.amx else np.empty((n * B, I), dt)
-    dh0 = np.empty((B, Hp), dt)
-    db_p = np.empty(GH, dt)
-    dw_p = None if cache.amx else np.empty((GH, Ip + Kh), dt)
-    tasks = []
-    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
     if cache.amx:
-        # dW = dgᵀ [x h] on tiles, both operands packed in tiles (K = n*B padded to 32
-        # with zeros): [x h] in k pairs here, dgᵀ by row blocks in the tasks. dW comes
-        # out row-major in the parameters' row order (dWᵀ would need a transposing
-        # copy: 3.5 ms at (50,64,256,512))
-        from fastrnn.kernels import amx_bf16
-        Nx = Ip + Kh
-        Kp = -(-(n * B) // 32) * 32
-        bt = aligned((Nx // 16, Kp // 2, 16, 2), np.uint16)
-        amx_bf16.pack_b_steps(cache.xh[:n], B, bt, 0, Nx)
-        at = aligned((GH // 16, Kp // 32, 16, 32), np.uint16)
-        dw_p = aligned((GH, Nx), dt, zero=False)
-
-        def dw_part(m0, m1):          # each task packs the rows of dgᵀ it multiplies
-            amx_bf16.pack_a_steps(dgb[:, :, m0:m1], B, at[m0 // 16:m1 // 16])
-            amx_bf16.gemm(at[m0 // 16:m1 // 16], bt, dw_p[m0:m1], 0, Nx)
-        for r0, r1 in splits(GH // 32, DW_TASKS if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: dw_part(32 * r0, 32 * r1))
+        dx, dh0, dw_ih, dw_hh, db_p = _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg,
+                                                   ctl)
     else:
-        for r0, r1 in splits(GH, DW_TASKS if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1]))
-    if cache.amx:
-        # dx = dg W_ih on tiles (rows padded to 32, W_ih's columns to Ip)
-        Mp = -(-(n * B) // 32) * 32
-        ar = aligned((Mp // 16, GH // 32, 16, 32), np.uint16)
-        wib = np.zeros((1, GH, Ip), np.uint16)
-        wib[0, :, :I] = pk.wb_ih
-        bw = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
-        dxp = aligned((Mp, Ip), dt, zero=False)
-
-        def dx_all():
-            amx_bf16.pack_rows_steps(dgb, B, ar)
-            amx_bf16.pack_b_steps(wib, GH, bw, 0, Ip)
-            amx_bf16.gemm(ar, bw, dxp, 0, Ip)
-        tasks.insert(0, dx_all)
-    else:
-        w_ih = from_bits(pk.wb_ih)
-        for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1):
-            tasks.append(lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], w_ih, out=dxs[r0:r1]))
-    tasks.append(lambda: np.matmul(dgr[:B], pk.w_hh, out=dh0))
-    tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
-    Tasks(tasks).run(gthr if split else 1)
-    if cache.amx:
-        dxs = np.ascontiguousarray(dxp[:n * B, :I])
-    dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
-    dw4 = dw_p.reshape(4, Hp, Ip + Kh)
-    dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
-    dw_hh = np.ascontiguousarray(dw4[:, :H, Ip:Ip + H]).reshape(4 * H, H)
+        dx, dh0, dw_ih, dw_hh, db_p = _simd_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg,
+                                                    ctl, zero)
     db = np.ascontiguousarray(db_p.reshape(4, Hp)[:, :H]).reshape(4 * H)
     dpeep = None
     if pk.peep is not None:
@@ -724,3 +670,143 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
                           np.einsum("rh,rh->h", dg3[:, 1], cp),
                           np.einsum("rh,rh->h", dg3[:, 3], cn)])[:, :H]
     return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db, dpeep)
+
+
+def _padded(bits, H, Hp, cols):
+    """A weight's bits [4H, c] -> its bf16 values [4Hp, cols] float32, units and columns
+    zero padded."""
+    out = np.zeros((4, Hp, cols), np.float32)
+    out[:, :H, :bits.shape[1]] = from_bits(bits).reshape(4, H, -1)
+    return out.reshape(4 * Hp, cols)
+
+
+def _simd_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl, zero):
+    """The loop on vdpbf16ps (or emulated) and float32 GEMMs on the rounded operands
+    widened back to float32 (exact products): ``(dx, dh0, dw_ih, dw_hh, db_p)``."""
+    sched, pk = cache.sched, cache.pk
+    n, B, GH = cache.act.shape
+    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
+    dt = np.dtype(np.float32)
+    dgb = zero((n, B, GH), np.uint16)
+    plan.launch(lstm_bwd_bf16_kernel, lambda tid, nthr, r0, r1: (
+        cache.tag, cache.act, cache.cs, pk.ub, pk.nvb, pk.peep, dys, dhn, zrow, dc, dg, dgb,
+        sched.nact, ctl, tid, nthr, BF16_MR, r0, r1))
+    dgr = from_bits(dgb).reshape(-1, GH)
+    xhr = from_bits(cache.xh[:n]).reshape(n * B, Ip + Kh)
+    dg2 = dg.reshape(n * B, GH)
+    dxs = np.empty((n * B, I), dt)
+    dh0 = np.empty((B, Hp), dt)
+    db_p = np.empty(GH, dt)
+    dw_p = np.empty((GH, Ip + Kh), dt)
+    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
+    tasks = [lambda r0=r0, r1=r1: np.matmul(dgr[:, r0:r1].T, xhr, out=dw_p[r0:r1])
+             for r0, r1 in splits(GH, DW_TASKS if split else 1)]
+    w_ih = _padded(pk.wb_ih, H, Hp, I)
+    tasks += [lambda r0=r0, r1=r1: np.matmul(dgr[r0:r1], w_ih, out=dxs[r0:r1])
+              for r0, r1 in splits(n * B, min(4, max(1, n * B // 64)) if split else 1)]
+    w_hh = _padded(pk.wb_hh, H, Hp, Hp)
+    tasks.append(lambda: np.matmul(dgr[:B], w_hh, out=dh0))
+    tasks.append(lambda: np.sum(dg2, axis=0, out=db_p))
+    Tasks(tasks).run(gthr if split else 1)
+    dx = sched.scatter(dxs.reshape(n, B, I), I, dt)
+    dw4 = dw_p.reshape(4, Hp, Ip + Kh)
+    dw_ih = np.ascontiguousarray(dw4[:, :H, :I]).reshape(4 * H, I)
+    dw_hh = np.ascontiguousarray(dw4[:, :H, Ip:Ip + H]).reshape(4 * H, H)
+    return dx, dh0, dw_ih, dw_hh, db_p
+
+
+#: bytes per allocation of :func:`_carve`: glibc hands blocks above its mmap
+#: threshold (at most 32 MiB) fresh pages on every call, each page a fault on its
+#: first write (3 ms per 43 MiB measured); smaller ones come back from the heap
+CARVE_BYTES = 16 << 20
+
+
+def _carve(*specs):
+    """C-contiguous arrays of the given (shape, dtype), each starting on a 64-byte
+    boundary, carved from as few allocations of at most ``CARVE_BYTES`` as the
+    order allows (an array larger than that alone; not zeroed)."""
+    sizes = [-(-math.prod(sh) * np.dtype(dt).itemsize // 64) * 64 for sh, dt in specs]
+    groups, cur = [], []
+    for i, size in enumerate(sizes):
+        if cur and sum(sizes[j] for j in cur) + size > CARVE_BYTES:
+            groups.append(cur)
+            cur = []
+        cur.append(i)
+    groups.append(cur)
+    out = [None] * len(specs)
+    for grp in groups:
+        raw = np.empty(sum(sizes[i] for i in grp) + 64, np.uint8)
+        off = (-raw.ctypes.data) % 64
+        for i in grp:
+            sh, dt = specs[i]
+            nb = math.prod(sh) * np.dtype(dt).itemsize
+            out[i] = raw[off:off + nb].view(dt).reshape(sh)
+            off += sizes[i]
+    return out
+
+
+def _amx_backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
+    """The loop and the products after it on AMX tiles (:mod:`fastrnn.kernels.amx_gemm`):
+    ``(dx, dh0, dw_ih, dw_hh, db_p)``. The loop writes the rounded gate gradients
+    twice: row-major ``dgb`` (the next step's ``dh``, then ``dx`` and ``dh0``, read in
+    place) and in k pairs ``vt`` (the weight gradient's B operand, ``dWᵀ = [x h]ᵀ dg``)."""
+    from fastrnn.kernels import amx_bf16
+    from fastrnn.kernels import amx_gemm as ag
+    sched, pk = cache.sched, cache.pk
+    n, B, GH = cache.act.shape
+    H, Hp, I, Ip, Kh = pk.H, pk.Hp, pk.I, pk.Ip, pk.Kh
+    dt = np.dtype(np.float32)
+    Nx = Ip + Kh
+    # the steps' rows one after the other (dx = dg W_ih is one GEMM over them), 32
+    # rows more at the end: the products read two tiles of 16 rows from any row
+    # (the rows past a step's own give products that are not used: no zeros needed);
+    # rows padded off multiples of 4 KiB (a tile's 16 rows would share cache sets)
+    R = n * B
+    Rp = -(-R // 32) * 32
+    GHb = GH + (32 if GH % 2048 == 0 else 0)
+    vs = ag.vnni_shape(n, B, GH)
+    # few allocations for the workspaces (each on a 64-byte boundary); the outputs
+    # apart (dx and dh0 may come back as views: they keep only their own alive)
+    dgf, vt, at, wt, ct = _carve(
+        ((Rp + 32, GHb), np.uint16), (vs, np.uint16), ((Nx // 16, vs[1] // 16, 16, 32), np.uint16),
+        ((Ip // 16, GH // 2, 16, 2), np.uint16), ((Nx // 16, GH // 16, 16, 16), dt))
+    dxp, dh0 = _carve(((Rp + 32, Ip), dt), ((B + 32, Hp), dt))
+    dgb = dgf[:R].reshape(n, B, GHb)
+    # the k-pair copy: zero where the loop writes nothing (past the last row; rows
+    # past the sequences' ends)
+    if sched.tix is not None:
+        vt[:] = 0
+    vt[:, R // 2:] = 0
+    plan.launch(amx_bf16.lstm_bwd_amx_kernel, lambda tid, nthr, r0, r1: (
+        cache.act, cache.cs, pk.ub, pk.peep, dys, dhn, zrow, dc, dg, dgb, vt, sched.nact, ctl,
+        tid, nthr, r0, r1))
+    split = 2.0 * n * B * GH * (2 * I + Hp) >= settings.split_gemm_flops
+    nt = gthr if split else 1
+    at[:, R // 32:] = 0                   # pack_a_steps fills the rows k < R
+    wt[:] = 0                             # pack_wih fills the real units and columns
+    db_p = np.empty(GH, dt)
+    dw_ih = np.empty((4 * H, I), dt)
+    dw_hh = np.empty((4 * H, H), dt)
+    xh = cache.xh[:n]
+    # [x h]ᵀ packed by feature blocks; beside it W_ih's operand and dh0
+    stage = [lambda f0=f0, f1=f1: ag.pack_a_steps(xh[:, :, 16 * f0:16 * f1], B, at[f0:f1])
+             for f0, f1 in splits(Nx // 16, 2 if split else 1)]
+    stage.append(lambda: ag.pack_wih(pk.wb_ih, H, Hp, wt))
+    stage.append(lambda: ag.dh0_gemm(dgf, B, pk.ub, Hp, pk.nvb * VW, dh0))
+    Tasks(stage).run(nt)
+
+    stage = [lambda j0=j0, j1=j1: ag.dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, 32 * j0,
+                                              32 * j1)
+             for j0, j1 in splits(GH // 32, DW_TASKS if split else 1)]
+    stage += [lambda r0=r0, r1=r1: ag.dx_gemm(dgf, wt, dxp, 32 * r0, 32 * r1)
+              for r0, r1 in splits(Rp // 32, 2 if split else 1)]
+    # the bias sums (a pass over the float32 gate gradients, or over the loop's
+    # per-row sums) by column halves: the same row order in each column whatever
+    # the split
+    dg2 = dg.reshape(-1, GH)
+    stage += [lambda c0=c0, c1=c1: np.sum(dg2[:, 16 * c0:16 * c1], axis=0,
+                                          out=db_p[16 * c0:16 * c1])
+              for c0, c1 in splits(GH // 16, 2 if split else 1)]
+    Tasks(stage).run(nt)
+    dx = sched.scatter(dxp[:R].reshape(n, B, Ip), I, dt)
+    return dx, dh0[:B], dw_ih, dw_hh, db_p

@@ -303,7 +303,7 @@ def test_weight_packing_is_the_same_on_one_and_two_threads():
             for kmult in (2, 32):
                 one = pb.pack_bf16(w_ih, w_hh, b, b, True, None, kmult, 1)
                 two = pb.pack_bf16(w_ih, w_hh, b, b, True, None, kmult, 2)
-                for k in ("up", "ub", "wb_ih", "w_hh"):
+                for k in ("up", "ub", "wb_ih", "wb_hh"):
                     np.testing.assert_array_equal(getattr(two, k), getattr(one, k), err_msg=k)
                 # inference packs straight from the float32 weights: the same panels,
                 # which are [W_ih 0 W_hh 0]ᵀ's bits by 16 units, gates side by side

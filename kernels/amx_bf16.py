@@ -1,15 +1,13 @@
-"""The bf16 LSTM's time-loop products on AMX tiles (CPUs with AMX-BF16).
+"""The bf16 LSTM's AMX tile machinery and its backward time loop (CPUs with AMX-BF16).
 
-``tdpbf16ps`` multiplies a tile of 16 rows x 32 bf16 (the operand rows
-``[x_t, h_{t-1}]``, 32 k at a time) by a tile of 16 k pairs x 16 columns x 2
-(the weight panel: exactly the k-pair layout of :mod:`fastrnn.kernels.packed_bf16`,
-one gate's 16 columns at a 64-byte offset of each 256-byte panel row) into
-16 x 16 float32 accumulators. One call of :data:`uk_amx_fwd` does a panel
-(16 units, 4 gates: accumulator tiles 0-3) for a block of up to 16 batch rows:
-the products over the x and h chunks (tile 4: the operand rows; tiles 5, 6:
-weights, alternating), the accumulators stored to a 4 KiB scratch, then the
-LSTM epilogue of :mod:`fastrnn.kernels.bf16_simd` on its rows (h' float32 to
-``y`` and rounded to the next step's bf16 operand row).
+``tdpbf16ps`` multiplies a tile of 16 rows x 32 bf16 (operand rows, 32 k at a
+time) by a tile of 16 k pairs x 16 columns x 2 (a weight panel in k pairs) into
+16 x 16 float32 accumulators. Here: the permission and tile configuration
+(:func:`available`, :data:`amx_begin`, :data:`amx_end`), the forward's LSTM
+epilogue on stored accumulators (:func:`_fwd_epilogue`, :data:`uk_amx_epi`: h'
+float32 to ``y`` and rounded to the next step's bf16 operand row; the forward
+loop itself is :mod:`fastrnn.kernels.amx_fwd`'s), the segment-blocked 32-row
+block :data:`uk_amx_seg`, and the tile-rate probe.
 
 Backward, :data:`uk_amx_bwd` does an output panel (up to 64 units: tiles 0-3)
 for up to 16 rows: ``dh = dgates U`` from the rounded gate gradients of the
@@ -43,8 +41,8 @@ from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
 
-__all__ = ["available", "lstm_fwd_amx_kernel", "lstm_bwd_amx_kernel", "uk_amx_fwd", "uk_amx_bwd",
-           "probe"]
+__all__ = ["available", "amx_begin", "amx_end", "uk_amx_epi", "uk_amx_seg", "lstm_bwd_amx_kernel",
+           "uk_amx_bwd", "probe"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -128,52 +126,6 @@ def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, 
                 vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
 
 
-def _make_fwd(peephole):
-    @intrinsic
-    def uk(typingctx, x, ldb, h, w, KIc, KHc, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb,
-           ldhb, act, ldact, training):
-        """One panel, ``nr <= 16`` rows from byte addresses ``x``/``h`` (bf16 rows,
-        row stride ``ldb`` bytes; ``KIc``/``KHc`` chunks of 32 k), panel ``w`` ([(KIc +
-        KHc)*16][64] words); then the LSTM cell on ``nr`` rows (float32 arrays,
-        strides in elements, as :data:`fastrnn.kernels.bf16_simd.uk_bf16_fwd`)."""
-        i8 = types.int64
-        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8,
-                         i8, i8, types.boolean)
-
-        def codegen(context, builder, signature, args):
-            (x, ldb, h, w, KIc, KHc, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb,
-             act, ldact, training) = args
-            b = builder
-            load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
-            dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
-            C = lambda v: ir.Constant(I64, v)  # noqa: E731
-            for v in range(4):
-                b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(v)])
-            wh = b.add(w, b.mul(KIc, C(16 * 256)))
-            for a, wb, nc in ((x, w, KIc), (h, wh, KHc)):
-                with cgutils.for_range(b, nc) as loop:
-                    c = loop.index
-                    b.call(load, [_t(4), b.inttoptr(b.add(a, b.mul(c, C(64))), _i8p), ldb])
-                    wc = b.add(wb, b.mul(c, C(16 * 256)))
-                    for v in range(4):
-                        b.call(load, [_t(5 + v % 2), b.inttoptr(b.add(wc, C(64 * v)), _i8p),
-                                      C(256)])
-                        b.call(dp, [_t(v), _t(4), _t(5 + v % 2)])
-            store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
-            for v in range(4):
-                b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
-            _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                          ldact, training)
-            return context.get_dummy_value()
-        return sig, codegen
-    return uk
-
-
-#: [peephole]: the plain LSTM's and the diagonal peephole LSTM's block
-uk_amx_fwd = [_make_fwd(False), _make_fwd(True)]
-_uk, _ukp = uk_amx_fwd
-
-
 @intrinsic
 def uk_amx_seg(typingctx, a, ldb, w, nk, scr, acc):
     """32 rows x 2 gates of one panel over ``nk`` chunks: the accumulators (tiles 0-3,
@@ -225,7 +177,7 @@ def _make_epi(peephole):
     @intrinsic
     def uk(typingctx, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act, ldact,
            training):
-        """The forward epilogue of :data:`uk_amx_fwd` alone, on ``nr`` rows of
+        """The forward LSTM epilogue (:func:`_fwd_epilogue`) on ``nr`` rows of
         accumulators at ``scr`` (rows of 64 float32)."""
         i8 = types.int64
         sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
@@ -237,113 +189,16 @@ def _make_epi(peephole):
     return uk
 
 
-#: [peephole]: the epilogue of the segment-blocked forward
+#: [peephole]: the forward epilogue (used by :mod:`fastrnn.kernels.amx_fwd`)
 uk_amx_epi = [_make_epi(False), _make_epi(True)]
-_ue, _uep = uk_amx_epi
 
-#: chunks of 32 k per weight segment of the blocked forward: 2 gates x 16 chunks x
-#: 1 KiB = 32 KiB of weights that stay in L1 across a step's row pairs (the
-#: accumulators go through the scratch once per segment)
+#: chunks of 32 k per weight segment of :data:`uk_amx_seg`'s blocked loops: 2 gates x
+#: 16 chunks x 1 KiB = 32 KiB of weights that stay in L1 across a step's row pairs
+#: (the accumulators go through the scratch once per segment)
 SEG = 16
-#: the blocked forward runs from this many rows per thread and step (fewer: the
-#: 16-row kernel, which loads each weight tile once per 16 rows anyway)
+#: the blocked loop runs from this many rows per thread and step (fewer: the 16-row
+#: block, which loads each weight tile once per 16 rows anyway)
 SEG_MIN_ROWS = 32
-
-
-@njit(inline="always")
-def _panel_seg(s, p, tid, P, args, peep):
-    """:func:`_panel` for many rows: per gate pair and weight segment, every row pair
-    of the step, the sums in the thread's scratch, then the epilogue by 16 rows."""
-    (xp, ld, hoff, Bx, B, KIc, KHc, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, yp,
-     scr, r0, r1) = args
-    nb = min(nact[s], r1)
-    xsp = xp + 2 * s * Bx * ld
-    hsp = xsp + 2 * hoff
-    hout = hsp + 2 * Bx * ld
-    KW = (KIc + KHc) * 16 * 256
-    wp = upp + p * KW
-    cin = csp + 4 * (s % ring) * B * Hp
-    cout = csp + 4 * ((s + 1) % ring) * B * Hp
-    ysp = yp + 4 * s * B * Hp
-    asp = ap + 4 * s * B * GH
-    col = p * 64
-    u0 = p * 16
-    KT = KIc + KHc                    # [x_t h_{t-1}] and the panel's rows: one k range
-    for gp in range(2):
-        for c0 in range(0, KT, SEG):
-            nk = min(SEG, KT - c0)
-            for q0 in range(r0, nb, 32):
-                uk_amx_seg(xsp + 2 * q0 * ld + 64 * c0, 2 * ld, wp + c0 * 16 * 256 + 128 * gp,
-                           nk, scr + 256 * (q0 - r0) + 128 * gp, c0 > 0)
-    for q0 in range(r0, nb, 16):
-        nr = min(16, nb - q0)
-        co = 4 * (q0 * Hp + u0)
-        if peep is None:
-            _ue(scr + 256 * (q0 - r0), nr, bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co,
-                Hp, ysp + co, Hp, hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH,
-                training)
-        else:
-            _uep(scr + 256 * (q0 - r0), nr, bp + 4 * col, ppp + 4 * 3 * u0, cin + co,
-                 cout + co, Hp, ysp + co, Hp, hout + 2 * (q0 * ld + u0), ld,
-                 asp + 4 * (q0 * GH + col), GH, training)
-
-
-@njit(inline="always")
-def _panel(s, p, tid, P, args, peep):
-    (xp, ld, hoff, Bx, B, KIc, KHc, Hp, GH, bp, upp, ppp, csp, ring, nact, training, ap, yp,
-     scr, r0, r1) = args
-    nb = min(nact[s], r1)
-    xsp = xp + 2 * s * Bx * ld
-    hsp = xsp + 2 * hoff
-    hout = hsp + 2 * Bx * ld
-    KW = (KIc + KHc) * 16 * 256
-    wp = upp + p * KW
-    cin = csp + 4 * (s % ring) * B * Hp
-    cout = csp + 4 * ((s + 1) % ring) * B * Hp
-    ysp = yp + 4 * s * B * Hp
-    asp = ap + 4 * s * B * GH
-    col = p * 64
-    u0 = p * 16
-    for q0 in range(r0, nb, 16):
-        nr = min(16, nb - q0)
-        co = 4 * (q0 * Hp + u0)
-        if peep is None:
-            _uk(xsp + 2 * q0 * ld, 2 * ld, hsp + 2 * q0 * ld, wp, KIc, KHc, scr, nr,
-                bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp, ysp + co, Hp,
-                hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH, training)
-        else:
-            _ukp(xsp + 2 * q0 * ld, 2 * ld, hsp + 2 * q0 * ld, wp, KIc, KHc, scr, nr,
-                 bp + 4 * col, ppp + 4 * 3 * u0, cin + co, cout + co, Hp, ysp + co, Hp,
-                 hout + 2 * (q0 * ld + u0), ld, asp + 4 * (q0 * GH + col), GH, training)
-
-
-@njit(**JIT_OPTIONS)
-def lstm_fwd_amx_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, ring, nact, training,
-                        act, y, ctl, tid, nthr, r0, r1):
-    # xh: [n+1,Bx,ld] uint16 bf16 operand rows [x_t (hoff), h_{t-1} (ld-hoff)], Bx >= B+32;
-    #     step s writes h_s into row s+1 at column hoff
-    # KIc, KHc: 32-k chunks of x and h;  up: [P,(KIc+KHc)*16,64] words
-    # bias, peep, cs, ring, nact, training, act, y, ctl, tid, nthr, r0, r1: as
-    #     lstm_fwd_bf16_kernel of packed_bf16 (B = y.shape[1])
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1                               # palette 1
-    for t in range(8):                       # tiles 0-7: 16 rows of 64 bytes
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
-    seg = r1 - r0 >= SEG_MIN_ROWS
-    scr = np.empty(((r1 - r0 + 63) // 32 * 32 if seg else 16) * 64 + 16, np.float32)
-    ppp = 0 if peep is None else peep.ctypes.data
-    P = Hp // 16
-    args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
-            bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
-            act.ctypes.data, y.ctypes.data, _aligned_ptr(scr), r0, r1)
-    amx_begin(cfg.ctypes.data)
-    if seg:
-        w = panel_steps(n, P, False, ctl, tid, nthr, _panel_seg, args, peep)
-    else:
-        w = panel_steps(n, P, False, ctl, tid, nthr, _panel, args, peep)
-    amx_end()
-    return w
 
 
 # --------------------------------------------------------------------------- backward
@@ -538,7 +393,7 @@ def _bwd_panel(s, q, tid, Q, args, peep):
         dhx = zp if part == 0 else dhq
         lddhx = 0 if part == 0 else Hp
         if nv == 4 and part == 0 and hi - lo >= SEG_MIN_ROWS:
-            # blocked as the forward's _panel_seg: per vector pair and segment of U's
+            # blocked by weight segments (uk_amx_seg): per vector pair and segment of U's
             # panel, every row pair, the sums in the scratch; then the epilogue
             for vp in range(2):
                 for c0 in range(0, KKc, SEG):

@@ -1,0 +1,267 @@
+"""The bfloat16 compute mode of :class:`fastrnn.blocks.Linear` (the language
+model's head in that mode): its three products with bf16 operands summed in
+float32, on AMX tiles where the CPU has them.
+
+- forward ``y = round(x) round(W)ᵀ + b``;
+- backward ``dx = round(dy) round(W)``, ``dW += round(dy)ᵀ round(x)``, and
+  ``db += Σ dy`` in float32 (unrounded), as the recurrent layers' mode
+  (``round`` = :func:`fastrnn.bf16.round_bf16`).
+
+:func:`route` picks ``"amx"``: the operands rounded and tile-packed in one pass
+each (:func:`pack_rows`, :func:`pack_cols`, :func:`pack_cols_t`; the output
+gradient's two A operands and the bias gradient in one pass, :func:`pack_dy`)
+and multiplied by :func:`fastrnn.kernels.amx_bf16.gemm` (one thread); or
+``"emulated"``: the rounded operands multiplied in float32 by the caller's
+matmul (no AMX-BF16 here, ``settings.bf16_native`` / ``settings.bf16_amx``
+off, or fewer than :data:`MIN_ROWS` rows). Both compute the same
+numbers up to the order of the float32 sums: a product of two bf16 values is
+exact in float32.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from fastrnn.bf16 import has_avx512_bf16, round_bf16
+from fastrnn.kernels.cpu_settings import settings
+
+__all__ = ["route", "LinearBF16", "pack_rows", "pack_cols", "pack_cols_t", "pack_dy"]
+
+#: below this many rows (``x``'s leading axes) the products run emulated: the
+#: packing's fixed costs outweigh a small product
+MIN_ROWS = 64
+
+
+def route(rows=None):
+    """``"amx"`` or ``"emulated"``: which code runs a bf16 Linear here (for
+    ``rows`` rows of input when given)."""
+    if rows is not None and rows < MIN_ROWS:
+        return "emulated"
+    if not (settings.bf16_native and settings.bf16_amx and has_avx512_bf16()):
+        return "emulated"
+    try:
+        from fastrnn.kernels import amx_bf16
+    except Exception:  # pragma: no cover - an LLVM without the AMX intrinsics
+        return "emulated"
+    return "amx" if amx_bf16.available() else "emulated"
+
+
+def aligned(shape, dtype, zero=True):
+    """A C-contiguous array starting on a 64-byte boundary (a view into a larger
+    one): AMX tile rows that straddle cache lines load several times slower."""
+    dt = np.dtype(dtype)
+    n = int(np.prod(shape, dtype=np.int64))
+    raw = (np.zeros if zero else np.empty)(n * dt.itemsize + 64, np.uint8)
+    a = (-raw.ctypes.data) % 64
+    return raw[a:a + n * dt.itemsize].view(dt).reshape(shape)
+
+
+def _up(n, m):
+    return -(-n // m) * m
+
+
+# --------------------------------------------------------------------------- packing
+@njit(inline="always")
+def _rb(v):
+    """The bf16 bits of the float32 whose bits are ``v`` (uint32), as uint32:
+    :func:`fastrnn.bf16.round_bf16`'s rounding (nearest even, denormal -> signed
+    zero, infinities kept, NaN quieted), written with selects, not branches,
+    so that the packing loops vectorize."""
+    e = v & np.uint32(0x7F800000)
+    r = (v + np.uint32(0x7FFF) + ((v >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16)
+    z = (v >> np.uint32(16)) & np.uint32(0x8000)
+    nan = ((v | np.uint32(0x00400000)) >> np.uint32(16)) & np.uint32(0xFFFF)
+    special = nan if (v & np.uint32(0x007FFFFF)) != 0 else v >> np.uint32(16)
+    r = z if e == 0 else r
+    return special if e == np.uint32(0x7F800000) else r
+
+
+# Tile layouts of amx_bf16.gemm: A [M/16, K/32, 16, 32] (a[m, k] at [m>>4, k>>5,
+# m&15, k&31]); B [N/16, K/2, 16, 2] (b[k, n] at [n>>4, k>>1, n&15, k&1]), here
+# as uint32 words [N/16, K/2, 16] (the pair's k even in the low half). The
+# sources are float32 bits (uint32 views); padding stays zero (never written).
+# The inner loops run over a row of one tile (a slice) with range indices:
+# flat computed indices measured 3-4x slower (the wraparound of a signed index
+# the compiler cannot prove non-negative blocks vectorizing).
+@njit(cache=True, nogil=True)
+def pack_rows(u, out):
+    """A from ``a = u`` ([M, K], rows in order: 32 consecutive k per tile row)."""
+    M, K = u.shape
+    K32 = K >> 5
+    for r in range(M):
+        rb, ri = r >> 4, r & 15
+        row = u[r]
+        for cb in range(K32):
+            o = out[rb, cb, ri]
+            src = row[cb * 32:cb * 32 + 32]
+            for cc in range(32):
+                o[cc] = _rb(src[cc])
+        for c in range(K32 * 32, K):
+            out[rb, c >> 5, ri, c & 31] = _rb(row[c])
+
+
+@njit(cache=True, nogil=True)
+def pack_cols(u, out):
+    """B (words) from ``b = u`` ([K, N]): rows 2kk and 2kk+1 interleaved."""
+    K, N = u.shape
+    N16 = N >> 4
+    for kk in range(K >> 1):
+        r0 = u[2 * kk]
+        r1 = u[2 * kk + 1]
+        for nb in range(N16):
+            o = out[nb, kk]
+            a0 = r0[nb * 16:nb * 16 + 16]
+            a1 = r1[nb * 16:nb * 16 + 16]
+            for ni in range(16):
+                o[ni] = _rb(a0[ni]) | (_rb(a1[ni]) << np.uint32(16))
+        for n in range(N16 * 16, N):
+            out[n >> 4, kk, n & 15] = _rb(r0[n]) | (_rb(r1[n]) << np.uint32(16))
+    if K & 1:
+        for n in range(N):
+            out[n >> 4, K >> 1, n & 15] = _rb(u[K - 1, n])
+
+
+@njit(cache=True, nogil=True)
+def pack_cols_t(u, out):
+    """B (words) from ``b = uᵀ`` (``u`` [N, K]): each row of ``u`` one tile
+    column's pairs."""
+    N, K = u.shape
+    for n in range(N):
+        nb, ni = n >> 4, n & 15
+        row = u[n]
+        for kk in range(K >> 1):
+            out[nb, kk, ni] = _rb(row[2 * kk]) | (_rb(row[2 * kk + 1]) << np.uint32(16))
+        if K & 1:
+            out[nb, K >> 1, ni] = _rb(row[K - 1])
+
+
+@njit(cache=True, nogil=True)
+def pack_dy(u, a, at, db):
+    """:func:`pack_rows` ``(u, a)`` and the A of ``uᵀ`` (``at``: [K/16, M/32, 16,
+    32]) in one pass over ``u`` [M, K] (the output gradient's bits), 32 rows at a
+    time rounded into a scratch block first (the transposed tiles gather from
+    it, in L1: from ``u`` itself, 3x slower); ``db[k] += Σ_m u[m, k]`` as
+    float32 values (the bias gradient, unrounded)."""
+    M, K = u.shape
+    K32 = K >> 5
+    uf = u.view(np.float32)
+    tmp = np.empty((32, K), np.uint16)
+    for mb in range((M + 31) >> 5):
+        mn = min(32, M - mb * 32)
+        for i in range(mn):
+            row = u[mb * 32 + i]
+            frow = uf[mb * 32 + i]
+            t = tmp[i]
+            for c in range(K):
+                t[c] = _rb(row[c])
+                db[c] += frow[c]
+            r = mb * 32 + i
+            rb, ri = r >> 4, r & 15
+            for cb in range(K32):
+                o = a[rb, cb, ri]
+                s_ = t[cb * 32:cb * 32 + 32]
+                for cc in range(32):
+                    o[cc] = s_[cc]
+            for c in range(K32 * 32, K):
+                a[rb, c >> 5, ri, c & 31] = t[c]
+        # the transposed tiles: at[k >> 4, mb, k & 15, i] = tmp[i, k]
+        for k in range(K):
+            o = at[k >> 4, mb, k & 15]
+            for i in range(mn):
+                o[i] = tmp[i, k]
+
+
+@njit(cache=True, nogil=True)
+def _epilogue(c, b, y):
+    """``y = c[:N, :O] + b`` (``y`` [N, O], ``c`` the padded product)."""
+    N, O = y.shape
+    for n in range(N):
+        cr = c[n]
+        yr = y[n]
+        for o in range(O):
+            yr[o] = cr[o] + b[o]
+
+
+def _pairs(words):
+    """A B operand's uint32 words as gemm's uint16 [N/16, K/2, 16, 2] (a view)."""
+    return words.view(np.uint16).reshape(words.shape + (2,))
+
+
+def _bits32(a):
+    """float32 ``a`` (2-D) as its uint32 bits, C-contiguous (a copy only if needed)."""
+    return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
+
+
+# --------------------------------------------------------------------------- the layer
+class LinearBF16:
+    """The products of one Linear layer in the bf16 mode, with its packing
+    buffers (reused while the shapes stay; their padding stays zero)."""
+
+    def __init__(self):
+        self._buf = {}
+
+    def __getstate__(self):          # the buffers are a cache: not pickled, not copied
+        return {}
+
+    def __setstate__(self, state):
+        self._buf = {}
+
+    def _zeros(self, key, dims, shape, dtype=np.uint16):
+        """The buffer ``key`` for operands of sizes ``dims``: zeros when new;
+        kept while ``dims`` stay (what a pack leaves unwritten, the padding,
+        stays zero: a smaller operand in the same padded shape would not)."""
+        got = self._buf.get(key)
+        if got is None or got[0] != dims:
+            got = self._buf[key] = (dims, aligned(shape, dtype))
+        return got[1]
+
+    def forward(self, x2, w, b, matmul):
+        """``round(x2) round(w)ᵀ (+ b)`` for ``x2`` [N, F] float32, ``w`` [O, F]."""
+        N, F = x2.shape
+        O = w.shape[0]
+        if route(N) != "amx":
+            y = matmul(round_bf16(np.ascontiguousarray(x2)), round_bf16(w).T)
+            if b is not None:
+                y += b
+            return y
+        from fastrnn.kernels import amx_bf16
+        Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)
+        a = self._zeros("x", (N, F), (Np // 16, Fp // 32, 16, 32))
+        pack_rows(_bits32(x2), a)
+        bw = self._zeros("wt", (O, F), (Op // 16, Fp // 2, 16), np.uint32)
+        pack_cols_t(_bits32(w), bw)
+        c = aligned((Np, Op), np.float32, zero=False)
+        amx_bf16.gemm(a, _pairs(bw), c, 0, Op)
+        y = np.empty((N, O), np.float32)
+        _epilogue(c, np.zeros(O, np.float32) if b is None else b, y)
+        return y
+
+    def backward(self, x2, dy2, w, gw, gb, matmul):
+        """``dx = round(dy2) round(w)``; ``gw += round(dy2)ᵀ round(x2)``,
+        ``gb += Σ dy2`` (float32, unrounded). Returns ``dx`` [N, F]."""
+        N, F = x2.shape
+        O = w.shape[0]
+        if route(N) != "amx":
+            if gb is not None:
+                gb += dy2.sum(axis=0)
+            dyr = round_bf16(np.ascontiguousarray(dy2))
+            gw += matmul(dyr.T, round_bf16(np.ascontiguousarray(x2)))
+            return matmul(dyr, round_bf16(w))
+        from fastrnn.kernels import amx_bf16
+        Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)
+        # dy's two A operands: rows (dx) and transposed (dW), and the bias gradient
+        a = self._zeros("dy", (N, O), (Np // 16, Op // 32, 16, 32))
+        at = self._zeros("dyt", (N, O), (Op // 16, Np // 32, 16, 32))
+        pack_dy(_bits32(dy2), a, at, np.zeros(O, np.float32) if gb is None else gb)
+        # dx [N, F] = dy [N, O] w [O, F]
+        bw = self._zeros("w", (O, F), (Fp // 16, Op // 2, 16), np.uint32)
+        pack_cols(_bits32(w), bw)
+        c = aligned((Np, Fp), np.float32, zero=False)
+        amx_bf16.gemm(a, _pairs(bw), c, 0, Fp)
+        # dW [O, F] = dyᵀ [O, N] x [N, F]
+        bx = self._zeros("xb", (N, F), (Fp // 16, Np // 2, 16), np.uint32)
+        pack_cols(_bits32(x2), bx)
+        cw = self._zeros("dw", (O, F), (Op, Fp), np.float32)
+        amx_bf16.gemm(at, _pairs(bx), cw, 0, Fp)
+        gw += cw[:O, :F]
+        return c[:N, :F]

@@ -10,7 +10,8 @@ float32, on AMX tiles where the CPU has them.
 :func:`route` picks ``"amx"``: the operands rounded and tile-packed in one pass
 each (:func:`pack_rows`, :func:`pack_cols`, :func:`pack_cols_t`; the output
 gradient's two A operands and the bias gradient in one pass, :func:`pack_dy`)
-and multiplied by :func:`fastrnn.kernels.amx_bf16.gemm` (one thread); or
+and multiplied by :func:`fastrnn.kernels.amx_bf16.gemm` (two tasks, for the
+caller and a worker: halves of the rows forward, dx and dW backward); or
 ``"emulated"``: the rounded operands multiplied in float32 by the caller's
 matmul (no AMX-BF16 here, ``settings.bf16_native`` / ``settings.bf16_amx``
 off, or fewer than :data:`MIN_ROWS` rows). Both compute the same
@@ -227,13 +228,21 @@ class LinearBF16:
         from fastrnn.kernels import amx_bf16
         Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)
         a = self._zeros("x", (N, F), (Np // 16, Fp // 32, 16, 32))
-        pack_rows(_bits32(x2), a)
         bw = self._zeros("wt", (O, F), (Op // 16, Fp // 2, 16), np.uint32)
         pack_cols_t(_bits32(w), bw)
+        ub = _bits32(x2)
         c = aligned((Np, Op), np.float32, zero=False)
-        amx_bf16.gemm(a, _pairs(bw), c, 0, Op)
         y = np.empty((N, O), np.float32)
-        _epilogue(c, np.zeros(O, np.float32) if b is None else b, y)
+        bias = np.zeros(O, np.float32) if b is None else b
+
+        def rows(r0, r1):            # rows [r0, r1) of y (r0 a multiple of 32)
+            p1 = Np if r1 == N else r1
+            pack_rows(ub[r0:r1], a[r0 // 16:p1 // 16])
+            amx_bf16.gemm(a[r0 // 16:p1 // 16], _pairs(bw), c[r0:p1], 0, Op)
+            _epilogue(c[r0:r1], bias, y[r0:r1])
+        mid = min(N, _up(N // 2, 32))
+        _run([lambda: rows(0, mid), lambda: rows(mid, N)] if 0 < mid < N
+             else [lambda: rows(0, N)], 2.0 * N * F * O)
         return y
 
     def backward(self, x2, dy2, w, gw, gb, matmul):
@@ -253,15 +262,35 @@ class LinearBF16:
         a = self._zeros("dy", (N, O), (Np // 16, Op // 32, 16, 32))
         at = self._zeros("dyt", (N, O), (Op // 16, Np // 32, 16, 32))
         pack_dy(_bits32(dy2), a, at, np.zeros(O, np.float32) if gb is None else gb)
-        # dx [N, F] = dy [N, O] w [O, F]
         bw = self._zeros("w", (O, F), (Fp // 16, Op // 2, 16), np.uint32)
-        pack_cols(_bits32(w), bw)
-        c = aligned((Np, Fp), np.float32, zero=False)
-        amx_bf16.gemm(a, _pairs(bw), c, 0, Fp)
-        # dW [O, F] = dyᵀ [O, N] x [N, F]
         bx = self._zeros("xb", (N, F), (Fp // 16, Np // 2, 16), np.uint32)
-        pack_cols(_bits32(x2), bx)
         cw = self._zeros("dw", (O, F), (Op, Fp), np.float32)
-        amx_bf16.gemm(at, _pairs(bx), cw, 0, Fp)
+        c = aligned((Np, Fp), np.float32, zero=False)
+
+        def dx():                    # dx [N, F] = dy [N, O] w [O, F]
+            pack_cols(_bits32(w), bw)
+            amx_bf16.gemm(a, _pairs(bw), c, 0, Fp)
+
+        def dw():                    # dW [O, F] = dyᵀ [O, N] x [N, F]
+            pack_cols(_bits32(x2), bx)
+            amx_bf16.gemm(at, _pairs(bx), cw, 0, Fp)
+        _run([dx, dw], 4.0 * N * F * O)
         gw += cw[:O, :F]
         return c[:N, :F]
+
+
+def _run(tasks, flops):
+    """The tasks on the caller and a worker (:class:`fastrnn.kernels.plan.Tasks`),
+    as the float32 Linear's products are (:func:`fastrnn.kernels.task_gemm.gemm`:
+    its thresholds); each writes its own outputs, so the results do not depend
+    on the threads."""
+    from fastrnn.kernels.blas import get_num_threads
+    from fastrnn.kernels.plan import Tasks, nthreads
+    nthr = 1
+    if len(tasks) > 1 and flops >= settings.split_gemm_flops:
+        nthr = nthreads(get_num_threads(), settings.two_thread_step_flops, len(tasks))
+    if nthr < 2:
+        for t in tasks:
+            t()
+    else:
+        Tasks(tasks).run(nthr)

@@ -86,6 +86,30 @@ def test_linear_bf16_products(route, shape):
         np.testing.assert_array_equal(dy, dys)
 
 
+def test_linear_bf16_threads_give_the_same_bits(route, monkeypatch):
+    """Large enough to split in tasks (rows forward, dx | dW backward; 500 rows:
+    a ragged second half): the products, then one thread against two, bit for bit."""
+    from fastrnn.kernels import cpu
+    rng = np.random.default_rng(5)
+    T, B, F, O = 4, 125, 128, 70
+    assert 2.0 * T * B * F * O >= settings.split_gemm_flops
+    x = rng.standard_normal((T, B, F)).astype(np.float32)
+    dy = rng.standard_normal((T, B, O)).astype(np.float32)
+    out = []
+    saved = cpu.get_num_threads()
+    try:
+        for threads in (1, 2):
+            cpu.set_num_threads(threads)
+            lin = Linear(F, O, rng=3, compute_dtype=BF16)
+            y, dx = lin.forward(x), lin.backward(dy)
+            out.append((y, dx, lin.grads["weight"].copy(), lin.grads["bias"].copy()))
+    finally:
+        cpu.set_num_threads(saved)
+    _check_products(lin, x, dy, np.zeros((O, F)), np.zeros(O), y, dx)
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_linear_bf16_near_float32():
     """The mode within bfloat16's product-stage bound of the float32 layer."""
     rng = np.random.default_rng(1)

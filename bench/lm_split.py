@@ -2,7 +2,7 @@
 is its LSTM layer, in fastrnn and in PyTorch: the whole step and the layer's
 forward + backward alone (T=64, B=32, I=64, H=256), interleaved in one process,
 medians of ``--rounds`` rounds, torch at 1 and 2 threads (the faster kept per
-item), fastrnn at 2 threads.
+item), fastrnn at 2 threads (``--threads``).
 
     python bench/lm_split.py
     python bench/lm_split.py --compute-dtype bfloat16 [--pieces]
@@ -75,9 +75,11 @@ def main(argv=None):
     ap.add_argument("--compute-dtype", default=None, choices=[None, "bfloat16"])
     ap.add_argument("--pieces", action="store_true", help="time the parts of fastrnn's step")
     ap.add_argument("--rounds", type=int, default=25)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="fastrnn's threads (1 on a loaded machine: two back off)")
     args = ap.parse_args(argv)
     bf16 = args.compute_dtype is not None
-    cpu_threads_setter(cpu, 2)()
+    cpu_threads_setter(cpu, args.threads)()
     V, tr, ev, _ = bt.lm_data(32, 64)
     pair = bt.LMPair(torch, V, tr, ev, compute_dtype=args.compute_dtype)
     T, B, E, H = 64, 32, 64, 256

@@ -188,6 +188,10 @@ def _pairs(words):
     return words.view(np.uint16).reshape(words.shape + (2,))
 
 
+def _f32(a):
+    return np.ascontiguousarray(a, dtype=np.float32)
+
+
 def _bits32(a):
     """float32 ``a`` (2-D) as its uint32 bits, C-contiguous (a copy only if needed)."""
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
@@ -221,7 +225,7 @@ class LinearBF16:
         N, F = x2.shape
         O = w.shape[0]
         if route(N) != "amx":
-            y = matmul(round_bf16(np.ascontiguousarray(x2)), round_bf16(w).T)
+            y = matmul(round_bf16(_f32(x2)), round_bf16(_f32(w)).T)
             if b is not None:
                 y += b
             return y
@@ -253,9 +257,9 @@ class LinearBF16:
         if route(N) != "amx":
             if gb is not None:
                 gb += dy2.sum(axis=0)
-            dyr = round_bf16(np.ascontiguousarray(dy2))
-            gw += matmul(dyr.T, round_bf16(np.ascontiguousarray(x2)))
-            return matmul(dyr, round_bf16(w))
+            dyr = round_bf16(_f32(dy2))
+            gw += matmul(dyr.T, round_bf16(_f32(x2)))
+            return matmul(dyr, round_bf16(_f32(w)))
         from fastrnn.kernels import amx_bf16
         Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)
         # dy's two A operands: rows (dx) and transposed (dW), and the bias gradient

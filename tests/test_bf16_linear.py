@@ -188,6 +188,18 @@ def test_language_model_head_follows_the_mode():
                  dtype=np.float32)
 
 
+def test_linear_bf16_takes_float64_input(route):
+    """float64 input (as the float32 layer takes it): rounded like its float32 value."""
+    rng = np.random.default_rng(6)
+    lin = Linear(32, 8, rng=0, compute_dtype=BF16)
+    x = rng.standard_normal((70, 32))
+    dy = rng.standard_normal((70, 8))
+    y, dx = lin.forward(x), lin.backward(dy)
+    lin2 = Linear(32, 8, rng=0, compute_dtype=BF16)
+    np.testing.assert_array_equal(y, lin2.forward(x.astype(np.float32)))
+    np.testing.assert_array_equal(dx, lin2.backward(dy.astype(np.float32)))
+
+
 def test_linear_rejects_bad_compute_dtype():
     with pytest.raises(ValueError, match="compute_dtype"):
         Linear(3, 2, compute_dtype="float16")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from fastrnn.bf16 import has_avx512_bf16, round_bf16
+from fastrnn.bf16 import has_avx512_bf16
 from fastrnn.kernels.cpu_settings import settings
 
 __all__ = ["route", "LinearBF16", "pack_rows", "pack_cols", "pack_cols_t", "pack_dy"]
@@ -173,6 +173,25 @@ def pack_dy(u, a, at, db):
 
 
 @njit(cache=True, nogil=True)
+def _round_rows(u, out):
+    """``out`` (uint32 [M, K]) = the bits of ``u``'s values rounded to bf16, as
+    float32 bits: :func:`fastrnn.bf16.round_bf16` in one vectorized pass."""
+    M, K = u.shape
+    for r in range(M):
+        row = u[r]
+        o = out[r]
+        for c in range(K):
+            o[c] = _rb(row[c]) << np.uint32(16)
+
+
+def _rounded(a, out):
+    """float32 ``a`` (2-D) rounded to bf16 values, in ``out`` (uint32, a's shape)
+    viewed as float32."""
+    _round_rows(_bits32(a), out)
+    return out.view(np.float32)
+
+
+@njit(cache=True, nogil=True)
 def _epilogue(c, b, y):
     """``y = c[:N, :O] + b`` (``y`` [N, O], ``c`` the padded product)."""
     N, O = y.shape
@@ -188,10 +207,6 @@ def _pairs(words):
     return words.view(np.uint16).reshape(words.shape + (2,))
 
 
-def _f32(a):
-    return np.ascontiguousarray(a, dtype=np.float32)
-
-
 def _bits32(a):
     """float32 ``a`` (2-D) as its uint32 bits, C-contiguous (a copy only if needed)."""
     return np.ascontiguousarray(a, dtype=np.float32).view(np.uint32)
@@ -204,12 +219,14 @@ class LinearBF16:
 
     def __init__(self):
         self._buf = {}
+        self._rx = False         # the "rx" buffer holds the last forward's x, rounded
 
     def __getstate__(self):          # the buffers are a cache: not pickled, not copied
         return {}
 
     def __setstate__(self, state):
         self._buf = {}
+        self._rx = False
 
     def _zeros(self, key, dims, shape, dtype=np.uint16):
         """The buffer ``key`` for operands of sizes ``dims``: zeros when new;
@@ -220,15 +237,22 @@ class LinearBF16:
             got = self._buf[key] = (dims, aligned(shape, dtype))
         return got[1]
 
+    def _round(self, key, a):
+        """``a`` rounded to bf16 values (float32) in the buffer ``"r" + key``
+        (the emulated route's operands: buffers, not fresh pages per call)."""
+        return _rounded(a, self._zeros("r" + key, a.shape, a.shape, np.uint32))
+
     def forward(self, x2, w, b, matmul):
         """``round(x2) round(w)ᵀ (+ b)`` for ``x2`` [N, F] float32, ``w`` [O, F]."""
         N, F = x2.shape
         O = w.shape[0]
         if route(N) != "amx":
-            y = matmul(round_bf16(_f32(x2)), round_bf16(_f32(w)).T)
+            y = matmul(self._round("x", x2), self._round("w", w).T)
+            self._rx = True          # backward multiplies the same rounded x
             if b is not None:
                 y += b
             return y
+        self._rx = False
         from fastrnn.kernels import amx_bf16
         Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)
         a = self._zeros("x", (N, F), (Np // 16, Fp // 32, 16, 32))
@@ -257,9 +281,12 @@ class LinearBF16:
         if route(N) != "amx":
             if gb is not None:
                 gb += dy2.sum(axis=0)
-            dyr = round_bf16(_f32(dy2))
-            gw += matmul(dyr.T, round_bf16(_f32(x2)))
-            return matmul(dyr, round_bf16(_f32(w)))
+            dyr = self._round("dy", dy2)
+            rx = self._buf.get("rx")
+            rx = (rx[1].view(np.float32) if self._rx and rx is not None and rx[0] == x2.shape
+                  else self._round("x", x2))
+            gw += matmul(dyr.T, rx)
+            return matmul(dyr, self._round("w", w))
         from fastrnn.kernels import amx_bf16
         Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)
         # dy's two A operands: rows (dx) and transposed (dW), and the bias gradient

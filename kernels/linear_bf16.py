@@ -10,13 +10,18 @@ float32, on AMX tiles where the CPU has them.
 :func:`route` picks ``"amx"``: the operands rounded and tile-packed in one pass
 each (:func:`pack_rows`, :func:`pack_cols`, :func:`pack_cols_t`; the output
 gradient's two A operands and the bias gradient in one pass, :func:`pack_dy`)
-and multiplied by :func:`fastrnn.kernels.amx_bf16.gemm` (two tasks, for the
-caller and a worker: halves of the rows forward, dx and dW backward); or
-``"emulated"``: the rounded operands multiplied in float32 by the caller's
-matmul (no AMX-BF16 here, ``settings.bf16_native`` / ``settings.bf16_amx``
-off, or fewer than :data:`MIN_ROWS` rows). Both compute the same
-numbers up to the order of the float32 sums: a product of two bf16 values is
-exact in float32.
+and multiplied by :func:`fastrnn.kernels.amx_bf16.gemm`; ``"native"``
+(AVX512-BF16 without AMX, or ``settings.bf16_amx`` off): the same B operands
+and row-major bf16 A rows multiplied by the ``vdpbf16ps`` micro-kernel of
+:mod:`fastrnn.kernels.bf16_simd` (:func:`simd_gemm`; on a Sapphire Rapids-class Xeon
+1.4x slower than the emulated route, as ``vdpbf16ps`` runs at half its float32
+FMA rate: meant for CPUs where it runs at twice that rate, AMD Zen 4, not
+measured); or ``"emulated"`` (no AVX512-BF16, ``settings.bf16_native`` off, or
+fewer than :data:`MIN_ROWS` rows): the operands rounded in one vectorized pass
+and multiplied in float32 by the caller's matmul. The products run in two
+tasks, for the caller and a worker (halves of the rows forward, ``dx`` and
+``dW`` backward). All compute the same numbers up to the order of the float32
+sums: a product of two bf16 values is exact in float32.
 """
 from __future__ import annotations
 
@@ -24,7 +29,8 @@ import numpy as np
 from numba import njit
 
 from fastrnn.bf16 import has_avx512_bf16
-from fastrnn.kernels.cpu_settings import settings
+from fastrnn.kernels.bf16_simd import NATIVE, uk_bf16_gemm
+from fastrnn.kernels.cpu_settings import JIT_OPTIONS, settings
 
 __all__ = ["route", "LinearBF16", "pack_rows", "pack_cols", "pack_cols_t", "pack_dy"]
 
@@ -34,17 +40,19 @@ MIN_ROWS = 64
 
 
 def route(rows=None):
-    """``"amx"`` or ``"emulated"``: which code runs a bf16 Linear here (for
-    ``rows`` rows of input when given)."""
+    """``"amx"``, ``"native"`` or ``"emulated"``: which code runs a bf16 Linear
+    here (for ``rows`` rows of input when given)."""
     if rows is not None and rows < MIN_ROWS:
         return "emulated"
-    if not (settings.bf16_native and settings.bf16_amx and has_avx512_bf16()):
+    if not (settings.bf16_native and has_avx512_bf16()):
         return "emulated"
+    if not settings.bf16_amx:
+        return "native"
     try:
         from fastrnn.kernels import amx_bf16
     except Exception:  # pragma: no cover - an LLVM without the AMX intrinsics
-        return "emulated"
-    return "amx" if amx_bf16.available() else "emulated"
+        return "native"
+    return "amx" if amx_bf16.available() else "native"
 
 
 def aligned(shape, dtype, zero=True):
@@ -202,6 +210,80 @@ def _epilogue(c, b, y):
             yr[o] = cr[o] + b[o]
 
 
+# --------------------------------------------------------------------------- vdpbf16ps
+# The "native" route (AVX512-BF16 without AMX: AMD Zen 4): the micro-kernel of
+# fastrnn.kernels.bf16_simd (6 rows x one 16-column panel of k pairs, the B words
+# of the AMX route) over row-major bf16 rows of A (``a`` uint16 [M, K2], K2 even).
+_g1, _g2, _g3, _g4, _g5, _g6 = uk_bf16_gemm[1:7]
+
+
+@njit(**JIT_OPTIONS)
+def simd_gemm(tag, a, bw, c, r0, r1):
+    """``c[r, :] = a[r] @ b`` for rows ``r0 <= r < r1``: ``b`` as words ``bw``
+    [N/16, K2/2, 16], ``c`` float32 [M, N/16*16]."""
+    K2 = a.shape[1]
+    KK = bw.shape[1]
+    ldc = c.shape[1]
+    nt = (0,)
+    for r in range(r0, r1, 6):
+        m = min(6, r1 - r)
+        ar = a.ctypes.data + 2 * r * K2
+        cr = c.ctypes.data + 4 * r * ldc
+        for nb in range(bw.shape[0]):
+            w = bw.ctypes.data + 64 * nb * KK
+            o = cr + 64 * nb
+            if m == 6:
+                _g6(tag, nt, ar, K2, w, KK, o, ldc)
+            elif m == 5:
+                _g5(tag, nt, ar, K2, w, KK, o, ldc)
+            elif m == 4:
+                _g4(tag, nt, ar, K2, w, KK, o, ldc)
+            elif m == 3:
+                _g3(tag, nt, ar, K2, w, KK, o, ldc)
+            elif m == 2:
+                _g2(tag, nt, ar, K2, w, KK, o, ldc)
+            else:
+                _g1(tag, nt, ar, K2, w, KK, o, ldc)
+
+
+@njit(cache=True, nogil=True)
+def bits_rows(u, out):
+    """``out[r, c]`` (uint16 [M, >= K]) = the bf16 bits of ``u[r, c]``."""
+    M, K = u.shape
+    for r in range(M):
+        row = u[r]
+        o = out[r]
+        for c in range(K):
+            o[c] = _rb(row[c])
+
+
+@njit(cache=True, nogil=True)
+def bits_dy(u, a, at, db):
+    """:func:`bits_rows` ``(u, a)`` and ``at[k, m]`` = the bits of ``u[m, k]``
+    (uint16 [K, >= M]) in one pass over ``u`` [M, K], 32 rows at a time through a
+    scratch block (as :func:`pack_dy`); ``db[k] += Σ_m u[m, k]`` (float32 values)."""
+    M, K = u.shape
+    uf = u.view(np.float32)
+    tmp = np.empty((32, K), np.uint16)
+    for mb in range((M + 31) >> 5):
+        m0 = mb * 32
+        mn = min(32, M - m0)
+        for i in range(mn):
+            row = u[m0 + i]
+            frow = uf[m0 + i]
+            t = tmp[i]
+            o = a[m0 + i]
+            for c in range(K):
+                t[c] = _rb(row[c])
+                db[c] += frow[c]
+            for c in range(K):
+                o[c] = t[c]
+        for k in range(K):
+            o = at[k, m0:m0 + mn]
+            for i in range(mn):
+                o[i] = tmp[i, k]
+
+
 def _pairs(words):
     """A B operand's uint32 words as gemm's uint16 [N/16, K/2, 16, 2] (a view)."""
     return words.view(np.uint16).reshape(words.shape + (2,))
@@ -246,7 +328,11 @@ class LinearBF16:
         """``round(x2) round(w)ᵀ (+ b)`` for ``x2`` [N, F] float32, ``w`` [O, F]."""
         N, F = x2.shape
         O = w.shape[0]
-        if route(N) != "amx":
+        r = route(N)
+        if r == "native":
+            self._rx = False
+            return self._forward_native(x2, w, b)
+        if r != "amx":
             y = matmul(self._round("x", x2), self._round("w", w).T)
             self._rx = True          # backward multiplies the same rounded x
             if b is not None:
@@ -278,7 +364,10 @@ class LinearBF16:
         ``gb += Σ dy2`` (float32, unrounded). Returns ``dx`` [N, F]."""
         N, F = x2.shape
         O = w.shape[0]
-        if route(N) != "amx":
+        r = route(N)
+        if r == "native":
+            return self._backward_native(x2, dy2, w, gw, gb)
+        if r != "amx":
             if gb is not None:
                 gb += dy2.sum(axis=0)
             dyr = self._round("dy", dy2)
@@ -308,6 +397,50 @@ class LinearBF16:
         _run([dx, dw], 4.0 * N * F * O)
         gw += cw[:O, :F]
         return c[:N, :F]
+
+
+    def _forward_native(self, x2, w, b):
+        N, F = x2.shape
+        O = w.shape[0]
+        K2, O16 = F + (F & 1), _up(O, 16)
+        a = self._zeros("nx", (N, F), (N, K2))
+        bw = self._zeros("nwt", (O, F), (O16 // 16, K2 // 2, 16), np.uint32)
+        pack_cols_t(_bits32(w), bw)
+        ub = _bits32(x2)
+        c = np.empty((N, O16), np.float32)
+        y = np.empty((N, O), np.float32)
+        bias = np.zeros(O, np.float32) if b is None else b
+
+        def rows(r0, r1):
+            bits_rows(ub[r0:r1], a[r0:r1])
+            simd_gemm(NATIVE, a, bw, c, r0, r1)
+            _epilogue(c[r0:r1], bias, y[r0:r1])
+        mid = N // 2
+        _run([lambda: rows(0, mid), lambda: rows(mid, N)], 2.0 * N * F * O)
+        return y
+
+    def _backward_native(self, x2, dy2, w, gw, gb):
+        N, F = x2.shape
+        O = w.shape[0]
+        O2, N2, F16 = O + (O & 1), N + (N & 1), _up(F, 16)
+        a = self._zeros("ndy", (N, O), (N, O2))
+        at = self._zeros("ndyt", (N, O), (O, N2))
+        bits_dy(_bits32(dy2), a, at, np.zeros(O, np.float32) if gb is None else gb)
+        bw = self._zeros("nw", (O, F), (F16 // 16, O2 // 2, 16), np.uint32)
+        bx = self._zeros("nxb", (N, F), (F16 // 16, N2 // 2, 16), np.uint32)
+        cw = self._zeros("ndw", (O, F), (O, F16), np.float32)
+        c = np.empty((N, F16), np.float32)
+
+        def dx():                    # dx [N, F] = dy [N, O] w [O, F]
+            pack_cols(_bits32(w), bw)
+            simd_gemm(NATIVE, a, bw, c, 0, N)
+
+        def dw():                    # dW [O, F] = dyᵀ [O, N] x [N, F]
+            pack_cols(_bits32(x2), bx)
+            simd_gemm(NATIVE, at, bx, cw, 0, O)
+        _run([dx, dw], 4.0 * N * F * O)
+        gw += cw[:, :F]
+        return c[:, :F]
 
 
 def _run(tasks, flops):

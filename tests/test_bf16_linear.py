@@ -22,19 +22,15 @@ from fastrnn.kernels.cpu_settings import settings
 from fastrnn.testing import BF16_UNIT_ROUNDOFF, assert_close, unit_roundoff
 
 BF16 = "bfloat16"
-ROUTES = ["amx", "emulated"]
+ROUTES = ["amx", "native", "emulated"]
 
 
 @pytest.fixture(params=ROUTES)
 def route(request, monkeypatch):
-    if request.param == "amx":
-        monkeypatch.setattr(settings, "bf16_native", True)
-        monkeypatch.setattr(settings, "bf16_amx", True)
-        if lb.route() != "amx":
-            pytest.skip("no AMX-BF16 here")
-    else:
-        monkeypatch.setattr(settings, "bf16_amx", False)
-        assert lb.route() == "emulated"
+    monkeypatch.setattr(settings, "bf16_native", request.param != "emulated")
+    monkeypatch.setattr(settings, "bf16_amx", request.param == "amx")
+    if lb.route() != request.param:
+        pytest.skip(f"no {'AMX-BF16' if request.param == 'amx' else 'AVX512-BF16'} here")
     return request.param
 
 

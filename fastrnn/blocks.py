@@ -26,6 +26,7 @@ import numpy as np
 
 from . import _device
 from . import prepared as _prepared
+from .bf16 import check_compute_dtype
 
 __all__ = [
     "Module", "Sequential", "Embedding", "Linear", "Dropout", "AttentionPool",
@@ -402,14 +403,23 @@ class Linear(Module):
         Parameter dtype.
     rng : int or numpy.random.Generator, optional
         Seed or generator of the initial weights.
+    compute_dtype : {None, "bfloat16"}, default None
+        ``"bfloat16"`` (float32 layers, host arrays): the three products take
+        bf16 operands summed in float32, the bias and its gradient stay
+        float32 (:mod:`fastrnn.kernels.linear_bf16`; AMX tiles where the CPU
+        has them). The language model sets it with its own mode.
     """
 
     def __init__(self, in_features, out_features, bias=True, dtype=np.float32,
-                 rng=None):
+                 rng=None, compute_dtype=None):
         super().__init__()
         self.in_features = int(in_features)
         self.out_features = int(out_features)
         self.dtype = _check_dtype(dtype)
+        self.compute_dtype = check_compute_dtype(compute_dtype, "compute_dtype", dtype)
+        if self.compute_dtype is not None and self.dtype != np.float32:
+            raise ValueError(f"compute_dtype={compute_dtype!r} is for float32 layers, got {dtype}")
+        self._bf16 = None        # the bf16 mode's products and packing buffers
         rng = as_rng(rng)
         k = 1.0 / np.sqrt(self.in_features)
         self._add_param("weight", rng.uniform(-k, k, (self.out_features, self.in_features))
@@ -427,6 +437,10 @@ class Linear(Module):
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x: last axis is {x.shape[-1]}, expected {self.in_features}")
         self._x = x
+        if getattr(self, "compute_dtype", None) is not None:      # None: pickled before
+            y = self._bf16_ops().forward(x.reshape(-1, self.in_features), self.params["weight"],
+                                         self.params.get("bias"), _matmul)
+            return y.reshape(x.shape[:-1] + (self.out_features,))
         # one 2-D GEMM over all rows: numpy's stacked 3-D matmul is much slower
         y = _matmul(x.reshape(-1, self.in_features), self.params["weight"].T)  # [N, O]
         if "bias" in self.params:
@@ -443,6 +457,10 @@ class Linear(Module):
         x2 = self._x.reshape(-1, self.in_features)       # [N, F]
         dy2 = np.asarray(dy).reshape(-1, self.out_features)  # [N, O]
         gw = self.grads["weight"]
+        if getattr(self, "compute_dtype", None) is not None:
+            dx = self._bf16_ops().backward(x2, dy2, self.params["weight"], gw,
+                                           self.grads.get("bias"), _matmul)
+            return dx.reshape(self._x.shape)
         ws = getattr(self, "_ws", None)
         if ws is None or ws.dtype != gw.dtype:
             ws = self._ws = np.empty_like(gw)             # [O, F], reused by every call
@@ -451,6 +469,12 @@ class Linear(Module):
         if "bias" in self.grads:
             self.grads["bias"] += dy2.sum(axis=0)
         return _matmul(dy2, self.params["weight"]).reshape(self._x.shape)
+
+    def _bf16_ops(self):
+        if getattr(self, "_bf16", None) is None:
+            from .kernels.linear_bf16 import LinearBF16
+            self._bf16 = LinearBF16()
+        return self._bf16
 
     def _forward_device(self, x):
         k = _device.kernels()

@@ -110,7 +110,8 @@ class _Model:
     def compute_dtype(self):
         """The recurrent layers' compute mode: None or ``"bfloat16"`` (see
         :attr:`fastrnn.LSTM.compute_dtype`); the embedding and the head
-        compute in :attr:`dtype`. Settable; saved with the model."""
+        compute in :attr:`dtype` (the language model's head follows the mode).
+        Settable; saved with the model."""
         return self.rnn.compute_dtype
 
     @compute_dtype.setter

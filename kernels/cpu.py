@@ -394,10 +394,16 @@ def _forward_bf16(kind):
         f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
         peep = None if cell.peephole is None else f(weights.peep)
         w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
-        y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih,
-                                               w.b_hh, lens, reverse, training,
-                                               get_num_threads(), peep,
-                                               native=kind != "emulated", amx=kind == "amx")
+        if kind == "amx":       # the small shapes in one compiled call (amx_fwd_one)
+            from fastrnn.kernels import amx_fwd_one
+            y, h, c, pc = amx_fwd_one.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih,
+                                                   w.b_hh, lens, reverse, training,
+                                                   get_num_threads(), peep)
+        else:
+            y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih,
+                                                   w.b_hh, lens, reverse, training,
+                                                   get_num_threads(), peep,
+                                                   native=kind != "emulated")
         if not training:
             return y, h, c, None
         return y, h, c, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)

@@ -121,6 +121,8 @@ def one_call(B, I, H, T, lens, reverse):
     wbytes = Hp // 16 * (-(-I // 32) * 32 + -(-Hp // 32) * 32) * 128     # pack_bf16's up
     if wbytes > row_split_bytes():      # Plan could share the steps' panels: threads
         return False
+    if B < 2 and 8.0 * H * (H + I) >= settings.two_thread_step_flops:
+        return False                    # one row: Plan could share the panels too
     return lens is None or int(lens.min()) >= T
 
 
@@ -152,14 +154,12 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         return y, h_n, c_n, None
     if lens is None:
         lens = np.full(B, T, np.int64)
-    sched = Schedule(lens, T, False)
-    step_flops = 8.0 * B * H * (H + I)
     cache = BF16Cache()
-    cache.sched, cache.pk, cache.act, cache.cs = sched, pk, act, cs
+    cache.sched, cache.pk, cache.act, cache.cs = Schedule(lens, T, False), pk, act, cs
     cache.xh = xh[:, :B]
     cache.flops = 8.0 * B * H * H
-    cache.plan = Plan(max_threads, B, step_flops, step_flops * T * 3, pk.Hp // 16,
-                      pk.up.nbytes, sched.nact_lengths())
+    # the backward's loop on one thread too (packed_bf16.lstm_forward's reason)
+    cache.plan = Plan(1, B, 0, 0, 1, 0, None)
     cache.tag, cache.amx = NATIVE, True
     return y, h_n, c_n, cache
 

@@ -123,7 +123,7 @@ def one_call(B, I, H, T, lens, reverse):
         return False
     if B < 2 and 8.0 * H * (H + I) >= settings.two_thread_step_flops:
         return False                    # one row: Plan could share the panels too
-    return lens is None or int(lens.min()) >= T
+    return lens is None or min(lens.tolist()) >= T        # B < 32: cheaper than lens.min()
 
 
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
@@ -138,10 +138,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
             lens = np.full(B, T, np.int64)
         return _lstm_forward_general(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse,
                                      training, max_threads, peep, True, True)
-    pthreads = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
-    split = pthreads > 1 and w_ih.size + w_hh.size >= PACK_SPLIT
+    pthreads = 1
+    if training or w_ih.size + w_hh.size >= PACK_SPLIT:
+        pthreads = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     pk = None
-    if training or split:       # the backward's panels, or packing on several threads
+    if training or pthreads > 1:    # the backward's panels, or packing on several threads
         pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32, pthreads, tiles=True)
         up = pk.up.view(np.uint32).reshape(pk.Hp // 16, (pk.Ip + pk.Kh) // 32, 4, 16, 16)
     else:

@@ -275,8 +275,9 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     kind = route_bf16(cell) if bf16 else route(cell, x.dtype, bool(training))
     if not (kind == "packed" and training):     # that one gathers x, in any strides
         x = np.ascontiguousarray(x)
-    if lens is None:
-        lens = np.full(x.shape[1], x.shape[0], np.int64)
+    if lens is None:            # (np.full's Python costs microseconds on a cold call)
+        lens = np.empty(x.shape[1], np.int64)
+        lens.fill(x.shape[0])
     r = ROUTES[kind]
     y, h, c, cache = r.forward(cell, x, h0, c0, weights, lens, bool(reverse), bool(training))
     if cache is not None:

@@ -129,8 +129,9 @@ def one_call(B, I, H, T, lens, reverse):
 def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max_threads,
                  peep=None):
     """:func:`fastrnn.kernels.packed_bf16.lstm_forward` with ``amx=True`` (the caller
-    checked that the tiles may be used); ``lens`` None: every sequence is ``T``
-    long."""
+    checked that the tiles may be used; every array argument float32 and
+    C-contiguous, as :func:`fastrnn.kernels.cpu.forward` passes them); ``lens`` None:
+    every sequence is ``T`` long."""
     T, B, I = x.shape
     H = w_hh.shape[1]
     if not one_call(B, I, H, T, lens, reverse):

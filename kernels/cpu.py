@@ -275,8 +275,9 @@ def forward(cell, x, h0, c0, weights, lengths=None, reverse=False, training=True
     kind = route_bf16(cell) if bf16 else route(cell, x.dtype, bool(training))
     if not (kind == "packed" and training):     # that one gathers x, in any strides
         x = np.ascontiguousarray(x)
-    if lens is None:
-        lens = np.full(x.shape[1], x.shape[0], np.int64)
+    if lens is None:            # (np.full's Python costs microseconds on a cold call)
+        lens = np.empty(x.shape[1], np.int64)
+        lens.fill(x.shape[0])
     r = ROUTES[kind]
     y, h, c, cache = r.forward(cell, x, h0, c0, weights, lens, bool(reverse), bool(training))
     if cache is not None:
@@ -394,10 +395,16 @@ def _forward_bf16(kind):
         f = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
         peep = None if cell.peephole is None else f(weights.peep)
         w = Weights(f(weights.w_ih), f(weights.w_hh), f(weights.b_ih), f(weights.b_hh), peep)
-        y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih,
-                                               w.b_hh, lens, reverse, training,
-                                               get_num_threads(), peep,
-                                               native=kind != "emulated", amx=kind == "amx")
+        if kind == "amx":       # the small shapes in one compiled call (amx_fwd_one)
+            from fastrnn.kernels import amx_fwd_one
+            y, h, c, pc = amx_fwd_one.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih,
+                                                   w.b_hh, lens, reverse, training,
+                                                   get_num_threads(), peep)
+        else:
+            y, h, c, pc = packed_bf16.lstm_forward(x, f(h0), f(c0), w.w_ih, w.w_hh, w.b_ih,
+                                                   w.b_hh, lens, reverse, training,
+                                                   get_num_threads(), peep,
+                                                   native=kind != "emulated")
         if not training:
             return y, h, c, None
         return y, h, c, loops_driver.Cache(cell, x, w, lens, reverse, pc, pc.flops)

@@ -552,7 +552,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     fplan = plan
     if amx and plan.mode == "rows" and B < 2 * AMX_ROWS:
         # a thread's tile pass costs 16 rows' products however few rows it has: split
-        # rows, two threads would each pay about what one pays for all of them
+        # rows, two threads would each pay about what one pays for all of them (the
+        # backward's 16-row tiles too: its loop runs on fplan)
         fplan = Plan(1, B, 0, 0, 1, 0, None)
     padded = sched.tix is not None
     rows = np.arange(B)
@@ -622,7 +623,7 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     cache.sched, cache.pk, cache.act, cache.cs = sched, pk, act, cs
     cache.xh = xh if Bx == B else xh[:, :B]
     cache.flops = 2.0 * B * G * H * H
-    cache.plan, cache.tag, cache.amx = plan, tag, amx
+    cache.plan, cache.tag, cache.amx = fplan, tag, amx
     return y, h_n, c_n, cache
 
 

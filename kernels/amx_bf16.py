@@ -41,8 +41,8 @@ from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
 
-__all__ = ["available", "amx_begin", "amx_end", "uk_amx_epi", "uk_amx_seg", "lstm_bwd_amx_kernel",
-           "uk_amx_bwd", "probe"]
+__all__ = ["available", "amx_begin", "amx_end", "tile_config", "uk_amx_epi", "uk_amx_seg",
+           "lstm_bwd_amx_kernel", "uk_amx_bwd", "probe"]
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -67,6 +67,20 @@ def _aligned_ptr(buf):
     """The first 64-byte boundary in ``buf``'s data (allocate 64 bytes more): tiles
     must start on one (:func:`fastrnn.kernels.packed_bf16.aligned`)."""
     return (buf.ctypes.data + 63) // 64 * 64
+
+
+@njit(inline="always")
+def tile_config(m, low):
+    """The ``ldtilecfg`` block of the kernels: palette 1, tiles 0-7 of rows of 64
+    bytes, tiles below ``low`` with ``m`` rows, the others 16 (a thread with fewer
+    than 16 rows gives its accumulator and operand tiles just those: the products'
+    time goes with the rows)."""
+    cfg = np.zeros(64, np.uint8)
+    cfg[0] = 1
+    for t in range(8):
+        cfg[16 + 2 * t] = 64
+        cfg[48 + t] = m if t < low else 16
+    return cfg
 
 
 def _fn(builder, name, args):
@@ -441,11 +455,7 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact,
     # thread per step, the steps one after the other)
     n, B, GH = act.shape
     Hp = dy.shape[2]
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1
-    for t in range(8):
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
+    cfg = tile_config(16, 0)
     scr = np.empty(max(16, (r1 - r0 + 63) // 32 * 32) * 64 + 16, np.float32)
     ppp = 0 if peep is None else peep.ctypes.data
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
@@ -502,11 +512,7 @@ def uk_amx_probe(typingctx, buf, n, span, half):
 def probe(buf, n, span, half):
     """Run :func:`uk_amx_probe` (``buf`` uint8, at least ``max(span, 4) * 4096 +
     4096`` bytes, 64-byte aligned or not): ``n * 4 * 16384`` FLOP."""
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1
-    for t in range(8):
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
+    cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)
     uk_amx_probe(buf.ctypes.data, n, span, half)
     amx_end()

@@ -31,7 +31,7 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastrnn.kernels.amx_bf16 import (_aligned_ptr, _fn, _fwd_epilogue, _i8p, _t, amx_begin,
-                                      amx_end, uk_amx_epi)
+                                      amx_end, tile_config, uk_amx_epi)
 from fastrnn.kernels.atomics import atomic_add, cycles
 from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
@@ -326,11 +326,7 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
     # a thread with fewer than 16 rows configures the accumulator and operand-row
     # tiles (0-4) with just its rows: the products' time goes with the rows
     M = 16 if seg else min(16, max(1, r1 - r0))
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1                               # palette 1
-    for t in range(8):                       # tiles 0-7: rows of 64 bytes
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = M if t < 5 else 16
+    cfg = tile_config(M, 5)
     sbytes = (r1 - r0 + 63) // 32 * 32 * 256          # rows of 256 bytes, whole row pairs
     scr = np.empty((2 * sbytes + 64) // 4, np.float32)
     st = np.full(2, -1, np.int64)

@@ -27,7 +27,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels.amx_bf16 import _fn, _i8, _i8p, _t, amx_begin, amx_end
+from fastrnn.kernels.amx_bf16 import _fn, _i8, _i8p, _t, amx_begin, amx_end, tile_config
 from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 
@@ -112,16 +112,6 @@ def _blk(MA, NB, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, 
         _k11(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
 
 
-@njit(inline="always")
-def _cfg():
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1
-    for t in range(8):
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
-    return cfg
-
-
 @njit(**JIT_OPTIONS)
 def dx_gemm(dgb, wt, dxp, r0, r1):
     """``dxp[r] = dgb[r] @ W_ih`` for the rows ``r0 <= r < r1`` (multiples of 32; rows past
@@ -137,7 +127,7 @@ def dx_gemm(dgb, wt, dxp, r0, r1):
     sb = GH2 * 64                         # bytes per 16-column tile column of wt
     MB = max(32, (1 << 18) // lda // 32 * 32)
     ap, bp, cp = dgb.ctypes.data, wt.ctypes.data, dxp.ctypes.data
-    cfg = _cfg()
+    cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)
     for m0 in range(r0, r1, MB):
         m1 = min(r1, m0 + MB)
@@ -161,7 +151,7 @@ def dh0_gemm(dgb, B, ub, Hp, NBu, out):
     MA = 2 if B > 16 else 1
     lda = 2 * GHb
     ap, cp = dgb.ctypes.data, out.ctypes.data
-    cfg = _cfg()
+    cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)
     for q in range((Hp + NBu - 1) // NBu):
         j0 = q * NBu
@@ -370,7 +360,7 @@ def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
     ap, bp, cp = at.ctypes.data, vt.ctypes.data, ct.ctypes.data
     scr = np.empty(4 * 256 + 16, np.float32)
     sp = (scr.ctypes.data + 63) // 64 * 64
-    cfg = _cfg()
+    cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)
     for k0 in range(0, KKt, KB):
         nk = min(KB, KKt - k0)
@@ -399,7 +389,8 @@ def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
 
 
 # --------------------------------------------------------------------------- general GEMM
-# Operands of the general GEMM (:func:`gemm`; the bf16 Linear's products) are packed in tiles: ``a`` as [M/16][K/32][16][32] bf16 (each
+# Operands of the general GEMM (:func:`gemm`; the bf16 Linear's products) are packed
+# in tiles: ``a`` as [M/16][K/32][16][32] bf16 (each
 # A tile 1 KiB contiguous), ``b`` as [N/16][K/2][16][2] (each B tile of a 32-k chunk
 # 1 KiB contiguous): tile loads then read whole lines in order (row-major operands
 # with strided rows measured 2-3x slower).
@@ -439,14 +430,12 @@ def uk_amx_gemm(typingctx, a0, a1, b0, b1, c, ldc, KKc):
 @njit(**JIT_OPTIONS)
 def gemm(ap, bp, c, n0, n1):
     """``c[:, n0:n1] = a @ b`` in float32 from tile-packed bf16 operands: ``ap``
-    [M/16, K/32, 16, 32] and ``bp`` [N/16, K/2, 16, 2] uint16 (e.g. :mod:`fastrnn.kernels.linear_bf16`'s packing), ``c`` [M, N] float32; M, n0, n1 multiples of 32."""
+    [M/16, K/32, 16, 32] and ``bp`` [N/16, K/2, 16, 2] uint16 (e.g.
+    :mod:`fastrnn.kernels.linear_bf16`'s packing), ``c`` [M, N] float32; M, n0, n1
+    multiples of 32."""
     KKc = ap.shape[1]
     N = c.shape[1]
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1
-    for t in range(8):
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
+    cfg = tile_config(16, 0)
     sa = 2 * ap.shape[1] * 512            # bytes per 16-row A tile column
     sb = 2 * bp.shape[1] * 32             # bytes per 16-column B tile column
     amx_begin(cfg.ctypes.data)

@@ -25,6 +25,8 @@ sums: a product of two bf16 values is exact in float32.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 from numba import njit
 
@@ -288,18 +290,18 @@ def _bits32(a):
 # --------------------------------------------------------------------------- the layer
 class LinearBF16:
     """The products of one Linear layer in the bf16 mode, with its packing
-    buffers (reused while the shapes stay; their padding stays zero)."""
+    buffers (reused while the shapes stay; their padding stays zero). Calls from
+    several Python threads take turns (the buffers are the layer's, one set)."""
 
     def __init__(self):
         self._buf = {}
-        self._rx = False         # the "rx" buffer holds the last forward's x, rounded
+        self._lock = threading.Lock()
 
     def __getstate__(self):          # the buffers are a cache: not pickled, not copied
         return {}
 
     def __setstate__(self, state):
-        self._buf = {}
-        self._rx = False
+        self.__init__()
 
     def _zeros(self, key, dims, shape, dtype=np.uint16):
         """The buffer ``key`` for operands of sizes ``dims``: zeros when new;
@@ -317,19 +319,26 @@ class LinearBF16:
 
     def forward(self, x2, w, b, matmul):
         """``round(x2) round(w)ᵀ (+ b)`` for ``x2`` [N, F] float32, ``w`` [O, F]."""
+        with self._lock:
+            return self._forward(x2, w, b, matmul)
+
+    def backward(self, x2, dy2, w, gw, gb, matmul):
+        """``dx = round(dy2) round(w)``; ``gw += round(dy2)ᵀ round(x2)``,
+        ``gb += Σ dy2`` (float32, unrounded). Returns ``dx`` [N, F]."""
+        with self._lock:
+            return self._backward(x2, dy2, w, gw, gb, matmul)
+
+    def _forward(self, x2, w, b, matmul):
         N, F = x2.shape
         O = w.shape[0]
         r = route(N)
         if r == "native":
-            self._rx = False
             return self._forward_native(x2, w, b)
         if r != "amx":
             y = matmul(self._round("x", x2), self._round("w", w).T)
-            self._rx = True          # backward multiplies the same rounded x
             if b is not None:
                 y += b
             return y
-        self._rx = False
         from fastrnn.kernels import amx_gemm
         Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)
         a = self._zeros("x", (N, F), (Np // 16, Fp // 32, 16, 32))
@@ -350,9 +359,7 @@ class LinearBF16:
              else [lambda: rows(0, N)], 2.0 * N * F * O)
         return y
 
-    def backward(self, x2, dy2, w, gw, gb, matmul):
-        """``dx = round(dy2) round(w)``; ``gw += round(dy2)ᵀ round(x2)``,
-        ``gb += Σ dy2`` (float32, unrounded). Returns ``dx`` [N, F]."""
+    def _backward(self, x2, dy2, w, gw, gb, matmul):
         N, F = x2.shape
         O = w.shape[0]
         r = route(N)
@@ -362,10 +369,7 @@ class LinearBF16:
             if gb is not None:
                 gb += dy2.sum(axis=0)
             dyr = self._round("dy", dy2)
-            rx = self._buf.get("rx")
-            rx = (rx[1].view(np.float32) if self._rx and rx is not None and rx[0] == x2.shape
-                  else self._round("x", x2))
-            gw += matmul(dyr.T, rx)
+            gw += matmul(dyr.T, self._round("x", x2))
             return matmul(dyr, self._round("w", w))
         from fastrnn.kernels import amx_gemm
         Np, Fp, Op = _up(N, 32), _up(F, 32), _up(O, 32)

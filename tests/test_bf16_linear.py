@@ -106,6 +106,49 @@ def test_linear_bf16_threads_give_the_same_bits(route, monkeypatch):
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("rows", [8, 96])
+def test_linear_bf16_backward_uses_the_x_it_is_given(route, rows):
+    """backward(x1) after forward(x1), forward(x2) of the same shape: the weight
+    gradient of x1, as a fresh layer gives it (no operand kept from a forward)."""
+    rng = np.random.default_rng(7)
+    F, O = 20, 12
+    x1, x2 = (rng.standard_normal((rows, F)).astype(np.float32) for _ in range(2))
+    w = rng.standard_normal((O, F)).astype(np.float32)
+    dy = rng.standard_normal((rows, O)).astype(np.float32)
+    used, fresh = lb.LinearBF16(), lb.LinearBF16()
+    used.forward(x1, w, None, np.matmul)
+    used.forward(x2, w, None, np.matmul)
+    g_used, g_fresh = np.zeros((O, F), np.float32), np.zeros((O, F), np.float32)
+    dx_used = used.backward(x1, dy, w, g_used, None, np.matmul)
+    dx_fresh = fresh.backward(x1, dy, w, g_fresh, None, np.matmul)
+    np.testing.assert_array_equal(g_used, g_fresh)
+    np.testing.assert_array_equal(dx_used, dx_fresh)
+
+
+def test_linear_bf16_python_threads_share_a_layer(route):
+    """Two Python threads calling one layer's products at once (the compiled code
+    runs without the GIL; the packing buffers are the layer's): each call gives
+    what it gives alone."""
+    import threading
+    rng = np.random.default_rng(8)
+    N, F, O = 256, 256, 128
+    xs = [rng.standard_normal((N, F)).astype(np.float32) for _ in range(2)]
+    w = rng.standard_normal((O, F)).astype(np.float32)
+    want = [lb.LinearBF16().forward(x, w, None, np.matmul) for x in xs]
+    shared = lb.LinearBF16()
+    wrong = [0, 0]
+
+    def run(i):
+        for _ in range(60):
+            wrong[i] += not np.array_equal(shared.forward(xs[i], w, None, np.matmul), want[i])
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert wrong == [0, 0]
+
+
 def test_linear_bf16_near_float32():
     """The mode within bfloat16's product-stage bound of the float32 layer."""
     rng = np.random.default_rng(1)

@@ -18,7 +18,8 @@ and in k pairs (the operands of :mod:`fastrnn.kernels.amx_gemm`'s products
 after the loop).
 
 The operand widths are multiples of 32 (zero padded: ``pack_bf16(kmult=32)``),
-the operand buffer has 16 rows more than the batch (a block reads whole tiles),
+the operand buffers have rows past the last one a tile may read (a block reads
+whole tiles of 16 rows; the products of rows past a step's own are not used),
 and each thread configures its tiles (``ldtilecfg``) at the start of a kernel
 call and releases them at its end. Linux lets a process use the tiles only
 after asking (``arch_prctl(ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA)``):

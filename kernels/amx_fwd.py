@@ -1,22 +1,21 @@
 """The bf16 LSTM's forward time loop on AMX tiles: weights in tile order, each
 panel's epilogue beside the next panel's tile products.
 
-The products are those of :mod:`fastrnn.kernels.amx_bf16`'s forward (``tdpbf16ps``
-on the operand rows ``[x_t, h_{t-1}]``, 32 k per chunk, float32 sums in tiles,
-the chunks summed in order: the same numbers) and the epilogue is its
-``_fwd_epilogue``. Two things differ:
+Products: ``tdpbf16ps`` on the operand rows ``[x_t, h_{t-1}]``, 32 k per chunk,
+float32 sums in tiles, the chunks summed in order; the epilogue (gates, c, h) is
+:mod:`fastrnn.kernels.amx_bf16`'s ``_fwd_epilogue``.
 
-- the weight panel's layout: :func:`fastrnn.kernels.packed_bf16.pack_bf16` with
+- The weight panel's layout: :func:`fastrnn.kernels.packed_bf16.pack_bf16` with
   ``tiles=True`` stores panel ``p`` (16 units x 4 gates) chunk by chunk, and in a
   chunk gate by gate, so that each weight tile (16 k pairs x 16 units) is 1 KiB of
-  contiguous memory (``[P][chunks][4 gates][16 k pairs][16 units]`` words) where the
-  row-major panel spreads it over 16 lines 256 bytes apart;
-- the pipeline: a thread's panels alternate between two scratch blocks; while the
-  tile unit runs a panel's products, the vector units run the epilogue (gates, c,
-  h) of the thread's previous panel, a few rows per chunk of 32 k inside the
-  products' loop (:func:`_epi_rows`), so that both stay in the core's out-of-order
-  window; the last panel of a step is finished alone before the step counts it
-  done. Without it the two alternate: the tile unit idles through each epilogue.
+  contiguous memory (``[P][chunks][4 gates][16 k pairs][16 units]`` words), read
+  whole lines in order.
+- The pipeline: a thread's panels alternate between two scratch blocks; while the
+  tile unit runs a panel's products, the vector units run the epilogue of the
+  thread's previous panel, a few rows per chunk of 32 k inside the products' loop
+  (:func:`_epi_rows`), so that both stay in the core's out-of-order window (run one
+  after the other, the tile unit idles through each epilogue); the last panel of
+  a step is finished alone before the step counts it done.
 
 Rows per thread: from :data:`SEG_MIN_ROWS` the segment-blocked products (32 rows x
 2 gates per tile pass, :data:`SEG` chunks of weights reused from L1 across a
@@ -30,8 +29,8 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels.amx_bf16 import (_aligned_ptr, _fn, _fwd_epilogue, _i8p, _t, amx_begin,
-                                      amx_end, tile_config, uk_amx_epi)
+from fastrnn.kernels.amx_bf16 import (SEG, SEG_MIN_ROWS, _aligned_ptr, _fn, _fwd_epilogue, _i8p,
+                                      _t, amx_begin, amx_end, tile_config, uk_amx_epi)
 from fastrnn.kernels.atomics import atomic_add, cycles
 from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
@@ -43,11 +42,6 @@ __all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "SEG_MIN_
 #: one weight tile (16 k pairs x 16 units of one gate) and one chunk (4 gates)
 TILE_BYTES = 1024
 CHUNK_BYTES = 4 * TILE_BYTES
-#: chunks of 32 k per weight segment of the blocked products: 2 gates x 16 chunks
-#: x 1 KiB = 32 KiB of weights that stay in L1 across a step's row pairs
-SEG = 16
-#: the blocked products from this many rows per thread and step
-SEG_MIN_ROWS = 32
 #: with fewer than 16 rows per thread, the panels are pipelined from this many
 #: chunks of 32 k (below, each epilogue runs right after its products)
 PIPE_MIN_CHUNKS = 8

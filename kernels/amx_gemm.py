@@ -95,7 +95,6 @@ def _make_blk(MA, NB):
 
 #: [MA][NB] (1 or 2 tiles each way; index 0 unused)
 uk_amx_blk = [None] + [[None] + [_make_blk(ma, nb) for nb in (1, 2)] for ma in (1, 2)]
-_k14 = _make_blk(1, 4)
 _k11, _k12, _k21, _k22 = uk_amx_blk[1][1], uk_amx_blk[1][2], uk_amx_blk[2][1], uk_amx_blk[2][2]
 
 

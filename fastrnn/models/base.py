@@ -109,8 +109,9 @@ class _Model:
     @property
     def compute_dtype(self):
         """The recurrent layers' compute mode: None or ``"bfloat16"`` (see
-        :attr:`fastrnn.LSTM.compute_dtype`); the embedding and the head
-        compute in :attr:`dtype` (the language model's head follows the mode).
+        :attr:`fastrnn.LSTM.compute_dtype`); the embedding computes in
+        :attr:`dtype`, the head too except the language model's, which follows
+        the mode.
         Settable; saved with the model."""
         return self.rnn.compute_dtype
 

@@ -13,10 +13,10 @@ time loop's chunks and the outputs. Elsewhere it hands the call to
 ``packed_bf16.lstm_forward``.
 
 Why: at the small shapes the loop takes about a tenth of a millisecond, and the
-Python around it (some sixty NumPy calls and small objects) took as long again
-on a warm call and twice that on a call that finds the interpreter's code and
-data out of the caches (after a pause or another library's work: the usual
-case in a training loop or a server), which no compiled work pays.
+Python around it (some sixty NumPy calls and small objects) costs as much on a
+warm call and more on a call that finds the interpreter's code and data out of
+the caches (after a pause or another library's work: the usual case in a
+training loop or a server), which no compiled work pays.
 """
 from __future__ import annotations
 

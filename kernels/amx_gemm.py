@@ -265,8 +265,7 @@ def vnni_shape(n, B, GH):
     the weight gradient: [GH/16, Kp/2 + 1, 16, 2] uint16 (k = s*B + b; Kp = n*B rounded
     up to 32: the padding stays zero). One pair row more per tile column (not read):
     the epilogue stores a row's 16 vectors to 16 tile columns, and with a pitch of a
-    multiple of 4 KiB their lines shared one L1 set (a sixth of the loop's time at
-    (100,32,64,128))."""
+    multiple of 4 KiB their lines would share one L1 set."""
     Kp = -(-(n * B) // 32) * 32
     return (GH // 16, Kp // 2 + 1, 16, 2)
 
@@ -392,7 +391,7 @@ def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
 # in tiles: ``a`` as [M/16][K/32][16][32] bf16 (each
 # A tile 1 KiB contiguous), ``b`` as [N/16][K/2][16][2] (each B tile of a 32-k chunk
 # 1 KiB contiguous): tile loads then read whole lines in order (row-major operands
-# with strided rows measured 2-3x slower).
+# with strided rows load slower).
 @intrinsic
 def uk_amx_gemm(typingctx, a0, a1, b0, b1, c, ldc, KKc):
     """A 32 x 32 float32 block ``c`` (row stride ``ldc`` bytes) = the two 16-row A

@@ -13,10 +13,9 @@ gradient's two A operands and the bias gradient in one pass, :func:`pack_dy`)
 and multiplied by :func:`fastrnn.kernels.amx_gemm.gemm`; ``"native"``
 (AVX512-BF16 without AMX, or ``settings.bf16_amx`` off): the same B operands
 and row-major bf16 A rows multiplied by the ``vdpbf16ps`` micro-kernel of
-:mod:`fastrnn.kernels.bf16_simd` (:func:`simd_gemm`; on a Sapphire Rapids-class Xeon
-1.4x slower than the emulated route, as ``vdpbf16ps`` runs at half its float32
-FMA rate: meant for CPUs where it runs at twice that rate, AMD Zen 4, not
-measured); or ``"emulated"`` (no AVX512-BF16, ``settings.bf16_native`` off, or
+:mod:`fastrnn.kernels.bf16_simd` (:func:`simd_gemm`; slower than the emulated route where ``vdpbf16ps``
+runs at half the float32 FMA rate, as on Sapphire Rapids-class Xeons: meant for
+CPUs where it runs at twice that rate, AMD Zen 4); or ``"emulated"`` (no AVX512-BF16, ``settings.bf16_native`` off, or
 fewer than :data:`MIN_ROWS` rows): the operands rounded in one vectorized pass
 and multiplied in float32 by the caller's matmul. The products run in two
 tasks, for the caller and a worker (halves of the rows forward, ``dx`` and
@@ -83,8 +82,8 @@ def _rb(v):
 # as uint32 words [N/16, K/2, 16] (the pair's k even in the low half). The
 # sources are float32 bits (uint32 views); padding stays zero (never written).
 # The inner loops run over a row of one tile (a slice) with range indices:
-# flat computed indices measured 3-4x slower (the wraparound of a signed index
-# the compiler cannot prove non-negative blocks vectorizing).
+# flat computed indices are several times slower (the wraparound of a signed
+# index the compiler cannot prove non-negative blocks vectorizing).
 @njit(cache=True, nogil=True)
 def pack_rows(u, out):
     """A from ``a = u`` ([M, K], rows in order: 32 consecutive k per tile row)."""
@@ -142,7 +141,7 @@ def pack_dy(u, a, at, db):
     """:func:`pack_rows` ``(u, a)`` and the A of ``uᵀ`` (``at``: [K/16, M/32, 16,
     32]) in one pass over ``u`` [M, K] (the output gradient's bits), 32 rows at a
     time rounded into a scratch block first (the transposed tiles gather from
-    it, in L1: from ``u`` itself, 3x slower); ``db[k] += Σ_m u[m, k]`` as
+    it, in L1: gathering from ``u`` itself is several times slower); ``db[k] += Σ_m u[m, k]`` as
     float32 values (the bias gradient, unrounded)."""
     M, K = u.shape
     K32 = K >> 5

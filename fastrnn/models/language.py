@@ -89,9 +89,9 @@ class LanguageModel(_Model):
         self.rnn = make_recurrent(cell, embed_dim, hidden_size, num_layers, dropout,
                                   False, backend, dt, _seed(rng), compute_dtype)
         self.drop = Dropout(dropout, rng=_seed(rng))
-        # the head's products follow the mode: at a character vocabulary they are
-        # 8% of a training step's arithmetic, but a sixth of the bf16 step's time
-        # in float32
+        # the head's products follow the mode: at a character vocabulary a small
+        # part of a training step's arithmetic, but a large part of the bf16
+        # step's time if left in float32
         self.head = Linear(hidden_size, vocab_size, dtype=dt, rng=rng,
                            compute_dtype=compute_dtype)
         self._modules = {"embed": self.embed, "rnn": self.rnn, "head": self.head,

@@ -19,6 +19,8 @@ import time
 
 import numpy as np
 
+from bf16_lstm import torch_run   # (bench/ is on the path when run as a script)
+
 SHAPES = [(64, 32, 64, 256), (100, 32, 64, 128)]
 GATES = {"gru": 3, "gru_reset_before": 3, "rnn_tanh": 1, "rnn_relu": 1}
 
@@ -50,19 +52,7 @@ def _torch(cell, T, B, I, H, dtype, train, threads):
         m = torch.nn.GRU(I, H)
     else:
         m = torch.nn.RNN(I, H, nonlinearity="relu" if cell == "rnn_relu" else "tanh")
-    m = m.to(dtype)
-    x = torch.randn(T, B, I).to(dtype)
-
-    def run():
-        torch.set_num_threads(threads)
-        if train:
-            xx = x.clone().requires_grad_(True)
-            y, _ = m(xx)
-            y.sum().backward()
-        else:
-            with torch.no_grad():
-                m(x)
-    return run
+    return torch_run(m, torch.randn(T, B, I), dtype, train, threads)
 
 
 def main(argv=None):

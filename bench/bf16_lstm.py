@@ -50,8 +50,14 @@ def _fastrnn(T, B, I, H, compute_dtype, train, rng, pkg=None):
 
 def _torch(T, B, I, H, dtype, train, threads):
     import torch
-    m = torch.nn.LSTM(I, H).to(dtype)
-    x = torch.randn(T, B, I).to(dtype)
+    return torch_run(torch.nn.LSTM(I, H), torch.randn(T, B, I), dtype, train, threads)
+
+
+def torch_run(m, x, dtype, train, threads):
+    """One call of torch module ``m`` on ``x``, both ``.to(dtype)``, at ``threads``
+    threads: forward + backward of ``y.sum()`` (``train``) or a no-grad forward."""
+    import torch
+    m, x = m.to(dtype), x.to(dtype)
 
     def run():
         torch.set_num_threads(threads)

@@ -26,6 +26,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
+from fastrnn.kernels.amx_bf16 import _fn, _i8, _i8p, _t, amx_begin, amx_end, tile_config
 from fastrnn.kernels.bf16_simd import round_bits
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import I64, VMath, ptrs, vload, vstore
@@ -38,55 +39,10 @@ VW = 16
 _f32 = ir.FloatType()
 F32X = ir.VectorType(_f32, VW)
 I16X = ir.VectorType(ir.IntType(16), VW)
-_i8 = ir.IntType(8)
-_i8p = _i8.as_pointer()
-_void = ir.VoidType()
-
-
-def _fn(builder, name, args):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_void, args), name)
-
-
-def _t(v):
-    return ir.Constant(_i8, v)
 
 
 def _C(v):
     return ir.Constant(I64, v)
-
-
-# the tile start/stop (copies of amx_bf16's, which this module may not edit)
-@intrinsic
-def _amx_begin(typingctx, cfg):
-    """``ldtilecfg`` from the 64-byte configuration at byte address ``cfg``."""
-    sig = types.void(types.int64)
-
-    def codegen(context, builder, signature, args):
-        builder.call(_fn(builder, "llvm.x86.ldtilecfg", [_i8p]),
-                     [builder.inttoptr(args[0], _i8p)])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@intrinsic
-def _amx_end(typingctx):
-    """``tilerelease``."""
-    sig = types.void()
-
-    def codegen(context, builder, signature, args):
-        builder.call(_fn(builder, "llvm.x86.tilerelease", []), [])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
-@njit(inline="always")
-def _config():
-    cfg = np.zeros(64, np.uint8)
-    cfg[0] = 1                               # palette 1
-    for t in range(7):                       # tiles 0-6: 16 rows of 64 bytes
-        cfg[16 + 2 * t] = 64
-        cfg[48 + t] = 16
-    return cfg
 
 
 def _products(b, segments, nacc):
@@ -319,10 +275,10 @@ def gru_fwd_amx_kernel(xh, Ip, n, KIc, KHc, bias, up, hs, nact, training, act, c
     scr = np.empty(16 * 64, np.float32)
     args = (xh.ctypes.data, ld, Ip, Bx, B, KIc, KHc, Hp, up.ctypes.data, bias.ctypes.data,
             hs.ctypes.data, act.ctypes.data, nact, training, scr.ctypes.data, rlo, rhi)
-    cfg = _config()
-    _amx_begin(cfg.ctypes.data)
+    cfg = tile_config(16, 0)
+    amx_begin(cfg.ctypes.data)
     w = panel_steps(n, Hp // VW, False, ctl, tid, nthr, _gru_fwd_panel, args, None)
-    _amx_end()
+    amx_end()
     return w
 
 
@@ -367,10 +323,10 @@ def gru_bwd_amx_kernel(ntag, act, hs, ub, dy, dd, dgh, dgx, dghb, dgxb, nact, ct
     args = (n, B, Bx, Hp, GHp, ub.ctypes.data, dgh.ctypes.data, dgx.ctypes.data,
             dghb.ctypes.data, dgxb.ctypes.data, act.ctypes.data, hs.ctypes.data, dy.ctypes.data,
             dd.ctypes.data, nact, scr.ctypes.data, rlo, rhi)
-    cfg = _config()
-    _amx_begin(cfg.ctypes.data)
+    cfg = tile_config(16, 0)
+    amx_begin(cfg.ctypes.data)
     w = panel_steps(n, Hp // (len(ntag) * VW), True, ctl, tid, nthr, _gru_bwd_panel, args, ntag)
-    _amx_end()
+    amx_end()
     return w
 
 
@@ -400,10 +356,10 @@ def rnn_fwd_amx_kernel(ntag, xh, Ip, n, KIc, KHc, bias, up, hs, nact, relu, ctl,
     scr = np.empty(16 * 64, np.float32)
     args = (xh.ctypes.data, ld, Ip, Bx, B, KIc, KHc, Hp, up.ctypes.data, bias.ctypes.data,
             hs.ctypes.data, nact, relu, scr.ctypes.data, rlo, rhi)
-    cfg = _config()
-    _amx_begin(cfg.ctypes.data)
+    cfg = tile_config(16, 0)
+    amx_begin(cfg.ctypes.data)
     w = panel_steps(n, Hp // (len(ntag) * VW), False, ctl, tid, nthr, _rnn_fwd_panel, args, ntag)
-    _amx_end()
+    amx_end()
     return w
 
 
@@ -444,8 +400,8 @@ def rnn_bwd_amx_kernel(ntag, hs, ub, dy, dhn, zrow, dg, dgb, nact, relu, ctl, ti
     args = (n, B, Bx, Hp, Hpp, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data, hs.ctypes.data,
             dy.ctypes.data, dhn.ctypes.data, zrow.ctypes.data, nact, relu, scr.ctypes.data,
             rlo, rhi)
-    cfg = _config()
-    _amx_begin(cfg.ctypes.data)
+    cfg = tile_config(16, 0)
+    amx_begin(cfg.ctypes.data)
     w = panel_steps(n, Hp // (len(ntag) * VW), True, ctl, tid, nthr, _rnn_bwd_panel, args, ntag)
-    _amx_end()
+    amx_end()
     return w

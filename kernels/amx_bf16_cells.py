@@ -29,7 +29,8 @@ from numba.extending import intrinsic
 from fastrnn.kernels.amx_bf16 import _fn, _i8, _i8p, _t, amx_begin, amx_end, tile_config
 from fastrnn.kernels.bf16_simd import round_bits
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
-from fastrnn.kernels.simd import I64, VMath, ptrs, vload, vstore
+from fastrnn.kernels.simd import (I64, VMath, gru_cell, gru_cell_back, ptrs, rnn_act, rnn_act_back,
+                                  vload, vstore)
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["gru_fwd_amx_kernel", "gru_bwd_amx_kernel", "rnn_fwd_amx_kernel",
@@ -110,12 +111,9 @@ def uk_gru_fwd_amx(typingctx, x, ldb, h, w, KIc, KHc, scr, nr, bias, hin, y, ldy
         bv = [vload(b, F32X, bias, _C(g * VW)) for g in range(4)]
         with cgutils.for_range(b, nr) as loop:
             r = loop.index
-            gr = m.sigmoid(m.add(_acc(b, s, r, 0), bv[0]))
-            gz = m.sigmoid(m.add(_acc(b, s, r, 1), bv[1]))
-            nh = m.add(_acc(b, s, r, 3), bv[3])
-            gn = m.tanh(m.fma(gr, nh, m.add(_acc(b, s, r, 2), bv[2])))
             ro = b.mul(r, ldy)
-            hn = m.fma(gz, m.sub(vload(b, F32X, hin, ro), gn), gn)
+            gr, gz, gn, nh, hn = gru_cell(m, *[_acc(b, s, r, g) for g in range(4)], bv,
+                                          vload(b, F32X, hin, ro))
             vstore(b, hn, F32X, y, ro)
             _st16(b, hn, hb, b.mul(r, ldhb))
             with b.if_then(training):
@@ -149,7 +147,6 @@ def uk_gru_bwd_amx(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dy, ldh, act
         dghb = b.inttoptr(dghb, ir.IntType(16).as_pointer())
         dgxb = b.inttoptr(dgxb, ir.IntType(16).as_pointer())
         m = VMath(b, F32X)
-        one = m.one
         with cgutils.for_range(b, nr) as loop:
             r = loop.index
             for v in range(NV):
@@ -157,11 +154,9 @@ def uk_gru_bwd_amx(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dy, ldh, act
                 dh = m.add(m.add(_acc(b, s, r, v), vload(b, F32X, dy, ho)),
                            vload(b, F32X, dd, ho))
                 ra = b.add(b.mul(r, ldact), _C(v * 4 * VW))
-                gr, gz, gn, nh = [vload(b, F32X, act, b.add(ra, _C(g * VW))) for g in range(4)]
-                dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
-                dz = m.mul(m.mul(dh, m.sub(vload(b, F32X, hp, ho), gn)),
-                           m.mul(gz, m.sub(one, gz)))
-                dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(one, gr)))
+                gates = [vload(b, F32X, act, b.add(ra, _C(g * VW))) for g in range(4)]
+                dr, dz, dn = gru_cell_back(m, dh, gates, vload(b, F32X, hp, ho))
+                gr, gz = gates[:2]
                 for g, (vh, vx) in enumerate(((dr, dr), (dz, dz), (m.mul(dn, gr), dn))):
                     col = b.add(_C(v * VW), b.mul(_C(g), dgg))
                     vstore(b, vh, F32X, dgh, b.add(b.mul(r, ldg), col))
@@ -197,12 +192,11 @@ def uk_rnn_fwd_amx(typingctx, ntag, x, ldb, h, w, ldwb, KIc, KHc, scr, nr, bias,
         hb = b.inttoptr(hb, ir.IntType(16).as_pointer())
         m = VMath(b, F32X)
         bv = [vload(b, F32X, bias, _C(v * VW)) for v in range(NV)]
-        zero = ir.Constant(F32X, [0.0] * VW)
         with cgutils.for_range(b, nr) as loop:
             r = loop.index
             for v in range(NV):
                 pre = m.add(_acc(b, s, r, v), bv[v])
-                val = b.select(relu, b.call(m.max_fn, [pre, zero]), m.tanh(pre))
+                val = b.select(relu, rnn_act(m, pre, True), rnn_act(m, pre, False))
                 vstore(b, val, F32X, y, b.add(b.mul(r, ldy), _C(v * VW)))
                 _st16(b, val, hb, b.add(b.mul(r, ldhb), _C(v * VW)))
         return context.get_dummy_value()
@@ -229,7 +223,6 @@ def uk_rnn_bwd_amx(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, 
         s, dhx, dy, hn, dg = ptrs(b, F32X, scr, dhx, dy, hn, dg)
         dgb = b.inttoptr(dgb, ir.IntType(16).as_pointer())
         m = VMath(b, F32X)
-        zero = ir.Constant(F32X, [0.0] * VW)
         with cgutils.for_range(b, nr) as loop:
             r = loop.index
             for v in range(NV):
@@ -237,8 +230,7 @@ def uk_rnn_bwd_amx(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, 
                 dh = m.add(m.add(_acc(b, s, r, v), vload(b, F32X, dy, ho)),
                            vload(b, F32X, dhx, b.add(b.mul(r, lddhx), _C(v * VW))))
                 h = vload(b, F32X, hn, ho)
-                val = b.select(relu, b.select(b.fcmp_ordered(">", h, zero), dh, zero),
-                               m.mul(dh, m.sub(m.one, m.mul(h, h))))
+                val = b.select(relu, rnn_act_back(m, dh, h, True), rnn_act_back(m, dh, h, False))
                 vstore(b, val, F32X, dg, ho)
                 _st16(b, val, dgb, b.add(b.mul(r, lddgb), _C(v * VW)))
         return context.get_dummy_value()

@@ -28,7 +28,8 @@ from numba.extending import intrinsic
 
 from fastrnn.kernels.bf16_simd import (BF16_MR, EMULATED, F32X, I32X, NATIVE, VW, dp_bf16,
                                       i16_ptrs, i32_ptrs, is_native, round_bits, store_bf16)
-from fastrnn.kernels.simd import I64, VMath, _splat, ptrs, row_off, vload, vstore
+from fastrnn.kernels.simd import (I64, VMath, _splat, gru_back_nz, gru_cell, gru_cell_back, gru_h,
+                                  ptrs, rnn_act, rnn_act_back, row_off, vload, vstore)
 
 __all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd", "uk_rb_fwd_a",
            "uk_rb_fwd_b", "uk_rb_bwd_x", "uk_rb_bwd_y", "NATIVE", "EMULATED", "BF16_MR", "VW"]
@@ -101,13 +102,8 @@ def _make_gru_fwd(MR):
             m = VMath(builder, F32X)
             bv = [vload(builder, F32X, bias, ir.Constant(I64, g * VW)) for g in range(4)]
             for r in range(MR):
-                ar, az, anx, anh = accs[r]
-                gr = m.sigmoid(m.add(ar, bv[0]))
-                gz = m.sigmoid(m.add(az, bv[1]))
-                nh = m.add(anh, bv[3])
-                gn = m.tanh(m.fma(gr, nh, m.add(anx, bv[2])))
                 ro = row_off(builder, r, ldy)
-                hn = m.fma(gz, m.sub(vload(builder, F32X, hin, ro), gn), gn)
+                gr, gz, gn, nh, hn = gru_cell(m, *accs[r], bv, vload(builder, F32X, hin, ro))
                 vstore(builder, hn, F32X, y, ro)
                 _store16(builder, hn, hb, row_off(builder, r, ldhb))
                 with builder.if_then(training):
@@ -146,19 +142,16 @@ def _make_gru_bwd(MR):
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
             m = VMath(builder, F32X)
-            one = m.one
             for r in range(MR):
                 for v in range(NV):
                     ho = row_off(builder, r, ldh, v * VW)
                     dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
                                vload(builder, F32X, dd, ho))
-                    gr, gz, gn, nh = [vload(builder, F32X, act,
-                                            row_off(builder, r, ldact, v * 4 * VW + g * VW))
-                                      for g in range(4)]
-                    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
-                    dz = m.mul(m.mul(dh, m.sub(vload(builder, F32X, hp, ho), gn)),
-                               m.mul(gz, m.sub(one, gz)))
-                    dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(one, gr)))
+                    gates = [vload(builder, F32X, act,
+                                   row_off(builder, r, ldact, v * 4 * VW + g * VW))
+                             for g in range(4)]
+                    dr, dz, dn = gru_cell_back(m, dh, gates, vload(builder, F32X, hp, ho))
+                    gr, gz = gates[:2]
                     go = [builder.add(row_off(builder, r, ldg, v * VW),
                                       builder.mul(ir.Constant(I64, g), dgg)) for g in range(3)]
                     for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
@@ -200,20 +193,19 @@ def _make_rnn_fwd(MR):
                               (h, _half(builder, ldh), wh, KH, cols)])
             m = VMath(builder, F32X)
             bv = [vload(builder, F32X, bias, ir.Constant(I64, v * VW)) for v in range(NV)]
-            zero = ir.Constant(F32X, [0.0] * VW)
 
-            def epilogue(f):
+            def epilogue(is_relu):
                 for r in range(MR):
                     for v in range(NV):
-                        val = f(m.add(accs[r][v], bv[v]))
+                        val = rnn_act(m, m.add(accs[r][v], bv[v]), is_relu)
                         vstore(builder, val, F32X, y, row_off(builder, r, ldy, v * VW))
                         _store16(builder, val, hb, row_off(builder, r, ldhb, v * VW))
 
             with builder.if_else(relu) as (then, otherwise):
                 with then:
-                    epilogue(lambda p: builder.call(m.max_fn, [p, zero]))
+                    epilogue(True)
                 with otherwise:
-                    epilogue(m.tanh)
+                    epilogue(False)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -242,7 +234,6 @@ def _make_rnn_bwd(MR):
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
             m = VMath(builder, F32X)
-            zero = ir.Constant(F32X, [0.0] * VW)
             dhs = []
             for r in range(MR):
                 for v in range(NV):
@@ -251,18 +242,17 @@ def _make_rnn_bwd(MR):
                                vload(builder, F32X, dhx, row_off(builder, r, lddhx, v * VW)))
                     dhs.append((ho, dh, vload(builder, F32X, hn, ho)))
 
-            def epilogue(f):
+            def epilogue(is_relu):
                 for ho, dh, h in dhs:
-                    val = f(dh, h)
+                    val = rnn_act_back(m, dh, h, is_relu)
                     vstore(builder, val, F32X, dg, ho)
                     _store16(builder, val, dgb, ho)
 
             with builder.if_else(relu) as (then, otherwise):
                 with then:
-                    epilogue(lambda dh, h: builder.select(builder.fcmp_ordered(">", h, zero),
-                                                          dh, zero))
+                    epilogue(True)
                 with otherwise:
-                    epilogue(lambda dh, h: m.mul(dh, m.sub(m.one, m.mul(h, h))))
+                    epilogue(False)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -335,7 +325,7 @@ def _make_rb_fwd_b(MR):
                 gn = m.tanh(m.add(m.add(accs[r][0], bv), vload(builder, F32X, act, no)))
                 vstore(builder, gn, F32X, act, no)
                 ro = row_off(builder, r, ldy)
-                hn = m.fma(gz, m.sub(vload(builder, F32X, hin, ro), gn), gn)
+                hn = gru_h(m, gz, gn, vload(builder, F32X, hin, ro))
                 vstore(builder, hn, F32X, y, ro)
                 _store16(builder, hn, hb, row_off(builder, r, ldhb))
             return context.get_dummy_value()
@@ -368,7 +358,6 @@ def _make_rb_bwd_x(MR):
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
             m = VMath(builder, F32X)
-            one = m.one
             for r in range(MR):
                 for v in range(NV):
                     ho = row_off(builder, r, ldh, v * VW)
@@ -377,9 +366,7 @@ def _make_rb_bwd_x(MR):
                     gz, gn = [vload(builder, F32X, act,
                                     row_off(builder, r, ldact, v * 3 * VW + g * VW))
                               for g in (1, 2)]
-                    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
-                    dz = m.mul(m.mul(dh, m.sub(vload(builder, F32X, hp, ho), gn)),
-                               m.mul(gz, m.sub(one, gz)))
+                    dn, dz = gru_back_nz(m, dh, gz, gn, vload(builder, F32X, hp, ho))
                     for g, val in ((1, dz), (2, dn)):
                         o = builder.add(row_off(builder, r, ldg, v * VW),
                                         builder.mul(ir.Constant(I64, g), dgg))

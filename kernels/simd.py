@@ -42,7 +42,8 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["lstm_cell", "lstm_cell_back", "uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
+__all__ = ["lstm_cell", "lstm_cell_back", "gru_cell", "gru_cell_back", "gru_h", "gru_back_nz",
+           "rnn_act", "rnn_act_back", "uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
            "uk_peep_fwd2", "PAIR_MR", "fptr", "esize", "MAX_MR", "vtanh", "vsigmoid"]
 
 _f32 = ir.FloatType()
@@ -274,6 +275,59 @@ def lstm_cell_back(m, dh, gates, cn, cp, dc, pv=None):
     if pv is not None:
         dcp = m.fma(di, pv[0], m.fma(df, pv[1], dcp))
     return (di, df, dgc, do), dcp
+
+
+def gru_cell(m, ar, az, anx, anh, bv, hp):
+    """One reset-after GRU step on vectors: the r and z gates' products ``ar``,
+    ``az`` (input and hidden parts summed), the n gate's input and hidden products
+    ``anx``, ``anh`` (apart), the biases ``bv`` = (b_r, b_z, b_in, b_hn) and
+    ``h_{t-1}`` -> ``(r, z, n, nh, h_t)`` (``nh = anh + b_hn``). The one definition
+    every GRU epilogue (float, bf16, AMX) emits."""
+    gr = m.sigmoid(m.add(ar, bv[0]))
+    gz = m.sigmoid(m.add(az, bv[1]))
+    nh = m.add(anh, bv[3])
+    gn = m.tanh(m.fma(gr, nh, m.add(anx, bv[2])))
+    return gr, gz, gn, nh, gru_h(m, gz, gn, hp)
+
+
+def gru_h(m, gz, gn, hp):
+    """The GRU's new state ``h_t = n + z (h_{t-1} - n)`` (both forms)."""
+    return m.fma(gz, m.sub(hp, gn), gn)
+
+
+def gru_back_nz(m, dh, gz, gn, hp):
+    """Back through :func:`gru_h` and n's tanh (both forms): ``dh`` (the step's whole
+    h gradient), the saved z, n and ``h_{t-1}`` -> ``(dn, dz)``, the gradients of
+    n's and z's pre-activations."""
+    one = m.one
+    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
+    dz = m.mul(m.mul(dh, m.sub(hp, gn)), m.mul(gz, m.sub(one, gz)))
+    return dn, dz
+
+
+def gru_cell_back(m, dh, gates, hp):
+    """Back through :func:`gru_cell`: ``dh``, the saved ``(r, z, n, nh)`` and
+    ``h_{t-1}`` -> ``(dr, dz, dn)`` (the hidden product's n gradient is ``dn r``)."""
+    gr, gz, gn, nh = gates
+    dn, dz = gru_back_nz(m, dh, gz, gn, hp)
+    dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(m.one, gr)))
+    return dr, dz, dn
+
+
+def rnn_act(m, pre, relu):
+    """The RNN's activation of a pre-activation vector: ReLU (``relu`` true) or tanh."""
+    if relu:
+        return m.b.call(m.max_fn, [pre, ir.Constant(m.vty, [0.0] * m.vty.count)])
+    return m.tanh(pre)
+
+
+def rnn_act_back(m, dh, h, relu):
+    """Back through :func:`rnn_act` from its output ``h``: ``dh [h > 0]`` (ReLU) or
+    ``dh (1 - h^2)`` (tanh)."""
+    if relu:
+        zero = ir.Constant(m.vty, [0.0] * m.vty.count)
+        return m.b.select(m.b.fcmp_ordered(">", h, zero), dh, zero)
+    return m.mul(dh, m.sub(m.one, m.mul(h, h)))
 
 
 def ptrs(builder, vty, *vals):

@@ -18,8 +18,8 @@ from llvmlite import ir
 from numba import types
 from numba.extending import intrinsic
 
-from fastrnn.kernels.simd import (I64, MAX_MR, VMath, gemm_accs, ptrs, row_off, vector_type,
-                                  vload, vstore)
+from fastrnn.kernels.simd import (I64, MAX_MR, VMath, gemm_accs, gru_cell, gru_cell_back, ptrs,
+                                  rnn_act, rnn_act_back, row_off, vector_type, vload, vstore)
 
 __all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd"]
 
@@ -50,14 +50,9 @@ def _make_gru_fwd(MR):
             m = VMath(builder, vty)
             bv = [vload(builder, vty, bias, ir.Constant(I64, g * VW)) for g in range(4)]
             for r in range(MR):
-                ar, az, anx, anh = accs[r]
-                gr = m.sigmoid(m.add(ar, bv[0]))
-                gz = m.sigmoid(m.add(az, bv[1]))
-                nh = m.add(anh, bv[3])
-                gn = m.tanh(m.fma(gr, nh, m.add(anx, bv[2])))
                 ro = row_off(builder, r, ldh)
-                hp = vload(builder, vty, hin, ro)
-                vstore(builder, m.fma(gz, m.sub(hp, gn), gn), vty, y, ro)
+                gr, gz, gn, nh, hn = gru_cell(m, *accs[r], bv, vload(builder, vty, hin, ro))
+                vstore(builder, hn, vty, y, ro)
                 with builder.if_then(training):
                     for g, val in enumerate((gr, gz, gn, nh)):
                         vstore(builder, val, vty, act, row_off(builder, r, ldact, g * VW))
@@ -89,19 +84,16 @@ def _make_gru_bwd(MR):
             a, w, dy, act, hp, dd, dgh, dgx = ptrs(builder, vty, a, w, dy, act, hp, dd, dgh, dgx)
             accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
             m = VMath(builder, vty)
-            one = m.one
             for r in range(MR):
                 for v in range(NV):
                     ho = row_off(builder, r, ldh, v * VW)
                     dh = m.add(m.add(accs[r][v], vload(builder, vty, dy, ho)),
                                vload(builder, vty, dd, ho))
-                    gr, gz, gn, nh = [vload(builder, vty, act,
-                                             row_off(builder, r, ldact, v * 4 * VW + g * VW))
-                                      for g in range(4)]
-                    dn = m.mul(m.mul(dh, m.sub(one, gz)), m.sub(one, m.mul(gn, gn)))
-                    dz = m.mul(m.mul(dh, m.sub(vload(builder, vty, hp, ho), gn)),
-                               m.mul(gz, m.sub(one, gz)))
-                    dr = m.mul(m.mul(dn, nh), m.mul(gr, m.sub(one, gr)))
+                    gates = [vload(builder, vty, act,
+                                   row_off(builder, r, ldact, v * 4 * VW + g * VW))
+                             for g in range(4)]
+                    dr, dz, dn = gru_cell_back(m, dh, gates, vload(builder, vty, hp, ho))
+                    gr, gz = gates[:2]
                     go = [builder.add(row_off(builder, r, ldg, v * VW),
                                       builder.mul(ir.Constant(I64, g), dgg)) for g in range(3)]
                     for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
@@ -135,19 +127,18 @@ def _make_rnn_fwd(MR):
             accs = gemm_accs(builder, vty, MR, NV, [(x, ldx, w, I), (h, ldh, wh, H)])
             m = VMath(builder, vty)
             bv = [vload(builder, vty, bias, ir.Constant(I64, v * VW)) for v in range(NV)]
-            zero = ir.Constant(vty, [0.0] * VW)
 
-            def epilogue(f):
+            def epilogue(is_relu):
                 for r in range(MR):
                     for v in range(NV):
-                        vstore(builder, f(m.add(accs[r][v], bv[v])), vty, y,
-                                row_off(builder, r, ldh, v * VW))
+                        vstore(builder, rnn_act(m, m.add(accs[r][v], bv[v]), is_relu), vty, y,
+                               row_off(builder, r, ldh, v * VW))
 
             with builder.if_else(relu) as (then, otherwise):
                 with then:
-                    epilogue(lambda p: builder.call(m.max_fn, [p, zero]))
+                    epilogue(True)
                 with otherwise:
-                    epilogue(m.tanh)
+                    epilogue(False)
             return context.get_dummy_value()
         return sig, codegen
     return uk_rnn_fwd
@@ -171,7 +162,6 @@ def _make_rnn_bwd(MR):
             a, w, dhx, dy, hn, dg = ptrs(builder, vty, a, w, dhx, dy, hn, dg)
             accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
             m = VMath(builder, vty)
-            zero = ir.Constant(vty, [0.0] * VW)
             dhs = []
             for r in range(MR):
                 for v in range(NV):
@@ -181,13 +171,10 @@ def _make_rnn_bwd(MR):
                     dhs.append((ho, dh, vload(builder, vty, hn, ho)))
 
             with builder.if_else(relu) as (then, otherwise):
-                with then:
-                    for ho, dh, h in dhs:
-                        pos = builder.fcmp_ordered(">", h, zero)
-                        vstore(builder, builder.select(pos, dh, zero), vty, dg, ho)
-                with otherwise:
-                    for ho, dh, h in dhs:
-                        vstore(builder, m.mul(dh, m.sub(m.one, m.mul(h, h))), vty, dg, ho)
+                for branch, is_relu in ((then, True), (otherwise, False)):
+                    with branch:
+                        for ho, dh, h in dhs:
+                            vstore(builder, rnn_act_back(m, dh, h, is_relu), vty, dg, ho)
             return context.get_dummy_value()
         return sig, codegen
     return uk_rnn_bwd

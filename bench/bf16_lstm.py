@@ -5,7 +5,7 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
     python bench/bf16_lstm.py [--rounds 15] [--shapes 64,32,64,256 100,32,64,128 ...]
                               [--route amx|native|emulated] [--no-torch]
                               [--threads N] [--infer-only | --train-only]
-    python bench/bf16_lstm.py --peak       # tdpbf16ps and the AMX GEMM, one thread
+    python bench/bf16_lstm.py --peak       # vdpbf16ps, tdpbf16ps and the AMX GEMM, one thread
     python bench/bf16_lstm.py --pieces [--threads N] [--against REV]   # where the AMX route's time goes
     python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
 
@@ -101,6 +101,33 @@ def tile_rates(rounds=5):
     return out
 
 
+def dp_rates(rounds=5, n=2_000_000):
+    """One thread's rate of bf16-pair products on registers, GFLOP/s (best of
+    ``rounds``): ``vdpbf16ps`` (where the CPU has AVX512-BF16) and its float32
+    emulation (two FMAs per pair: the emulated route's products): the measured
+    dot-product peaks of the native and emulated routes, to read their kernels
+    against."""
+    from numba import njit
+    from fastrnn.bf16 import has_avx512_bf16
+    from fastrnn.kernels.bf16_simd import EMULATED, NATIVE, PROBE_ACCS, uk_dp_probe
+
+    @njit
+    def run(tag, n):
+        return uk_dp_probe(tag, n)
+    out = {}
+    for name, tag in (("vdpbf16ps", NATIVE), ("float32 FMA emulation", EMULATED)):
+        if tag is NATIVE and not has_avx512_bf16():
+            continue
+        run(tag, 10)
+        ts = []
+        for _ in range(rounds):
+            t0 = time.perf_counter()
+            run(tag, n)
+            ts.append(time.perf_counter() - t0)
+        out[name] = n * PROBE_ACCS * 64 / min(ts) / 1e9
+    return out
+
+
 def peak(rounds=5):
     """The bf16 product rates this machine reaches: the tile unit (:func:`tile_rates`),
     ``amx_gemm.dwt_gemm`` (AMX tiles, one thread) at the weight-gradient shape of
@@ -116,6 +143,8 @@ def peak(rounds=5):
     a = rng.standard_normal((K, M)).astype(np.float32)
     b = rng.standard_normal((K, N)).astype(np.float32)
     out = {}
+    for k, v in dp_rates(rounds).items():
+        print(f"{k}, 1 thread, registers: {v:.0f} GFLOP/s")
     if amx_bf16 is not None and amx_bf16.available():
         for k, v in tile_rates(rounds).items():
             print(f"tdpbf16ps, 1 thread, {k}: {v:.0f} GFLOP/s")

@@ -44,7 +44,7 @@ from fastrnn.kernels.simd import (I64, PREFETCH_BYTES, PREFETCH_MIN_MR, VMath, _
 __all__ = ["NATIVE", "EMULATED", "is_native", "round_bits", "gemm_accs_bf16",
            "uk_bf16_fwd", "uk_bf16_peep_fwd", "uk_bf16_bwd", "uk_bf16_peep_bwd",
            "uk_bf16_gemm", "vround_bf16", "BF16_MR", "VW", "F32X", "I32X", "I16X", "dp_bf16",
-           "splat_i32", "i32_ptrs", "i16_ptrs"]
+           "splat_i32", "i32_ptrs", "i16_ptrs", "uk_dp_probe", "PROBE_ACCS"]
 
 _f32 = ir.FloatType()
 _i32 = ir.IntType(32)
@@ -322,6 +322,49 @@ def vround_bf16(typingctx, src, dst):
         store_bf16(builder, round_bits(builder, vload(builder, F32X, s, ir.Constant(I64, 0))),
                    d, ir.Constant(I64, 0))
         return context.get_dummy_value()
+    return sig, codegen
+
+
+#: independent accumulators of :func:`uk_dp_probe`: more than the instruction's
+#: latency times its issue rate, so the loop measures throughput
+PROBE_ACCS = 12
+
+
+@intrinsic
+def uk_dp_probe(typingctx, tag, n):
+    """``n`` rounds of :data:`PROBE_ACCS` independent bf16-pair products on registers
+    (``vdpbf16ps`` with the native tag, its float32 emulation with the emulated one),
+    ``n * PROBE_ACCS * 64`` FLOP: the product unit's own rate, with no loads. Returns a
+    lane of the sums (so the loop is not removed)."""
+    if not isinstance(tag, types.UniTuple):
+        return None
+    native = is_native(tag)
+    sig = types.float32(tag, types.int64)
+
+    def codegen(context, builder, signature, args):
+        b = builder
+        n = args[1]
+        pre = b.block
+        body = b.function.append_basic_block("dp_probe")
+        done = b.function.append_basic_block("dp_probe_done")
+        b.branch(body)
+        b.position_at_end(body)
+        i = b.phi(I64)
+        accs = [b.phi(F32X) for _ in range(PROBE_ACCS)]
+        a, w = splat_i32(0x3F803F80), splat_i32(0x3F803F81)
+        new = [dp_bf16(b, native, acc, a, w) for acc in accs]
+        i1 = b.add(i, ir.Constant(I64, 1))
+        i.add_incoming(ir.Constant(I64, 0), pre)
+        i.add_incoming(i1, body)
+        for acc, v in zip(accs, new):
+            acc.add_incoming(ir.Constant(F32X, [0.0] * VW), pre)
+            acc.add_incoming(v, body)
+        b.cbranch(b.icmp_signed("<", i1, n), body, done)
+        b.position_at_end(done)
+        total = new[0]
+        for v in new[1:]:
+            total = b.fadd(total, v)
+        return b.extract_element(total, ir.Constant(_i32, 0))
     return sig, codegen
 
 

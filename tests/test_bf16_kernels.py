@@ -71,6 +71,16 @@ def test_rounding_matches_round_bf16_bit_for_bit():
     np.testing.assert_array_equal(pb.to_bits(a), want)  # the drivers' (x, weights)
 
 
+@pytest.mark.parametrize("native", [pytest.param(True, marks=native_only), False])
+def test_dot_product_probe_sums_its_products(native):
+    # the peak probe of bench/bf16_lstm.py --peak: each round adds 1*1 + 1*1.0078125
+    # (bf16 0x3F80 times 0x3F80 and 0x3F81) to each of PROBE_ACCS accumulators
+    from fastrnn.kernels.bf16_simd import PROBE_ACCS, uk_dp_probe
+    run = njit(lambda tag, n: uk_dp_probe(tag, n))
+    for n in (1, 7):
+        assert run(NATIVE if native else EMULATED, n) == PROBE_ACCS * n * 2.0078125
+
+
 def _gemm_run(tag, MR, nv, a, w, KK, out):
     k = uk_bf16_gemm[MR]
     run = njit(lambda tag, ntag, a, w, KK, out: k(tag, ntag, a.ctypes.data, a.shape[1],

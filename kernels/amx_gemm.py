@@ -145,9 +145,10 @@ def dx_gemm(dgb, wt, dxp, r0, r1):
     sb = GH2 * 64                         # bytes per 16-column tile column of wt
     MB = max(32, (1 << 18) // lda // 32 * 32)
     # a row's 2*GH bytes are prefetched by 256 per chunk: ipr chunks per row, KKc/ipr
-    # (4) rows per product, the rows of the next block in turn
-    ipr = max(1, GH2 // 64)
-    rpc = max(1, KKc // ipr)
+    # (4) rows per product, the rows of the next block in turn (not when the rows
+    # are few enough to stay in L2 from the loop that wrote them)
+    ipr = max(1, GH2 // 64) if (r1 - r0) * lda > (1 << 20) else 0
+    rpc = max(1, KKc // max(1, ipr))
     ap, bp, cp = dgb.ctypes.data, wt.ctypes.data, dxp.ctypes.data
     cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)

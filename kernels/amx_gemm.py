@@ -381,19 +381,20 @@ def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
     < j1`` (gate rows g*Hp + unit, multiples of 16), from ``dWᵀ = [x h]ᵀ dg``: ``at``
     [Nx/16, Kp/32, 16, 32] ([x h]ᵀ, :func:`pack_a_steps`; x's columns padded to
     ``Ip``), ``vt`` [GH/16, >= Kp/2, 16, 2] (dg in k pairs, :func:`vnni_shape`). By
-    blocks of ``KB`` chunks of k, the partial sums in ``ct`` [Nx/16, GH/16, 16, 16]
-    float32 (tile-native; not touched with one block), and of A rows whose block
+    blocks of ``KB`` chunks of k, the partial sums in ``ct`` [GH/16, Nx/16, 16, 16]
+    float32 (tile-native, by columns: a column pair's tiles one after the other, not
+    128 KiB apart in the same cache sets; not touched with one block), and of A rows whose block
     (``ABLK`` bytes) stays in L2 while the column pairs of dg pass (the full A
     streamed once per column pair ran at about half the rate); after the last block
     the tiles go through a scratch, transposed into place. The products of a column
     pair prefetch the next pair's chunks of dg into L2. The sums run in the same order
     whatever the row range (bitwise the same for any split)."""
     MT, KKt = at.shape[0], at.shape[1]
-    NT = ct.shape[1]
     sa = KKt * 1024                       # bytes per 16-row tile row of at
     sv = vt.shape[1] * 64                 # bytes per 16-column tile column of vt
     ap, bp, cp = at.ctypes.data, vt.ctypes.data, ct.ctypes.data
-    scr = np.empty(4 * 256 + 16, np.float32)
+    sc = 1024 * MT                        # bytes per tile column of ct (and of the scratch)
+    scr = np.empty((MT + 2) * 256 + 16, np.float32)
     sp = (scr.ctypes.data + 63) // 64 * 64
     cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)
@@ -410,22 +411,22 @@ def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
                 jn = j + 2 if j + 2 < j1 // 16 else j0 // 16
                 for i in range(m0, m1, 2):
                     MA = 2 if i + 1 < m1 else 1
-                    c = cp + 1024 * (i * NT + j)
+                    c = cp + 1024 * (j * MT + i)
                     off = (i - m0) // 2 * nk * 256
                     pf = bp + (jn + off // (nk * 1024)) * sv + k0 * 1024 + off % (nk * 1024)
                     ipr = nk if off < 2 * nk * 1024 else 0
                     if last:
                         _blk(MA, NB, ap + i * sa + k0 * 1024, 64, 1024, sa,
-                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, sp, 64, 2048, 1024,
-                             k0 > 0, c, 1024 * NT, pf, 0, ipr)
+                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, sp, 64, 1024, sc,
+                             k0 > 0, c, 1024, pf, 0, ipr)
                         for ii in range(MA):
                             for jj in range(NB):
-                                _put(sp + 2048 * ii + 1024 * jj, i + ii, j + jj, I, Ip, H, Hp,
+                                _put(sp + 1024 * ii + sc * jj, i + ii, j + jj, I, Ip, H, Hp,
                                      dw_ih, dw_hh)
                     else:
                         _blk(MA, NB, ap + i * sa + k0 * 1024, 64, 1024, sa,
-                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, c, 64, 1024 * NT, 1024,
-                             k0 > 0, c, 1024 * NT, pf, 0, ipr)
+                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, c, 64, 1024, sc,
+                             k0 > 0, c, 1024, pf, 0, ipr)
     amx_end()
 
 

@@ -56,7 +56,7 @@ def test_weight_gradient_over_several_k_blocks():
     ag.pack_b_steps(g[None], R, vt, 0, GH)
     at = aligned((Nx // 16, vt.shape[1] // 16, 16, 32), np.uint16)
     ag.pack_a_steps(x, B, at)
-    ct = aligned((Nx // 16, GH // 16, 16, 16), np.float32, zero=False)
+    ct = aligned((GH // 16, Nx // 16, 16, 16), np.float32, zero=False)
     dw_ih = np.empty((4 * H, I), np.float32)
     dw_hh = np.empty((4 * H, H), np.float32)
     for j0, j1 in ((0, 64), (64, GH)):

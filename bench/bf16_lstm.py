@@ -8,6 +8,8 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
     python bench/bf16_lstm.py --peak       # vdpbf16ps, tdpbf16ps and the AMX GEMM, one thread
     python bench/bf16_lstm.py --pieces [--threads N] [--against REV]   # where the AMX route's time goes
     python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
+    python bench/bf16_lstm.py --gemm --against REV [--shapes ...]   # the products after
+                                           # the backward loop, one thread, REV vs this
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
 a cache; each round runs the contenders in a new random order, each after a 5
@@ -263,6 +265,73 @@ def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
             setattr(mod, n, f)
 
 
+def gemm_ab(shapes, rounds, rev):
+    """The AMX products after the bf16 LSTM's backward loop (``amx_gemm``'s
+    ``dwt_gemm`` on half the columns, as one task of two; ``dx_gemm`` on all rows;
+    ``pack_wih``; ``pack_a_steps``) of this package and of git revision ``rev``, on the
+    same operands, one thread, timed by the thread's CPU time (other processes on the
+    machine then cost less of the measure), old and new alternating in each round;
+    asserts both give bitwise the same results."""
+    from fastrnn.kernels import amx_bf16
+    from fastrnn.kernels import amx_gemm as ag
+    from fastrnn.kernels.packed_bf16 import aligned, to_bits
+    if not amx_bf16.available():
+        raise SystemExit("--gemm: this CPU or process may not use AMX-BF16 tiles")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from ab_package import load_old
+    old = load_old(rev)
+    ago = importlib.import_module(old.__name__ + ".kernels.amx_gemm")
+    for T, B, I, H in shapes:
+        Ip, Hp = -(-I // 16) * 16, -(-H // 16) * 16
+        Nx, GH, R = Ip + -(-Hp // 32) * 32, 4 * Hp, T * B
+        Rp = -(-R // 32) * 32
+        rng = np.random.default_rng(0)
+        xh = to_bits(rng.standard_normal((T, B, Nx)).astype(np.float32))
+        dg = to_bits(rng.standard_normal((T, B, GH)).astype(np.float32))
+        vs = ag.vnni_shape(T, B, GH)
+        vt = aligned(vs, np.uint16)
+        ag.pack_b_steps(dg, B, vt, 0, GH)
+        at = aligned((Nx // 16, vs[1] // 16, 16, 32), np.uint16)
+        ag.pack_a_steps(xh, B, at)
+        ct = aligned((Nx // 16, GH // 16, 16, 16), np.float32)
+        dgf = aligned((Rp + 32, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
+        dgf[:R, :GH] = dg.reshape(R, GH)
+        wb = to_bits(rng.standard_normal((4 * H, I)).astype(np.float32))
+
+        def mk(mod):
+            dwi, dwh = np.zeros((4 * H, I), np.float32), np.zeros((4 * H, H), np.float32)
+            dx = aligned((Rp + 32, Ip), np.float32)
+            wt = aligned((Ip // 16, GH // 2, 16, 2), np.uint16)
+            mod.pack_wih(wb, H, Hp, wt)
+            return {"dwt_gemm (half)": lambda: mod.dwt_gemm(at, vt, ct, I, Ip, H, Hp, dwi, dwh,
+                                                            0, GH // 64 * 32),
+                    "dx_gemm": lambda: mod.dx_gemm(dgf, wt, dx, 0, Rp),
+                    "pack_wih": lambda: mod.pack_wih(wb, H, Hp, wt),
+                    "pack_a_steps": lambda: mod.pack_a_steps(xh, B, at)}, (dwi, dwh, dx, wt)
+        (fo, oo), (fn, on) = mk(ago), mk(ag)
+        for k in fo:
+            fo[k]()
+            fn[k]()
+        for x, y in zip(oo, on):
+            if not np.array_equal(x, y):
+                raise SystemExit(f"--gemm: {rev} and this package differ at {(T, B, I, H)}")
+        ts = {k: ([], []) for k in fo}
+        for r in range(rounds):
+            for k in fo:
+                for i, f in ((0, fo[k]), (1, fn[k]))[::1 if r % 2 == 0 else -1]:
+                    t0 = time.thread_time()
+                    f()
+                    ts[k][i].append(time.thread_time() - t0)
+        print(f"{(T, B, I, H)}: one thread, thread CPU time, {rounds} rounds, {rev} vs this "
+              f"package; load average {os.getloadavg()[0]:.2f}")
+        for k, (a, b) in ts.items():
+            a, b = 1e3 * np.array(a), 1e3 * np.array(b)
+            print(f"    {k:16s} {rev} min {a.min():7.3f} med {np.median(a):7.3f} ms, new min "
+                  f"{b.min():7.3f} med {np.median(b):7.3f} ms: new/old min "
+                  f"{b.min() / a.min():.3f}, medians {np.median(b) / np.median(a):.3f}",
+                  flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
@@ -274,6 +343,9 @@ def main(argv=None):
     ap.add_argument("--peak", action="store_true", help="only time the GEMM rates (peak())")
     ap.add_argument("--pieces", action="store_true",
                     help="only time the pieces of the AMX route (pieces())")
+    ap.add_argument("--gemm", action="store_true",
+                    help="only the products after the backward loop, one thread, against "
+                         "--against REV (gemm_ab())")
     ap.add_argument("--threads", type=int, default=None,
                     help="fastrnn's threads (default: its own setting)")
     ap.add_argument("--infer-only", action="store_true", help="only the inference rows")
@@ -283,6 +355,11 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.peak:
         return peak()
+    if a.gemm:
+        if not a.against:
+            raise SystemExit("--gemm needs --against REV")
+        return gemm_ab([tuple(int(v) for v in sh.split(",")) for sh in
+                        (a.shapes or ["50,64,256,512"])], a.rounds, a.against)
     if a.pieces:
         shapes = [(50, 64, 256, 512), (64, 32, 64, 256)] if not a.shapes else [
             tuple(int(v) for v in sh.split(",")) for sh in a.shapes]

@@ -76,7 +76,7 @@ def backward(cache, plan, gthr, dys, dhn, zrow, dc, dg, ctl):
     # apart (dx and dh0 may come back as views: they keep only their own alive)
     dgf, vt, at, wt, ct = carve(
         ((Rp + 32, GHb), np.uint16), (vs, np.uint16), ((Nx // 16, vs[1] // 16, 16, 32), np.uint16),
-        ((Ip // 16, GH // 2, 16, 2), np.uint16), ((Nx // 16, GH // 16, 16, 16), dt))
+        ((Ip // 16, GH // 2, 16, 2), np.uint16), ((GH // 16, Nx // 16, 16, 16), dt))
     dxp, dh0 = carve(((Rp + 32, Ip), dt), ((B + 32, Hp), dt))
     dgb = dgf[:R].reshape(n, B, GHb)
     # the k-pair copy: zero where the loop writes nothing (past the last row; rows

@@ -45,21 +45,27 @@ ABLK = 1 << 20
 def _make_blk(MA, NB):
     @intrinsic
     def uk(typingctx, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl,
-           cli):
+           cli, pf, prow, ipr):
         """C (``MA`` x ``NB`` tiles of 16 x 16 float32; tile (i, j) at ``c + i*ci + j*cj``,
         rows ``ldc`` bytes apart) = (``acc``: C +) A B over ``KKc`` chunks of 32 k: A
         tile i at ``a + i*arow`` (rows ``lda`` bytes apart), chunk k at ``+ k*astep``;
         B tile j at ``b + j*bcol`` (16 pair rows ``ldb`` bytes apart), chunk k at
         ``+ k*bstep``; with ``acc``, the C tiles first loaded from ``cl + i*cli + j*cj``.
-        Tiles 0-3 C, 4-5 A, 6-7 B."""
+        Tiles 0-3 C, 4-5 A, 6-7 B. With ``ipr > 0``, chunk k also prefetches 256 bytes
+        into L2 at ``pf + (k // ipr) * prow + (k % ipr) * 256`` (the next block's operand:
+        tile loads that miss L2 stall the tile unit; the hardware prefetchers do not
+        run far enough ahead of them)."""
         i8 = types.int64
         sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean, i8,
-                         i8)
+                         i8, i8, i8, i8)
 
         def codegen(context, builder, signature, args):
-            a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli = args
+            (a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli, pf,
+             prow, ipr) = args
             bd = builder
             load = _fn(bd, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+            i32 = ir.IntType(32)
+            pfn = _fn(bd, "llvm.prefetch.p0", [_i8p, i32, i32, i32])
             dp = _fn(bd, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
             store = _fn(bd, "llvm.x86.tilestored64", [_i8, _i8p, I64])
             C = lambda v: ir.Constant(I64, v)  # noqa: E731
@@ -77,6 +83,13 @@ def _make_blk(MA, NB):
                 k = loop.index
                 ak = bd.add(a, bd.mul(k, astep))
                 bk = bd.add(b, bd.mul(k, bstep))
+                with bd.if_then(bd.icmp_signed(">", ipr, C(0))):
+                    pk = bd.add(bd.add(pf, bd.mul(bd.sdiv(k, ipr), prow)),
+                                bd.mul(bd.srem(k, ipr), C(256)))
+                    for ln in range(4):     # read, locality 2 (prefetcht1: L2), data
+                        bd.call(pfn, [bd.inttoptr(bd.add(pk, C(64 * ln)), _i8p),
+                                      ir.Constant(i32, 0), ir.Constant(i32, 2),
+                                      ir.Constant(i32, 1)])
                 for i in range(MA):
                     bd.call(load, [_t(4 + i), bd.inttoptr(bd.add(ak, bd.mul(C(i), arow)), _i8p),
                                    lda])
@@ -99,16 +112,21 @@ _k11, _k12, _k21, _k22 = uk_amx_blk[1][1], uk_amx_blk[1][2], uk_amx_blk[2][1], u
 
 
 @njit(inline="always")
-def _blk(MA, NB, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli):
+def _blk(MA, NB, a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli,
+         pf=0, prow=0, ipr=0):
     if MA == 2:
         if NB == 2:
-            _k22(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
+            _k22(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli, pf,
+                 prow, ipr)
         else:
-            _k21(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
+            _k21(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli, pf,
+                 prow, ipr)
     elif NB == 2:
-        _k12(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
+        _k12(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli, pf, prow,
+             ipr)
     else:
-        _k11(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli)
+        _k11(a, lda, astep, arow, b, ldb, bstep, bcol, KKc, c, ldc, ci, cj, acc, cl, cli, pf, prow,
+             ipr)
 
 
 @njit(**JIT_OPTIONS)
@@ -117,7 +135,8 @@ def dx_gemm(dgb, wt, dxp, r0, r1):
     the last ``dgb`` row come out too, from the 32 rows readable past its end): ``dgb``
     [R, >= GH] uint16 (64-byte aligned rows), ``wt`` [Ip/16, GH/2, 16, 2] uint16
     (:func:`pack_wih`), ``dxp`` [>= r1, Ip] float32. By blocks of rows (~256 KiB of
-    ``dgb``) that stay in L2 while every column pair of ``wt`` passes."""
+    ``dgb``) that stay in L2 while every column pair of ``wt`` passes; the products of
+    one block prefetch the next block's rows into L2 (``dgb`` comes from L3)."""
     GHb = dgb.shape[1]
     NT, GH2 = wt.shape[0], wt.shape[1]
     Ip = dxp.shape[1]
@@ -125,16 +144,25 @@ def dx_gemm(dgb, wt, dxp, r0, r1):
     lda = 2 * GHb
     sb = GH2 * 64                         # bytes per 16-column tile column of wt
     MB = max(32, (1 << 18) // lda // 32 * 32)
+    # a row's 2*GH bytes are prefetched by 256 per chunk: ipr chunks per row, KKc/ipr
+    # (4) rows per product, the rows of the next block in turn (not when the rows
+    # are few enough to stay in L2 from the loop that wrote them)
+    ipr = max(1, GH2 // 64) if (r1 - r0) * lda > (1 << 20) else 0
+    rpc = max(1, KKc // max(1, ipr))
     ap, bp, cp = dgb.ctypes.data, wt.ctypes.data, dxp.ctypes.data
     cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)
     for m0 in range(r0, r1, MB):
         m1 = min(r1, m0 + MB)
+        q = 0
         for j in range(0, NT, 2):
             NB = 2 if j + 1 < NT else 1
             for i0 in range(m0, m1, 32):
+                pr = m1 + q * rpc         # rows pr .. pr + rpc of the next block
+                q += 1
                 _blk(2, NB, ap + i0 * lda, lda, 64, 16 * lda, bp + j * sb, 64, 1024, sb, KKc,
-                     cp + 4 * (i0 * Ip + 16 * j), 4 * Ip, 64 * Ip, 64, False, 0, 0)
+                     cp + 4 * (i0 * Ip + 16 * j), 4 * Ip, 64 * Ip, 64, False, 0, 0,
+                     ap + pr * lda, lda, ipr if pr < min(r1, m1 + MB) else 0)
     amx_end()
 
 
@@ -246,18 +274,26 @@ def pack_wih(wbi, H, Hp, out):
     """W_ih's bits ``wbi`` [4H, I] (PyTorch's gate order) as the B operand of
     ``dx = dg W_ih``: ``out`` [Ip/16, 2*Hp, 16, 2] uint16, zeros in: (j >> 4, kk, j & 15,
     half) = W_ih[gate row r = 2kk + half, j] with r = g*Hp + unit (zero for padded
-    units and columns)."""
+    units and columns). By pairs of gate rows, each pair's 16-column blocks one
+    vectorized loop of 32-bit words (``out``'s 16 x 2 blocks as 16 words)."""
     I = wbi.shape[1]
-    for r in range(4 * Hp):
-        g = r // Hp
+    o32 = out.reshape(out.shape[0], out.shape[1], 32).view(np.uint32)
+    for kk in range(2 * Hp):
+        r = 2 * kk
+        g = r // Hp                       # Hp is a multiple of 16: both rows one gate
         u = r - g * Hp
         if u >= H:
             continue
-        src = g * H + u
-        kk = r >> 1
-        half = r & 1
-        for j in range(I):
-            out[j >> 4, kk, j & 15, half] = wbi[src, j]
+        s0 = g * H + u
+        for jb in range(I // 16):
+            for ln in range(16):
+                lo = np.uint32(wbi[s0, 16 * jb + ln])
+                hi = np.uint32(wbi[s0 + 1, 16 * jb + ln]) if u + 1 < H else np.uint32(0)
+                o32[jb, kk, ln] = lo | (hi << np.uint32(16))
+        for j in range(I // 16 * 16, I):
+            out[j >> 4, kk, j & 15, 0] = wbi[s0, j]
+            if u + 1 < H:
+                out[j >> 4, kk, j & 15, 1] = wbi[s0 + 1, j]
 
 
 def vnni_shape(n, B, GH):
@@ -345,18 +381,20 @@ def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
     < j1`` (gate rows g*Hp + unit, multiples of 16), from ``dWᵀ = [x h]ᵀ dg``: ``at``
     [Nx/16, Kp/32, 16, 32] ([x h]ᵀ, :func:`pack_a_steps`; x's columns padded to
     ``Ip``), ``vt`` [GH/16, >= Kp/2, 16, 2] (dg in k pairs, :func:`vnni_shape`). By
-    blocks of ``KB`` chunks of k, the partial sums in ``ct`` [Nx/16, GH/16, 16, 16]
-    float32 (tile-native; not touched with one block), and of A rows whose block
+    blocks of ``KB`` chunks of k, the partial sums in ``ct`` [GH/16, Nx/16, 16, 16]
+    float32 (tile-native, by columns: a column pair's tiles one after the other, not
+    128 KiB apart in the same cache sets; not touched with one block), and of A rows whose block
     (``ABLK`` bytes) stays in L2 while the column pairs of dg pass (the full A
     streamed once per column pair ran at about half the rate); after the last block
-    the tiles go through a scratch, transposed into place. The sums run in the same
-    order whatever the row range (bitwise the same for any split)."""
+    the tiles go through a scratch, transposed into place. The products of a column
+    pair prefetch the next pair's chunks of dg into L2. The sums run in the same order
+    whatever the row range (bitwise the same for any split)."""
     MT, KKt = at.shape[0], at.shape[1]
-    NT = ct.shape[1]
     sa = KKt * 1024                       # bytes per 16-row tile row of at
     sv = vt.shape[1] * 64                 # bytes per 16-column tile column of vt
     ap, bp, cp = at.ctypes.data, vt.ctypes.data, ct.ctypes.data
-    scr = np.empty(4 * 256 + 16, np.float32)
+    sc = 1024 * MT                        # bytes per tile column of ct (and of the scratch)
+    scr = np.empty((MT + 2) * 256 + 16, np.float32)
     sp = (scr.ctypes.data + 63) // 64 * 64
     cfg = tile_config(16, 0)
     amx_begin(cfg.ctypes.data)
@@ -368,21 +406,27 @@ def dwt_gemm(at, vt, ct, I, Ip, H, Hp, dw_ih, dw_hh, j0, j1):
             m1 = min(MT, m0 + mb)
             for j in range(j0 // 16, j1 // 16, 2):
                 NB = 2 if j + 1 < j1 // 16 else 1
+                # the next column pair's chunks (2 x nk KiB of dg, from L3) into L2, nk/4
+                # KiB by each product of this pair (the first column, then the second)
+                jn = j + 2 if j + 2 < j1 // 16 else j0 // 16
                 for i in range(m0, m1, 2):
                     MA = 2 if i + 1 < m1 else 1
-                    c = cp + 1024 * (i * NT + j)
+                    c = cp + 1024 * (j * MT + i)
+                    off = (i - m0) // 2 * nk * 256
+                    pf = bp + (jn + off // (nk * 1024)) * sv + k0 * 1024 + off % (nk * 1024)
+                    ipr = nk if off < 2 * nk * 1024 else 0
                     if last:
                         _blk(MA, NB, ap + i * sa + k0 * 1024, 64, 1024, sa,
-                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, sp, 64, 2048, 1024,
-                             k0 > 0, c, 1024 * NT)
+                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, sp, 64, 1024, sc,
+                             k0 > 0, c, 1024, pf, 0, ipr)
                         for ii in range(MA):
                             for jj in range(NB):
-                                _put(sp + 2048 * ii + 1024 * jj, i + ii, j + jj, I, Ip, H, Hp,
+                                _put(sp + 1024 * ii + sc * jj, i + ii, j + jj, I, Ip, H, Hp,
                                      dw_ih, dw_hh)
                     else:
                         _blk(MA, NB, ap + i * sa + k0 * 1024, 64, 1024, sa,
-                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, c, 64, 1024 * NT, 1024,
-                             k0 > 0, c, 1024 * NT)
+                             bp + j * sv + k0 * 1024, 64, 1024, sv, nk, c, 64, 1024, sc,
+                             k0 > 0, c, 1024, pf, 0, ipr)
     amx_end()
 
 

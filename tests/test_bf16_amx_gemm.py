@@ -56,7 +56,7 @@ def test_weight_gradient_over_several_k_blocks():
     ag.pack_b_steps(g[None], R, vt, 0, GH)
     at = aligned((Nx // 16, vt.shape[1] // 16, 16, 32), np.uint16)
     ag.pack_a_steps(x, B, at)
-    ct = aligned((Nx // 16, GH // 16, 16, 16), np.float32, zero=False)
+    ct = aligned((GH // 16, Nx // 16, 16, 16), np.float32, zero=False)
     dw_ih = np.empty((4 * H, I), np.float32)
     dw_hh = np.empty((4 * H, H), np.float32)
     for j0, j1 in ((0, 64), (64, GH)):
@@ -92,3 +92,19 @@ def test_dx_and_dh0_read_the_gate_gradients_in_place(B):
     dg = from_bits(dgf[:R, gates])
     _close(dxp[:R, :I], dg, from_bits(pk.wb_ih), GH)
     _close(dh0[:B, :H], dg[:B], from_bits(pk.wb_hh), GH)
+
+
+@pytest.mark.parametrize("H", [7, 16])
+def test_pack_wih_pairs_the_gate_rows(H):
+    """W_ih's bits in k pairs of gate rows (g*Hp + unit), zeros for padded units and
+    columns: an odd H leaves a unit's pair partner padded."""
+    rng = np.random.default_rng(H)
+    I = 20
+    Hp, Ip = -(-H // 16) * 16, 32
+    wbi = rng.integers(0, 1 << 16, (4 * H, I)).astype(np.uint16)
+    out = aligned((Ip // 16, 2 * Hp, 16, 2), np.uint16)
+    ag.pack_wih(wbi, H, Hp, out)
+    rows = np.zeros((4, Hp, Ip), np.uint16)
+    rows[:, :H, :I] = wbi.reshape(4, H, I)
+    want = rows.reshape(2 * Hp, 2, Ip // 16, 16).transpose(2, 0, 3, 1)
+    np.testing.assert_array_equal(out, want)

@@ -77,25 +77,33 @@ def tile_rates(rounds=5):
     """One thread's ``tdpbf16ps`` rate, GFLOP/s (best of ``rounds``), in the kernels'
     2 x 2 pattern (:func:`fastrnn.kernels.amx_bf16.probe`): the tile unit's own
     (operands in tiles: the peak), and with the four operand tiles of each round
-    loaded from buffers of 16 KiB (L1), 1 MiB (L2) and 32 MiB (L3), with only
-    the A pair streamed from 1 MiB while the B pair stays in L1, and with tile
+    loaded from buffers of 16 KiB (L1), 1 MiB (L2) and 32 MiB (L3) of random bf16
+    numbers, with only the A pair streamed from 1 MiB while the B pair stays in L1, and with tile
     rows that straddle two cache lines (a buffer 16 bytes off a 64-byte boundary,
     where NumPy's large arrays start)."""
     from fastrnn.kernels import amx_bf16
-    from fastrnn.kernels.packed_bf16 import aligned
+    from fastrnn.kernels.packed_bf16 import aligned, to_bits
     out = {}
     if not amx_bf16.available():        # a tile instruction without the grant is SIGILL
         return out
+    rng = np.random.default_rng(0)
     for name, span, half, misaligned in (
             ("peak (tiles in registers)", 0, False, 0), ("tiles from L1 (16 KiB)", 4, False, 0),
             ("tiles from L2 (1 MiB)", 256, False, 0), ("tiles from L3 (32 MiB)", 8192, False, 0),
             ("A from L2, B from L1", 256, True, 0),
             ("tiles from L2, rows 16 bytes off a line", 256, False, 1)):
         buf = aligned(4096 * max(span, 4) + 4096 + 16, np.uint8)[16 * misaligned:]
+        # bf16 numbers of a normal draw in every byte: fresh zeros would all read
+        # one shared zero page (the "L2" and "L3" buffers served from L1), and
+        # zero operands run the tile unit faster than real data
+        words = buf[:buf.size // 2 * 2].view(np.uint16)
+        words[:] = to_bits(rng.standard_normal(words.size).astype(np.float32))
+        first = words[:2048].copy()       # the probe stores its sums over the first 4 KiB
         n = 100_000
         amx_bf16.probe(buf, 10, span, half)
         ts = []
         for _ in range(rounds):
+            words[:2048] = first
             t0 = time.perf_counter()
             amx_bf16.probe(buf, n, span, half)
             ts.append(time.perf_counter() - t0)

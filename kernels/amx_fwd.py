@@ -42,6 +42,9 @@ __all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "SEG_MIN_
 #: one weight tile (16 k pairs x 16 units of one gate) and one chunk (4 gates)
 TILE_BYTES = 1024
 CHUNK_BYTES = 4 * TILE_BYTES
+#: training stores the gates non-temporal from this many bytes of them (several
+#: L2s: they leave the caches anyway; below, the backward finds them in L3)
+NT_MIN_BYTES = 16 << 20
 #: with fewer than 16 rows per thread, the panels are pipelined from this many
 #: chunks of 32 k (below, each epilogue runs right after its products)
 PIPE_MIN_CHUNKS = 8
@@ -67,7 +70,7 @@ def _epi_rows(b, peephole, c, nk, e):
                       b.add(act, b.mul(lo, b.mul(ldact, _C(4)))), ldact, training)
 
 
-_EPI_SIG = (types.int64,) * 13 + (types.boolean,)
+_EPI_SIG = (types.int64,) * 14
 
 
 def _make32(peephole):
@@ -163,6 +166,17 @@ _u16, _u16p = uk_tiles16
 
 
 _ue, _uep = uk_amx_epi
+
+
+@intrinsic
+def sfence(typingctx):
+    """``sfence``: earlier non-temporal stores ordered before later stores."""
+    sig = types.void()
+
+    def codegen(context, b, signature, args):
+        b.call(_fn(b, "llvm.x86.sse.sfence", []), [])
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 @njit(inline="always")
@@ -327,8 +341,13 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
     st[1] = 0
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // 16
+    # the epilogue's mode (amx_bf16._fwd_epilogue): the gates stored non-temporal when
+    # they are many (they go to memory anyway) and every row's start is aligned
+    mode = 0
+    if training:
+        mode = 2 if act.nbytes >= NT_MIN_BYTES and act.ctypes.data % 64 == 0 else 1
     args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
-            bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
+            bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, mode,
             act.ctypes.data, y.ctypes.data, _aligned_ptr(scr), sbytes, seg, r0, r1)
     amx_begin(cfg.ctypes.data)
     # pipelined unless a panel's products are few (under 16 rows and 8 chunks): too
@@ -336,4 +355,6 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
     pipe = seg or r1 - r0 >= 16 or KIc + KHc >= PIPE_MIN_CHUNKS
     w = _steps(n, P, ctl, tid, nthr, args, peep, st, pipe)
     amx_end()
+    if mode == 2:
+        sfence()            # the non-temporal stores visible before the call returns
     return w

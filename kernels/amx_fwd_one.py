@@ -91,7 +91,10 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, up, pack, training, C):
         for j in range(H):
             xh[0, b, Ip + j] = _bits(h0u[b, j])
         xh[0, b, Ip + H:Ip + Hp] = 0
-    act = np.empty((n, B, 4 * Hp) if training else (1, 1, 1), np.float32)
+    if training:        # aligned: the loop may store the gates non-temporal
+        act = _aligned(n * B * 16 * Hp).view(np.float32).reshape(n, B, 4 * Hp)
+    else:
+        act = np.empty((1, 1, 1), np.float32)
     ring = n + 1 if training else 2
     cs = np.empty((ring, B, Hp), np.float32)
     cs[0, :, :H] = c0

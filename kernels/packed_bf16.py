@@ -635,7 +635,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         x = np.ascontiguousarray(x, dt)
         x32 = x.view(np.uint32)
     xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
-    act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
+    # (64-byte aligned: the AMX loop may store the gates non-temporal, whole lines)
+    act = aligned((n, B, G * Hp), dt, zero=False) if training else np.empty((1, 1, 1), dt)
     ring = n + 1 if training else 2
     cs = (np.zeros if padded else np.empty)((ring, B, Hp), dt)
     cs[0] = sched.sort_rows(c0, Hp)

@@ -18,8 +18,8 @@ float32 sums in tiles, the chunks summed in order; the epilogue (gates, c, h) is
   a step is finished alone before the step counts it done.
 
 Rows per thread: from :data:`SEG_MIN_ROWS` the segment-blocked products (32 rows x
-2 gates per tile pass, :data:`SEG` chunks of weights reused from L1 across a
-step's row pairs), else 16 rows x 4 gates over the whole k range.
+2 gates per tile pass over :data:`FWD_SEG` chunks at a time), else 16 rows x 4
+gates over the whole k range.
 """
 from __future__ import annotations
 
@@ -36,12 +36,17 @@ from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.sync import claim, wait
 
-__all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "SEG_MIN_ROWS",
+__all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "FWD_SEG", "SEG_MIN_ROWS",
            "PIPE_MIN_CHUNKS", "CHUNK_BYTES", "TILE_BYTES"]
 
 #: one weight tile (16 k pairs x 16 units of one gate) and one chunk (4 gates)
 TILE_BYTES = 1024
 CHUNK_BYTES = 4 * TILE_BYTES
+#: chunks of 32 k per tile pass of the 32-row blocks: the accumulators stay in their
+#: tiles over the whole k range up to this many (a pass that stores and reloads them
+#: between segments of weights kept in L1 measured slower than one that reads the
+#: weights from L2 twice); the float32 sums are the same either way
+FWD_SEG = 32
 #: training stores the gates non-temporal from this many bytes of them (several
 #: L2s: they leave the caches anyway; below, the backward finds them in L3)
 NT_MIN_BYTES = 16 << 20
@@ -243,8 +248,8 @@ def _panel(s, p, args, peep, st):
     er = 0
     if seg:
         for gp in range(2):
-            for c0 in range(0, KT, SEG):
-                nk = min(SEG, KT - c0)
+            for c0 in range(0, KT, FWD_SEG):
+                nk = min(FWD_SEG, KT - c0)
                 for q0 in range(r0, nb, 32):
                     it += nk
                     ne = NR * it // iters - er

@@ -119,7 +119,10 @@ def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, 
                   training):
     """The LSTM cell on ``nr`` rows of the accumulators stored at ``scr`` ([rows][64]
     float32): h' float32 to ``y`` and rounded to ``hb``, c' to ``cout``, the gates to
-    ``act`` in training."""
+    ``act`` in training (``training`` i64: 0 inference; 1 training; 2 training, the
+    gates stored non-temporal: whole lines that go to memory without being read
+    first, for saved gates larger than the caches; ``act`` and ``ldact`` then keep
+    every row's gates on 64-byte boundaries)."""
     C = lambda v: ir.Constant(I64, v)  # noqa: E731
     s, bias, peep, cin, cout, y, act = ptrs(b, F32X, scr, bias, peep, cin, cout, y, act)
     (hb,) = [b.inttoptr(hb, ir.IntType(16).as_pointer())]
@@ -136,9 +139,17 @@ def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, 
         vstore(b, cn, F32X, cout, ro)
         vstore(b, hn, F32X, y, b.mul(r, ldy))
         store_bf16(b, round_bits(b, hn), hb, b.mul(r, ldhb))
-        with b.if_then(training):
-            for g, val in enumerate((gi, gf, gg, go)):
-                vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
+        with b.if_then(b.icmp_signed("!=", training, C(0))):
+            with b.if_else(b.icmp_signed("==", training, C(2))) as (nt, plain):
+                with nt:
+                    flag = b.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
+                    for g, val in enumerate((gi, gf, gg, go)):
+                        p = b.gep(act, [b.add(b.mul(r, ldact), C(g * VW))])
+                        st = b.store(val, b.bitcast(p, F32X.as_pointer()), align=64)
+                        st.set_metadata("nontemporal", flag)
+                with plain:
+                    for g, val in enumerate((gi, gf, gg, go)):
+                        vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
 
 
 @intrinsic
@@ -195,7 +206,7 @@ def _make_epi(peephole):
         """The forward LSTM epilogue (:func:`_fwd_epilogue`) on ``nr`` rows of
         accumulators at ``scr`` (rows of 64 float32)."""
         i8 = types.int64
-        sig = types.void(i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
+        sig = types.void(*([i8] * 14))
 
         def codegen(context, builder, signature, args):
             _fwd_epilogue(builder, peephole, *args)

@@ -18,8 +18,8 @@ float32 sums in tiles, the chunks summed in order; the epilogue (gates, c, h) is
   a step is finished alone before the step counts it done.
 
 Rows per thread: from :data:`SEG_MIN_ROWS` the segment-blocked products (32 rows x
-2 gates per tile pass, :data:`SEG` chunks of weights reused from L1 across a
-step's row pairs), else 16 rows x 4 gates over the whole k range.
+2 gates per tile pass over :data:`FWD_SEG` chunks at a time), else 16 rows x 4
+gates over the whole k range.
 """
 from __future__ import annotations
 
@@ -36,12 +36,20 @@ from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.sync import claim, wait
 
-__all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "SEG_MIN_ROWS",
+__all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "FWD_SEG", "SEG_MIN_ROWS",
            "PIPE_MIN_CHUNKS", "CHUNK_BYTES", "TILE_BYTES"]
 
 #: one weight tile (16 k pairs x 16 units of one gate) and one chunk (4 gates)
 TILE_BYTES = 1024
 CHUNK_BYTES = 4 * TILE_BYTES
+#: chunks of 32 k per tile pass of the 32-row blocks: the accumulators stay in their
+#: tiles over the whole k range up to this many (a pass that stores and reloads them
+#: between segments of weights kept in L1 measured slower than one that reads the
+#: weights from L2 twice); the float32 sums are the same either way
+FWD_SEG = 32
+#: training stores the gates non-temporal from this many bytes of them (several
+#: L2s: they leave the caches anyway; below, the backward finds them in L3)
+NT_MIN_BYTES = 16 << 20
 #: with fewer than 16 rows per thread, the panels are pipelined from this many
 #: chunks of 32 k (below, each epilogue runs right after its products)
 PIPE_MIN_CHUNKS = 8
@@ -67,7 +75,7 @@ def _epi_rows(b, peephole, c, nk, e):
                       b.add(act, b.mul(lo, b.mul(ldact, _C(4)))), ldact, training)
 
 
-_EPI_SIG = (types.int64,) * 13 + (types.boolean,)
+_EPI_SIG = (types.int64,) * 14
 
 
 def _make32(peephole):
@@ -165,6 +173,17 @@ _u16, _u16p = uk_tiles16
 _ue, _uep = uk_amx_epi
 
 
+@intrinsic
+def sfence(typingctx):
+    """``sfence``: earlier non-temporal stores ordered before later stores."""
+    sig = types.void()
+
+    def codegen(context, b, signature, args):
+        b.call(_fn(b, "llvm.x86.sse.sfence", []), [])
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 @njit(inline="always")
 def _rows0(s, p, args):
     """Step ``s``, panel ``p``: the epilogue's pointers at row r0 (bias, peepholes, c in,
@@ -229,8 +248,8 @@ def _panel(s, p, args, peep, st):
     er = 0
     if seg:
         for gp in range(2):
-            for c0 in range(0, KT, SEG):
-                nk = min(SEG, KT - c0)
+            for c0 in range(0, KT, FWD_SEG):
+                nk = min(FWD_SEG, KT - c0)
                 for q0 in range(r0, nb, 32):
                     it += nk
                     ne = NR * it // iters - er
@@ -327,8 +346,13 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
     st[1] = 0
     ppp = 0 if peep is None else peep.ctypes.data
     P = Hp // 16
+    # the epilogue's mode (amx_bf16._fwd_epilogue): the gates stored non-temporal when
+    # they are many (they go to memory anyway) and every row's start is aligned
+    mode = 0
+    if training:
+        mode = 2 if act.nbytes >= NT_MIN_BYTES and act.ctypes.data % 64 == 0 else 1
     args = (xh.ctypes.data, ld, hoff, xh.shape[1], y.shape[1], KIc, KHc, Hp, bias.shape[0],
-            bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, training,
+            bias.ctypes.data, up.ctypes.data, ppp, cs.ctypes.data, ring, nact, mode,
             act.ctypes.data, y.ctypes.data, _aligned_ptr(scr), sbytes, seg, r0, r1)
     amx_begin(cfg.ctypes.data)
     # pipelined unless a panel's products are few (under 16 rows and 8 chunks): too
@@ -336,4 +360,6 @@ def lstm_fwd_tiles_kernel(xh, ld, hoff, n, KIc, KHc, Hp, bias, up, peep, cs, rin
     pipe = seg or r1 - r0 >= 16 or KIc + KHc >= PIPE_MIN_CHUNKS
     w = _steps(n, P, ctl, tid, nthr, args, peep, st, pipe)
     amx_end()
+    if mode == 2:
+        sfence()            # the non-temporal stores visible before the call returns
     return w

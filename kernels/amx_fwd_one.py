@@ -26,9 +26,9 @@ from numba import njit
 from fastrnn.kernels.amx_fwd import lstm_fwd_tiles_kernel
 from fastrnn.kernels.bf16_simd import NATIVE
 from fastrnn.kernels.cpu_settings import settings
-from fastrnn.kernels.packed_bf16 import (AMX_ROWS, PACK_SPLIT, BF16Cache, _bits, _pack_panels,
-                                         _x_bits, lstm_forward as _lstm_forward_general,
-                                         pack_bf16)
+from fastrnn.kernels.amx_pack import pack_tiles, x_bits
+from fastrnn.kernels.packed_bf16 import (AMX_ROWS, PACK_SPLIT, BF16Cache, _bits,
+                                         lstm_forward as _lstm_forward_general, pack_bf16)
 from fastrnn.kernels.plan import Plan, nthreads, row_split_bytes
 from fastrnn.kernels.schedule import Schedule, infer_chunk
 
@@ -44,7 +44,7 @@ def _aligned(nbytes):
 
 
 @njit(inline="always")
-def _loop(xh, ld, Ip, Kh, Hp, B, n, C, bias, up, pp, cs, ring, training, act, ys, x32):
+def _loop(xh, ld, Ip, Kh, Hp, B, n, C, bias, up, pp, cs, ring, training, act, ys, x):
     # packed_bf16.lstm_forward's chunk loop, one thread
     P = Hp // 16
     nact = np.full(n, B, np.int64)
@@ -52,7 +52,7 @@ def _loop(xh, ld, Ip, Kh, Hp, B, n, C, bias, up, pp, cs, ring, training, act, ys
         s1 = min(n, s0 + C)
         if s0:
             xh[0, :, Ip:] = xh[C, :, Ip:]                     # h after the last chunk
-        _x_bits(x32, s0, s1, xh, Ip)
+        x_bits(x, s0, xh, Ip, 0, s1 - s0)
         ctl = np.zeros(P + 1, np.int64)
         lstm_fwd_tiles_kernel(xh, ld, Ip, s1 - s0, Ip // 32, Kh // 32, Hp, bias, up, pp, cs,
                               ring, nact[s0:s1], training, act, ys[s0:s1], ctl, 0, 1, 0, B)
@@ -72,7 +72,7 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, up, pack, training, C):
     ld = Ip + Kh
     if pack:          # every word written
         up = _aligned(P * ld * 128).view(np.uint32).reshape(P, ld // 32, 4, 16, 16)
-        _pack_panels(w_ih.view(np.uint32), w_hh.view(np.uint32), H, Ip // 2, up, 0, P)
+        pack_tiles(w_ih, w_hh, H, Ip // 32, up, 0, P)
     bias = np.zeros(4 * Hp, np.float32)                   # panel order: [P][4 gates][16]
     for g in range(4):
         for j in range(H):
@@ -91,21 +91,23 @@ def _forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, peep, up, pack, training, C):
         for j in range(H):
             xh[0, b, Ip + j] = _bits(h0u[b, j])
         xh[0, b, Ip + H:Ip + Hp] = 0
-    act = np.empty((n, B, 4 * Hp) if training else (1, 1, 1), np.float32)
+    if training:        # aligned: the loop may store the gates non-temporal
+        act = _aligned(n * B * 16 * Hp).view(np.float32).reshape(n, B, 4 * Hp)
+    else:
+        act = np.empty((1, 1, 1), np.float32)
     ring = n + 1 if training else 2
     cs = np.empty((ring, B, Hp), np.float32)
     cs[0, :, :H] = c0
     cs[0, :, H:] = 0
     ys = np.empty((n, B, Hp), np.float32)
-    x32 = x.view(np.uint32)
     if peep is None:
-        _loop(xh, ld, Ip, Kh, Hp, B, n, C, bias, up, None, cs, ring, training, act, ys, x32)
+        _loop(xh, ld, Ip, Kh, Hp, B, n, C, bias, up, None, cs, ring, training, act, ys, x)
     else:
         pp = np.zeros((P, 3, 16), np.float32)             # [P][p_i, p_f, p_o][16]
         for k in range(3):
             for j in range(H):
                 pp[j // 16, k, j % 16] = peep[k, j]
-        _loop(xh, ld, Ip, Kh, Hp, B, n, C, bias, up, pp, cs, ring, training, act, ys, x32)
+        _loop(xh, ld, Ip, Kh, Hp, B, n, C, bias, up, pp, cs, ring, training, act, ys, x)
     h_n = ys[n - 1, :, :H].copy()
     c_n = cs[n % ring, :, :H].copy()
     y = ys if Hp == H else ys[:, :, :H].copy()

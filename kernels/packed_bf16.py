@@ -256,6 +256,9 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1, tiles=
         pp[:, :H] = peep
         pk.peep = np.ascontiguousarray(pp.reshape(3, P, VW).transpose(1, 0, 2))
     split = threads > 1 and w_ih.size + w_hh.size >= PACK_SPLIT
+    if tiles and kmult == 32:
+        _pack_tiles_into(pk, w_ih, w_hh, backward, split, threads)
+        return pk
     wbi = np.empty(w_ih.shape, np.uint16)
     wbh = np.empty(w_hh.shape, np.uint16)
     conv = [lambda: _to_bits(np.ascontiguousarray(w_ih, np.float32).reshape(-1).view(np.uint32),
@@ -292,7 +295,54 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1, tiles=
     return pk
 
 
+def _pack_tiles_into(pk, w_ih, w_hh, backward, split, threads):
+    """:func:`pack_bf16`'s arrays for the AMX route (:mod:`fastrnn.kernels.amx_pack`):
+    each from the float32 weights in one pass, every task independent (one stage on
+    the threads: the forward's panels in halves, with ``backward`` the bits and U's
+    panels beside them)."""
+    from fastrnn.kernels import amx_pack
+    H, Hp, Ip, Kh = pk.H, pk.Hp, pk.Ip, pk.Kh
+    P = Hp // VW
+    wi = np.ascontiguousarray(w_ih, np.float32)
+    wh = np.ascontiguousarray(w_hh, np.float32)
+    up = aligned((P, (Ip + Kh) // 32, 4, 16, VW), np.uint32, zero=False)   # every word written
+    cuts = (0, P // 2, P) if split else (0, P)
+    tasks = [lambda p0=p0, p1=p1: amx_pack.pack_tiles(wi, wh, H, Ip // 32, up, p0, p1)
+             for p0, p1 in zip(cuts[:-1], cuts[1:])]
+    pk.ub = pk.wb_ih = pk.wb_hh = None
+    if backward:
+        NB = pk.nvb * VW
+        Q = -(-Hp // NB)
+        pk.ub = aligned(Q * 4 * Hp * NB, np.uint16)
+        pk.wb_ih = np.empty(w_ih.shape, np.uint16)
+        pk.wb_hh = np.empty(w_hh.shape, np.uint16)
+        qc = (0, Q // 2, Q) if split and Q > 1 else (0, Q)
+        tasks += [lambda q0=q0, q1=q1: amx_pack.pack_u(wh, H, Hp, NB, pk.ub, q0, q1)
+                  for q0, q1 in zip(qc[:-1], qc[1:])]
+        tasks += [lambda: amx_pack.to_bits_rows(wi, pk.wb_ih, 0, wi.shape[0]),
+                  lambda: amx_pack.to_bits_rows(wh, pk.wb_hh, 0, wh.shape[0])]
+    if split:
+        Tasks(tasks).run(threads)
+    else:
+        for task in tasks:
+            task()
+    pk.up = up.view(np.uint16).reshape(P, (Ip + Kh) // 2, 8 * VW)
+
+
 # --------------------------------------------------------------------------- forward
+def _x_bits_amx(x, s0, m, xh, Ip, threads):
+    """``xh[:m, :B, :Ip]`` = the bf16 bits of x's steps ``s0 .. s0+m`` (zero past I) in
+    vector code (:func:`fastrnn.kernels.amx_pack.x_bits`), large inputs on two
+    threads (halves of the steps)."""
+    from fastrnn.kernels import amx_pack
+    if threads > 1 and m > 1 and m * x.shape[1] * x.shape[2] >= PACK_SPLIT:
+        h = m // 2
+        Tasks([lambda: amx_pack.x_bits(x, s0, xh, Ip, 0, h),
+               lambda: amx_pack.x_bits(x, s0, xh, Ip, h, m)]).run(2)
+    else:
+        amx_pack.x_bits(x, s0, xh, Ip, 0, m)
+
+
 @njit(inline="always")
 def _fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb,
             ldhb, act, ldact, training, wn):
@@ -538,8 +588,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
     dt = np.dtype(np.float32)
     G = 4
     tag = NATIVE if native else EMULATED
-    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2,
-                   nthreads(max_threads, settings.two_thread_step_flops, 1 << 30), tiles=amx)
+    pthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
+    pk = pack_bf16(w_ih, w_hh, b_ih, b_hh, training, peep, 32 if amx else 2, pthr, tiles=amx)
     Hp, Ip, Kh = pk.Hp, pk.Ip, pk.Kh
     P = Hp // VW
     sched = Schedule(lens, T, reverse)
@@ -582,9 +632,11 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         xh[:, B:] = 0
         xh[:, :B, Ip + Hp:] = 0
         xh[C, :B, :Ip] = 0
-        x32 = np.ascontiguousarray(x, dt).view(np.uint32)
+        x = np.ascontiguousarray(x, dt)
+        x32 = x.view(np.uint32)
     xh[0, :B, Ip:Ip + Hp] = to_bits(sched.sort_rows(h0, Hp))
-    act = np.empty((n, B, G * Hp), dt) if training else np.empty((1, 1, 1), dt)
+    # (64-byte aligned: the AMX loop may store the gates non-temporal, whole lines)
+    act = aligned((n, B, G * Hp), dt, zero=False) if training else np.empty((1, 1, 1), dt)
     ring = n + 1 if training else 2
     cs = (np.zeros if padded else np.empty)((ring, B, Hp), dt)
     cs[0] = sched.sort_rows(c0, Hp)
@@ -597,6 +649,8 @@ def lstm_forward(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lens, reverse, training, max
         if padded:
             sched.gather_into(x, xs[:m], s0, s1)
             xh[:m, :B, :I] = to_bits(xs[:m])
+        elif amx:
+            _x_bits_amx(x, s0, m, xh, Ip, pthr)
         else:
             _x_bits(x32, s0, s1, xh, Ip)
         ctl = np.zeros(P + 1, np.int64)

@@ -206,10 +206,10 @@ def from_bits(b):
 
 def aligned(shape, dtype, zero=True):
     """A C-contiguous array whose data starts on a 64-byte boundary (a view into a
-    slightly larger one). AMX tiles must: a tile row that straddles two cache
-    lines loads at about a third of the rate (~1.0 against ~3.5 TFLOP/s on one
-    core, ``bench/bf16_lstm.py --peak``), and NumPy's large arrays start 16 bytes
-    past a page."""
+    slightly larger one). AMX tiles must: with tile rows that straddle two cache
+    lines the products from L2 run at less than half the rate (~0.8 against ~1.8
+    TFLOP/s on one core, ``bench/bf16_lstm.py --peak``), and NumPy's large arrays
+    start 16 bytes past a page."""
     dt = np.dtype(dtype)
     n = int(np.prod(shape, dtype=np.int64))
     raw = (np.zeros if zero else np.empty)(n * dt.itemsize + 64, np.uint8)

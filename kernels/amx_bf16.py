@@ -218,6 +218,12 @@ SEG_MIN_ROWS = 32
 
 
 # --------------------------------------------------------------------------- backward
+#: the k-pair copy is written with streaming stores from this size (twice a
+#: core's L2: it is read only after the loop, and its lines would push U's panels
+#: out of L2); smaller, with plain stores (the products after the loop read it
+#: from the caches)
+VT_STREAM_BYTES = 4 << 20
+
 _I32X = ir.VectorType(ir.IntType(32), 16)
 _V32 = ir.VectorType(ir.IntType(16), 32)
 _M32 = ir.VectorType(ir.IntType(1), 32)
@@ -238,7 +244,7 @@ def _round_hi(b, v):
 
 
 def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
-                  dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0):
+                  dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream):
     """The LSTM backward on ``nr`` rows of ``NV`` vectors whose products ``dgates U``
     are stored at ``scr`` ([rows][64] float32); row ``r`` is the step's row ``row0 +
     r``. The gate gradients float32 to ``dg`` (row 0 of the step's rows of stride
@@ -247,7 +253,8 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
     order), and rounded to ``dgb`` and, in k pairs, to the weight gradient's operand
     at byte address ``vb`` (:func:`fastrnn.kernels.amx_gemm.vnni_shape`: row ``r`` is
     k = ``k0 + r``; vector v of gate g in the tile column at ``vb + v*vks + g*vgs``;
-    two rows of one k pair with one full-line store), dc."""
+    two rows of one k pair with one full-line store, a streaming one where ``stream``
+    is not 0: a large copy read only after the loop), dc."""
     C = lambda v: ir.Constant(I64, v)  # noqa: E731
     vstore16 = _fn(b, "llvm.masked.store.v32i16.p0", [_V32, _V32.as_pointer(), ir.IntType(32),
                                                         _M32])
@@ -286,9 +293,10 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
         vstore(b, dcp, F32X, dc, ho)
         return his
 
-    def rows(r, pair):
+    def rows(r, pair, stream=False):
         """Row ``r`` alone (its half of the k pair row with a masked store: the other
-        row may be another call's) or rows ``r``, ``r + 1`` (k even)."""
+        row may be another call's) or rows ``r``, ``r + 1`` (k even; ``stream``: the
+        pair's line with a streaming store)."""
         k = b.add(k0, r)
         vrow = b.add(vb, b.mul(b.lshr(k, C(1)), C(64)))
         odd_row = b.icmp_unsigned("!=", b.and_(k, C(1)), C(0))
@@ -312,7 +320,8 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
                     if pair:
                         w32 = b.or_(lo, b.and_(his[1, v][g], splat_i32(-65536)))
                         st = b.store(w32, b.inttoptr(pt, I32X.as_pointer()), align=64)
-                        st.set_metadata("nontemporal", nt)
+                        if stream:
+                            st.set_metadata("nontemporal", nt)
                     else:
                         w32 = b.select(odd_row, b.shl(lo, splat_i32(16)), lo)
                         b.call(vstore16, [b.bitcast(w32, _V32), b.inttoptr(pt, _V32.as_pointer()),
@@ -325,8 +334,11 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
     with b.if_then(b.icmp_signed(">", first, C(0))):
         rows(C(0), False)
     npair = b.sdiv(b.sub(nr, first), C(2))
-    with cgutils.for_range(b, npair) as loop:
-        rows(b.add(first, b.mul(loop.index, C(2))), True)
+    with b.if_else(b.icmp_signed("!=", stream, C(0))) as (then, otherwise):
+        for flag, blk in ((True, then), (False, otherwise)):
+            with blk:
+                with cgutils.for_range(b, npair) as loop:
+                    rows(b.add(first, b.mul(loop.index, C(2))), True, flag)
     last = b.add(first, b.mul(npair, C(2)))
     with b.if_then(b.icmp_signed("<", last, nr)):
         rows(last, False)
@@ -335,7 +347,7 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
 def _make_bwd(peephole):
     @intrinsic
     def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
-           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0):
+           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream):
         """NV output vectors (``len(ntag)``), ``nr <= 16`` rows: dh = a @ w on tiles
         (``a``: the rounded gate gradients of the next step, bf16 rows of stride
         ``ldab`` bytes, ``KKc`` chunks of 32 k; ``w``: the output panel, ``[KKc*16]``
@@ -346,11 +358,11 @@ def _make_bwd(peephole):
             return None
         NV = ntag.count
         i8 = types.int64
-        sig = types.void(ntag, *([i8] * 27))
+        sig = types.void(ntag, *([i8] * 28))
 
         def codegen(context, builder, signature, args):
             (_, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
-             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0) = args
+             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream) = args
             b = builder
             load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
             dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
@@ -368,7 +380,7 @@ def _make_bwd(peephole):
             for v in range(NV):
                 b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
             _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
-                          dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0)
+                          dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream)
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -394,11 +406,11 @@ _ub, _ubp = uk_amx_bwd
 def _make_bwd_epi(peephole):
     @intrinsic
     def uk(typingctx, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv, dgg,
-           dgb, lddgb, vb, vks, vgs, k0, row0):
+           dgb, lddgb, vb, vks, vgs, k0, row0, stream):
         """The backward epilogue of :data:`uk_amx_bwd` alone, four vectors (64 units),
         on ``nr`` rows of products at ``scr`` (rows of 64 float32)."""
         i8 = types.int64
-        sig = types.void(*([i8] * 22))
+        sig = types.void(*([i8] * 23))
 
         def codegen(context, builder, signature, args):
             _bwd_epilogue(builder, peephole, 4, *args)
@@ -414,18 +426,18 @@ _be, _bep = uk_amx_bwd_epi
 
 @njit(inline="always")
 def _bwd_block(peep, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp,
-               cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0):
+               cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream):
     if peep is None:
         _ub(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-            dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0)
+            dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream)
     else:
         _ubp(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0)
+             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream)
 
 
 @njit(inline="always")
 def _bwd_rows(lo, hi, peep, ntag, a, GH, GHb, w, ldwb, KKc, scr, dhx, lddhx, dy, Hp, act, pp,
-              cp, cn, dc, dg, dgb, vb, vks, vgs, k0):
+              cp, cn, dc, dg, dgb, vb, vks, vgs, k0, stream):
     """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0, ``dg`` at
     the step's; ``GHb`` the row stride of the bf16 gate gradients; row 0 is k = ``k0``
     of the k-pair copy)."""
@@ -434,13 +446,13 @@ def _bwd_rows(lo, hi, peep, ntag, a, GH, GHb, w, ldwb, KKc, scr, dhx, lddhx, dy,
         _bwd_block(peep, ntag, a + 2 * q0 * GHb, 2 * GHb, w, ldwb, KKc, scr, nr,
                    dhx + 4 * q0 * lddhx, lddhx, dy + 4 * q0 * Hp, Hp, act + 4 * q0 * GH, GH, pp,
                    cp + 4 * q0 * Hp, cn + 4 * q0 * Hp, dc + 4 * q0 * Hp, dg, 16,
-                   Hp, dgb + 2 * q0 * GHb, GHb, vb, vks, vgs, k0 + q0, q0)
+                   Hp, dgb + 2 * q0 * GHb, GHb, vb, vks, vgs, k0 + q0, q0, stream)
 
 
 @njit(inline="always")
 def _bwd_panel(s, q, tid, Q, args, peep):
     (n, B, Bx, GHb, Hp, GH, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, scr, r0,
-     r1, vtp, vks) = args
+     r1, vtp, vks, stream) = args
     NB = 64
     nb = min(nact[s], r1)
     nprod = min(nact[s + 1], r1) if s + 1 < n else r0
@@ -487,24 +499,25 @@ def _bwd_panel(s, q, tid, Q, args, peep):
                 if peep is None:
                     _be(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp, aq + 4 * q0 * GH,
                         GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp, dcq + 4 * q0 * Hp,
-                        dgq, 16, Hp, dgbq + 2 * q0 * GHb, GHb, vq, vks, vgs, k0 + q0, q0)
+                        dgq, 16, Hp, dgbq + 2 * q0 * GHb, GHb, vq, vks, vgs, k0 + q0, q0,
+                        stream)
                 else:
                     _bep(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp,
                          aq + 4 * q0 * GH, GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp,
                          dcq + 4 * q0 * Hp, dgq, 16, Hp, dgbq + 2 * q0 * GHb, GHb,
-                         vq, vks, vgs, k0 + q0, q0)
+                         vq, vks, vgs, k0 + q0, q0, stream)
         elif nv == 4:
             _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
         elif nv == 3:
             _bwd_rows(lo, hi, peep, (0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
         elif nv == 2:
             _bwd_rows(lo, hi, peep, (0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
         else:
             _bwd_rows(lo, hi, peep, (0,), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
 
 
 @njit(**JIT_OPTIONS)
@@ -527,7 +540,7 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact,
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
             zrow.ctypes.data, ppp, nact, _aligned_ptr(scr), r0, r1, vt.ctypes.data,
-            vt.shape[1] * 64)
+            vt.shape[1] * 64, int(vt.nbytes >= VT_STREAM_BYTES))
     amx_begin(cfg.ctypes.data)
     w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
+import llvmlite.binding as _llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -45,6 +46,9 @@ from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["available", "amx_begin", "amx_end", "tile_config", "uk_amx_epi", "uk_amx_seg",
            "lstm_bwd_amx_kernel", "uk_amx_bwd", "probe"]
+
+# the backward epilogue's vcvtne2ps2bf16 is inline assembly: the JIT parses it
+_llvm.initialize_native_asmparser()
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -229,18 +233,14 @@ _V32 = ir.VectorType(ir.IntType(16), 32)
 _M32 = ir.VectorType(ir.IntType(1), 32)
 
 
-def _round_hi(b, v):
-    """:func:`fastrnn.kernels.bf16_simd.round_bits` of ``<16 x float>`` in the upper
-    halves of ``<16 x i32>`` (the lower halves: zero, or the low bits of an inf or
-    NaN)."""
-    u = b.bitcast(v, I32X)
-    exp = b.and_(u, splat_i32(0x7F800000))
-    lsb = b.and_(b.lshr(u, splat_i32(16)), splat_i32(1))
-    rounded = b.and_(b.add(b.add(u, splat_i32(0x7FFF)), lsb), splat_i32(0xFFFF0000))
-    special = b.icmp_unsigned("==", exp, splat_i32(0x7F800000))
-    nan = b.and_(special, b.icmp_unsigned("!=", b.and_(u, splat_i32(0x007FFFFF)), splat_i32(0)))
-    r = b.select(special, b.select(nan, b.or_(u, splat_i32(0x00400000)), u), rounded)
-    return b.select(b.icmp_unsigned("==", exp, splat_i32(0)), b.and_(u, splat_i32(0x80000000)), r)
+def _cvt2(b, hi, lo):
+    """``vcvtne2ps2bf16``: two ``<16 x float>`` rounded to bf16 as
+    :func:`fastrnn.kernels.bf16_simd.round_bits` does (nearest even, denormals to
+    signed zero, NaN quieted; whatever MXCSR says), ``lo``'s in words 0-15 of the
+    ``<32 x i16>``, ``hi``'s in 16-31."""
+    asm = ir.InlineAsm(ir.FunctionType(_V32, [F32X, F32X]), "vcvtne2ps2bf16 $2, $1, $0",
+                       "=v,v,v")
+    return b.call(asm, [hi, lo])
 
 
 def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
@@ -271,7 +271,7 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
     vps = [(v, v + 1) if v + 1 < NV else (v,) for v in range(0, NV, 2)]
 
     def row(r, v):
-        """Row ``r``'s gate gradients (rounded: upper halves) of vector ``v``."""
+        """Row ``r``'s gate gradients of vector ``v``."""
         ho = b.add(b.mul(r, ldh), C(v * VW))
         acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
         dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
@@ -285,13 +285,14 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
             dr = b.mul(b.add(row0, r), ldact)
         else:                   # dg [ceil(B/16),GH]: the sums over the steps
             dr = b.mul(b.lshr(b.add(row0, r), C(4)), ldact)
-        his = []
         for g, val in enumerate(dgs):
             o = b.add(dr, b.add(b.mul(C(v), dgv), b.mul(C(g), dgg)))
             vstore(b, val if peephole else m.add(vload(b, F32X, dg, o), val), F32X, dg, o)
-            his.append(_round_hi(b, val))
         vstore(b, dcp, F32X, dc, ho)
-        return his
+        return dgs
+
+    V32I = ir.VectorType(ir.IntType(32), 32)
+    low16 = ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16)))
 
     def rows(r, pair, stream=False):
         """Row ``r`` alone (its half of the k pair row with a masked store: the other
@@ -301,30 +302,33 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
         vrow = b.add(vb, b.mul(b.lshr(k, C(1)), C(64)))
         odd_row = b.icmp_unsigned("!=", b.and_(k, C(1)), C(0))
         for vp in vps:
-            his = {(h, v): row(b.add(r, C(h)), v) for h in range(2 if pair else 1) for v in vp}
-            for h in range(2 if pair else 1):
-                ob = b.mul(b.add(r, C(h)), lddgb)
-                for g in range(4):
-                    w = [b.trunc(b.lshr(his[h, v][g], splat_i32(16)), I16X) for v in vp]
-                    o = b.add(ob, b.add(b.mul(C(vp[0]), dgv), b.mul(C(g), dgg)))
+            dgs = {(h, v): row(b.add(r, C(h)), v) for h in range(2 if pair else 1) for v in vp}
+            for g in range(4):
+                # per row, the vector pair's bf16 (words 0-15: vp[0], 16-31: vp[1])
+                x = [_cvt2(b, dgs[h, vp[-1]][g], dgs[h, vp[0]][g])
+                     for h in range(2 if pair else 1)]
+                for h, xh in enumerate(x):
+                    o = b.add(b.mul(b.add(r, C(h)), lddgb),
+                              b.add(b.mul(C(vp[0]), dgv), b.mul(C(g), dgg)))
                     if len(vp) == 2:      # two vectors of a gate: one line of dgb
-                        w2 = b.shuffle_vector(w[0], w[1], ir.Constant(
-                            ir.VectorType(ir.IntType(32), 32), list(range(32))))
-                        b.store(w2, b.bitcast(b.gep(dgb, [o]), _V32.as_pointer()), align=2)
+                        b.store(xh, b.bitcast(b.gep(dgb, [o]), _V32.as_pointer()), align=2)
                     else:
-                        store_bf16(b, w[0], dgb, o)
-            for v in vp:
-                for g in range(4):
-                    pt = b.add(b.add(vrow, b.mul(C(v), vks)), b.mul(C(g), vgs))
-                    lo = b.lshr(his[0, v][g], splat_i32(16))
-                    if pair:
-                        w32 = b.or_(lo, b.and_(his[1, v][g], splat_i32(-65536)))
-                        st = b.store(w32, b.inttoptr(pt, I32X.as_pointer()), align=64)
+                        store_bf16(b, b.shuffle_vector(xh, xh, low16), dgb, o)
+                for j, v in enumerate(vp):
+                    pt = b.inttoptr(b.add(b.add(vrow, b.mul(C(v), vks)), b.mul(C(g), vgs)),
+                                    _V32.as_pointer())
+                    if pair:              # the two rows' words interleaved: one line
+                        w = b.shuffle_vector(x[0], x[1], ir.Constant(
+                            V32I, [16 * j + i // 2 + 32 * (i % 2) for i in range(32)]))
+                        st = b.store(w, pt, align=64)
                         if stream:
                             st.set_metadata("nontemporal", nt)
                     else:
-                        w32 = b.select(odd_row, b.shl(lo, splat_i32(16)), lo)
-                        b.call(vstore16, [b.bitcast(w32, _V32), b.inttoptr(pt, _V32.as_pointer()),
+                        w32 = b.zext(b.shuffle_vector(x[0], x[0], ir.Constant(
+                            ir.VectorType(ir.IntType(32), 16), [16 * j + i for i in range(16)])),
+                            I32X)
+                        w32 = b.select(odd_row, b.shl(w32, splat_i32(16)), w32)
+                        b.call(vstore16, [b.bitcast(w32, _V32), pt,
                                           ir.Constant(ir.IntType(32), 4),
                                           b.select(odd_row, odd, even)])
 

@@ -30,6 +30,7 @@ from __future__ import annotations
 import ctypes
 import functools
 
+import llvmlite.binding as _llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
@@ -37,13 +38,17 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastrnn.bf16 import has_amx_bf16
-from fastrnn.kernels.bf16_simd import F32X, I64, VW, round_bits, store_bf16
+from fastrnn.kernels.bf16_simd import (F32X, I16X, I32X, I64, VW, round_bits, splat_i32,
+                                       store_bf16)
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["available", "amx_begin", "amx_end", "tile_config", "uk_amx_epi", "uk_amx_seg",
            "lstm_bwd_amx_kernel", "uk_amx_bwd", "probe"]
+
+# the backward epilogue's vcvtne2ps2bf16 is inline assembly: the JIT parses it
+_llvm.initialize_native_asmparser()
 
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
@@ -228,24 +233,45 @@ SEG_MIN_ROWS = 32
 
 
 # --------------------------------------------------------------------------- backward
+#: the k-pair copy is written with streaming stores from this size (twice a
+#: core's L2: it is read only after the loop, and its lines would push U's panels
+#: out of L2); smaller, with plain stores (the products after the loop read it
+#: from the caches)
+VT_STREAM_BYTES = 4 << 20
+
 _I32X = ir.VectorType(ir.IntType(32), 16)
 _V32 = ir.VectorType(ir.IntType(16), 32)
 _M32 = ir.VectorType(ir.IntType(1), 32)
 
 
+def _cvt2(b, hi, lo):
+    """``vcvtne2ps2bf16``: two ``<16 x float>`` rounded to bf16 as
+    :func:`fastrnn.kernels.bf16_simd.round_bits` does (nearest even, denormals to
+    signed zero, NaN quieted; whatever MXCSR says), ``lo``'s in words 0-15 of the
+    ``<32 x i16>``, ``hi``'s in 16-31."""
+    asm = ir.InlineAsm(ir.FunctionType(_V32, [F32X, F32X]), "vcvtne2ps2bf16 $2, $1, $0",
+                       "=v,v,v")
+    return b.call(asm, [hi, lo])
+
+
 def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
-                  dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0):
+                  dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream):
     """The LSTM backward on ``nr`` rows of ``NV`` vectors whose products ``dgates U``
-    are stored at ``scr`` ([rows][64] float32): the gate gradients float32 to ``dg``
-    (without peepholes added to it: the bias gradients' per-row sums over the steps)
-    and rounded to ``dgb`` and, in k pairs, to the weight gradient's operand at byte
-    address ``vb`` (:func:`fastrnn.kernels.amx_gemm.vnni_shape`: row ``r`` is k = ``k0
-    + r``; vector v of gate g in the tile column at ``vb + v*vks + g*vgs``), dc."""
+    are stored at ``scr`` ([rows][64] float32); row ``r`` is the step's row ``row0 +
+    r``. The gate gradients float32 to ``dg`` (row 0 of the step's rows of stride
+    ``ldact``; without peepholes added to the bias gradients' sums, one row of ``dg``
+    per 16 of the step's rows, ``(row0 + r) // 16``: each of the step's rows in
+    order), and rounded to ``dgb`` and, in k pairs, to the weight gradient's operand
+    at byte address ``vb`` (:func:`fastrnn.kernels.amx_gemm.vnni_shape`: row ``r`` is
+    k = ``k0 + r``; vector v of gate g in the tile column at ``vb + v*vks + g*vgs``;
+    two rows of one k pair with one full-line store, a streaming one where ``stream``
+    is not 0: a large copy read only after the loop), dc."""
     C = lambda v: ir.Constant(I64, v)  # noqa: E731
     vstore16 = _fn(b, "llvm.masked.store.v32i16.p0", [_V32, _V32.as_pointer(), ir.IntType(32),
                                                         _M32])
     even = ir.Constant(_M32, [i % 2 == 0 for i in range(32)])
     odd = ir.Constant(_M32, [i % 2 == 1 for i in range(32)])
+    nt = b.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
     s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
                                                  cn, dc, dg)
     (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
@@ -253,48 +279,90 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
     if peephole:
         pv = [[vload(b, F32X, peep, C((3 * v + k) * VW)) for k in range(3)]
               for v in range(NV)]
-    with cgutils.for_range(b, nr) as loop:
-        r = loop.index
+    vps = [(v, v + 1) if v + 1 < NV else (v,) for v in range(0, NV, 2)]
+
+    def row(r, v):
+        """Row ``r``'s gate gradients of vector ``v``."""
+        ho = b.add(b.mul(r, ldh), C(v * VW))
+        acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
+        dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
+                   vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
+        ra = b.mul(r, ldact)
+        gates = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW))) for g in range(4)]
+        dgs, dcp = lstm_cell_back(
+            m, dh, gates, vload(b, F32X, cn, ho), vload(b, F32X, cp, ho),
+            vload(b, F32X, dc, ho), pv[v] if peephole else None)
+        if peephole:            # dg [n,B,GH]: the peephole gradients read it
+            dr = b.mul(b.add(row0, r), ldact)
+        else:                   # dg [ceil(B/16),GH]: the sums over the steps
+            dr = b.mul(b.lshr(b.add(row0, r), C(4)), ldact)
+        for g, val in enumerate(dgs):
+            o = b.add(dr, b.add(b.mul(C(v), dgv), b.mul(C(g), dgg)))
+            vstore(b, val if peephole else m.add(vload(b, F32X, dg, o), val), F32X, dg, o)
+        vstore(b, dcp, F32X, dc, ho)
+        return dgs
+
+    V32I = ir.VectorType(ir.IntType(32), 32)
+    low16 = ir.Constant(ir.VectorType(ir.IntType(32), 16), list(range(16)))
+
+    def rows(r, pair, stream=False):
+        """Row ``r`` alone (its half of the k pair row with a masked store: the other
+        row may be another call's) or rows ``r``, ``r + 1`` (k even; ``stream``: the
+        pair's line with a streaming store)."""
         k = b.add(k0, r)
-        half = b.and_(k, C(1))
-        odd_row = b.icmp_unsigned("!=", half, C(0))
         vrow = b.add(vb, b.mul(b.lshr(k, C(1)), C(64)))
-        for v in range(NV):
-            ho = b.add(b.mul(r, ldh), C(v * VW))
-            acc = vload(b, F32X, s, b.add(b.mul(r, C(64)), C(16 * v)))
-            dh = m.add(m.add(acc, vload(b, F32X, dy, ho)),
-                       vload(b, F32X, dhx, b.add(b.mul(r, lddhx), C(v * VW))))
-            ra = b.mul(r, ldact)
-            gates = [vload(b, F32X, act, b.add(ra, C(v * 4 * VW + g * VW)))
-                     for g in range(4)]
-            dgs, dcp = lstm_cell_back(
-                m, dh, gates, vload(b, F32X, cn, ho), vload(b, F32X, cp, ho),
-                vload(b, F32X, dc, ho), pv[v] if peephole else None)
-            for g, val in enumerate(dgs):
-                col = b.add(b.mul(C(v), dgv), b.mul(C(g), dgg))
-                if peephole:            # dg [n,B,GH]: the peephole gradients read it
-                    vstore(b, val, F32X, dg, b.add(ra, col))
-                else:                   # dg [B,GH]: each row's sums over the steps
-                    vstore(b, m.add(vload(b, F32X, dg, b.add(ra, col)), val), F32X, dg,
-                           b.add(ra, col))
-                bits = round_bits(b, val)
-                store_bf16(b, bits, dgb, b.add(b.mul(r, lddgb), col))
-                # the k-pair copy: this row's 16 values in the even or odd halves of
-                # the pair row's 32 (a masked store: the other row's may be another
-                # block's or thread's)
-                w32 = b.zext(bits, _I32X)
-                pv_ = b.bitcast(b.select(odd_row, b.shl(w32, ir.Constant(_I32X, [16] * 16)), w32),
-                                _V32)
-                pt = b.add(b.add(vrow, b.mul(C(v), vks)), b.mul(C(g), vgs))
-                b.call(vstore16, [pv_, b.inttoptr(pt, _V32.as_pointer()),
-                                  ir.Constant(ir.IntType(32), 4), b.select(odd_row, odd, even)])
-            vstore(b, dcp, F32X, dc, ho)
+        odd_row = b.icmp_unsigned("!=", b.and_(k, C(1)), C(0))
+        for vp in vps:
+            dgs = {(h, v): row(b.add(r, C(h)), v) for h in range(2 if pair else 1) for v in vp}
+            for g in range(4):
+                # per row, the vector pair's bf16 (words 0-15: vp[0], 16-31: vp[1])
+                x = [_cvt2(b, dgs[h, vp[-1]][g], dgs[h, vp[0]][g])
+                     for h in range(2 if pair else 1)]
+                for h, xh in enumerate(x):
+                    o = b.add(b.mul(b.add(r, C(h)), lddgb),
+                              b.add(b.mul(C(vp[0]), dgv), b.mul(C(g), dgg)))
+                    if len(vp) == 2:      # two vectors of a gate: one line of dgb
+                        b.store(xh, b.bitcast(b.gep(dgb, [o]), _V32.as_pointer()), align=2)
+                    else:
+                        store_bf16(b, b.shuffle_vector(xh, xh, low16), dgb, o)
+                for j, v in enumerate(vp):
+                    pt = b.inttoptr(b.add(b.add(vrow, b.mul(C(v), vks)), b.mul(C(g), vgs)),
+                                    _V32.as_pointer())
+                    if pair:              # the two rows' words interleaved: one line
+                        w = b.shuffle_vector(x[0], x[1], ir.Constant(
+                            V32I, [16 * j + i // 2 + 32 * (i % 2) for i in range(32)]))
+                        st = b.store(w, pt, align=64)
+                        if stream:
+                            st.set_metadata("nontemporal", nt)
+                    else:
+                        w32 = b.zext(b.shuffle_vector(x[0], x[0], ir.Constant(
+                            ir.VectorType(ir.IntType(32), 16), [16 * j + i for i in range(16)])),
+                            I32X)
+                        w32 = b.select(odd_row, b.shl(w32, splat_i32(16)), w32)
+                        b.call(vstore16, [b.bitcast(w32, _V32), pt,
+                                          ir.Constant(ir.IntType(32), 4),
+                                          b.select(odd_row, odd, even)])
+
+    # an odd first k alone, then pairs, then a last row alone
+    first = b.select(b.icmp_unsigned("!=", b.and_(k0, C(1)), C(0)),
+                     b.select(b.icmp_signed(">", nr, C(0)), C(1), C(0)), C(0))
+    with b.if_then(b.icmp_signed(">", first, C(0))):
+        rows(C(0), False)
+    npair = b.sdiv(b.sub(nr, first), C(2))
+    with b.if_else(b.icmp_signed("!=", stream, C(0))) as (then, otherwise):
+        for flag, blk in ((True, then), (False, otherwise)):
+            with blk:
+                with cgutils.for_range(b, npair) as loop:
+                    rows(b.add(first, b.mul(loop.index, C(2))), True, flag)
+    last = b.add(first, b.mul(npair, C(2)))
+    with b.if_then(b.icmp_signed("<", last, nr)):
+        rows(last, False)
 
 
 def _make_bwd(peephole):
     @intrinsic
     def uk(typingctx, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact,
-           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0):
+           peep, cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream):
         """NV output vectors (``len(ntag)``), ``nr <= 16`` rows: dh = a @ w on tiles
         (``a``: the rounded gate gradients of the next step, bf16 rows of stride
         ``ldab`` bytes, ``KKc`` chunks of 32 k; ``w``: the output panel, ``[KKc*16]``
@@ -305,11 +373,11 @@ def _make_bwd(peephole):
             return None
         NV = ntag.count
         i8 = types.int64
-        sig = types.void(ntag, *([i8] * 26))
+        sig = types.void(ntag, *([i8] * 28))
 
         def codegen(context, builder, signature, args):
             (_, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
-             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0) = args
+             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream) = args
             b = builder
             load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
             dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
@@ -327,10 +395,22 @@ def _make_bwd(peephole):
             for v in range(NV):
                 b.call(store, [_t(v), b.inttoptr(b.add(scr, C(64 * v)), _i8p), C(256)])
             _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn,
-                          dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0)
+                          dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream)
             return context.get_dummy_value()
         return sig, codegen
     return uk
+
+
+@intrinsic
+def store_fence(typingctx):
+    """``mfence``: the k-pair copy's streaming stores (weakly ordered) are done before
+    anything after the kernel reads them."""
+    sig = types.void()
+
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 #: [peephole]: the backward blocks
@@ -341,11 +421,11 @@ _ub, _ubp = uk_amx_bwd
 def _make_bwd_epi(peephole):
     @intrinsic
     def uk(typingctx, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc, dg, dgv, dgg,
-           dgb, lddgb, vb, vks, vgs, k0):
+           dgb, lddgb, vb, vks, vgs, k0, row0, stream):
         """The backward epilogue of :data:`uk_amx_bwd` alone, four vectors (64 units),
         on ``nr`` rows of products at ``scr`` (rows of 64 float32)."""
         i8 = types.int64
-        sig = types.void(*([i8] * 21))
+        sig = types.void(*([i8] * 23))
 
         def codegen(context, builder, signature, args):
             _bwd_epilogue(builder, peephole, 4, *args)
@@ -361,32 +441,33 @@ _be, _bep = uk_amx_bwd_epi
 
 @njit(inline="always")
 def _bwd_block(peep, ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp,
-               cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0):
+               cp, cn, dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream):
     if peep is None:
         _ub(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-            dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0)
+            dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream)
     else:
         _ubp(ntag, a, ldab, w, ldwb, KKc, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn,
-             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0)
+             dc, dg, dgv, dgg, dgb, lddgb, vb, vks, vgs, k0, row0, stream)
 
 
 @njit(inline="always")
 def _bwd_rows(lo, hi, peep, ntag, a, GH, GHb, w, ldwb, KKc, scr, dhx, lddhx, dy, Hp, act, pp,
-              cp, cn, dc, dg, dgb, vb, vks, vgs, k0):
-    """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0; ``GHb``
-    the row stride of the bf16 gate gradients; row 0 is k = ``k0`` of the k-pair copy)."""
+              cp, cn, dc, dg, dgb, vb, vks, vgs, k0, stream):
+    """Rows [lo, hi) of one output panel in blocks of 16 (pointers at row 0, ``dg`` at
+    the step's; ``GHb`` the row stride of the bf16 gate gradients; row 0 is k = ``k0``
+    of the k-pair copy)."""
     for q0 in range(lo, hi, 16):
         nr = min(16, hi - q0)
         _bwd_block(peep, ntag, a + 2 * q0 * GHb, 2 * GHb, w, ldwb, KKc, scr, nr,
                    dhx + 4 * q0 * lddhx, lddhx, dy + 4 * q0 * Hp, Hp, act + 4 * q0 * GH, GH, pp,
-                   cp + 4 * q0 * Hp, cn + 4 * q0 * Hp, dc + 4 * q0 * Hp, dg + 4 * q0 * GH, 16,
-                   Hp, dgb + 2 * q0 * GHb, GHb, vb, vks, vgs, k0 + q0)
+                   cp + 4 * q0 * Hp, cn + 4 * q0 * Hp, dc + 4 * q0 * Hp, dg, 16,
+                   Hp, dgb + 2 * q0 * GHb, GHb, vb, vks, vgs, k0 + q0, q0, stream)
 
 
 @njit(inline="always")
 def _bwd_panel(s, q, tid, Q, args, peep):
     (n, B, Bx, GHb, Hp, GH, ubp, gp, gbp, ap, csp, dyp, dhp, dcp, zp, ppp, nact, scr, r0,
-     r1, vtp, vks) = args
+     r1, vtp, vks, stream) = args
     NB = 64
     nb = min(nact[s], r1)
     nprod = min(nact[s + 1], r1) if s + 1 < n else r0
@@ -403,7 +484,7 @@ def _bwd_panel(s, q, tid, Q, args, peep):
     cnq = cpq + 4 * B * Hp
     dcq = dcp + 4 * j0
     if peep is None:
-        dgq = gp + 4 * j0                 # dg [B,GH]: per-row sums over the steps
+        dgq = gp + 4 * j0                 # dg [ceil(B/16),GH]: sums over the steps
     else:
         dgq = gp + 4 * (s * B * GH + j0)
     dgbq = gbp + 2 * (s * Bx * GHb + j0)
@@ -433,25 +514,25 @@ def _bwd_panel(s, q, tid, Q, args, peep):
                 if peep is None:
                     _be(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp, aq + 4 * q0 * GH,
                         GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp, dcq + 4 * q0 * Hp,
-                        dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb, vq, vks, vgs,
-                        k0 + q0)
+                        dgq, 16, Hp, dgbq + 2 * q0 * GHb, GHb, vq, vks, vgs, k0 + q0, q0,
+                        stream)
                 else:
                     _bep(scr + 256 * (q0 - lo), nr, zp, 0, dyq + 4 * q0 * Hp, Hp,
                          aq + 4 * q0 * GH, GH, ppq, cpq + 4 * q0 * Hp, cnq + 4 * q0 * Hp,
-                         dcq + 4 * q0 * Hp, dgq + 4 * q0 * GH, 16, Hp, dgbq + 2 * q0 * GHb, GHb,
-                         vq, vks, vgs, k0 + q0)
+                         dcq + 4 * q0 * Hp, dgq, 16, Hp, dgbq + 2 * q0 * GHb, GHb,
+                         vq, vks, vgs, k0 + q0, q0, stream)
         elif nv == 4:
             _bwd_rows(lo, hi, peep, (0, 0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
         elif nv == 3:
             _bwd_rows(lo, hi, peep, (0, 0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
         elif nv == 2:
             _bwd_rows(lo, hi, peep, (0, 0), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
         else:
             _bwd_rows(lo, hi, peep, (0,), a, GH, GHb, wq, 4 * wd, KKc, scr, dhx, lddhx, dyq,
-                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0)
+                      Hp, aq, ppq, cpq, cnq, dcq, dgq, dgbq, vq, vks, vgs, k0, stream)
 
 
 @njit(**JIT_OPTIONS)
@@ -462,9 +543,10 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact,
     # read two tiles of 16 rows from any row; rows they read past a step's B rows
     # give products that are not used), and
     # the rounded gate gradients in k pairs to vt (amx_gemm.vnni_shape, zeros in);
-    # without peepholes dg is [B,GH] (zeros in): each row's gate gradients summed
-    # over the steps, in step order whatever the threads (each row's sums on one
-    # thread per step, the steps one after the other)
+    # without peepholes dg is [ceil(B/16),GH] (zeros in): row i the gate gradients
+    # of rows 16i..16i+15 summed over the steps, step after step and in row order
+    # whatever the threads (r0 a multiple of 16: a block of rows on one thread per
+    # step)
     n, B, GH = act.shape
     Hp = dy.shape[2]
     cfg = tile_config(16, 0)
@@ -473,10 +555,11 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact,
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
             zrow.ctypes.data, ppp, nact, _aligned_ptr(scr), r0, r1, vt.ctypes.data,
-            vt.shape[1] * 64)
+            vt.shape[1] * 64, int(vt.nbytes >= VT_STREAM_BYTES))
     amx_begin(cfg.ctypes.data)
     w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()
+    store_fence()
     return w
 
 

@@ -696,14 +696,16 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
         # AMX products run on tiles of 16 rows: with fewer rows per thread each
         # thread multiplies a whole tile, only the epilogue's rows are split
         plan = Plan(1, B, 0, 0, 1, 0, None)
+    if cache.amx and plan.mode == "rows":
+        plan = _cuts16(plan)
     gthr = nthreads(max_threads, settings.two_thread_step_flops, 1 << 30)
     blas_threads(0)
     dys = sched.gather(np.asarray(dy, dt), Hp)
     dhn = sched.sort_rows(np.asarray(dh_n, dt), Hp)
     dc = sched.sort_rows(np.asarray(dc_n, dt), Hp)
     zero = np.zeros if sched.tix is not None else np.empty
-    if cache.amx and pk.peep is None:     # the AMX loop sums each row's over the steps
-        dg = np.zeros((1, B, GH), dt)
+    if cache.amx and pk.peep is None:     # the AMX loop sums each 16 rows' over the steps
+        dg = np.zeros((1, -(-B // AMX_ROWS), GH), dt)
     else:
         dg = zero((n, B, GH), dt)
     zrow = np.zeros(NB, dt)
@@ -725,6 +727,26 @@ def lstm_backward(cache, dy, dh_n, dc_n, max_threads, blas_threads):
                           np.einsum("rh,rh->h", dg3[:, 1], cp),
                           np.einsum("rh,rh->h", dg3[:, 3], cn)])[:, :H]
     return (dx, sched.unsort_rows(dh0, H), sched.unsort_rows(dc, H), dw_ih, dw_hh, db, dpeep)
+
+
+def _cuts16(plan):
+    """``plan`` (rows) with its cuts on multiples of 16 rows: the AMX backward loop
+    sums the gate gradients of each 16 rows (rows 16i..16i+15) for the bias gradient,
+    one thread per block, so that the sums are the same whatever the threads."""
+    B = plan.B
+    cuts = [0]
+    for c in plan.cuts[1:-1]:
+        c = int(round(c / AMX_ROWS)) * AMX_ROWS
+        if c >= B:
+            c = (B - 1) // AMX_ROWS * AMX_ROWS
+        if cuts[-1] < c < B:
+            cuts.append(c)
+    cuts.append(B)
+    if len(cuts) < 3:
+        return Plan(1, B, 0, 0, 1, 0, None)
+    out = Plan(1, B, 0, 0, 1, 0, None)
+    out.mode, out.cuts, out.nthr = "rows", cuts, len(cuts) - 1
+    return out
 
 
 def _padded(bits, H, Hp, cols):

@@ -8,6 +8,7 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
     python bench/bf16_lstm.py --peak       # vdpbf16ps, tdpbf16ps and the AMX GEMM, one thread
     python bench/bf16_lstm.py --pieces [--threads N] [--against REV]   # where the AMX route's time goes
     python bench/bf16_lstm.py --against REV --no-torch   # + fastrnn bf16 at git REV
+    python bench/bf16_lstm.py --mm 2048   # + torch.mm bf16 in the same rounds: % of its rate
     python bench/bf16_lstm.py --gemm --against REV [--shapes ...]   # the products after
                                            # the backward loop, one thread, REV vs this
 
@@ -70,6 +71,20 @@ def torch_run(m, x, dtype, train, threads):
         else:
             with torch.no_grad():
                 m(x)
+    return run
+
+
+def _torch_mm(torch, n):
+    """``torch.mm`` of two bf16 ``n x n`` matrices on 2 threads (float32 sums): the
+    bf16 GEMM rate that ``fastrnn bench`` reads the bf16 rows against, timed here in
+    the same interleaved rounds as the LSTMs (the machine's speed drifts)."""
+    a = torch.from_numpy(np.random.default_rng(0).standard_normal((n, n)).astype(np.float32))
+    a = a.to(torch.bfloat16)
+    b = a.t().contiguous()
+
+    def run():
+        torch.set_num_threads(2)
+        torch.mm(a, b)
     return run
 
 
@@ -358,6 +373,10 @@ def main(argv=None):
                     help="fastrnn's threads (default: its own setting)")
     ap.add_argument("--infer-only", action="store_true", help="only the inference rows")
     ap.add_argument("--train-only", action="store_true", help="only the training rows")
+    ap.add_argument("--mm", type=int, default=0, metavar="N",
+                    help="also time torch.mm of two bf16 N x N matrices (2 threads) in the same "
+                         "rounds and print fastrnn bf16's rate as a fraction of it (2048: the "
+                         "peak of fastrnn bench's bf16 rows)")
     ap.add_argument("--against", default=None, metavar="REV",
                     help="also time the bf16 mode of the package at git revision REV")
     a = ap.parse_args(argv)
@@ -413,6 +432,8 @@ def main(argv=None):
                 for nm, dt in (("torch bf16", torch.bfloat16), ("torch f32", torch.float32)):
                     for t in (1, 2):
                         runs[f"{nm} {t}t"] = _torch(*shape, dt, train, t)
+            if torch is not None and a.mm:
+                runs["torch.mm bf16"] = _torch_mm(torch, a.mm)
             times = {k: [] for k in runs}
             for fn in runs.values():            # warm up (compiles)
                 fn()
@@ -447,6 +468,13 @@ def main(argv=None):
             if "torch bf16" in med:
                 rat += [f"vs torch bf16 {med['torch bf16'] / fb:.2f}x",
                         f"vs torch f32 {med['torch f32'] / fb:.2f}x"]
+            if "torch.mm bf16" in med:
+                T, B, I, H = shape
+                flops = 2.0 * T * B * 4 * H * (I + H) * (3 if train else 1)
+                mm = 2.0 * a.mm ** 3 / (med["torch.mm bf16"] / 1e3)
+                rat += [f"{flops / (fb / 1e3) / 1e9:.0f} GFLOP/s = "
+                        f"{100 * flops / (fb / 1e3) / mm:.0f}% of torch.mm bf16 "
+                        f"({mm / 1e9:.0f} GFLOP/s, same rounds)"]
             print("    " + ", ".join(rat), flush=True)
 
 

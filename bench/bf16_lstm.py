@@ -179,7 +179,7 @@ def peak(rounds=5):
         amx_gemm.pack_a_steps(to_bits(a)[None], K, at)
         bt = aligned((N // 16, K // 2, 16, 2), np.uint16)
         amx_gemm.pack_b_steps(to_bits(b)[None], K, bt, 0, N)
-        c = aligned((M // 16, N // 16, 16, 16), np.float32)
+        c = aligned((N // 16, M // 16, 16, 16), np.float32)
         dw = np.empty((N, M), np.float32)      # dW = (aᵀ b)ᵀ as the weight gradient of x
         fn = lambda: amx_gemm.dwt_gemm(at, bt, c, M, M, N // 4, N // 4, dw, dw[:, :0],  # noqa
                                        0, N)
@@ -316,7 +316,7 @@ def gemm_ab(shapes, rounds, rev):
         ag.pack_b_steps(dg, B, vt, 0, GH)
         at = aligned((Nx // 16, vs[1] // 16, 16, 32), np.uint16)
         ag.pack_a_steps(xh, B, at)
-        ct = aligned((Nx // 16, GH // 16, 16, 16), np.float32)
+        ct = aligned((GH // 16, Nx // 16, 16, 16), np.float32)
         dgf = aligned((Rp + 32, GH + (32 if GH % 2048 == 0 else 0)), np.uint16)
         dgf[:R, :GH] = dg.reshape(R, GH)
         wb = to_bits(rng.standard_normal((4 * H, I)).astype(np.float32))

@@ -12,10 +12,11 @@ block :data:`uk_amx_seg`, and the tile-rate probe.
 Backward, :data:`uk_amx_bwd` does an output panel (up to 64 units: tiles 0-3)
 for up to 16 rows: ``dh = dgates U`` from the rounded gate gradients of the
 next step (tile 4) and ``U``'s k-pair panel (tiles 5, 6), then the LSTM
-backward epilogue: the gate gradients float32 (without peepholes: each row's
-sums over the steps, for the bias gradients) and rounded to bf16, row-major
-and in k pairs (the operands of :mod:`fastrnn.kernels.amx_gemm`'s products
-after the loop).
+backward epilogue: the gate gradients float32 (without peepholes: summed over
+the steps into one row per 16 batch rows, for the bias gradients) and rounded
+to bf16 (``vcvtne2ps2bf16``, two vectors at a time), row-major and in k pairs
+(the operands of :mod:`fastrnn.kernels.amx_gemm`'s products after the loop;
+the k pairs two rows to a full-line store, streaming when the copy is large).
 
 The operand widths are multiples of 32 (zero padded: ``pack_bf16(kmult=32)``),
 the operand buffers have rows past the last one a tile may read (a block reads
@@ -30,15 +31,14 @@ from __future__ import annotations
 import ctypes
 import functools
 
-import llvmlite.binding as _llvm
 import numpy as np
 from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.bf16 import has_amx_bf16
-from fastrnn.kernels.bf16_simd import (F32X, I16X, I32X, I64, VW, round_bits, splat_i32,
+from fastrnn.bf16 import has_amx_bf16, has_avx512_bf16
+from fastrnn.kernels.bf16_simd import (BF32X, F32X, I32X, I64, VW, round_bits, splat_i32,
                                        store_bf16)
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, vstore
@@ -47,9 +47,6 @@ from fastrnn.kernels.sync import panel_steps
 __all__ = ["available", "amx_begin", "amx_end", "tile_config", "uk_amx_epi", "uk_amx_seg",
            "lstm_bwd_amx_kernel", "uk_amx_bwd", "probe"]
 
-# the backward epilogue's vcvtne2ps2bf16 is inline assembly: the JIT parses it
-_llvm.initialize_native_asmparser()
-
 _i8 = ir.IntType(8)
 _i8p = _i8.as_pointer()
 _void = ir.VoidType()
@@ -57,8 +54,9 @@ _void = ir.VoidType()
 
 @functools.lru_cache(maxsize=1)
 def available():
-    """Whether this process may use AMX-BF16 tiles (asks Linux once)."""
-    if not has_amx_bf16():
+    """Whether this process may use AMX-BF16 tiles (asks Linux once) and the
+    AVX512-BF16 instructions the kernels use beside them."""
+    if not (has_amx_bf16() and has_avx512_bf16()):
         return False
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -89,12 +87,19 @@ def tile_config(m, low):
     return cfg
 
 
-def _fn(builder, name, args):
-    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(_void, args), name)
+def _fn(builder, name, args, ret=_void):
+    return cgutils.get_or_insert_function(builder.module, ir.FunctionType(ret, args), name)
 
 
 def _t(v):
     return ir.Constant(_i8, v)
+
+
+def store_nt(b, val, ptr):
+    """A streaming (non-temporal) store of a 64-byte vector to a 64-byte aligned
+    ``ptr``: no read for ownership, the line not kept in the caches."""
+    st = b.store(val, ptr, align=64)
+    st.set_metadata("nontemporal", b.module.add_metadata([ir.Constant(ir.IntType(32), 1)]))
 
 
 @intrinsic
@@ -147,11 +152,9 @@ def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, 
         with b.if_then(b.icmp_signed("!=", training, C(0))):
             with b.if_else(b.icmp_signed("==", training, C(2))) as (nt, plain):
                 with nt:
-                    flag = b.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
                     for g, val in enumerate((gi, gf, gg, go)):
                         p = b.gep(act, [b.add(b.mul(r, ldact), C(g * VW))])
-                        st = b.store(val, b.bitcast(p, F32X.as_pointer()), align=64)
-                        st.set_metadata("nontemporal", flag)
+                        store_nt(b, val, b.bitcast(p, F32X.as_pointer()))
                 with plain:
                     for g, val in enumerate((gi, gf, gg, go)):
                         vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
@@ -239,7 +242,6 @@ SEG_MIN_ROWS = 32
 #: from the caches)
 VT_STREAM_BYTES = 4 << 20
 
-_I32X = ir.VectorType(ir.IntType(32), 16)
 _V32 = ir.VectorType(ir.IntType(16), 32)
 _M32 = ir.VectorType(ir.IntType(1), 32)
 
@@ -249,9 +251,8 @@ def _cvt2(b, hi, lo):
     :func:`fastrnn.kernels.bf16_simd.round_bits` does (nearest even, denormals to
     signed zero, NaN quieted; whatever MXCSR says), ``lo``'s in words 0-15 of the
     ``<32 x i16>``, ``hi``'s in 16-31."""
-    asm = ir.InlineAsm(ir.FunctionType(_V32, [F32X, F32X]), "vcvtne2ps2bf16 $2, $1, $0",
-                       "=v,v,v")
-    return b.call(asm, [hi, lo])
+    fn = _fn(b, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", [F32X, F32X], BF32X)
+    return b.bitcast(b.call(fn, [hi, lo]), _V32)
 
 
 def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
@@ -271,7 +272,6 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
                                                         _M32])
     even = ir.Constant(_M32, [i % 2 == 0 for i in range(32)])
     odd = ir.Constant(_M32, [i % 2 == 1 for i in range(32)])
-    nt = b.module.add_metadata([ir.Constant(ir.IntType(32), 1)])
     s, dhx, dy, act, peep, cp, cn, dc, dg = ptrs(b, F32X, scr, dhx, dy, act, peep, cp,
                                                  cn, dc, dg)
     (dgb,) = [b.inttoptr(dgb, ir.IntType(16).as_pointer())]
@@ -331,9 +331,10 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
                     if pair:              # the two rows' words interleaved: one line
                         w = b.shuffle_vector(x[0], x[1], ir.Constant(
                             V32I, [16 * j + i // 2 + 32 * (i % 2) for i in range(32)]))
-                        st = b.store(w, pt, align=64)
-                        if stream:
-                            st.set_metadata("nontemporal", nt)
+                        if stream:        # the driver streams only a 64-byte aligned copy
+                            store_nt(b, w, pt)
+                        else:
+                            b.store(w, pt, align=4)
                     else:
                         w32 = b.zext(b.shuffle_vector(x[0], x[0], ir.Constant(
                             ir.VectorType(ir.IntType(32), 16), [16 * j + i for i in range(16)])),
@@ -402,13 +403,13 @@ def _make_bwd(peephole):
 
 
 @intrinsic
-def store_fence(typingctx):
-    """``mfence``: the k-pair copy's streaming stores (weakly ordered) are done before
-    anything after the kernel reads them."""
+def sfence(typingctx):
+    """``sfence``: earlier non-temporal (weakly ordered) stores ordered before later
+    stores, so that whatever reads them after the kernel sees them."""
     sig = types.void()
 
-    def codegen(context, builder, signature, args):
-        builder.fence("seq_cst")
+    def codegen(context, b, signature, args):
+        b.call(_fn(b, "llvm.x86.sse.sfence", []), [])
         return context.get_dummy_value()
     return sig, codegen
 
@@ -555,11 +556,11 @@ def lstm_bwd_amx_kernel(act, cs, ub, peep, dy, dhn, zrow, dc, dg, dgb, vt, nact,
     args = (n, B, dgb.shape[1], dgb.shape[2], Hp, GH, ub.ctypes.data, dg.ctypes.data, dgb.ctypes.data,
             act.ctypes.data, cs.ctypes.data, dy.ctypes.data, dhn.ctypes.data, dc.ctypes.data,
             zrow.ctypes.data, ppp, nact, _aligned_ptr(scr), r0, r1, vt.ctypes.data,
-            vt.shape[1] * 64, int(vt.nbytes >= VT_STREAM_BYTES))
+            vt.shape[1] * 64, int(vt.nbytes >= VT_STREAM_BYTES and vt.ctypes.data % 64 == 0))
     amx_begin(cfg.ctypes.data)
     w = panel_steps(n, (Hp + 63) // 64, True, ctl, tid, nthr, _bwd_panel, args, peep)
     amx_end()
-    store_fence()
+    sfence()
     return w
 
 

@@ -29,14 +29,14 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels.amx_bf16 import (SEG, SEG_MIN_ROWS, _aligned_ptr, _fn, _fwd_epilogue, _i8p,
-                                      _t, amx_begin, amx_end, tile_config, uk_amx_epi)
+from fastrnn.kernels.amx_bf16 import (SEG_MIN_ROWS, _aligned_ptr, _fn, _fwd_epilogue, _i8p, _t,
+                                      amx_begin, amx_end, sfence, tile_config, uk_amx_epi)
 from fastrnn.kernels.atomics import atomic_add, cycles
 from fastrnn.kernels.bf16_simd import I64
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.sync import claim, wait
 
-__all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "SEG", "FWD_SEG", "SEG_MIN_ROWS",
+__all__ = ["lstm_fwd_tiles_kernel", "uk_tiles32", "uk_tiles16", "FWD_SEG", "SEG_MIN_ROWS",
            "PIPE_MIN_CHUNKS", "CHUNK_BYTES", "TILE_BYTES"]
 
 #: one weight tile (16 k pairs x 16 units of one gate) and one chunk (4 gates)
@@ -171,17 +171,6 @@ _u16, _u16p = uk_tiles16
 
 
 _ue, _uep = uk_amx_epi
-
-
-@intrinsic
-def sfence(typingctx):
-    """``sfence``: earlier non-temporal stores ordered before later stores."""
-    sig = types.void()
-
-    def codegen(context, b, signature, args):
-        b.call(_fn(b, "llvm.x86.sse.sfence", []), [])
-        return context.get_dummy_value()
-    return sig, codegen
 
 
 @njit(inline="always")

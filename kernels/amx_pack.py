@@ -96,7 +96,7 @@ def uk_tile(typingctx, src, ld, nr, nc, dst):
             hi = _masked_load(b, b.add(p, _C(64)), b.select(valid, mhi, off))
             rows.append(_pairs(b, lo, hi))
         for m, row in enumerate(_transpose16(b, rows)):
-            b.store(row, b.inttoptr(b.add(dst, _C(64 * m)), I32X.as_pointer()), align=64)
+            b.store(row, b.inttoptr(b.add(dst, _C(64 * m)), I32X.as_pointer()), align=4)
         return context.get_dummy_value()
     return sig, codegen
 

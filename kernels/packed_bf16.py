@@ -281,11 +281,7 @@ def pack_bf16(w_ih, w_hh, b_ih, b_hh, backward, peep, kmult=2, threads=1, tiles=
     if backward:
         packs.append(lambda: _pack_u(wbh, H, Hp, NB, ub))
     for stage in ((conv, packs) if backward else (packs,)):
-        if split:
-            Tasks(stage).run(threads)
-        else:
-            for task in stage:
-                task()
+        Tasks(stage).run(threads if split else 1)     # one thread: in order, here
     pk.up = up.view(np.uint16).reshape(P, (Ip + Kh) // 2, 8 * VW)
     pk.ub = pk.wb_ih = pk.wb_hh = None
     if backward:
@@ -321,11 +317,7 @@ def _pack_tiles_into(pk, w_ih, w_hh, backward, split, threads):
                   for q0, q1 in zip(qc[:-1], qc[1:])]
         tasks += [lambda: amx_pack.to_bits_rows(wi, pk.wb_ih, 0, wi.shape[0]),
                   lambda: amx_pack.to_bits_rows(wh, pk.wb_hh, 0, wh.shape[0])]
-    if split:
-        Tasks(tasks).run(threads)
-    else:
-        for task in tasks:
-            task()
+    Tasks(tasks).run(threads if split else 1)
     pk.up = up.view(np.uint16).reshape(P, (Ip + Kh) // 2, 8 * VW)
 
 

@@ -11,6 +11,8 @@ threads; module and input ``.to(torch.bfloat16)``), interleaved in one process.
     python bench/bf16_lstm.py --mm 2048   # + torch.mm bf16 in the same rounds: % of its rate
     python bench/bf16_lstm.py --gemm --against REV [--shapes ...]   # the products after
                                            # the backward loop, one thread, REV vs this
+    python bench/bf16_lstm.py --bwd --against REV [--threads N]   # the backward alone,
+                                           # per-round paired ratios, REV vs this
 
 Prints, per shape and mode (train = forward + backward, infer = forward without
 a cache; each round runs the contenders in a new random order, each after a 5
@@ -355,6 +357,76 @@ def gemm_ab(shapes, rounds, rev):
                   flush=True)
 
 
+def bwd_ab(shapes, rounds, rev, threads):
+    """The bf16 LSTM's backward (``cpu.backward`` after a training forward) of this
+    package and of git revision ``rev``, alternating in each round (old-new, then
+    new-old): the medians and quartiles of the per-round new/old ratios (paired:
+    the host's speed drifts less within a round than between rounds) of the
+    backward's wall time and of its time loop's (``Plan.launch``); checks that both
+    give the same gradients (prints their largest relative difference)."""
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from ab_package import load_old
+    old = load_old(rev)
+
+    def make(name, shape):
+        T, B, I, H = shape
+        cell = importlib.import_module(name + ".cells").get_cell("lstm")
+        Weights = importlib.import_module(name + ".contract").Weights
+        cpu = importlib.import_module(name + ".kernels.cpu")
+        plan = importlib.import_module(name + ".kernels.plan")
+        cpu.configure(bf16_native=True, bf16_amx=True)
+        if threads is not None:
+            cpu.set_num_threads(threads)
+        rng = np.random.default_rng(0)
+        k = 1 / np.sqrt(H)
+        f = lambda *s, a=1.0: rng.uniform(-a, a, s).astype(np.float32)  # noqa: E731
+        w = Weights(f(4 * H, I, a=k), f(4 * H, H, a=k), f(4 * H, a=k), f(4 * H, a=k), None)
+        x, h0, c0 = f(T, B, I), f(B, H), f(B, H)
+        dy, dh = f(T, B, H), f(B, H)
+        loop = [0.0]
+        launch = plan.Plan.launch
+
+        def timed(self, kernel, args_of):
+            t0 = time.perf_counter()
+            try:
+                return launch(self, kernel, args_of)
+            finally:
+                if "fwd" not in kernel.__name__:
+                    loop[0] += time.perf_counter() - t0
+        plan.Plan.launch = timed
+
+        def run():
+            cache = cpu.forward(cell, x, h0, c0, w, training=True, compute_dtype="bfloat16")[3]
+            loop[0] = 0.0
+            t0 = time.perf_counter()
+            g = cpu.backward(cell, cache, dy, dh, dh)
+            return time.perf_counter() - t0, loop[0], g
+        return run
+
+    for shape in shapes:
+        fo, fn = make(old.__name__, shape), make("fastrnn", shape)
+        def flat(g):
+            return [a for v in g if v is not None
+                    for a in (flat(v) if isinstance(v, tuple) else [np.asarray(v)])]
+        go, gn = flat(fo()[2]), flat(fn()[2])
+        diff = max(float(np.max(np.abs(a - b)) / (np.max(np.abs(a)) + 1e-30))
+                   for a, b in zip(go, gn))
+        ts = {"old": [], "new": []}
+        for r in range(rounds):
+            for k, f in (("old", fo), ("new", fn))[::1 if r % 2 == 0 else -1]:
+                time.sleep(0.005)
+                ts[k].append(f()[:2])
+        o, n = 1e3 * np.array(ts["old"]), 1e3 * np.array(ts["new"])
+        print(f"{shape} backward, {rounds} rounds, {rev} vs this package, threads "
+              f"{threads or 'default'}; load average {os.getloadavg()[0]:.2f}; gradients' "
+              f"largest relative difference {diff:.2g}")
+        for j, lab in enumerate(("backward", "backward loop")):
+            q = np.quantile(n[:, j] / o[:, j], [0.25, 0.5, 0.75])
+            print(f"    {lab:14s} new/old per round: median {q[1]:.3f} (quartiles {q[0]:.3f}, "
+                  f"{q[2]:.3f}); {rev} med {np.median(o[:, j]):7.2f} ms, new med "
+                  f"{np.median(n[:, j]):7.2f} ms", flush=True)
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=15)
@@ -369,6 +441,9 @@ def main(argv=None):
     ap.add_argument("--gemm", action="store_true",
                     help="only the products after the backward loop, one thread, against "
                          "--against REV (gemm_ab())")
+    ap.add_argument("--bwd", action="store_true",
+                    help="only the LSTM's backward, against --against REV, per-round "
+                         "paired ratios (bwd_ab())")
     ap.add_argument("--threads", type=int, default=None,
                     help="fastrnn's threads (default: its own setting)")
     ap.add_argument("--infer-only", action="store_true", help="only the inference rows")
@@ -387,6 +462,11 @@ def main(argv=None):
             raise SystemExit("--gemm needs --against REV")
         return gemm_ab([tuple(int(v) for v in sh.split(",")) for sh in
                         (a.shapes or ["50,64,256,512"])], a.rounds, a.against)
+    if a.bwd:
+        if not a.against:
+            raise SystemExit("--bwd needs --against REV")
+        return bwd_ab([tuple(int(v) for v in sh.split(",")) for sh in
+                       (a.shapes or ["50,64,256,512"])], a.rounds, a.against, a.threads)
     if a.pieces:
         shapes = [(50, 64, 256, 512), (64, 32, 64, 256)] if not a.shapes else [
             tuple(int(v) for v in sh.split(",")) for sh in a.shapes]

@@ -242,6 +242,10 @@ SEG_MIN_ROWS = 32
 #: from the caches)
 VT_STREAM_BYTES = 4 << 20
 
+#: the segment-blocked backward loop prefetches the next panel of U into L2 from
+#: this size of U (half a core's L2: smaller, U stays there beside a step's rows)
+U_PF_BYTES = 1 << 20
+
 _V32 = ir.VectorType(ir.IntType(16), 32)
 _M32 = ir.VectorType(ir.IntType(1), 32)
 
@@ -253,6 +257,55 @@ def _cvt2(b, hi, lo):
     ``<32 x i16>``, ``hi``'s in 16-31."""
     fn = _fn(b, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", [F32X, F32X], BF32X)
     return b.bitcast(b.call(fn, [hi, lo]), _V32)
+
+
+@intrinsic
+def uk_amx_seg_pf(typingctx, a, ldb, w, nk, scr, acc, pf, lpc):
+    """:data:`uk_amx_seg`, each chunk ``c`` also prefetching ``lpc`` cache lines into L2
+    (``prefetcht1``) from ``pf + c*lpc*64`` (the weights of the panel that follows: tile
+    loads that miss L2 stall the tile unit, and U's panels of a step do not all stay
+    in L2)."""
+    i8 = types.int64
+    sig = types.void(i8, i8, i8, i8, i8, types.boolean, i8, i8)
+
+    def codegen(context, builder, signature, args):
+        a, ldb, w, nk, scr, acc, pf, lpc = args
+        b = builder
+        load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
+        dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
+        store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
+        i32 = ir.IntType(32)
+        pfn = _fn(b, "llvm.prefetch.p0", [_i8p, i32, i32, i32])
+        C = lambda v: ir.Constant(I64, v)  # noqa: E731
+        cq = [b.add(scr, C(16 * 256 * i + 64 * j)) for i in range(2) for j in range(2)]
+        with b.if_else(acc) as (then, otherwise):
+            with then:
+                for t in range(4):
+                    b.call(load, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
+            with otherwise:
+                for t in range(4):
+                    b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(t)])
+        a16 = b.mul(ldb, C(16))
+        with cgutils.for_range(b, nk) as loop:
+            c = loop.index
+            ac = b.add(a, b.mul(c, C(64)))
+            wc = b.add(w, b.mul(c, C(16 * 256)))
+            b.call(load, [_t(4), b.inttoptr(ac, _i8p), ldb])
+            b.call(load, [_t(6), b.inttoptr(wc, _i8p), C(256)])
+            b.call(dp, [_t(0), _t(4), _t(6)])
+            b.call(load, [_t(7), b.inttoptr(b.add(wc, C(64)), _i8p), C(256)])
+            b.call(dp, [_t(1), _t(4), _t(7)])
+            b.call(load, [_t(5), b.inttoptr(b.add(ac, a16), _i8p), ldb])
+            b.call(dp, [_t(2), _t(5), _t(6)])
+            b.call(dp, [_t(3), _t(5), _t(7)])
+            pc = b.add(pf, b.mul(b.mul(c, lpc), C(64)))
+            with cgutils.for_range(b, lpc) as ln:
+                b.call(pfn, [b.inttoptr(b.add(pc, b.mul(ln.index, C(64))), _i8p),
+                             ir.Constant(i32, 0), ir.Constant(i32, 2), ir.Constant(i32, 1)])
+        for t in range(4):
+            b.call(store, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
+        return context.get_dummy_value()
+    return sig, codegen
 
 
 def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, peep, cp, cn, dc,
@@ -502,14 +555,25 @@ def _bwd_panel(s, q, tid, Q, args, peep):
         lddhx = 0 if part == 0 else Hp
         if nv == 4 and part == 0 and hi - lo >= SEG_MIN_ROWS:
             # blocked by weight segments (uk_amx_seg): per vector pair and segment of U's
-            # panel, every row pair, the sums in the scratch; then the epilogue
+            # panel, every row pair, the sums in the scratch; then the epilogue. Beside
+            # the products, the panel the thread likely takes next (its next, or the
+            # first of the next step) into L2 by equal parts, when U is large
+            nxt = q + 1 if tid == 0 else q - 1
+            if nxt < 0 or nxt >= Q:
+                nxt = 0 if tid == 0 else Q - 1
+            pw = ubp + 2 * nxt * GH * NB
+            npass = 2 * ((KKc + SEG - 1) // SEG) * ((hi - lo + 31) // 32)
+            lpc = -(-2 * GH * NB // (64 * npass * SEG)) if 2 * GH * Hp >= U_PF_BYTES else 0
+            t = 0
             for vp in range(2):
                 for c0 in range(0, KKc, SEG):
                     nk = min(SEG, KKc - c0)
                     for q0 in range(lo, hi, 32):
-                        uk_amx_seg(a + 2 * q0 * GHb + 64 * c0, 2 * GHb,
-                                   wq + c0 * 16 * 4 * wd + 128 * vp, nk,
-                                   scr + 256 * (q0 - lo) + 128 * vp, c0 > 0)
+                        uk_amx_seg_pf(a + 2 * q0 * GHb + 64 * c0, 2 * GHb,
+                                      wq + c0 * 16 * 4 * wd + 128 * vp, nk,
+                                      scr + 256 * (q0 - lo) + 128 * vp, c0 > 0,
+                                      pw + t * lpc * SEG * 64, lpc)
+                        t += 1
             for q0 in range(lo, hi, 16):
                 nr = min(16, hi - q0)
                 if peep is None:

@@ -243,8 +243,9 @@ SEG_MIN_ROWS = 32
 VT_STREAM_BYTES = 4 << 20
 
 #: the segment-blocked backward loop prefetches the next panel of U into L2 from
-#: this size of U (half a core's L2: smaller, U stays there beside a step's rows)
-U_PF_BYTES = 1 << 20
+#: this size of U (a quarter of a core's L2; smaller, U stays there beside a step's
+#: rows and the prefetches only cost)
+U_PF_BYTES = 1 << 19
 
 _V32 = ir.VectorType(ir.IntType(16), 32)
 _M32 = ir.VectorType(ir.IntType(1), 32)

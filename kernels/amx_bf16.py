@@ -160,53 +160,6 @@ def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, 
                         vstore(b, val, F32X, act, b.add(b.mul(r, ldact), C(g * VW)))
 
 
-@intrinsic
-def uk_amx_seg(typingctx, a, ldb, w, nk, scr, acc):
-    """32 rows x 2 gates of one panel over ``nk`` chunks: the accumulators (tiles 0-3,
-    rows 0-15 / 16-31 x the two gates) from ``scr`` (``acc``; else zero; rows of 256
-    bytes) plus the operand rows ``a`` (tiles 4, 5: 32 rows of stride ``ldb`` bytes
-    from ``a``) times the two gates' weight tiles (6, 7: at ``w``, ``w + 64`` of
-    each chunk's 4 KiB, rows of 256 bytes), stored back to ``scr``. Every loaded
-    tile serves two products; the caller runs a segment's weights (``nk`` x 2
-    KiB) against every row pair of the step, so they come from L1 after the
-    first."""
-    i8 = types.int64
-    sig = types.void(i8, i8, i8, i8, i8, types.boolean)
-
-    def codegen(context, builder, signature, args):
-        a, ldb, w, nk, scr, acc = args
-        b = builder
-        load = _fn(b, "llvm.x86.tileloadd64", [_i8, _i8p, I64])
-        dp = _fn(b, "llvm.x86.tdpbf16ps", [_i8, _i8, _i8])
-        store = _fn(b, "llvm.x86.tilestored64", [_i8, _i8p, I64])
-        C = lambda v: ir.Constant(I64, v)  # noqa: E731
-        cq = [b.add(scr, C(16 * 256 * i + 64 * j)) for i in range(2) for j in range(2)]
-        with b.if_else(acc) as (then, otherwise):
-            with then:
-                for t in range(4):
-                    b.call(load, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
-            with otherwise:
-                for t in range(4):
-                    b.call(_fn(b, "llvm.x86.tilezero", [_i8]), [_t(t)])
-        a16 = b.mul(ldb, C(16))
-        with cgutils.for_range(b, nk) as loop:
-            c = loop.index
-            ac = b.add(a, b.mul(c, C(64)))
-            wc = b.add(w, b.mul(c, C(16 * 256)))
-            b.call(load, [_t(4), b.inttoptr(ac, _i8p), ldb])
-            b.call(load, [_t(6), b.inttoptr(wc, _i8p), C(256)])
-            b.call(dp, [_t(0), _t(4), _t(6)])
-            b.call(load, [_t(7), b.inttoptr(b.add(wc, C(64)), _i8p), C(256)])
-            b.call(dp, [_t(1), _t(4), _t(7)])
-            b.call(load, [_t(5), b.inttoptr(b.add(ac, a16), _i8p), ldb])
-            b.call(dp, [_t(2), _t(5), _t(6)])
-            b.call(dp, [_t(3), _t(5), _t(7)])
-        for t in range(4):
-            b.call(store, [_t(t), b.inttoptr(cq[t], _i8p), C(256)])
-        return context.get_dummy_value()
-    return sig, codegen
-
-
 def _make_epi(peephole):
     @intrinsic
     def uk(typingctx, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act, ldact,
@@ -261,11 +214,18 @@ def _cvt2(b, hi, lo):
 
 
 @intrinsic
-def uk_amx_seg_pf(typingctx, a, ldb, w, nk, scr, acc, pf, lpc):
-    """:data:`uk_amx_seg`, each chunk ``c`` also prefetching ``lpc`` cache lines into L2
-    (``prefetcht1``) from ``pf + c*lpc*64`` (the weights of the panel that follows: tile
-    loads that miss L2 stall the tile unit, and U's panels of a step do not all stay
-    in L2)."""
+def uk_amx_seg(typingctx, a, ldb, w, nk, scr, acc, pf, lpc):
+    """32 rows x 2 gates of one panel over ``nk`` chunks: the accumulators (tiles 0-3,
+    rows 0-15 / 16-31 x the two gates) from ``scr`` (``acc``; else zero; rows of 256
+    bytes) plus the operand rows ``a`` (tiles 4, 5: 32 rows of stride ``ldb`` bytes
+    from ``a``) times the two gates' weight tiles (6, 7: at ``w``, ``w + 64`` of
+    each chunk's 4 KiB, rows of 256 bytes), stored back to ``scr``. Every loaded
+    tile serves two products; the caller runs a segment's weights (``nk`` x 2
+    KiB) against every row pair of the step, so they come from L1 after the
+    first. Each chunk ``c`` also prefetches ``lpc`` cache lines (none when 0) into
+    L2 (``prefetcht1``) from ``pf + c*lpc*64``: the weights of the panel that
+    follows (tile loads that miss L2 stall the tile unit, and a step's panels of U
+    do not all stay in L2)."""
     i8 = types.int64
     sig = types.void(i8, i8, i8, i8, i8, types.boolean, i8, i8)
 
@@ -570,7 +530,7 @@ def _bwd_panel(s, q, tid, Q, args, peep):
                 for c0 in range(0, KKc, SEG):
                     nk = min(SEG, KKc - c0)
                     for q0 in range(lo, hi, 32):
-                        uk_amx_seg_pf(a + 2 * q0 * GHb + 64 * c0, 2 * GHb,
+                        uk_amx_seg(a + 2 * q0 * GHb + 64 * c0, 2 * GHb,
                                       wq + c0 * 16 * 4 * wd + 128 * vp, nk,
                                       scr + 256 * (q0 - lo) + 128 * vp, c0 > 0,
                                       pw + t * lpc * SEG * 64, lpc)

@@ -16,7 +16,8 @@ the routing around the kernels.
 layers (one and two layers, bidirectional, full and random lengths, training
 forward and backward with gradients, eval forward) and through the cpu
 backend directly (forward, backward, inference; float32 also in the bfloat16
-compute mode): every output must be bitwise equal. Exit status 1 on any difference.
+compute mode, on the machine's route and with the native and emulated routes
+forced): every output must be bitwise equal. Exit status 1 on any difference.
 
 ``--timing``: LSTM and GRU layers at (T, B, I, H) = (10, 1, 16, 16) (the
 per-call overhead), (200, 1, 32, 32) and (100, 32, 64, 128), float32: a training step (forward, backward) and an eval
@@ -121,15 +122,28 @@ def _layer_run(mod, spec, dt, L, bi, lens, T=7, B=5, I=6, H=16, seed=3):
     return out
 
 
+#: the bfloat16 mode's routes, each forced in turn (the machine's own choice first:
+#: the AMX tiles where granted); a route the CPU lacks falls back as the package does
+BF16_ROUTES = {"machine": {}, "native": dict(bf16_native=True, bf16_amx=False),
+               "emulated": dict(bf16_native=False)}
+
+
 def _backend_cases():
     for name, spec in CELLS.items():
-        for dt, mode in ((np.float32, None), (np.float64, None), (np.float32, "bfloat16")):
+        for dt, mode in ((np.float32, None), (np.float64, None),
+                         *((np.float32, ("bfloat16", r)) for r in BF16_ROUTES)):
             for rev, lens in ((False, False), (True, True)):
                 yield name, spec, np.dtype(dt), mode, rev, lens
 
 
 def _backend_run(mod, spec, dt, mode, rev, lens, T=6, B=4, I=5, H=16, seed=5):
     cpu = importlib.import_module(mod.__name__ + ".kernels.cpu")
+    mode, route = mode if isinstance(mode, tuple) else (mode, "machine")
+    with cpu.configure(**BF16_ROUTES[route]):
+        return _backend_call(mod, cpu, spec, dt, mode, rev, lens, T, B, I, H, seed)
+
+
+def _backend_call(mod, cpu, spec, dt, mode, rev, lens, T, B, I, H, seed):
     Weights = importlib.import_module(mod.__name__ + ".contract").Weights
     cell = importlib.import_module(mod.__name__ + ".cells").CELLS[spec.name]
     rng = np.random.default_rng(seed)

@@ -290,6 +290,23 @@ def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
             setattr(mod, n, f)
 
 
+def _full_speed(ts, tm, flops, mm_flops, near=0.9):
+    """fastrnn's rate as a fraction of torch.mm's with the host at its best: the
+    host slows the tile unit for long stretches (torch.mm anywhere from a quarter of
+    its rate up), and torch.mm loses more to that than the LSTM does, so the
+    medians' fraction depends on the host's state. Here: the rounds in which
+    torch.mm ran within ``near`` of its fastest, each round's pair as a ratio
+    (median), and both at their best (fastest call of each)."""
+    ts, tm = np.asarray(ts), np.asarray(tm)
+    peak = mm_flops / tm.min()
+    fast = tm <= tm.min() / near
+    per = (flops / ts[fast]) / (mm_flops / tm[fast])
+    return (f"host at full speed: torch.mm's best {peak / 1e9:.0f} GFLOP/s; in the {fast.sum()} of "
+            f"{len(tm)} rounds with torch.mm within {100 * (1 - near):.0f}% of it fastrnn "
+            f"{100 * float(np.median(per)):.0f}% of that round's torch.mm (median); best vs best "
+            f"{100 * flops / ts.min() / peak:.0f}%")
+
+
 def gemm_ab(shapes, rounds, rev):
     """The AMX products after the bf16 LSTM's backward loop (``amx_gemm``'s
     ``dwt_gemm`` on half the columns, as one task of two; ``dx_gemm`` on all rows;
@@ -556,6 +573,9 @@ def main(argv=None):
                         f"{100 * flops / (fb / 1e3) / mm:.0f}% of torch.mm bf16 "
                         f"({mm / 1e9:.0f} GFLOP/s, same rounds)"]
             print("    " + ", ".join(rat), flush=True)
+            if "torch.mm bf16" in med:
+                print("    " + _full_speed(times["fastrnn bf16"], times["torch.mm bf16"], flops,
+                                           2.0 * a.mm ** 3), flush=True)
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from numba.extending import intrinsic
 
 from fastrnn.kernels.bf16_simd import (BF16_MR, EMULATED, F32X, I32X, NATIVE, VW, dp_bf16,
                                       i16_ptrs, i32_ptrs, is_native, round_bits, store_bf16)
-from fastrnn.kernels.simd import (I64, VMath, _splat, gru_back_nz, gru_cell, gru_cell_back, gru_h,
-                                  ptrs, rnn_act, rnn_act_back, row_off, vload, vstore)
+from fastrnn.kernels.simd import (I64, VMath, _splat, gru_back_nz, gru_h, ptrs, row_off, vload,
+                                  vstore)
+from fastrnn.kernels.simd_cells import gru_bwd_rows, gru_fwd_rows, rnn_bwd_rows, rnn_fwd_rows
 
 __all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd", "uk_rb_fwd_a",
            "uk_rb_fwd_b", "uk_rb_bwd_x", "uk_rb_bwd_y", "NATIVE", "EMULATED", "BF16_MR", "VW"]
@@ -101,14 +102,8 @@ def _make_gru_fwd(MR):
                               (h, _half(builder, ldh), wh, KH, (0, 1, 3))])
             m = VMath(builder, F32X)
             bv = [vload(builder, F32X, bias, ir.Constant(I64, g * VW)) for g in range(4)]
-            for r in range(MR):
-                ro = row_off(builder, r, ldy)
-                gr, gz, gn, nh, hn = gru_cell(m, *accs[r], bv, vload(builder, F32X, hin, ro))
-                vstore(builder, hn, F32X, y, ro)
-                _store16(builder, hn, hb, row_off(builder, r, ldhb))
-                with builder.if_then(training):
-                    for g, val in enumerate((gr, gz, gn, nh)):
-                        vstore(builder, val, F32X, act, row_off(builder, r, ldact, g * VW))
+            gru_fwd_rows(m, accs, bv, hin, y, ldy, act, ldact, training,
+                         lambda r, hn: _store16(builder, hn, hb, row_off(builder, r, ldhb)))
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -141,26 +136,9 @@ def _make_gru_bwd(MR):
             dy, act, hp, dd, dgh, dgx = ptrs(builder, F32X, dy, act, hp, dd, dgh, dgx)
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
-            m = VMath(builder, F32X)
-            for r in range(MR):
-                for v in range(NV):
-                    ho = row_off(builder, r, ldh, v * VW)
-                    dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
-                               vload(builder, F32X, dd, ho))
-                    gates = [vload(builder, F32X, act,
-                                   row_off(builder, r, ldact, v * 4 * VW + g * VW))
-                             for g in range(4)]
-                    dr, dz, dn = gru_cell_back(m, dh, gates, vload(builder, F32X, hp, ho))
-                    gr, gz = gates[:2]
-                    go = [builder.add(row_off(builder, r, ldg, v * VW),
-                                      builder.mul(ir.Constant(I64, g), dgg)) for g in range(3)]
-                    for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
-                        vstore(builder, val, F32X, dgh, o)
-                        _store16(builder, val, dghb, o)
-                    for o, val in zip(go, (dr, dz, dn)):
-                        vstore(builder, val, F32X, dgx, o)
-                        _store16(builder, val, dgxb, o)
-                    vstore(builder, m.mul(dh, gz), F32X, dd, ho)
+            bf = {"h": dghb, "x": dgxb}
+            gru_bwd_rows(VMath(builder, F32X), accs, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg,
+                         dgg, lambda which, o, val: _store16(builder, val, bf[which], o))
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -193,19 +171,8 @@ def _make_rnn_fwd(MR):
                               (h, _half(builder, ldh), wh, KH, cols)])
             m = VMath(builder, F32X)
             bv = [vload(builder, F32X, bias, ir.Constant(I64, v * VW)) for v in range(NV)]
-
-            def epilogue(is_relu):
-                for r in range(MR):
-                    for v in range(NV):
-                        val = rnn_act(m, m.add(accs[r][v], bv[v]), is_relu)
-                        vstore(builder, val, F32X, y, row_off(builder, r, ldy, v * VW))
-                        _store16(builder, val, hb, row_off(builder, r, ldhb, v * VW))
-
-            with builder.if_else(relu) as (then, otherwise):
-                with then:
-                    epilogue(True)
-                with otherwise:
-                    epilogue(False)
+            rnn_fwd_rows(m, accs, bv, y, ldy, relu, lambda r, v, val: _store16(
+                builder, val, hb, row_off(builder, r, ldhb, v * VW)))
             return context.get_dummy_value()
         return sig, codegen
     return uk
@@ -233,26 +200,8 @@ def _make_rnn_bwd(MR):
             dhx, dy, hn, dg = ptrs(builder, F32X, dhx, dy, hn, dg)
             accs = accs_bf16(builder, native, MR, NV,
                              [(a, _half(builder, lda), w, KK, tuple(range(NV)))])
-            m = VMath(builder, F32X)
-            dhs = []
-            for r in range(MR):
-                for v in range(NV):
-                    ho = row_off(builder, r, ldh, v * VW)
-                    dh = m.add(m.add(accs[r][v], vload(builder, F32X, dy, ho)),
-                               vload(builder, F32X, dhx, row_off(builder, r, lddhx, v * VW)))
-                    dhs.append((ho, dh, vload(builder, F32X, hn, ho)))
-
-            def epilogue(is_relu):
-                for ho, dh, h in dhs:
-                    val = rnn_act_back(m, dh, h, is_relu)
-                    vstore(builder, val, F32X, dg, ho)
-                    _store16(builder, val, dgb, ho)
-
-            with builder.if_else(relu) as (then, otherwise):
-                with then:
-                    epilogue(True)
-                with otherwise:
-                    epilogue(False)
+            rnn_bwd_rows(VMath(builder, F32X), accs, dhx, lddhx, dy, ldh, hn, dg, relu,
+                         lambda o, val: _store16(builder, val, dgb, o))
             return context.get_dummy_value()
         return sig, codegen
     return uk

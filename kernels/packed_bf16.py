@@ -43,6 +43,7 @@ from fastrnn.kernels.bf16_simd import (BF16_MR, EMULATED, NATIVE, uk_bf16_bwd, u
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS, settings
 from fastrnn.kernels.plan import Plan, Tasks, nthreads
 from fastrnn.kernels.schedule import Schedule, infer_chunk
+from fastrnn.kernels.simd import rows_switch
 from fastrnn.kernels.sync import panel_steps
 from fastrnn.kernels.task_gemm import DW_TASKS, splits
 
@@ -50,10 +51,9 @@ __all__ = ["lstm_forward", "lstm_backward", "BF16Cache", "to_bits", "from_bits",
 
 VW = 16          # AVX-512 only: the accumulators are <16 x float>
 
-_f1, _f2, _f3, _f4, _f5, _f6 = uk_bf16_fwd[1:7]
-_pf1, _pf2, _pf3, _pf4, _pf5, _pf6 = uk_bf16_peep_fwd[1:7]
-_b1, _b2, _b3, _b4, _b5, _b6 = uk_bf16_bwd[1:7]
-_pb1, _pb2, _pb3, _pb4, _pb5, _pb6 = uk_bf16_peep_bwd[1:7]
+#: the micro-kernels by row count (1-6), one switch each
+_f, _pf, _b, _pb = (rows_switch(k[:7]) for k in
+                    (uk_bf16_fwd, uk_bf16_peep_fwd, uk_bf16_bwd, uk_bf16_peep_bwd))
 
 
 @njit(inline="always")
@@ -339,43 +339,11 @@ def _x_bits_amx(x, s0, m, xh, Ip, threads):
 def _fwd_mr(mr, peep, tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb,
             ldhb, act, ldact, training, wn):
     if peep is None:
-        if mr == 1:
-            _f1(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                ldact, training, wn)
-        elif mr == 2:
-            _f2(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                ldact, training, wn)
-        elif mr == 3:
-            _f3(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                ldact, training, wn)
-        elif mr == 4:
-            _f4(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                ldact, training, wn)
-        elif mr == 5:
-            _f5(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                ldact, training, wn)
-        else:
-            _f6(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                ldact, training, wn)
+        _f(mr, (tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                ldact, training, wn))
     else:
-        if mr == 1:
-            _pf1(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                 ldact, training, wn)
-        elif mr == 2:
-            _pf2(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                 ldact, training, wn)
-        elif mr == 3:
-            _pf3(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                 ldact, training, wn)
-        elif mr == 4:
-            _pf4(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                 ldact, training, wn)
-        elif mr == 5:
-            _pf5(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                 ldact, training, wn)
-        else:
-            _pf6(tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
-                 ldact, training, wn)
+        _pf(mr, (tag, x, ldx, h, ldh, w, KI, KH, bias, pp, cin, cout, ldc, y, ldy, hb, ldhb, act,
+                 ldact, training, wn))
 
 
 @njit(inline="always")
@@ -436,43 +404,11 @@ def lstm_fwd_bf16_kernel(tag, xb, xld, hb, hoff, hld, n, KI, KH, Hp, bias, up, p
 def _bwd_mr(mr, peep, tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc,
             dg, dgv, dgg, dgb, wn):
     if peep is None:
-        if mr == 1:
-            _b1(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                dgv, dgg, dgb, wn)
-        elif mr == 2:
-            _b2(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                dgv, dgg, dgb, wn)
-        elif mr == 3:
-            _b3(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                dgv, dgg, dgb, wn)
-        elif mr == 4:
-            _b4(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                dgv, dgg, dgb, wn)
-        elif mr == 5:
-            _b5(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                dgv, dgg, dgb, wn)
-        else:
-            _b6(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                dgv, dgg, dgb, wn)
+        _b(mr, (tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                dgv, dgg, dgb, wn))
     else:
-        if mr == 1:
-            _pb1(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                 dgv, dgg, dgb, wn)
-        elif mr == 2:
-            _pb2(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                 dgv, dgg, dgb, wn)
-        elif mr == 3:
-            _pb3(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                 dgv, dgg, dgb, wn)
-        elif mr == 4:
-            _pb4(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                 dgv, dgg, dgb, wn)
-        elif mr == 5:
-            _pb5(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                 dgv, dgg, dgb, wn)
-        else:
-            _pb6(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
-                 dgv, dgg, dgb, wn)
+        _pb(mr, (tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg,
+                 dgv, dgg, dgb, wn))
 
 
 @njit(inline="always")

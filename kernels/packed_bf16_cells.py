@@ -43,33 +43,21 @@ from fastrnn.kernels.cpu_settings import JIT_OPTIONS, settings
 from fastrnn.kernels.packed_bf16 import from_bits, to_bits
 from fastrnn.kernels.plan import Plan, Tasks, nthreads
 from fastrnn.kernels.schedule import Schedule, infer_chunk
+from fastrnn.kernels.simd import rows_switch
 from fastrnn.kernels.sync import panel_steps
 from fastrnn.kernels.task_gemm import DW_TASKS, splits
 
 __all__ = ["gru_forward", "rnn_forward", "backward", "BF16CellCache"]
 
-_gf1, _gf2, _gf3, _gf4, _gf5, _gf6 = uk_gru_fwd[1:7]
-_gb1, _gb2, _gb3, _gb4, _gb5, _gb6 = uk_gru_bwd[1:7]
-_rf1, _rf2, _rf3, _rf4, _rf5, _rf6 = uk_rnn_fwd[1:7]
-_rb1, _rb2, _rb3, _rb4, _rb5, _rb6 = uk_rnn_bwd[1:7]
+#: the micro-kernels by row count (1-6), one switch each
+_gf, _gb, _rf, _rb = (rows_switch(k[:7]) for k in (uk_gru_fwd, uk_gru_bwd, uk_rnn_fwd, uk_rnn_bwd))
 
 
 # --------------------------------------------------------------------------- GRU forward
 @njit(inline="always")
 def _gru_fwd_mr(mr, tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact,
                 training):
-    if mr == 1:
-        _gf1(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact, training)
-    elif mr == 2:
-        _gf2(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact, training)
-    elif mr == 3:
-        _gf3(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact, training)
-    elif mr == 4:
-        _gf4(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact, training)
-    elif mr == 5:
-        _gf5(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact, training)
-    else:
-        _gf6(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact, training)
+    _gf(mr, (tag, x, ldx, h, ldh, w, KI, KH, bias, hin, y, ldy, hb, ldhb, act, ldact, training))
 
 
 @njit(inline="always")
@@ -115,24 +103,8 @@ def gru_fwd_kernel(tag, xh, Ip, n, KI, KH, bias, up, hs, nact, training, act, ct
 @njit(inline="always")
 def _gru_bwd_mr(mr, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb,
                 ldg, dgg):
-    if mr == 1:
-        _gb1(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
-             dgg)
-    elif mr == 2:
-        _gb2(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
-             dgg)
-    elif mr == 3:
-        _gb3(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
-             dgg)
-    elif mr == 4:
-        _gb4(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
-             dgg)
-    elif mr == 5:
-        _gb5(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
-             dgg)
-    else:
-        _gb6(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
-             dgg)
+    _gb(mr, (tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dgh, dgx, dghb, dgxb, ldg,
+             dgg))
 
 
 @njit(inline="always")
@@ -187,18 +159,7 @@ def gru_bwd_kernel(tag, ntag, act, hs, ub, dy, dd, dgh, dgx, dghb, dgxb, nact, c
 # --------------------------------------------------------------------------- RNN forward
 @njit(inline="always")
 def _rnn_fwd_mr(mr, tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu):
-    if mr == 1:
-        _rf1(tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu)
-    elif mr == 2:
-        _rf2(tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu)
-    elif mr == 3:
-        _rf3(tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu)
-    elif mr == 4:
-        _rf4(tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu)
-    elif mr == 5:
-        _rf5(tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu)
-    else:
-        _rf6(tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu)
+    _rf(mr, (tag, ntag, x, ldx, h, ldh, w, KI, KH, bias, y, ldy, hb, ldhb, relu))
 
 
 @njit(inline="always")
@@ -237,18 +198,7 @@ def rnn_fwd_kernel(tag, ntag, xh, Ip, n, KI, KH, bias, up, hs, nact, relu, ctl, 
 # --------------------------------------------------------------------------- RNN backward
 @njit(inline="always")
 def _rnn_bwd_mr(mr, tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu):
-    if mr == 1:
-        _rb1(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu)
-    elif mr == 2:
-        _rb2(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu)
-    elif mr == 3:
-        _rb3(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu)
-    elif mr == 4:
-        _rb4(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu)
-    elif mr == 5:
-        _rb5(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu)
-    else:
-        _rb6(tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu)
+    _rb(mr, (tag, ntag, a, lda, w, KK, dhx, lddhx, dy, ldh, hn, dg, dgb, relu))
 
 
 @njit(inline="always")

@@ -36,48 +36,25 @@ from fastrnn.kernels.packed_bf16 import from_bits, to_bits
 from fastrnn.kernels.packed_bf16_cells import _nv, _pairs
 from fastrnn.kernels.plan import Plan, Tasks, nthreads
 from fastrnn.kernels.schedule import Schedule, infer_chunk
+from fastrnn.kernels.simd import rows_switch
 from fastrnn.kernels.sync import panel_steps
 from fastrnn.kernels.task_gemm import DW_TASKS, splits
 
 __all__ = ["gru_rb_forward", "gru_rb_backward", "RBCache"]
 
-_a1, _a2, _a3, _a4, _a5, _a6 = uk_rb_fwd_a[1:7]
-_n1, _n2, _n3, _n4, _n5, _n6 = uk_rb_fwd_b[1:7]
-_x1, _x2, _x3, _x4, _x5, _x6 = uk_rb_bwd_x[1:7]
-_y1, _y2, _y3, _y4, _y5, _y6 = uk_rb_bwd_y[1:7]
+#: the micro-kernels by row count (1-6), one switch each
+_a, _n, _x, _y = (rows_switch(k[:7]) for k in (uk_rb_fwd_a, uk_rb_fwd_b, uk_rb_bwd_x, uk_rb_bwd_y))
 
 
 # --------------------------------------------------------------------------- forward
 @njit(inline="always")
 def _fwd_a(mr, tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh):
-    if mr == 1:
-        _a1(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh)
-    elif mr == 2:
-        _a2(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh)
-    elif mr == 3:
-        _a3(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh)
-    elif mr == 4:
-        _a4(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh)
-    elif mr == 5:
-        _a5(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh)
-    else:
-        _a6(tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh)
+    _a(mr, (tag, x, ldx, h, ldh, w, KI, KH, bias, hin, ldhin, act, ldact, rhb, ldrh))
 
 
 @njit(inline="always")
 def _fwd_b(mr, tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb):
-    if mr == 1:
-        _n1(tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb)
-    elif mr == 2:
-        _n2(tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb)
-    elif mr == 3:
-        _n3(tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb)
-    elif mr == 4:
-        _n4(tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb)
-    elif mr == 5:
-        _n5(tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb)
-    else:
-        _n6(tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb)
+    _n(mr, (tag, rh, ldrh, w, KH, bhn, act, ldact, hin, y, ldy, hb, ldhb))
 
 
 @njit(inline="always")
@@ -133,34 +110,12 @@ def gru_rb_fwd_kernel(tag, xh, Ip, n, KI, KH, bias, upa, upb, hs, act, rhb, nact
 # --------------------------------------------------------------------------- backward
 @njit(inline="always")
 def _bwd_x(mr, tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg):
-    if mr == 1:
-        _x1(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg)
-    elif mr == 2:
-        _x2(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg)
-    elif mr == 3:
-        _x3(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg)
-    elif mr == 4:
-        _x4(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg)
-    elif mr == 5:
-        _x5(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg)
-    else:
-        _x6(tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg)
+    _x(mr, (tag, ntag, a, lda, w, KK, dy, ldh, act, ldact, hp, dd, dg, dgb, ldg, dgg))
 
 
 @njit(inline="always")
 def _bwd_y(mr, tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg):
-    if mr == 1:
-        _y1(tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg)
-    elif mr == 2:
-        _y2(tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg)
-    elif mr == 3:
-        _y3(tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg)
-    elif mr == 4:
-        _y4(tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg)
-    elif mr == 5:
-        _y5(tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg)
-    else:
-        _y6(tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg)
+    _y(mr, (tag, ntag, a, lda, w, KK, ldh, act, ldact, hp, dd, dg, dgb, ldg))
 
 
 @njit(inline="always")

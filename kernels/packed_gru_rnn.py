@@ -41,17 +41,15 @@ from __future__ import annotations
 from numba import njit
 
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
-from fastrnn.kernels.simd import esize
+from fastrnn.kernels.simd import esize, rows_switch
 from fastrnn.kernels.simd_cells import uk_gru_bwd, uk_gru_fwd, uk_rnn_bwd, uk_rnn_fwd
 from fastrnn.kernels.sync import panel_steps
 
 __all__ = ["gru_fwd_kernel", "gru_bwd_kernel", "rnn_fwd_kernel", "rnn_bwd_kernel", "gru_fwd_mr",
            "NVB", "GRU_FWD_MR8"]
 
-_gf1, _gf2, _gf3, _gf4, _gf5, _gf6 = uk_gru_fwd[1:7]
-_gb1, _gb2, _gb3, _gb4, _gb5, _gb6 = uk_gru_bwd[1:7]
-_rf1, _rf2, _rf3, _rf4, _rf5, _rf6 = uk_rnn_fwd[1:7]
-_rb1, _rb2, _rb3, _rb4, _rb5, _rb6 = uk_rnn_bwd[1:7]
+#: the micro-kernels by row count (1-6), one switch each
+_gf, _gb, _rf, _rb = (rows_switch(k[:7]) for k in (uk_gru_fwd, uk_gru_bwd, uk_rnn_fwd, uk_rnn_bwd))
 
 #: vectors per backward output panel (GRU and RNN) and per RNN forward panel
 NVB = 4
@@ -62,18 +60,7 @@ GRU_FWD_MR8 = 4   # 16 accumulators + 4 more > 16 ymm: some spills, yet 5-10% fa
 # --------------------------------------------------------------------------- GRU forward
 @njit(inline="always")
 def gru_fwd_mr(mr, tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training):
-    if mr == 1:
-        _gf1(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 2:
-        _gf2(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 3:
-        _gf3(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 4:
-        _gf4(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    elif mr == 5:
-        _gf5(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
-    else:
-        _gf6(tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training)
+    _gf(mr, (tag, x, ldx, h, ldh, w, I, H, bias, hin, y, act, ldact, training))
 
 
 @njit(inline="always")
@@ -121,18 +108,7 @@ def gru_fwd_kernel(tag, xs, bias, up, hs, nact, training, act, ctl, tid, nthr, m
 # --------------------------------------------------------------------------- GRU backward
 @njit(inline="always")
 def _gru_bwd_mr(mr, tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg):
-    if mr == 1:
-        _gb1(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 2:
-        _gb2(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 3:
-        _gb3(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 4:
-        _gb4(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    elif mr == 5:
-        _gb5(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
-    else:
-        _gb6(tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg)
+    _gb(mr, (tag, ntag, a, lda, w, K, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg))
 
 
 @njit(inline="always")
@@ -213,18 +189,7 @@ def gru_bwd_kernel(tag, act, hs, ub, nvb, dy, dd, dgh, dgx, nact, ctl, tid, nthr
 # --------------------------------------------------------------------------- RNN forward
 @njit(inline="always")
 def _rnn_fwd_mr(mr, tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu):
-    if mr == 1:
-        _rf1(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 2:
-        _rf2(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 3:
-        _rf3(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 4:
-        _rf4(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    elif mr == 5:
-        _rf5(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
-    else:
-        _rf6(tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu)
+    _rf(mr, (tag, ntag, x, ldx, h, ldh, w, I, H, bias, y, relu))
 
 
 @njit(inline="always")
@@ -284,18 +249,7 @@ def rnn_fwd_kernel(tag, xs, bias, up, nvb, hs, nact, relu, ctl, tid, nthr, mrmax
 # --------------------------------------------------------------------------- RNN backward
 @njit(inline="always")
 def _rnn_bwd_mr(mr, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu):
-    if mr == 1:
-        _rb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 2:
-        _rb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 3:
-        _rb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 4:
-        _rb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    elif mr == 5:
-        _rb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
-    else:
-        _rb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu)
+    _rb(mr, (tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, hn, dg, relu))
 
 
 @njit(inline="always")

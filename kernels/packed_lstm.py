@@ -28,18 +28,16 @@ from __future__ import annotations
 from numba import njit
 
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
-from fastrnn.kernels.simd import (PAIR_MR, esize, uk_lstm_bwd, uk_lstm_fwd, uk_lstm_fwd2,
-                                  uk_peep_bwd, uk_peep_fwd, uk_peep_fwd2)
+from fastrnn.kernels.simd import (PAIR_MR, esize, rows_switch, uk_lstm_bwd, uk_lstm_fwd,
+                                  uk_lstm_fwd2, uk_peep_bwd, uk_peep_fwd, uk_peep_fwd2)
 from fastrnn.kernels.sync import A, field1, field2, field3, ifield1, panel_steps
 
 __all__ = ["lstm_fwd_kernel", "lstm_bwd_kernel", "lstm_fwd_mr", "run_fwd_job", "run_bwd_job"]
 
-_lf1, _lf2, _lf3, _lf4, _lf5, _lf6 = uk_lstm_fwd[1:7]
-_lb1, _lb2, _lb3, _lb4, _lb5, _lb6 = uk_lstm_bwd[1:7]
-_pf1, _pf2, _pf3, _pf4, _pf5, _pf6 = uk_peep_fwd[1:7]
-_pb1, _pb2, _pb3, _pb4, _pb5, _pb6 = uk_peep_bwd[1:7]
-_lf1p, _lf2p = uk_lstm_fwd2[1:3]      # two panels per call (one or two rows)
-_pf1p, _pf2p = uk_peep_fwd2[1:3]
+#: the micro-kernels by row count (1-6; two panels per call: 1-2), one switch each
+_lf, _lb, _pf, _pb = (rows_switch(k[:7]) for k in
+                      (uk_lstm_fwd, uk_lstm_bwd, uk_peep_fwd, uk_peep_bwd))
+_lfp, _pfp = rows_switch(uk_lstm_fwd2[:3]), rows_switch(uk_peep_fwd2[:3])
 
 
 # --------------------------------------------------------------------------- LSTM forward
@@ -48,46 +46,16 @@ def lstm_fwd_mr(mr, pair, peep, tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cou
                  act, ldact, training, wn):
     """One micro-kernel call of ``mr`` rows (``peep`` None: plain LSTM, else the
     diagonal peephole variant; the branch is pruned at compile time)."""
+    t = (tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
     if pair:      # two panels, mr <= PAIR_MR
         if peep is None:
-            if mr == 1:
-                _lf1p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
-                      training, wn)
-            else:
-                _lf2p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
-                      training, wn)
-        elif mr == 1:
-            _pf1p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
-                  training, wn)
+            _lfp(mr, t)
         else:
-            _pf2p(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact,
-                  training, wn)
+            _pfp(mr, t)
     elif peep is None:
-        if mr == 1:
-            _lf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 2:
-            _lf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 3:
-            _lf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 4:
-            _lf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 5:
-            _lf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        else:
-            _lf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
+        _lf(mr, t)
     else:
-        if mr == 1:
-            _pf1(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 2:
-            _pf2(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 3:
-            _pf3(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 4:
-            _pf4(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        elif mr == 5:
-            _pf5(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
-        else:
-            _pf6(tag, x, ldx, h, ldh, w, I, H, bias, pp, cin, cout, ldc, y, act, ldact, training, wn)
+        _pf(mr, t)
 
 
 @njit(inline="always")
@@ -162,44 +130,11 @@ def lstm_fwd_kernel(tag, xb, xld, hb, hoff, hld, n, I, Hp, bias, up, peep, cs, r
 @njit(inline="always")
 def _lstm_bwd_mr(mr, peep, tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp,
                  cn, dc, dg, dgv, dgg, wn):
+    t = (tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg, wn)
     if peep is None:
-        if mr == 1:
-            _lb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 2:
-            _lb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 3:
-            _lb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 4:
-            _lb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 5:
-            _lb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        else:
-            _lb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
+        _lb(mr, t)
     else:
-        if mr == 1:
-            _pb1(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 2:
-            _pb2(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 3:
-            _pb3(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 4:
-            _pb4(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        elif mr == 5:
-            _pb5(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
-        else:
-            _pb6(tag, ntag, a, lda, w, K, dhx, lddhx, dy, ldh, act, ldact, pp, cp, cn, dc, dg, dgv, dgg,
-                 wn)
+        _pb(mr, t)
 
 
 @njit(inline="always")

@@ -43,8 +43,9 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 __all__ = ["lstm_cell", "lstm_cell_back", "gru_cell", "gru_cell_back", "gru_h", "gru_back_nz",
-           "rnn_act", "rnn_act_back", "uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd", "uk_peep_bwd", "uk_lstm_fwd2",
-           "uk_peep_fwd2", "PAIR_MR", "fptr", "esize", "MAX_MR", "vtanh", "vsigmoid"]
+           "rnn_act", "rnn_act_back", "rows_switch", "uk_lstm_fwd", "uk_lstm_bwd", "uk_peep_fwd",
+           "uk_peep_bwd", "uk_lstm_fwd2", "uk_peep_fwd2", "PAIR_MR", "fptr", "esize", "MAX_MR",
+           "vtanh", "vsigmoid"]
 
 _f32 = ir.FloatType()
 _f64 = ir.DoubleType()
@@ -328,6 +329,41 @@ def rnn_act_back(m, dh, h, relu):
         zero = ir.Constant(m.vty, [0.0] * m.vty.count)
         return m.b.select(m.b.fcmp_ordered(">", h, zero), dh, zero)
     return m.mul(dh, m.sub(m.one, m.mul(h, h)))
+
+
+def rows_switch(kernels):
+    """One intrinsic ``uk(mr, args)`` over a family of micro-kernels made per row
+    count (``kernels``: a ``uk_*`` list, ``kernels[m]`` for ``m`` rows, item 0
+    unused): ``kernels[mr](*args)``, the last member for any larger ``mr``. The
+    members are emitted in the caller as the cases of one switch on ``mr``: the
+    same code the drivers' if/elif over the members gave, written once."""
+    members = kernels[1:]
+
+    @intrinsic
+    def uk(typingctx, mr, args):
+        if not isinstance(mr, types.Integer) or not isinstance(args, types.BaseTuple):
+            return None
+        made = [k.__wrapped__(typingctx, *args.types) for k in members]
+        if any(m is None for m in made):
+            return None
+
+        def codegen(context, builder, signature, a):
+            m, tup = a
+            vals = [builder.extract_value(tup, i) for i in range(len(args))]
+            end = builder.append_basic_block("rows.end")
+            cases = [builder.append_basic_block(f"rows.{r}") for r in range(1, len(made) + 1)]
+            sw = builder.switch(m, cases[-1])
+            for r, bb in enumerate(cases[:-1], 1):
+                sw.add_case(ir.Constant(m.type, r), bb)
+            for (ksig, kgen), bb in zip(made, cases):
+                builder.position_at_end(bb)
+                kgen(context, builder, ksig, [context.cast(builder, v, t, kt) for v, t, kt in
+                                              zip(vals, args.types, ksig.args)])
+                builder.branch(end)
+            builder.position_at_end(end)
+            return context.get_dummy_value()
+        return types.void(mr, args), codegen
+    return uk
 
 
 def ptrs(builder, vty, *vals):

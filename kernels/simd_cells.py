@@ -21,7 +21,97 @@ from numba.extending import intrinsic
 from fastrnn.kernels.simd import (I64, MAX_MR, VMath, gemm_accs, gru_cell, gru_cell_back, ptrs,
                                   rnn_act, rnn_act_back, row_off, vector_type, vload, vstore)
 
-__all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd"]
+__all__ = ["uk_gru_fwd", "uk_gru_bwd", "uk_rnn_fwd", "uk_rnn_bwd", "gru_fwd_rows",
+           "gru_bwd_rows", "rnn_fwd_rows", "rnn_bwd_rows"]
+
+
+# ------------------------------------------------- the epilogues (float32, float64, bf16)
+# Each emits a cell's step (or its derivative) on the accumulators of MR rows and
+# stores the float results; ``put(o, val)`` (or ``put(which, o, val)``), when given,
+# also receives every stored value with its element offset: the bf16 kernels
+# (:mod:`fastrnn.kernels.bf16_simd_cells`) round it there into their bf16 copy.
+
+def gru_fwd_rows(m, accs, bv, hin, y, ldy, act, ldact, training, put=None):
+    """GRU steps of the rows' accumulators ``(a_r, a_z, a_xn, a_hn)``: y (row stride
+    ``ldy``, ``hin`` the same), and (r, z, n, nh) to ``act`` in training."""
+    b, vty = m.b, m.vty
+    for r, acc in enumerate(accs):
+        ro = row_off(b, r, ldy)
+        gr, gz, gn, nh, hn = gru_cell(m, *acc, bv, vload(b, vty, hin, ro))
+        vstore(b, hn, vty, y, ro)
+        if put is not None:
+            put(r, hn)
+        with b.if_then(training):
+            for g, val in enumerate((gr, gz, gn, nh)):
+                vstore(b, val, vty, act, row_off(b, r, ldact, g * vty.count))
+
+
+def gru_bwd_rows(m, accs, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg, dgg, put=None):
+    """Back through the GRU steps: dh = acc + dy + dd, then dgh = (dr, dz, dn r),
+    dgx = (dr, dz, dn) (``put("h"|"x", o, val)``) and dd = z dh in place."""
+    b, vty = m.b, m.vty
+    VW = vty.count
+    for r, row in enumerate(accs):
+        for v, acc in enumerate(row):
+            ho = row_off(b, r, ldh, v * VW)
+            dh = m.add(m.add(acc, vload(b, vty, dy, ho)), vload(b, vty, dd, ho))
+            gates = [vload(b, vty, act, row_off(b, r, ldact, v * 4 * VW + g * VW))
+                     for g in range(4)]
+            dr, dz, dn = gru_cell_back(m, dh, gates, vload(b, vty, hp, ho))
+            gr, gz = gates[:2]
+            go = [b.add(row_off(b, r, ldg, v * VW), b.mul(ir.Constant(I64, g), dgg))
+                  for g in range(3)]
+            for which, dst, vals in (("h", dgh, (dr, dz, m.mul(dn, gr))),
+                                     ("x", dgx, (dr, dz, dn))):
+                for o, val in zip(go, vals):
+                    vstore(b, val, vty, dst, o)
+                    if put is not None:
+                        put(which, o, val)
+            vstore(b, m.mul(dh, gz), vty, dd, ho)
+
+
+def _relu_branches(b, relu, emit):
+    with b.if_else(relu) as (then, otherwise):
+        with then:
+            emit(True)
+        with otherwise:
+            emit(False)
+
+
+def rnn_fwd_rows(m, accs, bv, y, ldy, relu, put=None):
+    """y = act(acc + bias) (ReLU where ``relu`` holds at run time, else tanh)."""
+    b, vty = m.b, m.vty
+
+    def emit(is_relu):
+        for r, row in enumerate(accs):
+            for v, acc in enumerate(row):
+                val = rnn_act(m, m.add(acc, bv[v]), is_relu)
+                o = row_off(b, r, ldy, v * vty.count)
+                vstore(b, val, vty, y, o)
+                if put is not None:
+                    put(r, v, val)
+    _relu_branches(b, relu, emit)
+
+
+def rnn_bwd_rows(m, accs, dhx, lddhx, dy, ldh, hn, dg, relu, put=None):
+    """dh = acc + dy + dhx, dg = dh act'(from the saved output ``hn``)."""
+    b, vty = m.b, m.vty
+    VW = vty.count
+    dhs = []
+    for r, row in enumerate(accs):
+        for v, acc in enumerate(row):
+            ho = row_off(b, r, ldh, v * VW)
+            dh = m.add(m.add(acc, vload(b, vty, dy, ho)),
+                       vload(b, vty, dhx, row_off(b, r, lddhx, v * VW)))
+            dhs.append((ho, dh, vload(b, vty, hn, ho)))
+
+    def emit(is_relu):
+        for ho, dh, h in dhs:
+            val = rnn_act_back(m, dh, h, is_relu)
+            vstore(b, val, vty, dg, ho)
+            if put is not None:
+                put(ho, val)
+    _relu_branches(b, relu, emit)
 
 
 # --------------------------------------------------------------------------- GRU
@@ -49,13 +139,7 @@ def _make_gru_fwd(MR):
                                   [(x, ldx, w, I, (0, 1, 2)), (h, ldh, wh, H, (0, 1, 3))])
             m = VMath(builder, vty)
             bv = [vload(builder, vty, bias, ir.Constant(I64, g * VW)) for g in range(4)]
-            for r in range(MR):
-                ro = row_off(builder, r, ldh)
-                gr, gz, gn, nh, hn = gru_cell(m, *accs[r], bv, vload(builder, vty, hin, ro))
-                vstore(builder, hn, vty, y, ro)
-                with builder.if_then(training):
-                    for g, val in enumerate((gr, gz, gn, nh)):
-                        vstore(builder, val, vty, act, row_off(builder, r, ldact, g * VW))
+            gru_fwd_rows(m, accs, bv, hin, y, ldh, act, ldact, training)
             return context.get_dummy_value()
         return sig, codegen
     return uk_gru_fwd
@@ -74,7 +158,7 @@ def _make_gru_bwd(MR):
         ldg). ``dy``, ``hp``, ``dd`` have row stride ldh."""
         if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
             return None
-        VW, NV = tag.count, ntag.count
+        NV = ntag.count
         i8 = types.int64
         sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8)
 
@@ -83,24 +167,8 @@ def _make_gru_bwd(MR):
             vty = vector_type(tag)
             a, w, dy, act, hp, dd, dgh, dgx = ptrs(builder, vty, a, w, dy, act, hp, dd, dgh, dgx)
             accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
-            m = VMath(builder, vty)
-            for r in range(MR):
-                for v in range(NV):
-                    ho = row_off(builder, r, ldh, v * VW)
-                    dh = m.add(m.add(accs[r][v], vload(builder, vty, dy, ho)),
-                               vload(builder, vty, dd, ho))
-                    gates = [vload(builder, vty, act,
-                                   row_off(builder, r, ldact, v * 4 * VW + g * VW))
-                             for g in range(4)]
-                    dr, dz, dn = gru_cell_back(m, dh, gates, vload(builder, vty, hp, ho))
-                    gr, gz = gates[:2]
-                    go = [builder.add(row_off(builder, r, ldg, v * VW),
-                                      builder.mul(ir.Constant(I64, g), dgg)) for g in range(3)]
-                    for o, val in zip(go, (dr, dz, m.mul(dn, gr))):
-                        vstore(builder, val, vty, dgh, o)
-                    for o, val in zip(go, (dr, dz, dn)):
-                        vstore(builder, val, vty, dgx, o)
-                    vstore(builder, m.mul(dh, gz), vty, dd, ho)
+            gru_bwd_rows(VMath(builder, vty), accs, dy, ldh, act, ldact, hp, dd, dgh, dgx, ldg,
+                         dgg)
             return context.get_dummy_value()
         return sig, codegen
     return uk_gru_bwd
@@ -127,18 +195,7 @@ def _make_rnn_fwd(MR):
             accs = gemm_accs(builder, vty, MR, NV, [(x, ldx, w, I), (h, ldh, wh, H)])
             m = VMath(builder, vty)
             bv = [vload(builder, vty, bias, ir.Constant(I64, v * VW)) for v in range(NV)]
-
-            def epilogue(is_relu):
-                for r in range(MR):
-                    for v in range(NV):
-                        vstore(builder, rnn_act(m, m.add(accs[r][v], bv[v]), is_relu), vty, y,
-                               row_off(builder, r, ldh, v * VW))
-
-            with builder.if_else(relu) as (then, otherwise):
-                with then:
-                    epilogue(True)
-                with otherwise:
-                    epilogue(False)
+            rnn_fwd_rows(m, accs, bv, y, ldh, relu)
             return context.get_dummy_value()
         return sig, codegen
     return uk_rnn_fwd
@@ -152,7 +209,7 @@ def _make_rnn_bwd(MR):
         saved output ``hn``; ``dy``, ``hn``, ``dg`` have row stride ldh."""
         if not (isinstance(tag, types.UniTuple) and isinstance(ntag, types.UniTuple)):
             return None
-        VW, NV = tag.count, ntag.count
+        NV = ntag.count
         i8 = types.int64
         sig = types.void(tag, ntag, i8, i8, i8, i8, i8, i8, i8, i8, i8, i8, types.boolean)
 
@@ -161,20 +218,7 @@ def _make_rnn_bwd(MR):
             vty = vector_type(tag)
             a, w, dhx, dy, hn, dg = ptrs(builder, vty, a, w, dhx, dy, hn, dg)
             accs = gemm_accs(builder, vty, MR, NV, [(a, lda, w, K)])
-            m = VMath(builder, vty)
-            dhs = []
-            for r in range(MR):
-                for v in range(NV):
-                    ho = row_off(builder, r, ldh, v * VW)
-                    dh = m.add(m.add(accs[r][v], vload(builder, vty, dy, ho)),
-                               vload(builder, vty, dhx, row_off(builder, r, lddhx, v * VW)))
-                    dhs.append((ho, dh, vload(builder, vty, hn, ho)))
-
-            with builder.if_else(relu) as (then, otherwise):
-                for branch, is_relu in ((then, True), (otherwise, False)):
-                    with branch:
-                        for ho, dh, h in dhs:
-                            vstore(builder, rnn_act_back(m, dh, h, is_relu), vty, dg, ho)
+            rnn_bwd_rows(VMath(builder, vty), accs, dhx, lddhx, dy, ldh, hn, dg, relu)
             return context.get_dummy_value()
         return sig, codegen
     return uk_rnn_bwd

@@ -365,3 +365,36 @@ def test_num_threads_from_the_environment(tmp_path):
                           "import fastrnn.kernels.cpu as c; print(c.get_num_threads())"],
                          env=env, capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0 and "FASTRNN_NUM_THREADS='two'" in out.stderr, out.stderr
+
+
+def test_rows_switch_calls_the_member_of_the_row_count_and_the_last_above():
+    """kernels.simd.rows_switch, the drivers' one call over a family of row-count
+    micro-kernels: member ``mr`` for ``1 <= mr < len``, the last member above, the
+    arguments passed on (cast to each member's own signature)."""
+    from llvmlite import ir
+    from numba import njit, types
+    from numba.extending import intrinsic
+
+    from fastrnn.kernels.simd import rows_switch
+
+    def make(m):
+        @intrinsic
+        def uk(typingctx, out, k):
+            def codegen(context, builder, sig, args):
+                p = builder.inttoptr(args[0], ir.IntType(64).as_pointer())
+                builder.store(builder.add(args[1], ir.Constant(ir.IntType(64), 100 * m)),
+                              builder.gep(p, [args[1]]))
+                return context.get_dummy_value()
+            return types.void(types.int64, types.int64), codegen
+        return uk
+
+    sw = rows_switch([None] + [make(m) for m in range(1, 4)])
+
+    @njit
+    def run(out):
+        for mr in range(1, 6):
+            sw(mr, (out.ctypes.data, np.int32(mr)))     # int32: cast to the member's int64
+
+    out = np.zeros(6, np.int64)
+    run(out)
+    np.testing.assert_array_equal(out, [0, 101, 202, 303, 304, 305])

@@ -9,7 +9,9 @@ rounding of :func:`fastrnn.bf16.round_bf16`) and laid out in one pass.
   of two-vector shuffles), so that every line is read and written whole.
 - :func:`pack_u`: the backward's ``U`` panels (``pack_bf16``'s ``ub``, pairs of
   gate rows interleaved by columns) from the float32 ``W_hh``, 16 columns of a
-  row pair per vector.
+  row pair per vector; :func:`pack_u_bits` the same panels and ``W_hh``'s bf16
+  bits (:func:`to_bits_rows`) in one pass, row pair by row pair (each row read
+  once, front to back).
 - :func:`to_bits_rows`, :func:`x_bits`: float32 -> bf16 bits of contiguous rows (the
   weights; the inputs into the operand rows), 16 at a time.
 
@@ -25,7 +27,7 @@ from numba.extending import intrinsic
 
 from fastrnn.kernels.bf16_simd import F32X, I16X, I32X, I64, round_bits
 
-__all__ = ["pack_tiles", "pack_u", "to_bits_rows", "x_bits"]
+__all__ = ["pack_tiles", "pack_u", "pack_u_bits", "to_bits_rows", "x_bits"]
 
 _i1 = ir.IntType(1)
 _i32 = ir.IntType(32)
@@ -189,6 +191,37 @@ def pack_u(wh, H, Hp, NB, out, q0, q1):
                 nc = max(0, min(16, H - j0 - j))
                 uk_pair16(pa + 4 * j if pa and nc else 0, pb + 4 * j if pb and nc else 0,
                           nc, base + 2 * (kk * 2 * w + 2 * j))
+
+
+@njit(cache=True, nogil=True)
+def pack_u_bits(wh, H, Hp, NB, out, bits, k0, k1):
+    # pack_u's pairs k0 <= kk < k1 of every output panel (out as pack_u's) and the bf16
+    # bits of the W_hh rows in them (bits [4H, H] uint16, as to_bits_rows): the two
+    # rows of a pair read once, in order, for all the panels (pack_u reads each row a
+    # panel's columns at a time, the bits a second pass)
+    wp = wh.ctypes.data
+    ob = out.ctypes.data
+    bp = bits.ctypes.data
+    Q = (Hp + NB - 1) // NB
+    for kk in range(k0, k1):
+        g = (2 * kk) // Hp
+        unit = 2 * kk - g * Hp
+        ra = g * H + unit                       # W_hh's row of the pair's first
+        pa = wp + 4 * ra * H if unit < H else 0
+        pb = wp + 4 * (ra + 1) * H if unit + 1 < H else 0
+        for q in range(Q):
+            j0 = q * NB
+            w = min(NB, Hp - j0)
+            base = ob + 2 * q * 4 * Hp * NB
+            for j in range(0, w, 16):
+                nc = max(0, min(16, H - j0 - j))
+                uk_pair16(pa + 4 * (j0 + j) if pa and nc else 0,
+                          pb + 4 * (j0 + j) if pb and nc else 0, nc,
+                          base + 2 * (kk * 2 * w + 2 * j))
+        for r, pr in ((ra, pa), (ra + 1, pb)):
+            if pr:
+                for k in range(0, H, 16):
+                    uk_bits16(pr + 4 * k, min(16, H - k), bp + 2 * (r * H + k))
 
 
 @njit(cache=True, nogil=True)

@@ -312,11 +312,12 @@ def _pack_tiles_into(pk, w_ih, w_hh, backward, split, threads):
         pk.ub = aligned(Q * 4 * Hp * NB, np.uint16)
         pk.wb_ih = np.empty(w_ih.shape, np.uint16)
         pk.wb_hh = np.empty(w_hh.shape, np.uint16)
-        qc = (0, Q // 2, Q) if split and Q > 1 else (0, Q)
-        tasks += [lambda q0=q0, q1=q1: amx_pack.pack_u(wh, H, Hp, NB, pk.ub, q0, q1)
-                  for q0, q1 in zip(qc[:-1], qc[1:])]
-        tasks += [lambda: amx_pack.to_bits_rows(wi, pk.wb_ih, 0, wi.shape[0]),
-                  lambda: amx_pack.to_bits_rows(wh, pk.wb_hh, 0, wh.shape[0])]
+        # U's panels and W_hh's bits in one pass over W_hh, in halves of its row pairs
+        kc = (0, Hp, 2 * Hp) if split else (0, 2 * Hp)
+        tasks += [lambda k0=k0, k1=k1: amx_pack.pack_u_bits(wh, H, Hp, NB, pk.ub, pk.wb_hh,
+                                                            k0, k1)
+                  for k0, k1 in zip(kc[:-1], kc[1:])]
+        tasks += [lambda: amx_pack.to_bits_rows(wi, pk.wb_ih, 0, wi.shape[0])]
     Tasks(tasks).run(threads if split else 1)
     pk.up = up.view(np.uint16).reshape(P, (Ip + Kh) // 2, 8 * VW)
 

@@ -51,6 +51,13 @@ def test_pack_tiles_and_u_match_the_scalar_packing(I, H):
     got_u = pb.aligned(want_u.shape, np.uint16)
     amx_pack.pack_u(w_hh, H, Hp, NB, got_u, 0, Q)
     np.testing.assert_array_equal(got_u, want_u)
+    # the one-pass U panels and W_hh bits, in two halves of the row pairs
+    got_u[:] = 0                       # (as pack_bf16 allocates it: the tail unused)
+    bits = np.full(w_hh.shape, 0xABCD, np.uint16)
+    amx_pack.pack_u_bits(w_hh, H, Hp, NB, got_u, bits, 0, Hp)
+    amx_pack.pack_u_bits(w_hh, H, Hp, NB, got_u, bits, Hp, 2 * Hp)
+    np.testing.assert_array_equal(got_u, want_u)
+    np.testing.assert_array_equal(bits, pb.to_bits(w_hh))
 
 
 def test_bits_match_round_bf16():

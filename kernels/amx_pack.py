@@ -124,6 +124,37 @@ def uk_pair16(typingctx, a, b_, nc, dst):
     return sig, codegen
 
 
+def _store_bits(b, bits, dst, mask):
+    """The lanes of ``bits`` (``<16 x i16>``) on in ``mask`` at byte address ``dst``."""
+    fn = cgutils.get_or_insert_function(
+        b.module, ir.FunctionType(ir.VoidType(), [I16X, I16X.as_pointer(), _i32, _M16]),
+        "llvm.masked.store.v16i16.p0")
+    b.call(fn, [bits, b.inttoptr(dst, I16X.as_pointer()), ir.Constant(_i32, 2), mask])
+
+
+@intrinsic
+def uk_pair_bits16(typingctx, a, b_, nc, dst, da, db):
+    """:data:`uk_pair16` that also stores each row's bits (columns ``< nc``) at ``da``
+    and ``db`` (0: not stored): one load and one rounding of each row for both."""
+    sig = types.void(*([types.int64] * 6))
+
+    def codegen(context, b, signature, args):
+        pa, pb, nc, dst, da, db = args
+        mlo, _ = _col_masks(b, nc)
+        off = ir.Constant(_M16, None)
+        va = _masked_load(b, pa, b.select(b.icmp_signed("!=", pa, _C(0)), mlo, off))
+        vb = _masked_load(b, pb, b.select(b.icmp_signed("!=", pb, _C(0)), mlo, off))
+        ra, rb = round_bits(b, va), round_bits(b, vb)
+        inter = [i // 2 + 16 * (i % 2) for i in range(32)]
+        v = b.shuffle_vector(ra, rb, ir.Constant(ir.VectorType(_i32, 32), inter))
+        b.store(v, b.inttoptr(dst, v.type.as_pointer()), align=2)
+        for r, d in ((ra, da), (rb, db)):
+            with b.if_then(b.icmp_signed("!=", d, _C(0))):
+                _store_bits(b, r, d, mlo)
+        return context.get_dummy_value()
+    return sig, codegen
+
+
 @intrinsic
 def uk_bits16(typingctx, src, nc, dst):
     """Columns ``< nc`` (of 16) of float32 at byte address ``src`` -> bf16 bits at
@@ -133,11 +164,7 @@ def uk_bits16(typingctx, src, nc, dst):
     def codegen(context, b, signature, args):
         src, nc, dst = args
         mlo, _ = _col_masks(b, nc)
-        bits = round_bits(b, _masked_load(b, src, mlo))
-        fn = cgutils.get_or_insert_function(
-            b.module, ir.FunctionType(ir.VoidType(), [I16X, I16X.as_pointer(), _i32, _M16]),
-            "llvm.masked.store.v16i16.p0")
-        b.call(fn, [bits, b.inttoptr(dst, I16X.as_pointer()), ir.Constant(_i32, 2), mlo])
+        _store_bits(b, round_bits(b, _masked_load(b, src, mlo)), dst, mlo)
         return context.get_dummy_value()
     return sig, codegen
 
@@ -198,7 +225,8 @@ def pack_u_bits(wh, H, Hp, NB, out, bits, k0, k1):
     # pack_u's pairs k0 <= kk < k1 of every output panel (out as pack_u's) and the bf16
     # bits of the W_hh rows in them (bits [4H, H] uint16, as to_bits_rows): the two
     # rows of a pair read once, in order, for all the panels (pack_u reads each row a
-    # panel's columns at a time, the bits a second pass)
+    # panel's columns at a time, the bits a second pass), each 16 columns rounded once
+    # for both (uk_pair_bits16)
     wp = wh.ctypes.data
     ob = out.ctypes.data
     bp = bits.ctypes.data
@@ -209,19 +237,19 @@ def pack_u_bits(wh, H, Hp, NB, out, bits, k0, k1):
         ra = g * H + unit                       # W_hh's row of the pair's first
         pa = wp + 4 * ra * H if unit < H else 0
         pb = wp + 4 * (ra + 1) * H if unit + 1 < H else 0
+        ba = bp + 2 * ra * H if pa else 0
+        bb = bp + 2 * (ra + 1) * H if pb else 0
         for q in range(Q):
             j0 = q * NB
             w = min(NB, Hp - j0)
             base = ob + 2 * q * 4 * Hp * NB
             for j in range(0, w, 16):
                 nc = max(0, min(16, H - j0 - j))
-                uk_pair16(pa + 4 * (j0 + j) if pa and nc else 0,
-                          pb + 4 * (j0 + j) if pb and nc else 0, nc,
-                          base + 2 * (kk * 2 * w + 2 * j))
-        for r, pr in ((ra, pa), (ra + 1, pb)):
-            if pr:
-                for k in range(0, H, 16):
-                    uk_bits16(pr + 4 * k, min(16, H - k), bp + 2 * (r * H + k))
+                uk_pair_bits16(pa + 4 * (j0 + j) if pa and nc else 0,
+                               pb + 4 * (j0 + j) if pb and nc else 0, nc,
+                               base + 2 * (kk * 2 * w + 2 * j),
+                               ba + 2 * (j0 + j) if ba and nc else 0,
+                               bb + 2 * (j0 + j) if bb and nc else 0)
 
 
 @njit(cache=True, nogil=True)

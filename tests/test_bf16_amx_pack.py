@@ -13,7 +13,12 @@ from fastrnn.kernels import cpu  # noqa: E402
 if cpu.packed_bf16 is None:  # pragma: no cover
     pytest.skip("the packed bf16 kernels did not import", allow_module_level=True)
 
-from fastrnn.bf16 import round_bf16  # noqa: E402
+from fastrnn.bf16 import has_avx512_bf16, round_bf16  # noqa: E402
+
+if not has_avx512_bf16():  # pragma: no cover
+    pytest.skip("amx_pack rounds with vcvtne2ps2bf16 (AVX512-BF16: the AMX route's CPUs have it)",
+                allow_module_level=True)
+
 from fastrnn.kernels import amx_pack  # noqa: E402
 from fastrnn.kernels import packed_bf16 as pb  # noqa: E402
 

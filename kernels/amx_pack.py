@@ -7,7 +7,8 @@ rounding of :func:`fastrnn.bf16.round_bf16`) and laid out in one pass.
   :func:`fastrnn.kernels.packed_bf16.pack_bf16` with ``tiles=True``), each 1 KiB
   weight tile from 16 rows x 32 k of float32 weights: the 16 rows rounded into
   bf16 pairs (one ``<16 x i32>`` each) and transposed in registers (four rounds
-  of two-vector shuffles), so that every line is read and written whole.
+  of two-vector shuffles), so that every line is read and written whole;
+  :func:`pack_tiles_bits` also stores ``W_ih``'s bf16 bits as it rounds them.
 - :func:`pack_u`: the backward's ``U`` panels (``pack_bf16``'s ``ub``, pairs of
   gate rows interleaved by columns) from the float32 ``W_hh``, 16 columns of a
   row pair per vector; :func:`pack_u_bits` the same panels and ``W_hh``'s bf16
@@ -28,7 +29,7 @@ from numba.extending import intrinsic
 
 from fastrnn.kernels.bf16_simd import BF32X, F32X, I16X, I32X, I64
 
-__all__ = ["pack_tiles", "pack_u", "pack_u_bits", "to_bits_rows", "x_bits"]
+__all__ = ["pack_tiles", "pack_tiles_bits", "pack_u", "pack_u_bits", "to_bits_rows", "x_bits"]
 
 _i1 = ir.IntType(1)
 _i32 = ir.IntType(32)
@@ -72,12 +73,6 @@ def _half(b, v32, h):
                             ir.Constant(I32X, list(range(16 * h, 16 * h + 16))))
 
 
-def _pairs(b, lo, hi):
-    """Two ``<16 x float>`` (k = 0..15, 16..31) -> ``<16 x i32>`` bf16 pairs, word m
-    = k 2m (low half) and 2m + 1."""
-    return b.bitcast(_cvt2(b, lo, hi), I32X)
-
-
 def _transpose16(b, rows):
     """The 16 x 16 transpose of 16 ``<16 x i32>`` rows: for block sizes 8, 4, 2, 1 the
     off-diagonal blocks of each 2b x 2b block swap (one shuffle per output row)."""
@@ -97,23 +92,33 @@ def _transpose16(b, rows):
 
 
 @intrinsic
-def uk_tile(typingctx, src, ld, nr, nc, dst):
+def uk_tile(typingctx, src, ld, nr, nc, dst, bits, bld):
     """One weight tile: rows ``u < nr`` of 32 float32 from byte address ``src + u*ld``
     (columns ``< nc`` read, the others zero) rounded into 16 bf16 pairs each, stored
-    transposed at ``dst`` (64-byte aligned): word ``(m, u)`` = pair ``m`` of row ``u``."""
-    sig = types.void(types.int64, types.int64, types.int64, types.int64, types.int64)
+    transposed at ``dst`` (64-byte aligned): word ``(m, u)`` = pair ``m`` of row ``u``;
+    with ``bits`` (else 0) also each row's bf16 bits (columns ``< nc``) at ``bits +
+    u*bld``, as rounded for the tile."""
+    sig = types.void(*([types.int64] * 7))
 
     def codegen(context, b, signature, args):
-        src, ld, nr, nc, dst = args
+        src, ld, nr, nc, dst, bits, bld = args
         mlo, mhi = _col_masks(b, nc)
         off = ir.Constant(_M16, None)
+        m32 = b.shuffle_vector(mlo, mhi, ir.Constant(ir.VectorType(_i32, 32), list(range(32))))
+        st32 = cgutils.get_or_insert_function(
+            b.module, ir.FunctionType(ir.VoidType(), [_V32, _V32.as_pointer(), _i32, m32.type]),
+            "llvm.masked.store.v32i16.p0")
         rows = []
         for u in range(16):
             valid = b.icmp_signed("<", _C(u), nr)
             p = b.add(src, b.mul(ld, _C(u)))
             lo = _masked_load(b, p, b.select(valid, mlo, off))
             hi = _masked_load(b, b.add(p, _C(64)), b.select(valid, mhi, off))
-            rows.append(_pairs(b, lo, hi))
+            w = _cvt2(b, lo, hi)
+            with b.if_then(b.and_(valid, b.icmp_signed("!=", bits, _C(0)))):
+                b.call(st32, [w, b.inttoptr(b.add(bits, b.mul(bld, _C(u))), _V32.as_pointer()),
+                              ir.Constant(_i32, 2), m32])
+            rows.append(b.bitcast(w, I32X))
         for m, row in enumerate(_transpose16(b, rows)):
             b.store(row, b.inttoptr(b.add(dst, _C(64 * m)), I32X.as_pointer()), align=4)
         return context.get_dummy_value()
@@ -189,13 +194,14 @@ def uk_bits16(typingctx, src, nc, dst):
     return sig, codegen
 
 
-@njit(cache=True, nogil=True)
-def pack_tiles(wi, wh, H, KIc, out, p0, p1):
+@njit(inline="always")
+def _pack_tiles(wi, wh, H, KIc, out, p0, p1, bp):
     # panels p0 <= p < p1 of out [P, KIc+KHc, 4, 16, 16] uint32 (64-byte aligned; every
     # word written): word (p, c, g, m, u) = the bf16 pair k = 2(16c+m), +1 of [W_ih 0
     # W_hh 0] row (gate g, unit 16p+u) (x part: chunks c < KIc, zero past I; h part
     # from chunk KIc, zero past H; zero for units past H); wi [4H, I], wh [4H, H]
-    # float32, C-contiguous
+    # float32, C-contiguous; bp: 0, or the address of W_ih's bf16 bits [4H, I] uint16
+    # (written from the x part's tiles: each element in one)
     I = wi.shape[1]
     KT = out.shape[1]
     base = out.ctypes.data
@@ -208,13 +214,27 @@ def pack_tiles(wi, wh, H, KIc, out, p0, p1):
                 if c < KIc:
                     k0 = 32 * c
                     nc = max(0, min(32, I - k0))
-                    src = wi.ctypes.data + 4 * (r0 * I + k0) if nc > 0 and nu > 0 else 0
-                    uk_tile(src, 4 * I, nu if nc > 0 else 0, nc, dst)
+                    ok = nc > 0 and nu > 0
+                    src = wi.ctypes.data + 4 * (r0 * I + k0) if ok else 0
+                    uk_tile(src, 4 * I, nu if nc > 0 else 0, nc, dst,
+                            bp + 2 * (r0 * I + k0) if ok and bp else 0, 2 * I)
                 else:
                     k0 = 32 * (c - KIc)
                     nc = max(0, min(32, H - k0))
                     src = wh.ctypes.data + 4 * (r0 * H + k0) if nc > 0 and nu > 0 else 0
-                    uk_tile(src, 4 * H, nu if nc > 0 else 0, nc, dst)
+                    uk_tile(src, 4 * H, nu if nc > 0 else 0, nc, dst, 0, 0)
+
+
+@njit(cache=True, nogil=True)
+def pack_tiles(wi, wh, H, KIc, out, p0, p1):
+    # the panels of _pack_tiles, without the bits
+    _pack_tiles(wi, wh, H, KIc, out, p0, p1, 0)
+
+
+@njit(cache=True, nogil=True)
+def pack_tiles_bits(wi, wh, H, KIc, out, p0, p1, bi):
+    # the panels of _pack_tiles and the bits of W_ih's rows in them (bi [4H, I] uint16)
+    _pack_tiles(wi, wh, H, KIc, out, p0, p1, bi.ctypes.data)
 
 
 @njit(cache=True, nogil=True)

@@ -49,6 +49,12 @@ def test_pack_tiles_and_u_match_the_scalar_packing(I, H):
     amx_pack.pack_tiles(w_ih, w_hh, H, Ip // 32, got, 0, P // 2)
     amx_pack.pack_tiles(w_ih, w_hh, H, Ip // 32, got, P // 2, P)
     np.testing.assert_array_equal(got, want)
+    got[:] = 0xDEADBEEF                    # the same panels, and W_ih's bits beside them
+    bits = np.full(w_ih.shape, 0xABCD, np.uint16)
+    amx_pack.pack_tiles_bits(w_ih, w_hh, H, Ip // 32, got, 0, P // 2, bits)
+    amx_pack.pack_tiles_bits(w_ih, w_hh, H, Ip // 32, got, P // 2, P, bits)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(bits, pb.to_bits(w_ih))
     NB = 64
     Q = -(-Hp // NB)
     want_u = pb.aligned(Q * 4 * Hp * NB, np.uint16)

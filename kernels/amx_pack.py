@@ -1,7 +1,7 @@
 """The bf16 LSTM's weight packing for the AMX route in vector code: the float32
 weights rounded to bf16 (``vcvtne2ps2bf16``: the rounding of
-:func:`fastrnn.kernels.bf16_simd.round_bits`, the
-rounding of :func:`fastrnn.bf16.round_bf16`) and laid out in one pass.
+:func:`fastrnn.kernels.bf16_simd.round_bits` and :func:`fastrnn.bf16.round_bf16`)
+and laid out in one pass.
 
 - :func:`pack_tiles`: the forward's panels in AMX tile order (the layout of
   :func:`fastrnn.kernels.packed_bf16.pack_bf16` with ``tiles=True``), each 1 KiB
@@ -9,13 +9,12 @@ rounding of :func:`fastrnn.bf16.round_bf16`) and laid out in one pass.
   bf16 pairs (one ``<16 x i32>`` each) and transposed in registers (four rounds
   of two-vector shuffles), so that every line is read and written whole;
   :func:`pack_tiles_bits` also stores ``W_ih``'s bf16 bits as it rounds them.
-- :func:`pack_u`: the backward's ``U`` panels (``pack_bf16``'s ``ub``, pairs of
-  gate rows interleaved by columns) from the float32 ``W_hh``, 16 columns of a
-  row pair per vector; :func:`pack_u_bits` the same panels and ``W_hh``'s bf16
-  bits (:func:`to_bits_rows`) in one pass, row pair by row pair (each row read
-  once, front to back).
-- :func:`to_bits_rows`, :func:`x_bits`: float32 -> bf16 bits of contiguous rows (the
-  weights; the inputs into the operand rows), 16 at a time.
+- :func:`pack_u_bits`: the backward's ``U`` panels (``pack_bf16``'s ``ub``, pairs
+  of gate rows interleaved by columns) and ``W_hh``'s bf16 bits from the float32
+  ``W_hh`` in one pass, row pair by row pair (each row read once, front to back,
+  each 16 columns rounded once for both).
+- :func:`x_bits`: float32 -> bf16 bits of the inputs into the operand rows, 16 at
+  a time.
 
 Columns past a row's end and rows past a panel's last unit come out zero (masked
 loads: nothing past an array is read).
@@ -29,7 +28,7 @@ from numba.extending import intrinsic
 
 from fastrnn.kernels.bf16_simd import BF32X, F32X, I16X, I32X, I64
 
-__all__ = ["pack_tiles", "pack_tiles_bits", "pack_u", "pack_u_bits", "to_bits_rows", "x_bits"]
+__all__ = ["pack_tiles", "pack_tiles_bits", "pack_u_bits", "x_bits"]
 
 _i1 = ir.IntType(1)
 _i32 = ir.IntType(32)
@@ -125,27 +124,6 @@ def uk_tile(typingctx, src, ld, nr, nc, dst, bits, bld):
     return sig, codegen
 
 
-@intrinsic
-def uk_pair16(typingctx, a, b_, nc, dst):
-    """16 columns of a row pair: float32 at byte addresses ``a`` and ``b_`` (0: that row
-    is zero; columns ``< nc`` read) -> 32 bf16 bits at ``dst``, column j's two as
-    elements 2j (row a) and 2j + 1 (row b)."""
-    sig = types.void(types.int64, types.int64, types.int64, types.int64)
-
-    def codegen(context, b, signature, args):
-        pa, pb, nc, dst = args
-        mlo, _ = _col_masks(b, nc)
-        off = ir.Constant(_M16, None)
-        va = _masked_load(b, pa, b.select(b.icmp_signed("!=", pa, _C(0)), mlo, off))
-        vb = _masked_load(b, pb, b.select(b.icmp_signed("!=", pb, _C(0)), mlo, off))
-        inter = [i // 2 + 16 * (i % 2) for i in range(32)]
-        v = b.shuffle_vector(_cvt2(b, va, vb), ir.Constant(_V32, None),
-                             ir.Constant(ir.VectorType(_i32, 32), inter))
-        b.store(v, b.inttoptr(dst, v.type.as_pointer()), align=2)
-        return context.get_dummy_value()
-    return sig, codegen
-
-
 def _store_bits(b, bits, dst, mask):
     """The lanes of ``bits`` (``<16 x i16>``) on in ``mask`` at byte address ``dst``."""
     fn = cgutils.get_or_insert_function(
@@ -156,8 +134,10 @@ def _store_bits(b, bits, dst, mask):
 
 @intrinsic
 def uk_pair_bits16(typingctx, a, b_, nc, dst, da, db):
-    """:data:`uk_pair16` that also stores each row's bits (columns ``< nc``) at ``da``
-    and ``db`` (0: not stored): one load and one rounding of each row for both."""
+    """16 columns of a row pair: float32 at byte addresses ``a`` and ``b_`` (0: that row
+    is zero; columns ``< nc`` read) -> 32 bf16 bits at ``dst``, column j's two as
+    elements 2j (row a) and 2j + 1 (row b); each row's bits (columns ``< nc``) also at
+    ``da`` and ``db`` (0: not stored)."""
     sig = types.void(*([types.int64] * 6))
 
     def codegen(context, b, signature, args):
@@ -238,35 +218,13 @@ def pack_tiles_bits(wi, wh, H, KIc, out, p0, p1, bi):
 
 
 @njit(cache=True, nogil=True)
-def pack_u(wh, H, Hp, NB, out, q0, q1):
-    # output panels q0 <= q < q1 of out (flat uint16; panel q, units j0 = q*NB .. j0+w,
-    # w = min(NB, Hp-j0), at element q*4*Hp*NB: [2*Hp pairs][w][2]): pair kk holds the
-    # natural gate rows r = 2kk, 2kk+1 (r = g*Hp + unit, zero for units past H) of the
-    # padded W_hh [4*Hp, Hp], columns past H zero; wh [4H, H] float32, C-contiguous
-    wp = wh.ctypes.data
-    ob = out.ctypes.data
-    for q in range(q0, q1):
-        j0 = q * NB
-        w = min(NB, Hp - j0)
-        base = ob + 2 * q * 4 * Hp * NB
-        for kk in range(2 * Hp):
-            g = (2 * kk) // Hp
-            unit = 2 * kk - g * Hp
-            pa = wp + 4 * ((g * H + unit) * H + j0) if unit < H else 0
-            pb = wp + 4 * ((g * H + unit + 1) * H + j0) if unit + 1 < H else 0
-            for j in range(0, w, 16):
-                nc = max(0, min(16, H - j0 - j))
-                uk_pair16(pa + 4 * j if pa and nc else 0, pb + 4 * j if pb and nc else 0,
-                          nc, base + 2 * (kk * 2 * w + 2 * j))
-
-
-@njit(cache=True, nogil=True)
 def pack_u_bits(wh, H, Hp, NB, out, bits, k0, k1):
-    # pack_u's pairs k0 <= kk < k1 of every output panel (out as pack_u's) and the bf16
-    # bits of the W_hh rows in them (bits [4H, H] uint16, as to_bits_rows): the two
-    # rows of a pair read once, in order, for all the panels (pack_u reads each row a
-    # panel's columns at a time, the bits a second pass), each 16 columns rounded once
-    # for both (uk_pair_bits16)
+    # row pairs k0 <= kk < k1 of every output panel of out (flat uint16; panel q, units
+    # j0 = q*NB .. j0+w, w = min(NB, Hp-j0), at element q*4*Hp*NB: [2*Hp pairs][w][2]):
+    # pair kk holds the natural gate rows r = 2kk, 2kk+1 (r = g*Hp + unit, zero for
+    # units past H) of the padded W_hh [4*Hp, Hp], columns past H zero; and bits [4H, H]
+    # uint16 the bf16 bits of the W_hh rows in them; wh [4H, H] float32, C-contiguous.
+    # The two rows of a pair are read once, in order, for all the panels
     wp = wh.ctypes.data
     ob = out.ctypes.data
     bp = bits.ctypes.data
@@ -290,18 +248,6 @@ def pack_u_bits(wh, H, Hp, NB, out, bits, k0, k1):
                                base + 2 * (kk * 2 * w + 2 * j),
                                ba + 2 * (j0 + j) if ba and nc else 0,
                                bb + 2 * (j0 + j) if bb and nc else 0)
-
-
-@njit(cache=True, nogil=True)
-def to_bits_rows(a, out, r0, r1):
-    # out[r, :] = the bf16 bits of a[r, :] for r0 <= r < r1 (a float32 [R, K], out
-    # uint16 [R, K], both C-contiguous)
-    K = a.shape[1]
-    ap = a.ctypes.data
-    op = out.ctypes.data
-    for r in range(r0, r1):
-        for k in range(0, K, 16):
-            uk_bits16(ap + 4 * (r * K + k), min(16, K - k), op + 2 * (r * K + k))
 
 
 @njit(cache=True, nogil=True)

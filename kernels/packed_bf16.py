@@ -309,7 +309,8 @@ def _pack_tiles_into(pk, w_ih, w_hh, backward, split, threads):
     if backward:
         NB = pk.nvb * VW
         Q = -(-Hp // NB)
-        pk.ub = aligned(Q * 4 * Hp * NB, np.uint16)
+        pk.ub = aligned(Q * 4 * Hp * NB, np.uint16, zero=False)
+        pk.ub[(Q - 1) * 4 * Hp * NB + 4 * Hp * (Hp - (Q - 1) * NB):] = 0  # the rest is written
         pk.wb_ih = np.empty(w_ih.shape, np.uint16)
         pk.wb_hh = np.empty(w_hh.shape, np.uint16)
         # W_ih's bits rounded with the x part's tiles

@@ -303,20 +303,25 @@ def _pack_tiles_into(pk, w_ih, w_hh, backward, split, threads):
     wh = np.ascontiguousarray(w_hh, np.float32)
     up = aligned((P, (Ip + Kh) // 32, 4, 16, VW), np.uint32, zero=False)   # every word written
     cuts = (0, P // 2, P) if split else (0, P)
+    pk.ub = pk.wb_ih = pk.wb_hh = None
     tasks = [lambda p0=p0, p1=p1: amx_pack.pack_tiles(wi, wh, H, Ip // 32, up, p0, p1)
              for p0, p1 in zip(cuts[:-1], cuts[1:])]
-    pk.ub = pk.wb_ih = pk.wb_hh = None
     if backward:
         NB = pk.nvb * VW
         Q = -(-Hp // NB)
-        pk.ub = aligned(Q * 4 * Hp * NB, np.uint16)
+        pk.ub = aligned(Q * 4 * Hp * NB, np.uint16, zero=False)
+        pk.ub[(Q - 1) * 4 * Hp * NB + 4 * Hp * (Hp - (Q - 1) * NB):] = 0  # the rest is written
         pk.wb_ih = np.empty(w_ih.shape, np.uint16)
         pk.wb_hh = np.empty(w_hh.shape, np.uint16)
-        qc = (0, Q // 2, Q) if split and Q > 1 else (0, Q)
-        tasks += [lambda q0=q0, q1=q1: amx_pack.pack_u(wh, H, Hp, NB, pk.ub, q0, q1)
-                  for q0, q1 in zip(qc[:-1], qc[1:])]
-        tasks += [lambda: amx_pack.to_bits_rows(wi, pk.wb_ih, 0, wi.shape[0]),
-                  lambda: amx_pack.to_bits_rows(wh, pk.wb_hh, 0, wh.shape[0])]
+        # W_ih's bits rounded with the x part's tiles
+        tasks = [lambda p0=p0, p1=p1: amx_pack.pack_tiles_bits(wi, wh, H, Ip // 32, up, p0, p1,
+                                                               pk.wb_ih)
+                 for p0, p1 in zip(cuts[:-1], cuts[1:])]
+        # U's panels and W_hh's bits in one pass over W_hh, in halves of its row pairs
+        kc = (0, Hp, 2 * Hp) if split else (0, 2 * Hp)
+        tasks += [lambda k0=k0, k1=k1: amx_pack.pack_u_bits(wh, H, Hp, NB, pk.ub, pk.wb_hh,
+                                                            k0, k1)
+                  for k0, k1 in zip(kc[:-1], kc[1:])]
     Tasks(tasks).run(threads if split else 1)
     pk.up = up.view(np.uint16).reshape(P, (Ip + Kh) // 2, 8 * VW)
 

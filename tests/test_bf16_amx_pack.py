@@ -13,7 +13,12 @@ from fastrnn.kernels import cpu  # noqa: E402
 if cpu.packed_bf16 is None:  # pragma: no cover
     pytest.skip("the packed bf16 kernels did not import", allow_module_level=True)
 
-from fastrnn.bf16 import round_bf16  # noqa: E402
+from fastrnn.bf16 import has_avx512_bf16, round_bf16  # noqa: E402
+
+if not has_avx512_bf16():  # pragma: no cover
+    pytest.skip("amx_pack rounds with vcvtne2ps2bf16 (AVX512-BF16: the AMX route's CPUs have it)",
+                allow_module_level=True)
+
 from fastrnn.kernels import amx_pack  # noqa: E402
 from fastrnn.kernels import packed_bf16 as pb  # noqa: E402
 
@@ -44,23 +49,30 @@ def test_pack_tiles_and_u_match_the_scalar_packing(I, H):
     amx_pack.pack_tiles(w_ih, w_hh, H, Ip // 32, got, 0, P // 2)
     amx_pack.pack_tiles(w_ih, w_hh, H, Ip // 32, got, P // 2, P)
     np.testing.assert_array_equal(got, want)
+    got[:] = 0xDEADBEEF                    # the same panels, and W_ih's bits beside them
+    bits = np.full(w_ih.shape, 0xABCD, np.uint16)
+    amx_pack.pack_tiles_bits(w_ih, w_hh, H, Ip // 32, got, 0, P // 2, bits)
+    amx_pack.pack_tiles_bits(w_ih, w_hh, H, Ip // 32, got, P // 2, P, bits)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(bits, pb.to_bits(w_ih))
     NB = 64
     Q = -(-Hp // NB)
     want_u = pb.aligned(Q * 4 * Hp * NB, np.uint16)
     pb._pack_u(pb.to_bits(w_hh), H, Hp, NB, want_u)
-    got_u = pb.aligned(want_u.shape, np.uint16)
-    amx_pack.pack_u(w_hh, H, Hp, NB, got_u, 0, Q)
+    got_u = pb.aligned(want_u.shape, np.uint16)       # (zero, as pack_bf16 allocates it)
+    bits = np.full(w_hh.shape, 0xABCD, np.uint16)       # U's panels and W_hh's bits, in
+    amx_pack.pack_u_bits(w_hh, H, Hp, NB, got_u, bits, 0, Hp)   # two halves of the pairs
+    amx_pack.pack_u_bits(w_hh, H, Hp, NB, got_u, bits, Hp, 2 * Hp)
     np.testing.assert_array_equal(got_u, want_u)
+    np.testing.assert_array_equal(bits, pb.to_bits(w_hh))
 
 
 def test_bits_match_round_bf16():
     rng = np.random.default_rng(3)
     a = rng.standard_normal((9, 37)).astype(np.float32)
     a.reshape(-1)[:SPECIAL.size] = SPECIAL
+    a[4, -SPECIAL.size:] = SPECIAL                          # (in x_bits' steps too)
     want = (round_bf16(a).view(np.uint32) >> 16).astype(np.uint16)
-    got = np.full(a.shape, 0xABCD, np.uint16)
-    amx_pack.to_bits_rows(a, got, 0, a.shape[0])
-    np.testing.assert_array_equal(got, want)
     np.testing.assert_array_equal(pb.to_bits(a), want)
     x = a.reshape(3, 3, 37)
     xh = np.full((4, 5, 96), 0xABCD, np.uint16)             # operand rows: x part 64 wide

@@ -38,8 +38,8 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from fastrnn.bf16 import has_amx_bf16, has_avx512_bf16
-from fastrnn.kernels.bf16_simd import (BF32X, F32X, I32X, I64, VW, splat_i32,
-                                       store_bf16)
+from fastrnn.kernels.bf16_simd import (F32X, I32X, I64, V32X16, VW, bits16_bf16, cvt2_bf16,
+                                       splat_i32, store_bf16)
 from fastrnn.kernels.cpu_settings import JIT_OPTIONS
 from fastrnn.kernels.simd import VMath, lstm_cell, lstm_cell_back, ptrs, vload, vstore
 from fastrnn.kernels.sync import panel_steps
@@ -125,14 +125,6 @@ def amx_end(typingctx):
     return sig, codegen
 
 
-def _bits16(b, v):
-    """``<16 x float>`` -> ``<16 x i16>`` bf16 bits by ``vcvtne2ps2bf16`` (the rounding
-    of :func:`fastrnn.kernels.bf16_simd.round_bits` in one instruction, not a dozen)."""
-    fn = _fn(b, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", [F32X, F32X], BF32X)
-    w = b.bitcast(b.call(fn, [v, v]), ir.VectorType(ir.IntType(16), 32))
-    return b.shuffle_vector(w, ir.Constant(w.type, None), ir.Constant(I32X, list(range(16))))
-
-
 def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, ldhb, act, ldact,
                   training):
     """The LSTM cell on ``nr`` rows of the accumulators stored at ``scr`` ([rows][64]
@@ -156,7 +148,7 @@ def _fwd_epilogue(b, peephole, scr, nr, bias, peep, cin, cout, ldc, y, ldy, hb, 
         gi, gf, gg, go, cn, hn = lstm_cell(m, pre, cp, pv)
         vstore(b, cn, F32X, cout, ro)
         vstore(b, hn, F32X, y, b.mul(r, ldy))
-        store_bf16(b, _bits16(b, hn), hb, b.mul(r, ldhb))
+        store_bf16(b, bits16_bf16(b, hn), hb, b.mul(r, ldhb))
         with b.if_then(b.icmp_signed("!=", training, C(0))):
             with b.if_else(b.icmp_signed("==", training, C(2))) as (nt, plain):
                 with nt:
@@ -208,17 +200,7 @@ VT_STREAM_BYTES = 4 << 20
 #: rows and the prefetches only cost)
 U_PF_BYTES = 1 << 19
 
-_V32 = ir.VectorType(ir.IntType(16), 32)
 _M32 = ir.VectorType(ir.IntType(1), 32)
-
-
-def _cvt2(b, hi, lo):
-    """``vcvtne2ps2bf16``: two ``<16 x float>`` rounded to bf16 as
-    :func:`fastrnn.kernels.bf16_simd.round_bits` does (nearest even, denormals to
-    signed zero, NaN quieted; whatever MXCSR says), ``lo``'s in words 0-15 of the
-    ``<32 x i16>``, ``hi``'s in 16-31."""
-    fn = _fn(b, "llvm.x86.avx512bf16.cvtne2ps2bf16.512", [F32X, F32X], BF32X)
-    return b.bitcast(b.call(fn, [hi, lo]), _V32)
 
 
 @intrinsic
@@ -290,7 +272,7 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
     two rows of one k pair with one full-line store, a streaming one where ``stream``
     is not 0: a large copy read only after the loop), dc."""
     C = lambda v: ir.Constant(I64, v)  # noqa: E731
-    vstore16 = _fn(b, "llvm.masked.store.v32i16.p0", [_V32, _V32.as_pointer(), ir.IntType(32),
+    vstore16 = _fn(b, "llvm.masked.store.v32i16.p0", [V32X16, V32X16.as_pointer(), ir.IntType(32),
                                                         _M32])
     even = ir.Constant(_M32, [i % 2 == 0 for i in range(32)])
     odd = ir.Constant(_M32, [i % 2 == 1 for i in range(32)])
@@ -338,18 +320,18 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
             dgs = {(h, v): row(b.add(r, C(h)), v) for h in range(2 if pair else 1) for v in vp}
             for g in range(4):
                 # per row, the vector pair's bf16 (words 0-15: vp[0], 16-31: vp[1])
-                x = [_cvt2(b, dgs[h, vp[-1]][g], dgs[h, vp[0]][g])
+                x = [cvt2_bf16(b, dgs[h, vp[0]][g], dgs[h, vp[-1]][g])
                      for h in range(2 if pair else 1)]
                 for h, xh in enumerate(x):
                     o = b.add(b.mul(b.add(r, C(h)), lddgb),
                               b.add(b.mul(C(vp[0]), dgv), b.mul(C(g), dgg)))
                     if len(vp) == 2:      # two vectors of a gate: one line of dgb
-                        b.store(xh, b.bitcast(b.gep(dgb, [o]), _V32.as_pointer()), align=2)
+                        b.store(xh, b.bitcast(b.gep(dgb, [o]), V32X16.as_pointer()), align=2)
                     else:
                         store_bf16(b, b.shuffle_vector(xh, xh, low16), dgb, o)
                 for j, v in enumerate(vp):
                     pt = b.inttoptr(b.add(b.add(vrow, b.mul(C(v), vks)), b.mul(C(g), vgs)),
-                                    _V32.as_pointer())
+                                    V32X16.as_pointer())
                     if pair:              # the two rows' words interleaved: one line
                         w = b.shuffle_vector(x[0], x[1], ir.Constant(
                             V32I, [16 * j + i // 2 + 32 * (i % 2) for i in range(32)]))
@@ -362,7 +344,7 @@ def _bwd_epilogue(b, peephole, NV, scr, nr, dhx, lddhx, dy, ldh, act, ldact, pee
                             ir.VectorType(ir.IntType(32), 16), [16 * j + i for i in range(16)])),
                             I32X)
                         w32 = b.select(odd_row, b.shl(w32, splat_i32(16)), w32)
-                        b.call(vstore16, [b.bitcast(w32, _V32), pt,
+                        b.call(vstore16, [b.bitcast(w32, V32X16), pt,
                                           ir.Constant(ir.IntType(32), 4),
                                           b.select(odd_row, odd, even)])
 

@@ -26,14 +26,14 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from fastrnn.kernels.bf16_simd import BF32X, F32X, I16X, I32X, I64
+from fastrnn.kernels.bf16_simd import (F32X, I16X, I32X, I64, V32X16, bits16_bf16, cvt2_bf16,
+                                       half16)
 
 __all__ = ["pack_tiles", "pack_tiles_bits", "pack_u_bits", "x_bits"]
 
 _i1 = ir.IntType(1)
 _i32 = ir.IntType(32)
 _M16 = ir.VectorType(_i1, 16)
-_V32 = ir.VectorType(ir.IntType(16), 32)
 _C = lambda v: ir.Constant(I64, v)  # noqa: E731
 
 
@@ -53,23 +53,6 @@ def _col_masks(b, nc):
     lo = b.icmp_signed("<", ir.Constant(I32X, list(range(16))), ncv)
     hi = b.icmp_signed("<", ir.Constant(I32X, list(range(16, 32))), ncv)
     return lo, hi
-
-
-def _cvt2(b, lo, hi):
-    """``vcvtne2ps2bf16`` (AVX512-BF16, which the AMX route requires): two ``<16 x
-    float>`` rounded to bf16 as :func:`fastrnn.kernels.bf16_simd.round_bits` does
-    (nearest even, denormals to signed zero, NaN quieted; whatever MXCSR says), in one
-    instruction instead of a dozen per vector: ``lo``'s in words 0-15 of the ``<32 x
-    i16>``, ``hi``'s in 16-31."""
-    fn = cgutils.get_or_insert_function(
-        b.module, ir.FunctionType(BF32X, [F32X, F32X]), "llvm.x86.avx512bf16.cvtne2ps2bf16.512")
-    return b.bitcast(b.call(fn, [hi, lo]), _V32)
-
-
-def _half(b, v32, h):
-    """Words ``16h .. 16h+15`` of a ``<32 x i16>``."""
-    return b.shuffle_vector(v32, ir.Constant(_V32, None),
-                            ir.Constant(I32X, list(range(16 * h, 16 * h + 16))))
 
 
 def _transpose16(b, rows):
@@ -105,7 +88,7 @@ def uk_tile(typingctx, src, ld, nr, nc, dst, bits, bld):
         off = ir.Constant(_M16, None)
         m32 = b.shuffle_vector(mlo, mhi, ir.Constant(ir.VectorType(_i32, 32), list(range(32))))
         st32 = cgutils.get_or_insert_function(
-            b.module, ir.FunctionType(ir.VoidType(), [_V32, _V32.as_pointer(), _i32, m32.type]),
+            b.module, ir.FunctionType(ir.VoidType(), [V32X16, V32X16.as_pointer(), _i32, m32.type]),
             "llvm.masked.store.v32i16.p0")
         rows = []
         for u in range(16):
@@ -113,9 +96,9 @@ def uk_tile(typingctx, src, ld, nr, nc, dst, bits, bld):
             p = b.add(src, b.mul(ld, _C(u)))
             lo = _masked_load(b, p, b.select(valid, mlo, off))
             hi = _masked_load(b, b.add(p, _C(64)), b.select(valid, mhi, off))
-            w = _cvt2(b, lo, hi)
+            w = cvt2_bf16(b, lo, hi)
             with b.if_then(b.and_(valid, b.icmp_signed("!=", bits, _C(0)))):
-                b.call(st32, [w, b.inttoptr(b.add(bits, b.mul(bld, _C(u))), _V32.as_pointer()),
+                b.call(st32, [w, b.inttoptr(b.add(bits, b.mul(bld, _C(u))), V32X16.as_pointer()),
                               ir.Constant(_i32, 2), m32])
             rows.append(b.bitcast(w, I32X))
         for m, row in enumerate(_transpose16(b, rows)):
@@ -146,10 +129,10 @@ def uk_pair_bits16(typingctx, a, b_, nc, dst, da, db):
         off = ir.Constant(_M16, None)
         va = _masked_load(b, pa, b.select(b.icmp_signed("!=", pa, _C(0)), mlo, off))
         vb = _masked_load(b, pb, b.select(b.icmp_signed("!=", pb, _C(0)), mlo, off))
-        rab = _cvt2(b, va, vb)
-        ra, rb = _half(b, rab, 0), _half(b, rab, 1)
+        rab = cvt2_bf16(b, va, vb)
+        ra, rb = half16(b, rab, 0), half16(b, rab, 1)
         inter = [i // 2 + 16 * (i % 2) for i in range(32)]
-        v = b.shuffle_vector(rab, ir.Constant(_V32, None),
+        v = b.shuffle_vector(rab, ir.Constant(V32X16, None),
                              ir.Constant(ir.VectorType(_i32, 32), inter))
         b.store(v, b.inttoptr(dst, v.type.as_pointer()), align=2)
         for r, d in ((ra, da), (rb, db)):
@@ -169,7 +152,7 @@ def uk_bits16(typingctx, src, nc, dst):
         src, nc, dst = args
         mlo, _ = _col_masks(b, nc)
         v = _masked_load(b, src, mlo)
-        _store_bits(b, _half(b, _cvt2(b, v, v), 0), dst, mlo)
+        _store_bits(b, bits16_bf16(b, v), dst, mlo)
         return context.get_dummy_value()
     return sig, codegen
 

@@ -201,6 +201,23 @@ def peak(rounds=5):
     print(f"peak at {M}x{K}x{N}: " + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in out.items()))
 
 
+def _time_launches(plan_mod, add):
+    """``plan_mod.Plan.launch`` (the drivers' one way to run a time loop) timed: each
+    call's seconds go to ``add(kernel name, plan, seconds)``. Returns the untimed
+    ``launch`` to put back; a second call replaces the first timer, not wraps it."""
+    launch = getattr(plan_mod.Plan.launch, "untimed", plan_mod.Plan.launch)
+
+    def timed(self, kernel, args_of):
+        t0 = time.perf_counter()
+        try:
+            return launch(self, kernel, args_of)
+        finally:
+            add(kernel.__name__, self, time.perf_counter() - t0)
+    timed.untimed = launch
+    plan_mod.Plan.launch = timed
+    return launch
+
+
 def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
     """Where the bf16 LSTM's time goes on the AMX route: the time of each piece per
     call (training: forward + backward; inference), summed over the threads that
@@ -248,17 +265,11 @@ def pieces(shapes, rounds, threads, pkg=None, trains=(True, False)):
               (("pack_bf16", "pack_bf16 (weights)"), ("to_bits", "to_bits (x)"),
                ("_x_bits", "to_bits (x)"), ("lstm_forward", "forward, all"),
                ("lstm_backward", "backward, all")) if hasattr(pb, n)]
-    launch = plan_mod.Plan.launch
-
-    def timed_launch(self, kernel, args_of):
-        t0 = time.perf_counter()
-        try:
-            return launch(self, kernel, args_of)
-        finally:
-            name = "forward loop" if "fwd" in kernel.__name__ else "backward loop"
-            acc[name] += time.perf_counter() - t0
-            modes.add(f"{name}: {self.mode} on {self.nthr}")
-    plan_mod.Plan.launch = timed_launch
+    def add(kname, plan, t):
+        name = "forward loop" if "fwd" in kname else "backward loop"
+        acc[name] += t
+        modes.add(f"{name}: {plan.mode} on {plan.nthr}")
+    launch = _time_launches(plan_mod, add)
     print(f"{name}: one core's tdpbf16ps peak {peak:.0f} GFLOP/s; {cpu.get_num_threads()} "
           f"threads; load average {os.getloadavg()[0]:.2f}")
     try:
@@ -401,16 +412,11 @@ def bwd_ab(shapes, rounds, rev, threads):
         x, h0, c0 = f(T, B, I), f(B, H), f(B, H)
         dy, dh = f(T, B, H), f(B, H)
         loop = [0.0]
-        launch = plan.Plan.launch
 
-        def timed(self, kernel, args_of):
-            t0 = time.perf_counter()
-            try:
-                return launch(self, kernel, args_of)
-            finally:
-                if "fwd" not in kernel.__name__:
-                    loop[0] += time.perf_counter() - t0
-        plan.Plan.launch = timed
+        def add(kname, plan_, t):
+            if "fwd" not in kname:
+                loop[0] += t
+        _time_launches(plan, add)
 
         def run():
             cache = cpu.forward(cell, x, h0, c0, w, training=True, compute_dtype="bfloat16")[3]
